@@ -1,0 +1,698 @@
+"""The placement solver: which GPU each stream (or each of its shards) runs on.
+
+A GPU holds shards while their reserved body time fits under the utilisation cap
+(sum of body / slot period <= cap), their memory fits, and the slot solver finds offsets at
+which no two bodies overlap. A shard takes every k-th frame of its stream, so its frame
+period is k / fps. A stream is split into k shards when one GPU cannot carry its body load
+or its solo latency is longer than its frame period (the frame would still be running when
+the next one arrives, which the study counts as a drop).
+
+Order and ties are explicit, so the same inputs always give the same plan. Placement is
+incremental: given a previous plan, shards stay on their GPU and keep their offsets unless
+that GPU no longer holds them (then the lowest-priority shards give way first), and new
+shards are inserted into gaps without moving anyone.
+
+Policies: ``binpack`` (first fit: used GPUs first, in node/index order, then the first
+unused one; minimises GPUs) and ``spread`` (most free capacity first; spreads risk).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from stagger.core.api import InferenceStream, ModelProfile, SharingMode
+from stagger.core.cluster import Cluster, Gpu, Node
+from stagger.core.slots import Slot, SlotRequest, insert, pack, spread
+from stagger.core.slots import solve as solve_slots
+from stagger.core.timebase import TICK_HZ, frame_period_ticks, ms_to_ticks_ceil, ticks_to_ms
+
+Policy = Literal["binpack", "spread"]
+ShardKey = tuple[str, str, int]  # namespace, stream, shard index
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    utilization_cap: float = 0.9
+    """Largest reserved body time per second on one GPU: the safety margin."""
+    guard_ms: float = 0.0
+    """Extra time reserved after every body (the cap already leaves room, so 0)."""
+    policy: Policy = "binpack"
+    max_extra_shards: int = 2
+    """A stream gets up to this many shards beyond the fewest when they pack better."""
+    memory_reserve_mib: int = 0
+    """GPU memory kept free on every GPU (driver, CUDA context of other tenants)."""
+    tick_hz: int = TICK_HZ
+
+    def __post_init__(self) -> None:
+        if not 0 < self.utilization_cap <= 1:
+            raise ValueError("utilization cap must be in (0, 1]")
+        if self.guard_ms < 0 or self.max_extra_shards < 0 or self.memory_reserve_mib < 0:
+            raise ValueError("guard, extra shards and memory reserve must not be negative")
+
+
+@dataclass(frozen=True)
+class ShardPlacement:
+    namespace: str
+    stream: str
+    shard: int
+    shards: int
+    node: str
+    gpu: int
+    gpu_uuid: str | None
+    product: str
+    fps: float
+    frame_period_ticks: int
+    period_ticks: int
+    offset_ticks: int
+    body_ticks: int
+    body_ms: float
+    latency_ms: float
+    memory_mib: int
+    priority: int
+
+    @property
+    def key(self) -> ShardKey:
+        return (self.namespace, self.stream, self.shard)
+
+
+@dataclass(frozen=True)
+class GpuUsage:
+    node: str
+    gpu: int
+    uuid: str | None
+    product: str
+    sharing_mode: str
+    utilization: float
+    memory_mib: int
+    memory_total_mib: int
+    shards: int
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    namespace: str
+    stream: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Move:
+    namespace: str
+    stream: str
+    shard: int
+    from_node: str
+    from_gpu: int
+    to_node: str
+    to_gpu: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    shards: tuple[ShardPlacement, ...]
+    gpus: tuple[GpuUsage, ...]
+    unplaced: tuple[Unplaced, ...]
+    moves: tuple[Move, ...] = ()
+    offsets_changed: tuple[ShardKey, ...] = ()
+    tick_hz: int = TICK_HZ
+
+    def for_stream(self, namespace: str, name: str) -> list[ShardPlacement]:
+        return [s for s in self.shards if (s.namespace, s.stream) == (namespace, name)]
+
+
+# ------------------------------------------------------------------ inputs
+
+@dataclass(frozen=True)
+class Timing:
+    body_ms: float
+    latency_ms: float
+    source: str
+
+
+class ProfileBook:
+    """ModelProfiles by (model, product, sharing mode); a versioned profile wins."""
+
+    def __init__(self, profiles: Iterable[ModelProfile]) -> None:
+        self._by_key: dict[tuple[str, str, str], dict[str | None, ModelProfile]] = defaultdict(dict)
+        for p in sorted(profiles, key=lambda p: p.name):
+            key = (p.spec.model, p.spec.gpu_product, str(p.spec.sharing_mode))
+            self._by_key[key].setdefault(p.spec.model_version, p)
+
+    def find(self, model: str, version: str | None, product: str, sharing: str) -> ModelProfile | None:
+        versions = self._by_key.get((model, product, sharing), {})
+        return versions.get(version) or versions.get(None)
+
+
+def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timing | None:
+    """Body and solo latency of ``stream`` on ``gpu``: the stream's own figures override the
+    profile; a missing latency is taken as the body (the stream then never splits for it)."""
+    spec = stream.spec
+    profile = book.find(spec.model, spec.model_version, gpu.product, str(gpu.sharing_mode))
+    body = spec.body_time_ms if spec.body_time_ms is not None else (
+        profile.spec.body_time_ms if profile else None
+    )
+    if body is None:
+        return None
+    latency = spec.latency_ms if spec.latency_ms is not None else (
+        profile.spec.latency_ms if profile else body
+    )
+    source = "spec" if spec.body_time_ms is not None else f"ModelProfile/{profile.name if profile else ''}"
+    return Timing(body, max(latency, body), source)
+
+
+# ------------------------------------------------------------------ GPU state
+
+class _FreeTree:
+    """Max segment tree over one pool's GPUs: leftmost used GPU with enough room."""
+
+    def __init__(self, n: int) -> None:
+        self.size = 1
+        while self.size < max(1, n):
+            self.size *= 2
+        self.util = [-1.0] * (2 * self.size)
+        self.mem = [-1] * (2 * self.size)
+
+    def set(self, i: int, free_util: float, free_mem: int) -> None:
+        i += self.size
+        self.util[i], self.mem[i] = free_util, free_mem
+        i //= 2
+        while i:
+            self.util[i] = max(self.util[2 * i], self.util[2 * i + 1])
+            self.mem[i] = max(self.mem[2 * i], self.mem[2 * i + 1])
+            i //= 2
+
+    def first(self, start: int, need_util: float, need_mem: int) -> int | None:
+        """Leftmost leaf >= start whose free util and memory both suffice."""
+        return self._first(1, 0, self.size, start, need_util, need_mem)
+
+    def _first(self, node: int, lo: int, hi: int, start: int, nu: float, nm: int) -> int | None:
+        if hi <= start or self.util[node] < nu or self.mem[node] < nm:
+            return None
+        if hi - lo == 1:
+            return lo
+        mid = (lo + hi) // 2
+        found = self._first(2 * node, lo, mid, start, nu, nm)
+        if found is None:
+            found = self._first(2 * node + 1, mid, hi, start, nu, nm)
+        return found
+
+
+@dataclass
+class _Gpu:
+    pos: int
+    node: Node
+    gpu: Gpu
+    pool: int
+    pool_pos: int
+    memory_free: int
+    slots: list[Slot] = field(default_factory=list)
+    kept: bool = False  # holds shards from a previous plan: never re-packed silently
+
+    @property
+    def used(self) -> bool:
+        return bool(self.slots)
+
+    @property
+    def util(self) -> float:
+        return sum(s.body / s.period for s in self.slots)
+
+
+@dataclass(frozen=True)
+class _Shard:
+    stream: InferenceStream
+    index: int
+    count: int
+
+    @property
+    def key(self) -> ShardKey:
+        return (self.stream.namespace, self.stream.name, self.index)
+
+
+class _Fleet:
+    def __init__(self, cluster: Cluster, settings: PlannerSettings) -> None:
+        self.settings = settings
+        self.gpus: list[_Gpu] = []
+        pools: dict[tuple[str, str], int] = {}
+        pool_sizes: list[int] = []
+        for node in sorted(cluster.nodes, key=lambda n: n.name):
+            for gpu in sorted(node.gpus, key=lambda g: g.index):
+                pkey = (gpu.product, str(gpu.sharing_mode))
+                if pkey not in pools:
+                    pools[pkey] = len(pools)
+                    pool_sizes.append(0)
+                pool = pools[pkey]
+                self.gpus.append(_Gpu(
+                    pos=len(self.gpus), node=node, gpu=gpu, pool=pool,
+                    pool_pos=pool_sizes[pool],
+                    memory_free=gpu.memory_mib - settings.memory_reserve_mib,
+                ))
+                pool_sizes[pool] += 1
+        self.pool_keys = sorted(pools, key=lambda k: pools[k])
+        self.pool_members: list[list[_Gpu]] = [[] for _ in pools]
+        for g in self.gpus:
+            self.pool_members[g.pool].append(g)
+        self.trees = [_FreeTree(n) for n in pool_sizes]
+        self.unused_cursor = [0] * len(pools)
+        self.shard_of: dict[ShardKey, tuple[_Gpu, ShardPlacement]] = {}
+
+    def refresh(self, g: _Gpu) -> None:
+        free = self.settings.utilization_cap - g.util if g.used else -1.0
+        self.trees[g.pool].set(g.pool_pos, free, g.memory_free if g.used else -1)
+
+    def first_unused(self, pool: int, start: int = 0) -> _Gpu | None:
+        members = self.pool_members[pool]
+        for i in range(start, len(members)):
+            if not members[i].used:
+                return members[i]
+        return None
+
+
+def _matches(node: Node, selector: Mapping[str, str]) -> bool:
+    return all(node.labels.get(k) == v for k, v in selector.items())
+
+
+# ------------------------------------------------------------------ the solver
+
+@dataclass
+class _Demand:
+    """One stream's needs on one pool of GPUs."""
+
+    timing: Timing
+    frame_ticks: int
+    body_ticks: int
+
+    def shard_request(self, key: ShardKey, count: int) -> SlotRequest:
+        return SlotRequest(key, self.body_ticks, self.frame_ticks * count)
+
+    def shard_util(self, count: int) -> float:
+        return self.body_ticks / (self.frame_ticks * count)
+
+
+class Planner:
+    """Places streams on a cluster; one instance per planning run."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        profiles: Iterable[ModelProfile] = (),
+        settings: PlannerSettings | None = None,
+    ) -> None:
+        self.settings = settings or PlannerSettings()
+        self.cluster = cluster
+        self.book = ProfileBook(profiles)
+        self.fleet = _Fleet(cluster, self.settings)
+        self._eligible_cache: dict[tuple[object, ...], tuple[dict[int, _Demand], str]] = {}
+
+    # -- demand -------------------------------------------------------------
+
+    def demands(self, stream: InferenceStream) -> tuple[dict[int, _Demand], str]:
+        """Per pool, the stream's timing there; or an empty dict and the reason."""
+        spec = stream.spec
+        key = (
+            tuple(sorted(spec.node_selector.items())), spec.gpu_product, spec.model,
+            spec.model_version, spec.body_time_ms, spec.latency_ms, spec.fps,
+        )
+        cached = self._eligible_cache.get(key)
+        if cached is None:
+            cached = self._demands(stream)
+            self._eligible_cache[key] = cached
+        return cached
+
+    def _demands(self, stream: InferenceStream) -> tuple[dict[int, _Demand], str]:
+        spec = stream.spec
+        fleet = self.fleet
+        if not fleet.gpus:
+            return {}, "the cluster has no GPUs"
+        nodes = [n for n in self.cluster.nodes if n.gpus and _matches(n, spec.node_selector)]
+        if not nodes:
+            sel = ", ".join(f"{k}={v}" for k, v in sorted(spec.node_selector.items()))
+            return {}, f"nodeSelector {{{sel}}} matches none of the {len(self.cluster.nodes)} nodes with GPUs"
+        products = sorted({g.product for n in nodes for g in n.gpus})
+        if spec.gpu_product is not None and spec.gpu_product not in products:
+            return {}, (f"gpuProduct {spec.gpu_product} is on no matching node "
+                        f"(products there: {', '.join(products)})")
+        out: dict[int, _Demand] = {}
+        missing: list[str] = []
+        for pool, (product, sharing) in enumerate(fleet.pool_keys):
+            if spec.gpu_product is not None and product != spec.gpu_product:
+                continue
+            gpu = fleet.pool_members[pool][0].gpu
+            timing = stream_timing(stream, gpu, self.book)
+            if timing is None:
+                missing.append(f"{product} ({sharing})")
+                continue
+            frame = frame_period_ticks(spec.fps, self.settings.tick_hz)
+            body = ms_to_ticks_ceil(timing.body_ms + self.settings.guard_ms, self.settings.tick_hz)
+            out[pool] = _Demand(timing, frame, body)
+        if not out:
+            return {}, (f"no bodyTimeMs and no ModelProfile for model {spec.model} on "
+                        f"{', '.join(missing)}: calibrate it or set spec.bodyTimeMs")
+        return out, ""
+
+    def shard_counts(self, stream: InferenceStream, demands: Mapping[int, _Demand]) -> tuple[list[int], str]:
+        """Shard counts to try, best first; or [] and why none can work."""
+        fps = stream.spec.fps
+        cap = self.settings.utilization_cap
+        deadline = stream.spec.deadline_ms
+        best: int | None = None
+        why = ""
+        for d in demands.values():
+            if deadline is not None and d.timing.latency_ms > deadline:
+                why = (f"solo latency {d.timing.latency_ms:g} ms ({d.timing.source}) exceeds "
+                       f"deadlineMs {deadline:g}")
+                continue
+            k_latency = math.ceil(d.timing.latency_ms * fps / 1000 - 1e-9)
+            k_load = math.ceil(d.body_ticks / (cap * d.frame_ticks) - 1e-9)
+            k = max(1, k_latency, k_load)
+            best = k if best is None else min(best, k)
+        if best is None:
+            return [], why
+        candidates = range(best, best + self.settings.max_extra_shards + 1)
+        load = max(d.body_ticks / d.frame_ticks for d in demands.values())
+        mem = stream.spec.memory_mib
+        gpu_mem = max(g.memory_free for g in self.fleet.gpus)
+
+        def efficiency(k: int) -> float:
+            # Share of a GPU's capacity that k equal shards of this stream can fill when
+            # GPUs hold only such shards: a larger k must buy at least 5 % of it.
+            size = load / k
+            per_gpu = math.floor(cap / size + 1e-9)
+            if mem:
+                per_gpu = min(per_gpu, gpu_mem // mem)
+            return per_gpu * size / cap if per_gpu else 0.0
+
+        ranked = [best]
+        top = efficiency(best)
+        for k in candidates[1:]:
+            if efficiency(k) >= top + 0.05:
+                ranked.insert(0, k)
+                top = efficiency(k)
+            else:
+                ranked.append(k)
+        return ranked, ""
+
+    # -- placing one shard ----------------------------------------------------
+
+    def _try_gpu(self, g: _Gpu, request: SlotRequest, memory: int, repack: bool) -> Slot | None:
+        s = self.settings
+        if g.memory_free < memory:
+            return None
+        budget = s.utilization_cap - g.util
+        if request.body / request.frame_period > budget + 1e-12:
+            return None
+        how = "centre" if g.kept else "lane"
+        slot = insert(g.slots, request, max_utilization=budget, how=how)
+        if slot is not None or not repack or g.kept:
+            return slot
+        # A fresh GPU may be re-packed from scratch: nothing runs on it yet.
+        reqs = [SlotRequest(x.key, x.body, self._frame_of[x.key]) for x in g.slots] + [request]
+        table = pack(reqs, max_utilization=s.utilization_cap)
+        if table is None:
+            return None
+        by_key = {x.key: x for x in table}
+        g.slots = [by_key[x.key] for x in g.slots]
+        return by_key[request.key]
+
+    def _candidates(self, demands: Mapping[int, _Demand], shard: _Shard) -> Iterable[_Gpu]:
+        """GPUs to try for one shard, in policy order (lazily)."""
+        fleet = self.fleet
+        spec = shard.stream.spec
+        selector = spec.node_selector
+        pools = sorted(demands)
+        if self.settings.policy == "spread":
+            gpus = [g for p in pools for g in fleet.pool_members[p] if _matches(g.node, selector)]
+            gpus.sort(key=lambda g: (g.util, -g.memory_free, g.pos))
+            yield from gpus
+            return
+        # binpack: used GPUs that may fit, leftmost first across pools, then unused ones.
+        mem = spec.memory_mib
+        starts = dict.fromkeys(pools, 0)
+        heads: dict[int, int | None] = {}
+        for p in pools:
+            need = demands[p].shard_util(shard.count)
+            heads[p] = fleet.trees[p].first(0, need - 1e-12, mem)
+        while True:
+            live = [(fleet.pool_members[p][i].pos, p) for p, i in heads.items() if i is not None]
+            if not live:
+                break
+            _, p = min(live)
+            i = heads[p]
+            assert i is not None
+            g = fleet.pool_members[p][i]
+            if _matches(g.node, selector):
+                yield g
+            starts[p] = i + 1
+            need = demands[p].shard_util(shard.count)
+            heads[p] = fleet.trees[p].first(starts[p], need - 1e-12, mem)
+        unused = []
+        for p in pools:
+            start = fleet.unused_cursor[p]
+            while True:
+                g2 = fleet.first_unused(p, start)
+                if g2 is None:
+                    break
+                if _matches(g2.node, selector):
+                    unused.append(g2)
+                    break
+                start = g2.pool_pos + 1
+        yield from sorted(unused, key=lambda g: g.pos)
+
+    def _place_shard(self, shard: _Shard, demands: Mapping[int, _Demand]) -> bool:
+        spec = shard.stream.spec
+        for g in self._candidates(demands, shard):
+            d = demands[g.pool]
+            if d.timing.latency_ms > d.frame_ticks * shard.count * 1000 / self.settings.tick_hz + 1e-9:
+                continue  # this GPU is too slow for the shard's frame period
+            request = d.shard_request(shard.key, shard.count)
+            slot = self._try_gpu(g, request, spec.memory_mib, repack=True)
+            if slot is None:
+                continue
+            self._commit(g, shard, d, slot)
+            return True
+        return False
+
+    def _commit(self, g: _Gpu, shard: _Shard, d: _Demand, slot: Slot) -> None:
+        spec = shard.stream.spec
+        if slot not in g.slots:
+            g.slots.append(slot)
+        g.memory_free -= spec.memory_mib
+        self._frame_of[shard.key] = d.frame_ticks * shard.count
+        self._shard_meta[shard.key] = (shard, d)
+        self._gpu_of[shard.key] = g
+        self.fleet.refresh(g)
+        if not g.kept:
+            self._advance_unused(g.pool)
+
+    def _advance_unused(self, pool: int) -> None:
+        members = self.fleet.pool_members[pool]
+        c = self.fleet.unused_cursor[pool]
+        while c < len(members) and members[c].used:
+            c += 1
+        self.fleet.unused_cursor[pool] = c
+
+    def _remove(self, key: ShardKey) -> None:
+        g = self._gpu_of.pop(key)
+        g.slots = [x for x in g.slots if x.key != key]
+        g.memory_free += self._shard_meta.pop(key)[0].stream.spec.memory_mib
+        self._frame_of.pop(key)
+        self.fleet.refresh(g)
+        if not g.used:
+            self.fleet.unused_cursor[g.pool] = min(self.fleet.unused_cursor[g.pool], g.pool_pos)
+
+    def _unplaceable_reason(self, stream: InferenceStream, demands: Mapping[int, _Demand], k: int) -> str:
+        spec = stream.spec
+        cap = self.settings.utilization_cap
+        eligible = [g for p in demands for g in self.fleet.pool_members[p] if _matches(g.node, spec.node_selector)]
+        d = demands[min(demands, key=lambda p: demands[p].body_ticks)]
+        need = d.timing.body_ms * spec.fps / 1000
+        per_shard = d.shard_util(k)
+        largest_free = max((cap - g.util for g in eligible), default=0.0)
+        largest_mem = max((g.memory_free for g in eligible), default=0)
+        if spec.memory_mib > max((g.gpu.memory_mib - self.settings.memory_reserve_mib for g in eligible), default=0):
+            return (f"needs {spec.memory_mib} MiB of GPU memory per shard; the largest matching "
+                    f"GPU has {max(g.gpu.memory_mib for g in eligible)} MiB")
+        body = f"{d.timing.body_ms:g} ms body x {spec.fps:g} fps"
+        if k == 1:
+            head = f"needs {need:.2f} GPU-seconds of body per second ({body})"
+            where = f"one GPU with >= {per_shard:.2f} free"
+        else:
+            head = f"needs {need:.2f} GPU-seconds of body per second ({body}); split over {k} shards"
+            where = f"{k} GPUs with >= {per_shard:.2f} free each"
+        fits = sum(1 for g in eligible if cap - g.util >= per_shard - 1e-9 and g.memory_free >= spec.memory_mib)
+        if fits >= k:
+            return (f"{head}, {fits} of the {len(eligible)} matching GPUs have that much free "
+                    f"but no slot where a {d.timing.body_ms:g} ms body misses every other body")
+        return (f"{head}: it needs {where}; {fits} matching GPU(s) have it "
+                f"(largest free {max(largest_free, 0):.2f}, largest free memory {largest_mem} MiB)")
+
+    # -- the plan -------------------------------------------------------------
+
+    def plan(self, streams: Sequence[InferenceStream], previous: Plan | None = None) -> Plan:
+        """Place ``streams``; with ``previous``, keep what still holds and report moves."""
+        self._frame_of: dict[Hashable, int] = {}
+        self._shard_meta: dict[ShardKey, tuple[_Shard, _Demand]] = {}
+        self._gpu_of: dict[ShardKey, _Gpu] = {}
+        keys = [(s.namespace, s.name) for s in streams]
+        if len(set(keys)) != len(keys):
+            dupes = sorted({f"{ns}/{n}" for ns, n in keys if keys.count((ns, n)) > 1})
+            raise ValueError(f"streams appear more than once: {', '.join(dupes)}")
+        unplaced: list[Unplaced] = []
+        ready: list[tuple[InferenceStream, dict[int, _Demand], list[int]]] = []
+        for stream in streams:
+            demands, why = self.demands(stream)
+            if not demands:
+                unplaced.append(Unplaced(stream.namespace, stream.name, why))
+                continue
+            counts, why = self.shard_counts(stream, demands)
+            if not counts:
+                unplaced.append(Unplaced(stream.namespace, stream.name, why))
+                continue
+            ready.append((stream, demands, counts))
+
+        todo = self._keep_previous(ready, previous) if previous else ready
+        todo.sort(key=self._order)
+        for stream, demands, counts in todo:
+            for k in counts:
+                placed: list[ShardKey] = []
+                for i in range(k):
+                    shard = _Shard(stream, i, k)
+                    if shard.key in self._shard_meta:  # kept from the previous plan
+                        placed.append(shard.key)
+                        continue
+                    if not self._place_shard(shard, demands):
+                        break
+                    placed.append(shard.key)
+                else:
+                    break
+                for key in placed:
+                    self._remove(key)
+            else:
+                reason = self._unplaceable_reason(stream, demands, counts[0])
+                unplaced.append(Unplaced(stream.namespace, stream.name, reason))
+        return self._result(unplaced, previous)
+
+    def _order(self, item: tuple[InferenceStream, dict[int, _Demand], list[int]]) -> tuple[object, ...]:
+        # Highest priority first; then by shard period so GPUs fill with one harmonic family;
+        # then largest shard first (first-fit decreasing); then by name for determinism.
+        stream, demands, counts = item
+        d = min(demands.values(), key=lambda x: x.body_ticks)
+        return (-stream.spec.priority, d.frame_ticks * counts[0], -d.shard_util(counts[0]),
+                stream.namespace, stream.name)
+
+    def _keep_previous(
+        self, ready: list[tuple[InferenceStream, dict[int, _Demand], list[int]]], previous: Plan,
+    ) -> list[tuple[InferenceStream, dict[int, _Demand], list[int]]]:
+        """Put shards back where the previous plan had them, if they still hold there."""
+        fleet = self.fleet
+        where = {(g.node.name, g.gpu.index): g for g in fleet.gpus}
+        old = {s.key: s for s in previous.shards}
+        old_count = {(s.namespace, s.stream): s.shards for s in previous.shards}
+        per_gpu: dict[int, list[tuple[_Shard, _Demand, ShardPlacement]]] = defaultdict(list)
+        todo = []
+        for stream, demands, counts in ready:
+            prev_count = old_count.get((stream.namespace, stream.name))
+            if prev_count is not None and prev_count in counts:
+                counts = [prev_count] + [c for c in counts if c != prev_count]
+            for i in range(counts[0]):
+                p = old.get((stream.namespace, stream.name, i))
+                g = where.get((p.node, p.gpu)) if p and p.shards == counts[0] else None
+                if p and g and g.pool in demands and _matches(g.node, stream.spec.node_selector):
+                    per_gpu[g.pos].append((_Shard(stream, i, counts[0]), demands[g.pool], p))
+            todo.append((stream, demands, counts))
+        cap = self.settings.utilization_cap
+        for pos, members in sorted(per_gpu.items()):
+            g = fleet.gpus[pos]
+            # Lowest priority gives way first; among equals the newest name.
+            members.sort(key=lambda m: (-m[0].stream.spec.priority, m[0].key))
+            while members:
+                mem = sum(m[0].stream.spec.memory_mib for m in members)
+                reqs = [m[1].shard_request(m[0].key, m[0].count) for m in members]
+                prev_slots = {m[0].key: Slot(m[0].key, m[2].body_ticks, m[2].period_ticks, m[2].offset_ticks)
+                              for m in members}
+                result = solve_slots(reqs, prev_slots, max_utilization=cap) if mem <= g.memory_free else None
+                if result is not None:
+                    break
+                members.pop()
+            if not members:
+                continue
+            g.slots = list(result.slots)
+            g.kept = True
+            g.memory_free -= mem
+            for shard, d, _ in members:
+                self._frame_of[shard.key] = d.frame_ticks * shard.count
+                self._shard_meta[shard.key] = (shard, d)
+                self._gpu_of[shard.key] = g
+            fleet.refresh(g)
+        for p in range(len(fleet.pool_keys)):
+            self._advance_unused(p)
+        return todo
+
+    def _result(self, unplaced: list[Unplaced], previous: Plan | None) -> Plan:
+        s = self.settings
+        shards: list[ShardPlacement] = []
+        gpus: list[GpuUsage] = []
+        for g in self.fleet.gpus:
+            if not g.used:
+                continue
+            if not g.kept:
+                g.slots = spread(g.slots)
+            for slot in sorted(g.slots, key=lambda x: x.offset):
+                shard, d = self._shard_meta[slot.key]  # type: ignore[index]
+                spec = shard.stream.spec
+                shards.append(ShardPlacement(
+                    namespace=shard.stream.namespace, stream=shard.stream.name,
+                    shard=shard.index, shards=shard.count,
+                    node=g.node.name, gpu=g.gpu.index, gpu_uuid=g.gpu.uuid, product=g.gpu.product,
+                    fps=spec.fps / shard.count,
+                    frame_period_ticks=d.frame_ticks * shard.count,
+                    period_ticks=slot.period, offset_ticks=slot.offset, body_ticks=slot.body,
+                    body_ms=d.timing.body_ms, latency_ms=d.timing.latency_ms,
+                    memory_mib=spec.memory_mib, priority=spec.priority,
+                ))
+            gpus.append(GpuUsage(
+                node=g.node.name, gpu=g.gpu.index, uuid=g.gpu.uuid, product=g.gpu.product,
+                sharing_mode=str(g.gpu.sharing_mode), utilization=round(g.util, 6),
+                memory_mib=g.gpu.memory_mib - s.memory_reserve_mib - g.memory_free,
+                memory_total_mib=g.gpu.memory_mib, shards=len(g.slots),
+            ))
+        shards.sort(key=lambda x: (x.namespace, x.stream, x.shard))
+        moves: list[Move] = []
+        offsets_changed: list[ShardKey] = []
+        if previous is not None:
+            now = {x.key: x for x in shards}
+            for p in previous.shards:
+                n = now.get(p.key)
+                if n is None:
+                    continue
+                if (n.node, n.gpu) != (p.node, p.gpu):
+                    moves.append(Move(p.namespace, p.stream, p.shard, p.node, p.gpu, n.node, n.gpu))
+                elif (n.offset_ticks, n.period_ticks) != (p.offset_ticks, p.period_ticks):
+                    offsets_changed.append(p.key)
+        unplaced.sort(key=lambda u: (u.namespace, u.stream))
+        return Plan(tuple(shards), tuple(gpus), tuple(unplaced), tuple(moves),
+                    tuple(offsets_changed), s.tick_hz)
+
+
+def plan(
+    streams: Sequence[InferenceStream],
+    cluster: Cluster,
+    profiles: Iterable[ModelProfile] = (),
+    settings: PlannerSettings | None = None,
+    previous: Plan | None = None,
+) -> Plan:
+    """Place ``streams`` on ``cluster``: see the module docstring."""
+    return Planner(cluster, profiles, settings).plan(streams, previous)
+
+
+def shard_ms(p: ShardPlacement, tick_hz: int = TICK_HZ) -> tuple[float, float]:
+    """(period, offset) of a placed shard in ms."""
+    return ticks_to_ms(p.period_ticks, tick_hz), ticks_to_ms(p.offset_ticks, tick_hz)
+
+
+__all__ = [
+    "GpuUsage", "Move", "Plan", "Planner", "PlannerSettings", "ProfileBook", "SharingMode",
+    "ShardPlacement", "Timing", "Unplaced", "plan", "shard_ms", "stream_timing",
+]

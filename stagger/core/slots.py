@@ -1,0 +1,283 @@
+"""The slot solver: offsets on one GPU such that no two bodies ever overlap.
+
+Each shard on a GPU runs its body at ``offset + n * period`` (integer ticks). Two strictly
+periodic bodies i, j never collide iff, with g = gcd(P_i, P_j),
+
+    b_i <= (offset_j - offset_i) mod g <= g - b_j
+
+so the offsets that a new shard may take are periodic with period L = lcm of those gcds
+(a divisor of its own period): the solver lists the forbidden intervals in [0, L), merges
+them and chooses among the allowed ones. This is exact for any mix of periods; coprime
+periods (gcd 1) always collide, which is why a shard's period may be rounded *down* to one
+harmonic with the periods already on the GPU (a slot period never exceeds the frame period).
+
+Three operations, one mechanism (the allowed-interval search):
+- :func:`insert` adds one shard without moving any other, at the centre of the widest gap
+  (it maximises this shard's smallest gap): the incremental path.
+- :func:`pack` places a whole GPU from scratch, first-fit in the base cycle C (the gcd of
+  all periods), so shards of longer periods share a lane on alternate cycles;
+  :func:`spread` then stretches the packing so the free time is shared evenly between
+  lanes: the utilisation cap is the safety margin, so it is spread, not left in one block.
+- :func:`solve` keeps a previous table where it still holds, inserts what is new, and only
+  re-packs (changing offsets, never GPUs) when no gap is left.
+
+:func:`overlaps` is the independent checker (the pairwise rule above); tests also check
+plans by brute-force simulation over the hyperperiod.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+Key = Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRequest:
+    """A shard that needs a slot: ``body`` ticks (guard included) every ``frame_period``."""
+
+    key: Key
+    body: int
+    frame_period: int
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A shard's slot: its body occupies [offset + n * period, ... + body) for every n."""
+
+    key: Key
+    body: int
+    period: int
+    offset: int
+
+    @property
+    def utilization(self) -> float:
+        return self.body / self.period
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    slots: tuple[Slot, ...]
+    repacked: bool
+    offsets_changed: tuple[Key, ...]
+
+
+def collide(a: Slot, b: Slot) -> bool:
+    """True when the bodies of ``a`` and ``b`` ever overlap."""
+    g = math.gcd(a.period, b.period)
+    d = (b.offset - a.offset) % g
+    return not (a.body <= d <= g - b.body)
+
+
+def overlaps(slots: Sequence[Slot]) -> list[tuple[Key, Key]]:
+    """Every pair of slots whose bodies ever overlap (empty for a valid table)."""
+    return [
+        (a.key, b.key)
+        for i, a in enumerate(slots)
+        for b in slots[i + 1:]
+        if collide(a, b)
+    ]
+
+
+def utilization(slots: Iterable[Slot]) -> float:
+    return sum(s.body / s.period for s in slots)
+
+
+def candidate_periods(frame_period: int, existing: Iterable[int]) -> list[int]:
+    """Slot periods to try, longest first: the frame period itself, then the largest
+    multiple and the largest divisor of each period already on the GPU that do not exceed it
+    (rounding down into a harmonic family, so the gcd with those shards stays large)."""
+    out = {frame_period}
+    for p in set(existing):
+        if p <= frame_period:
+            out.add(p * (frame_period // p))
+        else:
+            out.add(_largest_divisor_at_most(p, frame_period))
+    return sorted(out, reverse=True)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    best = 1
+    i = 1
+    while i * i <= n:
+        if n % i == 0:
+            if i <= limit:
+                best = max(best, i)
+            if n // i <= limit:
+                best = max(best, n // i)
+        i += 1
+    return best
+
+
+def allowed_offsets(existing: Sequence[Slot], period: int, body: int) -> tuple[int, list[tuple[int, int]]]:
+    """Offsets in [0, L) at which a body of ``body`` ticks with ``period`` collides with
+    none of ``existing``: returns L and the allowed closed intervals [lo, hi], sorted.
+    Offsets congruent modulo L are equivalent (L divides ``period``)."""
+    if body > period:
+        return period, []
+    gcds = []
+    for s in existing:
+        g = math.gcd(s.period, period)
+        if s.body + body > g:
+            return period, []
+        gcds.append(g)
+    if not existing:
+        return period, [(0, period - 1)]
+    span = 1
+    for g in gcds:
+        span = span * g // math.gcd(span, g)
+    forbidden: list[tuple[int, int]] = []
+    for s, g in zip(existing, gcds, strict=True):
+        width = s.body + body - 1  # integers x with s.offset - body < x < s.offset + s.body
+        first = (s.offset - body + 1) % g
+        for base in range(first, span + first, g):
+            lo = base % span
+            hi = lo + width - 1
+            if hi < span:
+                forbidden.append((lo, hi))
+            else:
+                forbidden.append((lo, span - 1))
+                forbidden.append((0, hi - span))
+    forbidden.sort()
+    allowed: list[tuple[int, int]] = []
+    cursor = 0
+    for lo, hi in forbidden:
+        if lo > cursor:
+            allowed.append((cursor, lo - 1))
+        cursor = max(cursor, hi + 1)
+    if cursor < span:
+        allowed.append((cursor, span - 1))
+    return span, allowed
+
+
+def _widest_gap_centre(span: int, allowed: list[tuple[int, int]]) -> int:
+    """The point farthest from any forbidden offset; the ends of [0, L) join up."""
+    gaps = list(allowed)
+    if len(gaps) > 1 and gaps[0][0] == 0 and gaps[-1][1] == span - 1:
+        first, last = gaps.pop(0), gaps.pop()
+        gaps.append((last[0], first[1] + span))  # one gap across the wrap
+    lo, hi = max(gaps, key=lambda g: (g[1] - g[0], -g[0]))
+    return ((lo + hi) // 2) % span
+
+
+def _lane_first(span: int, allowed: list[tuple[int, int]], cycle: int) -> int:
+    """The allowed offset earliest in the base cycle (then earliest overall): bodies stack
+    into shared lanes instead of fragmenting the cycle."""
+    best: tuple[int, int] | None = None
+    for lo, hi in allowed:
+        point = lo
+        to_next_cycle_start = (-lo) % cycle
+        if lo + to_next_cycle_start <= hi:
+            point = lo + to_next_cycle_start
+        cand = (point % cycle, point)
+        if best is None or cand < best:
+            best = cand
+    assert best is not None
+    return best[1] % span
+
+
+def insert(
+    existing: Sequence[Slot],
+    request: SlotRequest,
+    *,
+    max_utilization: float = 1.0,
+    how: str = "centre",
+) -> Slot | None:
+    """A slot for ``request`` that moves none of ``existing``, or None when no period from
+    :func:`candidate_periods` has a free offset within ``max_utilization`` of reserved
+    body time. ``how`` is "centre" (widest gap) or "lane" (first-fit in the base cycle)."""
+    periods = [s.period for s in existing]
+    for period in candidate_periods(request.frame_period, periods):
+        if request.body / period > max_utilization + 1e-12:
+            continue
+        span, allowed = allowed_offsets(existing, period, request.body)
+        if not allowed:
+            continue
+        if how == "centre":
+            offset = _widest_gap_centre(span, allowed)
+        else:
+            cycle = math.gcd(period, *periods) if periods else period
+            offset = _lane_first(span, allowed, cycle)
+        return Slot(request.key, request.body, period, offset)
+    return None
+
+
+def pack_order(requests: Iterable[SlotRequest]) -> list[SlotRequest]:
+    """Shortest period first (they need every cycle), then longest body, then key."""
+    return sorted(requests, key=lambda r: (r.frame_period, -r.body, repr(r.key)))
+
+
+def pack(requests: Iterable[SlotRequest], *, max_utilization: float = 1.0) -> list[Slot] | None:
+    """Place every request from scratch (lane first-fit), or None when they do not fit."""
+    slots: list[Slot] = []
+    for request in pack_order(requests):
+        budget = max_utilization - utilization(slots)
+        slot = insert(slots, request, max_utilization=budget, how="lane")
+        if slot is None:
+            return None
+        slots.append(slot)
+    return slots
+
+
+def spread(slots: Sequence[Slot]) -> list[Slot]:
+    """Share the free time of a packed table evenly between its lanes.
+
+    With C the gcd of all periods, each body sits at position p = offset mod C of every
+    cycle it runs in. Moving each distinct start position right by an amount that grows with
+    its rank keeps the order of bodies within a cycle and keeps every body inside its cycle,
+    so two bodies that never met still never meet. Tables with a body that crosses a cycle
+    boundary are returned unchanged."""
+    if len(slots) < 2:
+        return list(slots)
+    cycle = math.gcd(*(s.period for s in slots))
+    if any(s.offset % cycle + s.body > cycle for s in slots):
+        return list(slots)
+    starts = sorted({s.offset % cycle for s in slots})
+    end = max(s.offset % cycle + s.body for s in slots)
+    slack = cycle - end
+    shift = {p: (rank * slack) // len(starts) for rank, p in enumerate(starts)}
+    out = [replace(s, offset=s.offset + shift[s.offset % cycle]) for s in slots]
+    return out if not overlaps(out) else list(slots)
+
+
+def solve(
+    requests: Sequence[SlotRequest],
+    previous: Mapping[Key, Slot] | None = None,
+    *,
+    max_utilization: float = 1.0,
+) -> SolveResult | None:
+    """The slot table of one GPU, or None when the requests cannot share it.
+
+    A previous slot is kept when its shard still asks for the same body and its period is
+    still valid for the frame period; new shards are inserted without moving kept ones.
+    Only when no gap is left is the whole GPU re-packed (reported in ``offsets_changed``)."""
+    previous = previous or {}
+    kept: list[Slot] = []
+    new: list[SlotRequest] = []
+    for request in requests:
+        old = previous.get(request.key)
+        if old is not None and old.body == request.body and old.period <= request.frame_period:
+            kept.append(old)
+        else:
+            new.append(request)
+    if kept and not overlaps(kept) and utilization(kept) <= max_utilization + 1e-12:
+        slots = list(kept)
+        for request in pack_order(new):
+            budget = max_utilization - utilization(slots)
+            slot = insert(slots, request, max_utilization=budget, how="centre")
+            if slot is None:
+                break
+            slots.append(slot)
+        else:
+            return SolveResult(tuple(slots), repacked=False, offsets_changed=())
+    packed = pack(requests, max_utilization=max_utilization)
+    if packed is None:
+        return None
+    table = spread(packed)
+    changed = tuple(
+        s.key for s in table
+        if s.key in previous and (previous[s.key].offset, previous[s.key].period) != (s.offset, s.period)
+    )
+    return SolveResult(tuple(table), repacked=bool(kept), offsets_changed=changed)
