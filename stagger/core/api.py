@@ -115,6 +115,13 @@ class Resource(Wire):
         return self.metadata.name
 
 
+# Conditions merge by type under server-side apply, as in every built-in status.
+CONDITIONS_LIST: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+
+
 def check_rules(obj: Any, rules: tuple[CrossFieldRule, ...]) -> None:
     for rule in rules:
         if not rule.holds(obj):
@@ -122,6 +129,7 @@ def check_rules(obj: Any, rules: tuple[CrossFieldRule, ...]) -> None:
 
 
 # ---------------------------------------------------------------- InferenceStream
+
 
 class StreamPhase(StrEnum):
     PENDING = "Pending"
@@ -137,25 +145,25 @@ STREAM_RULES: tuple[CrossFieldRule, ...] = (
         cel="!has(self.bodyTimeMs) || !has(self.latencyMs) || self.bodyTimeMs <= self.latencyMs",
         message="bodyTimeMs must not exceed latencyMs (the body is part of the solo latency)",
         field_path="spec.bodyTimeMs",
-        holds=lambda s: s.body_time_ms is None
-        or s.latency_ms is None
-        or s.body_time_ms <= s.latency_ms,
+        holds=lambda s: (
+            s.body_time_ms is None or s.latency_ms is None or s.body_time_ms <= s.latency_ms
+        ),
     ),
     CrossFieldRule(
         cel="!has(self.latencyMs) || !has(self.deadlineMs) || self.latencyMs <= self.deadlineMs",
         message="latencyMs exceeds deadlineMs: no placement can finish a frame in time",
         field_path="spec.latencyMs",
-        holds=lambda s: s.latency_ms is None
-        or s.deadline_ms is None
-        or s.latency_ms <= s.deadline_ms,
+        holds=lambda s: (
+            s.latency_ms is None or s.deadline_ms is None or s.latency_ms <= s.deadline_ms
+        ),
     ),
     CrossFieldRule(
         cel="!has(self.bodyTimeMs) || !has(self.deadlineMs) || self.bodyTimeMs <= self.deadlineMs",
         message="bodyTimeMs exceeds deadlineMs: no placement can finish a frame in time",
         field_path="spec.bodyTimeMs",
-        holds=lambda s: s.body_time_ms is None
-        or s.deadline_ms is None
-        or s.body_time_ms <= s.deadline_ms,
+        holds=lambda s: (
+            s.body_time_ms is None or s.deadline_ms is None or s.body_time_ms <= s.deadline_ms
+        ),
     ),
 )
 
@@ -164,15 +172,20 @@ class InferenceStreamSpec(Wire):
     """What one video stream needs: a model at a frame rate, with its timing."""
 
     model: str = Field(
-        min_length=1, max_length=253,
+        min_length=1,
+        max_length=253,
         description="Triton model name that serves every frame of this stream.",
     )
     model_version: str | None = Field(
-        default=None, pattern=r"^[0-9]+$", max_length=20,
+        default=None,
+        pattern=r"^[0-9]+$",
+        max_length=20,
         description="Triton model version; the server's version policy applies when unset.",
     )
     fps: float = Field(
-        gt=0, le=1000, strict=True,
+        gt=0,
+        le=1000,
+        strict=True,
         description="Frames per second the stream must sustain.",
     )
     body_time_ms: PositiveMs | None = Field(
@@ -182,26 +195,33 @@ class InferenceStreamSpec(Wire):
     )
     latency_ms: PositiveMs | None = Field(
         default=None,
-        description="Solo end-to-end latency of one frame, in ms (from the ModelProfile when unset).",
+        description="Solo end-to-end latency of one frame, in ms (ModelProfile when unset).",
     )
     memory_mib: NonNegativeMiB = Field(
-        default=0, alias="memoryMiB",
+        default=0,
+        alias="memoryMiB",
         description="GPU memory one shard of this stream holds, in MiB.",
     )
     deadline_ms: PositiveMs | None = Field(
-        default=None, description="Optional end-to-end bound per frame, in ms.",
+        default=None,
+        description="Optional end-to-end bound per frame, in ms.",
     )
     priority: int = Field(
-        default=0, ge=-1_000_000, le=1_000_000, strict=True,
+        default=0,
+        ge=-1_000_000,
+        le=1_000_000,
+        strict=True,
         description="Higher priority streams are placed first; lower ones give way first "
         "when capacity shrinks.",
     )
     gpu_product: str | None = Field(
-        default=None, max_length=253,
+        default=None,
+        max_length=253,
         description="Only GPUs of this product (as in nvidia.com/gpu.product), e.g. NVIDIA-H200.",
     )
     node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Only nodes whose labels match all of these.",
+        default_factory=dict,
+        description="Only nodes whose labels match all of these.",
     )
     template: dict[str, Any] | None = Field(
         default=None,
@@ -239,8 +259,14 @@ class InferenceStreamStatus(Wire):
     node: str = Field(default="", description="Node of the first shard (+N when split).")
     gpu: str = Field(default="", description="GPU index of the first shard (+N when split).")
     offset_ms: float | None = None
-    shards: list[ShardStatus] = Field(default_factory=list)
-    conditions: list[Condition] = Field(default_factory=list)
+    shards: list[ShardStatus] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["index"],
+        },
+    )
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
     observed_fps: float | None = None
     drop_rate: float | None = None
     p99_ms: float | None = None
@@ -261,8 +287,12 @@ class InferenceStream(Resource):
         {"name": "Shards", "type": "integer", "jsonPath": ".status.shardCount"},
         {"name": "Node", "type": "string", "jsonPath": ".status.node"},
         {"name": "GPU", "type": "string", "jsonPath": ".status.gpu"},
-        {"name": "Offset", "type": "number", "jsonPath": ".status.offsetMs",
-         "description": "Body start of the first shard within its slot period, ms"},
+        {
+            "name": "Offset",
+            "type": "number",
+            "jsonPath": ".status.offsetMs",
+            "description": "Body start of the first shard within its slot period, ms",
+        },
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     )
@@ -297,7 +327,9 @@ class ModelProfileSpec(Wire):
     body_time_ms: PositiveMs = Field(description="Body time (GPU-exclusive part), ms.")
     latency_ms: PositiveMs = Field(description="Solo end-to-end latency, ms.")
     body_time_ci_ms: list[float] | None = Field(
-        default=None, min_length=2, max_length=2,
+        default=None,
+        min_length=2,
+        max_length=2,
         description="95 % confidence interval of the body time, [low, high] ms.",
     )
     source: Literal["calibration", "manual", "imported"] = "manual"
@@ -314,7 +346,7 @@ class ModelProfileStatus(Wire):
         default=None, description="Body time measured by the sidecars, ms."
     )
     drift_percent: float | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
 
 
 class ModelProfile(Resource):
@@ -341,6 +373,7 @@ class ModelProfile(Resource):
 
 
 # ---------------------------------------------------------------- GpuSchedule
+
 
 class ScheduledSlot(Wire):
     """One shard's slot on the GPU: its body starts at epoch + offset + n * period."""
@@ -378,7 +411,7 @@ class GpuScheduleStatus(Wire):
     memory_mib: int = Field(default=0, alias="memoryMiB")
     measured_body_ms: dict[str, float] = Field(default_factory=dict)
     slot_misses: int = 0
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
 
 
 class GpuSchedule(Resource):

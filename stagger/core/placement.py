@@ -125,6 +125,7 @@ class Plan:
 
 # ------------------------------------------------------------------ inputs
 
+
 @dataclass(frozen=True)
 class Timing:
     body_ms: float
@@ -141,7 +142,9 @@ class ProfileBook:
             key = (p.spec.model, p.spec.gpu_product, str(p.spec.sharing_mode))
             self._by_key[key].setdefault(p.spec.model_version, p)
 
-    def find(self, model: str, version: str | None, product: str, sharing: str) -> ModelProfile | None:
+    def find(
+        self, model: str, version: str | None, product: str, sharing: str
+    ) -> ModelProfile | None:
         versions = self._by_key.get((model, product, sharing), {})
         return versions.get(version) or versions.get(None)
 
@@ -151,19 +154,28 @@ def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timin
     profile; a missing latency is taken as the body (the stream then never splits for it)."""
     spec = stream.spec
     profile = book.find(spec.model, spec.model_version, gpu.product, str(gpu.sharing_mode))
-    body = spec.body_time_ms if spec.body_time_ms is not None else (
-        profile.spec.body_time_ms if profile else None
+    body = (
+        spec.body_time_ms
+        if spec.body_time_ms is not None
+        else (profile.spec.body_time_ms if profile else None)
     )
     if body is None:
         return None
-    latency = spec.latency_ms if spec.latency_ms is not None else (
-        profile.spec.latency_ms if profile else body
+    latency = (
+        spec.latency_ms
+        if spec.latency_ms is not None
+        else (profile.spec.latency_ms if profile else body)
     )
-    source = "spec" if spec.body_time_ms is not None else f"ModelProfile/{profile.name if profile else ''}"
+    source = (
+        "spec"
+        if spec.body_time_ms is not None
+        else f"ModelProfile/{profile.name if profile else ''}"
+    )
     return Timing(body, max(latency, body), source)
 
 
 # ------------------------------------------------------------------ GPU state
+
 
 class _FreeTree:
     """Max segment tree over one pool's GPUs: leftmost used GPU with enough room."""
@@ -186,18 +198,19 @@ class _FreeTree:
 
     def first(self, start: int, need_util: float, need_mem: int) -> int | None:
         """Leftmost leaf >= start whose free util and memory both suffice."""
-        return self._first(1, 0, self.size, start, need_util, need_mem)
-
-    def _first(self, node: int, lo: int, hi: int, start: int, nu: float, nm: int) -> int | None:
-        if hi <= start or self.util[node] < nu or self.mem[node] < nm:
-            return None
-        if hi - lo == 1:
-            return lo
-        mid = (lo + hi) // 2
-        found = self._first(2 * node, lo, mid, start, nu, nm)
-        if found is None:
-            found = self._first(2 * node + 1, mid, hi, start, nu, nm)
-        return found
+        # Depth-first, left to right, pruning subtrees that end before ``start`` or whose
+        # maxima are too small; iterative so deep trees cost no recursion.
+        stack = [(1, 0, self.size)]
+        while stack:
+            node, lo, hi = stack.pop()
+            if hi <= start or self.util[node] < need_util or self.mem[node] < need_mem:
+                continue
+            if hi - lo == 1:
+                return lo
+            mid = (lo + hi) // 2
+            stack.append((2 * node + 1, mid, hi))
+            stack.append((2 * node, lo, mid))
+        return None
 
 
 @dataclass
@@ -244,11 +257,16 @@ class _Fleet:
                     pools[pkey] = len(pools)
                     pool_sizes.append(0)
                 pool = pools[pkey]
-                self.gpus.append(_Gpu(
-                    pos=len(self.gpus), node=node, gpu=gpu, pool=pool,
-                    pool_pos=pool_sizes[pool],
-                    memory_free=gpu.memory_mib - settings.memory_reserve_mib,
-                ))
+                self.gpus.append(
+                    _Gpu(
+                        pos=len(self.gpus),
+                        node=node,
+                        gpu=gpu,
+                        pool=pool,
+                        pool_pos=pool_sizes[pool],
+                        memory_free=gpu.memory_mib - settings.memory_reserve_mib,
+                    )
+                )
                 pool_sizes[pool] += 1
         self.pool_keys = sorted(pools, key=lambda k: pools[k])
         self.pool_members: list[list[_Gpu]] = [[] for _ in pools]
@@ -275,6 +293,7 @@ def _matches(node: Node, selector: Mapping[str, str]) -> bool:
 
 
 # ------------------------------------------------------------------ the solver
+
 
 @dataclass
 class _Demand:
@@ -312,8 +331,13 @@ class Planner:
         """Per pool, the stream's timing there; or an empty dict and the reason."""
         spec = stream.spec
         key = (
-            tuple(sorted(spec.node_selector.items())), spec.gpu_product, spec.model,
-            spec.model_version, spec.body_time_ms, spec.latency_ms, spec.fps,
+            tuple(sorted(spec.node_selector.items())),
+            spec.gpu_product,
+            spec.model,
+            spec.model_version,
+            spec.body_time_ms,
+            spec.latency_ms,
+            spec.fps,
         )
         cached = self._eligible_cache.get(key)
         if cached is None:
@@ -329,11 +353,17 @@ class Planner:
         nodes = [n for n in self.cluster.nodes if n.gpus and _matches(n, spec.node_selector)]
         if not nodes:
             sel = ", ".join(f"{k}={v}" for k, v in sorted(spec.node_selector.items()))
-            return {}, f"nodeSelector {{{sel}}} matches none of the {len(self.cluster.nodes)} nodes with GPUs"
+            return (
+                {},
+                f"nodeSelector {{{sel}}} matches none of the "
+                f"{len(self.cluster.nodes)} nodes with GPUs",
+            )
         products = sorted({g.product for n in nodes for g in n.gpus})
         if spec.gpu_product is not None and spec.gpu_product not in products:
-            return {}, (f"gpuProduct {spec.gpu_product} is on no matching node "
-                        f"(products there: {', '.join(products)})")
+            return {}, (
+                f"gpuProduct {spec.gpu_product} is on no matching node "
+                f"(products there: {', '.join(products)})"
+            )
         out: dict[int, _Demand] = {}
         missing: list[str] = []
         for pool, (product, sharing) in enumerate(fleet.pool_keys):
@@ -348,50 +378,61 @@ class Planner:
             body = ms_to_ticks_ceil(timing.body_ms + self.settings.guard_ms, self.settings.tick_hz)
             out[pool] = _Demand(timing, frame, body)
         if not out:
-            return {}, (f"no bodyTimeMs and no ModelProfile for model {spec.model} on "
-                        f"{', '.join(missing)}: calibrate it or set spec.bodyTimeMs")
+            return {}, (
+                f"no bodyTimeMs and no ModelProfile for model {spec.model} on "
+                f"{', '.join(missing)}: calibrate it or set spec.bodyTimeMs"
+            )
         return out, ""
 
-    def shard_counts(self, stream: InferenceStream, demands: Mapping[int, _Demand]) -> tuple[list[int], str]:
+    def shard_counts(
+        self, stream: InferenceStream, demands: Mapping[int, _Demand]
+    ) -> tuple[list[int], str]:
         """Shard counts to try, best first; or [] and why none can work."""
         fps = stream.spec.fps
         cap = self.settings.utilization_cap
         deadline = stream.spec.deadline_ms
         best: int | None = None
+        load_split = False
         why = ""
         for d in demands.values():
             if deadline is not None and d.timing.latency_ms > deadline:
-                why = (f"solo latency {d.timing.latency_ms:g} ms ({d.timing.source}) exceeds "
-                       f"deadlineMs {deadline:g}")
+                why = (
+                    f"solo latency {d.timing.latency_ms:g} ms ({d.timing.source}) exceeds "
+                    f"deadlineMs {deadline:g}"
+                )
                 continue
             k_latency = math.ceil(d.timing.latency_ms * fps / 1000 - 1e-9)
             k_load = math.ceil(d.body_ticks / (cap * d.frame_ticks) - 1e-9)
             k = max(1, k_latency, k_load)
-            best = k if best is None else min(best, k)
+            if best is None or k < best:
+                best, load_split = k, k_load >= 2
         if best is None:
             return [], why
-        candidates = range(best, best + self.settings.max_extra_shards + 1)
+        # Fewest shards first; more only when the fewest cannot be placed. A stream that
+        # must split for load anyway may take more shards up front when they pack a GPU
+        # clearly better (shards near a whole GPU strand the rest of it).
+        ranked = list(range(best, best + self.settings.max_extra_shards + 1))
+        if not load_split:
+            return ranked, ""
         load = max(d.body_ticks / d.frame_ticks for d in demands.values())
         mem = stream.spec.memory_mib
         gpu_mem = max(g.memory_free for g in self.fleet.gpus)
 
         def efficiency(k: int) -> float:
-            # Share of a GPU's capacity that k equal shards of this stream can fill when
-            # GPUs hold only such shards: a larger k must buy at least 5 % of it.
+            # Share of a GPU's cap that k equal shards of this stream fill when GPUs hold
+            # only such shards.
             size = load / k
             per_gpu = math.floor(cap / size + 1e-9)
             if mem:
                 per_gpu = min(per_gpu, gpu_mem // mem)
             return per_gpu * size / cap if per_gpu else 0.0
 
-        ranked = [best]
-        top = efficiency(best)
-        for k in candidates[1:]:
-            if efficiency(k) >= top + 0.05:
-                ranked.insert(0, k)
-                top = efficiency(k)
-            else:
-                ranked.append(k)
+        chosen = best
+        for k in ranked[1:]:
+            if efficiency(k) >= efficiency(chosen) + 0.05:
+                chosen = k
+        ranked.remove(chosen)
+        ranked.insert(0, chosen)
         return ranked, ""
 
     # -- placing one shard ----------------------------------------------------
@@ -464,7 +505,10 @@ class Planner:
         spec = shard.stream.spec
         for g in self._candidates(demands, shard):
             d = demands[g.pool]
-            if d.timing.latency_ms > d.frame_ticks * shard.count * 1000 / self.settings.tick_hz + 1e-9:
+            if (
+                d.timing.latency_ms
+                > d.frame_ticks * shard.count * 1000 / self.settings.tick_hz + 1e-9
+            ):
                 continue  # this GPU is too slow for the shard's frame period
             request = d.shard_request(shard.key, shard.count)
             slot = self._try_gpu(g, request, spec.memory_mib, repack=True)
@@ -502,31 +546,52 @@ class Planner:
         if not g.used:
             self.fleet.unused_cursor[g.pool] = min(self.fleet.unused_cursor[g.pool], g.pool_pos)
 
-    def _unplaceable_reason(self, stream: InferenceStream, demands: Mapping[int, _Demand], k: int) -> str:
+    def _unplaceable_reason(
+        self, stream: InferenceStream, demands: Mapping[int, _Demand], k: int
+    ) -> str:
         spec = stream.spec
         cap = self.settings.utilization_cap
-        eligible = [g for p in demands for g in self.fleet.pool_members[p] if _matches(g.node, spec.node_selector)]
+        eligible = [
+            g
+            for p in demands
+            for g in self.fleet.pool_members[p]
+            if _matches(g.node, spec.node_selector)
+        ]
         d = demands[min(demands, key=lambda p: demands[p].body_ticks)]
         need = d.timing.body_ms * spec.fps / 1000
         per_shard = d.shard_util(k)
         largest_free = max((cap - g.util for g in eligible), default=0.0)
         largest_mem = max((g.memory_free for g in eligible), default=0)
-        if spec.memory_mib > max((g.gpu.memory_mib - self.settings.memory_reserve_mib for g in eligible), default=0):
-            return (f"needs {spec.memory_mib} MiB of GPU memory per shard; the largest matching "
-                    f"GPU has {max(g.gpu.memory_mib for g in eligible)} MiB")
+        if spec.memory_mib > max(
+            (g.gpu.memory_mib - self.settings.memory_reserve_mib for g in eligible), default=0
+        ):
+            return (
+                f"needs {spec.memory_mib} MiB of GPU memory per shard; the largest matching "
+                f"GPU has {max(g.gpu.memory_mib for g in eligible)} MiB"
+            )
         body = f"{d.timing.body_ms:g} ms body x {spec.fps:g} fps"
         if k == 1:
             head = f"needs {need:.2f} GPU-seconds of body per second ({body})"
             where = f"one GPU with >= {per_shard:.2f} free"
         else:
-            head = f"needs {need:.2f} GPU-seconds of body per second ({body}); split over {k} shards"
+            head = (
+                f"needs {need:.2f} GPU-seconds of body per second ({body}); split over {k} shards"
+            )
             where = f"{k} GPUs with >= {per_shard:.2f} free each"
-        fits = sum(1 for g in eligible if cap - g.util >= per_shard - 1e-9 and g.memory_free >= spec.memory_mib)
+        fits = sum(
+            1
+            for g in eligible
+            if cap - g.util >= per_shard - 1e-9 and g.memory_free >= spec.memory_mib
+        )
         if fits >= k:
-            return (f"{head}, {fits} of the {len(eligible)} matching GPUs have that much free "
-                    f"but no slot where a {d.timing.body_ms:g} ms body misses every other body")
-        return (f"{head}: it needs {where}; {fits} matching GPU(s) have it "
-                f"(largest free {max(largest_free, 0):.2f}, largest free memory {largest_mem} MiB)")
+            return (
+                f"{head}, {fits} of the {len(eligible)} matching GPUs have that much free "
+                f"but no slot where a {d.timing.body_ms:g} ms body misses every other body"
+            )
+        return (
+            f"{head}: it needs {where}; {fits} matching GPU(s) have it "
+            f"(largest free {max(largest_free, 0):.2f}, largest free memory {largest_mem} MiB)"
+        )
 
     # -- the plan -------------------------------------------------------------
 
@@ -574,16 +639,25 @@ class Planner:
                 unplaced.append(Unplaced(stream.namespace, stream.name, reason))
         return self._result(unplaced, previous)
 
-    def _order(self, item: tuple[InferenceStream, dict[int, _Demand], list[int]]) -> tuple[object, ...]:
+    def _order(
+        self, item: tuple[InferenceStream, dict[int, _Demand], list[int]]
+    ) -> tuple[object, ...]:
         # Highest priority first; then by shard period so GPUs fill with one harmonic family;
         # then largest shard first (first-fit decreasing); then by name for determinism.
         stream, demands, counts = item
         d = min(demands.values(), key=lambda x: x.body_ticks)
-        return (-stream.spec.priority, d.frame_ticks * counts[0], -d.shard_util(counts[0]),
-                stream.namespace, stream.name)
+        return (
+            -stream.spec.priority,
+            d.frame_ticks * counts[0],
+            -d.shard_util(counts[0]),
+            stream.namespace,
+            stream.name,
+        )
 
     def _keep_previous(
-        self, ready: list[tuple[InferenceStream, dict[int, _Demand], list[int]]], previous: Plan,
+        self,
+        ready: list[tuple[InferenceStream, dict[int, _Demand], list[int]]],
+        previous: Plan,
     ) -> list[tuple[InferenceStream, dict[int, _Demand], list[int]]]:
         """Put shards back where the previous plan had them, if they still hold there."""
         fleet = self.fleet
@@ -592,10 +666,12 @@ class Planner:
         old_count = {(s.namespace, s.stream): s.shards for s in previous.shards}
         per_gpu: dict[int, list[tuple[_Shard, _Demand, ShardPlacement]]] = defaultdict(list)
         todo = []
-        for stream, demands, counts in ready:
+        for stream, demands, ranked in ready:
+            # A stream keeps its shard count while that count is still one worth trying.
             prev_count = old_count.get((stream.namespace, stream.name))
-            if prev_count is not None and prev_count in counts:
-                counts = [prev_count] + [c for c in counts if c != prev_count]
+            counts = ranked
+            if prev_count is not None and prev_count in ranked:
+                counts = [prev_count] + [c for c in ranked if c != prev_count]
             for i in range(counts[0]):
                 p = old.get((stream.namespace, stream.name, i))
                 g = where.get((p.node, p.gpu)) if p and p.shards == counts[0] else None
@@ -610,9 +686,15 @@ class Planner:
             while members:
                 mem = sum(m[0].stream.spec.memory_mib for m in members)
                 reqs = [m[1].shard_request(m[0].key, m[0].count) for m in members]
-                prev_slots = {m[0].key: Slot(m[0].key, m[2].body_ticks, m[2].period_ticks, m[2].offset_ticks)
-                              for m in members}
-                result = solve_slots(reqs, prev_slots, max_utilization=cap) if mem <= g.memory_free else None
+                prev_slots = {
+                    m[0].key: Slot(m[0].key, m[2].body_ticks, m[2].period_ticks, m[2].offset_ticks)
+                    for m in members
+                }
+                result = (
+                    solve_slots(reqs, prev_slots, max_utilization=cap)
+                    if mem <= g.memory_free
+                    else None
+                )
                 if result is not None:
                     break
                 members.pop()
@@ -642,22 +724,40 @@ class Planner:
             for slot in sorted(g.slots, key=lambda x: x.offset):
                 shard, d = self._shard_meta[slot.key]  # type: ignore[index]
                 spec = shard.stream.spec
-                shards.append(ShardPlacement(
-                    namespace=shard.stream.namespace, stream=shard.stream.name,
-                    shard=shard.index, shards=shard.count,
-                    node=g.node.name, gpu=g.gpu.index, gpu_uuid=g.gpu.uuid, product=g.gpu.product,
-                    fps=spec.fps / shard.count,
-                    frame_period_ticks=d.frame_ticks * shard.count,
-                    period_ticks=slot.period, offset_ticks=slot.offset, body_ticks=slot.body,
-                    body_ms=d.timing.body_ms, latency_ms=d.timing.latency_ms,
-                    memory_mib=spec.memory_mib, priority=spec.priority,
-                ))
-            gpus.append(GpuUsage(
-                node=g.node.name, gpu=g.gpu.index, uuid=g.gpu.uuid, product=g.gpu.product,
-                sharing_mode=str(g.gpu.sharing_mode), utilization=round(g.util, 6),
-                memory_mib=g.gpu.memory_mib - s.memory_reserve_mib - g.memory_free,
-                memory_total_mib=g.gpu.memory_mib, shards=len(g.slots),
-            ))
+                shards.append(
+                    ShardPlacement(
+                        namespace=shard.stream.namespace,
+                        stream=shard.stream.name,
+                        shard=shard.index,
+                        shards=shard.count,
+                        node=g.node.name,
+                        gpu=g.gpu.index,
+                        gpu_uuid=g.gpu.uuid,
+                        product=g.gpu.product,
+                        fps=spec.fps / shard.count,
+                        frame_period_ticks=d.frame_ticks * shard.count,
+                        period_ticks=slot.period,
+                        offset_ticks=slot.offset,
+                        body_ticks=slot.body,
+                        body_ms=d.timing.body_ms,
+                        latency_ms=d.timing.latency_ms,
+                        memory_mib=spec.memory_mib,
+                        priority=spec.priority,
+                    )
+                )
+            gpus.append(
+                GpuUsage(
+                    node=g.node.name,
+                    gpu=g.gpu.index,
+                    uuid=g.gpu.uuid,
+                    product=g.gpu.product,
+                    sharing_mode=str(g.gpu.sharing_mode),
+                    utilization=round(g.util, 6),
+                    memory_mib=g.gpu.memory_mib - s.memory_reserve_mib - g.memory_free,
+                    memory_total_mib=g.gpu.memory_mib,
+                    shards=len(g.slots),
+                )
+            )
         shards.sort(key=lambda x: (x.namespace, x.stream, x.shard))
         moves: list[Move] = []
         offsets_changed: list[ShardKey] = []
@@ -672,8 +772,14 @@ class Planner:
                 elif (n.offset_ticks, n.period_ticks) != (p.offset_ticks, p.period_ticks):
                     offsets_changed.append(p.key)
         unplaced.sort(key=lambda u: (u.namespace, u.stream))
-        return Plan(tuple(shards), tuple(gpus), tuple(unplaced), tuple(moves),
-                    tuple(offsets_changed), s.tick_hz)
+        return Plan(
+            tuple(shards),
+            tuple(gpus),
+            tuple(unplaced),
+            tuple(moves),
+            tuple(offsets_changed),
+            s.tick_hz,
+        )
 
 
 def plan(
@@ -693,6 +799,17 @@ def shard_ms(p: ShardPlacement, tick_hz: int = TICK_HZ) -> tuple[float, float]:
 
 
 __all__ = [
-    "GpuUsage", "Move", "Plan", "Planner", "PlannerSettings", "ProfileBook", "SharingMode",
-    "ShardPlacement", "Timing", "Unplaced", "plan", "shard_ms", "stream_timing",
+    "GpuUsage",
+    "Move",
+    "Plan",
+    "Planner",
+    "PlannerSettings",
+    "ProfileBook",
+    "ShardPlacement",
+    "SharingMode",
+    "Timing",
+    "Unplaced",
+    "plan",
+    "shard_ms",
+    "stream_timing",
 ]

@@ -1,9 +1,12 @@
 """Discrete-event simulation of shards sharing GPUs: latency and drops by start phase.
 
 Model (the study's, one process per camera): a frame arrives every frame period; if the
-shard is still busy with its previous frame the new one is dropped. Otherwise it waits for
-its slot (staggered mode only, when the slot period is shorter than the frame period),
-runs pre-processing on the CPU, its body on the GPU, and post-processing on the CPU.
+shard is still busy with its previous frame the new one is dropped. Otherwise it runs
+pre-processing on the CPU, its body on the GPU, and post-processing on the CPU. Staggered
+shards go through the sidecar's gate, which holds each inference (the body) until its slot;
+the app captures each frame one pre-processing time ahead of the slot it will use
+(slot-clock mode), so when the slot period was rounded below the frame period a frame is
+taken for the first slot at or after its nominal time, and never waits in the gate.
 Bodies that run at once share the GPU (processor sharing): n of them progress at
 1 / (n * (1 + contention)) each, where ``contention`` is the extra cost of switching
 between contexts (0 is ideal sharing; see docs/simulator.md for its calibration).
@@ -14,7 +17,8 @@ Pure and deterministic: randomness comes from a seeded numpy Generator.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable, Sequence
+import math
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -22,9 +26,17 @@ import numpy as np
 
 from stagger.core.placement import Plan
 
-# Calibrated on the published study (4 SSD-ResNet streams at 4 fps on a T4, synchronized:
-# mean 268 ms); see docs/simulator.md.
+# Extra cost of concurrent bodies, by sharing mode. Time-slicing: calibrated on the
+# published study (4 SSD-ResNet streams at 4 fps on a T4, synchronized: mean 268 ms; see
+# docs/simulator.md). MPS runs kernels of several processes at once without context
+# switches: ideal sharing is assumed (not calibrated).
 STUDY_CONTENTION = 0.32
+CONTENTION = {
+    "time-slicing": STUDY_CONTENTION,
+    "mps": 0.0,
+    "mig": 0.0,
+    "exclusive": STUDY_CONTENTION,
+}
 
 
 class Phasing(StrEnum):
@@ -42,8 +54,9 @@ class SimShard:
     pre_s: float
     post_s: float
     jitter_cv: float = 0.04
-    slot_period_s: float | None = None
-    """When set, a frame waits for the next slot (phase + n * slot period) to start."""
+    slot: tuple[float, float] | None = None
+    """(offset, period) of the shard's slot: when set, the gate starts each body at the
+    first slot at or after the frame's nominal time plus its pre-processing."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,7 @@ def merge(stats: Sequence[ShardStats]) -> ShardStats:
     )
 
 
-_ARRIVE, _PRE_DONE, _POST_DONE = 0, 1, 2
+_ARRIVE, _CAPTURE, _PRE_DONE, _BODY_START, _POST_DONE = range(5)
 
 
 def simulate_gpu(
@@ -94,23 +107,34 @@ def simulate_gpu(
     def jittered(mean: float, cv: float) -> float:
         return mean * max(0.2, 1.0 + cv * float(rng.standard_normal())) if mean > 0 else 0.0
 
-    events: list[tuple[float, int, int, int]] = []  # time, order, kind, shard
+    events: list[tuple[float, int, int, int, float]] = []  # time, order, kind, shard, slot
     seq = 0
 
-    def push(t: float, kind: int, i: int) -> None:
+    def push(t: float, kind: int, i: int, slot_at: float = 0.0) -> None:
         nonlocal seq
-        heapq.heappush(events, (t, seq, kind, i))
+        heapq.heappush(events, (t, seq, kind, i, slot_at))
         seq += 1
 
     for i, s in enumerate(shards):
         push(s.phase_s, _ARRIVE, i)
     busy = [False] * len(shards)
     arrived_at = [0.0] * len(shards)
+    slot_at = [0.0] * len(shards)
     frames = [0] * len(shards)
     dropped = [0] * len(shards)
     latencies: list[list[float]] = [[] for _ in shards]
     active: dict[int, float] = {}  # shard -> remaining body work (s of solo GPU time)
     now = 0.0
+
+    def capture(i: int, t: float, slot: float) -> None:
+        frames[i] += 1
+        if busy[i]:
+            dropped[i] += 1
+            return
+        busy[i] = True
+        arrived_at[i] = t
+        slot_at[i] = slot
+        push(t + jittered(shards[i].pre_s, shards[i].jitter_cv), _PRE_DONE, i)
 
     def rate() -> float:
         n = len(active)
@@ -131,23 +155,24 @@ def simulate_gpu(
             del active[i]
             push(now + jittered(shards[i].post_s, shards[i].jitter_cv), _POST_DONE, i)
             continue
-        _, _, kind, i = heapq.heappop(events)
+        _, _, kind, i, slot = heapq.heappop(events)
         s = shards[i]
         if kind == _ARRIVE:
             if now < duration_s:
                 push(now + s.frame_period_s, _ARRIVE, i)
-                frames[i] += 1
-                if busy[i]:
-                    dropped[i] += 1
-                    continue
-                busy[i] = True
-                arrived_at[i] = now
-                start = now
-                if s.slot_period_s:
-                    n = -((s.phase_s - now) // s.slot_period_s)
-                    start = max(now, s.phase_s + n * s.slot_period_s)
-                push(start + jittered(s.pre_s, s.jitter_cv), _PRE_DONE, i)
-        elif kind == _PRE_DONE:
+                if s.slot:
+                    offset, period = s.slot
+                    # 1 ns of tolerance: float error must not push a frame a slot later.
+                    m = math.ceil((now + s.pre_s - offset) / period - 1e-9 / period)
+                    target = offset + m * period
+                    push(target - s.pre_s, _CAPTURE, i, target)
+                else:
+                    capture(i, now, now)
+        elif kind == _CAPTURE:
+            capture(i, now, slot)
+        elif kind == _PRE_DONE and s.slot and slot_at[i] > now:
+            push(slot_at[i], _BODY_START, i)
+        elif kind in (_PRE_DONE, _BODY_START):
             active[i] = jittered(s.body_s, s.jitter_cv)
         else:
             busy[i] = False
@@ -168,29 +193,37 @@ def shards_from_plan(
 ) -> dict[tuple[str, int], list[SimShard]]:
     """Simulation inputs per GPU for a plan under one phasing of the start times.
 
-    Staggered: each shard starts at its slot offset (its body then follows its own
-    pre-processing, the same lead for shards of one model). Synchronized: all at 0.
-    Random: uniform in the frame period, what pods get when nobody coordinates them."""
+    Staggered: the gate starts each body at its slot; frames are captured one
+    pre-processing time ahead of it. Synchronized: every frame clock starts at 0. Random:
+    uniform in the frame period, what pods get when nobody coordinates them."""
     rng = np.random.default_rng(seed)
     tick = 1.0 / plan.tick_hz
     out: dict[tuple[str, int], list[SimShard]] = {}
     for p in plan.shards:
         frame = p.frame_period_ticks * tick
+        body = p.body_ms / 1000
+        rest = max(0.0, p.latency_ms / 1000 - body)
+        pre, post = rest * pre_fraction, rest * (1 - pre_fraction)
+        slot = None
         if phasing is Phasing.STAGGERED:
-            phase = p.offset_ticks * tick
+            slot = (p.offset_ticks * tick, p.period_ticks * tick)
+            phase = (slot[0] - pre) % frame
         elif phasing is Phasing.SYNCHRONIZED:
             phase = 0.0
         else:
             phase = float(rng.uniform(0, frame))
-        body = p.body_ms / 1000
-        rest = max(0.0, p.latency_ms / 1000 - body)
-        slot_period = p.period_ticks * tick if (
-            phasing is Phasing.STAGGERED and p.period_ticks != p.frame_period_ticks) else None
-        out.setdefault((p.node, p.gpu), []).append(SimShard(
-            key=p.key, frame_period_s=frame, phase_s=phase, body_s=body,
-            pre_s=rest * pre_fraction, post_s=rest * (1 - pre_fraction),
-            jitter_cv=jitter_cv, slot_period_s=slot_period,
-        ))
+        out.setdefault((p.node, p.gpu), []).append(
+            SimShard(
+                key=p.key,
+                frame_period_s=frame,
+                phase_s=phase,
+                body_s=body,
+                pre_s=pre,
+                post_s=post,
+                jitter_cv=jitter_cv,
+                slot=slot,
+            )
+        )
     return out
 
 
@@ -199,15 +232,19 @@ def simulate_plan(
     phasing: Phasing,
     duration_s: float = 60.0,
     *,
-    contention: float = STUDY_CONTENTION,
+    contention: Mapping[str, float] | None = None,
     jitter_cv: float = 0.04,
     seed: int = 0,
 ) -> dict[tuple[str, str], ShardStats]:
-    """Per stream (namespace, name), the simulated frames, drops and latencies."""
+    """Per stream (namespace, name), the simulated frames, drops and latencies.
+    ``contention`` overrides entries of :data:`CONTENTION` (by sharing mode)."""
     per_shard: dict[Hashable, ShardStats] = {}
-    for n, (_, shards) in enumerate(sorted(shards_from_plan(
-            plan, phasing, jitter_cv=jitter_cv, seed=seed).items())):
-        per_shard.update(simulate_gpu(shards, duration_s, contention=contention, seed=seed + n))
+    modes = {(g.node, g.gpu): g.sharing_mode for g in plan.gpus}
+    table = {**CONTENTION, **(contention or {})}
+    per_gpu = shards_from_plan(plan, phasing, jitter_cv=jitter_cv, seed=seed)
+    for n, (gpu, shards) in enumerate(sorted(per_gpu.items())):
+        alpha = table.get(modes[gpu], STUDY_CONTENTION)
+        per_shard.update(simulate_gpu(shards, duration_s, contention=alpha, seed=seed + n))
     by_stream: dict[tuple[str, str], list[ShardStats]] = {}
     for p in plan.shards:
         by_stream.setdefault((p.namespace, p.stream), []).append(per_shard[p.key])

@@ -73,12 +73,7 @@ def collide(a: Slot, b: Slot) -> bool:
 
 def overlaps(slots: Sequence[Slot]) -> list[tuple[Key, Key]]:
     """Every pair of slots whose bodies ever overlap (empty for a valid table)."""
-    return [
-        (a.key, b.key)
-        for i, a in enumerate(slots)
-        for b in slots[i + 1:]
-        if collide(a, b)
-    ]
+    return [(a.key, b.key) for i, a in enumerate(slots) for b in slots[i + 1 :] if collide(a, b)]
 
 
 def utilization(slots: Iterable[Slot]) -> float:
@@ -111,7 +106,9 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
     return best
 
 
-def allowed_offsets(existing: Sequence[Slot], period: int, body: int) -> tuple[int, list[tuple[int, int]]]:
+def allowed_offsets(
+    existing: Sequence[Slot], period: int, body: int
+) -> tuple[int, list[tuple[int, int]]]:
     """Offsets in [0, L) at which a body of ``body`` ticks with ``period`` collides with
     none of ``existing``: returns L and the allowed closed intervals [lo, hi], sorted.
     Offsets congruent modulo L are equivalent (L divides ``period``)."""
@@ -277,7 +274,9 @@ def solve(
         return None
     table = spread(packed)
     changed = tuple(
-        s.key for s in table
-        if s.key in previous and (previous[s.key].offset, previous[s.key].period) != (s.offset, s.period)
+        s.key
+        for s in table
+        if s.key in previous
+        and (previous[s.key].offset, previous[s.key].period) != (s.offset, s.period)
     )
     return SolveResult(tuple(table), repacked=bool(kept), offsets_changed=changed)
