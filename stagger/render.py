@@ -107,8 +107,8 @@ def timeline(plan: Plan, width: int = 72) -> Group:
     parts: list[Any] = [
         Text("Timelines (one letter per shard, '.' = GPU free of bodies)", style="bold")
     ]
-    for (node, gpu), shards in sorted(_by_gpu(plan).items()):
-        shards = sorted(shards, key=lambda s: (s.offset_ticks, s.stream, s.shard))
+    for (node, gpu), on_gpu in sorted(_by_gpu(plan).items()):
+        shards = sorted(on_gpu, key=lambda s: (s.offset_ticks, s.stream, s.shard))
         window = max(s.period_ticks for s in shards)
         cells = ["."] * width
         for sym, s in zip(SYMBOLS, shards, strict=False):
@@ -194,10 +194,11 @@ def print_plan(
 
 def plot(plan: Plan, path: str) -> None:
     """Per-GPU timeline over each GPU's longest slot period, as a PNG."""
-    import matplotlib
+    # matplotlib loads only when a plot is asked for: it is the slowest import by far.
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     hz = plan.tick_hz
     gpus = sorted(_by_gpu(plan).items())

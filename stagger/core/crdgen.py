@@ -40,14 +40,14 @@ def _resolve(node: Any, defs: dict[str, JsonSchema]) -> Any:
 
 def _structural(node: JsonSchema, path: str) -> JsonSchema:
     node = dict(node)
-    for key in _DROP_KEYS:
-        node.pop(key, None)
     for key in ("anyOf", "oneOf"):
         if key in node:
             options = [o for o in node.pop(key) if o.get("type") != "null"]
             if len(options) != 1:
                 raise SchemaError(f"{path}: {key} with {len(options)} non-null options")
             node = {**options[0], **node, "nullable": True}
+    for key in _DROP_KEYS:
+        node.pop(key, None)
     if "allOf" in node:
         raise SchemaError(f"{path}: allOf is not structural")
     if node.get("default") in (None, "", [], {}):
@@ -89,6 +89,7 @@ def openapi_schema(resource: type[Resource]) -> JsonSchema:
     props["apiVersion"] = {"type": "string", "description": "stagger.dev/v1alpha1"}
     props["kind"] = {"type": "string", "description": resource.KIND}
     props["metadata"] = {"type": "object"}
+    props["status"].pop("nullable", None)  # the status subresource is never null
     schema["required"] = [
         r for r in schema.get("required", []) if r not in ("apiVersion", "kind", "metadata")
     ]

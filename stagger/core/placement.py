@@ -678,39 +678,40 @@ class Planner:
                 if p and g and g.pool in demands and _matches(g.node, stream.spec.node_selector):
                     per_gpu[g.pos].append((_Shard(stream, i, counts[0]), demands[g.pool], p))
             todo.append((stream, demands, counts))
-        cap = self.settings.utilization_cap
         for pos, members in sorted(per_gpu.items()):
-            g = fleet.gpus[pos]
-            # Lowest priority gives way first; among equals the newest name.
-            members.sort(key=lambda m: (-m[0].stream.spec.priority, m[0].key))
-            while members:
-                mem = sum(m[0].stream.spec.memory_mib for m in members)
-                reqs = [m[1].shard_request(m[0].key, m[0].count) for m in members]
-                prev_slots = {
-                    m[0].key: Slot(m[0].key, m[2].body_ticks, m[2].period_ticks, m[2].offset_ticks)
-                    for m in members
-                }
-                result = (
-                    solve_slots(reqs, prev_slots, max_utilization=cap)
-                    if mem <= g.memory_free
-                    else None
+            self._keep_on_gpu(fleet.gpus[pos], members)
+        for pool in range(len(fleet.pool_keys)):
+            self._advance_unused(pool)
+        return todo
+
+    def _keep_on_gpu(self, g: _Gpu, members: list[tuple[_Shard, _Demand, ShardPlacement]]) -> None:
+        """Keep as many of a GPU's previous shards as still fit, with their offsets where
+        possible; the lowest priority (then the last by name) gives way first."""
+        members = sorted(members, key=lambda m: (-m[0].stream.spec.priority, m[0].key))
+        while members:
+            memory = sum(m[0].stream.spec.memory_mib for m in members)
+            requests = [d.shard_request(shard.key, shard.count) for shard, d, _ in members]
+            previous: dict[Hashable, Slot] = {
+                shard.key: Slot(shard.key, p.body_ticks, p.period_ticks, p.offset_ticks)
+                for shard, _, p in members
+            }
+            if memory <= g.memory_free:
+                result = solve_slots(
+                    requests, previous, max_utilization=self.settings.utilization_cap
                 )
                 if result is not None:
                     break
-                members.pop()
-            if not members:
-                continue
-            g.slots = list(result.slots)
-            g.kept = True
-            g.memory_free -= mem
-            for shard, d, _ in members:
-                self._frame_of[shard.key] = d.frame_ticks * shard.count
-                self._shard_meta[shard.key] = (shard, d)
-                self._gpu_of[shard.key] = g
-            fleet.refresh(g)
-        for p in range(len(fleet.pool_keys)):
-            self._advance_unused(p)
-        return todo
+            members.pop()
+        else:
+            return
+        g.slots = list(result.slots)
+        g.kept = True
+        g.memory_free -= memory
+        for shard, d, _ in members:
+            self._frame_of[shard.key] = d.frame_ticks * shard.count
+            self._shard_meta[shard.key] = (shard, d)
+            self._gpu_of[shard.key] = g
+        self.fleet.refresh(g)
 
     def _result(self, unplaced: list[Unplaced], previous: Plan | None) -> Plan:
         s = self.settings

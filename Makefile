@@ -1,0 +1,48 @@
+# Stagger: `make plan` runs the main job on the embedded default scenario; `make test` runs
+# everything CI checks. Both create the virtual environment on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: all venv plan test lint typecheck layers crds check-crds pytest bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP)
+
+plan: $(STAMP)  ## Plan the default scenario: placement, timelines, simulated latency
+	$(BIN)/stagger plan
+
+test: lint typecheck layers check-crds pytest  ## Everything CI runs
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+layers: $(STAMP)  ## Import-linter: the core stays pure, the adapters stay apart
+	$(BIN)/lint-imports
+
+crds: $(STAMP)  ## Regenerate crds/ from the pydantic API models
+	$(BIN)/stagger crds --out crds
+
+check-crds: $(STAMP)  ## Fail when crds/ is stale
+	$(BIN)/stagger crds --out crds --check
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+bench: $(STAMP)  ## Placement quality and scale (see docs/benchmarks.md)
+	$(BIN)/python -m bench.placement
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

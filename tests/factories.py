@@ -1,0 +1,101 @@
+"""Builders for test inputs and an independent checker for slot tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from stagger.core.api import InferenceStream, ModelProfile
+from stagger.core.cluster import Cluster
+from stagger.core.slots import Slot
+
+
+def stream(
+    name: str,
+    fps: float,
+    body: float | None = 10.0,
+    latency: float | None = None,
+    namespace: str = "default",
+    **spec: Any,
+) -> InferenceStream:
+    body_spec: dict[str, Any] = {"model": spec.pop("model", "m"), "fps": fps, **spec}
+    if body is not None:
+        body_spec["bodyTimeMs"] = body
+    if latency is not None:
+        body_spec["latencyMs"] = latency
+    return InferenceStream.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "InferenceStream",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": body_spec,
+        }
+    )
+
+
+def profile(
+    model: str, product: str, body: float, latency: float, sharing: str = "time-slicing"
+) -> ModelProfile:
+    return ModelProfile.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "ModelProfile",
+            "metadata": {"name": f"{model}.{product}.{sharing}".lower()},
+            "spec": {
+                "model": model,
+                "gpuProduct": product,
+                "sharingMode": sharing,
+                "bodyTimeMs": body,
+                "latencyMs": latency,
+            },
+        }
+    )
+
+
+def cluster(
+    *nodes: tuple[str, int],
+    product: str = "T4",
+    memory: int = 16000,
+    labels: dict[str, str] | None = None,
+    sharing: str = "time-slicing",
+) -> Cluster:
+    return Cluster.model_validate(
+        {
+            "nodes": [
+                {
+                    "name": name,
+                    "labels": labels or {},
+                    "gpus": [
+                        {
+                            "index": i,
+                            "uuid": f"GPU-{name}-{i}",
+                            "product": product,
+                            "memoryMiB": memory,
+                            "sharingMode": sharing,
+                        }
+                        for i in range(count)
+                    ],
+                }
+                for name, count in nodes
+            ]
+        }
+    )
+
+
+def brute_force_overlaps(slots: Sequence[Slot]) -> bool:
+    """True when any two bodies share a tick, by marking every tick of the hyperperiod."""
+    if not slots:
+        return False
+    hyper = 1
+    for s in slots:
+        hyper = hyper * s.period // math.gcd(hyper, s.period)
+    busy = bytearray(hyper)
+    for s in slots:
+        for n in range(hyper // s.period):
+            start = s.offset + n * s.period
+            for t in range(start, start + s.body):
+                if busy[t % hyper]:
+                    return True
+                busy[t % hyper] = 1
+    return False

@@ -1,0 +1,229 @@
+"""`stagger plan` and `stagger crds` as a user runs them: the real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+CLUSTER = """\
+nodes:
+  - name: n1
+    labels: {zone: a}
+    gpus:
+      - {index: 0, uuid: GPU-1, product: Tesla-T4, memoryMiB: 15360}
+"""
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stagger.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def manifest(name: str = "cam", **spec: object) -> str:
+    body = {"model": "ssd", "fps": 4, "bodyTimeMs": 45, "latencyMs": 75, **spec}
+    fields = ", ".join(
+        f"{k}: {json.dumps(v) if isinstance(v, str) else v}" for k, v in body.items()
+    )
+    return textwrap.dedent(f"""\
+        apiVersion: stagger.dev/v1alpha1
+        kind: InferenceStream
+        metadata: {{name: {name}, namespace: default}}
+        spec: {{{fields}}}
+        """)
+
+
+@pytest.fixture
+def cluster_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER)
+    return path
+
+
+def test_default_scenario_prints_plan_timeline_and_simulation() -> None:
+    result = run("plan", "--simulate", "20")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for section in (
+        "Placement",
+        "GPUs",
+        "Timelines",
+        "Simulated",
+        "STAGGERED",
+        "SYNCHRONIZED",
+        "RANDOM",
+    ):
+        assert section in out
+    assert "study/study-cam-4" in out
+    assert "26/26 streams placed" in out
+    assert "Traceback" not in result.stderr
+
+
+def test_json_output_is_the_documented_shape() -> None:
+    result = run("plan", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) == {"shards", "gpus", "unplaced"}
+    assert set(data["shards"][0]) == {
+        "stream",
+        "namespace",
+        "shard",
+        "shards",
+        "node",
+        "gpu",
+        "fps",
+        "periodMs",
+        "offsetMs",
+        "bodyMs",
+    }
+    assert set(data["gpus"][0]) == {"node", "gpu", "utilization", "memoryMiB"}
+    study = sorted(s["offsetMs"] for s in data["shards"] if s["namespace"] == "study")
+    assert study == [0.0, 62.5, 125.0, 187.5]
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    target = tmp_path / "plan.png"
+    result = run("plan", "--simulate", "0", "--plot", str(target))
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_files_plan_and_unplaced_exit_1_with_reason(tmp_path: Path, cluster_file: Path) -> None:
+    streams = tmp_path / "streams.yaml"
+    streams.write_text("---\n".join(manifest(f"cam{i}") for i in range(6)))
+    result = run(
+        "plan", "--streams", str(streams), "--cluster", str(cluster_file), "--simulate", "0"
+    )
+    assert result.returncode == 1
+    assert "unplaced: default/cam" in result.stderr
+    assert "needs 0.18 GPU-seconds of body per second" in result.stderr
+
+
+def test_streams_take_several_files_and_profiles_fill_in_timing(
+    tmp_path: Path, cluster_file: Path
+) -> None:
+    (tmp_path / "a.yaml").write_text(
+        manifest("a", bodyTimeMs=None)
+        .replace("bodyTimeMs: None, ", "")
+        .replace(", latencyMs: 75", "")
+    )
+    (tmp_path / "b.yaml").write_text(manifest("b"))
+    (tmp_path / "p.yaml").write_text(
+        textwrap.dedent("""\
+        apiVersion: stagger.dev/v1alpha1
+        kind: ModelProfile
+        metadata: {name: ssd-t4}
+        spec: {model: ssd, gpuProduct: Tesla-T4, bodyTimeMs: 40, latencyMs: 70}
+        """)
+    )
+    result = run(
+        "plan",
+        "--streams",
+        str(tmp_path / "a.yaml"),
+        str(tmp_path / "b.yaml"),
+        "--cluster",
+        str(cluster_file),
+        "--profiles",
+        str(tmp_path / "p.yaml"),
+        "-o",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    bodies = {s["stream"]: s["bodyMs"] for s in json.loads(result.stdout)["shards"]}
+    assert bodies == {"a": 40, "b": 45}
+
+
+BAD = {
+    "negative fps": (
+        manifest(fps=-4),
+        "InferenceStream default/cam: spec.fps: Input should be greater than 0",
+    ),
+    "zero fps": (manifest(fps=0), "spec.fps: Input should be greater than 0"),
+    "nan fps": (
+        manifest().replace("fps: 4", "fps: .nan"),
+        "spec.fps: Input should be a finite number",
+    ),
+    "non-numeric fps": (manifest(fps='"ten"'), "spec.fps: Input should be a valid number"),
+    "missing model": (
+        manifest().replace('model: "ssd", ', ""),
+        "spec.model: required field is missing",
+    ),
+    "zero body": (manifest(bodyTimeMs=0), "spec.bodyTimeMs: Input should be greater than 0"),
+    "negative memory": (
+        manifest(memoryMiB=-1),
+        "spec.memoryMiB: Input should be greater than or equal to 0",
+    ),
+    "latency over deadline": (
+        manifest(deadlineMs=50),
+        "spec.latencyMs: latencyMs exceeds deadlineMs",
+    ),
+    "unknown field": (manifest(fpss=3), "spec.fpss: unknown field"),
+    "wrong kind": (
+        manifest().replace("kind: InferenceStream", "kind: Deployment"),
+        "kind is 'Deployment' (not a Stagger kind), expected InferenceStream",
+    ),
+    "wrong apiVersion": (
+        manifest().replace("stagger.dev/v1alpha1", "stagger.dev/v9"),
+        "apiVersion is 'stagger.dev/v9'",
+    ),
+    "duplicate names": (manifest() + "---\n" + manifest(), "defined more than once"),
+    "broken yaml": ("spec: {fps: [1, 2\n", "not valid YAML at line 2"),
+    "bad name": (manifest(name="Bad_Name"), "metadata.name: String should match pattern"),
+    "not a mapping": ("- just\n- a list\n", "expected a mapping, got list"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=str)
+def test_bad_input_exits_2_naming_file_object_and_field(
+    case: str, tmp_path: Path, cluster_file: Path
+) -> None:
+    text, expected = BAD[case]
+    path = tmp_path / "streams.yaml"
+    path.write_text(text)
+    result = run("plan", "--streams", str(path), "--cluster", str(cluster_file))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert f"error: {path}" in result.stderr
+    assert expected in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_every_problem_of_every_file_is_reported_at_once(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(manifest("a", fps=0) + "---\n" + manifest("b", bodyTimeMs=-1))
+    (tmp_path / "c.yaml").write_text(
+        "nodes:\n  - name: n\n    gpus: [{index: 0, product: T4, memoryMiB: 0}]\n"
+    )
+    result = run(
+        "plan", "--streams", str(tmp_path / "s.yaml"), "--cluster", str(tmp_path / "c.yaml")
+    )
+    assert result.returncode == 2
+    assert "default/a: spec.fps" in result.stderr
+    assert "default/b: spec.bodyTimeMs" in result.stderr
+    assert "c.yaml: nodes[0].gpus[0].memoryMiB: Input should be greater than 0" in result.stderr
+
+
+def test_missing_file_and_half_given_inputs_are_clear(tmp_path: Path, cluster_file: Path) -> None:
+    result = run("plan", "--streams", str(tmp_path / "nope.yaml"), "--cluster", str(cluster_file))
+    assert result.returncode == 2
+    assert "nope.yaml: cannot read: No such file or directory" in result.stderr
+    result = run("plan", "--streams", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "give both --streams and --cluster" in result.stderr
+
+
+def test_bad_settings_are_refused() -> None:
+    result = run("plan", "--utilization-cap", "1.5")
+    assert result.returncode == 2
+    assert "utilization cap must be in (0, 1]" in result.stderr
+    result = run("plan", "--utilization-cap", "-1")
+    assert result.returncode == 2
+    assert "must be > 0" in result.stderr

@@ -1,0 +1,229 @@
+import random
+from collections import defaultdict
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stagger.core.placement import Plan, PlannerSettings, plan
+from stagger.core.slots import Slot
+from tests.factories import brute_force_overlaps, cluster, profile, stream
+
+
+def check_plan(p: Plan, cap: float = 0.9) -> None:
+    """Every invariant a plan must hold, checked independently of the solver."""
+    per_gpu: dict[tuple[str, int], list[Slot]] = defaultdict(list)
+    memory: dict[tuple[str, int], int] = defaultdict(int)
+    for s in p.shards:
+        per_gpu[(s.node, s.gpu)].append(Slot(s.key, s.body_ticks, s.period_ticks, s.offset_ticks))
+        memory[(s.node, s.gpu)] += s.memory_mib
+        assert s.period_ticks <= s.frame_period_ticks
+        # A frame finishes before the next frame of its shard arrives.
+        assert s.latency_ms <= s.frame_period_ticks / 30 + 1e-6
+    for gpu, slots in per_gpu.items():
+        assert not brute_force_overlaps(slots), gpu
+        assert sum(x.body / x.period for x in slots) <= cap + 1e-9
+    for g in p.gpus:
+        assert memory[(g.node, g.gpu)] == g.memory_mib <= g.memory_total_mib
+    shards_of: dict[tuple[str, str], set[int]] = defaultdict(set)
+    counts = {}
+    for s in p.shards:
+        shards_of[(s.namespace, s.stream)].add(s.shard)
+        counts[(s.namespace, s.stream)] = s.shards
+    for key, idx in shards_of.items():
+        assert idx == set(range(counts[key])), key  # all shards placed, or none
+
+
+def test_study_scenario_four_cameras_share_one_t4() -> None:
+    streams = [stream(f"cam{i}", 4, body=45, latency=75) for i in range(4)]
+    p = plan(streams, cluster(("t4", 1)))
+    check_plan(p)
+    assert not p.unplaced
+    assert [
+        round(s.offset_ticks / 30, 1) for s in sorted(p.shards, key=lambda s: s.offset_ticks)
+    ] == [0.0, 62.5, 125.0, 187.5]
+
+
+def test_stream_over_one_gpu_is_split_and_each_shard_takes_every_kth_frame() -> None:
+    p = plan([stream("big", 30, body=45, latency=60)], cluster(("n", 4)))
+    check_plan(p)
+    shards = p.for_stream("default", "big")
+    assert len(shards) >= 2
+    assert {s.fps for s in shards} == {30 / len(shards)}
+    assert sum(s.fps for s in shards) == pytest.approx(30)
+
+
+def test_stream_whose_latency_exceeds_its_frame_period_is_split() -> None:
+    # 80 ms solo latency at 30 fps (33 ms frames): 3 shards, each with 100 ms per frame.
+    p = plan([stream("slow", 30, body=5, latency=80)], cluster(("n", 1)))
+    check_plan(p)
+    shards = p.for_stream("default", "slow")
+    assert len(shards) == 3
+    assert all(s.frame_period_ticks == 3000 for s in shards)
+
+
+def test_deadline_below_profile_latency_is_unschedulable_with_reason() -> None:
+    s = stream("late", 10, body=None, model="det", deadlineMs=50)
+    p = plan([s], cluster(("n", 1)), [profile("det", "T4", 20, 80)])
+    assert p.unplaced[0].reason.startswith("solo latency 80 ms")
+    assert "deadlineMs 50" in p.unplaced[0].reason
+
+
+def test_reasons_name_what_is_missing() -> None:
+    c = cluster(("n", 1), labels={"zone": "a"})
+    cases = {
+        "sel": (stream("sel", 1, nodeSelector={"zone": "b"}), "nodeSelector {zone=b} matches none"),
+        "prod": (stream("prod", 1, gpuProduct="H200"), "gpuProduct H200 is on no matching node"),
+        "noprof": (
+            stream("noprof", 1, body=None, model="x"),
+            "no bodyTimeMs and no ModelProfile for model x",
+        ),
+        "mem": (stream("mem", 1, memoryMiB=20000), "needs 20000 MiB of GPU memory per shard"),
+    }
+    p = plan([s for s, _ in cases.values()], c)
+    reasons = {u.stream: u.reason for u in p.unplaced}
+    for name, (_, expected) in cases.items():
+        assert expected in reasons[name], reasons[name]
+
+
+def test_capacity_reason_gives_the_figures() -> None:
+    # Two GPUs at 0.6 of body each: a 1.35 GPU-second stream split in 2 needs 0.68 each.
+    filler = [stream(f"f{i}", 10, body=60) for i in range(2)]
+    big = stream("big", 30, body=45, latency=45, priority=-1)
+    p = plan([*filler, big], cluster(("n", 2)), settings=PlannerSettings(max_extra_shards=0))
+    (u,) = p.unplaced
+    assert u.stream == "big"
+    assert "needs 1.35 GPU-seconds of body per second" in u.reason
+    assert "split over 2 shards" in u.reason
+    assert "largest free 0.30" in u.reason
+
+
+def test_higher_priority_streams_are_placed_first() -> None:
+    streams = [stream(f"s{i}", 10, body=30, priority=i) for i in range(4)]
+    p = plan(streams, cluster(("n", 1)))
+    assert {s.stream for s in p.shards} == {"s3", "s2", "s1"}
+    assert [u.stream for u in p.unplaced] == ["s0"]
+
+
+def test_profiles_are_chosen_by_product_and_sharing_mode() -> None:
+    c = cluster(("mps", 1), product="H200", sharing="mps")
+    profiles = [
+        profile("det", "H200", 10.5, 18.5),
+        profile("det", "H200", 6.2, 18.5, sharing="mps"),
+    ]
+    p = plan([stream("a", 10, body=None, model="det")], c, profiles)
+    assert p.shards[0].body_ms == 6.2
+
+
+def test_stream_body_overrides_the_profile() -> None:
+    p = plan(
+        [stream("a", 10, body=3, model="det")], cluster(("n", 1)), [profile("det", "T4", 20, 30)]
+    )
+    assert p.shards[0].body_ms == 3
+
+
+def test_same_inputs_in_any_order_give_the_same_plan() -> None:
+    streams = [
+        stream(f"s{i}", random.Random(i).choice([5, 10, 15, 30]), body=3 + i % 7) for i in range(40)
+    ]
+    c = cluster(("a", 2), ("b", 2))
+    first = plan(streams, c)
+    shuffled = streams[:]
+    random.Random(7).shuffle(shuffled)
+    assert plan(shuffled, c) == first
+    check_plan(first)
+
+
+def test_binpack_uses_fewer_gpus_than_spread() -> None:
+    streams = [stream(f"s{i}", 10, body=10) for i in range(6)]
+    c = cluster(("n", 4))
+    packed = plan(streams, c)
+    spread = plan(streams, c, settings=PlannerSettings(policy="spread"))
+    check_plan(packed)
+    check_plan(spread)
+    assert len(packed.gpus) == 1
+    assert len(spread.gpus) == 4
+
+
+def test_adding_a_stream_moves_nobody() -> None:
+    streams = [stream(f"s{i}", [5, 10, 15, 30][i % 4], body=4 + i % 5) for i in range(30)]
+    c = cluster(("a", 4))
+    before = plan(streams, c)
+    after = plan([*streams, stream("new", 10, body=5)], c, previous=before)
+    check_plan(after)
+    assert after.moves == ()
+    assert after.offsets_changed == ()
+    old = {s.key: s for s in before.shards}
+    for s in after.shards:
+        if s.key in old:
+            assert (s.node, s.gpu, s.offset_ticks, s.period_ticks) == (
+                old[s.key].node,
+                old[s.key].gpu,
+                old[s.key].offset_ticks,
+                old[s.key].period_ticks,
+            )
+
+
+def test_losing_a_node_moves_only_its_shards_highest_priority_first() -> None:
+    streams = [stream(f"s{i}", 10, body=40, priority=i) for i in range(4)]
+    both = cluster(("a", 1), ("b", 1))
+    before = plan(streams, both)
+    assert not before.unplaced
+    on_b = {s.stream for s in before.shards if s.node == "b"}
+    after = plan(streams, cluster(("a", 1)), previous=before)
+    check_plan(after)
+    assert {m.stream for m in after.moves} <= on_b
+    # 0.4 of body each: two fit on the remaining GPU; the two lowest priorities give way.
+    assert sorted(u.stream for u in after.unplaced) == ["s0", "s1"]
+
+
+def test_fps_change_keeps_the_gpu_when_it_still_fits() -> None:
+    streams = [stream(f"s{i}", 10, body=5) for i in range(3)]
+    c = cluster(("a", 2))
+    before = plan(streams, c)
+    changed = [*streams[:2], stream("s2", 15, body=5)]
+    after = plan(changed, c, previous=before)
+    check_plan(after)
+    assert after.moves == ()
+
+
+def test_duplicate_streams_are_refused() -> None:
+    with pytest.raises(ValueError, match="more than once: default/a"):
+        plan([stream("a", 1), stream("a", 2)], cluster(("n", 1)))
+
+
+def test_empty_cluster_gives_a_reason() -> None:
+    p = plan([stream("a", 1)], cluster())
+    assert p.unplaced[0].reason == "the cluster has no GPUs"
+
+
+fleet_stream = st.tuples(
+    st.sampled_from([1, 2, 5, 7.5, 10, 12.5, 15, 25, 30]),
+    st.floats(min_value=1, max_value=60),
+    st.floats(min_value=1.0, max_value=3.0),
+    st.integers(0, 6000),
+    st.integers(-1, 1),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(fleet_stream, min_size=1, max_size=25),
+    st.integers(1, 3),
+    st.sampled_from(["binpack", "spread"]),
+)
+def test_every_plan_holds_its_invariants(specs: list, gpus_per_node: int, policy: str) -> None:
+    streams = [
+        stream(f"s{i}", fps, body=body, latency=body * lat, memoryMiB=mem, priority=prio)
+        for i, (fps, body, lat, mem, prio) in enumerate(specs)
+    ]
+    c = cluster(("a", gpus_per_node), ("b", gpus_per_node), memory=24000)
+    p = plan(streams, c, settings=PlannerSettings(policy=policy))  # type: ignore[arg-type]
+    check_plan(p)
+    assert len({(s.namespace, s.stream) for s in p.shards}) + len(p.unplaced) == len(streams)
+    # Incremental re-plan of the same input changes nothing.
+    again = plan(streams, c, settings=PlannerSettings(policy=policy), previous=p)  # type: ignore[arg-type]
+    assert again.moves == () and again.offsets_changed == ()
+    assert {s.key: (s.node, s.gpu) for s in again.shards} == {
+        s.key: (s.node, s.gpu) for s in p.shards
+    }
