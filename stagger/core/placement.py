@@ -18,6 +18,7 @@ unused one; minimises GPUs) and ``spread`` (most free capacity first; spreads ri
 
 from __future__ import annotations
 
+import gc
 import math
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -198,19 +199,27 @@ class _FreeTree:
 
     def first(self, start: int, need_util: float, need_mem: int) -> int | None:
         """Leftmost leaf >= start whose free util and memory both suffice."""
-        # Depth-first, left to right, pruning subtrees that end before ``start`` or whose
-        # maxima are too small; iterative so deep trees cost no recursion.
-        stack = [(1, 0, self.size)]
-        while stack:
-            node, lo, hi = stack.pop()
-            if hi <= start or self.util[node] < need_util or self.mem[node] < need_mem:
-                continue
-            if hi - lo == 1:
-                return lo
-            mid = (lo + hi) // 2
-            stack.append((2 * node + 1, mid, hi))
-            stack.append((2 * node, lo, mid))
-        return None
+        if start >= self.size:
+            return None
+        util, mem = self.util, self.mem
+        i = start + self.size
+        while True:
+            # Climb: from the leaf, take the next subtree to the right until one may have room.
+            while util[i] < need_util or mem[i] < need_mem:
+                while i & 1:  # a right child: go up until we can step right
+                    i >>= 1
+                if i <= 1:
+                    return None
+                i += 1
+            # Descend to the leftmost leaf that may have room. The two maxima of a subtree
+            # can come from different leaves, so the leaf is checked and, if it falls short,
+            # the climb goes on to its right.
+            while i < self.size:
+                i *= 2
+                if util[i] < need_util or mem[i] < need_mem:
+                    i += 1
+            if util[i] >= need_util and mem[i] >= need_mem:
+                return i - self.size
 
 
 @dataclass
@@ -222,15 +231,21 @@ class _Gpu:
     pool_pos: int
     memory_free: int
     slots: list[Slot] = field(default_factory=list)
+    util: float = 0.0
+    """Reserved body time per second of ``slots`` (kept in step by :meth:`set_slots`)."""
     kept: bool = False  # holds shards from a previous plan: never re-packed silently
+    blocked: dict[int, int] = field(default_factory=dict)
+    """Frame period -> smallest body that found no slot here since the table last changed:
+    a larger body with that period cannot fit either, so it is not tried again."""
 
     @property
     def used(self) -> bool:
         return bool(self.slots)
 
-    @property
-    def util(self) -> float:
-        return sum(s.body / s.period for s in self.slots)
+    def set_slots(self, slots: list[Slot]) -> None:
+        self.slots = slots
+        self.util = sum(s.body / s.period for s in slots)
+        self.blocked.clear()
 
 
 @dataclass(frozen=True)
@@ -274,7 +289,7 @@ class _Fleet:
             self.pool_members[g.pool].append(g)
         self.trees = [_FreeTree(n) for n in pool_sizes]
         self.unused_cursor = [0] * len(pools)
-        self.shard_of: dict[ShardKey, tuple[_Gpu, ShardPlacement]] = {}
+        self.largest_memory = max((g.memory_free for g in self.gpus), default=0)
 
     def refresh(self, g: _Gpu) -> None:
         free = self.settings.utilization_cap - g.util if g.used else -1.0
@@ -323,58 +338,27 @@ class Planner:
         self.cluster = cluster
         self.book = ProfileBook(profiles)
         self.fleet = _Fleet(cluster, self.settings)
-        self._eligible_cache: dict[tuple[object, ...], tuple[dict[int, _Demand], str]] = {}
+        self._eligible_cache: dict[tuple[object, ...], tuple[list[int], str]] = {}
 
     # -- demand -------------------------------------------------------------
 
     def demands(self, stream: InferenceStream) -> tuple[dict[int, _Demand], str]:
-        """Per pool, the stream's timing there; or an empty dict and the reason."""
+        """Per eligible pool, the stream's timing there; or an empty dict and the reason."""
         spec = stream.spec
-        key = (
-            tuple(sorted(spec.node_selector.items())),
-            spec.gpu_product,
-            spec.model,
-            spec.model_version,
-            spec.body_time_ms,
-            spec.latency_ms,
-            spec.fps,
+        pools, why = self._eligible_pools(
+            tuple(sorted(spec.node_selector.items())), spec.gpu_product
         )
-        cached = self._eligible_cache.get(key)
-        if cached is None:
-            cached = self._demands(stream)
-            self._eligible_cache[key] = cached
-        return cached
-
-    def _demands(self, stream: InferenceStream) -> tuple[dict[int, _Demand], str]:
-        spec = stream.spec
-        fleet = self.fleet
-        if not fleet.gpus:
-            return {}, "the cluster has no GPUs"
-        nodes = [n for n in self.cluster.nodes if n.gpus and _matches(n, spec.node_selector)]
-        if not nodes:
-            sel = ", ".join(f"{k}={v}" for k, v in sorted(spec.node_selector.items()))
-            return (
-                {},
-                f"nodeSelector {{{sel}}} matches none of the "
-                f"{len(self.cluster.nodes)} nodes with GPUs",
-            )
-        products = sorted({g.product for n in nodes for g in n.gpus})
-        if spec.gpu_product is not None and spec.gpu_product not in products:
-            return {}, (
-                f"gpuProduct {spec.gpu_product} is on no matching node "
-                f"(products there: {', '.join(products)})"
-            )
+        if not pools:
+            return {}, why
         out: dict[int, _Demand] = {}
         missing: list[str] = []
-        for pool, (product, sharing) in enumerate(fleet.pool_keys):
-            if spec.gpu_product is not None and product != spec.gpu_product:
-                continue
-            gpu = fleet.pool_members[pool][0].gpu
-            timing = stream_timing(stream, gpu, self.book)
+        frame = frame_period_ticks(spec.fps, self.settings.tick_hz)
+        for pool in pools:
+            timing = stream_timing(stream, self.fleet.pool_members[pool][0].gpu, self.book)
             if timing is None:
+                product, sharing = self.fleet.pool_keys[pool]
                 missing.append(f"{product} ({sharing})")
                 continue
-            frame = frame_period_ticks(spec.fps, self.settings.tick_hz)
             body = ms_to_ticks_ceil(timing.body_ms + self.settings.guard_ms, self.settings.tick_hz)
             out[pool] = _Demand(timing, frame, body)
         if not out:
@@ -383,6 +367,35 @@ class Planner:
                 f"{', '.join(missing)}: calibrate it or set spec.bodyTimeMs"
             )
         return out, ""
+
+    def _eligible_pools(
+        self, selector: tuple[tuple[str, str], ...], product: str | None
+    ) -> tuple[list[int], str]:
+        """Pools with a GPU on a node that matches the hints (cached: streams share hints)."""
+        key = (selector, product)
+        if key not in self._eligible_cache:
+            self._eligible_cache[key] = self._find_pools(dict(selector), product)
+        return self._eligible_cache[key]
+
+    def _find_pools(self, selector: dict[str, str], product: str | None) -> tuple[list[int], str]:
+        if not self.fleet.gpus:
+            return [], "the cluster has no GPUs"
+        pools = {g.pool for g in self.fleet.gpus if _matches(g.node, selector)}
+        if not pools:
+            sel = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
+            return [], (
+                f"nodeSelector {{{sel}}} matches none of the "
+                f"{len(self.cluster.nodes)} nodes with GPUs"
+            )
+        products = sorted({self.fleet.pool_keys[p][0] for p in pools})
+        if product is not None:
+            pools = {p for p in pools if self.fleet.pool_keys[p][0] == product}
+            if not pools:
+                return [], (
+                    f"gpuProduct {product} is on no matching node "
+                    f"(products there: {', '.join(products)})"
+                )
+        return sorted(pools), ""
 
     def shard_counts(
         self, stream: InferenceStream, demands: Mapping[int, _Demand]
@@ -416,7 +429,7 @@ class Planner:
             return ranked, ""
         load = max(d.body_ticks / d.frame_ticks for d in demands.values())
         mem = stream.spec.memory_mib
-        gpu_mem = max(g.memory_free for g in self.fleet.gpus)
+        gpu_mem = self.fleet.largest_memory
 
         def efficiency(k: int) -> float:
             # Share of a GPU's cap that k equal shards of this stream fill when GPUs hold
@@ -444,18 +457,42 @@ class Planner:
         budget = s.utilization_cap - g.util
         if request.body / request.frame_period > budget + 1e-12:
             return None
+        if request.body >= g.blocked.get(request.frame_period, request.body + 1):
+            self._lower(g, request)
+            return None
         how = "centre" if g.kept else "lane"
         slot = insert(g.slots, request, max_utilization=budget, how=how)
         if slot is not None or not repack or g.kept:
+            if slot is None:
+                g.blocked[request.frame_period] = request.body
+                self._lower(g, request)
             return slot
         # A fresh GPU may be re-packed from scratch: nothing runs on it yet.
         reqs = [SlotRequest(x.key, x.body, self._frame_of[x.key]) for x in g.slots] + [request]
         table = pack(reqs, max_utilization=s.utilization_cap)
         if table is None:
+            g.blocked[request.frame_period] = request.body
+            self._lower(g, request)
             return None
         by_key = {x.key: x for x in table}
-        g.slots = [by_key[x.key] for x in g.slots]
+        g.set_slots([by_key[x.key] for x in g.slots])
         return by_key[request.key]
+
+    def _lower(self, g: _Gpu, request: SlotRequest) -> None:
+        """Hide ``g`` from first-fit queries for shards of this frame period at least as
+        large as ``request``, which found no slot on it. Shards arrive sorted by period,
+        then largest first, so this stays true until the period changes or ``g`` does."""
+        if self._lowered_period != request.frame_period:
+            self._restore_lowered()
+            self._lowered_period = request.frame_period
+        free = min(self.settings.utilization_cap - g.util, request.body / request.frame_period)
+        self.fleet.trees[g.pool].set(g.pool_pos, free - 1e-9, g.memory_free)
+        self._lowered.append(g)
+
+    def _restore_lowered(self) -> None:
+        for g in self._lowered:
+            self.fleet.refresh(g)
+        self._lowered.clear()
 
     def _candidates(self, demands: Mapping[int, _Demand], shard: _Shard) -> Iterable[_Gpu]:
         """GPUs to try for one shard, in policy order (lazily)."""
@@ -520,8 +557,12 @@ class Planner:
 
     def _commit(self, g: _Gpu, shard: _Shard, d: _Demand, slot: Slot) -> None:
         spec = shard.stream.spec
-        if slot not in g.slots:
+        if any(x.key == slot.key for x in g.slots):  # the GPU was re-packed around it
+            g.set_slots([*(x for x in g.slots if x.key != slot.key), slot])
+        else:
             g.slots.append(slot)
+            g.util += slot.body / slot.period
+            g.blocked.clear()
         g.memory_free -= spec.memory_mib
         self._frame_of[shard.key] = d.frame_ticks * shard.count
         self._shard_meta[shard.key] = (shard, d)
@@ -539,7 +580,7 @@ class Planner:
 
     def _remove(self, key: ShardKey) -> None:
         g = self._gpu_of.pop(key)
-        g.slots = [x for x in g.slots if x.key != key]
+        g.set_slots([x for x in g.slots if x.key != key])
         g.memory_free += self._shard_meta.pop(key)[0].stream.spec.memory_mib
         self._frame_of.pop(key)
         self.fleet.refresh(g)
@@ -597,9 +638,22 @@ class Planner:
 
     def plan(self, streams: Sequence[InferenceStream], previous: Plan | None = None) -> Plan:
         """Place ``streams``; with ``previous``, keep what still holds and report moves."""
+        # Planning allocates many small acyclic objects: the cyclic collector would rescan
+        # the whole fleet again and again (superlinear at 100k streams), and finds nothing.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._plan(streams, previous)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _plan(self, streams: Sequence[InferenceStream], previous: Plan | None) -> Plan:
         self._frame_of: dict[Hashable, int] = {}
         self._shard_meta: dict[ShardKey, tuple[_Shard, _Demand]] = {}
         self._gpu_of: dict[ShardKey, _Gpu] = {}
+        self._lowered: list[_Gpu] = []
+        self._lowered_period = 0
         keys = [(s.namespace, s.name) for s in streams]
         if len(set(keys)) != len(keys):
             dupes = sorted({f"{ns}/{n}" for ns, n in keys if keys.count((ns, n)) > 1})
@@ -704,7 +758,7 @@ class Planner:
             members.pop()
         else:
             return
-        g.slots = list(result.slots)
+        g.set_slots(list(result.slots))
         g.kept = True
         g.memory_free -= memory
         for shard, d, _ in members:
@@ -721,7 +775,7 @@ class Planner:
             if not g.used:
                 continue
             if not g.kept:
-                g.slots = spread(g.slots)
+                g.set_slots(spread(g.slots))
             for slot in sorted(g.slots, key=lambda x: x.offset):
                 shard, d = self._shard_meta[slot.key]  # type: ignore[index]
                 spec = shard.stream.spec

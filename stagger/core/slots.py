@@ -27,8 +27,9 @@ plans by brute-force simulation over the hyperperiod.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 Key = Hashable
@@ -72,8 +73,34 @@ def collide(a: Slot, b: Slot) -> bool:
 
 
 def overlaps(slots: Sequence[Slot]) -> list[tuple[Key, Key]]:
-    """Every pair of slots whose bodies ever overlap (empty for a valid table)."""
-    return [(a.key, b.key) for i, a in enumerate(slots) for b in slots[i + 1 :] if collide(a, b)]
+    """Every pair of slots whose bodies ever overlap (empty for a valid table).
+
+    With C the gcd of all periods, a body only ever occupies [offset, offset + body) mod C
+    of a cycle, so two bodies whose intervals mod C are disjoint never meet: a sweep over
+    those intervals finds the candidate pairs, and :func:`collide` decides each exactly."""
+    if len(slots) < 2:
+        return []
+    cycle = math.gcd(*(s.period for s in slots))
+    if any(s.body >= cycle for s in slots):
+        candidates = [(i, j) for i in range(len(slots)) for j in range(i + 1, len(slots))]
+    else:
+        spans: list[tuple[int, int, int]] = []
+        for i, s in enumerate(slots):
+            start = s.offset % cycle
+            spans.append((start, start + s.body, i))
+            if start + s.body > cycle:  # wraps: also seen from the start of the cycle
+                spans.append((start - cycle, start + s.body - cycle, i))
+        spans.sort()
+        pairs: set[tuple[int, int]] = set()
+        active: list[tuple[int, int]] = []  # (end, index)
+        for start, end, i in spans:
+            active = [(e, j) for e, j in active if e > start]
+            for _, j in active:
+                if j != i:
+                    pairs.add((min(i, j), max(i, j)))
+            active.append((end, i))
+        candidates = sorted(pairs)
+    return [(slots[i].key, slots[j].key) for i, j in candidates if collide(slots[i], slots[j])]
 
 
 def utilization(slots: Iterable[Slot]) -> float:
@@ -84,15 +111,28 @@ def candidate_periods(frame_period: int, existing: Iterable[int]) -> list[int]:
     """Slot periods to try, longest first: the frame period itself, then the largest
     multiple and the largest divisor of each period already on the GPU that do not exceed it
     (rounding down into a harmonic family, so the gcd with those shards stays large)."""
-    out = {frame_period}
+    return [frame_period, *_rounded_periods(frame_period, existing)]
+
+
+def _rounded_periods(frame_period: int, existing: Iterable[int]) -> list[int]:
+    out = set()
     for p in set(existing):
         if p <= frame_period:
             out.add(p * (frame_period // p))
         else:
             out.add(_largest_divisor_at_most(p, frame_period))
+    out.discard(frame_period)
     return sorted(out, reverse=True)
 
 
+def _periods_to_try(frame_period: int, existing: list[int]) -> Iterator[int]:
+    # The frame period first; rounded ones only when it finds no offset (each costs a
+    # divisor search, and they reserve more than the shard needs).
+    yield frame_period
+    yield from _rounded_periods(frame_period, existing)
+
+
+@functools.lru_cache(maxsize=4096)
 def _largest_divisor_at_most(n: int, limit: int) -> int:
     best = 1
     i = 1
@@ -186,7 +226,7 @@ def insert(
     :func:`candidate_periods` has a free offset within ``max_utilization`` of reserved
     body time. ``how`` is "centre" (widest gap) or "lane" (first-fit in the base cycle)."""
     periods = [s.period for s in existing]
-    for period in candidate_periods(request.frame_period, periods):
+    for period in _periods_to_try(request.frame_period, periods):
         if request.body / period > max_utilization + 1e-12:
             continue
         span, allowed = allowed_offsets(existing, period, request.body)
