@@ -22,7 +22,7 @@ import gc
 import math
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from stagger.core.api import InferenceStream, ModelProfile, SharingMode
@@ -339,6 +339,19 @@ class Planner:
         self.book = ProfileBook(profiles)
         self.fleet = _Fleet(cluster, self.settings)
         self._eligible_cache: dict[tuple[object, ...], tuple[list[int], str]] = {}
+        self._lowered: list[_Gpu] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget placed shards (a full plan starts from an empty fleet)."""
+        if getattr(self, "_gpu_of", None):
+            self.fleet = _Fleet(self.cluster, self.settings)
+        self._frame_of: dict[Hashable, int] = {}
+        self._shard_meta: dict[ShardKey, tuple[_Shard, _Demand]] = {}
+        self._gpu_of: dict[ShardKey, _Gpu] = {}
+        self._placed_streams: dict[tuple[str, str], list[ShardKey]] = {}
+        self._lowered.clear()
+        self._lowered_period = 0
 
     # -- demand -------------------------------------------------------------
 
@@ -585,6 +598,7 @@ class Planner:
         self._frame_of.pop(key)
         self.fleet.refresh(g)
         if not g.used:
+            g.kept = False
             self.fleet.unused_cursor[g.pool] = min(self.fleet.unused_cursor[g.pool], g.pool_pos)
 
     def _unplaceable_reason(
@@ -649,11 +663,7 @@ class Planner:
                 gc.enable()
 
     def _plan(self, streams: Sequence[InferenceStream], previous: Plan | None) -> Plan:
-        self._frame_of: dict[Hashable, int] = {}
-        self._shard_meta: dict[ShardKey, tuple[_Shard, _Demand]] = {}
-        self._gpu_of: dict[ShardKey, _Gpu] = {}
-        self._lowered: list[_Gpu] = []
-        self._lowered_period = 0
+        self._reset()
         keys = [(s.namespace, s.name) for s in streams]
         if len(set(keys)) != len(keys):
             dupes = sorted({f"{ns}/{n}" for ns, n in keys if keys.count((ns, n)) > 1})
@@ -674,21 +684,7 @@ class Planner:
         todo = self._keep_previous(ready, previous) if previous else ready
         todo.sort(key=self._order)
         for stream, demands, counts in todo:
-            for k in counts:
-                placed: list[ShardKey] = []
-                for i in range(k):
-                    shard = _Shard(stream, i, k)
-                    if shard.key in self._shard_meta:  # kept from the previous plan
-                        placed.append(shard.key)
-                        continue
-                    if not self._place_shard(shard, demands):
-                        break
-                    placed.append(shard.key)
-                else:
-                    break
-                for key in placed:
-                    self._remove(key)
-            else:
+            if self._place_stream(stream, demands, counts) is None:
                 reason = self._unplaceable_reason(stream, demands, counts[0])
                 unplaced.append(Unplaced(stream.namespace, stream.name, reason))
         return self._result(unplaced, previous)
@@ -697,13 +693,15 @@ class Planner:
         self, item: tuple[InferenceStream, dict[int, _Demand], list[int]]
     ) -> tuple[object, ...]:
         # Highest priority first; then by shard period so GPUs fill with one harmonic family;
-        # then largest shard first (first-fit decreasing); then by name for determinism.
+        # then largest shard first (first-fit decreasing), sized by its dominant share of a
+        # GPU, body time or memory, so memory-bound fleets pack as well; then by name.
         stream, demands, counts = item
         d = min(demands.values(), key=lambda x: x.body_ticks)
+        memory_share = stream.spec.memory_mib / max(1, self.fleet.largest_memory)
         return (
             -stream.spec.priority,
             d.frame_ticks * counts[0],
-            -d.shard_util(counts[0]),
+            -max(d.shard_util(counts[0]) / self.settings.utilization_cap, memory_share),
             stream.namespace,
             stream.name,
         )
@@ -767,39 +765,37 @@ class Planner:
             self._gpu_of[shard.key] = g
         self.fleet.refresh(g)
 
-    def _result(self, unplaced: list[Unplaced], previous: Plan | None) -> Plan:
-        s = self.settings
+    def _placement(self, g: _Gpu, slot: Slot) -> ShardPlacement:
+        shard, d = self._shard_meta[slot.key]  # type: ignore[index]
+        spec = shard.stream.spec
+        return ShardPlacement(
+            namespace=shard.stream.namespace,
+            stream=shard.stream.name,
+            shard=shard.index,
+            shards=shard.count,
+            node=g.node.name,
+            gpu=g.gpu.index,
+            gpu_uuid=g.gpu.uuid,
+            product=g.gpu.product,
+            fps=spec.fps / shard.count,
+            frame_period_ticks=d.frame_ticks * shard.count,
+            period_ticks=slot.period,
+            offset_ticks=slot.offset,
+            body_ticks=slot.body,
+            body_ms=d.timing.body_ms,
+            latency_ms=d.timing.latency_ms,
+            memory_mib=spec.memory_mib,
+            priority=spec.priority,
+        )
+
+    def current(self, unplaced: Sequence[Unplaced] = ()) -> Plan:
+        """The plan as the planner holds it now."""
         shards: list[ShardPlacement] = []
         gpus: list[GpuUsage] = []
         for g in self.fleet.gpus:
             if not g.used:
                 continue
-            if not g.kept:
-                g.set_slots(spread(g.slots))
-            for slot in sorted(g.slots, key=lambda x: x.offset):
-                shard, d = self._shard_meta[slot.key]  # type: ignore[index]
-                spec = shard.stream.spec
-                shards.append(
-                    ShardPlacement(
-                        namespace=shard.stream.namespace,
-                        stream=shard.stream.name,
-                        shard=shard.index,
-                        shards=shard.count,
-                        node=g.node.name,
-                        gpu=g.gpu.index,
-                        gpu_uuid=g.gpu.uuid,
-                        product=g.gpu.product,
-                        fps=spec.fps / shard.count,
-                        frame_period_ticks=d.frame_ticks * shard.count,
-                        period_ticks=slot.period,
-                        offset_ticks=slot.offset,
-                        body_ticks=slot.body,
-                        body_ms=d.timing.body_ms,
-                        latency_ms=d.timing.latency_ms,
-                        memory_mib=spec.memory_mib,
-                        priority=spec.priority,
-                    )
-                )
+            shards.extend(self._placement(g, slot) for slot in g.slots)
             gpus.append(
                 GpuUsage(
                     node=g.node.name,
@@ -808,33 +804,92 @@ class Planner:
                     product=g.gpu.product,
                     sharing_mode=str(g.gpu.sharing_mode),
                     utilization=round(g.util, 6),
-                    memory_mib=g.gpu.memory_mib - s.memory_reserve_mib - g.memory_free,
+                    memory_mib=g.gpu.memory_mib - self.settings.memory_reserve_mib - g.memory_free,
                     memory_total_mib=g.gpu.memory_mib,
                     shards=len(g.slots),
                 )
             )
         shards.sort(key=lambda x: (x.namespace, x.stream, x.shard))
-        moves: list[Move] = []
-        offsets_changed: list[ShardKey] = []
-        if previous is not None:
-            now = {x.key: x for x in shards}
-            for p in previous.shards:
-                n = now.get(p.key)
-                if n is None:
-                    continue
-                if (n.node, n.gpu) != (p.node, p.gpu):
-                    moves.append(Move(p.namespace, p.stream, p.shard, p.node, p.gpu, n.node, n.gpu))
-                elif (n.offset_ticks, n.period_ticks) != (p.offset_ticks, p.period_ticks):
-                    offsets_changed.append(p.key)
-        unplaced.sort(key=lambda u: (u.namespace, u.stream))
         return Plan(
             tuple(shards),
             tuple(gpus),
-            tuple(unplaced),
-            tuple(moves),
-            tuple(offsets_changed),
-            s.tick_hz,
+            tuple(sorted(unplaced, key=lambda u: (u.namespace, u.stream))),
+            tick_hz=self.settings.tick_hz,
         )
+
+    def _result(self, unplaced: list[Unplaced], previous: Plan | None) -> Plan:
+        for g in self.fleet.gpus:
+            if g.used and not g.kept:
+                g.set_slots(spread(g.slots))
+            # From here on the table runs: later changes insert into its gaps, never re-pack.
+            g.kept = g.used
+        result = self.current(unplaced)
+        if previous is None:
+            return result
+        moves: list[Move] = []
+        offsets_changed: list[ShardKey] = []
+        now = {x.key: x for x in result.shards}
+        for p in previous.shards:
+            n = now.get(p.key)
+            if n is None:
+                continue
+            if (n.node, n.gpu) != (p.node, p.gpu):
+                moves.append(Move(p.namespace, p.stream, p.shard, p.node, p.gpu, n.node, n.gpu))
+            elif (n.offset_ticks, n.period_ticks) != (p.offset_ticks, p.period_ticks):
+                offsets_changed.append(p.key)
+        return replace(result, moves=tuple(moves), offsets_changed=tuple(offsets_changed))
+
+    # -- incremental changes to a placed fleet --------------------------------
+
+    def add(self, stream: InferenceStream) -> list[ShardPlacement] | Unplaced:
+        """Place one more stream into the current plan without moving any other shard:
+        into gaps of running GPUs, or onto a free GPU. Call after :meth:`plan`."""
+        if (stream.namespace, stream.name) in self._placed_streams:
+            raise ValueError(f"stream {stream.namespace}/{stream.name} is already placed")
+        demands, why = self.demands(stream)
+        counts, why = self.shard_counts(stream, demands) if demands else ([], why)
+        if not counts:
+            return Unplaced(stream.namespace, stream.name, why)
+        placed = self._place_stream(stream, demands, counts)
+        self._restore_lowered()
+        if placed is None:
+            return Unplaced(
+                stream.namespace, stream.name, self._unplaceable_reason(stream, demands, counts[0])
+            )
+        for k in placed:
+            self._gpu_of[k].kept = True
+        return [self._placement(self._gpu_of[k], self._slot_of(k)) for k in placed]
+
+    def remove(self, namespace: str, name: str) -> int:
+        """Take a stream's shards off their GPUs; returns how many there were."""
+        keys = self._placed_streams.pop((namespace, name), [])
+        for k in keys:
+            self._remove(k)
+        return len(keys)
+
+    def _slot_of(self, key: ShardKey) -> Slot:
+        return next(x for x in self._gpu_of[key].slots if x.key == key)
+
+    def _place_stream(
+        self, stream: InferenceStream, demands: Mapping[int, _Demand], counts: list[int]
+    ) -> list[ShardKey] | None:
+        """All shards of the stream for the first count that fits, or None (rolled back)."""
+        for k in counts:
+            placed: list[ShardKey] = []
+            for i in range(k):
+                shard = _Shard(stream, i, k)
+                if shard.key in self._shard_meta:  # kept from the previous plan
+                    placed.append(shard.key)
+                    continue
+                if not self._place_shard(shard, demands):
+                    break
+                placed.append(shard.key)
+            else:
+                self._placed_streams[(stream.namespace, stream.name)] = placed
+                return placed
+            for key in placed:
+                self._remove(key)
+        return None
 
 
 def plan(

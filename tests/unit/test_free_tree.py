@@ -15,8 +15,8 @@ def test_first_fit_query_matches_a_linear_scan() -> None:
             values.append((util, mem))
         for _ in range(20):
             start, need_util, need_mem = rng.randint(0, n + 2), rng.random(), rng.randint(0, 100)
-            expected = next(
-                (i for i in range(start, n) if values[i][0] >= need_util and values[i][1] >= need_mem),
-                None,
-            )
+            fits = [
+                i for i in range(start, n) if values[i][0] >= need_util and values[i][1] >= need_mem
+            ]
+            expected = fits[0] if fits else None
             assert tree.first(start, need_util, need_mem) == expected

@@ -227,3 +227,33 @@ def test_every_plan_holds_its_invariants(specs: list, gpus_per_node: int, policy
     assert {s.key: (s.node, s.gpu) for s in again.shards} == {
         s.key: (s.node, s.gpu) for s in p.shards
     }
+
+
+def test_planner_add_inserts_into_gaps_and_moves_nobody() -> None:
+    from stagger.core.placement import Planner
+
+    streams = [stream(f"s{i}", [5, 10, 15, 30][i % 4], body=4 + i % 5) for i in range(30)]
+    planner = Planner(cluster(("a", 4)))
+    before = planner.plan(streams)
+    added = planner.add(stream("new", 10, body=5))
+    assert isinstance(added, list) and len(added) == 1
+    after = planner.current()
+    check_plan(after)
+    old = {s.key: s for s in before.shards}
+    assert all(s == old[s.key] for s in after.shards if s.key in old)
+    assert added[0] in after.shards
+
+
+def test_planner_add_reports_why_and_remove_frees_room() -> None:
+    from stagger.core.placement import Planner, Unplaced
+
+    planner = Planner(cluster(("a", 1)))
+    planner.plan([stream(f"s{i}", 10, body=40) for i in range(2)])
+    refused = planner.add(stream("late", 10, body=40))
+    assert isinstance(refused, Unplaced)
+    assert "needs 0.40 GPU-seconds" in refused.reason
+    assert planner.remove("default", "s0") == 1
+    assert isinstance(planner.add(stream("late", 10, body=40)), list)
+    check_plan(planner.current())
+    with pytest.raises(ValueError, match="already placed"):
+        planner.add(stream("late", 10, body=40))
