@@ -27,7 +27,7 @@ from typing import Literal
 
 from stagger.core.api import InferenceStream, ModelProfile, SharingMode
 from stagger.core.cluster import Cluster, Gpu, Node
-from stagger.core.slots import Slot, SlotRequest, insert, pack, spread
+from stagger.core.slots import Slot, SlotRequest, insert, max_body, pack, spread
 from stagger.core.slots import solve as solve_slots
 from stagger.core.timebase import TICK_HZ, frame_period_ticks, ms_to_ticks_ceil, ticks_to_ms
 
@@ -189,13 +189,18 @@ class _FreeTree:
         self.mem = [-1] * (2 * self.size)
 
     def set(self, i: int, free_util: float, free_mem: int) -> None:
+        util, mem = self.util, self.mem
         i += self.size
-        self.util[i], self.mem[i] = free_util, free_mem
-        i //= 2
+        util[i], mem[i] = free_util, free_mem
+        i >>= 1
         while i:
-            self.util[i] = max(self.util[2 * i], self.util[2 * i + 1])
-            self.mem[i] = max(self.mem[2 * i], self.mem[2 * i + 1])
-            i //= 2
+            left, right = 2 * i, 2 * i + 1
+            u = util[left] if util[left] > util[right] else util[right]
+            m = mem[left] if mem[left] > mem[right] else mem[right]
+            if util[i] == u and mem[i] == m:
+                return  # unchanged here, so unchanged above
+            util[i], mem[i] = u, m
+            i >>= 1
 
     def first(self, start: int, need_util: float, need_mem: int) -> int | None:
         """Leftmost leaf >= start whose free util and memory both suffice."""
@@ -498,8 +503,13 @@ class Planner:
         if self._lowered_period != request.frame_period:
             self._restore_lowered()
             self._lowered_period = request.frame_period
-        free = min(self.settings.utilization_cap - g.util, request.body / request.frame_period)
-        self.fleet.trees[g.pool].set(g.pool_pos, free - 1e-9, g.memory_free)
+        # Shards with a body of at least ``limit`` cannot fit: the failed one, or anything
+        # beyond what the gcd and budget rules leave (so period-incompatible leftovers drop
+        # out of the search after one probe instead of one per shard).
+        budget = self.settings.utilization_cap - g.util
+        limit = min(request.body, max_body(g.slots, request.frame_period, budget) + 1)
+        free = min(budget, (limit - 0.5) / request.frame_period)
+        self.fleet.trees[g.pool].set(g.pool_pos, free, g.memory_free)
         self._lowered.append(g)
 
     def _restore_lowered(self) -> None:

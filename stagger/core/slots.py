@@ -189,6 +189,23 @@ def allowed_offsets(
     return span, allowed
 
 
+def max_body(existing: Sequence[Slot], frame_period: int, budget: float) -> int:
+    """An upper bound on the body (ticks) that :func:`insert` could still place for a shard
+    with this frame period: over its candidate periods P', the pairwise rule needs
+    b <= gcd(P', P_s) - b_s for every existing slot s, and b / P' must fit the budget.
+    Necessary, not sufficient: offsets may still all be taken."""
+    periods = [s.period for s in existing]
+    best = 0
+    for period in _periods_to_try(frame_period, periods):
+        bound = math.floor(budget * period + 1e-9)
+        for s in existing:
+            bound = min(bound, math.gcd(period, s.period) - s.body)
+            if bound <= best:
+                break
+        best = max(best, bound)
+    return best
+
+
 def _widest_gap_centre(span: int, allowed: list[tuple[int, int]]) -> int:
     """The point farthest from any forbidden offset; the ends of [0, L) join up."""
     gaps = list(allowed)

@@ -186,3 +186,18 @@ def test_utilization_budget_is_respected(max_utilization: float) -> None:
         max_utilization=max_utilization,
     )
     assert table is not None and utilization(table) <= max_utilization + 1e-9
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests_strategy(6), st.sampled_from(PERIODS), st.integers(10, 900), st.floats(0.05, 1.0))
+def test_max_body_never_understates_what_insert_can_place(
+    requests: list[SlotRequest], frame_period: int, body: int, budget: float
+) -> None:
+    from stagger.core.slots import max_body
+
+    table = pack(requests)
+    if table is None:
+        return
+    slot = insert(table, SlotRequest("new", body, frame_period), max_utilization=budget)
+    if slot is not None:
+        assert body <= max_body(table, frame_period, budget)
