@@ -199,10 +199,11 @@ def plot(plan: Plan, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.patches import Patch  # noqa: PLC0415
 
     hz = plan.tick_hz
     gpus = sorted(_by_gpu(plan).items())
-    fig, ax = plt.subplots(figsize=(11, 0.6 + 0.55 * max(1, len(gpus))))
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.55 * max(1, len(gpus))))
     cmap = plt.get_cmap("tab20")
     colours: dict[tuple[str, str], Any] = {}
     horizon = 0.0
@@ -222,22 +223,30 @@ def plot(plan: Plan, path: str) -> None:
             ax.broken_barh(
                 bars, (row - 0.35, 0.7), facecolors=colour, edgecolor="black", linewidth=0.4
             )
-            ax.text(
-                ticks_to_ms(s.offset_ticks, hz) + ticks_to_ms(s.body_ticks, hz) / 2,
-                row,
-                s.stream if s.shards == 1 else f"{s.stream}#{s.shard + 1}",
-                ha="center",
-                va="center",
-                fontsize=6,
-                rotation=90 if len(shards) > 6 else 0,
-            )
+            if ticks_to_ms(s.body_ticks, hz) / max(horizon, 1e-9) > 0.035:  # only where it fits
+                ax.text(
+                    ticks_to_ms(s.offset_ticks, hz) + ticks_to_ms(s.body_ticks, hz) / 2,
+                    row,
+                    s.stream if s.shards == 1 else f"{s.stream}#{s.shard + 1}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                )
     ax.set_yticks(range(len(gpus)), [f"{n} GPU {g}" for (n, g), _ in gpus])
     ax.set_xlim(0, horizon)
     ax.invert_yaxis()
     ax.set_xlabel("time within the slot period (ms)")
+    if len(colours) <= 30:
+        handles = [
+            Patch(facecolor=c, edgecolor="black", label=f"{ns}/{name}")
+            for (ns, name), c in colours.items()
+        ]
+        ax.legend(
+            handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=6, frameon=False
+        )
     ax.set_title("Stagger plan: body of each shard on its GPU")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
