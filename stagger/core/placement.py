@@ -702,16 +702,18 @@ class Planner:
     def _order(
         self, item: tuple[InferenceStream, dict[int, _Demand], list[int]]
     ) -> tuple[object, ...]:
-        # Highest priority first; then by shard period so GPUs fill with one harmonic family;
-        # then largest shard first (first-fit decreasing), sized by its dominant share of a
-        # GPU, body time or memory, so memory-bound fleets pack as well; then by name.
+        # Highest priority first; then by shard period so GPUs fill with one harmonic family
+        # (size first packs memory-bound fleets tighter but rounds many periods down); then
+        # largest shard first (first-fit decreasing), sized by its share of a GPU's body time
+        # plus its share of GPU memory, which interleaves body- and memory-heavy streams
+        # better than either share alone; then by name, for determinism.
         stream, demands, counts = item
         d = min(demands.values(), key=lambda x: x.body_ticks)
         memory_share = stream.spec.memory_mib / max(1, self.fleet.largest_memory)
         return (
             -stream.spec.priority,
             d.frame_ticks * counts[0],
-            -max(d.shard_util(counts[0]) / self.settings.utilization_cap, memory_share),
+            -(d.shard_util(counts[0]) / self.settings.utilization_cap + memory_share),
             stream.namespace,
             stream.name,
         )
