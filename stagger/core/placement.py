@@ -227,6 +227,49 @@ class _FreeTree:
                 return i - self.size
 
 
+class _RoomIndex:
+    """First fit over one pool's GPUs by free body time *and* free memory.
+
+    One max tree over both would mislead: a subtree can hold one GPU with body time to
+    spare and another with memory to spare, and none with both (common when memory binds),
+    so the search would wander through many such GPUs. GPUs are bucketed instead by free
+    memory into power-of-two classes, one tree per class: in every class above the one a
+    need falls in, all GPUs have the memory, so only body time is searched there; only
+    the need's own class checks both."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.trees: dict[int, _FreeTree] = {}
+        self.class_of_leaf = [-1] * n
+
+    @staticmethod
+    def _class(mem: int) -> int:
+        return max(0, mem).bit_length()  # class c holds memory in [2**(c-1), 2**c)
+
+    def set(self, i: int, free_util: float, free_mem: int) -> None:
+        old = self.class_of_leaf[i]
+        new = self._class(free_mem) if free_util >= 0 else -1
+        if old not in (-1, new):
+            self.trees[old].set(i, -1.0, -1)
+        self.class_of_leaf[i] = new
+        if new != -1:
+            if new not in self.trees:
+                self.trees[new] = _FreeTree(self.n)
+            self.trees[new].set(i, free_util, free_mem)
+
+    def first(self, start: int, need_util: float, need_mem: int) -> int | None:
+        """Leftmost GPU >= start with at least this free body time and memory."""
+        own = self._class(need_mem)
+        best: int | None = None
+        for c, tree in self.trees.items():
+            if c < own:
+                continue
+            found = tree.first(start, need_util, need_mem if c == own else -1)
+            if found is not None and (best is None or found < best):
+                best = found
+        return best
+
+
 @dataclass
 class _Gpu:
     pos: int
@@ -258,10 +301,10 @@ class _Shard:
     stream: InferenceStream
     index: int
     count: int
+    key: ShardKey = field(init=False, compare=False)
 
-    @property
-    def key(self) -> ShardKey:
-        return (self.stream.namespace, self.stream.name, self.index)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.stream.namespace, self.stream.name, self.index))
 
 
 class _Fleet:
@@ -292,7 +335,7 @@ class _Fleet:
         self.pool_members: list[list[_Gpu]] = [[] for _ in pools]
         for g in self.gpus:
             self.pool_members[g.pool].append(g)
-        self.trees = [_FreeTree(n) for n in pool_sizes]
+        self.trees = [_RoomIndex(n) for n in pool_sizes]
         self.unused_cursor = [0] * len(pools)
         self.largest_memory = max((g.memory_free for g in self.gpus), default=0)
 
