@@ -1,0 +1,289 @@
+"""Pure builders of the objects the operator writes, tested against golden YAML.
+
+Every builder takes plain values and returns a Kubernetes object as a dict; nothing here
+reads the cluster or the clock.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from stagger.core.api import API_VERSION, InferenceStream
+from stagger.core.contract import CONTRACT_FILE, SlotAssignment
+from stagger.core.placement import ShardPlacement
+from stagger_operator.settings import OperatorSettings
+
+Obj = dict[str, Any]
+
+LABEL_STREAM = "stagger.dev/stream"
+LABEL_SHARD = "stagger.dev/shard"
+LABEL_GPU = "stagger.dev/gpu"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "stagger", "app.kubernetes.io/part-of": "stagger"}
+SLOT_DIR = "/etc/stagger/slot"
+SIDECAR = "stagger-sidecar"
+# Workload names get "-<replicaset hash>-<pod hash>" appended (17 characters) and must
+# stay a valid 63-character hostname.
+MAX_WORKLOAD_NAME = 46
+
+
+class TemplateError(ValueError):
+    """The stream's pod template cannot serve a shard; the message says why."""
+
+
+def _short(name: str, limit: int) -> str:
+    """``name`` if it fits, else a prefix and a stable hash: still unique, still valid."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-.')}-{digest}"
+
+
+def shard_name(stream: str, shard: int) -> str:
+    return _short(f"{stream}-s{shard}", MAX_WORKLOAD_NAME)
+
+
+def schedule_name(node: str, gpu: int) -> str:
+    return _short(f"{node}-gpu{gpu}", 253)
+
+
+def shard_labels(stream: str, shard: int) -> dict[str, str]:
+    return {**MANAGED_BY, LABEL_STREAM: _short(stream, 63), LABEL_SHARD: str(shard)}
+
+
+def owner_reference(stream: InferenceStream) -> Obj:
+    if not stream.metadata.uid:
+        raise TemplateError("the stream has no metadata.uid (it was not read from the API server)")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "InferenceStream",
+        "name": stream.name,
+        "uid": stream.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def slot_configmap(stream: InferenceStream, contract: SlotAssignment) -> Obj:
+    """The slot contract of one shard, mounted read-only into its pod."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{shard_name(stream.name, contract.shard)}-slot",
+            "namespace": stream.namespace,
+            "labels": shard_labels(stream.name, contract.shard),
+            "ownerReferences": [owner_reference(stream)],
+        },
+        "data": {
+            CONTRACT_FILE: contract.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+        },
+    }
+
+
+def check_template(stream: InferenceStream) -> Obj:
+    """The stream's pod template, or a :class:`TemplateError` saying what is missing."""
+    template = stream.spec.template
+    if not template:
+        raise TemplateError(
+            "spec.template is required to run the stream (a pod template with the "
+            "Triton and app containers)"
+        )
+    spec = template.get("spec")
+    if not isinstance(spec, dict):
+        raise TemplateError("spec.template.spec must be a pod spec")
+    containers = spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise TemplateError("spec.template.spec.containers must list at least one container")
+    for i, c in enumerate(containers):
+        if not isinstance(c, dict) or not c.get("name") or not c.get("image"):
+            raise TemplateError(f"spec.template.spec.containers[{i}] needs a name and an image")
+        if c["name"] == SIDECAR:
+            raise TemplateError(
+                f"spec.template.spec.containers[{i}]: the name {SIDECAR} is reserved"
+            )
+    return template
+
+
+def sidecar_container(stream: InferenceStream, p: ShardPlacement, s: OperatorSettings) -> Obj:
+    def http_probe(path: str) -> Obj:
+        return {"httpGet": {"path": path, "port": "gate-http"}, "periodSeconds": 5}
+
+    return {
+        "name": SIDECAR,
+        "image": s.sidecar_image,
+        "args": ["gate"],
+        "ports": [
+            {"name": "gate-http", "containerPort": s.sidecar_http_port},
+            {"name": "gate-grpc", "containerPort": s.sidecar_grpc_port},
+            {"name": "metrics", "containerPort": s.sidecar_metrics_port},
+        ],
+        "env": [
+            {"name": "STAGGER_STREAM", "value": stream.name},
+            {"name": "STAGGER_NAMESPACE", "value": stream.namespace},
+            {"name": "STAGGER_SHARD", "value": str(p.shard)},
+            {"name": "STAGGER_SHARDS", "value": str(p.shards)},
+            {"name": "STAGGER_SLOT_FILE", "value": f"{SLOT_DIR}/{CONTRACT_FILE}"},
+            {"name": "STAGGER_TRITON_HTTP", "value": f"127.0.0.1:{s.triton_http_port}"},
+            {"name": "STAGGER_TRITON_GRPC", "value": f"127.0.0.1:{s.triton_grpc_port}"},
+        ],
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "128Mi"},
+        },
+        "readinessProbe": http_probe("/readyz"),
+        "livenessProbe": http_probe("/healthz"),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "stagger-slot", "mountPath": SLOT_DIR, "readOnly": True}],
+    }
+
+
+def resource_claim(stream: InferenceStream, p: ShardPlacement, s: OperatorSettings) -> Obj:
+    """``dra`` binding: a ResourceClaim for exactly the planned GPU, by UUID."""
+    if not p.gpu_uuid:
+        raise TemplateError(f"GPU {p.gpu} on node {p.node} has no UUID: dra binding needs one")
+    selector = f'device.attributes["{s.dra_device_class}"].uuid == "{p.gpu_uuid}"'
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {
+            "name": f"{shard_name(stream.name, p.shard)}-gpu",
+            "namespace": stream.namespace,
+            "labels": shard_labels(stream.name, p.shard),
+            "ownerReferences": [owner_reference(stream)],
+        },
+        "spec": {
+            "devices": {
+                "requests": [
+                    {
+                        "name": "gpu",
+                        "exactly": {
+                            "deviceClassName": s.dra_device_class,
+                            "selectors": [{"cel": {"expression": selector}}],
+                        },
+                    }
+                ]
+            }
+        },
+    }
+
+
+def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSettings) -> Obj:
+    """One shard's workload: the stream's pod template pinned to its node and GPU, with the
+    sidecar injected and the slot contract mounted. Recreate: two copies of a shard must
+    never share the GPU, not even during a rollout."""
+    template = copy.deepcopy(check_template(stream))
+    name = shard_name(stream.name, p.shard)
+    labels = shard_labels(stream.name, p.shard)
+    meta = template.setdefault("metadata", {})
+    meta["labels"] = {**meta.get("labels", {}), **labels, LABEL_GPU: f"{p.node}.{p.gpu}"}
+    spec = template["spec"]
+    affinity = spec.setdefault("affinity", {})
+    affinity["nodeAffinity"] = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [p.node]}]}
+            ],
+        }
+    }
+    for c in spec["containers"]:
+        _bind_gpu(c, p, s)
+    if s.gpu_binding == "dra":
+        spec["resourceClaims"] = [
+            *spec.get("resourceClaims", []),
+            {"name": "stagger-gpu", "resourceClaimName": f"{name}-gpu"},
+        ]
+    spec["containers"] = [*spec["containers"], sidecar_container(stream, p, s)]
+    spec["volumes"] = [
+        *spec.get("volumes", []),
+        {"name": "stagger-slot", "configMap": {"name": f"{name}-slot"}},
+    ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": stream.namespace,
+            "labels": {**labels, LABEL_GPU: f"{p.node}.{p.gpu}"},
+            "ownerReferences": [owner_reference(stream)],
+        },
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {
+                "matchLabels": {LABEL_STREAM: labels[LABEL_STREAM], LABEL_SHARD: str(p.shard)}
+            },
+            "template": template,
+        },
+    }
+
+
+def _bind_gpu(container: Obj, p: ShardPlacement, s: OperatorSettings) -> None:
+    if s.gpu_binding == "visible-devices":
+        env = [e for e in container.get("env", []) if e.get("name") != "NVIDIA_VISIBLE_DEVICES"]
+        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": p.gpu_uuid or str(p.gpu)})
+        container["env"] = env
+    elif s.gpu_binding == "resource":
+        limits = container.setdefault("resources", {}).setdefault("limits", {})
+        limits.setdefault("nvidia.com/gpu", 1)
+    elif s.gpu_binding == "dra":
+        claims = container.setdefault("resources", {}).setdefault("claims", [])
+        claims.append({"name": "stagger-gpu"})
+
+
+def gpu_schedule(
+    node: str,
+    gpu: int,
+    shards: list[ShardPlacement],
+    *,
+    epoch: datetime,
+    generation: int,
+    effective_at: datetime,
+    tick_hz: int,
+    sharing_mode: str,
+) -> Obj:
+    """The slot table of one GPU (cluster-scoped: deleted by the operator, not by owners)."""
+    first = shards[0]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "GpuSchedule",
+        "metadata": {
+            "name": schedule_name(node, gpu),
+            "labels": {**MANAGED_BY, LABEL_GPU: f"{node}.{gpu}"},
+        },
+        "spec": {
+            "node": node,
+            "gpuIndex": gpu,
+            **({"gpuUuid": first.gpu_uuid} if first.gpu_uuid else {}),
+            "gpuProduct": first.product,
+            "sharingMode": sharing_mode,
+            "tickHz": tick_hz,
+            "epoch": epoch.isoformat().replace("+00:00", "Z"),
+            "generation": generation,
+            "effectiveAt": effective_at.isoformat().replace("+00:00", "Z"),
+            "slots": [
+                {
+                    "stream": x.stream,
+                    "namespace": x.namespace,
+                    "shard": x.shard,
+                    "shards": x.shards,
+                    "periodTicks": x.period_ticks,
+                    "offsetTicks": x.offset_ticks,
+                    "bodyTicks": x.body_ticks,
+                    "memoryMiB": x.memory_mib,
+                }
+                for x in sorted(
+                    shards, key=lambda x: (x.offset_ticks, x.namespace, x.stream, x.shard)
+                )
+            ],
+        },
+    }

@@ -1,0 +1,269 @@
+"""Desired state, computed purely from what the cluster holds and what the planner decided.
+
+The handlers read the cluster (through :mod:`stagger_operator.kube`), call these functions
+and write back what they return; nothing here reads the clock or the API.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from stagger.core.api import GpuSchedule, InferenceStream, SharingMode, StreamPhase
+from stagger.core.cluster import Cluster
+from stagger.core.contract import SlotAssignment
+from stagger.core.placement import Plan, ShardPlacement
+from stagger.core.timebase import TICK_HZ, ticks_to_ms
+from stagger_operator import manifests
+from stagger_operator.settings import OperatorSettings
+
+Obj = dict[str, Any]
+
+GPU_PRODUCT = "nvidia.com/gpu.product"
+GPU_MEMORY = "nvidia.com/gpu.memory"
+GPU_COUNT = "nvidia.com/gpu.count"
+GPU_SHARING = "nvidia.com/gpu.sharing-strategy"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def _ready(node: Obj) -> bool:
+    conditions = node.get("status", {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def cluster_from_nodes(nodes: Iterable[Obj], settings: OperatorSettings) -> Cluster:
+    """GPU nodes that may take shards: Ready, not cordoned, opted in, with GPUs described by
+    GPU feature discovery (product, memory per GPU, count; sharing strategy)."""
+    out = []
+    for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
+        meta = node["metadata"]
+        labels: dict[str, str] = meta.get("labels") or {}
+        if settings.managed_node_label and labels.get(settings.managed_node_label) != "true":
+            continue
+        if node.get("spec", {}).get("unschedulable") or not _ready(node):
+            continue
+        product, memory = labels.get(GPU_PRODUCT), labels.get(GPU_MEMORY)
+        capacity = node.get("status", {}).get("capacity", {}).get(GPU_RESOURCE)
+        count = labels.get(GPU_COUNT) or capacity
+        if not product or not memory or not count:
+            continue
+        try:
+            n_gpus, memory_mib = int(count), int(memory)
+        except ValueError:
+            continue
+        sharing = labels.get(GPU_SHARING, "time-slicing")
+        mode = sharing if sharing in {m.value for m in SharingMode} else "time-slicing"
+        out.append(
+            {
+                "name": meta["name"],
+                "labels": labels,
+                "gpus": [
+                    {"index": i, "product": product, "memoryMiB": memory_mib, "sharingMode": mode}
+                    for i in range(n_gpus)
+                ],
+            }
+        )
+    return Cluster.model_validate({"nodes": out})
+
+
+def plan_from_schedules(schedules: Iterable[GpuSchedule], tick_hz: int) -> Plan:
+    """The plan that the GpuSchedules in the cluster record: what a restarted operator
+    hands the planner as ``previous``, so that nothing moves because it restarted."""
+    shards = []
+    for sched in schedules:
+        spec = sched.spec
+        for slot in spec.slots:
+            shards.append(
+                ShardPlacement(
+                    namespace=slot.namespace,
+                    stream=slot.stream,
+                    shard=slot.shard,
+                    shards=slot.shards,
+                    node=spec.node,
+                    gpu=spec.gpu_index,
+                    gpu_uuid=spec.gpu_uuid,
+                    product=spec.gpu_product or "",
+                    fps=0.0,
+                    frame_period_ticks=slot.period_ticks,
+                    period_ticks=slot.period_ticks,
+                    offset_ticks=slot.offset_ticks,
+                    body_ticks=slot.body_ticks,
+                    body_ms=ticks_to_ms(slot.body_ticks, tick_hz),
+                    latency_ms=0.0,
+                    memory_mib=slot.memory_mib,
+                    priority=0,
+                )
+            )
+    return Plan(tuple(shards), (), (), tick_hz=tick_hz)
+
+
+@dataclass
+class Desired:
+    """Everything the operator should find in the cluster after this reconcile."""
+
+    objects: list[Obj] = field(default_factory=list)  # namespaced, owned by their stream
+    schedules: list[Obj] = field(default_factory=list)  # cluster-scoped GpuSchedules
+    statuses: dict[tuple[str, str], Obj] = field(default_factory=dict)
+
+
+def _table(shards: Sequence[ShardPlacement]) -> list[tuple[object, ...]]:
+    return sorted(
+        (x.namespace, x.stream, x.shard, x.shards, x.period_ticks, x.offset_ticks, x.body_ticks)
+        for x in shards
+    )
+
+
+def desired_state(
+    streams: Sequence[InferenceStream],
+    plan: Plan,
+    previous: Mapping[str, GpuSchedule],
+    settings: OperatorSettings,
+    now: datetime,
+) -> Desired:
+    """Objects, GpuSchedules and stream statuses for ``plan``. A GPU keeps its epoch; a
+    changed slot table gets the next generation, effective ``effective_after_s`` from now."""
+    desired = Desired()
+    by_gpu: dict[tuple[str, int], list[ShardPlacement]] = defaultdict(list)
+    for p in plan.shards:
+        by_gpu[(p.node, p.gpu)].append(p)
+    modes = {(g.node, g.gpu): g.sharing_mode for g in plan.gpus}
+    contracts: dict[tuple[str, str, int], SlotAssignment] = {}
+    for (node, gpu), shards in sorted(by_gpu.items()):
+        old = previous.get(manifests.schedule_name(node, gpu))
+        epoch = old.spec.epoch if old else now.replace(microsecond=0)
+        before = _table(plan_from_schedules([old], settings.tick_hz).shards) if old else None
+        if old is not None and before == _table(shards):
+            generation, effective_at = old.spec.generation, old.spec.effective_at or epoch
+        else:
+            generation = old.spec.generation + 1 if old else 1
+            effective_at = now.replace(microsecond=0) + timedelta(
+                seconds=settings.effective_after_s
+            )
+        desired.schedules.append(
+            manifests.gpu_schedule(
+                node,
+                gpu,
+                shards,
+                epoch=epoch,
+                generation=generation,
+                effective_at=effective_at,
+                tick_hz=settings.tick_hz,
+                sharing_mode=modes.get((node, gpu), "time-slicing"),
+            )
+        )
+        for p in shards:
+            contracts[p.key] = SlotAssignment(
+                stream=p.stream,
+                namespace=p.namespace,
+                shard=p.shard,
+                shards=p.shards,
+                node=node,
+                gpu_index=gpu,
+                gpu_uuid=p.gpu_uuid,
+                tick_hz=settings.tick_hz,
+                epoch=epoch,
+                period_ticks=p.period_ticks,
+                offset_ticks=p.offset_ticks,
+                body_ticks=p.body_ticks,
+                generation=generation,
+                effective_at=effective_at,
+            )
+    unplaced = {(u.namespace, u.stream): u.reason for u in plan.unplaced}
+    for stream in streams:
+        key = (stream.namespace, stream.name)
+        shards = plan.for_stream(*key)
+        if key in unplaced or not shards:
+            reason = unplaced.get(key, "waiting for placement")
+            desired.statuses[key] = stream_status(
+                stream, [], StreamPhase.UNSCHEDULABLE, reason, now, tick_hz=settings.tick_hz
+            )
+            continue
+        try:
+            for p in shards:
+                desired.objects.append(manifests.slot_configmap(stream, contracts[p.key]))
+                if settings.gpu_binding == "dra":
+                    desired.objects.append(manifests.resource_claim(stream, p, settings))
+                desired.objects.append(manifests.shard_deployment(stream, p, settings))
+        except manifests.TemplateError as e:
+            desired.objects = [o for o in desired.objects if not _owned_by(o, stream)]
+            desired.statuses[key] = stream_status(
+                stream,
+                shards,
+                StreamPhase.PENDING,
+                str(e),
+                now,
+                reason="InvalidTemplate",
+                tick_hz=settings.tick_hz,
+            )
+            continue
+        desired.statuses[key] = stream_status(
+            stream, shards, StreamPhase.PLACED, "", now, tick_hz=settings.tick_hz
+        )
+    return desired
+
+
+def _owned_by(obj: Obj, stream: InferenceStream) -> bool:
+    refs = obj["metadata"].get("ownerReferences", [])
+    return any(r.get("uid") == stream.metadata.uid for r in refs)
+
+
+def stream_status(
+    stream: InferenceStream,
+    shards: Sequence[ShardPlacement],
+    phase: StreamPhase,
+    message: str,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    tick_hz: int = TICK_HZ,
+) -> Obj:
+    """The status subresource of one stream (conditions Placed and Ready)."""
+    placed = phase in (StreamPhase.PLACED, StreamPhase.RUNNING)
+    stamp = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    hz = tick_hz
+    first = shards[0] if shards else None
+    extra = f",+{len(shards) - 1}" if len(shards) > 1 else ""
+    condition_reason = reason or ("Placed" if placed else "Unschedulable")
+    return {
+        "phase": phase.value,
+        "message": message or (f"placed on {len(shards)} shard(s)" if placed else ""),
+        "shardCount": len(shards),
+        "node": f"{first.node}{extra}" if first else "",
+        "gpu": f"{first.gpu}{extra}" if first else "",
+        **({"offsetMs": round(ticks_to_ms(first.offset_ticks, hz), 3)} if first else {}),
+        "shards": [
+            {
+                "index": p.shard,
+                "node": p.node,
+                "gpu": p.gpu,
+                **({"gpuUuid": p.gpu_uuid} if p.gpu_uuid else {}),
+                "fps": p.fps,
+                "periodMs": round(ticks_to_ms(p.period_ticks, hz), 3),
+                "offsetMs": round(ticks_to_ms(p.offset_ticks, hz), 3),
+                "bodyMs": p.body_ms,
+            }
+            for p in shards
+        ],
+        "conditions": [
+            {
+                "type": "Placed",
+                "status": "True" if placed else "False",
+                "reason": condition_reason,
+                "message": message,
+                "lastTransitionTime": stamp,
+                **(
+                    {"observedGeneration": stream.metadata.generation}
+                    if stream.metadata.generation is not None
+                    else {}
+                ),
+            },
+        ],
+        **(
+            {"observedGeneration": stream.metadata.generation}
+            if stream.metadata.generation is not None
+            else {}
+        ),
+    }

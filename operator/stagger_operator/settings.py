@@ -1,0 +1,54 @@
+"""Operator settings: environment variables ``STAGGER_*`` (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stagger.core.placement import PlannerSettings
+from stagger.core.timebase import TICK_HZ
+
+GpuBinding = Literal["visible-devices", "dra", "resource", "none"]
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STAGGER_", frozen=True)
+
+    utilization_cap: float = Field(default=0.9, gt=0, le=1)
+    guard_ms: float = Field(default=0.0, ge=0)
+    policy: Literal["binpack", "spread"] = "binpack"
+    max_extra_shards: int = Field(default=2, ge=0)
+    tick_hz: int = Field(default=TICK_HZ, gt=0)
+
+    gpu_binding: GpuBinding = "visible-devices"
+    """How a shard's pod is pinned to its GPU (docs/operations.md weighs the modes)."""
+    managed_node_label: str | None = "stagger.dev/managed"
+    """Only nodes with this label set to "true" are used (None: every GPU node). With
+    ``visible-devices`` the device plugin does not account for our pods: keep those nodes
+    for Stagger."""
+    dra_device_class: str = "gpu.nvidia.com"
+
+    sidecar_image: str = "stagger/sidecar:0.1.0"
+    sidecar_http_port: int = 8800
+    sidecar_grpc_port: int = 8801
+    sidecar_metrics_port: int = 9400
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+
+    effective_after_s: float = Field(default=5.0, gt=0)
+    """A new slot table applies this long after it is written: later than the kubelet's
+    ConfigMap propagation, so every sidecar of a GPU switches at the same instant."""
+    max_moves_per_plan: int = Field(default=10, ge=0)
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces to watch; empty: all."""
+
+    def planner(self) -> PlannerSettings:
+        return PlannerSettings(
+            utilization_cap=self.utilization_cap,
+            guard_ms=self.guard_ms,
+            policy=self.policy,
+            max_extra_shards=self.max_extra_shards,
+            tick_hz=self.tick_hz,
+        )

@@ -1,0 +1,154 @@
+"""Manifest builders against golden YAML, and against the Kubernetes API's own schemas."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from stagger.core.placement import plan
+from stagger_operator import manifests
+from stagger_operator.reconcile import desired_state
+from stagger_operator.settings import OperatorSettings
+from tests.factories import cluster, stream
+
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"
+K8S_VERSION = "1.33.0"
+NOW = datetime(2026, 11, 21, 9, 0, 0, tzinfo=UTC)
+
+TEMPLATE = {
+    "metadata": {"labels": {"app": "lobby"}},
+    "spec": {
+        "containers": [
+            {
+                "name": "triton",
+                "image": "example/tritonserver:24.10",
+                "args": ["tritonserver", "--model-repository=/models"],
+            },
+            {
+                "name": "app",
+                "image": "example/lobby-app:1.0",
+                "env": [{"name": "TRITON_URL", "value": "127.0.0.1:8800"}],
+            },
+        ],
+    },
+}
+
+
+def placed_stream(**spec: Any):  # type: ignore[no-untyped-def]
+    s = stream(
+        "lobby-1",
+        10,
+        body=10.5,
+        latency=18.5,
+        namespace="retail",
+        memoryMiB=2500,
+        template=TEMPLATE,
+        **spec,
+    )
+    s.metadata.uid = "0b7c6a9e-1111-4222-8333-444455556666"
+    c = cluster(("h200-a", 2), product="NVIDIA-H200", memory=143771)
+    return s, plan([s], c).shards[0]
+
+
+def check_golden(name: str, obj: Any) -> None:
+    text = yaml.safe_dump(obj, sort_keys=False, width=100)
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing: create it with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{path} differs: rerun with UPDATE_GOLDEN=1 if intended"
+
+
+@pytest.mark.parametrize("binding", ["visible-devices", "resource", "dra", "none"])
+def test_shard_deployment_matches_golden_and_validates(binding: str) -> None:
+    s, p = placed_stream()
+    settings = OperatorSettings(gpu_binding=binding)  # type: ignore[arg-type]
+    deployment = manifests.shard_deployment(s, p, settings)
+    check_golden(f"deployment-{binding}.yaml", deployment)
+    kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["triton", "app", "stagger-sidecar"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    node_terms = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    assert node_terms["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchFields"
+    ][0]["values"] == ["h200-a"]
+
+
+def test_visible_devices_binding_pins_the_gpu_by_uuid_on_user_containers_only() -> None:
+    s, p = placed_stream()
+    d = manifests.shard_deployment(s, p, OperatorSettings())
+    env = {
+        c["name"]: {e["name"]: e.get("value") for e in c.get("env", [])}
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    assert env["triton"]["NVIDIA_VISIBLE_DEVICES"] == p.gpu_uuid
+    assert env["app"]["NVIDIA_VISIBLE_DEVICES"] == p.gpu_uuid
+    assert "NVIDIA_VISIBLE_DEVICES" not in env["stagger-sidecar"]
+    assert env["stagger-sidecar"]["STAGGER_STREAM"] == "lobby-1"
+
+
+def test_sidecar_runs_restricted() -> None:
+    s, p = placed_stream()
+    sidecar = manifests.sidecar_container(s, p, OperatorSettings())
+    sc = sidecar["securityContext"]
+    assert (
+        sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    )
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_dra_claim_selects_the_planned_gpu() -> None:
+    s, p = placed_stream()
+    claim = manifests.resource_claim(s, p, OperatorSettings(gpu_binding="dra"))
+    check_golden("resourceclaim.yaml", claim)
+    expression = claim["spec"]["devices"]["requests"][0]["exactly"]["selectors"][0]["cel"][
+        "expression"
+    ]
+    assert p.gpu_uuid and p.gpu_uuid in expression
+
+
+def test_desired_state_configmap_and_schedule_match_golden() -> None:
+    s, _ = placed_stream()
+    c = cluster(("h200-a", 2), product="NVIDIA-H200", memory=143771)
+    desired = desired_state([s], plan([s], c), {}, OperatorSettings(), NOW)
+    kinds = [o["kind"] for o in desired.objects]
+    assert kinds == ["ConfigMap", "Deployment"]
+    check_golden("configmap.yaml", desired.objects[0])
+    kubernetes_validate.validate(desired.objects[0], K8S_VERSION, strict=True)
+    (schedule,) = desired.schedules
+    check_golden("gpuschedule.yaml", schedule)
+    assert schedule["spec"]["generation"] == 1
+    assert schedule["spec"]["epoch"] == "2026-11-21T09:00:00Z"
+    assert schedule["spec"]["effectiveAt"] == "2026-11-21T09:00:05Z"
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (None, "spec.template is required"),
+        ({"spec": {}}, "spec.template.spec.containers must list at least one container"),
+        ({"spec": {"containers": [{"name": "x"}]}}, "containers[0] needs a name and an image"),
+        ({"spec": {"containers": [{"name": "stagger-sidecar", "image": "i"}]}}, "is reserved"),
+    ],
+)
+def test_bad_templates_get_a_specific_message(template: Any, message: str) -> None:
+    s = stream("cam", 10, body=5, template=template)
+    s.metadata.uid = "u"
+    with pytest.raises(manifests.TemplateError, match=re.escape(message)):
+        manifests.check_template(s)
+
+
+def test_long_names_stay_valid_and_distinct() -> None:
+    a = manifests.shard_name("x" * 200, 0)
+    b = manifests.shard_name("x" * 199 + "y", 0)
+    assert len(a) <= manifests.MAX_WORKLOAD_NAME and a != b
+    assert manifests.shard_name("cam", 1) == "cam-s1"

@@ -1,0 +1,133 @@
+"""Pure reconcile: nodes to GPUs, schedules to a previous plan, plan to desired state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from stagger.core.api import GpuSchedule
+from stagger.core.placement import plan
+from stagger_operator.reconcile import cluster_from_nodes, desired_state, plan_from_schedules
+from stagger_operator.settings import OperatorSettings
+from tests.factories import cluster, stream
+
+NOW = datetime(2026, 11, 21, 9, 0, 0, tzinfo=UTC)
+TEMPLATE = {"spec": {"containers": [{"name": "triton", "image": "example/tritonserver:24.10"}]}}
+
+
+def node(
+    name: str,
+    *,
+    ready: bool = True,
+    cordoned: bool = False,
+    managed: bool = True,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    gfd = {
+        "nvidia.com/gpu.product": "NVIDIA-H200",
+        "nvidia.com/gpu.memory": "143771",
+        "nvidia.com/gpu.count": "2",
+    }
+    if managed:
+        gfd["stagger.dev/managed"] = "true"
+    return {
+        "metadata": {"name": name, "labels": {**gfd, **(labels or {})}},
+        "spec": {"unschedulable": True} if cordoned else {},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "capacity": {"nvidia.com/gpu": "2"},
+        },
+    }
+
+
+def test_only_ready_uncordoned_managed_gpu_nodes_count() -> None:
+    nodes = [
+        node("a"),
+        node("b", ready=False),
+        node("c", cordoned=True),
+        node("d", managed=False),
+        {
+            "metadata": {"name": "cpu", "labels": {"stagger.dev/managed": "true"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        },
+    ]
+    c = cluster_from_nodes(nodes, OperatorSettings())
+    assert [n.name for n in c.nodes] == ["a"]
+    assert [(g.index, g.product, g.memory_mib) for g in c.nodes[0].gpus] == [
+        (0, "NVIDIA-H200", 143771),
+        (1, "NVIDIA-H200", 143771),
+    ]
+    everyone = cluster_from_nodes(nodes, OperatorSettings(managed_node_label=None))
+    assert [n.name for n in everyone.nodes] == ["a", "d"]
+
+
+def test_sharing_strategy_label_sets_the_mode() -> None:
+    c = cluster_from_nodes(
+        [node("m", labels={"nvidia.com/gpu.sharing-strategy": "mps"})], OperatorSettings()
+    )
+    assert c.nodes[0].gpus[0].sharing_mode == "mps"
+
+
+def schedules_of(desired: Any) -> dict[str, GpuSchedule]:
+    return {s["metadata"]["name"]: GpuSchedule.model_validate(s) for s in desired.schedules}
+
+
+def with_uid(s: Any, uid: str) -> Any:
+    s.metadata.uid = uid
+    return s
+
+
+def test_epoch_is_kept_and_generation_bumps_only_when_the_table_changes() -> None:
+    c = cluster(("n", 1))
+    a = with_uid(stream("a", 10, body=5, template=TEMPLATE), "ua")
+    first = desired_state([a], plan([a], c), {}, OperatorSettings(), NOW)
+    prev = schedules_of(first)
+    later = NOW + timedelta(minutes=5)
+    same = desired_state([a], plan([a], c), prev, OperatorSettings(), later)
+    (sched,) = schedules_of(same).values()
+    assert sched.spec.generation == 1 and sched.spec.epoch == NOW
+    b = with_uid(stream("b", 10, body=5, template=TEMPLATE), "ub")
+    restored = plan_from_schedules(prev.values(), 30_000)
+    grown = desired_state(
+        [a, b], plan([a, b], c, previous=restored), prev, OperatorSettings(), later
+    )
+    (sched,) = schedules_of(grown).values()
+    assert sched.spec.generation == 2
+    assert sched.spec.epoch == NOW
+    assert sched.spec.effective_at == later + timedelta(seconds=5)
+
+
+def test_restart_reproduces_the_same_plan_from_schedules() -> None:
+    c = cluster(("n", 2))
+    streams = [
+        with_uid(stream(f"s{i}", [5, 10, 15][i % 3], body=8, template=TEMPLATE), f"u{i}")
+        for i in range(12)
+    ]
+    before = plan(streams, c)
+    desired = desired_state(streams, before, {}, OperatorSettings(), NOW)
+    restored = plan_from_schedules(schedules_of(desired).values(), 30_000)
+    after = plan(streams, c, previous=restored)
+    assert after.moves == () and after.offsets_changed == ()
+    assert {s.key: (s.node, s.gpu, s.offset_ticks) for s in after.shards} == {
+        s.key: (s.node, s.gpu, s.offset_ticks) for s in before.shards
+    }
+
+
+def test_statuses_say_placed_unschedulable_or_what_is_wrong_with_the_template() -> None:
+    c = cluster(("n", 1))
+    ok = with_uid(stream("ok", 10, body=5, template=TEMPLATE), "u1")
+    no_template = with_uid(stream("bare", 10, body=5), "u2")
+    too_big = with_uid(stream("huge", 10, body=5, template=TEMPLATE, memoryMiB=99999), "u3")
+    desired = desired_state(
+        [ok, no_template, too_big], plan([ok, no_template, too_big], c), {}, OperatorSettings(), NOW
+    )
+    st = desired.statuses
+    assert st[("default", "ok")]["phase"] == "Placed"
+    assert st[("default", "ok")]["conditions"][0]["status"] == "True"
+    assert st[("default", "bare")]["phase"] == "Pending"
+    assert "spec.template is required" in st[("default", "bare")]["message"]
+    assert st[("default", "bare")]["conditions"][0]["reason"] == "InvalidTemplate"
+    assert st[("default", "huge")]["phase"] == "Unschedulable"
+    assert "needs 99999 MiB" in st[("default", "huge")]["message"]
+    owners = {o["metadata"]["ownerReferences"][0]["uid"] for o in desired.objects}
+    assert owners == {"u1"}
