@@ -1,0 +1,151 @@
+"""kopf handlers: thin delegates. An event only wakes the planner; one loop plans.
+
+Run with ``kopf run -m stagger_operator.handlers --all-namespaces`` (the Helm chart does).
+Bursts coalesce: the loop waits until events stop for ``debounce`` seconds (at most
+``max_delay``), then reconciles the whole fleet once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from stagger_operator.controller import Controller, Report
+from stagger_operator.kube import Kube
+from stagger_operator.settings import OperatorSettings
+
+GROUP, VERSION = "stagger.dev", "v1alpha1"
+log = logging.getLogger("stagger.operator")
+
+
+@dataclass
+class PlanStats:
+    """Counters shared by the planner loop and whoever watches it (kopf gives each handler
+    a shallow copy of the memo, so they live in one object, not in memo fields)."""
+
+    plans: int = 0
+    last: Report | None = None
+
+
+def _default_api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = "stagger.dev/finalizer"
+    settings.posting.level = logging.WARNING
+    memo.setdefault("settings", OperatorSettings())
+    memo.setdefault("debounce", 0.3)
+    memo.setdefault("max_delay", 2.0)
+    memo.setdefault("resync", 60.0)
+    api = memo.get("api_client") or _default_api_client()
+    memo.controller = Controller(Kube(api), memo.settings)
+    memo.wake = asyncio.Event()
+    memo.setdefault("stats", PlanStats())
+    memo.node_signatures = {}
+    memo.loop_task = asyncio.create_task(_planner_loop(memo))
+    memo.wake.set()  # plan once at start: rebuild the view from the cluster
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("loop_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@kopf.on.create(GROUP, VERSION, "inferencestreams")
+@kopf.on.update(GROUP, VERSION, "inferencestreams", field="spec")
+@kopf.on.resume(GROUP, VERSION, "inferencestreams")
+async def stream_changed(memo: kopf.Memo, **_: Any) -> None:
+    memo.wake.set()
+
+
+@kopf.on.delete(GROUP, VERSION, "inferencestreams")
+def stream_deleted(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Delete what the stream owns now, not when a garbage collector gets to it: its GPU
+    slots are free for others as soon as the finalizer goes."""
+    memo.controller.delete_stream(namespace or "default", name)
+    memo.wake.set()
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(
+    name: str, body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    # Node status changes every few seconds (heartbeats); only what placement reads counts.
+    signature = None if type == "DELETED" else _node_signature(body)
+    if memo.node_signatures.get(name) != signature:
+        memo.node_signatures[name] = signature
+        memo.wake.set()
+
+
+@kopf.on.event(GROUP, VERSION, "modelprofiles")
+async def profile_event(memo: kopf.Memo, **_: Any) -> None:
+    memo.wake.set()
+
+
+def _node_signature(body: kopf.Body) -> tuple[Any, ...]:
+    labels = body.get("metadata", {}).get("labels") or {}
+    ready = [
+        c.get("status")
+        for c in body.get("status", {}).get("conditions", [])
+        if c.get("type") == "Ready"
+    ]
+    capacity = body.get("status", {}).get("capacity", {}).get("nvidia.com/gpu")
+    return (
+        tuple(sorted(labels.items())),
+        body.get("spec", {}).get("unschedulable"),
+        tuple(ready),
+        capacity,
+    )
+
+
+async def _planner_loop(memo: kopf.Memo) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(memo.wake.wait(), memo.resync)
+        started = loop.time()
+        while loop.time() - started < memo.max_delay:  # let a burst finish
+            memo.wake.clear()
+            try:
+                await asyncio.wait_for(memo.wake.wait(), memo.debounce)
+            except TimeoutError:
+                break
+        memo.wake.clear()
+        began = loop.time()
+        try:
+            report = await asyncio.to_thread(memo.controller.reconcile)
+        except Exception:
+            log.exception("reconcile failed; retrying in 5 s")
+            loop.call_later(5.0, memo.wake.set)
+            continue
+        memo.stats.plans += 1
+        memo.stats.last = report
+        log.info(
+            "plan %d in %.2f s: %d streams, %d placed, %d unschedulable, %d invalid, "
+            "%d moves, %d writes, %d deletions",
+            memo.stats.plans,
+            loop.time() - began,
+            report.streams,
+            report.placed,
+            report.unplaced,
+            report.invalid,
+            len(report.moves),
+            report.written,
+            report.deleted,
+        )

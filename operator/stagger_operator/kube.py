@@ -1,0 +1,177 @@
+"""The only module of the operator that talks to the Kubernetes API (besides kopf's own
+watching). One mechanism for every kind: a path table, create-or-merge-patch, delete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from stagger.core.api import GpuSchedule, InferenceStream, ModelProfile
+from stagger_operator.manifests import MANAGED_BY
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    group_version: str  # "v1", "apps/v1", "stagger.dev/v1alpha1"
+    plural: str
+    namespaced: bool
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        base = "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        return f"{base}/{name}" if name else base
+
+
+KINDS: dict[str, Kind] = {
+    "ConfigMap": Kind("v1", "configmaps", True),
+    "Event": Kind("v1", "events", True),
+    "Node": Kind("v1", "nodes", False),
+    "Deployment": Kind("apps/v1", "deployments", True),
+    "ResourceClaim": Kind("resource.k8s.io/v1", "resourceclaims", True),
+    "InferenceStream": Kind("stagger.dev/v1alpha1", "inferencestreams", True),
+    "ModelProfile": Kind("stagger.dev/v1alpha1", "modelprofiles", False),
+    "GpuSchedule": Kind("stagger.dev/v1alpha1", "gpuschedules", False),
+}
+# Kinds the operator creates for shards, cleaned up when no longer wanted.
+OWNED_KINDS = ("Deployment", "ConfigMap", "ResourceClaim")
+
+
+@dataclass(frozen=True)
+class InvalidObject:
+    namespace: str
+    name: str
+    problem: str
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient, timeout: tuple[float, float] = (5.0, 30.0)) -> None:
+        self.api = api
+        self.timeout = timeout  # (connect, read) seconds: never hang on a dead connection
+
+    def _call(
+        self, method: str, path: str, body: Any = None, content_type: str | None = None
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        method, url, headers, body = self.api.param_serialize(
+            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )[:4]
+        response = self.api.call_api(method, url, headers, body, _request_timeout=self.timeout)
+        raw = response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason, body=raw)
+        return json.loads(raw) if raw else None
+
+    # -- reading ----------------------------------------------------------------
+
+    def list_objects(self, kind: str, namespace: str | None = None) -> list[Obj]:
+        items: list[Obj] = self._call("GET", KINDS[kind].path(namespace)).get("items") or []
+        return items
+
+    def list_streams(
+        self, namespaces: Iterable[str] = ()
+    ) -> tuple[list[InferenceStream], list[InvalidObject]]:
+        """Streams, and the ones whose spec does not validate (with why)."""
+        scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace
+        raw = [o for ns in scopes for o in self.list_objects("InferenceStream", ns)]
+        good, bad = [], []
+        for obj in raw:
+            meta = obj.get("metadata", {})
+            try:
+                good.append(InferenceStream.model_validate(obj))
+            except ValidationError as e:
+                first = e.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in first["loc"])
+                bad.append(
+                    InvalidObject(
+                        meta.get("namespace", ""), meta.get("name", ""), f"{where}: {first['msg']}"
+                    )
+                )
+        return good, bad
+
+    def list_profiles(self) -> list[ModelProfile]:
+        out = []
+        for obj in self.list_objects("ModelProfile"):
+            try:
+                out.append(ModelProfile.model_validate(obj))
+            except ValidationError:
+                continue  # the CRD schema refuses these; an edited one is skipped, not fatal
+        return out
+
+    def list_schedules(self) -> list[GpuSchedule]:
+        return [GpuSchedule.model_validate(o) for o in self.list_objects("GpuSchedule")]
+
+    def list_managed(self, kind: str) -> list[Obj]:
+        # Filtered here as well as by selector: the label is what makes an object ours.
+        items = self.list_objects(kind)
+        return [
+            o
+            for o in items
+            if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by")
+            == MANAGED_BY["app.kubernetes.io/managed-by"]
+        ]
+
+    # -- writing ----------------------------------------------------------------
+
+    def apply(self, obj: Obj, current: Obj | None) -> bool:
+        """Make ``obj`` so: create it when ``current`` (from a list the caller made) is None,
+        merge-patch it when it differs. True when something was written."""
+        kind = KINDS[obj["kind"]]
+        meta = obj["metadata"]
+        path = kind.path(meta.get("namespace"), meta["name"])
+        if current is None:
+            try:
+                self._call("POST", kind.path(meta.get("namespace")), obj)
+                return True
+            except ApiException as e:
+                if e.status != 409:  # created meanwhile: patch it below
+                    raise
+        elif _contains(current, obj):
+            return False
+        self._call("PATCH", path, obj, "application/merge-patch+json")
+        return True
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        try:
+            self._call("DELETE", KINDS[kind].path(namespace, name))
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def create_event(self, event: Obj) -> None:
+        """Post an Event; losing one is better than failing a reconcile over it."""
+        try:
+            self._call("POST", KINDS["Event"].path(event["metadata"]["namespace"]), event)
+        except ApiException:
+            return
+
+    def patch_status(self, kind: str, namespace: str | None, name: str, status: Obj) -> None:
+        path = KINDS[kind].path(namespace, name) + "/status"
+        self._call("PATCH", path, {"status": status}, "application/merge-patch+json")
+
+
+def _contains(current: Any, wanted: Any) -> bool:
+    """True when every field of ``wanted`` is in ``current`` with the same value (the API
+    server adds defaults and metadata of its own, so equality would always fail)."""
+    if isinstance(wanted, dict):
+        return isinstance(current, dict) and all(
+            k in current and _contains(current[k], v) for k, v in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(current, list)
+            and len(current) == len(wanted)
+            and all(_contains(c, w) for c, w in zip(current, wanted, strict=True))
+        )
+    return bool(current == wanted)

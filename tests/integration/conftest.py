@@ -1,0 +1,176 @@
+"""The real operator against kmock, kopf's Kubernetes API emulator.
+
+kmock has no garbage collector, Deployment controller or kubelet, and ignores label
+selectors: the operator deletes what it owns itself and filters by label on its side, and
+the tests check objects, schedules and statuses rather than running pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import kmock
+import kopf
+import pytest
+from kubernetes import client
+
+from stagger_operator.handlers import PlanStats  # importing registers the handlers
+from stagger_operator.kube import Kube
+from stagger_operator.settings import OperatorSettings
+
+VERBS = {"list", "watch", "get", "create", "patch", "delete"}
+RESOURCES = {
+    "stagger.dev/v1alpha1/inferencestreams": ("InferenceStream", True, {"status"}),
+    "stagger.dev/v1alpha1/modelprofiles": ("ModelProfile", False, {"status"}),
+    "stagger.dev/v1alpha1/gpuschedules": ("GpuSchedule", False, {"status"}),
+    "v1/nodes": ("Node", False, set()),
+    "v1/namespaces": ("Namespace", False, set()),
+    "v1/events": ("Event", True, set()),
+    "v1/configmaps": ("ConfigMap", True, set()),
+    "apps/v1/deployments": ("Deployment", True, set()),
+}
+TEMPLATE = {"spec": {"containers": [{"name": "triton", "image": "example/tritonserver:24.10"}]}}
+_SERVER: dict[str, str] = {}
+
+
+@kopf.on.login()
+def _login_to_the_emulator(**_: Any) -> kopf.ConnectionInfo:
+    return kopf.ConnectionInfo(server=_SERVER["url"], insecure=True, scheme="Bearer", token="x")
+
+
+@kopf.on.startup()
+def _test_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.scanning.disabled = True  # kmock 0.8 answers namespace listing with 500
+
+
+def node(name: str, gpus: int = 2, *, ready: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "stagger.dev/managed": "true",
+                "nvidia.com/gpu.product": "NVIDIA-H200",
+                "nvidia.com/gpu.memory": "143771",
+                "nvidia.com/gpu.count": str(gpus),
+            },
+        },
+        "spec": {},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "capacity": {"nvidia.com/gpu": str(gpus)},
+        },
+    }
+
+
+def stream(
+    name: str, fps: float = 10, body: float = 10.5, namespace: str = "default", **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "stagger.dev/v1alpha1",
+        "kind": "InferenceStream",
+        # kmock assigns neither uid nor resourceVersion; kopf needs both (owners, finalizers).
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{namespace}-{name}",
+            "resourceVersion": "1",
+        },
+        "spec": {
+            "model": "retinanet",
+            "fps": fps,
+            "bodyTimeMs": body,
+            "latencyMs": 18.5,
+            "template": TEMPLATE,
+            **spec,
+        },
+    }
+
+
+@dataclass
+class Cluster:
+    kube: Kube
+    emulator: kmock.KubernetesEmulator
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def create(self, obj: dict[str, Any]) -> None:
+        await self.call(self.kube.apply, obj, None)
+
+    async def objects(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.call(self.kube.list_objects, kind, namespace)
+        return result
+
+    async def wait_for(self, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+        """Poll an async check until it returns something truthy (bounded)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return result
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting; last result: {result!r}")
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Operator:
+    memo: kopf.Memo
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    emulator = kmock.KubernetesEmulator()
+    for key, (kind, namespaced, sub) in RESOURCES.items():
+        emulator.resources[key] = kmock.ResourceInfo(
+            kind=kind, namespaced=namespaced, verbs=VERBS, subresources=sub
+        )
+    async with kmock.Server(emulator) as server:
+        _SERVER["url"] = str(server.url)
+        api = client.ApiClient(client.Configuration(host=str(server.url)))
+        c = Cluster(Kube(api), emulator)
+        for name in ("gpu-a", "gpu-b"):
+            await c.create(node(name))
+        yield c
+
+
+async def start_operator(c: Cluster, **settings: Any) -> Operator:
+    # A fresh client, as a restarted operator process would have: no pooled connections.
+    api = client.ApiClient(client.Configuration(host=c.kube.api.configuration.host))
+    memo = kopf.Memo(
+        api_client=api,
+        settings=OperatorSettings(**settings),
+        stats=PlanStats(),
+        debounce=0.05,
+        max_delay=1.0,
+        resync=3600.0,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        kopf.operator(clusterwide=True, standalone=True, memo=memo, stop_flag=stop)
+    )
+    return Operator(memo, stop, task)
+
+
+async def stop_operator(op: Operator) -> None:
+    op.stop.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(op.task, 15)
+
+
+@pytest.fixture
+async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
+    op = await start_operator(cluster)
+    yield op
+    await stop_operator(op)

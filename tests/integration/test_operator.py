@@ -1,0 +1,162 @@
+"""The operator end to end against kmock: apply, delete, bad input, restart, node loss, burst."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from stagger.core.api import GpuSchedule
+from tests.integration.conftest import (
+    Cluster,
+    Operator,
+    node,
+    start_operator,
+    stop_operator,
+    stream,
+)
+
+
+async def statuses(c: Cluster) -> dict[str, dict[str, Any]]:
+    return {
+        o["metadata"]["name"]: o.get("status") or {} for o in await c.objects("InferenceStream")
+    }
+
+
+async def all_placed(c: Cluster, names: list[str]) -> dict[str, dict[str, Any]] | None:
+    st = await statuses(c)
+    return st if all(st.get(n, {}).get("phase") == "Placed" for n in names) else None
+
+
+async def schedules(c: Cluster) -> list[GpuSchedule]:
+    return [GpuSchedule.model_validate(o) for o in await c.objects("GpuSchedule")]
+
+
+async def test_applied_streams_get_workloads_schedules_and_status(
+    cluster: Cluster, operator: Operator
+) -> None:
+    names = ["cam-1", "cam-2", "cam-3"]
+    for n in names:
+        await cluster.create(stream(n))
+    st = await cluster.wait_for(lambda: all_placed(cluster, names))
+    deployments = {d["metadata"]["name"]: d for d in await cluster.objects("Deployment", "default")}
+    assert set(deployments) == {"cam-1-s0", "cam-2-s0", "cam-3-s0"}
+    configmaps = {c["metadata"]["name"]: c for c in await cluster.objects("ConfigMap", "default")}
+    scheds = await schedules(cluster)
+    assert scheds, "a GpuSchedule per used GPU"
+    slots = {
+        (x.stream, x.shard): (s.spec.node, s.spec.gpu_index, x.offset_ticks)
+        for s in scheds
+        for x in s.spec.slots
+    }
+    for n in names:
+        status = st[n]
+        node_name, gpu, offset = slots[(n, 0)]
+        assert (status["node"], status["gpu"]) == (node_name, str(gpu))
+        assert status["conditions"][0]["type"] == "Placed"
+        contract = json.loads(configmaps[f"{n}-s0-slot"]["data"]["slot.json"])
+        assert (contract["node"], contract["gpuIndex"], contract["offsetTicks"]) == (
+            node_name,
+            gpu,
+            offset,
+        )
+        pod_spec = deployments[f"{n}-s0"]["spec"]["template"]["spec"]
+        assert pod_spec["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]["nodeSelectorTerms"][0]["matchFields"][0]["values"] == [node_name]
+    events = await cluster.objects("Event", "default")
+    assert {e["reason"] for e in events} >= {"Placed"}
+
+
+async def test_deleting_a_stream_removes_what_it_owns_and_frees_its_slot(
+    cluster: Cluster, operator: Operator
+) -> None:
+    for n in ("keep", "gone"):
+        await cluster.create(stream(n))
+    await cluster.wait_for(lambda: all_placed(cluster, ["keep", "gone"]))
+    await cluster.call(cluster.kube.delete, "InferenceStream", "default", "gone")
+
+    async def cleaned() -> bool:
+        names = {d["metadata"]["name"] for d in await cluster.objects("Deployment", "default")}
+        cms = {c["metadata"]["name"] for c in await cluster.objects("ConfigMap", "default")}
+        in_slots = {x.stream for s in await schedules(cluster) for x in s.spec.slots}
+        return names == {"keep-s0"} and cms == {"keep-s0-slot"} and in_slots == {"keep"}
+
+    await cluster.wait_for(cleaned)
+
+
+async def test_bad_streams_get_a_status_and_others_are_still_served(
+    cluster: Cluster, operator: Operator
+) -> None:
+    bare = stream("bare")
+    del bare["spec"]["template"]
+    await cluster.create(bare)
+    await cluster.create(stream("huge", memoryMiB=999_999))
+    await cluster.create(stream("fine"))
+
+    async def settled() -> dict[str, dict[str, Any]] | None:
+        st = await statuses(cluster)
+        return (
+            st if {"bare", "huge", "fine"} <= {k for k, v in st.items() if v.get("phase")} else None
+        )
+
+    st = await cluster.wait_for(settled)
+    assert st["bare"]["phase"] == "Pending"
+    assert "spec.template is required" in st["bare"]["message"]
+    assert st["huge"]["phase"] == "Unschedulable"
+    assert "needs 999999 MiB" in st["huge"]["message"]
+    assert st["fine"]["phase"] == "Placed"
+    names = {d["metadata"]["name"] for d in await cluster.objects("Deployment", "default")}
+    assert names == {"fine-s0"}
+
+
+async def test_restart_reproduces_the_same_plan(cluster: Cluster) -> None:
+    op = await start_operator(cluster)
+    names = [f"s{i}" for i in range(8)]
+    try:
+        for i, n in enumerate(names):
+            await cluster.create(stream(n, fps=[5, 10, 15][i % 3], body=20, latencyMs=30))
+        await cluster.wait_for(lambda: all_placed(cluster, names))
+        before = {(s.spec.node, s.spec.gpu_index): s.spec for s in await schedules(cluster)}
+    finally:
+        await stop_operator(op)
+    op = await start_operator(cluster)
+    try:
+        await cluster.wait_for(lambda: op.memo.stats.plans >= 1)
+        after = {(s.spec.node, s.spec.gpu_index): s.spec for s in await schedules(cluster)}
+    finally:
+        await stop_operator(op)
+    assert after == before  # same GPUs, offsets, epochs and generations
+
+
+async def test_node_going_not_ready_moves_its_shards(cluster: Cluster, operator: Operator) -> None:
+    # Three streams of 0.6 GPU each: one per GPU, on three of the four GPUs.
+    for n in ("x", "y", "z"):
+        await cluster.create(stream(n, fps=10, body=60, latencyMs=70))
+    st = await cluster.wait_for(lambda: all_placed(cluster, ["x", "y", "z"]))
+    on_a = [n for n in ("x", "y", "z") if st[n]["node"] == "gpu-a"]
+    assert on_a, st
+    await cluster.call(cluster.kube.apply, node("gpu-a", ready=False), node("gpu-a"))
+
+    async def moved() -> dict[str, dict[str, Any]] | None:
+        now = await statuses(cluster)
+        placed = [n for n in ("x", "y", "z") if now[n].get("phase") == "Placed"]
+        return None if any(now[n]["node"] == "gpu-a" for n in placed) else now
+
+    now = await cluster.wait_for(moved)
+    phases = sorted(now[n]["phase"] for n in ("x", "y", "z"))
+    assert phases == ["Placed", "Placed", "Unschedulable"]  # gpu-b has room for two
+    events = {e["reason"] for e in await cluster.objects("Event", "default")}
+    assert "Moved" in events
+
+
+async def test_a_burst_of_200_streams_is_planned_a_handful_of_times(
+    cluster: Cluster, operator: Operator
+) -> None:
+    await cluster.wait_for(lambda: operator.memo.stats.plans >= 1)  # the start-up plan
+    start = operator.memo.stats.plans
+    names = [f"b{i:03d}" for i in range(200)]
+    for n in names:
+        await cluster.create(stream(n, fps=2, body=2))
+    await cluster.wait_for(lambda: all_placed(cluster, names), timeout=240)
+    plans = operator.memo.stats.plans - start
+    assert 1 <= plans <= 10, plans
