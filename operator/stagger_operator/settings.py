@@ -40,7 +40,6 @@ class OperatorSettings(BaseSettings):
     effective_after_s: float = Field(default=5.0, gt=0)
     """A new slot table applies this long after it is written: later than the kubelet's
     ConfigMap propagation, so every sidecar of a GPU switches at the same instant."""
-    max_moves_per_plan: int = Field(default=10, ge=0)
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty: all."""
 
