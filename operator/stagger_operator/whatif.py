@@ -1,0 +1,47 @@
+"""What-if against a live cluster: the plan the operator holds, and what adding streams
+would change. Reads only; writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from stagger.core.api import InferenceStream
+from stagger.core.placement import Plan, Planner, ShardPlacement, Unplaced
+from stagger_operator.kube import Kube
+from stagger_operator.reconcile import cluster_from_nodes, plan_from_schedules
+from stagger_operator.settings import OperatorSettings
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    current: Plan
+    """The plan for the streams in the cluster, kept where their GpuSchedules put them."""
+    after: Plan
+    """The same, with the added streams placed into the gaps: nothing already placed moves."""
+    added: tuple[ShardPlacement, ...]
+    refused: tuple[Unplaced, ...]
+
+
+def live_what_if(
+    kube: Kube, settings: OperatorSettings, add: Sequence[InferenceStream] = ()
+) -> WhatIf:
+    cluster = cluster_from_nodes(kube.list_objects("Node"), settings)
+    streams, _invalid = kube.list_streams(settings.namespaces)
+    present = {(s.namespace, s.name) for s in streams}
+    clashes = sorted(f"{s.namespace}/{s.name}" for s in add if (s.namespace, s.name) in present)
+    if clashes:
+        raise ValueError(f"already in the cluster: {', '.join(clashes)}")
+    planner = Planner(cluster, kube.list_profiles(), settings.planner())
+    previous = plan_from_schedules(kube.list_schedules(), settings.tick_hz)
+    current = planner.plan(streams, previous)
+    added: list[ShardPlacement] = []
+    refused: list[Unplaced] = []
+    for stream in add:
+        result = planner.add(stream)
+        if isinstance(result, Unplaced):
+            refused.append(result)
+        else:
+            added.extend(result)
+    after = planner.current([*current.unplaced, *refused])
+    return WhatIf(current, after, tuple(added), tuple(refused))

@@ -1,0 +1,110 @@
+"""`kubectl stagger plan --live --add FILE` against kmock: reads the cluster, writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stagger_operator.cli import main
+from stagger_operator.controller import Controller
+from stagger_operator.settings import OperatorSettings
+from tests.integration.conftest import Cluster, stream
+
+
+def kubeconfig(tmp_path: Path, server: str) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": server}}],
+                "users": [{"name": "test", "user": {"token": "x"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            }
+        )
+    )
+    return path
+
+
+async def snapshot(c: Cluster) -> dict[str, Any]:
+    kinds = ("InferenceStream", "GpuSchedule", "Deployment", "ConfigMap")
+    return {k: sorted(await c.objects(k), key=lambda o: str(o["metadata"])) for k in kinds}
+
+
+async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = await asyncio.to_thread(main, list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def test_what_if_shows_where_added_streams_go_and_changes_nothing(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("cam-1", "cam-2"):
+        await cluster.create(stream(name, body=30, latencyMs=40))
+    await cluster.call(Controller(cluster.kube, OperatorSettings()).reconcile)
+    before = await snapshot(cluster)
+    new = tmp_path / "new.yaml"
+    new.write_text(yaml.safe_dump(stream("cam-3", body=30, latencyMs=40)))
+    config = kubeconfig(tmp_path, cluster.kube.api.configuration.host)
+
+    code, out, err = await run_cli(
+        capsys, "plan", "--live", "--kubeconfig", str(config), "--add", str(new), "-o", "json"
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert [(s["stream"], s["shard"]) for s in data["added"]] == [("cam-3", 0)]
+    existing = {
+        (s["stream"], s["node"], s["gpu"], s["offsetMs"]) for s in data["current"]["shards"]
+    }
+    assert existing <= {
+        (s["stream"], s["node"], s["gpu"], s["offsetMs"]) for s in data["after"]["shards"]
+    }
+    assert data["refused"] == []
+    assert await snapshot(cluster) == before  # read only
+
+
+async def test_what_if_refuses_what_does_not_fit_and_names_clashes(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await cluster.create(stream("cam-1"))
+    config = kubeconfig(tmp_path, cluster.kube.api.configuration.host)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(yaml.safe_dump(stream("huge", memoryMiB=999_999)))
+    code, _, err = await run_cli(
+        capsys, "plan", "--live", "--kubeconfig", str(config), "--add", str(huge)
+    )
+    assert code == 1
+    assert "unplaced: default/huge: needs 999999 MiB" in err
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(yaml.safe_dump(stream("cam-1")))
+    code, _, err = await run_cli(
+        capsys, "plan", "--live", "--kubeconfig", str(config), "--add", str(clash)
+    )
+    assert code == 2
+    assert "already in the cluster: default/cam-1" in err
+
+
+async def test_unreachable_cluster_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = kubeconfig(tmp_path, "http://127.0.0.1:9")
+    code, _, err = await run_cli(capsys, "plan", "--live", "--kubeconfig", str(config))
+    assert code == 2
+    assert err.startswith("error: cannot read the cluster:")
+    assert "Traceback" not in err
+
+
+def test_without_live_kubectl_stagger_is_the_stagger_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["plan", "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {s["namespace"] for s in data["shards"]} == {"study", "retail", "logistics"}
