@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -54,17 +55,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.wake = asyncio.Event()
     memo.setdefault("stats", PlanStats())
     memo.node_signatures = {}
+    memo.leader = not memo.settings.leader_election
     memo.loop_task = asyncio.create_task(_planner_loop(memo))
+    if memo.settings.leader_election:
+        memo.lease_task = asyncio.create_task(_lease_loop(memo))
     memo.wake.set()  # plan once at start: rebuild the view from the cluster
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("loop_task")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("lease_task", "loop_task"):
+        task = memo.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if memo.get("leader") and memo.settings.leader_election:
+        s: OperatorSettings = memo.settings
+        await asyncio.to_thread(
+            memo.controller.kube.release_lease, s.lease_namespace, s.lease_name, s.identity
+        )
 
 
 @kopf.on.create(GROUP, VERSION, "inferencestreams")
@@ -114,6 +124,34 @@ def _node_signature(body: kopf.Body) -> tuple[Any, ...]:
     )
 
 
+async def _lease_loop(memo: kopf.Memo) -> None:
+    """Hold the Lease while alive; renew at a third of its duration. Gaining it wakes the
+    planner; losing it (a stalled renew) stops planning at the next cycle."""
+    s: OperatorSettings = memo.settings
+    kube = memo.controller.kube
+    while True:
+        try:
+            held = await asyncio.to_thread(
+                kube.hold_lease,
+                s.lease_namespace,
+                s.lease_name,
+                s.identity,
+                s.lease_duration_s,
+                datetime.now(UTC),
+            )
+        except Exception:
+            log.exception("cannot reach the Lease %s/%s", s.lease_namespace, s.lease_name)
+            held = False
+        if held != memo.leader:
+            log.info(
+                "%s the Lease %s/%s", "holding" if held else "lost", s.lease_namespace, s.lease_name
+            )
+            memo.leader = held
+            if held:
+                memo.wake.set()
+        await asyncio.sleep(s.lease_duration_s / 3)
+
+
 async def _planner_loop(memo: kopf.Memo) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -127,6 +165,8 @@ async def _planner_loop(memo: kopf.Memo) -> None:
             except TimeoutError:
                 break
         memo.wake.clear()
+        if not memo.leader:
+            continue  # a standby replica: the Lease holder plans
         began = loop.time()
         try:
             report = await asyncio.to_thread(memo.controller.reconcile)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes import client
@@ -41,6 +42,7 @@ KINDS: dict[str, Kind] = {
     "InferenceStream": Kind("stagger.dev/v1alpha1", "inferencestreams", True),
     "ModelProfile": Kind("stagger.dev/v1alpha1", "modelprofiles", False),
     "GpuSchedule": Kind("stagger.dev/v1alpha1", "gpuschedules", False),
+    "Lease": Kind("coordination.k8s.io/v1", "leases", True),
 }
 # Kinds the operator creates for shards, cleaned up when no longer wanted.
 OWNED_KINDS = ("Deployment", "ConfigMap", "ResourceClaim")
@@ -156,9 +158,90 @@ class Kube:
         except ApiException:
             return
 
+    def hold_lease(
+        self, namespace: str, name: str, identity: str, duration_s: int, now: datetime
+    ) -> bool:
+        """Take or renew the Lease ``name`` for ``identity``; False while another holder's
+        lease is still fresh. Taking over is a compare-and-swap: a JSON patch whose ``test``
+        operations check the holder and renew time seen here, applied atomically."""
+        stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = next(
+            (o for o in self.list_objects("Lease", namespace) if o["metadata"]["name"] == name),
+            None,
+        )
+        kind = KINDS["Lease"]
+        if lease is None:
+            try:
+                self._call(
+                    "POST",
+                    kind.path(namespace),
+                    {
+                        "apiVersion": "coordination.k8s.io/v1",
+                        "kind": "Lease",
+                        "metadata": {"name": name, "namespace": namespace},
+                        "spec": {
+                            "holderIdentity": identity,
+                            "leaseDurationSeconds": duration_s,
+                            "acquireTime": stamp,
+                            "renewTime": stamp,
+                            "leaseTransitions": 0,
+                        },
+                    },
+                )
+            except ApiException:
+                return False  # someone else created it first
+            return True
+        spec = lease.get("spec") or {}
+        holder, renewed = spec.get("holderIdentity"), spec.get("renewTime")
+        fresh_until = (
+            _parse_time(renewed) + timedelta(seconds=spec.get("leaseDurationSeconds") or duration_s)
+            if renewed
+            else now
+        )
+        if holder not in (identity, None) and now < fresh_until:
+            return False
+        ops: list[Obj] = [
+            {"op": "test", "path": "/spec/holderIdentity", "value": holder},
+            {"op": "test", "path": "/spec/renewTime", "value": renewed},
+            {"op": "replace", "path": "/spec/holderIdentity", "value": identity},
+            {"op": "replace", "path": "/spec/renewTime", "value": stamp},
+            {"op": "replace", "path": "/spec/leaseDurationSeconds", "value": duration_s},
+        ]
+        if holder != identity:
+            ops += [
+                {"op": "replace", "path": "/spec/acquireTime", "value": stamp},
+                {
+                    "op": "replace",
+                    "path": "/spec/leaseTransitions",
+                    "value": int(spec.get("leaseTransitions") or 0) + 1,
+                },
+            ]
+        try:
+            self._call("PATCH", kind.path(namespace, name), ops, "application/json-patch+json")
+        except ApiException:
+            return False  # the lease changed since we read it: someone else won
+        return True
+
+    def release_lease(self, namespace: str, name: str, identity: str) -> None:
+        """Give the Lease up on a clean shutdown, so a successor need not wait it out."""
+        ops = [
+            {"op": "test", "path": "/spec/holderIdentity", "value": identity},
+            {"op": "replace", "path": "/spec/holderIdentity", "value": None},
+        ]
+        try:
+            self._call(
+                "PATCH", KINDS["Lease"].path(namespace, name), ops, "application/json-patch+json"
+            )
+        except ApiException:
+            return  # not ours any more: nothing to give up
+
     def patch_status(self, kind: str, namespace: str | None, name: str, status: Obj) -> None:
         path = KINDS[kind].path(namespace, name) + "/status"
         self._call("PATCH", path, {"status": status}, "application/merge-patch+json")
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _contains(current: Any, wanted: Any) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import uuid
 from typing import Literal
 
 from pydantic import Field
@@ -40,6 +42,12 @@ class OperatorSettings(BaseSettings):
     effective_after_s: float = Field(default=5.0, gt=0)
     """A new slot table applies this long after it is written: later than the kubelet's
     ConfigMap propagation, so every sidecar of a GPU switches at the same instant."""
+    leader_election: bool = True
+    """Only the holder of the Lease plans and writes; other replicas stand by."""
+    lease_name: str = "stagger-operator"
+    lease_namespace: str = "stagger-system"  # the chart sets the operator's own namespace
+    lease_duration_s: int = Field(default=15, ge=1)
+    identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty: all."""
 

@@ -33,6 +33,7 @@ RESOURCES = {
     "v1/events": ("Event", True, set()),
     "v1/configmaps": ("ConfigMap", True, set()),
     "apps/v1/deployments": ("Deployment", True, set()),
+    "coordination.k8s.io/v1/leases": ("Lease", True, set()),
 }
 TEMPLATE = {"spec": {"containers": [{"name": "triton", "image": "example/tritonserver:24.10"}]}}
 _SERVER: dict[str, str] = {}
