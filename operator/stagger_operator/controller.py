@@ -66,8 +66,12 @@ class Controller:
         report.placed = len({(p.namespace, p.stream) for p in result.shards})
         report.unplaced = len(result.unplaced)
 
-        kinds = [k for k in OWNED_KINDS if k != "ResourceClaim" or s.gpu_binding == "dra"]
-        current = {_key(k, o): o for k in kinds for o in kube.list_managed(k)}
+        current = {
+            _key(k, o): o
+            for k in self._owned_kinds()
+            for o in kube.list_managed(k)
+            if self._watched(o["metadata"].get("namespace"))
+        }
         wanted = {_key(o["kind"], o): o for o in desired.objects}
         # Create and update before deleting, so a shard that moves runs on its new GPU
         # before the old copy goes.
@@ -114,12 +118,9 @@ class Controller:
 
     def delete_stream(self, namespace: str, name: str) -> int:
         """Delete every object the operator made for one stream; returns how many."""
-        kinds = [
-            k for k in OWNED_KINDS if k != "ResourceClaim" or self.settings.gpu_binding == "dra"
-        ]
         label = manifests.shard_labels(name, 0)[manifests.LABEL_STREAM]
         deleted = 0
-        for kind in kinds:
+        for kind in self._owned_kinds():
             for obj in self.kube.list_managed(kind):
                 meta = obj["metadata"]
                 if (
@@ -129,6 +130,15 @@ class Controller:
                     self.kube.delete(kind, namespace, meta["name"])
                     deleted += 1
         return deleted
+
+    def _owned_kinds(self) -> list[str]:
+        return [
+            k for k in OWNED_KINDS if k != "ResourceClaim" or self.settings.gpu_binding == "dra"
+        ]
+
+    def _watched(self, namespace: str | None) -> bool:
+        """Objects in namespaces this operator does not watch are not its to delete."""
+        return not self.settings.namespaces or namespace in self.settings.namespaces
 
     def _write_status(self, stream: InferenceStream, status: Obj, now: datetime) -> None:
         old = stream.status

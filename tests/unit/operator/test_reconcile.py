@@ -131,3 +131,15 @@ def test_statuses_say_placed_unschedulable_or_what_is_wrong_with_the_template() 
     assert "needs 99999 MiB" in st[("default", "huge")]["message"]
     owners = {o["metadata"]["ownerReferences"][0]["uid"] for o in desired.objects}
     assert owners == {"u1"}
+
+
+def test_controller_only_cleans_up_in_the_namespaces_it_watches() -> None:
+    from stagger_operator.controller import Controller
+
+    class NoKube:  # the namespace rule needs no API
+        pass
+
+    scoped = Controller(NoKube(), OperatorSettings(namespaces=["retail"]))  # type: ignore[arg-type]
+    assert scoped._watched("retail") and not scoped._watched("logistics")
+    everywhere = Controller(NoKube(), OperatorSettings())  # type: ignore[arg-type]
+    assert everywhere._watched("logistics")
