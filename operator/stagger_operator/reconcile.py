@@ -172,9 +172,12 @@ def desired_state(
                 effective_at=effective_at,
             )
     unplaced = {(u.namespace, u.stream): u.reason for u in plan.unplaced}
+    by_stream: dict[tuple[str, str], list[ShardPlacement]] = defaultdict(list)
+    for p in plan.shards:  # once: a lookup per stream would be quadratic in the fleet
+        by_stream[(p.namespace, p.stream)].append(p)
     for stream in streams:
         key = (stream.namespace, stream.name)
-        shards = plan.for_stream(*key)
+        shards = by_stream.get(key, [])
         if key in unplaced or not shards:
             reason = unplaced.get(key, "waiting for placement")
             desired.statuses[key] = stream_status(
