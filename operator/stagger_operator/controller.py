@@ -16,7 +16,15 @@ from stagger.core.api import InferenceStream, InferenceStreamStatus, StreamPhase
 from stagger.core.placement import Move, Plan, plan
 from stagger_operator import manifests
 from stagger_operator.kube import OWNED_KINDS, Kube
-from stagger_operator.reconcile import cluster_from_nodes, desired_state, plan_from_schedules
+from stagger_operator.observe import Observation
+from stagger_operator.reconcile import (
+    cluster_from_nodes,
+    desired_state,
+    plan_from_schedules,
+    schedule_status,
+    serving_status,
+)
+from stagger_operator.rollout import ShardId, Unit, ready_units, rollout
 from stagger_operator.settings import OperatorSettings
 
 Obj = dict[str, Any]
@@ -32,6 +40,8 @@ class Report:
     moves: list[Move] = field(default_factory=list)
     written: int = 0
     deleted: int = 0
+    moving: int = 0
+    waiting: int = 0
     plan: Plan | None = None
 
 
@@ -50,6 +60,8 @@ class Controller:
         self.kube = kube
         self.settings = settings
         self.clock = clock
+        self.retiring: dict[Unit, datetime] = {}  # old copies kept while their shard moves
+        self.observed: dict[ShardId, Observation] = {}  # from the sidecars' metrics
 
     def reconcile(self) -> Report:
         s, kube, now = self.settings, self.kube, self.clock()
@@ -72,26 +84,59 @@ class Controller:
             for o in kube.list_managed(k)
             if self._watched(o["metadata"].get("namespace"))
         }
-        wanted = {_key(o["kind"], o): o for o in desired.objects}
-        # Create and update before deleting, so a shard that moves runs on its new GPU
-        # before the old copy goes.
-        for key, obj in wanted.items():
-            report.written += kube.apply(obj, current.get(key))
-        for key in current.keys() - wanted.keys():
+        pods = [
+            p for p in kube.list_managed("Pod") if self._watched(p["metadata"].get("namespace"))
+        ]
+        steps = rollout(
+            desired.objects,
+            current,
+            ready_units(pods),
+            {manifests.gpu_label(n.name, g.index) for n in cluster.nodes for g in n.gpus},
+            retiring_since=self.retiring,
+            now=now,
+            max_moves=s.max_moves,
+            move_timeout_s=s.move_timeout_s,
+            frozen=desired.frozen,
+            priority={(x.namespace, manifests.stream_label(x.name)): x.spec.priority for x in live},
+        )
+        self.retiring = steps.retiring
+        # Create and update before deleting: a moving shard's new copy exists before its
+        # old one goes (which waits for the new pod to be Ready; see rollout).
+        for obj in steps.write:
+            report.written += kube.apply(obj, current.get(_key(obj["kind"], obj)))
+        for key in steps.delete:
             kube.delete(*key)
             report.deleted += 1
+        report.moving, report.waiting = len(steps.moving), len(steps.waiting)
 
+        observed = self.observed
         current_sched = {o["metadata"]["name"]: o for o in kube.list_managed("GpuSchedule")}
         wanted_sched = {o["metadata"]["name"]: o for o in desired.schedules}
         for name, obj in wanted_sched.items():
             report.written += kube.apply(obj, current_sched.get(name))
+            status = schedule_status(obj, result, observed)
+            if (current_sched.get(name) or {}).get("status") != status:
+                kube.patch_status("GpuSchedule", None, name, status)
         for name in current_sched.keys() - wanted_sched.keys():
             kube.delete("GpuSchedule", None, name)
             report.deleted += 1
 
+        by_key = {(x.namespace, x.name): x for x in live}
         for stream in live:
             status = desired.statuses[(stream.namespace, stream.name)]
+            status = serving_status(status, stream, steps, observed, settings=s, now=now)
             self._write_status(stream, status, now)
+        for u in sorted(steps.timed_out):
+            owner = next((x for x in live if manifests.stream_label(x.name) == u[1]), None)
+            if owner is not None and owner.namespace == u[0]:
+                self._event(
+                    owner,
+                    "Warning",
+                    "MoveTimedOut",
+                    f"shard {u[2]}: the new copy was not Ready within {s.move_timeout_s:g} s; "
+                    f"removed the old copy on {u[3]} anyway",
+                    now,
+                )
         for bad in invalid:
             self.kube.patch_status(
                 "InferenceStream",
@@ -103,7 +148,7 @@ class Controller:
                 },
             )
         for move in result.moves:
-            stream = next(x for x in live if (x.namespace, x.name) == (move.namespace, move.stream))
+            stream = by_key[(move.namespace, move.stream)]
             self._event(
                 stream,
                 "Normal",
@@ -118,7 +163,7 @@ class Controller:
 
     def delete_stream(self, namespace: str, name: str) -> int:
         """Delete every object the operator made for one stream; returns how many."""
-        label = manifests.shard_labels(name, 0)[manifests.LABEL_STREAM]
+        label = manifests.stream_label(name)
         deleted = 0
         for kind in self._owned_kinds():
             for obj in self.kube.list_managed(kind):

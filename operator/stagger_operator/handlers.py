@@ -19,6 +19,9 @@ from kubernetes import client, config
 
 from stagger_operator.controller import Controller, Report
 from stagger_operator.kube import Kube
+from stagger_operator.observe import Snapshot, observe, parse
+from stagger_operator.rollout import ready_units
+from stagger_operator.scrape import fetch, targets
 from stagger_operator.settings import OperatorSettings
 
 GROUP, VERSION = "stagger.dev", "v1alpha1"
@@ -55,6 +58,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.wake = asyncio.Event()
     memo.setdefault("stats", PlanStats())
     memo.node_signatures = {}
+    memo.pod_signatures = {}
+    memo.scrape_task = asyncio.create_task(_scrape_loop(memo))
     memo.leader = not memo.settings.leader_election
     memo.loop_task = asyncio.create_task(_planner_loop(memo))
     if memo.settings.leader_election:
@@ -64,7 +69,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("lease_task", "loop_task"):
+    for name in ("lease_task", "loop_task", "scrape_task"):
         task = memo.get(name)
         if task is not None:
             task.cancel()
@@ -100,6 +105,21 @@ async def node_event(
     signature = None if type == "DELETED" else _node_signature(body)
     if memo.node_signatures.get(name) != signature:
         memo.node_signatures[name] = signature
+        memo.wake.set()
+
+
+@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": "stagger"})
+async def pod_event(
+    name: str, namespace: str | None, body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    # A shard's pod turning Ready (or not) decides Running/Degraded and ends moves.
+    key = (namespace, name)
+    signature = None if type == "DELETED" else ready_units([dict(body)])
+    if memo.pod_signatures.get(key) != signature:
+        if signature is None:
+            memo.pod_signatures.pop(key, None)
+        else:
+            memo.pod_signatures[key] = signature
         memo.wake.set()
 
 
@@ -152,6 +172,33 @@ async def _lease_loop(memo: kopf.Memo) -> None:
         await asyncio.sleep(s.lease_duration_s / 3)
 
 
+async def _scrape_loop(memo: kopf.Memo) -> None:
+    """Read the sidecars' metrics on a timer into the controller's observations; the next
+    reconcile writes them into stream and GpuSchedule status."""
+    s: OperatorSettings = memo.settings
+    controller: Controller = memo.controller
+    before: Snapshot | None = None
+    while True:
+        await asyncio.sleep(s.scrape_interval_s)
+        if not memo.leader:
+            before = None
+            continue
+        try:
+            pods = await asyncio.to_thread(controller.kube.list_managed, "Pod")
+            urls = targets(pods, s.sidecar_metrics_port)
+            pages = await fetch(urls, s.scrape_timeout_s)
+            now = parse(pages, datetime.now(UTC))
+        except Exception:
+            log.exception(
+                "scraping the sidecars failed; trying again in %.0f s", s.scrape_interval_s
+            )
+            continue
+        controller.observed = observe(before, now)
+        before = now
+        log.debug("scraped %d of %d sidecars", len(pages), len(urls))
+        memo.wake.set()
+
+
 async def _planner_loop(memo: kopf.Memo) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -176,6 +223,8 @@ async def _planner_loop(memo: kopf.Memo) -> None:
             continue
         memo.stats.plans += 1
         memo.stats.last = report
+        if report.moving:  # a move that never gets Ready must still end at its timeout
+            loop.call_later(memo.settings.move_timeout_s, memo.wake.set)
         log.info(
             "plan %d in %.2f s: %d streams, %d placed, %d unschedulable, %d invalid, "
             "%d moves, %d writes, %d deletions",

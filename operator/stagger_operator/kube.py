@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from stagger.core.api import GpuSchedule, InferenceStream, ModelProfile
 from stagger_operator.manifests import MANAGED_BY
 
+MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+
 Obj = dict[str, Any]
 
 
@@ -37,6 +39,7 @@ KINDS: dict[str, Kind] = {
     "ConfigMap": Kind("v1", "configmaps", True),
     "Event": Kind("v1", "events", True),
     "Node": Kind("v1", "nodes", False),
+    "Pod": Kind("v1", "pods", True),
     "Deployment": Kind("apps/v1", "deployments", True),
     "ResourceClaim": Kind("resource.k8s.io/v1", "resourceclaims", True),
     "InferenceStream": Kind("stagger.dev/v1alpha1", "inferencestreams", True),
@@ -61,13 +64,23 @@ class Kube:
         self.timeout = timeout  # (connect, read) seconds: never hang on a dead connection
 
     def _call(
-        self, method: str, path: str, body: Any = None, content_type: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
     ) -> Any:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
         method, url, headers, body = self.api.param_serialize(
-            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+            method,
+            path,
+            query_params=query,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
         )[:4]
         response = self.api.call_api(method, url, headers, body, _request_timeout=self.timeout)
         raw = response.read()  # type: ignore[no-untyped-call]
@@ -77,8 +90,13 @@ class Kube:
 
     # -- reading ----------------------------------------------------------------
 
-    def list_objects(self, kind: str, namespace: str | None = None) -> list[Obj]:
-        items: list[Obj] = self._call("GET", KINDS[kind].path(namespace)).get("items") or []
+    def list_objects(
+        self, kind: str, namespace: str | None = None, selector: str | None = None
+    ) -> list[Obj]:
+        query = [("labelSelector", selector)] if selector else None
+        items: list[Obj] = (
+            self._call("GET", KINDS[kind].path(namespace), query=query).get("items") or []
+        )
         return items
 
     def list_streams(
@@ -116,7 +134,7 @@ class Kube:
 
     def list_managed(self, kind: str) -> list[Obj]:
         # Filtered here as well as by selector: the label is what makes an object ours.
-        items = self.list_objects(kind)
+        items = self.list_objects(kind, selector=MANAGED_SELECTOR)
         return [
             o
             for o in items

@@ -41,16 +41,33 @@ def _short(name: str, limit: int) -> str:
     return f"{name[: limit - 9].rstrip('-.')}-{digest}"
 
 
-def shard_name(stream: str, shard: int) -> str:
-    return _short(f"{stream}-s{shard}", MAX_WORKLOAD_NAME)
+def shard_name(stream: str, shard: int, node: str, gpu: int) -> str:
+    """Named by placement as well: a shard that moves gets a new Deployment beside the old
+    one (make-before-break), never a rollout of the old one onto another GPU."""
+    where = hashlib.sha256(f"{node}/{gpu}".encode()).hexdigest()[:6]
+    return f"{_short(f'{stream}-s{shard}', MAX_WORKLOAD_NAME - 7)}-{where}"
+
+
+def gpu_label(node: str, gpu: int) -> str:
+    return _short(f"{node}.{gpu}", 63)
 
 
 def schedule_name(node: str, gpu: int) -> str:
     return _short(f"{node}-gpu{gpu}", 253)
 
 
-def shard_labels(stream: str, shard: int) -> dict[str, str]:
-    return {**MANAGED_BY, LABEL_STREAM: _short(stream, 63), LABEL_SHARD: str(shard)}
+def stream_label(stream: str) -> str:
+    return _short(stream, 63)
+
+
+def shard_labels(stream: str, shard: int, node: str, gpu: int) -> dict[str, str]:
+    """The labels of everything one placed shard owns; together they select its pod."""
+    return {
+        **MANAGED_BY,
+        LABEL_STREAM: stream_label(stream),
+        LABEL_SHARD: str(shard),
+        LABEL_GPU: gpu_label(node, gpu),
+    }
 
 
 def owner_reference(stream: InferenceStream) -> Obj:
@@ -68,13 +85,14 @@ def owner_reference(stream: InferenceStream) -> Obj:
 
 def slot_configmap(stream: InferenceStream, contract: SlotAssignment) -> Obj:
     """The slot contract of one shard, mounted read-only into its pod."""
+    where = (stream.name, contract.shard, contract.node, contract.gpu_index)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": f"{shard_name(stream.name, contract.shard)}-slot",
+            "name": f"{shard_name(*where)}-slot",
             "namespace": stream.namespace,
-            "labels": shard_labels(stream.name, contract.shard),
+            "labels": shard_labels(*where),
             "ownerReferences": [owner_reference(stream)],
         },
         "data": {
@@ -156,9 +174,9 @@ def resource_claim(stream: InferenceStream, p: ShardPlacement, s: OperatorSettin
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
         "metadata": {
-            "name": f"{shard_name(stream.name, p.shard)}-gpu",
+            "name": f"{shard_name(stream.name, p.shard, p.node, p.gpu)}-gpu",
             "namespace": stream.namespace,
-            "labels": shard_labels(stream.name, p.shard),
+            "labels": shard_labels(stream.name, p.shard, p.node, p.gpu),
             "ownerReferences": [owner_reference(stream)],
         },
         "spec": {
@@ -182,10 +200,10 @@ def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSett
     sidecar injected and the slot contract mounted. Recreate: two copies of a shard must
     never share the GPU, not even during a rollout."""
     template = copy.deepcopy(check_template(stream))
-    name = shard_name(stream.name, p.shard)
-    labels = shard_labels(stream.name, p.shard)
+    name = shard_name(stream.name, p.shard, p.node, p.gpu)
+    labels = shard_labels(stream.name, p.shard, p.node, p.gpu)
     meta = template.setdefault("metadata", {})
-    meta["labels"] = {**meta.get("labels", {}), **labels, LABEL_GPU: f"{p.node}.{p.gpu}"}
+    meta["labels"] = {**meta.get("labels", {}), **labels}
     spec = template["spec"]
     affinity = spec.setdefault("affinity", {})
     affinity["nodeAffinity"] = {
@@ -213,14 +231,14 @@ def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSett
         "metadata": {
             "name": name,
             "namespace": stream.namespace,
-            "labels": {**labels, LABEL_GPU: f"{p.node}.{p.gpu}"},
+            "labels": labels,
             "ownerReferences": [owner_reference(stream)],
         },
         "spec": {
             "replicas": 1,
             "strategy": {"type": "Recreate"},
             "selector": {
-                "matchLabels": {LABEL_STREAM: labels[LABEL_STREAM], LABEL_SHARD: str(p.shard)}
+                "matchLabels": {k: labels[k] for k in (LABEL_STREAM, LABEL_SHARD, LABEL_GPU)}
             },
             "template": template,
         },
@@ -258,7 +276,7 @@ def gpu_schedule(
         "kind": "GpuSchedule",
         "metadata": {
             "name": schedule_name(node, gpu),
-            "labels": {**MANAGED_BY, LABEL_GPU: f"{node}.{gpu}"},
+            "labels": {**MANAGED_BY, LABEL_GPU: gpu_label(node, gpu)},
         },
         "spec": {
             "node": node,

@@ -42,6 +42,16 @@ class OperatorSettings(BaseSettings):
     effective_after_s: float = Field(default=5.0, gt=0)
     """A new slot table applies this long after it is written: later than the kubelet's
     ConfigMap propagation, so every sidecar of a GPU switches at the same instant."""
+    max_moves: int = Field(default=10, ge=1)
+    """Shards in a make-before-break move at once (each holds GPU memory in two places
+    while its new copy starts); further moves wait, their old copy serving."""
+    move_timeout_s: float = Field(default=300.0, gt=0)
+    """A new copy not Ready after this long: the old copy is removed anyway."""
+    scrape_interval_s: float = Field(default=30.0, gt=0)
+    """How often the sidecars' metrics are read into status (observed fps, drops, p99)."""
+    scrape_timeout_s: float = Field(default=2.0, gt=0)
+    degraded_drop_rate: float = Field(default=0.001, ge=0, le=1)
+    """A running stream dropping more than this share of its frames is Degraded."""
     leader_election: bool = True
     """Only the holder of the Lease plans and writes; other replicas stand by."""
     lease_name: str = "stagger-operator"

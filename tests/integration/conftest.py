@@ -32,6 +32,7 @@ RESOURCES = {
     "v1/namespaces": ("Namespace", False, set()),
     "v1/events": ("Event", True, set()),
     "v1/configmaps": ("ConfigMap", True, set()),
+    "v1/pods": ("Pod", True, {"status"}),
     "apps/v1/deployments": ("Deployment", True, set()),
     "coordination.k8s.io/v1/leases": ("Lease", True, set()),
 }
@@ -136,6 +137,31 @@ class Cluster:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"timed out waiting; last result: {result!r}")
             await asyncio.sleep(0.05)
+
+
+async def run_pod(c: Cluster, deployment: dict[str, Any], *, ip: str = "127.0.0.1") -> None:
+    """Stand in for the Deployment controller and the kubelet: a Ready pod from the
+    Deployment's template (all such pods share one IP here; metrics carry their shard)."""
+    meta, template = deployment["metadata"], deployment["spec"]["template"]
+    await c.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{meta['name']}-pod",
+                "namespace": meta["namespace"],
+                "uid": f"uid-pod-{meta['name']}",
+                "resourceVersion": "1",
+                "labels": template["metadata"]["labels"],
+            },
+            "spec": template["spec"],
+            "status": {
+                "phase": "Running",
+                "podIP": ip,
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+    )
 
 
 @dataclass

@@ -28,6 +28,15 @@ async def all_placed(c: Cluster, names: list[str]) -> dict[str, dict[str, Any]] 
     return st if all(st.get(n, {}).get("phase") == "Placed" for n in names) else None
 
 
+def by_shard(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Objects keyed by (stream, shard): their names also carry a placement hash."""
+    out = {}
+    for o in objects:
+        labels = o["metadata"]["labels"]
+        out[(labels["stagger.dev/stream"], labels["stagger.dev/shard"])] = o
+    return out
+
+
 async def schedules(c: Cluster) -> list[GpuSchedule]:
     return [GpuSchedule.model_validate(o) for o in await c.objects("GpuSchedule")]
 
@@ -39,9 +48,9 @@ async def test_applied_streams_get_workloads_schedules_and_status(
     for n in names:
         await cluster.create(stream(n))
     st = await cluster.wait_for(lambda: all_placed(cluster, names))
-    deployments = {d["metadata"]["name"]: d for d in await cluster.objects("Deployment", "default")}
-    assert set(deployments) == {"cam-1-s0", "cam-2-s0", "cam-3-s0"}
-    configmaps = {c["metadata"]["name"]: c for c in await cluster.objects("ConfigMap", "default")}
+    deployments = by_shard(await cluster.objects("Deployment", "default"))
+    assert set(deployments) == {(n, "0") for n in names}
+    configmaps = by_shard(await cluster.objects("ConfigMap", "default"))
     scheds = await schedules(cluster)
     assert scheds, "a GpuSchedule per used GPU"
     slots = {
@@ -54,13 +63,13 @@ async def test_applied_streams_get_workloads_schedules_and_status(
         node_name, gpu, offset = slots[(n, 0)]
         assert (status["node"], status["gpu"]) == (node_name, str(gpu))
         assert status["conditions"][0]["type"] == "Placed"
-        contract = json.loads(configmaps[f"{n}-s0-slot"]["data"]["slot.json"])
+        contract = json.loads(configmaps[(n, "0")]["data"]["slot.json"])
         assert (contract["node"], contract["gpuIndex"], contract["offsetTicks"]) == (
             node_name,
             gpu,
             offset,
         )
-        pod_spec = deployments[f"{n}-s0"]["spec"]["template"]["spec"]
+        pod_spec = deployments[(n, "0")]["spec"]["template"]["spec"]
         assert pod_spec["affinity"]["nodeAffinity"][
             "requiredDuringSchedulingIgnoredDuringExecution"
         ]["nodeSelectorTerms"][0]["matchFields"][0]["values"] == [node_name]
@@ -77,10 +86,10 @@ async def test_deleting_a_stream_removes_what_it_owns_and_frees_its_slot(
     await cluster.call(cluster.kube.delete, "InferenceStream", "default", "gone")
 
     async def cleaned() -> bool:
-        names = {d["metadata"]["name"] for d in await cluster.objects("Deployment", "default")}
-        cms = {c["metadata"]["name"] for c in await cluster.objects("ConfigMap", "default")}
+        names = set(by_shard(await cluster.objects("Deployment", "default")))
+        cms = set(by_shard(await cluster.objects("ConfigMap", "default")))
         in_slots = {x.stream for s in await schedules(cluster) for x in s.spec.slots}
-        return names == {"keep-s0"} and cms == {"keep-s0-slot"} and in_slots == {"keep"}
+        return names == cms == {("keep", "0")} and in_slots == {"keep"}
 
     await cluster.wait_for(cleaned)
 
@@ -106,8 +115,7 @@ async def test_bad_streams_get_a_status_and_others_are_still_served(
     assert st["huge"]["phase"] == "Unschedulable"
     assert "needs 999999 MiB" in st["huge"]["message"]
     assert st["fine"]["phase"] == "Placed"
-    names = {d["metadata"]["name"] for d in await cluster.objects("Deployment", "default")}
-    assert names == {"fine-s0"}
+    assert set(by_shard(await cluster.objects("Deployment", "default"))) == {("fine", "0")}
 
 
 async def test_restart_reproduces_the_same_plan(cluster: Cluster) -> None:
@@ -131,8 +139,9 @@ async def test_restart_reproduces_the_same_plan(cluster: Cluster) -> None:
 
 async def test_node_going_not_ready_moves_its_shards(cluster: Cluster, operator: Operator) -> None:
     # Three streams of 0.6 GPU each: one per GPU, on three of the four GPUs.
+    priority = {"x": 1, "y": 2, "z": 3}
     for n in ("x", "y", "z"):
-        await cluster.create(stream(n, fps=10, body=60, latencyMs=70))
+        await cluster.create(stream(n, fps=10, body=60, latencyMs=70, priority=priority[n]))
     st = await cluster.wait_for(lambda: all_placed(cluster, ["x", "y", "z"]))
     on_a = [n for n in ("x", "y", "z") if st[n]["node"] == "gpu-a"]
     assert on_a, st
@@ -146,6 +155,9 @@ async def test_node_going_not_ready_moves_its_shards(cluster: Cluster, operator:
     now = await cluster.wait_for(moved)
     phases = sorted(now[n]["phase"] for n in ("x", "y", "z"))
     assert phases == ["Placed", "Placed", "Unschedulable"]  # gpu-b has room for two
+    # Of the streams that lost their GPU, the lowest priority gives way.
+    left_out = next(n for n in ("x", "y", "z") if now[n]["phase"] == "Unschedulable")
+    assert left_out in on_a and priority[left_out] == min(priority[n] for n in on_a)
 
     async def moved_event() -> bool:  # posted after the statuses: wait for it
         return "Moved" in {e["reason"] for e in await cluster.objects("Event", "default")}

@@ -148,7 +148,13 @@ def test_bad_templates_get_a_specific_message(template: Any, message: str) -> No
 
 
 def test_long_names_stay_valid_and_distinct() -> None:
-    a = manifests.shard_name("x" * 200, 0)
-    b = manifests.shard_name("x" * 199 + "y", 0)
+    a = manifests.shard_name("x" * 200, 0, "node-a", 0)
+    b = manifests.shard_name("x" * 199 + "y", 0, "node-a", 0)
     assert len(a) <= manifests.MAX_WORKLOAD_NAME and a != b
-    assert manifests.shard_name("cam", 1) == "cam-s1"
+    assert manifests.shard_name("cam", 1, "node-a", 0).startswith("cam-s1-")
+    # Another GPU, another name: a moved shard's new copy starts beside the old one.
+    assert manifests.shard_name("cam", 1, "node-a", 0) != manifests.shard_name(
+        "cam", 1, "node-a", 1
+    )
+    label = manifests.gpu_label("n" * 300, 7)
+    assert len(label) <= 63 and label[-1].isalnum()

@@ -1,0 +1,93 @@
+"""The sidecar's Prometheus metrics, named by :mod:`stagger.core.telemetry` (the operator
+scrapes the same names into status)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from stagger.core import telemetry as t
+
+
+def _base(name: str) -> str:
+    # prometheus-client appends "_total" to counters itself.
+    return name.removesuffix("_total")
+
+
+@dataclass(frozen=True)
+class StreamKey:
+    namespace: str
+    stream: str
+    shard: int
+    model: str
+
+    def labels(self) -> dict[str, str]:
+        return {
+            "namespace": self.namespace,
+            "stream": self.stream,
+            "shard": str(self.shard),
+            "model": self.model,
+        }
+
+
+class GateMetrics:
+    """Per stream and model: what the gate did with each request, and how long it took."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        labels = list(t.STREAM_LABELS)
+        r, buckets = self.registry, t.LATENCY_BUCKETS
+        self.forwarded = Counter(
+            _base(t.FORWARDED), "Requests forwarded to Triton.", labels, registry=r
+        )
+        self.dropped = Counter(
+            _base(t.DROPPED), "Requests refused by the gate.", [*labels, t.DROP_REASON], registry=r
+        )
+        self.late = Counter(
+            _base(t.LATE), "Requests forwarded after their slot.", labels, registry=r
+        )
+        self.slot_misses = Counter(
+            _base(t.SLOT_MISSES),
+            "Released inferences that overran the slot's body.",
+            labels,
+            registry=r,
+        )
+        self.gate_wait = Histogram(
+            t.GATE_WAIT,
+            "Time waited at the gate for the slot.",
+            labels,
+            buckets=buckets,
+            registry=r,
+        )
+        self.service = Histogram(
+            t.SERVICE,
+            "Triton's service time for a released request.",
+            labels,
+            buckets=buckets,
+            registry=r,
+        )
+        self.latency = Histogram(
+            t.LATENCY, "Arrival to response at the sidecar.", labels, buckets=buckets, registry=r
+        )
+        self.body = Gauge(
+            t.BODY, "Body time measured from Triton's statistics.", labels, registry=r
+        )
+        self.achieved_fps = Gauge(
+            t.ACHIEVED_FPS, "Inferences completed per second, last window.", labels, registry=r
+        )
+
+    def completed(self, key: StreamKey, *, wait_s: float, service_s: float, late: bool) -> None:
+        labels = key.labels()
+        self.forwarded.labels(**labels).inc()
+        if late:
+            self.late.labels(**labels).inc()
+        self.gate_wait.labels(**labels).observe(wait_s)
+        self.service.labels(**labels).observe(service_s)
+        self.latency.labels(**labels).observe(wait_s + service_s)
+
+    def refused(self, key: StreamKey, reason: str) -> None:
+        self.dropped.labels(**key.labels(), reason=reason).inc()
+
+    def missed_slot(self, key: StreamKey) -> None:
+        self.slot_misses.labels(**key.labels()).inc()

@@ -1,0 +1,58 @@
+"""The sidecar's metrics: names, labels and buckets, shared by the sidecar that exports them
+and the operator that scrapes them into stream and GpuSchedule status.
+
+Prometheus conventions: base units (seconds), counters end in ``_total``, one label set for
+every per-stream series so dashboards can join them.
+"""
+
+from __future__ import annotations
+
+PREFIX = "stagger"
+STREAM_LABELS = ("namespace", "stream", "shard", "model")
+
+FORWARDED = "stagger_frames_forwarded_total"
+"""Inference requests forwarded to Triton (counter)."""
+DROPPED = "stagger_frames_dropped_total"
+"""Requests refused by the gate, by ``reason`` (counter): busy, late, unavailable, timeout."""
+LATE = "stagger_frames_late_total"
+"""Requests forwarded after their slot had passed (counter)."""
+SLOT_MISSES = "stagger_slot_misses_total"
+"""Slots that a released inference overran: Triton took longer than the slot's body (counter)."""
+GATE_WAIT = "stagger_gate_wait_seconds"
+"""Time a request waited at the gate for its slot (histogram)."""
+SERVICE = "stagger_triton_service_seconds"
+"""Triton's service time for a released request (histogram)."""
+LATENCY = "stagger_request_latency_seconds"
+"""End to end at the sidecar: arrival to response, gate wait included (histogram)."""
+BODY = "stagger_body_seconds"
+"""Body time measured from Triton's statistics (compute_infer per inference; gauge)."""
+ACHIEVED_FPS = "stagger_achieved_fps"
+"""Inferences completed per second over the last window (gauge)."""
+
+DROP_REASON = "reason"
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.0125,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+)
+"""Fine where frames live (a few ms to a few tens of ms), so p99 is resolved to ~10 %."""

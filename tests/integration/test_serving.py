@@ -1,0 +1,141 @@
+"""Pods and sidecar metrics against kmock: Running, observed fps/drops/p99, GpuSchedule
+status, and make-before-break moves. The tests create the pods (kmock has no kubelet); the
+metrics pages come from the sidecar's own metrics code over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import start_http_server
+
+from stagger_sidecar.metrics import GateMetrics, StreamKey
+from tests.integration.conftest import Cluster, run_pod, start_operator, stop_operator, stream
+from tests.integration.test_operator import by_shard, statuses
+
+
+@pytest.fixture
+def sidecar_metrics() -> Iterator[tuple[GateMetrics, int]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics = GateMetrics()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    yield metrics, port
+    server.shutdown()
+    thread.join(5)
+
+
+async def phase_of(c: Cluster, name: str) -> dict[str, Any]:
+    return (await statuses(c)).get(name, {})
+
+
+async def test_ready_pods_make_a_stream_running_with_what_its_sidecar_measured(
+    cluster: Cluster, sidecar_metrics: tuple[GateMetrics, int]
+) -> None:
+    metrics, port = sidecar_metrics
+    op = await start_operator(cluster, scrape_interval_s=0.3, sidecar_metrics_port=port)
+    try:
+        await cluster.create(stream("cam", fps=10, body=10.5))
+        await cluster.wait_for(lambda: _phase(cluster, "cam", "Placed"))
+        assert (await phase_of(cluster, "cam"))["conditions"][-1]["reason"] == "ShardsStarting"
+        (deployment,) = await cluster.objects("Deployment", "default")
+        await run_pod(cluster, deployment)
+        st = await cluster.wait_for(lambda: _phase(cluster, "cam", "Running"))
+        ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("True", "Serving")
+
+        # The sidecar serves frames at 20 fps, 16 ms each; later it starts dropping.
+        key = StreamKey("default", "cam", 0, "retinanet")
+        metrics.body.labels(**key.labels()).set(0.0104)
+        dropping = asyncio.Event()
+
+        async def frames() -> None:
+            while True:
+                metrics.completed(key, wait_s=0.002, service_s=0.016, late=False)
+                if dropping.is_set():
+                    metrics.refused(key, "late")
+                    metrics.missed_slot(key)
+                await asyncio.sleep(0.05)
+
+        feeder = asyncio.create_task(frames())
+
+        async def observed() -> dict[str, Any] | None:
+            st = await phase_of(cluster, "cam")
+            return st if st.get("shards", [{}])[0].get("observedFps") else None
+
+        st = await cluster.wait_for(observed)
+        assert 5 <= st["shards"][0]["observedFps"] <= 25  # 20 fps, over 0.3 s windows
+        assert 2 <= st["p99Ms"] <= 25 and st["dropRate"] == 0
+        dropping.set()
+        st = await cluster.wait_for(lambda: _phase(cluster, "cam", "Degraded"))
+        assert "drops" in st["message"]
+
+        async def schedule_status() -> dict[str, Any] | None:
+            (sched,) = await cluster.objects("GpuSchedule")
+            status = sched.get("status") or {}
+            return status if status.get("slotMisses") else None
+
+        status = await cluster.wait_for(schedule_status)
+        assert status["measuredBodyMs"] == {"retinanet": 10.4}
+        assert status["streams"] == 1 and status["utilization"] > 0
+        feeder.cancel()
+    finally:
+        await stop_operator(op)
+
+
+async def _phase(c: Cluster, name: str, phase: str) -> dict[str, Any] | None:
+    st = await phase_of(c, name)
+    return st if st.get("phase") == phase else None
+
+
+async def test_a_moving_shard_keeps_serving_until_its_new_copy_is_ready(cluster: Cluster) -> None:
+    op = await start_operator(cluster, max_moves=1)
+    try:
+        # Two streams of 0.4 GPU share one GPU; growing "b" to 0.55 makes it move.
+        for n in ("a", "b"):
+            await cluster.create(stream(n, fps=10, body=40, latencyMs=50))
+        await cluster.wait_for(lambda: _both(cluster, "Placed"))
+        first = by_shard(await cluster.objects("Deployment", "default"))
+        for d in first.values():
+            await run_pod(cluster, d)
+        await cluster.wait_for(lambda: _both(cluster, "Running"))
+        old = first[("b", "0")]
+        grown = stream("b", fps=10, body=55, latencyMs=65)
+        current = next(
+            o
+            for o in await cluster.objects("InferenceStream", "default")
+            if o["metadata"]["name"] == "b"
+        )
+        await cluster.call(cluster.kube.apply, grown, current)
+
+        async def two_copies() -> list[dict[str, Any]] | None:
+            copies = [
+                d
+                for d in await cluster.objects("Deployment", "default")
+                if d["metadata"]["labels"]["stagger.dev/stream"] == "b"
+            ]
+            return copies if len(copies) == 2 else None
+
+        copies = await cluster.wait_for(two_copies)
+        new = next(d for d in copies if d["metadata"]["name"] != old["metadata"]["name"])
+        st = await phase_of(cluster, "b")
+        assert st["phase"] == "Running" and "moving shard(s) 0" in st["message"]
+        await run_pod(cluster, new)
+
+        async def old_gone() -> bool:
+            names = {d["metadata"]["name"] for d in await cluster.objects("Deployment", "default")}
+            return old["metadata"]["name"] not in names and new["metadata"]["name"] in names
+
+        await cluster.wait_for(old_gone)
+        assert "moving" not in (await phase_of(cluster, "b"))["message"]
+    finally:
+        await stop_operator(op)
+
+
+async def _both(c: Cluster, phase: str) -> bool:
+    st = await statuses(c)
+    return all(st.get(n, {}).get("phase") == phase for n in ("a", "b"))

@@ -1,0 +1,62 @@
+"""Sidecar metrics pages (written by the sidecar's own metrics code) into observations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prometheus_client import generate_latest
+
+from stagger_operator.observe import observe, parse, quantile
+from stagger_sidecar.metrics import GateMetrics, StreamKey
+
+T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+CAM = StreamKey("default", "cam", 0, "retinanet")
+SHARD = ("default", "cam", "0")
+
+
+def page(m: GateMetrics) -> str:
+    return generate_latest(m.registry).decode()
+
+
+def test_quantile_interpolates_within_the_bucket_like_prometheus() -> None:
+    buckets = {0.01: 50.0, 0.02: 90.0, 0.05: 100.0, float("inf"): 100.0}
+    assert quantile(0.5, buckets) == pytest.approx(0.01)
+    assert quantile(0.7, buckets) == pytest.approx(0.015)
+    assert quantile(0.99, buckets) == pytest.approx(0.02 + 0.03 * 0.9)
+    assert quantile(0.99, {0.01: 0.0, float("inf"): 0.0}) is None
+    assert quantile(0.99, {0.01: 0.0, float("inf"): 5.0}) == 0.01  # beyond the last bound
+
+
+def test_rates_drops_and_p99_come_from_the_window_between_scrapes() -> None:
+    m = GateMetrics()
+    for _ in range(100):  # before the window: slow frames that must not count
+        m.completed(CAM, wait_s=0.0, service_s=0.9, late=False)
+    first = parse([page(m)], T0)
+    for i in range(300):
+        m.completed(CAM, wait_s=0.002, service_s=0.016 + (0.02 if i % 100 == 0 else 0), late=False)
+    for _ in range(3):
+        m.refused(CAM, "late")
+    m.missed_slot(CAM)
+    m.body.labels(**CAM.labels()).set(0.0105)
+    second = parse([page(m)], T0 + timedelta(seconds=30))
+    o = observe(first, second)[SHARD]
+    assert o.fps == pytest.approx(10.0)
+    assert o.drop_rate == pytest.approx(3 / 303)
+    assert o.slot_misses == 1
+    assert o.body_ms == {"retinanet": pytest.approx(10.5)}
+    assert o.p99_ms is not None and 18 <= o.p99_ms <= 40  # 1 % of frames took 38 ms
+
+
+def test_a_restarted_sidecar_and_a_broken_page_do_not_break_the_rest() -> None:
+    m = GateMetrics()
+    for _ in range(50):
+        m.completed(CAM, wait_s=0.0, service_s=0.01, late=False)
+    first = parse([page(m)], T0)
+    restarted = GateMetrics()
+    for _ in range(5):
+        restarted.completed(CAM, wait_s=0.0, service_s=0.01, late=False)
+    second = parse([page(restarted), "not { a metrics page"], T0 + timedelta(seconds=10))
+    o = observe(first, second)[SHARD]
+    assert o.forwarded == 5 and o.fps == 0.0  # counted from zero, no rate without a window
+    assert observe(None, second)[SHARD].forwarded == 5
