@@ -7,10 +7,15 @@ so a restarted operator reproduces the same plan and moves nothing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import json
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from kubernetes.client.exceptions import ApiException
 
 from stagger.core.api import InferenceStream, InferenceStreamStatus, StreamPhase
 from stagger.core.placement import Move, Plan, plan
@@ -23,11 +28,14 @@ from stagger_operator.reconcile import (
     plan_from_schedules,
     schedule_status,
     serving_status,
+    write_failed_status,
 )
 from stagger_operator.rollout import ShardId, Unit, ready_units, rollout
 from stagger_operator.settings import OperatorSettings
 
 Obj = dict[str, Any]
+T = TypeVar("T")
+log = logging.getLogger("stagger.operator")
 Key = tuple[str, str | None, str]  # kind, namespace, name
 
 
@@ -42,6 +50,7 @@ class Report:
     deleted: int = 0
     moving: int = 0
     waiting: int = 0
+    failed: int = 0  # writes the API refused; retried by the next reconcile
     plan: Plan | None = None
 
 
@@ -60,6 +69,8 @@ class Controller:
         self.kube = kube
         self.settings = settings
         self.clock = clock
+        # Writes go out in parallel: each waits on the API server, none on another.
+        self.pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="write")
         self.retiring: dict[Unit, datetime] = {}  # old copies kept while their shard moves
         self.observed: dict[ShardId, Observation] = {}  # from the sidecars' metrics
 
@@ -100,32 +111,75 @@ class Controller:
             priority={(x.namespace, manifests.stream_label(x.name)): x.spec.priority for x in live},
         )
         self.retiring = steps.retiring
-        # Create and update before deleting: a moving shard's new copy exists before its
-        # old one goes (which waits for the new pod to be Ready; see rollout).
-        for obj in steps.write:
-            report.written += kube.apply(obj, current.get(_key(obj["kind"], obj)))
-        for key in steps.delete:
-            kube.delete(*key)
-            report.deleted += 1
         report.moving, report.waiting = len(steps.moving), len(steps.waiting)
 
+        # The plan's record first (a restarted operator starts from it), then workloads:
+        # created and updated before anything is deleted, so a moving shard's new copy
+        # exists before its old one goes (which waits for the new pod; see rollout).
         observed = self.observed
         current_sched = {o["metadata"]["name"]: o for o in kube.list_managed("GpuSchedule")}
         wanted_sched = {o["metadata"]["name"]: o for o in desired.schedules}
-        for name, obj in wanted_sched.items():
-            report.written += kube.apply(obj, current_sched.get(name))
+        failed: dict[tuple[str, str], str] = {}  # (namespace, stream label): what failed
+        for obj, outcome in self._each(
+            lambda o: kube.apply(o, current_sched.get(o["metadata"]["name"])),
+            wanted_sched.values(),
+        ):
+            report.written += outcome is True
+            if isinstance(outcome, ApiException):
+                report.failed += 1
+                log.error("cannot write %s: %s", obj["metadata"]["name"], _why(outcome))
+        for obj, outcome in self._each(
+            lambda o: kube.apply(o, current.get(_key(o["kind"], o))), steps.write
+        ):
+            report.written += outcome is True
+            if isinstance(outcome, ApiException):
+                report.failed += 1
+                meta = obj["metadata"]
+                failed.setdefault(
+                    (meta["namespace"], meta["labels"][manifests.LABEL_STREAM]),
+                    f"cannot write {obj['kind']} {meta['name']}: {_why(outcome)}",
+                )
+        deletions = [
+            *steps.delete,
+            *(("GpuSchedule", None, n) for n in current_sched.keys() - wanted_sched.keys()),
+        ]
+        for key, outcome in self._each(lambda k: kube.delete(*k), deletions):
+            if isinstance(outcome, ApiException):
+                report.failed += 1
+                log.error("cannot delete %s %s/%s: %s", *key, _why(outcome))
+            else:
+                report.deleted += 1
+
+        def schedule_status_write(obj: Obj) -> None:
+            name = obj["metadata"]["name"]
             status = schedule_status(obj, result, observed)
             if (current_sched.get(name) or {}).get("status") != status:
                 kube.patch_status("GpuSchedule", None, name, status)
-        for name in current_sched.keys() - wanted_sched.keys():
-            kube.delete("GpuSchedule", None, name)
-            report.deleted += 1
+
+        for obj, outcome in self._each(schedule_status_write, wanted_sched.values()):
+            if isinstance(outcome, ApiException):
+                log.warning(
+                    "cannot write the status of %s: %s", obj["metadata"]["name"], _why(outcome)
+                )
 
         by_key = {(x.namespace, x.name): x for x in live}
-        for stream in live:
+
+        def stream_status_write(stream: InferenceStream) -> None:
             status = desired.statuses[(stream.namespace, stream.name)]
             status = serving_status(status, stream, steps, observed, settings=s, now=now)
+            problem = failed.get((stream.namespace, manifests.stream_label(stream.name)))
+            if problem:
+                status = write_failed_status(status, stream, problem, now)
             self._write_status(stream, status, now)
+
+        for stream, outcome in self._each(stream_status_write, live):
+            if isinstance(outcome, ApiException):
+                log.warning(
+                    "cannot write the status of %s/%s: %s",
+                    stream.namespace,
+                    stream.name,
+                    _why(outcome),
+                )
         for u in sorted(steps.timed_out):
             owner = next((x for x in live if manifests.stream_label(x.name) == u[1]), None)
             if owner is not None and owner.namespace == u[0]:
@@ -175,6 +229,19 @@ class Controller:
                     self.kube.delete(kind, namespace, meta["name"])
                     deleted += 1
         return deleted
+
+    def _each(self, fn: Callable[[T], object], items: Iterable[T]) -> list[tuple[T, object]]:
+        """``fn`` on every item in parallel: each item with its result or the ApiException it
+        raised (one refused write must not stop the others); any other error propagates."""
+        items = list(items)
+        futures = [self.pool.submit(fn, x) for x in items]
+        out: list[tuple[T, object]] = []
+        for x, f in zip(items, futures, strict=True):
+            try:
+                out.append((x, f.result()))
+            except ApiException as e:
+                out.append((x, e))
+        return out
 
     def _owned_kinds(self) -> list[str]:
         return [
@@ -232,3 +299,12 @@ class Controller:
                 "count": 1,
             }
         )
+
+
+def _why(e: ApiException) -> str:
+    """The API server's own message (admission webhooks and quotas explain themselves)."""
+    try:
+        message = json.loads(e.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return f"{e.status} {e.reason}: {message}" if message else f"{e.status} {e.reason}"

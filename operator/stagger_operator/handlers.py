@@ -37,12 +37,14 @@ class PlanStats:
     last: Report | None = None
 
 
-def _default_api_client() -> client.ApiClient:
+def _default_api_client(connections: int) -> client.ApiClient:
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config(configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = connections  # one per parallel write
+    return client.ApiClient(configuration)
 
 
 @kopf.on.startup()
@@ -53,7 +55,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.setdefault("debounce", 0.3)
     memo.setdefault("max_delay", 2.0)
     memo.setdefault("resync", 60.0)
-    api = memo.get("api_client") or _default_api_client()
+    api = memo.get("api_client") or _default_api_client(memo.settings.write_concurrency)
     memo.controller = Controller(Kube(api), memo.settings)
     memo.wake = asyncio.Event()
     memo.setdefault("stats", PlanStats())
@@ -225,16 +227,22 @@ async def _planner_loop(memo: kopf.Memo) -> None:
         memo.stats.last = report
         if report.moving:  # a move that never gets Ready must still end at its timeout
             loop.call_later(memo.settings.move_timeout_s, memo.wake.set)
-        log.info(
-            "plan %d in %.2f s: %d streams, %d placed, %d unschedulable, %d invalid, "
-            "%d moves, %d writes, %d deletions",
-            memo.stats.plans,
-            loop.time() - began,
-            report.streams,
-            report.placed,
-            report.unplaced,
-            report.invalid,
-            len(report.moves),
-            report.written,
-            report.deleted,
-        )
+        if report.failed:  # refused writes: statuses say why; try again soon, not hot
+            loop.call_later(10.0, memo.wake.set)
+        # With ``kopf run --log-format=json`` (the chart's default) the extra fields become
+        # JSON fields: dashboards and log queries read them without parsing the message.
+        fields = {
+            "plan": memo.stats.plans,
+            "seconds": round(loop.time() - began, 3),
+            "streams": report.streams,
+            "placed": report.placed,
+            "unschedulable": report.unplaced,
+            "invalid": report.invalid,
+            "moves": len(report.moves),
+            "moving": report.moving,
+            "waiting": report.waiting,
+            "writes": report.written,
+            "deletions": report.deleted,
+            "failed_writes": report.failed,
+        }
+        log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)

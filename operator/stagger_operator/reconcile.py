@@ -382,3 +382,14 @@ def schedule_status(
         "measuredBodyMs": {m: round(max(v), 3) for m, v in sorted(bodies.items())},
         "slotMisses": int(misses),
     }
+
+
+def write_failed_status(status: Obj, stream: InferenceStream, problem: str, now: datetime) -> Obj:
+    """The API refused one of the stream's objects (admission webhook, quota, a bad field
+    in its template): the stream says so; the next reconcile tries again."""
+    status["phase"], status["message"] = StreamPhase.PENDING.value, problem
+    status["conditions"] = [
+        *(c for c in status["conditions"] if c["type"] != "Ready"),
+        _condition(stream, "Ready", False, "WriteFailed", message=problem, now=now),
+    ]
+    return status

@@ -52,6 +52,8 @@ class OperatorSettings(BaseSettings):
     scrape_timeout_s: float = Field(default=2.0, gt=0)
     degraded_drop_rate: float = Field(default=0.001, ge=0, le=1)
     """A running stream dropping more than this share of its frames is Degraded."""
+    write_concurrency: int = Field(default=16, ge=1, le=256)
+    """API writes in flight at once during a reconcile."""
     leader_election: bool = True
     """Only the holder of the Lease plans and writes; other replicas stand by."""
     lease_name: str = "stagger-operator"

@@ -189,7 +189,9 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 async def start_operator(c: Cluster, **settings: Any) -> Operator:
     # A fresh client, as a restarted operator process would have: no pooled connections.
-    api = client.ApiClient(client.Configuration(host=c.kube.api.configuration.host))
+    configuration = client.Configuration(host=c.kube.api.configuration.host)
+    configuration.connection_pool_maxsize = 16
+    api = client.ApiClient(configuration)
     memo = kopf.Memo(
         api_client=api,
         settings=OperatorSettings(**settings),

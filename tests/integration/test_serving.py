@@ -139,3 +139,38 @@ async def test_a_moving_shard_keeps_serving_until_its_new_copy_is_ready(cluster:
 async def _both(c: Cluster, phase: str) -> bool:
     st = await statuses(c)
     return all(st.get(n, {}).get("phase") == phase for n in ("a", "b"))
+
+
+async def test_a_refused_write_is_reported_on_its_stream_and_others_are_served(
+    cluster: Cluster,
+) -> None:
+    # An admission webhook or quota in namespace "locked" refuses every Deployment.
+    refusal = {"kind": "Status", "message": 'exceeded quota: "gpu-pods"', "code": 403}
+    cluster.emulator["post /apis/apps/v1/namespaces/locked/deployments"] << 403 << refusal
+    op = await start_operator(cluster)
+    try:
+        await cluster.create(stream("blocked", namespace="locked"))
+        await cluster.create(stream("fine"))
+
+        async def settled() -> dict[str, Any] | None:
+            locked = {
+                o["metadata"]["name"]: o.get("status") or {}
+                for o in await cluster.objects("InferenceStream", "locked")
+            }
+            fine = await phase_of(cluster, "fine")
+            return locked if locked["blocked"].get("phase") and fine.get("phase") else None
+
+        st = (await cluster.wait_for(settled))["blocked"]
+        assert st["phase"] == "Pending"
+        assert "cannot write Deployment" in st["message"] and "exceeded quota" in st["message"]
+        ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "WriteFailed"
+        assert (await phase_of(cluster, "fine"))["phase"] == "Placed"
+
+        async def reported() -> bool:
+            last = op.memo.stats.last
+            return last is not None and last.failed >= 1
+
+        await cluster.wait_for(reported)
+    finally:
+        await stop_operator(op)
