@@ -22,37 +22,9 @@ from kubernetes import client
 from stagger_operator.handlers import PlanStats  # importing registers the handlers
 from stagger_operator.kube import Kube
 from stagger_operator.settings import OperatorSettings
+from tests.emulator import Emulator, declare, node
 
-VERBS = {"list", "watch", "get", "create", "patch", "delete"}
-RESOURCES = {
-    "stagger.dev/v1alpha1/inferencestreams": ("InferenceStream", True, {"status"}),
-    "stagger.dev/v1alpha1/modelprofiles": ("ModelProfile", False, {"status"}),
-    "stagger.dev/v1alpha1/gpuschedules": ("GpuSchedule", False, {"status"}),
-    "v1/nodes": ("Node", False, set()),
-    "v1/namespaces": ("Namespace", False, set()),
-    "v1/events": ("Event", True, set()),
-    "v1/configmaps": ("ConfigMap", True, set()),
-    "v1/pods": ("Pod", True, {"status"}),
-    "apps/v1/deployments": ("Deployment", True, set()),
-    "coordination.k8s.io/v1/leases": ("Lease", True, set()),
-}
-TEMPLATE = {"spec": {"containers": [{"name": "triton", "image": "example/tritonserver:24.10"}]}}
 _SERVER: dict[str, str] = {}
-
-
-class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator, forgetting the requests it has served.
-
-    kmock keeps every request for assertions and, to dispatch a new one, scans that history
-    from the start until it finds the request itself: each request costs time proportional
-    to all requests before it (0.1 s per request after a few thousand). These tests assert
-    on objects, not on requests; dispatch never awaits between logging a request and
-    finding it, so a short tail of the history is enough.
-    """
-
-    async def __call__(self, raw_request: Any) -> Any:
-        del self._requests[:-16]
-        return await super().__call__(raw_request)
 
 
 @kopf.on.login()
@@ -63,51 +35,6 @@ def _login_to_the_emulator(**_: Any) -> kopf.ConnectionInfo:
 @kopf.on.startup()
 def _test_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True  # kmock 0.8 answers namespace listing with 500
-
-
-def node(name: str, gpus: int = 2, *, ready: bool = True) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "stagger.dev/managed": "true",
-                "nvidia.com/gpu.product": "NVIDIA-H200",
-                "nvidia.com/gpu.memory": "143771",
-                "nvidia.com/gpu.count": str(gpus),
-            },
-        },
-        "spec": {},
-        "status": {
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            "capacity": {"nvidia.com/gpu": str(gpus)},
-        },
-    }
-
-
-def stream(
-    name: str, fps: float = 10, body: float = 10.5, namespace: str = "default", **spec: Any
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "stagger.dev/v1alpha1",
-        "kind": "InferenceStream",
-        # kmock assigns neither uid nor resourceVersion; kopf needs both (owners, finalizers).
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "uid": f"uid-{namespace}-{name}",
-            "resourceVersion": "1",
-        },
-        "spec": {
-            "model": "retinanet",
-            "fps": fps,
-            "bodyTimeMs": body,
-            "latencyMs": 18.5,
-            "template": TEMPLATE,
-            **spec,
-        },
-    }
 
 
 @dataclass
@@ -173,11 +100,7 @@ class Operator:
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Cluster]:
-    emulator = Emulator()
-    for key, (kind, namespaced, sub) in RESOURCES.items():
-        emulator.resources[key] = kmock.ResourceInfo(
-            kind=kind, namespaced=namespaced, verbs=VERBS, subresources=sub
-        )
+    emulator = declare(Emulator())
     async with kmock.Server(emulator) as server:
         _SERVER["url"] = str(server.url)
         api = client.ApiClient(client.Configuration(host=str(server.url)))

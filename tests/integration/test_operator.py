@@ -7,14 +7,8 @@ import json
 from typing import Any
 
 from stagger.core.api import GpuSchedule
-from tests.integration.conftest import (
-    Cluster,
-    Operator,
-    node,
-    start_operator,
-    stop_operator,
-    stream,
-)
+from tests.emulator import node, stream
+from tests.integration.conftest import Cluster, Operator, start_operator, stop_operator
 
 
 async def statuses(c: Cluster) -> dict[str, dict[str, Any]]:

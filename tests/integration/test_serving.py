@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import start_http_server
 
 from stagger_sidecar.metrics import GateMetrics, StreamKey
-from tests.integration.conftest import Cluster, run_pod, start_operator, stop_operator, stream
+from tests.emulator import stream
+from tests.integration.conftest import Cluster, run_pod, start_operator, stop_operator
 from tests.integration.test_operator import by_shard, statuses
 
 

@@ -13,7 +13,8 @@ import yaml
 from stagger_operator.cli import main
 from stagger_operator.controller import Controller
 from stagger_operator.settings import OperatorSettings
-from tests.integration.conftest import Cluster, stream
+from tests.emulator import stream
+from tests.integration.conftest import Cluster
 
 
 def kubeconfig(tmp_path: Path, server: str) -> Path:
