@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import kmock
+import kopf
 
 VERBS = {"list", "watch", "get", "create", "patch", "delete"}
 RESOURCES = {
@@ -36,6 +37,21 @@ class Emulator(kmock.KubernetesEmulator):
     async def __call__(self, raw_request: Any) -> Any:
         del self._requests[:-16]
         return await super().__call__(raw_request)
+
+
+EMULATOR_URL: dict[str, str] = {}
+"""Where kopf finds the emulator (set it before starting an operator in this process)."""
+
+
+@kopf.on.login()
+def _login_to_the_emulator(**_: Any) -> kopf.ConnectionInfo:
+    url = EMULATOR_URL["url"]
+    return kopf.ConnectionInfo(server=url, insecure=True, scheme="Bearer", token="x")
+
+
+@kopf.on.startup()
+def _no_namespace_scan(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.scanning.disabled = True  # kmock 0.8 answers namespace listing with 500
 
 
 def declare(emulator: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:

@@ -6,10 +6,14 @@ so a restarted operator reproduces the same plan and moves nothing.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from stagger.core.api import InferenceStream, InferenceStreamStatus, StreamPhase
 from stagger.core.placement import Move, Plan, plan
 from stagger_operator import manifests
-from stagger_operator.kube import OWNED_KINDS, Kube
+from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
 from stagger_operator.observe import Observation
 from stagger_operator.reconcile import (
     cluster_from_nodes,
@@ -30,7 +34,7 @@ from stagger_operator.reconcile import (
     serving_status,
     write_failed_status,
 )
-from stagger_operator.rollout import ShardId, Unit, ready_units, rollout
+from stagger_operator.rollout import ShardId, Unit, ready_units, rollout, unit_of
 from stagger_operator.settings import OperatorSettings
 
 Obj = dict[str, Any]
@@ -50,6 +54,7 @@ class Report:
     deleted: int = 0
     moving: int = 0
     waiting: int = 0
+    unchanged: int = 0  # streams whose inputs had not changed: neither rebuilt nor diffed
     failed: int = 0  # writes the API refused; retried by the next reconcile
     plan: Plan | None = None
 
@@ -72,42 +77,83 @@ class Controller:
         # Writes go out in parallel: each waits on the API server, none on another.
         self.pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="write")
         self.retiring: dict[Unit, datetime] = {}  # old copies kept while their shard moves
+        self.fingerprints: dict[tuple[str, str], str] = {}  # of streams written as wanted
+        self.objects: dict[Key, Obj] | None = None  # owned objects: listed, then as written
+        self.pods: dict[tuple[str, str], set[Unit]] = {}  # Ready placements, per pod
+        self._parsed: dict[tuple[str, str], tuple[str, InferenceStream]] = {}
+        self._monotonic = time.monotonic
+        self._last_full = -math.inf
         self.observed: dict[ShardId, Observation] = {}  # from the sidecars' metrics
 
     def reconcile(self) -> Report:
+        # A reconcile allocates many small acyclic objects while holding the whole fleet:
+        # the cyclic collector would rescan it again and again (seconds at 10k streams).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._reconcile()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _reconcile(self) -> Report:
         s, kube, now = self.settings, self.kube, self.clock()
         report = Report()
         cluster = cluster_from_nodes(kube.list_objects("Node"), s)
-        streams, invalid = kube.list_streams(s.namespaces)
+        # Between resyncs, a stream whose inputs are what they were is not rebuilt or
+        # diffed (its fingerprint says so), the owned objects are what this controller last
+        # wrote, and pods are what their watch events said; a resync lists and diffs
+        # everything, repairing drift.
+        full = self._monotonic() - self._last_full >= s.resync_s or self.objects is None
+        raw_streams = kube.list_stream_objects(s.namespaces)
+        signatures = {_named(o): _signature(o) for o in raw_streams}
+        streams, invalid = self._parse(raw_streams, signatures)
         live = [x for x in streams if not (x.metadata.model_extra or {}).get("deletionTimestamp")]
         schedules = {x.name: x for x in kube.list_schedules()}
         previous = plan_from_schedules(schedules.values(), s.tick_hz)
         result = plan(live, cluster, kube.list_profiles(), s.planner(), previous=previous)
-        desired = desired_state(live, result, schedules, s, now)
+        if full or self.objects is None:
+            self.objects = {
+                _key(k, o): o
+                for k in self._owned_kinds()
+                for o in kube.list_managed(k)
+                if self._watched(o["metadata"].get("namespace"))
+            }
+            self.pods = {
+                (p["metadata"]["namespace"], p["metadata"]["name"]): ready_units([p])
+                for p in kube.list_managed("Pod")
+                if self._watched(p["metadata"].get("namespace"))
+            }
+        current = dict(self.objects)
+        ready = {u for units in list(self.pods.values()) for u in units}
+        observed = self.observed
+        desired = desired_state(
+            live,
+            result,
+            schedules,
+            s,
+            now,
+            known={} if full else self.fingerprints,
+            context=_context(signatures, current, ready, observed),
+        )
         report.plan, report.moves = result, list(result.moves)
         report.streams, report.invalid = len(streams), len(invalid)
         report.placed = len({(p.namespace, p.stream) for p in result.shards})
         report.unplaced = len(result.unplaced)
-
-        current = {
-            _key(k, o): o
-            for k in self._owned_kinds()
-            for o in kube.list_managed(k)
-            if self._watched(o["metadata"].get("namespace"))
+        report.unchanged = len(desired.unchanged)
+        left_alone = desired.frozen | {
+            (ns, manifests.stream_label(name)) for ns, name in desired.unchanged
         }
-        pods = [
-            p for p in kube.list_managed("Pod") if self._watched(p["metadata"].get("namespace"))
-        ]
         steps = rollout(
             desired.objects,
             current,
-            ready_units(pods),
+            ready,
             {manifests.gpu_label(n.name, g.index) for n in cluster.nodes for g in n.gpus},
             retiring_since=self.retiring,
             now=now,
             max_moves=s.max_moves,
             move_timeout_s=s.move_timeout_s,
-            frozen=desired.frozen,
+            frozen=left_alone,
             priority={(x.namespace, manifests.stream_label(x.name)): x.spec.priority for x in live},
         )
         self.retiring = steps.retiring
@@ -116,22 +162,24 @@ class Controller:
         # The plan's record first (a restarted operator starts from it), then workloads:
         # created and updated before anything is deleted, so a moving shard's new copy
         # exists before its old one goes (which waits for the new pod; see rollout).
-        observed = self.observed
         current_sched = {o["metadata"]["name"]: o for o in kube.list_managed("GpuSchedule")}
         wanted_sched = {o["metadata"]["name"]: o for o in desired.schedules}
         failed: dict[tuple[str, str], str] = {}  # (namespace, stream label): what failed
         for obj, outcome in self._each(
             lambda o: kube.apply(o, current_sched.get(o["metadata"]["name"])),
-            wanted_sched.values(),
+            [o for n, o in wanted_sched.items() if kube.differs(o, current_sched.get(n))],
         ):
             report.written += outcome is True
             if isinstance(outcome, ApiException):
                 report.failed += 1
                 log.error("cannot write %s: %s", obj["metadata"]["name"], _why(outcome))
         for obj, outcome in self._each(
-            lambda o: kube.apply(o, current.get(_key(o["kind"], o))), steps.write
+            lambda o: kube.apply(o, current.get(_key(o["kind"], o))),
+            [o for o in steps.write if kube.differs(o, current.get(_key(o["kind"], o)))],
         ):
             report.written += outcome is True
+            if outcome is True:
+                self.objects[_key(obj["kind"], obj)] = obj
             if isinstance(outcome, ApiException):
                 report.failed += 1
                 meta = obj["metadata"]
@@ -149,30 +197,44 @@ class Controller:
                 log.error("cannot delete %s %s/%s: %s", *key, _why(outcome))
             else:
                 report.deleted += 1
+                self.objects.pop(key, None)
 
-        def schedule_status_write(obj: Obj) -> None:
-            name = obj["metadata"]["name"]
-            status = schedule_status(obj, result, observed)
-            if (current_sched.get(name) or {}).get("status") != status:
-                kube.patch_status("GpuSchedule", None, name, status)
-
-        for obj, outcome in self._each(schedule_status_write, wanted_sched.values()):
+        # Statuses are computed here and only the changed ones are sent off.
+        sched_statuses = [
+            (name, status)
+            for name, obj in wanted_sched.items()
+            if (current_sched.get(name) or {}).get("status")
+            != (status := schedule_status(obj, result, observed))
+        ]
+        for (name, _), outcome in self._each(
+            lambda x: kube.patch_status("GpuSchedule", None, *x), sched_statuses
+        ):
             if isinstance(outcome, ApiException):
-                log.warning(
-                    "cannot write the status of %s: %s", obj["metadata"]["name"], _why(outcome)
-                )
+                log.warning("cannot write the status of %s: %s", name, _why(outcome))
 
         by_key = {(x.namespace, x.name): x for x in live}
 
-        def stream_status_write(stream: InferenceStream) -> None:
+        changed = []
+        in_transition = {sid[:2] for sid in steps.moving | steps.waiting}
+        for stream in live:
+            named, label = (stream.namespace, stream.name), manifests.stream_label(stream.name)
+            if named in desired.unchanged:
+                continue
+            if (stream.namespace, label) in failed or (stream.namespace, label) in in_transition:
+                self.fingerprints.pop(named, None)  # not settled: rebuild next time
+            else:
+                self.fingerprints[named] = desired.fingerprints[named]
             status = desired.statuses[(stream.namespace, stream.name)]
             status = serving_status(status, stream, steps, observed, settings=s, now=now)
             problem = failed.get((stream.namespace, manifests.stream_label(stream.name)))
             if problem:
                 status = write_failed_status(status, stream, problem, now)
-            self._write_status(stream, status, now)
-
-        for stream, outcome in self._each(stream_status_write, live):
+            new = self._status_change(stream, status)
+            if new is not None:
+                changed.append((stream, new))
+        for (stream, _), outcome in self._each(
+            lambda x: self._write_status(x[0], x[1], now), changed
+        ):
             if isinstance(outcome, ApiException):
                 log.warning(
                     "cannot write the status of %s/%s: %s",
@@ -213,6 +275,8 @@ class Controller:
                 ),
                 now,
             )
+        if full:
+            self._last_full = self._monotonic()
         return report
 
     def delete_stream(self, namespace: str, name: str) -> int:
@@ -229,6 +293,35 @@ class Controller:
                     self.kube.delete(kind, namespace, meta["name"])
                     deleted += 1
         return deleted
+
+    def pod_changed(self, namespace: str, name: str, pod: Obj | None) -> None:
+        """A pod's watch event (None: deleted); keeps readiness current between resyncs."""
+        if pod is None:
+            self.pods.pop((namespace, name), None)
+        else:
+            self.pods[(namespace, name)] = ready_units([pod])
+
+    def _parse(
+        self, raw: list[Obj], signatures: dict[tuple[str, str], str]
+    ) -> tuple[list[InferenceStream], list[InvalidObject]]:
+        """Validated streams; one whose object has not changed is not validated again."""
+        good: list[InferenceStream] = []
+        fresh: list[Obj] = []
+        parsed: dict[tuple[str, str], tuple[str, InferenceStream]] = {}
+        for obj in raw:
+            named = _named(obj)
+            hit = self._parsed.get(named)
+            if hit is not None and hit[0] == signatures[named]:
+                good.append(hit[1])
+                parsed[named] = hit
+            else:
+                fresh.append(obj)
+        new, invalid = parse_streams(fresh)
+        for stream in new:
+            named = (stream.namespace, stream.name)
+            parsed[named] = (signatures[named], stream)
+        self._parsed = parsed
+        return good + new, invalid
 
     def _each(self, fn: Callable[[T], object], items: Iterable[T]) -> list[tuple[T, object]]:
         """``fn`` on every item in parallel: each item with its result or the ApiException it
@@ -252,7 +345,9 @@ class Controller:
         """Objects in namespaces this operator does not watch are not its to delete."""
         return not self.settings.namespaces or namespace in self.settings.namespaces
 
-    def _write_status(self, stream: InferenceStream, status: Obj, now: datetime) -> None:
+    @staticmethod
+    def _status_change(stream: InferenceStream, status: Obj) -> InferenceStreamStatus | None:
+        """The status to write, or None when the stream already has it."""
         old = stream.status
         new = InferenceStreamStatus.model_validate(status)
         if old is not None:
@@ -263,7 +358,13 @@ class Controller:
                 if prev is not None and prev.status == c.status:
                     c.last_transition_time = prev.last_transition_time
             if old.to_wire() == new.to_wire():
-                return
+                return None
+        return new
+
+    def _write_status(
+        self, stream: InferenceStream, new: InferenceStreamStatus, now: datetime
+    ) -> None:
+        old = stream.status
         self.kube.patch_status("InferenceStream", stream.namespace, stream.name, new.to_wire())
         if old is None or old.phase != new.phase:
             kind = (
@@ -308,3 +409,45 @@ def _why(e: ApiException) -> str:
     except (ValueError, AttributeError):
         message = None
     return f"{e.status} {e.reason}: {message}" if message else f"{e.status} {e.reason}"
+
+
+def _named(obj: Obj) -> tuple[str, str]:
+    meta = obj["metadata"]
+    return (meta.get("namespace", ""), meta["name"])
+
+
+def _signature(obj: Obj) -> str:
+    """What a stream's outputs depend on in its object (the rest is the API's bookkeeping)."""
+    meta = obj["metadata"]
+    return repr(
+        (
+            meta.get("uid"),
+            meta.get("generation"),
+            meta.get("deletionTimestamp"),
+            obj.get("spec"),
+            obj.get("status"),
+        )
+    )
+
+
+def _context(
+    signatures: dict[tuple[str, str], str],
+    current: dict[Key, Obj],
+    ready: set[Unit],
+    observed: dict[ShardId, Observation],
+) -> dict[tuple[str, str], Hashable]:
+    """Per (namespace, stream label): what this reconcile saw of the stream (its spec and
+    status as listed), its objects, Ready pods and measurements; part of its fingerprint
+    (see ``desired_state``)."""
+    seen: dict[tuple[str, str], list[Hashable]] = defaultdict(list)
+    for (namespace, name), signature in signatures.items():
+        seen[(namespace, manifests.stream_label(name))].append(("stream", signature))
+    for key, obj in current.items():
+        u = unit_of(obj)
+        if u is not None:
+            seen[u[:2]].append(("object", *key))
+    for u in ready:
+        seen[u[:2]].append(("ready", *u))
+    for sid, o in observed.items():
+        seen[sid[:2]].append(("observed", sid[2], o.at))
+    return {k: tuple(sorted(v, key=repr)) for k, v in seen.items()}

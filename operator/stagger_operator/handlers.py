@@ -1,8 +1,8 @@
 """kopf handlers: thin delegates. An event only wakes the planner; one loop plans.
 
 Run with ``kopf run -m stagger_operator.handlers --all-namespaces`` (the Helm chart does).
-Bursts coalesce: the loop waits until events stop for ``debounce`` seconds (at most
-``max_delay``), then reconciles the whole fleet once.
+Bursts coalesce: the loop waits until events stop for ``debounce_s`` seconds (at most
+``max_delay_s``), then reconciles the whole fleet once (settings in ``OperatorSettings``).
 """
 
 from __future__ import annotations
@@ -52,9 +52,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.finalizer = "stagger.dev/finalizer"
     settings.posting.level = logging.WARNING
     memo.setdefault("settings", OperatorSettings())
-    memo.setdefault("debounce", 0.3)
-    memo.setdefault("max_delay", 2.0)
-    memo.setdefault("resync", 60.0)
     api = memo.get("api_client") or _default_api_client(memo.settings.write_concurrency)
     memo.controller = Controller(Kube(api), memo.settings)
     memo.wake = asyncio.Event()
@@ -116,6 +113,7 @@ async def pod_event(
 ) -> None:
     # A shard's pod turning Ready (or not) decides Running/Degraded and ends moves.
     key = (namespace, name)
+    memo.controller.pod_changed(namespace or "", name, None if type == "DELETED" else dict(body))
     signature = None if type == "DELETED" else ready_units([dict(body)])
     if memo.pod_signatures.get(key) != signature:
         if signature is None:
@@ -205,12 +203,12 @@ async def _planner_loop(memo: kopf.Memo) -> None:
     loop = asyncio.get_running_loop()
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(memo.wake.wait(), memo.resync)
+            await asyncio.wait_for(memo.wake.wait(), memo.settings.resync_s)
         started = loop.time()
-        while loop.time() - started < memo.max_delay:  # let a burst finish
+        while loop.time() - started < memo.settings.max_delay_s:  # let a burst finish
             memo.wake.clear()
             try:
-                await asyncio.wait_for(memo.wake.wait(), memo.debounce)
+                await asyncio.wait_for(memo.wake.wait(), memo.settings.debounce_s)
             except TimeoutError:
                 break
         memo.wake.clear()

@@ -103,22 +103,11 @@ class Kube:
         self, namespaces: Iterable[str] = ()
     ) -> tuple[list[InferenceStream], list[InvalidObject]]:
         """Streams, and the ones whose spec does not validate (with why)."""
+        return parse_streams(self.list_stream_objects(namespaces))
+
+    def list_stream_objects(self, namespaces: Iterable[str] = ()) -> list[Obj]:
         scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace
-        raw = [o for ns in scopes for o in self.list_objects("InferenceStream", ns)]
-        good, bad = [], []
-        for obj in raw:
-            meta = obj.get("metadata", {})
-            try:
-                good.append(InferenceStream.model_validate(obj))
-            except ValidationError as e:
-                first = e.errors(include_url=False)[0]
-                where = ".".join(str(p) for p in first["loc"])
-                bad.append(
-                    InvalidObject(
-                        meta.get("namespace", ""), meta.get("name", ""), f"{where}: {first['msg']}"
-                    )
-                )
-        return good, bad
+        return [o for ns in scopes for o in self.list_objects("InferenceStream", ns)]
 
     def list_profiles(self) -> list[ModelProfile]:
         out = []
@@ -161,6 +150,11 @@ class Kube:
             return False
         self._call("PATCH", path, obj, "application/merge-patch+json")
         return True
+
+    @staticmethod
+    def differs(obj: Obj, current: Obj | None) -> bool:
+        """Whether :meth:`apply` would write (checked before a write is sent off)."""
+        return current is None or not _contains(current, obj)
 
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
         try:
@@ -256,6 +250,24 @@ class Kube:
     def patch_status(self, kind: str, namespace: str | None, name: str, status: Obj) -> None:
         path = KINDS[kind].path(namespace, name) + "/status"
         self._call("PATCH", path, {"status": status}, "application/merge-patch+json")
+
+
+def parse_streams(raw: Iterable[Obj]) -> tuple[list[InferenceStream], list[InvalidObject]]:
+    """Streams, and the ones whose spec does not validate (with why)."""
+    good, bad = [], []
+    for obj in raw:
+        meta = obj.get("metadata", {})
+        try:
+            good.append(InferenceStream.model_validate(obj))
+        except ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            bad.append(
+                InvalidObject(
+                    meta.get("namespace", ""), meta.get("name", ""), f"{where}: {first['msg']}"
+                )
+            )
+    return good, bad
 
 
 def _parse_time(text: str) -> datetime:

@@ -6,8 +6,8 @@ reads the cluster or the clock.
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import pickle
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,13 @@ MAX_WORKLOAD_NAME = 46
 
 class TemplateError(ValueError):
     """The stream's pod template cannot serve a shard; the message says why."""
+
+
+def _copy(obj: Obj) -> Obj:
+    """A deep copy of JSON-like data; several times faster than ``copy.deepcopy``, which
+    matters when a reconcile builds a Deployment for each of ten thousand shards."""
+    copied: Obj = pickle.loads(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+    return copied
 
 
 def _short(name: str, limit: int) -> str:
@@ -199,7 +206,7 @@ def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSett
     """One shard's workload: the stream's pod template pinned to its node and GPU, with the
     sidecar injected and the slot contract mounted. Recreate: two copies of a shard must
     never share the GPU, not even during a rollout."""
-    template = copy.deepcopy(check_template(stream))
+    template = _copy(check_template(stream))
     name = shard_name(stream.name, p.shard, p.node, p.gpu)
     labels = shard_labels(stream.name, p.shard, p.node, p.gpu)
     meta = template.setdefault("metadata", {})

@@ -6,8 +6,9 @@ and write back what they return; nothing here reads the clock or the API.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -109,6 +110,9 @@ class Desired:
     objects: list[Obj] = field(default_factory=list)  # namespaced, owned by their stream
     schedules: list[Obj] = field(default_factory=list)  # cluster-scoped GpuSchedules
     statuses: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)
+    unchanged: set[tuple[str, str]] = field(default_factory=set)
+    """Streams left out because their inputs are what they were (see desired_state)."""
     frozen: set[tuple[str, str]] = field(default_factory=set)
     """(namespace, stream label) whose objects stay as they are: the spec cannot be
     served now (a bad template), so what runs keeps running."""
@@ -127,15 +131,46 @@ def desired_state(
     previous: Mapping[str, GpuSchedule],
     settings: OperatorSettings,
     now: datetime,
+    *,
+    known: Mapping[tuple[str, str], str] | None = None,
+    context: Mapping[tuple[str, str], Hashable] | None = None,
 ) -> Desired:
     """Objects, GpuSchedules and stream statuses for ``plan``. A GPU keeps its epoch; a
-    changed slot table gets the next generation, effective ``effective_after_s`` from now."""
+    changed slot table gets the next generation, effective ``effective_after_s`` from now.
+
+    Every stream gets a fingerprint of what its objects and status are made from: its
+    shards' slots and contracts, why it is unplaced, and ``context``: what the caller saw
+    of it (its spec and status as listed, its objects, Ready pods and measurements). A
+    stream whose fingerprint is in ``known`` is left out (``unchanged``): its objects and
+    status were written from the same inputs before."""
     desired = Desired()
+    known, context = known or {}, context or {}
     by_gpu: dict[tuple[str, int], list[ShardPlacement]] = defaultdict(list)
     for p in plan.shards:
         by_gpu[(p.node, p.gpu)].append(p)
     modes = {(g.node, g.gpu): g.sharing_mode for g in plan.gpus}
-    contracts: dict[tuple[str, str, int], SlotAssignment] = {}
+    # Contracts are built only for the streams that are rebuilt; fingerprints use the slots.
+    slots: dict[tuple[str, str, int], tuple[ShardPlacement, datetime, int, datetime]] = {}
+
+    def contract(key: tuple[str, str, int]) -> SlotAssignment:
+        p, epoch, generation, effective_at = slots[key]
+        return SlotAssignment(
+            stream=p.stream,
+            namespace=p.namespace,
+            shard=p.shard,
+            shards=p.shards,
+            node=p.node,
+            gpu_index=p.gpu,
+            gpu_uuid=p.gpu_uuid,
+            tick_hz=settings.tick_hz,
+            epoch=epoch,
+            period_ticks=p.period_ticks,
+            offset_ticks=p.offset_ticks,
+            body_ticks=p.body_ticks,
+            generation=generation,
+            effective_at=effective_at,
+        )
+
     for (node, gpu), shards in sorted(by_gpu.items()):
         old = previous.get(manifests.schedule_name(node, gpu))
         epoch = old.spec.epoch if old else now.replace(microsecond=0)
@@ -160,22 +195,7 @@ def desired_state(
             )
         )
         for p in shards:
-            contracts[p.key] = SlotAssignment(
-                stream=p.stream,
-                namespace=p.namespace,
-                shard=p.shard,
-                shards=p.shards,
-                node=node,
-                gpu_index=gpu,
-                gpu_uuid=p.gpu_uuid,
-                tick_hz=settings.tick_hz,
-                epoch=epoch,
-                period_ticks=p.period_ticks,
-                offset_ticks=p.offset_ticks,
-                body_ticks=p.body_ticks,
-                generation=generation,
-                effective_at=effective_at,
-            )
+            slots[p.key] = (p, epoch, generation, effective_at)
     unplaced = {(u.namespace, u.stream): u.reason for u in plan.unplaced}
     by_stream: dict[tuple[str, str], list[ShardPlacement]] = defaultdict(list)
     for p in plan.shards:  # once: a lookup per stream would be quadratic in the fleet
@@ -183,6 +203,14 @@ def desired_state(
     for stream in streams:
         key = (stream.namespace, stream.name)
         shards = by_stream.get(key, [])
+        desired.fingerprints[key] = fingerprint = _fingerprint(
+            [slots[p.key] for p in shards],
+            unplaced.get(key),
+            context.get((stream.namespace, manifests.stream_label(stream.name))),
+        )
+        if known.get(key) == fingerprint:
+            desired.unchanged.add(key)
+            continue
         if key in unplaced or not shards:
             reason = unplaced.get(key, "waiting for placement")
             desired.statuses[key] = stream_status(
@@ -191,7 +219,7 @@ def desired_state(
             continue
         try:
             for p in shards:
-                desired.objects.append(manifests.slot_configmap(stream, contracts[p.key]))
+                desired.objects.append(manifests.slot_configmap(stream, contract(p.key)))
                 if settings.gpu_binding == "dra":
                     desired.objects.append(manifests.resource_claim(stream, p, settings))
                 desired.objects.append(manifests.shard_deployment(stream, p, settings))
@@ -212,6 +240,33 @@ def desired_state(
             stream, shards, StreamPhase.PLACED, "", now, tick_hz=settings.tick_hz
         )
     return desired
+
+
+def _fingerprint(
+    slots: Sequence[tuple[ShardPlacement, datetime, int, datetime]],
+    unplaced: str | None,
+    context: Hashable,
+) -> str:
+    inputs = (
+        # Times by value: the same instant parsed from the API has another tzinfo object.
+        [
+            (
+                p.key,
+                p.shards,
+                p.node,
+                p.gpu,
+                p.gpu_uuid,
+                p.period_ticks,
+                p.offset_ticks,
+                p.body_ticks,
+            )
+            for p, _, _, _ in slots
+        ],
+        [(g, epoch.timestamp(), effective.timestamp()) for _, epoch, g, effective in slots],
+        unplaced,
+        context,
+    )
+    return hashlib.blake2b(repr(inputs).encode(), digest_size=16).hexdigest()
 
 
 def _owned_by(obj: Obj, stream: InferenceStream) -> bool:

@@ -42,6 +42,12 @@ class OperatorSettings(BaseSettings):
     effective_after_s: float = Field(default=5.0, gt=0)
     """A new slot table applies this long after it is written: later than the kubelet's
     ConfigMap propagation, so every sidecar of a GPU switches at the same instant."""
+    debounce_s: float = Field(default=0.1, ge=0)
+    """A change is planned once no other change came for this long (bursts coalesce)..."""
+    max_delay_s: float = Field(default=1.0, ge=0)
+    """...or once it has waited this long, however busy the API is."""
+    resync_s: float = Field(default=60.0, gt=0)
+    """A full reconcile at least this often, changes or not (repairs drift)."""
     max_moves: int = Field(default=10, ge=1)
     """Shards in a make-before-break move at once (each holds GPU memory in two places
     while its new copy starts); further moves wait, their old copy serving."""

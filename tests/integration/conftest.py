@@ -22,19 +22,7 @@ from kubernetes import client
 from stagger_operator.handlers import PlanStats  # importing registers the handlers
 from stagger_operator.kube import Kube
 from stagger_operator.settings import OperatorSettings
-from tests.emulator import Emulator, declare, node
-
-_SERVER: dict[str, str] = {}
-
-
-@kopf.on.login()
-def _login_to_the_emulator(**_: Any) -> kopf.ConnectionInfo:
-    return kopf.ConnectionInfo(server=_SERVER["url"], insecure=True, scheme="Bearer", token="x")
-
-
-@kopf.on.startup()
-def _test_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.scanning.disabled = True  # kmock 0.8 answers namespace listing with 500
+from tests.emulator import EMULATOR_URL, Emulator, declare, node
 
 
 @dataclass
@@ -102,7 +90,7 @@ class Operator:
 async def cluster() -> AsyncIterator[Cluster]:
     emulator = declare(Emulator())
     async with kmock.Server(emulator) as server:
-        _SERVER["url"] = str(server.url)
+        EMULATOR_URL["url"] = str(server.url)
         api = client.ApiClient(client.Configuration(host=str(server.url)))
         c = Cluster(Kube(api), emulator)
         for name in ("gpu-a", "gpu-b"):
@@ -117,11 +105,10 @@ async def start_operator(c: Cluster, **settings: Any) -> Operator:
     api = client.ApiClient(configuration)
     memo = kopf.Memo(
         api_client=api,
-        settings=OperatorSettings(**settings),
+        settings=OperatorSettings(
+            **{"debounce_s": 0.05, "max_delay_s": 1.0, "resync_s": 3600.0, **settings}
+        ),
         stats=PlanStats(),
-        debounce=0.05,
-        max_delay=1.0,
-        resync=3600.0,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(

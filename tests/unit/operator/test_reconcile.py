@@ -143,3 +143,33 @@ def test_controller_only_cleans_up_in_the_namespaces_it_watches() -> None:
     assert scoped._watched("retail") and not scoped._watched("logistics")
     everywhere = Controller(NoKube(), OperatorSettings())  # type: ignore[arg-type]
     assert everywhere._watched("logistics")
+
+
+def test_streams_whose_inputs_did_not_change_are_left_out_until_something_does() -> None:
+    c = cluster(("n", 2))
+    a = with_uid(stream("a", 10, body=5, template=TEMPLATE), "ua")
+    b = with_uid(stream("b", 10, body=5, template=TEMPLATE), "ub")
+    first = desired_state([a, b], plan([a, b], c), {}, OperatorSettings(), NOW)
+    prev = schedules_of(first)
+    again = desired_state(
+        [a, b],
+        plan([a, b], c, previous=plan_from_schedules(prev.values(), 30_000)),
+        prev,
+        OperatorSettings(),
+        NOW,
+        known=first.fingerprints,
+    )
+    assert again.unchanged == {("default", "a"), ("default", "b")}
+    assert not again.objects and not again.statuses
+    # b changes; and what the controller saw of a's pods changes: both are rebuilt.
+    b2 = with_uid(stream("b", 12, body=5, template=TEMPLATE), "ub")
+    changed = desired_state(
+        [a, b2],
+        plan([a, b2], c, previous=plan_from_schedules(prev.values(), 30_000)),
+        prev,
+        OperatorSettings(),
+        NOW,
+        known=first.fingerprints,
+        context={("default", "a"): (("ready", "a-pod"),)},
+    )
+    assert not changed.unchanged and set(changed.statuses) == {("default", "a"), ("default", "b")}

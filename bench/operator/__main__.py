@@ -1,0 +1,334 @@
+"""The operator end to end against kmock: apply → Placed latency, and a full re-plan.
+
+    python -m bench.operator [--nodes 100] [--gpus 8] [--burst 1000] [--fleet 10000]
+                             [--json FILE]
+
+The API emulator runs in a process of its own, as an API server would; the operator (kopf,
+the real handlers, default settings) and the client run in this one. The client creates
+streams one after another, as ``kubectl apply -f`` does, and watches them: a stream's
+latency runs from its create call's return to the watch event that shows it Placed, what a
+user watching ``kubectl get istream -w`` sees.
+
+1. A burst: ``--burst`` streams applied at once to ``--nodes`` × ``--gpus`` empty GPUs.
+2. Steady arrivals on that fleet: ``--arrivals`` streams applied at ``--rate`` per second.
+3. A fleet of ``--fleet`` streams as a previous operator left it (streams with statuses,
+   GpuSchedules, Deployments, ConfigMaps, built by the operator's own pure functions and
+   loaded into a fresh emulator): a restarted operator's first reconcile (a full re-plan:
+   read everything, plan, diff; it must write nothing), then an event-driven one.
+4. With ``--singles N``: N arrivals on that fleet, one at a time, through a running
+   operator. Off by default: first kopf takes over the 10k streams it has not seen
+   (finalizers, its annotations), tens of thousands of patches that take kmock many
+   minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import kopf
+from kubernetes import client
+
+from stagger.core.api import InferenceStreamStatus
+from stagger.core.placement import plan
+from stagger_operator.controller import Controller
+from stagger_operator.handlers import PlanStats  # importing registers the handlers
+from stagger_operator.kube import Kube, parse_streams
+from stagger_operator.reconcile import (
+    cluster_from_nodes,
+    desired_state,
+    plan_from_schedules,
+    serving_status,
+)
+from stagger_operator.rollout import Rollout
+from stagger_operator.settings import OperatorSettings
+from tests.emulator import EMULATOR_URL, node, stream
+
+
+def fleet_stream(i: int, rng: random.Random) -> dict[str, Any]:
+    fps = rng.choice([1, 2, 5, 10, 15])
+    body = round(rng.uniform(2, 8), 1)
+    return stream(f"s{i:05d}", fps=fps, body=body, latencyMs=body + 8, memoryMiB=1024)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Watcher:
+    """Times when each stream is first seen Placed, from a watch on InferenceStreams."""
+
+    def __init__(self) -> None:
+        self.placed: dict[str, float] = {}
+        self.changed = asyncio.Event()
+
+    async def run(self) -> None:
+        url = f"{EMULATOR_URL['url']}/apis/stagger.dev/v1alpha1/inferencestreams?watch=true"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as r:
+            async for line in r.content:
+                obj = json.loads(line)["object"]
+                name = obj["metadata"]["name"]
+                phase = (obj.get("status") or {}).get("phase")
+                if phase == "Placed" and name not in self.placed:
+                    self.placed[name] = time.perf_counter()
+                    self.changed.set()
+
+    async def until(self, names: list[str], timeout: float) -> None:
+        deadline = time.perf_counter() + timeout
+        while not all(n in self.placed for n in names):
+            self.changed.clear()
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                missing = [n for n in names if n not in self.placed]
+                raise TimeoutError(f"{len(missing)} streams not Placed, e.g. {missing[:3]}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+
+
+async def apply_all(kube: Kube, objs: list[dict[str, Any]]) -> dict[str, float]:
+    """Create one after another (kubectl apply); when each create returned."""
+    done: dict[str, float] = {}
+    for obj in objs:
+        await asyncio.to_thread(kube.apply, obj, None)
+        done[obj["metadata"]["name"]] = time.perf_counter()
+    return done
+
+
+async def start(memo: kopf.Memo) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        kopf.operator(clusterwide=True, standalone=True, memo=memo, stop_flag=stop)
+    )
+    return stop, task
+
+
+async def stop_operator(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stop.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+
+
+def api_client(connections: int = 32) -> client.ApiClient:
+    configuration = client.Configuration(host=EMULATOR_URL["url"])
+    configuration.connection_pool_maxsize = connections
+    return client.ApiClient(configuration)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(7)
+    kube = Kube(api_client())
+    with ThreadPoolExecutor(16) as pool:
+        nodes = [node(f"gpu-{i:03d}", gpus=args.gpus) for i in range(args.nodes)]
+        list(pool.map(lambda n: kube.apply(n, None), nodes))
+    watcher = Watcher()
+    watch_task = asyncio.create_task(watcher.run())
+    settings = OperatorSettings()
+    memo = kopf.Memo(api_client=api_client(), settings=settings, stats=PlanStats())
+    stop, task = await start(memo)
+    result: dict[str, Any] = {"nodes": args.nodes, "gpus_per_node": args.gpus}
+    try:
+        while memo.stats.plans < 1:  # the start-up plan (empty)
+            await asyncio.sleep(0.05)
+
+        # 1. A burst onto empty GPUs.
+        burst = [fleet_stream(i, rng) for i in range(args.burst)]
+        plans0, t0 = memo.stats.plans, time.perf_counter()
+        created = await apply_all(kube, burst)
+        applied_s = time.perf_counter() - t0
+        await watcher.until(list(created), timeout=600)
+        latency = [watcher.placed[n] - t for n, t in created.items()]
+        while memo.stats.last is None or memo.stats.last.placed < len(burst):
+            await asyncio.sleep(0.05)  # the plan counter moves after its statuses
+        result["burst"] = {
+            "streams": len(burst),
+            "apply_seconds": round(applied_s, 2),
+            "all_placed_seconds": round(max(watcher.placed.values()) - t0, 2),
+            "latency_p50_s": round(pct(latency, 0.5), 3),
+            "latency_p99_s": round(pct(latency, 0.99), 3),
+            "latency_max_s": round(max(latency), 3),
+            "plans": memo.stats.plans - plans0,
+        }
+        print("burst", result["burst"], flush=True)
+
+        # 2. Steady arrivals onto the placed burst.
+        arrivals = [fleet_stream(i, rng) for i in range(args.burst, args.burst + args.arrivals)]
+        created = {}
+        for obj in arrivals:
+            began = time.perf_counter()
+            created |= await apply_all(kube, [obj])
+            await asyncio.sleep(max(0.0, 1 / args.rate - (time.perf_counter() - began)))
+        await watcher.until(list(created), timeout=120)
+        latency = [watcher.placed[n] - t for n, t in created.items()]
+        result["arrivals"] = {
+            "fleet": args.burst,
+            "streams": len(arrivals),
+            "rate_per_s": args.rate,
+            "latency_p50_s": round(pct(latency, 0.5), 3),
+            "latency_p99_s": round(pct(latency, 0.99), 3),
+            "latency_max_s": round(max(latency), 3),
+        }
+        print("arrivals", result["arrivals"], flush=True)
+
+    finally:
+        await stop_operator(stop, task)
+        watch_task.cancel()
+    return result
+
+
+def previous_state(args: argparse.Namespace, rng: random.Random) -> list[dict[str, Any]]:
+    """The cluster as an operator leaves it after placing ``--fleet`` streams (no pods)."""
+    settings = OperatorSettings()
+    nodes = [node(f"gpu-{i:03d}", gpus=args.gpus) for i in range(args.nodes)]
+    raw = [fleet_stream(i, rng) for i in range(args.fleet)]
+    streams, _ = parse_streams(raw)
+    now = datetime.now(UTC)
+    result = plan(streams, cluster_from_nodes(nodes, settings), [], settings.planner())
+    desired = desired_state(streams, result, {}, settings, now)
+    for obj, parsed in zip(raw, streams, strict=True):
+        status = desired.statuses[(parsed.namespace, parsed.name)]
+        status = serving_status(status, parsed, Rollout(), {}, settings=settings, now=now)
+        obj["status"] = InferenceStreamStatus.model_validate(status).to_wire()
+    return [*nodes, *raw, *desired.schedules, *desired.objects]
+
+
+async def fleet_run(args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(11)
+    kube = Kube(api_client())
+    result: dict[str, Any] = {}
+    # 3. A restarted operator's first reconcile re-plans the whole fleet; then one more.
+    controller = Controller(Kube(api_client()), OperatorSettings(leader_election=False))
+    timings = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        report = await asyncio.to_thread(controller.reconcile)
+        timings.append((time.perf_counter() - t0, report))
+    settings = OperatorSettings()
+    t0 = time.perf_counter()
+    streams, _ = kube.list_streams()
+    nodes = kube.list_objects("Node")
+    schedules = kube.list_schedules()
+    read = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    plan(
+        streams,
+        cluster_from_nodes(nodes, settings),
+        [],
+        settings.planner(),
+        previous=plan_from_schedules(schedules, settings.tick_hz),
+    )
+    planning = time.perf_counter() - t0
+    (cold, first), (warm, second) = timings
+    result["replan"] = {
+        "streams": first.streams,
+        "placed": first.placed,
+        "gpus_used": len(first.plan.gpus) if first.plan else 0,
+        "restart_reconcile_seconds": round(cold, 2),
+        "event_reconcile_seconds": round(warm, 2),
+        "of_which_reading_streams_nodes_schedules_s": round(read, 2),
+        "of_which_planning_s": round(planning, 2),
+        "writes": first.written + second.written,
+        "deletions": first.deleted + second.deleted,
+        "moves": len(first.moves) + len(second.moves),
+        "streams_skipped_as_unchanged": second.unchanged,
+    }
+    print("replan", result["replan"], flush=True)
+    controller.pool.shutdown()
+
+    if not args.singles:
+        return result
+    # 4. Arrivals on the fleet through the running operator.
+    watcher = Watcher()
+    watch_task = asyncio.create_task(watcher.run())
+    memo = kopf.Memo(api_client=api_client(), settings=settings, stats=PlanStats())
+    stop, task = await start(memo)
+    try:
+        # kopf takes over 10k streams it has not seen (finalizers, its annotations): let
+        # that settle, as after a first install, before timing anything.
+        t0, last = time.perf_counter(), -1
+        while memo.stats.plans != last or memo.stats.plans < 1:
+            last = memo.stats.plans
+            await asyncio.sleep(5)
+        result["takeover_seconds"] = round(time.perf_counter() - t0, 1)
+        latency = []
+        for i in range(args.fleet, args.fleet + args.singles):
+            obj = fleet_stream(i, rng)
+            created = await apply_all(kube, [obj])
+            await watcher.until(list(created), timeout=120)
+            name = obj["metadata"]["name"]
+            latency.append(watcher.placed[name] - created[name])
+            await asyncio.sleep(0.5)
+        result["arrivals_on_fleet"] = {
+            "fleet": args.fleet,
+            "streams": args.singles,
+            "latency_p50_s": round(statistics.median(latency), 3),
+            "latency_max_s": round(max(latency), 3),
+        }
+        print("arrivals_on_fleet", result["arrivals_on_fleet"], flush=True)
+    finally:
+        await stop_operator(stop, task)
+        watch_task.cancel()
+    return result
+
+
+@contextlib.contextmanager
+def apiserver(preload: str | None = None) -> Iterator[str]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.operator.apiserver", *([preload] if preload else [])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        yield server.stdout.readline().strip()
+    finally:
+        server.stdin.close()
+        server.wait(30)
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--fleet", type=int, default=10000)
+    parser.add_argument("--arrivals", type=int, default=60)
+    parser.add_argument("--rate", type=float, default=2.0, help="arrivals per second")
+    parser.add_argument("--singles", type=int, default=0)
+    parser.add_argument("--json", help="write the results here as well")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    result: dict[str, Any] = {"nodes": args.nodes, "gpus_per_node": args.gpus}
+    with apiserver() as url:
+        EMULATOR_URL["url"] = url
+        result |= asyncio.run(main(args))
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as preload:
+        json.dump(previous_state(args, random.Random(11)), preload)
+        preload.flush()
+        with apiserver(preload.name) as url:
+            EMULATOR_URL["url"] = url
+            result |= asyncio.run(fleet_run(args))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    cli()
