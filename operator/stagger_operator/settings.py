@@ -1,4 +1,5 @@
-"""Operator settings: environment variables ``STAGGER_*`` (the Helm chart sets them)."""
+"""Operator settings: flags (``python -m stagger_operator --help``) and environment
+variables ``STAGGER_*`` (the Helm chart sets them); flags win."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ GpuBinding = Literal["visible-devices", "dra", "resource", "none"]
 
 
 class OperatorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STAGGER_", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="STAGGER_",
+        frozen=True,
+        cli_prog_name="stagger-operator",
+        cli_kebab_case=True,  # --utilization-cap 0.8; flags override the environment
+    )
 
     utilization_cap: float = Field(default=0.9, gt=0, le=1)
     guard_ms: float = Field(default=0.0, ge=0)
@@ -66,6 +72,9 @@ class OperatorSettings(BaseSettings):
     lease_namespace: str = "stagger-system"  # the chart sets the operator's own namespace
     lease_duration_s: int = Field(default=15, ge=1)
     identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    health_address: str = "0.0.0.0:8080"
+    """Where the liveness endpoint (/healthz) listens; the kubelet probes it on the pod IP."""
+    log_format: Literal["json", "plain"] = "json"
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty: all."""
 

@@ -1,0 +1,32 @@
+"""``python -m stagger_operator [flags]`` (also ``stagger-operator``): run the operator.
+
+Settings come from flags and ``STAGGER_*`` environment variables (flags win); see
+``--help`` and docs/operations.md. kopf's peering is off: one planner is chosen by the
+Lease (``--leader-election``), not by kopf.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import kopf
+
+from stagger_operator import handlers  # noqa: F401  (registers the handlers)
+from stagger_operator.settings import OperatorSettings
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = OperatorSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(log_format=log_format)
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=f"http://{settings.health_address}/healthz",
+        memo=kopf.Memo(settings=settings),
+    )
+
+
+if __name__ == "__main__":
+    main()

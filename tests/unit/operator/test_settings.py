@@ -1,0 +1,35 @@
+"""Operator settings from flags and the environment (flags win)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from stagger_operator.settings import OperatorSettings
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAGGER_UTILIZATION_CAP", "0.7")
+    monkeypatch.setenv("STAGGER_GPU_BINDING", "resource")
+    s = OperatorSettings(_cli_parse_args=["--gpu-binding", "dra", "--namespaces", '["a","b"]'])
+    assert (s.utilization_cap, s.gpu_binding, s.namespaces) == (0.7, "dra", ["a", "b"])
+
+
+def test_a_bad_setting_is_refused_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAGGER_MAX_MOVES", "0")
+    with pytest.raises(ValidationError, match="max_moves"):
+        OperatorSettings()
+
+
+def test_the_entry_point_lists_its_flags() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "stagger_operator", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in ("--utilization-cap", "--gpu-binding", "--max-moves", "--health-address"):
+        assert flag in out
