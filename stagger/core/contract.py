@@ -7,7 +7,7 @@ kubelet's ConfigMap propagation, so no two sidecars ever run different tables.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from pydantic import Field
 
@@ -34,13 +34,3 @@ class SlotAssignment(Wire):
     body_ticks: int = Field(gt=0)
     generation: int = Field(ge=1)
     effective_at: datetime
-
-    def slot_start(self, n: int) -> datetime:
-        """Start of the n-th slot after the epoch (n may be negative)."""
-        ticks = self.offset_ticks + n * self.period_ticks
-        return self.epoch + timedelta(seconds=ticks / self.tick_hz)
-
-    def next_slot_index(self, at: datetime) -> int:
-        """Index of the first slot starting at or after ``at``."""
-        elapsed_ticks = (at - self.epoch).total_seconds() * self.tick_hz - self.offset_ticks
-        return -int(-elapsed_ticks // self.period_ticks)
