@@ -10,13 +10,20 @@ from __future__ import annotations
 import sys
 
 import kopf
+from pydantic import ValidationError
 
 from stagger_operator import handlers  # noqa: F401  (registers the handlers)
 from stagger_operator.settings import OperatorSettings
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = OperatorSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    try:
+        settings = OperatorSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    except ValidationError as e:  # one line per bad setting, no traceback
+        for err in e.errors(include_url=False):
+            name = ".".join(str(x) for x in err["loc"])
+            print(f"stagger-operator: {name}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(log_format=log_format)
     kopf.run(

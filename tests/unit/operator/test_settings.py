@@ -33,3 +33,16 @@ def test_the_entry_point_lists_its_flags() -> None:
     ).stdout
     for flag in ("--utilization-cap", "--gpu-binding", "--max-moves", "--health-address"):
         assert flag in out
+
+
+def test_the_entry_point_refuses_a_bad_setting_in_one_line_per_problem() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "stagger_operator", "--max-moves", "0", "--gpu-binding", "x"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in run.stderr
+    assert lines[0].startswith("stagger-operator: ") and any("max_moves" in x for x in lines)
