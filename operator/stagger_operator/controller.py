@@ -294,12 +294,17 @@ class Controller:
                     deleted += 1
         return deleted
 
-    def pod_changed(self, namespace: str, name: str, pod: Obj | None) -> None:
-        """A pod's watch event (None: deleted); keeps readiness current between resyncs."""
+    def pod_changed(self, namespace: str, name: str, pod: Obj | None) -> bool:
+        """A pod's watch event (None: deleted); keeps readiness current between resyncs.
+        True when the pod's readiness changed (pod status churns far more often)."""
+        key = (namespace, name)
+        before = self.pods.get(key)
         if pod is None:
-            self.pods.pop((namespace, name), None)
-        else:
-            self.pods[(namespace, name)] = ready_units([pod])
+            self.pods.pop(key, None)
+            return bool(before)
+        now = ready_units([pod])
+        self.pods[key] = now
+        return before != now
 
     def _parse(
         self, raw: list[Obj], signatures: dict[tuple[str, str], str]

@@ -20,7 +20,6 @@ from kubernetes import client, config
 from stagger_operator.controller import Controller, Report
 from stagger_operator.kube import Kube
 from stagger_operator.observe import Snapshot, observe, parse
-from stagger_operator.rollout import ready_units
 from stagger_operator.scrape import fetch, targets
 from stagger_operator.settings import OperatorSettings
 
@@ -57,7 +56,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.wake = asyncio.Event()
     memo.setdefault("stats", PlanStats())
     memo.node_signatures = {}
-    memo.pod_signatures = {}
     memo.scrape_task = asyncio.create_task(_scrape_loop(memo))
     memo.leader = not memo.settings.leader_election
     memo.loop_task = asyncio.create_task(_planner_loop(memo))
@@ -112,14 +110,8 @@ async def pod_event(
     name: str, namespace: str | None, body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
     # A shard's pod turning Ready (or not) decides Running/Degraded and ends moves.
-    key = (namespace, name)
-    memo.controller.pod_changed(namespace or "", name, None if type == "DELETED" else dict(body))
-    signature = None if type == "DELETED" else ready_units([dict(body)])
-    if memo.pod_signatures.get(key) != signature:
-        if signature is None:
-            memo.pod_signatures.pop(key, None)
-        else:
-            memo.pod_signatures[key] = signature
+    pod = None if type == "DELETED" else dict(body)
+    if memo.controller.pod_changed(namespace or "", name, pod):
         memo.wake.set()
 
 
