@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from stagger.core.api import InferenceStream, ModelProfile
 from stagger.core.cluster import Cluster
+from stagger.core.contract import SlotAssignment
 from stagger.core.slots import Slot
 
 
@@ -99,3 +101,33 @@ def brute_force_overlaps(slots: Sequence[Slot]) -> bool:
                     return True
                 busy[t % hyper] = 1
     return False
+
+
+def slot_contract(
+    stream: str = "cam",
+    *,
+    period_ms: float = 100.0,
+    offset_ms: float = 30.0,
+    body_ms: float = 5.0,
+    generation: int = 1,
+    effective_at: float = 0.0,
+    namespace: str = "ns",
+    shard: int = 0,
+) -> SlotAssignment:
+    """A slot contract on a 1 MHz tick with its epoch at Unix time 0."""
+    unix0 = datetime.fromtimestamp(0, UTC)
+    return SlotAssignment(
+        stream=stream,
+        namespace=namespace,
+        shard=shard,
+        shards=shard + 1,
+        node="node-a",
+        gpu_index=0,
+        tick_hz=1_000_000,
+        epoch=unix0,
+        period_ticks=round(period_ms * 1000),
+        offset_ticks=round(offset_ms * 1000),
+        body_ticks=round(body_ms * 1000),
+        generation=generation,
+        effective_at=datetime.fromtimestamp(effective_at, UTC),
+    )

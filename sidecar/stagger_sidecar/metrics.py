@@ -76,6 +76,19 @@ class GateMetrics:
         self.achieved_fps = Gauge(
             t.ACHIEVED_FPS, "Inferences completed per second, last window.", labels, registry=r
         )
+        self.slot_generation = Gauge(
+            t.SLOT_GENERATION,
+            "Generation of the slot contract in force.",
+            ["namespace", "stream"],
+            registry=r,
+        )
+        self.slot_file_errors = Counter(
+            _base(t.SLOT_FILE_ERRORS),
+            "Slot files that could not be read or parsed (the last good contract stays).",
+            ["file"],
+            registry=r,
+        )
+        self.triton_up = Gauge(t.TRITON_UP, "1 when Triton answers ready.", registry=r)
 
     def completed(self, key: StreamKey, *, wait_s: float, service_s: float, late: bool) -> None:
         labels = key.labels()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from stagger.core.contract import SlotAssignment
+if TYPE_CHECKING:  # only attributes are read: apps import this module without pydantic
+    from stagger.core.contract import SlotAssignment
 
 
 @dataclass(frozen=True)

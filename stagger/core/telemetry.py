@@ -17,7 +17,8 @@ DROPPED = "stagger_frames_dropped_total"
 LATE = "stagger_frames_late_total"
 """Requests forwarded after their slot had passed (counter)."""
 SLOT_MISSES = "stagger_slot_misses_total"
-"""Slots that a released inference overran: Triton took longer than the slot's body (counter)."""
+"""Released inferences that overran their slot: the answer came after the stream's next slot
+began (counter)."""
 GATE_WAIT = "stagger_gate_wait_seconds"
 """Time a request waited at the gate for its slot (histogram)."""
 SERVICE = "stagger_triton_service_seconds"
@@ -28,6 +29,13 @@ BODY = "stagger_body_seconds"
 """Body time measured from Triton's statistics (compute_infer per inference; gauge)."""
 ACHIEVED_FPS = "stagger_achieved_fps"
 """Inferences completed per second over the last window (gauge)."""
+
+SLOT_GENERATION = "stagger_slot_generation"
+"""Generation of the slot contract in force, per stream (gauge)."""
+SLOT_FILE_ERRORS = "stagger_slot_file_errors_total"
+"""Slot files that could not be read or parsed; the last good contract stays (counter)."""
+TRITON_UP = "stagger_triton_up"
+"""1 when Triton answers ready, else 0 (gauge)."""
 
 DROP_REASON = "reason"
 

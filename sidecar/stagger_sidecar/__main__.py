@@ -1,0 +1,67 @@
+"""``stagger-sidecar gate [flags]`` (also ``python -m stagger_sidecar``): run the gate in
+front of Triton. Settings come from flags and ``STAGGER_*`` variables (flags win); see
+``stagger-sidecar gate --help`` and docs/sidecar.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from pydantic import ValidationError
+from pythonjsonlogger.json import JsonFormatter
+
+from stagger_sidecar.app import Sidecar
+from stagger_sidecar.settings import GateSettings
+
+USAGE = "usage: stagger-sidecar gate [--help] [flags]"
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(
+            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", timestamp=False)
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+async def run_gate(settings: GateSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sidecar = await Sidecar(settings).start()
+    await stop.wait()
+    logging.getLogger("stagger.sidecar").info(
+        "stopping: draining in-flight requests", extra={"inflight": sidecar.keeper.inflight}
+    )
+    await sidecar.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in ("gate",):
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        settings = GateSettings(_cli_parse_args=args[1:])
+    except ValidationError as e:  # one line per bad setting, no traceback
+        for err in e.errors(include_url=False):
+            name = ".".join(str(x) for x in err["loc"]) or "settings"
+            print(f"stagger-sidecar: {name}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        asyncio.run(run_gate(settings))
+    except OSError as e:  # a listener could not bind: say which, no traceback
+        print(f"stagger-sidecar: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The gate process: HTTP and gRPC proxies in front of Triton, the slot-file watcher, Triton's
+readiness and statistics, and the metrics listener. ``Sidecar.start()`` binds everything
+and returns; ``stop()`` drains in-flight requests first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from stagger_sidecar.gate import Gate
+from stagger_sidecar.grpc_proxy import CHANNEL_OPTIONS, UNLIMITED, GrpcProxy
+from stagger_sidecar.http_proxy import HttpProxy
+from stagger_sidecar.keeper import Keeper
+from stagger_sidecar.metrics import GateMetrics, StreamKey
+from stagger_sidecar.settings import GateSettings, split_address
+from stagger_sidecar.slotfile import SlotFiles
+from stagger_sidecar.upstream import ComputeTotals, Upstream, body_times, compute_totals
+
+log = logging.getLogger("stagger.sidecar")
+
+
+class Sidecar:
+    def __init__(
+        self,
+        settings: GateSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = GateMetrics(registry)
+        self.gate = Gate(settings.gate_config(), default=settings.stream)
+        self.keeper = Keeper(
+            self.gate, self.metrics, max_inflight=settings.max_inflight, clock=clock
+        )
+        self.files = SlotFiles(settings.slot_file)
+        self.ports: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runners: list[web.BaseRunner] = []
+        self._grpc: grpc.aio.Server | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._fps_before: Counter[StreamKey] = Counter()
+        self._stats_before: dict[str, ComputeTotals] = {}
+
+    # -- readiness -----------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        if self.keeper.closing:
+            return False, "shutting down"
+        if not self.upstream.ready:
+            return False, self.upstream.reason
+        now = self.clock()
+        waiting = [n for n, g in self.gate.streams.items() if g.timetable.clock(now) is None]
+        if waiting or not self.gate.streams:
+            return False, f"no slot contract yet for {', '.join(waiting) or 'any stream'}"
+        return True, ""
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> Sidecar:
+        s = self.settings
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.max_inflight, keepalive_timeout=30),
+            auto_decompress=False,  # bodies pass through as the app and Triton wrote them
+            skip_auto_headers=("Accept-Encoding", "Content-Type", "User-Agent"),
+        )
+        if s.triton_grpc:
+            self._channel = grpc.aio.insecure_channel(s.triton_grpc, options=CHANNEL_OPTIONS)
+        self.upstream = Upstream(http=s.triton_http, channel=self._channel, session=self._session)
+        self.poll_slot_files()
+        await self.upstream.check()
+
+        http = HttpProxy(
+            self.keeper, self.upstream, timeout_s=s.upstream_timeout_s, ready=self.ready
+        )
+        self.ports["http"] = await self._listen(web.Server(http.handle), s.http_address)
+        metrics = web.Application()
+        metrics.router.add_get("/metrics", self._metrics)
+        self.ports["metrics"] = await self._listen(metrics, s.metrics_address)
+        if self._channel is not None:
+            self._grpc = grpc.aio.server(options=UNLIMITED)
+            proxy = GrpcProxy(
+                self.keeper, self.upstream, self._channel, timeout_s=s.upstream_timeout_s
+            )
+            self._grpc.add_generic_rpc_handlers([proxy])
+            port = self._grpc.add_insecure_port(s.grpc_address)
+            if not port:
+                raise OSError(f"cannot listen on {s.grpc_address} (gRPC)")
+            self.ports["grpc"] = port
+            await self._grpc.start()
+
+        self._spawn(self.upstream.watch(lambda ok: self.metrics.triton_up.set(int(ok))))
+        self._spawn(self._every(s.slot_poll_s, self.poll_slot_files))
+        self._spawn(self._every(s.stats_interval_s, self.sample_statistics))
+        log.info(
+            "stagger-sidecar listening",
+            extra={
+                "http": s.http_address,
+                "grpc": s.grpc_address if self._grpc else None,
+                "metrics": s.metrics_address,
+                "ports": self.ports,
+                "triton_http": s.triton_http,
+                "triton_grpc": s.triton_grpc,
+                "policy": str(s.policy),
+            },
+        )
+        return self
+
+    async def _listen(self, handler: web.Server | web.Application, address: str) -> int:
+        runner: web.BaseRunner
+        if isinstance(handler, web.Application):
+            runner = web.AppRunner(handler, access_log=None)
+        else:
+            runner = web.ServerRunner(handler, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        host, port = split_address(address)
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        sockets = runner.addresses
+        return int(sockets[-1][1]) if sockets else port
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(coro))
+
+    async def _every(self, interval_s: float, work: Callable[[], object]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                result = work()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # one bad round must not stop the loop
+                log.exception("periodic task failed")
+
+    async def stop(self) -> None:
+        """Refuse new requests, let in-flight ones finish (``drain_timeout_s``), close."""
+        drained = await self.keeper.drain(self.settings.drain_timeout_s)
+        if not drained:
+            log.warning("drain timed out", extra={"inflight": self.keeper.inflight})
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        for runner in self._runners:
+            await runner.cleanup()
+        if self._channel is not None:
+            await self._channel.close()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- periodic work -------------------------------------------------------------------
+
+    def poll_slot_files(self) -> None:
+        contracts, problems = self.files.poll()
+        now = self.clock()
+        for contract in contracts:
+            expected = self.settings.stream
+            if expected and not self.files.path.is_dir() and contract.stream != expected:
+                log.error(
+                    "slot file names another stream; keeping the last good contract",
+                    extra={
+                        "file": str(self.files.path),
+                        "stream": contract.stream,
+                        "expected": expected,
+                    },
+                )
+                self.metrics.slot_file_errors.labels(file=str(self.files.path)).inc()
+                continue
+            self.gate.load(contract, now)
+            log.info(
+                "slot contract read",
+                extra={
+                    "stream": contract.stream,
+                    "generation": contract.generation,
+                    "effective_at": contract.effective_at.isoformat(),
+                    "offset_ticks": contract.offset_ticks,
+                    "period_ticks": contract.period_ticks,
+                },
+            )
+        for problem in problems:
+            log.error(problem.message, extra={"file": str(problem.file)})
+            self.metrics.slot_file_errors.labels(file=str(problem.file)).inc()
+        for name, g in self.gate.streams.items():
+            current = g.timetable.at(now).current
+            if current is not None:
+                self.metrics.slot_generation.labels(g.namespace, name).set(current.generation)
+
+    async def sample_statistics(self) -> None:
+        """Body time per model from Triton, and achieved fps per stream, over the window."""
+        window = self.settings.stats_interval_s
+        done = Counter(self.keeper.completions)
+        for key in done | self._fps_before:
+            fps = (done[key] - self._fps_before[key]) / window
+            self.metrics.achieved_fps.labels(**key.labels()).set(fps)
+        self._fps_before = done
+        try:
+            totals = compute_totals(await self.upstream.statistics())
+        except (aiohttp.ClientError, TimeoutError, grpc.aio.AioRpcError, ValueError) as e:
+            log.debug("Triton statistics unavailable: %s", e)
+            return
+        bodies = body_times(self._stats_before, totals)
+        self._stats_before = totals
+        for key in done:
+            if key.model in bodies:
+                self.metrics.body.labels(**key.labels()).set(bodies[key.model])
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

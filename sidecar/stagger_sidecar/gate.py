@@ -1,0 +1,206 @@
+"""The gate: when each inference request of a stream may go to Triton. Pure: the caller
+passes the time (Unix seconds on the node's clock) and does the waiting.
+
+A request takes the stream's next free slot: the first slot starting at or after its
+arrival (or up to ``grace`` before it, so an app that captured its frame at the slot start
+is released at once) and after the last slot this stream took. Two conditions call for
+the stream's policy:
+
+- **busy**: an earlier request of the stream is still waiting or in flight;
+- **late**: its slot starts more than ``max_wait`` after it arrived.
+
+============  =====================================  ==================================
+policy        busy                                   late
+============  =====================================  ==================================
+``wait``      queue for the next free slot           forward at ``max_wait``, ungated
+              (at most ``max_queue`` per stream)
+``drop``      refuse (reason ``busy``)               refuse (reason ``late``)
+``pass``      forward at once, ungated               forward at once, ungated
+============  =====================================  ==================================
+
+Without ``max_wait`` a request that finds its stream idle waits at most one period.
+Requests forwarded outside a slot are counted late.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from stagger.core.contract import SlotAssignment
+from stagger.core.slotclock import Timetable
+
+
+class Policy(StrEnum):
+    WAIT = "wait"
+    DROP = "drop"
+    PASS = "pass"
+
+
+class Reason(StrEnum):
+    """Why a request was refused (the ``reason`` label of the dropped counter)."""
+
+    BUSY = "busy"
+    LATE = "late"
+    QUEUE_FULL = "queue_full"
+    NO_SLOT = "no_slot"
+    UNKNOWN_STREAM = "unknown_stream"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    SHUTTING_DOWN = "shutting_down"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    policy: Policy = Policy.WAIT
+    max_wait_s: float | None = None
+    grace_s: float = 0.002
+    max_queue: int = 4
+
+
+@dataclass(frozen=True)
+class Release:
+    """Forward the request at ``at``. ``slot`` is the start of the slot it took (None when
+    it goes ungated), ``period`` that slot's period, ``arrived`` when the gate saw it."""
+
+    at: float
+    arrived: float
+    slot: float | None
+    period: float
+    late: bool
+
+    @property
+    def wait(self) -> float:
+        return max(0.0, self.at - self.arrived)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: Reason
+    message: str
+
+
+@dataclass
+class StreamGate:
+    """One stream's slot timetable and what it has taken."""
+
+    name: str
+    config: GateConfig
+    namespace: str = ""
+    shard: int = 0
+    timetable: Timetable = field(default_factory=Timetable)
+    last_slot: float = -math.inf
+    pending: int = 0  # admitted and not yet finished: waiting or in flight
+
+    def load(self, contract: SlotAssignment, now: float) -> None:
+        self.timetable = self.timetable.with_contract(contract, now)
+        self.namespace, self.shard = contract.namespace, contract.shard
+
+    def clock_document(self, now: float, count: int) -> dict[str, object] | None:
+        """The slot clock as apps read it: the next slot starts and the clock parameters to
+        compute later ones (``stagger.client``), with any contract that takes over later."""
+        table = self.timetable.at(now)
+        clock = table.clock(now)
+        if clock is None or table.current is None:
+            return None
+
+        def params(c: SlotAssignment) -> dict[str, object]:
+            return {
+                "epoch": c.epoch.timestamp(),
+                "tickHz": c.tick_hz,
+                "periodTicks": c.period_ticks,
+                "offsetTicks": c.offset_ticks,
+                "bodyTicks": c.body_ticks,
+                "generation": c.generation,
+                "effectiveAt": c.effective_at.timestamp(),
+            }
+
+        return {
+            "stream": self.name,
+            "namespace": self.namespace,
+            "shard": self.shard,
+            "now": now,
+            "periodS": clock.period_s,
+            "bodyS": clock.body_s,
+            "next": clock.next_starts(now, count),
+            "clock": params(table.current),
+            "pending": params(table.pending) if table.pending is not None else None,
+        }
+
+    def admit(self, now: float) -> Release | Refusal:
+        clock = self.timetable.clock(now)
+        if clock is None:
+            return Refusal(Reason.NO_SLOT, f"stream {self.name} has no slot assignment yet")
+        policy = self.config.policy
+        if self.pending and policy is Policy.DROP:
+            return Refusal(
+                Reason.BUSY, f"stream {self.name}: the previous request is still in flight"
+            )
+        if self.pending and policy is Policy.PASS:
+            return self._take(Release(now, now, None, clock.period_s, late=True))
+        if self.pending >= self.config.max_queue:
+            return Refusal(
+                Reason.QUEUE_FULL,
+                f"stream {self.name}: {self.pending} requests already wait for slots "
+                f"(max {self.config.max_queue}); the app sends faster than the stream's fps",
+            )
+        earliest = max(now - self.config.grace_s, math.nextafter(self.last_slot, math.inf))
+        slot = clock.start(clock.index_at_or_after(earliest))
+        limit = self.config.max_wait_s
+        if limit is not None and slot - now > limit:
+            if policy is Policy.DROP:
+                return Refusal(
+                    Reason.LATE,
+                    f"stream {self.name}: the next free slot is {(slot - now) * 1e3:.1f} ms away, "
+                    f"beyond maxWaitMs {limit * 1e3:g}",
+                )
+            at = now if policy is Policy.PASS else now + limit
+            return self._take(Release(at, now, None, clock.period_s, late=True))
+        self.last_slot = slot
+        return self._take(Release(max(slot, now), now, slot, clock.period_s, late=False))
+
+    def _take(self, release: Release) -> Release:
+        self.pending += 1
+        return release
+
+    def finish(self, release: Release, now: float) -> bool:
+        """The request's response is back. True when it overran its slot: it finished
+        after the stream's next slot began."""
+        self.pending = max(0, self.pending - 1)
+        return release.slot is not None and now > release.slot + release.period
+
+
+class Gate:
+    """Every stream this sidecar gates, by name; ``default`` serves requests that name none."""
+
+    def __init__(self, config: GateConfig, default: str | None = None) -> None:
+        self.config = config
+        self.default = default
+        self.streams: dict[str, StreamGate] = {}
+        if default is not None:  # known before its slot file is read: "no slot yet", not unknown
+            self.streams[default] = StreamGate(default, config)
+
+    def load(self, contract: SlotAssignment, now: float) -> StreamGate:
+        gate = self.streams.get(contract.stream)
+        if gate is None:
+            gate = self.streams[contract.stream] = StreamGate(contract.stream, self.config)
+        gate.load(contract, now)
+        return gate
+
+    def resolve(self, named: str | None) -> StreamGate | Refusal:
+        """The stream a request belongs to: the one it names, else the default."""
+        name = named or self.default
+        if name is None:
+            if len(self.streams) == 1:
+                return next(iter(self.streams.values()))
+            return Refusal(
+                Reason.UNKNOWN_STREAM,
+                "this sidecar gates several streams: name one in the stagger-stream "
+                f"header or metadata (one of {', '.join(sorted(self.streams))})",
+            )
+        gate = self.streams.get(name)
+        if gate is None:
+            known = ", ".join(sorted(self.streams)) or "none yet"
+            return Refusal(Reason.UNKNOWN_STREAM, f"unknown stream {name!r} (known: {known})")
+        return gate

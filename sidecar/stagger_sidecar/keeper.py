@@ -1,0 +1,146 @@
+"""Where the pure gate meets time: admits a request, waits for its release, and accounts
+for it when its answer is back. Shared by the HTTP and gRPC proxies.
+
+Everything the sidecar holds is bounded: requests per stream (the gate's queue), requests in
+all (``max_inflight``), and waiting is cancelled with the app's request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from stagger_sidecar.gate import Gate, Reason, Refusal, Release, StreamGate
+from stagger_sidecar.metrics import GateMetrics, StreamKey
+
+MAX_MODELS_PER_STREAM = 32
+"""Distinct model labels per stream; further names (an app's typos) share "other"."""
+
+
+class Refused(Exception):
+    """The sidecar answers this request itself, with ``reason`` and ``message``."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class Ticket:
+    gate: StreamGate
+    release: Release
+    key: StreamKey
+    released: float  # when it was actually forwarded
+
+
+class Keeper:
+    def __init__(
+        self,
+        gate: Gate,
+        metrics: GateMetrics,
+        *,
+        max_inflight: int,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.gate = gate
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        self.clock = clock
+        self.sleep = sleep
+        self.inflight = 0
+        self.closing = False
+        self.completions: Counter[StreamKey] = Counter()
+        self.models: dict[str, set[str]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _enter(self) -> None:
+        if self.closing:
+            raise Refused(Reason.SHUTTING_DOWN, "the sidecar is shutting down")
+        if self.inflight >= self.max_inflight:
+            raise Refused(
+                Reason.QUEUE_FULL, f"the sidecar holds {self.inflight} requests (its maximum)"
+            )
+        self.inflight += 1
+        self._idle.clear()
+
+    def _exit(self) -> None:
+        self.inflight -= 1
+        if not self.inflight:
+            self._idle.set()
+
+    def _model_label(self, stream: str, model: str) -> str:
+        seen = self.models.setdefault(stream, set())
+        if model in seen or len(seen) < MAX_MODELS_PER_STREAM:
+            seen.add(model)
+            return model
+        return "other"
+
+    @asynccontextmanager
+    async def passing(self) -> AsyncIterator[None]:
+        """A call that is not gated (health, metadata, ...): counted for drain and capacity."""
+        self._enter()
+        try:
+            yield
+        finally:
+            self._exit()
+
+    async def admit(self, stream: str | None, model: str) -> Ticket:
+        """Wait for the request's release; raises :class:`Refused` when the gate refuses it."""
+        resolved = self.gate.resolve(stream)
+        if isinstance(resolved, Refusal):  # no metrics: the name is the app's, unbounded
+            raise Refused(resolved.reason, resolved.message)
+        key = StreamKey(
+            resolved.namespace,
+            resolved.name,
+            resolved.shard,
+            self._model_label(resolved.name, model),
+        )
+        self._enter()
+        decision = resolved.admit(self.clock())
+        if isinstance(decision, Refusal):
+            self._exit()
+            self.metrics.refused(key, decision.reason)
+            raise Refused(decision.reason, decision.message)
+        try:
+            delay = decision.at - self.clock()
+            if delay > 0:
+                await self.sleep(delay)
+        except BaseException:  # the app gave up while waiting: free its place
+            resolved.finish(decision, self.clock())
+            self._exit()
+            raise
+        return Ticket(resolved, decision, key, self.clock())
+
+    def done(self, ticket: Ticket, failure: Reason | None = None) -> None:
+        """The answer is back (``failure``: Triton could not give one)."""
+        now = self.clock()
+        missed = ticket.gate.finish(ticket.release, now)
+        self._exit()
+        if failure is not None:
+            self.metrics.refused(ticket.key, failure)
+            return
+        self.completions[ticket.key] += 1
+        self.metrics.completed(
+            ticket.key,
+            wait_s=ticket.released - ticket.release.arrived,
+            service_s=now - ticket.released,
+            late=ticket.release.late,
+        )
+        if missed:
+            self.metrics.missed_slot(ticket.key)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait for those in flight; False if some remain."""
+        self.closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,93 @@
+"""Gate settings: flags (``stagger-sidecar gate --help``) and ``STAGGER_*`` environment
+variables (the operator sets them on the injected container); flags win."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stagger_sidecar.gate import GateConfig, Policy
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return value
+
+
+class GateSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STAGGER_",
+        frozen=True,
+        cli_prog_name="stagger-sidecar gate",
+        cli_kebab_case=True,
+    )
+
+    stream: str | None = None
+    """The stream requests belong to when they name none (the operator sets it)."""
+    namespace: str = "default"
+    """Namespace label for metrics when the slot file does not say."""
+    slot_file: Path = Path("/etc/stagger/slot.json")
+    """The slot contract the operator mounts; a directory gates every ``*.json`` in it
+    (one Triton serving several streams)."""
+    slot_poll_s: float = Field(default=0.2, gt=0)
+    """How often the slot file is checked for a new contract (the kubelet swaps ConfigMap
+    files in place; a stat every 200 ms is cheap and sees it)."""
+
+    triton_http: str | None = "127.0.0.1:8000"
+    triton_grpc: str | None = "127.0.0.1:8001"
+    http_address: str = "0.0.0.0:8800"
+    """Where apps send KServe v2 HTTP; also /healthz, /readyz and the slot clock."""
+    grpc_address: str = "0.0.0.0:8801"
+    metrics_address: str = "0.0.0.0:9400"
+
+    policy: Policy = Policy.WAIT
+    max_wait_ms: float | None = Field(default=None, gt=0)
+    grace_ms: float = Field(default=2.0, ge=0)
+    """A request this soon after a free slot's start takes that slot at once: apps that
+    capture at the slot start arrive a little after it."""
+    max_queue: int = Field(default=4, ge=1)
+    """Requests of one stream waiting or in flight at once (``wait`` policy)."""
+    max_inflight: int = Field(default=1024, ge=1)
+    """Requests the sidecar holds at once, all streams and pass-through calls together."""
+    upstream_timeout_s: float = Field(default=10.0, gt=0)
+    """How long Triton may take to answer before the app gets a timeout error (gRPC: the
+    app's own deadline when it is shorter)."""
+    stats_interval_s: float = Field(default=5.0, gt=0)
+    """How often Triton's statistics are read for body time and achieved fps."""
+    drain_timeout_s: float = Field(default=20.0, ge=0)
+    """On SIGTERM: how long in-flight requests may finish (below the pod's grace period)."""
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator(
+        "http_address", "grpc_address", "metrics_address", "triton_http", "triton_grpc"
+    )
+    @classmethod
+    def _address(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if not v and info.field_name in ("triton_http", "triton_grpc"):
+            return None  # that upstream is not used
+        return _host_port(v or "")
+
+    @model_validator(mode="after")
+    def _some_upstream(self) -> GateSettings:
+        if not self.triton_http and not self.triton_grpc:
+            raise ValueError("set triton_http or triton_grpc (where Triton listens)")
+        return self
+
+    def gate_config(self) -> GateConfig:
+        return GateConfig(
+            policy=self.policy,
+            max_wait_s=self.max_wait_ms / 1e3 if self.max_wait_ms else None,
+            grace_s=self.grace_ms / 1e3,
+            max_queue=self.max_queue,
+        )
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)

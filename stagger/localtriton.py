@@ -1,0 +1,182 @@
+"""A real ``tritonserver`` on this machine, from the nvidia-pytriton wheel: for the sidecar's
+tests, its overhead benchmark, the profiler's tests and the local example.
+
+The wheel bundles the server and the Python backend; the backend's stub for this Python
+version must sit beside the backend library, so the launcher assembles a backend folder
+once (cached) and points the server at it. Everything binds to ``host`` (127.0.0.1 by
+default): the server itself would bind every interface.
+
+Python-backend models run in the stub, an embedded interpreter that ignores PYTHONPATH.
+The launcher passes ``STAGGER_MODEL_PATH`` (this interpreter's site-packages first) and
+model files put it on ``sys.path`` before importing numpy: Triton 2.51's Python backend
+needs numpy < 2.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+MODEL_PATH_ENV = "STAGGER_MODEL_PATH"
+
+
+class TritonUnavailable(RuntimeError):
+    """The bundled server is missing, or it did not become ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wheel_root() -> Path:
+    try:
+        import pytriton  # noqa: PLC0415 (optional dependency)
+    except ImportError as e:
+        raise TritonUnavailable(
+            "tritonserver comes from the nvidia-pytriton wheel: pip install 'stagger[triton]'"
+        ) from e
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def backend_directory(cache: Path | None = None) -> Path:
+    """The wheel's backends with this Python's stub put into ``backends/python``."""
+    root = _wheel_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonUnavailable(
+            f"the nvidia-pytriton wheel has no Python backend stub for {version}"
+        )
+    cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stagger"
+    target = cache / f"triton-backends-{version}-{int(stub.stat().st_mtime)}"
+    if not (target / "python" / stub.name).exists():
+        staging = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(root / "backends", staging)
+        shutil.copy2(stub, staging / "python" / stub.name)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return target
+
+
+def _library_path() -> str:
+    libs = [
+        str(sysconfig.get_config_var("LIBDIR")),  # libpython for the stub
+        str(_wheel_root().parent.parent / "nvidia_pytriton.libs"),
+        os.environ.get("LD_LIBRARY_PATH", ""),
+    ]
+    return os.pathsep.join(p for p in libs if p)
+
+
+@dataclass
+class LocalTriton:
+    """``with LocalTriton(repo) as triton:`` a ready server; ``triton.http`` is ``host:port``."""
+
+    model_repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    model_path: list[str] = field(default_factory=lambda: [sysconfig.get_paths()["purelib"]])
+    env: dict[str, str] = field(default_factory=dict)
+    log_file: Path | None = None
+    ready_timeout_s: float = 60.0
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.http_port = self.http_port or free_port(self.host)
+        self.grpc_port = self.grpc_port or free_port(self.host)
+        self.metrics_port = self.metrics_port or free_port(self.host)
+
+    @property
+    def http(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        return [
+            str(_wheel_root() / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backend_directory()}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=5",
+        ]
+
+    def start(self) -> LocalTriton:
+        env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": _library_path(),
+            MODEL_PATH_ENV: os.pathsep.join(self.model_path),
+            **self.env,
+        }
+        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                self.command(), env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        finally:
+            if self.log_file:
+                log.close()  # type: ignore[union-attr]
+        self.wait_ready()
+        return self
+
+    def ready(self) -> bool:
+        try:
+            url = f"http://{self.http}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return int(r.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise TritonUnavailable(
+                    f"tritonserver exited with {self.process.returncode} before it was ready"
+                    + (f"; see {self.log_file}" if self.log_file else "")
+                )
+            if self.ready():
+                return
+            time.sleep(0.05)  # polling a child process's readiness; no event to wait on
+        self.stop()
+        raise TritonUnavailable(f"tritonserver not ready after {self.ready_timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> LocalTriton:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+../../add_one/1/model.py

@@ -1,0 +1,195 @@
+"""The gate's timing on an injected clock: slots, policies, queue bound, contract switch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stagger.core.slotclock import SlotClock
+from stagger_sidecar.gate import Gate, GateConfig, Policy, Reason, Refusal, Release, StreamGate
+from tests.factories import slot_contract
+
+T = 1_800_000_000.0  # a Unix time; with the contract's epoch at 0, slots are at T + 0.03 + k/10
+CLOCK = SlotClock.of(slot_contract())
+
+
+def near(expected: object) -> object:
+    """Equal to within a microsecond (a relative tolerance is meaningless at Unix times)."""
+    return pytest.approx(expected, abs=1e-6, rel=0)
+
+
+def slot_after(t: float) -> float:
+    return CLOCK.start(CLOCK.index_at_or_after(t))
+
+
+def stream_gate(**config: object) -> StreamGate:
+    g = StreamGate("cam", GateConfig(**config))  # type: ignore[arg-type]
+    g.load(slot_contract(), T)
+    return g
+
+
+def released(decision: Release | Refusal) -> Release:
+    assert isinstance(decision, Release), decision
+    return decision
+
+
+def refused(decision: Release | Refusal) -> Refusal:
+    assert isinstance(decision, Refusal), decision
+    return decision
+
+
+def test_idle_stream_waits_for_the_next_slot() -> None:
+    g = stream_gate()
+    now = T + 0.050  # between the slot at +30 ms and the one at +130 ms
+    r = released(g.admit(now))
+    assert r.at == near(T + 0.130) == r.slot
+    assert r.wait == near(0.080)
+    assert not r.late
+    assert g.pending == 1
+
+
+def test_a_request_just_after_a_slot_start_takes_it_at_once() -> None:
+    g = stream_gate(grace_s=0.002)
+    r = released(g.admit(T + 0.0315))  # 1.5 ms after the slot: a slot-clock app's frame
+    assert r.at == T + 0.0315
+    assert r.slot == near(T + 0.030)
+    assert not r.late
+
+
+def test_past_the_grace_the_request_waits_a_period() -> None:
+    g = stream_gate(grace_s=0.002)
+    r = released(g.admit(T + 0.033))
+    assert r.slot == near(T + 0.130)
+
+
+def test_wait_policy_queues_busy_requests_on_successive_slots_up_to_the_bound() -> None:
+    g = stream_gate(max_queue=3)
+    now = T + 0.050
+    slots = [released(g.admit(now)).slot for _ in range(3)]
+    assert slots == near([T + 0.130, T + 0.230, T + 0.330])
+    full = refused(g.admit(now))
+    assert full.reason is Reason.QUEUE_FULL
+    assert "faster than the stream's fps" in full.message
+
+
+def test_drop_policy_refuses_while_the_previous_request_is_in_flight() -> None:
+    g = stream_gate(policy=Policy.DROP)
+    first = released(g.admit(T + 0.050))
+    busy = refused(g.admit(T + 0.140))
+    assert busy.reason is Reason.BUSY
+    g.finish(first, T + 0.150)
+    again = released(g.admit(T + 0.160))
+    assert again.slot == near(T + 0.230)  # the slot after the one first took
+
+
+def test_pass_policy_forwards_a_busy_request_at_once_and_ungated() -> None:
+    g = stream_gate(policy=Policy.PASS)
+    released(g.admit(T + 0.050))
+    r = released(g.admit(T + 0.060))
+    assert (r.at, r.slot, r.late) == (T + 0.060, None, True)
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcome"),
+    [(Policy.DROP, Reason.LATE), (Policy.PASS, 0.0), (Policy.WAIT, 0.040)],
+)
+def test_a_slot_beyond_max_wait_is_late(policy: Policy, outcome: Reason | float) -> None:
+    g = stream_gate(policy=policy, max_wait_s=0.040)
+    now = T + 0.040  # next slot 90 ms away
+    decision = g.admit(now)
+    if isinstance(outcome, Reason):
+        assert refused(decision).reason is outcome
+        assert "maxWaitMs 40" in refused(decision).message
+        assert g.pending == 0
+    else:
+        r = released(decision)
+        assert r.at == near(now + outcome)
+        assert r.late and r.slot is None
+    within = stream_gate(policy=policy, max_wait_s=0.040)
+    assert released(within.admit(T + 0.100)).slot == near(T + 0.130)  # 30 ms: fine
+
+
+def test_a_request_that_finishes_after_the_next_slot_began_missed_its_slot() -> None:
+    g = stream_gate()
+    r = released(g.admit(T + 0.050))
+    assert not g.finish(r, T + 0.200)  # slot at +130, next at +230
+    r = released(g.admit(T + 0.210))
+    assert g.finish(r, T + 0.331)
+    assert g.pending == 0
+
+
+def test_no_contract_and_unknown_streams_are_refused_clearly() -> None:
+    gate = Gate(GateConfig(), default="cam")
+    cam = gate.resolve(None)
+    assert isinstance(cam, StreamGate)
+    assert refused(cam.admit(T)).reason is Reason.NO_SLOT
+    unknown = gate.resolve("other")
+    assert isinstance(unknown, Refusal) and unknown.reason is Reason.UNKNOWN_STREAM
+    assert "'other'" in unknown.message and "cam" in unknown.message
+
+    shared = Gate(GateConfig())  # one Triton for two streams, no default
+    shared.load(slot_contract("a"), T)
+    shared.load(slot_contract("b", offset_ms=60), T)
+    unnamed = shared.resolve(None)
+    assert isinstance(unnamed, Refusal) and "a, b" in unnamed.message
+    b = shared.resolve("b")
+    assert isinstance(b, StreamGate)
+    assert released(b.admit(T + 0.050)).slot == near(T + 0.060)
+
+
+def test_a_new_contract_applies_at_its_effective_time() -> None:
+    g = stream_gate()
+    g.load(slot_contract(offset_ms=70, generation=2, effective_at=T + 0.5), T + 0.1)
+    before = released(g.admit(T + 0.250))
+    assert before.slot == near(T + 0.330)  # old offset until T + 0.5
+    g.finish(before, T + 0.340)
+    after = released(g.admit(T + 0.560))
+    assert after.slot == near(T + 0.570)
+    stale = slot_contract(offset_ms=10, generation=1)
+    g.load(stale, T + 0.6)  # an older generation read late is ignored
+    g.finish(after, T + 0.580)
+    assert released(g.admit(T + 0.600)).slot == near(T + 0.670)
+
+
+def test_clock_document_lists_next_slots_and_the_pending_contract() -> None:
+    g = stream_gate()
+    g.load(slot_contract(offset_ms=70, generation=2, effective_at=T + 5), T)
+    doc = g.clock_document(T + 0.050, 3)
+    assert doc is not None
+    assert doc["next"] == near([T + 0.130, T + 0.230, T + 0.330])
+    assert doc["periodS"] == near(0.1)
+    pending = doc["pending"]
+    assert isinstance(pending, dict) and pending["generation"] == 2
+    assert StreamGate("x", GateConfig()).clock_document(T, 1) is None
+
+
+@given(
+    gaps=st.lists(st.floats(min_value=0.0, max_value=0.35), min_size=1, max_size=40),
+    service=st.floats(min_value=0.001, max_value=0.3),
+)
+def test_wait_policy_releases_on_distinct_slots_never_early(
+    gaps: list[float], service: float
+) -> None:
+    """Any arrival pattern: releases are slot starts (or within grace of one), never before
+    arrival - grace, each slot at most once; an idle stream waits at most one period."""
+    g = stream_gate(max_queue=1000)
+    now, taken, inflight = T, [], []
+    for gap in gaps:
+        now += gap
+        for r in [r for r in inflight if r.at + service <= now]:
+            g.finish(r, r.at + service)
+            inflight.remove(r)
+        idle = not inflight
+        r = released(g.admit(now))
+        assert r.slot is not None and not r.late
+        assert r.at >= now and r.slot >= now - g.config.grace_s
+        assert r.at - r.slot <= g.config.grace_s + 1e-9
+        assert math.isclose(r.slot, slot_after(r.slot - 1e-7), abs_tol=1e-6)
+        if idle:
+            assert r.wait <= 0.1 + 1e-9
+        taken.append(r.slot)
+        inflight.append(r)
+    assert all(b > a for a, b in zip(taken, taken[1:], strict=False))
