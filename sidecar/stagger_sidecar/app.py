@@ -86,7 +86,9 @@ class Sidecar:
         http = HttpProxy(
             self.keeper, self.upstream, timeout_s=s.upstream_timeout_s, ready=self.ready
         )
-        self.ports["http"] = await self._listen(web.Server(http.handle), s.http_address)
+        # Bodies pass through as the app wrote them, compressed or not.
+        server = web.Server(http.handle, auto_decompress=False)
+        self.ports["http"] = await self._listen(server, s.http_address)
         metrics = web.Application()
         metrics.router.add_get("/metrics", self._metrics)
         self.ports["metrics"] = await self._listen(metrics, s.metrics_address)

@@ -23,6 +23,7 @@ from stagger_operator.handlers import PlanStats  # importing registers the handl
 from stagger_operator.kube import Kube
 from stagger_operator.settings import OperatorSettings
 from tests.emulator import EMULATOR_URL, Emulator, declare, node
+from tests.integration.sidecar_fixtures import start_sidecar, triton  # noqa: F401  (fixtures)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -192,4 +193,4 @@ def test_wait_policy_releases_on_distinct_slots_never_early(
             assert r.wait <= 0.1 + 1e-9
         taken.append(r.slot)
         inflight.append(r)
-    assert all(b > a for a, b in zip(taken, taken[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(taken))

@@ -1,0 +1,434 @@
+"""The sidecar in front of a real tritonserver: same answers as Triton, released at slots,
+policies, hot reload, bad input, streaming, Triton restarts, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import queue
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc
+import tritonclient.grpc.aio as grpcclient
+import tritonclient.http.aio as httpclient
+from tritonclient.utils import InferenceServerException
+
+from stagger.client import SlotClient
+from stagger.core.telemetry import DROPPED, FORWARDED, GATE_WAIT, LATE, SLOT_FILE_ERRORS
+from stagger.localtriton import LocalTriton, free_port
+from stagger_sidecar.app import Sidecar
+from tests.factories import slot_contract
+from tests.integration.sidecar_fixtures import (
+    MODELS,
+    StartSidecar,
+    metric,
+    scrape,
+    until,
+    write_contract,
+)
+
+PERIOD, OFFSET = 0.100, 0.030
+ON_TIME = 0.010  # a release reaches the model within 10 ms of its slot start on a busy CI box
+
+
+def phase(t: float, offset: float = OFFSET) -> float:
+    """How long after its slot start ``t`` is (0 <= phase < period)."""
+    return (t - offset) % PERIOD
+
+
+def http_input(values: list[float], binary: bool = True) -> httpclient.InferInput:
+    i = httpclient.InferInput("INPUT0", [len(values)], "FP32")
+    i.set_data_from_numpy(np.array(values, dtype=np.float32), binary_data=binary)
+    return i
+
+
+def grpc_input(values: list[float]) -> grpcclient.InferInput:
+    i = grpcclient.InferInput("INPUT0", [len(values)], "FP32")
+    i.set_data_from_numpy(np.array(values, dtype=np.float32))
+    return i
+
+
+@pytest.fixture
+async def http(start_sidecar: StartSidecar) -> AsyncIterator[tuple[Sidecar, Any]]:
+    sidecar = await start_sidecar()
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
+    yield sidecar, client
+    await client.close()
+
+
+def grpc_client(sidecar: Sidecar) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['grpc']}")
+
+
+async def test_http_answers_match_triton_direct(triton: LocalTriton, http: Any) -> None:
+    sidecar, via = http
+    direct = httpclient.InferenceServerClient(triton.http)
+    try:
+        for binary in (True, False):
+            inputs = [http_input([1.0, 2.5, -3.0], binary)]
+            a = await via.infer("add_one", inputs)
+            b = await direct.infer("add_one", inputs)
+            assert a.as_numpy("OUTPUT0").tolist() == b.as_numpy("OUTPUT0").tolist() == [2, 3.5, -2]
+        compressed = await via.infer(
+            "add_one",
+            [http_input([7.0])],
+            request_compression_algorithm="gzip",
+            response_compression_algorithm="gzip",
+        )
+        assert compressed.as_numpy("OUTPUT0").tolist() == [8.0]
+        # Everything else passes straight through.
+        assert await via.is_server_ready() and await via.is_model_ready("add_one")
+        assert await via.get_model_metadata("add_one") == await direct.get_model_metadata("add_one")
+        stats = await via.get_inference_statistics("add_one")
+        assert stats["model_stats"][0]["name"] == "add_one"
+    finally:
+        await direct.close()
+    samples = await scrape(sidecar)
+    assert metric(samples, FORWARDED, stream="cam", model="add_one") == 3
+
+
+async def test_grpc_answers_match_triton_direct(
+    triton: LocalTriton, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start_sidecar()
+    via, direct = grpc_client(sidecar), grpcclient.InferenceServerClient(triton.grpc)
+    try:
+        inputs = [grpc_input([1.0, 2.0, 3.0])]
+        a, b = await via.infer("add_one", inputs), await direct.infer("add_one", inputs)
+        assert a.as_numpy("OUTPUT0").tolist() == b.as_numpy("OUTPUT0").tolist() == [2, 3, 4]
+        assert await via.get_model_metadata("add_one") == await direct.get_model_metadata("add_one")
+        assert await via.is_model_ready("slow")
+    finally:
+        await via.close()
+        await direct.close()
+
+
+async def test_requests_are_released_at_slot_starts(http: Any, start_sidecar: StartSidecar) -> None:
+    sidecar, client = http
+    g = grpc_client(sidecar)
+    rng = np.random.default_rng(7)
+    try:
+        for i in range(8):
+            await asyncio.sleep(float(rng.uniform(0, PERIOD)))  # arrive at a random phase
+            sent = time.time()
+            if i % 2:
+                result = await g.infer("stamp", [grpc_input([0.0])])
+            else:
+                result = await client.infer("stamp", [http_input([0.0])])
+            began = float(result.as_numpy("OUTPUT0")[0])
+            assert 0 <= phase(began) < ON_TIME, f"released {phase(began) * 1e3:.1f} ms into a slot"
+            assert began - sent < PERIOD + ON_TIME  # an idle stream waits at most one period
+    finally:
+        await g.close()
+    samples = await scrape(sidecar)
+    waited = metric(samples, GATE_WAIT + "_sum", stream="cam")
+    assert 0 < waited < 8 * PERIOD
+
+
+async def test_slot_clock_apps_never_wait(http: Any) -> None:
+    sidecar, client = http
+    clock = SlotClient(f"http://127.0.0.1:{sidecar.ports['http']}", stream="cam")
+    slots = []
+    for _ in range(5):
+        slot = await asyncio.to_thread(clock.wait_for_slot)
+        result = await client.infer("stamp", [http_input([0.0])])
+        began = float(result.as_numpy("OUTPUT0")[0])
+        assert slot <= began < slot + ON_TIME
+        slots.append(slot)
+    assert [round((b - a) / PERIOD) for a, b in itertools.pairwise(slots)] == [1] * 4
+    assert [round(phase(s) * 1e6) % round(PERIOD * 1e6) for s in slots] == [0] * 5
+    samples = await scrape(sidecar)
+    assert metric(samples, GATE_WAIT + "_sum", stream="cam") < 5 * 0.003  # ~0 each
+
+
+async def test_wait_policy_queues_concurrent_requests_on_successive_slots(http: Any) -> None:
+    _, client = http
+    results = await asyncio.gather(*(client.infer("stamp", [http_input([0.0])]) for _ in range(3)))
+    began = sorted(float(r.as_numpy("OUTPUT0")[0]) for r in results)
+    assert all(phase(b) < ON_TIME for b in began)
+    gaps = [round((b - a) / PERIOD) for a, b in itertools.pairwise(began)]
+    assert gaps == [1, 1]
+
+
+async def test_drop_policy_refuses_a_busy_stream(start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(policy="drop")
+    g = grpc_client(sidecar)
+    h = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
+    try:
+        first = asyncio.create_task(g.infer("slow", [grpc_input([1.0])]))
+        await until(lambda: sidecar.keeper.inflight, what="first request admitted")
+        with pytest.raises(InferenceServerException) as refused:
+            await g.infer("slow", [grpc_input([2.0])])
+        assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "still in flight" in str(refused.value.message())
+        with pytest.raises(InferenceServerException) as http_refused:
+            await h.infer("slow", [http_input([2.0])])
+        assert http_refused.value.status() == "429"
+        assert (await first).as_numpy("OUTPUT0").tolist() == [2.0]
+        assert (await g.infer("slow", [grpc_input([3.0])])).as_numpy("OUTPUT0").tolist() == [4]
+    finally:
+        await g.close()
+        await h.close()
+    samples = await scrape(sidecar)
+    assert metric(samples, DROPPED, stream="cam", reason="busy") == 2
+    assert metric(samples, FORWARDED, stream="cam") == 2
+
+
+async def test_pass_policy_forwards_a_busy_request_at_once(start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(policy="pass")
+    h = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
+    try:
+        if phase(time.time()) > PERIOD - 0.03:  # leave the first request time to wait
+            await asyncio.sleep(0.04)
+        gated = asyncio.create_task(h.infer("stamp", [http_input([0.0])]))
+        await until(lambda: sidecar.keeper.inflight, what="first request waiting")
+        passed = await h.infer("stamp", [http_input([0.0])])
+        first = float((await gated).as_numpy("OUTPUT0")[0])
+        second = float(passed.as_numpy("OUTPUT0")[0])
+        assert phase(first) < ON_TIME and second < first  # went ahead, ungated
+    finally:
+        await h.close()
+    assert metric(await scrape(sidecar), LATE, stream="cam") == 1
+
+
+async def test_a_new_contract_applies_at_its_time_and_a_bad_one_is_ignored(
+    http: Any, tmp_path: Path
+) -> None:
+    sidecar, client = http
+    effective = time.time() + 0.4
+    write_contract(
+        tmp_path / "slot.json",
+        slot_contract(offset_ms=70, generation=2, effective_at=effective),
+    )
+    await until(lambda: sidecar.gate.streams["cam"].timetable.pending, what="contract read")
+    before = await client.infer("stamp", [http_input([0.0])])
+    if time.time() < effective - 0.05:  # released before the switch: still the old offset
+        assert phase(float(before.as_numpy("OUTPUT0")[0])) < ON_TIME
+    await asyncio.sleep(max(0.0, effective - time.time()))  # the switch is at a wall time
+    for _ in range(2):
+        result = await client.infer("stamp", [http_input([0.0])])
+        assert phase(float(result.as_numpy("OUTPUT0")[0]), offset=0.070) < ON_TIME
+
+    (tmp_path / "slot.json").write_text('{"stream": "cam", "generation": "three"}')
+
+    async def reported() -> float:
+        return metric(await scrape(sidecar), SLOT_FILE_ERRORS)
+
+    await until(reported, what="bad file reported")
+    result = await client.infer("stamp", [http_input([0.0])])
+    assert phase(float(result.as_numpy("OUTPUT0")[0]), offset=0.070) < ON_TIME  # last good
+    samples = await scrape(sidecar)
+    assert metric(samples, SLOT_FILE_ERRORS) == 1
+    assert metric(samples, "stagger_slot_generation", stream="cam") == 2
+    async with aiohttp.ClientSession() as s:
+        url = f"http://127.0.0.1:{sidecar.ports['http']}/stagger/v1/clock?count=2"
+        async with s.get(url) as r:
+            doc = await r.json()
+    assert doc["clock"]["generation"] == 2 and len(doc["next"]) == 2
+
+
+async def test_unknown_streams_and_malformed_requests(triton: LocalTriton, http: Any) -> None:
+    sidecar, _ = http
+    base = f"http://127.0.0.1:{sidecar.ports['http']}"
+    body = {"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            f"{base}/v2/models/add_one/infer", json=body, headers={"stagger-stream": "nope"}
+        ) as r:
+            assert r.status == 400
+            assert "unknown stream 'nope'" in (await r.json())["error"]
+        # Malformed for Triton: its own answer comes back unchanged.
+        async with (
+            s.post(f"{base}/v2/models/add_one/infer", data=b"{not json") as via,
+            s.post(f"http://{triton.http}/v2/models/add_one/infer", data=b"{not json") as direct,
+        ):
+            assert via.status == direct.status >= 400
+            assert await via.json() == await direct.json()
+        async with s.get(f"{base}/v2/models/no_such_model") as r:
+            assert r.status == 404 and "stagger" not in await r.text()  # Triton's own
+    g = grpc_client(sidecar)
+    try:
+        with pytest.raises(InferenceServerException) as unknown:
+            await g.infer("add_one", [grpc_input([1.0])], headers={"stagger-stream": "nope"})
+        assert unknown.value.status() == "StatusCode.INVALID_ARGUMENT"
+    finally:
+        await g.close()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.ports['grpc']}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as garbage:
+            await channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\x0a\xff")
+        assert garbage.value.code() != grpc.StatusCode.OK
+    ok = await httpclient.InferenceServerClient(base.removeprefix("http://")).infer(
+        "add_one", [http_input([1.0])]
+    )
+    assert ok.as_numpy("OUTPUT0").tolist() == [2.0]  # the sidecar is unharmed
+
+
+async def test_streaming_grpc_is_gated_and_accounted(
+    triton: LocalTriton, start_sidecar: StartSidecar
+) -> None:
+    sidecar = await start_sidecar()
+
+    def run(url: str) -> list[list[float] | None]:
+        """Two requests on one stream to a decoupled model; the final flags asked for."""
+        responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        client = tritonclient.grpc.InferenceServerClient(url)
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        try:
+            for values in ([1.0, 2.0], [3.0]):
+                inputs = [tritonclient.grpc.InferInput("INPUT0", [len(values)], "FP32")]
+                inputs[0].set_data_from_numpy(np.array(values, dtype=np.float32))
+                client.async_stream_infer("repeat", inputs, enable_empty_final_response=True)
+            out: list[list[float] | None] = []
+            for _ in range(5):
+                result, error = responses.get(timeout=10)
+                assert error is None
+                array = result.as_numpy("OUTPUT0")
+                out.append(None if array is None else array.tolist())
+            return out
+        finally:
+            client.stop_stream()
+            client.close()
+
+    expected = [[1.0], [2.0], None, [3.0], None]  # None: the empty final response
+    assert await asyncio.to_thread(run, triton.grpc) == expected
+    assert await asyncio.to_thread(run, f"127.0.0.1:{sidecar.ports['grpc']}") == expected
+    await until(lambda: sidecar.keeper.inflight == 0, what="stream finished")
+    assert sidecar.gate.streams["cam"].pending == 0
+    samples = await scrape(sidecar)
+    assert metric(samples, FORWARDED, stream="cam", model="repeat") == 2
+    assert metric(samples, GATE_WAIT + "_count", stream="cam", model="repeat") == 2
+
+
+async def test_triton_restart_is_reported_and_recovered(
+    start_sidecar: StartSidecar, tmp_path: Path
+) -> None:
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    server = LocalTriton(MODELS, log_file=tmp_path / "triton.log", **ports).start()
+    try:
+        sidecar = await start_sidecar(upstream=server, upstream_timeout_s=2.0)
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
+        g = grpc_client(sidecar)
+        readyz = f"http://127.0.0.1:{sidecar.ports['http']}/readyz"
+
+        async def ready() -> bool:
+            async with aiohttp.ClientSession() as s, s.get(readyz) as r:
+                return r.status == 200
+
+        assert await ready()
+        await asyncio.to_thread(server.stop)
+        await until(lambda: not sidecar.upstream.ready, what="Triton down noticed")
+        assert not await ready()
+        started = time.monotonic()
+        with pytest.raises(InferenceServerException) as down:
+            await h.infer("add_one", [http_input([1.0])])
+        assert down.value.status() == "503" and "unreachable" in str(down.value.message())
+        with pytest.raises(InferenceServerException) as grpc_down:
+            await g.infer("add_one", [grpc_input([1.0])])
+        assert grpc_down.value.status() == "StatusCode.UNAVAILABLE"
+        assert time.monotonic() - started < 3.0  # errors in bounded time, not hangs
+
+        await asyncio.to_thread(server.start)
+        await until(ready, what="sidecar ready again")
+        assert (await h.infer("add_one", [http_input([1.0])])).as_numpy("OUTPUT0").tolist() == [2]
+
+        async def grpc_back() -> bool:
+            try:
+                return bool(await g.infer("add_one", [grpc_input([1.0])]))
+            except InferenceServerException:
+                return False
+
+        await until(grpc_back, timeout_s=5.0, what="gRPC reconnected")
+        await h.close()
+        await g.close()
+        samples = await scrape(sidecar)
+        assert metric(samples, DROPPED, stream="cam", reason="unavailable") >= 2
+        assert metric(samples, "stagger_triton_up") == 1
+    finally:
+        server.stop()
+
+
+async def test_shutdown_drains_in_flight_requests(start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar()
+    h = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
+    try:
+        in_flight = asyncio.create_task(h.infer("slow", [http_input([1.0])]))
+        await until(lambda: sidecar.keeper.inflight, what="request in flight")
+        stopping = asyncio.create_task(sidecar.stop())
+        await until(lambda: sidecar.keeper.closing, what="drain started")
+        with pytest.raises(InferenceServerException) as refused:
+            await h.infer("add_one", [http_input([1.0])])
+        assert refused.value.status() == "503" and "shutting down" in str(refused.value.message())
+        assert (await in_flight).as_numpy("OUTPUT0").tolist() == [2.0]
+        await stopping
+    finally:
+        await h.close()
+
+
+async def test_metrics_report_body_time_from_triton(start_sidecar: StartSidecar) -> None:
+    sidecar = await start_sidecar(stats_interval_s=0.3)
+    h = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
+    try:
+        for _ in range(3):
+            await h.infer("slow", [http_input([1.0])])
+    finally:
+        await h.close()
+
+    async def body() -> float:
+        return metric(await scrape(sidecar), "stagger_body_seconds", stream="cam", model="slow")
+
+    measured = await until(body, what="body time sampled")
+    assert 0.055 < measured < 0.2  # the model sleeps 60 ms per inference
+    assert json.loads(json.dumps(sidecar.ready())) == [True, ""]
+
+
+async def test_the_gate_command_serves_and_stops_on_sigterm(
+    triton: LocalTriton, tmp_path: Path
+) -> None:
+    write_contract(tmp_path / "slot.json", slot_contract())
+    http_port = free_port()
+    env = {
+        **os.environ,
+        "STAGGER_STREAM": "cam",
+        "STAGGER_SLOT_FILE": str(tmp_path / "slot.json"),
+        "STAGGER_TRITON_HTTP": triton.http,
+        "STAGGER_TRITON_GRPC": triton.grpc,
+        "STAGGER_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
+        "STAGGER_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+        "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stagger_sidecar", "gate", env=env, stderr=asyncio.subprocess.PIPE
+    )
+
+    async def ready() -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{http_port}/readyz") as r,
+            ):
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    try:
+        await until(ready, what="gate command ready")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert process.stderr is not None
+    logs = [json.loads(line) for line in (await process.stderr.read()).decode().splitlines()]
+    assert any(entry["message"] == "stagger-sidecar listening" for entry in logs)
+    assert any(entry["message"] == "slot contract read" for entry in logs)
