@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from stagger_operator.kube import Kube
 from stagger_operator.settings import OperatorSettings
 from tests.emulator import EMULATOR_URL, Emulator, declare, node
 from tests.integration.sidecar_fixtures import start_sidecar, triton  # noqa: F401  (fixtures)
+from tests.waiting import until
 
 
 @dataclass
@@ -42,17 +42,8 @@ class Cluster:
         return result
 
     async def wait_for(self, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-        """Poll an async check until it returns something truthy (bounded)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            result = check()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return result
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting; last result: {result!r}")
-            await asyncio.sleep(0.05)
+        """Poll a check until it returns something truthy (bounded)."""
+        return await until(check, timeout_s=timeout)
 
 
 async def run_pod(c: Cluster, deployment: dict[str, Any], *, ip: str = "127.0.0.1") -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,20 +66,6 @@ async def start_sidecar(triton: LocalTriton, tmp_path: Path) -> AsyncIterator[St
     yield start
     for sidecar in started:
         await sidecar.stop()
-
-
-async def until(condition: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
-    """Poll ``condition`` (a function or coroutine function) until it is truthy."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.02)
 
 
 async def scrape(sidecar: Sidecar) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
