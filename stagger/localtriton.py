@@ -93,6 +93,7 @@ class LocalTriton:
     env: dict[str, str] = field(default_factory=dict)
     log_file: Path | None = None
     ready_timeout_s: float = 60.0
+    cpus: set[int] | None = None  # pin the server (and its model processes) to these CPUs
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -132,8 +133,13 @@ class LocalTriton:
         }
         log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
+            cpus = self.cpus
             self.process = subprocess.Popen(
-                self.command(), env=env, stdout=log, stderr=subprocess.STDOUT
+                self.command(),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,  # noqa: PLW1509
             )
         finally:
             if self.log_file:

@@ -153,6 +153,15 @@ def sidecar_container(stream: InferenceStream, p: ShardPlacement, s: OperatorSet
             {"name": "STAGGER_SLOT_FILE", "value": f"{SLOT_DIR}/{CONTRACT_FILE}"},
             {"name": "STAGGER_TRITON_HTTP", "value": f"127.0.0.1:{s.triton_http_port}"},
             {"name": "STAGGER_TRITON_GRPC", "value": f"127.0.0.1:{s.triton_grpc_port}"},
+            {"name": "STAGGER_HTTP_ADDRESS", "value": f"0.0.0.0:{s.sidecar_http_port}"},
+            {"name": "STAGGER_GRPC_ADDRESS", "value": f"0.0.0.0:{s.sidecar_grpc_port}"},
+            {"name": "STAGGER_METRICS_ADDRESS", "value": f"0.0.0.0:{s.sidecar_metrics_port}"},
+            {"name": "STAGGER_POLICY", "value": str(stream.spec.gate.policy)},
+            *(
+                [{"name": "STAGGER_MAX_WAIT_MS", "value": f"{stream.spec.gate.max_wait_ms:g}"}]
+                if stream.spec.gate.max_wait_ms is not None
+                else []
+            ),
         ],
         "resources": {
             "requests": {"cpu": "50m", "memory": "64Mi"},

@@ -28,14 +28,9 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from stagger.core.api import GatePolicy
 from stagger.core.contract import SlotAssignment
 from stagger.core.slotclock import Timetable
-
-
-class Policy(StrEnum):
-    WAIT = "wait"
-    DROP = "drop"
-    PASS = "pass"
 
 
 class Reason(StrEnum):
@@ -53,7 +48,7 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True)
 class GateConfig:
-    policy: Policy = Policy.WAIT
+    policy: GatePolicy = GatePolicy.WAIT
     max_wait_s: float | None = None
     grace_s: float = 0.002
     max_queue: int = 4
@@ -133,11 +128,11 @@ class StreamGate:
         if clock is None:
             return Refusal(Reason.NO_SLOT, f"stream {self.name} has no slot assignment yet")
         policy = self.config.policy
-        if self.pending and policy is Policy.DROP:
+        if self.pending and policy is GatePolicy.DROP:
             return Refusal(
                 Reason.BUSY, f"stream {self.name}: the previous request is still in flight"
             )
-        if self.pending and policy is Policy.PASS:
+        if self.pending and policy is GatePolicy.PASS:
             return self._take(Release(now, now, None, clock.period_s, late=True))
         if self.pending >= self.config.max_queue:
             return Refusal(
@@ -149,13 +144,13 @@ class StreamGate:
         slot = clock.start(clock.index_at_or_after(earliest))
         limit = self.config.max_wait_s
         if limit is not None and slot - now > limit:
-            if policy is Policy.DROP:
+            if policy is GatePolicy.DROP:
                 return Refusal(
                     Reason.LATE,
                     f"stream {self.name}: the next free slot is {(slot - now) * 1e3:.1f} ms away, "
                     f"beyond maxWaitMs {limit * 1e3:g}",
                 )
-            at = now if policy is Policy.PASS else now + limit
+            at = now if policy is GatePolicy.PASS else now + limit
             return self._take(Release(at, now, None, clock.period_s, late=True))
         self.last_slot = slot
         return self._take(Release(max(slot, now), now, slot, clock.period_s, late=False))

@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stagger_sidecar.gate import GateConfig, Policy
+from stagger.core.api import GatePolicy
+from stagger_sidecar.gate import GateConfig
 
 
 def _host_port(value: str) -> str:
@@ -31,7 +32,7 @@ class GateSettings(BaseSettings):
     """The stream requests belong to when they name none (the operator sets it)."""
     namespace: str = "default"
     """Namespace label for metrics when the slot file does not say."""
-    slot_file: Path = Path("/etc/stagger/slot.json")
+    slot_file: Path = Path("/etc/stagger/slot/slot.json")
     """The slot contract the operator mounts; a directory gates every ``*.json`` in it
     (one Triton serving several streams)."""
     slot_poll_s: float = Field(default=0.2, gt=0)
@@ -45,7 +46,7 @@ class GateSettings(BaseSettings):
     grpc_address: str = "0.0.0.0:8801"
     metrics_address: str = "0.0.0.0:9400"
 
-    policy: Policy = Policy.WAIT
+    policy: GatePolicy = GatePolicy.WAIT
     max_wait_ms: float | None = Field(default=None, gt=0)
     grace_ms: float = Field(default=2.0, ge=0)
     """A request this soon after a free slot's start takes that slot at once: apps that

@@ -168,6 +168,32 @@ STREAM_RULES: tuple[CrossFieldRule, ...] = (
 )
 
 
+class GatePolicy(StrEnum):
+    """What the sidecar does with a request whose stream is busy or that is too late for
+    its slot (docs/sidecar.md)."""
+
+    WAIT = "wait"
+    DROP = "drop"
+    PASS = "pass"
+
+
+class GateSpec(Wire):
+    """How the sidecar gates this stream's requests."""
+
+    policy: GatePolicy = Field(
+        default=GatePolicy.WAIT,
+        description="A request that arrives while the previous one is in flight, or whose "
+        "slot is more than maxWaitMs away: wait (queue for the next free slot; past maxWaitMs "
+        "go ungated), drop (refuse: KServe 429 / gRPC RESOURCE_EXHAUSTED) or pass (forward at "
+        "once, ungated).",
+    )
+    max_wait_ms: PositiveMs | None = Field(
+        default=None,
+        description="Longest wait for a slot, in ms. Unset: up to one period (a stream's "
+        "frame that arrives between slots waits for the next one).",
+    )
+
+
 class InferenceStreamSpec(Wire):
     """What one video stream needs: a model at a frame rate, with its timing."""
 
@@ -222,6 +248,10 @@ class InferenceStreamSpec(Wire):
     node_selector: dict[str, str] = Field(
         default_factory=dict,
         description="Only nodes whose labels match all of these.",
+    )
+    gate: GateSpec = Field(
+        default_factory=GateSpec,
+        description="How the sidecar treats requests that cannot take their slot.",
     )
     template: dict[str, Any] | None = Field(
         default=None,

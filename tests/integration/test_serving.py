@@ -123,8 +123,12 @@ async def test_a_moving_shard_keeps_serving_until_its_new_copy_is_ready(cluster:
 
         copies = await cluster.wait_for(two_copies)
         new = next(d for d in copies if d["metadata"]["name"] != old["metadata"]["name"])
-        st = await phase_of(cluster, "b")
-        assert st["phase"] == "Running" and "moving shard(s) 0" in st["message"]
+
+        async def reported_moving() -> bool:  # the status is written after the new copy
+            st = await phase_of(cluster, "b")
+            return st["phase"] == "Running" and "moving shard(s) 0" in st["message"]
+
+        await cluster.wait_for(reported_moving)
         await run_pod(cluster, new)
 
         async def old_gone() -> bool:

@@ -158,3 +158,29 @@ def test_long_names_stay_valid_and_distinct() -> None:
     )
     label = manifests.gpu_label("n" * 300, 7)
     assert len(label) <= 63 and label[-1].isalnum()
+
+
+def test_the_injected_sidecar_reads_the_streams_gate_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator writes the env; the sidecar's own settings parse it (both sides of it)."""
+    from stagger.core.api import GatePolicy
+    from stagger_sidecar.settings import GateSettings
+
+    s, p = placed_stream(gate={"policy": "drop", "maxWaitMs": 40})
+    sidecar = manifests.sidecar_container(s, p, OperatorSettings())
+    for var in sidecar["env"]:
+        monkeypatch.setenv(var["name"], var["value"])
+    settings = GateSettings()
+    assert (settings.stream, settings.policy, settings.max_wait_ms) == (
+        "lobby-1",
+        GatePolicy.DROP,
+        40.0,
+    )
+    assert str(settings.slot_file) == f"{manifests.SLOT_DIR}/slot.json"
+    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    assert (settings.http_address, settings.grpc_address, settings.metrics_address) == (
+        f"0.0.0.0:{ports['gate-http']}",
+        f"0.0.0.0:{ports['gate-grpc']}",
+        f"0.0.0.0:{ports['metrics']}",
+    )

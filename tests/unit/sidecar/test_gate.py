@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stagger.core.api import GatePolicy
 from stagger.core.slotclock import SlotClock
-from stagger_sidecar.gate import Gate, GateConfig, Policy, Reason, Refusal, Release, StreamGate
+from stagger_sidecar.gate import Gate, GateConfig, Reason, Refusal, Release, StreamGate
 from tests.factories import slot_contract
 
 T = 1_800_000_000.0  # a Unix time; with the contract's epoch at 0, slots are at T + 0.03 + k/10
@@ -77,7 +78,7 @@ def test_wait_policy_queues_busy_requests_on_successive_slots_up_to_the_bound() 
 
 
 def test_drop_policy_refuses_while_the_previous_request_is_in_flight() -> None:
-    g = stream_gate(policy=Policy.DROP)
+    g = stream_gate(policy=GatePolicy.DROP)
     first = released(g.admit(T + 0.050))
     busy = refused(g.admit(T + 0.140))
     assert busy.reason is Reason.BUSY
@@ -87,7 +88,7 @@ def test_drop_policy_refuses_while_the_previous_request_is_in_flight() -> None:
 
 
 def test_pass_policy_forwards_a_busy_request_at_once_and_ungated() -> None:
-    g = stream_gate(policy=Policy.PASS)
+    g = stream_gate(policy=GatePolicy.PASS)
     released(g.admit(T + 0.050))
     r = released(g.admit(T + 0.060))
     assert (r.at, r.slot, r.late) == (T + 0.060, None, True)
@@ -95,9 +96,9 @@ def test_pass_policy_forwards_a_busy_request_at_once_and_ungated() -> None:
 
 @pytest.mark.parametrize(
     ("policy", "outcome"),
-    [(Policy.DROP, Reason.LATE), (Policy.PASS, 0.0), (Policy.WAIT, 0.040)],
+    [(GatePolicy.DROP, Reason.LATE), (GatePolicy.PASS, 0.0), (GatePolicy.WAIT, 0.040)],
 )
-def test_a_slot_beyond_max_wait_is_late(policy: Policy, outcome: Reason | float) -> None:
+def test_a_slot_beyond_max_wait_is_late(policy: GatePolicy, outcome: Reason | float) -> None:
     g = stream_gate(policy=policy, max_wait_s=0.040)
     now = T + 0.040  # next slot 90 ms away
     decision = g.admit(now)

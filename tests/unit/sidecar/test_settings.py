@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from stagger.core.api import GatePolicy
 from stagger_sidecar.__main__ import main
-from stagger_sidecar.gate import Policy
 from stagger_sidecar.settings import GateSettings
 
 
@@ -14,9 +14,9 @@ def test_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STAGGER_POLICY", "drop")
     monkeypatch.setenv("STAGGER_MAX_WAIT_MS", "40")
     s = GateSettings(_cli_parse_args=["--policy", "pass", "--http-address", "127.0.0.1:9000"])
-    assert (s.stream, s.policy, s.http_address) == ("cam-1", Policy.PASS, "127.0.0.1:9000")
+    assert (s.stream, s.policy, s.http_address) == ("cam-1", GatePolicy.PASS, "127.0.0.1:9000")
     config = s.gate_config()
-    assert config.max_wait_s == pytest.approx(0.040) and config.policy is Policy.PASS
+    assert config.max_wait_s == pytest.approx(0.040) and config.policy is GatePolicy.PASS
 
 
 def test_an_empty_upstream_is_off_but_one_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:

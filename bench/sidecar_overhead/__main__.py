@@ -1,0 +1,305 @@
+"""Latency the sidecar adds over calling Triton directly, and the CPU it spends.
+
+    python -m bench.sidecar_overhead [--rates 100 1000] [--seconds 4] [--rounds 3]
+                                     [--json FILE]
+
+A real tritonserver serves ``add_one`` (tests/models: a Python-backend model, a few floats).
+The sidecar runs as it does in a pod (``python -m stagger_sidecar gate``, its own process)
+with its gate open: the slot period is one 1 MHz tick, so no request waits and only the
+proxy's cost (and the gate's bookkeeping) is measured.
+
+An open-loop load generator sends requests at a fixed rate, each at its scheduled time, over
+HTTP (pre-built binary-tensor body) and gRPC (pre-serialized ``ModelInferRequest``) — to
+Triton directly and through the sidecar in alternating segments of ``--seconds``, repeated
+``--rounds`` times, so drift hits both sides alike. Latency is measured per request from
+its send to its answer. The sidecar's CPU is read from /proc for the segments that go
+through it.
+
+Pinning (on a machine with at least 2 CPUs): the sidecar alone on CPU 0; Triton, its model
+processes and the load generator on CPU 1. With 4+ CPUs each gets its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from stagger.core.contract import SlotAssignment
+from stagger.localtriton import LocalTriton, free_port
+
+MODELS = Path(__file__).resolve().parents[2] / "tests" / "models"
+MODEL = "add_one"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def open_gate_contract(path: Path) -> None:
+    now = datetime.now(UTC)
+    contract = SlotAssignment(
+        stream="bench",
+        namespace="bench",
+        shard=0,
+        shards=1,
+        node="local",
+        gpu_index=0,
+        tick_hz=1_000_000,
+        epoch=now,
+        period_ticks=1,  # a slot every microsecond: the gate never holds a request
+        offset_ticks=0,
+        body_ticks=1,
+        generation=1,
+        effective_at=now,
+    )
+    path.write_text(contract.model_dump_json(by_alias=True))
+
+
+def http_body() -> tuple[bytes, dict[str, str]]:
+    tensor = np.arange(4, dtype=np.float32).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "INPUT0",
+                    "shape": [4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(tensor)},
+                }
+            ],
+            "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+    return header + tensor, headers
+
+
+def grpc_request() -> bytes:
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[4])
+    request.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
+    return request.SerializeToString()
+
+
+Sender = Callable[[], Awaitable[None]]
+
+
+async def open_loop(send: Sender, rate: float, seconds: float) -> tuple[list[float], int]:
+    """Send at ``rate`` per second for ``seconds``, each request at its scheduled time;
+    returns latencies (s) and the number of errors."""
+    latencies: list[float] = []
+    errors = 0
+
+    async def one() -> None:
+        nonlocal errors
+        t0 = time.perf_counter()
+        try:
+            await send()
+        except Exception:  # counted, not fatal: the figures report them
+            errors += 1
+            return
+        latencies.append(time.perf_counter() - t0)
+
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+@dataclass
+class Targets:
+    http: str
+    grpc: str
+
+
+async def senders(
+    target: Targets, session: aiohttp.ClientSession, channel: grpc.aio.Channel
+) -> dict[str, Sender]:
+    body, headers = http_body()
+    url = f"http://{target.http}/v2/models/{MODEL}/infer"
+    request = grpc_request()
+    infer: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer"
+    )
+
+    async def http_send() -> None:
+        async with session.post(url, data=body, headers=headers) as r:
+            await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}")
+
+    async def grpc_send() -> None:
+        await infer(request, timeout=5)
+
+    return {"http": http_send, "grpc": grpc_send}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    a = np.array(values) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99))}
+
+
+async def measure(
+    args: argparse.Namespace, triton: LocalTriton, sidecar: Targets, sidecar_pid: int
+) -> list[dict[str, Any]]:
+    direct = Targets(triton.http, triton.grpc)
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        options = [("grpc.max_receive_message_length", -1)]
+        async with (
+            grpc.aio.insecure_channel(direct.grpc, options=options) as dch,
+            grpc.aio.insecure_channel(sidecar.grpc, options=options) as sch,
+        ):
+            paths = {
+                "direct": await senders(direct, session, dch),
+                "sidecar": await senders(sidecar, session, sch),
+            }
+            for path in paths.values():  # connections up, caches warm
+                for send in path.values():
+                    await open_loop(send, 200, 1.0)
+            rows = []
+            for protocol in ("http", "grpc"):
+                for rate in args.rates:
+                    samples: dict[str, list[float]] = {"direct": [], "sidecar": []}
+                    errors = {"direct": 0, "sidecar": 0}
+                    cpu = wall = 0.0
+                    for _ in range(args.rounds):
+                        for side in ("direct", "sidecar"):
+                            c0, w0 = cpu_seconds(sidecar_pid), time.perf_counter()
+                            lat, err = await open_loop(paths[side][protocol], rate, args.seconds)
+                            if side == "sidecar":
+                                cpu += cpu_seconds(sidecar_pid) - c0
+                                wall += time.perf_counter() - w0
+                            samples[side] += lat
+                            errors[side] += err
+                    d, s = percentiles(samples["direct"]), percentiles(samples["sidecar"])
+                    row = {
+                        "protocol": protocol,
+                        "rate": rate,
+                        "requests": len(samples["sidecar"]) + len(samples["direct"]),
+                        "errors": errors,
+                        "direct": d,
+                        "sidecar": s,
+                        "added_p50_ms": s["p50_ms"] - d["p50_ms"],
+                        "added_p99_ms": s["p99_ms"] - d["p99_ms"],
+                        "sidecar_cores": cpu / wall,
+                        "cores_per_1000_rps": cpu / wall * 1000 / rate,
+                    }
+                    rows.append(row)
+                    print(
+                        f"{protocol:4} {rate:5.0f}/s  direct p50 {d['p50_ms']:.3f} "
+                        f"p99 {d['p99_ms']:.3f}  sidecar p50 {s['p50_ms']:.3f} "
+                        f"p99 {s['p99_ms']:.3f}  added p50 {row['added_p50_ms']:+.3f} "
+                        f"p99 {row['added_p99_ms']:+.3f} ms  sidecar "
+                        f"{row['cores_per_1000_rps']:.3f} core/1000 rps  errors {errors}",
+                        flush=True,
+                    )
+            return rows
+
+
+def pinning() -> dict[str, set[int]]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 4:
+        return {"sidecar": {cpus[0]}, "triton": {cpus[1], cpus[2]}, "load": {cpus[3]}}
+    if len(cpus) >= 2:
+        return {"sidecar": {cpus[0]}, "triton": {cpus[1]}, "load": {cpus[1]}}
+    return {"sidecar": set(cpus), "triton": set(cpus), "load": set(cpus)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.sidecar_overhead")
+    parser.add_argument("--rates", type=float, nargs="+", default=[100, 1000])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    pins = pinning()
+    os.sched_setaffinity(0, pins["load"])
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalTriton(MODELS, cpus=pins["triton"], log_file=Path(tmp) / "triton.log") as triton,
+    ):
+        slot = Path(tmp) / "slot.json"
+        open_gate_contract(slot)
+        ports = {name: free_port() for name in ("http", "grpc", "metrics")}
+        env = {
+            **os.environ,
+            "STAGGER_STREAM": "bench",
+            "STAGGER_SLOT_FILE": str(slot),
+            "STAGGER_TRITON_HTTP": triton.http,
+            "STAGGER_TRITON_GRPC": triton.grpc,
+            "STAGGER_HTTP_ADDRESS": f"127.0.0.1:{ports['http']}",
+            "STAGGER_GRPC_ADDRESS": f"127.0.0.1:{ports['grpc']}",
+            "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{ports['metrics']}",
+            "STAGGER_MAX_QUEUE": "1000",
+            "STAGGER_LOG_LEVEL": "WARNING",
+        }
+        cpus = pins["sidecar"]
+        sidecar = subprocess.Popen(
+            [sys.executable, "-m", "stagger_sidecar", "gate"],
+            env=env,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),  # noqa: PLW1509
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not _ready(ports["http"]):
+                if time.monotonic() > deadline or sidecar.poll() is not None:
+                    raise SystemExit("the sidecar did not become ready")
+                time.sleep(0.05)  # polling a child's readiness
+            target = Targets(f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}")
+            rows = asyncio.run(measure(args, triton, target, sidecar.pid))
+        finally:
+            sidecar.send_signal(signal.SIGTERM)
+            sidecar.wait(30)
+    result = {
+        "machine": {"cpus": os.cpu_count(), "pinning": {k: sorted(v) for k, v in pins.items()}},
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "rows": rows,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+def _ready(port: int) -> bool:
+    import urllib.request  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return int(r.status) == 200
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
