@@ -15,6 +15,10 @@ Triton directly and through the sidecar in alternating segments of ``--seconds``
 its send to its answer. The sidecar's CPU is read from /proc for the segments that go
 through it.
 
+A third path, a TCP relay that copies bytes and understands nothing
+(``relay.py``), shows the floor any proxy hop costs on the machine: two more process
+wake-ups and socket copies per request.
+
 Pinning (on a machine with at least 2 CPUs): the sidecar alone on CPU 0; Triton, its model
 processes and the load generator on CPU 1. With 4+ CPUs each gets its own.
 """
@@ -167,66 +171,86 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99))}
 
 
+SIDES = ("direct", "relay", "sidecar")
+
+
 async def measure(
-    args: argparse.Namespace, triton: LocalTriton, sidecar: Targets, sidecar_pid: int
+    args: argparse.Namespace,
+    targets: dict[str, Targets],
+    sidecar_pid: int,
 ) -> list[dict[str, Any]]:
-    direct = Targets(triton.http, triton.grpc)
-    connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        options = [("grpc.max_receive_message_length", -1)]
-        async with (
-            grpc.aio.insecure_channel(direct.grpc, options=options) as dch,
-            grpc.aio.insecure_channel(sidecar.grpc, options=options) as sch,
-        ):
-            paths = {
-                "direct": await senders(direct, session, dch),
-                "sidecar": await senders(sidecar, session, sch),
-            }
+    options = [("grpc.max_receive_message_length", -1)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+        channels = {
+            side: grpc.aio.insecure_channel(t.grpc, options=options) for side, t in targets.items()
+        }
+        try:
+            paths = {side: await senders(targets[side], session, channels[side]) for side in SIDES}
             for path in paths.values():  # connections up, caches warm
                 for send in path.values():
                     await open_loop(send, 200, 1.0)
-            rows = []
-            for protocol in ("http", "grpc"):
-                for rate in args.rates:
-                    samples: dict[str, list[float]] = {"direct": [], "sidecar": []}
-                    errors = {"direct": 0, "sidecar": 0}
-                    cpu = wall = 0.0
-                    for _ in range(args.rounds):
-                        for side in ("direct", "sidecar"):
-                            c0, w0 = cpu_seconds(sidecar_pid), time.perf_counter()
-                            lat, err = await open_loop(paths[side][protocol], rate, args.seconds)
-                            if side == "sidecar":
-                                cpu += cpu_seconds(sidecar_pid) - c0
-                                wall += time.perf_counter() - w0
-                            samples[side] += lat
-                            errors[side] += err
-                    d, s = percentiles(samples["direct"]), percentiles(samples["sidecar"])
-                    row = {
-                        "protocol": protocol,
-                        "rate": rate,
-                        "requests": len(samples["sidecar"]) + len(samples["direct"]),
-                        "errors": errors,
-                        "direct": d,
-                        "sidecar": s,
-                        "added_p50_ms": s["p50_ms"] - d["p50_ms"],
-                        "added_p99_ms": s["p99_ms"] - d["p99_ms"],
-                        "sidecar_cores": cpu / wall,
-                        "cores_per_1000_rps": cpu / wall * 1000 / rate,
-                    }
-                    rows.append(row)
-                    print(
-                        f"{protocol:4} {rate:5.0f}/s  direct p50 {d['p50_ms']:.3f} "
-                        f"p99 {d['p99_ms']:.3f}  sidecar p50 {s['p50_ms']:.3f} "
-                        f"p99 {s['p99_ms']:.3f}  added p50 {row['added_p50_ms']:+.3f} "
-                        f"p99 {row['added_p99_ms']:+.3f} ms  sidecar "
-                        f"{row['cores_per_1000_rps']:.3f} core/1000 rps  errors {errors}",
-                        flush=True,
-                    )
-            return rows
+            return [
+                await measure_one(args, paths, sidecar_pid, protocol, rate)
+                for protocol in ("http", "grpc")
+                for rate in args.rates
+            ]
+        finally:
+            for channel in channels.values():
+                await channel.close()
 
 
-def pinning() -> dict[str, set[int]]:
+async def measure_one(
+    args: argparse.Namespace,
+    paths: dict[str, dict[str, Sender]],
+    sidecar_pid: int,
+    protocol: str,
+    rate: float,
+) -> dict[str, Any]:
+    samples: dict[str, list[float]] = {side: [] for side in SIDES}
+    errors = dict.fromkeys(SIDES, 0)
+    cpu = wall = 0.0
+    for _ in range(args.rounds):
+        for side in SIDES:  # interleaved, so drift hits every side alike
+            c0, w0 = cpu_seconds(sidecar_pid), time.perf_counter()
+            latencies, failed = await open_loop(paths[side][protocol], rate, args.seconds)
+            if side == "sidecar":
+                cpu += cpu_seconds(sidecar_pid) - c0
+                wall += time.perf_counter() - w0
+            samples[side] += latencies
+            errors[side] += failed
+    p = {side: percentiles(samples[side]) for side in SIDES}
+
+    def added(side: str, q: str) -> float:
+        return p[side][q] - p["direct"][q]
+
+    row = {
+        "protocol": protocol,
+        "rate": rate,
+        "requests": {side: len(samples[side]) for side in SIDES},
+        "errors": errors,
+        **p,
+        "added_p50_ms": added("sidecar", "p50_ms"),
+        "added_p99_ms": added("sidecar", "p99_ms"),
+        "relay_added_p50_ms": added("relay", "p50_ms"),
+        "relay_added_p99_ms": added("relay", "p99_ms"),
+        "sidecar_cores": cpu / wall,
+        "cores_per_1000_rps": cpu / wall * 1000 / rate,
+    }
+    print(
+        f"{protocol:4} {rate:5.0f}/s  direct p50 {p['direct']['p50_ms']:.3f} "
+        f"p99 {p['direct']['p99_ms']:.3f} | sidecar adds p50 {row['added_p50_ms']:+.3f} "
+        f"p99 {row['added_p99_ms']:+.3f} | byte relay adds p50 "
+        f"{row['relay_added_p50_ms']:+.3f} p99 {row['relay_added_p99_ms']:+.3f} ms | "
+        f"sidecar {row['cores_per_1000_rps']:.3f} core per 1000 rps | errors {errors}",
+        flush=True,
+    )
+    return row
+
+
+def pinning(mode: str) -> dict[str, set[int]]:
     cpus = sorted(os.sched_getaffinity(0))
+    if mode == "none":
+        return {"sidecar": set(cpus), "triton": set(cpus), "load": set(cpus)}
     if len(cpus) >= 4:
         return {"sidecar": {cpus[0]}, "triton": {cpus[1], cpus[2]}, "load": {cpus[3]}}
     if len(cpus) >= 2:
@@ -240,9 +264,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--pinning",
+        choices=["apart", "none"],
+        default="apart",
+        help="apart: the sidecar on a CPU of its own (default); none: the scheduler decides",
+    )
     args = parser.parse_args()
 
-    pins = pinning()
+    pins = pinning(args.pinning)
     os.sched_setaffinity(0, pins["load"])
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -269,17 +299,32 @@ def main() -> None:
             env=env,
             preexec_fn=lambda: os.sched_setaffinity(0, cpus),  # noqa: PLW1509
         )
+        relay_http, relay_grpc = free_port(), free_port()
+        relays = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.sidecar_overhead.relay", str(port), upstream],
+                preexec_fn=lambda: os.sched_setaffinity(0, cpus),  # noqa: PLW1509
+            )
+            for port, upstream in ((relay_http, triton.http), (relay_grpc, triton.grpc))
+        ]
         try:
             deadline = time.monotonic() + 30
             while not _ready(ports["http"]):
                 if time.monotonic() > deadline or sidecar.poll() is not None:
                     raise SystemExit("the sidecar did not become ready")
                 time.sleep(0.05)  # polling a child's readiness
-            target = Targets(f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}")
-            rows = asyncio.run(measure(args, triton, target, sidecar.pid))
+            targets = {
+                "direct": Targets(triton.http, triton.grpc),
+                "sidecar": Targets(f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}"),
+                "relay": Targets(f"127.0.0.1:{relay_http}", f"127.0.0.1:{relay_grpc}"),
+            }
+            rows = asyncio.run(measure(args, targets, sidecar.pid))
         finally:
             sidecar.send_signal(signal.SIGTERM)
             sidecar.wait(30)
+            for relay in relays:
+                relay.terminate()
+                relay.wait()
     result = {
         "machine": {"cpus": os.cpu_count(), "pinning": {k: sorted(v) for k, v in pins.items()}},
         "seconds": args.seconds,

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 
+import uvloop
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     configure_logging(settings.log_format, settings.log_level)
     try:
-        asyncio.run(run_gate(settings))
+        if settings.event_loop == "uvloop":
+            uvloop.run(run_gate(settings))
+        else:
+            asyncio.run(run_gate(settings))
     except OSError as e:  # a listener could not bind: say which, no traceback
         print(f"stagger-sidecar: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -31,11 +31,21 @@ class StreamKey:
         }
 
 
+@dataclass(frozen=True)
+class _Series:
+    forwarded: Counter
+    late: Counter
+    gate_wait: Histogram
+    service: Histogram
+    latency: Histogram
+
+
 class GateMetrics:
     """Per stream and model: what the gate did with each request, and how long it took."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._series_by_key: dict[StreamKey, _Series] = {}
         labels = list(t.STREAM_LABELS)
         r, buckets = self.registry, t.LATENCY_BUCKETS
         self.forwarded = Counter(
@@ -90,14 +100,28 @@ class GateMetrics:
         )
         self.triton_up = Gauge(t.TRITON_UP, "1 when Triton answers ready.", registry=r)
 
+    def _series(self, key: StreamKey) -> _Series:
+        # Looking children up by labels costs more than the proxying; do it once per key.
+        series = self._series_by_key.get(key)
+        if series is None:
+            labels = key.labels()
+            series = self._series_by_key[key] = _Series(
+                forwarded=self.forwarded.labels(**labels),
+                late=self.late.labels(**labels),
+                gate_wait=self.gate_wait.labels(**labels),
+                service=self.service.labels(**labels),
+                latency=self.latency.labels(**labels),
+            )
+        return series
+
     def completed(self, key: StreamKey, *, wait_s: float, service_s: float, late: bool) -> None:
-        labels = key.labels()
-        self.forwarded.labels(**labels).inc()
+        series = self._series(key)
+        series.forwarded.inc()
         if late:
-            self.late.labels(**labels).inc()
-        self.gate_wait.labels(**labels).observe(wait_s)
-        self.service.labels(**labels).observe(service_s)
-        self.latency.labels(**labels).observe(wait_s + service_s)
+            series.late.inc()
+        series.gate_wait.observe(wait_s)
+        series.service.observe(service_s)
+        series.latency.observe(wait_s + service_s)
 
     def refused(self, key: StreamKey, reason: str) -> None:
         self.dropped.labels(**key.labels(), reason=reason).inc()

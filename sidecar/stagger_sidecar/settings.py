@@ -62,6 +62,8 @@ class GateSettings(BaseSettings):
     """How often Triton's statistics are read for body time and achieved fps."""
     drain_timeout_s: float = Field(default=20.0, ge=0)
     """On SIGTERM: how long in-flight requests may finish (below the pod's grace period)."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """uvloop roughly halves the proxy's CPU per request (docs/benchmarks.md)."""
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
