@@ -1,0 +1,85 @@
+"""The knee of a two-stream offset sweep: the study's table, synthetic curves, no-knee data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stagger.core.calibration import NoKnee, estimate_knee, fit_hinge
+
+# The published study's Table 2: start offset (ms) → latency of stream 1 / stream 2 (ms).
+STUDY_TABLE_2 = [
+    (0, 127.1, 125.2),
+    (20, 105.2, 105.5),
+    (40, 84.8, 84.3),
+    (45, 76.7, 82.2),
+    (60, 78.9, 82.7),
+    (75, 72.2, 76.3),
+    (100, 72.8, 73.3),
+]
+
+
+def both_streams(rows: list[tuple[float, float, float]]) -> tuple[list[float], list[float]]:
+    offsets = [o for o, _, _ in rows] * 2
+    latencies = [a for _, a, _ in rows] + [b for _, _, b in rows]
+    return offsets, latencies
+
+
+def test_the_studys_table_has_its_knee_at_45_ms() -> None:
+    estimate = estimate_knee(*both_streams(STUDY_TABLE_2))
+    assert estimate.fit.knee_ms == pytest.approx(45, abs=5)
+    assert -1.5 < estimate.fit.slope < -0.7  # ~1 ms of latency per ms of overlap
+    low, high = estimate.ci_ms
+    assert low <= estimate.fit.knee_ms <= high
+
+
+def synthetic(
+    body: float, solo: float, noise: float, seed: int, outliers: int = 0
+) -> tuple[list[float], list[float]]:
+    rng = np.random.default_rng(seed)
+    offsets = np.repeat(np.arange(0, 2.5 * body, body / 8), 5)
+    latency = solo + np.maximum(body - offsets, 0) + rng.normal(0, noise, len(offsets))
+    if outliers:
+        idx = rng.choice(len(offsets), outliers, replace=False)
+        latency[idx] += rng.uniform(5 * body, 10 * body, outliers)
+    return offsets.tolist(), latency.tolist()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    body=st.floats(min_value=4, max_value=80),
+    noise_fraction=st.floats(min_value=0, max_value=0.05),
+    seed=st.integers(0, 2**31),
+)
+def test_synthetic_knees_are_found(body: float, noise_fraction: float, seed: int) -> None:
+    offsets, latencies = synthetic(body, solo=1.5 * body, noise=noise_fraction * body, seed=seed)
+    fit = estimate_knee(offsets, latencies, resamples=30).fit
+    assert fit.knee_ms == pytest.approx(body, abs=0.08 * body + 0.5)
+
+
+def test_outliers_do_not_move_the_knee() -> None:
+    offsets, latencies = synthetic(10.5, solo=18.5, noise=0.3, seed=3, outliers=6)
+    assert fit_hinge(offsets, latencies).knee_ms == pytest.approx(10.5, abs=1.0)
+
+
+def test_a_flat_sweep_has_no_knee_and_says_so() -> None:
+    rng = np.random.default_rng(1)
+    offsets = list(np.repeat(np.arange(0, 50, 5.0), 3))
+    latencies = list(20 + rng.normal(0, 0.2, len(offsets)))
+    with pytest.raises(NoKnee, match="does not fall") as e:
+        estimate_knee(offsets, latencies)
+    assert "Mean latency by offset: 0 →" in str(e.value)
+
+
+def test_a_sweep_too_short_for_the_body_says_sweep_further() -> None:
+    offsets = [0.0, 5, 10, 15, 20]
+    latencies = [60.0 - o for o in offsets]
+    with pytest.raises(NoKnee, match="sweep further"):
+        estimate_knee(offsets, latencies)
+
+
+def test_too_few_offsets_is_an_error() -> None:
+    with pytest.raises(NoKnee, match="at least 3 distinct offsets"):
+        estimate_knee([0, 10, 0, 10], [5, 4, 5, 4])
