@@ -50,6 +50,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.BaseRunner] = []
         self._grpc: grpc.aio.Server | None = None
+        self._http_server: asyncio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
         self._session: aiohttp.ClientSession | None = None
         self._fps_before: Counter[StreamKey] = Counter()
@@ -86,9 +87,12 @@ class Sidecar:
         http = HttpProxy(
             self.keeper, self.upstream, timeout_s=s.upstream_timeout_s, ready=self.ready
         )
-        # Bodies pass through as the app wrote them, compressed or not.
-        server = web.Server(http.handle, auto_decompress=False)
-        self.ports["http"] = await self._listen(server, s.http_address)
+        self._http = http
+        host, port = split_address(s.http_address)
+        self._http_server = await asyncio.get_running_loop().create_server(
+            http.protocol, host, port
+        )
+        self.ports["http"] = int(self._http_server.sockets[0].getsockname()[1])
         metrics = web.Application()
         metrics.router.add_get("/metrics", self._metrics)
         self.ports["metrics"] = await self._listen(metrics, s.metrics_address)
@@ -121,12 +125,8 @@ class Sidecar:
         )
         return self
 
-    async def _listen(self, handler: web.Server | web.Application, address: str) -> int:
-        runner: web.BaseRunner
-        if isinstance(handler, web.Application):
-            runner = web.AppRunner(handler, access_log=None)
-        else:
-            runner = web.ServerRunner(handler, access_log=None)
+    async def _listen(self, app: web.Application, address: str) -> int:
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._runners.append(runner)
         host, port = split_address(address)
@@ -158,6 +158,10 @@ class Sidecar:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._http_server is not None:
+            self._http_server.close()
+            self._http.close_connections()
+            await self._http_server.wait_closed()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         for runner in self._runners:

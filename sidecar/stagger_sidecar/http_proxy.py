@@ -1,21 +1,28 @@
 """KServe v2 over HTTP: ``POST /v2/models/{m}[/versions/{v}]/infer`` waits at the gate; every
-other request passes straight through. Bodies travel as bytes, compressed or not, binary
-tensor data included; the sidecar never decodes a tensor.
+other request passes straight through. The sidecar's own paths: ``/healthz``, ``/readyz``
+and the slot clock ``/stagger/v1/clock``.
 
-The sidecar's own paths: ``/healthz``, ``/readyz`` and the slot clock ``/stagger/v1/clock``.
+Built on asyncio protocols and httptools (llhttp, the parser of Node.js) rather than an HTTP
+framework: each app connection gets its own keep-alive connection to Triton, requests are
+parsed only for their boundaries, path and the ``stagger-stream`` header, and Triton's
+answer is copied back byte for byte as it arrives. Bodies are never decoded: binary tensor
+data and compressed bodies reach Triton as the app sent them. This keeps the proxy's cost
+near that of copying bytes (docs/benchmarks.md, "Sidecar overhead").
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
-from urllib.parse import unquote
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
+import httptools
 
 from stagger_sidecar.gate import Reason, Refusal
 from stagger_sidecar.keeper import Keeper, Refused
@@ -27,22 +34,11 @@ INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 STREAM_HEADER = "stagger-stream"
 CLOCK_PATH = "/stagger/v1/clock"
 MAX_CLOCK_COUNT = 1000
-# Per-connection and framing headers are the proxy's own on each side (RFC 9110 §7.6.1).
+# Per-connection and framing headers are each side's own (RFC 9110 §7.6.1); the body is
+# re-framed with Content-Length.
 HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Host",
-        "Content-Length",
-        STREAM_HEADER,
-    )
+    b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade "
+    b"content-length expect".split()
 )
 
 STATUS = {
@@ -57,17 +53,254 @@ STATUS = {
 }
 
 
-def error(status: int, message: str) -> web.Response:
+def response(status: int, body: dict[str, Any], *, close: bool = False) -> bytes:
+    payload = json.dumps(body).encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        + ("Connection: close\r\n" if close else "")
+        + "\r\n"
+    )
+    return head.encode() + payload
+
+
+def error(status: int, message: str, *, close: bool = False) -> bytes:
     """An error as Triton writes them: ``{"error": "..."}``."""
-    return web.json_response({"error": f"stagger-sidecar: {message}"}, status=status)
+    return response(status, {"error": f"stagger-sidecar: {message}"}, close=close)
 
 
-def _forwarded(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in headers.items():
-        if k.lower() not in HOP_BY_HOP:
-            out.add(k, v)
-    return out
+@dataclass
+class Request:
+    method: bytes = b""
+    url: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: list[bytes] = field(default_factory=list)
+    stream: str | None = None
+    keep_alive: bool = True
+
+    def wire(self, host: bytes) -> bytes:
+        """The request as Triton gets it: same method, target, headers and body."""
+        body = b"".join(self.body)
+        lines = [self.method + b" " + self.url + b" HTTP/1.1", b"Host: " + host]
+        lines += [k + b": " + v for k, v in self.headers if k.lower() not in HOP_BY_HOP]
+        lines.append(b"Content-Length: " + str(len(body)).encode())
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class UpstreamLost(Exception):
+    """Triton closed the connection before its answer was complete."""
+
+    def __init__(self, sent_any: bool) -> None:
+        super().__init__("Triton closed the connection")
+        self.sent_any = sent_any
+
+
+class TritonConnection(asyncio.Protocol):
+    """One keep-alive connection to Triton, owned by one app connection. Answers are
+    copied to the app as they arrive; ``done`` resolves when one is complete."""
+
+    def __init__(self, app: asyncio.Transport) -> None:
+        self.app = app
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[bool] | None = None
+        self.sent_any = False
+        self.open = False
+        self.head_only = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport, self.open = cast(asyncio.Transport, transport), True  # uvloop's too
+
+    def send(self, request: bytes, *, head_only: bool) -> asyncio.Future[bool]:
+        assert self.transport is not None
+        self.done = asyncio.get_running_loop().create_future()
+        self.sent_any, self.head_only = False, head_only
+        self.transport.write(request)
+        return self.done
+
+    def data_received(self, data: bytes) -> None:
+        self.sent_any = True
+        self.app.write(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.close()
+            self._finish(UpstreamLost(sent_any=True))
+
+    def on_headers_complete(self) -> None:
+        if self.head_only:  # the answer to HEAD has no body, whatever its headers say
+            self._finish(self.parser.should_keep_alive())
+
+    def on_message_complete(self) -> None:
+        self._finish(self.parser.should_keep_alive())
+
+    def _finish(self, outcome: bool | Exception) -> None:
+        if self.done is None or self.done.done():
+            return
+        if isinstance(outcome, Exception):
+            self.done.set_exception(outcome)
+        else:
+            if not outcome:
+                self.close()
+            self.done.set_result(True)
+        self.parser = httptools.HttpResponseParser(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self._finish(UpstreamLost(self.sent_any))
+
+    def close(self) -> None:
+        self.open = False
+        if self.transport is not None:
+            self.transport.close()
+
+
+class AppConnection(asyncio.Protocol):
+    """One app connection: parse requests, answer the sidecar's own paths, gate
+    inferences, relay everything to Triton in order."""
+
+    def __init__(self, proxy: HttpProxy) -> None:
+        self.proxy = proxy
+        self.parser = httptools.HttpRequestParser(self)
+        self.requests: asyncio.Queue[Request | None] = asyncio.Queue()
+        self.current = Request()
+        self.transport: asyncio.Transport | None = None
+        self.triton: TritonConnection | None = None
+        self.worker: asyncio.Task[None] | None = None
+
+    # -- parsing (httptools callbacks) ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.worker = asyncio.get_running_loop().create_task(self.serve())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            assert self.transport is not None
+            self.transport.write(error(400, f"malformed HTTP request: {e}", close=True))
+            self.requests.put_nowait(None)
+
+    def on_message_begin(self) -> None:
+        self.current = Request()
+
+    def on_url(self, url: bytes) -> None:
+        self.current.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"stagger-stream":
+            self.current.stream = value.decode(errors="replace")
+        else:
+            self.current.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.current.method = self.parser.get_method()
+        expect = any(
+            k.lower() == b"expect" and v.lower() == b"100-continue" for k, v in self.current.headers
+        )
+        if expect and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.current.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.current.keep_alive = self.parser.should_keep_alive()
+        self.requests.put_nowait(self.current)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy.connections.discard(self)
+        if self.worker is not None:
+            self.worker.cancel()  # frees a slot the request may hold at the gate
+        if self.triton is not None:
+            self.triton.close()
+
+    # -- serving -------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        assert self.transport is not None
+        try:
+            while (request := await self.requests.get()) is not None:
+                keep = await self.handle(request) and request.keep_alive
+                if not keep:
+                    break
+        except Exception:  # a bug must cost one connection, not the sidecar
+            log.exception("HTTP connection failed")
+        finally:
+            self.transport.close()
+
+    async def handle(self, request: Request) -> bool:
+        """Answer one request; False when the connection must close."""
+        assert self.transport is not None
+        target = urlsplit(request.url.decode("latin-1"))
+        local = self.proxy.local(target.path, target.query, request)
+        if local is not None:
+            self.transport.write(local)
+            return True
+        if not self.proxy.upstream.http:
+            self.transport.write(error(501, "no Triton HTTP endpoint (STAGGER_TRITON_HTTP)"))
+            return True
+        match = INFER_PATH.match(target.path) if request.method == b"POST" else None
+        keeper = self.proxy.keeper
+        if match is None:
+            try:
+                async with keeper.passing():
+                    return await self.forward(request)
+            except Refused as r:
+                self.transport.write(error(STATUS[r.reason], r.message))
+                return True
+        try:
+            ticket = await keeper.admit(request.stream, unquote(match.group(1)))
+        except Refused as r:
+            self.transport.write(error(STATUS[r.reason], r.message))
+            return True
+        failure: Reason | None = None
+        try:
+            return await self.forward(request)
+        except Refused as r:
+            failure = r.reason
+            self.transport.write(error(STATUS[r.reason], r.message))
+            return True
+        finally:
+            keeper.done(ticket, failure)
+
+    async def forward(self, request: Request) -> bool:
+        """Send to Triton and relay its answer; raises Refused when none could be relayed."""
+        proxy = self.proxy
+        if self.triton is None or not self.triton.open:
+            self.triton = await self._connect()
+        done = self.triton.send(request.wire(proxy.host), head_only=request.method == b"HEAD")
+        try:
+            await asyncio.wait_for(asyncio.shield(done), proxy.timeout_s)
+        except TimeoutError:
+            sent = self.triton.sent_any
+            self.triton.close()
+            if sent:  # part of Triton's answer is out: the connection cannot go on
+                return False
+            raise Refused(
+                Reason.TIMEOUT, f"Triton did not answer within {proxy.timeout_s:g} s"
+            ) from None
+        except UpstreamLost as lost:
+            proxy.upstream.recheck()
+            if lost.sent_any:
+                return False
+            raise Refused(Reason.UNAVAILABLE, "Triton closed the connection") from None
+        return True
+
+    async def _connect(self) -> TritonConnection:
+        assert self.transport is not None
+        proxy, app = self.proxy, self.transport
+        try:
+            _, triton = await asyncio.get_running_loop().create_connection(
+                lambda: TritonConnection(app), proxy.upstream_host, proxy.upstream_port
+            )
+        except OSError as e:
+            proxy.upstream.recheck()
+            raise Refused(
+                Reason.UNAVAILABLE, f"Triton unreachable at {proxy.upstream.http}: {e}"
+            ) from None
+        return triton
 
 
 class HttpProxy:
@@ -81,80 +314,45 @@ class HttpProxy:
     ) -> None:
         self.keeper = keeper
         self.upstream = upstream
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.timeout_s = timeout_s
         self.ready = ready
+        host, _, port = (upstream.http or ":0").rpartition(":")
+        self.upstream_host, self.upstream_port = host, int(port)
+        self.host = (upstream.http or "").encode()
+        self.connections: set[AppConnection] = set()
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.path
+    def protocol(self) -> AppConnection:
+        connection = AppConnection(self)
+        self.connections.add(connection)
+        return connection
+
+    def close_connections(self) -> None:
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+
+    def local(self, path: str, query: str, request: Request) -> bytes | None:
+        """The sidecar's own answer for its paths; None for Triton's."""
         if path == "/healthz":
-            return web.json_response({"status": "ok"})
+            return response(200, {"status": "ok"})
         if path == "/readyz":
             ok, why = self.ready()
-            return web.json_response({"ready": ok, "reason": why}, status=200 if ok else 503)
+            return response(200 if ok else 503, {"ready": ok, "reason": why})
         if path == CLOCK_PATH:
-            return self.clock(request)
-        if not self.upstream.http:
-            return error(501, "no Triton HTTP endpoint is configured (STAGGER_TRITON_HTTP)")
-        match = INFER_PATH.match(path) if request.method == "POST" else None
-        body = await request.read()
-        if match is None:
-            try:
-                async with self.keeper.passing():
-                    return await self.forward(request, body)
-            except Refused as r:
-                return error(STATUS[r.reason], r.message)
-        try:
-            ticket = await self.keeper.admit(
-                request.headers.get(STREAM_HEADER), unquote(match.group(1))
-            )
-        except Refused as r:
-            return error(STATUS[r.reason], r.message)
-        failure: Reason | None = None
-        try:
-            return await self.forward(request, body)
-        except Refused as r:
-            failure = r.reason
-            return error(STATUS[r.reason], r.message)
-        finally:
-            self.keeper.done(ticket, failure)
+            return self.clock(parse_qs(query), request.stream)
+        return None
 
-    async def forward(self, request: web.BaseRequest, body: bytes) -> web.Response:
-        url = f"http://{self.upstream.http}{request.raw_path}"
+    def clock(self, query: dict[str, list[str]], header_stream: str | None) -> bytes:
         try:
-            async with self.upstream.session.request(
-                request.method,
-                url,
-                headers=_forwarded(request.headers),
-                data=body,
-                timeout=self.timeout,
-                allow_redirects=False,
-            ) as r:
-                payload = await r.read()
-                return web.Response(status=r.status, body=payload, headers=_forwarded(r.headers))
-        except TimeoutError:
-            raise Refused(
-                Reason.TIMEOUT, f"Triton did not answer within {self.timeout_s:g} s"
-            ) from None
-        except aiohttp.ClientError as e:
-            self.upstream.recheck()
-            raise Refused(
-                Reason.UNAVAILABLE, f"Triton unreachable at {self.upstream.http}: {e}"
-            ) from None
-
-    def clock(self, request: web.BaseRequest) -> web.Response:
-        try:
-            count = int(request.query.get("count", "1"))
+            count = int(query.get("count", ["1"])[0])
         except ValueError:
             return error(400, "count must be an integer")
         if not 1 <= count <= MAX_CLOCK_COUNT:
             return error(400, f"count must be between 1 and {MAX_CLOCK_COUNT}")
-        resolved = self.keeper.gate.resolve(
-            request.query.get("stream") or request.headers.get(STREAM_HEADER)
-        )
+        resolved = self.keeper.gate.resolve(query.get("stream", [None])[0] or header_stream)
         if isinstance(resolved, Refusal):
             return error(STATUS[resolved.reason], resolved.message)
         doc = resolved.clock_document(self.keeper.clock(), count)
         if doc is None:
             return error(503, f"stream {resolved.name} has no slot assignment yet")
-        return web.Response(text=json.dumps(doc), content_type="application/json")
+        return response(200, doc)

@@ -16,6 +16,7 @@ from typing import Any
 import kmock
 import kopf
 import pytest
+import uvloop
 from kubernetes import client
 
 from stagger_operator.handlers import PlanStats  # importing registers the handlers
@@ -24,6 +25,13 @@ from stagger_operator.settings import OperatorSettings
 from tests.emulator import EMULATOR_URL, Emulator, declare, node
 from tests.integration.sidecar_fixtures import start_sidecar, triton  # noqa: F401  (fixtures)
 from tests.waiting import until
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Any:
+    """The sidecar runs on uvloop in production (STAGGER_EVENT_LOOP): test it there."""
+    if item.path.name == "test_sidecar.py":
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @dataclass

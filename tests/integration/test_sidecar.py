@@ -39,6 +39,8 @@ from tests.integration.sidecar_fixtures import (
 from tests.waiting import until
 
 PERIOD, OFFSET = 0.100, 0.030
+
+
 ON_TIME = 0.010  # a release reaches the model within 10 ms of its slot start on a busy CI box
 
 
