@@ -434,3 +434,71 @@ async def test_the_gate_command_serves_and_stops_on_sigterm(
     logs = [json.loads(line) for line in (await process.stderr.read()).decode().splitlines()]
     assert any(entry["message"] == "stagger-sidecar listening" for entry in logs)
     assert any(entry["message"] == "slot contract read" for entry in logs)
+
+
+async def test_http_framing_edge_cases(http: Any) -> None:
+    """What the hand-off to httptools must get right: pipelining, chunked and 100-continue
+    bodies, large binary bodies, Connection: close, and bytes that are not HTTP."""
+    sidecar, client = http
+    port = sidecar.ports["http"]
+    big = np.arange(1_500_000, dtype=np.float32)  # 6 MB: many reads on both sides
+    result = await client.infer("add_one", [http_input(big.tolist())])
+    assert np.array_equal(result.as_numpy("OUTPUT0"), big + 1)
+
+    body = json.dumps(
+        {"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "FP32", "data": [41]}]}
+    ).encode()
+
+    def post(extra: bytes = b"", data: bytes = body) -> bytes:
+        return (
+            b"POST /v2/models/add_one/infer HTTP/1.1\r\nHost: x\r\n"
+            + extra
+            + b"Content-Length: "
+            + str(len(data)).encode()
+            + b"\r\n\r\n"
+            + data
+        )
+
+    async def exchange(raw: bytes, answers: int) -> list[bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        out = []
+        for _ in range(answers):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(
+                next(
+                    line.split(b":")[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+            )
+            out.append(head.split(b"\r\n")[0] + b" " + await reader.readexactly(length))
+        rest = await asyncio.wait_for(reader.read(), 5) if b"close" in raw.lower() else b""
+        writer.close()
+        assert rest == b""  # closed after the answer, nothing more
+        return out
+
+    two = await exchange(post() + post(), 2)  # pipelined on one connection, in order
+    assert all(b"200 OK" in a and b'"data":[42.0]' in a for a in two)
+
+    chunk = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    chunked = (
+        b"POST /v2/models/add_one/infer HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunk
+    )
+    assert b'"data":[42.0]' in (await exchange(chunked, 1))[0]
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head, _, payload = post(b"Expect: 100-continue\r\n").partition(b"\r\n\r\n")
+    writer.write(head + b"\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100 Continue")
+    writer.write(payload)
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    writer.close()
+
+    closing = await exchange(post(b"Connection: close\r\n"), 1)
+    assert b"200 OK" in closing[0]
+
+    garbage = await exchange(b"\x16\x03\x01 this is not HTTP\r\n\r\n", 1)
+    assert b"400" in garbage[0] and b"malformed HTTP request" in garbage[0]
+    assert (await client.infer("add_one", [http_input([1.0])])).as_numpy("OUTPUT0")[0] == 2
