@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from stagger import __version__, render
+from stagger import __version__, profile_cmd, render
 from stagger.core.crdgen import all_crds
 from stagger.core.placement import PlannerSettings, plan
 from stagger.core.simulate import STUDY_CONTENTION, Phasing, simulate_plan
@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--out", default="crds", metavar="DIR")
     c.add_argument("--check", action="store_true", help="fail if DIR differs from the models")
+
+    profile_cmd.add_parser(sub)
     return parser
 
 
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return cmd_plan(args, out, err)
+        if args.command == "profile":
+            return profile_cmd.run(args, out, err)
         return cmd_crds(args, out, err)
     except KeyboardInterrupt:
         return 130

@@ -93,6 +93,7 @@ class LocalTriton:
     env: dict[str, str] = field(default_factory=dict)
     log_file: Path | None = None
     ready_timeout_s: float = 60.0
+    exit_timeout_s: int = 2  # how long in-flight requests may finish on stop
     cpus: set[int] | None = None  # pin the server (and its model processes) to these CPUs
     process: subprocess.Popen[bytes] | None = None
 
@@ -121,7 +122,7 @@ class LocalTriton:
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
-            "--exit-timeout-secs=5",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
         ]
 
     def start(self) -> LocalTriton:

@@ -1,19 +1,22 @@
 """Body time from a two-stream offset sweep: where latency returns to solo.
 
 Two inferences started ``offset`` apart overlap for ``body − offset`` while the offset is
-below the body, and each loses about that much; from the body on they do not overlap and
-latency is flat. So latency against offset is a hinge: falling with slope ≈ −1 up to the
-knee, flat after it. The knee is the body time.
+below the body, and lose about that much between them; from the body on they do not
+overlap and latency is flat. So latency against offset is a hinge: falling up to the knee,
+flat after it. The knee is the body time.
 
 The fit is a two-segment (hinge) regression ``latency = level + slope × min(offset − knee, 0)``
 with the knee searched on a fine grid and (level, slope) by iteratively reweighted least
 squares with Huber weights, so a few outliers (a GC pause, a frame that hit another
-process) do not move it. Both streams' latencies share one knee. The confidence interval is
-a bootstrap over sweep points with a fixed seed: same data, same answer.
+process) do not move it. Both streams share the knee and the level past it (solo); each
+has its own slope (time-slicing slows both, a lock or a FIFO queue only the later one).
+The confidence interval is a bootstrap over sweep points with a fixed seed: same data,
+same answer.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +30,9 @@ BOOTSTRAP_SEED = 20261121
 class HingeFit:
     knee_ms: float
     level_ms: float  # latency once the bodies no longer overlap (≈ solo)
-    slope: float  # latency change per ms of offset below the knee (≈ −1)
+    slope: float  # the steepest stream's latency change per ms of offset below the knee
     residual_ms: float  # robust scale of the residuals
+    slopes: tuple[float, ...] = ()  # per stream
 
 
 @dataclass(frozen=True)
@@ -48,67 +52,85 @@ def _robust_scale(residuals: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def _hinges(
-    x: NDArray[np.float64], y: NDArray[np.float64], knees: NDArray[np.float64]
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    member: NDArray[np.float64],
+    knees: NDArray[np.float64],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """For every candidate knee at once: Huber-weighted fit (iteratively reweighted least
-    squares) of y = level + slope × min(x − knee, 0). Returns level, slope and robust loss
-    (ms²) per knee."""
+    squares) of y = level + slope[stream] × min(x − knee, 0), one level for all streams
+    (past the knee every stream runs alone). ``member`` is (points, streams) one-hot.
+    Returns level (knees), slopes (knees, streams) and robust loss (ms², knees)."""
     z = np.minimum(x[None, :] - knees[:, None], 0.0)  # (knees, points)
+    # Columns: the level, then each stream's slope term.
+    design = np.concatenate([np.ones_like(z)[:, :, None], z[:, :, None] * member[None]], axis=2)
+    p = design.shape[2]
     w = np.ones_like(z)
-    for _ in range(30):
-        sw, swz, swzz = w.sum(1), (w * z).sum(1), (w * z * z).sum(1)
-        swy, swzy = (w * y).sum(1), (w * z * y).sum(1)
-        det = sw * swzz - swz * swz
-        flat = det <= 1e-12 * np.maximum(sw * swzz, 1e-300)  # knee at or below every offset
-        safe = np.where(flat, 1.0, det)
-        level = np.where(flat, swy / sw, (swzz * swy - swz * swzy) / safe)
-        slope = np.where(flat, 0.0, (sw * swzy - swz * swy) / safe)
-        residuals = y[None, :] - level[:, None] - slope[:, None] * z
+    for _ in range(15):  # Huber IRLS settles in a few rounds
+        dw = design * w[:, :, None]
+        normal = np.matmul(dw.transpose(0, 2, 1), design)
+        # A stream with no point below the knee has no slope to fit: a tiny ridge keeps the
+        # system solvable and its slope at 0.
+        normal += np.eye(p)[None] * 1e-9 * (1 + np.trace(normal, axis1=1, axis2=2))[:, None, None]
+        rhs = np.matmul(dw.transpose(0, 2, 1), y)
+        coef = np.linalg.solve(normal, rhs[:, :, None])[:, :, 0]
+        residuals = y[None, :] - np.matmul(design, coef[:, :, None])[:, :, 0]
         u = np.abs(residuals) / (HUBER_K * _robust_scale(residuals))[:, None]
         new = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-12))
-        if np.allclose(new, w, atol=1e-6):
+        if np.allclose(new, w, atol=1e-4):
             break
         w = new
     scale = _robust_scale(residuals)
     r = np.abs(residuals) / scale[:, None]
     loss = np.where(r <= HUBER_K, 0.5 * r**2, HUBER_K * r - 0.5 * HUBER_K**2).sum(1)
-    return level, slope, loss * scale**2
+    return coef[:, 0], coef[:, 1:], loss * scale**2
 
 
 def fit_hinge(
-    offsets_ms: NDArray[np.float64] | list[float], latencies_ms: NDArray[np.float64] | list[float]
+    offsets_ms: NDArray[np.float64] | list[float],
+    latencies_ms: NDArray[np.float64] | list[float],
+    streams: NDArray[np.int64] | list[int] | None = None,
 ) -> HingeFit:
-    """The best hinge for (offset, latency) points (both streams' points together): the
-    knee on a grid over the swept range, then refined around the best (1/4000 of it)."""
+    """The best hinge for (offset, latency) points. With ``streams`` (which stream each
+    point is of) the knee and the level past it are shared and each stream has its own
+    slope: under time-slicing both streams slow down, with a lock or a FIFO queue only the
+    later one. The knee is searched on a grid over the swept range, then refined."""
     x = np.asarray(offsets_ms, dtype=np.float64)
     y = np.asarray(latencies_ms, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError("offsets and latencies must be two lists of the same length")
+    g = np.zeros(len(x), dtype=np.int64) if streams is None else np.asarray(streams)
+    if x.shape != y.shape or x.shape != g.shape or x.ndim != 1:
+        raise ValueError("offsets, latencies and streams must be lists of the same length")
     distinct = np.unique(x)
     if len(distinct) < 3:
         raise NoKnee(f"a sweep needs at least 3 distinct offsets, got {len(distinct)}")
     lo, hi = float(distinct[0]), float(distinct[-1])
+    member = (g[:, None] == np.unique(g)[None, :]).astype(np.float64)
 
-    def best_of(knees: NDArray[np.float64]) -> tuple[float, float, float]:
-        level, slope, loss = _hinges(x, y, knees)
+    def best_of(knees: NDArray[np.float64]) -> tuple[float, float, list[float]]:
+        level, slopes, loss = _hinges(x, y, member, knees)
         i = int(np.argmin(loss))  # ties: the first, the smaller knee
-        return float(knees[i]), float(level[i]), float(slope[i])
+        return float(knees[i]), float(level[i]), [float(v) for v in slopes[i]]
 
     coarse, _, _ = best_of(np.linspace(lo, hi, 201))
     step = (hi - lo) / 200
-    knee, level, slope = best_of(np.linspace(max(lo, coarse - step), min(hi, coarse + step), 41))
-    residuals = y - level - slope * np.minimum(x - knee, 0)
-    return HingeFit(knee, level, slope, float(_robust_scale(residuals)))
+    knee, level, slopes = best_of(np.linspace(max(lo, coarse - step), min(hi, coarse + step), 41))
+    fitted = level + (member @ np.asarray(slopes)) * np.minimum(x - knee, 0)
+    return HingeFit(knee, level, min(slopes), float(_robust_scale(y - fitted)), tuple(slopes))
 
 
 def estimate_knee(
-    offsets_ms: list[float], latencies_ms: list[float], *, resamples: int = 200
+    offsets_ms: list[float],
+    latencies_ms: list[float],
+    streams: list[int] | None = None,
+    *,
+    resamples: int = 200,
 ) -> KneeEstimate:
     """The knee with a bootstrap interval, or :class:`NoKnee` when the data show none:
     latency does not fall as the offset grows, or still falls at the end of the sweep."""
     x = np.asarray(offsets_ms, dtype=np.float64)
     y = np.asarray(latencies_ms, dtype=np.float64)
-    fit = fit_hinge(x, y)
+    g = np.zeros(len(x), dtype=np.int64) if streams is None else np.asarray(streams)
+    fit = fit_hinge(x, y, g)
     lo, hi = float(x.min()), float(x.max())
     drop = -fit.slope * (fit.knee_ms - lo)  # how much overlap costs at the smallest offset
     noise = max(fit.residual_ms, 1e-3)
@@ -130,7 +152,7 @@ def estimate_knee(
         pick = rng.choice(points, size=len(points), replace=True)
         if len(np.unique(x[pick])) < 3:
             continue
-        knees.append(fit_hinge(x[pick], y[pick]).knee_ms)
+        knees.append(fit_hinge(x[pick], y[pick], g[pick]).knee_ms)
     low, high = np.percentile(knees, [2.5, 97.5]) if knees else (fit.knee_ms, fit.knee_ms)
     return KneeEstimate(fit, (float(low), float(high)))
 
@@ -138,3 +160,28 @@ def estimate_knee(
 def _summary(x: NDArray[np.float64], y: NDArray[np.float64]) -> str:
     means = {float(o): float(np.mean(y[x == o])) for o in np.unique(x)}
     return "Mean latency by offset: " + ", ".join(f"{o:g} → {m:.1f}" for o, m in means.items())
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of the two-stream sweep: stream 2 started ``offset_ms`` after stream 1."""
+
+    offset_ms: float
+    latency1_ms: float
+    latency2_ms: float
+
+
+def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEstimate:
+    """Both streams' latencies share the knee; each has its own level and slope."""
+    offsets = [p.offset_ms for p in points] * 2
+    latencies = [p.latency1_ms for p in points] + [p.latency2_ms for p in points]
+    streams = [0] * len(points) + [1] * len(points)
+    return estimate_knee(offsets, latencies, streams, resamples=resamples)
+
+
+def recommended_body_ms(knee_ms: float, effective_body_ms: float | None, guard: float) -> float:
+    """What to put in ``bodyTimeMs``: the larger of the knee and the saturation figure
+    (1 / maximum throughput), plus a guard, rounded up to 0.1 ms. The study measured 45 ms
+    and used 60."""
+    base = max(knee_ms, effective_body_ms or 0.0)
+    return math.ceil(base * (1 + guard) * 10 - 1e-9) / 10

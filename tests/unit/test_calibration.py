@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagger.core.calibration import NoKnee, estimate_knee, fit_hinge
+from stagger.core.calibration import (
+    NoKnee,
+    SweepPoint,
+    estimate_knee,
+    fit_hinge,
+    knee_of_sweep,
+    recommended_body_ms,
+)
 
 # The published study's Table 2: start offset (ms) → latency of stream 1 / stream 2 (ms).
 STUDY_TABLE_2 = [
@@ -21,18 +28,30 @@ STUDY_TABLE_2 = [
 ]
 
 
-def both_streams(rows: list[tuple[float, float, float]]) -> tuple[list[float], list[float]]:
-    offsets = [o for o, _, _ in rows] * 2
-    latencies = [a for _, a, _ in rows] + [b for _, _, b in rows]
-    return offsets, latencies
-
-
 def test_the_studys_table_has_its_knee_at_45_ms() -> None:
-    estimate = estimate_knee(*both_streams(STUDY_TABLE_2))
+    estimate = knee_of_sweep([SweepPoint(*row) for row in STUDY_TABLE_2])
     assert estimate.fit.knee_ms == pytest.approx(45, abs=5)
-    assert -1.5 < estimate.fit.slope < -0.7  # ~1 ms of latency per ms of overlap
+    assert all(-1.5 < s < -0.7 for s in estimate.fit.slopes)  # both slowed, ~1 ms per ms
     low, high = estimate.ci_ms
     assert low <= estimate.fit.knee_ms <= high
+    assert recommended_body_ms(estimate.fit.knee_ms, None, guard=0.15) == pytest.approx(
+        estimate.fit.knee_ms * 1.15, abs=0.1
+    )
+
+
+def test_a_queue_slows_only_the_later_stream_and_the_knee_holds() -> None:
+    """A lock or FIFO (one body waits for the other): stream 1 runs solo throughout."""
+    rng = np.random.default_rng(5)
+    points = [
+        SweepPoint(o, 30 + rng.normal(0, 0.2), 30 + max(20 - o, 0) + rng.normal(0, 0.2))
+        for o in np.repeat(np.arange(0, 45, 4.5), 5)
+    ]
+    fit = knee_of_sweep(points, resamples=50).fit
+    assert fit.knee_ms == pytest.approx(20, abs=1.0)
+    assert fit.slopes[0] == pytest.approx(0, abs=0.1) and fit.slopes[1] == pytest.approx(
+        -1, abs=0.1
+    )
+    assert fit.level_ms == pytest.approx(30, abs=0.3)
 
 
 def synthetic(
@@ -47,7 +66,7 @@ def synthetic(
     return offsets.tolist(), latency.tolist()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     body=st.floats(min_value=4, max_value=80),
     noise_fraction=st.floats(min_value=0, max_value=0.05),

@@ -1,0 +1,218 @@
+"""``stagger profile``: measure a model's body time on a running Triton, or estimate it
+from a sweep recorded elsewhere (``--from-csv``). See docs/calibration.md."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from stagger.core.calibration import (
+    NoKnee,
+    SweepPoint,
+    knee_of_sweep,
+    recommended_body_ms,
+)
+from stagger.profiler import ProfileError, ProfileReport, profile
+
+CSV_COLUMNS = ("offsetMs", "latency1Ms", "latency2Ms")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="measure a model's body time (two-stream offset sweep) and recommend bodyTimeMs",
+        description="Against a running Triton: solo latency, a two-stream offset sweep "
+        "(coarse, then fine near the knee), saturation throughput. The model needs two "
+        "executions that can overlap: instance_group count >= 2, or --url twice.",
+    )
+    p.add_argument(
+        "--url",
+        action="append",
+        metavar="URL",
+        help="Triton endpoint, http://HOST:PORT (default scheme) or grpc://HOST:PORT;"
+        " twice for two servers",
+    )
+    p.add_argument("--model", help="Triton model name")
+    p.add_argument("--model-version", default="", metavar="V")
+    p.add_argument("--runs", type=int, default=5, help="pairs per offset (default 5)")
+    p.add_argument("--solo-runs", type=int, default=30)
+    p.add_argument(
+        "--max-offset-ms",
+        type=float,
+        metavar="MS",
+        help="largest offset swept (default 1.5 x solo p50)",
+    )
+    p.add_argument(
+        "--saturation",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4],
+        metavar="K",
+        help="closed-loop client counts (default 1 2 4)",
+    )
+    p.add_argument("--saturation-seconds", type=float, default=2.0, metavar="S")
+    p.add_argument("--guard", type=float, default=0.15, help="margin on the body (0.15 = 15%%)")
+    p.add_argument(
+        "--from-csv",
+        metavar="FILE",
+        help="estimate from a recorded sweep: columns offsetMs,latency1Ms,latency2Ms",
+    )
+    p.add_argument("--solo-ms", type=float, metavar="MS", help="solo latency, with --from-csv")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the sweep and saturation curve")
+
+
+def read_csv(path: Path) -> list[SweepPoint]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ProfileError(
+                f"{path}: missing column(s) {', '.join(missing)}; need {','.join(CSV_COLUMNS)}"
+            )
+        points = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                points.append(SweepPoint(*(float(row[c]) for c in CSV_COLUMNS)))
+            except (TypeError, ValueError):
+                raise ProfileError(f"{path}:{line}: not a number in {dict(row)}") from None
+    if not points:
+        raise ProfileError(f"{path}: no rows")
+    return points
+
+
+def from_csv(path: Path, solo_ms: float | None, guard: float) -> ProfileReport:
+    points = read_csv(path)
+    knee = knee_of_sweep(points)
+    solo = {"p50": solo_ms} if solo_ms is not None else {}
+    return ProfileReport(
+        model="",
+        urls=[str(path)],
+        solo_ms=solo,
+        sweep=points,
+        knee_ms=knee.fit.knee_ms,
+        knee_ci_ms=knee.ci_ms,
+        slope=knee.fit.slope,
+        level_ms=knee.fit.level_ms,
+        recommended_body_ms=recommended_body_ms(knee.fit.knee_ms, None, guard),
+        guard=guard,
+    )
+
+
+@contextmanager
+def _progress(err: Console, enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+
+        def stage(name: str, total: int) -> Any:
+            task = bar.add_task(name, total=total)
+            return lambda n: bar.advance(task, n)
+
+        yield stage
+
+
+def run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    try:
+        if args.from_csv:
+            report = from_csv(Path(args.from_csv), args.solo_ms, args.guard)
+        else:
+            if not args.url or not args.model:
+                err.print("stagger profile: give --url and --model (or --from-csv FILE)")
+                return 2
+            with _progress(err, args.output == "table" and err.is_terminal) as stage:
+                report = profile(
+                    args.url,
+                    args.model,
+                    version=args.model_version,
+                    solo_runs=args.solo_runs,
+                    sweep_runs=args.runs,
+                    max_offset_ms=args.max_offset_ms,
+                    saturation_levels=args.saturation,
+                    saturation_s=args.saturation_seconds,
+                    guard=args.guard,
+                    progress=stage,
+                )
+    except (ProfileError, NoKnee) as e:
+        err.print(f"stagger profile: {e}")
+        return 1
+    if args.plot:
+        plot(report, Path(args.plot))
+    if args.output == "json":
+        out.print_json(json.dumps(report.to_json()))
+    else:
+        print_report(report, out)
+    return 0
+
+
+def print_report(r: ProfileReport, out: Console) -> None:
+    t = Table(title=f"Body time of {r.model or 'the recorded sweep'}", show_header=False)
+    if r.solo_ms:
+        t.add_row("solo latency", "  ".join(f"{k} {v:.2f} ms" for k, v in r.solo_ms.items()))
+    lo, hi = r.knee_ci_ms
+    t.add_row("knee (body)", f"{r.knee_ms:.2f} ms  (95 % interval {lo:.2f} – {hi:.2f})")
+    t.add_row("before the knee", f"{r.slope:+.2f} ms of latency per ms of offset")
+    t.add_row("after the knee", f"{r.level_ms:.2f} ms")
+    for row in r.saturation:
+        t.add_row(
+            f"saturation, {row['clients']:.0f} clients",
+            f"{row['throughput_per_s']:.1f} inferences/s",
+        )
+    if r.effective_body_ms is not None:
+        t.add_row("effective body", f"{r.effective_body_ms:.2f} ms (1 / max throughput)")
+    t.add_row(
+        "recommended bodyTimeMs", f"[bold]{r.recommended_body_ms:g}[/bold] (guard {r.guard:.0%})"
+    )
+    t.add_row("sweep", f"{len(r.sweep)} pairs over {len({p.offset_ms for p in r.sweep})} offsets")
+    out.print(t)
+
+
+def plot(r: ProfileReport, path: Path) -> None:
+    try:
+        import matplotlib  # noqa: PLC0415 (optional dependency)
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError as e:
+        raise ProfileError("--plot needs matplotlib: pip install 'stagger[plot]'") from e
+    panels = 2 if r.saturation else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    ax = axes[0][0]
+    xs = [p.offset_ms for p in r.sweep]
+    ax.scatter(xs, [p.latency1_ms for p in r.sweep], s=10, label="stream 1")
+    ax.scatter(xs, [p.latency2_ms for p in r.sweep], s=10, label="stream 2")
+    grid = sorted(set(xs))
+    ax.plot(
+        grid, [r.level_ms + r.slope * min(x - r.knee_ms, 0) for x in grid], "k-", label="hinge fit"
+    )
+    ax.axvline(r.knee_ms, color="k", ls="--", label=f"knee {r.knee_ms:.1f} ms")
+    ax.set(xlabel="start offset (ms)", ylabel="latency (ms)", title="Two-stream offset sweep")
+    ax.legend()
+    if r.saturation:
+        ax2 = axes[0][1]
+        ax2.plot(
+            [s["clients"] for s in r.saturation],
+            [s["throughput_per_s"] for s in r.saturation],
+            "o-",
+        )
+        ax2.set(xlabel="closed-loop clients", ylabel="inferences/s", title="Saturation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,339 @@
+"""Measure a model's body time against a running Triton (``stagger profile``).
+
+1. Solo: sequential inferences, the latency distribution of one stream alone.
+2. Offset sweep: two clients, the second starting ``offset`` after the first, over a
+   coarse grid of offsets and then a fine one around the knee; latency of both against
+   offset is a hinge whose knee is the body (:mod:`stagger.core.calibration`).
+3. Saturation: k closed-loop clients back to back; 1 / maximum throughput is the effective
+   body when the model's GPU work is the bottleneck.
+
+The two sweep clients need two executions that can really overlap on the device: a model
+with ``instance_group`` count ≥ 2, or two Triton endpoints (``--url`` twice, like two
+pods). With one instance of one server the second request only queues; that is detected
+and refused rather than reported as a body.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from stagger.core.calibration import SweepPoint, knee_of_sweep, recommended_body_ms
+
+Progress = Callable[[int], None]  # advance by n runs
+
+
+class ProfileError(RuntimeError):
+    """The profile cannot be taken; the message says why and what to do."""
+
+
+def _message(e: Exception) -> str:
+    """Triton's own words when the client carries them."""
+    message = getattr(e, "message", None)
+    return str(message() if callable(message) else e)
+
+
+def _precise_wait(until: float) -> None:
+    """Sleep to ~1 ms before ``until`` (perf_counter), then spin: starts land within µs."""
+    while (left := until - time.perf_counter()) > 0.0015:
+        time.sleep(left - 0.001)
+    while time.perf_counter() < until:
+        pass
+
+
+class Endpoint:
+    """One Triton server and model, over HTTP (``http://``, the default) or gRPC
+    (``grpc://``). Builds one request from the model's metadata and sends it."""
+
+    def __init__(self, url: str, model: str, version: str = "") -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "grpc") or not parts.netloc:
+            raise ProfileError(f"{url}: use http://HOST:PORT or grpc://HOST:PORT")
+        self.url, self.model, self.version = url, model, version
+        self.grpc = parts.scheme == "grpc"
+        try:
+            if self.grpc:
+                import tritonclient.grpc as client  # noqa: PLC0415 (optional dependency)
+            else:
+                import tritonclient.http as client  # noqa: PLC0415
+        except ImportError as e:
+            raise ProfileError(
+                "stagger profile needs tritonclient: pip install 'stagger[sidecar]'"
+            ) from e
+        self._lib = client
+        self._netloc = parts.netloc
+        self._local = threading.local()  # the HTTP client is not shareable across threads
+        try:
+            live = self.client.is_server_live()
+        except Exception as e:
+            raise ProfileError(f"cannot reach Triton at {url}: {e}") from e
+        if not live:
+            raise ProfileError(f"Triton at {url} is not live")
+        try:
+            metadata = self._json(self.client.get_model_metadata(model, version))
+            config = self._json(self.client.get_model_config(model, version))
+        except Exception as e:
+            raise ProfileError(f"model {model!r} is not ready at {url}: {_message(e)}") from e
+        self.config = config.get("config", config)
+        self.inputs = self._inputs(metadata)
+
+    @property
+    def client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._lib.InferenceServerClient(self._netloc)
+        return client
+
+    def _json(self, answer: Any) -> dict[str, Any]:
+        if isinstance(answer, dict):
+            return answer
+        from google.protobuf.json_format import MessageToDict  # noqa: PLC0415
+
+        doc: dict[str, Any] = MessageToDict(answer, preserving_proto_field_name=True)
+        return doc
+
+    @property
+    def instances(self) -> int:
+        groups = self.config.get("instance_group") or [{"count": 1}]
+        return sum(int(g.get("count", 1)) for g in groups)
+
+    def _inputs(self, metadata: dict[str, Any]) -> list[Any]:
+        inputs = []
+        for spec in metadata.get("inputs", []):
+            shape = [1 if int(d) < 0 else int(d) for d in spec["shape"]]
+            dtype = self._lib.triton_to_np_dtype(spec["datatype"])
+            if dtype is None or spec["datatype"] == "BYTES":
+                raise ProfileError(f"input {spec['name']}: {spec['datatype']} is not supported")
+            tensor = self._lib.InferInput(spec["name"], shape, spec["datatype"])
+            tensor.set_data_from_numpy(np.zeros(shape, dtype=dtype))
+            inputs.append(tensor)
+        return inputs
+
+    def infer(self) -> float:
+        """One inference; its latency in seconds."""
+        start = time.perf_counter()
+        try:
+            self.client.infer(self.model, self.inputs, model_version=self.version)
+        except Exception as e:
+            raise ProfileError(f"model {self.model!r} failed at {self.url}: {_message(e)}") from e
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+
+
+@dataclass
+class ProfileReport:
+    model: str
+    urls: list[str]
+    solo_ms: dict[str, float]
+    sweep: list[SweepPoint]
+    knee_ms: float
+    knee_ci_ms: tuple[float, float]
+    slope: float
+    level_ms: float
+    saturation: list[dict[str, float]] = field(default_factory=list)
+    effective_body_ms: float | None = None
+    recommended_body_ms: float = 0.0
+    guard: float = 0.15
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["knee_ci_ms"] = list(self.knee_ci_ms)
+        return doc
+
+
+def solo(endpoint: Endpoint, runs: int, progress: Progress | None = None) -> list[float]:
+    latencies = []
+    for _ in range(runs):
+        latencies.append(endpoint.infer() * 1e3)
+        if progress:
+            progress(1)
+    return latencies
+
+
+def distribution(latencies_ms: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(latencies_ms)
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+    }
+
+
+def sweep(
+    first: Endpoint,
+    second: Endpoint,
+    offsets_ms: Sequence[float],
+    *,
+    runs: int,
+    gap_s: float,
+    progress: Progress | None = None,
+) -> list[SweepPoint]:
+    """For each offset, ``runs`` pairs: stream 1 starts at t0, stream 2 at t0 + offset."""
+    points: list[SweepPoint] = []
+    start = threading.Barrier(3)
+    done = threading.Barrier(3)
+    plan: dict[str, float] = {}
+    results: dict[int, float] = {}
+    errors: list[BaseException] = []
+
+    def worker(index: int, endpoint: Endpoint) -> None:
+        while True:
+            start.wait()
+            if "stop" in plan:
+                return
+            _precise_wait(plan["t0"] + (plan["offset"] if index else 0.0))
+            try:
+                results[index] = endpoint.infer()
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+            done.wait()
+
+    threads = [
+        threading.Thread(target=worker, args=(i, e), daemon=True)
+        for i, e in enumerate((first, second))
+    ]
+    for t in threads:
+        t.start()
+    try:
+        for offset in offsets_ms:
+            for _ in range(runs):
+                plan.update(t0=time.perf_counter() + 0.005, offset=offset / 1e3)
+                start.wait()
+                done.wait()
+                if errors:
+                    raise ProfileError(str(errors[0])) from errors[0]
+                points.append(SweepPoint(offset, results[0] * 1e3, results[1] * 1e3))
+                time.sleep(gap_s)  # let both executions go idle between runs
+                if progress:
+                    progress(1)
+    finally:
+        plan["stop"] = 1.0
+        start.wait()
+    return points
+
+
+def saturation(
+    make: Callable[[], Endpoint],
+    levels: Sequence[int],
+    seconds: float,
+    progress: Progress | None = None,
+) -> list[dict[str, float]]:
+    """Throughput with k closed-loop clients for each k in ``levels``."""
+    rows = []
+    for k in levels:
+        endpoints = [make() for _ in range(k)]
+        counts = [0] * k
+        deadline = time.perf_counter() + seconds
+
+        def loop(endpoint: Endpoint, i: int, counts: list[int], deadline: float) -> None:
+            while time.perf_counter() < deadline:
+                endpoint.infer()
+                counts[i] += 1
+
+        threads = [
+            threading.Thread(target=loop, args=(e, i, counts, deadline))
+            for i, e in enumerate(endpoints)
+        ]
+        began = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - began
+        rows.append({"clients": float(k), "throughput_per_s": sum(counts) / elapsed})
+        for e in endpoints:
+            e.close()
+        if progress:
+            progress(1)
+    return rows
+
+
+def profile(
+    urls: Sequence[str],
+    model: str,
+    *,
+    version: str = "",
+    solo_runs: int = 30,
+    sweep_runs: int = 5,
+    max_offset_ms: float | None = None,
+    saturation_levels: Sequence[int] = (1, 2, 4),
+    saturation_s: float = 2.0,
+    guard: float = 0.15,
+    progress: Callable[[str, int], Progress] | None = None,
+) -> ProfileReport:
+    """The whole profile. ``progress(stage, total)`` returns an advance callback."""
+    if not urls or len(urls) > 2:
+        raise ProfileError("give one Triton URL, or two for two servers")
+    first = Endpoint(urls[0], model, version)
+    second = Endpoint(urls[-1], model, version)
+    if len(urls) == 1 and first.instances < 2:
+        raise ProfileError(
+            f"model {model!r} has {first.instances} instance at {urls[0]}: two inferences "
+            "cannot overlap there, so a sweep would measure queueing, not the body. Give it "
+            "instance_group count >= 2, or pass --url twice (two Triton servers)."
+        )
+
+    def stage(name: str, total: int) -> Progress | None:
+        return progress(name, total) if progress else None
+
+    for _ in range(3):  # warm up both executions
+        first.infer()
+        second.infer()
+    solo_ms = solo(first, solo_runs, stage("solo", solo_runs))
+    p50 = float(np.percentile(solo_ms, 50))
+    top = max_offset_ms or 1.5 * p50
+    gap = max(2 * p50 / 1e3, 0.01)
+    coarse_step = top / 10
+    coarse = [round(coarse_step * i, 3) for i in range(11)]
+    points = sweep(
+        first, second, coarse, runs=sweep_runs, gap_s=gap, progress=stage("sweep", 11 * sweep_runs)
+    )
+    rough = knee_of_sweep(points, resamples=0).fit.knee_ms
+    fine = [round(rough + coarse_step * (i / 4 - 1), 3) for i in range(9)]
+    fine = [o for o in fine if 0 <= o <= top and o not in coarse]
+    points += sweep(
+        first,
+        second,
+        fine,
+        runs=sweep_runs,
+        gap_s=gap,
+        progress=stage("sweep near knee", len(fine) * sweep_runs),
+    )
+    knee = knee_of_sweep(points)
+    sat = saturation(
+        lambda: Endpoint(urls[0], model, version),
+        saturation_levels,
+        saturation_s,
+        stage("saturation", len(saturation_levels)),
+    )
+    best = max(r["throughput_per_s"] for r in sat)
+    # Saturation measures one server's throughput; with two servers it says nothing of one.
+    effective = 1e3 / best if len(urls) == 1 and best > 0 else None
+    first.close()
+    second.close()
+    return ProfileReport(
+        model=model,
+        urls=list(urls),
+        solo_ms=distribution(solo_ms),
+        sweep=points,
+        knee_ms=knee.fit.knee_ms,
+        knee_ci_ms=knee.ci_ms,
+        slope=knee.fit.slope,
+        level_ms=knee.fit.level_ms,
+        saturation=sat,
+        effective_body_ms=effective,
+        recommended_body_ms=recommended_body_ms(knee.fit.knee_ms, effective, guard),
+        guard=guard,
+    )

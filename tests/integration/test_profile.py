@@ -1,0 +1,146 @@
+"""`stagger profile` against a real tritonserver: a model whose body is a known exclusive
+section (20 ms under a file lock shared by its instances, between 4 ms of free work)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stagger.cli import main
+from stagger.localtriton import LocalTriton
+from tests.integration.sidecar_fixtures import MODELS
+
+BODY_MS = 20.0
+QUICK = [
+    "--runs",
+    "3",
+    "--solo-runs",
+    "10",
+    "--saturation",
+    "1",
+    "2",
+    "--saturation-seconds",
+    "1",
+    "-o",
+    "json",
+]
+STUDY_CSV = """offsetMs,latency1Ms,latency2Ms
+0,127.1,125.2
+20,105.2,105.5
+40,84.8,84.3
+45,76.7,82.2
+60,78.9,82.7
+75,72.2,76.3
+100,72.8,73.3
+"""
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_the_profiler_finds_the_known_body(
+    triton: LocalTriton, capsys: pytest.CaptureFixture[str], scheme: str, tmp_path: Path
+) -> None:
+    url = f"{scheme}://{triton.http if scheme == 'http' else triton.grpc}"
+    plot = tmp_path / "sweep.png"
+    code, out, err = run(
+        capsys, "profile", "--url", url, "--model", "exclusive", *QUICK, "--plot", str(plot)
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["knee_ms"] == pytest.approx(BODY_MS, abs=2.0)
+    low, high = report["knee_ci_ms"]
+    assert low <= report["knee_ms"] <= high
+    assert report["effective_body_ms"] == pytest.approx(BODY_MS, rel=0.15)  # body-bound
+    assert report["recommended_body_ms"] >= BODY_MS
+    assert report["solo_ms"]["p50"] == pytest.approx(28, abs=4)  # 4 + 20 + 4 ms
+    assert plot.stat().st_size > 10_000
+
+
+def test_two_servers_sharing_the_device(
+    triton: LocalTriton, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    lock = str(tmp_path / "device.lock")  # both servers' instances share one "device"
+    with (
+        LocalTriton(MODELS, env={"STAGGER_BODY_LOCK": lock}) as a,
+        LocalTriton(MODELS, env={"STAGGER_BODY_LOCK": lock}) as b,
+    ):
+        code, out, err = run(
+            capsys,
+            "profile",
+            "--url",
+            a.http,
+            "--url",
+            b.http,
+            "--model",
+            "exclusive_single",
+            *QUICK,
+        )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["knee_ms"] == pytest.approx(BODY_MS, abs=2.0)
+    assert report["effective_body_ms"] is None  # one server's throughput says nothing here
+
+
+def test_one_instance_on_one_server_is_refused(
+    triton: LocalTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "profile", "--url", triton.http, "--model", "exclusive_single")
+    assert code == 1
+    assert "1 instance" in err and "queueing, not the body" in err and "--url twice" in err
+
+
+def test_a_model_without_a_body_gets_no_made_up_number(
+    triton: LocalTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "profile", "--url", triton.http, "--model", "add_one", *QUICK)
+    assert code == 1 and out == ""
+    assert "no knee in this sweep" in err and "Mean latency by offset: 0 →" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--url", "http://127.0.0.1:1", "--model", "m"], "cannot reach Triton at"),
+        (["--url", "ftp://x:1", "--model", "m"], "use http://HOST:PORT or grpc://HOST:PORT"),
+        (["--model", "m"], "give --url and --model"),
+    ],
+)
+def test_bad_targets_say_what_is_wrong(
+    capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    code, _, err = run(capsys, "profile", *args)
+    assert code in (1, 2) and says in err
+
+
+def test_unknown_model(triton: LocalTriton, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "profile", "--url", triton.http, "--model", "nope")
+    assert code == 1 and "'nope' is not ready" in err and "unknown model" in err
+
+
+def test_from_csv_reads_a_sweep_recorded_elsewhere(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    csv = tmp_path / "study.csv"
+    csv.write_text(STUDY_CSV)
+    code, out, err = run(capsys, "profile", "--from-csv", str(csv), "--solo-ms", "72", "-o", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["knee_ms"] == pytest.approx(45, abs=5)
+    assert report["solo_ms"] == {"p50": 72.0}
+    code, out, _ = run(capsys, "profile", "--from-csv", str(csv))
+    assert code == 0 and "recommended bodyTimeMs" in out
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("offset,lat\n0,1\n")
+    code, _, err = run(capsys, "profile", "--from-csv", str(bad))
+    assert code == 1 and "missing column(s) offsetMs, latency1Ms, latency2Ms" in err
+    bad.write_text("offsetMs,latency1Ms,latency2Ms\n0,1,x\n")
+    code, _, err = run(capsys, "profile", "--from-csv", str(bad))
+    assert code == 1 and "bad.csv:2: not a number" in err

@@ -1,0 +1,1 @@
+../../exclusive/1/model.py
