@@ -100,8 +100,11 @@ def test_a_model_without_a_body_gets_no_made_up_number(
     triton: LocalTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run(capsys, "profile", "--url", triton.http, "--model", "add_one", *QUICK)
-    assert code == 1 and out == ""
-    assert "no knee in this sweep" in err and "Mean latency by offset: 0 →" in err
+    assert code == 1 and out == ""  # no number at all
+    # Sub-millisecond timing noise reads as flat or as still falling: either way, no knee,
+    # with the data.
+    assert "no knee in this sweep" in err or "sweep further" in err
+    assert "Mean latency by offset: 0 →" in err
 
 
 @pytest.mark.parametrize(
