@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stagger.core.calibration import (
+    CalibrationResult,
     NoKnee,
     SweepPoint,
     knee_of_sweep,
@@ -69,6 +70,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--solo-ms", type=float, metavar="MS", help="solo latency, with --from-csv")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.add_argument("--plot", metavar="FILE.png", help="draw the sweep and saturation curve")
+    p.add_argument(
+        "--result-file",
+        metavar="FILE",
+        help="also write the compact result (< 4 KiB JSON) here: a calibration Job points it "
+        "at /dev/termination-log",
+    )
 
 
 def read_csv(path: Path) -> list[SweepPoint]:
@@ -90,12 +97,14 @@ def read_csv(path: Path) -> list[SweepPoint]:
     return points
 
 
-def from_csv(path: Path, solo_ms: float | None, guard: float) -> ProfileReport:
+def from_csv(
+    path: Path, solo_ms: float | None, guard: float, model: str | None = None
+) -> ProfileReport:
     points = read_csv(path)
     knee = knee_of_sweep(points)
     solo = {"p50": solo_ms} if solo_ms is not None else {}
     return ProfileReport(
-        model="",
+        model=model or "",
         urls=[str(path)],
         solo_ms=solo,
         sweep=points,
@@ -132,7 +141,7 @@ def _progress(err: Console, enabled: bool) -> Iterator[Any]:
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     try:
         if args.from_csv:
-            report = from_csv(Path(args.from_csv), args.solo_ms, args.guard)
+            report = from_csv(Path(args.from_csv), args.solo_ms, args.guard, args.model)
         else:
             if not args.url or not args.model:
                 err.print("stagger profile: give --url and --model (or --from-csv FILE)")
@@ -155,11 +164,32 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         return 1
     if args.plot:
         plot(report, Path(args.plot))
+    if args.result_file:
+        if not report.model and not args.model:
+            err.print("stagger profile: --result-file needs --model to name the model")
+            return 2
+        result = calibration_result(report, args.model, args.model_version)
+        Path(args.result_file).write_text(result.model_dump_json(by_alias=True, exclude_none=True))
     if args.output == "json":
         out.print_json(json.dumps(report.to_json()))
     else:
         print_report(report, out)
     return 0
+
+
+def calibration_result(r: ProfileReport, model: str | None, version: str) -> CalibrationResult:
+    p50 = r.solo_ms.get("p50", r.level_ms)
+    return CalibrationResult(
+        model=r.model or model or "",
+        model_version=version or None,
+        body_time_ms=r.recommended_body_ms,
+        knee_ms=r.knee_ms,
+        knee_ci_ms=list(r.knee_ci_ms),
+        solo_p50_ms=p50,
+        solo_p99_ms=r.solo_ms.get("p99", p50),
+        effective_body_ms=r.effective_body_ms,
+        sweep_pairs=len(r.sweep),
+    )
 
 
 def print_report(r: ProfileReport, out: Console) -> None:

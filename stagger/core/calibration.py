@@ -17,10 +17,15 @@ same answer.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
+
+from stagger.core.api import ModelProfile, SharingMode, Wire
 
 HUBER_K = 1.345  # the usual 95 %-efficiency constant, in robust-scale units
 BOOTSTRAP_SEED = 20261121
@@ -185,3 +190,56 @@ def recommended_body_ms(knee_ms: float, effective_body_ms: float | None, guard: 
     and used 60."""
     base = max(knee_ms, effective_body_ms or 0.0)
     return math.ceil(base * (1 + guard) * 10 - 1e-9) / 10
+
+
+class CalibrationResult(Wire):
+    """What one calibration run reports: small enough for a Kubernetes termination message
+    (4 KiB), so a calibration Job needs no write access to the API."""
+
+    model: str = Field(min_length=1, max_length=253)
+    model_version: str | None = None
+    body_time_ms: float = Field(gt=0, description="Recommended bodyTimeMs (guard included).")
+    knee_ms: float = Field(gt=0)
+    knee_ci_ms: list[float] = Field(min_length=2, max_length=2)
+    solo_p50_ms: float = Field(gt=0)
+    solo_p99_ms: float = Field(gt=0)
+    effective_body_ms: float | None = None
+    sweep_pairs: int = Field(ge=0)
+
+
+_NAME_INVALID = re.compile(r"[^a-z0-9.-]+")
+
+
+def profile_name(model: str, gpu_product: str, sharing_mode: SharingMode) -> str:
+    """A DNS-1123 name per (model, GPU product, sharing mode): one profile each."""
+    raw = f"{model}-{gpu_product}-{sharing_mode}".lower()
+    name = _NAME_INVALID.sub("-", raw).strip("-.")[:253].rstrip("-.")
+    return name or "profile"
+
+
+def model_profile(
+    result: CalibrationResult,
+    gpu_product: str,
+    sharing_mode: SharingMode,
+    measured_at: datetime,
+) -> ModelProfile:
+    """The ModelProfile a calibration run stands for. Solo latency is the run's p50, raised
+    to the body when the guard made the body the larger (the body is part of the latency)."""
+    return ModelProfile.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "ModelProfile",
+            "metadata": {"name": profile_name(result.model, gpu_product, sharing_mode)},
+            "spec": {
+                "model": result.model,
+                **({"modelVersion": result.model_version} if result.model_version else {}),
+                "gpuProduct": gpu_product,
+                "sharingMode": str(sharing_mode),
+                "bodyTimeMs": result.body_time_ms,
+                "latencyMs": max(result.solo_p50_ms, result.body_time_ms),
+                "bodyTimeCiMs": list(result.knee_ci_ms),
+                "source": "calibration",
+                "measuredAt": measured_at,
+            },
+        }
+    )

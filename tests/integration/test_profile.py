@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from stagger.cli import main
+from stagger.core.calibration import CalibrationResult
 from stagger.localtriton import LocalTriton
 from tests.integration.sidecar_fixtures import MODELS
 
@@ -139,6 +140,25 @@ def test_from_csv_reads_a_sweep_recorded_elsewhere(
     assert report["solo_ms"] == {"p50": 72.0}
     code, out, _ = run(capsys, "profile", "--from-csv", str(csv))
     assert code == 0 and "recommended bodyTimeMs" in out
+    result_file = tmp_path / "termination-log"
+    code, _, err = run(
+        capsys,
+        "profile",
+        "--from-csv",
+        str(csv),
+        "--solo-ms",
+        "72",
+        "--model",
+        "ssd",
+        "--result-file",
+        str(result_file),
+    )
+    assert code == 0, err
+    result = CalibrationResult.model_validate_json(result_file.read_text())
+    assert result.model == "ssd" and result.knee_ms == pytest.approx(45, abs=5)
+    assert result.body_time_ms == pytest.approx(result.knee_ms * 1.15, abs=0.1)
+    code, _, err = run(capsys, "profile", "--from-csv", str(csv), "--result-file", str(result_file))
+    assert code == 2 and "--result-file needs --model" in err
 
     bad = tmp_path / "bad.csv"
     bad.write_text("offset,lat\n0,1\n")

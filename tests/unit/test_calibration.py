@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stagger.core.api import SharingMode
 from stagger.core.calibration import (
+    CalibrationResult,
     NoKnee,
     SweepPoint,
     estimate_knee,
     fit_hinge,
     knee_of_sweep,
+    model_profile,
     recommended_body_ms,
 )
 
@@ -102,3 +107,39 @@ def test_a_sweep_too_short_for_the_body_says_sweep_further() -> None:
 def test_too_few_offsets_is_an_error() -> None:
     with pytest.raises(NoKnee, match="at least 3 distinct offsets"):
         estimate_knee([0, 10, 0, 10], [5, 4, 5, 4])
+
+
+def test_a_calibration_result_becomes_a_valid_model_profile() -> None:
+    result = CalibrationResult(
+        model="RetinaNet_R50",
+        body_time_ms=12.1,
+        knee_ms=10.5,
+        knee_ci_ms=[10.2, 10.9],
+        solo_p50_ms=18.5,
+        solo_p99_ms=19.4,
+        sweep_pairs=100,
+    )
+    when = datetime(2026, 11, 21, 14, 0, tzinfo=UTC)
+    profile = model_profile(result, "NVIDIA-H200", SharingMode.MPS, when)
+    assert profile.name == "retinanet-r50-nvidia-h200-mps"
+    spec = profile.spec
+    assert (spec.body_time_ms, spec.latency_ms, spec.source) == (12.1, 18.5, "calibration")
+    assert spec.body_time_ci_ms == [10.2, 10.9] and spec.measured_at == when
+    # A guard that lifts the body over the solo p50 lifts the latency with it (CEL rule).
+    tight = result.model_copy(update={"body_time_ms": 19.0})
+    assert model_profile(tight, "NVIDIA-H200", SharingMode.MPS, when).spec.latency_ms == 19.0
+
+
+def test_the_result_fits_a_termination_message() -> None:
+    result = CalibrationResult(
+        model="m" * 253,
+        model_version="12",
+        body_time_ms=123.456789,
+        knee_ms=107.1234567,
+        knee_ci_ms=[100.123456789, 120.123456789],
+        solo_p50_ms=150.123456789,
+        solo_p99_ms=180.123456789,
+        effective_body_ms=99.123456789,
+        sweep_pairs=10_000,
+    )
+    assert len(result.model_dump_json(by_alias=True)) < 4096
