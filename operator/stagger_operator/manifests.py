@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from stagger.core.api import API_VERSION, InferenceStream
+from stagger.core.api import API_VERSION, InferenceStream, SharingMode
+from stagger.core.calibration import profile_name
 from stagger.core.contract import CONTRACT_FILE, SlotAssignment
 from stagger.core.placement import ShardPlacement
 from stagger_operator.settings import OperatorSettings
@@ -22,11 +24,24 @@ LABEL_STREAM = "stagger.dev/stream"
 LABEL_SHARD = "stagger.dev/shard"
 LABEL_GPU = "stagger.dev/gpu"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "stagger", "app.kubernetes.io/part-of": "stagger"}
+LABEL_CALIBRATION = "stagger.dev/calibration"
 SLOT_DIR = "/etc/stagger/slot"
 SIDECAR = "stagger-sidecar"
 # Workload names get "-<replicaset hash>-<pod hash>" appended (17 characters) and must
 # stay a valid 63-character hostname.
 MAX_WORKLOAD_NAME = 46
+
+
+# What Stagger's own containers run as: non-root, read-only, no privileges (the pod
+# security "restricted" profile).
+RESTRICTED: Obj = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 class TemplateError(ValueError):
@@ -77,6 +92,16 @@ def shard_labels(stream: str, shard: int, node: str, gpu: int) -> dict[str, str]
     }
 
 
+def owned_metadata(stream: InferenceStream, name: str, labels: dict[str, str]) -> Obj:
+    """Metadata of an object the stream owns: deleted with it by the garbage collector."""
+    return {
+        "name": name,
+        "namespace": stream.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(stream)],
+    }
+
+
 def owner_reference(stream: InferenceStream) -> Obj:
     if not stream.metadata.uid:
         raise TemplateError("the stream has no metadata.uid (it was not read from the API server)")
@@ -96,12 +121,7 @@ def slot_configmap(stream: InferenceStream, contract: SlotAssignment) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": f"{shard_name(*where)}-slot",
-            "namespace": stream.namespace,
-            "labels": shard_labels(*where),
-            "ownerReferences": [owner_reference(stream)],
-        },
+        "metadata": owned_metadata(stream, f"{shard_name(*where)}-slot", shard_labels(*where)),
         "data": {
             CONTRACT_FILE: contract.model_dump_json(by_alias=True, exclude_none=True, indent=2)
         },
@@ -169,14 +189,7 @@ def sidecar_container(stream: InferenceStream, p: ShardPlacement, s: OperatorSet
         },
         "readinessProbe": http_probe("/readyz"),
         "livenessProbe": http_probe("/healthz"),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 65532,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _copy(RESTRICTED),
         "volumeMounts": [{"name": "stagger-slot", "mountPath": SLOT_DIR, "readOnly": True}],
     }
 
@@ -189,12 +202,11 @@ def resource_claim(stream: InferenceStream, p: ShardPlacement, s: OperatorSettin
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
-        "metadata": {
-            "name": f"{shard_name(stream.name, p.shard, p.node, p.gpu)}-gpu",
-            "namespace": stream.namespace,
-            "labels": shard_labels(stream.name, p.shard, p.node, p.gpu),
-            "ownerReferences": [owner_reference(stream)],
-        },
+        "metadata": owned_metadata(
+            stream,
+            f"{shard_name(stream.name, p.shard, p.node, p.gpu)}-gpu",
+            shard_labels(stream.name, p.shard, p.node, p.gpu),
+        ),
         "spec": {
             "devices": {
                 "requests": [
@@ -221,16 +233,9 @@ def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSett
     meta = template.setdefault("metadata", {})
     meta["labels"] = {**meta.get("labels", {}), **labels}
     spec = template["spec"]
-    affinity = spec.setdefault("affinity", {})
-    affinity["nodeAffinity"] = {
-        "requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [
-                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [p.node]}]}
-            ],
-        }
-    }
+    _pin_to_node(spec, p.node)
     for c in spec["containers"]:
-        _bind_gpu(c, p, s)
+        _bind_gpu(c, p.gpu, p.gpu_uuid, s)
     if s.gpu_binding == "dra":
         spec["resourceClaims"] = [
             *spec.get("resourceClaims", []),
@@ -244,12 +249,7 @@ def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSett
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": stream.namespace,
-            "labels": labels,
-            "ownerReferences": [owner_reference(stream)],
-        },
+        "metadata": owned_metadata(stream, name, labels),
         "spec": {
             "replicas": 1,
             "strategy": {"type": "Recreate"},
@@ -261,10 +261,21 @@ def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSett
     }
 
 
-def _bind_gpu(container: Obj, p: ShardPlacement, s: OperatorSettings) -> None:
+def _pin_to_node(pod_spec: Obj, node: str) -> None:
+    affinity = pod_spec.setdefault("affinity", {})
+    affinity["nodeAffinity"] = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+            ],
+        }
+    }
+
+
+def _bind_gpu(container: Obj, gpu: int, gpu_uuid: str | None, s: OperatorSettings) -> None:
     if s.gpu_binding == "visible-devices":
         env = [e for e in container.get("env", []) if e.get("name") != "NVIDIA_VISIBLE_DEVICES"]
-        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": p.gpu_uuid or str(p.gpu)})
+        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": gpu_uuid or str(gpu)})
         container["env"] = env
     elif s.gpu_binding == "resource":
         limits = container.setdefault("resources", {}).setdefault("limits", {})
@@ -321,3 +332,101 @@ def gpu_schedule(
             ],
         },
     }
+
+
+@dataclass(frozen=True)
+class CalibrationTarget:
+    """The GPU a calibration runs on, and what its result will be a profile of."""
+
+    node: str
+    gpu: int
+    gpu_uuid: str | None
+    product: str
+    sharing_mode: SharingMode
+
+
+def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSettings) -> Obj:
+    """A Job that measures the stream's model on one GPU: the stream's Triton container as
+    a native sidecar (an init container that keeps running, so the pod completes when the
+    profiler does), and ``stagger profile`` against it, whose result is the container's
+    termination message. The app containers stay out: their frames would disturb the
+    measurement. The Job needs no API access; the operator reads the message."""
+    if s.gpu_binding == "dra":
+        raise TemplateError("calibration Jobs do not support gpuBinding dra yet")
+    template = _copy(check_template(stream))
+    spec = template["spec"]
+    triton = _triton_container(spec["containers"], s)
+    triton["restartPolicy"] = "Always"  # native sidecar
+    triton["startupProbe"] = {
+        "httpGet": {"path": "/v2/health/ready", "port": s.triton_http_port},
+        "periodSeconds": 2,
+        "failureThreshold": 300,  # model loads can take minutes
+    }
+    _bind_gpu(triton, t.gpu, t.gpu_uuid, s)
+    model = stream.spec.model
+    version = stream.spec.model_version
+    profiler = {
+        "name": "stagger-profile",
+        "image": s.sidecar_image,
+        "command": [
+            "stagger",
+            "profile",
+            "--url",
+            f"http://127.0.0.1:{s.triton_http_port}",
+            "--model",
+            model,
+            *(["--model-version", version] if version else []),
+            "--result-file",
+            "/dev/termination-log",
+            "-o",
+            "json",
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "1", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": _copy(RESTRICTED),
+    }
+    name = calibration_job_name(model, t)
+    labels = {
+        **MANAGED_BY,
+        LABEL_CALIBRATION: _short(profile_name(model, t.product, t.sharing_mode), 63),
+        LABEL_STREAM: stream_label(stream.name),
+    }
+    pod_spec = {
+        **{k: v for k, v in spec.items() if k not in ("containers", "initContainers")},
+        "restartPolicy": "Never",
+        "initContainers": [*spec.get("initContainers", []), triton],
+        "containers": [profiler],
+    }
+    _pin_to_node(pod_spec, t.node)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": owned_metadata(stream, name, labels),
+        "spec": {
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": s.calibration_timeout_s,
+            "ttlSecondsAfterFinished": 3600,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def calibration_job_name(model: str, t: CalibrationTarget) -> str:
+    key = f"{model}/{t.product}/{t.sharing_mode}/{t.node}/{t.gpu}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:6]
+    return f"calibrate-{_short(profile_name(model, t.product, t.sharing_mode), 45)}-{digest}"
+
+
+def _triton_container(containers: list[Obj], s: OperatorSettings) -> Obj:
+    """The template's Triton: the container that serves Triton's HTTP port, or one named
+    triton."""
+    for c in containers:
+        if any(p.get("containerPort") == s.triton_http_port for p in c.get("ports", [])):
+            return c
+    for c in containers:
+        if c.get("name") == "triton":
+            return c
+    raise TemplateError(
+        "spec.template: no container serves Triton: name it triton or declare "
+        f"containerPort {s.triton_http_port}"
+    )

@@ -44,6 +44,8 @@ class OperatorSettings(BaseSettings):
     sidecar_metrics_port: int = 9400
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
+    calibration_timeout_s: int = Field(default=900, gt=0)
+    """A calibration Job still running after this long is stopped (activeDeadlineSeconds)."""
 
     effective_after_s: float = Field(default=5.0, gt=0)
     """A new slot table applies this long after it is written: later than the kubelet's

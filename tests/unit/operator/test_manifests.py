@@ -184,3 +184,55 @@ def test_the_injected_sidecar_reads_the_streams_gate_settings(
         f"0.0.0.0:{ports['gate-grpc']}",
         f"0.0.0.0:{ports['metrics']}",
     )
+
+
+def _calibration_target() -> manifests.CalibrationTarget:
+    from stagger.core.api import SharingMode
+
+    return manifests.CalibrationTarget(
+        node="h200-a",
+        gpu=1,
+        gpu_uuid="GPU-1b2c",
+        product="NVIDIA-H200",
+        sharing_mode=SharingMode.TIME_SLICING,
+    )
+
+
+def test_calibration_job_matches_golden_and_validates() -> None:
+    s, _ = placed_stream()
+    template = {
+        **TEMPLATE,
+        "spec": {
+            **TEMPLATE["spec"],
+            "containers": [
+                {**TEMPLATE["spec"]["containers"][0], "ports": [{"containerPort": 8000}]},
+                TEMPLATE["spec"]["containers"][1],
+            ],
+        },
+    }
+    s.spec.template = template
+    job = manifests.calibration_job(s, _calibration_target(), OperatorSettings())
+    check_golden("calibration-job.yaml", job)
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    triton = pod["initContainers"][-1]
+    assert triton["name"] == "triton" and triton["restartPolicy"] == "Always"
+    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "GPU-1b2c"} in triton["env"]
+    assert [c["name"] for c in pod["containers"]] == ["stagger-profile"]  # no app
+    profiler = pod["containers"][0]
+    assert profiler["command"][-4:] == ["--result-file", "/dev/termination-log", "-o", "json"]
+    assert profiler["securityContext"]["runAsNonRoot"] is True
+    assert pod["restartPolicy"] == "Never"
+
+
+def test_calibration_needs_to_find_triton_in_the_template() -> None:
+    s, _ = placed_stream()  # TEMPLATE's Triton is named "triton": found by name
+    job = manifests.calibration_job(s, _calibration_target(), OperatorSettings())
+    assert job["spec"]["template"]["spec"]["initContainers"][-1]["name"] == "triton"
+    s.spec.template = {
+        "spec": {"containers": [{"name": "server", "image": "x"}, {"name": "app", "image": "y"}]}
+    }
+    with pytest.raises(manifests.TemplateError, match="no container serves Triton"):
+        manifests.calibration_job(s, _calibration_target(), OperatorSettings())
+    with pytest.raises(manifests.TemplateError, match="dra"):
+        manifests.calibration_job(s, _calibration_target(), OperatorSettings(gpu_binding="dra"))
