@@ -109,8 +109,9 @@ class Keeper:
             self.metrics.refused(key, decision.reason)
             raise Refused(decision.reason, decision.message)
         try:
-            delay = decision.at - self.clock()
-            if delay > 0:
+            # Timers may fire early (uvloop rounds to whole milliseconds): never release
+            # before the slot, so wait again for what is left.
+            while (delay := decision.at - self.clock()) > 0:
                 await self.sleep(delay)
         except BaseException:  # the app gave up while waiting: free its place
             resolved.finish(decision, self.clock())

@@ -195,3 +195,22 @@ def test_wait_policy_releases_on_distinct_slots_never_early(
         taken.append(r.slot)
         inflight.append(r)
     assert all(b > a for a, b in itertools.pairwise(taken))
+
+
+async def test_the_keeper_never_releases_before_the_slot_even_if_timers_fire_early() -> None:
+    from stagger_sidecar.keeper import Keeper
+    from stagger_sidecar.metrics import GateMetrics
+
+    now = [T + 0.050]
+    sleeps: list[float] = []
+
+    async def early_sleep(seconds: float) -> None:  # a timer that fires 1 ms early
+        sleeps.append(seconds)
+        now[0] += max(seconds - 0.001, 0.0004)
+
+    gate = Gate(GateConfig(), default="cam")
+    gate.load(slot_contract(), T)
+    keeper = Keeper(gate, GateMetrics(), max_inflight=8, clock=lambda: now[0], sleep=early_sleep)
+    ticket = await keeper.admit(None, "m")
+    assert ticket.released >= T + 0.130 - 1e-9
+    assert len(sleeps) > 1  # it waited again for the remainder
