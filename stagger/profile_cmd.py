@@ -27,8 +27,8 @@ from stagger.profiler import ProfileError, ProfileReport, profile
 CSV_COLUMNS = ("offsetMs", "latency1Ms", "latency2Ms")
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
         "profile",
         help="measure a model's body time (two-stream offset sweep) and recommend bodyTimeMs",
         description="Against a running Triton: solo latency, a two-stream offset sweep "
@@ -71,11 +71,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.add_argument("--plot", metavar="FILE.png", help="draw the sweep and saturation curve")
     p.add_argument(
+        "--apply",
+        action="store_true",
+        help="write the ModelProfile to the cluster: kubectl stagger profile --apply",
+    )
+    p.add_argument(
         "--result-file",
         metavar="FILE",
         help="also write the compact result (< 4 KiB JSON) here: a calibration Job points it "
         "at /dev/termination-log",
     )
+    return p
 
 
 def read_csv(path: Path) -> list[SweepPoint]:
@@ -139,13 +145,26 @@ def _progress(err: Console, enabled: bool) -> Iterator[Any]:
 
 
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.apply and not hasattr(args, "gpu_product"):
+        err.print(
+            "stagger profile: the stagger command never writes to a cluster; use "
+            "`kubectl stagger profile --apply --gpu-product PRODUCT` (the operator's CLI)"
+        )
+        return 2
+    report = measure(args, err)
+    if report is None:
+        return 1
+    return present(report, args, out, err)
+
+
+def measure(args: argparse.Namespace, err: Console) -> ProfileReport | None:
+    """The report the arguments ask for; None (and the reason on ``err``) when there is none."""
     try:
         if args.from_csv:
             report = from_csv(Path(args.from_csv), args.solo_ms, args.guard, args.model)
         else:
             if not args.url or not args.model:
-                err.print("stagger profile: give --url and --model (or --from-csv FILE)")
-                return 2
+                raise ProfileError("give --url and --model (or --from-csv FILE)")
             with _progress(err, args.output == "table" and err.is_terminal) as stage:
                 report = profile(
                     args.url,
@@ -161,7 +180,11 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 )
     except (ProfileError, NoKnee) as e:
         err.print(f"stagger profile: {e}")
-        return 1
+        return None
+    return report
+
+
+def present(report: ProfileReport, args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.plot:
         plot(report, Path(args.plot))
     if args.result_file:

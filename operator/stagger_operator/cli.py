@@ -1,6 +1,7 @@
-"""``kubectl stagger``: the ``stagger`` command, plus ``plan --live`` against a cluster.
+"""``kubectl stagger``: the ``stagger`` command, plus what needs a cluster.
 
     kubectl stagger plan --live [--add FILE...] [--kubeconfig PATH] [--context NAME] [-o json]
+    kubectl stagger profile ... --apply --gpu-product PRODUCT [--sharing-mode MODE]
 
 Reads nodes, streams, ModelProfiles and GpuSchedules through the kubeconfig and shows the
 plan the operator holds, and what adding the streams in FILE would change. Writes nothing.
@@ -13,12 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 
 from kubernetes import client, config
 from rich.console import Console
 
 from stagger import cli as base_cli
-from stagger import render
+from stagger import profile_cmd, render
+from stagger.core.api import SharingMode
+from stagger.core.calibration import model_profile
 from stagger.loader import InputError, load_streams
 from stagger_operator.kube import Kube
 from stagger_operator.settings import OperatorSettings
@@ -113,10 +117,62 @@ def live(argv: list[str]) -> int:
     return base_cli.EXIT_UNPLACED if result.refused else base_cli.EXIT_OK
 
 
+def profile_apply(argv: list[str]) -> int:
+    """``kubectl stagger profile ... --apply --gpu-product P``: measure (or read a CSV),
+    then write the ModelProfile for (model, product, sharing mode)."""
+    parser = argparse.ArgumentParser(prog="kubectl stagger")
+    p = profile_cmd.add_parser(parser.add_subparsers(dest="command", required=True))
+    p.add_argument(
+        "--gpu-product",
+        required=True,
+        metavar="PRODUCT",
+        help="as in nvidia.com/gpu.product, e.g. NVIDIA-H200",
+    )
+    p.add_argument(
+        "--sharing-mode",
+        choices=[m.value for m in SharingMode],
+        default=SharingMode.TIME_SLICING.value,
+    )
+    p.add_argument("--kubeconfig", metavar="PATH")
+    p.add_argument("--context", metavar="NAME")
+    args = parser.parse_args(argv)
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    err = Console(stderr=True, soft_wrap=True)
+    report = profile_cmd.measure(args, err)
+    if report is None:
+        return 1
+    if not (report.model or args.model):
+        err.print("error: --apply needs --model to name the profile", highlight=False)
+        return base_cli.EXIT_INVALID
+    result = profile_cmd.calibration_result(report, args.model, args.model_version)
+    profile = model_profile(
+        result, args.gpu_product, SharingMode(args.sharing_mode), datetime.now(UTC)
+    )
+    try:
+        kube = Kube(_api(args.kubeconfig, args.context))
+        current = next(
+            (o for o in kube.list_objects("ModelProfile") if o["metadata"]["name"] == profile.name),
+            None,
+        )
+        kube.apply(profile.to_wire(), current)
+    except Exception as e:  # no cluster, no credentials, no CRD, refused: say which
+        err.print(f"error: cannot write the ModelProfile: {e}", highlight=False, markup=False)
+        return base_cli.EXIT_INVALID
+    code = profile_cmd.present(report, args, out, err)
+    out.print(
+        f"modelprofile.stagger.dev/{profile.name} written: bodyTimeMs "
+        f"{profile.spec.body_time_ms:g}, latencyMs {profile.spec.latency_ms:g}",
+        highlight=False,
+    )
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--live" in argv:
         return live(argv)
+    if argv[:1] == ["profile"] and "--apply" in argv:
+        return profile_apply(argv)
     return base_cli.main(argv)
 
 

@@ -109,3 +109,52 @@ def test_without_live_kubectl_stagger_is_the_stagger_command(
     assert main(["plan", "-o", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {s["namespace"] for s in data["shards"]} == {"study", "retail", "logistics"}
+
+
+async def test_profile_apply_writes_the_model_profile(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = kubeconfig(tmp_path, cluster.kube.api.configuration.host)
+    sweep = tmp_path / "sweep.csv"
+    sweep.write_text(
+        "offsetMs,latency1Ms,latency2Ms\n"
+        + "".join(
+            f"{o},{18.5 + max(10.5 - o, 0)},{18.5 + max(10.5 - o, 0)}\n" for o in range(0, 22, 2)
+        )
+    )
+    args = [
+        "profile",
+        "--from-csv",
+        str(sweep),
+        "--solo-ms",
+        "18.5",
+        "--model",
+        "retinanet",
+        "--apply",
+        "--gpu-product",
+        "NVIDIA-H200",
+        "--sharing-mode",
+        "mps",
+        "--kubeconfig",
+        str(config),
+    ]
+    code, out, err = await run_cli(capsys, *args)
+    assert code == 0, err
+    assert "modelprofile.stagger.dev/retinanet-nvidia-h200-mps written" in out
+    profiles = await cluster.objects("ModelProfile")
+    assert [p["metadata"]["name"] for p in profiles] == ["retinanet-nvidia-h200-mps"]
+    spec = profiles[0]["spec"]
+    assert spec["source"] == "calibration" and spec["sharingMode"] == "mps"
+    assert spec["bodyTimeMs"] == pytest.approx(10.5 * 1.15, abs=0.3)
+    code, _, _ = await run_cli(capsys, *args)  # again: updates the same profile
+    assert code == 0 and len(await cluster.objects("ModelProfile")) == 1
+
+
+async def test_plain_stagger_profile_never_writes_to_a_cluster(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from stagger.cli import main as stagger_main
+
+    code = stagger_main(["profile", "--from-csv", "x.csv", "--apply"])
+    assert code == 2
+    assert "kubectl stagger profile --apply" in capsys.readouterr().err
