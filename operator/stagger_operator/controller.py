@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-from stagger.core.api import InferenceStream, InferenceStreamStatus, StreamPhase
+from stagger.core.api import (
+    API_VERSION,
+    InferenceStream,
+    InferenceStreamStatus,
+    ModelProfile,
+    StreamPhase,
+)
 from stagger.core.placement import Move, Plan, plan
 from stagger_operator import manifests
 from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
@@ -30,6 +36,7 @@ from stagger_operator.reconcile import (
     cluster_from_nodes,
     desired_state,
     plan_from_schedules,
+    profile_statuses,
     schedule_status,
     serving_status,
     write_failed_status,
@@ -111,7 +118,8 @@ class Controller:
         live = [x for x in streams if not (x.metadata.model_extra or {}).get("deletionTimestamp")]
         schedules = {x.name: x for x in kube.list_schedules()}
         previous = plan_from_schedules(schedules.values(), s.tick_hz)
-        result = plan(live, cluster, kube.list_profiles(), s.planner(), previous=previous)
+        profiles = kube.list_profiles()
+        result = plan(live, cluster, profiles, s.planner(), previous=previous)
         if full or self.objects is None:
             self.objects = {
                 _key(k, o): o
@@ -200,17 +208,21 @@ class Controller:
                 self.objects.pop(key, None)
 
         # Statuses are computed here and only the changed ones are sent off.
+        all_sched = {
+            name: schedule_status(obj, result, observed) for name, obj in wanted_sched.items()
+        }
         sched_statuses = [
             (name, status)
-            for name, obj in wanted_sched.items()
-            if (current_sched.get(name) or {}).get("status")
-            != (status := schedule_status(obj, result, observed))
+            for name, status in all_sched.items()
+            if (current_sched.get(name) or {}).get("status") != status
         ]
         for (name, _), outcome in self._each(
             lambda x: kube.patch_status("GpuSchedule", None, *x), sched_statuses
         ):
             if isinstance(outcome, ApiException):
                 log.warning("cannot write the status of %s: %s", name, _why(outcome))
+
+        self._profile_statuses(profiles, wanted_sched, all_sched, result, now)
 
         by_key = {(x.namespace, x.name): x for x in live}
 
@@ -366,6 +378,55 @@ class Controller:
                 return None
         return new
 
+    def _profile_statuses(
+        self,
+        profiles: list[ModelProfile],
+        schedules: dict[str, Obj],
+        statuses: dict[str, Obj],
+        result: Plan,
+        now: datetime,
+    ) -> None:
+        """Measured body and drift on each ModelProfile; a Warning Event when one drifts."""
+        measured = {
+            (obj["spec"]["node"], obj["spec"]["gpuIndex"]): statuses[name]["measuredBodyMs"]
+            for name, obj in schedules.items()
+        }
+        wanted = profile_statuses(profiles, measured, result.gpus, self.settings.drift_percent, now)
+        by_name = {p.name: p for p in profiles}
+        for name, status in wanted.items():
+            profile = by_name[name]
+            before = profile.status.to_wire() if profile.status else {}
+            if before == status:
+                continue
+            try:
+                self.kube.patch_status("ModelProfile", None, name, status)
+            except ApiException as e:
+                log.warning("cannot write the status of ModelProfile %s: %s", name, _why(e))
+                continue
+            was = next(
+                (
+                    c.status
+                    for c in (profile.status.conditions if profile.status else [])
+                    if c.type == "Drifted"
+                ),
+                None,
+            )
+            drifted = status["conditions"][0]
+            if drifted["status"] == "True" and was != "True":
+                self._object_event(
+                    {
+                        "apiVersion": API_VERSION,
+                        "kind": "ModelProfile",
+                        "name": name,
+                        "uid": profile.metadata.uid,
+                    },
+                    "default",
+                    kind="Warning",
+                    reason="BodyDrift",
+                    message=drifted["message"],
+                    now=now,
+                )
+
     def _write_status(
         self, stream: InferenceStream, new: InferenceStreamStatus, now: datetime
     ) -> None:
@@ -382,20 +443,36 @@ class Controller:
     def _event(
         self, stream: InferenceStream, kind: str, reason: str, message: str, now: datetime
     ) -> None:
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": "InferenceStream",
+            "name": stream.name,
+            "namespace": stream.namespace,
+            "uid": stream.metadata.uid,
+        }
+        self._object_event(
+            involved, stream.namespace, kind=kind, reason=reason, message=message, now=now
+        )
+
+    def _object_event(
+        self,
+        involved: Obj,
+        namespace: str,
+        *,
+        kind: str,
+        reason: str,
+        message: str,
+        now: datetime,
+    ) -> None:
+        """An Event about ``involved`` (cluster-scoped objects' events go to ``default``)."""
         stamp = now.isoformat().replace("+00:00", "Z")
         suffix = hashlib.sha256(f"{reason}{message}{stamp}".encode()).hexdigest()[:10]
         self.kube.create_event(
             {
                 "apiVersion": "v1",
                 "kind": "Event",
-                "metadata": {"name": f"{stream.name}.{suffix}", "namespace": stream.namespace},
-                "involvedObject": {
-                    "apiVersion": "stagger.dev/v1alpha1",
-                    "kind": "InferenceStream",
-                    "name": stream.name,
-                    "namespace": stream.namespace,
-                    "uid": stream.metadata.uid,
-                },
+                "metadata": {"name": f"{involved['name']}.{suffix}", "namespace": namespace},
+                "involvedObject": {k: v for k, v in involved.items() if v is not None},
                 "type": kind,
                 "reason": reason,
                 "message": message,

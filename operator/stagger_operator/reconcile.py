@@ -7,16 +7,17 @@ and write back what they return; nothing here reads the clock or the API.
 from __future__ import annotations
 
 import hashlib
+import statistics
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from stagger.core.api import GpuSchedule, InferenceStream, SharingMode, StreamPhase
+from stagger.core.api import GpuSchedule, InferenceStream, ModelProfile, SharingMode, StreamPhase
 from stagger.core.cluster import Cluster
 from stagger.core.contract import SlotAssignment
-from stagger.core.placement import Plan, ShardPlacement
+from stagger.core.placement import GpuUsage, Plan, ShardPlacement
 from stagger.core.timebase import TICK_HZ, ticks_to_ms
 from stagger_operator import manifests
 from stagger_operator.observe import Observation
@@ -448,3 +449,57 @@ def write_failed_status(status: Obj, stream: InferenceStream, problem: str, now:
         _condition(stream, "Ready", False, "WriteFailed", message=problem, now=now),
     ]
     return status
+
+
+def profile_statuses(
+    profiles: Sequence[ModelProfile],
+    measured: Mapping[tuple[str, int], Mapping[str, float]],
+    gpus: Sequence[GpuUsage],
+    drift_percent: float,
+    now: datetime,
+) -> dict[str, Obj]:
+    """Each ModelProfile's status from what the sidecars measured on the GPUs it describes
+    (same product and sharing mode): the median body there, its drift from ``bodyTimeMs``
+    and a ``Drifted`` condition. Profiles with no measurement keep their status."""
+    kinds = {(g.node, g.gpu): (g.product, str(g.sharing_mode)) for g in gpus}
+    samples: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for where, bodies in measured.items():
+        if where in kinds:
+            for model, ms in bodies.items():
+                samples[(model, *kinds[where])].append(ms)
+    out: dict[str, Obj] = {}
+    for profile in profiles:
+        spec = profile.spec
+        seen = samples.get((spec.model, spec.gpu_product, str(spec.sharing_mode)))
+        if not seen:
+            continue
+        observed = statistics.median(seen)
+        drift = (observed - spec.body_time_ms) / spec.body_time_ms * 100
+        drifted = abs(drift) > drift_percent
+        message = (
+            f"sidecars measure {observed:.2f} ms on {len(seen)} GPU(s) against bodyTimeMs "
+            f"{spec.body_time_ms:g} ({drift:+.0f} %, tolerance {drift_percent:g} %)"
+            + (": re-calibrate" if drifted else "")
+        )
+        old = {c.type: c for c in (profile.status.conditions if profile.status else [])}
+        was = old.get("Drifted")
+        status = "True" if drifted else "False"
+        since = (
+            was.last_transition_time
+            if was is not None and was.status == status and was.last_transition_time
+            else now.replace(microsecond=0)
+        )
+        out[profile.name] = {
+            "observedBodyMs": round(observed, 3),
+            "driftPercent": round(drift, 1),
+            "conditions": [
+                {
+                    "type": "Drifted",
+                    "status": status,
+                    "reason": "BodyDrift" if drifted else "WithinTolerance",
+                    "message": message,
+                    "lastTransitionTime": since.isoformat().replace("+00:00", "Z"),
+                }
+            ],
+        }
+    return out

@@ -64,6 +64,9 @@ class OperatorSettings(BaseSettings):
     scrape_interval_s: float = Field(default=30.0, gt=0)
     """How often the sidecars' metrics are read into status (observed fps, drops, p99)."""
     scrape_timeout_s: float = Field(default=2.0, gt=0)
+    drift_percent: float = Field(default=20.0, gt=0)
+    """A ModelProfile whose body, as the sidecars measure it, differs from its bodyTimeMs by
+    more than this gets Drifted=True and a Warning Event: re-calibrate it."""
     degraded_drop_rate: float = Field(default=0.001, ge=0, le=1)
     """A running stream dropping more than this share of its frames is Degraded."""
     write_concurrency: int = Field(default=16, ge=1, le=256)

@@ -179,3 +179,55 @@ async def test_a_refused_write_is_reported_on_its_stream_and_others_are_served(
         await cluster.wait_for(reported)
     finally:
         await stop_operator(op)
+
+
+async def test_a_profile_whose_measured_body_drifts_says_so(
+    cluster: Cluster, sidecar_metrics: tuple[GateMetrics, int]
+) -> None:
+    metrics, port = sidecar_metrics
+    await cluster.create(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "ModelProfile",
+            "metadata": {"name": "retinanet-h200", "uid": "uid-profile", "resourceVersion": "1"},
+            "spec": {
+                "model": "retinanet",
+                "gpuProduct": "NVIDIA-H200",
+                "bodyTimeMs": 10.5,
+                "latencyMs": 18.5,
+            },
+        }
+    )
+    op = await start_operator(cluster, scrape_interval_s=0.3, sidecar_metrics_port=port)
+    try:
+        cam = stream("cam")
+        del cam["spec"]["bodyTimeMs"], cam["spec"]["latencyMs"]  # the profile's to give
+        await cluster.create(cam)
+        await cluster.wait_for(lambda: _phase(cluster, "cam", "Placed"))
+        (deployment,) = await cluster.objects("Deployment", "default")
+        await run_pod(cluster, deployment)
+        key = StreamKey("default", "cam", 0, "retinanet")
+        metrics.body.labels(**key.labels()).set(0.0135)  # 29 % over the profile
+
+        async def drifted() -> dict[str, Any] | None:
+            (profile,) = await cluster.objects("ModelProfile")
+            status = profile.get("status") or {}
+            conditions = status.get("conditions") or [{}]
+            return status if conditions[0].get("status") == "True" else None
+
+        status = await cluster.wait_for(drifted)
+        assert status["observedBodyMs"] == 13.5 and status["driftPercent"] == pytest.approx(28.6)
+        events = await cluster.objects("Event", "default")
+        assert any(
+            e["reason"] == "BodyDrift" and e["involvedObject"]["kind"] == "ModelProfile"
+            for e in events
+        )
+        metrics.body.labels(**key.labels()).set(0.0110)  # back within 20 %
+
+        async def settled() -> bool:
+            (profile,) = await cluster.objects("ModelProfile")
+            return profile["status"]["conditions"][0]["status"] == "False"
+
+        await cluster.wait_for(settled)
+    finally:
+        await stop_operator(op)

@@ -1,0 +1,80 @@
+"""ModelProfile status: the body the sidecars measure on matching GPUs, and drift."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from stagger.core.api import ModelProfile
+from stagger.core.placement import GpuUsage
+from stagger_operator.reconcile import profile_statuses
+
+NOW = datetime(2026, 11, 21, 14, 0, tzinfo=UTC)
+
+
+def profile(body: float = 10.5, mode: str = "time-slicing", status: Any = None) -> ModelProfile:
+    return ModelProfile.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "ModelProfile",
+            "metadata": {"name": f"retinanet-h200-{mode}"},
+            "spec": {
+                "model": "retinanet",
+                "gpuProduct": "NVIDIA-H200",
+                "sharingMode": mode,
+                "bodyTimeMs": body,
+                "latencyMs": 18.5,
+            },
+            **({"status": status} if status else {}),
+        }
+    )
+
+
+def gpu(node: str, index: int, mode: str = "time-slicing", product: str = "NVIDIA-H200"):  # type: ignore[no-untyped-def]
+    return GpuUsage(node, index, None, product, mode, 0.5, 1000, 143771, 2)
+
+
+GPUS = [gpu("a", 0), gpu("a", 1), gpu("b", 0, "mps"), gpu("c", 0, product="NVIDIA-L4")]
+
+
+def test_the_median_of_matching_gpus_is_compared_with_the_profile() -> None:
+    measured = {
+        ("a", 0): {"retinanet": 13.0, "other": 99.0},
+        ("a", 1): {"retinanet": 13.8},
+        ("b", 0): {"retinanet": 6.2},  # MPS: another profile's business
+        ("c", 0): {"retinanet": 40.0},  # another product
+    }
+    out = profile_statuses([profile()], measured, GPUS, 20.0, NOW)
+    status = out["retinanet-h200-time-slicing"]
+    assert status["observedBodyMs"] == pytest.approx(13.4)
+    assert status["driftPercent"] == pytest.approx(27.6)
+    (drifted,) = status["conditions"]
+    assert (drifted["type"], drifted["status"], drifted["reason"]) == (
+        "Drifted",
+        "True",
+        "BodyDrift",
+    )
+    assert "13.40 ms on 2 GPU(s)" in drifted["message"] and "re-calibrate" in drifted["message"]
+
+
+def test_within_tolerance_keeps_its_transition_time_and_unmeasured_profiles_are_left_alone() -> (
+    None
+):
+    earlier = "2026-11-20T09:00:00Z"
+    old = {
+        "conditions": [
+            {
+                "type": "Drifted",
+                "status": "False",
+                "reason": "WithinTolerance",
+                "lastTransitionTime": earlier,
+            }
+        ]
+    }
+    measured = {("a", 0): {"retinanet": 11.0}}
+    out = profile_statuses([profile(status=old), profile(mode="mps")], measured, GPUS, 20.0, NOW)
+    (cond,) = out["retinanet-h200-time-slicing"]["conditions"]
+    assert cond["status"] == "False" and cond["lastTransitionTime"] == earlier
+    assert "retinanet-h200-mps" not in out  # nothing measured on MPS GPUs: no claim
