@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: all venv plan test lint typecheck layers crds check-crds pytest bench clean
+.PHONY: all venv plan test lint typecheck layers crds check-crds pytest bench bench-sidecar clean
 
 all: test
 
@@ -43,6 +43,9 @@ pytest: $(STAMP)
 
 bench: $(STAMP)  ## Placement quality and scale (see docs/benchmarks.md)
 	$(BIN)/python -m bench.placement
+
+bench-sidecar: $(STAMP)  ## Latency and CPU the sidecar adds over Triton direct (docs/benchmarks.md)
+	$(BIN)/python -m bench.sidecar_overhead --json out/bench-sidecar.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
