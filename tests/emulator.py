@@ -19,6 +19,7 @@ RESOURCES = {
     "v1/configmaps": ("ConfigMap", True, set()),
     "v1/pods": ("Pod", True, {"status"}),
     "apps/v1/deployments": ("Deployment", True, set()),
+    "batch/v1/jobs": ("Job", True, {"status"}),
     "coordination.k8s.io/v1/leases": ("Lease", True, set()),
 }
 TEMPLATE = {"spec": {"containers": [{"name": "triton", "image": "example/tritonserver:24.10"}]}}

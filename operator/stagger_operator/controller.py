@@ -33,6 +33,10 @@ from stagger_operator import manifests
 from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
 from stagger_operator.observe import Observation
 from stagger_operator.reconcile import (
+    Calibration,
+    CalibrationOutcome,
+    calibration_outcomes,
+    calibration_state,
     cluster_from_nodes,
     desired_state,
     plan_from_schedules,
@@ -135,6 +139,13 @@ class Controller:
         current = dict(self.objects)
         ready = {u for units in list(self.pods.values()) for u in units}
         observed = self.observed
+        jobs = {
+            _named(j): j
+            for j in kube.list_managed("Job")
+            if manifests.LABEL_CALIBRATION in (j["metadata"].get("labels") or {})
+            and self._watched(j["metadata"].get("namespace"))
+        }
+        outcomes = calibration_outcomes(jobs.values(), kube.list_managed("Pod") if jobs else [])
         desired = desired_state(
             live,
             result,
@@ -142,8 +153,12 @@ class Controller:
             s,
             now,
             known={} if full else self.fingerprints,
-            context=_context(signatures, current, ready, observed),
+            context=_context(signatures, current, ready, observed, jobs=jobs, outcomes=outcomes),
         )
+        calibration = calibration_state(live, result, outcomes, s, now)
+        for named, status in calibration.statuses.items():
+            if named not in desired.unchanged:
+                desired.statuses[named] = status
         report.plan, report.moves = result, list(result.moves)
         report.streams, report.invalid = len(streams), len(invalid)
         report.placed = len({(p.namespace, p.stream) for p in result.shards})
@@ -223,6 +238,7 @@ class Controller:
                 log.warning("cannot write the status of %s: %s", name, _why(outcome))
 
         self._profile_statuses(profiles, wanted_sched, all_sched, result, now)
+        self._calibrate(calibration, jobs, profiles, report)
 
         by_key = {(x.namespace, x.name): x for x in live}
 
@@ -378,6 +394,47 @@ class Controller:
                 return None
         return new
 
+    def _calibrate(
+        self,
+        calibration: Calibration,
+        jobs: dict[tuple[str, str], Obj],
+        profiles: list[ModelProfile],
+        report: Report,
+    ) -> None:
+        """Start the calibration Jobs wanted, remove those no longer wanted, and write the
+        ModelProfiles that finished Jobs measured (never over an existing one)."""
+        kube = self.kube
+        wanted = {_named(j): j for j in calibration.jobs}
+        for key, job in wanted.items():
+            if key not in jobs:
+                try:
+                    kube.apply(job, None)
+                    report.written += 1
+                except ApiException as e:
+                    report.failed += 1
+                    log.error("cannot create calibration Job %s/%s: %s", *key, _why(e))
+        for key in jobs.keys() - wanted.keys():
+            try:
+                kube.delete("Job", *key)
+                report.deleted += 1
+            except ApiException as e:
+                log.error("cannot delete calibration Job %s/%s: %s", *key, _why(e))
+        existing = {p.name for p in profiles}
+        for profile in calibration.profiles:
+            if profile.name in existing:
+                continue
+            existing.add(profile.name)
+            try:
+                kube.apply(profile.to_wire(), None)
+                report.written += 1
+                log.info(
+                    "calibrated",
+                    extra={"profile": profile.name, "body_ms": profile.spec.body_time_ms},
+                )
+            except ApiException as e:
+                report.failed += 1
+                log.error("cannot write ModelProfile %s: %s", profile.name, _why(e))
+
     def _profile_statuses(
         self,
         profiles: list[ModelProfile],
@@ -517,6 +574,9 @@ def _context(
     current: dict[Key, Obj],
     ready: set[Unit],
     observed: dict[ShardId, Observation],
+    *,
+    jobs: dict[tuple[str, str], Obj],
+    outcomes: dict[tuple[str, str], CalibrationOutcome],
 ) -> dict[tuple[str, str], Hashable]:
     """Per (namespace, stream label): what this reconcile saw of the stream (its spec and
     status as listed), its objects, Ready pods and measurements; part of its fingerprint
@@ -532,4 +592,9 @@ def _context(
         seen[u[:2]].append(("ready", *u))
     for sid, o in observed.items():
         seen[sid[:2]].append(("observed", sid[2], o.at))
+    for named, job in jobs.items():  # a calibration Job's outcome, on the stream it names
+        label = (job["metadata"].get("labels") or {}).get(manifests.LABEL_STREAM)
+        if label is not None:
+            outcome = repr(outcomes.get(named))
+            seen[(named[0], label)].append(("calibration", named[1], outcome))
     return {k: tuple(sorted(v, key=repr)) for k, v in seen.items()}

@@ -115,6 +115,12 @@ async def pod_event(
         memo.wake.set()
 
 
+@kopf.on.event("batch", "v1", "jobs", labels={"stagger.dev/calibration": kopf.PRESENT})
+async def calibration_job_event(memo: kopf.Memo, **_: Any) -> None:
+    # A calibration Job finished (or failed): read its result into a ModelProfile.
+    memo.wake.set()
+
+
 @kopf.on.event(GROUP, VERSION, "modelprofiles")
 async def profile_event(memo: kopf.Memo, **_: Any) -> None:
     memo.wake.set()

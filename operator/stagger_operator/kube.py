@@ -41,6 +41,7 @@ KINDS: dict[str, Kind] = {
     "Node": Kind("v1", "nodes", False),
     "Pod": Kind("v1", "pods", True),
     "Deployment": Kind("apps/v1", "deployments", True),
+    "Job": Kind("batch/v1", "jobs", True),
     "ResourceClaim": Kind("resource.k8s.io/v1", "resourceclaims", True),
     "InferenceStream": Kind("stagger.dev/v1alpha1", "inferencestreams", True),
     "ModelProfile": Kind("stagger.dev/v1alpha1", "modelprofiles", False),
@@ -157,8 +158,10 @@ class Kube:
         return current is None or not _contains(current, obj)
 
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        # Background: a Job's pods go with it (the API's default for Jobs orphans them).
+        options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         try:
-            self._call("DELETE", KINDS[kind].path(namespace, name))
+            self._call("DELETE", KINDS[kind].path(namespace, name), options)
         except ApiException as e:
             if e.status != 404:
                 raise

@@ -94,10 +94,24 @@ class GpuUsage:
 
 
 @dataclass(frozen=True)
+class CalibrationSite:
+    """A GPU on which a stream's model could be measured: one per (product, sharing mode)
+    the stream may run on and that has no ModelProfile for it."""
+
+    node: str
+    gpu: int
+    gpu_uuid: str | None
+    product: str
+    sharing_mode: str
+
+
+@dataclass(frozen=True)
 class Unplaced:
     namespace: str
     stream: str
     reason: str
+    calibrate_on: tuple[CalibrationSite, ...] = ()
+    """Set when the stream only lacks a body time: where it could be calibrated."""
 
 
 @dataclass(frozen=True)
@@ -429,6 +443,29 @@ class Planner:
             )
         return out, ""
 
+    def calibration_sites(self, stream: InferenceStream) -> tuple[CalibrationSite, ...]:
+        """For a stream with no body time anywhere: the first GPU (in fleet order) of each
+        eligible pool, where a calibration could measure it."""
+        spec = stream.spec
+        if spec.body_time_ms is not None:
+            return ()
+        pools, _ = self._eligible_pools(tuple(sorted(spec.node_selector.items())), spec.gpu_product)
+        sites = []
+        for pool in pools:
+            members = self.fleet.pool_members[pool]
+            first = next((g for g in members if _matches(g.node, spec.node_selector)), members[0])
+            if stream_timing(stream, first.gpu, self.book) is None:
+                sites.append(
+                    CalibrationSite(
+                        first.node.name,
+                        first.gpu.index,
+                        first.gpu.uuid,
+                        first.gpu.product,
+                        str(first.gpu.sharing_mode),
+                    )
+                )
+        return tuple(sites)
+
     def _eligible_pools(
         self, selector: tuple[tuple[str, str], ...], product: str | None
     ) -> tuple[list[int], str]:
@@ -726,7 +763,8 @@ class Planner:
         for stream in streams:
             demands, why = self.demands(stream)
             if not demands:
-                unplaced.append(Unplaced(stream.namespace, stream.name, why))
+                sites = self.calibration_sites(stream)
+                unplaced.append(Unplaced(stream.namespace, stream.name, why, sites))
                 continue
             counts, why = self.shard_counts(stream, demands)
             if not counts:

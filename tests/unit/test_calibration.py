@@ -20,6 +20,7 @@ from stagger.core.calibration import (
     model_profile,
     recommended_body_ms,
 )
+from tests.factories import calibration_result
 
 # The published study's Table 2: start offset (ms) → latency of stream 1 / stream 2 (ms).
 STUDY_TABLE_2 = [
@@ -110,15 +111,7 @@ def test_too_few_offsets_is_an_error() -> None:
 
 
 def test_a_calibration_result_becomes_a_valid_model_profile() -> None:
-    result = CalibrationResult(
-        model="RetinaNet_R50",
-        body_time_ms=12.1,
-        knee_ms=10.5,
-        knee_ci_ms=[10.2, 10.9],
-        solo_p50_ms=18.5,
-        solo_p99_ms=19.4,
-        sweep_pairs=100,
-    )
+    result = calibration_result("RetinaNet_R50")
     when = datetime(2026, 11, 21, 14, 0, tzinfo=UTC)
     profile = model_profile(result, "NVIDIA-H200", SharingMode.MPS, when)
     assert profile.name == "retinanet-r50-nvidia-h200-mps"

@@ -1,4 +1,4 @@
-"""ModelProfile status: the body the sidecars measure on matching GPUs, and drift."""
+"""ModelProfile status (measured body, drift) and calibration Job outcomes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from stagger.core.api import ModelProfile
 from stagger.core.placement import GpuUsage
 from stagger_operator.reconcile import profile_statuses
+from tests.factories import calibration_result
 
 NOW = datetime(2026, 11, 21, 14, 0, tzinfo=UTC)
 
@@ -78,3 +79,54 @@ def test_within_tolerance_keeps_its_transition_time_and_unmeasured_profiles_are_
     (cond,) = out["retinanet-h200-time-slicing"]["conditions"]
     assert cond["status"] == "False" and cond["lastTransitionTime"] == earlier
     assert "retinanet-h200-mps" not in out  # nothing measured on MPS GPUs: no claim
+
+
+def _job(name: str, failed: bool = False) -> dict[str, Any]:
+    conditions = (
+        [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "DeadlineExceeded",
+                "message": "Job was active longer than specified deadline",
+            }
+        ]
+        if failed
+        else []
+    )
+    return {"metadata": {"name": name, "namespace": "ns"}, "status": {"conditions": conditions}}
+
+
+def _pod(job: str, exit_code: int, message: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"{job}-p", "namespace": "ns", "labels": {"job-name": job}},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "stagger-profile",
+                    "state": {"terminated": {"exitCode": exit_code, "message": message}},
+                }
+            ]
+        },
+    }
+
+
+def test_calibration_outcomes_from_jobs_and_their_pods() -> None:
+    from stagger_operator.reconcile import calibration_outcomes
+
+    good = calibration_result("m")
+    done = _job("empty")
+    done["status"]["conditions"] = [{"type": "Complete", "status": "True"}]
+    jobs = [_job("ok"), _job("retrying"), _job("garbled"), _job("late", failed=True), done]
+    pods = [
+        _pod("ok", 1, "first try failed"),
+        _pod("ok", 0, good.model_dump_json(by_alias=True)),
+        _pod("retrying", 1, "Triton not ready yet"),  # the Job has a retry left: running
+        _pod("garbled", 0, "not json"),
+    ]
+    out = calibration_outcomes(jobs, pods)
+    assert out[("ns", "ok")].result == good
+    assert out[("ns", "retrying")].result is None and out[("ns", "retrying")].failure is None
+    assert "unreadable" in (out[("ns", "garbled")].failure or "")  # never waits for ever
+    assert "DeadlineExceeded" in (out[("ns", "late")].failure or "")
+    assert out[("ns", "empty")].failure == "the Job completed without a result"

@@ -1,0 +1,130 @@
+"""A stream with no body time and no ModelProfile: the operator calibrates it with a Job,
+turns the Job's result into a ModelProfile and places the stream. kmock has no Job
+controller and no kubelet: the tests play both, finishing the Job's pod with the
+termination message the profiler writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.emulator import stream
+from tests.factories import calibration_result
+from tests.integration.conftest import Cluster, start_operator, stop_operator
+from tests.integration.test_serving import _phase, phase_of
+
+RESULT = calibration_result()
+
+
+def uncalibrated(name: str) -> dict[str, Any]:
+    body = stream(name)
+    del body["spec"]["bodyTimeMs"], body["spec"]["latencyMs"]
+    return body
+
+
+async def finish(c: Cluster, job: dict[str, Any], exit_code: int, message: str) -> None:
+    """Stand in for the Job controller and the kubelet: the Job's pod ends."""
+    meta = job["metadata"]
+    name = meta["name"]
+    await c.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{name}-x7k2p",
+                "namespace": meta["namespace"],
+                "uid": f"uid-{name}-pod",
+                "resourceVersion": "1",
+                "labels": {**meta["labels"], "batch.kubernetes.io/job-name": name},
+            },
+            "spec": job["spec"]["template"]["spec"],
+            "status": {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "containerStatuses": [
+                    {
+                        "name": "stagger-profile",
+                        "state": {"terminated": {"exitCode": exit_code, "message": message}},
+                    }
+                ],
+            },
+        }
+    )
+    condition = "Complete" if exit_code == 0 else "Failed"
+    await c.call(
+        c.kube.patch_status,
+        "Job",
+        meta["namespace"],
+        name,
+        {
+            "conditions": [
+                {
+                    "type": condition,
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded" if exit_code else "Completed",
+                    "message": "",
+                }
+            ]
+        },
+    )
+
+
+async def test_an_uncalibrated_stream_is_measured_profiled_and_placed(cluster: Cluster) -> None:
+    op = await start_operator(cluster)
+    try:
+        await cluster.create(uncalibrated("cam-1"))
+        await cluster.create(uncalibrated("cam-2"))  # same model: one Job for both
+        status = await cluster.wait_for(lambda: _phase(cluster, "cam-1", "Calibrating"))
+        assert "measuring the body time of model retinanet on NVIDIA-H200" in status["message"]
+        (job,) = await cluster.wait_for(lambda: cluster.objects("Job", "default"))
+        assert job["metadata"]["name"] in status["message"]
+        pod = job["spec"]["template"]["spec"]
+        assert [c["name"] for c in pod["containers"]] == ["stagger-profile"]
+        await cluster.wait_for(lambda: _phase(cluster, "cam-2", "Calibrating"))
+
+        await finish(cluster, job, 0, RESULT.model_dump_json(by_alias=True))
+        (profile,) = await cluster.wait_for(lambda: cluster.objects("ModelProfile"))
+        assert profile["metadata"]["name"] == "retinanet-nvidia-h200-time-slicing"
+        spec = profile["spec"]
+        assert (spec["bodyTimeMs"], spec["latencyMs"], spec["source"]) == (
+            12.1,
+            18.5,
+            "calibration",
+        )
+        for name in ("cam-1", "cam-2"):
+            placed = await cluster.wait_for(lambda n=name: _phase(cluster, n, "Placed"))
+            assert placed["shards"][0]["bodyMs"] == 12.1
+
+        async def job_gone() -> bool:
+            return not await cluster.objects("Job", "default")
+
+        await cluster.wait_for(job_gone)  # done: cleaned up
+    finally:
+        await stop_operator(op)
+
+
+async def test_a_failed_calibration_says_why_and_is_not_retried_in_a_loop(
+    cluster: Cluster,
+) -> None:
+    op = await start_operator(cluster)
+    try:
+        await cluster.create(uncalibrated("cam"))
+        (job,) = await cluster.wait_for(lambda: cluster.objects("Job", "default"))
+        await finish(
+            cluster,
+            job,
+            1,
+            "stagger profile: model 'retinanet' is not ready at "
+            "http://127.0.0.1:8000: unknown model",
+        )
+        status = await cluster.wait_for(lambda: _phase(cluster, "cam", "Pending"))
+        assert (
+            "calibration of model retinanet on NVIDIA-H200 (time-slicing) failed"
+            in (status["message"])
+        )
+        assert "unknown model" in status["message"] and "kubectl delete job" in status["message"]
+        placed = next(c for c in status["conditions"] if c["type"] == "Placed")
+        assert placed["reason"] == "CalibrationFailed"
+        assert len(await cluster.objects("Job", "default")) == 1  # kept: no retry loop
+        assert await cluster.objects("ModelProfile") == []
+        assert (await phase_of(cluster, "cam"))["phase"] == "Pending"
+    finally:
+        await stop_operator(op)
