@@ -444,16 +444,20 @@ class Planner:
         return out, ""
 
     def calibration_sites(self, stream: InferenceStream) -> tuple[CalibrationSite, ...]:
-        """For a stream with no body time anywhere: the first GPU (in fleet order) of each
-        eligible pool, where a calibration could measure it."""
+        """For a stream with no body time anywhere: per eligible pool, the GPU a calibration
+        should measure it on. An idle GPU if there is one (a calibration next to running
+        streams would disturb them and measure them too), else the least used; ties go to
+        fleet order."""
         spec = stream.spec
         if spec.body_time_ms is not None:
             return ()
         pools, _ = self._eligible_pools(tuple(sorted(spec.node_selector.items())), spec.gpu_product)
         sites = []
         for pool in pools:
-            members = self.fleet.pool_members[pool]
-            first = next((g for g in members if _matches(g.node, spec.node_selector)), members[0])
+            members = [
+                g for g in self.fleet.pool_members[pool] if _matches(g.node, spec.node_selector)
+            ] or self.fleet.pool_members[pool]
+            first = min(members, key=lambda g: (g.util, g.pos))
             if stream_timing(stream, first.gpu, self.book) is None:
                 sites.append(
                     CalibrationSite(
@@ -760,11 +764,12 @@ class Planner:
             raise ValueError(f"streams appear more than once: {', '.join(dupes)}")
         unplaced: list[Unplaced] = []
         ready: list[tuple[InferenceStream, dict[int, _Demand], list[int]]] = []
+        uncalibrated: list[tuple[int, InferenceStream]] = []
         for stream in streams:
             demands, why = self.demands(stream)
             if not demands:
-                sites = self.calibration_sites(stream)
-                unplaced.append(Unplaced(stream.namespace, stream.name, why, sites))
+                uncalibrated.append((len(unplaced), stream))
+                unplaced.append(Unplaced(stream.namespace, stream.name, why))
                 continue
             counts, why = self.shard_counts(stream, demands)
             if not counts:
@@ -778,6 +783,9 @@ class Planner:
             if self._place_stream(stream, demands, counts) is None:
                 reason = self._unplaceable_reason(stream, demands, counts[0])
                 unplaced.append(Unplaced(stream.namespace, stream.name, reason))
+        # Where to calibrate is chosen once the placed streams are on their GPUs.
+        for i, stream in uncalibrated:
+            unplaced[i] = replace(unplaced[i], calibrate_on=self.calibration_sites(stream))
         return self._result(unplaced, previous)
 
     def _order(

@@ -262,3 +262,19 @@ def test_planner_add_reports_why_and_remove_frees_room() -> None:
     check_plan(planner.current())
     with pytest.raises(ValueError, match="already placed"):
         planner.add(stream("late", 10, body=40))
+
+
+def test_an_uncalibrated_stream_is_calibrated_on_an_idle_gpu() -> None:
+    c = cluster(("a", 2), ("b", 1), product="NVIDIA-H200")
+    busy = stream("busy", 10, body=20.0, model="other")
+    new = stream("new", 10, body=None, model="retinanet")
+    result = plan([busy, new], c)
+    (u,) = result.unplaced
+    assert u.stream == "new" and "no bodyTimeMs and no ModelProfile" in u.reason
+    (site,) = u.calibrate_on  # one pool: one product, one sharing mode
+    (placed,) = result.shards
+    assert (site.node, site.gpu) != (placed.node, placed.gpu)  # not next to running streams
+    assert (site.product, site.sharing_mode) == ("NVIDIA-H200", "time-slicing")
+    # A stream with a body, or one that is unplaced for another reason, needs none.
+    huge = stream("huge", 10, body=20.0, memoryMiB=10**6)
+    assert plan([huge], c).unplaced[0].calibrate_on == ()
