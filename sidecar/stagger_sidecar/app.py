@@ -73,11 +73,7 @@ class Sidecar:
 
     async def start(self) -> Sidecar:
         s = self.settings
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.max_inflight, keepalive_timeout=30),
-            auto_decompress=False,  # bodies pass through as the app and Triton wrote them
-            skip_auto_headers=("Accept-Encoding", "Content-Type", "User-Agent"),
-        )
+        self._session = aiohttp.ClientSession()  # Triton's readiness and statistics only
         if s.triton_grpc:
             self._channel = grpc.aio.insecure_channel(s.triton_grpc, options=CHANNEL_OPTIONS)
         self.upstream = Upstream(http=s.triton_http, channel=self._channel, session=self._session)

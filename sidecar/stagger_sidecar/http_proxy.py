@@ -35,10 +35,10 @@ STREAM_HEADER = "stagger-stream"
 CLOCK_PATH = "/stagger/v1/clock"
 MAX_CLOCK_COUNT = 1000
 # Per-connection and framing headers are each side's own (RFC 9110 §7.6.1); the body is
-# re-framed with Content-Length.
+# re-framed with Content-Length and Host names Triton (one Host header, as HTTP/1.1 wants).
 HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade "
-    b"content-length expect".split()
+    b"content-length expect host".split()
 )
 
 STATUS = {

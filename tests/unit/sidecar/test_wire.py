@@ -67,3 +67,28 @@ def test_arbitrary_bytes_never_raise_anything_but_wire_error(data: bytes) -> Non
         wire.stream_response(data)
     except wire.WireError:
         pass
+
+
+def test_a_forwarded_http_request_keeps_its_headers_once_and_is_reframed() -> None:
+    from stagger_sidecar.http_proxy import Request
+
+    request = Request(
+        method=b"POST",
+        url=b"/v2/models/m/infer?x=1",
+        headers=[
+            (b"Host", b"sidecar:8800"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Inference-Header-Content-Length", b"12"),
+            (b"Connection", b"keep-alive"),
+        ],
+        body=[b"abc", b"def"],
+    )
+    head, _, body = request.wire(b"127.0.0.1:8000").partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v2/models/m/infer?x=1 HTTP/1.1"
+    assert [line for line in lines if line.lower().startswith(b"host:")] == [
+        b"Host: 127.0.0.1:8000"
+    ]
+    assert b"Inference-Header-Content-Length: 12" in lines
+    assert b"Content-Length: 6" in lines and body == b"abcdef"
+    assert not any(line.lower().startswith((b"transfer-encoding", b"connection")) for line in lines)
