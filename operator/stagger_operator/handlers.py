@@ -199,14 +199,18 @@ async def _scrape_loop(memo: kopf.Memo) -> None:
 
 async def _planner_loop(memo: kopf.Memo) -> None:
     loop = asyncio.get_running_loop()
+    # asyncio.timeout rather than wait_for, whose 3.11 version can swallow a cancellation
+    # that lands as the wait ends: the loop would then outlive the operator's shutdown.
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(memo.wake.wait(), memo.settings.resync_s)
+            async with asyncio.timeout(memo.settings.resync_s):
+                await memo.wake.wait()
         started = loop.time()
         while loop.time() - started < memo.settings.max_delay_s:  # let a burst finish
             memo.wake.clear()
             try:
-                await asyncio.wait_for(memo.wake.wait(), memo.settings.debounce_s)
+                async with asyncio.timeout(memo.settings.debounce_s):
+                    await memo.wake.wait()
             except TimeoutError:
                 break
         memo.wake.clear()

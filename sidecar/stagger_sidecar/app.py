@@ -19,13 +19,19 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from stagger_sidecar.gate import Gate
-from stagger_sidecar.grpc_proxy import CHANNEL_OPTIONS, UNLIMITED, GrpcProxy
+from stagger_sidecar.grpc_proxy import GrpcProxy
 from stagger_sidecar.http_proxy import HttpProxy
 from stagger_sidecar.keeper import Keeper
 from stagger_sidecar.metrics import GateMetrics, StreamKey
 from stagger_sidecar.settings import GateSettings, split_address
 from stagger_sidecar.slotfile import SlotFiles
-from stagger_sidecar.upstream import ComputeTotals, Upstream, body_times, compute_totals
+from stagger_sidecar.upstream import (
+    CHANNEL_OPTIONS,
+    ComputeTotals,
+    Upstream,
+    body_times,
+    compute_totals,
+)
 
 log = logging.getLogger("stagger.sidecar")
 
@@ -49,7 +55,8 @@ class Sidecar:
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.BaseRunner] = []
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: GrpcProxy | None = None
+        self._grpc_server: asyncio.Server | None = None
         self._http_server: asyncio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -92,17 +99,15 @@ class Sidecar:
         metrics = web.Application()
         metrics.router.add_get("/metrics", self._metrics)
         self.ports["metrics"] = await self._listen(metrics, s.metrics_address)
-        if self._channel is not None:
-            self._grpc = grpc.aio.server(options=UNLIMITED)
-            proxy = GrpcProxy(
-                self.keeper, self.upstream, self._channel, timeout_s=s.upstream_timeout_s
+        if s.triton_grpc:
+            self._grpc = GrpcProxy(
+                self.keeper, self.upstream, s.triton_grpc, timeout_s=s.upstream_timeout_s
             )
-            self._grpc.add_generic_rpc_handlers([proxy])
-            port = self._grpc.add_insecure_port(s.grpc_address)
-            if not port:
-                raise OSError(f"cannot listen on {s.grpc_address} (gRPC)")
-            self.ports["grpc"] = port
-            await self._grpc.start()
+            host, port = split_address(s.grpc_address)
+            self._grpc_server = await asyncio.get_running_loop().create_server(
+                self._grpc.protocol, host, port
+            )
+            self.ports["grpc"] = int(self._grpc_server.sockets[0].getsockname()[1])
 
         self._spawn(self.upstream.watch(lambda ok: self.metrics.triton_up.set(int(ok))))
         self._spawn(self._every(s.slot_poll_s, self.poll_slot_files))
@@ -158,8 +163,10 @@ class Sidecar:
             self._http_server.close()
             self._http.close_connections()
             await self._http_server.wait_closed()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
+        if self._grpc_server is not None and self._grpc is not None:
+            self._grpc_server.close()
+            self._grpc.close_connections()
+            await self._grpc_server.wait_closed()
         for runner in self._runners:
             await runner.cleanup()
         if self._channel is not None:

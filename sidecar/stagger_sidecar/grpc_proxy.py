@@ -1,26 +1,61 @@
-"""KServe v2 over gRPC: ``ModelInfer`` and each request on a ``ModelStreamInfer`` stream wait
-at the gate; every other method passes straight through. Messages travel as bytes (no
-(de)serializers); the proxy reads only the model name and request id from the wire.
+"""KServe v2 over gRPC, relayed as HTTP/2 frames.
 
-On a stream, a request the gate refuses gets an error response on the stream (as Triton
-reports a failed request) and the stream goes on. A streamed request is finished when its
-final response arrives: decoupled models mark it with ``triton_final_response`` (clients
-ask for it with ``enable_empty_final_response``); other models answer once.
+gRPC runs on HTTP/2; the sidecar sits below gRPC, between one app connection and its own
+connection to Triton, and copies frames. It reads only what gating needs:
+
+* the app's header blocks, HPACK-decoded for the method (``:path``) and the
+  ``stagger-stream`` metadata, and forwarded unchanged so that both ends' compression
+  tables stay in step (the metadata reaches Triton, which ignores it);
+* for ``ModelInfer`` and ``ModelStreamInfer``, the first bytes of each request message:
+  model name and request id (``wire.py``). The message's DATA is held until the gate
+  releases it, while other calls on the connection go on;
+* on ``ModelStreamInfer``, Triton's response messages, for ``triton_final_response``.
+
+Everything else (other methods, SETTINGS, PING, WINDOW_UPDATE, Triton's answers) passes as
+bytes. A gRPC server and client inside the sidecar cost ~0.4 ms of CPU per call; this costs
+about what the HTTP proxy does (docs/benchmarks.md, "Sidecar overhead").
+
+The sidecar answers a call itself (a refusal, a timeout) with a trailers-only response,
+HPACK-encoded without indexing so the app's table is untouched, after resetting the stream
+towards Triton. A refusal comes before the request's DATA reaches Triton, so Triton has
+nothing to say on that stream; a timeout comes after, so the answer waits for a PING round
+trip that proves Triton will send nothing more on it. A refused request on a
+``ModelStreamInfer`` stream gets an error message on the stream (as Triton reports a failed
+request) and the stream goes on. Bytes the sidecar drops or adds are settled with
+WINDOW_UPDATE, so flow control stays exact on both sides.
+
+When Triton is unreachable as an app connects, the sidecar speaks just enough HTTP/2 to
+answer every call ``UNAVAILABLE`` with the reason, then sends GOAWAY so that the app's next
+call connects again. When Triton's connection drops, the app's is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import struct
+import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import cast
+from urllib.parse import quote
 
-import grpc
+import hpack
+from hyperframe.frame import (
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from stagger_sidecar import wire
 from stagger_sidecar.gate import Reason
-from stagger_sidecar.keeper import Keeper, Refused, Ticket
+from stagger_sidecar.keeper import Held, Keeper, Refused, Ticket
 from stagger_sidecar.upstream import Upstream
 
 log = logging.getLogger("stagger.sidecar")
@@ -29,200 +64,642 @@ SERVICE = "/inference.GRPCInferenceService/"
 MODEL_INFER = SERVICE + "ModelInfer"
 MODEL_STREAM_INFER = SERVICE + "ModelStreamInfer"
 STREAM_METADATA = "stagger-stream"
-UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-CHANNEL_OPTIONS = [
-    *UNLIMITED,
-    # Triton restarts: be back within ~2 s rather than gRPC's default minutes-long backoff.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# The 9-byte frame header, read by hand: it is parsed for every frame both ways, where a
+# frame object per frame would cost more than the rest of the relay (hyperframe builds the
+# sidecar's own, rare frames).
+FRAME_HEAD = struct.Struct(">HBBBL")
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 8, 9
+END_STREAM = ACK = 0x1
+END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
+NO_ERROR, CANCEL = 0x0, 0x8
+MESSAGE_PREFIX = 5  # gRPC: compressed flag + 4-byte length
+PEEK_BYTES = 4096  # of a compressed message, enough to read its header
+ANYTHING = 1 << 31  # table and header-list limits are Triton's to enforce, not ours
+
+# gRPC status codes (grpc-status trailer).
 CODE = {
-    Reason.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Reason.LATE: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Reason.QUEUE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Reason.UNKNOWN_STREAM: grpc.StatusCode.INVALID_ARGUMENT,
-    Reason.NO_SLOT: grpc.StatusCode.UNAVAILABLE,
-    Reason.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    Reason.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
-    Reason.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Reason.BUSY: 8,  # RESOURCE_EXHAUSTED
+    Reason.LATE: 8,
+    Reason.QUEUE_FULL: 8,
+    Reason.UNKNOWN_STREAM: 3,  # INVALID_ARGUMENT
+    Reason.NO_SLOT: 14,  # UNAVAILABLE
+    Reason.UNAVAILABLE: 14,
+    Reason.SHUTTING_DOWN: 14,
+    Reason.TIMEOUT: 4,  # DEADLINE_EXCEEDED
 }
 
-Metadata = Sequence[tuple[str, str | bytes]]
-Context = grpc.aio.ServicerContext[bytes, bytes]
-UnaryCall = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
+
+def data_frame(sid: int, payload: bytes, *, end: bool = False) -> bytes:
+    n = len(payload)
+    return FRAME_HEAD.pack(n >> 8, n & 0xFF, DATA, END_STREAM if end else 0, sid) + payload
 
 
-def _split_metadata(md: Any) -> tuple[str | None, list[tuple[str, str | bytes]]]:
-    """The stream the call names, and the metadata to forward (without it)."""
-    stream: str | None = None
-    forward: list[tuple[str, str | bytes]] = []
-    for key, value in md or ():
-        if key == STREAM_METADATA:
-            stream = value.decode() if isinstance(value, bytes) else value
+def _payload(frame: bytes, ftype: int, flags: int) -> bytes:
+    """A DATA frame's data, or a HEADERS/CONTINUATION frame's header block fragment."""
+    start, stop = 9, len(frame)
+    if flags & PADDED and ftype in (DATA, HEADERS):
+        start, stop = 10, stop - frame[9]
+    if flags & PRIORITY and ftype == HEADERS:
+        start += 5
+    return frame[start:stop]
+
+
+class Outbound:
+    """Frames to one side, in order, written once per turn. The relay's own frames wait
+    while a header block is open: nothing may come between HEADERS and its CONTINUATIONs."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.frames: list[bytes] = []
+        self.deferred: list[bytes] = []
+        self.in_block = False
+        self.discard = False  # no such side (Triton unreachable)
+
+    def relay(self, frame: bytes, ftype: int, flags: int) -> None:
+        if self.discard:
+            return
+        self.frames.append(frame)
+        if ftype == HEADERS and not flags & END_HEADERS:
+            self.in_block = True
+        elif ftype == CONTINUATION and flags & END_HEADERS:
+            self.in_block = False
+            self.frames += self.deferred
+            self.deferred.clear()
+
+    def own(self, *frames: bytes) -> None:
+        if not self.discard:
+            (self.deferred if self.in_block else self.frames).extend(frames)
+
+    def flush(self) -> None:
+        if self.transport is not None and self.frames and not self.transport.is_closing():
+            self.transport.write(b"".join(self.frames))
+            self.frames.clear()
+
+
+@dataclass(eq=False)
+class Call:
+    """One HTTP/2 stream: one gRPC call."""
+
+    sid: int
+    method: str
+    named: str | None  # the stream the call names in its metadata
+    encoding: str = "identity"
+    gated: bool = False
+    streaming: bool = False
+    counted: bool = False  # holds a place in the keeper until it ends (non-gated calls)
+    inbox: bytearray = field(default_factory=bytearray)  # request bytes not yet forwarded
+    app_ended: bool = False  # the app's END_STREAM has arrived
+    end_sent: bool = False  # ... and was forwarded
+    forward: int = 0  # bytes of a released (or ungated) message still to forward
+    drop: int = 0  # bytes of a refused message still to drop
+    admission: asyncio.Task[None] | None = None
+    pending: deque[tuple[str, Ticket]] = field(default_factory=deque)  # released, unanswered
+    responses: bytearray = field(default_factory=bytearray)  # streaming: Triton's, unparsed
+    injections: list[bytes] = field(default_factory=list)  # waiting for a message boundary
+    response_started: bool = False
+    timer: asyncio.TimerHandle | None = None
+    barrier: bytes | None = None  # the PING whose ACK releases the sidecar's answer
+    answer: tuple[Reason, str] | None = None
+    over: bool = False
+
+
+class GrpcConnection(asyncio.Protocol):
+    """One app connection and its own connection to Triton."""
+
+    def __init__(self, proxy: GrpcProxy) -> None:
+        self.proxy = proxy
+        self.keeper = proxy.keeper
+        self.app: asyncio.Transport | None = None
+        self.triton: TritonSide | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.to_app, self.to_triton = Outbound(), Outbound()
+        self.standalone = False  # Triton unreachable: the sidecar answers every call
+        self.raw = False  # not HTTP/2 with prior knowledge: bytes pass untouched
+        self.started = False
+        self.buf = bytearray()
+        self.decoder = hpack.Decoder()
+        self.decoder.max_allowed_table_size = ANYTHING
+        self.decoder.max_header_list_size = ANYTHING
+        self.block = bytearray()
+        self.block_sid = 0
+        self.block_end_stream = False
+        self.calls: dict[int, Call] = {}
+        self.last_sid = 0
+        self.owed: dict[int, int] = {}  # bytes the sidecar added to the app's windows
+        self.barriers: dict[bytes, Call] = {}
+        self.tokens = itertools.count(1)
+        self.closed = False
+
+    # -- connection ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.app = self.to_app.transport = cast(asyncio.Transport, transport)  # uvloop's too
+        self.proxy.connections.add(self)
+        self.connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        proxy = self.proxy
+        try:
+            _, self.triton = await asyncio.get_running_loop().create_connection(
+                lambda: TritonSide(self), proxy.host, proxy.port
+            )
+        except OSError as e:
+            if not self.closed:
+                proxy.upstream.recheck()
+                self._go_standalone(f"Triton unreachable at {proxy.address}: {e}")
+            return
+        if self.closed:
+            self.triton.close()
+            return
+        self.to_triton.transport = self.triton.transport
+        self.to_triton.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.connections.discard(self)
+        for call in list(self.calls.values()):
+            self._end(call, Reason.UNAVAILABLE)
+        if self.triton is not None:
+            self.triton.close()
+
+    def triton_lost(self) -> None:
+        """Triton's connection closed: so does the app's; its open calls end unanswered."""
+        self.proxy.upstream.recheck()
+        self.close()
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.to_app.flush()
+            self.app.close()
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """Run ``work``, then write what it produced. A bug costs this connection only."""
+        try:
+            work()
+        except Exception:
+            log.exception("gRPC connection failed")
+            self.close()
+            return
+        self.to_triton.flush()
+        self.to_app.flush()
+
+    # -- app -> Triton -------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._guarded(lambda: self._from_app(data))
+
+    def _from_app(self, data: bytes) -> None:
+        if self.raw:
+            self.to_triton.own(data)
+        elif self._preface_passed(data):
+            for frame, ftype, flags, sid in _split(self.buf):
+                self._app_frame(frame, ftype, flags, sid)
+
+    def _preface_passed(self, data: bytes) -> bool:
+        """Buffer ``data``; False while the connection preface is incomplete, or is not
+        HTTP/2's (then the bytes go to Triton untouched, for it to refuse)."""
+        self.buf += data
+        if self.started:
+            return True
+        if not self.buf.startswith(PREFACE):
+            if not PREFACE.startswith(self.buf):
+                self.raw = True
+                self.to_triton.own(bytes(self.buf))
+                self.buf.clear()
+            return False
+        self.started = True
+        self.to_triton.own(PREFACE)
+        del self.buf[: len(PREFACE)]
+        return True
+
+    def _app_frame(self, frame: bytes, ftype: int, flags: int, sid: int) -> None:
+        call = self.calls.get(sid) if sid else None
+        if ftype == DATA:
+            if call is not None and call.gated:
+                self._request_data(call, frame, flags)
+                return
+            if self.standalone:  # nobody to send it to: give the window back
+                self._give_back_to_app(None, len(frame) - 9)
+            self.to_triton.relay(frame, ftype, flags)
+            if call is not None and flags & END_STREAM:
+                call.app_ended = call.end_sent = True
+        elif ftype in (HEADERS, CONTINUATION):
+            self.to_triton.relay(frame, ftype, flags)  # always: Triton's HPACK table
+            self._header_fragment(frame, ftype, flags, sid)
+        elif ftype == WINDOW_UPDATE:
+            self._window_update_from_app(frame, sid)
+        elif ftype == RST_STREAM:
+            if call is None or call.barrier is None:  # else Triton has had one from us
+                self.to_triton.relay(frame, ftype, flags)
+            if call is not None:
+                self._end(call, None)
+        elif self.standalone and ftype == SETTINGS and not flags & ACK:
+            self.to_app.own(SettingsFrame(0, flags=["ACK"]).serialize())
+        elif self.standalone and ftype == PING and not flags & ACK:
+            self.to_app.own(PingFrame(0, opaque_data=frame[9:], flags=["ACK"]).serialize())
         else:
-            forward.append((key, value))
-    return stream, forward
+            self.to_triton.relay(frame, ftype, flags)
 
+    def _header_fragment(self, frame: bytes, ftype: int, flags: int, sid: int) -> None:
+        if ftype == HEADERS:
+            self.block = bytearray(_payload(frame, ftype, flags))
+            self.block_sid, self.block_end_stream = sid, bool(flags & END_STREAM)
+        else:
+            self.block += _payload(frame, ftype, flags)
+        if not flags & END_HEADERS:
+            return
+        try:
+            headers = cast(dict[str, str], dict(self.decoder.decode(bytes(self.block))))
+        except hpack.HPACKError as e:  # Triton fails the connection the same way
+            log.warning("gRPC: undecodable header block from the app: %s", e)
+            self.close()
+            return
+        call = self.calls.get(self.block_sid)
+        if call is None and self.block_sid > self.last_sid:
+            self._new_call(self.block_sid, headers, self.block_end_stream)
+        elif call is not None and self.block_end_stream:  # the app's trailers
+            call.app_ended = call.end_sent = True
 
-class GrpcProxy(grpc.GenericRpcHandler):
-    def __init__(
-        self, keeper: Keeper, upstream: Upstream, channel: grpc.aio.Channel, *, timeout_s: float
+    def _new_call(self, sid: int, headers: dict[str, str], end_stream: bool) -> None:
+        method = headers.get(":path", "")
+        call = Call(
+            sid,
+            method,
+            headers.get(STREAM_METADATA),
+            encoding=headers.get("grpc-encoding", "identity"),
+            gated=method in (MODEL_INFER, MODEL_STREAM_INFER),
+            streaming=method == MODEL_STREAM_INFER,
+            app_ended=end_stream,
+            end_sent=end_stream,
+        )
+        self.calls[sid] = call
+        self.last_sid = sid
+        if not call.gated or call.streaming:  # a ModelInfer holds its place from admission
+            try:
+                self.keeper.begin()
+                call.counted = True
+            except Refused as r:
+                self._answer(call, r.reason, r.message)
+                return
+        if self.standalone and not call.gated:
+            self._answer(call, Reason.UNAVAILABLE, self.proxy.unreachable)
+        elif not call.gated:
+            self._start_timer(call)
+
+    def _request_data(self, call: Call, frame: bytes, flags: int) -> None:
+        payload = _payload(frame, DATA, flags)
+        unused = len(frame) - 9 - len(payload)  # padding: flow-controlled, never forwarded
+        if call.barrier is not None:  # Triton has been told to forget the call
+            unused, payload = len(frame) - 9, b""
+        call.inbox += payload
+        if flags & END_STREAM:
+            call.app_ended = True
+        if unused:
+            self._give_back_to_app(call, unused)
+        if call.barrier is None:
+            self._advance(call)
+
+    def _advance(self, call: Call) -> None:
+        """Forward what the gate allows of a gated call's request bytes; the next message
+        goes to the gate once its header is in."""
+        while call.inbox:
+            if call.forward:
+                n = min(call.forward, len(call.inbox))
+                piece = bytes(call.inbox[:n])
+                del call.inbox[:n]
+                call.forward -= n
+                last = call.app_ended and not call.inbox and not call.forward
+                self.to_triton.own(data_frame(call.sid, piece, end=last))
+                call.end_sent |= last
+            elif call.drop:
+                n = min(call.drop, len(call.inbox))
+                del call.inbox[:n]
+                call.drop -= n
+                self._give_back_to_app(call, n)
+            elif call.over or call.admission is not None or not self._to_gate(call):
+                break
+        if call.app_ended and not (call.end_sent or call.inbox or call.admission or call.over):
+            call.end_sent = True
+            self.to_triton.own(data_frame(call.sid, b"", end=True))
+
+    def _to_gate(self, call: Call) -> bool:
+        """Send the next message to the gate once its header is in; False: need more."""
+        inbox = call.inbox
+        if len(inbox) < MESSAGE_PREFIX:
+            if call.app_ended:  # a truncated message: Triton says what is wrong with it
+                call.forward = len(inbox)
+                return True
+            return False
+        size = MESSAGE_PREFIX + int.from_bytes(inbox[1:5], "big")
+        complete = len(inbox) >= size or call.app_ended
+        body = bytes(inbox[MESSAGE_PREFIX:size])
+        try:
+            if inbox[0]:
+                body = _inflate(call.encoding, body)
+            header = wire.request_header(body, complete=complete)
+        except (wire.WireError, zlib.error, ValueError):
+            call.forward = size  # malformed: Triton answers it with its own error
+            return True
+        if header is None:
+            return False
+        try:
+            entered = self.keeper.enter(call.named, header.model)
+        except Refused as r:
+            self._refuse(call, r, header.id, size)
+            return True
+        if isinstance(entered, Ticket):
+            self._release(call, entered, header.id, size)
+        else:
+            call.admission = asyncio.get_running_loop().create_task(
+                self._wait(call, entered, header.id, size)
+            )
+        return True
+
+    async def _wait(self, call: Call, held: Held, request_id: str, size: int) -> None:
+        ticket = await self.keeper.wait(held)
+        call.admission = None
+        self._guarded(partial(self._release, call, ticket, request_id, size))
+        self._guarded(partial(self._advance, call))
+
+    def _release(self, call: Call, ticket: Ticket, request_id: str, size: int) -> None:
+        if self.standalone or self.closed or call.over:
+            self.keeper.done(ticket, Reason.UNAVAILABLE)
+            refused = Refused(Reason.UNAVAILABLE, self.proxy.unreachable)
+            self._refuse(call, refused, request_id, size)
+            return
+        call.pending.append((request_id, ticket))
+        call.forward = size
+        if not call.streaming:
+            self._start_timer(call)
+
+    def _refuse(self, call: Call, refused: Refused, request_id: str, size: int) -> None:
+        if call.over:
+            return
+        if not call.streaming:
+            self._answer(call, refused.reason, refused.message)
+            return
+        # On a stream: this request gets an error message, and the stream goes on.
+        message = wire.stream_error(f"stagger-sidecar: {refused.message}", request_id)
+        call.injections.append(
+            data_frame(call.sid, b"\0" + len(message).to_bytes(4, "big") + message)
+        )
+        self._owe(call.sid, MESSAGE_PREFIX + len(message))
+        self._inject_at_boundary(call)
+        call.drop = size
+
+    # -- flow control --------------------------------------------------------------------
+
+    def _give_back_to_app(self, call: Call | None, n: int) -> None:
+        """Bytes the app sent that Triton will never see: the sidecar returns their window."""
+        self.to_app.own(WindowUpdateFrame(0, window_increment=n).serialize())
+        if call is not None and not call.app_ended and not call.over:
+            self.to_app.own(WindowUpdateFrame(call.sid, window_increment=n).serialize())
+
+    def _owe(self, sid: int, n: int) -> None:
+        """Bytes the sidecar sent the app: its WINDOW_UPDATEs for them are not Triton's."""
+        for key in (0, sid):
+            self.owed[key] = self.owed.get(key, 0) + n
+
+    def _window_update_from_app(self, frame: bytes, sid: int) -> None:
+        owed = self.owed.get(sid)
+        if not owed:
+            self.to_triton.relay(frame, WINDOW_UPDATE, 0)
+            return
+        increment = int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF
+        kept = min(owed, increment)
+        self.owed[sid] = owed - kept
+        if increment > kept:
+            update = WindowUpdateFrame(sid, window_increment=increment - kept).serialize()
+            self.to_triton.relay(update, WINDOW_UPDATE, 0)
+
+    # -- the sidecar's own answers -------------------------------------------------------
+
+    def _start_timer(self, call: Call) -> None:
+        timeout = self.proxy.timeout_s
+        call.timer = asyncio.get_running_loop().call_later(
+            timeout,
+            self._guarded,
+            lambda: self._answer(
+                call,
+                Reason.TIMEOUT,
+                f"Triton did not answer within {timeout:g} s",
+                triton_may_answer=True,
+            ),
+        )
+
+    def _answer(
+        self, call: Call, reason: Reason, message: str, *, triton_may_answer: bool = False
     ) -> None:
+        """End the call with the sidecar's own status; Triton is told to forget it. When
+        Triton may already be answering, the sidecar's answer waits for a PING round trip:
+        whatever Triton sent before the reset reaches the app first, and if that completes
+        the call, Triton's answer stands."""
+        if call.over or call.barrier is not None:
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+        call.answer = (reason, message)
+        if self.standalone:
+            self._send_answer(call)
+            return
+        self.to_triton.own(RstStreamFrame(call.sid, error_code=CANCEL).serialize())
+        if not triton_may_answer:
+            self._send_answer(call)
+            return
+        call.barrier = b"stagger" + bytes([next(self.tokens) % 256])
+        self.barriers[call.barrier] = call
+        self.to_triton.own(PingFrame(0, opaque_data=call.barrier).serialize())
+
+    def _send_answer(self, call: Call) -> None:
+        assert call.answer is not None
+        reason, message = call.answer
+        headers = [] if call.response_started else [(":status", "200")]
+        if not call.response_started:
+            headers.append(("content-type", "application/grpc"))
+        headers += [
+            ("grpc-status", str(CODE[reason])),
+            ("grpc-message", quote(f"stagger-sidecar: {message}", safe=" :/'(),.-_")[:1024]),
+        ]
+        # Never indexed: the app's HPACK table must stay the one Triton's encoder knows.
+        block = hpack.Encoder().encode([hpack.NeverIndexedHeaderTuple(k, v) for k, v in headers])
+        self.to_app.own(
+            HeadersFrame(call.sid, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+        )
+        if not call.app_ended:  # stop the app sending the rest of its request
+            self.to_app.own(RstStreamFrame(call.sid, error_code=NO_ERROR).serialize())
+        self._end(call, reason)
+
+    def _inject_at_boundary(self, call: Call) -> None:
+        """Streamed error messages go between Triton's messages, never inside one."""
+        if call.injections and not call.responses:
+            self.to_app.own(*call.injections)
+            call.injections.clear()
+
+    def _end(self, call: Call, failure: Reason | None) -> None:
+        """The call is over: account for it and let it go."""
+        if call.over:
+            return
+        call.over = True
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.admission is not None:
+            call.admission.cancel()  # frees its place at the gate
+        if call.inbox:  # held, never forwarded
+            self.to_app.own(WindowUpdateFrame(0, window_increment=len(call.inbox)).serialize())
+        while call.pending:
+            self.keeper.done(call.pending.popleft()[1], failure)
+        if call.counted:
+            self.keeper.end()
+        self.calls.pop(call.sid, None)
+        self.owed.pop(call.sid, None)
+        if self.standalone and not self.calls:
+            self._goodbye()
+
+    # -- Triton -> app -------------------------------------------------------------------
+
+    def triton_data(self, buf: bytearray) -> None:
+        def work() -> None:
+            for frame, ftype, flags, sid in _split(buf):
+                self._triton_frame(frame, ftype, flags, sid)
+
+        self._guarded(work)
+
+    def _triton_frame(self, frame: bytes, ftype: int, flags: int, sid: int) -> None:
+        if ftype == PING and flags & ACK and frame[9:] in self.barriers:
+            self._barrier_passed(self.barriers.pop(frame[9:]))
+            return  # the sidecar's own PING
+        self.to_app.relay(frame, ftype, flags)
+        call = self.calls.get(sid) if sid else None
+        if call is None:
+            return
+        if ftype == HEADERS:
+            call.response_started = True
+        elif ftype == DATA and call.streaming:
+            call.responses += _payload(frame, ftype, flags)
+            self._read_responses(call)
+        if ftype == RST_STREAM:
+            self._end(call, Reason.UNAVAILABLE)
+        elif flags & END_STREAM and ftype in (DATA, HEADERS):  # Triton's answer is complete
+            self._end(call, Reason.UNAVAILABLE if call.streaming else None)
+
+    def _read_responses(self, call: Call) -> None:
+        buf = call.responses
+        while len(buf) >= MESSAGE_PREFIX:
+            size = MESSAGE_PREFIX + int.from_bytes(buf[1:5], "big")
+            if len(buf) < size:
+                break
+            try:
+                info = wire.stream_response(bytes(buf[MESSAGE_PREFIX:size]))
+            except wire.WireError:
+                info = wire.StreamResponse("", "", None)
+            del buf[:size]
+            if info.final is not False and call.pending:
+                self._finish_request(call, info)
+        self._inject_at_boundary(call)
+
+    def _finish_request(self, call: Call, info: wire.StreamResponse) -> None:
+        index = 0
+        if info.id:  # match by request id when the app sets one; else answers come in order
+            index = next((i for i, (rid, _) in enumerate(call.pending) if rid == info.id), 0)
+        _, ticket = call.pending[index]
+        del call.pending[index]
+        self.keeper.done(ticket, Reason.UNAVAILABLE if info.error else None)
+
+    def _barrier_passed(self, call: Call) -> None:
+        """Triton has seen the reset, so nothing more comes from it on the call."""
+        if not call.over:
+            self._send_answer(call)
+
+    # -- without Triton ------------------------------------------------------------------
+
+    def _go_standalone(self, why: str) -> None:
+        log.warning("gRPC: %s; answering the app's calls UNAVAILABLE", why)
+        self.proxy.unreachable = why
+        self.standalone = True
+        self.to_triton.discard = True
+        self.to_triton.frames.clear()
+        # The server's preface (its SETTINGS) must be the first frame the app gets.
+        self.to_app.frames.insert(0, SettingsFrame(0).serialize())
+        for call in list(self.calls.values()):
+            if call.admission is None:
+                self._answer(call, Reason.UNAVAILABLE, why)
+        self.to_app.flush()
+        if not self.calls:
+            self._goodbye()
+
+    def _goodbye(self) -> None:
+        """GOAWAY, so that the app's next call opens a new connection and finds Triton."""
+        if self.app is None or self.app.is_closing() or not self.last_sid:
+            return  # before any call, a GOAWAY would only make the app retry here
+        self.to_app.own(GoAwayFrame(0, last_stream_id=self.last_sid).serialize())
+        self.close()
+
+
+def _split(buf: bytearray) -> Iterator[tuple[bytes, int, int, int]]:
+    """The complete frames at the start of ``buf``, consumed as they are read."""
+    pos, size = 0, len(buf)
+    try:
+        while size - pos >= 9:
+            hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(buf, pos)
+            end = pos + 9 + (hi << 8 | lo)
+            if end > size:
+                break
+            yield bytes(buf[pos:end]), ftype, flags, sid & 0x7FFFFFFF
+            pos = end
+    finally:
+        del buf[:pos]
+
+
+def _inflate(encoding: str, body: bytes) -> bytes:
+    """The first bytes of a compressed message (gzip or deflate, as gRPC names them)."""
+    wbits = {"gzip": 31, "deflate": 15}.get(encoding)
+    if wbits is None:
+        raise ValueError(f"unsupported grpc-encoding {encoding!r}")
+    return zlib.decompressobj(wbits).decompress(body, PEEK_BYTES)
+
+
+class TritonSide(asyncio.Protocol):
+    def __init__(self, connection: GrpcConnection) -> None:
+        self.connection = connection
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        connection = self.connection
+        if connection.raw:
+            connection.to_app.own(data)
+            connection.to_app.flush()
+            return
+        self.buf += data
+        connection.triton_data(self.buf)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection.triton_lost()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class GrpcProxy:
+    def __init__(self, keeper: Keeper, upstream: Upstream, address: str, *, timeout_s: float):
         self.keeper = keeper
         self.upstream = upstream
-        self.channel = channel
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
         self.timeout_s = timeout_s
-        self._unary: dict[str, UnaryCall] = {}
+        self.unreachable = f"Triton unreachable at {address}"
+        self.connections: set[GrpcConnection] = set()
 
-    def service(
-        self, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
-        method: str = details.method
-        if method == MODEL_INFER:
-            return grpc.unary_unary_rpc_method_handler(self.model_infer)
-        if method == MODEL_STREAM_INFER:
-            return grpc.stream_stream_rpc_method_handler(self.model_stream_infer)
-        return grpc.unary_unary_rpc_method_handler(self._passthrough(method))
+    def protocol(self) -> GrpcConnection:
+        return GrpcConnection(self)
 
-    def _call(self, method: str) -> UnaryCall:
-        call = self._unary.get(method)
-        if call is None:
-            call = self._unary[method] = self.channel.unary_unary(method)  # bytes in, bytes out
-        return call
-
-    def _timeout(self, context: Context) -> float:
-        remaining = context.time_remaining()
-        return self.timeout_s if remaining is None else min(remaining, self.timeout_s)
-
-    async def _abort_refused(self, context: Context, r: Refused) -> None:
-        await context.abort(CODE[r.reason], f"stagger-sidecar: {r.message}")
-
-    async def _forward(
-        self, method: str, request: bytes, context: Context, metadata: Metadata
-    ) -> bytes:
-        timeout = self._timeout(context)
-        try:
-            response: bytes = await self._call(method)(request, metadata=metadata, timeout=timeout)
-            return response
-        except grpc.aio.AioRpcError as e:
-            code = e.code()
-            if code == grpc.StatusCode.UNAVAILABLE:
-                self.upstream.recheck()
-            # Triton's own error, as Triton sent it (a DEADLINE_EXCEEDED may be ours).
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise Refused(
-                    Reason.TIMEOUT, f"Triton did not answer within {timeout:.3g} s"
-                ) from None
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise Refused(Reason.UNAVAILABLE, f"Triton unavailable: {e.details()}") from None
-            await context.abort(code, e.details() or "")
-            raise  # abort raises; this satisfies the type checker
-
-    def _passthrough(self, method: str) -> Callable[[bytes, Context], Awaitable[bytes]]:
-        async def handler(request: bytes, context: Context) -> bytes:
-            _, metadata = _split_metadata(context.invocation_metadata())
-            try:
-                async with self.keeper.passing():
-                    return await self._forward(method, request, context, metadata)
-            except Refused as r:
-                await self._abort_refused(context, r)
-                raise
-
-        return handler
-
-    async def model_infer(self, request: bytes, context: Context) -> bytes:
-        named, metadata = _split_metadata(context.invocation_metadata())
-        try:
-            header = wire.infer_header(request)
-        except wire.WireError:  # malformed: Triton answers it with its own error
-            return await self._passthrough(MODEL_INFER)(request, context)
-        try:
-            ticket = await self.keeper.admit(named, header.model)
-        except Refused as r:
-            await self._abort_refused(context, r)
-            raise
-        failure: Reason | None = None
-        try:
-            return await self._forward(MODEL_INFER, request, context, metadata)
-        except Refused as r:
-            failure = r.reason
-            await self._abort_refused(context, r)
-            raise
-        finally:
-            self.keeper.done(ticket, failure)
-
-    async def model_stream_infer(
-        self, requests: AsyncIterator[bytes], context: Context
-    ) -> AsyncIterator[bytes]:
-        named, metadata = _split_metadata(context.invocation_metadata())
-        try:
-            async with self.keeper.passing():  # the stream itself counts for drain
-                call: Any = self.channel.stream_stream(MODEL_STREAM_INFER)(metadata=metadata)
-                out: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
-                pending: deque[tuple[str, Ticket]] = deque()
-                pump = asyncio.create_task(self._pump(requests, call, named, out, pending))
-                read = asyncio.create_task(self._read(call, out, pending))
-                try:
-                    while (item := await out.get()) is not None:
-                        yield item
-                    await read  # Triton ended the stream: with its error, if any
-                finally:
-                    pump.cancel()
-                    read.cancel()
-                    call.cancel()
-                    while pending:  # unanswered when the stream ended
-                        self.keeper.done(pending.popleft()[1], Reason.UNAVAILABLE)
-        except Refused as r:
-            await self._abort_refused(context, r)
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
-                self.upstream.recheck()
-            await context.abort(e.code(), e.details() or "")
-
-    async def _pump(
-        self,
-        requests: AsyncIterator[bytes],
-        call: Any,
-        named: str | None,
-        out: asyncio.Queue[bytes | None],
-        pending: deque[tuple[str, Ticket]],
-    ) -> None:
-        async for request in requests:
-            try:
-                header = wire.infer_header(request)
-            except wire.WireError:
-                await call.write(request)  # Triton answers it with its own error
-                continue
-            try:
-                ticket = await self.keeper.admit(named, header.model)
-            except Refused as r:
-                await out.put(wire.stream_error(f"stagger-sidecar: {r.message}", header.id))
-                continue
-            pending.append((header.id, ticket))
-            await call.write(request)
-        await call.done_writing()
-
-    async def _read(
-        self, call: Any, out: asyncio.Queue[bytes | None], pending: deque[tuple[str, Ticket]]
-    ) -> None:
-        try:
-            async for response in call:
-                try:
-                    info = wire.stream_response(response)
-                except wire.WireError:
-                    info = wire.StreamResponse("", "", None)
-                if info.final is not False and pending:
-                    self._finish(pending, info)
-                await out.put(response)
-        finally:
-            await out.put(None)
-
-    def _finish(self, pending: deque[tuple[str, Ticket]], info: wire.StreamResponse) -> None:
-        index = 0
-        if info.id:  # match by request id when the app sets one; else responses come in order
-            index = next((i for i, (rid, _) in enumerate(pending) if rid == info.id), 0)
-        _, ticket = pending[index]
-        del pending[index]
-        self.keeper.done(ticket, Reason.UNAVAILABLE if info.error else None)
+    def close_connections(self) -> None:
+        for connection in list(self.connections):
+            connection.close()

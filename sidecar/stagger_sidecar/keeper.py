@@ -31,6 +31,15 @@ class Refused(Exception):
 
 
 @dataclass
+class Held:
+    """A request the gate holds until ``release.at``."""
+
+    gate: StreamGate
+    release: Release
+    key: StreamKey
+
+
+@dataclass
 class Ticket:
     gate: StreamGate
     release: Release
@@ -59,6 +68,15 @@ class Keeper:
         self.models: dict[str, set[str]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def begin(self) -> None:
+        """A call that is not gated (health, metadata, a stream of requests) starts: counted
+        for drain and capacity until :meth:`end`. Raises :class:`Refused` when full or
+        shutting down."""
+        self._enter()
+
+    def end(self) -> None:
+        self._exit()
 
     def _enter(self) -> None:
         if self.closing:
@@ -93,6 +111,13 @@ class Keeper:
 
     async def admit(self, stream: str | None, model: str) -> Ticket:
         """Wait for the request's release; raises :class:`Refused` when the gate refuses it."""
+        entered = self.enter(stream, model)
+        return entered if isinstance(entered, Ticket) else await self.wait(entered)
+
+    def enter(self, stream: str | None, model: str) -> Ticket | Held:
+        """The gate's decision, without waiting: a ticket when the request may go now
+        (no task, no loop turn: an app that arrives at its slot pays nothing), else what
+        :meth:`wait` waits on. Raises :class:`Refused`."""
         resolved = self.gate.resolve(stream)
         if isinstance(resolved, Refusal):  # no metrics: the name is the app's, unbounded
             raise Refused(resolved.reason, resolved.message)
@@ -103,21 +128,27 @@ class Keeper:
             self._model_label(resolved.name, model),
         )
         self._enter()
-        decision = resolved.admit(self.clock())
+        now = self.clock()
+        decision = resolved.admit(now)
         if isinstance(decision, Refusal):
             self._exit()
             self.metrics.refused(key, decision.reason)
             raise Refused(decision.reason, decision.message)
+        if decision.at <= now:
+            return Ticket(resolved, decision, key, now)
+        return Held(resolved, decision, key)
+
+    async def wait(self, held: Held) -> Ticket:
         try:
             # Timers may fire early (uvloop rounds to whole milliseconds): never release
             # before the slot, so wait again for what is left.
-            while (delay := decision.at - self.clock()) > 0:
+            while (delay := held.release.at - self.clock()) > 0:
                 await self.sleep(delay)
         except BaseException:  # the app gave up while waiting: free its place
-            resolved.finish(decision, self.clock())
+            held.gate.finish(held.release, self.clock())
             self._exit()
             raise
-        return Ticket(resolved, decision, key, self.clock())
+        return Ticket(held.gate, held.release, held.key, self.clock())
 
     def done(self, ticket: Ticket, failure: Reason | None = None) -> None:
         """The answer is back (``failure``: Triton could not give one)."""

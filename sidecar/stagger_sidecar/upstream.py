@@ -21,6 +21,14 @@ from tritonclient.grpc import service_pb2
 
 log = logging.getLogger("stagger.sidecar")
 
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    # Triton restarts: be back within ~2 s rather than gRPC's default minutes-long backoff.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+"""The channel for Triton's readiness and statistics (calls are relayed, not made)."""
 READY_EVERY_S = 1.0
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
@@ -122,8 +130,11 @@ class Upstream:
             delay = READY_EVERY_S if ok else backoff
             backoff = BACKOFF_FIRST_S if ok else min(backoff * 2, BACKOFF_MAX_S)
             self._recheck.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            # that lands as the wait ends, and then stop() waits on this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recheck.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._recheck.wait()
 
     async def statistics(self) -> dict[str, Any]:
         if self.http:

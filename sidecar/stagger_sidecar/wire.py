@@ -34,31 +34,30 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def _value(buf: memoryview, pos: int, wire_type: int) -> tuple[memoryview | int, int]:
+    """The value of a field whose key ends at ``pos``, and where the next field starts."""
+    if wire_type == VARINT:
+        return _varint(buf, pos)
+    if wire_type == LEN:
+        size, pos = _varint(buf, pos)
+    elif wire_type in (I64, I32):
+        size = 8 if wire_type == I64 else 4
+    else:
+        raise WireError(f"unsupported wire type {wire_type}")
+    if pos + size > len(buf):
+        raise WireError("field runs past the message")
+    return buf[pos : pos + size], pos + size
+
+
 def fields(data: bytes | memoryview) -> Iterator[tuple[int, int, memoryview | int]]:
     """(field number, wire type, value) for each top-level field: a view for
-    length-delimited fields, an int for varints; fixed-width values as views."""
+    length-delimited and fixed-width fields, an int for varints."""
     buf = memoryview(data)
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == VARINT:
-            value, pos = _varint(buf, pos)
-            yield number, wire_type, value
-        elif wire_type == LEN:
-            size, pos = _varint(buf, pos)
-            if pos + size > len(buf):
-                raise WireError("length-delimited field runs past the message")
-            yield number, wire_type, buf[pos : pos + size]
-            pos += size
-        elif wire_type in (I64, I32):
-            size = 8 if wire_type == I64 else 4
-            if pos + size > len(buf):
-                raise WireError("fixed-width field runs past the message")
-            yield number, wire_type, buf[pos : pos + size]
-            pos += size
-        else:
-            raise WireError(f"unsupported wire type {wire_type}")
+        value, pos = _value(buf, pos, key & 7)
+        yield key >> 3, key & 7, value
 
 
 def _text(value: memoryview | int) -> str:
@@ -83,6 +82,32 @@ def infer_header(data: bytes | memoryview) -> InferHeader:
             found[number] = _text(value)
             if len(found) == 3:
                 break
+    return _header(found)
+
+
+def request_header(data: bytes | memoryview, *, complete: bool) -> InferHeader | None:
+    """The header of a ``ModelInferRequest`` from the first bytes of it, or None when they
+    are too few to tell yet. Serializers write fields in number order, so name, version and
+    id come before the tensors and a few hundred bytes suffice; a message written in
+    another order is read once ``complete``."""
+    if complete:
+        return infer_header(data)
+    buf = memoryview(data)
+    found: dict[int, str] = {}
+    pos = 0
+    try:
+        while pos < len(buf):
+            key, pos = _varint(buf, pos)
+            if key >> 3 > 3:  # past the header fields
+                return _header(found) if 1 in found else None
+            value, pos = _value(buf, pos, key & 7)
+            found[key >> 3] = _text(value)
+    except WireError:  # cut mid-field: more bytes are coming
+        return None
+    return None  # cut at a field boundary: version or id may follow
+
+
+def _header(found: dict[int, str]) -> InferHeader:
     return InferHeader(found.get(1, ""), found.get(2, ""), found.get(3, ""))
 
 

@@ -92,3 +92,27 @@ def test_a_forwarded_http_request_keeps_its_headers_once_and_is_reframed() -> No
     assert b"Inference-Header-Content-Length: 12" in lines
     assert b"Content-Length: 6" in lines and body == b"abcdef"
     assert not any(line.lower().startswith((b"transfer-encoding", b"connection")) for line in lines)
+
+
+@given(model=names, rid=names, payload=st.binary(min_size=1, max_size=3000))
+def test_request_header_from_the_first_bytes(model: str, rid: str, payload: bytes) -> None:
+    """Any prefix gives either "need more" or the right header; the whole message always
+    gives it."""
+    request = pb.ModelInferRequest(model_name=model, id=rid)
+    request.inputs.add(name="INPUT0", datatype="UINT8", shape=[len(payload)])
+    request.raw_input_contents.append(payload)
+    data = request.SerializeToString()
+    expected = wire.InferHeader(model, "", rid)
+    assert wire.request_header(data, complete=True) == expected
+    for cut in range(len(data)):
+        assert wire.request_header(data[:cut], complete=False) in (None, expected)
+    if model:  # name first, then the tensors: a few bytes past the id are enough
+        enough = len(pb.ModelInferRequest(model_name=model, id=rid).SerializeToString()) + 2
+        assert wire.request_header(data[:enough], complete=False) == expected
+
+
+def test_request_header_of_a_message_in_another_order_waits_for_all_of_it() -> None:
+    data = pb.ModelInferRequest(id="r1").SerializeToString()
+    data += pb.ModelInferRequest(model_name="m").SerializeToString()
+    assert wire.request_header(data[:-1], complete=False) is None
+    assert wire.request_header(data, complete=True) == wire.InferHeader("m", "", "r1")
