@@ -33,14 +33,18 @@ from stagger_operator import manifests
 from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
 from stagger_operator.observe import Observation
 from stagger_operator.reconcile import (
+    RECALIBRATE,
     Calibration,
     CalibrationOutcome,
+    Recalibration,
     calibration_outcomes,
     calibration_state,
     cluster_from_nodes,
     desired_state,
+    drift_recalibrations,
     plan_from_schedules,
     profile_statuses,
+    recalibration_state,
     schedule_status,
     serving_status,
     write_failed_status,
@@ -89,6 +93,7 @@ class Controller:
         self.pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="write")
         self.retiring: dict[Unit, datetime] = {}  # old copies kept while their shard moves
         self.fingerprints: dict[tuple[str, str], str] = {}  # of streams written as wanted
+        self._recalibration_said: dict[str, tuple[str, str]] = {}  # last Event per profile
         self.objects: dict[Key, Obj] | None = None  # owned objects: listed, then as written
         self.pods: dict[tuple[str, str], set[Unit]] = {}  # Ready placements, per pod
         self._parsed: dict[tuple[str, str], tuple[str, InferenceStream]] = {}
@@ -156,6 +161,9 @@ class Controller:
             context=_context(signatures, current, ready, observed, jobs=jobs, outcomes=outcomes),
         )
         calibration = calibration_state(live, result, outcomes, s, now)
+        recalibration = recalibration_state(profiles, live, result, outcomes, s, now=now)
+        named_jobs = {_named(j) for j in calibration.jobs}
+        calibration.jobs += [j for j in recalibration.jobs if _named(j) not in named_jobs]
         for named, status in calibration.statuses.items():
             if named not in desired.unchanged:
                 desired.statuses[named] = status
@@ -239,6 +247,7 @@ class Controller:
 
         self._profile_statuses(profiles, wanted_sched, all_sched, result, now)
         self._calibrate(calibration, jobs, profiles, report)
+        self._recalibrate(recalibration, profiles, report, now)
 
         by_key = {(x.namespace, x.name): x for x in live}
 
@@ -435,6 +444,43 @@ class Controller:
                 report.failed += 1
                 log.error("cannot write ModelProfile %s: %s", profile.name, _why(e))
 
+    def _recalibrate(
+        self,
+        recalibration: Recalibration,
+        profiles: list[ModelProfile],
+        report: Report,
+        now: datetime,
+    ) -> None:
+        """Replace the profiles re-measured (dropping the annotation that asked for it), and
+        say how each re-calibration goes, once per change, in Events on its profile."""
+        by_name = {p.name: p for p in profiles}
+        for measured in recalibration.profiles:
+            old = by_name.get(measured.name)
+            wire = measured.to_wire()
+            wire["metadata"]["annotations"] = {RECALIBRATE: None}  # merge patch: remove
+            try:
+                self.kube.apply(wire, old.to_wire() if old else None)
+                report.written += 1
+            except ApiException as e:
+                report.failed += 1
+                log.error("cannot write ModelProfile %s: %s", measured.name, _why(e))
+        for name, kind, reason, message in recalibration.events:
+            if self._recalibration_said.get(name) == (reason, message) or name not in by_name:
+                continue
+            self._recalibration_said[name] = (reason, message)
+            self._profile_event(by_name[name], kind, reason, message, now)
+
+    def _profile_event(
+        self, profile: ModelProfile, kind: str, reason: str, message: str, now: datetime
+    ) -> None:
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": "ModelProfile",
+            "name": profile.name,
+            "uid": profile.metadata.uid,
+        }
+        self._object_event(involved, "default", kind=kind, reason=reason, message=message, now=now)
+
     def _profile_statuses(
         self,
         profiles: list[ModelProfile],
@@ -470,19 +516,18 @@ class Controller:
             )
             drifted = status["conditions"][0]
             if drifted["status"] == "True" and was != "True":
-                self._object_event(
-                    {
-                        "apiVersion": API_VERSION,
-                        "kind": "ModelProfile",
-                        "name": name,
-                        "uid": profile.metadata.uid,
-                    },
-                    "default",
-                    kind="Warning",
-                    reason="BodyDrift",
-                    message=drifted["message"],
-                    now=now,
-                )
+                self._profile_event(profile, "Warning", "BodyDrift", drifted["message"], now)
+        for name in drift_recalibrations(profiles, wanted, self.settings, now):
+            profile = by_name[name]
+            ask: Obj = {
+                "apiVersion": API_VERSION,
+                "kind": "ModelProfile",
+                "metadata": {"name": name, "annotations": {RECALIBRATE: "drift"}},
+            }
+            try:
+                self.kube.apply(ask, profile.to_wire())
+            except ApiException as e:
+                log.warning("cannot ask to re-calibrate ModelProfile %s: %s", name, _why(e))
 
     def _write_status(
         self, stream: InferenceStream, new: InferenceStreamStatus, now: datetime

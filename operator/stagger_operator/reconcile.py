@@ -589,6 +589,138 @@ def calibration_state(
     return out
 
 
+RECALIBRATE = "stagger.dev/recalibrate"
+"""Annotation on a ModelProfile: measure it again (any value; the operator sets "drift")."""
+
+
+@dataclass
+class Recalibration:
+    jobs: list[Obj] = field(default_factory=list)
+    profiles: list[ModelProfile] = field(default_factory=list)  # measured: replace these
+    events: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """(profile, Normal|Warning, reason, message): progress, on the ModelProfile."""
+
+
+def recalibration_state(
+    profiles: Sequence[ModelProfile],
+    streams: Sequence[InferenceStream],
+    plan: Plan,
+    outcomes: Mapping[tuple[str, str], CalibrationOutcome],
+    settings: OperatorSettings,
+    *,
+    now: datetime,
+) -> Recalibration:
+    """ModelProfiles annotated ``stagger.dev/recalibrate``: a calibration Job each, on the
+    least used GPU of the profile's product and sharing mode (an idle one when there is
+    one), with the pod template of a stream of the model (first by namespace and name).
+    A finished Job's measurement replaces the profile's spec under the same name."""
+    out = Recalibration()
+    runs = sorted(streams, key=lambda s: (s.namespace, s.name))
+    for profile in profiles:
+        if RECALIBRATE not in profile.metadata.annotations:
+            continue
+        spec = profile.spec
+        stream = next(
+            (
+                s
+                for s in runs
+                if s.spec.model == spec.model
+                and (spec.model_version is None or s.spec.model_version == spec.model_version)
+            ),
+            None,
+        )
+        gpus = [
+            g
+            for g in plan.gpus
+            if g.product == spec.gpu_product and str(g.sharing_mode) == str(spec.sharing_mode)
+        ]
+        if stream is None or not gpus:
+            missing = (
+                f"no InferenceStream runs model {spec.model}"
+                if stream is None
+                else f"no {spec.sharing_mode} GPU of product {spec.gpu_product} in the cluster"
+            )
+            out.events.append(
+                (profile.name, "Warning", "RecalibrationBlocked", f"cannot re-calibrate: {missing}")
+            )
+            continue
+        gpu = min(gpus, key=lambda g: (g.utilization, g.shards))
+        target = manifests.CalibrationTarget(
+            gpu.node, gpu.gpu, gpu.uuid, gpu.product, SharingMode(gpu.sharing_mode)
+        )
+        try:
+            job = manifests.calibration_job(stream, target, settings)
+        except manifests.TemplateError as e:
+            out.events.append(
+                (profile.name, "Warning", "RecalibrationBlocked", f"cannot re-calibrate: {e}")
+            )
+            continue
+        out.jobs.append(job)
+        name = job["metadata"]["name"]
+        outcome = outcomes.get((stream.namespace, name), CalibrationOutcome())
+        if outcome.result is not None:
+            measured = model_profile(outcome.result, gpu.product, target.sharing_mode, now)
+            measured.metadata.name = profile.name
+            out.profiles.append(measured)
+            out.events.append(
+                (
+                    profile.name,
+                    "Normal",
+                    "Recalibrated",
+                    f"body {spec.body_time_ms:g} -> {outcome.result.body_time_ms:g} ms "
+                    f"(Job {stream.namespace}/{name} on node {gpu.node} GPU {gpu.gpu})",
+                )
+            )
+        elif outcome.failure is not None:
+            out.events.append(
+                (
+                    profile.name,
+                    "Warning",
+                    "RecalibrationFailed",
+                    f"{outcome.failure}. Delete Job {stream.namespace}/{name} to try again, "
+                    f"or remove the {RECALIBRATE} annotation",
+                )
+            )
+        else:
+            out.events.append(
+                (
+                    profile.name,
+                    "Normal",
+                    "Recalibrating",
+                    f"measuring with Job {stream.namespace}/{name} on node {gpu.node} GPU "
+                    f"{gpu.gpu}, with the pod template of {stream.namespace}/{stream.name}",
+                )
+            )
+    return out
+
+
+def drift_recalibrations(
+    profiles: Sequence[ModelProfile],
+    statuses: Mapping[str, Obj],
+    settings: OperatorSettings,
+    now: datetime,
+) -> list[str]:
+    """Calibrated profiles whose new status says Drifted, measured longer ago than the
+    cooldown and not yet being re-calibrated: to annotate ``stagger.dev/recalibrate``."""
+    if not settings.recalibrate_on_drift:
+        return []
+    cooldown = timedelta(seconds=settings.recalibration_cooldown_s)
+    out = []
+    for profile in profiles:
+        status = statuses.get(profile.name)
+        spec = profile.spec
+        if (
+            status is None
+            or spec.source != "calibration"
+            or RECALIBRATE in profile.metadata.annotations
+            or (spec.measured_at is not None and now - spec.measured_at < cooldown)
+        ):
+            continue
+        if any(c["type"] == "Drifted" and c["status"] == "True" for c in status["conditions"]):
+            out.append(profile.name)
+    return out
+
+
 PROFILER = "stagger-profile"
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 

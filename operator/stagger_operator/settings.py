@@ -67,6 +67,11 @@ class OperatorSettings(BaseSettings):
     drift_percent: float = Field(default=20.0, gt=0)
     """A ModelProfile whose body, as the sidecars measure it, differs from its bodyTimeMs by
     more than this gets Drifted=True and a Warning Event: re-calibrate it."""
+    recalibrate_on_drift: bool = True
+    """A calibrated ModelProfile (source: calibration) that drifts is measured again, as if
+    annotated stagger.dev/recalibrate; manual profiles only get the Event and condition."""
+    recalibration_cooldown_s: float = Field(default=3600.0, ge=0)
+    """No drift-triggered re-calibration sooner than this after the profile's measuredAt."""
     degraded_drop_rate: float = Field(default=0.001, ge=0, le=1)
     """A running stream dropping more than this share of its frames is Degraded."""
     write_concurrency: int = Field(default=16, ge=1, le=256)

@@ -128,3 +128,66 @@ async def test_a_failed_calibration_says_why_and_is_not_retried_in_a_loop(
         assert (await phase_of(cluster, "cam"))["phase"] == "Pending"
     finally:
         await stop_operator(op)
+
+
+def calibrated_profile(body: float, **annotations: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "stagger.dev/v1alpha1",
+        "kind": "ModelProfile",
+        "metadata": {
+            "name": "retinanet-h200",  # a name of the user's: kept when re-measured
+            "uid": "uid-profile",
+            "resourceVersion": "1",
+            **({"annotations": annotations} if annotations else {}),
+        },
+        "spec": {
+            "model": "retinanet",
+            "gpuProduct": "NVIDIA-H200",
+            "sharingMode": "time-slicing",
+            "bodyTimeMs": body,
+            "latencyMs": 18.5,
+            "source": "manual",
+        },
+    }
+
+
+async def test_an_annotated_profile_is_measured_again_and_replaced(cluster: Cluster) -> None:
+    await cluster.create(calibrated_profile(9.0))
+    op = await start_operator(cluster)
+    try:
+        await cluster.create(uncalibrated("cam"))
+        placed = await cluster.wait_for(lambda: _phase(cluster, "cam", "Placed"))
+        assert placed["shards"][0]["bodyMs"] == 9.0
+        assert await cluster.objects("Job", "default") == []
+
+        (current,) = await cluster.objects("ModelProfile")
+        ask = calibrated_profile(9.0, **{"stagger.dev/recalibrate": "now"})
+        await cluster.call(cluster.kube.apply, ask, current)
+        (job,) = await cluster.wait_for(lambda: cluster.objects("Job", "default"))
+        assert placed["shards"][0]["node"] in str(job["spec"]["template"]["spec"]["affinity"])
+
+        await finish(cluster, job, 0, RESULT.model_dump_json(by_alias=True))
+
+        async def remeasured() -> dict[str, Any] | None:
+            (p,) = await cluster.objects("ModelProfile")
+            return p if p["spec"]["bodyTimeMs"] == 12.1 else None
+
+        profile = await cluster.wait_for(remeasured)
+        assert profile["metadata"]["name"] == "retinanet-h200"
+        assert profile["spec"]["source"] == "calibration" and profile["spec"]["measuredAt"]
+        assert "stagger.dev/recalibrate" not in (profile["metadata"].get("annotations") or {})
+
+        async def job_gone() -> bool:
+            return not await cluster.objects("Job", "default")
+
+        await cluster.wait_for(job_gone)
+
+        async def replanned() -> bool:
+            status = await phase_of(cluster, "cam")
+            return status.get("phase") == "Placed" and status["shards"][0]["bodyMs"] == 12.1
+
+        await cluster.wait_for(replanned)  # the stream now runs on the new body
+        reasons = {e["reason"] for e in await cluster.objects("Event", "default")}
+        assert {"Recalibrating", "Recalibrated"} <= reasons
+    finally:
+        await stop_operator(op)

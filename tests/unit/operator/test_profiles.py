@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from stagger.core.api import ModelProfile
 from stagger.core.placement import GpuUsage
-from stagger_operator.reconcile import profile_statuses
+from stagger_operator.reconcile import RECALIBRATE, drift_recalibrations, profile_statuses
+from stagger_operator.settings import OperatorSettings
 from tests.factories import calibration_result
 
 NOW = datetime(2026, 11, 21, 14, 0, tzinfo=UTC)
 
 
-def profile(body: float = 10.5, mode: str = "time-slicing", status: Any = None) -> ModelProfile:
+def profile(
+    body: float = 10.5,
+    mode: str = "time-slicing",
+    status: Any = None,
+    *,
+    source: str = "manual",
+    measured_at: datetime | None = None,
+    annotations: dict[str, str] | None = None,
+) -> ModelProfile:
     return ModelProfile.model_validate(
         {
             "apiVersion": "stagger.dev/v1alpha1",
             "kind": "ModelProfile",
-            "metadata": {"name": f"retinanet-h200-{mode}"},
+            "metadata": {"name": f"retinanet-h200-{mode}", "annotations": annotations or {}},
             "spec": {
                 "model": "retinanet",
                 "gpuProduct": "NVIDIA-H200",
                 "sharingMode": mode,
                 "bodyTimeMs": body,
                 "latencyMs": 18.5,
+                "source": source,
+                **({"measuredAt": measured_at} if measured_at else {}),
             },
             **({"status": status} if status else {}),
         }
@@ -130,3 +141,63 @@ def test_calibration_outcomes_from_jobs_and_their_pods() -> None:
     assert "unreadable" in (out[("ns", "garbled")].failure or "")  # never waits for ever
     assert "DeadlineExceeded" in (out[("ns", "late")].failure or "")
     assert out[("ns", "empty")].failure == "the Job completed without a result"
+
+
+def test_drift_asks_to_recalibrate_calibrated_profiles_after_the_cooldown() -> None:
+    measured = {("a", 0): {"retinanet": 14.0}}  # +33 %: drifted
+    settings = OperatorSettings(recalibration_cooldown_s=3600)
+    hour = timedelta(hours=1)
+    candidates = {
+        "fresh": profile(source="calibration", measured_at=NOW - hour / 2),
+        "old": profile(source="calibration", measured_at=NOW - 2 * hour),
+        "manual": profile(source="manual"),
+        "asked": profile(source="calibration", annotations={RECALIBRATE: "now"}),
+    }
+    asked = {}
+    for label, p in candidates.items():
+        statuses = profile_statuses([p], measured, GPUS, 20.0, NOW)
+        asked[label] = drift_recalibrations([p], statuses, settings, NOW) == [p.name]
+    assert asked == {"fresh": False, "old": True, "manual": False, "asked": False}
+    within = profile_statuses([profile(13.5, source="calibration")], measured, GPUS, 20.0, NOW)
+    assert drift_recalibrations([profile(13.5, source="calibration")], within, settings, NOW) == []
+    off = OperatorSettings(recalibrate_on_drift=False)
+    old = candidates["old"]
+    statuses = profile_statuses([old], measured, GPUS, 20.0, NOW)
+    assert drift_recalibrations([old], statuses, off, NOW) == []
+
+
+def test_a_recalibration_that_cannot_run_says_why() -> None:
+    from stagger.core.placement import Plan
+    from stagger_operator.reconcile import recalibration_state
+    from tests.factories import stream
+
+    asked = profile(annotations={RECALIBRATE: "now"})
+    settings = OperatorSettings()
+    no_stream = recalibration_state(
+        [asked],
+        [stream("cam", 10, model="other")],
+        Plan((), tuple(GPUS), ()),
+        {},
+        settings,
+        now=NOW,
+    )
+    no_gpu = recalibration_state(
+        [asked], [stream("cam", 10, model="retinanet")], Plan((), (), ()), {}, settings, now=NOW
+    )
+    for state, why in (
+        (no_stream, "no InferenceStream runs model retinanet"),
+        (no_gpu, "no time-slicing GPU of product NVIDIA-H200"),
+    ):
+        assert state.jobs == [] and state.profiles == []
+        ((name, kind, reason, message),) = state.events
+        assert (name, kind, reason) == (asked.name, "Warning", "RecalibrationBlocked")
+        assert why in message
+    unasked = recalibration_state(
+        [profile()],
+        [stream("cam", 10, model="retinanet")],
+        Plan((), tuple(GPUS), ()),
+        {},
+        settings,
+        now=NOW,
+    )
+    assert unasked.jobs == [] and unasked.events == []
