@@ -468,18 +468,7 @@ class Controller:
             if self._recalibration_said.get(name) == (reason, message) or name not in by_name:
                 continue
             self._recalibration_said[name] = (reason, message)
-            self._profile_event(by_name[name], kind, reason, message, now)
-
-    def _profile_event(
-        self, profile: ModelProfile, kind: str, reason: str, message: str, now: datetime
-    ) -> None:
-        involved = {
-            "apiVersion": API_VERSION,
-            "kind": "ModelProfile",
-            "name": profile.name,
-            "uid": profile.metadata.uid,
-        }
-        self._object_event(involved, "default", kind=kind, reason=reason, message=message, now=now)
+            self._event(by_name[name], kind, reason, message, now)
 
     def _profile_statuses(
         self,
@@ -516,7 +505,7 @@ class Controller:
             )
             drifted = status["conditions"][0]
             if drifted["status"] == "True" and was != "True":
-                self._profile_event(profile, "Warning", "BodyDrift", drifted["message"], now)
+                self._event(profile, "Warning", "BodyDrift", drifted["message"], now)
         for name in drift_recalibrations(profiles, wanted, self.settings, now):
             profile = by_name[name]
             ask: Obj = {
@@ -543,17 +532,25 @@ class Controller:
             self._event(stream, kind, new.phase.value, new.message, now)
 
     def _event(
-        self, stream: InferenceStream, kind: str, reason: str, message: str, now: datetime
+        self,
+        obj: InferenceStream | ModelProfile,
+        kind: str,
+        reason: str,
+        message: str,
+        now: datetime,
     ) -> None:
+        """An Event about a stream (in its namespace) or a profile (cluster-scoped: in
+        ``default``)."""
+        namespace = obj.metadata.namespace
         involved = {
             "apiVersion": API_VERSION,
-            "kind": "InferenceStream",
-            "name": stream.name,
-            "namespace": stream.namespace,
-            "uid": stream.metadata.uid,
+            "kind": obj.KIND,
+            "name": obj.name,
+            "namespace": namespace,
+            "uid": obj.metadata.uid,
         }
         self._object_event(
-            involved, stream.namespace, kind=kind, reason=reason, message=message, now=now
+            involved, namespace or "default", kind=kind, reason=reason, message=message, now=now
         )
 
     def _object_event(
