@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: all venv plan test lint typecheck layers crds check-crds pytest bench bench-sidecar clean
+.PHONY: all venv plan test lint typecheck layers crds check-crds pytest bench bench-sidecar gpu-carry clean
 
 all: test
 
@@ -46,6 +46,20 @@ bench: $(STAMP)  ## Placement quality and scale (see docs/benchmarks.md)
 
 bench-sidecar: $(STAMP)  ## Latency and CPU the sidecar adds over Triton direct (docs/benchmarks.md)
 	$(BIN)/python -m bench.sidecar_overhead --json out/bench-sidecar.json
+
+GPU_WHEELS = pydantic pydantic-core annotated-types typing-inspection tritonclient \
+	python-rapidjson grpcio protobuf
+gpu-carry: $(STAMP)  ## Files a GPU machine without a registry needs (bench/gpu/README.md)
+	rm -rf .gpu && mkdir -p .gpu/whl .gpu/np
+	bench/gpu/triton-bundle .gpu/triton-bundle.tar.xz 3.12
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .gpu/np "numpy==1.26.4"
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .gpu/whl \
+		$(foreach w,$(GPU_WHEELS),"$(w)==$$($(BIN)/python -m pip show $(w) | sed -n 's/^Version: //p')")
+	du -sh .gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -40,7 +40,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+HOME_ENV = "STAGGER_TRITON_HOME"
+"""A trimmed bundle instead of the wheel (``tritonserver/{bin,backends,stubs}`` and
+``nvidia_pytriton.libs``, as ``triton-bundle`` lays it out): for lent GPU machines, where
+nothing can be installed and the 55 MB wheel does not travel."""
+
+
+def _bundle() -> Path | None:
+    home = os.environ.get(HOME_ENV)
+    return Path(home) if home else None
+
+
 def _wheel_root() -> Path:
+    bundle = _bundle()
+    if bundle is not None:
+        return bundle / "tritonserver"
     try:
         import pytriton  # noqa: PLC0415 (optional dependency)
     except ImportError as e:
@@ -55,10 +69,10 @@ def backend_directory(cache: Path | None = None) -> Path:
     root = _wheel_root()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if _bundle() is not None:  # one stub, built for the Python the bundle was made for
+        stub = root / "stubs" / "triton_python_backend_stub"
     if not stub.exists():
-        raise TritonUnavailable(
-            f"the nvidia-pytriton wheel has no Python backend stub for {version}"
-        )
+        raise TritonUnavailable(f"no Python backend stub for Python {version} at {stub}")
     cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stagger"
     target = cache / f"triton-backends-{version}-{int(stub.stat().st_mtime)}"
     if not (target / "python" / stub.name).exists():
@@ -74,7 +88,7 @@ def backend_directory(cache: Path | None = None) -> Path:
 def _library_path() -> str:
     libs = [
         str(sysconfig.get_config_var("LIBDIR")),  # libpython for the stub
-        str(_wheel_root().parent.parent / "nvidia_pytriton.libs"),
+        str(_bundle() or _wheel_root().parent.parent) + "/nvidia_pytriton.libs",
         os.environ.get("LD_LIBRARY_PATH", ""),
     ]
     return os.pathsep.join(p for p in libs if p)

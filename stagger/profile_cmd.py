@@ -44,6 +44,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="Triton model name")
     p.add_argument("--model-version", default="", metavar="V")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="data for an input: a .npy array, or a file's bytes (BYTES or UINT8 inputs, e.g. "
+        "a JPEG); inputs not named get zeros (dynamic dimensions as 1)",
+    )
     p.add_argument("--runs", type=int, default=5, help="pairs per offset (default 5)")
     p.add_argument("--solo-runs", type=int, default=30)
     p.add_argument(
@@ -165,6 +173,12 @@ def measure(args: argparse.Namespace, err: Console) -> ProfileReport | None:
         else:
             if not args.url or not args.model:
                 raise ProfileError("give --url and --model (or --from-csv FILE)")
+            data = {}
+            for item in args.input:
+                name, sep, file = item.partition("=")
+                if not sep or not name or not file:
+                    raise ProfileError(f"--input {item!r}: use NAME=FILE")
+                data[name] = Path(file)
             with _progress(err, args.output == "table" and err.is_terminal) as stage:
                 report = profile(
                     args.url,
@@ -177,6 +191,7 @@ def measure(args: argparse.Namespace, err: Console) -> ProfileReport | None:
                     saturation_s=args.saturation_seconds,
                     guard=args.guard,
                     progress=stage,
+                    data=data,
                 )
     except (ProfileError, NoKnee) as e:
         err.print(f"stagger profile: {e}")
@@ -201,13 +216,13 @@ def present(report: ProfileReport, args: argparse.Namespace, out: Console, err: 
 
 
 def calibration_result(r: ProfileReport, model: str | None, version: str) -> CalibrationResult:
-    p50 = r.solo_ms.get("p50", r.level_ms)
+    p50 = r.solo_ms.get("p50", r.level_ms or r.recommended_body_ms)
     return CalibrationResult(
         model=r.model or model or "",
         model_version=version or None,
         body_time_ms=r.recommended_body_ms,
         knee_ms=r.knee_ms,
-        knee_ci_ms=list(r.knee_ci_ms),
+        knee_ci_ms=list(r.knee_ci_ms) if r.knee_ci_ms else None,
         solo_p50_ms=p50,
         solo_p99_ms=r.solo_ms.get("p99", p50),
         effective_body_ms=r.effective_body_ms,
@@ -219,10 +234,14 @@ def print_report(r: ProfileReport, out: Console) -> None:
     t = Table(title=f"Body time of {r.model or 'the recorded sweep'}", show_header=False)
     if r.solo_ms:
         t.add_row("solo latency", "  ".join(f"{k} {v:.2f} ms" for k, v in r.solo_ms.items()))
-    lo, hi = r.knee_ci_ms
-    t.add_row("knee (body)", f"{r.knee_ms:.2f} ms  (95 % interval {lo:.2f} – {hi:.2f})")
-    t.add_row("before the knee", f"{r.slope:+.2f} ms of latency per ms of offset")
-    t.add_row("after the knee", f"{r.level_ms:.2f} ms")
+    if r.knee_ms is not None and r.knee_ci_ms and r.slope is not None:
+        lo, hi = r.knee_ci_ms
+        t.add_row("knee (body)", f"{r.knee_ms:.2f} ms  (95 % interval {lo:.2f} – {hi:.2f})")
+        t.add_row("before the knee", f"{r.slope:+.2f} ms of latency per ms of offset")
+        t.add_row("after the knee", f"{r.level_ms:.2f} ms")
+    else:
+        t.add_row("knee (body)", f"[yellow]none[/yellow]: {r.no_knee}")
+        t.add_row("", "the body below comes from saturation throughput alone")
     for row in r.saturation:
         t.add_row(
             f"saturation, {row['clients']:.0f} clients",
@@ -252,10 +271,10 @@ def plot(r: ProfileReport, path: Path) -> None:
     ax.scatter(xs, [p.latency1_ms for p in r.sweep], s=10, label="stream 1")
     ax.scatter(xs, [p.latency2_ms for p in r.sweep], s=10, label="stream 2")
     grid = sorted(set(xs))
-    ax.plot(
-        grid, [r.level_ms + r.slope * min(x - r.knee_ms, 0) for x in grid], "k-", label="hinge fit"
-    )
-    ax.axvline(r.knee_ms, color="k", ls="--", label=f"knee {r.knee_ms:.1f} ms")
+    knee, level, slope = r.knee_ms, r.level_ms, r.slope
+    if knee is not None and level is not None and slope is not None:
+        ax.plot(grid, [level + slope * min(x - knee, 0) for x in grid], "k-", label="hinge fit")
+        ax.axvline(knee, color="k", ls="--", label=f"knee {knee:.1f} ms")
     ax.set(xlabel="start offset (ms)", ylabel="latency (ms)", title="Two-stream offset sweep")
     ax.legend()
     if r.saturation:

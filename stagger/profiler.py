@@ -17,14 +17,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from stagger.core.calibration import SweepPoint, knee_of_sweep, recommended_body_ms
+from stagger.core.calibration import (
+    KneeEstimate,
+    NoKnee,
+    SweepPoint,
+    knee_of_sweep,
+    recommended_body_ms,
+)
 
 Progress = Callable[[int], None]  # advance by n runs
 
@@ -47,11 +54,30 @@ def _precise_wait(until: float) -> None:
         pass
 
 
+def _input_array(spec: dict[str, Any], path: Path | None, dtype: Any) -> np.ndarray[Any, Any]:
+    datatype = spec["datatype"]
+    if path is None:
+        if dtype is None or datatype == "BYTES":
+            raise ValueError(f"{datatype} needs data: --input {spec['name']}=FILE")
+        return np.zeros([1 if int(d) < 0 else int(d) for d in spec["shape"]], dtype=dtype)
+    if path.suffix == ".npy":
+        array: np.ndarray[Any, Any] = np.load(path, allow_pickle=False)
+        return array
+    raw = path.read_bytes()
+    if datatype == "BYTES":
+        return np.array([raw], dtype=np.object_)
+    if datatype == "UINT8":
+        return np.frombuffer(raw, dtype=np.uint8)
+    raise ValueError(f"a {datatype} input takes a .npy file, not raw bytes ({path})")
+
+
 class Endpoint:
     """One Triton server and model, over HTTP (``http://``, the default) or gRPC
     (``grpc://``). Builds one request from the model's metadata and sends it."""
 
-    def __init__(self, url: str, model: str, version: str = "") -> None:
+    def __init__(
+        self, url: str, model: str, version: str = "", data: Mapping[str, Path] | None = None
+    ) -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "grpc") or not parts.netloc:
             raise ProfileError(f"{url}: use http://HOST:PORT or grpc://HOST:PORT")
@@ -81,7 +107,7 @@ class Endpoint:
         except Exception as e:
             raise ProfileError(f"model {model!r} is not ready at {url}: {_message(e)}") from e
         self.config = config.get("config", config)
-        self.inputs = self._inputs(metadata)
+        self.inputs = self._inputs(metadata, data or {})
 
     @property
     def client(self) -> Any:
@@ -103,15 +129,26 @@ class Endpoint:
         groups = self.config.get("instance_group") or [{"count": 1}]
         return sum(int(g.get("count", 1)) for g in groups)
 
-    def _inputs(self, metadata: dict[str, Any]) -> list[Any]:
+    def _inputs(self, metadata: dict[str, Any], data: Mapping[str, Path]) -> list[Any]:
+        """One request: each input from its file when given (``.npy``: an array; any other
+        file: its bytes, e.g. a JPEG for a model that decodes it), else zeros of its shape
+        (dynamic dimensions as 1)."""
+        specs = {spec["name"]: spec for spec in metadata.get("inputs", [])}
+        unknown = sorted(set(data) - set(specs))
+        if unknown:
+            raise ProfileError(
+                f"model {self.model!r} has no input {', '.join(unknown)} "
+                f"(its inputs: {', '.join(specs) or 'none'})"
+            )
         inputs = []
-        for spec in metadata.get("inputs", []):
-            shape = [1 if int(d) < 0 else int(d) for d in spec["shape"]]
-            dtype = self._lib.triton_to_np_dtype(spec["datatype"])
-            if dtype is None or spec["datatype"] == "BYTES":
-                raise ProfileError(f"input {spec['name']}: {spec['datatype']} is not supported")
-            tensor = self._lib.InferInput(spec["name"], shape, spec["datatype"])
-            tensor.set_data_from_numpy(np.zeros(shape, dtype=dtype))
+        for name, spec in specs.items():
+            datatype = spec["datatype"]
+            try:
+                array = _input_array(spec, data.get(name), self._lib.triton_to_np_dtype(datatype))
+            except (OSError, ValueError) as e:
+                raise ProfileError(f"input {name}: {e}") from e
+            tensor = self._lib.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         return inputs
 
@@ -136,18 +173,22 @@ class ProfileReport:
     urls: list[str]
     solo_ms: dict[str, float]
     sweep: list[SweepPoint]
-    knee_ms: float
-    knee_ci_ms: tuple[float, float]
-    slope: float
-    level_ms: float
+    knee_ms: float | None  # None: the sweep has no knee (``no_knee`` says why)
+    knee_ci_ms: tuple[float, float] | None
+    slope: float | None
+    level_ms: float | None
     saturation: list[dict[str, float]] = field(default_factory=list)
     effective_body_ms: float | None = None
     recommended_body_ms: float = 0.0
     guard: float = 0.15
+    no_knee: str | None = None
+    """Why the sweep gave no knee, when the body comes from saturation alone: two
+    inferences that barely slow each other (MPS) have no knee, but the GPU's throughput
+    still says what one costs."""
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
-        doc["knee_ci_ms"] = list(self.knee_ci_ms)
+        doc["knee_ci_ms"] = list(self.knee_ci_ms) if self.knee_ci_ms else None
         return doc
 
 
@@ -272,12 +313,14 @@ def profile(
     saturation_s: float = 2.0,
     guard: float = 0.15,
     progress: Callable[[str, int], Progress] | None = None,
+    data: Mapping[str, Path] | None = None,
 ) -> ProfileReport:
-    """The whole profile. ``progress(stage, total)`` returns an advance callback."""
+    """The whole profile. ``progress(stage, total)`` returns an advance callback; ``data``
+    names files for the model's inputs (see :meth:`Endpoint._inputs`)."""
     if not urls or len(urls) > 2:
         raise ProfileError("give one Triton URL, or two for two servers")
-    first = Endpoint(urls[0], model, version)
-    second = Endpoint(urls[-1], model, version)
+    first = Endpoint(urls[0], model, version, data)
+    second = Endpoint(urls[-1], model, version, data)
     if len(urls) == 1 and first.instances < 2:
         raise ProfileError(
             f"model {model!r} has {first.instances} instance at {urls[0]}: two inferences "
@@ -300,20 +343,26 @@ def profile(
     points = sweep(
         first, second, coarse, runs=sweep_runs, gap_s=gap, progress=stage("sweep", 11 * sweep_runs)
     )
-    rough = knee_of_sweep(points, resamples=0).fit.knee_ms
-    fine = [round(rough + coarse_step * (i / 4 - 1), 3) for i in range(9)]
-    fine = [o for o in fine if 0 <= o <= top and o not in coarse]
-    points += sweep(
-        first,
-        second,
-        fine,
-        runs=sweep_runs,
-        gap_s=gap,
-        progress=stage("sweep near knee", len(fine) * sweep_runs),
-    )
-    knee = knee_of_sweep(points)
+    try:
+        rough = knee_of_sweep(points, resamples=0).fit.knee_ms
+        fine = [round(rough + coarse_step * (i / 4 - 1), 3) for i in range(9)]
+        fine = [o for o in fine if 0 <= o <= top and o not in coarse]
+        points += sweep(
+            first,
+            second,
+            fine,
+            runs=sweep_runs,
+            gap_s=gap,
+            progress=stage("sweep near knee", len(fine) * sweep_runs),
+        )
+        knee: KneeEstimate | None = knee_of_sweep(points)
+        no_knee = None
+    except NoKnee as e:
+        if not e.flat:  # too short or too sparse: saturation would understate the body
+            raise
+        knee, no_knee = None, str(e)
     sat = saturation(
-        lambda: Endpoint(urls[0], model, version),
+        lambda: Endpoint(urls[0], model, version, data),
         saturation_levels,
         saturation_s,
         stage("saturation", len(saturation_levels)),
@@ -323,17 +372,22 @@ def profile(
     effective = 1e3 / best if len(urls) == 1 and best > 0 else None
     first.close()
     second.close()
+    if knee is None and effective is None:  # nothing measured the body: no number
+        raise NoKnee(no_knee or "no knee")
     return ProfileReport(
         model=model,
         urls=list(urls),
         solo_ms=distribution(solo_ms),
         sweep=points,
-        knee_ms=knee.fit.knee_ms,
-        knee_ci_ms=knee.ci_ms,
-        slope=knee.fit.slope,
-        level_ms=knee.fit.level_ms,
+        knee_ms=knee.fit.knee_ms if knee else None,
+        knee_ci_ms=knee.ci_ms if knee else None,
+        slope=knee.fit.slope if knee else None,
+        level_ms=knee.fit.level_ms if knee else None,
         saturation=sat,
         effective_body_ms=effective,
-        recommended_body_ms=recommended_body_ms(knee.fit.knee_ms, effective, guard),
+        recommended_body_ms=recommended_body_ms(
+            knee.fit.knee_ms if knee else 0.0, effective, guard
+        ),
         guard=guard,
+        no_knee=no_knee,
     )

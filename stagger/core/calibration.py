@@ -47,7 +47,13 @@ class KneeEstimate:
 
 
 class NoKnee(ValueError):
-    """The sweep shows no knee; the message says why and what the data look like."""
+    """The sweep shows no knee; the message says why and what the data look like.
+    ``flat``: overlapping costs no more than noise (inferences that barely slow each
+    other, as under MPS), as opposed to a sweep too short or too sparse to tell."""
+
+    def __init__(self, message: str, *, flat: bool = False) -> None:
+        super().__init__(message)
+        self.flat = flat
 
 
 def _robust_scale(residuals: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -143,7 +149,8 @@ def estimate_knee(
     if fit.slope >= 0 or drop < 3 * noise:
         raise NoKnee(
             "latency does not fall as the offset grows (overlap costs "
-            f"{drop:.2f} ms against noise {noise:.2f} ms): no knee in this sweep. {summary}"
+            f"{drop:.2f} ms against noise {noise:.2f} ms): no knee in this sweep. {summary}",
+            flat=True,
         )
     if fit.knee_ms >= hi - 1e-9:
         raise NoKnee(
@@ -177,11 +184,26 @@ class SweepPoint:
 
 
 def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEstimate:
-    """Both streams' latencies share the knee; each has its own level and slope."""
-    offsets = [p.offset_ms for p in points] * 2
+    """Both streams' latencies share the knee; each has its own level and slope.
+
+    The later stream is the one that waits for the earlier one's body, so it always
+    counts. The earlier one counts too unless its latency *rises* with the offset before
+    the knee: under time-slicing a later arrival slows the earlier inference for as long
+    as they overlap at all, so its curve returns to solo at the end of the whole overlap,
+    not of the body (seen with RetinaNet on an H200, docs/benchmarks.md)."""
+    offsets = [p.offset_ms for p in points]
+    later = estimate_knee(
+        offsets, [p.latency2_ms for p in points], [0] * len(points), resamples=resamples
+    )
+    before = [p for p in points if p.offset_ms < later.fit.knee_ms]
+    if len({p.offset_ms for p in before}) >= 3:
+        x = np.array([p.offset_ms for p in before])
+        rise = float(np.polyfit(x, [p.latency1_ms for p in before], 1)[0]) * float(np.ptp(x))
+        if rise > later.fit.residual_ms:
+            return later
     latencies = [p.latency1_ms for p in points] + [p.latency2_ms for p in points]
     streams = [0] * len(points) + [1] * len(points)
-    return estimate_knee(offsets, latencies, streams, resamples=resamples)
+    return estimate_knee(offsets * 2, latencies, streams, resamples=resamples)
 
 
 def recommended_body_ms(knee_ms: float, effective_body_ms: float | None, guard: float) -> float:
@@ -199,8 +221,8 @@ class CalibrationResult(Wire):
     model: str = Field(min_length=1, max_length=253)
     model_version: str | None = None
     body_time_ms: float = Field(gt=0, description="Recommended bodyTimeMs (guard included).")
-    knee_ms: float = Field(gt=0)
-    knee_ci_ms: list[float] = Field(min_length=2, max_length=2)
+    knee_ms: float | None = Field(default=None, gt=0, description="None: no knee (MPS).")
+    knee_ci_ms: list[float] | None = Field(default=None, min_length=2, max_length=2)
     solo_p50_ms: float = Field(gt=0)
     solo_p99_ms: float = Field(gt=0)
     effective_body_ms: float | None = None
@@ -237,7 +259,7 @@ def model_profile(
                 "sharingMode": str(sharing_mode),
                 "bodyTimeMs": result.body_time_ms,
                 "latencyMs": max(result.solo_p50_ms, result.body_time_ms),
-                "bodyTimeCiMs": list(result.knee_ci_ms),
+                **({"bodyTimeCiMs": list(result.knee_ci_ms)} if result.knee_ci_ms else {}),
                 "source": "calibration",
                 "measuredAt": measured_at,
             },

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stagger.cli import main
@@ -100,12 +101,20 @@ def test_one_instance_on_one_server_is_refused(
 def test_a_model_without_a_body_gets_no_made_up_number(
     triton: LocalTriton, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Two inferences of add_one do not slow each other: no knee. Sub-millisecond timing
+    noise reads either as flat (then the body is the saturation throughput's, said so) or
+    as still falling (then there is no number at all); never a knee."""
     code, out, err = run(capsys, "profile", "--url", triton.http, "--model", "add_one", *QUICK)
-    assert code == 1 and out == ""  # no number at all
-    # Sub-millisecond timing noise reads as flat or as still falling: either way, no knee,
-    # with the data.
-    assert "no knee in this sweep" in err or "sweep further" in err
-    assert "Mean latency by offset: 0 →" in err
+    if code == 1:
+        assert out == "" and "sweep further" in err and "Mean latency by offset: 0 →" in err
+        return
+    report = json.loads(out)
+    assert code == 0 and report["knee_ms"] is None and report["knee_ci_ms"] is None
+    assert "no knee in this sweep" in report["no_knee"]
+    assert "Mean latency by offset: 0 →" in report["no_knee"]
+    best = max(s["throughput_per_s"] for s in report["saturation"])
+    assert report["effective_body_ms"] == pytest.approx(1e3 / best)
+    assert report["recommended_body_ms"] == pytest.approx(1e3 / best * 1.15, abs=0.1)
 
 
 @pytest.mark.parametrize(
@@ -167,3 +176,26 @@ def test_from_csv_reads_a_sweep_recorded_elsewhere(
     bad.write_text("offsetMs,latency1Ms,latency2Ms\n0,1,x\n")
     code, _, err = run(capsys, "profile", "--from-csv", str(bad))
     assert code == 1 and "bad.csv:2: not a number" in err
+
+
+def test_inputs_come_from_files(triton: LocalTriton, tmp_path: Path) -> None:
+    from stagger.profiler import Endpoint, ProfileError
+
+    values = tmp_path / "values.npy"
+    np.save(values, np.arange(5, dtype=np.float32))
+    endpoint = Endpoint(f"grpc://{triton.grpc}", "add_one", data={"INPUT0": values})
+    assert endpoint.inputs[0].shape() == [5]
+    assert endpoint.infer() > 0
+    zeros = Endpoint(triton.http, "add_one")  # none given: zeros, dynamic dimension as 1
+    assert zeros.inputs[0].shape() == [1]
+    with pytest.raises(ProfileError, match=r"has no input IMAGE \(its inputs: INPUT0\)"):
+        Endpoint(triton.http, "add_one", data={"IMAGE": values})
+    raw = tmp_path / "frame.jpg"
+    raw.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ProfileError, match=r"a FP32 input takes a \.npy file"):
+        Endpoint(triton.http, "add_one", data={"INPUT0": raw})
+
+
+def test_a_malformed_input_option(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "profile", "--url", "x:1", "--model", "m", "--input", "IMAGE")
+    assert code == 1 and "--input 'IMAGE': use NAME=FILE" in err
