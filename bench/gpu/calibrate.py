@@ -214,11 +214,15 @@ def summary(result: dict[str, Any]) -> str:
         if "error" in entry or "error" in report or not report:
             lines.append(f"| {mode} | {entry.get('error') or report.get('error', 'not run')} |")
             continue
-        ci = report.get("knee_ci_ms") or [0, 0]
+        ci = report.get("knee_ci_ms")
+        knee = (
+            f"{report['knee_ms']:.2f} ({ci[0]:.2f}–{ci[1]:.2f}) ms"
+            if report.get("knee_ms") is not None and ci
+            else "none (flat sweep)"
+        )
         lines.append(
             f"| {mode} | {entry['compute_infer_ms']:.2f} ms | {report['solo_ms']['p50']:.2f} ms "
-            f"| {report['knee_ms']:.2f} ({ci[0]:.2f}–{ci[1]:.2f}) ms "
-            f"| {report.get('effective_body_ms') or 0:.2f} ms "
+            f"| {knee} | {report.get('effective_body_ms') or 0:.2f} ms "
             f"| {report.get('recommended_body_ms', 0):g} ms |"
         )
     return "\n".join(lines)
