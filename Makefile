@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: all venv plan test lint typecheck layers crds check-crds pytest bench bench-sidecar gpu-carry clean
+.PHONY: all venv plan test lint typecheck layers crds check-crds helm pytest bench bench-sidecar gpu-carry clean
 
 all: test
 
@@ -32,14 +32,28 @@ typecheck: $(STAMP)
 layers: $(STAMP)  ## Import-linter: the core stays pure, the adapters stay apart
 	$(BIN)/lint-imports
 
-crds: $(STAMP)  ## Regenerate crds/ from the pydantic API models
+crds: $(STAMP)  ## Regenerate crds/ (and the charts' copies) from the pydantic API models
 	$(BIN)/stagger crds --out crds
+	$(BIN)/stagger crds --out charts/stagger/crds
+	$(BIN)/stagger crds --out charts/stagger-crds/files
 
-check-crds: $(STAMP)  ## Fail when crds/ is stale
+check-crds: $(STAMP)  ## Fail when crds/ or a chart's copy is stale
 	$(BIN)/stagger crds --out crds --check
+	$(BIN)/stagger crds --out charts/stagger/crds --check
+	$(BIN)/stagger crds --out charts/stagger-crds/files --check
 
-pytest: $(STAMP)
-	$(BIN)/pytest -q
+# A real helm (v4, static binary) for the chart's tests (charts/fetch-helm), cached outside
+# the repo: fetched once per machine.
+HELM_CACHE ?= $(HOME)/.cache/stagger/helm-4.1.4
+HELM := $(HELM_CACHE)/helm
+$(HELM): | $(STAMP)
+	$(BIN)/python charts/fetch-helm $(HELM)
+	$(HELM) version --short
+
+helm: $(HELM)
+
+pytest: $(STAMP) $(HELM)
+	STAGGER_HELM=$(HELM) $(BIN)/pytest -q
 
 bench: $(STAMP)  ## Placement quality and scale (see docs/benchmarks.md)
 	$(BIN)/python -m bench.placement

@@ -128,8 +128,8 @@ def slot_configmap(stream: InferenceStream, contract: SlotAssignment) -> Obj:
     }
 
 
-def check_template(stream: InferenceStream) -> Obj:
-    """The stream's pod template, or a :class:`TemplateError` saying what is missing."""
+def check_template(stream: InferenceStream, s: OperatorSettings) -> Obj:
+    """The stream's pod template, or a :class:`TemplateError` saying what is wrong."""
     template = stream.spec.template
     if not template:
         raise TemplateError(
@@ -139,6 +139,14 @@ def check_template(stream: InferenceStream) -> Obj:
     spec = template.get("spec")
     if not isinstance(spec, dict):
         raise TemplateError("spec.template.spec must be a pod spec")
+    account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    allowed = s.allowed_service_accounts
+    if "*" not in allowed and account not in allowed:
+        raise TemplateError(
+            f"spec.template.spec.serviceAccountName {account!r} is not allowed for streams "
+            f"(allowed: {', '.join(allowed) or 'none'}; the operator's "
+            "STAGGER_ALLOWED_SERVICE_ACCOUNTS, Helm value operator.allowedServiceAccounts)"
+        )
     containers = spec.get("containers")
     if not isinstance(containers, list) or not containers:
         raise TemplateError("spec.template.spec.containers must list at least one container")
@@ -227,7 +235,7 @@ def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSett
     """One shard's workload: the stream's pod template pinned to its node and GPU, with the
     sidecar injected and the slot contract mounted. Recreate: two copies of a shard must
     never share the GPU, not even during a rollout."""
-    template = _copy(check_template(stream))
+    template = _copy(check_template(stream, s))
     name = shard_name(stream.name, p.shard, p.node, p.gpu)
     labels = shard_labels(stream.name, p.shard, p.node, p.gpu)
     meta = template.setdefault("metadata", {})
@@ -353,7 +361,7 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
     measurement. The Job needs no API access; the operator reads the message."""
     if s.gpu_binding == "dra":
         raise TemplateError("calibration Jobs do not support gpuBinding dra yet")
-    template = _copy(check_template(stream))
+    template = _copy(check_template(stream, s))
     spec = template["spec"]
     triton = _triton_container(spec["containers"], s)
     triton["restartPolicy"] = "Always"  # native sidecar

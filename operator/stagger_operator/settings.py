@@ -37,6 +37,10 @@ class OperatorSettings(BaseSettings):
     ``visible-devices`` the device plugin does not account for our pods: keep those nodes
     for Stagger."""
     dra_device_class: str = "gpu.nvidia.com"
+    allowed_service_accounts: list[str] = Field(default_factory=lambda: ["default"])
+    """Service accounts a stream's pod template may name. The operator creates the pods on
+    the stream author's behalf: without this, anyone who may write an InferenceStream
+    could run pods as any account of its namespace. ``["*"]``: any."""
 
     sidecar_image: str = "stagger/sidecar:0.1.0"
     sidecar_http_port: int = 8800

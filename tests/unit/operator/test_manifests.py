@@ -144,7 +144,21 @@ def test_bad_templates_get_a_specific_message(template: Any, message: str) -> No
     s = stream("cam", 10, body=5, template=template)
     s.metadata.uid = "u"
     with pytest.raises(manifests.TemplateError, match=re.escape(message)):
-        manifests.check_template(s)
+        manifests.check_template(s, OperatorSettings())
+
+
+def test_a_stream_runs_only_as_an_allowed_service_account() -> None:
+    """The operator creates pods for the stream's author: not as any account they name."""
+    powerful = {**TEMPLATE, "spec": {**TEMPLATE["spec"], "serviceAccountName": "ci-admin"}}
+    s = stream("cam", 10, body=5, template=powerful)
+    s.metadata.uid = "u"
+    with pytest.raises(manifests.TemplateError, match="'ci-admin' is not allowed") as e:
+        manifests.check_template(s, OperatorSettings())
+    assert "allowed: default" in str(e.value) and "allowedServiceAccounts" in str(e.value)
+    for allowed in (["default", "ci-admin"], ["*"]):
+        settings = OperatorSettings(allowed_service_accounts=allowed)
+        assert manifests.check_template(s, settings)["spec"]["serviceAccountName"] == "ci-admin"
+    assert manifests.check_template(stream("x", 10, body=5, template=TEMPLATE), OperatorSettings())
 
 
 def test_long_names_stay_valid_and_distinct() -> None:

@@ -1,0 +1,187 @@
+"""The Helm chart with a real helm: lint, render for default and other values, every
+object valid for the Kubernetes API (kubernetes-validate) or for our CRDs, the default
+render against golden YAML, the RBAC against what the operator calls, bad values refused
+by the schema."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from stagger_operator.kube import KINDS
+from tests.unit.operator.test_manifests import K8S_VERSION, check_golden
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "stagger"
+HELM = os.environ.get("STAGGER_HELM") or shutil.which("helm") or ""
+NAMESPACE = "stagger-system"
+
+pytestmark = pytest.mark.skipif(not HELM, reason="no helm: run through `make test`")
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HELM, *args], capture_output=True, text=True, check=False)
+
+
+def render(*values: str) -> list[dict[str, Any]]:
+    sets = [a for v in values for a in ("--set", v)]
+    done = helm("template", "stagger", str(CHART), "-n", NAMESPACE, *sets)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def test_lint_strict() -> None:
+    done = helm("lint", "--strict", str(CHART))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_default_render_matches_golden_and_validates() -> None:
+    objects = render()
+    check_golden("chart-default.yaml", objects)
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["operator.gpuBinding=dra", "operator.watchNamespaces={retail,lobby}"],
+        [
+            "operator.replicas=1",
+            "operator.leaderElection=false",
+            "rbac.aggregateToBuiltinRoles=false",
+        ],
+        ["serviceAccount.create=false", "serviceAccount.name=platform-sa"],
+        ["operator.extraEnv.STAGGER_DRIFT_PERCENT=30", "operator.image.tag=0.2.0"],
+        ["operator.allowedServiceAccounts={default,camera-app}"],
+    ],
+)
+def test_other_values_render_valid_objects(values: list[str]) -> None:
+    objects = render(*values)
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    if "operator.gpuBinding=dra" in values:
+        assert env["STAGGER_GPU_BINDING"] == "dra"
+        assert env["STAGGER_NAMESPACES"] == '["retail","lobby"]'
+    if "serviceAccount.create=false" in values:
+        assert not [o for o in objects if o["kind"] == "ServiceAccount"]
+        assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "platform-sa"
+    if "rbac.aggregateToBuiltinRoles=false" in values:
+        assert len([o for o in objects if o["kind"] == "ClusterRole"]) == 1
+    accounts = '["default","camera-app"]' if len(values) == 1 else '["default"]'
+    assert env["STAGGER_ALLOWED_SERVICE_ACCOUNTS"] == accounts
+    if "operator.extraEnv.STAGGER_DRIFT_PERCENT=30" in values:
+        assert env["STAGGER_DRIFT_PERCENT"] == "30"
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        (["operator.replicas=0"], "/operator/replicas"),
+        (["operator.gpuBinding=magic"], "/operator/gpuBinding"),
+        (["operator.utilizationCap=1.5"], "/operator/utilizationCap"),
+        (["operator.replicass=2"], "replicass"),  # a typo is refused, not ignored
+        (["operator.extraEnv.PATH=/x"], "'PATH' does not match pattern '^STAGGER_"),
+        (["operator.replicas=2", "operator.leaderElection=false"], "two planners would fight"),
+        (["serviceAccount.create=false"], "name an existing ServiceAccount"),
+    ],
+)
+def test_bad_values_fail_with_the_key(values: list[str], says: str) -> None:
+    sets = [a for v in values for a in ("--set", v)]
+    done = helm("template", "stagger", str(CHART), "-n", NAMESPACE, *sets)
+    assert done.returncode != 0 and says in done.stderr, done.stderr
+
+
+def test_the_operator_runs_locked_down() -> None:
+    (deployment,) = [o for o in render() if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _granted(objects: list[dict[str, Any]], kind: str) -> dict[tuple[str, str], set[str]]:
+    granted: dict[tuple[str, str], set[str]] = {}
+    for role in (
+        o
+        for o in objects
+        if o["kind"] == kind and o["metadata"]["name"].endswith(("-operator", "-leader-election"))
+    ):
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+def test_rbac_covers_every_kind_the_operator_calls_and_nothing_wide() -> None:
+    objects = render()
+    granted = _granted(objects, "ClusterRole") | _granted(objects, "Role")
+    for kind in KINDS.values():
+        group = "" if kind.group_version == "v1" else kind.group_version.split("/")[0]
+        assert (group, kind.plural) in granted, f"no rule for {kind.plural}"
+    for (group, resource), verbs in granted.items():
+        assert "*" not in verbs and resource != "*" and group != "*"
+        assert resource not in ("secrets", "serviceaccounts/token", "pods/exec")
+        assert not verbs & {"escalate", "bind", "impersonate"}
+    assert granted[("coordination.k8s.io", "leases")] == {"list", "create", "patch"}
+    (lease_role,) = [o for o in objects if o["kind"] == "Role"]
+    assert lease_role["metadata"]["namespace"] == NAMESPACE  # not cluster-wide
+
+
+def test_namespace_users_get_streams_through_the_builtin_roles() -> None:
+    roles = {o["metadata"]["name"]: o for o in render() if o["kind"] == "ClusterRole"}
+    view, edit = roles["stagger-view"], roles["stagger-edit"]
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert (
+        "create" in edit["rules"][0]["verbs"]
+        and "inferencestreams" in edit["rules"][0]["resources"]
+    )
+    assert "aggregate-to-view" not in str(edit["metadata"]["labels"])  # view stays read-only
+
+
+def test_the_crd_chart_renders_the_generated_crds_kept_on_uninstall() -> None:
+    """charts/stagger-crds: the same CRDs as templates, so `helm upgrade` upgrades them."""
+    crd_chart = CHART.parent / "stagger-crds"
+    lint = helm("lint", "--strict", str(crd_chart))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    done = helm("template", "stagger-crds", str(crd_chart))
+    assert done.returncode == 0, done.stderr
+    rendered = {d["metadata"]["name"]: d for d in yaml.safe_load_all(done.stdout) if d}
+    generated = [yaml.safe_load(p.read_text()) for p in (CHART.parents[1] / "crds").glob("*.yaml")]
+    assert sorted(rendered) == sorted(c["metadata"]["name"] for c in generated)
+    for crd in generated:
+        got = rendered[crd["metadata"]["name"]]
+        meta = got["metadata"]
+        assert meta.pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        labels = meta.pop("labels")
+        assert labels.pop("app.kubernetes.io/managed-by") == "Helm"
+        assert labels.pop("app.kubernetes.io/instance") == "stagger-crds"
+        assert labels.pop("helm.sh/chart") == "stagger-crds-0.1.0"
+        if labels:
+            meta["labels"] = labels
+        assert got == crd  # exactly, types too: a round trip must not turn 253 into 253.0
+
+
+def test_the_chart_carries_the_generated_crds() -> None:
+    chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert chart == sorted(p.name for p in (CHART.parents[1] / "crds").glob("*.yaml"))
+    for name in chart:
+        assert (CHART / "crds" / name).read_text() == (CHART.parents[1] / "crds" / name).read_text()
