@@ -13,6 +13,7 @@ RESOURCES = {
     "stagger.dev/v1alpha1/inferencestreams": ("InferenceStream", True, {"status"}),
     "stagger.dev/v1alpha1/modelprofiles": ("ModelProfile", False, {"status"}),
     "stagger.dev/v1alpha1/gpuschedules": ("GpuSchedule", False, {"status"}),
+    "stagger.dev/v1alpha1/gpunodes": ("GpuNode", False, {"status"}),
     "v1/nodes": ("Node", False, set()),
     "v1/namespaces": ("Namespace", False, set()),
     "v1/events": ("Event", True, set()),

@@ -115,7 +115,7 @@ class Controller:
     def _reconcile(self) -> Report:
         s, kube, now = self.settings, self.kube, self.clock()
         report = Report()
-        cluster = cluster_from_nodes(kube.list_objects("Node"), s)
+        cluster = cluster_from_nodes(kube.list_objects("Node"), s, kube.list_gpu_nodes(), now)
         # Between resyncs, a stream whose inputs are what they were is not rebuilt or
         # diffed (its fingerprint says so), the owned objects are what this controller last
         # wrote, and pods are what their watch events said; a resync lists and diffs

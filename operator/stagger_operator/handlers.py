@@ -126,6 +126,20 @@ async def profile_event(memo: kopf.Memo, **_: Any) -> None:
     memo.wake.set()
 
 
+@kopf.on.event(GROUP, VERSION, "gpunodes")
+async def gpu_node_event(
+    name: str, body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    # The agent rewrites its GpuNode every heartbeat; only the inventory counts.
+    status = dict(body.get("status") or {})
+    status.pop("observedAt", None)
+    signature = None if type == "DELETED" else repr(sorted(status.items()))
+    key = f"gpunode/{name}"
+    if memo.node_signatures.get(key) != signature:
+        memo.node_signatures[key] = signature
+        memo.wake.set()
+
+
 def _node_signature(body: kopf.Body) -> tuple[Any, ...]:
     labels = body.get("metadata", {}).get("labels") or {}
     ready = [

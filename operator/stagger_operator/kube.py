@@ -4,6 +4,7 @@ watching). One mechanism for every kind: a path table, create-or-merge-patch, de
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from stagger.core.api import GpuSchedule, InferenceStream, ModelProfile
+from stagger.core.api import GpuNode, GpuSchedule, InferenceStream, ModelProfile
 from stagger_operator.manifests import MANAGED_BY
 
 MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
@@ -35,6 +36,8 @@ class Kind:
         return f"{base}/{name}" if name else base
 
 
+log = logging.getLogger("stagger.operator")
+
 KINDS: dict[str, Kind] = {
     "ConfigMap": Kind("v1", "configmaps", True),
     "Event": Kind("v1", "events", True),
@@ -46,6 +49,7 @@ KINDS: dict[str, Kind] = {
     "InferenceStream": Kind("stagger.dev/v1alpha1", "inferencestreams", True),
     "ModelProfile": Kind("stagger.dev/v1alpha1", "modelprofiles", False),
     "GpuSchedule": Kind("stagger.dev/v1alpha1", "gpuschedules", False),
+    "GpuNode": Kind("stagger.dev/v1alpha1", "gpunodes", False),
     "Lease": Kind("coordination.k8s.io/v1", "leases", True),
 }
 # Kinds the operator creates for shards, cleaned up when no longer wanted.
@@ -117,6 +121,16 @@ class Kube:
                 out.append(ModelProfile.model_validate(obj))
             except ValidationError:
                 continue  # the CRD schema refuses these; an edited one is skipped, not fatal
+        return out
+
+    def list_gpu_nodes(self) -> list[GpuNode]:
+        """The node agents' inventories; one that does not parse is skipped (logged)."""
+        out = []
+        for raw in self.list_objects("GpuNode"):
+            try:
+                out.append(GpuNode.model_validate(raw))
+            except ValueError as e:
+                log.warning("skipping GpuNode %s: %s", raw["metadata"].get("name"), e)
         return out
 
     def list_schedules(self) -> list[GpuSchedule]:

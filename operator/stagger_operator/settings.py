@@ -37,6 +37,9 @@ class OperatorSettings(BaseSettings):
     ``visible-devices`` the device plugin does not account for our pods: keep those nodes
     for Stagger."""
     dra_device_class: str = "gpu.nvidia.com"
+    gpu_node_stale_s: float = Field(default=900.0, gt=0)
+    """A GpuNode (the node agent's inventory) older than this is not trusted: the node's
+    feature-discovery labels describe its GPUs instead."""
     allowed_service_accounts: list[str] = Field(default_factory=lambda: ["default"])
     """Service accounts a stream's pod template may name. The operator creates the pods on
     the stream author's behalf: without this, anyone who may write an InferenceStream

@@ -26,7 +26,7 @@ class WhatIf:
 def live_what_if(
     kube: Kube, settings: OperatorSettings, add: Sequence[InferenceStream] = ()
 ) -> WhatIf:
-    cluster = cluster_from_nodes(kube.list_objects("Node"), settings)
+    cluster = cluster_from_nodes(kube.list_objects("Node"), settings, kube.list_gpu_nodes())
     streams, _invalid = kube.list_streams(settings.namespaces)
     present = {(s.namespace, s.name) for s in streams}
     clashes = sorted(f"{s.namespace}/{s.name}" for s in add if (s.namespace, s.name) in present)

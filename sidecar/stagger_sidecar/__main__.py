@@ -1,6 +1,7 @@
 """``stagger-sidecar gate [flags]`` (also ``python -m stagger_sidecar``): run the gate in
-front of Triton. Settings come from flags and ``STAGGER_*`` variables (flags win); see
-``stagger-sidecar gate --help`` and docs/sidecar.md.
+front of Triton (docs/sidecar.md); ``stagger-sidecar agent``: the node agent, the GPU
+inventory of a node (docs/node-agent.md). Settings come from flags and ``STAGGER_*``
+variables (flags win); see ``--help``.
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TypeVar
 
 import uvloop
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 
+from stagger_sidecar.agent import AgentSettings, run_agent
 from stagger_sidecar.app import Sidecar
 from stagger_sidecar.settings import GateSettings
 
-USAGE = "usage: stagger-sidecar gate [--help] [flags]"
+S = TypeVar("S", AgentSettings, GateSettings)
+USAGE = "usage: stagger-sidecar {gate,agent} [--help] [flags]"
 
 
 def configure_logging(fmt: str, level: str) -> None:
@@ -44,18 +48,26 @@ async def run_gate(settings: GateSettings) -> None:
     await sidecar.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] not in ("gate",):
-        print(USAGE, file=sys.stderr)
-        raise SystemExit(2)
+def _settings(kind: type[S], args: list[str]) -> S:
     try:
-        settings = GateSettings(_cli_parse_args=args[1:])
+        return kind(_cli_parse_args=args)
     except ValidationError as e:  # one line per bad setting, no traceback
         for err in e.errors(include_url=False):
             name = ".".join(str(x) for x in err["loc"]) or "settings"
             print(f"stagger-sidecar: {name}: {err['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in ("gate", "agent"):
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(2)
+    if args[0] == "agent":
+        agent_settings = _settings(AgentSettings, args[1:])
+        configure_logging(agent_settings.log_format, agent_settings.log_level)
+        raise SystemExit(asyncio.run(run_agent(agent_settings)))
+    settings = _settings(GateSettings, args[1:])
     configure_logging(settings.log_format, settings.log_level)
     try:
         if settings.event_loop == "uvloop":

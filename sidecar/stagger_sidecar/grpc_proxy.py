@@ -75,6 +75,7 @@ END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
 NO_ERROR, CANCEL = 0x0, 0x8
 MESSAGE_PREFIX = 5  # gRPC: compressed flag + 4-byte length
+MAX_FRAME = 16_384  # SETTINGS_MAX_FRAME_SIZE's initial value: what every peer accepts
 PEEK_BYTES = 4096  # of a compressed message, enough to read its header
 ANYTHING = 1 << 31  # table and header-list limits are Triton's to enforce, not ours
 
@@ -366,7 +367,9 @@ class GrpcConnection(asyncio.Protocol):
         goes to the gate once its header is in."""
         while call.inbox:
             if call.forward:
-                n = min(call.forward, len(call.inbox))
+                # Held bytes from several frames go out again as frames of at most the size
+                # every HTTP/2 peer must accept (Triton may have advertised no more).
+                n = min(call.forward, len(call.inbox), MAX_FRAME)
                 piece = bytes(call.inbox[:n])
                 del call.inbox[:n]
                 call.forward -= n

@@ -466,5 +466,60 @@ class GpuSchedule(Resource):
     status: GpuScheduleStatus | None = None
 
 
-RESOURCES: tuple[type[Resource], ...] = (InferenceStream, ModelProfile, GpuSchedule)
+# ---------------------------------------------------------------- GpuNode
+
+
+class GpuDevice(Wire):
+    """One GPU as NVML sees it on its node."""
+
+    index: int = Field(ge=0)
+    uuid: str = Field(min_length=1)
+    product: str = Field(min_length=1, description="As in nvidia.com/gpu.product (dashes).")
+    memory_total_mib: int = Field(ge=0, alias="memoryTotalMiB")
+    memory_used_mib: int = Field(ge=0, alias="memoryUsedMiB")
+    foreign_memory_mib: int | None = Field(
+        default=None,
+        ge=0,
+        alias="foreignMemoryMiB",
+        description="Memory of processes Stagger does not manage; null: not attributable "
+        "(the agent cannot see the processes).",
+    )
+    compute_mode: str = Field(default="Default", description="NVML compute mode.")
+    mig_enabled: bool = False
+    mps_active: bool | None = Field(default=None, description="An MPS server runs on it.")
+
+
+class GpuNodeSpec(Wire):
+    node: str = Field(min_length=1, max_length=253, description="The Node this describes.")
+
+
+class GpuNodeStatus(Wire):
+    nvml: Literal["ok", "unavailable"] = "ok"
+    message: str = ""
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    gpus: list[GpuDevice] = Field(default_factory=list)
+    observed_at: datetime | None = None
+
+
+class GpuNode(Resource):
+    """The GPUs of one node, published by the node agent (never by patching the Node)."""
+
+    KIND = "GpuNode"
+    PLURAL = "gpunodes"
+    SHORT_NAMES = ("gnode",)
+    NAMESPACED = False
+    PRINTER_COLUMNS = (
+        {"name": "NVML", "type": "string", "jsonPath": ".status.nvml"},
+        {"name": "Driver", "type": "string", "jsonPath": ".status.driverVersion"},
+        {"name": "Observed", "type": "date", "jsonPath": ".status.observedAt"},
+    )
+
+    api_version: Literal["stagger.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["GpuNode"]
+    spec: GpuNodeSpec
+    status: GpuNodeStatus | None = None
+
+
+RESOURCES: tuple[type[Resource], ...] = (InferenceStream, ModelProfile, GpuSchedule, GpuNode)
 KINDS: dict[str, type[Resource]] = {r.KIND: r for r in RESOURCES}

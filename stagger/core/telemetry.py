@@ -64,3 +64,14 @@ LATENCY_BUCKETS = (
     5.0,
 )
 """Fine where frames live (a few ms to a few tens of ms), so p99 is resolved to ~10 %."""
+
+# The node agent's, per GPU (labels: node, gpu, uuid, product).
+GPU_LABELS = ("node", "gpu", "uuid", "product")
+GPU_UTILIZATION = "stagger_gpu_utilization_ratio"
+"""Share of the last sample period the GPU was busy, as NVML reports it (gauge)."""
+GPU_MEMORY_USED = "stagger_gpu_memory_used_bytes"
+GPU_MEMORY_TOTAL = "stagger_gpu_memory_total_bytes"
+GPU_FOREIGN_MEMORY = "stagger_gpu_foreign_memory_bytes"
+"""Memory held by processes Stagger does not manage (gauge; absent when not attributable)."""
+NVML_UP = "stagger_nvml_up"
+"""1 when the agent reads the GPUs through NVML, else 0 (gauge, label node)."""

@@ -75,10 +75,12 @@ def test_other_values_render_valid_objects(values: list[str]) -> None:
         assert env["STAGGER_GPU_BINDING"] == "dra"
         assert env["STAGGER_NAMESPACES"] == '["retail","lobby"]'
     if "serviceAccount.create=false" in values:
-        assert not [o for o in objects if o["kind"] == "ServiceAccount"]
+        accounts = [o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"]
+        assert accounts == ["stagger-agent"]  # the operator's is the platform's own
         assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "platform-sa"
     if "rbac.aggregateToBuiltinRoles=false" in values:
-        assert len([o for o in objects if o["kind"] == "ClusterRole"]) == 1
+        roles = [o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRole"]
+        assert sorted(roles) == ["stagger-agent", "stagger-operator"]
     accounts = '["default","camera-app"]' if len(values) == 1 else '["default"]'
     assert env["STAGGER_ALLOWED_SERVICE_ACCOUNTS"] == accounts
     if "operator.extraEnv.STAGGER_DRIFT_PERCENT=30" in values:
@@ -103,9 +105,10 @@ def test_bad_values_fail_with_the_key(values: list[str], says: str) -> None:
     assert done.returncode != 0 and says in done.stderr, done.stderr
 
 
-def test_the_operator_runs_locked_down() -> None:
-    (deployment,) = [o for o in render() if o["kind"] == "Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
+def test_the_operator_and_the_agent_run_locked_down(kind: str) -> None:
+    (workload,) = [o for o in render() if o["kind"] == kind]
+    pod = workload["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -141,6 +144,10 @@ def test_rbac_covers_every_kind_the_operator_calls_and_nothing_wide() -> None:
         assert resource not in ("secrets", "serviceaccounts/token", "pods/exec")
         assert not verbs & {"escalate", "bind", "impersonate"}
     assert granted[("coordination.k8s.io", "leases")] == {"list", "create", "patch"}
+    for role in (o for o in objects if o["kind"] in ("ClusterRole", "Role")):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+            assert "secrets" not in rule["resources"], role["metadata"]["name"]
     (lease_role,) = [o for o in objects if o["kind"] == "Role"]
     assert lease_role["metadata"]["namespace"] == NAMESPACE  # not cluster-wide
 
@@ -185,3 +192,16 @@ def test_the_chart_carries_the_generated_crds() -> None:
     assert chart == sorted(p.name for p in (CHART.parents[1] / "crds").glob("*.yaml"))
     for name in chart:
         assert (CHART / "crds" / name).read_text() == (CHART.parents[1] / "crds" / name).read_text()
+
+
+def test_the_agent_runs_on_gpu_nodes_and_can_be_turned_off() -> None:
+    (daemonset,) = [o for o in render() if o["kind"] == "DaemonSet"]
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["hostPID"] is True
+    assert pod["containers"][0]["command"] == ["stagger-sidecar", "agent"]
+    custom = render("agent.nodeSelector.pool=gpu", "agent.runtimeClassName=nvidia")
+    (daemonset,) = [o for o in custom if o["kind"] == "DaemonSet"]
+    assert daemonset["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+    assert daemonset["spec"]["template"]["spec"]["nodeSelector"]["pool"] == "gpu"
+    assert not [o for o in render("agent.enabled=false") if o["kind"] == "DaemonSet"]

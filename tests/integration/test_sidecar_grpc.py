@@ -52,6 +52,23 @@ async def test_big_and_compressed_messages_match_triton_direct(
     assert metric(samples, FORWARDED, stream="cam", model="add_one") == 3
 
 
+async def test_a_big_request_held_at_the_gate_reaches_triton_intact(
+    start_sidecar: StartSidecar,
+) -> None:
+    """Held for most of a period, a 6 MB request piles up in the sidecar (as much as the
+    flow-control window lets the app send); it must leave again as frames Triton accepts."""
+    sidecar = await start_sidecar()
+    g = client(sidecar)
+    big = np.arange(1_500_000, dtype=np.float32)
+    try:
+        for _ in range(2):
+            await asyncio.sleep((OFFSET + 0.005 - time.time()) % PERIOD)  # just missed a slot
+            result = await g.infer("add_one", [floats(big)])
+            assert np.array_equal(result.as_numpy("OUTPUT0"), big + 1)
+    finally:
+        await g.close()
+
+
 async def test_a_refused_request_on_a_stream_gets_an_error_and_the_stream_goes_on(
     start_sidecar: StartSidecar,
 ) -> None:

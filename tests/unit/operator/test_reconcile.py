@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stagger.core.api import GpuSchedule
+from stagger.core.api import GpuNode, GpuSchedule
 from stagger.core.placement import plan
 from stagger_operator.reconcile import cluster_from_nodes, desired_state, plan_from_schedules
 from stagger_operator.settings import OperatorSettings
@@ -66,6 +66,49 @@ def test_sharing_strategy_label_sets_the_mode() -> None:
         [node("m", labels={"nvidia.com/gpu.sharing-strategy": "mps"})], OperatorSettings()
     )
     assert c.nodes[0].gpus[0].sharing_mode == "mps"
+
+
+def gpu_node(name: str, *, observed: datetime = NOW, nvml: str = "ok") -> GpuNode:
+    gib = 1024
+    device = {"product": "NVIDIA-H200", "memoryTotalMiB": 141 * gib, "memoryUsedMiB": gib}
+    return GpuNode.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "GpuNode",
+            "metadata": {"name": name},
+            "spec": {"node": name},
+            "status": {
+                "nvml": nvml,
+                "observedAt": observed,
+                "gpus": [
+                    {**device, "index": 0, "uuid": "GPU-0", "foreignMemoryMiB": 0},
+                    # another tenant holds 40 GiB of GPU 1: it offers only the rest
+                    {**device, "index": 1, "uuid": "GPU-1", "foreignMemoryMiB": 40 * gib},
+                    {**device, "index": 2, "uuid": "GPU-2", "migEnabled": True},
+                    {**device, "index": 3, "uuid": "GPU-3", "mpsActive": True},
+                ],
+            },
+        }
+    )
+
+
+def test_the_agent_inventory_wins_over_labels_while_it_is_fresh() -> None:
+    settings = OperatorSettings(gpu_node_stale_s=900)
+    c = cluster_from_nodes([node("a")], settings, [gpu_node("a")], NOW)
+    assert [(g.index, g.uuid, g.memory_mib, g.sharing_mode) for g in c.nodes[0].gpus] == [
+        (0, "GPU-0", 141 * 1024, "time-slicing"),
+        (1, "GPU-1", 101 * 1024, "time-slicing"),
+        (3, "GPU-3", 141 * 1024, "mps"),  # MIG GPU 2 is not Stagger's to share
+    ]
+    for stale in (
+        gpu_node("a", observed=NOW - timedelta(seconds=901)),
+        gpu_node("a", nvml="unavailable"),
+        gpu_node("other-node"),
+    ):
+        labelled = cluster_from_nodes([node("a")], settings, [stale], NOW)
+        assert [(g.index, g.uuid) for g in labelled.nodes[0].gpus] == [(0, None), (1, None)]
+    # The inventory never adds a node that is not Ready, cordoned or opted out.
+    assert cluster_from_nodes([node("a", ready=False)], settings, [gpu_node("a")], NOW).nodes == []
 
 
 def schedules_of(desired: Any) -> dict[str, GpuSchedule]:

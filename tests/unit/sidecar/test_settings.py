@@ -41,4 +41,4 @@ def test_an_unknown_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit) as exit_:
         main(["serve"])
     assert exit_.value.code == 2
-    assert "usage: stagger-sidecar gate" in capsys.readouterr().err
+    assert "usage: stagger-sidecar {gate,agent}" in capsys.readouterr().err
