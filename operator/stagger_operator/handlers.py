@@ -19,6 +19,7 @@ from kubernetes import client, config
 
 from stagger_operator.controller import Controller, Report
 from stagger_operator.kube import Kube
+from stagger_operator.metrics import OperatorMetrics
 from stagger_operator.observe import Snapshot, observe, parse
 from stagger_operator.scrape import fetch, targets
 from stagger_operator.settings import OperatorSettings
@@ -55,9 +56,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.controller = Controller(Kube(api), memo.settings)
     memo.wake = asyncio.Event()
     memo.setdefault("stats", PlanStats())
+    memo.metrics = OperatorMetrics()
+    if memo.settings.metrics_address:
+        memo.metrics_stop = memo.metrics.serve(memo.settings.metrics_address)
     memo.node_signatures = {}
     memo.scrape_task = asyncio.create_task(_scrape_loop(memo))
     memo.leader = not memo.settings.leader_election
+    memo.metrics.leader.set(int(memo.leader))
     memo.loop_task = asyncio.create_task(_planner_loop(memo))
     if memo.settings.leader_election:
         memo.lease_task = asyncio.create_task(_lease_loop(memo))
@@ -72,6 +77,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    stop_metrics = memo.get("metrics_stop")
+    if stop_metrics is not None:
+        await asyncio.to_thread(stop_metrics)
     if memo.get("leader") and memo.settings.leader_election:
         s: OperatorSettings = memo.settings
         await asyncio.to_thread(
@@ -179,6 +187,7 @@ async def _lease_loop(memo: kopf.Memo) -> None:
                 "%s the Lease %s/%s", "holding" if held else "lost", s.lease_namespace, s.lease_name
             )
             memo.leader = held
+            memo.metrics.leader.set(int(held))
             if held:
                 memo.wake.set()
         await asyncio.sleep(s.lease_duration_s / 3)
@@ -235,8 +244,10 @@ async def _planner_loop(memo: kopf.Memo) -> None:
             report = await asyncio.to_thread(memo.controller.reconcile)
         except Exception:
             log.exception("reconcile failed; retrying in 5 s")
+            memo.metrics.failed(loop.time() - began)
             loop.call_later(5.0, memo.wake.set)
             continue
+        memo.metrics.reconciled(report, loop.time() - began)
         memo.stats.plans += 1
         memo.stats.last = report
         if report.moving:  # a move that never gets Ready must still end at its timeout

@@ -89,6 +89,8 @@ class OperatorSettings(BaseSettings):
     lease_namespace: str = "stagger-system"  # the chart sets the operator's own namespace
     lease_duration_s: int = Field(default=15, ge=1)
     identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    metrics_address: str | None = "0.0.0.0:9400"
+    """Where the operator's metrics (/metrics) listen; empty: nowhere."""
     health_address: str = "0.0.0.0:8080"
     """Where the liveness endpoint (/healthz) listens; the kubelet probes it on the pod IP."""
     log_format: Literal["json", "plain"] = "json"

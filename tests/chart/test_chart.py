@@ -60,12 +60,14 @@ def test_default_render_matches_golden_and_validates() -> None:
         ["serviceAccount.create=false", "serviceAccount.name=platform-sa"],
         ["operator.extraEnv.STAGGER_DRIFT_PERCENT=30", "operator.image.tag=0.2.0"],
         ["operator.allowedServiceAccounts={default,camera-app}"],
+        ["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"],
     ],
 )
 def test_other_values_render_valid_objects(values: list[str]) -> None:
     objects = render(*values)
     for obj in objects:
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        if obj["apiVersion"] != "monitoring.coreos.com/v1":  # the Prometheus Operator's
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     env = {
         e["name"]: e.get("value")
@@ -81,8 +83,21 @@ def test_other_values_render_valid_objects(values: list[str]) -> None:
     if "rbac.aggregateToBuiltinRoles=false" in values:
         roles = [o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRole"]
         assert sorted(roles) == ["stagger-agent", "stagger-operator"]
-    accounts = '["default","camera-app"]' if len(values) == 1 else '["default"]'
+    accounts = '["default","camera-app"]' if "camera-app" in str(values) else '["default"]'
     assert env["STAGGER_ALLOWED_SERVICE_ACCOUNTS"] == accounts
+    monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    if "metrics.serviceMonitor.enabled=true" in values:
+        (monitor,) = monitors
+        assert monitor["metadata"]["labels"]["release"] == "prom"
+        selected = monitor["spec"]["selector"]["matchLabels"]
+        services = [
+            o
+            for o in objects
+            if o["kind"] == "Service" and selected.items() <= o["metadata"]["labels"].items()
+        ]
+        assert len(services) == 2  # the operator's and the agents'
+    else:
+        assert monitors == []
     if "operator.extraEnv.STAGGER_DRIFT_PERCENT=30" in values:
         assert env["STAGGER_DRIFT_PERCENT"] == "30"
 

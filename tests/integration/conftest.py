@@ -106,7 +106,13 @@ async def start_operator(c: Cluster, **settings: Any) -> Operator:
     memo = kopf.Memo(
         api_client=api,
         settings=OperatorSettings(
-            **{"debounce_s": 0.05, "max_delay_s": 1.0, "resync_s": 3600.0, **settings}
+            **{
+                "debounce_s": 0.05,
+                "max_delay_s": 1.0,
+                "resync_s": 3600.0,
+                "metrics_address": None,
+                **settings,
+            }
         ),
         stats=PlanStats(),
     )

@@ -6,7 +6,11 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from stagger.core.api import GpuSchedule
+from stagger.localtriton import free_port
 from tests.emulator import node, stream
 from tests.integration.conftest import Cluster, Operator, start_operator, stop_operator
 
@@ -203,3 +207,31 @@ async def test_only_the_lease_holder_plans(cluster: Cluster) -> None:
     # A clean shutdown gives the Lease back: a successor need not wait it out.
     held = {o["metadata"]["name"]: o for o in await cluster.objects("Lease", lease[0])}
     assert held[lease[1]]["spec"]["holderIdentity"] is None
+
+
+async def test_the_operator_exports_its_own_metrics(cluster: Cluster) -> None:
+    port = free_port()
+    op = await start_operator(cluster, metrics_address=f"127.0.0.1:{port}")
+    try:
+        await cluster.create(stream("cam", fps=10, body=10.5))
+        await cluster.create(stream("huge", memoryMiB=10**7))  # more memory than any GPU has
+
+        async def scraped() -> dict[str, float] | None:
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+            values = {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for f in text_string_to_metric_families(text)
+                for sample in f.samples
+            }
+            placed = values.get(("stagger_operator_streams", (("state", "placed"),)))
+            waiting = values.get(("stagger_operator_streams", (("state", "unschedulable"),)))
+            return values if (placed, waiting) == (1, 1) else None
+
+        values = await cluster.wait_for(scraped)
+        assert values[("stagger_operator_reconciles_total", (("outcome", "ok"),))] >= 1
+        assert values[("stagger_operator_reconcile_seconds_count", ())] >= 1
+        assert values[("stagger_operator_writes_total", (("result", "written"),))] >= 3
+        assert values[("stagger_operator_leader", ())] == 1
+    finally:
+        await stop_operator(op)

@@ -1,0 +1,62 @@
+"""The operator's own metrics (names in ``stagger.core.telemetry``), on a registry of its
+own so that several operators in one process (the tests) do not collide."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from stagger.core import telemetry
+from stagger_operator.controller import Report
+
+RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.reconciles = Counter(
+            telemetry.OPERATOR_RECONCILES, "Reconciles run", ["outcome"], registry=r
+        )
+        self.seconds = Histogram(
+            telemetry.OPERATOR_RECONCILE_SECONDS,
+            "Reconcile duration",
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self.moves = Counter(telemetry.OPERATOR_MOVES, "Shards moved", registry=r)
+        self.streams = Gauge(telemetry.OPERATOR_STREAMS, "Streams by state", ["state"], registry=r)
+        self.writes = Counter(telemetry.OPERATOR_WRITES, "API writes", ["result"], registry=r)
+        self.leader = Gauge(telemetry.OPERATOR_LEADER, "Holds the Lease", registry=r)
+        for outcome in ("ok", "error"):
+            self.reconciles.labels(outcome)
+        for result in ("written", "deleted", "failed"):
+            self.writes.labels(result)
+
+    def reconciled(self, report: Report, seconds: float) -> None:
+        self.reconciles.labels("ok").inc()
+        self.seconds.observe(seconds)
+        self.moves.inc(len(report.moves))
+        self.streams.labels("placed").set(report.placed)
+        self.streams.labels("unschedulable").set(report.unplaced)
+        self.streams.labels("invalid").set(report.invalid)
+        self.writes.labels("written").inc(report.written)
+        self.writes.labels("deleted").inc(report.deleted)
+        self.writes.labels("failed").inc(report.failed)
+
+    def failed(self, seconds: float) -> None:
+        self.reconciles.labels("error").inc()
+        self.seconds.observe(seconds)
+
+    def serve(self, address: str) -> Callable[[], None]:
+        """Listen for scrapes at HOST:PORT; returns how to stop."""
+        host, _, port = address.rpartition(":")
+        server, thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            thread.join(timeout=5)
+
+        return stop
