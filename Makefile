@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: all venv plan test lint typecheck layers crds check-crds helm pytest bench bench-sidecar gpu-carry clean
+.PHONY: all venv plan test lint typecheck layers crds check-crds helm promtool pytest bench bench-sidecar gpu-carry clean
 
 all: test
 
@@ -52,8 +52,16 @@ $(HELM): | $(STAMP)
 
 helm: $(HELM)
 
-pytest: $(STAMP) $(HELM)
-	STAGGER_HELM=$(HELM) $(BIN)/pytest -q
+# promtool for the alert rules (charts/fetch-promtool: Debian's package, unpacked), cached.
+PROMTOOL := $(HOME)/.cache/stagger/promtool-deb12/promtool
+$(PROMTOOL):
+	charts/fetch-promtool $(PROMTOOL)
+	$(PROMTOOL) --version | head -1
+
+promtool: $(PROMTOOL)
+
+pytest: $(STAMP) $(HELM) $(PROMTOOL)
+	STAGGER_HELM=$(HELM) STAGGER_PROMTOOL=$(PROMTOOL) $(BIN)/pytest -q
 
 bench: $(STAMP)  ## Placement quality and scale (see docs/benchmarks.md)
 	$(BIN)/python -m bench.placement

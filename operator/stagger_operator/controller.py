@@ -72,6 +72,11 @@ class Report:
     unchanged: int = 0  # streams whose inputs had not changed: neither rebuilt nor diffed
     failed: int = 0  # writes the API refused; retried by the next reconcile
     plan: Plan | None = None
+    targets: list[tuple[str, str, float, float]] = field(default_factory=list)
+    """(namespace, stream, requested fps, deadline s) of every valid stream: for dashboards
+    and alerts, which join them with the sidecars' series."""
+    profiles: list[tuple[str, str, str, str, float, bool]] = field(default_factory=list)
+    """(name, model, GPU product, sharing mode, body s, drifted) of every ModelProfile."""
 
 
 def _key(kind: str, obj: Obj) -> Key:
@@ -169,6 +174,10 @@ class Controller:
                 desired.statuses[named] = status
         report.plan, report.moves = result, list(result.moves)
         report.streams, report.invalid = len(streams), len(invalid)
+        report.targets = [
+            (x.namespace, x.name, x.spec.fps, (x.spec.deadline_ms or 1e3 / x.spec.fps) / 1e3)
+            for x in live
+        ]
         report.placed = len({(p.namespace, p.stream) for p in result.shards})
         report.unplaced = len(result.unplaced)
         report.unchanged = len(desired.unchanged)
@@ -245,7 +254,18 @@ class Controller:
             if isinstance(outcome, ApiException):
                 log.warning("cannot write the status of %s: %s", name, _why(outcome))
 
-        self._profile_statuses(profiles, wanted_sched, all_sched, result, now)
+        drifted = self._profile_statuses(profiles, wanted_sched, all_sched, result, now)
+        report.profiles = [
+            (
+                p.name,
+                p.spec.model,
+                p.spec.gpu_product,
+                str(p.spec.sharing_mode),
+                p.spec.body_time_ms / 1e3,
+                p.name in drifted,
+            )
+            for p in profiles
+        ]
         self._calibrate(calibration, jobs, profiles, report)
         self._recalibrate(recalibration, profiles, report, now)
 
@@ -477,8 +497,9 @@ class Controller:
         statuses: dict[str, Obj],
         result: Plan,
         now: datetime,
-    ) -> None:
-        """Measured body and drift on each ModelProfile; a Warning Event when one drifts."""
+    ) -> set[str]:
+        """Measured body and drift on each ModelProfile; a Warning Event when one drifts.
+        Returns the profiles that are drifted now."""
         measured = {
             (obj["spec"]["node"], obj["spec"]["gpuIndex"]): statuses[name]["measuredBodyMs"]
             for name, obj in schedules.items()
@@ -517,6 +538,18 @@ class Controller:
                 self.kube.apply(ask, profile.to_wire())
             except ApiException as e:
                 log.warning("cannot ask to re-calibrate ModelProfile %s: %s", name, _why(e))
+        return {
+            p.name
+            for p in profiles
+            if any(
+                c["type"] == "Drifted" and c["status"] == "True"
+                for c in (
+                    wanted[p.name]["conditions"]
+                    if p.name in wanted
+                    else [c.to_wire() for c in (p.status.conditions if p.status else [])]
+                )
+            )
+        }
 
     def _write_status(
         self, stream: InferenceStream, new: InferenceStreamStatus, now: datetime

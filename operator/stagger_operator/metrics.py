@@ -30,6 +30,12 @@ class OperatorMetrics:
         self.streams = Gauge(telemetry.OPERATOR_STREAMS, "Streams by state", ["state"], registry=r)
         self.writes = Counter(telemetry.OPERATOR_WRITES, "API writes", ["result"], registry=r)
         self.leader = Gauge(telemetry.OPERATOR_LEADER, "Holds the Lease", registry=r)
+        targets = telemetry.STREAM_TARGET_LABELS
+        self.fps = Gauge(telemetry.STREAM_REQUESTED_FPS, "Requested fps", targets, registry=r)
+        self.deadline = Gauge(telemetry.STREAM_DEADLINE, "Deadline", targets, registry=r)
+        profiles = telemetry.PROFILE_LABELS
+        self.body = Gauge(telemetry.PROFILE_BODY, "Profile body", profiles, registry=r)
+        self.drifted = Gauge(telemetry.PROFILE_DRIFTED, "Profile drifted", profiles, registry=r)
         for outcome in ("ok", "error"):
             self.reconciles.labels(outcome)
         for result in ("written", "deleted", "failed"):
@@ -45,6 +51,14 @@ class OperatorMetrics:
         self.writes.labels("written").inc(report.written)
         self.writes.labels("deleted").inc(report.deleted)
         self.writes.labels("failed").inc(report.failed)
+        for gauge in (self.fps, self.deadline, self.body, self.drifted):
+            gauge.clear()  # streams and profiles that are gone lose their series
+        for namespace, stream, fps, deadline_s in report.targets:
+            self.fps.labels(namespace, stream).set(fps)
+            self.deadline.labels(namespace, stream).set(deadline_s)
+        for name, model, product, mode, body_s, drifted in report.profiles:
+            self.body.labels(name, model, product, mode).set(body_s)
+            self.drifted.labels(name, model, product, mode).set(int(drifted))
 
     def failed(self, seconds: float) -> None:
         self.reconciles.labels("error").inc()

@@ -89,3 +89,13 @@ OPERATOR_WRITES = "stagger_operator_writes_total"
 """API writes by ``result``: written, deleted, failed (counter)."""
 OPERATOR_LEADER = "stagger_operator_leader"
 """1 on the replica that holds the Lease and plans (gauge)."""
+STREAM_TARGET_LABELS = ("namespace", "stream")
+STREAM_REQUESTED_FPS = "stagger_stream_requested_fps"
+"""The fps a stream asks for (spec.fps), per stream (gauge; from the operator)."""
+STREAM_DEADLINE = "stagger_stream_deadline_seconds"
+"""A stream's deadline: spec.deadlineMs, else its frame period (gauge; from the operator)."""
+PROFILE_LABELS = ("profile", "model", "gpu_product", "sharing_mode")
+PROFILE_BODY = "stagger_profile_body_seconds"
+"""A ModelProfile's bodyTimeMs (gauge; from the operator)."""
+PROFILE_DRIFTED = "stagger_profile_drifted"
+"""1 while a ModelProfile's Drifted condition is True (gauge; from the operator)."""

@@ -233,5 +233,8 @@ async def test_the_operator_exports_its_own_metrics(cluster: Cluster) -> None:
         assert values[("stagger_operator_reconcile_seconds_count", ())] >= 1
         assert values[("stagger_operator_writes_total", (("result", "written"),))] >= 3
         assert values[("stagger_operator_leader", ())] == 1
+        cam = (("namespace", "default"), ("stream", "cam"))
+        assert values[("stagger_stream_requested_fps", cam)] == 10
+        assert values[("stagger_stream_deadline_seconds", cam)] == 0.1  # the frame period
     finally:
         await stop_operator(op)

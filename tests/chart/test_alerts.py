@@ -1,0 +1,43 @@
+"""The alert rules with a real promtool (check and unit tests in
+charts/stagger/alerts/stagger.rules.test.yaml), and the PrometheusRule the chart makes of
+them: the same rules, unchanged."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.chart.test_chart import CHART, render
+
+ALERTS = CHART / "alerts"
+PROMTOOL = os.environ.get("STAGGER_PROMTOOL") or shutil.which("promtool") or ""
+
+pytestmark = pytest.mark.skipif(not PROMTOOL, reason="no promtool: run through `make test`")
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PROMTOOL, *args], capture_output=True, text=True, cwd=ALERTS, check=False
+    )
+
+
+def test_the_rules_are_valid() -> None:
+    done = promtool("check", "rules", "stagger.rules.yaml")
+    assert done.returncode == 0 and "SUCCESS: 4 rules found" in done.stdout, done.stdout
+
+
+def test_the_rules_fire_when_they_should_and_only_then() -> None:
+    done = promtool("test", "rules", "stagger.rules.test.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_chart_ships_the_same_rules() -> None:
+    assert not [o for o in render() if o["kind"] == "PrometheusRule"]  # off by default
+    objects = render("metrics.prometheusRule.enabled=true", "metrics.prometheusRule.labels.r=p")
+    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    assert rule["metadata"]["labels"]["r"] == "p"
+    assert rule["spec"] == yaml.safe_load((ALERTS / "stagger.rules.yaml").read_text())

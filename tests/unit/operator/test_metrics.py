@@ -1,0 +1,41 @@
+"""The operator's metrics from a reconcile report: counters add up, per-stream and
+per-profile series follow what exists (gone ones disappear)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from stagger_operator.controller import Report
+from stagger_operator.metrics import OperatorMetrics
+
+PROFILE = ("retinanet-h200", "retinanet", "NVIDIA-H200", "time-slicing")
+
+
+def test_a_report_becomes_series() -> None:
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    first = Report(placed=2, unplaced=1, written=5, failed=1)
+    first.targets = [("retail", "cam-1", 10.0, 0.1), ("retail", "cam-2", 5.0, 0.05)]
+    first.profiles = [(*PROFILE, 0.0121, True)]
+    metrics.reconciled(first, 0.3)
+    second = Report(placed=1, written=2)
+    second.targets = [("retail", "cam-1", 10.0, 0.1)]  # cam-2 was deleted
+    metrics.reconciled(second, 0.1)
+    metrics.failed(0.05)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("stagger_operator_reconciles_total", outcome="ok") == 2
+    assert value("stagger_operator_reconciles_total", outcome="error") == 1
+    assert value("stagger_operator_reconcile_seconds_count") == 3
+    assert value("stagger_operator_writes_total", result="written") == 7
+    assert value("stagger_operator_writes_total", result="failed") == 1
+    assert value("stagger_operator_streams", state="placed") == 1
+    assert value("stagger_stream_requested_fps", namespace="retail", stream="cam-1") == 10
+    assert value("stagger_stream_deadline_seconds", namespace="retail", stream="cam-2") is None
+    labels = dict(zip(("profile", "model", "gpu_product", "sharing_mode"), PROFILE, strict=True))
+    assert value("stagger_profile_drifted", **labels) is None  # the profile is gone too
+    metrics.reconciled(first, 0.2)
+    assert value("stagger_profile_drifted", **labels) == 1
+    assert value("stagger_profile_body_seconds", **labels) == 0.0121
