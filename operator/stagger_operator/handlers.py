@@ -187,9 +187,11 @@ async def _lease_loop(memo: kopf.Memo) -> None:
                 "%s the Lease %s/%s", "holding" if held else "lost", s.lease_namespace, s.lease_name
             )
             memo.leader = held
-            memo.metrics.leader.set(int(held))
             if held:
+                memo.metrics.leader.set(1)
                 memo.wake.set()
+            else:
+                memo.metrics.standby()
         await asyncio.sleep(s.lease_duration_s / 3)
 
 

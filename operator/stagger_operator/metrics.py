@@ -36,6 +36,15 @@ class OperatorMetrics:
         profiles = telemetry.PROFILE_LABELS
         self.body = Gauge(telemetry.PROFILE_BODY, "Profile body", profiles, registry=r)
         self.drifted = Gauge(telemetry.PROFILE_DRIFTED, "Profile drifted", profiles, registry=r)
+        self.reserved = Gauge(
+            telemetry.GPU_RESERVED,
+            "Reserved body per second",
+            ["node", "gpu", "product", "sharing_mode"],
+            registry=r,
+        )
+        self.planned_body = Gauge(
+            telemetry.SHARD_PLANNED_BODY, "Planned body", telemetry.SHARD_LABELS, registry=r
+        )
         for outcome in ("ok", "error"):
             self.reconciles.labels(outcome)
         for result in ("written", "deleted", "failed"):
@@ -53,12 +62,37 @@ class OperatorMetrics:
         self.writes.labels("failed").inc(report.failed)
         for gauge in (self.fps, self.deadline, self.body, self.drifted):
             gauge.clear()  # streams and profiles that are gone lose their series
+        if report.plan is not None:
+            self.reserved.clear()
+            self.planned_body.clear()
+            for g in report.plan.gpus:
+                self.reserved.labels(g.node, str(g.gpu), g.product, g.sharing_mode).set(
+                    g.utilization
+                )
+            for p in report.plan.shards:
+                shard = (p.namespace, p.stream, str(p.shard), p.node, str(p.gpu))
+                self.planned_body.labels(*shard).set(p.body_ms / 1e3)
         for namespace, stream, fps, deadline_s in report.targets:
             self.fps.labels(namespace, stream).set(fps)
             self.deadline.labels(namespace, stream).set(deadline_s)
         for name, model, product, mode, body_s, drifted in report.profiles:
             self.body.labels(name, model, product, mode).set(body_s)
             self.drifted.labels(name, model, product, mode).set(int(drifted))
+
+    def standby(self) -> None:
+        """Lost the Lease: the plan's series are the new leader's to export. Left here they
+        would go stale and double every stream and GPU on dashboards."""
+        self.leader.set(0)
+        for gauge in (
+            self.streams,
+            self.fps,
+            self.deadline,
+            self.body,
+            self.drifted,
+            self.reserved,
+            self.planned_body,
+        ):
+            gauge.clear()
 
     def failed(self, seconds: float) -> None:
         self.reconciles.labels("error").inc()

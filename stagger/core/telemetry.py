@@ -99,3 +99,11 @@ PROFILE_BODY = "stagger_profile_body_seconds"
 """A ModelProfile's bodyTimeMs (gauge; from the operator)."""
 PROFILE_DRIFTED = "stagger_profile_drifted"
 """1 while a ModelProfile's Drifted condition is True (gauge; from the operator)."""
+GPU_RESERVED = "stagger_gpu_reserved_ratio"
+"""Body time the plan reserves per second on a GPU, by ``node``, ``gpu`` (index),
+``product``, ``sharing_mode`` (gauge; from the operator). Compare the node agent's
+utilization and the sidecars' measured body."""
+SHARD_LABELS = ("namespace", "stream", "shard", "node", "gpu")
+SHARD_PLANNED_BODY = "stagger_shard_planned_body_seconds"
+"""The body time the plan reserves for each placed shard, where it is placed (gauge; from
+the operator). Its labels join the sidecars' per-shard series to their GPU."""

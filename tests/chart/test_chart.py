@@ -48,9 +48,12 @@ def test_lint_strict() -> None:
 
 def test_default_render_matches_golden_and_validates() -> None:
     objects = render()
-    check_golden("chart-default.yaml", objects)
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    # The dashboard has tests of its own (test_dashboard.py); here only where it goes.
+    (dashboard,) = [o for o in objects if o["metadata"]["name"] == "stagger-dashboard"]
+    dashboard["data"]["stagger.json"] = "<charts/stagger/dashboards/stagger.json>"
+    check_golden("chart-default.yaml", objects)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +69,7 @@ def test_default_render_matches_golden_and_validates() -> None:
         ["operator.extraEnv.STAGGER_DRIFT_PERCENT=30", "operator.image.tag=0.2.0"],
         ["operator.allowedServiceAccounts={default,camera-app}"],
         ["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"],
+        ["metrics.podMonitor.enabled=true", "dashboards.enabled=false"],
     ],
 )
 def test_other_values_render_valid_objects(values: list[str]) -> None:
@@ -103,6 +107,14 @@ def test_other_values_render_valid_objects(values: list[str]) -> None:
         assert len(services) == 2  # the operator's and the agents'
     else:
         assert monitors == []
+    pod_monitors = [o for o in objects if o["kind"] == "PodMonitor"]
+    if "metrics.podMonitor.enabled=true" in values:
+        (monitor,) = pod_monitors  # every stream pod's sidecar, in every namespace
+        assert monitor["spec"]["namespaceSelector"] == {"any": True}
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+        assert not [o for o in objects if o["kind"] == "ConfigMap"]
+    else:
+        assert pod_monitors == []
     if "operator.extraEnv.STAGGER_DRIFT_PERCENT=30" in values:
         assert env["STAGGER_DRIFT_PERCENT"] == "30"
 
@@ -117,6 +129,7 @@ def test_other_values_render_valid_objects(values: list[str]) -> None:
         (["operator.extraEnv.PATH=/x"], "'PATH' does not match pattern '^STAGGER_"),
         (["operator.replicas=2", "operator.leaderElection=false"], "two planners would fight"),
         (["serviceAccount.create=false"], "name an existing ServiceAccount"),
+        (["dashboards.namespace=Monitoring"], "/dashboards/namespace"),
     ],
 )
 def test_bad_values_fail_with_the_key(values: list[str], says: str) -> None:

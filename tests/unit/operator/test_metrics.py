@@ -3,8 +3,10 @@ per-profile series follow what exists (gone ones disappear)."""
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from stagger.core.placement import GpuUsage, Plan, ShardPlacement
 from stagger_operator.controller import Report
 from stagger_operator.metrics import OperatorMetrics
 
@@ -39,3 +41,48 @@ def test_a_report_becomes_series() -> None:
     metrics.reconciled(first, 0.2)
     assert value("stagger_profile_drifted", **labels) == 1
     assert value("stagger_profile_body_seconds", **labels) == 0.0121
+
+
+def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    usage = GpuUsage("gpu-a", 1, "GPU-1", "NVIDIA-H200", "time-slicing", 0.45, 2048, 143771, 1)
+    shard = ShardPlacement(
+        namespace="retail",
+        stream="cam-1",
+        shard=0,
+        shards=1,
+        node="gpu-a",
+        gpu=1,
+        gpu_uuid="GPU-1",
+        product="NVIDIA-H200",
+        fps=10.0,
+        frame_period_ticks=1000,
+        period_ticks=1000,
+        offset_ticks=250,
+        body_ticks=450,
+        body_ms=18.1,
+        latency_ms=20.0,
+        memory_mib=2048,
+        priority=0,
+    )
+    report = Report(placed=1)
+    report.plan = Plan(shards=(shard,), gpus=(usage,), unplaced=())
+    metrics.reconciled(report, 0.1)
+    gpu = {"node": "gpu-a", "gpu": "1", "product": "NVIDIA-H200", "sharing_mode": "time-slicing"}
+    assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) == 0.45
+    placed = {"namespace": "retail", "stream": "cam-1", "shard": "0", "node": "gpu-a", "gpu": "1"}
+    body = registry.get_sample_value("stagger_shard_planned_body_seconds", placed)
+    assert body == pytest.approx(0.0181)
+
+    metrics.standby()  # another replica took the Lease: its series, not these stale ones
+    assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) is None
+    assert registry.get_sample_value("stagger_operator_streams", {"state": "placed"}) is None
+    assert registry.get_sample_value("stagger_operator_leader") == 0
+    metrics.reconciled(report, 0.1)
+    assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) == 0.45
+
+    report.plan = Plan(shards=(), gpus=(), unplaced=())  # the stream went away
+    metrics.reconciled(report, 0.1)
+    assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) is None
+    assert registry.get_sample_value("stagger_shard_planned_body_seconds", placed) is None
