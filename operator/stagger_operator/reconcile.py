@@ -199,19 +199,10 @@ def desired_state(
 
     def contract(key: tuple[str, str, int]) -> SlotAssignment:
         p, epoch, generation, effective_at = slots[key]
-        return SlotAssignment(
-            stream=p.stream,
-            namespace=p.namespace,
-            shard=p.shard,
-            shards=p.shards,
-            node=p.node,
-            gpu_index=p.gpu,
-            gpu_uuid=p.gpu_uuid,
+        return SlotAssignment.for_shard(
+            p,
             tick_hz=settings.tick_hz,
             epoch=epoch,
-            period_ticks=p.period_ticks,
-            offset_ticks=p.offset_ticks,
-            body_ticks=p.body_ticks,
             generation=generation,
             effective_at=effective_at,
         )

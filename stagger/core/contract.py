@@ -8,11 +8,15 @@ kubelet's ConfigMap propagation, so no two sidecars ever run different tables.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from stagger.core.api import Wire
 from stagger.core.timebase import TICK_HZ
+
+if TYPE_CHECKING:
+    from stagger.core.placement import ShardPlacement
 
 CONTRACT_FILE = "slot.json"
 
@@ -34,3 +38,31 @@ class SlotAssignment(Wire):
     body_ticks: int = Field(gt=0)
     generation: int = Field(ge=1)
     effective_at: datetime
+
+    @classmethod
+    def for_shard(
+        cls,
+        p: ShardPlacement,
+        *,
+        tick_hz: int,
+        epoch: datetime,
+        generation: int,
+        effective_at: datetime,
+    ) -> SlotAssignment:
+        """The contract of a placed shard on its GPU's timeline."""
+        return cls(
+            stream=p.stream,
+            namespace=p.namespace,
+            shard=p.shard,
+            shards=p.shards,
+            node=p.node,
+            gpu_index=p.gpu,
+            gpu_uuid=p.gpu_uuid,
+            tick_hz=tick_hz,
+            epoch=epoch,
+            period_ticks=p.period_ticks,
+            offset_ticks=p.offset_ticks,
+            body_ticks=p.body_ticks,
+            generation=generation,
+            effective_at=effective_at,
+        )

@@ -1,0 +1,153 @@
+"""A camera simulator, for trying Stagger without cameras (examples/03-local-triton) and for
+benchmarks (bench/gpu): frames at a set fps, one inference in flight, latency per frame.
+
+A camera captures on its own clock: at ``start + phase + k / fps`` (fixed phase: what
+Kubernetes gives today, all at phase 0 when the pods start together), or at its stream's
+slot read from the sidecar (``SlotClient``: slot-clock capture). It sends each frame and
+waits for the answer, then post-processes it; frames that come due meanwhile are dropped,
+as a live camera's are. So ``dropped = frames due - frames sent``, whatever the cause: a
+slow answer, a refusal by the gate, an error.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stagger.client import SlotClient
+
+Send = Callable[[bytes], Any]
+"""Sends one frame and returns the answer; raises when the frame was refused or failed."""
+
+
+@dataclass
+class CameraLog:
+    name: str
+    fps: float
+    due: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    """Capture to answer, per frame answered."""
+    errors: dict[str, int] = field(default_factory=dict)
+    """Frames sent but refused or failed, by the error's first words."""
+
+    @property
+    def answered(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def dropped(self) -> int:
+        return max(0, self.due - self.answered)
+
+    def summary(self) -> dict[str, Any]:
+        return summarize(self.latencies_s, self.due) | {"errors": dict(self.errors)}
+
+
+def summarize(latencies_s: list[float], due: int) -> dict[str, Any]:
+    """p50, p99 and max latency in ms, and drops, of one camera or of several pooled."""
+    ms = np.asarray(latencies_s, dtype=float) * 1e3
+    p50, p99, top = np.percentile(ms, [50, 99, 100]).round(2).tolist() if ms.size else [None] * 3
+    return {
+        "frames": due,
+        "answered": int(ms.size),
+        "dropPercent": round(100 * max(0, due - ms.size) / due, 3) if due else 0.0,
+        "p50Ms": p50,
+        "p99Ms": p99,
+        "maxMs": top,
+    }
+
+
+@dataclass
+class Camera:
+    name: str
+    fps: float
+    send: Send
+    frames: Iterator[bytes]
+    phase_s: float = 0.0
+    """Capture offset from ``start`` (fixed-phase capture)."""
+    slot_clock: SlotClient | None = None
+    """Capture at the stream's slots instead (``lead_s`` before each)."""
+    lead_s: float = 0.0
+    post: Callable[[Any], None] | None = None
+    """CPU work on each answer before the next capture (a detector's NMS, tracking, ...)."""
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+    def run(self, start: float, seconds: float) -> CameraLog:
+        """Capture from ``start`` for ``seconds``; returns what happened to each frame."""
+        log = CameraLog(self.name, self.fps)
+        period = 1.0 / self.fps
+        end = start + seconds
+        log.due = math.floor(seconds * self.fps + 1e-9)
+        earliest = start
+        while (at := self._capture_time(start, period, earliest)) < end:
+            frame = next(self.frames)
+            try:
+                answer = self.send(frame)
+            except Exception as e:  # refused by the gate, a Triton error: the frame is lost
+                kind = " ".join(str(e).split()[:4]) or type(e).__name__
+                log.errors[kind] = log.errors.get(kind, 0) + 1
+            else:
+                log.latencies_s.append(self.clock() - at)
+                if self.post is not None:
+                    self.post(answer)
+            # One frame per frame period; the tolerance keeps timer jitter from skipping one.
+            earliest = max(self.clock(), at + period - CAPTURE_TOLERANCE_S)
+        return log
+
+    def _capture_time(self, start: float, period: float, earliest: float) -> float:
+        """Sleep until the next capture at or after ``earliest``; returns its time."""
+        if self.slot_clock is None:
+            k = max(0, math.ceil((earliest - start - self.phase_s) / period - 1e-9))
+            at = start + self.phase_s + k * period
+            if (delay := at - self.clock()) > 0:
+                self.sleep(delay)
+            return at
+        if (delay := earliest - self.clock()) > 0:
+            self.sleep(delay)
+        return self.slot_clock.wait_for_slot(self.lead_s) - self.lead_s
+
+
+CAPTURE_TOLERANCE_S = 0.005
+
+
+def synthetic_frames(width: int = 640, height: int = 360, quality: int = 80) -> Iterator[bytes]:
+    """A moving gradient, JPEG-encoded when Pillow is installed (raw RGB otherwise)."""
+    try:
+        from PIL import Image  # noqa: PLC0415
+    except ImportError:
+        Image = None  # type: ignore[assignment]
+    y, x = np.mgrid[0:height, 0:width]
+    for k in itertools.count():
+        rgb = np.stack([(x + 4 * k) % 256, (y + 2 * k) % 256, (x + y) % 256], -1)
+        pixels = rgb.astype(np.uint8)
+        if Image is None:
+            yield pixels.tobytes()
+            continue
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, format="JPEG", quality=quality)
+        yield out.getvalue()
+
+
+def video_frames(path: str, quality: int = 80) -> Iterator[bytes]:
+    """Frames of a video file, JPEG-encoded, looping (needs OpenCV: ``opencv-python``)."""
+    import cv2  # type: ignore[import-not-found]  # noqa: PLC0415
+
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise ValueError(f"cannot open video {path}")
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = capture.read()
+            if not ok:
+                raise ValueError(f"no frames in video {path}")
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        yield bytes(jpeg)

@@ -1,0 +1,102 @@
+"""The camera simulator on a fake clock: captures on its phase or at its slots, one frame in
+flight, frames that come due meanwhile dropped, refusals counted."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from stagger.camerasim import Camera, summarize
+from stagger.client import Contract, SlotClient
+from stagger.core.slotclock import SlotClock
+
+
+class FakeTime:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+        self.sent_at: list[float] = []
+
+    def clock(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        assert s >= 0
+        self.t += s
+
+    def service(self, seconds: float, fail: bool = False) -> Any:
+        def send(frame: bytes) -> str:
+            self.sent_at.append(self.t)
+            self.t += seconds
+            if fail:
+                raise RuntimeError("503 busy: slot taken")
+            return "boxes"
+
+        return send
+
+
+def camera(time: FakeTime, service_s: float, **kw: Any) -> Camera:
+    return Camera(
+        "cam",
+        fps=10,
+        send=time.service(service_s, fail=kw.pop("fail", False)),
+        frames=itertools.repeat(b"jpeg"),
+        clock=time.clock,
+        sleep=time.sleep,
+        **kw,
+    )
+
+
+def test_fast_answers_keep_every_frame_on_its_phase() -> None:
+    time = FakeTime()
+    log = camera(time, 0.02, phase_s=0.03).run(start=1000.0, seconds=1.0)
+    assert time.sent_at == pytest.approx([1000.03 + k / 10 for k in range(10)])
+    assert (log.due, log.answered, log.dropped) == (10, 10, 0)
+    assert log.latencies_s == pytest.approx([0.02] * 10)
+
+
+def test_an_answer_slower_than_the_frame_period_drops_the_frames_due_meanwhile() -> None:
+    time = FakeTime()
+    log = camera(time, 0.15).run(start=1000.0, seconds=1.0)
+    # Frame 0 answers at 150 ms: frame 1 (100 ms) is gone, frame 2 (200 ms) goes.
+    assert time.sent_at == pytest.approx([1000.0 + k / 10 for k in range(0, 10, 2)])
+    assert (log.due, log.answered, log.dropped) == (10, 5, 5)
+
+
+def test_refused_frames_count_as_dropped_with_their_reason() -> None:
+    time = FakeTime()
+    log = camera(time, 0.01, fail=True).run(start=1000.0, seconds=0.5)
+    assert (log.due, log.answered, log.dropped) == (5, 0, 5)
+    assert log.errors == {"503 busy: slot taken": 5}
+    assert summarize(log.latencies_s, log.due)["dropPercent"] == 100.0
+
+
+class FixedSlots(SlotClient):
+    """A slot client whose contract is given, not read over HTTP."""
+
+    def __init__(self, time: FakeTime, slots: SlotClock) -> None:
+        super().__init__(clock=time.clock, sleep=time.sleep)
+        self.slots = slots
+
+    def refresh(self) -> None:
+        self._current = Contract(self.slots, effective_at=0.0)
+        self._read_at = self.clock()
+
+
+def test_slot_clock_capture_happens_lead_before_each_slot() -> None:
+    time = FakeTime(1000.001)
+    slots = SlotClock(epoch_s=0.0, tick_hz=1000, period_ticks=100, offset_ticks=40, body_ticks=20)
+    log = camera(time, 0.02, slot_clock=FixedSlots(time, slots), lead_s=0.004).run(
+        start=1000.0, seconds=1.0
+    )
+    # Slots at …x40 ms; the first after the start is 1000.04, the last before the end 1000.94.
+    assert time.sent_at == pytest.approx([1000.036 + k / 10 for k in range(10)])
+    assert log.answered == 10 and log.dropped == 0
+
+
+def test_summary_pools_latencies() -> None:
+    summary = summarize([0.010, 0.020, 0.030, 0.040], due=5)
+    assert summary["answered"] == 4 and summary["dropPercent"] == 20.0
+    assert summary["p50Ms"] == 25.0 and summary["maxMs"] == 40.0
+    assert summarize([], due=0)["p99Ms"] is None
