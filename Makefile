@@ -70,7 +70,8 @@ bench-sidecar: $(STAMP)  ## Latency and CPU the sidecar adds over Triton direct 
 	$(BIN)/python -m bench.sidecar_overhead --json out/bench-sidecar.json
 
 GPU_WHEELS = pydantic pydantic-core annotated-types typing-inspection tritonclient \
-	python-rapidjson grpcio protobuf
+	python-rapidjson grpcio protobuf pydantic-settings python-dotenv python-json-logger \
+	httptools hpack hyperframe
 gpu-carry: $(STAMP)  ## Files a GPU machine without a registry needs (bench/gpu/README.md)
 	rm -rf .gpu && mkdir -p .gpu/whl .gpu/np
 	bench/gpu/triton-bundle .gpu/triton-bundle.tar.xz 3.12

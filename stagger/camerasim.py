@@ -85,6 +85,8 @@ class Camera:
         period = 1.0 / self.fps
         end = start + seconds
         log.due = math.floor(seconds * self.fps + 1e-9)
+        if self.slot_clock is not None:
+            self.slot_clock.refresh()  # read before the first capture, not during it
         earliest = start
         while (at := self._capture_time(start, period, earliest)) < end:
             frame = next(self.frames)

@@ -1,0 +1,374 @@
+"""Streams per GPU through the product's data path: per stream a camera client, its own
+sidecar and its own tritonserver, as the operator deploys them, N streams on one GPU.
+
+    python3 -m bench.gpu.streams --out OUT --mode time-slicing --counts 5 6 7 8 9
+        [--frames 3000] [--fps 10] [--post-ms 8] [--gpus 0 1 2 3]
+
+Each stream is a group of processes, as in a pod: ``tritonserver`` (bench/gpu/models
+detector, RetinaNet on the GPU, one instance), ``python -m stagger_sidecar gate`` and
+``python -m bench.gpu.camera`` (a 1080p JPEG at 10 fps over gRPC, decoded on the GPU in the
+model; one in flight; 8 ms of CPU post-processing per answer). For every N and in one run,
+at least ``--frames`` frames per configuration:
+
+- synchronized: every camera at the same phase, straight to Triton;
+- random: random phases (what Kubernetes gives today), straight to Triton;
+- transparent: the same random phases, through the sidecars (static stagger: each request
+  held until its stream's slot);
+- slot-clock: cameras capture at their slot (``SlotClient``), through the sidecars;
+- direct: cameras at their slot's phase, straight to Triton: the sidecar's cost is
+  slot-clock minus direct.
+
+Slots are the planner's for equal streams: offsets i × period / N, each body period / N.
+Also per GPU: solo latency (one camera alone, direct) and the saturation throughput (every
+stream's client back to back, closed loop). With several GPUs, the counts are spread over
+them and run at once, one N per GPU at a time, so no two configurations share a GPU.
+``--mode mps`` starts the MPS control daemon first and stops it after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
+from stagger.camerasim import summarize
+from stagger.core.contract import SlotAssignment
+from stagger.core.timebase import TICK_HZ
+from stagger.localtriton import LocalTriton, free_port
+
+CONFIGS = ("synchronized", "random", "transparent", "slot-clock", "direct")
+ROOT = Path(__file__).resolve().parents[2]
+START_MARGIN_S = 5.0  # camera processes start, import and warm up before the first frame
+SOLO_S = 10.0
+SATURATION_S = 15.0
+
+
+def log(*parts: Any) -> None:
+    print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+
+def model_repository(root: Path, models: Path) -> Path:
+    """The detector with one instance: each stream has its own Triton."""
+    repo = root / "models"
+    if not repo.exists():
+        shutil.copytree(models, repo)
+        config = repo / "detector" / "config.pbtxt"
+        config.write_text(re.sub(r"count: \d+", "count: 1", config.read_text()))
+    return repo
+
+
+def start_tritons(k: int, gpu: int, root: Path, models: Path) -> list[LocalTriton]:
+    paths = sysconfig.get_paths()
+    numpy_dir = [os.environ[NUMPY_DIR_ENV]] if NUMPY_DIR_ENV in os.environ else []
+    model_path = [*numpy_dir, paths["purelib"], paths["platlib"]]
+    repo = model_repository(root, models)
+    servers = [
+        LocalTriton(
+            repo,
+            log_file=root / f"triton-gpu{gpu}-{i}.log",
+            ready_timeout_s=400,
+            model_path=model_path,
+            env={"CUDA_VISIBLE_DEVICES": str(gpu)},
+        )
+        for i in range(k)
+    ]
+    with ThreadPoolExecutor(k) as pool:
+        list(pool.map(lambda s: s.start(), servers))
+    return servers
+
+
+class Sidecars:
+    """One ``stagger-sidecar gate`` per stream with the slot contracts for N equal streams."""
+
+    def __init__(self, tritons: list[LocalTriton], gpu: int, root: Path, fps: float) -> None:
+        n = len(tritons)
+        period = round(TICK_HZ / fps)
+        self.epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
+        self.offsets_s = [i * period // n / TICK_HZ for i in range(n)]
+        self.http, self.grpc, self.processes = [], [], []
+        for i, triton in enumerate(tritons):
+            contract = SlotAssignment(
+                stream=f"cam-{i}",
+                namespace="bench",
+                shard=0,
+                shards=1,
+                node="bench",
+                gpu_index=gpu,
+                tick_hz=TICK_HZ,
+                epoch=self.epoch,
+                period_ticks=period,
+                offset_ticks=i * period // n,
+                body_ticks=period // n,
+                generation=1,
+                effective_at=self.epoch,
+            )
+            slot = root / f"slot-gpu{gpu}-{i}.json"
+            slot.write_text(contract.model_dump_json(by_alias=True))
+            http, grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+            env = {
+                **os.environ,
+                "STAGGER_STREAM": f"cam-{i}",
+                "STAGGER_NAMESPACE": "bench",
+                "STAGGER_SLOT_FILE": str(slot),
+                "STAGGER_TRITON_HTTP": triton.http,
+                "STAGGER_TRITON_GRPC": triton.grpc,
+                "STAGGER_HTTP_ADDRESS": http,
+                "STAGGER_GRPC_ADDRESS": grpc,
+                "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+                "STAGGER_LOG_LEVEL": "WARNING",
+            }
+            command = [sys.executable, "-m", "stagger_sidecar", "gate"]
+            self.processes.append(subprocess.Popen(command, env=env))
+            self.http.append(http)
+            self.grpc.append(grpc)
+        for http, process in zip(self.http, self.processes, strict=True):
+            deadline = time.monotonic() + 60
+            while not _ready(f"http://{http}/readyz"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"sidecar {http} did not become ready")
+                time.sleep(0.1)  # polling a child process's readiness
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return int(r.status) == 200
+    except OSError:
+        return False
+
+
+def run_cameras(
+    cameras: list[dict[str, Any]], seconds: float, root: Path, tag: str, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Start one camera process per entry (url, phase, slot_clock, closed_loop), at one
+    start time; their logs."""
+    start = math.ceil(time.time() + START_MARGIN_S)
+    processes, outs = [], []
+    for i, cam in enumerate(cameras):
+        out = root / f"{tag}-cam{i}.json"
+        command = [
+            sys.executable,
+            "-m",
+            "bench.gpu.camera",
+            "--url",
+            cam["url"],
+            "--frame",
+            str(args.frame),
+            "--start",
+            str(start),
+            "--seconds",
+            str(seconds),
+            "--fps",
+            str(args.fps),
+            "--phase",
+            str(cam.get("phase", 0.0)),
+            "--post-ms",
+            str(args.post_ms),
+            "--name",
+            f"cam-{i}",
+            "--out",
+            str(out),
+        ]
+        if cam.get("slot_clock"):
+            command += ["--slot-clock", cam["slot_clock"], "--lead-ms", str(args.lead_ms)]
+        if cam.get("closed_loop"):
+            command.append("--closed-loop")
+        processes.append(subprocess.Popen(command))
+        outs.append(out)
+    for process in processes:
+        process.wait()
+    logs = []
+    for out, process in zip(outs, processes, strict=True):
+        if process.returncode != 0 or not out.exists():
+            raise RuntimeError(f"{tag}: camera exited with {process.returncode}")
+        logs.append(json.loads(out.read_text()))
+    return logs
+
+
+def pooled(logs: list[dict[str, Any]]) -> dict[str, Any]:
+    result = summarize([x for log in logs for x in log["latencies_s"]], sum(x["due"] for x in logs))
+    errors: dict[str, int] = {}
+    for log_ in logs:
+        for kind, count in log_["errors"].items():
+            errors[kind] = errors.get(kind, 0) + count
+    answered_fps = [len(x["latencies_s"]) for x in logs]
+    return result | {"errors": errors, "answeredPerStream": answered_fps}
+
+
+def worker(gpu: int, counts: list[int], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    root = out / f"gpu{gpu}"
+    root.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"gpu": gpu, "counts": {}}
+    log(f"gpu {gpu}: starting {max(counts)} tritonservers for N = {counts}")
+    tritons = start_tritons(max(counts), gpu, root, args.models)
+    try:
+        solo = run_cameras([{"url": tritons[0].grpc}], SOLO_S, root, "solo", args)
+        result["solo"] = pooled(solo)
+        closed = [{"url": t.grpc, "closed_loop": True} for t in tritons]
+        answered = run_cameras(closed, SATURATION_S, root, "saturation", args)
+        result["saturation"] = {
+            "streams": len(tritons),
+            "inferencesPerSecond": round(sum(x["answered"] for x in answered) / SATURATION_S, 2),
+        }
+        log(f"gpu {gpu}: solo {result['solo']['p50Ms']} ms, saturation {result['saturation']}")
+        for n in counts:
+            result["counts"][n] = measure_count(n, tritons[:n], gpu, root, args)
+            (root / "partial.json").write_text(json.dumps(result, indent=1))
+    finally:
+        for t in tritons:
+            t.stop()
+    return result
+
+
+def measure_count(
+    n: int, tritons: list[LocalTriton], gpu: int, root: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    seconds = math.ceil(args.frames / (n * args.fps))
+    period = 1.0 / args.fps
+    rng = random.Random(args.seed + n)
+    random_phases = [rng.uniform(0, period) for _ in range(n)]
+    sidecars = Sidecars(tritons, gpu, root, args.fps)
+    results: dict[str, Any] = {"seconds": seconds}
+    try:
+        for config in args.configs:
+            cams: list[dict[str, Any]] = []
+            for i, t in enumerate(tritons):
+                if config == "synchronized":
+                    cams.append({"url": t.grpc, "phase": 0.0})
+                elif config == "random":
+                    cams.append({"url": t.grpc, "phase": random_phases[i]})
+                elif config == "transparent":
+                    cams.append({"url": sidecars.grpc[i], "phase": random_phases[i]})
+                elif config == "slot-clock":
+                    clock = f"http://{sidecars.http[i]}"
+                    cams.append({"url": sidecars.grpc[i], "slot_clock": clock})
+                else:  # direct, on the slots' phases
+                    cams.append({"url": t.grpc, "phase": sidecars.offsets_s[i]})
+            logs = run_cameras(cams, seconds, root, f"n{n}-{config}", args)
+            s = results[config] = pooled(logs)
+            s["achievedFps"] = round(s["answered"] / (n * seconds), 2)
+            log(
+                f"gpu {gpu} N={n} {config}: p50 {s['p50Ms']} p99 {s['p99Ms']} "
+                f"max {s['maxMs']} drops {s['dropPercent']}% of {s['frames']}"
+            )
+    finally:
+        sidecars.stop()
+    return results
+
+
+def assign(counts: list[int], gpus: list[int], configs: int, frames: int, fps: float) -> dict:
+    """Counts to GPUs, longest first onto the least loaded: the run ends with the last GPU."""
+    load = dict.fromkeys(gpus, 0.0)
+    plan: dict[int, list[int]] = {g: [] for g in gpus}
+    for n in sorted(counts, key=lambda n: -frames / (n * fps)):
+        g = min(gpus, key=lambda g: load[g])
+        plan[g].append(n)
+        load[g] += configs * (frames / (n * fps) + START_MARGIN_S)
+    return {g: sorted(ns) for g, ns in plan.items() if ns}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--mode", choices=["time-slicing", "mps"], default="time-slicing")
+    p.add_argument("--counts", type=int, nargs="+", required=True)
+    p.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    p.add_argument("--frames", type=int, default=3000)
+    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--post-ms", type=float, default=8.0)
+    p.add_argument("--lead-ms", type=float, default=2.0)
+    p.add_argument("--gpus", type=int, nargs="+", default=[0])
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
+    p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")
+    args = p.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.frame is None:
+        args.frame = out / "frame.jpg"
+        write_frame(args.frame)
+    plan = assign(args.counts, args.gpus, len(args.configs), args.frames, args.fps)
+    result: dict[str, Any] = {
+        "device": gpu_name() if shutil.which("nvidia-smi") else "no NVIDIA GPU (a dry run)",
+        "mode": args.mode,
+        "fps": args.fps,
+        "postMs": args.post_ms,
+        "framesPerConfiguration": args.frames,
+        "assignment": plan,
+        "gpus": {},
+    }
+    log("device:", result["device"], "mode:", args.mode, "assignment:", plan)
+    if args.mode == "mps" and (why := mps(start=True)) is not None:
+        raise SystemExit(f"MPS did not start: {why}")
+    lock = threading.Lock()
+    try:
+        with ThreadPoolExecutor(len(plan)) as pool:
+            futures = {g: pool.submit(worker, g, ns, args, out) for g, ns in plan.items()}
+            for g, future in futures.items():
+                try:
+                    done = future.result()
+                except Exception as e:  # one GPU's failure is reported, the others kept
+                    done = {"error": repr(e)}
+                with lock:
+                    result["gpus"][g] = done
+                (out / f"streams-{args.mode}.json").write_text(json.dumps(result, indent=1))
+    finally:
+        if args.mode == "mps":
+            result["mpsStopError"] = mps(start=False)
+    (out / f"streams-{args.mode}.json").write_text(json.dumps(result, indent=1))
+    print(table(result), flush=True)
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown: one row per N and configuration, the solo and saturation lines above."""
+    lines = [f"device: {result['device']}, mode: {result['mode']}"]
+    rows = []
+    for g, r in sorted(result["gpus"].items()):
+        if "error" in r:
+            lines.append(f"GPU {g}: {r['error']}")
+            continue
+        lines.append(
+            f"GPU {g}: solo p50 {r['solo']['p50Ms']} ms, saturation "
+            f"{r['saturation']['inferencesPerSecond']}/s with {r['saturation']['streams']} streams"
+        )
+        for n, configs in r["counts"].items():
+            for config, s in configs.items():
+                if config == "seconds":
+                    continue
+                rows.append(
+                    f"| {n} | {config} | {s['p50Ms']} | {s['p99Ms']} | {s['maxMs']} | "
+                    f"{s['dropPercent']} | {s['achievedFps']} | {s['frames']} | GPU {g} |"
+                )
+    lines += ["| N | configuration | p50 ms | p99 ms | max ms | drop % | fps | frames | GPU |"]
+    lines += ["|---|---|---|---|---|---|---|---|---|", *sorted(rows, key=_row_order)]
+    return "\n".join(lines)
+
+
+def _row_order(row: str) -> tuple[int, int]:
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return int(cells[0]), CONFIGS.index(cells[1])
+
+
+if __name__ == "__main__":
+    main()
