@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -64,6 +65,9 @@ def _wheel_root() -> Path:
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
+_ASSEMBLING = threading.Lock()
+
+
 def backend_directory(cache: Path | None = None) -> Path:
     """The wheel's backends with this Python's stub put into ``backends/python``."""
     root = _wheel_root()
@@ -75,13 +79,14 @@ def backend_directory(cache: Path | None = None) -> Path:
         raise TritonUnavailable(f"no Python backend stub for Python {version} at {stub}")
     cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stagger"
     target = cache / f"triton-backends-{version}-{int(stub.stat().st_mtime)}"
-    if not (target / "python" / stub.name).exists():
-        staging = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(root / "backends", staging)
-        shutil.copy2(stub, staging / "python" / stub.name)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+    with _ASSEMBLING:  # servers started from several threads at once assemble it once
+        if not (target / "python" / stub.name).exists():
+            staging = target.with_name(target.name + f".tmp{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(root / "backends", staging)
+            shutil.copy2(stub, staging / "python" / stub.name)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
     return target
 
 
