@@ -2,8 +2,9 @@
 passes the time (Unix seconds on the node's clock) and does the waiting.
 
 A request takes the stream's next free slot: the first slot starting at or after its
-arrival (or up to ``grace`` before it, so an app that captured its frame at the slot start
-is released at once) and after the last slot this stream took. Two conditions call for
+arrival (or up to a grace before it: the larger of ``grace_s`` and half the slot's body, so
+an app that captured its frame at the slot start, and reached the gate a little late, is
+released at once) and after the last slot this stream took. Two conditions call for
 the stream's policy:
 
 - **busy**: an earlier request of the stream is still waiting or in flight;
@@ -30,7 +31,7 @@ from enum import StrEnum
 
 from stagger.core.api import GatePolicy
 from stagger.core.contract import SlotAssignment
-from stagger.core.slotclock import Timetable
+from stagger.core.slotclock import SlotClock, Timetable
 
 
 class Reason(StrEnum):
@@ -51,6 +52,11 @@ class GateConfig:
     policy: GatePolicy = GatePolicy.WAIT
     max_wait_s: float | None = None
     grace_s: float = 0.002
+    grace_body_fraction: float = 0.5
+    """A request up to this share of its slot's body late still takes the slot: released at
+    once, its body overlaps the next slot by at most that much, where waiting a whole period
+    would cost the frame. Scheduling and network jitter of a few ms (slot-clock apps near
+    saturation, where slots are short) stay inside it."""
     max_queue: int = 4
 
 
@@ -140,7 +146,7 @@ class StreamGate:
                 f"stream {self.name}: {self.pending} requests already wait for slots "
                 f"(max {self.config.max_queue}); the app sends faster than the stream's fps",
             )
-        earliest = max(now - self.config.grace_s, math.nextafter(self.last_slot, math.inf))
+        earliest = max(now - self.grace_s(clock), math.nextafter(self.last_slot, math.inf))
         slot = clock.start(clock.index_at_or_after(earliest))
         limit = self.config.max_wait_s
         if limit is not None and slot - now > limit:
@@ -154,6 +160,10 @@ class StreamGate:
             return self._take(Release(at, now, None, clock.period_s, late=True))
         self.last_slot = slot
         return self._take(Release(max(slot, now), now, slot, clock.period_s, late=False))
+
+    def grace_s(self, clock: SlotClock) -> float:
+        """How late after a slot's start a request still takes that slot."""
+        return max(self.config.grace_s, self.config.grace_body_fraction * clock.body_s)
 
     def _take(self, release: Release) -> Release:
         self.pending += 1
