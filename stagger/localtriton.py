@@ -114,6 +114,7 @@ class LocalTriton:
     ready_timeout_s: float = 60.0
     exit_timeout_s: int = 2  # how long in-flight requests may finish on stop
     cpus: set[int] | None = None  # pin the server (and its model processes) to these CPUs
+    extra_args: list[str] = field(default_factory=list)  # more tritonserver flags
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -142,6 +143,7 @@ class LocalTriton:
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={self.exit_timeout_s}",
+            *self.extra_args,
         ]
 
     def start(self) -> LocalTriton:

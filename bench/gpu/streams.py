@@ -84,6 +84,9 @@ def start_tritons(k: int, gpu: int, root: Path, models: Path) -> list[LocalTrito
             ready_timeout_s=400,
             model_path=model_path,
             env={"CUDA_VISIBLE_DEVICES": str(gpu)},
+            # A 1080p JPEG is about a MB: a larger shared-memory region between Triton and
+            # the Python backend than the 1 MB default, so requests never grow it.
+            extra_args=["--backend-config=python,shm-default-byte-size=16777216"],
         )
         for i in range(k)
     ]
@@ -119,29 +122,48 @@ class Sidecars:
             )
             slot = root / f"slot-gpu{gpu}-{i}.json"
             slot.write_text(contract.model_dump_json(by_alias=True))
-            http, grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-            env = {
-                **os.environ,
-                "STAGGER_STREAM": f"cam-{i}",
-                "STAGGER_NAMESPACE": "bench",
-                "STAGGER_SLOT_FILE": str(slot),
-                "STAGGER_TRITON_HTTP": triton.http,
-                "STAGGER_TRITON_GRPC": triton.grpc,
-                "STAGGER_HTTP_ADDRESS": http,
-                "STAGGER_GRPC_ADDRESS": grpc,
-                "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-                "STAGGER_LOG_LEVEL": "WARNING",
-            }
-            command = [sys.executable, "-m", "stagger_sidecar", "gate"]
-            self.processes.append(subprocess.Popen(command, env=env))
+            self._start(i, slot, triton)
+        for i in range(n):
+            for _ in range(3):
+                if self._ready(i):
+                    break
+                # Another process took a port between free_port() and the bind: new ports.
+                self.processes[i].kill()
+                self._start(i, root / f"slot-gpu{gpu}-{i}.json", tritons[i])
+            else:
+                self.stop()
+                raise RuntimeError(f"sidecar {i} on GPU {gpu} did not become ready")
+
+    def _start(self, i: int, slot: Path, triton: LocalTriton) -> None:
+        http, grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        env = {
+            **os.environ,
+            "STAGGER_STREAM": f"cam-{i}",
+            "STAGGER_NAMESPACE": "bench",
+            "STAGGER_SLOT_FILE": str(slot),
+            "STAGGER_TRITON_HTTP": triton.http,
+            "STAGGER_TRITON_GRPC": triton.grpc,
+            "STAGGER_HTTP_ADDRESS": http,
+            "STAGGER_GRPC_ADDRESS": grpc,
+            "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+            "STAGGER_LOG_LEVEL": "WARNING",
+        }
+        command = [sys.executable, "-m", "stagger_sidecar", "gate"]
+        process = subprocess.Popen(command, env=env)
+        if i < len(self.processes):
+            self.processes[i], self.http[i], self.grpc[i] = process, http, grpc
+        else:
+            self.processes.append(process)
             self.http.append(http)
             self.grpc.append(grpc)
-        for http, process in zip(self.http, self.processes, strict=True):
-            deadline = time.monotonic() + 60
-            while not _ready(f"http://{http}/readyz"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"sidecar {http} did not become ready")
-                time.sleep(0.1)  # polling a child process's readiness
+
+    def _ready(self, i: int) -> bool:
+        deadline = time.monotonic() + 60
+        while not _ready(f"http://{self.http[i]}/readyz"):
+            if self.processes[i].poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)  # polling a child process's readiness
+        return True
 
     def stop(self) -> None:
         for process in self.processes:
