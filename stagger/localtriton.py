@@ -14,6 +14,7 @@ needs numpy < 2.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
@@ -33,6 +34,10 @@ MODEL_PATH_ENV = "STAGGER_MODEL_PATH"
 
 class TritonUnavailable(RuntimeError):
     """The bundled server is missing, or it did not become ready."""
+
+
+class TritonExited(TritonUnavailable):
+    """The server exited before it was ready (a port taken, a model that fails to load)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -146,7 +151,24 @@ class LocalTriton:
             *self.extra_args,
         ]
 
-    def start(self) -> LocalTriton:
+    def start(self, attempts: int = 3) -> LocalTriton:
+        """Start and wait until ready. Ports are picked free but bound only by the server:
+        when servers start side by side, one may lose a port to another and exit; it is
+        started again on fresh ports."""
+        for attempt in range(attempts):
+            try:
+                self._launch()
+                self.wait_ready()
+                return self
+            except TritonExited:
+                if attempt == attempts - 1:
+                    raise
+                self.http_port, self.grpc_port, self.metrics_port = (
+                    free_port(self.host) for _ in range(3)
+                )
+        return self
+
+    def _launch(self) -> None:
         env = {
             **os.environ,
             "LD_LIBRARY_PATH": _library_path(),
@@ -166,22 +188,20 @@ class LocalTriton:
         finally:
             if self.log_file:
                 log.close()  # type: ignore[union-attr]
-        self.wait_ready()
-        return self
 
     def ready(self) -> bool:
         try:
             url = f"http://{self.http}/v2/health/ready"
             with urllib.request.urlopen(url, timeout=1) as r:
                 return int(r.status) == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
+            return False  # not up yet, or another server's port (it will exit: retried)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise TritonUnavailable(
+                raise TritonExited(
                     f"tritonserver exited with {self.process.returncode} before it was ready"
                     + (f"; see {self.log_file}" if self.log_file else "")
                 )
