@@ -1,0 +1,80 @@
+"""p99 latency and drops against N, per configuration and sharing mode, from the tables
+``bench.gpu.streams`` prints (its log, or its JSON).
+
+    python -m bench.gpu.plot RUN.log|RUN.json ... --out docs/img/gpu-streams.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+CONFIGS = ("synchronized", "random", "transparent", "slot-clock", "direct")
+ROW = re.compile(r"^\| (\d+) \| ([a-z-]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|")
+
+Series = dict[str, dict[str, list[tuple[int, float, float]]]]
+
+
+def read(path: Path) -> tuple[str, dict[str, list[tuple[int, float, float]]]]:
+    """(sharing mode, {configuration: [(N, p99 ms, drop %)]})."""
+    by_config: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+    if path.suffix == ".json":
+        doc = json.loads(path.read_text())
+        for gpu in doc["gpus"].values():
+            for n, configs in gpu.get("counts", {}).items():
+                for config, s in configs.items():
+                    if config in CONFIGS:
+                        by_config[config].append((int(n), s["p99Ms"], s["dropPercent"]))
+        return doc["mode"], by_config
+    text = path.read_text()
+    mode = "mps" if "mode: mps" in text else "time-slicing"
+    for line in text.splitlines():
+        if m := ROW.match(line):
+            n, config, _, p99, _, drops = m.groups()
+            by_config[config].append((int(n), float(p99), float(drops)))
+    return mode, by_config
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    import matplotlib  # noqa: PLC0415 (only for the picture)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    runs: Series = {}
+    for path in args.runs:
+        mode, by_config = read(path)
+        runs.setdefault(mode, {}).update(by_config)
+    fig, axes = plt.subplots(2, len(runs), figsize=(6 * len(runs), 7), squeeze=False)
+    for col, (mode, by_config) in enumerate(sorted(runs.items(), reverse=True)):
+        for config in CONFIGS:
+            points = sorted(by_config.get(config, []))
+            if not points:
+                continue
+            ns = [x[0] for x in points]
+            axes[0][col].plot(ns, [x[1] for x in points], marker="o", label=config)
+            axes[1][col].plot(ns, [x[2] for x in points], marker="o", label=config)
+        axes[0][col].set_title(f"{mode}: p99 latency")
+        axes[0][col].set_ylabel("p99 ms")
+        axes[1][col].set_title(f"{mode}: frames dropped")
+        axes[1][col].set_ylabel("drop %")
+        axes[1][col].set_yscale("symlog", linthresh=1.0)
+        for ax in (axes[0][col], axes[1][col]):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("streams on one GPU (10 fps each)")
+            ax.grid(alpha=0.3)
+        axes[0][col].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
