@@ -136,7 +136,12 @@ async def test_a_moving_shard_keeps_serving_until_its_new_copy_is_ready(cluster:
             return old["metadata"]["name"] not in names and new["metadata"]["name"] in names
 
         await cluster.wait_for(old_gone)
-        assert "moving" not in (await phase_of(cluster, "b"))["message"]
+
+        async def settled() -> bool:  # the status is written after the old copy goes
+            st = await phase_of(cluster, "b")
+            return st["phase"] == "Running" and "moving" not in st["message"]
+
+        await cluster.wait_for(settled)
     finally:
         await stop_operator(op)
 
