@@ -34,6 +34,8 @@ class CameraLog:
     due: int = 0
     latencies_s: list[float] = field(default_factory=list)
     """Capture to answer, per frame answered."""
+    captured_at: list[float] = field(default_factory=list)
+    """When each answered frame was captured (Unix s): lines stalls up across cameras."""
     errors: dict[str, int] = field(default_factory=dict)
     """Frames sent but refused or failed, by the error's first words."""
 
@@ -47,6 +49,41 @@ class CameraLog:
 
     def summary(self) -> dict[str, Any]:
         return summarize(self.latencies_s, self.due) | {"errors": dict(self.errors)}
+
+
+def stalls(
+    logs: list[CameraLog] | list[dict[str, Any]], threshold_s: float, window_s: float = 0.5
+) -> list[dict[str, Any]]:
+    """Frames slower than ``threshold_s``, grouped into events ``window_s`` apart, each with
+    the cameras it hit: one camera at a time points at that stream's path (its client,
+    sidecar or Triton), all at once at the GPU or the host."""
+    slow = sorted(
+        (at, lat, name)
+        for log in logs
+        for name, pairs in [_frames(log)]
+        for at, lat in pairs
+        if lat > threshold_s
+    )
+    events: list[dict[str, Any]] = []
+    for at, lat, name in slow:
+        if events and at - events[-1]["last"] <= window_s:
+            event = events[-1]
+        else:
+            event = {"at": at, "last": at, "worstMs": 0.0, "cameras": set()}
+            events.append(event)
+        event["last"] = at
+        event["worstMs"] = max(event["worstMs"], round(lat * 1e3, 1))
+        event["cameras"].add(name)
+    return [
+        {"at": round(e["at"], 3), "worstMs": e["worstMs"], "cameras": sorted(e["cameras"])}
+        for e in events
+    ]
+
+
+def _frames(log: CameraLog | dict[str, Any]) -> tuple[str, list[tuple[float, float]]]:
+    if isinstance(log, CameraLog):
+        return log.name, list(zip(log.captured_at, log.latencies_s, strict=True))
+    return log["name"], list(zip(log["captured_at"], log["latencies_s"], strict=True))
 
 
 def summarize(latencies_s: list[float], due: int) -> dict[str, Any]:
@@ -97,6 +134,7 @@ class Camera:
                 log.errors[kind] = log.errors.get(kind, 0) + 1
             else:
                 log.latencies_s.append(self.clock() - at)
+                log.captured_at.append(at)
                 if self.post is not None:
                     self.post(answer)
             # One frame per frame period; the tolerance keeps timer jitter from skipping one.

@@ -87,6 +87,7 @@ def main() -> None:
                 "name": log.name,
                 "due": log.due,
                 "latencies_s": log.latencies_s,
+                "captured_at": log.captured_at,
                 "errors": log.errors,
             }
         )

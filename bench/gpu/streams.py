@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
-from stagger.camerasim import summarize
+from stagger.camerasim import stalls, summarize
 from stagger.core.contract import SlotAssignment
 from stagger.core.timebase import TICK_HZ
 from stagger.localtriton import LocalTriton, free_port
@@ -290,6 +290,8 @@ def measure_count(
             logs = run_cameras(cams, seconds, root, f"n{n}-{config}", args)
             s = results[config] = pooled(logs)
             s["achievedFps"] = round(s["answered"] / (n * seconds), 2)
+            # Slower than a frame period: which cameras each such stall hit, and when.
+            s["stalls"] = stalls(logs, threshold_s=period)
             log(
                 f"gpu {gpu} N={n} {config}: p50 {s['p50Ms']} p99 {s['p99Ms']} "
                 f"max {s['maxMs']} drops {s['dropPercent']}% of {s['frames']}"

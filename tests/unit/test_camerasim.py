@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stagger.camerasim import Camera, summarize
+from stagger.camerasim import Camera, CameraLog, stalls, summarize
 from stagger.client import Contract, SlotClient
 from stagger.core.slotclock import SlotClock
 
@@ -100,3 +100,16 @@ def test_summary_pools_latencies() -> None:
     assert summary["answered"] == 4 and summary["dropPercent"] == 20.0
     assert summary["p50Ms"] == 25.0 and summary["maxMs"] == 40.0
     assert summarize([], due=0)["p99Ms"] is None
+
+
+def test_stalls_group_slow_frames_in_time_and_name_the_cameras_they_hit() -> None:
+    a, b = CameraLog("cam-a", 10), CameraLog("cam-b", 10)
+    a.captured_at, a.latencies_s = [0.0, 0.1, 5.0, 9.0], [0.02, 0.25, 0.3, 0.02]
+    b.captured_at, b.latencies_s = [0.05, 0.2, 5.1], [0.02, 0.22, 0.02]
+    events = stalls([a, b], threshold_s=0.1)
+    assert events == [
+        {"at": 0.1, "worstMs": 250.0, "cameras": ["cam-a", "cam-b"]},  # both at once
+        {"at": 5.0, "worstMs": 300.0, "cameras": ["cam-a"]},  # one alone
+    ]
+    as_json = [{"name": "cam-a", "captured_at": [1.0], "latencies_s": [0.5]}]
+    assert stalls(as_json, threshold_s=0.1) == [{"at": 1.0, "worstMs": 500.0, "cameras": ["cam-a"]}]
