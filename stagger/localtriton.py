@@ -228,3 +228,85 @@ class LocalTriton:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class SidecarUnavailable(RuntimeError):
+    """The sidecar process exited or did not become ready."""
+
+
+@dataclass
+class LocalSidecar:
+    """``python -m stagger_sidecar gate`` for one stream in front of a ``LocalTriton``, as
+    its pod runs it (its own process), on free local ports: for the local example and the
+    GPU benchmark. ``start()`` returns once ``/readyz`` answers; a sidecar that loses a port
+    to another process (several started side by side) is started again on fresh ones."""
+
+    stream: str
+    slot_file: Path
+    triton: LocalTriton
+    namespace: str = "default"
+    host: str = "127.0.0.1"
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 60.0
+    http: str = ""
+    grpc: str = ""
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, attempts: int = 3) -> LocalSidecar:
+        for _ in range(attempts):
+            self.http, self.grpc = f"{self.host}:{free_port()}", f"{self.host}:{free_port()}"
+            env = {
+                **os.environ,
+                "STAGGER_STREAM": self.stream,
+                "STAGGER_NAMESPACE": self.namespace,
+                "STAGGER_SLOT_FILE": str(self.slot_file),
+                "STAGGER_TRITON_HTTP": self.triton.http,
+                "STAGGER_TRITON_GRPC": self.triton.grpc,
+                "STAGGER_HTTP_ADDRESS": self.http,
+                "STAGGER_GRPC_ADDRESS": self.grpc,
+                "STAGGER_METRICS_ADDRESS": f"{self.host}:{free_port()}",
+                "STAGGER_LOG_LEVEL": "WARNING",
+                **self.env,
+            }
+            command = [sys.executable, "-m", "stagger_sidecar", "gate"]
+            self.process = subprocess.Popen(command, env=env)
+            if self._wait_ready():
+                return self
+        self.stop()
+        raise SidecarUnavailable(f"the sidecar for {self.stream} did not become ready")
+
+    def _wait_ready(self) -> bool:
+        """True once ready; False when the process exited (a port taken, say)."""
+        assert self.process is not None
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"http://{self.http}/readyz", timeout=1) as r:
+                    if int(r.status) == 200:
+                        return True
+            except (urllib.error.URLError, OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.05)  # polling a child process's readiness; no event to wait on
+        self.stop()
+        raise SidecarUnavailable(
+            f"the sidecar for {self.stream} was not ready after {self.ready_timeout_s:.0f} s"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM (the sidecar drains), then kill if it lingers."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> LocalSidecar:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

@@ -39,7 +39,6 @@ import sys
 import sysconfig
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +48,7 @@ from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_fram
 from stagger.camerasim import stalls, summarize
 from stagger.core.contract import SlotAssignment
 from stagger.core.timebase import TICK_HZ
-from stagger.localtriton import LocalTriton, free_port
+from stagger.localtriton import LocalSidecar, LocalTriton
 
 CONFIGS = ("synchronized", "random", "transparent", "slot-clock", "direct")
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,14 +95,14 @@ def start_tritons(k: int, gpu: int, root: Path, models: Path) -> list[LocalTrito
 
 
 class Sidecars:
-    """One ``stagger-sidecar gate`` per stream with the slot contracts for N equal streams."""
+    """One sidecar per stream with the slot contracts for N equal streams."""
 
     def __init__(self, tritons: list[LocalTriton], gpu: int, root: Path, fps: float) -> None:
         n = len(tritons)
         period = round(TICK_HZ / fps)
         self.epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
         self.offsets_s = [i * period // n / TICK_HZ for i in range(n)]
-        self.http, self.grpc, self.processes = [], [], []
+        self.sidecars = []
         for i, triton in enumerate(tritons):
             contract = SlotAssignment(
                 stream=f"cam-{i}",
@@ -122,62 +121,19 @@ class Sidecars:
             )
             slot = root / f"slot-gpu{gpu}-{i}.json"
             slot.write_text(contract.model_dump_json(by_alias=True))
-            self._start(i, slot, triton)
-        for i in range(n):
-            for _ in range(3):
-                if self._ready(i):
-                    break
-                # Another process took a port between free_port() and the bind: new ports.
-                self.processes[i].kill()
-                self._start(i, root / f"slot-gpu{gpu}-{i}.json", tritons[i])
-            else:
-                self.stop()
-                raise RuntimeError(f"sidecar {i} on GPU {gpu} did not become ready")
-
-    def _start(self, i: int, slot: Path, triton: LocalTriton) -> None:
-        http, grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        env = {
-            **os.environ,
-            "STAGGER_STREAM": f"cam-{i}",
-            "STAGGER_NAMESPACE": "bench",
-            "STAGGER_SLOT_FILE": str(slot),
-            "STAGGER_TRITON_HTTP": triton.http,
-            "STAGGER_TRITON_GRPC": triton.grpc,
-            "STAGGER_HTTP_ADDRESS": http,
-            "STAGGER_GRPC_ADDRESS": grpc,
-            "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-            "STAGGER_LOG_LEVEL": "WARNING",
-        }
-        command = [sys.executable, "-m", "stagger_sidecar", "gate"]
-        process = subprocess.Popen(command, env=env)
-        if i < len(self.processes):
-            self.processes[i], self.http[i], self.grpc[i] = process, http, grpc
-        else:
-            self.processes.append(process)
-            self.http.append(http)
-            self.grpc.append(grpc)
-
-    def _ready(self, i: int) -> bool:
-        deadline = time.monotonic() + 60
-        while not _ready(f"http://{self.http[i]}/readyz"):
-            if self.processes[i].poll() is not None or time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)  # polling a child process's readiness
-        return True
+            self.sidecars.append(LocalSidecar(f"cam-{i}", slot, triton, namespace="bench"))
+        try:
+            with ThreadPoolExecutor(n) as pool:
+                list(pool.map(LocalSidecar.start, self.sidecars))
+        except Exception:
+            self.stop()
+            raise
+        self.http = [s.http for s in self.sidecars]
+        self.grpc = [s.grpc for s in self.sidecars]
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(30)
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return int(r.status) == 200
-    except OSError:
-        return False
+        for sidecar in self.sidecars:
+            sidecar.stop()
 
 
 def run_cameras(

@@ -28,17 +28,12 @@ import argparse
 import itertools
 import json
 import math
-import os
 import random
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -55,8 +50,8 @@ from stagger.client import SlotClient
 from stagger.core.api import InferenceStream
 from stagger.core.cluster import Cluster
 from stagger.core.contract import SlotAssignment
-from stagger.core.placement import Plan, ShardPlacement, plan, shard_ms
-from stagger.localtriton import LocalTriton, free_port
+from stagger.core.placement import Plan, plan, shard_ms
+from stagger.localtriton import LocalSidecar, LocalTriton
 
 HERE = Path(__file__).resolve().parent
 MODEL = "detector"
@@ -135,47 +130,6 @@ def model_repository(root: Path, args: argparse.Namespace) -> Path:
     return repo
 
 
-class Sidecar:
-    """``python -m stagger_sidecar gate`` for one stream, as its pod runs it."""
-
-    def __init__(self, p: ShardPlacement, slot_file: Path, triton: LocalTriton) -> None:
-        self.http = f"127.0.0.1:{free_port()}"
-        env = {
-            **os.environ,
-            "STAGGER_STREAM": p.stream,
-            "STAGGER_NAMESPACE": p.namespace,
-            "STAGGER_SLOT_FILE": str(slot_file),
-            "STAGGER_TRITON_HTTP": triton.http,
-            "STAGGER_TRITON_GRPC": triton.grpc,
-            "STAGGER_HTTP_ADDRESS": self.http,
-            "STAGGER_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
-            "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-            "STAGGER_LOG_LEVEL": "WARNING",
-        }
-        self.process = subprocess.Popen([sys.executable, "-m", "stagger_sidecar", "gate"], env=env)
-
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the sidecar at {self.http} exited ({self.process.returncode})")
-            try:
-                with urllib.request.urlopen(f"http://{self.http}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)  # polling a child process's readiness
-        raise SystemExit(f"the sidecar at {self.http} was not ready after {timeout_s:.0f} s")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
 def sender(url: str) -> Any:
     """A Triton HTTP client per thread: tritonclient.http runs on gevent, whose connections
     belong to the thread that made them."""
@@ -199,7 +153,7 @@ def frames(args: argparse.Namespace) -> list[bytes]:
 
 
 def run_mode(
-    mode: str, args: argparse.Namespace, triton: LocalTriton, sidecars: list[Sidecar]
+    mode: str, args: argparse.Namespace, triton: LocalTriton, sidecars: list[LocalSidecar]
 ) -> list[CameraLog]:
     rng = random.Random(args.seed)
     period = 1.0 / args.fps
@@ -285,11 +239,10 @@ def main() -> None:
                 p, tick_hz=planned.tick_hz, epoch=epoch, generation=1, effective_at=epoch
             )
             slot.write_text(contract.model_dump_json(by_alias=True))
-            sidecar = Sidecar(p, slot, triton)
-            stack.callback(sidecar.stop)
-            sidecars.append(sidecar)
-        for sidecar in sidecars:
-            sidecar.wait_ready()
+            sidecars.append(LocalSidecar(p.stream, slot, triton, namespace=p.namespace))
+            stack.callback(sidecars[-1].stop)
+        with ThreadPoolExecutor(len(sidecars)) as pool:
+            list(pool.map(LocalSidecar.start, sidecars))
         for p in placements:
             period_ms, offset_ms = shard_ms(p)
             print(f"{p.stream}: slot every {period_ms:.0f} ms at offset {offset_ms:.1f} ms")
