@@ -80,6 +80,63 @@ def stalls(
     ]
 
 
+def phases(calls: dict[str, list[list[float]]], slowest: int = 5) -> dict[str, Any]:
+    """Where the answered frames' time went, from timestamps on one host's clock per call:
+    ``[sent, model began, model ended, answered]`` (the model reports the middle two), by
+    camera. Before the model began: client, sidecar, network, Triton's queue; in the model;
+    after it: the answer's way back. And how much of each frame's model time the other
+    streams' model time overlapped: what time-slicing or MPS had to share."""
+    rows = sorted(
+        (c[1], c[2], c[0], c[3], name)
+        for name, cs in calls.items()
+        for c in cs
+        if len(c) == 4 and None not in c
+    )
+    if not rows:
+        return {"frames": 0}
+    began = np.array([r[0] for r in rows])
+    ended = np.array([r[1] for r in rows])
+    before = (began - np.array([r[2] for r in rows])) * 1e3
+    inside = (ended - began) * 1e3
+    after = (np.array([r[3] for r in rows]) - ended) * 1e3
+    longest = float(inside.max()) / 1e3
+    overlapped = np.zeros(len(rows))
+    for i, (b, e, *_, name) in enumerate(rows):
+        # Sorted by start: only intervals starting within the longest one before b can reach it.
+        for j in range(int(np.searchsorted(began, b - longest)), int(np.searchsorted(began, e))):
+            if j != i and rows[j][4] != name:
+                overlapped[i] += max(0.0, min(e, ended[j]) - max(b, began[j]))
+    overlapped *= 1e3
+    alone = inside[overlapped == 0]
+    shared = inside[overlapped > 0]
+
+    def p(values: np.ndarray[Any, Any]) -> list[float] | None:
+        return np.percentile(values, [50, 99]).round(2).tolist() if values.size else None
+
+    worst = np.argsort(-(before + inside + after))[:slowest]
+    return {
+        "frames": len(rows),
+        "beforeMs": p(before),
+        "modelMs": p(inside),
+        "afterMs": p(after),
+        "modelMsAlone": p(alone),
+        "modelMsOverlapped": p(shared),
+        "overlappedFrames": round(float(shared.size / len(rows)), 3),
+        "overlappedShareOfModelTime": round(float(overlapped.sum() / inside.sum()), 3),
+        "slowest": [
+            {
+                "camera": rows[i][4],
+                "sent": round(rows[i][2], 3),
+                "beforeMs": round(float(before[i]), 1),
+                "modelMs": round(float(inside[i]), 1),
+                "afterMs": round(float(after[i]), 1),
+                "overlappedMs": round(float(overlapped[i]), 1),
+            }
+            for i in worst
+        ],
+    }
+
+
 def _frames(log: CameraLog | dict[str, Any]) -> tuple[str, list[tuple[float, float]]]:
     if isinstance(log, CameraLog):
         return log.name, list(zip(log.captured_at, log.latencies_s, strict=True))

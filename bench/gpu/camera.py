@@ -53,10 +53,21 @@ def main() -> None:
     client = grpcclient.InferenceServerClient(args.url)
     jpeg = np.frombuffer(args.frame.read_bytes(), dtype=np.uint8)
 
+    # Per call: sent, model began, model ended, answered (None where unknown): where each
+    # frame's time went (stagger.camerasim.phases).
+    calls: list[list[float | None]] = []
+
     def send(frame: bytes) -> np.ndarray:
         image = grpcclient.InferInput("IMAGE", [jpeg.size], "UINT8")
         image.set_data_from_numpy(jpeg)
-        return client.infer(MODEL, [image], client_timeout=10.0).as_numpy("DETECTIONS")
+        call: list[float | None] = [time.time(), None, None, None]
+        calls.append(call)
+        result = client.infer(MODEL, [image], client_timeout=10.0)
+        call[3] = time.time()
+        times = result.as_numpy("TIMES")  # the stand-in model of examples/03 has none
+        if times is not None:
+            call[1:3] = times.tolist()
+        return result.as_numpy("DETECTIONS")
 
     def post(_: object) -> None:
         busy(args.post_ms / 1e3)
@@ -89,6 +100,7 @@ def main() -> None:
                 "latencies_s": log.latencies_s,
                 "captured_at": log.captured_at,
                 "errors": log.errors,
+                "calls": calls[1:],  # not the warm-up
             }
         )
     )

@@ -12,30 +12,33 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-CONFIGS = ("synchronized", "random", "transparent", "slot-clock", "direct")
-ROW = re.compile(r"^\| (\d+) \| ([a-z-]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|")
+CONFIGS = ("synchronized", "random", "transparent", "slot-clock", "on-slot", "direct")
+ROW = re.compile(
+    r"^\| (?:[a-z-]+ \| )?(\d+) \| ([a-z-]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|"
+)
 
 Series = dict[str, dict[str, list[tuple[int, float, float]]]]
 
 
-def read(path: Path) -> tuple[str, dict[str, list[tuple[int, float, float]]]]:
-    """(sharing mode, {configuration: [(N, p99 ms, drop %)]})."""
-    by_config: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+def read(path: Path) -> Series:
+    """{sharing mode: {configuration: [(N, p99 ms, drop %)]}}."""
+    series: Series = defaultdict(lambda: defaultdict(list))
     if path.suffix == ".json":
         doc = json.loads(path.read_text())
         for gpu in doc["gpus"].values():
+            mode = gpu.get("mode") or doc.get("mode", "time-slicing")  # older runs: one mode
             for n, configs in gpu.get("counts", {}).items():
                 for config, s in configs.items():
                     if config in CONFIGS:
-                        by_config[config].append((int(n), s["p99Ms"], s["dropPercent"]))
-        return doc["mode"], by_config
-    text = path.read_text()
+                        series[mode][config].append((int(n), s["p99Ms"], s["dropPercent"]))
+        return series
+    text = path.read_text()  # an older run's log: one mode, named in its first line
     mode = "mps" if "mode: mps" in text else "time-slicing"
     for line in text.splitlines():
         if m := ROW.match(line):
             n, config, _, p99, _, drops = m.groups()
-            by_config[config].append((int(n), float(p99), float(drops)))
-    return mode, by_config
+            series[mode][config].append((int(n), float(p99), float(drops)))
+    return series
 
 
 def main() -> None:
@@ -51,8 +54,8 @@ def main() -> None:
 
     runs: Series = {}
     for path in args.runs:
-        mode, by_config = read(path)
-        runs.setdefault(mode, {}).update(by_config)
+        for mode, by_config in read(path).items():
+            runs.setdefault(mode, {}).update(by_config)
     fig, axes = plt.subplots(2, len(runs), figsize=(6 * len(runs), 7), squeeze=False)
     for col, (mode, by_config) in enumerate(sorted(runs.items(), reverse=True)):
         for config in CONFIGS:

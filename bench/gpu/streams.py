@@ -1,8 +1,8 @@
 """Streams per GPU through the product's data path: per stream a camera client, its own
 sidecar and its own tritonserver, as the operator deploys them, N streams on one GPU.
 
-    python3 -m bench.gpu.streams --out OUT --mode time-slicing --counts 5 6 7 8 9
-        [--frames 3000] [--fps 10] [--post-ms 8] [--gpus 0 1 2 3]
+    python3 -m bench.gpu.streams --out OUT --counts 7 8 --gpus 0 1
+        [--mps-counts 13 14 15 16 --mps-gpus 2 3] [--frames 3000] [--fps 10] [--post-ms 8]
 
 Each stream is a group of processes, as in a pod: ``tritonserver`` (bench/gpu/models
 detector, RetinaNet on the GPU, one instance), ``python -m stagger_sidecar gate`` and
@@ -14,15 +14,24 @@ at least ``--frames`` frames per configuration:
 - random: random phases (what Kubernetes gives today), straight to Triton;
 - transparent: the same random phases, through the sidecars (static stagger: each request
   held until its stream's slot);
-- slot-clock: cameras capture at their slot (``SlotClient``), through the sidecars;
-- direct: cameras at their slot's phase, straight to Triton: the sidecar's cost is
-  slot-clock minus direct.
+- slot-clock: cameras capture at their slot (``SlotClient``, ``--lead-ms`` before it),
+  through the sidecars;
+- on-slot: cameras at their slot's phase, through the sidecars;
+- direct: the same phases, straight to Triton: the sidecar's cost is on-slot minus direct.
+
+The model reports when it began and ended each request, so every configuration also says
+where its frames' time went (before the model, in it, after it) and how much of their model
+time other streams' overlapped (``stagger.camerasim.phases``), with the host's TCP
+retransmissions and timeouts over it (all GPUs' runs together).
 
 Slots are the planner's for equal streams: offsets i × period / N, each body period / N.
 Also per GPU: solo latency (one camera alone, direct) and the saturation throughput (every
 stream's client back to back, closed loop). With several GPUs, the counts are spread over
 them and run at once, one N per GPU at a time, so no two configurations share a GPU.
-``--mode mps`` starts the MPS control daemon first and stops it after.
+``--mps-gpus`` run under MPS in the same run: each gets its own MPS control daemon (its
+``CUDA_VISIBLE_DEVICES`` that GPU, its own pipe directory, where that GPU's tritonservers
+connect), the other GPUs' processes are pointed at an empty pipe directory so they run
+time-sliced, and the daemons are stopped after.
 """
 
 from __future__ import annotations
@@ -44,17 +53,67 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
-from stagger.camerasim import stalls, summarize
+from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, write_frame
+from stagger.camerasim import phases, stalls, summarize
 from stagger.core.contract import SlotAssignment
 from stagger.core.timebase import TICK_HZ
 from stagger.localtriton import LocalSidecar, LocalTriton
 
-CONFIGS = ("synchronized", "random", "transparent", "slot-clock", "direct")
+CONFIGS = ("synchronized", "random", "transparent", "slot-clock", "on-slot", "direct")
 ROOT = Path(__file__).resolve().parents[2]
 START_MARGIN_S = 5.0  # camera processes start, import and warm up before the first frame
 SOLO_S = 10.0
 SATURATION_S = 15.0
+NO_MPS = "/tmp/stagger-no-mps"  # an empty pipe directory: CUDA finds no daemon there
+
+
+def mps_env(gpu: int) -> dict[str, str]:
+    """A client of GPU ``gpu``'s own MPS daemon: its pipe directory, and no
+    CUDA_VISIBLE_DEVICES (the daemon's one GPU is the client's device 0)."""
+    return {
+        "CUDA_MPS_PIPE_DIRECTORY": f"/tmp/stagger-mps-{gpu}/pipe",
+        "CUDA_MPS_LOG_DIRECTORY": f"/tmp/stagger-mps-{gpu}/log",
+    }
+
+
+def mps_daemon(gpu: int, start: bool) -> str | None:
+    """Start an MPS control daemon for ``gpu`` alone, or stop it; the error if it fails."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        return "nvidia-cuda-mps-control is not on the PATH"
+    env = {**os.environ, **mps_env(gpu), "CUDA_VISIBLE_DEVICES": str(gpu)}
+    for directory in mps_env(gpu).values():
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    run = subprocess.run(
+        [control] + (["-d"] if start else []),
+        input=None if start else "quit\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if run.returncode != 0:
+        return (run.stderr or run.stdout).strip() or f"exit {run.returncode}"
+    time.sleep(1.0 if start else 2.0)  # the daemon has no readiness signal to wait on
+    return None
+
+
+def tcp_counters() -> dict[str, int]:
+    """The host's TCP retransmitted segments and retransmission timeouts so far: a lost
+    segment on loopback costs a 200 ms timeout, the size of the stalls seen."""
+    counters: dict[str, int] = {}
+    for path, names in (
+        ("/proc/net/snmp", ("RetransSegs",)),
+        ("/proc/net/netstat", ("TCPTimeouts",)),
+    ):
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        for head, values in zip(lines[::2], lines[1::2], strict=False):
+            table = dict(zip(head.split()[1:], values.split()[1:], strict=False))
+            counters |= {n: int(table[n]) for n in names if n in table}
+    return counters
 
 
 def log(*parts: Any) -> None:
@@ -71,7 +130,7 @@ def model_repository(root: Path, models: Path) -> Path:
     return repo
 
 
-def start_tritons(k: int, gpu: int, root: Path, models: Path) -> list[LocalTriton]:
+def start_tritons(k: int, gpu: int, root: Path, models: Path, mps: bool) -> list[LocalTriton]:
     paths = sysconfig.get_paths()
     numpy_dir = [os.environ[NUMPY_DIR_ENV]] if NUMPY_DIR_ENV in os.environ else []
     model_path = [*numpy_dir, paths["purelib"], paths["platlib"]]
@@ -82,7 +141,9 @@ def start_tritons(k: int, gpu: int, root: Path, models: Path) -> list[LocalTrito
             log_file=root / f"triton-gpu{gpu}-{i}.log",
             ready_timeout_s=400,
             model_path=model_path,
-            env={"CUDA_VISIBLE_DEVICES": str(gpu)},
+            env=mps_env(gpu)
+            if mps
+            else {"CUDA_VISIBLE_DEVICES": str(gpu), "CUDA_MPS_PIPE_DIRECTORY": NO_MPS},
             # A 1080p JPEG is about a MB: a larger shared-memory region between Triton and
             # the Python backend than the 1 MB default, so requests never grow it.
             extra_args=["--backend-config=python,shm-default-byte-size=16777216"],
@@ -194,15 +255,18 @@ def pooled(logs: list[dict[str, Any]]) -> dict[str, Any]:
     return result | {"errors": errors, "answeredPerStream": answered_fps}
 
 
-def worker(gpu: int, counts: list[int], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def worker(
+    gpu: int, counts: list[int], mps: bool, args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
     root = out / f"gpu{gpu}"
     root.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"gpu": gpu, "counts": {}}
-    log(f"gpu {gpu}: starting {max(counts)} tritonservers for N = {counts}")
-    tritons = start_tritons(max(counts), gpu, root, args.models)
+    mode = "mps" if mps else "time-slicing"
+    result: dict[str, Any] = {"gpu": gpu, "mode": mode, "counts": {}}
+    log(f"gpu {gpu} ({mode}): starting {max(counts)} tritonservers for N = {counts}")
+    tritons = start_tritons(max(counts), gpu, root, args.models, mps)
     try:
         solo = run_cameras([{"url": tritons[0].grpc}], SOLO_S, root, "solo", args)
-        result["solo"] = pooled(solo)
+        result["solo"] = pooled(solo) | {"phases": phases({"solo": solo[0].get("calls", [])})}
         closed = [{"url": t.grpc, "closed_loop": True} for t in tritons]
         answered = run_cameras(closed, SATURATION_S, root, "saturation", args)
         result["saturation"] = {
@@ -241,16 +305,25 @@ def measure_count(
                 elif config == "slot-clock":
                     clock = f"http://{sidecars.http[i]}"
                     cams.append({"url": sidecars.grpc[i], "slot_clock": clock})
+                elif config == "on-slot":
+                    cams.append({"url": sidecars.grpc[i], "phase": sidecars.offsets_s[i]})
                 else:  # direct, on the slots' phases
                     cams.append({"url": t.grpc, "phase": sidecars.offsets_s[i]})
+            tcp = tcp_counters()
             logs = run_cameras(cams, seconds, root, f"n{n}-{config}", args)
             s = results[config] = pooled(logs)
             s["achievedFps"] = round(s["answered"] / (n * seconds), 2)
+            s["tcp"] = {k: v - tcp.get(k, 0) for k, v in tcp_counters().items()}
             # Slower than a frame period: which cameras each such stall hit, and when.
             s["stalls"] = stalls(logs, threshold_s=period)
+            s["phases"] = ph = phases({x["name"]: x.get("calls", []) for x in logs})
             log(
                 f"gpu {gpu} N={n} {config}: p50 {s['p50Ms']} p99 {s['p99Ms']} "
-                f"max {s['maxMs']} drops {s['dropPercent']}% of {s['frames']}"
+                f"max {s['maxMs']} drops {s['dropPercent']}% of {s['frames']} | "
+                f"before/model/after p50 {ph.get('beforeMs')}/{ph.get('modelMs')}/"
+                f"{ph.get('afterMs')} ms, model alone {ph.get('modelMsAlone')} overlapped "
+                f"{ph.get('modelMsOverlapped')} ({ph.get('overlappedFrames')} of frames) | "
+                f"stalls {len(s['stalls'])} | tcp {s['tcp']}"
             )
     finally:
         sidecars.stop()
@@ -271,14 +344,15 @@ def assign(counts: list[int], gpus: list[int], configs: int, frames: int, fps: f
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--mode", choices=["time-slicing", "mps"], default="time-slicing")
-    p.add_argument("--counts", type=int, nargs="+", required=True)
+    p.add_argument("--counts", type=int, nargs="*", default=[], help="time-sliced")
+    p.add_argument("--mps-counts", type=int, nargs="*", default=[])
     p.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     p.add_argument("--frames", type=int, default=3000)
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--post-ms", type=float, default=8.0)
     p.add_argument("--lead-ms", type=float, default=2.0)
-    p.add_argument("--gpus", type=int, nargs="+", default=[0])
+    p.add_argument("--gpus", type=int, nargs="*", default=[0], help="time-sliced")
+    p.add_argument("--mps-gpus", type=int, nargs="*", default=[])
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
     p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")
@@ -288,23 +362,37 @@ def main() -> None:
     if args.frame is None:
         args.frame = out / "frame.jpg"
         write_frame(args.frame)
-    plan = assign(args.counts, args.gpus, len(args.configs), args.frames, args.fps)
+    if set(args.gpus) & set(args.mps_gpus):
+        p.error("a GPU is either time-sliced (--gpus) or under MPS (--mps-gpus)")
+    if not (args.counts and args.gpus) and not (args.mps_counts and args.mps_gpus):
+        p.error("give --counts with --gpus, or --mps-counts with --mps-gpus")
+    plan = assign(args.counts, args.gpus, len(args.configs), args.frames, args.fps) | assign(
+        args.mps_counts, args.mps_gpus, len(args.configs), args.frames, args.fps
+    )
     result: dict[str, Any] = {
         "device": gpu_name() if shutil.which("nvidia-smi") else "no NVIDIA GPU (a dry run)",
-        "mode": args.mode,
+        "mpsGpus": args.mps_gpus,
         "fps": args.fps,
         "postMs": args.post_ms,
         "framesPerConfiguration": args.frames,
         "assignment": plan,
         "gpus": {},
     }
-    log("device:", result["device"], "mode:", args.mode, "assignment:", plan)
-    if args.mode == "mps" and (why := mps(start=True)) is not None:
-        raise SystemExit(f"MPS did not start: {why}")
+    log("device:", result["device"], "MPS on:", args.mps_gpus, "assignment:", plan)
+    Path(NO_MPS).mkdir(exist_ok=True)
+    if args.mps_gpus:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)  # MPS clients must not set it
+    for gpu in args.mps_gpus:
+        if (why := mps_daemon(gpu, start=True)) is not None:
+            raise SystemExit(f"MPS did not start on GPU {gpu}: {why}")
     lock = threading.Lock()
+    report = out / "streams.json"
     try:
         with ThreadPoolExecutor(len(plan)) as pool:
-            futures = {g: pool.submit(worker, g, ns, args, out) for g, ns in plan.items()}
+            futures = {
+                g: pool.submit(worker, g, ns, g in args.mps_gpus, args, out)
+                for g, ns in plan.items()
+            }
             for g, future in futures.items():
                 try:
                     done = future.result()
@@ -312,24 +400,25 @@ def main() -> None:
                     done = {"error": repr(e)}
                 with lock:
                     result["gpus"][g] = done
-                (out / f"streams-{args.mode}.json").write_text(json.dumps(result, indent=1))
+                report.write_text(json.dumps(result, indent=1))
     finally:
-        if args.mode == "mps":
-            result["mpsStopError"] = mps(start=False)
-    (out / f"streams-{args.mode}.json").write_text(json.dumps(result, indent=1))
+        for gpu in args.mps_gpus:
+            if (why := mps_daemon(gpu, start=False)) is not None:
+                result.setdefault("mpsStopErrors", {})[gpu] = why
+    report.write_text(json.dumps(result, indent=1))
     print(table(result), flush=True)
 
 
 def table(result: dict[str, Any]) -> str:
     """Markdown: one row per N and configuration, the solo and saturation lines above."""
-    lines = [f"device: {result['device']}, mode: {result['mode']}"]
+    lines = [f"device: {result['device']}"]
     rows = []
     for g, r in sorted(result["gpus"].items()):
         if "error" in r:
             lines.append(f"GPU {g}: {r['error']}")
             continue
         lines.append(
-            f"GPU {g}: solo p50 {r['solo']['p50Ms']} ms, saturation "
+            f"GPU {g} ({r['mode']}): solo p50 {r['solo']['p50Ms']} ms, saturation "
             f"{r['saturation']['inferencesPerSecond']}/s with {r['saturation']['streams']} streams"
         )
         for n, configs in r["counts"].items():
@@ -337,17 +426,21 @@ def table(result: dict[str, Any]) -> str:
                 if config == "seconds":
                     continue
                 rows.append(
-                    f"| {n} | {config} | {s['p50Ms']} | {s['p99Ms']} | {s['maxMs']} | "
-                    f"{s['dropPercent']} | {s['achievedFps']} | {s['frames']} | GPU {g} |"
+                    f"| {r['mode']} | {n} | {config} | {s['p50Ms']} | {s['p99Ms']} | "
+                    f"{s['maxMs']} | {s['dropPercent']} | {s['achievedFps']} | {s['frames']} "
+                    f"| GPU {g} |"
                 )
-    lines += ["| N | configuration | p50 ms | p99 ms | max ms | drop % | fps | frames | GPU |"]
-    lines += ["|---|---|---|---|---|---|---|---|---|", *sorted(rows, key=_row_order)]
+    lines += [
+        "| mode | N | configuration | p50 ms | p99 ms | max ms | drop % | fps | frames | GPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *sorted(rows, key=_row_order),
+    ]
     return "\n".join(lines)
 
 
-def _row_order(row: str) -> tuple[int, int]:
+def _row_order(row: str) -> tuple[str, int, int]:
     cells = [c.strip() for c in row.strip("|").split("|")]
-    return int(cells[0]), CONFIGS.index(cells[1])
+    return cells[0], int(cells[1]), CONFIGS.index(cells[2])
 
 
 if __name__ == "__main__":

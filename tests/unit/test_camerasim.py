@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stagger.camerasim import Camera, CameraLog, stalls, summarize
+from stagger.camerasim import Camera, CameraLog, phases, stalls, summarize
 from stagger.client import Contract, SlotClient
 from stagger.core.slotclock import SlotClock
 
@@ -113,3 +113,31 @@ def test_stalls_group_slow_frames_in_time_and_name_the_cameras_they_hit() -> Non
     ]
     as_json = [{"name": "cam-a", "captured_at": [1.0], "latencies_s": [0.5]}]
     assert stalls(as_json, threshold_s=0.1) == [{"at": 1.0, "worstMs": 500.0, "cameras": ["cam-a"]}]
+
+
+def test_phases_split_each_frame_and_measure_what_other_streams_overlapped() -> None:
+    calls = {
+        # sent, model began, model ended, answered
+        "cam-a": [[0.000, 0.002, 0.012, 0.013], [0.100, 0.101, 0.111, 0.112]],
+        "cam-b": [[0.005, 0.007, 0.027, 0.028], [0.300, 0.301, None, None]],  # one failed
+        "cam-c": [[0.050, 0.051, 0.061, 0.062]],
+    }
+    result = phases(calls)
+    assert result["frames"] == 4
+    assert result["beforeMs"][0] == pytest.approx(1.5)
+    assert result["modelMs"][0] == pytest.approx(10.0)
+    # a's first frame and b's overlap from 7 to 12 ms: 5 ms each of 50 ms of model time.
+    assert result["overlappedFrames"] == 0.5
+    assert result["overlappedShareOfModelTime"] == pytest.approx(0.2)
+    assert result["modelMsAlone"][0] == pytest.approx(10.0)
+    assert result["modelMsOverlapped"][0] == pytest.approx(15.0)
+    worst = result["slowest"][0]
+    assert worst == {
+        "camera": "cam-b",
+        "sent": 0.005,
+        "beforeMs": 2.0,
+        "modelMs": 20.0,
+        "afterMs": 1.0,
+        "overlappedMs": 5.0,
+    }
+    assert phases({"cam-a": [[0.0, None, None, 0.1]]}) == {"frames": 0}

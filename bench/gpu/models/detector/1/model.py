@@ -9,6 +9,7 @@ import sys
 sys.path[:0] = [p for p in os.environ.get("STAGGER_MODEL_PATH", "").split(os.pathsep) if p]
 
 import json  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -55,6 +56,7 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
+            began = time.time()
             data = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
             try:
                 rows = self._detect(torch.from_numpy(np.ascontiguousarray(data)))
@@ -64,5 +66,6 @@ class TritonPythonModel:
                 )
                 continue
             out = pb_utils.Tensor("DETECTIONS", rows.reshape(-1, 6))
-            responses.append(pb_utils.InferenceResponse([out]))
+            times = pb_utils.Tensor("TIMES", np.array([began, time.time()], dtype=np.float64))
+            responses.append(pb_utils.InferenceResponse([out, times]))
         return responses
