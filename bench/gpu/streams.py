@@ -28,10 +28,10 @@ Slots are the planner's for equal streams: offsets i × period / N, each body pe
 Also per GPU: solo latency (one camera alone, direct) and the saturation throughput (every
 stream's client back to back, closed loop). With several GPUs, the counts are spread over
 them and run at once, one N per GPU at a time, so no two configurations share a GPU.
-``--mps-gpus`` run under MPS in the same run: each gets its own MPS control daemon (its
-``CUDA_VISIBLE_DEVICES`` that GPU, its own pipe directory, where that GPU's tritonservers
-connect), the other GPUs' processes are pointed at an empty pipe directory so they run
-time-sliced, and the daemons are stopped after.
+``--mps-gpus`` run under MPS in the same run: the MPS control daemon is started and their
+tritonservers connect to it; the other GPUs' processes are pointed at an empty pipe
+directory (``CUDA_MPS_PIPE_DIRECTORY``), find no daemon and run time-sliced, as CUDA does
+without one. The daemon is stopped after.
 """
 
 from __future__ import annotations
@@ -67,27 +67,15 @@ SATURATION_S = 15.0
 NO_MPS = "/tmp/stagger-no-mps"  # an empty pipe directory: CUDA finds no daemon there
 
 
-def mps_env(gpu: int) -> dict[str, str]:
-    """A client of GPU ``gpu``'s own MPS daemon: its pipe directory, and no
-    CUDA_VISIBLE_DEVICES (the daemon's one GPU is the client's device 0)."""
-    return {
-        "CUDA_MPS_PIPE_DIRECTORY": f"/tmp/stagger-mps-{gpu}/pipe",
-        "CUDA_MPS_LOG_DIRECTORY": f"/tmp/stagger-mps-{gpu}/log",
-    }
-
-
-def mps_daemon(gpu: int, start: bool) -> str | None:
-    """Start an MPS control daemon for ``gpu`` alone, or stop it; the error if it fails."""
+def mps_daemon(start: bool) -> str | None:
+    """Start the MPS control daemon (every GPU visible to it), or stop it; the error if it
+    fails. Only the --mps-gpus' processes connect to it: the others are pointed at NO_MPS."""
     control = shutil.which("nvidia-cuda-mps-control")
     if control is None:
         return "nvidia-cuda-mps-control is not on the PATH"
-    env = {**os.environ, **mps_env(gpu), "CUDA_VISIBLE_DEVICES": str(gpu)}
-    for directory in mps_env(gpu).values():
-        Path(directory).mkdir(parents=True, exist_ok=True)
     run = subprocess.run(
         [control] + (["-d"] if start else []),
         input=None if start else "quit\n",
-        env=env,
         capture_output=True,
         text=True,
         check=False,
@@ -141,9 +129,8 @@ def start_tritons(k: int, gpu: int, root: Path, models: Path, mps: bool) -> list
             log_file=root / f"triton-gpu{gpu}-{i}.log",
             ready_timeout_s=400,
             model_path=model_path,
-            env=mps_env(gpu)
-            if mps
-            else {"CUDA_VISIBLE_DEVICES": str(gpu), "CUDA_MPS_PIPE_DIRECTORY": NO_MPS},
+            env={"CUDA_VISIBLE_DEVICES": str(gpu)}
+            | ({} if mps else {"CUDA_MPS_PIPE_DIRECTORY": NO_MPS}),
             # A 1080p JPEG is about a MB: a larger shared-memory region between Triton and
             # the Python backend than the 1 MB default, so requests never grow it.
             extra_args=["--backend-config=python,shm-default-byte-size=16777216"],
@@ -380,11 +367,8 @@ def main() -> None:
     }
     log("device:", result["device"], "MPS on:", args.mps_gpus, "assignment:", plan)
     Path(NO_MPS).mkdir(exist_ok=True)
-    if args.mps_gpus:
-        os.environ.pop("CUDA_VISIBLE_DEVICES", None)  # MPS clients must not set it
-    for gpu in args.mps_gpus:
-        if (why := mps_daemon(gpu, start=True)) is not None:
-            raise SystemExit(f"MPS did not start on GPU {gpu}: {why}")
+    if args.mps_gpus and (why := mps_daemon(start=True)) is not None:
+        raise SystemExit(f"MPS did not start: {why}")
     lock = threading.Lock()
     report = out / "streams.json"
     try:
@@ -402,9 +386,8 @@ def main() -> None:
                     result["gpus"][g] = done
                 report.write_text(json.dumps(result, indent=1))
     finally:
-        for gpu in args.mps_gpus:
-            if (why := mps_daemon(gpu, start=False)) is not None:
-                result.setdefault("mpsStopErrors", {})[gpu] = why
+        if args.mps_gpus:
+            result["mpsStopError"] = mps_daemon(start=False)
     report.write_text(json.dumps(result, indent=1))
     print(table(result), flush=True)
 

@@ -51,9 +51,10 @@ class GateSettings(BaseSettings):
     grace_ms: float = Field(default=2.0, ge=0)
     """A request this soon after a free slot's start takes that slot at once: apps that
     capture at the slot start arrive a little after it."""
-    grace_body_fraction: float = Field(default=0.5, ge=0, le=1)
-    """... or this share of the slot's body, when that is longer: jitter of a few ms must
-    not cost a whole period where slots are short."""
+    grace_body_fraction: float = Field(default=1.0, ge=0, le=1)
+    """... or this share of the slot's body, when that is longer: a request that arrives
+    while its slot lasts takes it; jitter of a few ms must not cost a whole period where
+    slots are short."""
     max_queue: int = Field(default=4, ge=1)
     """Requests of one stream waiting or in flight at once (``wait`` policy)."""
     max_inflight: int = Field(default=1024, ge=1)
