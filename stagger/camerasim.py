@@ -85,7 +85,9 @@ def phases(calls: dict[str, list[list[float]]], slowest: int = 5) -> dict[str, A
     ``[sent, model began, model ended, answered]`` (the model reports the middle two), by
     camera. Before the model began: client, sidecar, network, Triton's queue; in the model;
     after it: the answer's way back. And how much of each frame's model time the other
-    streams' model time overlapped: what time-slicing or MPS had to share."""
+    streams' model time overlapped: what time-slicing or MPS had to share
+    (``overlappedShareOfModelTime``: overlaps summed over all frames' model time, so 1.6
+    means 1.6 other requests in the model alongside, on average)."""
     rows = sorted(
         (c[1], c[2], c[0], c[3], name)
         for name, cs in calls.items()

@@ -2,6 +2,9 @@
 ``bench.gpu.streams`` prints (its log, or its JSON).
 
     python -m bench.gpu.plot RUN.log|RUN.json ... --out docs/img/gpu-streams.png
+
+Runs are given oldest first; where two measured the same mode, configuration and N, the
+later one is drawn.
 """
 
 from __future__ import annotations
@@ -52,10 +55,17 @@ def main() -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
     from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
 
-    runs: Series = {}
+    # Per mode, configuration and N, the last run given wins: pass runs oldest first.
+    points: dict[str, dict[str, dict[int, tuple[int, float, float]]]] = {}
     for path in args.runs:
         for mode, by_config in read(path).items():
-            runs.setdefault(mode, {}).update(by_config)
+            for config, rows in by_config.items():
+                for row in rows:
+                    points.setdefault(mode, {}).setdefault(config, {})[row[0]] = row
+    runs: Series = {
+        mode: {config: list(by_n.values()) for config, by_n in configs.items()}
+        for mode, configs in points.items()
+    }
     fig, axes = plt.subplots(2, len(runs), figsize=(6 * len(runs), 7), squeeze=False)
     for col, (mode, by_config) in enumerate(sorted(runs.items(), reverse=True)):
         for config in CONFIGS:
