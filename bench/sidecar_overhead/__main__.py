@@ -59,7 +59,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def open_gate_contract(path: Path) -> None:
+def open_gate_contract(path: Path, period_ticks: int = 1, body_ticks: int = 1) -> None:
+    """The bench stream's slots on a 1 MHz tick from now: by default a slot every
+    microsecond, so the gate never holds a request."""
     now = datetime.now(UTC)
     contract = SlotAssignment(
         stream="bench",
@@ -70,9 +72,9 @@ def open_gate_contract(path: Path) -> None:
         gpu_index=0,
         tick_hz=1_000_000,
         epoch=now,
-        period_ticks=1,  # a slot every microsecond: the gate never holds a request
+        period_ticks=period_ticks,
         offset_ticks=0,
-        body_ticks=1,
+        body_ticks=body_ticks,
         generation=1,
         effective_at=now,
     )

@@ -21,13 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from bench.sidecar_overhead.__main__ import open_gate_contract
 from stagger.core.contract import SlotAssignment
 from stagger.localtriton import LocalSidecar, LocalTriton, free_port
 
@@ -69,24 +69,9 @@ async def on_slots(
 async def main(sizes: list[int]) -> None:
     root = Path(tempfile.mkdtemp(prefix="stagger-held-"))
     triton = LocalTriton(MODELS, log_file=root / "triton.log").start()
-    epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
     slot_file = root / "slot.json"
-    contract = SlotAssignment(
-        stream="bench",
-        namespace="bench",
-        shard=0,
-        shards=1,
-        node="local",
-        gpu_index=0,
-        tick_hz=1_000_000,
-        epoch=epoch,
-        period_ticks=round(PERIOD_S * 1e6),
-        offset_ticks=0,
-        body_ticks=round(BODY_S * 1e6),
-        generation=1,
-        effective_at=epoch,
-    )
-    slot_file.write_text(contract.model_dump_json(by_alias=True))
+    open_gate_contract(slot_file, round(PERIOD_S * 1e6), round(BODY_S * 1e6))
+    epoch = SlotAssignment.model_validate_json(slot_file.read_text()).epoch
     sidecar = LocalSidecar("bench", slot_file, triton, namespace="bench").start()
     relay_port = free_port()
     relay = subprocess.Popen(
