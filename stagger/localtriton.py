@@ -14,6 +14,7 @@ needs numpy < 2.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -44,6 +45,31 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the TCP socket listening on ``port`` (Linux /proc;
+    elsewhere assumed)."""
+    fds = Path(f"/proc/{pid}/fd")
+    if not Path("/proc/net/tcp").exists():
+        return True
+    inodes = set()
+    try:
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:
+        return False  # the process is gone
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()  # sl local remote state ... inode (the 10th)
+                port_of = int(fields[1].rsplit(":", 1)[1], 16)
+                if fields[3] == "0A" and port_of == port and fields[9] in inodes:  # 0A: LISTEN
+                    return True
+    return False
 
 
 HOME_ENV = "STAGGER_TRITON_HOME"
@@ -190,12 +216,18 @@ class LocalTriton:
                 log.close()  # type: ignore[union-attr]
 
     def ready(self) -> bool:
+        """Ready, and the ports are this server's: when servers start side by side, the one
+        that lost its HTTP port would otherwise pass for ready on the winner's answer, then
+        exit."""
         try:
             url = f"http://{self.http}/v2/health/ready"
             with urllib.request.urlopen(url, timeout=1) as r:
-                return int(r.status) == 200
+                if int(r.status) != 200:
+                    return False
         except (urllib.error.URLError, OSError, http.client.HTTPException):
             return False  # not up yet, or another server's port (it will exit: retried)
+        pid = self.process.pid if self.process is not None else None
+        return pid is None or all(_listens(pid, p) for p in (self.http_port, self.grpc_port))
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s

@@ -22,3 +22,14 @@ def test_a_server_that_loses_its_port_starts_again_on_fresh_ones(tmp_path: Path)
     assert (
         f"socket '127.0.0.1:{port}' already in use" in (tmp_path / "triton.log").read_text().lower()
     )
+
+
+def test_a_server_whose_port_another_server_holds_is_not_taken_for_ready(tmp_path: Path) -> None:
+    """The other server answers ready on that port; the new one exits on its bind. It must
+    start again on fresh ports, not pass for ready on the other's answer."""
+    with LocalTriton(MODELS, log_file=tmp_path / "first.log") as first:
+        second = LocalTriton(MODELS, http_port=first.http_port, log_file=tmp_path / "second.log")
+        with second:
+            assert second.http_port != first.http_port
+            assert second.process is not None and second.process.poll() is None
+            assert second.ready() and first.ready()
