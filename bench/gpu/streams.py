@@ -53,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, write_frame
+from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
 from stagger.camerasim import phases, stalls, summarize
 from stagger.core.contract import SlotAssignment
 from stagger.core.timebase import TICK_HZ
@@ -65,25 +65,6 @@ START_MARGIN_S = 5.0  # camera processes start, import and warm up before the fi
 SOLO_S = 10.0
 SATURATION_S = 15.0
 NO_MPS = "/tmp/stagger-no-mps"  # an empty pipe directory: CUDA finds no daemon there
-
-
-def mps_daemon(start: bool) -> str | None:
-    """Start the MPS control daemon (every GPU visible to it), or stop it; the error if it
-    fails. Only the --mps-gpus' processes connect to it: the others are pointed at NO_MPS."""
-    control = shutil.which("nvidia-cuda-mps-control")
-    if control is None:
-        return "nvidia-cuda-mps-control is not on the PATH"
-    run = subprocess.run(
-        [control] + (["-d"] if start else []),
-        input=None if start else "quit\n",
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if run.returncode != 0:
-        return (run.stderr or run.stdout).strip() or f"exit {run.returncode}"
-    time.sleep(1.0 if start else 2.0)  # the daemon has no readiness signal to wait on
-    return None
 
 
 def tcp_counters() -> dict[str, int]:
@@ -118,7 +99,7 @@ def model_repository(root: Path, models: Path) -> Path:
     return repo
 
 
-def start_tritons(k: int, gpu: int, root: Path, models: Path, mps: bool) -> list[LocalTriton]:
+def start_tritons(k: int, gpu: int, root: Path, models: Path, under_mps: bool) -> list[LocalTriton]:
     paths = sysconfig.get_paths()
     numpy_dir = [os.environ[NUMPY_DIR_ENV]] if NUMPY_DIR_ENV in os.environ else []
     model_path = [*numpy_dir, paths["purelib"], paths["platlib"]]
@@ -130,7 +111,7 @@ def start_tritons(k: int, gpu: int, root: Path, models: Path, mps: bool) -> list
             ready_timeout_s=400,
             model_path=model_path,
             env={"CUDA_VISIBLE_DEVICES": str(gpu)}
-            | ({} if mps else {"CUDA_MPS_PIPE_DIRECTORY": NO_MPS}),
+            | ({} if under_mps else {"CUDA_MPS_PIPE_DIRECTORY": NO_MPS}),
             # A 1080p JPEG is about a MB: a larger shared-memory region between Triton and
             # the Python backend than the 1 MB default, so requests never grow it.
             extra_args=["--backend-config=python,shm-default-byte-size=16777216"],
@@ -243,14 +224,14 @@ def pooled(logs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def worker(
-    gpu: int, counts: list[int], mps: bool, args: argparse.Namespace, out: Path
+    gpu: int, counts: list[int], under_mps: bool, args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
     root = out / f"gpu{gpu}"
     root.mkdir(parents=True, exist_ok=True)
-    mode = "mps" if mps else "time-slicing"
+    mode = "mps" if under_mps else "time-slicing"
     result: dict[str, Any] = {"gpu": gpu, "mode": mode, "counts": {}}
     log(f"gpu {gpu} ({mode}): starting {max(counts)} tritonservers for N = {counts}")
-    tritons = start_tritons(max(counts), gpu, root, args.models, mps)
+    tritons = start_tritons(max(counts), gpu, root, args.models, under_mps)
     try:
         solo = run_cameras([{"url": tritons[0].grpc}], SOLO_S, root, "solo", args)
         result["solo"] = pooled(solo) | {"phases": phases({"solo": solo[0].get("calls", [])})}
@@ -344,15 +325,15 @@ def main() -> None:
     p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
     p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")
     args = p.parse_args()
+    if set(args.gpus) & set(args.mps_gpus):
+        p.error("a GPU is either time-sliced (--gpus) or under MPS (--mps-gpus)")
+    if not (args.counts and args.gpus) and not (args.mps_counts and args.mps_gpus):
+        p.error("give --counts with --gpus, or --mps-counts with --mps-gpus")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.frame is None:
         args.frame = out / "frame.jpg"
         write_frame(args.frame)
-    if set(args.gpus) & set(args.mps_gpus):
-        p.error("a GPU is either time-sliced (--gpus) or under MPS (--mps-gpus)")
-    if not (args.counts and args.gpus) and not (args.mps_counts and args.mps_gpus):
-        p.error("give --counts with --gpus, or --mps-counts with --mps-gpus")
     plan = assign(args.counts, args.gpus, len(args.configs), args.frames, args.fps) | assign(
         args.mps_counts, args.mps_gpus, len(args.configs), args.frames, args.fps
     )
@@ -367,7 +348,7 @@ def main() -> None:
     }
     log("device:", result["device"], "MPS on:", args.mps_gpus, "assignment:", plan)
     Path(NO_MPS).mkdir(exist_ok=True)
-    if args.mps_gpus and (why := mps_daemon(start=True)) is not None:
+    if args.mps_gpus and (why := mps(start=True)) is not None:
         raise SystemExit(f"MPS did not start: {why}")
     lock = threading.Lock()
     report = out / "streams.json"
@@ -387,7 +368,7 @@ def main() -> None:
                 report.write_text(json.dumps(result, indent=1))
     finally:
         if args.mps_gpus:
-            result["mpsStopError"] = mps_daemon(start=False)
+            result["mpsStopError"] = mps(start=False)
     report.write_text(json.dumps(result, indent=1))
     print(table(result), flush=True)
 
