@@ -21,7 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from stagger_sidecar.gate import Gate
 from stagger_sidecar.grpc_proxy import GrpcProxy
 from stagger_sidecar.http_proxy import HttpProxy
-from stagger_sidecar.keeper import Keeper
+from stagger_sidecar.keeper import Coordination, Keeper
+from stagger_sidecar.ledger import FileLedger
 from stagger_sidecar.metrics import GateMetrics, StreamKey
 from stagger_sidecar.settings import GateSettings, split_address
 from stagger_sidecar.slotfile import SlotFiles
@@ -48,8 +49,26 @@ class Sidecar:
         self.clock = clock
         self.metrics = GateMetrics(registry)
         self.gate = Gate(settings.gate_config(), default=settings.stream)
+        self.ledger = (
+            FileLedger(settings.gpu_ledger, settings.ledger_lead_ms / 1e3)
+            if settings.gpu_ledger
+            else None
+        )
+        coordination = (
+            Coordination(
+                self.ledger,
+                settings.ledger_lead_ms / 1e3,
+                settings.ledger_max_delay_ms / 1e3 if settings.ledger_max_delay_ms else None,
+            )
+            if self.ledger
+            else None
+        )
         self.keeper = Keeper(
-            self.gate, self.metrics, max_inflight=settings.max_inflight, clock=clock
+            self.gate,
+            self.metrics,
+            max_inflight=settings.max_inflight,
+            clock=clock,
+            coordination=coordination,
         )
         self.files = SlotFiles(settings.slot_file)
         self.ports: dict[str, int] = {}
@@ -173,6 +192,8 @@ class Sidecar:
             await self._channel.close()
         if self._session is not None:
             await self._session.close()
+        if self.ledger is not None:
+            self.ledger.close()
 
     # -- periodic work -------------------------------------------------------------------
 

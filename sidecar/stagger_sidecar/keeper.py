@@ -8,13 +8,16 @@ all (``max_inflight``), and waiting is cancelled with the app's request.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from stagger_sidecar.gate import Gate, Reason, Refusal, Release, StreamGate
+from stagger_sidecar.ledger import Claim, Ledger, ServiceTimes
 from stagger_sidecar.metrics import GateMetrics, StreamKey
 
 MAX_MODELS_PER_STREAM = 32
@@ -32,11 +35,13 @@ class Refused(Exception):
 
 @dataclass
 class Held:
-    """A request the gate holds until ``release.at``."""
+    """A request the gate holds until ``release.at`` (and, coordinated, until the ledger
+    lets ``claim`` go)."""
 
     gate: StreamGate
     release: Release
     key: StreamKey
+    claim: Claim | None = None
 
 
 @dataclass
@@ -45,6 +50,18 @@ class Ticket:
     release: Release
     key: StreamKey
     released: float  # when it was actually forwarded
+    claim: Claim | None = None
+
+
+@dataclass(frozen=True)
+class Coordination:
+    """Coordinated release (:mod:`stagger_sidecar.ledger`): the GPU's shared ledger, the
+    way to the model and back it overlaps, and the longest a request waits past its slot
+    (None: its slot's body)."""
+
+    ledger: Ledger
+    lead_s: float
+    max_delay_s: float | None = None
 
 
 class Keeper:
@@ -56,8 +73,13 @@ class Keeper:
         max_inflight: int,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        coordination: Coordination | None = None,
     ) -> None:
         self.gate = gate
+        self.coordination = coordination
+        self.service: dict[str, ServiceTimes] = {}
+        # Claim ids are unique across the node's sidecars (pods have their own pid spaces).
+        self._claim_ids = (f"{uuid.uuid4().hex[:10]}-{n}" for n in itertools.count())
         self.metrics = metrics
         self.max_inflight = max_inflight
         self.clock = clock
@@ -134,9 +156,29 @@ class Keeper:
             self._exit()
             self.metrics.refused(key, decision.reason)
             raise Refused(decision.reason, decision.message)
-        if decision.at <= now:
-            return Ticket(resolved, decision, key, now)
-        return Held(resolved, decision, key)
+        claim = self._claim(resolved, decision, now)
+        if decision.at <= now and (claim is None or self._goes(claim, now)):
+            if claim is not None:
+                self.metrics.coordinated(key, delay_s=0.0, forced=False)
+            return Ticket(resolved, decision, key, now, claim)
+        return Held(resolved, decision, key, claim)
+
+    def _claim(self, gate: StreamGate, release: Release, now: float) -> Claim | None:
+        """The request's entry in the GPU's ledger; None when not coordinated (no ledger,
+        or a request the gate forwards outside any slot)."""
+        c = self.coordination
+        clock = gate.timetable.clock(now)
+        if c is None or release.slot is None or clock is None:
+            return None
+        service = self.service.get(gate.name)
+        if service is None:
+            service = self.service[gate.name] = ServiceTimes(clock.body_s + c.lead_s)
+        max_delay = clock.body_s if c.max_delay_s is None else c.max_delay_s
+        return Claim(next(self._claim_ids), release.at, service.predict(), release.at + max_delay)
+
+    def _goes(self, claim: Claim, now: float) -> bool:
+        assert self.coordination is not None
+        return self.coordination.ledger.claim(claim, now) is None
 
     async def wait(self, held: Held) -> Ticket:
         try:
@@ -144,17 +186,32 @@ class Keeper:
             # before the slot, so wait again for what is left.
             while (delay := held.release.at - self.clock()) > 0:
                 await self.sleep(delay)
+            if held.claim is not None:
+                ledger = self.coordination.ledger if self.coordination else None
+                assert ledger is not None
+                while (again := ledger.claim(held.claim, now := self.clock())) is not None:
+                    await self.sleep(again - now)
         except BaseException:  # the app gave up while waiting: free its place
             held.gate.finish(held.release, self.clock())
+            if held.claim is not None and self.coordination is not None:
+                self.coordination.ledger.finish(held.claim.id)
             self._exit()
             raise
-        return Ticket(held.gate, held.release, held.key, self.clock())
+        now = self.clock()
+        if held.claim is not None:
+            delay = max(0.0, now - held.release.at)
+            self.metrics.coordinated(held.key, delay_s=delay, forced=now >= held.claim.deadline)
+        return Ticket(held.gate, held.release, held.key, now, held.claim)
 
     def done(self, ticket: Ticket, failure: Reason | None = None) -> None:
         """The answer is back (``failure``: Triton could not give one)."""
         now = self.clock()
         missed = ticket.gate.finish(ticket.release, now)
         self._exit()
+        if ticket.claim is not None and self.coordination is not None:
+            self.coordination.ledger.finish(ticket.claim.id)
+            if failure is None:
+                self.service[ticket.gate.name].add(now - ticket.released)
         if failure is not None:
             self.metrics.refused(ticket.key, failure)
             return

@@ -80,6 +80,19 @@ class GateMetrics:
         self.latency = Histogram(
             t.LATENCY, "Arrival to response at the sidecar.", labels, buckets=buckets, registry=r
         )
+        self.coordinated_delay = Histogram(
+            t.COORDINATED_DELAY,
+            "Time waited past the slot for the GPU's previous body (coordinated release).",
+            labels,
+            buckets=buckets,
+            registry=r,
+        )
+        self.coordinated_forced = Counter(
+            _base(t.COORDINATED_FORCED),
+            "Requests released at their longest delay with the GPU still predicted busy.",
+            labels,
+            registry=r,
+        )
         self.body = Gauge(
             t.BODY, "Body time measured from Triton's statistics.", labels, registry=r
         )
@@ -122,6 +135,11 @@ class GateMetrics:
         series.gate_wait.observe(wait_s)
         series.service.observe(service_s)
         series.latency.observe(wait_s + service_s)
+
+    def coordinated(self, key: StreamKey, *, delay_s: float, forced: bool) -> None:
+        self.coordinated_delay.labels(**key.labels()).observe(delay_s)
+        if forced:
+            self.coordinated_forced.labels(**key.labels()).inc()
 
     def refused(self, key: StreamKey, reason: str) -> None:
         self.dropped.labels(**key.labels(), reason=reason).inc()

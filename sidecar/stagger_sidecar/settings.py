@@ -59,6 +59,17 @@ class GateSettings(BaseSettings):
     """Requests of one stream waiting or in flight at once (``wait`` policy)."""
     max_inflight: int = Field(default=1024, ge=1)
     """Requests the sidecar holds at once, all streams and pass-through calls together."""
+    gpu_ledger: Path | None = None
+    """Coordinated release, for time-sliced GPUs: the file the sidecars of this GPU share
+    (one per GPU, on a node directory every such pod mounts). A request whose slot has come
+    also waits while another stream's body is predicted to run. Unset: static stagger."""
+    ledger_lead_ms: float = Field(default=2.5, ge=0)
+    """Coordinated release: how long before the GPU's previous request is predicted to answer
+    the next one goes: its way to the model plus the answer's way back (1.3-1.6 ms for a
+    held 1 MB JPEG to reach the model, about 1 ms back, bench/gpu on an H200)."""
+    ledger_max_delay_ms: float | None = Field(default=None, gt=0)
+    """Coordinated release: the longest a request waits past its slot for the GPU (unset:
+    its slot's body), so one stalled request never holds the others."""
     upstream_timeout_s: float = Field(default=10.0, gt=0)
     """How long Triton may take to answer before the app gets a timeout error (gRPC: the
     app's own deadline when it is shorter)."""

@@ -25,6 +25,12 @@ SERVICE = "stagger_triton_service_seconds"
 """Triton's service time for a released request (histogram)."""
 LATENCY = "stagger_request_latency_seconds"
 """End to end at the sidecar: arrival to response, gate wait included (histogram)."""
+COORDINATED_DELAY = "stagger_gate_coordinated_delay_seconds"
+"""Coordinated release: how long a request waited past its slot for the GPU's previous body
+(histogram; only with a GPU ledger)."""
+COORDINATED_FORCED = "stagger_gate_coordinated_forced_total"
+"""Coordinated release: requests that went at their longest delay with the GPU still
+predicted busy (counter)."""
 BODY = "stagger_body_seconds"
 """Body time measured from Triton's statistics (compute_infer per inference; gauge)."""
 ACHIEVED_FPS = "stagger_achieved_fps"

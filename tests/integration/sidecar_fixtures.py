@@ -43,9 +43,10 @@ async def start_sidecar(triton: LocalTriton, tmp_path: Path) -> AsyncIterator[St
     async def start(
         contract: SlotAssignment | None = None,
         upstream: LocalTriton | None = None,
+        slot_name: str = "slot.json",
         **overrides: Any,
     ) -> Sidecar:
-        slot = tmp_path / "slot.json"
+        slot = tmp_path / slot_name
         write_contract(slot, contract or slot_contract())
         server = upstream or triton
         settings: dict[str, Any] = {

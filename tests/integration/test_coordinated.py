@@ -1,0 +1,107 @@
+"""Coordinated release through real sidecars and a real tritonserver: two streams' sidecars
+share one GPU ledger file; the second stream's requests wait for the first's measured body,
+up to the longest delay."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http.aio as httpclient
+
+from stagger.core.telemetry import COORDINATED_DELAY, COORDINATED_FORCED
+from stagger_sidecar.app import Sidecar
+from tests.factories import slot_contract
+from tests.integration.sidecar_fixtures import StartSidecar, metric, scrape
+
+PERIOD = 0.100
+A_OFFSET, B_OFFSET = 0.030, 0.035  # b's slot opens 5 ms after a's
+ROUNDS = 8
+SLOW_MS = 60  # tests/models/slow: a's request holds "the GPU" this long
+
+
+def next_slot(offset: float, after: float) -> float:
+    return math.ceil((after - offset) / PERIOD) * PERIOD + offset
+
+
+async def two_streams(
+    start_sidecar: StartSidecar, ledger: Path, **settings: object
+) -> tuple[Sidecar, Sidecar]:
+    a = await start_sidecar(
+        slot_contract("a", offset_ms=A_OFFSET * 1e3, body_ms=5),
+        slot_name="a.json",
+        stream="a",
+        gpu_ledger=ledger,
+        **settings,
+    )
+    b = await start_sidecar(
+        slot_contract("b", offset_ms=B_OFFSET * 1e3, body_ms=5),
+        slot_name="b.json",
+        stream="b",
+        gpu_ledger=ledger,
+        **settings,
+    )
+    return a, b
+
+
+async def run_rounds(a: Sidecar, b: Sidecar) -> list[tuple[float, float]]:
+    """a sends to the slow model at each of its slots, b to ``stamp`` at each of its own,
+    each at its own pace; per period (a's slot, when b's request began in Triton)."""
+    x = httpclient.InferInput("INPUT0", [1], "FP32")
+    x.set_data_from_numpy(np.zeros(1, np.float32))
+    to_a, to_b = (httpclient.InferenceServerClient(f"127.0.0.1:{s.ports['http']}") for s in (a, b))
+    try:
+        # a's service times measured (each instance's first call is slow): the ledger
+        # predicts from their median.
+        for _ in range(5):
+            await to_a.infer("slow", [x])
+        first = next_slot(A_OFFSET, time.time() + 0.05)
+
+        async def a_stream() -> None:
+            for k in range(ROUNDS):
+                await asyncio.sleep(max(0.0, first + k * PERIOD - time.time()))
+                await to_a.infer("slow", [x])
+
+        async def b_stream() -> list[float]:
+            began = []
+            for k in range(ROUNDS):
+                slot_b = first + k * PERIOD + B_OFFSET - A_OFFSET
+                await asyncio.sleep(max(0.0, slot_b - time.time()))
+                result = await to_b.infer("stamp", [x])
+                began.append(float(result.as_numpy("OUTPUT0")[0]))
+            return began
+
+        _, began_b = await asyncio.gather(a_stream(), b_stream())
+    finally:
+        await to_a.close()
+        await to_b.close()
+    return [(first + k * PERIOD, began) for k, began in enumerate(began_b)]
+
+
+async def test_a_stream_waits_for_the_other_streams_measured_body(
+    start_sidecar: StartSidecar, tmp_path: Path
+) -> None:
+    a, b = await two_streams(start_sidecar, tmp_path / "gpu-0.json", ledger_max_delay_ms=80)
+    rounds = await run_rounds(a, b)
+    # a's service time is measured (60 ms and its way), not the contract's 5 ms body: b goes
+    # lead (2.5 ms) before a is predicted to answer.
+    for slot_a, began_b in rounds:
+        assert 0.050 <= began_b - slot_a <= 0.090, [round(y - x, 4) for x, y in rounds]
+    samples = await scrape(b)
+    assert metric(samples, COORDINATED_DELAY + "_sum", stream="b") > 0.040 * ROUNDS
+    assert metric(samples, COORDINATED_FORCED, stream="b") == 0
+
+
+async def test_nobody_waits_past_the_longest_delay(
+    start_sidecar: StartSidecar, tmp_path: Path
+) -> None:
+    a, b = await two_streams(start_sidecar, tmp_path / "gpu-0.json", ledger_max_delay_ms=20)
+    rounds = await run_rounds(a, b)
+    for slot_a, began_b in rounds:
+        slot_b = slot_a + B_OFFSET - A_OFFSET
+        assert 0.018 <= began_b - slot_b <= 0.035, [round(y - x, 4) for x, y in rounds]
+    samples = await scrape(b)
+    assert metric(samples, COORDINATED_FORCED, stream="b") == ROUNDS
