@@ -282,11 +282,13 @@ class LocalSidecar:
     ready_timeout_s: float = 60.0
     http: str = ""
     grpc: str = ""
+    metrics: str = ""
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, attempts: int = 3) -> LocalSidecar:
         for _ in range(attempts):
             self.http, self.grpc = f"{self.host}:{free_port()}", f"{self.host}:{free_port()}"
+            self.metrics = f"{self.host}:{free_port()}"
             env = {
                 **os.environ,
                 "STAGGER_STREAM": self.stream,
@@ -296,7 +298,7 @@ class LocalSidecar:
                 "STAGGER_TRITON_GRPC": self.triton.grpc,
                 "STAGGER_HTTP_ADDRESS": self.http,
                 "STAGGER_GRPC_ADDRESS": self.grpc,
-                "STAGGER_METRICS_ADDRESS": f"{self.host}:{free_port()}",
+                "STAGGER_METRICS_ADDRESS": self.metrics,
                 "STAGGER_LOG_LEVEL": "WARNING",
                 **self.env,
             }

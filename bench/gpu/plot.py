@@ -15,7 +15,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-CONFIGS = ("synchronized", "random", "transparent", "slot-clock", "on-slot", "direct")
+from bench.gpu.streams import CONFIGS
+
 ROW = re.compile(
     r"^\| (?:[a-z-]+ \| )?(\d+) \| ([a-z-]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|"
 )

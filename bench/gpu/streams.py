@@ -17,6 +17,9 @@ at least ``--frames`` frames per configuration:
 - slot-clock: cameras capture at their slot (``SlotClient``, ``--lead-ms`` before it),
   through the sidecars;
 - on-slot: cameras at their slot's phase, through the sidecars;
+- coordinated: the same, through sidecars that share the GPU's ledger (coordinated release,
+  ``STAGGER_GPU_LEDGER``): a request also waits while another stream's body is predicted
+  to run, at most its slot's body;
 - direct: the same phases, straight to Triton: the sidecar's cost is on-slot minus direct.
 
 The model reports when it began and ended each request, so every configuration also says
@@ -48,23 +51,39 @@ import sys
 import sysconfig
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
 from stagger.camerasim import phases, stalls, summarize
 from stagger.core.contract import SlotAssignment
+from stagger.core.telemetry import COORDINATED_DELAY, COORDINATED_FORCED
 from stagger.core.timebase import TICK_HZ
 from stagger.localtriton import LocalSidecar, LocalTriton
 
-CONFIGS = ("synchronized", "random", "transparent", "slot-clock", "on-slot", "direct")
+CONFIGS = (
+    "synchronized",
+    "random",
+    "transparent",
+    "slot-clock",
+    "on-slot",
+    "coordinated",
+    "direct",
+)
 ROOT = Path(__file__).resolve().parents[2]
 START_MARGIN_S = 5.0  # camera processes start, import and warm up before the first frame
 SOLO_S = 10.0
 SATURATION_S = 15.0
-NO_MPS = "/tmp/stagger-no-mps"  # an empty pipe directory: CUDA finds no daemon there
+NO_MPS = "/tmp/stagger-no-mps"
+# The coordinated sidecars' ledger: on tmpfs, as /run on a node.
+LEDGER_DIR = (
+    Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
+)  # an empty pipe directory: CUDA finds no daemon there
 
 
 def tcp_counters() -> dict[str, int]:
@@ -126,7 +145,14 @@ def start_tritons(k: int, gpu: int, root: Path, models: Path, under_mps: bool) -
 class Sidecars:
     """One sidecar per stream with the slot contracts for N equal streams."""
 
-    def __init__(self, tritons: list[LocalTriton], gpu: int, root: Path, fps: float) -> None:
+    def __init__(
+        self,
+        tritons: list[LocalTriton],
+        gpu: int,
+        root: Path,
+        fps: float,
+        env: dict[str, str] | None = None,
+    ) -> None:
         n = len(tritons)
         period = round(TICK_HZ / fps)
         self.epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
@@ -150,7 +176,9 @@ class Sidecars:
             )
             slot = root / f"slot-gpu{gpu}-{i}.json"
             slot.write_text(contract.model_dump_json(by_alias=True))
-            self.sidecars.append(LocalSidecar(f"cam-{i}", slot, triton, namespace="bench"))
+            self.sidecars.append(
+                LocalSidecar(f"cam-{i}", slot, triton, namespace="bench", env=env or {})
+            )
         try:
             with ThreadPoolExecutor(n) as pool:
                 list(pool.map(LocalSidecar.start, self.sidecars))
@@ -163,6 +191,35 @@ class Sidecars:
     def stop(self) -> None:
         for sidecar in self.sidecars:
             sidecar.stop()
+
+    def coordination(self) -> dict[str, float]:
+        """What coordinated release did, all streams together (from the sidecars' metrics)."""
+        totals = {COORDINATED_FORCED: 0.0, f"{COORDINATED_DELAY}_count": 0.0}
+        totals[f"{COORDINATED_DELAY}_sum"] = 0.0
+        delayed_bucket = 0.0  # requests released within the first bucket (1 ms) of their slot
+        for sidecar in self.sidecars:
+            with urllib.request.urlopen(f"http://{sidecar.metrics}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name in totals:
+                        totals[sample.name] += sample.value
+                    elif (
+                        sample.name == f"{COORDINATED_DELAY}_bucket"
+                        and sample.labels.get("le") == "0.001"
+                    ):
+                        delayed_bucket += sample.value
+        count = totals[f"{COORDINATED_DELAY}_count"]
+        return {
+            "requests": count,
+            "delayedOver1msPercent": round(100 * (count - delayed_bucket) / count, 2)
+            if count
+            else 0.0,
+            "meanDelayMs": round(1e3 * totals[f"{COORDINATED_DELAY}_sum"] / count, 3)
+            if count
+            else 0.0,
+            "forced": totals[COORDINATED_FORCED],
+        }
 
 
 def run_cameras(
@@ -259,9 +316,16 @@ def measure_count(
     rng = random.Random(args.seed + n)
     random_phases = [rng.uniform(0, period) for _ in range(n)]
     sidecars = Sidecars(tritons, gpu, root, args.fps)
+    coordinated: Sidecars | None = None
     results: dict[str, Any] = {"seconds": seconds}
     try:
         for config in args.configs:
+            if config == "coordinated":  # a second set of sidecars, sharing a fresh ledger
+                ledger = LEDGER_DIR / f"stagger-bench-gpu{gpu}-n{n}-{os.getpid()}.json"
+                ledger.unlink(missing_ok=True)
+                coordinated = Sidecars(
+                    tritons, gpu, root, args.fps, env={"STAGGER_GPU_LEDGER": str(ledger)}
+                )
             cams: list[dict[str, Any]] = []
             for i, t in enumerate(tritons):
                 if config == "synchronized":
@@ -275,6 +339,9 @@ def measure_count(
                     cams.append({"url": sidecars.grpc[i], "slot_clock": clock})
                 elif config == "on-slot":
                     cams.append({"url": sidecars.grpc[i], "phase": sidecars.offsets_s[i]})
+                elif config == "coordinated":
+                    assert coordinated is not None
+                    cams.append({"url": coordinated.grpc[i], "phase": sidecars.offsets_s[i]})
                 else:  # direct, on the slots' phases
                     cams.append({"url": t.grpc, "phase": sidecars.offsets_s[i]})
             tcp = tcp_counters()
@@ -285,6 +352,11 @@ def measure_count(
             # Slower than a frame period: which cameras each such stall hit, and when.
             s["stalls"] = stalls(logs, threshold_s=period)
             s["phases"] = ph = phases({x["name"]: x.get("calls", []) for x in logs})
+            if config == "coordinated":
+                assert coordinated is not None
+                s["coordination"] = coordinated.coordination()
+                coordinated.stop()
+                coordinated = None
             log(
                 f"gpu {gpu} N={n} {config}: p50 {s['p50Ms']} p99 {s['p99Ms']} "
                 f"max {s['maxMs']} drops {s['dropPercent']}% of {s['frames']} | "
@@ -292,9 +364,12 @@ def measure_count(
                 f"{ph.get('afterMs')} ms, model alone {ph.get('modelMsAlone')} overlapped "
                 f"{ph.get('modelMsOverlapped')} ({ph.get('overlappedFrames')} of frames) | "
                 f"stalls {len(s['stalls'])} | tcp {s['tcp']}"
+                + (f" | coordination {s['coordination']}" if "coordination" in s else "")
             )
     finally:
         sidecars.stop()
+        if coordinated is not None:
+            coordinated.stop()
     return results
 
 
