@@ -247,6 +247,7 @@ class Sidecar:
             return
         bodies = body_times(self._stats_before, totals)
         self._stats_before = totals
+        self.keeper.bodies.update(bodies)
         for key in done:
             if key.model in bodies:
                 self.metrics.body.labels(**key.labels()).set(bodies[key.model])

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from stagger_sidecar.gate import Gate, Reason, Refusal, Release, StreamGate
-from stagger_sidecar.ledger import Claim, Ledger, ServiceTimes
+from stagger_sidecar.ledger import Claim, Ledger
 from stagger_sidecar.metrics import GateMetrics, StreamKey
 
 MAX_MODELS_PER_STREAM = 32
@@ -55,9 +55,9 @@ class Ticket:
 
 @dataclass(frozen=True)
 class Coordination:
-    """Coordinated release (:mod:`stagger_sidecar.ledger`): the GPU's shared ledger, the
-    way to the model and back it overlaps, and the longest a request waits past its slot
-    (None: its slot's body)."""
+    """Coordinated release (:mod:`stagger_sidecar.ledger`): the GPU's shared ledger, how
+    early before the GPU is predicted free a request may go, and the longest it waits past
+    its slot (None: its slot's body)."""
 
     ledger: Ledger
     lead_s: float
@@ -77,7 +77,8 @@ class Keeper:
     ) -> None:
         self.gate = gate
         self.coordination = coordination
-        self.service: dict[str, ServiceTimes] = {}
+        self.bodies: dict[str, float] = {}
+        """Measured body per model (Triton's statistics), for the ledger's predictions."""
         # Claim ids are unique across the node's sidecars (pods have their own pid spaces).
         self._claim_ids = (f"{uuid.uuid4().hex[:10]}-{n}" for n in itertools.count())
         self.metrics = metrics
@@ -156,25 +157,23 @@ class Keeper:
             self._exit()
             self.metrics.refused(key, decision.reason)
             raise Refused(decision.reason, decision.message)
-        claim = self._claim(resolved, decision, now)
+        claim = self._claim(resolved, decision, model, now)
         if decision.at <= now and (claim is None or self._goes(claim, now)):
             if claim is not None:
                 self.metrics.coordinated(key, delay_s=0.0, forced=False)
             return Ticket(resolved, decision, key, now, claim)
         return Held(resolved, decision, key, claim)
 
-    def _claim(self, gate: StreamGate, release: Release, now: float) -> Claim | None:
+    def _claim(self, gate: StreamGate, release: Release, model: str, now: float) -> Claim | None:
         """The request's entry in the GPU's ledger; None when not coordinated (no ledger,
         or a request the gate forwards outside any slot)."""
         c = self.coordination
         clock = gate.timetable.clock(now)
         if c is None or release.slot is None or clock is None:
             return None
-        service = self.service.get(gate.name)
-        if service is None:
-            service = self.service[gate.name] = ServiceTimes(clock.body_s + c.lead_s)
+        busy = self.bodies.get(model, clock.body_s)
         max_delay = clock.body_s if c.max_delay_s is None else c.max_delay_s
-        return Claim(next(self._claim_ids), release.at, service.predict(), release.at + max_delay)
+        return Claim(next(self._claim_ids), release.at, busy, release.at + max_delay)
 
     def _goes(self, claim: Claim, now: float) -> bool:
         assert self.coordination is not None
@@ -210,8 +209,6 @@ class Keeper:
         self._exit()
         if ticket.claim is not None and self.coordination is not None:
             self.coordination.ledger.finish(ticket.claim.id)
-            if failure is None:
-                self.service[ticket.gate.name].add(now - ticket.released)
         if failure is not None:
             self.metrics.refused(ticket.key, failure)
             return

@@ -7,15 +7,18 @@ H200, bench/gpu). Near saturation, slots are as long as the bodies: one frame th
 the model a few ms late overlaps the next stream's, both run long, the next overlaps again,
 and the overlap feeds itself (at 7 streams per H200, 99.8 % of frames shared the model
 whatever their phases). The ledger makes the GPU one queue in slot order, fed back by what
-actually happened:
+the GPU actually did:
 
-- a released request is predicted to answer at its release + its stream's service time,
-  the median of its stream's last completions (release to response);
-- a request goes once its slot has come and the GPU is predicted free ``lead`` from now:
-  every request released before it answers within ``lead`` and every request with an
-  earlier slot has gone (``lead`` covers the way to the model and the answer's way back, so
-  one body starts as the other ends);
+- a released request holds the GPU for its model's body as Triton measures it
+  (``compute_infer`` per inference over the sidecar's last statistics window; before the
+  first, the slot's body). Requests reach the model about as long after their release as
+  one another, so the next may go one body after the previous went: its way to the model
+  overlaps the previous body, its body starts as the previous ends;
+- a request goes once its slot has come, the GPU is predicted free (``lead`` early at
+  most) and every request with an earlier slot has gone;
 - an answer removes its request at once, so a body that finished early frees the GPU;
+- a measured body that grew because bodies overlapped spaces the next releases further:
+  the feedback damps overlap instead of feeding it;
 - nobody waits beyond its ``deadline`` (its slot + the longest delay): a request that keeps
   its place in the queue through a stall must not hold every other stream;
 - entries of a sidecar that died expire: a released one at its predicted answer, a waiting
@@ -33,10 +36,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import math
 import os
-import statistics
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -45,7 +45,6 @@ log = logging.getLogger("stagger.sidecar")
 
 MAX_ENTRIES = 256
 """More entries than any GPU's streams hold at once: past it the ledger is ignored."""
-SERVICE_SAMPLES = 15
 
 
 @dataclass
@@ -54,15 +53,15 @@ class Claim:
 
     id: str
     slot: float  # when its stream's gate releases it
-    service: float  # predicted release-to-answer time
+    busy: float  # how long after its release it holds the GPU (its body)
     deadline: float  # it goes then whatever the ledger says
     released: float | None = None
 
     @property
-    def answer(self) -> float:
-        """When a released request is predicted to answer."""
+    def free(self) -> float:
+        """When a released request is predicted to leave the GPU to the next."""
         assert self.released is not None
-        return self.released + self.service
+        return self.released + self.busy
 
 
 @dataclass
@@ -87,7 +86,7 @@ class LedgerBook:
     def release_time(self, claim: Claim, now: float) -> float:
         """When the GPU is predicted free for ``claim``: after the released requests and,
         in slot order, the waiting ones ahead of it (none of which it overtakes)."""
-        free = max((c.answer for c in self.claims.values() if c.released is not None), default=0)
+        free = max((c.free for c in self.claims.values() if c.released is not None), default=0)
         ahead = sorted(
             (c for c in self.claims.values() if c.released is None and c.id != claim.id),
             key=lambda c: (c.slot, c.id),
@@ -97,7 +96,7 @@ class LedgerBook:
             if (other.slot, other.id) >= (claim.slot, claim.id):
                 break
             floor = max(other.slot, free - self.lead, floor)
-            free = max(free, floor + other.service)
+            free = max(free, floor + other.busy)
         return max(claim.slot, free - self.lead, floor)
 
     def finish(self, claim_id: str) -> None:
@@ -106,12 +105,12 @@ class LedgerBook:
 
     def _expire(self, now: float) -> None:
         for c in list(self.claims.values()):
-            done = c.answer - self.lead if c.released is not None else c.deadline
+            done = c.free - self.lead if c.released is not None else c.deadline
             if done <= now:
                 del self.claims[c.id]
 
     def dump(self) -> str:
-        rows = [[c.id, c.slot, c.service, c.deadline, c.released] for c in self.claims.values()]
+        rows = [[c.id, c.slot, c.busy, c.deadline, c.released] for c in self.claims.values()]
         return json.dumps({"lead": self.lead, "claims": rows})
 
     @classmethod
@@ -120,11 +119,11 @@ class LedgerBook:
         book = cls(lead)
         if text.strip():
             rows = json.loads(text)["claims"]
-            for id_, slot, service, deadline, released in rows:
+            for id_, slot, busy, deadline, released in rows:
                 book.claims[str(id_)] = Claim(
                     str(id_),
                     float(slot),
-                    float(service),
+                    float(busy),
                     float(deadline),
                     None if released is None else float(released),
                 )
@@ -203,19 +202,3 @@ class FileLedger:
 
 class _Change(Protocol):
     def __call__(self, book: LedgerBook, /) -> float | None: ...
-
-
-@dataclass
-class ServiceTimes:
-    """One stream's release-to-answer times: the median of the last few predicts the next
-    (a median: one stalled answer must not move it)."""
-
-    initial: float
-    samples: deque[float] = field(default_factory=lambda: deque(maxlen=SERVICE_SAMPLES))
-
-    def add(self, seconds: float) -> None:
-        if math.isfinite(seconds) and seconds >= 0:
-            self.samples.append(seconds)
-
-    def predict(self) -> float:
-        return statistics.median(self.samples) if self.samples else self.initial

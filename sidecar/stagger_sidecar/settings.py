@@ -63,10 +63,9 @@ class GateSettings(BaseSettings):
     """Coordinated release, for time-sliced GPUs: the file the sidecars of this GPU share
     (one per GPU, on a node directory every such pod mounts). A request whose slot has come
     also waits while another stream's body is predicted to run. Unset: static stagger."""
-    ledger_lead_ms: float = Field(default=2.5, ge=0)
-    """Coordinated release: how long before the GPU's previous request is predicted to answer
-    the next one goes: its way to the model plus the answer's way back (1.3-1.6 ms for a
-    held 1 MB JPEG to reach the model, about 1 ms back, bench/gpu on an H200)."""
+    ledger_lead_ms: float = Field(default=0.0, ge=0)
+    """Coordinated release: how long before the GPU is predicted free a request may go
+    (a request's way to the model already overlaps the previous body)."""
     ledger_max_delay_ms: float | None = Field(default=None, gt=0)
     """Coordinated release: the longest a request waits past its slot for the GPU (unset:
     its slot's body), so one stalled request never holds the others."""

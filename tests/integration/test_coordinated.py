@@ -1,6 +1,6 @@
 """Coordinated release through real sidecars and a real tritonserver: two streams' sidecars
-share one GPU ledger file; the second stream's requests wait for the first's measured body,
-up to the longest delay."""
+share one GPU ledger file; the second stream's requests wait for the first's body as
+Triton measured it, up to the longest delay."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from stagger.core.telemetry import COORDINATED_DELAY, COORDINATED_FORCED
 from stagger_sidecar.app import Sidecar
 from tests.factories import slot_contract
 from tests.integration.sidecar_fixtures import StartSidecar, metric, scrape
+from tests.waiting import until
 
 PERIOD = 0.100
 A_OFFSET, B_OFFSET = 0.030, 0.035  # b's slot opens 5 ms after a's
@@ -35,6 +36,7 @@ async def two_streams(
         slot_name="a.json",
         stream="a",
         gpu_ledger=ledger,
+        stats_interval_s=0.2,
         **settings,
     )
     b = await start_sidecar(
@@ -54,10 +56,9 @@ async def run_rounds(a: Sidecar, b: Sidecar) -> list[tuple[float, float]]:
     x.set_data_from_numpy(np.zeros(1, np.float32))
     to_a, to_b = (httpclient.InferenceServerClient(f"127.0.0.1:{s.ports['http']}") for s in (a, b))
     try:
-        # a's service times measured (each instance's first call is slow): the ledger
-        # predicts from their median.
-        for _ in range(5):
+        for _ in range(3):  # Triton measures the slow model's body; a's sidecar reads it
             await to_a.infer("slow", [x])
+        await until(lambda: "slow" in a.keeper.bodies, what="a's measured body")
         first = next_slot(A_OFFSET, time.time() + 0.05)
 
         async def a_stream() -> None:
@@ -86,8 +87,7 @@ async def test_a_stream_waits_for_the_other_streams_measured_body(
 ) -> None:
     a, b = await two_streams(start_sidecar, tmp_path / "gpu-0.json", ledger_max_delay_ms=80)
     rounds = await run_rounds(a, b)
-    # a's service time is measured (60 ms and its way), not the contract's 5 ms body: b goes
-    # lead (2.5 ms) before a is predicted to answer.
+    # a's body is Triton's measure (60 ms), not the contract's 5 ms: b goes as it ends.
     for slot_a, began_b in rounds:
         assert 0.050 <= began_b - slot_a <= 0.090, [round(y - x, 4) for x, y in rounds]
     samples = await scrape(b)

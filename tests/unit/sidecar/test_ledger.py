@@ -19,7 +19,6 @@ from stagger_sidecar.ledger import (
     FileLedger,
     LedgerBook,
     LocalLedger,
-    ServiceTimes,
 )
 from stagger_sidecar.metrics import GateMetrics
 from tests.factories import slot_contract
@@ -32,8 +31,8 @@ def near(expected: float) -> object:
     return pytest.approx(expected, abs=1e-6, rel=0)
 
 
-def claim(id_: str, slot: float, service: float = 0.010, max_delay: float = 0.020) -> Claim:
-    return Claim(id_, slot, service, slot + max_delay)
+def claim(id_: str, slot: float, busy: float = 0.010, max_delay: float = 0.020) -> Claim:
+    return Claim(id_, slot, busy, slot + max_delay)
 
 
 def test_an_idle_gpu_lets_a_request_go_at_its_slot() -> None:
@@ -42,9 +41,9 @@ def test_an_idle_gpu_lets_a_request_go_at_its_slot() -> None:
     assert book.claims["a"].released == T
 
 
-def test_the_next_request_goes_lead_before_the_previous_is_predicted_to_answer() -> None:
+def test_the_next_request_goes_lead_before_the_previous_body_is_predicted_to_end() -> None:
     book = LedgerBook(LEAD)
-    assert book.claim(claim("a", T, service=0.010), T) is None
+    assert book.claim(claim("a", T, busy=0.010), T) is None
     b = claim("b", T + 0.004)
     assert book.claim(b, T + 0.004) == near(T + 0.010 - LEAD)
     assert book.claims["b"].released is None  # waiting: later requests queue behind it
@@ -53,16 +52,16 @@ def test_the_next_request_goes_lead_before_the_previous_is_predicted_to_answer()
 
 def test_an_answer_frees_the_gpu_at_once() -> None:
     book = LedgerBook(LEAD)
-    book.claim(claim("a", T, service=0.010), T)
+    book.claim(claim("a", T, busy=0.010), T)
     book.finish("a")
     assert book.claim(claim("b", T + 0.004), T + 0.004) is None
 
 
 def test_waiting_requests_go_in_slot_order_whoever_asks_first() -> None:
     book = LedgerBook(LEAD)
-    book.claim(claim("a", T, service=0.010), T)
-    late_slot = claim("c", T + 0.006, service=0.010)
-    early_slot = claim("b", T + 0.005, service=0.010)
+    book.claim(claim("a", T, busy=0.010), T)
+    late_slot = claim("c", T + 0.006, busy=0.010)
+    early_slot = claim("b", T + 0.005, busy=0.010)
     assert book.claim(late_slot, T + 0.006) == near(T + 0.008)  # after a
     assert book.claim(early_slot, T + 0.006) == near(T + 0.008)  # after a, ahead of c
     # c wakes first, but b's slot is earlier: c queues after b's predicted answer.
@@ -73,7 +72,7 @@ def test_waiting_requests_go_in_slot_order_whoever_asks_first() -> None:
 
 def test_nobody_waits_past_its_deadline() -> None:
     book = LedgerBook(LEAD)
-    book.claim(claim("a", T, service=0.100), T)
+    book.claim(claim("a", T, busy=0.100), T)
     b = claim("b", T + 0.010, max_delay=0.005)
     assert book.claim(b, T + 0.010) == near(T + 0.015)  # the deadline, not a's answer
     assert book.claim(b, T + 0.015) is None
@@ -81,7 +80,7 @@ def test_nobody_waits_past_its_deadline() -> None:
 
 def test_entries_of_a_dead_sidecar_expire() -> None:
     book = LedgerBook(LEAD)
-    book.claim(claim("released", T, service=0.010), T)  # never answered
+    book.claim(claim("released", T, busy=0.010), T)  # never answered
     book.claim(claim("waiting", T + 0.001, max_delay=0.030), T + 0.001)  # never asked again
     # The released one no longer holds the GPU from its predicted answer - lead on; the
     # waiting one (ahead in slot order) from its deadline on.
@@ -111,7 +110,7 @@ def test_the_book_survives_its_text_form() -> None:
     st.lists(
         st.tuples(
             st.floats(0, 0.5),  # arrival
-            st.floats(0.001, 0.03),  # predicted service
+            st.floats(0.001, 0.03),  # predicted body
             st.floats(0.001, 0.05),  # longest delay
         ),
         min_size=1,
@@ -125,15 +124,14 @@ def test_no_request_goes_early_unless_at_its_deadline(
     deadline, and never before its slot."""
     book = LedgerBook(LEAD)
     pending = [
-        Claim(f"r{i}", T + at, service, T + at + delay)
-        for i, (at, service, delay) in enumerate(requests)
+        Claim(f"r{i}", T + at, busy, T + at + delay) for i, (at, busy, delay) in enumerate(requests)
     ]
     asks = [(c.slot, c) for c in pending]
     while asks:
         asks.sort(key=lambda a: (a[0], a[1].id))
         now, c = asks.pop(0)
         busy_until = max(
-            (o.answer for o in book.claims.values() if o.released is not None and o is not c),
+            (o.free for o in book.claims.values() if o.released is not None and o is not c),
             default=-math.inf,
         )
         again = book.claim(c, now)
@@ -145,18 +143,10 @@ def test_no_request_goes_early_unless_at_its_deadline(
             asks.append((again, c))
 
 
-def test_service_times_predict_the_median_of_the_last_answers() -> None:
-    times = ServiceTimes(initial=0.012)
-    assert times.predict() == 0.012
-    for s in (0.010, 0.011, 0.300, 0.010, math.nan, -1.0):
-        times.add(s)
-    assert times.predict() == pytest.approx(0.0105)  # the 300 ms stall does not move it
-
-
 def test_sidecars_share_one_file_ledger(tmp_path: Path) -> None:
     path = tmp_path / "ledger" / "gpu-0.json"
     one, other = FileLedger(path, LEAD), FileLedger(path, LEAD)
-    assert one.claim(claim("a", T, service=0.010), T) is None
+    assert one.claim(claim("a", T, busy=0.010), T) is None
     assert other.claim(claim("b", T + 0.004), T + 0.004) == near(T + 0.008)
     one.finish("a")
     assert other.claim(claim("b", T + 0.004), T + 0.005) is None
@@ -201,11 +191,11 @@ def two_stream_keeper(now: list[float], ledger: LocalLedger) -> Keeper:
 async def test_the_keeper_holds_a_request_while_another_streams_body_runs() -> None:
     now = [T + 0.030]
     keeper = two_stream_keeper(now, LocalLedger(LEAD))
-    keeper.service["a"] = ServiceTimes(initial=0.010)
-    a = await keeper.admit("a", "m")
+    keeper.bodies["slow"] = 0.010  # as Triton measured it; the contract says 5 ms
+    a = await keeper.admit("a", "slow")
     assert a.released == near(T + 0.030)
     now[0] = T + 0.035
-    b = await keeper.admit("b", "m")  # a is predicted to answer at 40 ms
+    b = await keeper.admit("b", "m")  # a's body is predicted to end at 40 ms
     assert b.released == near(T + 0.040 - LEAD)
     delay = keeper.metrics.registry.get_sample_value(
         "stagger_gate_coordinated_delay_seconds_sum", {**b.key.labels()}
@@ -213,7 +203,6 @@ async def test_the_keeper_holds_a_request_while_another_streams_body_runs() -> N
     assert delay == near(0.003)
     now[0] = T + 0.041
     keeper.done(a)
-    assert keeper.service["a"].predict() == near(0.011)  # what a really took
     assert set(keeper.coordination.ledger.book.claims) == {b.claim.id}  # type: ignore[union-attr]
 
 
@@ -221,8 +210,8 @@ async def test_a_request_cancelled_while_coordinated_leaves_the_ledger() -> None
     now = [T + 0.030]
     ledger = LocalLedger(LEAD)
     keeper = two_stream_keeper(now, ledger)
-    keeper.service["a"] = ServiceTimes(initial=0.050)
-    await keeper.admit("a", "m")
+    keeper.bodies["slow"] = 0.050
+    await keeper.admit("a", "slow")
     now[0] = T + 0.035
 
     async def never(seconds: float) -> None:
