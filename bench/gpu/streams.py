@@ -77,6 +77,7 @@ CONFIGS = (
 )
 ROOT = Path(__file__).resolve().parents[2]
 START_MARGIN_S = 5.0  # camera processes start, import and warm up before the first frame
+LOCKSTEP_TIMEOUT_S = 900.0
 SOLO_S = 10.0
 SATURATION_S = 15.0
 NO_MPS = "/tmp/stagger-no-mps"
@@ -222,12 +223,44 @@ class Sidecars:
         }
 
 
+class Lockstep:
+    """Every GPU's measurements start at one time and last as long: on an H200 host, whole
+    host stalls of 150-300 ms hit every GPU's streams at once, each time one GPU's
+    configuration ended and its processes changed; in lockstep no configuration is running
+    when another's processes change. A GPU that fails breaks the lockstep for the others
+    (they go on alone)."""
+
+    def __init__(self, parties: int) -> None:
+        self._start = 0.0
+        self._barrier = threading.Barrier(parties, action=self._set_start)
+
+    def _set_start(self) -> None:
+        self._start = math.ceil(time.time() + START_MARGIN_S)
+
+    def start(self) -> float:
+        """The common start time of the next measurement (waits for every GPU)."""
+        try:
+            self._barrier.wait(timeout=LOCKSTEP_TIMEOUT_S)
+        except threading.BrokenBarrierError:
+            return math.ceil(time.time() + START_MARGIN_S)
+        return self._start
+
+    def leave(self) -> None:
+        self._barrier.abort()
+
+
 def run_cameras(
-    cameras: list[dict[str, Any]], seconds: float, root: Path, tag: str, args: argparse.Namespace
+    cameras: list[dict[str, Any]],
+    seconds: float,
+    root: Path,
+    tag: str,
+    args: argparse.Namespace,
+    *,
+    lockstep: Lockstep | None = None,
 ) -> list[dict[str, Any]]:
     """Start one camera process per entry (url, phase, slot_clock, closed_loop), at one
-    start time; their logs."""
-    start = math.ceil(time.time() + START_MARGIN_S)
+    start time (every GPU's, in lockstep); their logs."""
+    start = lockstep.start() if lockstep else math.ceil(time.time() + START_MARGIN_S)
     processes, outs = [], []
     for i, cam in enumerate(cameras):
         out = root / f"{tag}-cam{i}.json"
@@ -281,27 +314,44 @@ def pooled(logs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def worker(
-    gpu: int, counts: list[int], under_mps: bool, args: argparse.Namespace, out: Path
+    gpu: int,
+    counts: list[int],
+    under_mps: bool,
+    args: argparse.Namespace,
+    out: Path,
+    *,
+    lockstep: Lockstep | None,
 ) -> dict[str, Any]:
     root = out / f"gpu{gpu}"
     root.mkdir(parents=True, exist_ok=True)
     mode = "mps" if under_mps else "time-slicing"
     result: dict[str, Any] = {"gpu": gpu, "mode": mode, "counts": {}}
     log(f"gpu {gpu} ({mode}): starting {max(counts)} tritonservers for N = {counts}")
-    tritons = start_tritons(max(counts), gpu, root, args.models, under_mps)
     try:
-        solo = run_cameras([{"url": tritons[0].grpc}], SOLO_S, root, "solo", args)
+        tritons = start_tritons(max(counts), gpu, root, args.models, under_mps)
+    except BaseException:
+        if lockstep:
+            lockstep.leave()
+        raise
+    try:
+        solo = run_cameras(
+            [{"url": tritons[0].grpc}], SOLO_S, root, "solo", args, lockstep=lockstep
+        )
         result["solo"] = pooled(solo) | {"phases": phases({"solo": solo[0].get("calls", [])})}
         closed = [{"url": t.grpc, "closed_loop": True} for t in tritons]
-        answered = run_cameras(closed, SATURATION_S, root, "saturation", args)
+        answered = run_cameras(closed, SATURATION_S, root, "saturation", args, lockstep=lockstep)
         result["saturation"] = {
             "streams": len(tritons),
             "inferencesPerSecond": round(sum(x["answered"] for x in answered) / SATURATION_S, 2),
         }
         log(f"gpu {gpu}: solo {result['solo']['p50Ms']} ms, saturation {result['saturation']}")
         for n in counts:
-            result["counts"][n] = measure_count(n, tritons[:n], gpu, root, args)
+            result["counts"][n] = measure_count(n, tritons[:n], gpu, root, args, lockstep=lockstep)
             (root / "partial.json").write_text(json.dumps(result, indent=1))
+    except BaseException:
+        if lockstep:
+            lockstep.leave()
+        raise
     finally:
         for t in tritons:
             t.stop()
@@ -309,9 +359,17 @@ def worker(
 
 
 def measure_count(
-    n: int, tritons: list[LocalTriton], gpu: int, root: Path, args: argparse.Namespace
+    n: int,
+    tritons: list[LocalTriton],
+    gpu: int,
+    root: Path,
+    args: argparse.Namespace,
+    *,
+    lockstep: Lockstep | None,
 ) -> dict[str, Any]:
-    seconds = math.ceil(args.frames / (n * args.fps))
+    # In lockstep every N runs as long as the smallest needs for its frames.
+    fewest = min([*args.counts, *args.mps_counts]) if lockstep else n
+    seconds = math.ceil(args.frames / (fewest * args.fps))
     period = 1.0 / args.fps
     rng = random.Random(args.seed + n)
     random_phases = [rng.uniform(0, period) for _ in range(n)]
@@ -345,7 +403,7 @@ def measure_count(
                 else:  # direct, on the slots' phases
                     cams.append({"url": t.grpc, "phase": sidecars.offsets_s[i]})
             tcp = tcp_counters()
-            logs = run_cameras(cams, seconds, root, f"n{n}-{config}", args)
+            logs = run_cameras(cams, seconds, root, f"n{n}-{config}", args, lockstep=lockstep)
             s = results[config] = pooled(logs)
             s["achievedFps"] = round(s["answered"] / (n * seconds), 2)
             s["tcp"] = {k: v - tcp.get(k, 0) for k, v in tcp_counters().items()}
@@ -428,9 +486,13 @@ def main() -> None:
     lock = threading.Lock()
     report = out / "streams.json"
     try:
+        # Lockstep needs as many measurements on every GPU.
+        same = len({len(ns) for ns in plan.values()}) == 1
+        lockstep = Lockstep(len(plan)) if same and len(plan) > 1 else None
+        log("lockstep:", bool(lockstep))
         with ThreadPoolExecutor(len(plan)) as pool:
             futures = {
-                g: pool.submit(worker, g, ns, g in args.mps_gpus, args, out)
+                g: pool.submit(worker, g, ns, g in args.mps_gpus, args, out, lockstep=lockstep)
                 for g, ns in plan.items()
             }
             for g, future in futures.items():

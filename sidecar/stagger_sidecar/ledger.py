@@ -19,8 +19,10 @@ the GPU actually did:
 - an answer removes its request at once, so a body that finished early frees the GPU;
 - a measured body that grew because bodies overlapped spaces the next releases further:
   the feedback damps overlap instead of feeding it;
-- nobody waits beyond its ``deadline`` (its slot + the longest delay): a request that keeps
-  its place in the queue through a stall must not hold every other stream;
+- nobody waits beyond its ``deadline`` (its slot + the longest delay), and a request that
+  goes at its deadline goes uncoordinated: it is not entered as holding the GPU, so one
+  stall does not push every later release to its deadline in turn (on an H200 that chain
+  delayed 99 % of requests by their whole longest delay);
 - entries of a sidecar that died expire: a released one at its predicted answer, a waiting
   one at its deadline.
 
@@ -72,14 +74,19 @@ class LedgerBook:
     claims: dict[str, Claim] = field(default_factory=dict)
 
     def claim(self, claim: Claim, now: float) -> float | None:
-        """None: ``claim`` goes now (recorded as released). Else the time to ask again
-        (recorded as waiting, so requests behind it queue after it)."""
+        """None: ``claim`` goes now (recorded as released, unless it goes uncoordinated:
+        at its deadline or past a full ledger). Else the time to ask again (recorded as
+        waiting, so requests behind it queue after it)."""
         self._expire(now)
         go = self.release_time(claim, now)
-        if go <= now or now >= claim.deadline or len(self.claims) >= MAX_ENTRIES:
-            claim.released = now
+        claim.released = now
+        if go <= now:
             self.claims[claim.id] = claim
             return None
+        if now >= claim.deadline or len(self.claims) >= MAX_ENTRIES:
+            self.claims.pop(claim.id, None)
+            return None
+        claim.released = None
         self.claims[claim.id] = claim
         return min(go, claim.deadline)
 

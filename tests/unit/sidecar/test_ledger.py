@@ -76,6 +76,10 @@ def test_nobody_waits_past_its_deadline() -> None:
     b = claim("b", T + 0.010, max_delay=0.005)
     assert book.claim(b, T + 0.010) == near(T + 0.015)  # the deadline, not a's answer
     assert book.claim(b, T + 0.015) is None
+    # b went uncoordinated: the next request queues after a alone, not after b too.
+    assert set(book.claims) == {"a"}
+    c = claim("c", T + 0.016, max_delay=0.2)
+    assert book.claim(c, T + 0.016) == near(T + 0.100 - LEAD)
 
 
 def test_entries_of_a_dead_sidecar_expire() -> None:
