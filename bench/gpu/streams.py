@@ -27,7 +27,8 @@ where its frames' time went (before the model, in it, after it) and how much of 
 time other streams' overlapped (``stagger.camerasim.phases``), with the host's TCP
 retransmissions and timeouts over it (all GPUs' runs together).
 
-Slots are the planner's for equal streams: offsets i × period / N, each body period / N.
+Slots are the planner's for equal streams: offsets i × period / N, each body period / N
+or ``--body-ms`` (the calibrated body, alone on the GPU, when it is shorter).
 Also per GPU: solo latency (one camera alone, direct) and the saturation throughput (every
 stream's client back to back, closed loop). With several GPUs, the counts are spread over
 them and run at once, one N per GPU at a time, so no two configurations share a GPU.
@@ -152,10 +153,13 @@ class Sidecars:
         gpu: int,
         root: Path,
         fps: float,
+        *,
+        body_ms: float | None,
         env: dict[str, str] | None = None,
     ) -> None:
         n = len(tritons)
         period = round(TICK_HZ / fps)
+        body = period // n if body_ms is None else min(period // n, round(body_ms * TICK_HZ / 1e3))
         self.epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
         self.offsets_s = [i * period // n / TICK_HZ for i in range(n)]
         self.sidecars = []
@@ -171,7 +175,7 @@ class Sidecars:
                 epoch=self.epoch,
                 period_ticks=period,
                 offset_ticks=i * period // n,
-                body_ticks=period // n,
+                body_ticks=body,
                 generation=1,
                 effective_at=self.epoch,
             )
@@ -373,7 +377,7 @@ def measure_count(
     period = 1.0 / args.fps
     rng = random.Random(args.seed + n)
     random_phases = [rng.uniform(0, period) for _ in range(n)]
-    sidecars = Sidecars(tritons, gpu, root, args.fps)
+    sidecars = Sidecars(tritons, gpu, root, args.fps, body_ms=args.body_ms)
     coordinated: Sidecars | None = None
     results: dict[str, Any] = {"seconds": seconds}
     try:
@@ -382,7 +386,12 @@ def measure_count(
                 ledger = LEDGER_DIR / f"stagger-bench-gpu{gpu}-n{n}-{os.getpid()}.json"
                 ledger.unlink(missing_ok=True)
                 coordinated = Sidecars(
-                    tritons, gpu, root, args.fps, env={"STAGGER_GPU_LEDGER": str(ledger)}
+                    tritons,
+                    gpu,
+                    root,
+                    args.fps,
+                    body_ms=args.body_ms,
+                    env={"STAGGER_GPU_LEDGER": str(ledger)},
                 )
             cams: list[dict[str, Any]] = []
             for i, t in enumerate(tritons):
@@ -452,6 +461,12 @@ def main() -> None:
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--post-ms", type=float, default=8.0)
     p.add_argument("--lead-ms", type=float, default=2.0)
+    p.add_argument(
+        "--body-ms",
+        type=float,
+        help="the slots' body (calibrated, alone on the GPU; default: the whole slot, "
+        "period / N); offsets stay i x period / N",
+    )
     p.add_argument("--gpus", type=int, nargs="*", default=[0], help="time-sliced")
     p.add_argument("--mps-gpus", type=int, nargs="*", default=[])
     p.add_argument("--seed", type=int, default=7)

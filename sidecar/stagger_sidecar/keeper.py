@@ -171,7 +171,7 @@ class Keeper:
         clock = gate.timetable.clock(now)
         if c is None or release.slot is None or clock is None:
             return None
-        busy = self.bodies.get(model, clock.body_s)
+        busy = min(clock.body_s, self.bodies.get(model, clock.body_s))
         max_delay = clock.body_s if c.max_delay_s is None else c.max_delay_s
         return Claim(next(self._claim_ids), release.at, busy, release.at + max_delay)
 

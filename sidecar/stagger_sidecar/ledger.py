@@ -9,16 +9,17 @@ and the overlap feeds itself (at 7 streams per H200, 99.8 % of frames shared the
 whatever their phases). The ledger makes the GPU one queue in slot order, fed back by what
 the GPU actually did:
 
-- a released request holds the GPU for its model's body as Triton measures it
-  (``compute_infer`` per inference over the sidecar's last statistics window; before the
-  first, the slot's body). Requests reach the model about as long after their release as
-  one another, so the next may go one body after the previous went: its way to the model
-  overlaps the previous body, its body starts as the previous ends;
+- a released request holds the GPU for its body: its model's as Triton measures it
+  (``compute_infer`` per inference over the sidecar's last statistics window), at most its
+  slot's body (the calibrated body, alone on the GPU). A longer measure means bodies
+  overlapped, which the ledger exists to prevent: following it spaced releases wider than
+  the slots and sent 55-99 % of requests at their longest delay on an H200. Requests
+  reach the model about as long after their release as one another, so the next may go one
+  body after the previous went: its way to the model overlaps the previous body, its body
+  starts as the previous ends;
 - a request goes once its slot has come, the GPU is predicted free (``lead`` early at
   most) and every request with an earlier slot has gone;
 - an answer removes its request at once, so a body that finished early frees the GPU;
-- a measured body that grew because bodies overlapped spaces the next releases further:
-  the feedback damps overlap instead of feeding it;
 - nobody waits beyond its ``deadline`` (its slot + the longest delay), and a request that
   goes at its deadline goes uncoordinated: it is not entered as holding the GPU, so one
   stall does not push every later release to its deadline in turn (on an H200 that chain

@@ -32,7 +32,8 @@ async def two_streams(
     start_sidecar: StartSidecar, ledger: Path, **settings: object
 ) -> tuple[Sidecar, Sidecar]:
     a = await start_sidecar(
-        slot_contract("a", offset_ms=A_OFFSET * 1e3, body_ms=5),
+        # A calibrated body longer than Triton will measure: the measure holds the GPU.
+        slot_contract("a", offset_ms=A_OFFSET * 1e3, body_ms=SLOW_MS + 10),
         slot_name="a.json",
         stream="a",
         gpu_ledger=ledger,

@@ -176,8 +176,8 @@ def test_an_unusable_ledger_releases_at_the_slot(tmp_path: Path) -> None:
 
 def two_stream_keeper(now: list[float], ledger: LocalLedger) -> Keeper:
     gate = Gate(GateConfig())
-    gate.load(slot_contract("a", offset_ms=30, body_ms=5), T)
-    gate.load(slot_contract("b", offset_ms=35, body_ms=5), T)
+    gate.load(slot_contract("a", offset_ms=30, body_ms=20), T)
+    gate.load(slot_contract("b", offset_ms=35, body_ms=20), T)
 
     async def sleep(seconds: float) -> None:
         now[0] += seconds
@@ -195,7 +195,7 @@ def two_stream_keeper(now: list[float], ledger: LocalLedger) -> Keeper:
 async def test_the_keeper_holds_a_request_while_another_streams_body_runs() -> None:
     now = [T + 0.030]
     keeper = two_stream_keeper(now, LocalLedger(LEAD))
-    keeper.bodies["slow"] = 0.010  # as Triton measured it; the contract says 5 ms
+    keeper.bodies["slow"] = 0.010  # as Triton measured it; the contract says 20 ms
     a = await keeper.admit("a", "slow")
     assert a.released == near(T + 0.030)
     now[0] = T + 0.035
@@ -210,12 +210,23 @@ async def test_the_keeper_holds_a_request_while_another_streams_body_runs() -> N
     assert set(keeper.coordination.ledger.book.claims) == {b.claim.id}  # type: ignore[union-attr]
 
 
+async def test_a_measured_body_longer_than_the_slots_counts_as_the_slots() -> None:
+    """Triton measures long bodies when they overlapped: the ledger holds the next request
+    for the calibrated body at most, or it would space releases wider than the slots."""
+    now = [T + 0.030]
+    keeper = two_stream_keeper(now, LocalLedger(LEAD))
+    keeper.bodies["slow"] = 0.050
+    await keeper.admit("a", "slow")
+    now[0] = T + 0.035
+    b = await keeper.admit("b", "m")
+    assert b.released == near(T + 0.030 + 0.020 - LEAD)
+
+
 async def test_a_request_cancelled_while_coordinated_leaves_the_ledger() -> None:
     now = [T + 0.030]
     ledger = LocalLedger(LEAD)
     keeper = two_stream_keeper(now, ledger)
-    keeper.bodies["slow"] = 0.050
-    await keeper.admit("a", "slow")
+    await keeper.admit("a", "slow")  # the contract's 20 ms body
     now[0] = T + 0.035
 
     async def never(seconds: float) -> None:
