@@ -1,4 +1,5 @@
-"""Coordinated release for time-sliced GPUs: the sidecars of one GPU share a ledger of the
+"""Coordinated release for time-sliced GPUs (experimental: measured no better than static
+stagger yet, docs/benchmarks.md): the sidecars of one GPU share a ledger of the
 requests they released, and a request whose slot has come still waits while another
 stream's body is predicted to run.
 
@@ -13,7 +14,7 @@ the GPU actually did:
   (``compute_infer`` per inference over the sidecar's last statistics window), at most its
   slot's body (the calibrated body, alone on the GPU). A longer measure means bodies
   overlapped, which the ledger exists to prevent: following it spaced releases wider than
-  the slots and sent 55-99 % of requests at their longest delay on an H200. Requests
+  the slots and sent 54-99 % of requests at their longest delay on an H200. Requests
   reach the model about as long after their release as one another, so the next may go one
   body after the previous went: its way to the model overlaps the previous body, its body
   starts as the previous ends;
@@ -22,16 +23,16 @@ the GPU actually did:
 - an answer removes its request at once, so a body that finished early frees the GPU;
 - nobody waits beyond its ``deadline`` (its slot + the longest delay), and a request that
   goes at its deadline goes uncoordinated: it is not entered as holding the GPU, so one
-  stall does not push every later release to its deadline in turn (on an H200 that chain
-  delayed 99 % of requests by their whole longest delay);
-- entries of a sidecar that died expire: a released one at its predicted answer, a waiting
-  one at its deadline.
+  stall does not push every later release to its deadline in turn;
+- entries of a sidecar that died expire: a released one when its body is predicted to
+  end, a waiting one at its deadline.
 
 :class:`LedgerBook` is the pure rule. :class:`FileLedger` keeps it in one small JSON file
 per GPU under an exclusive ``flock``, read and written per decision (tens of microseconds
-on tmpfs), so separate sidecar processes share it: pods mount the node's ``/run/stagger``
-(opt-in, docs/sidecar.md). Whatever goes wrong with the file, requests go at their slot
-(static stagger): the ledger may improve a release, never block one.
+on tmpfs), so separate sidecar processes share it (pods would mount one node directory, a
+``hostPath``: an explicit opt-in the operator does not make; docs/sidecar.md). Whatever
+goes wrong with the file, requests go at their slot (static stagger): the ledger may delay
+a release by its longest delay at most, never block one.
 """
 
 from __future__ import annotations
