@@ -307,6 +307,18 @@ def run_cameras(
     return logs
 
 
+def servers_down(tritons: list[LocalTriton], lines: int = 5) -> str:
+    """Which tritonservers exited, with the end of their logs."""
+    down = []
+    for i, t in enumerate(tritons):
+        code = t.process.poll() if t.process else None
+        if code is not None:
+            log_ = t.log_file.read_text(errors="replace") if t.log_file else ""
+            tail = " | ".join(log_.strip().splitlines()[-lines:])
+            down.append(f"tritonserver {i} exited with {code}: {tail}")
+    return "; ".join(down) or "every tritonserver still running"
+
+
 def pooled(logs: list[dict[str, Any]]) -> dict[str, Any]:
     result = summarize([x for log in logs for x in log["latencies_s"]], sum(x["due"] for x in logs))
     errors: dict[str, int] = {}
@@ -352,9 +364,11 @@ def worker(
         for n in counts:
             result["counts"][n] = measure_count(n, tritons[:n], gpu, root, args, lockstep=lockstep)
             (root / "partial.json").write_text(json.dumps(result, indent=1))
-    except BaseException:
+    except BaseException as e:
         if lockstep:
             lockstep.leave()
+        if isinstance(e, RuntimeError):  # a camera failed: say which servers had died
+            raise RuntimeError(f"{e}; {servers_down(tritons)}") from e
         raise
     finally:
         for t in tritons:
