@@ -491,6 +491,8 @@ def main() -> None:
         p.error("a GPU is either time-sliced (--gpus) or under MPS (--mps-gpus)")
     if not (args.counts and args.gpus) and not (args.mps_counts and args.mps_gpus):
         p.error("give --counts with --gpus, or --mps-counts with --mps-gpus")
+    if args.body_ms is not None and args.body_ms <= 0:
+        p.error(f"--body-ms must be positive, not {args.body_ms:g}")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.frame is None:

@@ -177,7 +177,7 @@ class FileLedger:
             fd = self._open()
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                raw = os.pread(fd, 1 << 20, 0)
+                raw = os.pread(fd, os.fstat(fd).st_size, 0)  # a few hundred bytes
                 try:
                     book = LedgerBook.load(raw.decode(), self.lead)
                 except (ValueError, KeyError, TypeError):

@@ -88,7 +88,8 @@ async def test_a_stream_waits_for_the_other_streams_measured_body(
 ) -> None:
     a, b = await two_streams(start_sidecar, tmp_path / "gpu-0.json", ledger_max_delay_ms=80)
     rounds = await run_rounds(a, b)
-    # a's body is Triton's measure (60 ms), not the contract's 5 ms: b goes as it ends.
+    # a's body is Triton's measure (60 ms), shorter than its contract's 70 ms: b goes as it
+    # ends.
     for slot_a, began_b in rounds:
         assert 0.050 <= began_b - slot_a <= 0.090, [round(y - x, 4) for x, y in rounds]
     samples = await scrape(b)
