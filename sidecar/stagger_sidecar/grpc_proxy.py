@@ -8,7 +8,8 @@ connection to Triton, and copies frames. It reads only what gating needs:
   tables stay in step (the metadata reaches Triton, which ignores it);
 * for ``ModelInfer`` and ``ModelStreamInfer``, the first bytes of each request message:
   model name and request id (``wire.py``). The message's DATA is held until the gate
-  releases it, while other calls on the connection go on;
+  releases it, while other calls on the connection go on; released, it goes on piece by
+  piece as it arrives, not frame by frame (the app's frames may be 4 MB);
 * on ``ModelStreamInfer``, Triton's response messages, for ``triton_final_response``.
 
 Everything else (other methods, SETTINGS, PING, WINDOW_UPDATE, Triton's answers) passes as
@@ -76,6 +77,8 @@ END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
 NO_ERROR, CANCEL = 0x0, 0x8
 MESSAGE_PREFIX = 5  # gRPC: compressed flag + 4-byte length
 MAX_FRAME = 16_384  # SETTINGS_MAX_FRAME_SIZE's initial value: what every peer accepts
+SETTINGS_MAX_FRAME_SIZE = 0x5
+SETTING = struct.Struct(">HL")
 PEEK_BYTES = 4096  # of a compressed message, enough to read its header
 ANYTHING = 1 << 31  # table and header-list limits are Triton's to enforce, not ours
 
@@ -92,7 +95,7 @@ CODE = {
 }
 
 
-def data_frame(sid: int, payload: bytes, *, end: bool = False) -> bytes:
+def data_frame(sid: int, payload: bytes | memoryview, *, end: bool = False) -> bytes:
     n = len(payload)
     return FRAME_HEAD.pack(n >> 8, n & 0xFF, DATA, END_STREAM if end else 0, sid) + payload
 
@@ -135,7 +138,7 @@ class Outbound:
 
     def flush(self) -> None:
         if self.transport is not None and self.frames and not self.transport.is_closing():
-            self.transport.write(b"".join(self.frames))
+            self.transport.writelines(self.frames)  # uvloop: one vectored write, no join
             self.frames.clear()
 
 
@@ -189,6 +192,8 @@ class GrpcConnection(asyncio.Protocol):
         self.calls: dict[int, Call] = {}
         self.last_sid = 0
         self.owed: dict[int, int] = {}  # bytes the sidecar added to the app's windows
+        self.max_frame = MAX_FRAME  # the largest DATA frame Triton accepts (its SETTINGS)
+        self.payload: tuple[Call, int, int] | None = None  # a gated DATA frame being read
         self.barriers: dict[bytes, Call] = {}
         self.tokens = itertools.count(1)
         self.closed = False
@@ -255,8 +260,40 @@ class GrpcConnection(asyncio.Protocol):
         if self.raw:
             self.to_triton.own(data)
         elif self._preface_passed(data):
-            for frame, ftype, flags, sid in _split(self.buf):
-                self._app_frame(frame, ftype, flags, sid)
+            self._app_frames()
+
+    def _app_frames(self) -> None:
+        """The app's frames in ``buf``, each once complete, except a gated call's request
+        DATA: its payload goes on piece by piece as it arrives. The app's frames are as
+        large as Triton accepts (4 MB), and a released request must not wait in the sidecar
+        for the rest of its frame."""
+        buf, pos = self.buf, 0
+        try:
+            with memoryview(buf) as view:  # slices of the view are one copy, of buf two
+                while pos < len(buf):
+                    if self.payload is not None:  # inside a gated DATA frame
+                        reading, left, end = self.payload
+                        n = min(left, len(buf) - pos)
+                        last = n == left
+                        self.payload = None if last else (reading, left - n, end)
+                        self._request_bytes(reading, view[pos : pos + n], end=last and end)
+                        pos += n
+                        continue
+                    if len(buf) - pos < 9:
+                        break
+                    hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(buf, pos)
+                    size, sid = hi << 8 | lo, sid & 0x7FFFFFFF
+                    call = self.calls.get(sid) if sid and ftype == DATA else None
+                    if call is not None and call.gated and size and not flags & PADDED:
+                        self.payload = (call, size, flags & END_STREAM)
+                        pos += 9
+                        continue
+                    if pos + 9 + size > len(buf):
+                        break
+                    self._app_frame(bytes(view[pos : pos + 9 + size]), ftype, flags, sid)
+                    pos += 9 + size
+        finally:
+            del buf[:pos]
 
     def _preface_passed(self, data: bytes) -> bool:
         """Buffer ``data``; False while the connection preface is incomplete, or is not
@@ -278,8 +315,11 @@ class GrpcConnection(asyncio.Protocol):
     def _app_frame(self, frame: bytes, ftype: int, flags: int, sid: int) -> None:
         call = self.calls.get(sid) if sid else None
         if ftype == DATA:
-            if call is not None and call.gated:
-                self._request_data(call, frame, flags)
+            if call is not None and call.gated:  # padded, or empty: whole
+                payload = _payload(frame, ftype, flags)
+                self._request_bytes(call, payload, end=flags & END_STREAM)
+                if len(frame) - 9 > len(payload):  # padding: flow-controlled, never forwarded
+                    self._give_back_to_app(call, len(frame) - 9 - len(payload))
                 return
             if self.standalone:  # nobody to send it to: give the window back
                 self._give_back_to_app(None, len(frame) - 9)
@@ -349,18 +389,16 @@ class GrpcConnection(asyncio.Protocol):
         elif not call.gated:
             self._start_timer(call)
 
-    def _request_data(self, call: Call, frame: bytes, flags: int) -> None:
-        payload = _payload(frame, DATA, flags)
-        unused = len(frame) - 9 - len(payload)  # padding: flow-controlled, never forwarded
-        if call.barrier is not None:  # Triton has been told to forget the call
-            unused, payload = len(frame) - 9, b""
-        call.inbox += payload
-        if flags & END_STREAM:
+    def _request_bytes(self, call: Call, payload: bytes | memoryview, *, end: int) -> None:
+        """Request DATA of a gated call (a frame's payload, or part of it); ``end``: the
+        app's END_STREAM came with its last byte. ``payload`` is copied, never kept."""
+        if end:
             call.app_ended = True
-        if unused:
-            self._give_back_to_app(call, unused)
-        if call.barrier is None:
-            self._advance(call)
+        if call.over or call.barrier is not None:  # Triton has been told to forget the call
+            self._give_back_to_app(call, len(payload))
+            return
+        call.inbox += payload
+        self._advance(call)
 
     def _advance(self, call: Call) -> None:
         """Forward what the gate allows of a gated call's request bytes; the next message
@@ -368,13 +406,13 @@ class GrpcConnection(asyncio.Protocol):
         while call.inbox:
             if call.forward:
                 # Held bytes from several frames go out again as frames of at most the size
-                # every HTTP/2 peer must accept (Triton may have advertised no more).
-                n = min(call.forward, len(call.inbox), MAX_FRAME)
-                piece = bytes(call.inbox[:n])
+                # Triton accepts.
+                n = min(call.forward, len(call.inbox), self.max_frame)
+                last = call.app_ended and n == len(call.inbox) and n == call.forward
+                with memoryview(call.inbox) as held:
+                    self.to_triton.own(data_frame(call.sid, held[:n], end=last))
                 del call.inbox[:n]
                 call.forward -= n
-                last = call.app_ended and not call.inbox and not call.forward
-                self.to_triton.own(data_frame(call.sid, piece, end=last))
                 call.end_sent |= last
             elif call.drop:
                 n = min(call.drop, len(call.inbox))
@@ -397,11 +435,11 @@ class GrpcConnection(asyncio.Protocol):
             return False
         size = MESSAGE_PREFIX + int.from_bytes(inbox[1:5], "big")
         complete = len(inbox) >= size or call.app_ended
-        body = bytes(inbox[MESSAGE_PREFIX:size])
         try:
-            if inbox[0]:
-                body = _inflate(call.encoding, body)
-            header = wire.request_header(body, complete=complete)
+            # The header is in the first bytes: read those, not a copy of a whole frame.
+            header = self._header(call, inbox, min(size, MESSAGE_PREFIX + PEEK_BYTES), complete)
+            if header is None and complete and size > MESSAGE_PREFIX + PEEK_BYTES:
+                header = self._header(call, inbox, size, complete)  # written in another order
         except (wire.WireError, zlib.error, ValueError):
             call.forward = size  # malformed: Triton answers it with its own error
             return True
@@ -419,6 +457,14 @@ class GrpcConnection(asyncio.Protocol):
                 self._wait(call, entered, header.id, size)
             )
         return True
+
+    @staticmethod
+    def _header(call: Call, inbox: bytearray, end: int, complete: bool) -> wire.InferHeader | None:
+        body = bytes(inbox[MESSAGE_PREFIX:end])
+        whole = complete and end >= MESSAGE_PREFIX + int.from_bytes(inbox[1:5], "big")
+        if inbox[0]:
+            return wire.request_header(_inflate(call.encoding, body), complete=whole)
+        return wire.request_header(body, complete=whole)
 
     async def _wait(self, call: Call, held: Held, request_id: str, size: int) -> None:
         ticket = await self.keeper.wait(held)
@@ -574,6 +620,10 @@ class GrpcConnection(asyncio.Protocol):
             self._barrier_passed(self.barriers.pop(frame[9:]))
             return  # the sidecar's own PING
         self.to_app.relay(frame, ftype, flags)
+        if ftype == SETTINGS and not flags & ACK:
+            for key, value in SETTING.iter_unpack(frame[9 : 9 + (len(frame) - 9) // 6 * 6]):
+                if key == SETTINGS_MAX_FRAME_SIZE:  # 2^14 to 2^24 - 1 (RFC 9113 §6.5.2)
+                    self.max_frame = min(max(value, MAX_FRAME), (1 << 24) - 1)
         call = self.calls.get(sid) if sid else None
         if call is None:
             return
@@ -644,13 +694,14 @@ def _split(buf: bytearray) -> Iterator[tuple[bytes, int, int, int]]:
     """The complete frames at the start of ``buf``, consumed as they are read."""
     pos, size = 0, len(buf)
     try:
-        while size - pos >= 9:
-            hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(buf, pos)
-            end = pos + 9 + (hi << 8 | lo)
-            if end > size:
-                break
-            yield bytes(buf[pos:end]), ftype, flags, sid & 0x7FFFFFFF
-            pos = end
+        with memoryview(buf) as view:  # a slice of the view is one copy, of buf two
+            while size - pos >= 9:
+                hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(buf, pos)
+                end = pos + 9 + (hi << 8 | lo)
+                if end > size:
+                    break
+                yield bytes(view[pos:end]), ftype, flags, sid & 0x7FFFFFFF
+                pos = end
     finally:
         del buf[:pos]
 

@@ -1,0 +1,157 @@
+"""The gRPC relay's request path frame by frame, on captured transports and an injected
+clock: how a request's DATA leaves for Triton, released at once or held to its slot."""
+
+from __future__ import annotations
+
+import itertools
+import types
+from typing import Any
+
+import hpack
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, SettingsFrame
+from tritonclient.grpc import service_pb2
+
+from stagger_sidecar.gate import Gate, GateConfig
+from stagger_sidecar.grpc_proxy import MODEL_INFER, PREFACE, GrpcConnection
+from stagger_sidecar.keeper import Keeper
+from stagger_sidecar.metrics import GateMetrics
+from tests.factories import slot_contract
+
+T = 1_800_000_000.0  # a period starts here; the stream's slot is 30-50 ms into it
+MB = 1 << 20
+
+
+class Captured:
+    """A transport that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.sent = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def writelines(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.sent += frame
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def relay(now: list[float]) -> tuple[GrpcConnection, Captured]:
+    """A relay between an app and Triton, the clock at ``now[0]``; and Triton's side."""
+    gate = Gate(GateConfig())
+    gate.load(slot_contract("cam", offset_ms=30, body_ms=20), T)
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    keeper = Keeper(gate, GateMetrics(), max_inflight=8, clock=lambda: now[0], sleep=sleep)
+    proxy: Any = types.SimpleNamespace(keeper=keeper, timeout_s=5.0, unreachable="")
+    connection = GrpcConnection(proxy)
+    triton = Captured()
+    connection.app = connection.to_app.transport = Captured()
+    connection.to_triton.transport = triton
+    return connection, triton
+
+
+def request_frames(size: int) -> tuple[bytes, bytes, bytes]:
+    """The app's opening (preface, SETTINGS, the call's HEADERS), one ModelInfer message
+    of ``size`` tensor bytes in a single DATA frame (as gRPC writes them when Triton allows
+    4 MB frames), and the message itself."""
+    headers = hpack.Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", MODEL_INFER),
+            (":authority", "triton"),
+            ("content-type", "application/grpc"),
+            ("stagger-stream", "cam"),
+        ]
+    )
+    opening = (
+        PREFACE
+        + SettingsFrame(0).serialize()
+        + HeadersFrame(1, data=headers, flags=["END_HEADERS"]).serialize()
+    )
+    request = service_pb2.ModelInferRequest(model_name="detector", id="f1")
+    request.raw_input_contents.append(bytes(range(256)) * (size // 256))
+    body = request.SerializeToString()
+    message = b"\0" + len(body).to_bytes(4, "big") + body
+    return opening, DataFrame(1, data=message, flags=["END_STREAM"]).serialize(), message
+
+
+def frames(sent: bytearray) -> list[Frame]:
+    """Every frame in ``sent`` (after the connection preface)."""
+    out, pos = [], len(PREFACE)
+    while pos < len(sent):
+        frame, length = Frame.parse_frame_header(memoryview(sent[pos : pos + 9]))
+        frame.parse_body(memoryview(sent[pos + 9 : pos + 9 + length]))
+        out.append(frame)
+        pos += 9 + length
+    return out
+
+
+def data_sent(triton: Captured) -> tuple[bytes, list[DataFrame]]:
+    data = [f for f in frames(triton.sent) if isinstance(f, DataFrame)]
+    return b"".join(f.data for f in data), data
+
+
+async def test_a_released_request_goes_on_as_its_frame_arrives() -> None:
+    """At its slot a request is released on its first bytes, and the rest follow as they
+    come: the sidecar does not wait for the end of a 1 MB frame to start sending it."""
+    connection, triton = relay([T + 0.035])
+    opening, data, message = request_frames(MB)
+    connection.data_received(opening)
+    for start in range(0, 512 * 1024, 64 * 1024):  # half the frame, as the socket gives it
+        connection.data_received(data[start : start + 64 * 1024])
+
+    sent, pieces = data_sent(triton)
+    assert sent == message[: 512 * 1024 - 9]  # all of it that arrived, less the frame head
+    assert not any("END_STREAM" in f.flags for f in pieces)
+    assert max(len(f.data) for f in pieces) <= 16_384  # Triton advertised no larger frames
+
+    connection.data_received(data[512 * 1024 :])
+    sent, pieces = data_sent(triton)
+    assert sent == message
+    assert "END_STREAM" in pieces[-1].flags
+    assert connection.calls[1].pending  # released, waiting for Triton's answer
+
+
+async def test_a_held_request_leaves_at_its_slot_in_frames_as_large_as_triton_takes() -> None:
+    """Sent early, a request waits in the sidecar whole; at its slot it leaves in as few
+    frames as Triton's SETTINGS allow."""
+    now = [T + 0.020]  # 10 ms before the slot
+    connection, triton = relay(now)
+    connection.triton_data(bytearray(SettingsFrame(0, settings={5: 4 * MB}).serialize()))
+    opening, data, message = request_frames(MB)
+    connection.data_received(opening + data)
+    assert data_sent(triton)[0] == b""  # held
+
+    admission = connection.calls[1].admission
+    assert admission is not None
+    await admission
+    assert now[0] >= T + 0.030  # released at the slot, not before
+    sent, pieces = data_sent(triton)
+    assert sent == message
+    assert len(pieces) == 1
+    assert "END_STREAM" in pieces[0].flags
+
+
+async def test_a_request_split_over_frames_is_gated_once_and_relayed_whole() -> None:
+    """gRPC may split a message over DATA frames of any size, down to a few bytes: the
+    header is read across them and the message reaches Triton unchanged."""
+    connection, triton = relay([T + 0.035])
+    opening, _, message = request_frames(4096)
+    connection.data_received(opening)
+    cuts = [0, 3, 7, 40, 1000, len(message)]
+    for a, b in itertools.pairwise(cuts):
+        flags = ["END_STREAM"] if b == len(message) else []
+        connection.data_received(DataFrame(1, data=message[a:b], flags=flags).serialize())
+    sent, pieces = data_sent(triton)
+    assert sent == message
+    assert "END_STREAM" in pieces[-1].flags
+    assert len(connection.calls[1].pending) == 1  # one message, one release
