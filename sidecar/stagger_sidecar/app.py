@@ -106,27 +106,11 @@ class Sidecar:
         self.poll_slot_files()
         await self.upstream.check()
 
-        http = HttpProxy(
-            self.keeper, self.upstream, timeout_s=s.upstream_timeout_s, ready=self.ready
-        )
-        self._http = http
-        host, port = split_address(s.http_address)
-        self._http_server = await asyncio.get_running_loop().create_server(
-            http.protocol, host, port
-        )
-        self.ports["http"] = int(self._http_server.sockets[0].getsockname()[1])
-        metrics = web.Application()
-        metrics.router.add_get("/metrics", self._metrics)
-        self.ports["metrics"] = await self._listen(metrics, s.metrics_address)
-        if s.triton_grpc:
-            self._grpc = GrpcProxy(
-                self.keeper, self.upstream, s.triton_grpc, timeout_s=s.upstream_timeout_s
-            )
-            host, port = split_address(s.grpc_address)
-            self._grpc_server = await asyncio.get_running_loop().create_server(
-                self._grpc.protocol, host, port
-            )
-            self.ports["grpc"] = int(self._grpc_server.sockets[0].getsockname()[1])
+        try:
+            await self._bind()
+        except OSError:  # an address is taken: nothing may go on listening, ready or not
+            await self.stop()
+            raise
 
         self._spawn(self.upstream.watch(lambda ok: self.metrics.triton_up.set(int(ok))))
         self._spawn(self._every(s.slot_poll_s, self.poll_slot_files))
@@ -144,6 +128,33 @@ class Sidecar:
             },
         )
         return self
+
+    async def _bind(self) -> None:
+        """Every listener bound before any serves: ``/readyz`` answering means the gRPC port
+        is there too (a sidecar that lost its gRPC address must never pass for ready)."""
+        s, loop = self.settings, asyncio.get_running_loop()
+        http = HttpProxy(
+            self.keeper, self.upstream, timeout_s=s.upstream_timeout_s, ready=self.ready
+        )
+        self._http = http
+        host, port = split_address(s.http_address)
+        self._http_server = await loop.create_server(http.protocol, host, port, start_serving=False)
+        self.ports["http"] = int(self._http_server.sockets[0].getsockname()[1])
+        if s.triton_grpc:
+            self._grpc = GrpcProxy(
+                self.keeper, self.upstream, s.triton_grpc, timeout_s=s.upstream_timeout_s
+            )
+            host, port = split_address(s.grpc_address)
+            self._grpc_server = await loop.create_server(
+                self._grpc.protocol, host, port, start_serving=False
+            )
+            self.ports["grpc"] = int(self._grpc_server.sockets[0].getsockname()[1])
+        metrics = web.Application()
+        metrics.router.add_get("/metrics", self._metrics)
+        self.ports["metrics"] = await self._listen(metrics, s.metrics_address)
+        for server in (self._http_server, self._grpc_server):
+            if server is not None:
+                await server.start_serving()
 
     async def _listen(self, app: web.Application, address: str) -> int:
         runner = web.AppRunner(app, access_log=None)

@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -503,3 +504,22 @@ async def test_http_framing_edge_cases(http: Any) -> None:
     garbage = await exchange(b"\x16\x03\x01 this is not HTTP\r\n\r\n", 1)
     assert b"400" in garbage[0] and b"malformed HTTP request" in garbage[0]
     assert (await client.infer("add_one", [http_input([1.0])])).as_numpy("OUTPUT0")[0] == 2
+
+
+async def test_a_sidecar_whose_grpc_address_is_taken_fails_to_start_and_leaves_nothing_listening(
+    start_sidecar: StartSidecar,
+) -> None:
+    """Every listener is bound before any serves, and a failed start closes what it bound: a
+    sidecar that lost its gRPC address never answers ``/readyz``, which would pass it for
+    ready (many sidecars starting at once on one host race for ports)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http_port = free_port()
+        with pytest.raises(OSError):
+            await start_sidecar(
+                http_address=f"127.0.0.1:{http_port}",
+                grpc_address=f"127.0.0.1:{taken.getsockname()[1]}",
+            )
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
