@@ -79,7 +79,7 @@ MESSAGE_PREFIX = 5  # gRPC: compressed flag + 4-byte length
 MAX_FRAME = 16_384  # SETTINGS_MAX_FRAME_SIZE's initial value: what every peer accepts
 SETTINGS_MAX_FRAME_SIZE = 0x5
 SETTING = struct.Struct(">HL")
-PEEK_BYTES = 4096  # of a compressed message, enough to read its header
+PEEK_BYTES = 4096  # of a message, enough to read its header
 ANYTHING = 1 << 31  # table and header-list limits are Triton's to enforce, not ours
 
 # gRPC status codes (grpc-status trailer).
@@ -437,9 +437,10 @@ class GrpcConnection(asyncio.Protocol):
         complete = len(inbox) >= size or call.app_ended
         try:
             # The header is in the first bytes: read those, not a copy of a whole frame.
-            header = self._header(call, inbox, min(size, MESSAGE_PREFIX + PEEK_BYTES), complete)
-            if header is None and complete and size > MESSAGE_PREFIX + PEEK_BYTES:
-                header = self._header(call, inbox, size, complete)  # written in another order
+            peek = min(size, MESSAGE_PREFIX + PEEK_BYTES)
+            header = self._header(call, inbox, peek, whole=complete and peek == size)
+            if header is None and complete and peek < size:
+                header = self._header(call, inbox, size, whole=True)  # written in another order
         except (wire.WireError, zlib.error, ValueError):
             call.forward = size  # malformed: Triton answers it with its own error
             return True
@@ -459,11 +460,11 @@ class GrpcConnection(asyncio.Protocol):
         return True
 
     @staticmethod
-    def _header(call: Call, inbox: bytearray, end: int, complete: bool) -> wire.InferHeader | None:
+    def _header(call: Call, inbox: bytearray, end: int, *, whole: bool) -> wire.InferHeader | None:
+        """The gate's header from the message's bytes up to ``end`` (``whole``: all of it)."""
         body = bytes(inbox[MESSAGE_PREFIX:end])
-        whole = complete and end >= MESSAGE_PREFIX + int.from_bytes(inbox[1:5], "big")
         if inbox[0]:
-            return wire.request_header(_inflate(call.encoding, body), complete=whole)
+            body = _inflate(call.encoding, body)
         return wire.request_header(body, complete=whole)
 
     async def _wait(self, call: Call, held: Held, request_id: str, size: int) -> None:
