@@ -269,8 +269,9 @@ class SidecarUnavailable(RuntimeError):
 @dataclass
 class LocalSidecar:
     """``python -m stagger_sidecar gate`` for one stream in front of a ``LocalTriton``, as
-    its pod runs it (its own process), on free local ports: for the local example and the
-    GPU benchmark. ``start()`` returns once ``/readyz`` answers; a sidecar that loses a port
+    its pod runs it (its own process), on free local ports (or the ``host:port`` addresses
+    given, first): for the local example and the GPU benchmark. ``start()`` returns once
+    ``/readyz`` answers and the process holds its three ports; a sidecar that loses a port
     to another process (several started side by side) is started again on fresh ones."""
 
     stream: str
@@ -287,8 +288,10 @@ class LocalSidecar:
 
     def start(self, attempts: int = 3) -> LocalSidecar:
         for _ in range(attempts):
-            self.http, self.grpc = f"{self.host}:{free_port()}", f"{self.host}:{free_port()}"
-            self.metrics = f"{self.host}:{free_port()}"
+            self.http, self.grpc, self.metrics = (
+                address or f"{self.host}:{free_port(self.host)}"
+                for address in (self.http, self.grpc, self.metrics)
+            )
             env = {
                 **os.environ,
                 "STAGGER_STREAM": self.stream,
@@ -306,19 +309,23 @@ class LocalSidecar:
             self.process = subprocess.Popen(command, env=env)
             if self._wait_ready():
                 return self
+            self.http = self.grpc = self.metrics = ""  # lost one: fresh ports next time
         self.stop()
         raise SidecarUnavailable(f"the sidecar for {self.stream} did not become ready")
 
     def _wait_ready(self) -> bool:
-        """True once ready; False when the process exited (a port taken, say)."""
+        """True once ready; False when the process exited (a port taken, say). Another
+        sidecar holding this one's HTTP port answers ``/readyz`` too, while this one is
+        about to exit on its bind: ready counts only once the ports are this process's."""
         assert self.process is not None
         deadline = time.monotonic() + self.ready_timeout_s
+        ports = [int(a.rsplit(":", 1)[1]) for a in (self.http, self.grpc, self.metrics)]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False
             try:
                 with urllib.request.urlopen(f"http://{self.http}/readyz", timeout=1) as r:
-                    if int(r.status) == 200:
+                    if int(r.status) == 200 and all(_listens(self.process.pid, p) for p in ports):
                         return True
             except (urllib.error.URLError, OSError, http.client.HTTPException):
                 pass

@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from stagger.localtriton import LocalTriton
+from stagger.localtriton import LocalSidecar, LocalTriton, _listens
+from tests.factories import slot_contract
 
 MODELS = Path(__file__).parent.parent / "models"
 
@@ -33,3 +34,21 @@ def test_a_server_whose_port_another_server_holds_is_not_taken_for_ready(tmp_pat
             assert second.http_port != first.http_port
             assert second.process is not None and second.process.poll() is None
             assert second.ready() and first.ready()
+
+
+def test_a_sidecar_whose_port_another_sidecar_holds_is_not_taken_for_ready(tmp_path: Path) -> None:
+    """The first sidecar answers /readyz on the second's HTTP port while the second exits on
+    its bind: the second must start again on fresh ports, not pass for ready (seen on the
+    GPU bench: a camera then reached another sidecar's metrics port)."""
+    slot = tmp_path / "slot.json"
+    slot.write_text(slot_contract().model_dump_json(by_alias=True))
+    with (
+        LocalTriton(MODELS, log_file=tmp_path / "triton.log") as triton,
+        LocalSidecar("cam", slot, triton) as first,
+    ):
+        second = LocalSidecar("cam", slot, triton, http=first.http)
+        with second:
+            assert second.http != first.http
+            assert second.process is not None and second.process.poll() is None
+            for address in (second.http, second.grpc, second.metrics):
+                assert _listens(second.process.pid, int(address.rsplit(":", 1)[1]))
