@@ -20,6 +20,10 @@ at least ``--frames`` frames per configuration:
 - coordinated: the same, through sidecars that share the GPU's ledger (coordinated release,
   ``STAGGER_GPU_LEDGER``): a request also waits while another stream's body is predicted
   to run, at most its slot's body;
+- grouped: streams in groups of ``--group`` sharing one slot (they start together),
+  ⌈N / group⌉ slots spread over the period, through the sidecars: under time-slicing a GPU
+  may serve two overlapping bodies faster than two in turn, so fewer, fuller slots can
+  beat N thin ones (experimental);
 - direct: the same phases, straight to Triton: the sidecar's cost is on-slot minus direct.
 
 The model reports when it began and ended each request, so every configuration also says
@@ -61,6 +65,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
+from bench.gpu.targets import render, verdict
 from stagger.camerasim import phases, stalls, summarize
 from stagger.core.contract import SlotAssignment
 from stagger.core.telemetry import COORDINATED_DELAY, COORDINATED_FORCED
@@ -74,6 +79,7 @@ CONFIGS = (
     "slot-clock",
     "on-slot",
     "coordinated",
+    "grouped",
     "direct",
 )
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,7 +151,8 @@ def start_tritons(k: int, gpu: int, root: Path, models: Path, under_mps: bool) -
 
 
 class Sidecars:
-    """One sidecar per stream with the slot contracts for N equal streams."""
+    """One sidecar per stream with the slot contracts for N equal streams: N slots, or
+    ⌈N / group⌉ slots that ``group`` streams share."""
 
     def __init__(
         self,
@@ -155,13 +162,19 @@ class Sidecars:
         fps: float,
         *,
         body_ms: float | None,
+        name: str = "slot",
+        group: int = 1,
         env: dict[str, str] | None = None,
     ) -> None:
         n = len(tritons)
+        slots = math.ceil(n / group)
         period = round(TICK_HZ / fps)
-        body = period // n if body_ms is None else min(period // n, round(body_ms * TICK_HZ / 1e3))
+        body = period // slots
+        if body_ms is not None:
+            body = min(body, round(body_ms * TICK_HZ / 1e3))
+        offsets = [i // group * period // slots for i in range(n)]
         self.epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
-        self.offsets_s = [i * period // n / TICK_HZ for i in range(n)]
+        self.offsets_s = [offset / TICK_HZ for offset in offsets]
         self.sidecars = []
         for i, triton in enumerate(tritons):
             contract = SlotAssignment(
@@ -174,12 +187,13 @@ class Sidecars:
                 tick_hz=TICK_HZ,
                 epoch=self.epoch,
                 period_ticks=period,
-                offset_ticks=i * period // n,
+                offset_ticks=offsets[i],
                 body_ticks=body,
                 generation=1,
                 effective_at=self.epoch,
             )
-            slot = root / f"slot-gpu{gpu}-{i}.json"
+            # Each set its own files: a running sidecar reloads its file when it changes.
+            slot = root / f"{name}-gpu{gpu}-{i}.json"
             slot.write_text(contract.model_dump_json(by_alias=True))
             self.sidecars.append(
                 LocalSidecar(f"cam-{i}", slot, triton, namespace="bench", env=env or {})
@@ -392,20 +406,26 @@ def measure_count(
     rng = random.Random(args.seed + n)
     random_phases = [rng.uniform(0, period) for _ in range(n)]
     sidecars = Sidecars(tritons, gpu, root, args.fps, body_ms=args.body_ms)
-    coordinated: Sidecars | None = None
+    other: Sidecars | None = None  # a configuration's own set of sidecars, beside the first
     results: dict[str, Any] = {"seconds": seconds}
     try:
         for config in args.configs:
-            if config == "coordinated":  # a second set of sidecars, sharing a fresh ledger
+            if config == "coordinated":  # sharing a fresh ledger
                 ledger = LEDGER_DIR / f"stagger-bench-gpu{gpu}-n{n}-{os.getpid()}.json"
                 ledger.unlink(missing_ok=True)
-                coordinated = Sidecars(
+                env = {"STAGGER_GPU_LEDGER": str(ledger)}
+                other = Sidecars(
+                    tritons, gpu, root, args.fps, body_ms=args.body_ms, name=config, env=env
+                )
+            elif config == "grouped":
+                other = Sidecars(
                     tritons,
                     gpu,
                     root,
                     args.fps,
                     body_ms=args.body_ms,
-                    env={"STAGGER_GPU_LEDGER": str(ledger)},
+                    name=config,
+                    group=args.group,
                 )
             cams: list[dict[str, Any]] = []
             for i, t in enumerate(tritons):
@@ -420,9 +440,9 @@ def measure_count(
                     cams.append({"url": sidecars.grpc[i], "slot_clock": clock})
                 elif config == "on-slot":
                     cams.append({"url": sidecars.grpc[i], "phase": sidecars.offsets_s[i]})
-                elif config == "coordinated":
-                    assert coordinated is not None
-                    cams.append({"url": coordinated.grpc[i], "phase": sidecars.offsets_s[i]})
+                elif config in ("coordinated", "grouped"):
+                    assert other is not None
+                    cams.append({"url": other.grpc[i], "phase": other.offsets_s[i]})
                 else:  # direct, on the slots' phases
                     cams.append({"url": t.grpc, "phase": sidecars.offsets_s[i]})
             tcp = tcp_counters()
@@ -434,10 +454,11 @@ def measure_count(
             s["stalls"] = stalls(logs, threshold_s=period)
             s["phases"] = ph = phases({x["name"]: x.get("calls", []) for x in logs})
             if config == "coordinated":
-                assert coordinated is not None
-                s["coordination"] = coordinated.coordination()
-                coordinated.stop()
-                coordinated = None
+                assert other is not None
+                s["coordination"] = other.coordination()
+            if other is not None:
+                other.stop()
+                other = None
             log(
                 f"gpu {gpu} N={n} {config}: p50 {s['p50Ms']} p99 {s['p99Ms']} "
                 f"max {s['maxMs']} drops {s['dropPercent']}% of {s['frames']} | "
@@ -449,8 +470,8 @@ def measure_count(
             )
     finally:
         sidecars.stop()
-        if coordinated is not None:
-            coordinated.stop()
+        if other is not None:
+            other.stop()
     return results
 
 
@@ -481,6 +502,7 @@ def main() -> None:
         help="the slots' body (calibrated, alone on the GPU; default: the whole slot, "
         "period / N); offsets stay i x period / N",
     )
+    p.add_argument("--group", type=int, default=2, help="streams that share one slot in `grouped`")
     p.add_argument("--gpus", type=int, nargs="*", default=[0], help="time-sliced")
     p.add_argument("--mps-gpus", type=int, nargs="*", default=[])
     p.add_argument("--seed", type=int, default=7)
@@ -491,6 +513,8 @@ def main() -> None:
         p.error("a GPU is either time-sliced (--gpus) or under MPS (--mps-gpus)")
     if not (args.counts and args.gpus) and not (args.mps_counts and args.mps_gpus):
         p.error("give --counts with --gpus, or --mps-counts with --mps-gpus")
+    if args.group < 1:
+        p.error(f"--group must be at least 1, not {args.group}")
     if args.body_ms is not None and args.body_ms <= 0:
         p.error(f"--body-ms must be positive, not {args.body_ms:g}")
     out: Path = args.out
@@ -537,8 +561,9 @@ def main() -> None:
     finally:
         if args.mps_gpus:
             result["mpsStopError"] = mps(start=False)
+    result["targets"] = verdict(result)
     report.write_text(json.dumps(result, indent=1))
-    print(table(result), flush=True)
+    print(table(result), render(result["targets"], args.fps), sep="\n\n", flush=True)
 
 
 def table(result: dict[str, Any]) -> str:

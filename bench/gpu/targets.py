@@ -1,0 +1,191 @@
+"""The issue's three targets, computed from ``bench.gpu.streams`` results, per sharing mode:
+
+    python -m bench.gpu.targets RUN.json ...
+
+- capacity: per configuration, the largest N measured at which it lost no frame and kept
+  p99 within 2 × solo p50 (the solo of the GPU that measured N; N measured on several GPUs
+  must hold on each), against ⌊0.95 × saturation / fps⌋, with the mode's largest
+  saturation in the run (closed loop, all streams back to back);
+- latency: at the largest N where random phases lost no frame, each configuration's p99
+  over random's (target ≤ 0.5), next to a lone stream's p99 over random's: no schedule of
+  N streams does better than one stream alone, so that ratio is the floor;
+- cost: the sidecar's, on-slot minus direct at p50 (target ≤ 1 ms), before the model (where
+  the sidecar is) and end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+CAPACITY_SHARE = 0.95  # of saturation
+P99_OVER_SOLO = 2.0
+LATENCY_RATIO = 0.5  # stagger's p99 over random's
+COST_MS = 1.0
+
+
+def _holds(s: dict[str, Any], solo_p50_ms: float) -> bool:
+    return bool(s["dropPercent"] == 0 and s["p99Ms"] <= P99_OVER_SOLO * solo_p50_ms)
+
+
+def _before_model_p50(s: dict[str, Any]) -> float | None:
+    before = (s.get("phases") or {}).get("beforeMs")
+    return before[0] if before else None
+
+
+def verdict(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per sharing mode in the run (GPUs that failed are left out)."""
+    fps = float(result.get("fps", 10.0))
+    by_mode: dict[str, list[dict[str, Any]]] = {}
+    for gpu, r in sorted(result["gpus"].items()):
+        if "error" not in r and "solo" in r:
+            by_mode.setdefault(r["mode"], []).append(r | {"gpu": gpu})
+    verdicts = []
+    for mode, gpus in by_mode.items():
+        saturation = max(r["saturation"]["inferencesPerSecond"] for r in gpus)
+        # (N, the GPU's solo, that N's configurations): N in order, then GPU.
+        measured = sorted(
+            (
+                (int(n), r["solo"], r["gpu"], configs)
+                for r in gpus
+                for n, configs in r["counts"].items()
+            ),
+            key=lambda m: (m[0], m[2]),
+        )
+        configs = [c for c in dict.fromkeys(c for m in measured for c in m[3]) if c != "seconds"]
+        capacity: dict[str, int | None] = {}
+        for config in configs:
+            held: dict[int, bool] = {}
+            for n, solo, _, cs in measured:
+                if config in cs:
+                    held[n] = held.get(n, True) and _holds(cs[config], solo["p50Ms"])
+            capacity[config] = max((n for n, ok in held.items() if ok), default=None)
+        random_held = {
+            n
+            for n, _, _, cs in measured
+            if "random" in cs
+            and all(m[3]["random"]["dropPercent"] == 0 for m in measured if m[0] == n)
+        }
+        latency = [
+            {
+                "n": n,
+                "gpu": gpu,
+                "randomP99Ms": cs["random"]["p99Ms"],
+                "soloP99Ms": solo["p99Ms"],
+                "floor": round(solo["p99Ms"] / cs["random"]["p99Ms"], 3),
+                "ratios": {
+                    c: round(s["p99Ms"] / cs["random"]["p99Ms"], 3)
+                    for c, s in cs.items()
+                    if c not in ("seconds", "random")
+                },
+            }
+            for n, solo, gpu, cs in measured
+            if random_held and n == max(random_held)
+        ]
+        cost = []
+        for n, _, gpu, cs in measured:
+            if "on-slot" in cs and "direct" in cs:
+                on, direct = cs["on-slot"], cs["direct"]
+                on_before, direct_before = _before_model_p50(on), _before_model_p50(direct)
+                before = (
+                    None
+                    if on_before is None or direct_before is None
+                    else round(on_before - direct_before, 2)
+                )
+                cost.append(
+                    {
+                        "n": n,
+                        "gpu": gpu,
+                        "beforeModelP50Ms": before,
+                        "endToEndP50Ms": round(on["p50Ms"] - direct["p50Ms"], 2),
+                    }
+                )
+        verdicts.append(
+            {
+                "mode": mode,
+                "saturationPerSecond": saturation,
+                "targetStreams": math.floor(CAPACITY_SHARE * saturation / fps),
+                "capacity": capacity,
+                "latency": latency,
+                "noLatency": ""
+                if latency
+                else "random phases lost frames at every N measured"
+                if any("random" in m[3] for m in measured)
+                else "random phases were not measured",
+                "cost": cost,
+            }
+        )
+    return verdicts
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def render(verdicts: list[dict[str, Any]], fps: float = 10.0) -> str:
+    """Markdown, one block per sharing mode."""
+    lines: list[str] = []
+    for v in verdicts:
+        target = v["targetStreams"]
+        lines += [
+            f"### {v['mode']}",
+            f"capacity target: ⌊{CAPACITY_SHARE} × {v['saturationPerSecond']}/s / {fps:g} fps⌋"
+            f" = {target} streams (0 drops, p99 ≤ {P99_OVER_SOLO:g} × solo p50)",
+            "",
+            "| configuration | largest N held | capacity |",
+            "|---|---|---|",
+        ]
+        for config, n in v["capacity"].items():
+            held = "none" if n is None else str(n)
+            lines.append(f"| {config} | {held} | {_mark(n is not None and n >= target)} |")
+        for entry in v["latency"]:
+            lines += [
+                "",
+                f"latency at N = {entry['n']} (GPU {entry['gpu']}), the largest random phases "
+                f"held: random p99 {entry['randomP99Ms']} ms; a lone stream's p99 "
+                f"{entry['soloP99Ms']} ms = {entry['floor']} × random's (the floor)",
+                "",
+                f"| configuration | p99 / random's | ≤ {LATENCY_RATIO:g} |",
+                "|---|---|---|",
+            ]
+            for config, ratio in entry["ratios"].items():
+                lines.append(f"| {config} | {ratio} | {_mark(ratio <= LATENCY_RATIO)} |")
+        if not v["latency"]:
+            lines += ["", f"latency: {v['noLatency']}"]
+        if v["cost"]:
+            lines += [
+                "",
+                "| N (GPU) | on-slot − direct p50, before the model | end to end | "
+                f"≤ {COST_MS:g} ms before the model |",
+                "|---|---|---|---|",
+            ]
+            for c in v["cost"]:
+                before = c["beforeModelP50Ms"]
+                ok = before is not None and before <= COST_MS
+                end_to_end = c["endToEndP50Ms"]
+                lines.append(
+                    f"| {c['n']} ({c['gpu']}) | {before} ms | {end_to_end} ms | {_mark(ok)} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", type=Path, nargs="+", help="streams.json of bench.gpu.streams")
+    p.add_argument("-o", "--output", choices=["markdown", "json"], default="markdown")
+    args = p.parse_args()
+    for path in args.runs:
+        result = json.loads(path.read_text())
+        verdicts = verdict(result)
+        if args.output == "json":
+            print(json.dumps({"run": str(path), "modes": verdicts}, indent=1))
+        else:
+            print(f"## {path.name}\n\n{render(verdicts, float(result.get('fps', 10.0)))}")
+
+
+if __name__ == "__main__":
+    main()
