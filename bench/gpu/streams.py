@@ -39,7 +39,8 @@ them and run at once, one N per GPU at a time, so no two configurations share a 
 ``--mps-gpus`` run under MPS in the same run: the MPS control daemon is started and their
 tritonservers connect to it; the other GPUs' processes are pointed at an empty pipe
 directory (``CUDA_MPS_PIPE_DIRECTORY``), find no daemon and run time-sliced, as CUDA does
-without one. The daemon is stopped after.
+without one. The daemon is stopped after. The run ends with the issue's targets judged on
+its results (``bench.gpu.targets``), printed and saved in ``streams.json``.
 """
 
 from __future__ import annotations
