@@ -411,14 +411,13 @@ def measure_count(
     results: dict[str, Any] = {"seconds": seconds}
     try:
         for config in args.configs:
-            if config == "coordinated":  # sharing a fresh ledger
-                ledger = LEDGER_DIR / f"stagger-bench-gpu{gpu}-n{n}-{os.getpid()}.json"
-                ledger.unlink(missing_ok=True)
-                env = {"STAGGER_GPU_LEDGER": str(ledger)}
-                other = Sidecars(
-                    tritons, gpu, root, args.fps, body_ms=args.body_ms, name=config, env=env
-                )
-            elif config == "grouped":
+            if config in ("coordinated", "grouped"):
+                env = {}
+                if config == "coordinated":  # sharing a fresh ledger
+                    ledger = LEDGER_DIR / f"stagger-bench-gpu{gpu}-n{n}-{os.getpid()}.json"
+                    ledger.unlink(missing_ok=True)
+                    env = {"STAGGER_GPU_LEDGER": str(ledger)}
+                group = args.group if config == "grouped" else 1
                 other = Sidecars(
                     tritons,
                     gpu,
@@ -426,7 +425,8 @@ def measure_count(
                     args.fps,
                     body_ms=args.body_ms,
                     name=config,
-                    group=args.group,
+                    group=group,
+                    env=env,
                 )
             cams: list[dict[str, Any]] = []
             for i, t in enumerate(tritons):
@@ -564,7 +564,7 @@ def main() -> None:
             result["mpsStopError"] = mps(start=False)
     result["targets"] = verdict(result)
     report.write_text(json.dumps(result, indent=1))
-    print(table(result), render(result["targets"], args.fps), sep="\n\n", flush=True)
+    print(table(result), render(result["targets"]), sep="\n\n", flush=True)
 
 
 def table(result: dict[str, Any]) -> str:

@@ -108,15 +108,12 @@ def verdict(result: dict[str, Any]) -> list[dict[str, Any]]:
         verdicts.append(
             {
                 "mode": mode,
+                "fps": fps,
                 "saturationPerSecond": saturation,
                 "targetStreams": math.floor(CAPACITY_SHARE * saturation / fps),
                 "capacity": capacity,
                 "latency": latency,
-                "noLatency": ""
-                if latency
-                else "random phases lost frames at every N measured"
-                if any("random" in m[3] for m in measured)
-                else "random phases were not measured",
+                "randomMeasured": any("random" in m[3] for m in measured),
                 "cost": cost,
             }
         )
@@ -127,11 +124,11 @@ def _mark(ok: bool) -> str:
     return "met" if ok else "not met"
 
 
-def render(verdicts: list[dict[str, Any]], fps: float = 10.0) -> str:
+def render(verdicts: list[dict[str, Any]]) -> str:
     """Markdown, one block per sharing mode."""
     lines: list[str] = []
     for v in verdicts:
-        target = v["targetStreams"]
+        target, fps = v["targetStreams"], v["fps"]
         lines += [
             f"### {v['mode']}",
             f"capacity target: ⌊{CAPACITY_SHARE} × {v['saturationPerSecond']}/s / {fps:g} fps⌋"
@@ -156,7 +153,15 @@ def render(verdicts: list[dict[str, Any]], fps: float = 10.0) -> str:
             for config, ratio in entry["ratios"].items():
                 lines.append(f"| {config} | {ratio} | {_mark(ratio <= LATENCY_RATIO)} |")
         if not v["latency"]:
-            lines += ["", f"latency: {v['noLatency']}"]
+            lines += [
+                "",
+                "latency: random phases "
+                + (
+                    "lost frames at every N measured"
+                    if v["randomMeasured"]
+                    else "were not measured"
+                ),
+            ]
         if v["cost"]:
             lines += [
                 "",
@@ -181,12 +186,14 @@ def main() -> None:
     p.add_argument("-o", "--output", choices=["markdown", "json"], default="markdown")
     args = p.parse_args()
     for path in args.runs:
-        result = json.loads(path.read_text())
-        verdicts = verdict(result)
+        try:
+            verdicts = verdict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"{path}: not a readable bench.gpu.streams result ({type(e).__name__}: {e})")
         if args.output == "json":
             print(json.dumps({"run": str(path), "modes": verdicts}, indent=1))
         else:
-            print(f"## {path.name}\n\n{render(verdicts, float(result.get('fps', 10.0)))}")
+            print(f"## {path.name}\n\n{render(verdicts)}")
 
 
 if __name__ == "__main__":
