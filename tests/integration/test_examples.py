@@ -109,12 +109,18 @@ async def test_the_four_cameras_are_placed_by_the_operator_as_planned(
     planned = json.loads(stagger_plan("01-four-cameras", "-o", "json").stdout)["shards"]
     want = {s["stream"]: (s["node"], s["gpu"], s["offsetMs"]) for s in planned}
 
+    seen: dict[str, Any] = {}
+
     async def placed() -> dict[str, Any] | None:
         streams = await cluster.objects("InferenceStream", "study")
         phases = {o["metadata"]["name"]: (o.get("status") or {}).get("phase") for o in streams}
+        seen.update({o["metadata"]["name"]: o.get("status") for o in streams})
         return phases if set(phases.values()) == {"Placed"} else None
 
-    await cluster.wait_for(placed)
+    try:
+        await cluster.wait_for(placed)
+    except AssertionError as e:  # once in a full suite: say where each stream was left
+        raise AssertionError(f"not every stream Placed; their statuses: {seen}") from e
     (schedule,) = await cluster.objects("GpuSchedule")
     tick_hz = schedule["spec"]["tickHz"]
     got = {
