@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.gpu.streams import CONFIGS
+from bench.gpu.targets import setting
 
 ROW = re.compile(
     r"^\| (?:[a-z-]+ \| )?(\d+) \| ([a-z-]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|"
@@ -30,7 +31,8 @@ def read(path: Path) -> Series:
     if path.suffix == ".json":
         doc = json.loads(path.read_text())
         for gpu in doc["gpus"].values():
-            mode = gpu.get("mode") or doc.get("mode", "time-slicing")  # older runs: one mode
+            # Older runs: one mode, named once for the run.
+            mode = setting(gpu) if "mode" in gpu else doc.get("mode", "time-slicing")
             for n, configs in gpu.get("counts", {}).items():
                 for config, s in configs.items():
                     if config in CONFIGS:

@@ -66,7 +66,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
-from bench.gpu.targets import render, verdict
+from bench.gpu.targets import render, setting, verdict
 from stagger.camerasim import phases, stalls, summarize
 from stagger.core.contract import SlotAssignment
 from stagger.core.telemetry import COORDINATED_DELAY, COORDINATED_FORCED
@@ -117,21 +117,31 @@ def log(*parts: Any) -> None:
     print(time.strftime("%H:%M:%S"), *parts, flush=True)
 
 
-def model_repository(root: Path, models: Path) -> Path:
-    """The detector with one instance: each stream has its own Triton."""
+def model_repository(root: Path, models: Path, *, cuda_graphs: bool = False) -> Path:
+    """The detector with one instance (each stream has its own Triton), its body a CUDA
+    graph with ``cuda_graphs``."""
     repo = root / "models"
     if not repo.exists():
         shutil.copytree(models, repo)
         config = repo / "detector" / "config.pbtxt"
-        config.write_text(re.sub(r"count: \d+", "count: 1", config.read_text()))
+        text = re.sub(r"count: \d+", "count: 1", config.read_text())
+        if cuda_graphs:
+            text, found = re.subn(
+                r'(key: "CUDA_GRAPHS", value: \{ string_value: )"0"', r'\1"1"', text
+            )
+            if not found:
+                raise ValueError(f"{config}: no CUDA_GRAPHS parameter to turn on")
+        config.write_text(text)
     return repo
 
 
-def start_tritons(k: int, gpu: int, root: Path, models: Path, under_mps: bool) -> list[LocalTriton]:
+def start_tritons(
+    k: int, gpu: int, root: Path, models: Path, *, under_mps: bool, cuda_graphs: bool
+) -> list[LocalTriton]:
     paths = sysconfig.get_paths()
     numpy_dir = [os.environ[NUMPY_DIR_ENV]] if NUMPY_DIR_ENV in os.environ else []
     model_path = [*numpy_dir, paths["purelib"], paths["platlib"]]
-    repo = model_repository(root, models)
+    repo = model_repository(root, models, cuda_graphs=cuda_graphs)
     servers = [
         LocalTriton(
             repo,
@@ -356,10 +366,14 @@ def worker(
     root = out / f"gpu{gpu}"
     root.mkdir(parents=True, exist_ok=True)
     mode = "mps" if under_mps else "time-slicing"
-    result: dict[str, Any] = {"gpu": gpu, "mode": mode, "counts": {}}
-    log(f"gpu {gpu} ({mode}): starting {max(counts)} tritonservers for N = {counts}")
+    cuda_graphs = gpu in args.graph_gpus
+    model = "cuda-graphs" if cuda_graphs else "eager"
+    result: dict[str, Any] = {"gpu": gpu, "mode": mode, "model": model, "counts": {}}
+    log(f"gpu {gpu} ({mode}, {model}): starting {max(counts)} tritonservers for N = {counts}")
     try:
-        tritons = start_tritons(max(counts), gpu, root, args.models, under_mps)
+        tritons = start_tritons(
+            max(counts), gpu, root, args.models, under_mps=under_mps, cuda_graphs=cuda_graphs
+        )
     except BaseException:
         if lockstep:
             lockstep.leave()
@@ -506,6 +520,13 @@ def main() -> None:
     p.add_argument("--group", type=int, default=2, help="streams that share one slot in `grouped`")
     p.add_argument("--gpus", type=int, nargs="*", default=[0], help="time-sliced")
     p.add_argument("--mps-gpus", type=int, nargs="*", default=[])
+    p.add_argument(
+        "--graph-gpus",
+        type=int,
+        nargs="*",
+        default=[],
+        help="GPUs (of --gpus or --mps-gpus) whose detectors run their body as a CUDA graph",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
     p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")
@@ -514,6 +535,8 @@ def main() -> None:
         p.error("a GPU is either time-sliced (--gpus) or under MPS (--mps-gpus)")
     if not (args.counts and args.gpus) and not (args.mps_counts and args.mps_gpus):
         p.error("give --counts with --gpus, or --mps-counts with --mps-gpus")
+    if stray := set(args.graph_gpus) - set(args.gpus) - set(args.mps_gpus):
+        p.error(f"--graph-gpus {sorted(stray)} are in neither --gpus nor --mps-gpus")
     if args.group < 1:
         p.error(f"--group must be at least 1, not {args.group}")
     if args.body_ms is not None and args.body_ms <= 0:
@@ -576,7 +599,7 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"GPU {g}: {r['error']}")
             continue
         lines.append(
-            f"GPU {g} ({r['mode']}): solo p50 {r['solo']['p50Ms']} ms, saturation "
+            f"GPU {g} ({setting(r)}): solo p50 {r['solo']['p50Ms']} ms, saturation "
             f"{r['saturation']['inferencesPerSecond']}/s with {r['saturation']['streams']} streams"
         )
         for n, configs in r["counts"].items():
@@ -584,7 +607,7 @@ def table(result: dict[str, Any]) -> str:
                 if config == "seconds":
                     continue
                 rows.append(
-                    f"| {r['mode']} | {n} | {config} | {s['p50Ms']} | {s['p99Ms']} | "
+                    f"| {setting(r)} | {n} | {config} | {s['p50Ms']} | {s['p99Ms']} | "
                     f"{s['maxMs']} | {s['dropPercent']} | {s['achievedFps']} | {s['frames']} "
                     f"| GPU {g} |"
                 )

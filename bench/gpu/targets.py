@@ -1,4 +1,5 @@
-"""The issue's three targets, computed from ``bench.gpu.streams`` results, per sharing mode:
+"""The issue's three targets, computed from ``bench.gpu.streams`` results, per sharing mode
+(and model variant, where GPUs ran the detector's body as a CUDA graph):
 
     python -m bench.gpu.targets RUN.json ...
 
@@ -29,6 +30,13 @@ LATENCY_RATIO = 0.5  # stagger's p99 over random's
 COST_MS = 1.0
 
 
+def setting(gpu: dict[str, Any]) -> str:
+    """A GPU's sharing mode, with its model's variant where it is not the default (eager):
+    the targets are judged per setting, each against its own saturation."""
+    model = gpu.get("model", "eager")
+    return str(gpu["mode"]) if model == "eager" else f"{gpu['mode']}, {model}"
+
+
 def _holds(s: dict[str, Any], solo_p50_ms: float) -> bool:
     return bool(s["dropPercent"] == 0 and s["p99Ms"] <= P99_OVER_SOLO * solo_p50_ms)
 
@@ -39,12 +47,12 @@ def _before_model_p50(s: dict[str, Any]) -> float | None:
 
 
 def verdict(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One entry per sharing mode in the run (GPUs that failed are left out)."""
+    """One entry per setting in the run (GPUs that failed are left out)."""
     fps = float(result.get("fps", 10.0))
     by_mode: dict[str, list[dict[str, Any]]] = {}
     for gpu, r in sorted(result["gpus"].items()):
         if "error" not in r and "solo" in r:
-            by_mode.setdefault(r["mode"], []).append(r | {"gpu": gpu})
+            by_mode.setdefault(setting(r), []).append(r | {"gpu": gpu})
     verdicts = []
     for mode, gpus in by_mode.items():
         saturation = max(r["saturation"]["inferencesPerSecond"] for r in gpus)

@@ -136,3 +136,17 @@ def test_latency_is_not_judged_without_random_phases() -> None:
     [mps] = verdict(result)
     assert mps["latency"] == []
     assert "latency: random phases were not measured" in render([mps])
+
+
+def test_gpus_running_the_graphed_detector_are_judged_apart_against_their_own_saturation() -> None:
+    eager = gpu("time-slicing", 25.0, 30.0, 79.0, {7: {"on-slot": measured(35, 49)}})
+    graphed = gpu("time-slicing", 15.0, 18.0, 120.0, {11: {"on-slot": measured(20, 29)}})
+    graphed["model"] = "cuda-graphs"
+    verdicts = {v["mode"]: v for v in verdict(run(eager, graphed))}
+    assert set(verdicts) == {"time-slicing", "time-slicing, cuda-graphs"}
+    assert verdicts["time-slicing"]["targetStreams"] == 7  # floor(0.95 * 79 / 10)
+    assert verdicts["time-slicing"]["capacity"] == {"on-slot": 7}
+    graphs = verdicts["time-slicing, cuda-graphs"]
+    assert graphs["targetStreams"] == 11  # floor(0.95 * 120 / 10), not the eager GPU's
+    assert graphs["capacity"] == {"on-slot": 11}
+    assert "### time-slicing, cuda-graphs" in render(list(verdicts.values()))

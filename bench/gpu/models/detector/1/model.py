@@ -1,6 +1,7 @@
 """RetinaNet on the GPU behind Triton's Python backend: JPEG bytes in, detections out.
 The JPEG is decoded on the GPU (torchvision.io.decode_jpeg, nvjpeg), so decode, resize to
-800 px, backbone, heads and post-processing are all the inference's GPU work."""
+800 px, backbone, heads and post-processing are all the inference's GPU work. The network
+is network.py's; the CUDA_GRAPHS parameter ("1") runs its body as a CUDA graph."""
 
 import os
 import sys
@@ -13,45 +14,26 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torchvision  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-WARMUP = 5
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from network import Detector  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = json.loads(args["model_config"]).get("parameters", {})
 
-        def param(name):
-            return params[name]["string_value"]
+        def param(name, default=None):
+            return params[name]["string_value"] if name in params else default
 
-        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
-        torch.backends.cudnn.benchmark = True
-        self.model = (
-            torchvision.models.detection.retinanet_resnet50_fpn(
-                weights=None,
-                weights_backbone=None,
-                score_thresh=float(param("SCORE_THRESH")),
-                detections_per_img=int(param("DETECTIONS")),
-                min_size=int(param("MIN_SIZE")),
-            )
-            .eval()
-            .to(self.device)
+        self.detector = Detector(
+            torch.device("cuda", int(args.get("model_instance_device_id", 0))),
+            score_thresh=float(param("SCORE_THRESH")),
+            detections=int(param("DETECTIONS")),
+            min_size=int(param("MIN_SIZE")),
+            cuda_graphs=param("CUDA_GRAPHS", "0") == "1",
         )
-        frame = torch.randint(0, 255, (3, 1080, 1920), dtype=torch.uint8)
-        jpeg = torchvision.io.encode_jpeg(frame, quality=90)
-        for _ in range(WARMUP):  # cuDNN picks its kernels now, not on the first frames
-            self._detect(jpeg)
-
-    def _detect(self, jpeg):
-        with torch.inference_mode():
-            image = torchvision.io.decode_jpeg(jpeg, device=self.device)
-            out = self.model([image.float() / 255])[0]
-            rows = torch.cat(
-                [out["boxes"], out["scores"][:, None], out["labels"][:, None].float()], dim=1
-            )
-            return rows.cpu().numpy().astype(np.float32)  # waits for the GPU
 
     def execute(self, requests):
         responses = []
@@ -59,7 +41,8 @@ class TritonPythonModel:
             began = time.time()
             data = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
             try:
-                rows = self._detect(torch.from_numpy(np.ascontiguousarray(data)))
+                jpeg = torch.from_numpy(np.ascontiguousarray(data))
+                rows = self.detector.detect(jpeg).numpy().astype(np.float32)
             except RuntimeError as e:  # not a JPEG, say: the request fails, the model lives
                 responses.append(
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(f"detector: {e}"))

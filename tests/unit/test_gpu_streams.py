@@ -1,0 +1,36 @@
+"""The GPU streams benchmark's model repository (bench/gpu/streams.py): what each stream's
+tritonserver loads, eager or with the detector's body as a CUDA graph."""
+
+from pathlib import Path
+
+import pytest
+
+from bench.gpu.calibrate import MODELS
+from bench.gpu.streams import model_repository
+
+
+def parameter(config: str, key: str) -> str:
+    marker = f'key: "{key}", value: {{ string_value: "'
+    start = config.index(marker) + len(marker)
+    return config[start : config.index('"', start)]
+
+
+@pytest.mark.parametrize(("cuda_graphs", "expected"), [(False, "0"), (True, "1")])
+def test_each_stream_s_detector_has_one_instance_and_the_asked_for_body(
+    tmp_path: Path, cuda_graphs: bool, expected: str
+) -> None:
+    repo = model_repository(tmp_path, MODELS, cuda_graphs=cuda_graphs)
+    config = (repo / "detector" / "config.pbtxt").read_text()
+    assert "count: 1," in config
+    assert parameter(config, "CUDA_GRAPHS") == expected
+    assert (repo / "detector" / "1" / "network.py").is_file()  # model.py imports it
+    # The bench's own copy: the repository it was made from is left as it was.
+    assert parameter((MODELS / "detector" / "config.pbtxt").read_text(), "CUDA_GRAPHS") == "0"
+
+
+def test_graphs_asked_of_a_model_without_the_parameter_is_an_error(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "detector").mkdir(parents=True)
+    (models / "detector" / "config.pbtxt").write_text('backend: "python"\ncount: 2\n')
+    with pytest.raises(ValueError, match="no CUDA_GRAPHS parameter"):
+        model_repository(tmp_path / "run", models, cuda_graphs=True)
