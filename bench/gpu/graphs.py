@@ -11,7 +11,12 @@ GPU is busy.
   the final detections' scores;
 - time: wall time per frame, JPEG in to detections on the CPU (what a stream's slot must
   hold), p50 and p99 over ``--runs``; the GPU's busy time per frame (the sum of its kernels'
-  durations, torch.profiler) over wall: the body's density, 1 for a GPU that never idles.
+  and copies' durations, torch.profiler) over the p50 wall: the body's density, 1 for a GPU
+  that never idles;
+- where the wall goes: per phase of ``network.Detector`` (decode, network, and with graphs
+  its transform, body and postprocess; to-cpu), the host's time in it and the GPU's time of
+  the work it launched, per frame, from profiled frames (the profiler adds its own cost to
+  the host's times).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from bench.gpu.calibrate import MODELS
 NETWORK = MODELS / "detector" / "1" / "network.py"
 CHECKS = 5
 TOLERANCE = 1e-3
+PROFILED = 20
+PHASES = ("decode", "network", "transform", "body", "postprocess", "to-cpu")
 
 
 def load_network() -> Any:
@@ -63,6 +70,7 @@ def check(graphed: Any, generator: Any) -> dict[str, Any]:
 
     errors: list[float] = []
     score_errors: list[float] = []
+    detections = 0
     with torch.inference_mode():
         for _ in range(CHECKS):
             jpeg = random_jpeg(generator)
@@ -77,15 +85,17 @@ def check(graphed: Any, generator: Any) -> dict[str, Any]:
             errors += [relative_error(outputs[k], want[k]) for k in want]
             got_scores = graphed.forward(image)["scores"]
             want_scores = graphed.model([image])[0]["scores"]  # torchvision's own call
+            detections += len(want_scores)
             if got_scores.shape != want_scores.shape:
                 score_errors.append(float("inf"))
-            else:
+            elif len(want_scores):  # random weights may leave none over the threshold
                 score_errors.append(relative_error(got_scores, want_scores))
     worst = max(errors)
     return {
         "frames": CHECKS,
         "bodyRelativeErrorMax": worst,
-        "scoresRelativeErrorMax": max(score_errors),
+        "detections": detections,
+        "scoresRelativeErrorMax": max(score_errors, default=0.0),
         "same": bool(worst < TOLERANCE),  # NaN compares False: an unwritten output fails
     }
 
@@ -101,29 +111,64 @@ def timing(detector: Any, jpeg: Any, runs: int) -> dict[str, Any]:
         detector.detect(jpeg)  # ends with the copy to the CPU: the GPU is done
         walls.append((time.perf_counter() - began) * 1e3)
     walls.sort()
-    profiled = 20
-    busy_ms: float | None
+    wall = statistics.median(walls)
+    busy_ms: float | None = None
+    phases: dict[str, dict[str, float]] = {}
     try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            began = time.perf_counter()
-            for _ in range(profiled):
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(PROFILED):
                 detector.detect(jpeg)
-            wall = (time.perf_counter() - began) * 1e3 / profiled
-        kernels_us = sum(
-            e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
-            for e in prof.key_averages()
-            if e.device_type.name == "CUDA"
-        )
-        busy_ms = kernels_us / 1e3 / profiled
+        events = prof.key_averages()
+        busy_ms = sum(gpu_us(e) for e in events if e.device_type.name == "CUDA") / 1e3 / PROFILED
+        phases = {
+            e.key: {
+                "hostMs": round(e.cpu_time_total / 1e3 / PROFILED, 2),
+                "gpuMs": round(gpu_us(e) / 1e3 / PROFILED, 2),
+            }
+            for e in events
+            if e.key in PHASES
+        }
     except Exception as e:  # no CUPTI: the times still count
         print("profiler:", repr(e))
-        busy_ms, wall = None, float("nan")
     return {
-        "wallP50Ms": round(statistics.median(walls), 2),
+        "wallP50Ms": round(wall, 2),
         "wallP99Ms": round(walls[min(len(walls) - 1, int(0.99 * len(walls)))], 2),
         "gpuBusyMs": None if busy_ms is None else round(busy_ms, 2),
         "density": None if busy_ms is None else round(busy_ms / wall, 3),
+        "phases": phases,
     }
+
+
+def gpu_us(event: Any) -> float:
+    """The GPU time of a profiler entry (its name changed across torch versions)."""
+    us = getattr(event, "device_time_total", None)
+    return float(event.cuda_time_total if us is None else us)
+
+
+def summary(result: dict[str, Any]) -> str:
+    """Markdown: the check, then one row per variant and round."""
+    check_ = result["check"]
+    lines = [
+        f"device: {result['device']}; graph body vs eager on {check_['frames']} fresh frames: "
+        f"relative error {check_['bodyRelativeErrorMax']:.2g} (same: {check_['same']}), "
+        f"{check_['detections']} detections, scores' error {check_['scoresRelativeErrorMax']:.2g}",
+        "",
+        "| variant | wall p50 ms | wall p99 ms | GPU busy ms | density | "
+        + " | ".join(f"{p} host/GPU ms" for p in PHASES)
+        + " |",
+        "|---" * (5 + len(PHASES)) + "|",
+    ]
+    for name, t in result.items():
+        if isinstance(t, dict) and "wallP50Ms" in t:
+            cells = [
+                f"{t['phases'][p]['hostMs']}/{t['phases'][p]['gpuMs']}" if p in t["phases"] else ""
+                for p in PHASES
+            ]
+            lines.append(
+                f"| {name} | {t['wallP50Ms']} | {t['wallP99Ms']} | {t['gpuBusyMs']} | "
+                f"{t['density']} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -145,10 +190,9 @@ def main() -> None:
     for round_ in (1, 2):
         for name, detector in (("eager", eager), ("cuda-graphs", graphed)):
             result[f"{name}-{round_}"] = timing(detector, jpeg, args.runs)
-    text = json.dumps(result, indent=1)
-    print(text)
     if args.out:
-        args.out.write_text(text)
+        args.out.write_text(json.dumps(result, indent=1))
+    print(summary(result))
     if not result["check"]["same"]:
         raise SystemExit("the graph's body does not compute eager's")
 
