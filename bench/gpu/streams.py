@@ -119,19 +119,18 @@ def log(*parts: Any) -> None:
 
 def model_repository(root: Path, models: Path, *, cuda_graphs: bool = False) -> Path:
     """The detector with one instance (each stream has its own Triton), its body a CUDA
-    graph with ``cuda_graphs``."""
+    graph with ``cuda_graphs``. Made afresh: a repository left by an earlier run in the
+    same directory may have the other body (it once did, and the run was labeled wrong)."""
     repo = root / "models"
-    if not repo.exists():
-        shutil.copytree(models, repo)
-        config = repo / "detector" / "config.pbtxt"
-        text = re.sub(r"count: \d+", "count: 1", config.read_text())
-        if cuda_graphs:
-            text, found = re.subn(
-                r'(key: "CUDA_GRAPHS", value: \{ string_value: )"0"', r'\1"1"', text
-            )
-            if not found:
-                raise ValueError(f"{config}: no CUDA_GRAPHS parameter to turn on")
-        config.write_text(text)
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(models, repo)
+    config = repo / "detector" / "config.pbtxt"
+    text = re.sub(r"count: \d+", "count: 1", config.read_text())
+    if cuda_graphs:
+        text, found = re.subn(r'(key: "CUDA_GRAPHS", value: \{ string_value: )"0"', r'\1"1"', text)
+        if not found:
+            raise ValueError(f"{config}: no CUDA_GRAPHS parameter to turn on")
+    config.write_text(text)
     return repo
 
 

@@ -34,3 +34,11 @@ def test_graphs_asked_of_a_model_without_the_parameter_is_an_error(tmp_path: Pat
     (models / "detector" / "config.pbtxt").write_text('backend: "python"\ncount: 2\n')
     with pytest.raises(ValueError, match="no CUDA_GRAPHS parameter"):
         model_repository(tmp_path / "run", models, cuda_graphs=True)
+
+
+def test_a_repository_left_in_the_directory_by_an_earlier_run_is_made_afresh(
+    tmp_path: Path,
+) -> None:
+    model_repository(tmp_path, MODELS, cuda_graphs=True)
+    repo = model_repository(tmp_path, MODELS, cuda_graphs=False)
+    assert parameter((repo / "detector" / "config.pbtxt").read_text(), "CUDA_GRAPHS") == "0"
