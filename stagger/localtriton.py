@@ -320,19 +320,25 @@ class LocalSidecar:
         assert self.process is not None
         deadline = time.monotonic() + self.ready_timeout_s
         ports = [int(a.rsplit(":", 1)[1]) for a in (self.http, self.grpc, self.metrics)]
+        last = "no answer from /readyz"  # what the timeout reports
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False
             try:
                 with urllib.request.urlopen(f"http://{self.http}/readyz", timeout=1) as r:
-                    if int(r.status) == 200 and all(_listens(self.process.pid, p) for p in ports):
+                    missing = [p for p in ports if not _listens(self.process.pid, p)]
+                    if int(r.status) == 200 and not missing:
                         return True
-            except (urllib.error.URLError, OSError, http.client.HTTPException):
-                pass
+                    last = f"/readyz answered {r.status}, ports {missing} not its process's"
+            except urllib.error.HTTPError as e:  # 503 and the sidecar's reason
+                last = f"/readyz answered {e.code}: {e.read().decode(errors='replace')[:200]}"
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                last = f"/readyz: {e}"
             time.sleep(0.05)  # polling a child process's readiness; no event to wait on
         self.stop()
         raise SidecarUnavailable(
-            f"the sidecar for {self.stream} was not ready after {self.ready_timeout_s:.0f} s"
+            f"the sidecar for {self.stream} was not ready after {self.ready_timeout_s:.0f} s "
+            f"({last})"
         )
 
     def stop(self) -> None:

@@ -500,7 +500,7 @@ def assign(counts: list[int], gpus: list[int], configs: int, frames: int, fps: f
     return {g: sorted(ns) for g, ns in plan.items() if ns}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--counts", type=int, nargs="*", default=[], help="time-sliced")
@@ -517,7 +517,7 @@ def main() -> None:
         "period / N); offsets stay i x period / N",
     )
     p.add_argument("--group", type=int, default=2, help="streams that share one slot in `grouped`")
-    p.add_argument("--gpus", type=int, nargs="*", default=[0], help="time-sliced")
+    p.add_argument("--gpus", type=int, nargs="*", help="time-sliced (default: 0 with --counts)")
     p.add_argument("--mps-gpus", type=int, nargs="*", default=[])
     p.add_argument(
         "--graph-gpus",
@@ -529,7 +529,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
     p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.gpus is None:  # GPU 0 by default, unless only MPS GPUs are measured
+        args.gpus = [0] if args.counts else []
     if set(args.gpus) & set(args.mps_gpus):
         p.error("a GPU is either time-sliced (--gpus) or under MPS (--mps-gpus)")
     if not (args.counts and args.gpus) and not (args.mps_counts and args.mps_gpus):
@@ -540,6 +542,11 @@ def main() -> None:
         p.error(f"--group must be at least 1, not {args.group}")
     if args.body_ms is not None and args.body_ms <= 0:
         p.error(f"--body-ms must be positive, not {args.body_ms:g}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.frame is None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from stagger.localtriton import LocalSidecar, LocalTriton, _listens
+import pytest
+
+from stagger.localtriton import LocalSidecar, LocalTriton, SidecarUnavailable, _listens
 from tests.factories import slot_contract
 
 MODELS = Path(__file__).parent.parent / "models"
@@ -52,3 +54,17 @@ def test_a_sidecar_whose_port_another_sidecar_holds_is_not_taken_for_ready(tmp_p
             assert second.process is not None and second.process.poll() is None
             for address in (second.http, second.grpc, second.metrics):
                 assert _listens(second.process.pid, int(address.rsplit(":", 1)[1]))
+
+
+def test_a_sidecar_that_never_becomes_ready_says_what_its_readyz_answered(
+    tmp_path: Path,
+) -> None:
+    """Its Triton is not running: the sidecar answers 503 with the reason, and the timeout
+    carries it (a bench run once failed with only "not ready after 60 s")."""
+    slot = tmp_path / "slot.json"
+    slot.write_text(slot_contract().model_dump_json(by_alias=True))
+    absent = LocalTriton(MODELS)  # addresses on free ports, never started
+    sidecar = LocalSidecar("cam", slot, absent, ready_timeout_s=3)
+    with pytest.raises(SidecarUnavailable, match=r"not ready after 3 s \(/readyz answered 503: "):
+        sidecar.start()
+    assert sidecar.process is not None and sidecar.process.poll() is not None  # stopped

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bench.gpu.calibrate import MODELS
-from bench.gpu.streams import model_repository
+from bench.gpu.streams import model_repository, parse_args
 
 
 def parameter(config: str, key: str) -> str:
@@ -42,3 +42,25 @@ def test_a_repository_left_in_the_directory_by_an_earlier_run_is_made_afresh(
     model_repository(tmp_path, MODELS, cuda_graphs=True)
     repo = model_repository(tmp_path, MODELS, cuda_graphs=False)
     assert parameter((repo / "detector" / "config.pbtxt").read_text(), "CUDA_GRAPHS") == "0"
+
+
+def test_a_run_of_mps_gpus_alone_needs_no_time_sliced_gpu(tmp_path: Path) -> None:
+    args = parse_args(["--out", str(tmp_path), "--mps-counts", "15", "--mps-gpus", "0"])
+    assert args.gpus == []  # not the time-sliced default, GPU 0, which MPS now has
+    assert parse_args(["--out", str(tmp_path), "--counts", "7"]).gpus == [0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--counts", "7", "--gpus", "0", "--mps-counts", "15", "--mps-gpus", "0"], "either"),
+        (["--counts", "7", "--graph-gpus", "1"], "in neither --gpus nor --mps-gpus"),
+        (["--counts", "7", "--group", "0"], "--group must be at least 1"),
+    ],
+)
+def test_contradictory_arguments_are_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(tmp_path), *argv])
+    assert says in capsys.readouterr().err
