@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=["binpack", "spread"], default="binpack")
     p.add_argument("--utilization-cap", type=_positive, default=0.9, metavar="U")
     p.add_argument("--guard-ms", type=float, default=0.0, metavar="MS")
-    p.add_argument("--max-extra-shards", type=int, default=2, metavar="N")
+    p.add_argument(
+        "--max-extra-shards", type=int, default=PlannerSettings().max_extra_shards, metavar="N"
+    )
     p.add_argument(
         "--simulate",
         type=float,

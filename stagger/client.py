@@ -23,35 +23,29 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from stagger.core.slotclock import SlotClock as Slots
+from stagger.core.slotclock import first_slot
 
 CLOCK_PATH = "/stagger/v1/clock"
 
 
-@dataclass(frozen=True)
-class Contract:
-    """One contract's slot times, as the sidecar describes them."""
-
-    slots: Slots
-    effective_at: float
-
-    @classmethod
-    def of(cls, doc: dict[str, Any]) -> Contract:
-        slots = Slots(
-            epoch_s=float(doc["epoch"]),
-            tick_hz=int(doc["tickHz"]),
-            period_ticks=int(doc["periodTicks"]),
-            offset_ticks=int(doc["offsetTicks"]),
-            body_ticks=int(doc["bodyTicks"]),
-        )
-        return cls(slots, float(doc["effectiveAt"]))
-
-    def first_after(self, t: float) -> float:
-        """The first slot start strictly after ``t``."""
-        return self.slots.start(self.slots.index_at_or_after(math.nextafter(t, math.inf)))
+def clock_of(doc: dict[str, Any]) -> Slots:
+    """One contract's slots, as the sidecar describes them (``effectiveTick``: its switch
+    instant, see :mod:`stagger.core.slotclock`)."""
+    epoch, hz = float(doc["epoch"]), int(doc["tickHz"])
+    tick = doc.get("effectiveTick")
+    if tick is None:  # an older sidecar: the switch instant from effectiveAt, to a tick
+        tick = math.floor((float(doc["effectiveAt"]) - epoch) * hz + 1e-3)
+    return Slots(
+        epoch_s=epoch,
+        tick_hz=hz,
+        period_ticks=int(doc["periodTicks"]),
+        offset_ticks=int(doc["offsetTicks"]),
+        body_ticks=int(doc["bodyTicks"]),
+        from_ticks=int(tick),
+    )
 
 
 class SlotClient:
@@ -71,8 +65,8 @@ class SlotClient:
         self.timeout_s = timeout_s
         self.clock = clock
         self.sleep = sleep
-        self._current: Contract | None = None
-        self._pending: Contract | None = None
+        self._chain: list[Slots] = []
+        """The contract in force, then the one that takes over at its switch instant."""
         self._read_at = -math.inf
         self._last = -math.inf
 
@@ -85,23 +79,25 @@ class SlotClient:
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")
             raise ValueError(f"slot clock at {self.url}: {e.code} {detail}") from None
-        self._current = Contract.of(doc["clock"])
-        self._pending = Contract.of(doc["pending"]) if doc.get("pending") else None
+        self._chain = [clock_of(doc["clock"])]
+        if doc.get("pending"):
+            self._chain.append(clock_of(doc["pending"]))
         self._read_at = self.clock()
 
-    def _contract(self, t: float) -> Contract:
-        if self._current is None or self.clock() - self._read_at > self.refresh_s:
+    def _slots(self, t: float) -> list[Slots]:
+        if not self._chain or self.clock() - self._read_at > self.refresh_s:
             self.refresh()
-        assert self._current is not None
-        if self._pending is not None and t >= self._pending.effective_at:
-            self.refresh()  # the new contract is in force: take it from the source
-            assert self._current is not None
-        return self._current
+        if len(self._chain) > 1 and t >= self._chain[1].switch_s:
+            self.refresh()  # the new contract is in force: take it (and any next) from the source
+        return self._chain
 
     def next_slot(self) -> float:
-        """The next slot start after now that this clock has not handed out yet."""
-        after = max(self.clock(), self._last)
-        return self._contract(after).first_after(after)
+        """The next slot start after now that this clock has not handed out yet: the old
+        contract's slots before a switch instant, the new one's from it on."""
+        after = math.nextafter(max(self.clock(), self._last), math.inf)
+        found = first_slot(self._slots(after), after)
+        assert found is not None
+        return found[0]
 
     def wait_for_slot(self, lead_s: float = 0.0) -> float:
         """Sleep until ``lead_s`` before the next slot; returns that slot's start time.

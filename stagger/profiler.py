@@ -301,6 +301,10 @@ def saturation(
     return rows
 
 
+WARMUP = 8
+"""Inferences per endpoint before anything is measured."""
+
+
 def profile(
     urls: Sequence[str],
     model: str,
@@ -331,7 +335,10 @@ def profile(
     def stage(name: str, total: int) -> Progress | None:
         return progress(name, total) if progress else None
 
-    for _ in range(3):  # warm up both executions
+    # Warm up both executions: a freshly loaded model's first few inferences per instance
+    # run slow (35-50 ms instead of 2 ms for a trivial Python-backend model on a CPU
+    # machine, seen straight from Triton), and the first sweep runs would measure that.
+    for _ in range(WARMUP):
         first.infer()
         second.infer()
     solo_ms = solo(first, solo_runs, stage("solo", solo_runs))

@@ -19,6 +19,10 @@ user watching ``kubectl get istream -w`` sees.
    operator. Off by default: first kopf takes over the 10k streams it has not seen
    (finalizers, its annotations), tens of thousands of patches that take kmock many
    minutes.
+5. A fleet applied one stream at a time (``--one-by-one``, each applied once the one
+   before it is Placed, as cameras come online), with the default settings and with
+   re-timing unbounded (``STAGGER_RETIME_MIN_INTERVAL_S=0``): GPUs used against one plan
+   of the same streams, re-timed shards per stream, moves, apply -> Placed.
 """
 
 from __future__ import annotations
@@ -191,6 +195,57 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def one_by_one(args: argparse.Namespace, settings: OperatorSettings) -> dict[str, Any]:
+    """Streams applied one after another, each once the one before is Placed."""
+    rng = random.Random(13)
+    kube = Kube(api_client())
+    nodes = [node(f"gpu-{i:03d}", gpus=args.gpus) for i in range(args.nodes)]
+    for n in nodes:
+        kube.apply(n, None)
+    watcher = Watcher()
+    watch_task = asyncio.create_task(watcher.run())
+    memo = kopf.Memo(api_client=api_client(), settings=settings, stats=PlanStats())
+    stop, task = await start(memo)
+    retimed = moves = 0
+    try:
+        while memo.stats.plans < 1:
+            await asyncio.sleep(0.05)
+        objs = [fleet_stream(i, rng) for i in range(args.one_by_one)]
+        latency: list[float] = []
+        for obj in objs:
+            created = await apply_all(kube, [obj])
+            await watcher.until(list(created), timeout=120)
+            name = obj["metadata"]["name"]
+            latency.append(watcher.placed[name] - created[name])
+        await asyncio.sleep(1.0)  # the last statuses and events
+    finally:
+        await stop_operator(stop, task)
+        watch_task.cancel()
+    registry = memo.metrics.registry
+    retimed = sum(
+        s.value
+        for m in registry.collect()
+        if m.name == "stagger_operator_retimings"
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+    moves = registry.get_sample_value("stagger_operator_moves_total") or 0
+    streams, _ = parse_streams(objs)
+    batch = plan(streams, cluster_from_nodes(nodes, settings), [], settings.planner())
+    used = {(s.spec.node, s.spec.gpu_index) for s in kube.list_schedules() if s.spec.slots}
+    return {
+        "streams": len(objs),
+        "retime_min_interval_s": settings.retime_min_interval_s,
+        "gpus": len(used),
+        "batch_gpus": len(batch.gpus),
+        "retimed_per_stream": round(retimed / len(objs), 3),
+        "moves": int(moves),
+        "latency_p50_s": round(pct(latency, 0.5), 3),
+        "latency_p99_s": round(pct(latency, 0.99), 3),
+        "latency_max_s": round(max(latency), 3),
+    }
+
+
 def previous_state(args: argparse.Namespace, rng: random.Random) -> list[dict[str, Any]]:
     """The cluster as an operator leaves it after placing ``--fleet`` streams (no pods)."""
     settings = OperatorSettings()
@@ -311,6 +366,7 @@ def cli() -> None:
     parser.add_argument("--arrivals", type=int, default=60)
     parser.add_argument("--rate", type=float, default=2.0, help="arrivals per second")
     parser.add_argument("--singles", type=int, default=0)
+    parser.add_argument("--one-by-one", type=int, default=300, metavar="N")
     parser.add_argument("--json", help="write the results here as well")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -324,6 +380,14 @@ def cli() -> None:
         with apiserver(preload.name) as url:
             EMULATOR_URL["url"] = url
             result |= asyncio.run(fleet_run(args))
+    result["one_by_one"] = []
+    for bound in (OperatorSettings().retime_min_interval_s, 0.0):
+        with apiserver() as url:
+            EMULATOR_URL["url"] = url
+            settings = OperatorSettings(retime_min_interval_s=bound)
+            row = asyncio.run(one_by_one(args, settings))
+        print("one_by_one", row, flush=True)
+        result["one_by_one"].append(row)
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -9,7 +9,11 @@ overlaps checked on every GPU) and three baselines on the same streams:
 - first-fit by body load without the slot check (the same shards, cap and memory): the
   GPUs it uses and how many of them overlap bodies at random phases or have no
   overlap-free table at all.
-Then the incremental path: one stream added to the placed 10k fleet (time, moves).
+Then the incremental path: one stream added to the placed 10k fleet (time, moves,
+re-timings); fleets applied one stream at a time (``Planner.add`` in a shuffled order, the
+operator's path for streams that arrive one by one) against one plan of them all; and small
+clusters fed random arrivals, groupings and removals through a plan per reconcile, against
+a plan from scratch of what is left.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import statistics
 import sys
 import time
@@ -29,6 +34,8 @@ from bench.placement.fleets import KINDS, FleetKind, cluster, load, lower_bound,
 from stagger.core.api import InferenceStream
 from stagger.core.placement import Plan, Planner, PlannerSettings, _FreeTree, plan
 from stagger.core.slots import Slot, SlotRequest, overlaps, pack
+from tests.factories import cluster as small_cluster
+from tests.factories import stream as small_stream
 
 CAP = PlannerSettings().utilization_cap
 SLICING_REPLICAS = 4
@@ -119,11 +126,19 @@ def first_fit_no_slots(stagger: Plan, gpu_memory: int, seed: int = 0) -> dict[st
     }
 
 
+def overlapping_gpus(p: Plan) -> int:
+    per_gpu: dict[tuple[str, int], list[Slot]] = defaultdict(list)
+    for s in p.shards:
+        per_gpu[(s.node, s.gpu)].append(Slot(s.key, s.body_ticks, s.period_ticks, s.offset_ticks))
+    return sum(1 for slots in per_gpu.values() if overlaps(slots))
+
+
 def incremental(
     fleet: list[InferenceStream], kind: FleetKind, lb: int, tries: int = 20
 ) -> dict[str, Any]:
     """Add one stream at a time to a placed fleet (then take it away again), as the
-    operator does on a create event: time per add, and whether any other shard moved."""
+    operator does on a create event: time per add, and whether any other shard moved to
+    another GPU or was re-timed on its own."""
     planner = Planner(cluster(int(lb * 1.6) + 16, kind.gpu_memory_mib))
     before = {s.key: s for s in planner.plan(fleet).shards}
     times, placed = [], 0
@@ -137,14 +152,125 @@ def incremental(
         placed += isinstance(result, list)
         planner.remove(new.namespace, new.name)
     after = {s.key: s for s in planner.current().shards}
-    changed = sum(1 for k, s in before.items() if after.get(k) != s)
+    moved = sum(1 for k, s in before.items() if (after[k].node, after[k].gpu) != (s.node, s.gpu))
+    retimed = sum(1 for k, s in before.items() if after[k].offset_ticks != s.offset_ticks)
     return {
         "median_ms": 1000 * statistics.median(times),
         "max_ms": 1000 * max(times),
         "placed": placed,
         "tries": tries,
-        "moved_or_changed": changed,
+        "moved": moved,
+        "retimed": retimed,
     }
+
+
+def one_at_a_time(kind: FleetKind, size: int, seed: int = 0) -> dict[str, Any]:
+    """The fleet applied one stream at a time in a shuffled order (``Planner.add``: into
+    gaps, by re-timing a GPU, or onto a new one), against one plan of the whole fleet."""
+    fleet = streams(kind, size, seed=seed)
+    lb = lower_bound(fleet, kind.gpu_memory_mib, CAP)
+    c = cluster(int(lb * 1.6) + 16, kind.gpu_memory_mib)
+    start = time.perf_counter()
+    batch = plan(fleet, c)
+    batch_s = time.perf_counter() - start
+    order = fleet[:]
+    random.Random(seed + 1).shuffle(order)
+    planner = Planner(c)
+    planner.plan(order[:1])
+    times, refused = [], 0
+    for s in order[1:]:
+        start = time.perf_counter()
+        refused += not isinstance(planner.add(s), list)
+        times.append(time.perf_counter() - start)
+    after = planner.current()
+    return {
+        "fleet": kind.name,
+        "streams": size,
+        "lower_bound": lb,
+        "batch_gpus": len(batch.gpus),
+        "batch_unplaced": len(batch.unplaced),
+        "batch_s": batch_s,
+        "gpus": len(after.gpus),
+        "ratio": len(after.gpus) / len(batch.gpus),
+        "refused": refused,
+        "retimed_per_stream": len(planner.retimed) / size,
+        "add_median_ms": 1000 * statistics.median(times),
+        "add_max_ms": 1000 * max(times),
+        "overlapping_gpus": overlapping_gpus(after),
+    }
+
+
+def small_clusters(trials: int, seed: int = 1) -> dict[str, Any]:
+    """Random arrivals on 2-6 GPUs (1-30 fps, 1-60 ms bodies, 0-6 GiB): one to three
+    streams a reconcile, a removal now and then, each reconcile a plan kept from the last
+    (the operator's path); then reconciles with nothing new until nothing changes. Against a
+    plan from scratch of the streams left."""
+    rng = random.Random(seed)
+    out: dict[str, Any] = {
+        "trials": trials,
+        "batch_all_spare": 0,
+        "all_placed_spare": 0,
+        "batch_all_full": 0,
+        "all_placed_full": 0,
+        "same_count": 0,
+        "gpus_within_one": 0,
+        "more_placed": 0,
+        "fewer_placed": 0,
+        "moves": 0,
+        "max_moves": 0,
+        "unsettled": 0,
+        "overlapping": 0,
+    }
+    for _ in range(trials):
+        specs = [
+            (
+                rng.choice([1, 2, 5, 7.5, 10, 12.5, 15, 25, 30]),
+                rng.uniform(1, 60),
+                rng.uniform(1, 3),
+                rng.randint(0, 6000),
+            )
+            for _ in range(rng.randint(1, 25))
+        ]
+        fleet = [
+            small_stream(f"s{i}", f, body=round(b, 2), latency=round(b * k, 2), memoryMiB=m)
+            for i, (f, b, k, m) in enumerate(specs)
+        ]
+        per_node = rng.randint(1, 3)
+        c = small_cluster(("a", per_node), ("b", per_node), memory=24000)
+        order = fleet[:]
+        rng.shuffle(order)
+        present: list[InferenceStream] = []
+        now: Plan | None = None
+        while order or now is None:
+            present += [order.pop() for _ in range(min(len(order), rng.randint(1, 3)))]
+            if present and rng.random() < 0.2:
+                present.pop(rng.randrange(len(present)))
+            now = plan(present, c, previous=now)
+            out["moves"] += len(now.moves)
+            out["max_moves"] = max(out["max_moves"], len(now.moves))
+            out["overlapping"] += bool(overlapping_gpus(now))
+        for _ in range(10):  # reconciles with nothing new: repairs go on until none is left
+            again = plan(present, c, previous=now)
+            if not again.moves and not again.offsets_changed:
+                break
+            out["moves"] += len(again.moves)
+            now = again
+        else:
+            out["unsettled"] += 1
+        batch = plan(present, c)
+        placed = len({s.stream for s in now.shards})
+        best = len({s.stream for s in batch.shards})
+        if best == len(present):
+            spare = len(batch.gpus) < 2 * per_node
+            out["batch_all_spare" if spare else "batch_all_full"] += 1
+            if placed == best:
+                out["all_placed_spare" if spare else "all_placed_full"] += 1
+        out["more_placed"] += placed > best
+        out["fewer_placed"] += placed < best
+        if placed == best:
+            out["same_count"] += 1
+            out["gpus_within_one"] += len(now.gpus) <= len(batch.gpus) + 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--max-heavy", type=int, default=10000, help="largest heavy fleet")
+    parser.add_argument(
+        "--one-at-a-time", type=int, nargs="+", default=[2000, 10000], metavar="SIZE"
+    )
+    parser.add_argument("--trials", type=int, default=300, help="small-cluster sequences")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
 
@@ -169,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.kinds:
         kind = KINDS[name]
         for size in args.sizes:
-            if name.startswith("heavy") and size > args.max_heavy:
+            if name.startswith(("heavy", "split")) and size > args.max_heavy:
                 continue
             fleet = streams(kind, size)
             lb = lower_bound(fleet, kind.gpu_memory_mib, CAP)
@@ -209,19 +339,62 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nadd one stream to a placed {size}-stream fleet: median {inc['median_ms']:.2f} ms, "
         f"max {inc['max_ms']:.2f} ms over {inc['tries']} adds ({inc['placed']} placed); "
-        f"other shards moved or re-timed: {inc['moved_or_changed']}"
+        f"other shards moved: {inc['moved']}, re-timed: {inc['retimed']}"
+    )
+
+    print(
+        "\n| fleet | streams | one plan: GPUs (s) | one at a time: GPUs (x one plan) | refused "
+        "| re-timed shards per stream | add median / max ms | overlaps |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    singles = []
+    for name in args.kinds:
+        for n in args.one_at_a_time:
+            if name.startswith(("heavy", "split")) and n > args.max_heavy:
+                continue
+            r = one_at_a_time(KINDS[name], n)
+            singles.append(r)
+            print(
+                f"| {name} | {n} | {r['batch_gpus']} ({r['batch_s']:.2f}) | {r['gpus']} "
+                f"({r['ratio']:.3f}) | {r['refused']} | {r['retimed_per_stream']:.2f} | "
+                f"{r['add_median_ms']:.2f} / {r['add_max_ms']:.1f} | {r['overlapping_gpus']} |",
+                flush=True,
+            )
+
+    small = small_clusters(args.trials)
+    print(
+        f"\nsmall clusters, {small['trials']} random sequences of arrivals and removals, a plan "
+        f"per reconcile:\n"
+        f"- where a plan from scratch places every stream and leaves a GPU free: every "
+        f"stream placed in {small['all_placed_spare']} of {small['batch_all_spare']}\n"
+        f"- where it needs every GPU: {small['all_placed_full']} of {small['batch_all_full']}\n"
+        f"- the same number of streams placed: {small['same_count']} (more: "
+        f"{small['more_placed']}, fewer: {small['fewer_placed']}); of those, GPUs within one of "
+        f"the plan from scratch: {small['gpus_within_one']}\n"
+        f"- moves {small['moves']} in all, at most {small['max_moves']} in one plan; "
+        f"unsettled after 10 quiet reconciles: {small['unsettled']}; plans with overlaps: "
+        f"{small['overlapping']}"
     )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"fleets": rows, "incremental": inc, "python": sys.version.split()[0]}, f, indent=2
+                {
+                    "fleets": rows,
+                    "incremental": inc,
+                    "one_at_a_time": singles,
+                    "small_clusters": small,
+                    "python": sys.version.split()[0],
+                },
+                f,
+                indent=2,
             )
     bad = [
         r
         for r in rows
         if r["stagger"]["overlapping_gpus"] or not math.isfinite(r["stagger"]["ratio"])
     ]
-    return 1 if bad or inc["moved_or_changed"] else 0
+    bad += [r for r in singles if r["overlapping_gpus"]]
+    return 1 if bad or inc["moved"] or small["overlapping"] else 0
 
 
 if __name__ == "__main__":

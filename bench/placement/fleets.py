@@ -24,6 +24,8 @@ CAMERA_FPS = {
 }
 # Heavy analytics at high rates: most streams need more than one GPU.
 HEAVY_FPS = {15: 0.2, 20: 0.2, 25: 0.2, 30: 0.4}
+# Heavy bodies at broadcast rates: every stream splits, periods from four rate families.
+SPLIT_FPS = {25: 0.25, 30: 0.25, 50: 0.25, 60: 0.25}
 MEMORY_MIB = [512, 1024, 2048, 4096, 8192]
 MEMORY_SHARE = [0.25, 0.3, 0.25, 0.15, 0.05]
 
@@ -36,6 +38,12 @@ class FleetKind:
     fps_mix: dict[float, float]
     gpu_memory_mib: int
     description: str
+    body_range_ms: tuple[float, float] | None = None
+    """Bodies uniform in this range instead of log-normal around the median."""
+    latency_factor: float | None = None
+    """Solo latency = this x body, instead of uniform 1.3-2.5 x body."""
+    memory_mib: int | None = None
+    """Every stream's memory, instead of the 0.5-8 GiB mix."""
 
 
 KINDS = {
@@ -47,6 +55,17 @@ KINDS = {
         FleetKind("light-16g", 6, 0.6, CAMERA_FPS, 16384, "same streams on 16 GiB GPUs"),
         FleetKind("heavy-80g", 45, 0.25, HEAVY_FPS, 81920, "most streams exceed one GPU, 80 GiB"),
         FleetKind("heavy-40g", 45, 0.25, HEAVY_FPS, 40960, "most streams exceed one GPU, 40 GiB"),
+        FleetKind(
+            "split-24g",
+            45,
+            0,
+            SPLIT_FPS,
+            24576,
+            "25-60 fps, 20-70 ms bodies: every stream splits, 24 GiB GPUs",
+            body_range_ms=(20, 70),
+            latency_factor=1.4,
+            memory_mib=2048,
+        ),
     )
 }
 
@@ -55,9 +74,18 @@ def streams(kind: FleetKind, count: int, seed: int = 0) -> list[InferenceStream]
     rng = np.random.default_rng(seed)
     rates = np.array(list(kind.fps_mix), dtype=float)
     fps = rng.choice(rates, size=count, p=np.array(list(kind.fps_mix.values())))
-    body = np.clip(rng.lognormal(math.log(kind.body_median_ms), kind.body_sigma, count), 2, 60)
-    latency = body * rng.uniform(1.3, 2.5, count)
-    memory = rng.choice(MEMORY_MIB, size=count, p=MEMORY_SHARE)
+    if kind.body_range_ms is not None:
+        body = rng.uniform(*kind.body_range_ms, count)
+    else:
+        body = np.clip(rng.lognormal(math.log(kind.body_median_ms), kind.body_sigma, count), 2, 60)
+    if kind.latency_factor is not None:
+        latency = body * kind.latency_factor
+    else:
+        latency = body * rng.uniform(1.3, 2.5, count)
+    if kind.memory_mib is not None:
+        memory = np.full(count, kind.memory_mib)
+    else:
+        memory = rng.choice(MEMORY_MIB, size=count, p=MEMORY_SHARE)
     return [
         # model_construct: these inputs are valid by construction, and validating 100k
         # objects would time pydantic, not placement.

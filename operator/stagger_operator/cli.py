@@ -23,6 +23,7 @@ from stagger import cli as base_cli
 from stagger import profile_cmd, render
 from stagger.core.api import SharingMode
 from stagger.core.calibration import model_profile
+from stagger.core.timebase import ticks_to_ms
 from stagger.loader import InputError, load_streams
 from stagger_operator.kube import Kube
 from stagger_operator.settings import OperatorSettings
@@ -83,6 +84,8 @@ def live(argv: list[str]) -> int:
         return base_cli.EXIT_INVALID
     after = render.plan_json(result.after)
     added_keys = {(a.namespace, a.stream, a.shard) for a in result.added}
+    retimed_keys = {(a.namespace, a.stream, a.shard) for a in result.retimed}
+    hz = result.after.tick_hz
     if args.output == "json":
         out.print_json(
             json.dumps(
@@ -98,6 +101,11 @@ def live(argv: list[str]) -> int:
                         {"stream": u.stream, "namespace": u.namespace, "reason": u.reason}
                         for u in result.refused
                     ],
+                    "retimed": [
+                        s
+                        for s in after["shards"]
+                        if (s["namespace"], s["stream"], s["shard"]) in retimed_keys
+                    ],
                 }
             )
         )
@@ -106,11 +114,17 @@ def live(argv: list[str]) -> int:
         for s in result.added:
             out.print(
                 f"would add {s.namespace}/{s.stream} shard {s.shard + 1}/{s.shards} on "
-                f"{s.node} GPU {s.gpu} at {s.offset_ticks / 30:.2f} ms"
+                f"{s.node} GPU {s.gpu} at {ticks_to_ms(s.offset_ticks, hz):.2f} ms"
+            )
+        for s in result.retimed:
+            out.print(
+                f"would re-time {s.namespace}/{s.stream} shard {s.shard + 1}/{s.shards} on "
+                f"{s.node} GPU {s.gpu} to {ticks_to_ms(s.offset_ticks, hz):.2f} ms"
             )
         out.print(
             f"{len(result.added)} shard(s) would be added, {len(result.refused)} "
-            f"stream(s) refused; nothing already placed moves"
+            f"stream(s) refused, {len(result.retimed)} running shard(s) re-timed on their "
+            "GPU; nothing already placed moves to another GPU"
         )
     for u in result.refused:
         err.print(f"unplaced: {u.namespace}/{u.stream}: {u.reason}", highlight=False, markup=False)

@@ -29,6 +29,7 @@ from stagger.core.api import (
     StreamPhase,
 )
 from stagger.core.placement import Move, Plan, plan
+from stagger.core.timebase import ticks_to_ms
 from stagger_operator import manifests
 from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
 from stagger_operator.observe import Observation
@@ -42,9 +43,11 @@ from stagger_operator.reconcile import (
     cluster_from_nodes,
     desired_state,
     drift_recalibrations,
+    pinned_shards,
     plan_from_schedules,
     profile_statuses,
     recalibration_state,
+    retiring_copies,
     schedule_status,
     serving_status,
     write_failed_status,
@@ -77,6 +80,10 @@ class Report:
     and alerts, which join them with the sidecars' series."""
     profiles: list[tuple[str, str, str, str, float, bool]] = field(default_factory=list)
     """(name, model, GPU product, sharing mode, body s, drifted) of every ModelProfile."""
+    retimed: list[tuple[str, str, int, str, int]] = field(default_factory=list)
+    """(namespace, stream, shard, node, GPU) of every shard whose slot this plan re-timed."""
+    wake_after_s: float | None = None
+    """Plan again this soon: a pinned shard may be re-timed then, which may place a stream."""
 
 
 def _key(kind: str, obj: Obj) -> Key:
@@ -132,8 +139,6 @@ class Controller:
         live = [x for x in streams if not (x.metadata.model_extra or {}).get("deletionTimestamp")]
         schedules = {x.name: x for x in kube.list_schedules()}
         previous = plan_from_schedules(schedules.values(), s.tick_hz)
-        profiles = kube.list_profiles()
-        result = plan(live, cluster, profiles, s.planner(), previous=previous)
         if full or self.objects is None:
             self.objects = {
                 _key(k, o): o
@@ -146,6 +151,19 @@ class Controller:
                 for p in kube.list_managed("Pod")
                 if self._watched(p["metadata"].get("namespace"))
             }
+        profiles = kube.list_profiles()
+        pinned, free_at = pinned_shards(schedules.values(), now, s.retime_min_interval_s)
+        result = plan(
+            live,
+            cluster,
+            profiles,
+            s.planner(),
+            previous=previous,
+            pinned=pinned,
+            retiring=retiring_copies(self.objects.values(), previous, live),
+        )
+        if result.unplaced and free_at is not None:  # a re-timing may place them then
+            report.wake_after_s = max(0.0, (free_at - now).total_seconds())
         current = dict(self.objects)
         ready = {u for units in list(self.pods.values()) for u in units}
         observed = self.observed
@@ -332,9 +350,60 @@ class Controller:
                 ),
                 now,
             )
+        self._retimed_events(
+            result=result,
+            previous=previous,
+            schedules=wanted_sched,
+            streams=by_key,
+            report=report,
+            now=now,
+        )
         if full:
             self._last_full = self._monotonic()
         return report
+
+    def _retimed_events(
+        self,
+        *,
+        result: Plan,
+        previous: Plan,
+        schedules: dict[str, Obj],
+        streams: dict[tuple[str, str], InferenceStream],
+        report: Report,
+        now: datetime,
+    ) -> None:
+        """A Normal Event on each stream whose slot this plan re-timed: from what to what,
+        from when, and which arrivals it made room for."""
+        hz = self.settings.tick_hz
+        before = {p.key: p for p in previous.shards}
+        after = {p.key: p for p in result.shards}
+        arrivals: dict[tuple[str, int], list[str]] = defaultdict(list)
+        for p in result.shards:
+            was = before.get(p.key)
+            if was is None or (was.node, was.gpu) != (p.node, p.gpu):
+                arrivals[(p.node, p.gpu)].append(f"{p.namespace}/{p.stream}")
+        for key in result.offsets_changed:
+            was, now_at = before[key], after[key]
+            stream = streams.get(key[:2])
+            if stream is None:
+                continue
+            report.retimed.append((*key, now_at.node, now_at.gpu))
+            sched = schedules.get(manifests.schedule_name(now_at.node, now_at.gpu), {})
+            effective = (sched.get("spec") or {}).get("effectiveAt", "the next switch")
+            made_room = sorted(set(arrivals.get((now_at.node, now_at.gpu), [])))
+            why = f" to make room for {', '.join(made_room)}" if made_room else ""
+            self._event(
+                stream,
+                "Normal",
+                "Retimed",
+                (
+                    f"shard {key[2]} on {now_at.node} GPU {now_at.gpu}: offset "
+                    f"{ticks_to_ms(was.offset_ticks, hz):g} -> "
+                    f"{ticks_to_ms(now_at.offset_ticks, hz):g} ms, period "
+                    f"{ticks_to_ms(now_at.period_ticks, hz):g} ms, from {effective}{why}"
+                ),
+                now,
+            )
 
     def delete_stream(self, namespace: str, name: str) -> int:
         """Delete every object the operator made for one stream; returns how many."""

@@ -256,6 +256,8 @@ async def _planner_loop(memo: kopf.Memo) -> None:
             loop.call_later(memo.settings.move_timeout_s, memo.wake.set)
         if report.failed:  # refused writes: statuses say why; try again soon, not hot
             loop.call_later(10.0, memo.wake.set)
+        if report.wake_after_s is not None:  # a pinned slot frees: a re-timing may place more
+            loop.call_later(report.wake_after_s + 0.1, memo.wake.set)
         # With ``kopf run --log-format=json`` (the chart's default) the extra fields become
         # JSON fields: dashboards and log queries read them without parsing the message.
         fields = {
@@ -266,6 +268,7 @@ async def _planner_loop(memo: kopf.Memo) -> None:
             "unschedulable": report.unplaced,
             "invalid": report.invalid,
             "moves": len(report.moves),
+            "retimed": len(report.retimed),
             "moving": report.moving,
             "waiting": report.waiting,
             "writes": report.written,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -303,9 +304,12 @@ def gpu_schedule(
     effective_at: datetime,
     tick_hz: int,
     sharing_mode: str,
+    retimed_at: Mapping[tuple[str, str, int], datetime] | None = None,
 ) -> Obj:
-    """The slot table of one GPU (cluster-scoped: deleted by the operator, not by owners)."""
+    """The slot table of one GPU (cluster-scoped: deleted by the operator, not by owners).
+    ``retimed_at``: when a re-timing last changed a shard's slot here."""
     first = shards[0]
+    retimed_at = retimed_at or {}
     return {
         "apiVersion": API_VERSION,
         "kind": "GpuSchedule",
@@ -320,9 +324,9 @@ def gpu_schedule(
             "gpuProduct": first.product,
             "sharingMode": sharing_mode,
             "tickHz": tick_hz,
-            "epoch": epoch.isoformat().replace("+00:00", "Z"),
+            "epoch": _timestamp(epoch),
             "generation": generation,
-            "effectiveAt": effective_at.isoformat().replace("+00:00", "Z"),
+            "effectiveAt": _timestamp(effective_at),
             "slots": [
                 {
                     "stream": x.stream,
@@ -333,6 +337,7 @@ def gpu_schedule(
                     "offsetTicks": x.offset_ticks,
                     "bodyTicks": x.body_ticks,
                     "memoryMiB": x.memory_mib,
+                    **({"retimedAt": _timestamp(retimed_at[x.key])} if x.key in retimed_at else {}),
                 }
                 for x in sorted(
                     shards, key=lambda x: (x.offset_ticks, x.namespace, x.stream, x.shard)
@@ -340,6 +345,10 @@ def gpu_schedule(
             ],
         },
     }
+
+
+def _timestamp(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,12 @@ class OperatorMetrics:
             registry=r,
         )
         self.moves = Counter(telemetry.OPERATOR_MOVES, "Shards moved", registry=r)
+        self.retimings = Counter(
+            telemetry.OPERATOR_RETIMINGS,
+            "Shards whose slot a re-timing changed",
+            ["node", "gpu"],
+            registry=r,
+        )
         self.streams = Gauge(telemetry.OPERATOR_STREAMS, "Streams by state", ["state"], registry=r)
         self.writes = Counter(telemetry.OPERATOR_WRITES, "API writes", ["result"], registry=r)
         self.leader = Gauge(telemetry.OPERATOR_LEADER, "Holds the Lease", registry=r)
@@ -54,6 +60,8 @@ class OperatorMetrics:
         self.reconciles.labels("ok").inc()
         self.seconds.observe(seconds)
         self.moves.inc(len(report.moves))
+        for *_, node, gpu in report.retimed:
+            self.retimings.labels(node, str(gpu)).inc()
         self.streams.labels("placed").set(report.placed)
         self.streams.labels("unschedulable").set(report.unplaced)
         self.streams.labels("invalid").set(report.invalid)

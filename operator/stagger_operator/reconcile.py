@@ -19,13 +19,15 @@ from stagger.core.api import (
     GpuSchedule,
     InferenceStream,
     ModelProfile,
+    ScheduledSlot,
     SharingMode,
     StreamPhase,
 )
 from stagger.core.calibration import CalibrationResult, model_profile
 from stagger.core.cluster import Cluster
-from stagger.core.contract import SlotAssignment
+from stagger.core.contract import CONTRACT_FILE, SlotAssignment, effective_at_of
 from stagger.core.placement import GpuUsage, Plan, ShardPlacement
+from stagger.core.slots import Slot, switch_tick
 from stagger.core.timebase import TICK_HZ, ticks_to_ms
 from stagger_operator import manifests
 from stagger_operator.observe import Observation
@@ -117,6 +119,37 @@ def _labelled_gpus(node: Obj, labels: dict[str, str], mode: str) -> list[Obj]:
     ]
 
 
+def _recorded(
+    slot: ScheduledSlot | SlotAssignment,
+    where: tuple[str, int, str | None, str],
+    memory_mib: int,
+    tick_hz: int,
+) -> ShardPlacement:
+    """A shard as the cluster records it (a GpuSchedule's slot, or a slot contract): what
+    placing it needs again, not how it was planned (fps, latency). ``where``: node, GPU
+    index, UUID and product."""
+    node, gpu, uuid, product = where
+    return ShardPlacement(
+        namespace=slot.namespace,
+        stream=slot.stream,
+        shard=slot.shard,
+        shards=slot.shards,
+        node=node,
+        gpu=gpu,
+        gpu_uuid=uuid,
+        product=product,
+        fps=0.0,
+        frame_period_ticks=slot.period_ticks,
+        period_ticks=slot.period_ticks,
+        offset_ticks=slot.offset_ticks,
+        body_ticks=slot.body_ticks,
+        body_ms=ticks_to_ms(slot.body_ticks, tick_hz),
+        latency_ms=0.0,
+        memory_mib=memory_mib,
+        priority=0,
+    )
+
+
 def plan_from_schedules(schedules: Iterable[GpuSchedule], tick_hz: int) -> Plan:
     """The plan that the GpuSchedules in the cluster record: what a restarted operator
     hands the planner as ``previous``, so that nothing moves because it restarted."""
@@ -124,27 +157,8 @@ def plan_from_schedules(schedules: Iterable[GpuSchedule], tick_hz: int) -> Plan:
     for sched in schedules:
         spec = sched.spec
         for slot in spec.slots:
-            shards.append(
-                ShardPlacement(
-                    namespace=slot.namespace,
-                    stream=slot.stream,
-                    shard=slot.shard,
-                    shards=slot.shards,
-                    node=spec.node,
-                    gpu=spec.gpu_index,
-                    gpu_uuid=spec.gpu_uuid,
-                    product=spec.gpu_product or "",
-                    fps=0.0,
-                    frame_period_ticks=slot.period_ticks,
-                    period_ticks=slot.period_ticks,
-                    offset_ticks=slot.offset_ticks,
-                    body_ticks=slot.body_ticks,
-                    body_ms=ticks_to_ms(slot.body_ticks, tick_hz),
-                    latency_ms=0.0,
-                    memory_mib=slot.memory_mib,
-                    priority=0,
-                )
-            )
+            where = (spec.node, spec.gpu_index, spec.gpu_uuid, spec.gpu_product or "")
+            shards.append(_recorded(slot, where, slot.memory_mib, tick_hz))
     return Plan(tuple(shards), (), (), tick_hz=tick_hz)
 
 
@@ -215,9 +229,8 @@ def desired_state(
             generation, effective_at = old.spec.generation, old.spec.effective_at or epoch
         else:
             generation = old.spec.generation + 1 if old else 1
-            effective_at = now.replace(microsecond=0) + timedelta(
-                seconds=settings.effective_after_s
-            )
+            effective_at = switch_instant(old, epoch, now, settings)
+        retimed_at = retimings(old, shards, effective_at)
         desired.schedules.append(
             manifests.gpu_schedule(
                 node,
@@ -228,6 +241,7 @@ def desired_state(
                 effective_at=effective_at,
                 tick_hz=settings.tick_hz,
                 sharing_mode=modes.get((node, gpu), "time-slicing"),
+                retimed_at=retimed_at,
             )
         )
         for p in shards:
@@ -276,6 +290,91 @@ def desired_state(
             stream, shards, StreamPhase.PLACED, "", now, tick_hz=settings.tick_hz
         )
     return desired
+
+
+def switch_instant(
+    old: GpuSchedule | None, epoch: datetime, now: datetime, settings: OperatorSettings
+) -> datetime:
+    """When a GPU's new slot table takes over on every sidecar: ``effective_after_s`` from
+    now or later, not before the previous generation's switch, and at an instant where no
+    body of the previous table runs (:func:`stagger.core.slots.switch_tick`), so that no
+    body of one table overlaps one of the other, frames in flight included."""
+    hz = settings.tick_hz
+    ready = now + timedelta(seconds=settings.effective_after_s) - epoch
+    earliest = -((-_microseconds(ready) * hz) // 1_000_000)  # ceil: not before ``ready``
+    if old is None:
+        return effective_at_of(epoch, earliest, hz)
+    if old.spec.effective_at is not None:
+        earliest = max(earliest, (_microseconds(old.spec.effective_at - epoch) * hz) // 1_000_000)
+    table = [
+        Slot(i, s.body_ticks, s.period_ticks, s.offset_ticks) for i, s in enumerate(old.spec.slots)
+    ]
+    return effective_at_of(epoch, switch_tick(table, earliest), hz)
+
+
+def _microseconds(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def retimings(
+    old: GpuSchedule | None, shards: Sequence[ShardPlacement], effective_at: datetime
+) -> dict[tuple[str, str, int], datetime]:
+    """When each shard's slot on this GPU was last changed by a re-timing: at this table's
+    switch if it changes here now, else as the previous table recorded it."""
+    if old is None:
+        return {}
+    before = {(s.namespace, s.stream, s.shard): s for s in old.spec.slots}
+    out: dict[tuple[str, str, int], datetime] = {}
+    for p in shards:
+        was = before.get(p.key)
+        if was is None:
+            continue  # placed here now: a placement, not a re-timing
+        if (was.offset_ticks, was.period_ticks) != (p.offset_ticks, p.period_ticks):
+            out[p.key] = effective_at
+        elif was.retimed_at is not None:
+            out[p.key] = was.retimed_at
+    return out
+
+
+def retiring_copies(
+    objects: Iterable[Obj], previous: Plan, streams: Sequence[InferenceStream]
+) -> list[ShardPlacement]:
+    """Old copies of moved shards, still running where they were until their new copy is
+    Ready (make-before-break): each slot ConfigMap whose GPU is not the one the GpuSchedules
+    place its shard on now. The planner keeps their slots and memory reserved there."""
+    where = {p.key: (p.node, p.gpu) for p in previous.shards}
+    memory = {(s.namespace, s.name): s.spec.memory_mib for s in streams}
+    out = []
+    for obj in objects:
+        raw = (obj.get("data") or {}).get(CONTRACT_FILE) if obj.get("kind") == "ConfigMap" else None
+        if raw is None:
+            continue
+        try:
+            c = SlotAssignment.model_validate_json(raw)
+        except ValueError:
+            continue
+        key = (c.namespace, c.stream, c.shard)
+        if key not in where or where[key] == (c.node, c.gpu_index):
+            continue
+        memory_mib = memory.get((c.namespace, c.stream), 0)
+        out.append(_recorded(c, (c.node, c.gpu_index, c.gpu_uuid, ""), memory_mib, c.tick_hz))
+    return out
+
+
+def pinned_shards(
+    schedules: Iterable[GpuSchedule], now: datetime, min_interval_s: float
+) -> tuple[set[tuple[str, str, int]], datetime | None]:
+    """Shards re-timed less than ``min_interval_s`` ago, which the planner may not re-time
+    yet, and when the first of them may be again (None: none is pinned)."""
+    pinned: set[tuple[str, str, int]] = set()
+    free_at: datetime | None = None
+    bound = timedelta(seconds=min_interval_s)
+    for sched in schedules:
+        for s in sched.spec.slots:
+            if s.retimed_at is not None and now < s.retimed_at + bound:
+                pinned.add((s.namespace, s.stream, s.shard))
+                free_at = min(free_at or s.retimed_at + bound, s.retimed_at + bound)
+    return pinned, free_at
 
 
 def _fingerprint(

@@ -27,8 +27,14 @@ class OperatorSettings(BaseSettings):
     utilization_cap: float = Field(default=0.9, gt=0, le=1)
     guard_ms: float = Field(default=0.0, ge=0)
     policy: Literal["binpack", "spread"] = "binpack"
-    max_extra_shards: int = Field(default=2, ge=0)
-    tick_hz: int = Field(default=TICK_HZ, gt=0)
+    max_extra_shards: int = Field(default=PlannerSettings().max_extra_shards, ge=0)
+    shard_grid_ms: float = Field(default=PlannerSettings().shard_grid_ms, ge=0)
+    """A stream that must split takes, within the extra shards, a count whose slot period is
+    a multiple of this, so that split streams share GPUs (0: off)."""
+    max_repair_moves: int = Field(default=PlannerSettings().max_repair_moves, ge=0)
+    """Shards a plan may move to other GPUs to place a stream that found no room, or to
+    free GPUs, where a plan from scratch shows it can (0: never move for that)."""
+    tick_hz: int = Field(default=TICK_HZ, gt=0, le=1_000_000)
 
     gpu_binding: GpuBinding = "visible-devices"
     """How a shard's pod is pinned to its GPU (docs/operations.md weighs the modes)."""
@@ -55,8 +61,13 @@ class OperatorSettings(BaseSettings):
     """A calibration Job still running after this long is stopped (activeDeadlineSeconds)."""
 
     effective_after_s: float = Field(default=5.0, gt=0)
-    """A new slot table applies this long after it is written: later than the kubelet's
-    ConfigMap propagation, so every sidecar of a GPU switches at the same instant."""
+    """A new slot table applies this long after it is written (or a little later, where no
+    body of the old table runs): later than the kubelet's ConfigMap propagation, so every
+    sidecar of a GPU switches at the same instant."""
+    retime_min_interval_s: float = Field(default=60.0, ge=0)
+    """A shard whose slot a re-timing changed keeps it at least this long: a GPU is then
+    re-timed around it (0: no bound). A re-timing can hold one frame of the stream up to
+    one extra period in transparent mode, so this bounds what re-timings cost a stream."""
     debounce_s: float = Field(default=0.1, ge=0)
     """A change is planned once no other change came for this long (bursts coalesce)..."""
     max_delay_s: float = Field(default=1.0, ge=0)
@@ -103,5 +114,7 @@ class OperatorSettings(BaseSettings):
             guard_ms=self.guard_ms,
             policy=self.policy,
             max_extra_shards=self.max_extra_shards,
+            shard_grid_ms=self.shard_grid_ms,
+            max_repair_moves=self.max_repair_moves,
             tick_hz=self.tick_hz,
         )

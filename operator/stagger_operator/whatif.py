@@ -18,9 +18,12 @@ class WhatIf:
     current: Plan
     """The plan for the streams in the cluster, kept where their GpuSchedules put them."""
     after: Plan
-    """The same, with the added streams placed into the gaps: nothing already placed moves."""
+    """The same, with the added streams placed: into gaps, or by re-timing a GPU; nothing
+    already placed moves to another GPU."""
     added: tuple[ShardPlacement, ...]
     refused: tuple[Unplaced, ...]
+    retimed: tuple[ShardPlacement, ...] = ()
+    """Running shards whose slot the additions would change (as in ``after``)."""
 
 
 def live_what_if(
@@ -35,6 +38,7 @@ def live_what_if(
     planner = Planner(cluster, kube.list_profiles(), settings.planner())
     previous = plan_from_schedules(kube.list_schedules(), settings.tick_hz)
     current = planner.plan(streams, previous)
+    planner.retimed.clear()  # from here on: what the additions change
     added: list[ShardPlacement] = []
     refused: list[Unplaced] = []
     for stream in add:
@@ -44,4 +48,6 @@ def live_what_if(
         else:
             added.extend(result)
     after = planner.current([*current.unplaced, *refused])
-    return WhatIf(current, after, tuple(added), tuple(refused))
+    changed = set(planner.retimed)
+    retimed = tuple(s for s in after.shards if s.key in changed)
+    return WhatIf(current, after, tuple(added), tuple(refused), retimed)

@@ -239,9 +239,11 @@ class Sidecar:
             log.error(problem.message, extra={"file": str(problem.file)})
             self.metrics.slot_file_errors.labels(file=str(problem.file)).inc()
         for name, g in self.gate.streams.items():
-            current = g.timetable.at(now).current
+            current = g.timetable.current(now)
             if current is not None:
                 self.metrics.slot_generation.labels(g.namespace, name).set(current.generation)
+            if g.retimed(now):
+                self.metrics.slot_retimings.labels(g.namespace, name, str(g.shard)).inc()
 
     async def sample_statistics(self) -> None:
         """Body time per model from Triton, and achieved fps per stream, over the window."""

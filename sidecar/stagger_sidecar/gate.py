@@ -31,7 +31,7 @@ from enum import StrEnum
 
 from stagger.core.api import GatePolicy
 from stagger.core.contract import SlotAssignment
-from stagger.core.slotclock import SlotClock, Timetable
+from stagger.core.slotclock import SlotClock, Timetable, slot_starts
 
 
 class Reason(StrEnum):
@@ -94,17 +94,28 @@ class StreamGate:
     timetable: Timetable = field(default_factory=Timetable)
     last_slot: float = -math.inf
     pending: int = 0  # admitted and not yet finished: waiting or in flight
+    in_force: tuple[int, int] | None = None  # (offset, period) last seen in force
 
     def load(self, contract: SlotAssignment, now: float) -> None:
         self.timetable = self.timetable.with_contract(contract, now)
         self.namespace, self.shard = contract.namespace, contract.shard
 
+    def retimed(self, now: float) -> bool:
+        """True once for each re-timing: a contract with another offset or period than the
+        one in force before it has taken effect since the last call."""
+        current = self.timetable.current(now)
+        if current is None:
+            return False
+        seen = (current.offset_ticks, current.period_ticks)
+        before, self.in_force = self.in_force, seen
+        return before is not None and before != seen
+
     def clock_document(self, now: float, count: int) -> dict[str, object] | None:
         """The slot clock as apps read it: the next slot starts and the clock parameters to
         compute later ones (``stagger.client``), with any contract that takes over later."""
         table = self.timetable.at(now)
-        clock = table.clock(now)
-        if clock is None or table.current is None:
+        current, upcoming = table.current(now), table.upcoming(now)
+        if current is None and upcoming is None:
             return None
 
         def params(c: SlotAssignment) -> dict[str, object]:
@@ -116,8 +127,12 @@ class StreamGate:
                 "bodyTicks": c.body_ticks,
                 "generation": c.generation,
                 "effectiveAt": c.effective_at.timestamp(),
+                "effectiveTick": c.effective_tick,
             }
 
+        shown = current or upcoming
+        assert shown is not None
+        clock = SlotClock.of(shown)
         return {
             "stream": self.name,
             "namespace": self.namespace,
@@ -125,13 +140,14 @@ class StreamGate:
             "now": now,
             "periodS": clock.period_s,
             "bodyS": clock.body_s,
-            "next": clock.next_starts(now, count),
-            "clock": params(table.current),
-            "pending": params(table.pending) if table.pending is not None else None,
+            "next": slot_starts(table.clocks(), now, count),
+            "clock": params(shown),
+            "pending": params(upcoming) if current is not None and upcoming is not None else None,
         }
 
     def admit(self, now: float) -> Release | Refusal:
-        clock = self.timetable.clock(now)
+        table = self.timetable = self.timetable.at(now)
+        clock = table.clock(now)
         if clock is None:
             return Refusal(Reason.NO_SLOT, f"stream {self.name} has no slot assignment yet")
         policy = self.config.policy
@@ -148,7 +164,9 @@ class StreamGate:
                 f"(max {self.config.max_queue}); the app sends faster than the stream's fps",
             )
         earliest = max(now - self.grace_s(clock), math.nextafter(self.last_slot, math.inf))
-        slot = clock.start(clock.index_at_or_after(earliest))
+        found = table.next_slot(earliest)
+        assert found is not None  # the last contract's slots never end
+        slot, owner = found
         limit = self.config.max_wait_s
         if limit is not None and slot - now > limit:
             if policy is GatePolicy.DROP:
@@ -158,9 +176,9 @@ class StreamGate:
                     f"beyond maxWaitMs {limit * 1e3:g}",
                 )
             at = now if policy is GatePolicy.PASS else now + limit
-            return self._take(Release(at, now, None, clock.period_s, late=True))
+            return self._take(Release(at, now, None, owner.period_s, late=True))
         self.last_slot = slot
-        return self._take(Release(max(slot, now), now, slot, clock.period_s, late=False))
+        return self._take(Release(max(slot, now), now, slot, owner.period_s, late=False))
 
     def grace_s(self, clock: SlotClock) -> float:
         """How late after a slot's start a request still takes that slot."""

@@ -105,6 +105,12 @@ class GateMetrics:
             ["namespace", "stream"],
             registry=r,
         )
+        self.slot_retimings = Counter(
+            _base(t.SLOT_RETIMINGS),
+            "Contracts that took effect with another offset or period than the one before.",
+            ["namespace", "stream", "shard"],
+            registry=r,
+        )
         self.slot_file_errors = Counter(
             _base(t.SLOT_FILE_ERRORS),
             "Slot files that could not be read or parsed (the last good contract stays).",

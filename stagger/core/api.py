@@ -416,6 +416,13 @@ class ScheduledSlot(Wire):
     offset_ticks: int = Field(ge=0)
     body_ticks: int = Field(gt=0)
     memory_mib: int = Field(default=0, ge=0, alias="memoryMiB")
+    retimed_at: datetime | None = Field(
+        default=None,
+        description=(
+            "When a re-timing last changed this slot on this GPU (the generation's "
+            "effectiveAt); it is not re-timed again within the operator's minimum interval."
+        ),
+    )
 
 
 class GpuScheduleSpec(Wire):
@@ -426,7 +433,7 @@ class GpuScheduleSpec(Wire):
     gpu_uuid: str | None = None
     gpu_product: str | None = None
     sharing_mode: SharingMode = SharingMode.TIME_SLICING
-    tick_hz: int = Field(default=30_000, gt=0)
+    tick_hz: int = Field(default=30_000, gt=0, le=1_000_000)
     epoch: datetime = Field(description="Instant from which every slot on this GPU counts.")
     generation: int = Field(default=1, ge=1, description="Bumped on every change of the table.")
     effective_at: datetime | None = Field(

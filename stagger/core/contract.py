@@ -2,12 +2,13 @@
 
 It travels as a file (``slot.json``) in a ConfigMap mounted into the shard's pod. A new
 generation applies at ``effectiveAt`` on every sidecar of the GPU at once: later than the
-kubelet's ConfigMap propagation, so no two sidecars ever run different tables.
+kubelet's ConfigMap propagation, so no two sidecars ever run different tables. The switch
+is exact in ticks: ``effective_tick`` (see :mod:`stagger.core.slotclock`).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -31,13 +32,24 @@ class SlotAssignment(Wire):
     node: str
     gpu_index: int = Field(ge=0)
     gpu_uuid: str | None = None
-    tick_hz: int = Field(default=TICK_HZ, gt=0)
+    tick_hz: int = Field(
+        default=TICK_HZ,
+        gt=0,
+        le=1_000_000,
+        description="Ticks per second; effectiveAt is in microseconds, so a tick is no shorter.",
+    )
     epoch: datetime
     period_ticks: int = Field(gt=0)
     offset_ticks: int = Field(ge=0)
     body_ticks: int = Field(gt=0)
     generation: int = Field(ge=1)
     effective_at: datetime
+
+    @property
+    def effective_tick(self) -> int:
+        """The switch instant in ticks from the epoch: ``effectiveAt`` floored to a tick,
+        exactly (integer microseconds), so that :func:`effective_at_of` round-trips."""
+        return (_microseconds(self.effective_at - self.epoch) * self.tick_hz) // 1_000_000
 
     @classmethod
     def for_shard(
@@ -66,3 +78,15 @@ class SlotAssignment(Wire):
             generation=generation,
             effective_at=effective_at,
         )
+
+
+def _microseconds(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def effective_at_of(epoch: datetime, tick: int, tick_hz: int) -> datetime:
+    """The ``effectiveAt`` whose switch instant is ``tick``: rounded *up* to a microsecond,
+    which floors back to ``tick`` for any tick no shorter than a microsecond."""
+    if not 0 < tick_hz <= 1_000_000:
+        raise ValueError(f"tick_hz must be in (0, 1000000], got {tick_hz}")
+    return epoch + timedelta(microseconds=-((-tick * 1_000_000) // tick_hz))

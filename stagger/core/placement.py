@@ -23,7 +23,7 @@ import math
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, cast
 
 from stagger.core.api import InferenceStream, ModelProfile, SharingMode
 from stagger.core.cluster import Cluster, Gpu, Node
@@ -32,7 +32,13 @@ from stagger.core.slots import solve as solve_slots
 from stagger.core.timebase import TICK_HZ, frame_period_ticks, ms_to_ticks_ceil, ticks_to_ms
 
 Policy = Literal["binpack", "spread"]
+ROUNDING = 0.02
+"""A running GPU first takes a shard only at slot periods at most this much shorter than its
+frame period (reserving at most 2 % more body time than it uses): mixing rate families on
+one GPU rounds periods down and wastes capacity (a 25 fps stream among 30 fps ones reserves
+20 % more), so a GPU of the shard's own family, or a new one, comes first."""
 ShardKey = tuple[str, str, int]  # namespace, stream, shard index
+GhostKey = tuple[str, str, str, int]  # "retiring", namespace, stream, shard: an old copy
 
 
 @dataclass(frozen=True)
@@ -42,17 +48,29 @@ class PlannerSettings:
     guard_ms: float = 0.0
     """Extra time reserved after every body (the cap already leaves room, so 0)."""
     policy: Policy = "binpack"
-    max_extra_shards: int = 2
+    max_extra_shards: int = 5
     """A stream gets up to this many shards beyond the fewest when they pack better."""
     memory_reserve_mib: int = 0
     """GPU memory kept free on every GPU (driver, CUDA context of other tenants)."""
+    shard_grid_ms: float = 100.0
+    """A stream that must split takes, where it can, a shard count whose slot period is a
+    multiple of this: shards of 25, 30, 50 and 60 fps streams then share GPUs (0: off)."""
+    max_repair_moves: int = 16
+    """When streams that arrived one by one leave a stream unplaced that a plan made from
+    scratch places, or use at least two GPUs more than it, the running shards may be moved
+    to other GPUs to get there: at most this many moves (0: never move for that)."""
     tick_hz: int = TICK_HZ
 
     def __post_init__(self) -> None:
         if not 0 < self.utilization_cap <= 1:
             raise ValueError("utilization cap must be in (0, 1]")
-        if self.guard_ms < 0 or self.max_extra_shards < 0 or self.memory_reserve_mib < 0:
+        if (
+            min(self.guard_ms, self.max_extra_shards, self.memory_reserve_mib, self.shard_grid_ms)
+            < 0
+        ):
             raise ValueError("guard, extra shards and memory reserve must not be negative")
+        if self.max_repair_moves < 0:
+            raise ValueError("max repair moves must not be negative")
 
 
 @dataclass(frozen=True)
@@ -293,9 +311,16 @@ class _Gpu:
     pool_pos: int
     memory_free: int
     slots: list[Slot] = field(default_factory=list)
+    frames: dict[Hashable, int] = field(default_factory=dict, repr=False)
+    """Each placed shard's frame period (the fleet's, shared by its GPUs)."""
     util: float = 0.0
     """Reserved body time per second of ``slots`` (kept in step by :meth:`set_slots`)."""
-    kept: bool = False  # holds shards from a previous plan: never re-packed silently
+    need: float = 0.0
+    """Body time per second its shards use (at their frame periods): ``util`` less what
+    rounded periods reserve beyond it, so what a re-timing may free."""
+    kept: bool = False
+    """Its table runs (shards from a previous plan): new shards go into its gaps, and it is
+    re-timed (re-packed, no shard leaving it) only when a shard finds no gap."""
     blocked: dict[int, int] = field(default_factory=dict)
     """Frame period -> smallest body that found no slot here since the table last changed:
     a larger body with that period cannot fit either, so it is not tried again."""
@@ -307,6 +332,7 @@ class _Gpu:
     def set_slots(self, slots: list[Slot]) -> None:
         self.slots = slots
         self.util = sum(s.body / s.period for s in slots)
+        self.need = sum(s.body / self.frames.get(s.key, s.period) for s in slots)
         self.blocked.clear()
 
 
@@ -325,6 +351,7 @@ class _Fleet:
     def __init__(self, cluster: Cluster, settings: PlannerSettings) -> None:
         self.settings = settings
         self.gpus: list[_Gpu] = []
+        self.frames: dict[Hashable, int] = {}
         pools: dict[tuple[str, str], int] = {}
         pool_sizes: list[int] = []
         for node in sorted(cluster.nodes, key=lambda n: n.name):
@@ -342,6 +369,7 @@ class _Fleet:
                         pool=pool,
                         pool_pos=pool_sizes[pool],
                         memory_free=gpu.memory_mib - settings.memory_reserve_mib,
+                        frames=self.frames,
                     )
                 )
                 pool_sizes[pool] += 1
@@ -354,7 +382,8 @@ class _Fleet:
         self.largest_memory = max((g.memory_free for g in self.gpus), default=0)
 
     def refresh(self, g: _Gpu) -> None:
-        free = self.settings.utilization_cap - g.util if g.used else -1.0
+        # By what its shards use: a shard that finds no gap may get in by a re-timing.
+        free = self.settings.utilization_cap - g.need if g.used else -1.0
         self.trees[g.pool].set(g.pool_pos, free, g.memory_free if g.used else -1)
 
     def first_unused(self, pool: int, start: int = 0) -> _Gpu | None:
@@ -398,22 +427,41 @@ class Planner:
     ) -> None:
         self.settings = settings or PlannerSettings()
         self.cluster = cluster
-        self.book = ProfileBook(profiles)
+        self.profiles = tuple(profiles)
+        self.book = ProfileBook(self.profiles)
         self.fleet = _Fleet(cluster, self.settings)
         self._eligible_cache: dict[tuple[object, ...], tuple[list[int], str]] = {}
         self._lowered: list[_Gpu] = []
+        self._pinned: frozenset[ShardKey] = frozenset()
+        self._retiring: tuple[ShardPlacement, ...] = ()
+        self._undo: list[tuple[_Gpu, list[Slot], bool]] | None = None
+        self._was: dict[int, list[Slot]] = {}  # running tables re-timed, as they were
+        self._unsettled: set[int] = set()  # GPUs whose table this change decides
+        self.retimed: list[ShardKey] = []
+        """Shards whose slot a re-timing changed since the last :meth:`plan` (by
+        :meth:`add`, or by that plan)."""
         self._reset()
 
     def _reset(self) -> None:
         """Forget placed shards (a full plan starts from an empty fleet)."""
         if getattr(self, "_gpu_of", None):
             self.fleet = _Fleet(self.cluster, self.settings)
-        self._frame_of: dict[Hashable, int] = {}
+        self._frame_of = self.fleet.frames
+        self._frame_of.clear()
         self._shard_meta: dict[ShardKey, tuple[_Shard, _Demand]] = {}
         self._gpu_of: dict[ShardKey, _Gpu] = {}
         self._placed_streams: dict[tuple[str, str], list[ShardKey]] = {}
         self._lowered.clear()
         self._lowered_period = 0
+        self.retimed = []
+        self._was = {}
+        self._unsettled = set()
+        self._short: set[tuple[str, str]] = set()  # streams that found no room
+        self._ghosts: dict[int, list[tuple[Slot, int]]] = {}  # retiring copies by GPU
+        self._held: frozenset[Hashable] = frozenset(self._pinned)  # slots nothing may move
+        self.unreserved: list[ShardKey] = []
+        """Retiring copies whose slot their GPU's table could not hold: their transition
+        overlaps until they are gone."""
 
     # -- demand -------------------------------------------------------------
 
@@ -527,8 +575,6 @@ class Planner:
         # must split for load anyway may take more shards up front when they pack a GPU
         # clearly better (shards near a whole GPU strand the rest of it).
         ranked = list(range(best, best + self.settings.max_extra_shards + 1))
-        if not load_split:
-            return ranked, ""
         load = max(d.body_ticks / d.frame_ticks for d in demands.values())
         mem = stream.spec.memory_mib
         gpu_mem = self.fleet.largest_memory
@@ -543,47 +589,73 @@ class Planner:
             return per_gpu * size / cap if per_gpu else 0.0
 
         chosen = best
-        for k in ranked[1:]:
-            if efficiency(k) >= efficiency(chosen) + 0.05:
-                chosen = k
-        ranked.remove(chosen)
+        if load_split:
+            for k in ranked[1:]:
+                if efficiency(k) >= efficiency(chosen) + 0.05:
+                    chosen = k
+        # A split stream's shards share GPUs with other streams' shards only where their
+        # periods have a large common divisor (two bodies fit a gcd, not a period): take the
+        # fewest shards whose period is a multiple of the shard grid, within the extra
+        # shards allowed. The shards of heavy fleets then pack like plain bin packing.
+        grid = ms_to_ticks_ceil(self.settings.shard_grid_ms, self.settings.tick_hz)
+        frame = next(iter(demands.values())).frame_ticks
+        if best >= 2 and grid:
+            on_grid = next((k for k in ranked if k * frame % grid == 0), None)
+            if on_grid is not None:
+                chosen = on_grid
+        if chosen in ranked:
+            ranked.remove(chosen)
         ranked.insert(0, chosen)
         return ranked, ""
 
     # -- placing one shard ----------------------------------------------------
 
-    def _try_gpu(self, g: _Gpu, request: SlotRequest, memory: int, repack: bool) -> Slot | None:
-        s = self.settings
+    def _admits(self, g: _Gpu, request: SlotRequest, memory: int, *, retime: bool = True) -> bool:
+        """Memory and body budget allow the shard here (into a gap: what the table
+        reserves; by re-timing: what its shards use, as rounded periods may be undone), and
+        no smaller body of its period found no slot here since the table last changed."""
         if g.memory_free < memory:
-            return None
-        budget = s.utilization_cap - g.util
+            return False
+        budget = self.settings.utilization_cap - (g.need if retime else g.util)
         if request.body / request.frame_period > budget + 1e-12:
-            return None
+            return False
         if request.body >= g.blocked.get(request.frame_period, request.body + 1):
             self._lower(g, request)
-            return None
+            return False
+        return True
+
+    def _try_gpu(
+        self, g: _Gpu, request: SlotRequest, *, retime: bool, rounding: float | None = None
+    ) -> Slot | None:
+        """A slot on ``g`` (admitted by :meth:`_admits`): into a gap, else, when ``retime``
+        or nothing runs on ``g`` yet, by re-packing its table around its pinned shards.
+        ``rounding`` bounds how far slot periods may be rounded down (see ``insert``)."""
+        budget = self.settings.utilization_cap - g.util
         how = "centre" if g.kept else "lane"
-        slot = insert(g.slots, request, max_utilization=budget, how=how)
-        if slot is not None or not repack or g.kept:
-            if slot is None:
+        slot = insert(g.slots, request, max_utilization=budget, how=how, rounding=rounding)
+        if slot is not None or (g.kept and not retime):
+            return slot
+        reqs = [SlotRequest(x.key, x.body, self._frame_of[x.key]) for x in g.slots] + [request]
+        fixed = [x for x in g.slots if x.key in self._held]
+        cap = self.settings.utilization_cap
+        table = pack(reqs, max_utilization=cap, fixed=fixed, rounding=rounding)
+        if table is None:
+            if rounding is None:  # the most this GPU can do: remember it
                 g.blocked[request.frame_period] = request.body
                 self._lower(g, request)
-            return slot
-        # A fresh GPU may be re-packed from scratch: nothing runs on it yet.
-        reqs = [SlotRequest(x.key, x.body, self._frame_of[x.key]) for x in g.slots] + [request]
-        table = pack(reqs, max_utilization=s.utilization_cap)
-        if table is None:
-            g.blocked[request.frame_period] = request.body
-            self._lower(g, request)
             return None
+        if self._undo is not None:
+            self._undo.append((g, list(g.slots), g.kept))
         by_key = {x.key: x for x in table}
         g.set_slots([by_key[x.key] for x in g.slots])
+        g.kept = False  # its offsets are decided again: spread when the plan is done
         return by_key[request.key]
 
     def _lower(self, g: _Gpu, request: SlotRequest) -> None:
         """Hide ``g`` from first-fit queries for shards of this frame period at least as
         large as ``request``, which found no slot on it. Shards arrive sorted by period,
-        then largest first, so this stays true until the period changes or ``g`` does."""
+        then largest first, so this stays true until the period changes (then
+        :meth:`_place_shard` shows every GPU again) or ``g`` does."""
         if self._lowered_period != request.frame_period:
             self._restore_lowered()
             self._lowered_period = request.frame_period
@@ -646,7 +718,18 @@ class Planner:
         yield from sorted(unused, key=lambda g: g.pos)
 
     def _place_shard(self, shard: _Shard, demands: Mapping[int, _Demand]) -> bool:
+        """First fit, in passes that keep the reserved body time close to what is used.
+        Running GPUs first: into a gap, else by re-timing, each first where the shard's
+        period is harmonic with the GPU's (a multiple or divisor of the gcd of its periods,
+        so rate families do not mix) and at (nearly) its own period; then a GPU nothing
+        runs on; only then slot periods rounded further down, which reserve more."""
         spec = shard.stream.spec
+        frame = next(iter(demands.values())).frame_ticks * shard.count
+        if frame != self._lowered_period:  # GPUs hidden for another period are not for this
+            self._restore_lowered()
+            self._lowered_period = frame
+        running: list[tuple[_Gpu, SlotRequest]] = []  # room by budget: in first-fit order
+        opened = False  # a GPU nothing runs on was reached
         for g in self._candidates(demands, shard):
             d = demands[g.pool]
             if (
@@ -654,24 +737,67 @@ class Planner:
                 > d.frame_ticks * shard.count * 1000 / self.settings.tick_hz + 1e-9
             ):
                 continue  # this GPU is too slow for the shard's frame period
+            if not g.used and not opened:
+                opened = True
+                if self._on_running(shard, demands, running, ROUNDING):
+                    return True
             request = d.shard_request(shard.key, shard.count)
-            slot = self._try_gpu(g, request, spec.memory_mib, repack=True)
-            if slot is None:
+            if not self._admits(g, request, spec.memory_mib):
                 continue
-            self._commit(g, shard, d, slot)
+            if g.kept:
+                running.append((g, request))
+                continue
+            slot = self._try_gpu(g, request, retime=True)  # decided in this plan: re-pack
+            if slot is not None:
+                self._commit(g, shard, d, slot)
+                return True
+        if not opened and self._on_running(shard, demands, running, ROUNDING):
             return True
+        return self._on_running(shard, demands, running, None)
+
+    def _on_running(
+        self,
+        shard: _Shard,
+        demands: Mapping[int, _Demand],
+        running: list[tuple[_Gpu, SlotRequest]],
+        rounding: float | None,
+    ) -> bool:
+        """Place the shard on a running GPU: harmonic GPUs first (when ``rounding`` is
+        set), a gap before a re-timing; the first GPU in order that takes it."""
+
+        def harmonic(g: _Gpu, request: SlotRequest) -> bool:
+            cycle = math.gcd(*(x.period for x in g.slots))
+            return request.frame_period % cycle == 0 or cycle % request.frame_period == 0
+
+        groups = (
+            [[x for x in running if harmonic(*x)], [x for x in running if not harmonic(*x)]]
+            if rounding is not None
+            else [running]
+        )
+        for group in groups:
+            for retime in (False, True):
+                for g, request in group:
+                    if not self._admits(g, request, shard.stream.spec.memory_mib, retime=retime):
+                        continue
+                    slot = self._try_gpu(g, request, retime=retime, rounding=rounding)
+                    if slot is not None:
+                        self._commit(g, shard, demands[g.pool], slot)
+                        return True
         return False
 
     def _commit(self, g: _Gpu, shard: _Shard, d: _Demand, slot: Slot) -> None:
         spec = shard.stream.spec
+        self._frame_of[shard.key] = d.frame_ticks * shard.count
         if any(x.key == slot.key for x in g.slots):  # the GPU was re-packed around it
             g.set_slots([*(x for x in g.slots if x.key != slot.key), slot])
         else:
             g.slots.append(slot)
             g.util += slot.body / slot.period
+            g.need += slot.body / self._frame_of[shard.key]
             g.blocked.clear()
         g.memory_free -= spec.memory_mib
-        self._frame_of[shard.key] = d.frame_ticks * shard.count
+        if not g.kept:
+            self._unsettled.add(g.pos)
         self._shard_meta[shard.key] = (shard, d)
         self._gpu_of[shard.key] = g
         self.fleet.refresh(g)
@@ -733,9 +859,21 @@ class Planner:
             if cap - g.util >= per_shard - 1e-9 and g.memory_free >= spec.memory_mib
         )
         if fits >= k:
+            pinned = any(
+                x.key in self._pinned
+                for g in eligible
+                if cap - g.util >= per_shard - 1e-9
+                for x in g.slots
+            )
             return (
                 f"{head}, {fits} of the {len(eligible)} matching GPUs have that much free "
                 f"but no slot where a {d.timing.body_ms:g} ms body misses every other body"
+                + (
+                    " without re-timing shards that were re-timed too recently (pinned); "
+                    "it is tried again when they may move"
+                    if pinned
+                    else ""
+                )
             )
         return (
             f"{head}: it needs {where}; {fits} matching GPU(s) have it "
@@ -744,20 +882,45 @@ class Planner:
 
     # -- the plan -------------------------------------------------------------
 
-    def plan(self, streams: Sequence[InferenceStream], previous: Plan | None = None) -> Plan:
-        """Place ``streams``; with ``previous``, keep what still holds and report moves."""
+    def plan(
+        self,
+        streams: Sequence[InferenceStream],
+        previous: Plan | None = None,
+        pinned: Iterable[ShardKey] = (),
+        retiring: Iterable[ShardPlacement] = (),
+    ) -> Plan:
+        """Place ``streams``; with ``previous``, keep what still holds and report moves and
+        re-timings. ``pinned`` shards keep their slot when their GPU is re-timed (they were
+        re-timed too recently: the operator bounds how often one stream is). ``retiring``
+        are old copies of moved shards that still run where they were (make-before-break):
+        their slots and memory stay reserved there while their GPU's table holds them."""
         # Planning allocates many small acyclic objects: the cyclic collector would rescan
         # the whole fleet again and again (superlinear at 100k streams), and finds nothing.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._plan(streams, previous)
+            self._pinned = frozenset(pinned)
+            self._retiring = tuple(retiring)
+            result = self._plan(streams, previous)
+            if previous is not None and self._repairable(streams, previous, result):
+                result = self._repair(streams, previous, result) or result
+            return result
         finally:
             if collecting:
                 gc.enable()
 
-    def _plan(self, streams: Sequence[InferenceStream], previous: Plan | None) -> Plan:
+    def _plan(
+        self,
+        streams: Sequence[InferenceStream],
+        previous: Plan | None,
+        running: Plan | None = None,
+        retiring: Sequence[ShardPlacement] | None = None,
+    ) -> Plan:
+        """Place ``streams`` keeping ``previous``; moves and re-timings are reported against
+        ``running`` (default: ``previous``); ``retiring`` (default: as given to
+        :meth:`plan`) old copies reserve their slots."""
         self._reset()
+        self._reserve(self._retiring if retiring is None else retiring)
         keys = [(s.namespace, s.name) for s in streams]
         if len(set(keys)) != len(keys):
             dupes = sorted({f"{ns}/{n}" for ns, n in keys if keys.count((ns, n)) > 1})
@@ -777,16 +940,199 @@ class Planner:
                 continue
             ready.append((stream, demands, counts))
 
-        todo = self._keep_previous(ready, previous) if previous else ready
+        todo = self._keep_previous(ready, previous) if previous or self._ghosts else ready
         todo.sort(key=self._order)
         for stream, demands, counts in todo:
             if self._place_stream(stream, demands, counts) is None:
                 reason = self._unplaceable_reason(stream, demands, counts[0])
                 unplaced.append(Unplaced(stream.namespace, stream.name, reason))
+                self._short.add((stream.namespace, stream.name))
         # Where to calibrate is chosen once the placed streams are on their GPUs.
         for i, stream in uncalibrated:
             unplaced[i] = replace(unplaced[i], calibrate_on=self.calibration_sites(stream))
-        return self._result(unplaced, previous)
+        return self._result(unplaced, running or previous)
+
+    # -- repair: moves that a plan from scratch shows are worth it ------------------------
+
+    def _repairable(self, streams: Sequence[InferenceStream], previous: Plan, result: Plan) -> bool:
+        """Worth comparing with a plan from scratch: a stream found no room (capacity, not
+        a missing profile or matching node), a GPU was taken into use, or streams left
+        (their GPUs may be merged)."""
+        if not self.settings.max_repair_moves:
+            return False
+        present = {(s.namespace, s.name) for s in streams}
+        used = {(g.node, g.gpu) for g in result.gpus}
+        return (
+            bool(self._short)
+            or bool(used - {(p.node, p.gpu) for p in previous.shards})
+            or any((p.namespace, p.stream) not in present for p in previous.shards)
+        )
+
+    def _repair(
+        self, streams: Sequence[InferenceStream], previous: Plan, result: Plan
+    ) -> Plan | None:
+        """Move running shards toward the plan from scratch when it places every stream
+        ``result`` places and more, or uses at least two GPUs fewer; laid onto the GPUs so
+        that the most running shards stay where they run, within ``max_repair_moves``
+        moves, changing no pinned shard. A moved shard's old copy keeps its slot and memory
+        where it runs until the new copy takes over, so a move into a GPU that others are
+        still leaving waits: this plan makes the moves that can start now, and later plans
+        (as old copies go) the rest, toward the same layout. None: keep ``result`` (the
+        planner then holds it)."""
+        fresh = Planner(self.cluster, self.profiles, self.settings).plan(streams)
+        placed = {(p.namespace, p.stream) for p in result.shards}
+        better = {(p.namespace, p.stream) for p in fresh.shards}
+        if not placed <= better:
+            return None  # it would take a running stream's place: first come, first served
+        if len(better) == len(placed) and len(fresh.gpus) > len(result.gpus) - 2:
+            return None
+        return self._toward(fresh, streams, previous, result) or self._drain(
+            streams, previous, result
+        )
+
+    def _toward(
+        self, fresh: Plan, streams: Sequence[InferenceStream], previous: Plan, result: Plan
+    ) -> Plan | None:
+        """The moves toward ``fresh`` (laid onto the GPUs) that can start now."""
+        placed = {(p.namespace, p.stream) for p in result.shards}
+        laid = self._lay_onto(fresh, previous)
+        was = {p.key: p for p in previous.shards}
+        target = {p.key: p for p in laid.shards}
+        if sum(1 for k, p in target.items() if k in was and _gpu(p) != _gpu(was[k])) > (
+            self.settings.max_repair_moves
+        ):
+            return None
+        if any(
+            k in self._pinned
+            and (_gpu(p), p.offset_ticks, p.period_ticks)
+            != (_gpu(was[k]), was[k].offset_ticks, was[k].period_ticks)
+            for k, p in target.items()
+            if k in was
+        ):
+            return None
+        staged = dict(target)
+        for _ in range(8):
+            moving = [was[k] for k, p in staged.items() if k in was and _gpu(p) != _gpu(was[k])]
+            if not moving:
+                break
+            attempt = self._plan(
+                streams,
+                replace(laid, shards=tuple(staged.values())),
+                running=previous,
+                retiring=[*self._retiring, *moving],
+            )
+            stuck = {_gpu(was[k]) for k in self.unreserved if k in was}
+            now_placed = {(p.namespace, p.stream) for p in attempt.shards}
+            if (
+                not stuck
+                and {(m.namespace, m.stream, m.shard) for m in attempt.moves}
+                == {p.key for p in moving}
+                and placed <= now_placed
+                and len(attempt.gpus) <= len(result.gpus)  # a step never takes a GPU more
+            ):
+                return attempt
+            # Shards headed for a GPU that cannot hold them beside the old copies still
+            # leaving it wait: they stay where they run (new ones stay unplaced).
+            gave_way = [
+                staged[k]
+                for k in {(m.namespace, m.stream, m.shard) for m in attempt.moves}
+                - {p.key for p in moving}
+                if k in staged
+            ]
+            holdup = stuck | {_gpu(p) for p in gave_way}
+            changed = False
+            for k, p in list(staged.items()):
+                if _gpu(p) in holdup and (k not in was or _gpu(was[k]) != _gpu(p)):
+                    if k in was:
+                        staged[k] = was[k]
+                    else:
+                        del staged[k]
+                    changed = True
+            if not changed:
+                break
+        self._plan(streams, previous)  # the planner holds ``result`` again
+        return None
+
+    def _drain(
+        self, streams: Sequence[InferenceStream], previous: Plan, result: Plan
+    ) -> Plan | None:
+        """Free the least used GPU that the others can take all shards of (into gaps or by
+        re-timing them): moves out of one GPU and into none that is left, so each old copy
+        keeps its slot where it runs. A stream that found no room may take the GPU freed.
+        One GPU per plan (of the ``DRAIN_TRIES`` least used); later plans free more."""
+        placed = {(p.namespace, p.stream) for p in result.shards}
+        emptiest = sorted(result.gpus, key=lambda g: (g.utilization, g.shards, g.node, g.gpu))
+        for g in emptiest[:DRAIN_TRIES]:
+            leaving = [p for p in previous.shards if _gpu(p) == (g.node, g.gpu)]
+            if not leaving or len(leaving) > self.settings.max_repair_moves:
+                continue
+            if any(p.key in self._pinned for p in leaving) or len(leaving) < g.shards:
+                continue  # pinned, or shards arriving there in this plan
+            without = self.cluster.model_copy(
+                update={
+                    "nodes": [
+                        n.model_copy(
+                            update={"gpus": [x for x in n.gpus if (n.name, x.index) != _gpu(g)]}  # type: ignore[arg-type]
+                        )
+                        for n in self.cluster.nodes
+                    ]
+                }
+            )
+            stay = replace(previous, shards=tuple(p for p in previous.shards if p not in leaving))
+            other = Planner(without, self.profiles, replace(self.settings, max_repair_moves=0))
+            drained = other.plan(streams, stay, self._pinned, self._retiring)
+            if placed <= {(p.namespace, p.stream) for p in drained.shards} and len(
+                drained.gpus
+            ) < len(result.gpus):
+                attempt = self._plan(
+                    streams, drained, running=previous, retiring=[*self._retiring, *leaving]
+                )
+                if {(m.namespace, m.stream, m.shard) for m in attempt.moves} == {
+                    p.key for p in leaving
+                } and len(attempt.gpus) < len(result.gpus):
+                    return attempt
+                self._plan(streams, previous)
+        return None
+
+    def _lay_onto(self, fresh: Plan, running: Plan) -> Plan:
+        """``fresh`` with its GPUs' tables assigned to interchangeable GPUs (same pool, node
+        labels and memory) so that the most running shards keep their GPU: greedy on the
+        shards each pair has in common, ties in fleet order."""
+        where = {(g.node.name, g.gpu.index): g for g in self.fleet.gpus}
+
+        def kind(g: _Gpu) -> tuple[object, ...]:
+            return (g.pool, tuple(sorted(g.node.labels.items())), g.gpu.memory_mib)
+
+        on = {p.key: where[(p.node, p.gpu)].pos for p in running.shards if (p.node, p.gpu) in where}
+        common: dict[tuple[int, int], int] = defaultdict(int)
+        bins: dict[int, list[ShardPlacement]] = defaultdict(list)
+        for p in fresh.shards:
+            b = where[(p.node, p.gpu)].pos
+            bins[b].append(p)
+            if p.key in on and kind(self.fleet.gpus[on[p.key]]) == kind(self.fleet.gpus[b]):
+                common[(b, on[p.key])] += 1
+        target: dict[int, int] = {}
+        taken: set[int] = set()
+        for (b, t), _ in sorted(common.items(), key=lambda x: (-x[1], x[0])):
+            if b not in target and t not in taken:
+                target[b], taken = t, taken | {t}
+        for b in sorted(bins):
+            if b in target:
+                continue
+            free = [
+                g.pos
+                for g in self.fleet.gpus
+                if g.pos not in taken and kind(g) == kind(self.fleet.gpus[b])
+            ]
+            t = b if b in free else free[0]  # as many GPUs of the kind as bins
+            target[b], taken = t, taken | {t}
+        shards: list[ShardPlacement] = []
+        for b, members in bins.items():
+            g = self.fleet.gpus[target[b]]
+            shards.extend(
+                replace(p, node=g.node.name, gpu=g.gpu.index, gpu_uuid=g.gpu.uuid) for p in members
+            )
+        return replace(fresh, shards=tuple(shards))
 
     def _order(
         self, item: tuple[InferenceStream, dict[int, _Demand], list[int]]
@@ -807,16 +1153,29 @@ class Planner:
             stream.name,
         )
 
+    def _reserve(self, retiring: Sequence[ShardPlacement]) -> None:
+        """Note the old copies still running, by GPU: :meth:`_keep_on_gpu` reserves them."""
+        where = {(g.node.name, g.gpu.index): g for g in self.fleet.gpus}
+        for p in retiring:
+            g = where.get((p.node, p.gpu))
+            if g is not None:  # a GPU that is gone runs nothing
+                key = ("retiring", *p.key)
+                slot = Slot(key, p.body_ticks, p.period_ticks, p.offset_ticks)
+                self._ghosts.setdefault(g.pos, []).append((slot, p.memory_mib))
+        self._held = self._pinned | {slot.key for v in self._ghosts.values() for slot, _ in v}
+
     def _keep_previous(
         self,
         ready: list[tuple[InferenceStream, dict[int, _Demand], list[int]]],
-        previous: Plan,
+        previous: Plan | None,
     ) -> list[tuple[InferenceStream, dict[int, _Demand], list[int]]]:
-        """Put shards back where the previous plan had them, if they still hold there."""
+        """Put shards back where the previous plan had them, if they still hold there, and
+        reserve the slots of old copies still running."""
         fleet = self.fleet
         where = {(g.node.name, g.gpu.index): g for g in fleet.gpus}
-        old = {s.key: s for s in previous.shards}
-        old_count = {(s.namespace, s.stream): s.shards for s in previous.shards}
+        shards = previous.shards if previous else ()
+        old = {s.key: s for s in shards}
+        old_count = {(s.namespace, s.stream): s.shards for s in shards}
         per_gpu: dict[int, list[tuple[_Shard, _Demand, ShardPlacement]]] = defaultdict(list)
         todo = []
         for stream, demands, ranked in ready:
@@ -831,39 +1190,73 @@ class Planner:
                 if p and g and g.pool in demands and _matches(g.node, stream.spec.node_selector):
                     per_gpu[g.pos].append((_Shard(stream, i, counts[0]), demands[g.pool], p))
             todo.append((stream, demands, counts))
-        for pos, members in sorted(per_gpu.items()):
-            self._keep_on_gpu(fleet.gpus[pos], members)
+        for pos in sorted(per_gpu.keys() | self._ghosts.keys()):
+            self._keep_on_gpu(fleet.gpus[pos], per_gpu.get(pos, []))
         for pool in range(len(fleet.pool_keys)):
             self._advance_unused(pool)
         return todo
 
     def _keep_on_gpu(self, g: _Gpu, members: list[tuple[_Shard, _Demand, ShardPlacement]]) -> None:
         """Keep as many of a GPU's previous shards as still fit, with their offsets where
-        possible; the lowest priority (then the last by name) gives way first."""
+        possible; the lowest priority (then the last by name) gives way first. Old copies
+        still running here keep their slots too when all the shards kept leave room for
+        them; else they are not reserved (see :attr:`unreserved`): none gives way to them."""
         members = sorted(members, key=lambda m: (-m[0].stream.spec.priority, m[0].key))
+        ghosts = self._ghosts.get(g.pos, [])
+        if ghosts:
+            table = self._table_of(g, members, ghosts)
+            if table is not None:
+                self._hold(g, members, ghosts, table)
+                return
+            self.unreserved.extend(cast(GhostKey, x.key)[1:] for x, _ in ghosts)
         while members:
-            memory = sum(m[0].stream.spec.memory_mib for m in members)
-            requests = [d.shard_request(shard.key, shard.count) for shard, d, _ in members]
-            previous: dict[Hashable, Slot] = {
-                shard.key: Slot(shard.key, p.body_ticks, p.period_ticks, p.offset_ticks)
-                for shard, _, p in members
-            }
-            if memory <= g.memory_free:
-                result = solve_slots(
-                    requests, previous, max_utilization=self.settings.utilization_cap
-                )
-                if result is not None:
-                    break
+            table = self._table_of(g, members, [])
+            if table is not None:
+                self._hold(g, members, [], table)
+                return
             members.pop()
-        else:
-            return
-        g.set_slots(list(result.slots))
-        g.kept = True
-        g.memory_free -= memory
+
+    def _table_of(
+        self,
+        g: _Gpu,
+        members: list[tuple[_Shard, _Demand, ShardPlacement]],
+        ghosts: list[tuple[Slot, int]],
+    ) -> list[Slot] | None:
+        """The table of ``g`` holding these shards (at their slots where possible) and these
+        old copies (at theirs), or None when memory, the cap or the slots forbid."""
+        memory = sum(m[0].stream.spec.memory_mib for m in members) + sum(m for _, m in ghosts)
+        if memory > g.memory_free:
+            return None
+        requests = [d.shard_request(shard.key, shard.count) for shard, d, _ in members]
+        requests += [SlotRequest(x.key, x.body, x.period) for x, _ in ghosts]
+        previous: dict[Hashable, Slot] = {
+            shard.key: Slot(shard.key, p.body_ticks, p.period_ticks, p.offset_ticks)
+            for shard, _, p in members
+        }
+        previous |= {x.key: x for x, _ in ghosts}
+        # While old copies run beside new ones the GPU may be booked past the cap, up to
+        # all of its time: the cap is a margin, the transition short; no arrival comes then.
+        cap = 1.0 if ghosts else self.settings.utilization_cap
+        result = solve_slots(requests, previous, max_utilization=cap, pinned=self._held)
+        return None if result is None else list(result.slots)
+
+    def _hold(
+        self,
+        g: _Gpu,
+        members: list[tuple[_Shard, _Demand, ShardPlacement]],
+        ghosts: list[tuple[Slot, int]],
+        table: list[Slot],
+    ) -> None:
+        for x, _ in ghosts:
+            self._frame_of[x.key] = x.period
         for shard, d, _ in members:
             self._frame_of[shard.key] = d.frame_ticks * shard.count
             self._shard_meta[shard.key] = (shard, d)
             self._gpu_of[shard.key] = g
+        g.set_slots(table)
+        g.kept = True
+        g.memory_free -= sum(m[0].stream.spec.memory_mib for m in members)
+        g.memory_free -= sum(m for _, m in ghosts)
         self.fleet.refresh(g)
 
     def _placement(self, g: _Gpu, slot: Slot) -> ShardPlacement:
@@ -894,9 +1287,10 @@ class Planner:
         shards: list[ShardPlacement] = []
         gpus: list[GpuUsage] = []
         for g in self.fleet.gpus:
-            if not g.used:
-                continue
-            shards.extend(self._placement(g, slot) for slot in g.slots)
+            own = [slot for slot in g.slots if slot.key in self._shard_meta]
+            if not own:
+                continue  # unused, or only old copies of moved shards left on it
+            shards.extend(self._placement(g, slot) for slot in own)
             gpus.append(
                 GpuUsage(
                     node=g.node.name,
@@ -907,7 +1301,7 @@ class Planner:
                     utilization=round(g.util, 6),
                     memory_mib=g.gpu.memory_mib - self.settings.memory_reserve_mib - g.memory_free,
                     memory_total_mib=g.gpu.memory_mib,
-                    shards=len(g.slots),
+                    shards=len(own),
                 )
             )
         shards.sort(key=lambda x: (x.namespace, x.stream, x.shard))
@@ -919,11 +1313,7 @@ class Planner:
         )
 
     def _result(self, unplaced: list[Unplaced], previous: Plan | None) -> Plan:
-        for g in self.fleet.gpus:
-            if g.used and not g.kept:
-                g.set_slots(spread(g.slots))
-            # From here on the table runs: later changes insert into its gaps, never re-pack.
-            g.kept = g.used
+        self._settle()
         result = self.current(unplaced)
         if previous is None:
             return result
@@ -938,13 +1328,36 @@ class Planner:
                 moves.append(Move(p.namespace, p.stream, p.shard, p.node, p.gpu, n.node, n.gpu))
             elif (n.offset_ticks, n.period_ticks) != (p.offset_ticks, p.period_ticks):
                 offsets_changed.append(p.key)
+        self.retimed = list(offsets_changed)
         return replace(result, moves=tuple(moves), offsets_changed=tuple(offsets_changed))
+
+    def _settle(self) -> list[ShardKey]:
+        """Spread the tables decided in this change (new GPUs, re-timed ones) and mark every
+        table as running: later changes insert into its gaps, or re-time it. Returns the
+        shards of running tables whose slot changed."""
+        changed: list[ShardKey] = []
+        for pos in sorted(self._unsettled):
+            g = self.fleet.gpus[pos]
+            if g.used and not g.kept:
+                before = {x.key: (x.offset, x.period) for x in self._was.get(g.pos, ())}
+                g.set_slots(spread(g.slots, fixed=self._held))
+                changed.extend(
+                    x.key  # type: ignore[misc]  # slot keys of placed shards are ShardKeys
+                    for x in g.slots
+                    if before.get(x.key, (x.offset, x.period)) != (x.offset, x.period)
+                )
+            g.kept = g.used
+        self._was.clear()
+        self._unsettled.clear()
+        return changed
 
     # -- incremental changes to a placed fleet --------------------------------
 
     def add(self, stream: InferenceStream) -> list[ShardPlacement] | Unplaced:
-        """Place one more stream into the current plan without moving any other shard:
-        into gaps of running GPUs, or onto a free GPU. Call after :meth:`plan`."""
+        """Place one more stream into the current plan without moving any other shard to
+        another GPU: into gaps of running GPUs, by re-timing one (the shards whose slot
+        changed are appended to :attr:`retimed`), or onto a free GPU. Call after
+        :meth:`plan`."""
         if (stream.namespace, stream.name) in self._placed_streams:
             raise ValueError(f"stream {stream.namespace}/{stream.name} is already placed")
         demands, why = self.demands(stream)
@@ -957,8 +1370,7 @@ class Planner:
             return Unplaced(
                 stream.namespace, stream.name, self._unplaceable_reason(stream, demands, counts[0])
             )
-        for k in placed:
-            self._gpu_of[k].kept = True
+        self.retimed.extend(k for k in self._settle() if k not in placed)
         return [self._placement(self._gpu_of[k], self._slot_of(k)) for k in placed]
 
     def remove(self, namespace: str, name: str) -> int:
@@ -974,9 +1386,11 @@ class Planner:
     def _place_stream(
         self, stream: InferenceStream, demands: Mapping[int, _Demand], counts: list[int]
     ) -> list[ShardKey] | None:
-        """All shards of the stream for the first count that fits, or None (rolled back)."""
+        """All shards of the stream for the first count that fits, or None: then every GPU
+        is as it was, re-timings included."""
         for k in counts:
             placed: list[ShardKey] = []
+            self._undo = []
             for i in range(k):
                 shard = _Shard(stream, i, k)
                 if shard.key in self._shard_meta:  # kept from the previous plan
@@ -986,11 +1400,31 @@ class Planner:
                     break
                 placed.append(shard.key)
             else:
+                for g, slots, _ in self._undo:
+                    self._was.setdefault(g.pos, slots)  # the table before this change
+                self._undo = None
                 self._placed_streams[(stream.namespace, stream.name)] = placed
                 return placed
-            for key in placed:
-                self._remove(key)
+            undo, self._undo = self._undo, None
+            for g, slots, kept in reversed(undo):  # the earliest table of each GPU last
+                g.set_slots(slots)
+                g.kept = kept
+                self.fleet.refresh(g)
+            # Every shard of this count goes: those placed here and those kept from the
+            # previous plan that the loop had not reached.
+            for i in range(k):
+                key = (stream.namespace, stream.name, i)
+                if key in self._shard_meta:
+                    self._remove(key)
         return None
+
+
+DRAIN_TRIES = 3
+"""GPUs a plan tries to free, least used first: each try is a plan of the fleet."""
+
+
+def _gpu(p: ShardPlacement) -> tuple[str, int]:
+    return (p.node, p.gpu)
 
 
 def plan(
@@ -999,9 +1433,12 @@ def plan(
     profiles: Iterable[ModelProfile] = (),
     settings: PlannerSettings | None = None,
     previous: Plan | None = None,
+    *,
+    pinned: Iterable[ShardKey] = (),
+    retiring: Iterable[ShardPlacement] = (),
 ) -> Plan:
     """Place ``streams`` on ``cluster``: see the module docstring."""
-    return Planner(cluster, profiles, settings).plan(streams, previous)
+    return Planner(cluster, profiles, settings).plan(streams, previous, pinned, retiring)
 
 
 def shard_ms(p: ShardPlacement, tick_hz: int = TICK_HZ) -> tuple[float, float]:

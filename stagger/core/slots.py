@@ -19,7 +19,10 @@ Three operations, one mechanism (the allowed-interval search):
   :func:`spread` then stretches the packing so the free time is shared evenly between
   lanes: the utilisation cap is the safety margin, so it is spread, not left in one block.
 - :func:`solve` keeps a previous table where it still holds, inserts what is new, and only
-  re-packs (changing offsets, never GPUs) when no gap is left.
+  re-times (:func:`retime`: re-packs, changing offsets, never GPUs) when no gap is left.
+
+:func:`switch_tick` says where a running GPU may change from one table to another so that no
+body of the old table ever overlaps one of the new.
 
 :func:`overlaps` is the independent checker (the pairwise rule above); tests also check
 plans by brute-force simulation over the hyperperiod.
@@ -238,12 +241,18 @@ def insert(
     *,
     max_utilization: float = 1.0,
     how: str = "centre",
+    rounding: float | None = None,
 ) -> Slot | None:
     """A slot for ``request`` that moves none of ``existing``, or None when no period from
     :func:`candidate_periods` has a free offset within ``max_utilization`` of reserved
-    body time. ``how`` is "centre" (widest gap) or "lane" (first-fit in the base cycle)."""
+    body time. ``how`` is "centre" (widest gap) or "lane" (first-fit in the base cycle).
+    ``rounding`` limits how much longer than its slot period the frame period may be
+    (0.02: 2 %, so at most 2 % more body time reserved than used; None: no limit)."""
     periods = [s.period for s in existing]
+    shortest = 0 if rounding is None else request.frame_period / (1 + rounding) - 1e-9
     for period in _periods_to_try(request.frame_period, periods):
+        if period < shortest:
+            continue
         if request.body / period > max_utilization + 1e-12:
             continue
         span, allowed = allowed_offsets(existing, period, request.body)
@@ -263,27 +272,41 @@ def pack_order(requests: Iterable[SlotRequest]) -> list[SlotRequest]:
     return sorted(requests, key=lambda r: (r.frame_period, -r.body, repr(r.key)))
 
 
-def pack(requests: Iterable[SlotRequest], *, max_utilization: float = 1.0) -> list[Slot] | None:
-    """Place every request from scratch (lane first-fit), or None when they do not fit."""
-    slots: list[Slot] = []
+def pack(
+    requests: Iterable[SlotRequest],
+    *,
+    max_utilization: float = 1.0,
+    fixed: Sequence[Slot] = (),
+    rounding: float | None = None,
+) -> list[Slot] | None:
+    """Place every request from scratch (lane first-fit), or None when they do not fit.
+    ``fixed`` slots keep their offsets and the requests are packed around them (requests
+    for the keys of fixed slots are taken as placed). ``rounding`` as for :func:`insert`."""
+    slots: list[Slot] = list(fixed)
+    held = {s.key for s in fixed}
+    if utilization(slots) > max_utilization + 1e-12 or (len(slots) > 1 and overlaps(slots)):
+        return None
     for request in pack_order(requests):
+        if request.key in held:
+            continue
         budget = max_utilization - utilization(slots)
-        slot = insert(slots, request, max_utilization=budget, how="lane")
+        slot = insert(slots, request, max_utilization=budget, how="lane", rounding=rounding)
         if slot is None:
             return None
         slots.append(slot)
     return slots
 
 
-def spread(slots: Sequence[Slot]) -> list[Slot]:
+def spread(slots: Sequence[Slot], fixed: Iterable[Key] = ()) -> list[Slot]:
     """Share the free time of a packed table evenly between its lanes.
 
     With C the gcd of all periods, each body sits at position p = offset mod C of every
     cycle it runs in. Moving each distinct start position right by an amount that grows with
     its rank keeps the order of bodies within a cycle and keeps every body inside its cycle,
     so two bodies that never met still never meet. Tables with a body that crosses a cycle
-    boundary are returned unchanged."""
-    if len(slots) < 2:
+    boundary, or with a ``fixed`` slot (one that may not move now), are returned unchanged."""
+    held = set(fixed)
+    if len(slots) < 2 or any(s.key in held for s in slots):
         return list(slots)
     cycle = math.gcd(*(s.period for s in slots))
     if any(s.offset % cycle + s.body > cycle for s in slots):
@@ -301,12 +324,15 @@ def solve(
     previous: Mapping[Key, Slot] | None = None,
     *,
     max_utilization: float = 1.0,
+    pinned: Iterable[Key] = (),
 ) -> SolveResult | None:
     """The slot table of one GPU, or None when the requests cannot share it.
 
     A previous slot is kept when its shard still asks for the same body and its period is
     still valid for the frame period; new shards are inserted without moving kept ones.
-    Only when no gap is left is the whole GPU re-packed (reported in ``offsets_changed``)."""
+    Only when no gap is left is the GPU re-timed: re-packed from scratch, except that
+    ``pinned`` shards (re-timed too recently to move again) keep their slots and the rest
+    is packed around them. The shards whose slot changed are in ``offsets_changed``."""
     previous = previous or {}
     kept: list[Slot] = []
     new: list[SlotRequest] = []
@@ -326,10 +352,11 @@ def solve(
             slots.append(slot)
         else:
             return SolveResult(tuple(slots), repacked=False, offsets_changed=())
-    packed = pack(requests, max_utilization=max_utilization)
-    if packed is None:
+    held = set(pinned)
+    fixed = [s for s in kept if s.key in held]
+    table = retime(requests, fixed, max_utilization=max_utilization)
+    if table is None:
         return None
-    table = spread(packed)
     changed = tuple(
         s.key
         for s in table
@@ -337,3 +364,35 @@ def solve(
         and (previous[s.key].offset, previous[s.key].period) != (s.offset, s.period)
     )
     return SolveResult(tuple(table), repacked=bool(kept), offsets_changed=changed)
+
+
+def retime(
+    requests: Sequence[SlotRequest], fixed: Sequence[Slot] = (), *, max_utilization: float = 1.0
+) -> list[Slot] | None:
+    """A new table for a GPU: :func:`pack` around the ``fixed`` slots, then :func:`spread`
+    (which leaves a table with fixed slots as packed). None when they do not fit."""
+    packed = pack(requests, max_utilization=max_utilization, fixed=fixed)
+    if packed is None:
+        return None
+    return spread(packed, fixed=[s.key for s in fixed])
+
+
+def switch_tick(table: Sequence[Slot], earliest: int) -> int:
+    """The first tick at or after ``earliest`` at which no body of ``table`` is running
+    (a body that starts or ends there does not count).
+
+    A slot table switches there: the old table's slots that start before it run, the new
+    table's slots from it on. Every old body that started before it has ended by then and
+    none of its later ones run, so no old body overlaps a new one at any instant, whatever
+    the new table is; within each table bodies never overlap. Exists for any valid table
+    (bodies do not overlap, so each one ends where no other runs)."""
+    t = earliest
+    moved = True
+    while moved:
+        moved = False
+        for s in table:
+            start = s.offset + ((t - s.offset) // s.period) * s.period  # the last start <= t
+            if start < t < start + s.body:
+                t = start + s.body
+                moved = True
+    return t

@@ -184,6 +184,7 @@ def fleet_series() -> list[dict[str, str]]:
     for le, n in (("0.05", 5), ("0.25", 6), ("+Inf", 6)):
         add("stagger_operator_reconcile_seconds_bucket", f'{operator}, le="{le}"', f"0+{n}x20")
     add("stagger_operator_moves_total", operator, "0+1x20")
+    add("stagger_operator_retimings_total", f'{operator}, node="gpu-a", gpu="0"', "0+3x20")
     add("stagger_operator_writes_total", f'{operator}, result="written"', "0+2x20")
     add("stagger_operator_leader", operator, "1x20")
     return series

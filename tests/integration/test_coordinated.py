@@ -22,6 +22,7 @@ PERIOD = 0.100
 A_OFFSET, B_OFFSET = 0.030, 0.035  # b's slot opens 5 ms after a's
 ROUNDS = 8
 SLOW_MS = 60  # tests/models/slow: a's request holds "the GPU" this long
+LEAD_S = 0.003
 
 
 def next_slot(offset: float, after: float) -> float:
@@ -59,19 +60,28 @@ async def run_rounds(a: Sidecar, b: Sidecar) -> list[tuple[float, float]]:
     try:
         for _ in range(3):  # Triton measures the slow model's body; a's sidecar reads it
             await to_a.infer("slow", [x])
+        # A fresh model's first few answers take ~30 ms on some machines, straight from
+        # Triton too (measured without a sidecar): a late answer would make b send its next
+        # request after its slot and take the one after. Warm b's model before the rounds.
+        for _ in range(6):
+            await to_b.infer("stamp", [x])
         await until(lambda: "slow" in a.keeper.bodies, what="a's measured body")
         first = next_slot(A_OFFSET, time.time() + 0.05)
 
         async def a_stream() -> None:
             for k in range(ROUNDS):
-                await asyncio.sleep(max(0.0, first + k * PERIOD - time.time()))
+                await asyncio.sleep(max(0.0, first + k * PERIOD - LEAD_S - time.time()))
                 await to_a.infer("slow", [x])
 
         async def b_stream() -> list[float]:
             began = []
             for k in range(ROUNDS):
                 slot_b = first + k * PERIOD + B_OFFSET - A_OFFSET
-                await asyncio.sleep(max(0.0, slot_b - time.time()))
+                # Both apps send a few ms before their slots, as slot-clock apps do (their
+                # lead): sent at the slot itself, a request that takes more than b's 5 ms
+                # grace to reach the gate (4 ms seen on a loaded 2-core machine) takes b's
+                # next slot, and every later round falls a period behind with it.
+                await asyncio.sleep(max(0.0, slot_b - LEAD_S - time.time()))
                 result = await to_b.infer("stamp", [x])
                 began.append(float(result.as_numpy("OUTPUT0")[0]))
             return began

@@ -238,3 +238,54 @@ async def test_the_operator_exports_its_own_metrics(cluster: Cluster) -> None:
         assert values[("stagger_stream_deadline_seconds", cam)] == 0.1  # the frame period
     finally:
         await stop_operator(op)
+
+
+async def test_cameras_applied_one_at_a_time_fill_a_gpu_by_re_timing_it(cluster: Cluster) -> None:
+    """Six 36 ms bodies at 4 fps fit one GPU (0.864 of it). Applied one by one, the first
+    four go into gaps (evenly, 62.5 ms apart) and leave none for the fifth: the operator
+    re-times the GPU instead of taking another. What it re-timed is pinned for the
+    interval (3 s here), so the sixth, which needs another re-timing, waits for it and is
+    placed by the planner's wake-up."""
+    solo = node("solo", gpus=1)
+    solo["metadata"]["labels"]["pool"] = "solo"
+    await cluster.create(solo)
+    op = await start_operator(cluster, retime_min_interval_s=3)
+    names = [f"cam-{i}" for i in range(6)]
+
+    def camera(name: str) -> dict[str, Any]:
+        return stream(name, fps=4, body=36, latencyMs=60, nodeSelector={"pool": "solo"})
+
+    try:
+        for n in names[:5]:
+            await cluster.create(camera(n))
+            await cluster.wait_for(lambda n=n: all_placed(cluster, [n]))
+        (sched,) = await schedules(cluster)
+        assert len(sched.spec.slots) == 5 and sched.spec.generation == 5
+        retimed = {x.stream for x in sched.spec.slots if x.retimed_at is not None}
+        assert retimed, "the fifth found no gap: the GPU was re-timed"
+        assert {x.retimed_at for x in sched.spec.slots} - {None} == {sched.spec.effective_at}
+
+        async def retimed_events() -> set[str] | None:
+            events = await cluster.objects("Event", "default")
+            got = {e["involvedObject"]["name"] for e in events if e["reason"] == "Retimed"}
+            return got if got >= retimed else None
+
+        await cluster.wait_for(retimed_events)
+        # Each sidecar gets the GpuSchedule's switch instant in its contract.
+        for cm in await cluster.objects("ConfigMap", "default"):
+            contract = json.loads(cm["data"]["slot.json"])
+            assert contract["generation"] == 5
+            assert contract["effectiveAt"] == sched.to_wire()["spec"]["effectiveAt"]
+
+        await cluster.create(camera(names[5]))
+
+        async def waiting() -> str | None:
+            status = (await statuses(cluster)).get(names[5], {})
+            return status.get("message") if status.get("phase") == "Unschedulable" else None
+
+        assert "re-timed too recently" in await cluster.wait_for(waiting)
+        await cluster.wait_for(lambda: all_placed(cluster, names), timeout=20)
+        (sched,) = await schedules(cluster)
+        assert sorted(x.stream for x in sched.spec.slots) == names  # one GPU holds all six
+    finally:
+        await stop_operator(op)

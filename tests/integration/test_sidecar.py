@@ -215,7 +215,9 @@ async def test_a_new_contract_applies_at_its_time_and_a_bad_one_is_ignored(
         tmp_path / "slot.json",
         slot_contract(offset_ms=70, generation=2, effective_at=effective),
     )
-    await until(lambda: sidecar.gate.streams["cam"].timetable.pending, what="contract read")
+    await until(
+        lambda: sidecar.gate.streams["cam"].timetable.upcoming(time.time()), what="contract read"
+    )
     before = await client.infer("stamp", [http_input([0.0])])
     if time.time() < effective - 0.05:  # released before the switch: still the old offset
         assert phase(float(before.as_numpy("OUTPUT0")[0])) < ON_TIME

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from stagger.camerasim import Camera, CameraLog, phases, stalls, summarize
-from stagger.client import Contract, SlotClient
+from stagger.client import SlotClient
 from stagger.core.slotclock import SlotClock
 
 
@@ -80,7 +80,7 @@ class FixedSlots(SlotClient):
         self.slots = slots
 
     def refresh(self) -> None:
-        self._current = Contract(self.slots, effective_at=0.0)
+        self._chain = [self.slots]
         self._read_at = self.clock()
 
 

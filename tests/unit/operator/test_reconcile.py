@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stagger.core.api import GpuNode, GpuSchedule
 from stagger.core.placement import plan
-from stagger_operator.reconcile import cluster_from_nodes, desired_state, plan_from_schedules
+from stagger.core.slots import Slot, switch_tick
+from stagger_operator.reconcile import (
+    cluster_from_nodes,
+    desired_state,
+    pinned_shards,
+    plan_from_schedules,
+    retiring_copies,
+)
 from stagger_operator.settings import OperatorSettings
 from tests.factories import cluster, stream
 
@@ -140,6 +148,33 @@ def test_epoch_is_kept_and_generation_bumps_only_when_the_table_changes() -> Non
     assert sched.spec.effective_at == later + timedelta(seconds=5)
 
 
+def test_a_re_timed_table_takes_over_where_no_old_body_runs_and_pins_what_it_moved() -> None:
+    c = cluster(("t4", 1))
+    cams = [with_uid(stream(f"cam{i}", 4, body=45, template=TEMPLATE), f"u{i}") for i in range(4)]
+    settings = OperatorSettings()
+    three = plan(cams[:3], c)
+    prev = schedules_of(desired_state(cams[:3], three, {}, settings, NOW))
+    later = NOW + timedelta(seconds=100.04)  # + 5 s falls inside a body of the old table
+    four = plan(cams, c, previous=plan_from_schedules(prev.values(), 30_000))
+    assert four.offsets_changed  # no gap for the fourth: the GPU was re-timed
+    (sched,) = schedules_of(desired_state(cams, four, prev, settings, later)).values()
+    (old,) = prev.values()
+    table = [Slot(s.stream, s.body_ticks, s.period_ticks, s.offset_ticks) for s in old.spec.slots]
+    ready = round((later + timedelta(seconds=5) - old.spec.epoch).total_seconds() * 30_000)
+    switch = round((sched.spec.effective_at - sched.spec.epoch).total_seconds() * 30_000)
+    assert switch_tick(table, ready) == switch > ready  # the end of the body running then
+    assert sched.spec.generation == 2
+    retimed = {s.stream: s.retimed_at for s in sched.spec.slots if s.retimed_at}
+    assert set(retimed) == {k[1] for k in four.offsets_changed}
+    assert set(retimed.values()) == {sched.spec.effective_at}
+    # Those shards are pinned for the interval, and the operator knows when they free up.
+    at = sched.spec.effective_at
+    pinned, free_at = pinned_shards([sched], at + timedelta(seconds=59), 60)
+    assert pinned == set(four.offsets_changed) and free_at == at + timedelta(seconds=60)
+    assert pinned_shards([sched], at + timedelta(seconds=60), 60) == (set(), None)
+    assert pinned_shards([sched], at, 0) == (set(), None)
+
+
 def test_restart_reproduces_the_same_plan_from_schedules() -> None:
     c = cluster(("n", 2))
     streams = [
@@ -216,3 +251,22 @@ def test_streams_whose_inputs_did_not_change_are_left_out_until_something_does()
         context={("default", "a"): (("ready", "a-pod"),)},
     )
     assert not changed.unchanged and set(changed.statuses) == {("default", "a"), ("default", "b")}
+
+
+def test_old_copies_are_the_slot_configmaps_whose_gpu_the_schedules_moved_on_from() -> None:
+    c = cluster(("n", 2))
+    cams = [with_uid(stream(f"cam{i}", 4, body=45, template=TEMPLATE), f"u{i}") for i in range(2)]
+    before = plan(cams, c)
+    objects = desired_state(cams, before, {}, OperatorSettings(), NOW).objects
+    assert retiring_copies(objects, before, cams) == []  # every copy is where it belongs
+    moved = next(s for s in before.shards if s.stream == "cam0")
+    elsewhere = replace(moved, gpu=1 - moved.gpu)
+    now = replace(before, shards=(*(s for s in before.shards if s != moved), elsewhere))
+    (old,) = retiring_copies(objects, now, cams)
+    assert (old.stream, old.node, old.gpu, old.offset_ticks, old.body_ticks) == (
+        "cam0",
+        moved.node,
+        moved.gpu,
+        moved.offset_ticks,
+        moved.body_ticks,
+    )
