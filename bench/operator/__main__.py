@@ -384,7 +384,7 @@ def cli() -> None:
     for bound in (OperatorSettings().retime_min_interval_s, 0.0):
         with apiserver() as url:
             EMULATOR_URL["url"] = url
-            settings = OperatorSettings(retime_min_interval_s=bound)
+            settings = OperatorSettings(retime_min_interval_s=bound, metrics_address=None)
             row = asyncio.run(one_by_one(args, settings))
         print("one_by_one", row, flush=True)
         result["one_by_one"].append(row)

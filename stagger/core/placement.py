@@ -762,8 +762,9 @@ class Planner:
         running: list[tuple[_Gpu, SlotRequest]],
         rounding: float | None,
     ) -> bool:
-        """Place the shard on a running GPU: harmonic GPUs first (when ``rounding`` is
-        set), a gap before a re-timing; the first GPU in order that takes it."""
+        """Place the shard on a running GPU: into a gap before any re-timing (a gap changes
+        nobody's slot), harmonic GPUs first each time (when ``rounding`` is set); the first
+        GPU in order that takes it."""
 
         def harmonic(g: _Gpu, request: SlotRequest) -> bool:
             cycle = math.gcd(*(x.period for x in g.slots))
@@ -774,8 +775,8 @@ class Planner:
             if rounding is not None
             else [running]
         )
-        for group in groups:
-            for retime in (False, True):
+        for retime in (False, True):
+            for group in groups:
                 for g, request in group:
                     if not self._admits(g, request, shard.stream.spec.memory_mib, retime=retime):
                         continue
