@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="draw the per-GPU timeline to a PNG")
     p.add_argument("--policy", choices=["binpack", "spread"], default="binpack")
     p.add_argument("--utilization-cap", type=_positive, default=0.9, metavar="U")
+    p.add_argument(
+        "--throughput-cap",
+        type=_positive,
+        default=PlannerSettings().throughput_cap,
+        metavar="U",
+        help="share of a GPU's saturation throughput streams with a costMs may take",
+    )
     p.add_argument("--guard-ms", type=float, default=0.0, metavar="MS")
     p.add_argument(
         "--max-extra-shards", type=int, default=PlannerSettings().max_extra_shards, metavar="N"
@@ -110,6 +117,7 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
     try:
         settings = PlannerSettings(
             utilization_cap=args.utilization_cap,
+            throughput_cap=args.throughput_cap,
             guard_ms=args.guard_ms,
             policy=args.policy,
             max_extra_shards=args.max_extra_shards,

@@ -40,7 +40,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="append",
         metavar="URL",
         help="Triton endpoint, http://HOST:PORT (default scheme) or grpc://HOST:PORT;"
-        " twice for two servers",
+        " repeat it for several servers: the sweep uses the first two, saturation all of "
+        "them (give as many as streams will share the GPU to measure costMs as deployed)",
     )
     p.add_argument("--model", help="Triton model name")
     p.add_argument("--model-version", default="", metavar="V")
@@ -64,9 +65,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--saturation",
         type=int,
         nargs="+",
-        default=[1, 2, 4],
         metavar="K",
-        help="closed-loop client counts (default 1 2 4)",
+        help="closed-loop client counts, spread over the servers (default 1 2 4 ... up to "
+        "the number of --url, at least 4)",
     )
     p.add_argument("--saturation-seconds", type=float, default=2.0, metavar="S")
     p.add_argument("--guard", type=float, default=0.15, help="margin on the body (0.15 = 15%%)")
@@ -226,6 +227,7 @@ def calibration_result(r: ProfileReport, model: str | None, version: str) -> Cal
         solo_p50_ms=p50,
         solo_p99_ms=r.solo_ms.get("p99", p50),
         effective_body_ms=r.effective_body_ms,
+        cost_ms=r.recommended_cost_ms,
         sweep_pairs=len(r.sweep),
     )
 
@@ -248,12 +250,32 @@ def print_report(r: ProfileReport, out: Console) -> None:
             f"{row['throughput_per_s']:.1f} inferences/s",
         )
     if r.effective_body_ms is not None:
-        t.add_row("effective body", f"{r.effective_body_ms:.2f} ms (1 / max throughput)")
+        servers = len(r.urls)
+        t.add_row(
+            "cost per frame",
+            f"{r.effective_body_ms:.2f} ms (1 / max throughput, {servers} server"
+            f"{'s' if servers > 1 else ''})",
+        )
     t.add_row(
         "recommended bodyTimeMs", f"[bold]{r.recommended_body_ms:g}[/bold] (guard {r.guard:.0%})"
     )
+    if r.recommended_cost_ms is not None:
+        t.add_row("recommended costMs", f"[bold]{r.recommended_cost_ms:g}[/bold]")
+    else:
+        t.add_row("recommended costMs", "none: the body is exclusive, charged in full")
+    t.add_row("recommended latencyMs", f"[bold]{r.recommended_latency_ms:g}[/bold]")
     t.add_row("sweep", f"{len(r.sweep)} pairs over {len({p.offset_ms for p in r.sweep})} offsets")
     out.print(t)
+    for line in r.warnings():
+        out.print(f"[yellow]warning:[/yellow] {line}")
+    out.print("In an InferenceStream (or apply a ModelProfile with --apply):")
+    cost = f", costMs: {r.recommended_cost_ms:g}" if r.recommended_cost_ms is not None else ""
+    out.print(
+        f"  spec: {{bodyTimeMs: {r.recommended_body_ms:g}{cost}, "
+        f"latencyMs: {r.recommended_latency_ms:g}}}",
+        highlight=False,
+        markup=False,
+    )
 
 
 def plot(r: ProfileReport, path: Path) -> None:

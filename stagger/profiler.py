@@ -4,8 +4,11 @@
 2. Offset sweep: two clients, the second starting ``offset`` after the first, over a
    coarse grid of offsets and then a fine one around the knee; latency of both against
    offset is a hinge whose knee is the body (:mod:`stagger.core.calibration`).
-3. Saturation: k closed-loop clients back to back; 1 / maximum throughput is the effective
-   body when the model's GPU work is the bottleneck.
+3. Saturation: k closed-loop clients back to back, spread over every server given;
+   1 / maximum throughput is what one frame costs the GPU when streams share it. Given as
+   many servers as streams will share the GPU (one per pod, as deployed), that is the
+   stream's ``costMs``; where it is no cheaper than the body, the body is exclusive and
+   no cost is recommended (docs/architecture.md, "Capacity").
 
 The two sweep clients need two executions that can really overlap on the device: a model
 with ``instance_group`` count ≥ 2, or two Triton endpoints (``--url`` twice, like two
@@ -31,6 +34,7 @@ from stagger.core.calibration import (
     SweepPoint,
     knee_of_sweep,
     recommended_body_ms,
+    recommended_cost_ms,
 )
 
 Progress = Callable[[int], None]  # advance by n runs
@@ -179,17 +183,49 @@ class ProfileReport:
     level_ms: float | None
     saturation: list[dict[str, float]] = field(default_factory=list)
     effective_body_ms: float | None = None
+    """1 / the largest throughput measured, over every server given."""
     recommended_body_ms: float = 0.0
+    recommended_cost_ms: float | None = None
+    """What to put in ``costMs`` (None: the body is exclusive, charge it in full)."""
     guard: float = 0.15
     no_knee: str | None = None
     """Why the sweep gave no knee, when the body comes from saturation alone: two
     inferences that barely slow each other (MPS) have no knee, but the GPU's throughput
     still says what one costs."""
 
+    def warnings(self) -> list[str]:
+        """What a user must know before trusting the figures."""
+        out = []
+        p50, p99 = self.solo_ms.get("p50"), self.solo_ms.get("p99")
+        if p50 and p99 and p99 > UNSTEADY * p50:
+            out.append(
+                f"solo latency is unsteady (p99 {p99:.1f} ms is {p99 / p50:.2f} x p50): a slot "
+                "cannot hold a body that varies this much, so streams may still overlap; "
+                "expect less than a steady body gets (a CUDA graph steadies an eager body)"
+            )
+        if self.effective_body_ms is not None and len(self.urls) == 1:
+            out.append(
+                "saturation used one server: costMs is what one server's instances sustain; "
+                "pass --url once per stream that will share the GPU to measure it as deployed"
+            )
+        return out
+
+    @property
+    def recommended_latency_ms(self) -> float:
+        """What to put in ``latencyMs``: the solo p50, raised to the recommended body when
+        the guard made the body the larger (a manifest may not have a body above it)."""
+        return max(self.solo_ms.get("p50", 0.0), self.recommended_body_ms)
+
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
+        doc["recommended_latency_ms"] = self.recommended_latency_ms
+        doc["warnings"] = self.warnings()
         doc["knee_ci_ms"] = list(self.knee_ci_ms) if self.knee_ci_ms else None
         return doc
+
+
+UNSTEADY = 1.3
+"""Solo p99 above this many times p50: the body is too unsteady for a slot to contain."""
 
 
 def solo(endpoint: Endpoint, runs: int, progress: Progress | None = None) -> list[float]:
@@ -266,15 +302,16 @@ def sweep(
 
 
 def saturation(
-    make: Callable[[], Endpoint],
+    make: Callable[[int], Endpoint],
     levels: Sequence[int],
     seconds: float,
     progress: Progress | None = None,
 ) -> list[dict[str, float]]:
-    """Throughput with k closed-loop clients for each k in ``levels``."""
+    """Throughput with k closed-loop clients for each k in ``levels``; client i talks to
+    ``make(i)``."""
     rows = []
     for k in levels:
-        endpoints = [make() for _ in range(k)]
+        endpoints = [make(i) for i in range(k)]
         counts = [0] * k
         deadline = time.perf_counter() + seconds
 
@@ -301,6 +338,14 @@ def saturation(
     return rows
 
 
+def default_levels(servers: int) -> list[int]:
+    """Closed-loop client counts: powers of two up to the servers given (at least 4), and
+    the number of servers itself (one client per server, as deployed)."""
+    top = max(servers, 4)
+    levels = {1 << i for i in range(top.bit_length()) if 1 << i <= top} | {servers}
+    return sorted(levels)
+
+
 WARMUP = 8
 """Inferences per endpoint before anything is measured."""
 
@@ -313,18 +358,22 @@ def profile(
     solo_runs: int = 30,
     sweep_runs: int = 5,
     max_offset_ms: float | None = None,
-    saturation_levels: Sequence[int] = (1, 2, 4),
+    saturation_levels: Sequence[int] | None = None,
     saturation_s: float = 2.0,
     guard: float = 0.15,
     progress: Callable[[str, int], Progress] | None = None,
     data: Mapping[str, Path] | None = None,
 ) -> ProfileReport:
     """The whole profile. ``progress(stage, total)`` returns an advance callback; ``data``
-    names files for the model's inputs (see :meth:`Endpoint._inputs`)."""
-    if not urls or len(urls) > 2:
-        raise ProfileError("give one Triton URL, or two for two servers")
+    names files for the model's inputs (see :meth:`Endpoint._inputs`). The sweep uses the
+    first two servers (or the first one's two instances); saturation spreads its clients
+    over all of them, at ``saturation_levels`` (default: 1, 2, 4, ... up to the number of
+    servers, at least 4)."""
+    if not urls:
+        raise ProfileError("give at least one Triton URL")
+    levels = list(saturation_levels or default_levels(len(urls)))
     first = Endpoint(urls[0], model, version, data)
-    second = Endpoint(urls[-1], model, version, data)
+    second = Endpoint(urls[1 if len(urls) > 1 else 0], model, version, data)
     if len(urls) == 1 and first.instances < 2:
         raise ProfileError(
             f"model {model!r} has {first.instances} instance at {urls[0]}: two inferences "
@@ -369,18 +418,18 @@ def profile(
             raise
         knee, no_knee = None, str(e)
     sat = saturation(
-        lambda: Endpoint(urls[0], model, version, data),
-        saturation_levels,
+        lambda i: Endpoint(urls[i % len(urls)], model, version, data),
+        levels,
         saturation_s,
-        stage("saturation", len(saturation_levels)),
+        stage("saturation", len(levels)),
     )
     best = max(r["throughput_per_s"] for r in sat)
-    # Saturation measures one server's throughput; with two servers it says nothing of one.
-    effective = 1e3 / best if len(urls) == 1 and best > 0 else None
+    effective = 1e3 / best if best > 0 else None
     first.close()
     second.close()
     if knee is None and effective is None:  # nothing measured the body: no number
         raise NoKnee(no_knee or "no knee")
+    body = recommended_body_ms(knee.fit.knee_ms if knee else 0.0, effective, guard)
     return ProfileReport(
         model=model,
         urls=list(urls),
@@ -392,8 +441,9 @@ def profile(
         level_ms=knee.fit.level_ms if knee else None,
         saturation=sat,
         effective_body_ms=effective,
-        recommended_body_ms=recommended_body_ms(
-            knee.fit.knee_ms if knee else 0.0, effective, guard
+        recommended_body_ms=body,
+        recommended_cost_ms=recommended_cost_ms(
+            knee.fit.knee_ms if knee else None, effective, body
         ),
         guard=guard,
         no_knee=no_knee,

@@ -5,7 +5,7 @@ post-processing (NMS, tracking: a busy loop) before the next capture. Writes its
 
     python3 -m bench.gpu.camera --url HOST:PORT --frame F.jpg --start UNIX --seconds S
         [--fps 10] [--phase S | --slot-clock http://SIDECAR] [--lead-ms 2] [--post-ms 8]
-        [--closed-loop] --out LOG.json
+        [--closed-loop] [--model detector] --out LOG.json
 
 ``--closed-loop`` sends back to back for ``--seconds`` instead (saturation).
 """
@@ -24,7 +24,7 @@ import tritonclient.grpc as grpcclient
 from stagger.camerasim import Camera
 from stagger.client import SlotClient
 
-MODEL = "detector"
+DEFAULT_MODEL = "detector"
 
 
 def busy(seconds: float) -> None:
@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--post-ms", type=float, default=8.0)
     p.add_argument("--closed-loop", action="store_true")
     p.add_argument("--name", default="cam")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="Triton model (default detector)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
@@ -62,7 +63,7 @@ def main() -> None:
         image.set_data_from_numpy(jpeg)
         call: list[float | None] = [time.time(), None, None, None]
         calls.append(call)
-        result = client.infer(MODEL, [image], client_timeout=10.0)
+        result = client.infer(args.model, [image], client_timeout=10.0)
         call[3] = time.time()
         times = result.as_numpy("TIMES")  # the stand-in model of examples/03 has none
         if times is not None:

@@ -286,8 +286,9 @@ def run_cameras(
     *,
     lockstep: Lockstep | None = None,
 ) -> list[dict[str, Any]]:
-    """Start one camera process per entry (url, phase, slot_clock, closed_loop), at one
-    start time (every GPU's, in lockstep); their logs."""
+    """Start one camera process per entry (url, phase, slot_clock, closed_loop; fps and
+    model where not ``args.fps`` and the detector), at one start time (every GPU's, in
+    lockstep); their logs."""
     start = lockstep.start() if lockstep else math.ceil(time.time() + START_MARGIN_S)
     processes, outs = [], []
     for i, cam in enumerate(cameras):
@@ -305,7 +306,9 @@ def run_cameras(
             "--seconds",
             str(seconds),
             "--fps",
-            str(args.fps),
+            str(cam.get("fps", args.fps)),
+            "--model",
+            cam.get("model", "detector"),
             "--phase",
             str(cam.get("phase", 0.0)),
             "--post-ms",

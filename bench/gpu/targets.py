@@ -188,16 +188,170 @@ def render(verdicts: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+MIN_FRAMES = 3000
+
+
+def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
+    """One setting of the identical workload (bench.gpu.loop): what the planner admitted
+    against what random phases and saturation say the GPU holds, and how the loop served."""
+    admitted = int(r["admitted"])
+    solo_p50 = float(r["solo"]["p50Ms"])
+    random_runs = {int(n): s for n, s in r["random"].items()}
+    random_held = [n for n, s in sorted(random_runs.items()) if s["dropPercent"] == 0]
+    random_largest = max(random_held, default=0)
+    # random held at every N measured: the GPU may hold more; the bound is then a floor
+    random_open = bool(random_runs) and random_largest == max(random_runs)
+    by_saturation = math.floor(CAPACITY_SHARE * float(r["saturationPerS"]) / fps)
+    target = max(random_largest, by_saturation)
+    loop = r.get("loop") or {}
+    at_random = random_runs.get(random_largest)
+    ratio = round(loop["p99Ms"] / at_random["p99Ms"], 3) if loop and at_random is not None else None
+    checks = {
+        "admits": {
+            "value": admitted,
+            "target": target,
+            "met": admitted >= target,
+        },
+        "noDrops": {
+            "value": loop.get("dropPercent"),
+            "frames": loop.get("frames"),
+            "met": bool(loop) and loop["dropPercent"] == 0 and loop["frames"] >= MIN_FRAMES,
+        },
+        "p99OverSolo": {
+            "value": round(loop["p99Ms"] / solo_p50, 3) if loop else None,
+            "target": P99_OVER_SOLO,
+            "met": bool(loop) and loop["p99Ms"] <= P99_OVER_SOLO * solo_p50,
+        },
+        "p99OverRandom": {
+            "value": ratio,
+            "randomN": random_largest or None,
+            "randomP99Ms": at_random["p99Ms"] if at_random else None,
+            "target": LATENCY_RATIO,
+            "met": ratio is not None and ratio <= LATENCY_RATIO,
+        },
+    }
+    return {
+        "setting": r["body"],
+        "admitted": admitted,
+        "randomLargestN": random_largest,
+        "randomHeldAtEveryNMeasured": random_open,
+        "bySaturation": by_saturation,
+        "soloP50Ms": solo_p50,
+        "loopP99Ms": loop.get("p99Ms"),
+        "warnings": r["calibration"].get("warnings", []),
+        "checks": checks,
+        "met": all(c["met"] for c in checks.values()),
+    }
+
+
+def _mixed_verdict(r: dict[str, Any]) -> dict[str, Any]:
+    """The mixed fleet: every stream 0 drops and p99 within 2 × its own model's solo p50,
+    on the GPUs the plan says (one)."""
+    solo = {m: float(s["p50Ms"]) for m, s in r["solo"].items()}
+    loop = r.get("loop") or {"streams": {}}
+    streams = {
+        name: {
+            "model": s["model"],
+            "fps": s["fps"],
+            "dropPercent": s["dropPercent"],
+            "p99OverSolo": round(s["p99Ms"] / solo[s["model"]], 3),
+            "met": s["dropPercent"] == 0 and s["p99Ms"] <= P99_OVER_SOLO * solo[s["model"]],
+        }
+        for name, s in loop["streams"].items()
+    }
+    random = (r.get("random") or {}).get("streams", {})
+    checks = {
+        "everyStream": {"met": bool(streams) and all(s["met"] for s in streams.values())},
+        "oneGpu": {"value": r["gpusPlanned"], "met": r["gpusPlanned"] == 1},
+    }
+    return {
+        "setting": "mixed",
+        "admitted": r["admitted"],
+        "streams": streams,
+        "randomDropPercent": (r.get("random") or {}).get("dropPercent"),
+        "randomStreamsLosing": sorted(n for n, s in random.items() if s["dropPercent"] > 0),
+        "checks": checks,
+        "met": all(c["met"] for c in checks.values()),
+    }
+
+
+def loop_verdict(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The loop's targets per setting of a ``bench.gpu.loop`` result (failed ones left
+    out, with their error)."""
+    fps = float(result.get("fps", 10.0))
+    out = []
+    for what, r in result["results"].items():
+        if "error" in r:
+            out.append({"setting": what, "error": r["error"], "met": False})
+        elif what == "mixed":
+            out.append(_mixed_verdict(r) | {"mode": result["mode"]})
+        else:
+            out.append(_identical_verdict(r, fps) | {"mode": result["mode"]})
+    return out
+
+
+def render_loop(verdicts: list[dict[str, Any]]) -> str:
+    """Markdown: one table row per setting, then the mixed fleet's streams."""
+    lines = [
+        "| setting | admitted | target (random's largest 0-drop N, 0.95 × saturation) | "
+        "loop drops | loop p99 / solo p50 | loop p99 / random's | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    mixed_rows: list[str] = []
+    for v in verdicts:
+        name = f"{v.get('mode', '')}, {v['setting']}"
+        if "error" in v:
+            lines.append(f"| {name} | error: {v['error'][:120]} | | | | | not met |")
+        elif v["setting"] == "mixed":
+            for stream, s in v["streams"].items():
+                mixed_rows.append(
+                    f"| {stream} | {s['model']} | {s['fps']:g} | {s['dropPercent']} | "
+                    f"{s['p99OverSolo']} | {_mark(s['met'])} |"
+                )
+            lines.append(
+                f"| {name} | {v['admitted']} | one GPU: {v['checks']['oneGpu']['value']} | "
+                f"random phases: {v['randomDropPercent']} % drops | | | {_mark(v['met'])} |"
+            )
+        else:
+            c = v["checks"]
+            floor = "≥ " if v["randomHeldAtEveryNMeasured"] else ""
+            lines.append(
+                f"| {name} | {v['admitted']} | {c['admits']['target']} ({floor}"
+                f"{v['randomLargestN']}, {v['bySaturation']}) | {c['noDrops']['value']} % of "
+                f"{c['noDrops']['frames']} | {c['p99OverSolo']['value']} | "
+                f"{c['p99OverRandom']['value']} (random at N = {c['p99OverRandom']['randomN']}) "
+                f"| {_mark(v['met'])} |"
+            )
+    if mixed_rows:
+        lines += [
+            "",
+            "| mixed stream | model | fps | drops % | p99 / its solo p50 | ≤ 2 |",
+            "|---|---|---|---|---|---|",
+            *mixed_rows,
+        ]
+    for v in verdicts:
+        for w in v.get("warnings", []):
+            lines.append(f"\n{v.get('mode', '')}, {v['setting']}: warning: {w}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", type=Path, nargs="+", help="streams.json of bench.gpu.streams")
+    p.add_argument(
+        "runs", type=Path, nargs="+", help="streams.json of bench.gpu.streams, loop.json of .loop"
+    )
     p.add_argument("-o", "--output", choices=["markdown", "json"], default="markdown")
     args = p.parse_args()
     for path in args.runs:
         try:
-            verdicts = verdict(json.loads(path.read_text()))
+            result = json.loads(path.read_text())
+            if result.get("kind") == "loop":
+                loop = loop_verdict(result)
+                print(json.dumps(loop, indent=1) if args.output == "json" else render_loop(loop))
+                continue
+            verdicts = verdict(result)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            p.error(f"{path}: not a readable bench.gpu.streams result ({type(e).__name__}: {e})")
+            p.error(f"{path}: not a readable bench.gpu result ({type(e).__name__}: {e})")
         if args.output == "json":
             print(json.dumps({"run": str(path), "modes": verdicts}, indent=1))
         else:

@@ -25,6 +25,8 @@ class OperatorSettings(BaseSettings):
     )
 
     utilization_cap: float = Field(default=0.9, gt=0, le=1)
+    throughput_cap: float = Field(default=PlannerSettings().throughput_cap, gt=0, le=1)
+    """Share of a GPU's measured saturation throughput that streams with a costMs may take."""
     guard_ms: float = Field(default=0.0, ge=0)
     policy: Literal["binpack", "spread"] = "binpack"
     max_extra_shards: int = Field(default=PlannerSettings().max_extra_shards, ge=0)
@@ -111,6 +113,7 @@ class OperatorSettings(BaseSettings):
     def planner(self) -> PlannerSettings:
         return PlannerSettings(
             utilization_cap=self.utilization_cap,
+            throughput_cap=self.throughput_cap,
             guard_ms=self.guard_ms,
             policy=self.policy,
             max_extra_shards=self.max_extra_shards,

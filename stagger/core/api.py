@@ -150,6 +150,13 @@ STREAM_RULES: tuple[CrossFieldRule, ...] = (
         ),
     ),
     CrossFieldRule(
+        cel="!has(self.costMs) || !has(self.bodyTimeMs) || self.costMs <= self.bodyTimeMs",
+        message="costMs must not exceed bodyTimeMs (sharing never costs more than the whole "
+        "body; leave costMs unset for an exclusive body)",
+        field_path="spec.costMs",
+        holds=lambda s: s.cost_ms is None or s.body_time_ms is None or s.cost_ms <= s.body_time_ms,
+    ),
+    CrossFieldRule(
         cel="!has(self.latencyMs) || !has(self.deadlineMs) || self.latencyMs <= self.deadlineMs",
         message="latencyMs exceeds deadlineMs: no placement can finish a frame in time",
         field_path="spec.latencyMs",
@@ -218,6 +225,13 @@ class InferenceStreamSpec(Wire):
         default=None,
         description="GPU-exclusive part of one inference (the forward pass), in ms. "
         "Overrides the ModelProfile; measured on the node by calibration when unset.",
+    )
+    cost_ms: PositiveMs | None = Field(
+        default=None,
+        description="GPU time one frame really costs when streams share the GPU as deployed "
+        "(1000 / saturation throughput with one server per stream, from calibration), in ms. "
+        "Charged for admission instead of the body; the body still spaces the slots. "
+        "Unset: the body is exclusive (a lock, a FIFO) and charged in full.",
     )
     latency_ms: PositiveMs | None = Field(
         default=None,
@@ -342,6 +356,13 @@ PROFILE_RULES: tuple[CrossFieldRule, ...] = (
         field_path="spec.bodyTimeMs",
         holds=lambda s: s.body_time_ms <= s.latency_ms,
     ),
+    CrossFieldRule(
+        cel="!has(self.costMs) || self.costMs <= self.bodyTimeMs",
+        message="costMs must not exceed bodyTimeMs (sharing never costs more than the whole "
+        "body; leave costMs unset for an exclusive body)",
+        field_path="spec.costMs",
+        holds=lambda s: s.cost_ms is None or s.cost_ms <= s.body_time_ms,
+    ),
 )
 
 
@@ -355,6 +376,13 @@ class ModelProfileSpec(Wire):
     )
     sharing_mode: SharingMode = Field(default=SharingMode.TIME_SLICING)
     body_time_ms: PositiveMs = Field(description="Body time (GPU-exclusive part), ms.")
+    cost_ms: PositiveMs | None = Field(
+        default=None,
+        description="GPU time one frame really costs when streams share the GPU as deployed "
+        "(1000 / saturation throughput with one server per stream, from calibration), in ms. "
+        "Charged for admission instead of the body; the body still spaces the slots. "
+        "Unset: the body is exclusive (a lock, a FIFO) and charged in full.",
+    )
     latency_ms: PositiveMs = Field(description="Solo end-to-end latency, ms.")
     body_time_ci_ms: list[float] | None = Field(
         default=None,

@@ -214,6 +214,25 @@ def recommended_body_ms(knee_ms: float, effective_body_ms: float | None, guard: 
     return math.ceil(base * (1 + guard) * 10 - 1e-9) / 10
 
 
+EXCLUSIVE_SHARE = 0.95
+"""A frame's cost under sharing within 5 % of the solo knee: sharing does not make the GPU
+serve more, so the body is taken as exclusive (charged in full)."""
+
+
+def recommended_cost_ms(
+    knee_ms: float | None, effective_body_ms: float | None, body_ms: float
+) -> float | None:
+    """What to put in ``costMs``: 1 / maximum throughput with the servers as deployed,
+    rounded up to 0.1 ms and at most the body; None (exclusive) when that is no cheaper than
+    the solo knee or nothing measured it. With no knee (MPS: two inferences barely slow
+    each other) the throughput is all there is, and it is the cost."""
+    if effective_body_ms is None:
+        return None
+    if knee_ms is not None and effective_body_ms >= EXCLUSIVE_SHARE * knee_ms:
+        return None
+    return min(body_ms, math.ceil(effective_body_ms * 10 - 1e-9) / 10)
+
+
 class CalibrationResult(Wire):
     """What one calibration run reports: small enough for a Kubernetes termination message
     (4 KiB), so a calibration Job needs no write access to the API."""
@@ -226,6 +245,9 @@ class CalibrationResult(Wire):
     solo_p50_ms: float = Field(gt=0)
     solo_p99_ms: float = Field(gt=0)
     effective_body_ms: float | None = None
+    cost_ms: float | None = Field(
+        default=None, gt=0, description="Recommended costMs; None: an exclusive body."
+    )
     sweep_pairs: int = Field(ge=0)
 
 
@@ -258,6 +280,7 @@ def model_profile(
                 "gpuProduct": gpu_product,
                 "sharingMode": str(sharing_mode),
                 "bodyTimeMs": result.body_time_ms,
+                **({"costMs": result.cost_ms} if result.cost_ms is not None else {}),
                 "latencyMs": max(result.solo_p50_ms, result.body_time_ms),
                 **({"bodyTimeCiMs": list(result.knee_ci_ms)} if result.knee_ci_ms else {}),
                 "source": "calibration",

@@ -45,6 +45,10 @@ GhostKey = tuple[str, str, str, int]  # "retiring", namespace, stream, shard: an
 class PlannerSettings:
     utilization_cap: float = 0.9
     """Largest reserved body time per second on one GPU: the safety margin."""
+    throughput_cap: float = 0.95
+    """Largest share of a GPU's measured saturation throughput that shared streams (those
+    with a ``costMs``) may take: their cost was measured under the contention it stands for,
+    so it needs a smaller margin than an exclusive body's."""
     guard_ms: float = 0.0
     """Extra time reserved after every body (the cap already leaves room, so 0)."""
     policy: Policy = "binpack"
@@ -64,6 +68,8 @@ class PlannerSettings:
     def __post_init__(self) -> None:
         if not 0 < self.utilization_cap <= 1:
             raise ValueError("utilization cap must be in (0, 1]")
+        if not 0 < self.throughput_cap <= 1:
+            raise ValueError("throughput cap must be in (0, 1]")
         if (
             min(self.guard_ms, self.max_extra_shards, self.memory_reserve_mib, self.shard_grid_ms)
             < 0
@@ -92,6 +98,9 @@ class ShardPlacement:
     latency_ms: float
     memory_mib: int
     priority: int
+    cost_ms: float | None = None
+    """What a frame costs when shared (None: the body is exclusive); ``body_ticks`` is the
+    time reserved for it (:meth:`Timing.reserved_ms`)."""
 
     @property
     def key(self) -> ShardKey:
@@ -161,9 +170,25 @@ class Plan:
 
 @dataclass(frozen=True)
 class Timing:
+    """A stream's timing on one GPU product and sharing mode. ``body_ms`` is how long one
+    inference holds the GPU alone; ``cost_ms`` (None: the body is exclusive) is what one
+    frame really costs when streams share the GPU as deployed."""
+
     body_ms: float
     latency_ms: float
     source: str
+    cost_ms: float | None = None
+
+    def reserved_ms(self, settings: PlannerSettings) -> float:
+        """The slot's reserved time, one currency for both kinds of stream: an exclusive
+        body in full under the utilisation cap; a shared stream its cost scaled so that a
+        GPU of them admits ``throughput_cap`` of its saturation throughput. The reserved
+        time is the slot's width, so the table spaces shared streams evenly over the period
+        and their longer bodies overlap as little as it allows."""
+        if self.cost_ms is None:
+            return self.body_ms
+        scaled = self.cost_ms * settings.utilization_cap / settings.throughput_cap
+        return min(self.body_ms, scaled)
 
 
 class ProfileBook:
@@ -183,8 +208,10 @@ class ProfileBook:
 
 
 def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timing | None:
-    """Body and solo latency of ``stream`` on ``gpu``: the stream's own figures override the
-    profile; a missing latency is taken as the body (the stream then never splits for it)."""
+    """Body, cost and solo latency of ``stream`` on ``gpu``: the stream's own figures
+    override the profile; a missing latency is taken as the body (the stream then never
+    splits for it). A cost comes from the stream, or from the profile that gave the body (a
+    profile's cost belongs to its own body), and never exceeds the body."""
     spec = stream.spec
     profile = book.find(spec.model, spec.model_version, gpu.product, str(gpu.sharing_mode))
     body = (
@@ -204,7 +231,12 @@ def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timin
         if spec.body_time_ms is not None
         else f"ModelProfile/{profile.name if profile else ''}"
     )
-    return Timing(body, max(latency, body), source)
+    cost = (
+        spec.cost_ms
+        if spec.cost_ms is not None
+        else (profile.spec.cost_ms if profile and spec.body_time_ms is None else None)
+    )
+    return Timing(body, max(latency, body), source, None if cost is None else min(cost, body))
 
 
 # ------------------------------------------------------------------ GPU state
@@ -408,6 +440,10 @@ class _Demand:
     timing: Timing
     frame_ticks: int
     body_ticks: int
+    """Reserved per frame: the slot's width (:meth:`Timing.reserved_ms`)."""
+    window_ticks: int
+    """The whole body: at least the reserved time; longer for a shared stream, whose body
+    the table keeps clear of the others' where it can."""
 
     def shard_request(self, key: ShardKey, count: int) -> SlotRequest:
         return SlotRequest(key, self.body_ticks, self.frame_ticks * count)
@@ -449,6 +485,7 @@ class Planner:
         self._frame_of = self.fleet.frames
         self._frame_of.clear()
         self._shard_meta: dict[ShardKey, tuple[_Shard, _Demand]] = {}
+        self._any_shared = False  # a stream's body outruns its slot: see _on_running
         self._gpu_of: dict[ShardKey, _Gpu] = {}
         self._placed_streams: dict[tuple[str, str], list[ShardKey]] = {}
         self._lowered.clear()
@@ -482,8 +519,11 @@ class Planner:
                 product, sharing = self.fleet.pool_keys[pool]
                 missing.append(f"{product} ({sharing})")
                 continue
-            body = ms_to_ticks_ceil(timing.body_ms + self.settings.guard_ms, self.settings.tick_hz)
-            out[pool] = _Demand(timing, frame, body)
+            hz, guard = self.settings.tick_hz, self.settings.guard_ms
+            body = ms_to_ticks_ceil(timing.reserved_ms(self.settings) + guard, hz)
+            window = max(body, ms_to_ticks_ceil(timing.body_ms + guard, hz))
+            self._any_shared = self._any_shared or window > body
+            out[pool] = _Demand(timing, frame, body, window)
         if not out:
             return {}, (
                 f"no bodyTimeMs and no ModelProfile for model {spec.model} on "
@@ -610,11 +650,21 @@ class Planner:
 
     # -- placing one shard ----------------------------------------------------
 
-    def _admits(self, g: _Gpu, request: SlotRequest, memory: int, *, retime: bool = True) -> bool:
+    def _admits(
+        self, g: _Gpu, request: SlotRequest, d: _Demand, memory: int, *, retime: bool = True
+    ) -> bool:
         """Memory and body budget allow the shard here (into a gap: what the table
         reserves; by re-timing: what its shards use, as rounded periods may be undone), and
-        no smaller body of its period found no slot here since the table last changed."""
+        no smaller body of its period found no slot here since the table last changed. An
+        exclusive body and shared ones (whose bodies outrun their slots) never share a GPU:
+        the exclusive one needs every other body clear of it, which theirs cannot promise."""
         if g.memory_free < memory:
+            return False
+        if (
+            self._any_shared
+            and g.slots
+            and (d.window_ticks > d.body_ticks) != bool(self._overhang(g))
+        ):
             return False
         budget = self.settings.utilization_cap - (g.need if retime else g.util)
         if request.body / request.frame_period > budget + 1e-12:
@@ -624,15 +674,60 @@ class Planner:
             return False
         return True
 
-    def _try_gpu(
-        self, g: _Gpu, request: SlotRequest, *, retime: bool, rounding: float | None = None
+    def _overhang(self, g: _Gpu) -> int:
+        """How far the longest body on ``g`` runs past its reserved slot (shared streams)."""
+        return max(
+            (
+                self._shard_meta[x.key][1].window_ticks - x.body
+                for x in g.slots
+                if x.key in self._shard_meta
+            ),
+            default=0,
+        )
+
+    def _window_gap(
+        self, g: _Gpu, request: SlotRequest, window: int, rounding: float | None
     ) -> Slot | None:
-        """A slot on ``g`` (admitted by :meth:`_admits`): into a gap, else, when ``retime``
-        or nothing runs on ``g`` yet, by re-packing its table around its pinned shards.
-        ``rounding`` bounds how far slot periods may be rounded down (see ``insert``)."""
+        """A gap where the shard's whole body misses every other body on ``g``, not only
+        their reserved slots: a probe as wide as its body plus the longest overhang of the
+        others, its slot at the probe's end (so the body before it ends before this one
+        starts, and this body ends before the next slot)."""
+        overhang = self._overhang(g)
+        probe = SlotRequest(request.key, window + overhang, request.frame_period)
+        how = "centre" if g.kept else "lane"
+        found = insert(g.slots, probe, max_utilization=1.0, how=how, rounding=rounding)
+        if found is None:
+            return None
+        budget = self.settings.utilization_cap - g.util
+        if request.body / found.period > budget + 1e-12:
+            return None
+        return Slot(
+            request.key, request.body, found.period, (found.offset + overhang) % found.period
+        )
+
+    def _try_gpu(
+        self,
+        g: _Gpu,
+        request: SlotRequest,
+        *,
+        retime: bool,
+        rounding: float | None = None,
+        window: int | None = None,
+        gap: bool = True,
+    ) -> Slot | None:
+        """A slot on ``g`` (admitted by :meth:`_admits`): into a gap (with ``window``, only
+        one its whole body fits, see :meth:`_window_gap`), else, when ``retime`` or nothing
+        runs on ``g`` yet, by re-packing its table around its pinned shards; with ``gap``
+        False, the re-packing only. ``rounding`` bounds how far slot periods may be rounded
+        down (see ``insert``)."""
         budget = self.settings.utilization_cap - g.util
         how = "centre" if g.kept else "lane"
-        slot = insert(g.slots, request, max_utilization=budget, how=how, rounding=rounding)
+        if not gap:
+            slot = None
+        elif window is not None:
+            slot = self._window_gap(g, request, window, rounding)
+        else:
+            slot = insert(g.slots, request, max_utilization=budget, how=how, rounding=rounding)
         if slot is not None or (g.kept and not retime):
             return slot
         reqs = [SlotRequest(x.key, x.body, self._frame_of[x.key]) for x in g.slots] + [request]
@@ -742,7 +837,7 @@ class Planner:
                 if self._on_running(shard, demands, running, ROUNDING):
                     return True
             request = d.shard_request(shard.key, shard.count)
-            if not self._admits(g, request, spec.memory_mib):
+            if not self._admits(g, request, d, spec.memory_mib):
                 continue
             if g.kept:
                 running.append((g, request))
@@ -764,7 +859,10 @@ class Planner:
     ) -> bool:
         """Place the shard on a running GPU: into a gap before any re-timing (a gap changes
         nobody's slot), harmonic GPUs first each time (when ``rounding`` is set); the first
-        GPU in order that takes it."""
+        GPU in order that takes it. Where bodies are longer than their slots (shared
+        streams), a gap the whole body fits comes first, then a re-timing (the table is
+        packed and spread evenly again), and only then a gap for the reserved slot alone:
+        bodies overlap only where even spacing cannot keep them apart."""
 
         def harmonic(g: _Gpu, request: SlotRequest) -> bool:
             cycle = math.gcd(*(x.period for x in g.slots))
@@ -775,12 +873,30 @@ class Planner:
             if rounding is not None
             else [running]
         )
-        for retime in (False, True):
+        shared = self._any_shared and any(
+            demands[g.pool].window_ticks > r.body or self._overhang(g) for g, r in running
+        )
+        # (re-time, a gap the whole body fits, a gap at all): where bodies outrun their slots,
+        # a gap clear of every body, then a re-timing, then a gap for the slot alone
+        passes = (
+            [(False, True, True), (True, False, False), (False, False, True)]
+            if shared
+            else [(False, False, True), (True, False, True)]
+        )
+        for retime, whole, gap in passes:
             for group in groups:
                 for g, request in group:
-                    if not self._admits(g, request, shard.stream.spec.memory_mib, retime=retime):
+                    d = demands[g.pool]
+                    if not self._admits(g, request, d, shard.stream.spec.memory_mib, retime=retime):
                         continue
-                    slot = self._try_gpu(g, request, retime=retime, rounding=rounding)
+                    slot = self._try_gpu(
+                        g,
+                        request,
+                        retime=retime,
+                        rounding=rounding,
+                        window=demands[g.pool].window_ticks if whole else None,
+                        gap=gap,
+                    )
                     if slot is not None:
                         self._commit(g, shard, demands[g.pool], slot)
                         return True
@@ -834,7 +950,7 @@ class Planner:
             if _matches(g.node, spec.node_selector)
         ]
         d = demands[min(demands, key=lambda p: demands[p].body_ticks)]
-        need = d.timing.body_ms * spec.fps / 1000
+        need = d.timing.reserved_ms(self.settings) * spec.fps / 1000
         per_shard = d.shard_util(k)
         largest_free = max((cap - g.util for g in eligible), default=0.0)
         largest_mem = max((g.memory_free for g in eligible), default=0)
@@ -845,7 +961,12 @@ class Planner:
                 f"needs {spec.memory_mib} MiB of GPU memory per shard; the largest matching "
                 f"GPU has {max(g.gpu.memory_mib for g in eligible)} MiB"
             )
-        body = f"{d.timing.body_ms:g} ms body x {spec.fps:g} fps"
+        body = f"{d.timing.body_ms:g} ms body x {spec.fps:g} fps" + (
+            f", charged {d.timing.reserved_ms(self.settings):.3g} ms for its {d.timing.cost_ms:g} "
+            "ms cost when shared"
+            if d.timing.cost_ms is not None
+            else ""
+        )
         if k == 1:
             head = f"needs {need:.2f} GPU-seconds of body per second ({body})"
             where = f"one GPU with >= {per_shard:.2f} free"
@@ -868,7 +989,8 @@ class Planner:
             )
             return (
                 f"{head}, {fits} of the {len(eligible)} matching GPUs have that much free "
-                f"but no slot where a {d.timing.body_ms:g} ms body misses every other body"
+                f"but no slot where a {d.timing.reserved_ms(self.settings):.3g} ms slot misses "
+                "every other slot"
                 + (
                     " without re-timing shards that were re-timed too recently (pinned); "
                     "it is tried again when they may move"
@@ -1281,6 +1403,7 @@ class Planner:
             latency_ms=d.timing.latency_ms,
             memory_mib=spec.memory_mib,
             priority=spec.priority,
+            cost_ms=d.timing.cost_ms,
         )
 
     def current(self, unplaced: Sequence[Unplaced] = ()) -> Plan:

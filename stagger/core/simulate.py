@@ -7,9 +7,14 @@ shards go through the sidecar's gate, which holds each inference (the body) unti
 the app captures each frame one pre-processing time ahead of the slot it will use
 (slot-clock mode), so when the slot period was rounded below the frame period a frame is
 taken for the first slot at or after its nominal time, and never waits in the gate.
-Bodies that run at once share the GPU (processor sharing): n of them progress at
-1 / (n * (1 + contention)) each, where ``contention`` is the extra cost of switching
-between contexts (0 is ideal sharing; see docs/simulator.md for its calibration).
+Bodies that run at once share the GPU (processor sharing). An exclusive body (no cost) is
+worth its whole body of GPU time, times (1 + ``contention``) when others run beside it, the
+extra cost of switching between contexts (0 is ideal sharing; see docs/simulator.md for its
+calibration); a shared body (a ``cost`` below its body, measured at saturation as
+deployed) is worth its cost. Running bodies each progress at min(1, 1 / the sum of their
+worths per unit of body), so n equal exclusive bodies each run at 1 / (n * (1 + contention))
+and n equal shared ones at body / (n * cost): the GPU then serves one frame per cost, the
+throughput the cost was measured as (docs/architecture.md, "Capacity").
 
 Pure and deterministic: randomness comes from a seeded numpy Generator.
 """
@@ -57,6 +62,8 @@ class SimShard:
     slot: tuple[float, float] | None = None
     """(offset, period) of the shard's slot: when set, the gate starts each body at the
     first slot at or after the frame's nominal time plus its pre-processing."""
+    cost_s: float | None = None
+    """GPU time one frame costs when shared (None: the body is exclusive)."""
 
 
 @dataclass(frozen=True)
@@ -136,9 +143,18 @@ def simulate_gpu(
         slot_at[i] = slot
         push(t + jittered(shards[i].pre_s, shards[i].jitter_cv), _PRE_DONE, i)
 
+    # GPU time per unit of body, when others run beside it (see the module's docstring).
+    worth = [
+        (1.0 + contention)
+        if s.cost_s is None or s.body_s <= 0
+        else min(1.0 + contention, s.cost_s / s.body_s)
+        for s in shards
+    ]
+
     def rate() -> float:
-        n = len(active)
-        return 1.0 if n <= 1 else 1.0 / (n * (1.0 + contention))
+        if len(active) <= 1:
+            return 1.0
+        return min(1.0, 1.0 / sum(worth[k] for k in active))
 
     while True:
         gpu_done_at = now + min(active.values()) / rate() if active else float("inf")
@@ -222,6 +238,7 @@ def shards_from_plan(
                 post_s=post,
                 jitter_cv=jitter_cv,
                 slot=slot,
+                cost_s=None if p.cost_ms is None else p.cost_ms / 1000,
             )
         )
     return out

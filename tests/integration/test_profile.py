@@ -61,7 +61,11 @@ def test_the_profiler_finds_the_known_body(
     assert low <= report["knee_ms"] <= high
     assert report["effective_body_ms"] == pytest.approx(BODY_MS, rel=0.15)  # body-bound
     assert report["recommended_body_ms"] >= BODY_MS
+    assert report["recommended_cost_ms"] is None  # a lock: exclusive, charged in full
     assert report["solo_ms"]["p50"] == pytest.approx(28, abs=4)  # 4 + 20 + 4 ms
+    # usable as is: a manifest with these figures validates (latency >= body)
+    assert report["recommended_latency_ms"] >= report["recommended_body_ms"]
+    assert any("saturation used one server" in w for w in report["warnings"])
     assert plot.stat().st_size > 10_000
 
 
@@ -87,7 +91,11 @@ def test_two_servers_sharing_the_device(
     assert code == 0, err
     report = json.loads(out)
     assert report["knee_ms"] == pytest.approx(BODY_MS, abs=2.0)
-    assert report["effective_body_ms"] is None  # one server's throughput says nothing here
+    # saturation spreads its clients over both servers: the shared "device" still serves
+    # one body at a time, so the cost is the body and no costMs is recommended
+    assert report["effective_body_ms"] == pytest.approx(BODY_MS, rel=0.15)
+    assert report["recommended_cost_ms"] is None
+    assert not any("one server" in w for w in report["warnings"])
 
 
 def test_one_instance_on_one_server_is_refused(
@@ -96,6 +104,20 @@ def test_one_instance_on_one_server_is_refused(
     code, _, err = run(capsys, "profile", "--url", triton.http, "--model", "exclusive_single")
     assert code == 1
     assert "1 instance" in err and "queueing, not the body" in err and "--url twice" in err
+
+
+def test_a_table_report_gives_figures_a_manifest_takes_as_is(
+    triton: LocalTriton, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys, "profile", "--url", triton.http, "--model", "exclusive", *QUICK[:-2]
+    )
+    assert code == 0, err
+    assert "recommended latencyMs" in out and "none: the body is exclusive" in out
+    snippet = next(line for line in out.splitlines() if "spec: {bodyTimeMs:" in line)
+    body = float(snippet.split("bodyTimeMs: ")[1].split(",")[0])
+    latency = float(snippet.split("latencyMs: ")[1].rstrip("}"))
+    assert body <= latency  # what InferenceStream's CEL rule demands
 
 
 def test_a_model_without_a_body_gets_no_made_up_number(

@@ -1,0 +1,481 @@
+"""The product's own loop on one GPU: calibrate → plan → gate, as a user runs it.
+
+    python3 -m bench.gpu.loop --out OUT --mode time-slicing --bodies eager graph --servers 10
+    python3 -m bench.gpu.loop --out OUT --mode mps --mixed --servers 16
+
+Nothing here sets a slot by hand. Per setting (sharing mode × body):
+
+1. ``--servers`` tritonservers on the GPU, one per stream as the operator deploys them, each
+   serving the setting's model(s) with one instance;
+2. ``stagger profile`` (:func:`stagger.profiler.profile`) against all of them: the sweep on
+   the first two, saturation with its clients spread over every server, so ``costMs`` is
+   measured at the concurrency the GPU will really have; the result becomes a ModelProfile
+   exactly as a calibration Job's does (:func:`stagger.core.calibration.model_profile`);
+3. streams applied one at a time, each a re-plan of everything applied so far on the
+   previous plan (the operator's path on a create event, :func:`stagger.core.placement.plan`
+   with ``previous``), on a one-GPU cluster, until the planner refuses one: ``admitted``;
+4. each admitted stream's slot contract from the plan (:meth:`SlotAssignment.for_shard`, what
+   the operator mounts), its own sidecar with it, and its camera capturing on its slot
+   through the sidecar (``SlotClient``, the app side's integration): the ``loop``;
+5. beside it, in the same run and on the same servers: random phases straight to Triton at
+   the admitted N and above it (what the GPU holds with no product), one stream alone
+   (solo), and every server's camera back to back (saturation).
+
+The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
+models (RetinaNet at 800 px and the same detector at 416 px, a lighter one) at several
+frame rates on one GPU, applied in a fixed order. Targets (:func:`bench.gpu.targets.loop_verdict`)
+are judged on the run's own results and saved with them (``admitted``, each target's
+``met``). A dry run on a CPU machine uses examples/03's stand-in model (its body holds a lock
+all servers share: an exclusive body).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import sysconfig
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
+from bench.gpu.streams import (
+    NO_MPS,
+    SATURATION_S,
+    SOLO_S,
+    log,
+    pooled,
+    run_cameras,
+    servers_down,
+)
+from bench.gpu.targets import loop_verdict, render_loop
+from stagger.core.api import InferenceStream, ModelProfile, SharingMode
+from stagger.core.calibration import model_profile
+from stagger.core.cluster import Cluster, Gpu, Node
+from stagger.core.contract import SlotAssignment
+from stagger.core.placement import Plan, PlannerSettings, plan
+from stagger.localtriton import LocalSidecar, LocalTriton
+from stagger.profile_cmd import calibration_result
+from stagger.profiler import profile
+
+BODIES = {
+    # name in the repository: parameters set in the detector's config
+    "eager": {"CUDA_GRAPHS": "0"},
+    "graph": {"CUDA_GRAPHS": "1"},
+    "small": {"CUDA_GRAPHS": "1", "MIN_SIZE": "416"},  # the lighter detector
+}
+MIXED = [("graph", 10.0), ("small", 15.0), ("graph", 5.0), ("small", 30.0), ("graph", 15.0)]
+"""The mixed fleet's streams, applied in this order, round and round."""
+RANDOM_ABOVE = 1
+"""Random phases are also measured at this many streams above the admitted N: where the GPU
+stops holding them with no product."""
+
+
+def repository(root: Path, models: Path, bodies: list[str]) -> Path:
+    """One model per body, each a copy of ``models/detector`` with one instance (each stream
+    has its own server) and the body's parameters. A parameter the model does not have is
+    an error (a stand-in has no CUDA graph to turn on), not a silently eager run."""
+    repo = root / "models"
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir(parents=True)
+    source = models / "detector"
+    for body in bodies:
+        target = repo / body
+        shutil.copytree(source, target)
+        config = target / "config.pbtxt"
+        text = re.sub(r"count: \d+", "count: 1", config.read_text())
+        for key, value in BODIES[body].items():
+            pattern = rf'(key: "{key}", value: \{{ string_value: )"[^"]*"'
+            text, found = re.subn(pattern, rf'\1"{value}"', text)
+            if not found and not (key == "CUDA_GRAPHS" and value == "0"):
+                raise ValueError(f"{source}: no {key} parameter for the {body!r} body")
+        config.write_text(text)
+    return repo
+
+
+def start_servers(k: int, gpu: int, root: Path, repo: Path, under_mps: bool) -> list[LocalTriton]:
+    paths = sysconfig.get_paths()
+    numpy_dir = [os.environ[NUMPY_DIR_ENV]] if NUMPY_DIR_ENV in os.environ else []
+    servers = [
+        LocalTriton(
+            repo,
+            log_file=root / f"triton-{i}.log",
+            ready_timeout_s=400,
+            model_path=[*numpy_dir, paths["purelib"], paths["platlib"]],
+            env={
+                "CUDA_VISIBLE_DEVICES": str(gpu),
+                # the stand-in model's "GPU": one lock every server shares (a dry run)
+                "STAGGER_BODY_LOCK": str(root / "stand-in-gpu.lock"),
+            }
+            | ({} if under_mps else {"CUDA_MPS_PIPE_DIRECTORY": NO_MPS}),
+            extra_args=["--backend-config=python,shm-default-byte-size=16777216"],
+        )
+        for i in range(k)
+    ]
+    with ThreadPoolExecutor(k) as pool:
+        list(pool.map(lambda s: s.start(), servers))
+    return servers
+
+
+def calibrate(
+    servers: list[LocalTriton], body: str, frame: Path, product: str, mode: SharingMode
+) -> tuple[ModelProfile, dict[str, Any]]:
+    """``stagger profile`` against every server, and the ModelProfile it stands for."""
+    began = time.monotonic()
+    report = profile(
+        [f"grpc://{s.grpc}" for s in servers], body, solo_runs=50, data={"IMAGE": frame}
+    )
+    result = calibration_result(report, body, "")
+    manifest = model_profile(result, product, mode, datetime.now(UTC))
+    summary = {
+        "seconds": round(time.monotonic() - began, 1),
+        "soloP50Ms": round(report.solo_ms["p50"], 2),
+        "soloP99Ms": round(report.solo_ms["p99"], 2),
+        "kneeMs": report.knee_ms,
+        "saturation": report.saturation,
+        "costPerFrameMs": report.effective_body_ms,
+        "bodyTimeMs": manifest.spec.body_time_ms,
+        "costMs": manifest.spec.cost_ms,
+        "latencyMs": manifest.spec.latency_ms,
+        "warnings": report.warnings(),
+    }
+    log(f"profile {body} ({mode}): {summary}")
+    return manifest, summary
+
+
+def stream(name: str, model: str, fps: float, memory_mib: int) -> InferenceStream:
+    return InferenceStream.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "InferenceStream",
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {"model": model, "fps": fps, "memoryMiB": memory_mib},
+        }
+    )
+
+
+def apply_one_at_a_time(
+    candidates: list[InferenceStream],
+    cluster: Cluster,
+    profiles: list[ModelProfile],
+    settings: PlannerSettings,
+) -> tuple[Plan | None, list[InferenceStream], str]:
+    """Apply streams in order, re-planning on the previous plan each time (the operator's
+    path), until one is refused: the last plan, the streams it placed, and why the next was
+    refused (empty when every candidate was placed)."""
+    previous: Plan | None = None
+    applied: list[InferenceStream] = []
+    for s in candidates:
+        result = plan([*applied, s], cluster, profiles, settings, previous=previous)
+        if s.name in {u.stream for u in result.unplaced} or not result.for_stream("bench", s.name):
+            why = next((u.reason for u in result.unplaced if u.stream == s.name), "not placed")
+            return previous, applied, why
+        previous, applied = result, [*applied, s]
+    return previous, applied, ""
+
+
+class Loop:
+    """The admitted streams' sidecars, each with the contract the plan gives its shard."""
+
+    def __init__(self, placed: Plan, servers: list[LocalTriton], root: Path) -> None:
+        epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
+        self.sidecars: list[LocalSidecar] = []
+        by_stream = {p.stream: p for p in placed.shards}
+        for i, name in enumerate(sorted(by_stream, key=lambda n: int(n.split("-")[-1]))):
+            p = by_stream[name]
+            if p.shards != 1:
+                raise RuntimeError(f"{name} was split into {p.shards} shards: one GPU here")
+            contract = SlotAssignment.for_shard(
+                p, tick_hz=placed.tick_hz, epoch=epoch, generation=1, effective_at=epoch
+            )
+            path = root / f"slot-{name}.json"
+            path.write_text(contract.model_dump_json(by_alias=True))
+            self.sidecars.append(LocalSidecar(name, path, servers[i], namespace="bench"))
+        with ThreadPoolExecutor(max(1, len(self.sidecars))) as pool:
+            list(pool.map(LocalSidecar.start, self.sidecars))
+
+    def stop(self) -> None:
+        for s in self.sidecars:
+            s.stop()
+
+
+def measure(
+    cams: list[dict[str, Any]], frames: int, root: Path, tag: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    fps_total = sum(c.get("fps", args.fps) for c in cams)
+    seconds = math.ceil(frames / fps_total)
+    logs = run_cameras(cams, seconds, root, tag, args)
+    s = pooled(logs)
+    by_camera = {}
+    for cam, camera_log in zip(cams, logs, strict=True):
+        one = pooled([camera_log])
+        by_camera[camera_log["name"]] = {
+            "model": cam.get("model", "detector"),
+            "fps": cam.get("fps", args.fps),
+            **{k: one[k] for k in ("p50Ms", "p99Ms", "dropPercent", "frames")},
+        }
+    s["seconds"] = seconds
+    s["streams"] = by_camera
+    log(
+        f"{tag}: p50 {s['p50Ms']} p99 {s['p99Ms']} max {s['maxMs']} drops {s['dropPercent']}% "
+        f"of {s['frames']}"
+    )
+    return s
+
+
+def solo(server: LocalTriton, model: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    logs = run_cameras([{"url": server.grpc, "model": model}], SOLO_S, root, f"solo-{model}", args)
+    return pooled(logs)
+
+
+def saturation(
+    servers: list[LocalTriton], model: str, root: Path, args: argparse.Namespace
+) -> float:
+    """Every server's camera back to back (closed loop, separate processes): inferences/s."""
+    cams = [{"url": s.grpc, "model": model, "closed_loop": True} for s in servers]
+    answered = run_cameras(cams, SATURATION_S, root, f"saturation-{model}", args)
+    return round(sum(x["answered"] for x in answered) / SATURATION_S, 2)
+
+
+def cluster_of(product: str, mode: SharingMode, memory_mib: int) -> Cluster:
+    gpu = Gpu(index=0, uuid="GPU-bench", product=product, memoryMiB=memory_mib, sharing_mode=mode)
+    return Cluster(nodes=[Node(name="bench", gpus=[gpu])])
+
+
+def identical(
+    body: str,
+    *,
+    servers: list[LocalTriton],
+    frame: Path,
+    product: str,
+    mode: SharingMode,
+    root: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """N identical streams of one body: the loop at the admitted N, random phases at N and
+    above, solo and saturation, side by side."""
+    manifest, calibration = calibrate(servers, body, frame, product, mode)
+    settings = PlannerSettings()
+    cluster = cluster_of(product, mode, args.gpu_memory_mib)
+    candidates = [stream(f"cam-{i}", body, args.fps, args.memory_mib) for i in range(len(servers))]
+    placed, applied, refused = apply_one_at_a_time(candidates, cluster, [manifest], settings)
+    admitted = len(applied)
+    log(f"{body}: the planner admitted {admitted} of {len(servers)} ({refused or 'all placed'})")
+    out: dict[str, Any] = {
+        "body": body,
+        "calibration": calibration,
+        "admitted": admitted,
+        "refusedBecause": refused,
+        "slots": slots_of(placed),
+        "solo": solo(servers[0], body, root, args),
+        "saturationPerS": saturation(servers, body, root, args),
+        "loop": None,
+        "random": {},
+    }
+    if placed is not None and admitted:
+        loop = Loop(placed, servers, root)
+        try:
+            cams = [
+                {"url": s.grpc, "model": body, "slot_clock": f"http://{s.http}"}
+                for s in loop.sidecars
+            ]
+            out["loop"] = measure(cams, args.frames, root, f"{body}-loop-n{admitted}", args)
+        finally:
+            loop.stop()
+    period = 1.0 / args.fps
+    for n in range(max(1, admitted), min(len(servers), admitted + RANDOM_ABOVE) + 1):
+        rng = random.Random(args.seed + n)
+        cams = [
+            {"url": s.grpc, "model": body, "phase": rng.uniform(0, period)} for s in servers[:n]
+        ]
+        out["random"][n] = measure(cams, args.frames, root, f"{body}-random-n{n}", args)
+    return out
+
+
+def mixed(
+    *,
+    servers: list[LocalTriton],
+    frame: Path,
+    product: str,
+    mode: SharingMode,
+    root: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """A fleet of two models at several frame rates applied one at a time on one GPU: the
+    loop for the streams admitted, random phases for the same streams beside it."""
+    models = sorted({m for m, _ in MIXED})
+    manifests, calibrations = [], {}
+    for model in models:
+        manifest, calibrations[model] = calibrate(servers, model, frame, product, mode)
+        manifests.append(manifest)
+    cluster = cluster_of(product, mode, args.gpu_memory_mib)
+    candidates = [
+        stream(f"cam-{i}", *MIXED[i % len(MIXED)], args.memory_mib) for i in range(len(servers))
+    ]
+    placed, applied, refused = apply_one_at_a_time(
+        candidates, cluster, manifests, PlannerSettings()
+    )
+    log(f"mixed: the planner admitted {len(applied)} of {len(servers)} ({refused or 'all'})")
+    out: dict[str, Any] = {
+        "calibration": calibrations,
+        "admitted": len(applied),
+        "gpusPlanned": len({(p.node, p.gpu) for p in placed.shards}) if placed else 0,
+        "refusedBecause": refused,
+        "fleet": [{"name": s.name, "model": s.spec.model, "fps": s.spec.fps} for s in applied],
+        "slots": slots_of(placed),
+        "solo": {m: solo(servers[0], m, root, args) for m in models},
+    }
+    if placed is None:
+        return out
+    loop = Loop(placed, servers, root)
+    try:
+        cams = [
+            {
+                "url": sc.grpc,
+                "model": s.spec.model,
+                "fps": s.spec.fps,
+                "slot_clock": f"http://{sc.http}",
+            }
+            for s, sc in zip(applied, loop.sidecars, strict=True)
+        ]
+        out["loop"] = measure(cams, args.frames, root, f"mixed-loop-n{len(applied)}", args)
+    finally:
+        loop.stop()
+    rng = random.Random(args.seed)
+    cams = [
+        {
+            "url": servers[i].grpc,
+            "model": s.spec.model,
+            "fps": s.spec.fps,
+            "phase": rng.uniform(0, 1 / s.spec.fps),
+        }
+        for i, s in enumerate(applied)
+    ]
+    out["random"] = measure(cams, args.frames, root, f"mixed-random-n{len(applied)}", args)
+    return out
+
+
+def slots_of(placed: Plan | None) -> list[dict[str, Any]]:
+    if placed is None:
+        return []
+    hz = placed.tick_hz
+    return [
+        {
+            "stream": p.stream,
+            "offsetMs": round(p.offset_ticks * 1e3 / hz, 3),
+            "periodMs": round(p.period_ticks * 1e3 / hz, 3),
+            "reservedMs": round(p.body_ticks * 1e3 / hz, 3),
+            "bodyMs": p.body_ms,
+        }
+        for p in sorted(placed.shards, key=lambda p: p.offset_ticks)
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--mode", choices=[str(SharingMode.TIME_SLICING), str(SharingMode.MPS)])
+    p.add_argument("--bodies", nargs="+", choices=["eager", "graph"], default=["eager", "graph"])
+    p.add_argument("--mixed", action="store_true", help="the mixed fleet instead")
+    p.add_argument("--servers", type=int, default=10, help="tritonservers: the most streams")
+    p.add_argument("--gpu", type=int, default=0)
+    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--frames", type=int, default=3000, help="frames per configuration")
+    p.add_argument("--memory-mib", type=int, default=2048, help="GPU memory per stream")
+    p.add_argument("--gpu-memory-mib", type=int, default=143_771, help="the GPU's memory")
+    p.add_argument("--post-ms", type=float, default=8.0)
+    p.add_argument("--lead-ms", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
+    p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")
+    p.add_argument("--product", help="GPU product for the profiles (default: nvidia-smi's)")
+    args = p.parse_args(argv)
+    args.mode = args.mode or str(SharingMode.TIME_SLICING)
+    if args.servers < 2:
+        p.error("--servers must be at least 2 (the profile's sweep needs two)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    out: Path = args.out
+    root = out / f"{args.mode}{'-mixed' if args.mixed else ''}"
+    root.mkdir(parents=True, exist_ok=True)
+    if args.frame is None:
+        args.frame = out / "frame.jpg"
+        write_frame(args.frame)
+    device = gpu_name() if shutil.which("nvidia-smi") else "no NVIDIA GPU (a dry run)"
+    product = args.product or re.sub(r"\s+", "-", device.split(",")[0].strip())
+    mode = SharingMode(args.mode)
+    bodies = sorted({m for m, _ in MIXED}) if args.mixed else args.bodies
+    result: dict[str, Any] = {
+        "kind": "loop",
+        "device": device,
+        "product": product,
+        "mode": args.mode,
+        "fps": args.fps,
+        "framesPerConfiguration": args.frames,
+        "servers": args.servers,
+        "settings": {
+            "utilizationCap": PlannerSettings().utilization_cap,
+            "throughputCap": PlannerSettings().throughput_cap,
+        },
+        "results": {},
+    }
+    report = root / "loop.json"
+    Path(NO_MPS).mkdir(exist_ok=True)
+    if mode is SharingMode.MPS and (why := mps(start=True)) is not None:
+        raise SystemExit(f"MPS did not start: {why}")
+    servers: list[LocalTriton] = []
+    try:
+        repo = repository(root, args.models, bodies)
+        log(f"{device}: starting {args.servers} tritonservers ({args.mode}) with {bodies}")
+        servers = start_servers(args.servers, args.gpu, root, repo, mode is SharingMode.MPS)
+        work = ["mixed"] if args.mixed else bodies
+        for what in work:
+            try:
+                if what == "mixed":
+                    done = mixed(
+                        servers=servers,
+                        frame=args.frame,
+                        product=product,
+                        mode=mode,
+                        root=root,
+                        args=args,
+                    )
+                else:
+                    done = identical(
+                        what,
+                        servers=servers,
+                        frame=args.frame,
+                        product=product,
+                        mode=mode,
+                        root=root,
+                        args=args,
+                    )
+            except Exception as e:  # one setting's failure is reported, the others kept
+                done = {"error": f"{e!r}; {servers_down(servers)}"}
+                log(f"{what}: failed: {done['error']}")
+            result["results"][what] = done
+            report.write_text(json.dumps(result, indent=1))
+    finally:
+        for s in servers:
+            s.stop()
+        if mode is SharingMode.MPS:
+            result["mpsStopError"] = mps(start=False)
+    result["targets"] = loop_verdict(result)
+    report.write_text(json.dumps(result, indent=1))
+    print(render_loop(result["targets"]), flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

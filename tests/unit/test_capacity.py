@@ -1,0 +1,248 @@
+"""The capacity model: what a stream is charged (its cost when shared, or its whole body
+when exclusive) and how its slot is spaced (the table keeps bodies apart where it can)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stagger.core.api import InferenceStream, ModelProfile, SharingMode
+from stagger.core.calibration import CalibrationResult, model_profile, recommended_cost_ms
+from stagger.core.cluster import Cluster, Gpu, Node
+from stagger.core.placement import Plan, PlannerSettings, ProfileBook, Timing, plan, stream_timing
+from stagger.core.simulate import SimShard, simulate_gpu
+from stagger.core.slots import Slot, overlaps
+from stagger.core.timebase import ms_to_ticks_ceil
+
+H200_MIB = 143_771
+
+
+def stream(name: str, fps: float, body: float | None, cost: float | None = None, **spec):
+    fields = {"model": spec.pop("model", "m"), "fps": fps, "memoryMiB": 2048, **spec}
+    if body is not None:
+        fields["bodyTimeMs"] = body
+    if cost is not None:
+        fields["costMs"] = cost
+    return InferenceStream.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "InferenceStream",
+            "metadata": {"name": name, "namespace": "cams"},
+            "spec": fields,
+        }
+    )
+
+
+def one_gpu(mode: SharingMode = SharingMode.TIME_SLICING) -> Cluster:
+    gpu = Gpu(index=0, product="NVIDIA-H200", memoryMiB=H200_MIB, sharing_mode=mode)
+    return Cluster(nodes=[Node(name="n", gpus=[gpu])])
+
+
+def one_at_a_time(streams: list[InferenceStream], cluster: Cluster, profiles=()) -> Plan:
+    """Each stream applied alone, re-planned on the previous plan (the operator's path);
+    stops at the first refusal."""
+    previous = None
+    applied: list[InferenceStream] = []
+    for s in streams:
+        result = plan([*applied, s], cluster, profiles, previous=previous)
+        if not result.for_stream("cams", s.name):
+            break
+        previous, applied = result, [*applied, s]
+    assert previous is not None
+    return previous
+
+
+def body_windows(p: Plan) -> list[Slot]:
+    """Where every shard's whole body runs, as slots in ticks."""
+    return [
+        Slot(s.key, ms_to_ticks_ceil(s.body_ms, p.tick_hz), s.period_ticks, s.offset_ticks)
+        for s in p.shards
+    ]
+
+
+def test_an_exclusive_body_reserves_itself_and_a_shared_one_its_scaled_cost() -> None:
+    s = PlannerSettings()
+    assert Timing(15.5, 15.5, "spec").reserved_ms(s) == 15.5
+    shared = Timing(15.5, 15.5, "spec", cost_ms=11.4).reserved_ms(s)
+    assert shared == pytest.approx(11.4 * 0.9 / 0.95)
+    # a cost close to the body never reserves more than the body
+    assert Timing(10.0, 10.0, "spec", cost_ms=10.0).reserved_ms(s) == pytest.approx(9.474, 1e-3)
+    assert Timing(10.0, 10.0, "spec", cost_ms=9.9).reserved_ms(s) <= 10.0
+
+
+@pytest.mark.parametrize(
+    ("fps", "body", "cost", "expected"),
+    [
+        # the H200 CUDA-graph RetinaNet (issue 20): time-sliced 10 and 15 fps, MPS 10 fps
+        (10.0, 15.5, 11.4, 8),  # floor(0.95 * 88 / 10)
+        (15.0, 15.5, 11.4, 5),  # floor(0.95 * 88 / 15)
+        (10.0, 9.8, 6.0, 15),  # floor(0.95 * 167 / 10)
+        (10.0, 15.5, None, 5),  # exclusive: whole bodies under the 0.9 cap
+    ],
+)
+def test_identical_streams_admitted_one_at_a_time_fill_the_measured_throughput(
+    fps: float, body: float, cost: float | None, expected: int
+) -> None:
+    streams = [stream(f"c{i}", fps, body, cost) for i in range(30)]
+    placed = one_at_a_time(streams, one_gpu())
+    assert len(placed.shards) == expected
+    assert len(plan(streams, one_gpu()).shards) == expected  # one plan of all agrees
+    if cost is not None:
+        assert len(placed.shards) == math.floor(0.95 * 1000 / (cost * fps))
+
+
+@pytest.mark.parametrize(("n", "fps"), [(3, 10.0), (5, 10.0), (6, 10.0), (8, 10.0), (5, 15.0)])
+def test_shared_streams_are_spaced_evenly_so_bodies_overlap_least(n: int, fps: float) -> None:
+    """One at a time: where n bodies fit in a period they never overlap (an arrival takes a
+    gap its whole body fits, or the GPU is re-timed); where they do not, slots are spread
+    evenly over the period, so each body overlaps its neighbour by the least amount
+    (body - period / n)."""
+    placed = one_at_a_time([stream(f"c{i}", fps, 15.5, 11.4) for i in range(n)], one_gpu())
+    assert len(placed.shards) == n
+    hz = placed.tick_hz
+    starts = sorted(s.offset_ticks for s in placed.shards)
+    period = placed.shards[0].period_ticks
+    gaps = [(b - a) for a, b in zip(starts, [*starts[1:], starts[0] + period], strict=True)]
+    overlapping = overlaps(body_windows(placed))
+    if n * 15.5 <= period * 1000 / hz:
+        assert not overlapping
+    else:
+        assert max(gaps) - min(gaps) <= 1, gaps  # even, to a tick
+        assert len(overlapping) == n  # each body with its neighbour, by the same amount
+
+
+def test_an_exclusive_stream_never_shares_a_gpu_with_shared_ones() -> None:
+    """A truly exclusive body (a lock, a FIFO) keeps exact non-overlap: shared streams'
+    bodies outrun their slots, so the two kinds go to different GPUs."""
+    gpus = [Gpu(index=i, product="NVIDIA-H200", memoryMiB=H200_MIB) for i in range(2)]
+    cluster = Cluster(nodes=[Node(name="n", gpus=gpus)])
+    streams = [stream(f"s{i}", 10.0, 15.5, 11.4) for i in range(3)] + [
+        stream("lock", 4.0, 45.0, model="ssd")
+    ]
+    for placed in (plan(streams, cluster), one_at_a_time(streams, cluster)):
+        assert len(placed.shards) == 4
+        (lock,) = placed.for_stream("cams", "lock")
+        beside = [s for s in placed.shards if s.gpu == lock.gpu and s.stream != "lock"]
+        assert beside == []
+
+
+def test_cost_comes_from_the_profile_that_gave_the_body_and_never_exceeds_it() -> None:
+    gpu = Gpu(index=0, product="NVIDIA-H200", memoryMiB=H200_MIB)
+    profile = ModelProfile.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "ModelProfile",
+            "metadata": {"name": "m-h200"},
+            "spec": {
+                "model": "m",
+                "gpuProduct": "NVIDIA-H200",
+                "bodyTimeMs": 15.5,
+                "costMs": 11.4,
+                "latencyMs": 15.5,
+            },
+        }
+    )
+    book = ProfileBook([profile])
+    assert stream_timing(stream("a", 10.0, None), gpu, book).cost_ms == 11.4
+    # the stream's own body: the profile's cost belongs to the profile's body
+    assert stream_timing(stream("b", 10.0, 20.0), gpu, book).cost_ms is None
+    # the stream's own cost, over the profile's body
+    assert stream_timing(stream("c", 10.0, None, 9.0), gpu, book).cost_ms == 9.0
+
+
+def test_a_cost_above_the_body_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ValueError, match="costMs must not exceed bodyTimeMs"):
+        stream("x", 10.0, 10.0, 12.0)
+
+
+@pytest.mark.parametrize(
+    ("knee", "effective", "body", "expected"),
+    [
+        (13.5, 11.36, 15.6, 11.4),  # the GPU overlaps bodies: the cost, rounded up
+        (45.0, 44.0, 51.8, None),  # a lock: no cheaper than the knee, exclusive
+        (None, 5.97, 6.9, 6.0),  # MPS, no knee: the throughput is the cost
+        (13.5, None, 15.6, None),  # no saturation measured: nothing to charge but the body
+    ],
+)
+def test_recommended_cost(knee, effective, body, expected) -> None:
+    assert recommended_cost_ms(knee, effective, body) == expected
+
+
+def test_what_calibration_reports_is_usable_as_is() -> None:
+    """A ModelProfile from a calibration whose guarded body exceeds the solo p50 (15.5 ms
+    over 15.3 ms) validates: latency is raised to the body, the cost carried."""
+    result = CalibrationResult(
+        model="m",
+        body_time_ms=15.5,
+        knee_ms=13.5,
+        solo_p50_ms=15.3,
+        solo_p99_ms=16.0,
+        effective_body_ms=11.36,
+        cost_ms=11.4,
+        sweep_pairs=100,
+    )
+    manifest = model_profile(result, "NVIDIA-H200", SharingMode.TIME_SLICING, datetime.now(UTC))
+    assert (manifest.spec.body_time_ms, manifest.spec.cost_ms) == (15.5, 11.4)
+    assert manifest.spec.latency_ms == 15.5
+    s = stream("x", 10.0, manifest.spec.body_time_ms, manifest.spec.cost_ms)
+    assert s.spec.cost_ms == 11.4
+
+
+def test_the_simulator_serves_shared_bodies_at_their_measured_throughput() -> None:
+    """n equal shared bodies back to back: the simulated GPU completes one frame per cost,
+    the throughput the cost stands for; exclusive ones one per body (plus contention)."""
+    n, body, cost = 4, 0.0155, 0.0114
+
+    def served(cost_s: float | None, contention: float) -> float:
+        shards = [
+            SimShard(
+                i,
+                frame_period_s=0.001,
+                phase_s=0.0,
+                body_s=body,
+                pre_s=0.0,
+                post_s=0.0,
+                jitter_cv=0.0,
+                cost_s=cost_s,
+            )
+            for i in range(n)
+        ]
+        stats = simulate_gpu(shards, 2.0, contention=contention)
+        return sum(s.completed for s in stats.values()) / 2.0
+
+    assert served(cost, 0.32) == pytest.approx(1 / cost, rel=0.03)
+    assert served(None, 0.0) == pytest.approx(1 / body, rel=0.03)
+    assert served(None, 0.32) == pytest.approx(1 / (body * 1.32), rel=0.03)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([5.0, 10.0, 15.0, 30.0]),
+            st.floats(2.0, 30.0).map(lambda x: round(x, 1)),
+            st.floats(0.3, 1.0),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_shared_fleets_stay_under_the_throughput_cap_and_slots_never_overlap(specs) -> None:
+    streams = [
+        stream(f"c{i}", fps, body, round(max(0.1, body * share), 1))
+        for i, (fps, body, share) in enumerate(specs)
+    ]
+    gpus = [Gpu(index=i, product="NVIDIA-H200", memoryMiB=H200_MIB) for i in range(3)]
+    cluster = Cluster(nodes=[Node(name="n", gpus=gpus)])
+    for placed in (plan(streams, cluster), one_at_a_time(streams, cluster)):
+        for gpu in {s.gpu for s in placed.shards}:
+            on = [s for s in placed.shards if s.gpu == gpu]
+            hz = placed.tick_hz / 1000
+            charged = sum(s.cost_ms / (s.period_ticks / hz) for s in on)
+            assert charged <= 0.95 + 1e-9
+            slots = [Slot(s.key, s.body_ticks, s.period_ticks, s.offset_ticks) for s in on]
+            assert not overlaps(slots)
