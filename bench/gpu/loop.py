@@ -18,7 +18,7 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    the operator mounts), its own sidecar with it, and its camera capturing on its slot
    through the sidecar (``SlotClient``, the app side's integration): the ``loop``;
 5. beside it, in the same run and on the same servers: random phases straight to Triton at
-   the admitted N and above it (what the GPU holds with no product), one stream alone
+   the admitted N and one above it (what the GPU holds with no product), one stream alone
    (solo), and every server's camera back to back (saturation).
 
 The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
