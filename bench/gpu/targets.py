@@ -202,10 +202,15 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
     # random held at every N measured: the GPU may hold more; the bound is then a floor
     random_open = bool(random_runs) and random_largest == max(random_runs)
     by_saturation = math.floor(CAPACITY_SHARE * float(r["saturationPerS"]) / fps)
-    target = max(random_largest, by_saturation)
+    warnings = r["calibration"].get("warnings", [])
+    # A body the profile called unsteady cannot meet the latency targets, and the issue
+    # asks only that the planner still admit what random phases hold (and that the profile
+    # said so, which ``warnings`` records).
+    unsteady = any("unsteady" in w for w in warnings)
+    target = random_largest if unsteady else max(random_largest, by_saturation)
     loop = r.get("loop") or {}
     at_random = random_runs.get(random_largest)
-    ratio = round(loop["p99Ms"] / at_random["p99Ms"], 3) if loop and at_random is not None else None
+    ratio = loop["p99Ms"] / at_random["p99Ms"] if loop and at_random is not None else None
     checks = {
         "admits": {
             "value": admitted,
@@ -221,9 +226,11 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
             "value": round(loop["p99Ms"] / solo_p50, 3) if loop else None,
             "target": P99_OVER_SOLO,
             "met": bool(loop) and loop["p99Ms"] <= P99_OVER_SOLO * solo_p50,
+            "required": not unsteady,
         },
         "p99OverRandom": {
-            "value": ratio,
+            "value": None if ratio is None else round(ratio, 4),
+            "required": not unsteady,
             "randomN": random_largest or None,
             "randomP99Ms": at_random["p99Ms"] if at_random else None,
             "target": LATENCY_RATIO,
@@ -238,9 +245,10 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
         "bySaturation": by_saturation,
         "soloP50Ms": solo_p50,
         "loopP99Ms": loop.get("p99Ms"),
-        "warnings": r["calibration"].get("warnings", []),
+        "unsteady": unsteady,
+        "warnings": warnings,
         "checks": checks,
-        "met": all(c["met"] for c in checks.values()),
+        "met": all(c["met"] for c in checks.values() if c.get("required", True)),
     }
 
 
@@ -315,12 +323,16 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
         else:
             c = v["checks"]
             floor = "≥ " if v["randomHeldAtEveryNMeasured"] else ""
+            basis = (
+                f"random's {floor}{v['randomLargestN']} (unsteady body)"
+                if v.get("unsteady")
+                else f"{floor}{v['randomLargestN']}, {v['bySaturation']}"
+            )
             lines.append(
-                f"| {name} | {v['admitted']} | {c['admits']['target']} ({floor}"
-                f"{v['randomLargestN']}, {v['bySaturation']}) | {c['noDrops']['value']} % of "
-                f"{c['noDrops']['frames']} | {c['p99OverSolo']['value']} | "
-                f"{c['p99OverRandom']['value']} (random at N = {c['p99OverRandom']['randomN']}) "
-                f"| {_mark(v['met'])} |"
+                f"| {name} | {v['admitted']} | {c['admits']['target']} ({basis}) | "
+                f"{c['noDrops']['value']} % of {c['noDrops']['frames']} | "
+                f"{c['p99OverSolo']['value']} | {c['p99OverRandom']['value']} (random at N = "
+                f"{c['p99OverRandom']['randomN']}) | {_mark(v['met'])} |"
             )
     if mixed_rows:
         lines += [

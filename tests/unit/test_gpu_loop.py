@@ -1,0 +1,162 @@
+"""bench.gpu.loop's pure parts (model repository, streams applied one at a time) and its
+verdict (bench/gpu/targets.py), on results shaped as the loop writes them. The loop itself
+runs against real tritonservers in its CPU dry run (bench/gpu/README.md)."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.gpu.loop import apply_one_at_a_time, cluster_of, repository, stream
+from bench.gpu.targets import loop_verdict, render_loop
+from stagger.core.api import ModelProfile, SharingMode
+from stagger.core.placement import PlannerSettings
+
+DETECTOR = Path(__file__).parents[2] / "bench" / "gpu" / "models"
+STAND_IN = Path(__file__).parents[2] / "examples" / "03-local-triton" / "models"
+
+
+def test_each_body_is_its_own_model_with_one_instance(tmp_path: Path) -> None:
+    repo = repository(tmp_path, DETECTOR, ["eager", "graph", "small"])
+    configs = {m: (repo / m / "config.pbtxt").read_text() for m in ("eager", "graph", "small")}
+    assert all("count: 1," in c or "count: 1 " in c for c in configs.values())
+    assert 'key: "CUDA_GRAPHS", value: { string_value: "0" }' in configs["eager"]
+    assert 'key: "CUDA_GRAPHS", value: { string_value: "1" }' in configs["graph"]
+    assert 'key: "MIN_SIZE", value: { string_value: "416" }' in configs["small"]
+
+
+def test_a_body_the_model_cannot_run_is_an_error_not_an_eager_run(tmp_path: Path) -> None:
+    repository(tmp_path, STAND_IN, ["eager"])  # the stand-in has no graph, and none is asked
+    with pytest.raises(ValueError, match="no CUDA_GRAPHS parameter for the 'graph' body"):
+        repository(tmp_path, STAND_IN, ["graph"])
+
+
+def profile(body: float, cost: float | None) -> ModelProfile:
+    spec = {"model": "graph", "gpuProduct": "NVIDIA-H200", "bodyTimeMs": body, "latencyMs": body}
+    if cost is not None:
+        spec["costMs"] = cost
+    return ModelProfile.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "ModelProfile",
+            "metadata": {"name": "graph-h200"},
+            "spec": spec,
+        }
+    )
+
+
+@pytest.mark.parametrize(("cost", "admitted"), [(11.5, 8), (None, 4)])
+def test_streams_are_applied_one_at_a_time_until_the_planner_refuses_one(
+    cost: float | None, admitted: int
+) -> None:
+    """The figures of the H200 run: an 18.7 ms body that costs 11.5 ms shared."""
+    cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
+    candidates = [stream(f"cam-{i}", "graph", 10.0, 2048) for i in range(10)]
+    placed, applied, refused = apply_one_at_a_time(
+        candidates,
+        cluster,
+        [profile(18.7, cost)],
+        PlannerSettings(),
+    )
+    assert placed is not None and len(applied) == len(placed.shards) == admitted
+    assert [s.name for s in applied] == [f"cam-{i}" for i in range(admitted)]
+    assert "needs 0." in refused and "free" in refused
+
+
+def identical(admitted: int, loop: dict, random: dict, warnings: list[str] = ()) -> dict:
+    return {
+        "body": "graph",
+        "admitted": admitted,
+        "calibration": {"warnings": list(warnings)},
+        "solo": {"p50Ms": 20.0},
+        "saturationPerS": 88.0,
+        "loop": loop,
+        "random": {str(n): s for n, s in random.items()},
+    }
+
+
+def run(mode: str, **results: Any) -> dict[str, Any]:
+    return {"kind": "loop", "mode": mode, "fps": 10.0, "results": results}
+
+
+def measured(p99: float, drops: float = 0.0, frames: int = 3040) -> dict[str, Any]:
+    return {"p99Ms": p99, "dropPercent": drops, "frames": frames}
+
+
+def test_the_loop_meets_its_targets_when_it_admits_what_the_gpu_holds_and_serves_it_better() -> (
+    None
+):
+    (v,) = loop_verdict(
+        run(
+            "time-slicing",
+            graph=identical(8, measured(31.3), {8: measured(71.6), 9: measured(95.4, 7.0)}),
+        )
+    )
+    assert v["met"] and v["admitted"] == 8 and v["randomLargestN"] == 8 and v["bySaturation"] == 8
+    assert v["checks"]["p99OverRandom"]["value"] == pytest.approx(31.3 / 71.6, abs=1e-4)
+    assert "| time-slicing, graph | 8 | 8 (8, 8) |" in render_loop([v])
+
+
+def test_fewer_than_random_phases_hold_is_not_met_and_no_ratio_is_rounded_into_a_pass() -> None:
+    (v,) = loop_verdict(
+        run("mps", graph=identical(15, measured(24.15), {15: measured(64.4), 16: measured(48.27)}))
+    )
+    assert not v["met"] and v["checks"]["admits"]["target"] == 16
+    assert v["randomHeldAtEveryNMeasured"]  # random held at its largest N measured: a floor
+    assert not v["checks"]["p99OverRandom"]["met"]  # 24.15 / 48.27 = 0.5003 > 0.5
+    assert "≥ 16" in render_loop([v])
+
+
+def test_an_unsteady_body_must_only_admit_what_random_phases_hold() -> None:
+    warning = "solo latency is unsteady (p99 23.7 ms is 1.32 x p50): ..."
+    result = identical(6, measured(49.2, frames=3000), {6: measured(47.5), 7: measured(63.0, 0.03)})
+    (v,) = loop_verdict(
+        run(
+            "time-slicing",
+            eager=result | {"body": "eager"} | {"calibration": {"warnings": [warning]}},
+        )
+    )
+    assert v["unsteady"] and v["checks"]["admits"]["target"] == 6 and v["met"]
+    assert not v["checks"]["p99OverSolo"]["met"] and not v["checks"]["p99OverSolo"]["required"]
+    (fewer,) = loop_verdict(
+        run(
+            "time-slicing",
+            eager=result | {"admitted": 5, "body": "eager", "calibration": {"warnings": [warning]}},
+        )
+    )
+    assert not fewer["met"]
+
+
+def test_drops_or_too_few_frames_fail_the_loop() -> None:
+    for loop in (measured(30.0, drops=0.1), measured(30.0, frames=2999)):
+        (v,) = loop_verdict(run("time-slicing", graph=identical(8, loop, {8: measured(70.0)})))
+        assert not v["checks"]["noDrops"]["met"] and not v["met"]
+
+
+def test_the_mixed_fleet_is_judged_stream_by_stream_against_its_own_model_s_solo() -> None:
+    mixed = {
+        "admitted": 3,
+        "gpusPlanned": 1,
+        "solo": {"graph": {"p50Ms": 20.0}, "small": {"p50Ms": 8.0}},
+        "loop": {
+            "streams": {
+                "cam-0": {"model": "graph", "fps": 10.0, "p99Ms": 39.0, "dropPercent": 0.0},
+                "cam-1": {"model": "small", "fps": 15.0, "p99Ms": 17.0, "dropPercent": 0.0},
+                "cam-2": {"model": "graph", "fps": 5.0, "p99Ms": 25.0, "dropPercent": 0.0},
+            }
+        },
+        "random": {"dropPercent": 1.5, "streams": {"cam-1": {"dropPercent": 4.0}}},
+    }
+    (v,) = loop_verdict(run("time-slicing", mixed=mixed))
+    assert not v["met"]  # cam-1: 17 ms > 2 x 8 ms
+    assert [n for n, s in v["streams"].items() if not s["met"]] == ["cam-1"]
+    assert v["randomStreamsLosing"] == ["cam-1"]
+    mixed["loop"]["streams"]["cam-1"]["p99Ms"] = 15.0
+    assert loop_verdict(run("time-slicing", mixed=mixed))[0]["met"]
+    mixed["gpusPlanned"] = 2
+    assert not loop_verdict(run("time-slicing", mixed=mixed))[0]["met"]
+
+
+def test_a_failed_setting_is_reported_with_its_error() -> None:
+    (v,) = loop_verdict(run("mps", graph={"error": "RuntimeError('camera exited with 1')"}))
+    assert not v["met"] and "camera exited" in render_loop([v])
