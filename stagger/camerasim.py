@@ -174,6 +174,8 @@ class Camera:
     """CPU work on each answer before the next capture (a detector's NMS, tracking, ...)."""
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    _nominal: float = field(default=-math.inf, init=False, repr=False)
+    """The nominal time of the frame last captured (its place on the camera's grid)."""
 
     def run(self, start: float, seconds: float) -> CameraLog:
         """Capture from ``start`` for ``seconds``; returns what happened to each frame."""
@@ -184,7 +186,8 @@ class Camera:
         if self.slot_clock is not None:
             self.slot_clock.refresh()  # read before the first capture, not during it
         earliest = start
-        while (at := self._capture_time(start, period, earliest)) < end:
+        # frames due from ``start`` until ``end`` (a slot's lead may fall just before it)
+        while (at := self._capture_time(start, period, earliest)) < end and self._nominal < end:
             frame = next(self.frames)
             try:
                 answer = self.send(frame)
@@ -196,21 +199,32 @@ class Camera:
                 log.captured_at.append(at)
                 if self.post is not None:
                     self.post(answer)
-            # One frame per frame period; the tolerance keeps timer jitter from skipping one.
-            earliest = max(self.clock(), at + period - CAPTURE_TOLERANCE_S)
+            # The next frame on the camera's grid; the tolerance keeps timer jitter from
+            # skipping one. Whether it is still capturable is _capture_time's question.
+            earliest = self._nominal + period - CAPTURE_TOLERANCE_S
         return log
 
     def _capture_time(self, start: float, period: float, earliest: float) -> float:
-        """Sleep until the next capture at or after ``earliest``; returns its time."""
-        if self.slot_clock is None:
+        """Sleep until the next capture at or after ``earliest``; returns its time. Frames
+        are due on the camera's own grid (start + phase + k × period); on the slot clock
+        each is captured ``lead_s`` before the first slot at or after its nominal time, so
+        a slot period rounded below the frame period (a harmonic table) still takes every
+        frame, not one per slot period after the last capture."""
+        if self.slot_clock is None:  # a frame whose time has passed is lost
+            earliest = max(self.clock(), earliest)
             k = max(0, math.ceil((earliest - start - self.phase_s) / period - 1e-9))
-            at = start + self.phase_s + k * period
+            self._nominal = at = start + self.phase_s + k * period
             if (delay := at - self.clock()) > 0:
                 self.sleep(delay)
             return at
-        if (delay := earliest - self.clock()) > 0:
-            self.sleep(delay)
-        return self.slot_clock.wait_for_slot(self.lead_s) - self.lead_s
+        # on the slot clock a frame is lost only when its slot has passed
+        k = max(0, math.ceil((earliest - start) / period - 1e-9))
+        if (delay := start + k * period - self.lead_s - self.clock()) > 0:
+            self.sleep(delay)  # a slot up to the lead before the nominal time may take it
+        slot = self.slot_clock.wait_for_slot(self.lead_s)
+        # the frame this slot serves: the last one due by then (later than k when late)
+        self._nominal = start + math.floor((slot + self.lead_s - start) / period + 1e-9) * period
+        return slot - self.lead_s
 
 
 CAPTURE_TOLERANCE_S = 0.005

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,6 +40,10 @@ class TritonUnavailable(RuntimeError):
 
 class TritonExited(TritonUnavailable):
     """The server exited before it was ready (a port taken, a model that fails to load)."""
+
+    def __init__(self, message: str, *, port_taken: bool) -> None:
+        super().__init__(message)
+        self.port_taken = port_taken
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -186,9 +191,9 @@ class LocalTriton:
                 self._launch()
                 self.wait_ready()
                 return self
-            except TritonExited:
-                if attempt == attempts - 1:
-                    raise
+            except TritonExited as e:
+                if attempt == attempts - 1 or not e.port_taken:
+                    raise  # a model that fails to load fails again: say so now
                 self.http_port, self.grpc_port, self.metrics_port = (
                     free_port(self.host) for _ in range(3)
                 )
@@ -229,13 +234,26 @@ class LocalTriton:
         pid = self.process.pid if self.process is not None else None
         return pid is None or all(_listens(pid, p) for p in (self.http_port, self.grpc_port))
 
+    def _log_tail(self, errors: int = 3) -> list[str]:
+        """The server's own error lines (glog ``E...``, a model's traceback's summary among
+        them) and its last line: why it exited, in its words."""
+        if not self.log_file or not Path(self.log_file).exists():
+            return []
+        lines = [x.strip() for x in Path(self.log_file).read_text(errors="replace").splitlines()]
+        lines = [x for x in lines if x]
+        found = [x for x in lines if re.match(r"E\d{4} ", x)][-errors:]
+        return [*found, *lines[-1:]]
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
+                tail = self._log_tail()
                 raise TritonExited(
                     f"tritonserver exited with {self.process.returncode} before it was ready"
-                    + (f"; see {self.log_file}" if self.log_file else "")
+                    + (f"; the end of {self.log_file}: {' | '.join(tail)}" if tail else ""),
+                    # without a log, a lost port is the likely cause: worth another try
+                    port_taken=not tail or any("already in use" in x.lower() for x in tail),
                 )
             if self.ready():
                 return

@@ -101,10 +101,10 @@ def repository(root: Path, models: Path, bodies: list[str]) -> Path:
     return repo
 
 
-def start_servers(k: int, gpu: int, root: Path, repo: Path, under_mps: bool) -> list[LocalTriton]:
+def make_servers(k: int, gpu: int, root: Path, repo: Path, under_mps: bool) -> list[LocalTriton]:
     paths = sysconfig.get_paths()
     numpy_dir = [os.environ[NUMPY_DIR_ENV]] if NUMPY_DIR_ENV in os.environ else []
-    servers = [
+    return [
         LocalTriton(
             repo,
             log_file=root / f"triton-{i}.log",
@@ -120,9 +120,14 @@ def start_servers(k: int, gpu: int, root: Path, repo: Path, under_mps: bool) -> 
         )
         for i in range(k)
     ]
-    with ThreadPoolExecutor(k) as pool:
-        list(pool.map(lambda s: s.start(), servers))
-    return servers
+
+
+def start_all(servers: list[LocalTriton]) -> None:
+    """Start every server at once; the first failure is raised (with the server's words),
+    once the others have finished starting (the caller stops them all)."""
+    with ThreadPoolExecutor(len(servers)) as pool:
+        for future in [pool.submit(s.start) for s in servers]:
+            future.result()
 
 
 def calibrate(
@@ -438,7 +443,14 @@ def main() -> None:
     try:
         repo = repository(root, args.models, bodies)
         log(f"{device}: starting {args.servers} tritonservers ({args.mode}) with {bodies}")
-        servers = start_servers(args.servers, args.gpu, root, repo, mode is SharingMode.MPS)
+        servers = make_servers(args.servers, args.gpu, root, repo, mode is SharingMode.MPS)
+        try:
+            start_all(servers)
+        except Exception as e:
+            result["error"] = f"the tritonservers did not start: {e}"
+            log(result["error"])
+            report.write_text(json.dumps(result, indent=1))
+            raise
         work = ["mixed"] if args.mixed else bodies
         for what in work:
             try:

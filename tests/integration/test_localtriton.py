@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from stagger.localtriton import LocalSidecar, LocalTriton, SidecarUnavailable, _listens
+from stagger.localtriton import (
+    LocalSidecar,
+    LocalTriton,
+    SidecarUnavailable,
+    TritonExited,
+    _listens,
+)
 from tests.factories import slot_contract
 
 MODELS = Path(__file__).parent.parent / "models"
@@ -68,3 +74,30 @@ def test_a_sidecar_that_never_becomes_ready_says_what_its_readyz_answered(
     with pytest.raises(SidecarUnavailable, match=r"not ready after 3 s \(/readyz answered 503: "):
         sidecar.start()
     assert sidecar.process is not None and sidecar.process.poll() is not None  # stopped
+
+
+def test_a_model_that_fails_to_load_is_reported_at_once_with_the_server_s_words(
+    tmp_path: Path,
+) -> None:
+    """Not retried as a lost port would be (it fails again every time): one attempt, and
+    the error carries the end of the server's log, not only an exit code."""
+    model = tmp_path / "models" / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(
+        'backend: "python"\nmax_batch_size: 0\n'
+        'input [{ name: "X", data_type: TYPE_FP32, dims: [1] }]\n'
+        'output [{ name: "Y", data_type: TYPE_FP32, dims: [1] }]\n'
+    )
+    (model / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        raise RuntimeError('no weights here')\n"
+    )
+    log = tmp_path / "triton.log"
+    triton = LocalTriton(tmp_path / "models", log_file=log)
+    with pytest.raises(TritonExited) as raised:
+        triton.start()
+    assert not raised.value.port_taken
+    assert "no weights here" in str(raised.value)  # the model's own error, from the log
+    assert "failed to load all models" in str(raised.value)
+    assert log.read_text().count("failed to load all models") == 1  # one attempt, no retry

@@ -4,6 +4,7 @@ flight, frames that come due meanwhile dropped, refusals counted."""
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -39,7 +40,7 @@ class FakeTime:
 def camera(time: FakeTime, service_s: float, **kw: Any) -> Camera:
     return Camera(
         "cam",
-        fps=10,
+        fps=kw.pop("fps", 10),
         send=time.service(service_s, fail=kw.pop("fail", False)),
         frames=itertools.repeat(b"jpeg"),
         clock=time.clock,
@@ -93,6 +94,22 @@ def test_slot_clock_capture_happens_lead_before_each_slot() -> None:
     # Slots at …x40 ms; the first after the start is 1000.04, the last before the end 1000.94.
     assert time.sent_at == pytest.approx([1000.036 + k / 10 for k in range(10)])
     assert log.answered == 10 and log.dropped == 0
+
+
+def test_slot_clock_with_a_slot_period_rounded_below_the_frame_period_takes_every_frame() -> None:
+    """A 15 fps camera (66.7 ms) whose slot period the planner rounded to 50 ms (harmonic
+    with a 100 ms table): each frame is captured at the first slot at or after its nominal
+    time (0, 66.7, 133.3 ms -> slots 0, 100, 150 ms), all 15 a second, as the simulator
+    assumes. Counting a period from the last capture instead took one frame per 100 ms."""
+    time = FakeTime(999.99)
+    slots = SlotClock(epoch_s=0.0, tick_hz=1000, period_ticks=50, offset_ticks=0, body_ticks=10)
+    clock = FixedSlots(time, slots)
+    log = camera(time, 0.02, fps=15.0, slot_clock=clock, lead_s=0.004).run(
+        start=1000.0, seconds=1.0
+    )
+    assert (log.due, log.answered, log.dropped) == (15, 15, 0)
+    slot_of = [math.ceil(k * 1000 / 15 / 50 - 1e-9) * 0.05 for k in range(15)]
+    assert time.sent_at == pytest.approx([1000.0 + s - 0.004 for s in slot_of])
 
 
 def test_summary_pools_latencies() -> None:
