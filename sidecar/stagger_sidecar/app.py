@@ -244,6 +244,8 @@ class Sidecar:
                 self.metrics.slot_generation.labels(g.namespace, name).set(current.generation)
             if g.retimed(now):
                 self.metrics.slot_retimings.labels(g.namespace, name, str(g.shard)).inc()
+            if current is not None:
+                self.metrics.watch_arrivals(g.namespace, name, g.shard, g.arrival)
 
     async def sample_statistics(self) -> None:
         """Body time per model from Triton, and achieved fps per stream, over the window."""

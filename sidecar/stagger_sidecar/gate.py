@@ -31,6 +31,7 @@ from enum import StrEnum
 
 from stagger.core.api import GatePolicy
 from stagger.core.contract import SlotAssignment
+from stagger.core.phase import PhaseEstimate, PhaseTracker
 from stagger.core.slotclock import SlotClock, Timetable, slot_starts
 
 
@@ -95,10 +96,22 @@ class StreamGate:
     last_slot: float = -math.inf
     pending: int = 0  # admitted and not yet finished: waiting or in flight
     in_force: tuple[int, int] | None = None  # (offset, period) last seen in force
+    arrivals: PhaseTracker | None = None
+    """Where in the frame period this stream's requests arrive (its app's own clock)."""
 
     def load(self, contract: SlotAssignment, now: float) -> None:
         self.timetable = self.timetable.with_contract(contract, now)
         self.namespace, self.shard = contract.namespace, contract.shard
+        period, epoch = contract.frame_period_s, contract.epoch.timestamp()
+        if self.arrivals is None or (self.arrivals.period_s, self.arrivals.epoch_s) != (
+            period,
+            epoch,
+        ):  # phases at another period or from another epoch mean nothing here
+            self.arrivals = PhaseTracker(period, epoch_s=epoch)
+
+    def arrival(self) -> PhaseEstimate | None:
+        """The stream's arrival phase (None before its first contract)."""
+        return self.arrivals.estimate() if self.arrivals is not None else None
 
     def retimed(self, now: float) -> bool:
         """True once for each re-timing: a contract with another offset or period than the
@@ -143,9 +156,12 @@ class StreamGate:
             "next": slot_starts(table.clocks(), now, count),
             "clock": params(shown),
             "pending": params(upcoming) if current is not None and upcoming is not None else None,
+            "arrival": _arrival_document(self.arrival()),
         }
 
     def admit(self, now: float) -> Release | Refusal:
+        if self.arrivals is not None:
+            self.arrivals.observe(now)
         table = self.timetable = self.timetable.at(now)
         clock = table.clock(now)
         if clock is None:
@@ -193,6 +209,19 @@ class StreamGate:
         after the stream's next slot began."""
         self.pending = max(0, self.pending - 1)
         return release.slot is not None and now > release.slot + release.period
+
+
+def _arrival_document(e: PhaseEstimate | None) -> dict[str, object] | None:
+    if e is None:
+        return None
+    return {
+        "periodS": e.period_s,
+        "phaseS": e.phase_s,
+        "spreadS": e.spread_s,
+        "concentration": round(e.concentration, 4),
+        "samples": e.samples,
+        "periodic": e.periodic,
+    }
 
 
 class Gate:

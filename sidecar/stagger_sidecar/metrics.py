@@ -3,11 +3,14 @@ scrapes the same names into status)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stagger.core import telemetry as t
+from stagger.core.phase import PhaseEstimate
 
 
 def _base(name: str) -> str:
@@ -118,6 +121,48 @@ class GateMetrics:
             registry=r,
         )
         self.triton_up = Gauge(t.TRITON_UP, "1 when Triton answers ready.", registry=r)
+        stream_labels = ["namespace", "stream", "shard"]
+        self.arrival_phase = Gauge(
+            t.ARRIVAL_PHASE,
+            "Where in its frame period the stream's requests arrive, from the slot epoch.",
+            stream_labels,
+            registry=r,
+        )
+        self.arrival_spread = Gauge(
+            t.ARRIVAL_SPREAD, "Spread of the arrivals around that phase.", stream_labels, registry=r
+        )
+        self.arrival_periodic = Gauge(
+            t.ARRIVAL_PERIODIC,
+            "1 when the stream's arrivals are periodic at its frame period.",
+            stream_labels,
+            registry=r,
+        )
+        self._arrivals_watched: set[tuple[str, str, str]] = set()
+
+    def watch_arrivals(
+        self, namespace: str, stream: str, shard: int, estimate: Callable[[], PhaseEstimate | None]
+    ) -> None:
+        """Publish a stream's arrival phase, estimated when the page is scraped."""
+        labels = (namespace, stream, str(shard))
+        if labels in self._arrivals_watched:
+            return
+        self._arrivals_watched.add(labels)
+
+        def phase() -> float:
+            e = estimate()
+            return e.phase_s if e is not None and e.phase_s is not None else math.nan
+
+        def spread() -> float:
+            e = estimate()
+            return e.spread_s if e is not None and e.periodic else math.nan
+
+        def periodic() -> float:
+            e = estimate()
+            return 1.0 if e is not None and e.periodic else 0.0
+
+        self.arrival_phase.labels(*labels).set_function(phase)
+        self.arrival_spread.labels(*labels).set_function(spread)
+        self.arrival_periodic.labels(*labels).set_function(periodic)
 
     def _series(self, key: StreamKey) -> _Series:
         # Looking children up by labels costs more than the proxying; do it once per key.

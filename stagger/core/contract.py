@@ -40,10 +40,22 @@ class SlotAssignment(Wire):
     )
     epoch: datetime
     period_ticks: int = Field(gt=0)
+    frame_period_ticks: int | None = Field(
+        default=None,
+        gt=0,
+        description="The shard's frame period (its app's pace), when longer than its slot "
+        "period (a harmonic table); unset: the slot period. The sidecar measures arrival "
+        "phases at it.",
+    )
     offset_ticks: int = Field(ge=0)
     body_ticks: int = Field(gt=0)
     generation: int = Field(ge=1)
     effective_at: datetime
+
+    @property
+    def frame_period_s(self) -> float:
+        """How often the stream's app sends a frame: its arrivals' period."""
+        return (self.frame_period_ticks or self.period_ticks) / self.tick_hz
 
     @property
     def effective_tick(self) -> int:
@@ -73,6 +85,9 @@ class SlotAssignment(Wire):
             tick_hz=tick_hz,
             epoch=epoch,
             period_ticks=p.period_ticks,
+            frame_period_ticks=(
+                p.frame_period_ticks if p.frame_period_ticks != p.period_ticks else None
+            ),
             offset_ticks=p.offset_ticks,
             body_ticks=p.body_ticks,
             generation=generation,

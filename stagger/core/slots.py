@@ -396,3 +396,65 @@ def switch_tick(table: Sequence[Slot], earliest: int) -> int:
                 t = start + s.body
                 moved = True
     return t
+
+
+def _first_allowed_at_or_after(span: int, allowed: list[tuple[int, int]], target: int) -> int:
+    """The smallest x >= ``target`` (an integer, any size) with x mod span allowed."""
+    base, rest = divmod(target, span)
+    for lo, hi in allowed:
+        if hi >= rest:
+            return base * span + max(lo, rest)
+    return (base + 1) * span + allowed[0][0]
+
+
+def align(
+    slots: Sequence[Slot], phases: Mapping[Key, int], fixed: Iterable[Key] = ()
+) -> list[Slot] | None:
+    """Offsets for the same slots (periods and bodies kept) that start each body as soon
+    after its stream's arrival phase (``phases``: ticks from the epoch, modulo its period)
+    as the pairwise rule allows. The objective is the least total wait,
+    Σ (offset - phase) mod period over the slots with a phase. Slots without a phase and
+    ``fixed`` ones keep their offsets. Greedy: for each rotation of the slots ordered by
+    phase, each takes the first allowed offset at or after its phase; the rotation with the
+    least total wait wins (ties: fewer offsets changed), and the table as it is when no
+    rotation waits less: ``align`` never makes the total wait longer. None when the kept
+    slots leave no room (they overlap)."""
+    held = set(fixed)
+    kept = [s for s in slots if s.key in held or s.key not in phases]
+    if len(kept) > 1 and overlaps(kept):
+        return None
+    moving = sorted(
+        (s for s in slots if s.key not in held and s.key in phases),
+        key=lambda s: (phases[s.key] % s.period, repr(s.key)),
+    )
+    if not moving:
+        return list(slots)
+
+    def total_wait(table: Iterable[Slot]) -> int:
+        return sum((s.offset - phases[s.key]) % s.period for s in table if s.key in phases)
+
+    best: tuple[int, int, list[Slot]] | None = (
+        None if overlaps(slots) else (total_wait(moving), 0, list(slots))
+    )
+    for first in range(len(moving)):
+        placed = list(kept)
+        wait = 0
+        for s in moving[first:] + moving[:first]:
+            span, allowed = allowed_offsets(placed, s.period, s.body)
+            if not allowed:
+                break
+            phase = phases[s.key] % s.period
+            offset = _first_allowed_at_or_after(span, allowed, phase) % s.period
+            wait += (offset - phase) % s.period
+            placed.append(replace(s, offset=offset))
+        else:
+            table = _in_order(slots, placed)
+            changed = sum(1 for a, b in zip(slots, table, strict=True) if a != b)
+            if best is None or (wait, changed) < best[:2]:
+                best = (wait, changed, table)
+    return None if best is None else best[2]
+
+
+def _in_order(slots: Sequence[Slot], placed: Iterable[Slot]) -> list[Slot]:
+    by_key = {s.key: s for s in placed}
+    return [by_key[s.key] for s in slots]

@@ -43,6 +43,13 @@ SLOT_RETIMINGS = "stagger_slot_retimings_total"
 them, per stream (counter): each can hold one frame up to one extra period."""
 SLOT_FILE_ERRORS = "stagger_slot_file_errors_total"
 """Slot files that could not be read or parsed; the last good contract stays (counter)."""
+ARRIVAL_PHASE = "stagger_arrival_phase_seconds"
+"""Where in its frame period a stream's requests arrive, from the slot epoch (gauge; NaN
+while the stream is not periodic or too few requests arrived: stagger/core/phase.py)."""
+ARRIVAL_SPREAD = "stagger_arrival_spread_seconds"
+"""Circular standard deviation of those arrivals around the phase (gauge)."""
+ARRIVAL_PERIODIC = "stagger_arrival_periodic"
+"""1 when the stream's arrivals are periodic at its frame period, else 0 (gauge)."""
 TRITON_UP = "stagger_triton_up"
 """1 when Triton answers ready, else 0 (gauge)."""
 

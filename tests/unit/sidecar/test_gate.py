@@ -234,3 +234,43 @@ async def test_the_keeper_never_releases_before_the_slot_even_if_timers_fire_ear
     ticket = await keeper.admit(None, "m")
     assert ticket.released >= T + 0.130 - 1e-9
     assert len(sleeps) > 1  # it waited again for the remainder
+
+
+def test_the_gate_measures_where_in_its_frame_period_the_stream_arrives() -> None:
+    """An app on its own clock: requests at 72 ms of every 100 ms period (jittered, some
+    frames missing). The gate's estimate is what it publishes (clock document, metrics)."""
+    g = stream_gate()
+    assert g.arrival() is not None and not g.arrival().periodic  # nothing seen yet
+    times = [T + 0.072 + k * 0.1 + (0.0005 if k % 3 else -0.0004) for k in range(40) if k % 7]
+    for t in times:
+        decision = g.admit(t)
+        g.finish(released(decision), t + 0.01)
+    e = g.arrival()
+    assert e is not None and e.periodic and e.phase_s == pytest.approx(0.072, abs=0.001)
+    doc = g.clock_document(times[-1], 1)
+    assert doc is not None and doc["arrival"]["periodic"] is True
+    assert doc["arrival"]["phaseS"] == pytest.approx(0.072, abs=0.001)
+
+
+def test_arrivals_are_measured_at_the_frame_period_not_a_rounded_slot_period() -> None:
+    """A 15 fps stream with 50 ms slots (a harmonic table): its arrivals repeat every
+    66.7 ms; at the slot period they would look spread over it."""
+    contract = slot_contract(period_ms=50.0).model_copy(update={"frame_period_ticks": 66_667})
+    g = StreamGate("cam", GateConfig())
+    g.load(contract, T)
+    for k in range(30):
+        t = T + 0.010 + k * 0.066667
+        g.finish(released(g.admit(t)), t + 0.005)
+    e = g.arrival()
+    assert e is not None and e.period_s == pytest.approx(0.066667)
+    assert e.periodic and e.phase_s is not None
+    assert (e.phase_s - (T + 0.010) % 0.066667) % 0.066667 == pytest.approx(0, abs=1e-3)
+
+
+def test_a_contract_at_another_frame_period_starts_the_phase_afresh() -> None:
+    g = stream_gate()
+    for k in range(20):
+        g.finish(released(g.admit(T + 0.02 + k * 0.1)), T + 0.03 + k * 0.1)
+    assert g.arrival().periodic
+    g.load(slot_contract(period_ms=200.0, generation=2), T + 3)
+    assert g.arrival().samples == 0 and not g.arrival().periodic
