@@ -16,8 +16,12 @@ Configurations, one after the other on the same server:
 - synchronized: every camera captures at the same instant, straight to Triton
   (pods started together, no Stagger);
 - random: each camera at a random phase, straight to Triton (what Kubernetes gives);
-- transparent: synchronized cameras through their sidecars, which hold each request until
-  its stream's slot (no change to the app);
+- transparent: the same random phases, through the sidecars (no change to the app): each
+  sidecar measures where its stream's requests arrive, and the GPU's slot table is
+  re-timed to start each body just after its stream's arrival (here a local follower does
+  what the operator does, once a second: ``stagger.core.phase.follow``); a request is held
+  only until its slot. The table switches at an instant no body of the old one runs. The
+  figures after it settled are shown apart, with when it did;
 - slot-clock: cameras capture at their stream's slot, read from the sidecar
   (``stagger.client.SlotClient``), through the sidecars.
 """
@@ -34,6 +38,7 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -46,11 +51,13 @@ from rich.console import Console
 from rich.table import Table
 
 from stagger.camerasim import Camera, CameraLog, summarize, synthetic_frames, video_frames
-from stagger.client import SlotClient
+from stagger.client import CLOCK_PATH, SlotClient
 from stagger.core.api import InferenceStream
 from stagger.core.cluster import Cluster
-from stagger.core.contract import SlotAssignment
+from stagger.core.contract import SlotAssignment, effective_at_of
+from stagger.core.phase import PhaseEstimate, follow
 from stagger.core.placement import Plan, plan, shard_ms
+from stagger.core.slots import Slot, switch_tick
 from stagger.localtriton import LocalSidecar, LocalTriton
 
 HERE = Path(__file__).resolve().parent
@@ -152,12 +159,91 @@ def frames(args: argparse.Namespace) -> list[bytes]:
     return list(itertools.islice(source, max(1, round(3 * args.fps))))
 
 
+class Follower:
+    """What the operator does for streams whose apps know nothing of Stagger, locally: once
+    a second, read each sidecar's measured arrival phase (its clock document) and, when
+    re-timing the GPU's table to the phases saves wait (``stagger.core.phase.follow``),
+    write every stream's new contract, switching at the first instant after a second (the
+    sidecars reread their files every 0.2 s) at which no body of the old table runs."""
+
+    SWITCH_AFTER_S = 1.0
+
+    def __init__(self, sidecars: list[LocalSidecar], contracts: dict[str, SlotAssignment]):
+        self.sidecars, self.contracts = sidecars, contracts
+        self.switches: list[float] = []  # when each re-timing took effect (Unix s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Follower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.step()
+
+    def arrivals(self) -> dict[str, PhaseEstimate]:
+        out = {}
+        for sidecar in self.sidecars:
+            url = f"http://{sidecar.http}{CLOCK_PATH}"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                a = json.load(r).get("arrival")
+            if a and a["periodic"]:
+                out[sidecar.stream] = PhaseEstimate(
+                    a["periodS"], a["phaseS"], a["spreadS"], a["concentration"], a["samples"], 0
+                )
+        return out
+
+    def step(self) -> None:
+        c0 = next(iter(self.contracts.values()))
+        table = [
+            Slot(name, c.body_ticks, c.period_ticks, c.offset_ticks)
+            for name, c in self.contracts.items()
+        ]
+        aligned = follow(table, self.arrivals(), tick_hz=c0.tick_hz)
+        if aligned is None:
+            return
+        epoch_s = c0.epoch.timestamp()
+        earliest = math.ceil((time.time() + self.SWITCH_AFTER_S - epoch_s) * c0.tick_hz)
+        tick = switch_tick(table, earliest)
+        effective_at = effective_at_of(c0.epoch, tick, c0.tick_hz)
+        for sidecar, slot in zip(self.sidecars, _ordered(aligned, self.sidecars), strict=True):
+            old = self.contracts[sidecar.stream]
+            new = old.model_copy(
+                update={
+                    "offset_ticks": slot.offset,
+                    "generation": old.generation + 1,
+                    "effective_at": effective_at,
+                }
+            )
+            staged = sidecar.slot_file.with_suffix(".new")  # the sidecar never reads half
+            staged.write_text(new.model_dump_json(by_alias=True))
+            staged.replace(sidecar.slot_file)
+            self.contracts[sidecar.stream] = new
+        self.switches.append(effective_at.timestamp())
+
+
+def _ordered(table: list[Slot], sidecars: list[LocalSidecar]) -> list[Slot]:
+    by_key = {s.key: s for s in table}
+    return [by_key[s.stream] for s in sidecars]
+
+
 def run_mode(
-    mode: str, args: argparse.Namespace, triton: LocalTriton, sidecars: list[LocalSidecar]
-) -> list[CameraLog]:
+    mode: str,
+    args: argparse.Namespace,
+    triton: LocalTriton,
+    sidecars: list[LocalSidecar],
+    contracts: dict[str, SlotAssignment],
+) -> tuple[list[CameraLog], list[float]]:
+    """The cameras' logs, and when the follower's re-timings took effect (transparent)."""
     rng = random.Random(args.seed)
     period = 1.0 / args.fps
     together = rng.uniform(0, period)  # synchronized cameras share a phase, not the epoch's
+    phases = [rng.uniform(0, period) for _ in sidecars]  # random and transparent share them
     cameras = []
     clip = frames(args)
     for i, sidecar in enumerate(sidecars):
@@ -168,16 +254,32 @@ def run_mode(
                 args.fps,
                 send=sender(through),
                 frames=itertools.cycle(clip),
-                phase_s=rng.uniform(0, period) if mode == "random" else together,
+                phase_s=phases[i] if mode in ("random", "transparent") else together,
                 slot_clock=SlotClient(f"http://{sidecar.http}") if mode == "slot-clock" else None,
                 lead_s=CAPTURE_LEAD_S,
             )
         )
-    with ThreadPoolExecutor(len(cameras)) as pool:
+    with ExitStack() as stack, ThreadPoolExecutor(len(cameras)) as pool:
+        follower = (
+            stack.enter_context(Follower(sidecars, contracts)) if mode == "transparent" else None
+        )
         # One frame each first, not counted: connections, the slot clock, first-call costs.
         list(pool.map(lambda c: c.send(clip[0]), cameras))
         start = math.ceil(time.time()) + 1.0  # every camera's clock starts on this second
-        return list(pool.map(lambda c: c.run(start, args.seconds), cameras))
+        logs = list(pool.map(lambda c: c.run(start, args.seconds), cameras))
+    return logs, (follower.switches if follower else [])
+
+
+def after(logs: list[CameraLog], t: float, end: float) -> list[CameraLog]:
+    """The same cameras, counting only frames due from ``t`` on."""
+    out = []
+    for log in logs:
+        kept = [(a, x) for a, x in zip(log.captured_at, log.latencies_s, strict=True) if a >= t]
+        part = CameraLog(log.name, log.fps, due=math.floor((end - t) * log.fps + 1e-9))
+        part.captured_at = [a for a, _ in kept]
+        part.latencies_s = [x for _, x in kept]
+        out.append(part)
+    return out
 
 
 def report(results: dict[str, list[CameraLog]], args: argparse.Namespace) -> dict[str, Any]:
@@ -233,9 +335,10 @@ def main() -> None:
         )
         epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
         sidecars = []
+        contracts: dict[str, SlotAssignment] = {}
         for p in placements:
             slot = tmp / f"{p.stream}.slot.json"
-            contract = SlotAssignment.for_shard(
+            contract = contracts[p.stream] = SlotAssignment.for_shard(
                 p, tick_hz=planned.tick_hz, epoch=epoch, generation=1, effective_at=epoch
             )
             slot.write_text(contract.model_dump_json(by_alias=True))
@@ -247,10 +350,25 @@ def main() -> None:
             period_ms, offset_ms = shard_ms(p)
             print(f"{p.stream}: slot every {period_ms:.0f} ms at offset {offset_ms:.1f} ms")
         results = {}
+        settled: dict[str, float] = {}
         for mode in args.modes.split(","):
             print(f"running {mode} for {args.seconds:g} s ...", flush=True)
-            results[mode] = run_mode(mode, args, triton, sidecars)
+            logs, switches = run_mode(mode, args, triton, sidecars, contracts)
+            results[mode] = logs
+            if switches:
+                first = min(min(log.captured_at, default=math.inf) for log in logs)
+                end = first + args.seconds
+                # a switch can hold the frame in flight at it a period: steady from the next
+                steady = switches[-1] + 1.0 / args.fps
+                settled[mode] = steady - first
+                results[f"{mode}, after it settled"] = after(logs, steady, end)
+                print(
+                    f"{mode}: the table was re-timed to the arrivals {len(switches)} time(s), "
+                    f"steady {settled[mode]:.1f} s after the start",
+                    flush=True,
+                )
     doc = report(results, args)
+    doc["settledAfterS"] = settled
     show(doc)
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")

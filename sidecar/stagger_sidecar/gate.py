@@ -2,9 +2,12 @@
 passes the time (Unix seconds on the node's clock) and does the waiting.
 
 A request takes the stream's next free slot: the first slot starting at or after its
-arrival (or up to a grace before it: the larger of ``grace_s`` and the slot's body, so a
-request that arrives while its stream's slot lasts is released at once) and after the last
-slot this stream took. Two conditions call for
+arrival (or up to a grace before it: the larger of ``grace_s``, the slot's body and its
+contract's late window, so a request that arrives while its stream's slot lasts is released
+at once) and after the last slot this stream took. It goes at once when it arrives within
+the slot's early window (``early_ticks`` before the start: half the free time before the
+slot, which no other stream's body can use), else when that window opens: work-conserving
+where it is safe (stagger.core.slots.release_windows). Two conditions call for
 the stream's policy:
 
 - **busy**: an earlier request of the stream is still waiting or in flight;
@@ -179,10 +182,19 @@ class StreamGate:
                 f"stream {self.name}: {self.pending} requests already wait for slots "
                 f"(max {self.config.max_queue}); the app sends faster than the stream's fps",
             )
-        earliest = max(now - self.grace_s(clock), math.nextafter(self.last_slot, math.inf))
+        # A slot that began at most its late window (or the grace) ago is still this
+        # request's; a window across a pending switch is not used (the next table's slots
+        # may begin right at the switch instant).
+        late = self.grace_s(clock)
+        if table.upcoming(now) is None:
+            late = max(late, clock.late_s)
+        earliest = max(now - late, math.nextafter(self.last_slot, math.inf))
         found = table.next_slot(earliest)
         assert found is not None  # the last contract's slots never end
         slot, owner = found
+        # Released from the start of the slot's early window, never before its contract
+        # took effect (slots.release_windows: no other body can be running then).
+        opens = max(slot - owner.early_s, owner.switch_s)
         limit = self.config.max_wait_s
         if limit is not None and slot - now > limit:
             if policy is GatePolicy.DROP:
@@ -194,7 +206,7 @@ class StreamGate:
             at = now if policy is GatePolicy.PASS else now + limit
             return self._take(Release(at, now, None, owner.period_s, late=True))
         self.last_slot = slot
-        return self._take(Release(max(slot, now), now, slot, owner.period_s, late=False))
+        return self._take(Release(max(opens, now), now, slot, owner.period_s, late=False))
 
     def grace_s(self, clock: SlotClock) -> float:
         """How late after a slot's start a request still takes that slot."""

@@ -27,8 +27,10 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from stagger.core.slots import Key, Slot, align
 
 MIN_CONCENTRATION = 0.9
 """Mean resultant length below which arrivals are not periodic at the period: 0.9 is a
@@ -129,3 +131,49 @@ def wait_s(offset_s: float, phase_s: float, period_s: float) -> float:
     """How long a request arriving at ``phase_s`` waits for a slot at ``offset_s`` (both
     modulo ``period_s``): the slot at or after it."""
     return (offset_s - phase_s) % period_s
+
+
+def follow(
+    slots: Sequence[Slot],
+    arrivals: Mapping[Key, PhaseEstimate],
+    *,
+    tick_hz: int,
+    lead_s: float = 0.002,
+    min_gain_s: float = 0.005,
+    fixed: Iterable[Key] = (),
+) -> list[Slot] | None:
+    """A GPU's table re-timed to its streams' arrival phases, or None when that gains too
+    little (less than ``min_gain_s`` of total wait per period) or no stream has a phase.
+
+    A stream's slot should start just after its requests arrive: at its phase plus a margin
+    of two spreads (most jittered arrivals still precede the slot) and ``lead_s`` (the way
+    from the gate to Triton). Only slots whose period is their stream's arrival period take
+    part (a slot period rounded below the frame period repeats at another pace); the others
+    and ``fixed`` ones keep their offsets. The objective is the least total wait under
+    non-overlap (:func:`stagger.core.slots.align`). The gain is judged by the wait from
+    each stream's phase itself, so a slot that already starts a little after its stream's
+    arrivals is not moved for a changed margin (estimates move by a fraction of a
+    millisecond from one read to the next; a table chased after them would never settle)."""
+    phases: dict[Key, int] = {}
+    targets: dict[Key, int] = {}
+    for s in slots:
+        e = arrivals.get(s.key)
+        if e is None or e.phase_s is None:
+            continue
+        if round(e.period_s * tick_hz) != s.period:
+            continue
+        margin = 2 * e.spread_s + lead_s
+        phases[s.key] = math.floor(e.phase_s * tick_hz) % s.period
+        targets[s.key] = math.ceil((e.phase_s + margin) * tick_hz) % s.period
+    if not targets:
+        return None
+    aligned = align(slots, targets, fixed=fixed)
+    if aligned is None:
+        return None
+
+    def total(table: Iterable[Slot]) -> int:
+        return sum((s.offset - phases[s.key]) % s.period for s in table if s.key in phases)
+
+    if total(slots) - total(aligned) < min_gain_s * tick_hz:
+        return None
+    return aligned

@@ -34,6 +34,9 @@ class SlotClock:
     from_ticks: int | None = None
     """The switch instant, in ticks from the epoch: this clock's slots start there (None:
     they always ran)."""
+    early_ticks: int = 0
+    late_ticks: int = 0
+    """The release window around each slot start (``SlotAssignment.early_ticks``, ...)."""
 
     @classmethod
     def of(cls, contract: SlotAssignment) -> SlotClock:
@@ -44,7 +47,17 @@ class SlotClock:
             offset_ticks=contract.offset_ticks,
             body_ticks=contract.body_ticks,
             from_ticks=contract.effective_tick,
+            early_ticks=contract.early_ticks,
+            late_ticks=contract.late_ticks,
         )
+
+    @property
+    def early_s(self) -> float:
+        return self.early_ticks / self.tick_hz
+
+    @property
+    def late_s(self) -> float:
+        return self.late_ticks / self.tick_hz
 
     @property
     def period_s(self) -> float:

@@ -458,3 +458,28 @@ def align(
 def _in_order(slots: Sequence[Slot], placed: Iterable[Slot]) -> list[Slot]:
     by_key = {s.key: s for s in placed}
     return [by_key[s.key] for s in slots]
+
+
+def release_windows(slots: Sequence[Slot]) -> dict[Key, tuple[int, int]]:
+    """Per slot, (early, late) in ticks: a request of its stream may be released up to
+    ``early`` before its slot's start, or up to ``late`` after it, without its body meeting
+    any other stream's body, however the other streams use their own windows.
+
+    The free time between two bodies belongs half to each: between the end of the nearest
+    body before a slot and the slot's start, the later half is its early window and the
+    earlier half the other stream's late window; likewise after. For two slots whose
+    periods have gcd g, the pairwise rule places both in one cycle of g; each slot's body
+    stretched by its windows then spans at most its body plus half of each gap next to it,
+    and the two stretched bodies together at most g, so they never meet. A slot alone on
+    its GPU gets half the free period each way."""
+    out: dict[Key, tuple[int, int]] = {}
+    for s in slots:
+        before = after = s.period - s.body
+        for o in slots:
+            if o.key == s.key:
+                continue
+            g = math.gcd(s.period, o.period)
+            before = min(before, (s.offset - (o.offset + o.body)) % g)
+            after = min(after, (o.offset - (s.offset + s.body)) % g)
+        out[s.key] = (before // 2, after // 2)
+    return out

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagger.core.phase import PhaseTracker, estimate, wait_s
-from stagger.core.slots import Slot, SlotRequest, align, overlaps, pack
+from stagger.core.slots import Slot, SlotRequest, align, overlaps, pack, release_windows
 
 
 def circular_error(a: float, b: float, period: float) -> float:
@@ -134,3 +134,77 @@ def test_aligned_tables_never_overlap_and_never_wait_longer(specs, rng) -> None:
 def test_a_lone_stream_waits_nothing() -> None:
     (slot,) = align([Slot("a", 300, 3000, 0)], {"a": 1234}) or []
     assert slot.offset == 1234 and math.isclose(wait_s(slot.offset, 1234, 3000), 0)
+
+
+def stretched(table: list[Slot], windows: dict) -> list[Slot]:
+    """Each slot's body widened by its windows: every instant one of its releases can run."""
+    return [
+        Slot(
+            s.key, s.body + sum(windows[s.key]), s.period, (s.offset - windows[s.key][0]) % s.period
+        )
+        for s in table
+    ]
+
+
+def test_release_windows_split_the_free_time_between_neighbours() -> None:
+    table = [Slot("a", 20, 100, 0), Slot("b", 20, 100, 40), Slot("c", 10, 100, 80)]
+    w = release_windows(table)
+    # gaps: a..b 20, b..c 20, c..a 10 (80 + 10 = 90, then 100)
+    assert w == {"a": (5, 10), "b": (10, 10), "c": (10, 5)}
+    assert not overlaps(stretched(table, w))
+    assert release_windows([Slot("a", 20, 100, 30)]) == {"a": (40, 40)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([600, 1000, 1200, 2000, 3000, 6000]), st.integers(5, 300)),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_bodies_released_anywhere_in_their_windows_never_meet(specs) -> None:
+    requests = [SlotRequest(i, body, period) for i, (period, body) in enumerate(specs)]
+    table = pack(requests, max_utilization=0.95)
+    if table is None:
+        return
+    windows = release_windows(table)
+    assert all(early >= 0 and late >= 0 for early, late in windows.values())
+    assert not overlaps(stretched(table, windows))
+
+
+def estimate_at(phase_s: float, spread_s: float = 0.001, period_s: float = 0.25):
+    from stagger.core.phase import PhaseEstimate
+
+    return PhaseEstimate(period_s, phase_s, spread_s, 0.99, 64, 60)
+
+
+def test_follow_moves_slots_after_their_streams_arrivals_and_then_leaves_them() -> None:
+    """4 fps cameras (250 ms, 7500 ticks at 30 kHz), 45 ms bodies: slots at 0, 62.5, 125,
+    187.5 ms; cameras arriving at 10, 100, 130 and 200 ms. The slots move to just after
+    the arrivals where bodies allow; read again with the estimates moved a little, the
+    table stays."""
+    from stagger.core.phase import follow
+
+    hz = 30_000
+    table = [Slot(f"c{i}", 1350, 7500, round(i * 62.5 * 30)) for i in range(4)]
+    arrivals = {f"c{i}": estimate_at(p) for i, p in enumerate([0.010, 0.100, 0.130, 0.200])}
+    aligned = follow(table, arrivals, tick_hz=hz)
+    assert aligned is not None and not overlaps(aligned)
+
+    def wait_ms(t: list[Slot], a: dict) -> float:
+        return sum(wait_s(s.offset / hz, a[s.key].phase_s, 0.25) for s in t) * 1e3
+
+    assert wait_ms(aligned, arrivals) < 0.5 * wait_ms(table, arrivals)
+    for s in aligned:  # every slot starts after its stream's arrivals (2 spreads + lead)
+        assert 0.0 <= wait_s(s.offset / hz, arrivals[s.key].phase_s, 0.25) < 0.1
+    moved = {k: estimate_at(e.phase_s + 0.0007, 0.0014) for k, e in arrivals.items()}
+    assert follow(aligned, moved, tick_hz=hz) is None  # settled: not chased
+
+
+def test_follow_leaves_streams_without_a_phase_or_at_another_pace() -> None:
+    from stagger.core.phase import follow
+
+    table = [Slot("a", 1350, 7500, 0), Slot("b", 1350, 3750, 2000)]
+    arrivals = {"b": estimate_at(0.2)}  # b's slots repeat every 125 ms, its frames 250 ms
+    assert follow(table, arrivals, tick_hz=30_000) is None

@@ -6,11 +6,12 @@ import itertools
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagger.core.api import GatePolicy
 from stagger.core.slotclock import SlotClock
+from stagger.core.slots import SlotRequest, pack, release_windows
 from stagger_sidecar.gate import Gate, GateConfig, Reason, Refusal, Release, StreamGate
 from tests.factories import slot_contract
 
@@ -274,3 +275,64 @@ def test_a_contract_at_another_frame_period_starts_the_phase_afresh() -> None:
     assert g.arrival().periodic
     g.load(slot_contract(period_ms=200.0, generation=2), T + 3)
     assert g.arrival().samples == 0 and not g.arrival().periodic
+
+
+def windowed(early_ms: float, late_ms: float, **config: object) -> StreamGate:
+    contract = slot_contract().model_copy(
+        update={"early_ticks": round(early_ms * 1000), "late_ticks": round(late_ms * 1000)}
+    )
+    g = StreamGate("cam", GateConfig(**config))  # type: ignore[arg-type]
+    g.load(contract, T)
+    return g
+
+
+def test_a_request_in_its_slot_s_early_window_goes_at_once() -> None:
+    """Slots at 30 ms of every 100 ms, 10 ms early window: a request at 24 ms goes at once;
+    one at 12 ms waits for the window to open at 20 ms, not for the slot."""
+    r = released(windowed(10, 0).admit(T + 0.024))
+    assert (r.at, r.slot, r.late) == (near(T + 0.024), near(T + 0.030), False)
+    r = released(windowed(10, 0).admit(T + 0.012))
+    assert (r.at, r.slot) == (near(T + 0.020), near(T + 0.030))
+
+
+def test_a_request_in_its_slot_s_late_window_still_takes_it() -> None:
+    r = released(windowed(0, 15, grace_s=0.0, grace_body_fraction=0.0).admit(T + 0.041))
+    assert (r.at, r.slot) == (near(T + 0.041), near(T + 0.030))
+    r = released(windowed(0, 15, grace_s=0.0, grace_body_fraction=0.0).admit(T + 0.046))
+    assert r.slot == near(T + 0.130)  # past the window: the next slot
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([50, 100, 200]), st.integers(2, 20)), min_size=2, max_size=6
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_streams_released_within_their_windows_never_run_at_once(specs, rng) -> None:
+    """Each stream of a GPU's table behind its own gate with its release windows (and no
+    grace beyond them), requests at random instants: no two released bodies overlap."""
+    requests = [SlotRequest(i, body, period) for i, (period, body) in enumerate(specs)]
+    table = pack(requests, max_utilization=0.95)  # in ms
+    if table is None:
+        return
+    windows = release_windows(table)
+    config = GateConfig(grace_s=0.0, grace_body_fraction=0.0)
+    runs: list[tuple[float, float, int]] = []
+    for s in table:
+        early, late = windows[s.key]
+        contract = slot_contract(
+            f"s{s.key}", period_ms=s.period, offset_ms=s.offset, body_ms=s.body
+        ).model_copy(update={"early_ticks": early * 1000, "late_ticks": late * 1000})
+        gate = StreamGate(f"s{s.key}", config)
+        gate.load(contract, T)
+        t = T + rng.uniform(0, s.period / 1000)
+        while t < T + 2.0:
+            release = released(gate.admit(t))
+            runs.append((release.at, release.at + s.body / 1000, s.key))
+            gate.finish(release, release.at + s.body / 1000)
+            t = max(t + rng.uniform(0.2, 1.5) * s.period / 1000, release.at + s.body / 1000)
+    runs.sort()
+    for i, (b0, _, kb) in enumerate(runs):
+        for a0, a1, ka in runs[:i]:
+            assert ka == kb or b0 >= a1 - 1e-6, (ka, a0, a1, kb, b0)
