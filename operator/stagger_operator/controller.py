@@ -28,7 +28,8 @@ from stagger.core.api import (
     ModelProfile,
     StreamPhase,
 )
-from stagger.core.placement import Move, Plan, plan
+from stagger.core.phase import follow_plan
+from stagger.core.placement import Move, Plan, ShardKey, plan
 from stagger.core.timebase import ticks_to_ms
 from stagger_operator import manifests
 from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
@@ -153,6 +154,7 @@ class Controller:
             }
         profiles = kube.list_profiles()
         pinned, free_at = pinned_shards(schedules.values(), now, s.retime_min_interval_s)
+        retiring = retiring_copies(self.objects.values(), previous, live)
         result = plan(
             live,
             cluster,
@@ -160,8 +162,16 @@ class Controller:
             s.planner(),
             previous=previous,
             pinned=pinned,
-            retiring=retiring_copies(self.objects.values(), previous, live),
+            retiring=retiring,
         )
+        if s.follow_arrivals:
+            result = follow_plan(
+                result,
+                arrivals(self.observed, live),
+                pinned=pinned,
+                retiring=retiring,
+                min_gain_s=s.follow_min_gain_ms / 1e3,
+            )
         if result.unplaced and free_at is not None:  # a re-timing may place them then
             report.wake_after_s = max(0.0, (free_at - now).total_seconds())
         current = dict(self.objects)
@@ -742,3 +752,21 @@ def _context(
             outcome = repr(outcomes.get(named))
             seen[(named[0], label)].append(("calibration", named[1], outcome))
     return {k: tuple(sorted(v, key=repr)) for k, v in seen.items()}
+
+
+def arrivals(
+    observed: dict[ShardId, Observation], streams: Iterable[InferenceStream]
+) -> dict[ShardKey, tuple[float, float]]:
+    """Per shard, where its requests arrive (phase and spread, from its GPU's epoch), as
+    its sidecar last reported: the shards whose arrivals are periodic."""
+    names = {(s.namespace, manifests.stream_label(s.name)): s.name for s in streams}
+    out: dict[ShardKey, tuple[float, float]] = {}
+    for (namespace, label, shard), o in observed.items():
+        name = names.get((namespace, label))
+        if name is None or o.arrival_phase_s is None or o.arrival_spread_s is None:
+            continue
+        try:
+            out[(namespace, name, int(shard))] = (o.arrival_phase_s, o.arrival_spread_s)
+        except ValueError:
+            continue
+    return out

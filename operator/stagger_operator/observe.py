@@ -38,6 +38,10 @@ class Observation:
     p99_ms: float | None
     body_ms: Mapping[str, float] = field(default_factory=dict)  # per model
     at: datetime | None = None
+    arrival_phase_s: float | None = None
+    """Where in its frame period the stream's requests arrive, from the GPU's epoch (None:
+    not periodic, or too few requests yet); ``arrival_spread_s`` around it."""
+    arrival_spread_s: float | None = None
 
     @property
     def drop_rate(self) -> float:
@@ -125,7 +129,11 @@ def observe(before: Snapshot | None, now: Snapshot) -> dict[ShardId, Observation
             for (n, labels), v in cur.items()
             if n == t.BODY and v > 0
         }
+        phase = _total(cur, t.ARRIVAL_PHASE)
+        periodic = _total(cur, t.ARRIVAL_PERIODIC) == 1.0 and math.isfinite(phase)
         out[shard] = Observation(
+            arrival_phase_s=phase if periodic else None,
+            arrival_spread_s=_total(cur, t.ARRIVAL_SPREAD) if periodic else None,
             fps=forwarded / window if window > 0 else 0.0,
             forwarded=forwarded,
             dropped=delta[t.DROPPED],

@@ -70,6 +70,12 @@ class OperatorSettings(BaseSettings):
     """A shard whose slot a re-timing changed keeps it at least this long: a GPU is then
     re-timed around it (0: no bound). A re-timing can hold one frame of the stream up to
     one extra period in transparent mode, so this bounds what re-timings cost a stream."""
+    follow_arrivals: bool = True
+    """Re-time GPUs so that each stream's slot starts just after its requests arrive, as
+    its sidecar measures them (apps that do not capture on the slot clock)."""
+    follow_min_gain_ms: float = Field(default=5.0, ge=0)
+    """A GPU is re-timed to its streams' arrivals only when that saves at least this much
+    wait per frame period, summed over its streams."""
     debounce_s: float = Field(default=0.1, ge=0)
     """A change is planned once no other change came for this long (bursts coalesce)..."""
     max_delay_s: float = Field(default=1.0, ge=0)

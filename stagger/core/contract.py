@@ -49,14 +49,14 @@ class SlotAssignment(Wire):
     )
     offset_ticks: int = Field(ge=0)
     body_ticks: int = Field(gt=0)
-    early_ticks: int = Field(
-        default=0,
+    early_ticks: int | None = Field(
+        default=None,
         ge=0,
         description="How long before its slot's start a request may be released: half the "
-        "free time before the slot (slots.release_windows); 0: never early.",
+        "free time before the slot (slots.release_windows); unset: never early.",
     )
-    late_ticks: int = Field(
-        default=0,
+    late_ticks: int | None = Field(
+        default=None,
         ge=0,
         description="How long after its slot's start a request still takes it (with the "
         "gate's grace, the larger): half the free time after the slot's body.",

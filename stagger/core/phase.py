@@ -28,9 +28,13 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from stagger.core.slots import Key, Slot, align
+
+if TYPE_CHECKING:
+    from stagger.core.placement import Plan, ShardKey, ShardPlacement
 
 MIN_CONCENTRATION = 0.9
 """Mean resultant length below which arrivals are not periodic at the period: 0.9 is a
@@ -177,3 +181,63 @@ def follow(
     if total(slots) - total(aligned) < min_gain_s * tick_hz:
         return None
     return aligned
+
+
+def follow_plan(
+    plan: Plan,
+    arrivals: Mapping[ShardKey, tuple[float, float]],
+    *,
+    pinned: Iterable[ShardKey] = (),
+    retiring: Iterable[ShardPlacement] = (),
+    lead_s: float = 0.002,
+    min_gain_s: float = 0.005,
+) -> Plan:
+    """``plan`` with each GPU's table re-timed to its streams' arrivals (``arrivals``: per
+    shard, its phase from the GPU's epoch and its spread, in seconds), where that saves at
+    least ``min_gain_s`` of wait (:func:`follow`). Pinned shards (re-timed too recently)
+    and old copies of moved shards (``retiring``, still running where they were) keep
+    their slots. The re-timed shards join ``offsets_changed``; the operator then switches
+    their GPU at an instant no old body runs, as for any re-timing."""
+    if not arrivals:
+        return plan
+    hz = plan.tick_hz
+    held = set(pinned)
+    by_gpu: dict[tuple[str, int], list[ShardPlacement]] = {}
+    for p in plan.shards:
+        by_gpu.setdefault((p.node, p.gpu), []).append(p)
+    ghosts: dict[tuple[str, int], list[Slot]] = {}
+    for r in retiring:
+        ghosts.setdefault((r.node, r.gpu), []).append(
+            Slot(("retiring", *r.key), r.body_ticks, r.period_ticks, r.offset_ticks)
+        )
+    moved: dict[ShardKey, int] = {}
+    for where, shards in by_gpu.items():
+        estimates: dict[Key, PhaseEstimate] = {
+            p.key: PhaseEstimate(
+                p.frame_period_ticks / hz, *arrivals[p.key], MIN_CONCENTRATION, MIN_SAMPLES, 0
+            )
+            for p in shards
+            if p.key in arrivals
+        }
+        if not estimates:
+            continue
+        extra = ghosts.get(where, [])
+        table = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]
+        aligned = follow(
+            table + extra,
+            estimates,
+            tick_hz=hz,
+            lead_s=lead_s,
+            min_gain_s=min_gain_s,
+            fixed=held | {s.key for s in extra},
+        )
+        for before, after in zip(table, aligned or (), strict=False):
+            if after.offset != before.offset:
+                moved[before.key] = after.offset  # type: ignore[index]  # shard keys
+    if not moved:
+        return plan
+    retimed = tuple(
+        replace(p, offset_ticks=moved[p.key]) if p.key in moved else p for p in plan.shards
+    )
+    changed = tuple(dict.fromkeys([*plan.offsets_changed, *moved]))
+    return replace(plan, shards=retimed, offsets_changed=changed)

@@ -47,8 +47,8 @@ class SlotClock:
             offset_ticks=contract.offset_ticks,
             body_ticks=contract.body_ticks,
             from_ticks=contract.effective_tick,
-            early_ticks=contract.early_ticks,
-            late_ticks=contract.late_ticks,
+            early_ticks=contract.early_ticks or 0,
+            late_ticks=contract.late_ticks or 0,
         )
 
     @property

@@ -208,3 +208,38 @@ def test_follow_leaves_streams_without_a_phase_or_at_another_pace() -> None:
     table = [Slot("a", 1350, 7500, 0), Slot("b", 1350, 3750, 2000)]
     arrivals = {"b": estimate_at(0.2)}  # b's slots repeat every 125 ms, its frames 250 ms
     assert follow(table, arrivals, tick_hz=30_000) is None
+
+
+def test_a_plan_is_re_timed_to_its_streams_arrivals_except_pinned_and_old_copies() -> None:
+    """Three 4 fps cameras with 45 ms bodies on one GPU, as the planner spread them; their
+    sidecars report arrivals at 20, 90 and 160 ms. follow_plan moves each slot to just
+    after its camera's arrivals (the operator then switches the GPU as for any
+    re-timing); a pinned shard and an old copy of a moved shard stay where they are."""
+    from dataclasses import replace as copy
+
+    from stagger.core.cluster import Cluster, Gpu, Node
+    from stagger.core.phase import follow_plan
+    from stagger.core.placement import plan
+    from tests.factories import stream
+
+    cluster = Cluster(nodes=[Node(name="n", gpus=[Gpu(index=0, product="T4", memoryMiB=16000)])])
+    placed = plan([stream(f"c{i}", 4.0, 45.0) for i in range(3)], cluster)
+    keys = [("default", f"c{i}", 0) for i in range(3)]
+    reported = {k: (phase, 0.001) for k, phase in zip(keys, [0.020, 0.090, 0.160], strict=True)}
+    followed = follow_plan(placed, reported)
+    hz = followed.tick_hz
+    for p in followed.shards:
+        assert 0 <= wait_s(p.offset_ticks / hz, reported[p.key][0], 0.25) < 0.01
+    assert set(followed.offsets_changed) == {p.key for p in followed.shards} - {
+        p.key for p in placed.shards if p in followed.shards
+    }
+    table = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in followed.shards]
+    assert not overlaps(table)
+
+    pinned = follow_plan(placed, reported, pinned=[keys[0]])
+    assert next(p for p in pinned.shards if p.key == keys[0]) in placed.shards
+    old = copy(placed.shards[0], stream="gone", offset_ticks=round(0.095 * hz))
+    with_copy = follow_plan(placed, reported, retiring=[old])
+    slots = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in with_copy.shards]
+    assert not overlaps([*slots, Slot("old", old.body_ticks, old.period_ticks, old.offset_ticks)])
+    assert follow_plan(placed, {}) is placed

@@ -60,3 +60,25 @@ def test_a_restarted_sidecar_and_a_broken_page_do_not_break_the_rest() -> None:
     o = observe(first, second)[SHARD]
     assert o.forwarded == 5 and o.fps == 0.0  # counted from zero, no rate without a window
     assert observe(None, second)[SHARD].forwarded == 5
+
+
+def test_a_stream_s_arrival_phase_reaches_the_operator_from_its_sidecar_s_page() -> None:
+    """The sidecar publishes its estimate when scraped (GateMetrics.watch_arrivals); the
+    operator reads it per shard, and reads no phase where the stream is not periodic."""
+    from stagger.core.phase import PhaseEstimate
+    from stagger_operator.controller import arrivals
+    from tests.factories import stream
+
+    m = GateMetrics()
+    m.completed(CAM, wait_s=0.0, service_s=0.01, late=False)
+    estimate = {"cam": PhaseEstimate(0.25, 0.1234, 0.0011, 0.99, 40, 38)}
+    m.watch_arrivals("default", "cam", 0, lambda: estimate["cam"])
+    o = observe(None, parse([page(m)], T0))[SHARD]
+    assert (o.arrival_phase_s, o.arrival_spread_s) == (pytest.approx(0.1234), pytest.approx(0.0011))
+    assert arrivals({SHARD: o}, [stream("cam", 4.0)]) == {
+        ("default", "cam", 0): (pytest.approx(0.1234), pytest.approx(0.0011))
+    }
+    estimate["cam"] = PhaseEstimate(0.25, None, 0.125, 0.3, 40, 0)  # events, not frames
+    o = observe(None, parse([page(m)], T0))[SHARD]
+    assert o.arrival_phase_s is None and o.arrival_spread_s is None
+    assert arrivals({SHARD: o}, [stream("cam", 4.0)]) == {}
