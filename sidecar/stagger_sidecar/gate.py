@@ -22,8 +22,12 @@ policy        busy                                   late
 ``pass``      forward at once, ungated               forward at once, ungated
 ============  =====================================  ==================================
 
-Without ``max_wait`` a request that finds its stream idle waits at most one period.
-Requests forwarded outside a slot are counted late.
+Without ``max_wait`` a request that finds its stream idle waits at most one period, except
+in a stream whose requests are not periodic (event-driven, variable fps: its arrival phase
+says so, stagger.core.phase): waiting for a slot buys such a stream nothing, so it waits at
+most ``aperiodic_max_wait_share`` of a period and is then forwarded ungated (the ``late``
+rules above, with that bound for ``max_wait``). Requests forwarded outside a slot are
+counted late.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from enum import StrEnum
 
 from stagger.core.api import GatePolicy
 from stagger.core.contract import SlotAssignment
-from stagger.core.phase import PhaseEstimate, PhaseTracker
+from stagger.core.phase import MIN_SAMPLES, PhaseEstimate, PhaseTracker
 from stagger.core.slotclock import SlotClock, Timetable, slot_starts
 
 
@@ -63,6 +67,9 @@ class GateConfig:
     streams at 10 fps), as long as the jitter of a 1 MB frame's way to the gate: at half the
     body, 16-23 % of frames sent on their slot's start missed it on an H200 under MPS."""
     max_queue: int = 4
+    aperiodic_max_wait_share: float | None = 0.5
+    """A stream whose arrivals are not periodic waits at most this share of a period
+    (None: as long as any other)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,7 @@ class StreamGate:
     in_force: tuple[int, int] | None = None  # (offset, period) last seen in force
     arrivals: PhaseTracker | None = None
     """Where in the frame period this stream's requests arrive (its app's own clock)."""
+    _aperiodic: tuple[int, bool] = (-1, False)  # (arrivals seen when judged, not periodic)
 
     def load(self, contract: SlotAssignment, now: float) -> None:
         self.timetable = self.timetable.with_contract(contract, now)
@@ -196,6 +204,9 @@ class StreamGate:
         # took effect (slots.release_windows: no other body can be running then).
         opens = max(slot - owner.early_s, owner.switch_s)
         limit = self.config.max_wait_s
+        share = self.config.aperiodic_max_wait_share
+        if limit is None and share is not None and self.aperiodic():
+            limit = share * owner.period_s
         if limit is not None and slot - now > limit:
             if policy is GatePolicy.DROP:
                 return Refusal(
@@ -207,6 +218,18 @@ class StreamGate:
             return self._take(Release(at, now, None, owner.period_s, late=True))
         self.last_slot = slot
         return self._take(Release(max(opens, now), now, slot, owner.period_s, late=False))
+
+    def aperiodic(self) -> bool:
+        """Enough requests arrived to tell, and they are not periodic at the frame period.
+        Judged again every 8 arrivals (an estimate costs a pass over the window)."""
+        tracker = self.arrivals
+        if tracker is None:
+            return False
+        seen = tracker.observed
+        if seen // 8 != self._aperiodic[0] // 8:
+            e = tracker.estimate()
+            self._aperiodic = (seen, e.samples >= MIN_SAMPLES and not e.periodic)
+        return self._aperiodic[1]
 
     def grace_s(self, clock: SlotClock) -> float:
         """How late after a slot's start a request still takes that slot."""

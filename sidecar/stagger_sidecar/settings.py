@@ -57,6 +57,9 @@ class GateSettings(BaseSettings):
     slots are short."""
     max_queue: int = Field(default=4, ge=1)
     """Requests of one stream waiting or in flight at once (``wait`` policy)."""
+    aperiodic_max_wait_share: float = Field(default=0.5, gt=0, le=1)
+    """Without a max wait, a stream whose requests are not periodic (event-driven,
+    variable fps) waits at most this share of a period, then goes ungated."""
     max_inflight: int = Field(default=1024, ge=1)
     """Requests the sidecar holds at once, all streams and pass-through calls together."""
     gpu_ledger: Path | None = None
@@ -103,6 +106,7 @@ class GateSettings(BaseSettings):
             grace_s=self.grace_ms / 1e3,
             grace_body_fraction=self.grace_body_fraction,
             max_queue=self.max_queue,
+            aperiodic_max_wait_share=self.aperiodic_max_wait_share,
         )
 
 

@@ -115,8 +115,11 @@ class PhaseTracker:
     window: int = 64
     epoch_s: float = 0.0
     arrivals: deque[float] = field(default_factory=deque)
+    observed: int = 0
+    """Arrivals seen since the last reset (the window keeps only the last ``window``)."""
 
     def observe(self, t: float) -> None:
+        self.observed += 1
         self.arrivals.append(t)
         while len(self.arrivals) > self.window:
             self.arrivals.popleft()
@@ -124,6 +127,7 @@ class PhaseTracker:
     def reset(self, period_s: float | None = None) -> None:
         """Forget every arrival (a new period: the old phases mean nothing at it)."""
         self.arrivals.clear()
+        self.observed = 0
         if period_s is not None:
             self.period_s = period_s
 

@@ -195,8 +195,9 @@ def test_wait_policy_releases_on_distinct_slots_never_early(
     gaps: list[float], service: float
 ) -> None:
     """Any arrival pattern: releases are slot starts (or within grace of one), never before
-    arrival - grace, each slot at most once; an idle stream waits at most one period."""
-    g = stream_gate(max_queue=1000)
+    arrival - grace, each slot at most once; an idle stream waits at most one period. (With
+    the exemption for streams that are not periodic off: random gaps read as such.)"""
+    g = stream_gate(max_queue=1000, aperiodic_max_wait_share=None)
     now, taken, inflight = T, [], []
     for gap in gaps:
         now += gap
@@ -317,7 +318,9 @@ def test_streams_released_within_their_windows_never_run_at_once(specs, rng) -> 
     if table is None:
         return
     windows = release_windows(table)
-    config = GateConfig(grace_s=0.0, grace_body_fraction=0.0)
+    # slot-gated releases (random request times would read as a stream that is not periodic,
+    # which the gate exempts on purpose: test_a_stream_that_is_not_periodic_...)
+    config = GateConfig(grace_s=0.0, grace_body_fraction=0.0, aperiodic_max_wait_share=None)
     runs: list[tuple[float, float, int]] = []
     for s in table:
         early, late = windows[s.key]
@@ -336,3 +339,29 @@ def test_streams_released_within_their_windows_never_run_at_once(specs, rng) -> 
     for i, (b0, _, kb) in enumerate(runs):
         for a0, a1, ka in runs[:i]:
             assert ka == kb or b0 >= a1 - 1e-6, (ka, a0, a1, kb, b0)
+
+
+def test_a_stream_that_is_not_periodic_never_waits_a_period() -> None:
+    """Event-driven requests (random instants): once the gate has seen enough of them to
+    tell, a request whose slot is further than half a period goes at half a period,
+    ungated and counted late; a slot within that is taken as usual. A periodic stream
+    still waits for its slot."""
+    rng = __import__("random").Random(5)
+    events = sorted(T + rng.uniform(0, 3.0) for _ in range(16))
+    g = stream_gate()
+    for t in events:
+        g.finish(released(g.admit(t)), t)  # answered at once: never busy
+    assert g.aperiodic()
+    r = released(g.admit(T + 10.036))  # past its slot's grace: the next is 94 ms away
+    assert (r.at, r.slot, r.late) == (near(T + 10.086), None, True)
+    g.finish(r, r.at)
+    r = released(g.admit(T + 10.110))  # its slot 20 ms away: taken as usual
+    assert (r.at, r.slot, r.late) == (near(T + 10.130), near(T + 10.130), False)
+
+    periodic = stream_gate()
+    for k in range(16):
+        t = T + 0.050 + k * 0.1
+        periodic.finish(released(periodic.admit(t)), t)
+    assert not periodic.aperiodic()
+    r = released(periodic.admit(T + 10.036))  # past its slot's grace: waits for the next
+    assert r.slot == near(T + 10.130) and not r.late
