@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
+import math
 import os
 import re
 import shutil
@@ -27,9 +29,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from stagger.client import CLOCK_PATH
+from stagger.core.contract import SlotAssignment, effective_at_of
+from stagger.core.phase import PhaseEstimate, follow
+from stagger.core.slots import Slot, switch_tick
 
 MODEL_PATH_ENV = "STAGGER_MODEL_PATH"
 
@@ -375,3 +383,77 @@ class LocalSidecar:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+class LocalFollower:
+    """What the operator does for streams whose apps know nothing of Stagger, for local
+    sidecars that share one "GPU" (examples/03, bench/gpu): once a second, read each
+    sidecar's measured arrival phase (its clock document) and, when
+    re-timing the GPU's table to the phases saves wait (``stagger.core.phase.follow``),
+    write every stream's new contract, switching at the first instant after a second (the
+    sidecars reread their files every 0.2 s) at which no body of the old table runs."""
+
+    SWITCH_AFTER_S = 1.0
+
+    def __init__(self, sidecars: list[LocalSidecar], contracts: dict[str, SlotAssignment]):
+        self.sidecars, self.contracts = sidecars, contracts
+        self.switches: list[float] = []  # when each re-timing took effect (Unix s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LocalFollower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.step()
+
+    def arrivals(self) -> dict[Hashable, PhaseEstimate]:
+        out: dict[Hashable, PhaseEstimate] = {}
+        for sidecar in self.sidecars:
+            url = f"http://{sidecar.http}{CLOCK_PATH}"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                a = json.load(r).get("arrival")
+            if a and a["periodic"]:
+                out[sidecar.stream] = PhaseEstimate(
+                    a["periodS"], a["phaseS"], a["spreadS"], a["concentration"], a["samples"], 0
+                )
+        return out
+
+    def step(self) -> None:
+        c0 = next(iter(self.contracts.values()))
+        table = [
+            Slot(name, c.body_ticks, c.period_ticks, c.offset_ticks)
+            for name, c in self.contracts.items()
+        ]
+        aligned = follow(table, self.arrivals(), tick_hz=c0.tick_hz)
+        if aligned is None:
+            return
+        epoch_s = c0.epoch.timestamp()
+        earliest = math.ceil((time.time() + self.SWITCH_AFTER_S - epoch_s) * c0.tick_hz)
+        tick = switch_tick(table, earliest)
+        effective_at = effective_at_of(c0.epoch, tick, c0.tick_hz)
+        for sidecar, slot in zip(self.sidecars, _ordered(aligned, self.sidecars), strict=True):
+            old = self.contracts[sidecar.stream]
+            new = old.model_copy(
+                update={
+                    "offset_ticks": slot.offset,
+                    "generation": old.generation + 1,
+                    "effective_at": effective_at,
+                }
+            )
+            staged = sidecar.slot_file.with_suffix(".new")  # the sidecar never reads half
+            staged.write_text(new.model_dump_json(by_alias=True))
+            staged.replace(sidecar.slot_file)
+            self.contracts[sidecar.stream] = new
+        self.switches.append(effective_at.timestamp())
+
+
+def _ordered(table: list[Slot], sidecars: list[LocalSidecar]) -> list[Slot]:
+    by_key = {s.key: s for s in table}
+    return [by_key[s.stream] for s in sidecars]

@@ -62,7 +62,7 @@ from stagger.core.calibration import model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
 from stagger.core.placement import Plan, PlannerSettings, plan
-from stagger.localtriton import LocalSidecar, LocalTriton
+from stagger.localtriton import LocalFollower, LocalSidecar, LocalTriton
 from stagger.profile_cmd import calibration_result
 from stagger.profiler import profile
 
@@ -74,6 +74,9 @@ BODIES = {
 }
 MIXED = [("graph", 10.0), ("small", 15.0), ("graph", 5.0), ("small", 30.0), ("graph", 15.0)]
 """The mixed fleet's streams, applied in this order, round and round."""
+SETTLE_S = 10.0
+"""Transparent mode: the slots have this long to follow the cameras (issue 21's bound)
+before the frames that count."""
 RANDOM_ABOVE = 1
 """Random phases are also measured at this many streams above the admitted N: where the GPU
 stops holding them with no product."""
@@ -193,6 +196,7 @@ class Loop:
     def __init__(self, placed: Plan, servers: list[LocalTriton], root: Path) -> None:
         epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
         self.sidecars: list[LocalSidecar] = []
+        self.contracts: dict[str, SlotAssignment] = {}
         by_stream = {p.stream: p for p in placed.shards}
         for i, name in enumerate(sorted(by_stream, key=lambda n: int(n.split("-")[-1]))):
             p = by_stream[name]
@@ -203,6 +207,7 @@ class Loop:
             )
             path = root / f"slot-{name}.json"
             path.write_text(contract.model_dump_json(by_alias=True))
+            self.contracts[name] = contract
             self.sidecars.append(LocalSidecar(name, path, servers[i], namespace="bench"))
         with ThreadPoolExecutor(max(1, len(self.sidecars))) as pool:
             list(pool.map(LocalSidecar.start, self.sidecars))
@@ -293,6 +298,7 @@ def identical(
                 for s in loop.sidecars
             ]
             out["loop"] = measure(cams, args.frames, root, f"{body}-loop-n{admitted}", args)
+            out["transparent"] = transparent(loop, body, root, args)
         finally:
             loop.stop()
     period = 1.0 / args.fps
@@ -303,6 +309,48 @@ def identical(
         ]
         out["random"][n] = measure(cams, args.frames, root, f"{body}-random-n{n}", args)
     return out
+
+
+def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Apps that know nothing of Stagger: cameras on their own clocks at the random phases
+    of the random configuration at the same N, through the sidecars, whose slots follow the
+    cameras (:class:`LocalFollower` doing the operator's part). The whole run, and the
+    frames due once the table settled (a period after its last re-timing), within
+    ``SETTLE_S``."""
+    n = len(loop.sidecars)
+    period = 1.0 / args.fps
+    rng = random.Random(args.seed + n)  # the random configuration's phases at this N
+    cams = [{"url": s.grpc, "model": body, "phase": rng.uniform(0, period)} for s in loop.sidecars]
+    seconds = SETTLE_S + math.ceil(args.frames / (n * args.fps))
+    with LocalFollower(loop.sidecars, loop.contracts) as follower:
+        logs = run_cameras(cams, seconds, root, f"{body}-transparent-n{n}", args)
+    first = min((min(x["captured_at"], default=math.inf) for x in logs), default=0.0)
+    settle = follower.switches[-1] + period if follower.switches else first
+    end = first + seconds
+    steady = [
+        {
+            "latencies_s": [
+                lat
+                for at, lat in zip(x["captured_at"], x["latencies_s"], strict=True)
+                if at >= settle
+            ],
+            "due": math.floor((end - settle) * args.fps + 1e-9),
+            "errors": {},
+        }
+        for x in logs
+    ]
+    whole, after = pooled(logs), pooled(steady)
+    log(
+        f"{body}-transparent-n{n}: {len(follower.switches)} re-timing(s), steady "
+        f"{settle - first:.1f} s after the start; then p50 {after['p50Ms']} p99 "
+        f"{after['p99Ms']} drops {after['dropPercent']}% of {after['frames']}"
+    )
+    return {
+        "retimings": len(follower.switches),
+        "settledAfterS": round(settle - first, 2),
+        "whole": whole,
+        "steady": after,
+    }
 
 
 def mixed(

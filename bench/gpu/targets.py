@@ -238,6 +238,7 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
         },
     }
     return {
+        "transparent": _transparent_verdict(r.get("transparent"), random_runs, random_largest),
         "setting": r["body"],
         "admitted": admitted,
         "randomLargestN": random_largest,
@@ -250,6 +251,42 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
         "checks": checks,
         "met": all(c["met"] for c in checks.values() if c.get("required", True)),
     }
+
+
+TRANSPARENT_RATIO = 0.6  # transparent p99 over random's (issue 21)
+SETTLE_S = 10.0
+
+
+def _transparent_verdict(
+    t: dict[str, Any] | None, random_runs: dict[int, dict[str, Any]], random_largest: int
+) -> dict[str, Any] | None:
+    """Issue 21's targets for apps on their own clock (judged apart from the loop's): once
+    settled, no frame lost where random phases at the same N lost none, p99 within 0.6 x
+    random's at random's largest 0-drop N, settled within 10 s of the start."""
+    if t is None:
+        return None
+    steady = t["steady"]
+    n = len(steady.get("answeredPerStream", [])) or None
+    same_n = random_runs.get(n) if n else None
+    at_random = random_runs.get(random_largest)
+    ratio = steady["p99Ms"] / at_random["p99Ms"] if steady["p99Ms"] and at_random else None
+    checks = {
+        "noDrops": {
+            "value": steady["dropPercent"],
+            "met": steady["dropPercent"] == 0 or bool(same_n and same_n["dropPercent"] > 0),
+        },
+        "p99OverRandom": {
+            "value": None if ratio is None else round(ratio, 4),
+            "target": TRANSPARENT_RATIO,
+            "met": ratio is not None and ratio <= TRANSPARENT_RATIO,
+        },
+        "settled": {
+            "value": t["settledAfterS"],
+            "target": SETTLE_S,
+            "met": t["settledAfterS"] <= SETTLE_S,
+        },
+    }
+    return {"checks": checks, "met": all(c["met"] for c in checks.values())}
 
 
 def _mixed_verdict(r: dict[str, Any]) -> dict[str, Any]:
@@ -341,6 +378,15 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|",
             *mixed_rows,
         ]
+    for v in verdicts:
+        t = v.get("transparent")
+        if t:
+            c = t["checks"]
+            lines.append(
+                f"\n{v.get('mode', '')}, {v['setting']}, transparent (slots follow the cameras): "
+                f"steady after {c['settled']['value']} s, drops {c['noDrops']['value']} %, "
+                f"p99 / random's {c['p99OverRandom']['value']}: {_mark(t['met'])}"
+            )
     for v in verdicts:
         for w in v.get("warnings", []):
             lines.append(f"\n{v.get('mode', '')}, {v['setting']}: warning: {w}")

@@ -38,7 +38,6 @@ import shutil
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -51,14 +50,12 @@ from rich.console import Console
 from rich.table import Table
 
 from stagger.camerasim import Camera, CameraLog, summarize, synthetic_frames, video_frames
-from stagger.client import CLOCK_PATH, SlotClient
+from stagger.client import SlotClient
 from stagger.core.api import InferenceStream
 from stagger.core.cluster import Cluster
-from stagger.core.contract import SlotAssignment, effective_at_of
-from stagger.core.phase import PhaseEstimate, follow
+from stagger.core.contract import SlotAssignment
 from stagger.core.placement import Plan, plan, shard_ms
-from stagger.core.slots import Slot, switch_tick
-from stagger.localtriton import LocalSidecar, LocalTriton
+from stagger.localtriton import LocalFollower, LocalSidecar, LocalTriton
 
 HERE = Path(__file__).resolve().parent
 MODEL = "detector"
@@ -159,79 +156,6 @@ def frames(args: argparse.Namespace) -> list[bytes]:
     return list(itertools.islice(source, max(1, round(3 * args.fps))))
 
 
-class Follower:
-    """What the operator does for streams whose apps know nothing of Stagger, locally: once
-    a second, read each sidecar's measured arrival phase (its clock document) and, when
-    re-timing the GPU's table to the phases saves wait (``stagger.core.phase.follow``),
-    write every stream's new contract, switching at the first instant after a second (the
-    sidecars reread their files every 0.2 s) at which no body of the old table runs."""
-
-    SWITCH_AFTER_S = 1.0
-
-    def __init__(self, sidecars: list[LocalSidecar], contracts: dict[str, SlotAssignment]):
-        self.sidecars, self.contracts = sidecars, contracts
-        self.switches: list[float] = []  # when each re-timing took effect (Unix s)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Follower:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            self.step()
-
-    def arrivals(self) -> dict[str, PhaseEstimate]:
-        out = {}
-        for sidecar in self.sidecars:
-            url = f"http://{sidecar.http}{CLOCK_PATH}"
-            with urllib.request.urlopen(url, timeout=2) as r:
-                a = json.load(r).get("arrival")
-            if a and a["periodic"]:
-                out[sidecar.stream] = PhaseEstimate(
-                    a["periodS"], a["phaseS"], a["spreadS"], a["concentration"], a["samples"], 0
-                )
-        return out
-
-    def step(self) -> None:
-        c0 = next(iter(self.contracts.values()))
-        table = [
-            Slot(name, c.body_ticks, c.period_ticks, c.offset_ticks)
-            for name, c in self.contracts.items()
-        ]
-        aligned = follow(table, self.arrivals(), tick_hz=c0.tick_hz)
-        if aligned is None:
-            return
-        epoch_s = c0.epoch.timestamp()
-        earliest = math.ceil((time.time() + self.SWITCH_AFTER_S - epoch_s) * c0.tick_hz)
-        tick = switch_tick(table, earliest)
-        effective_at = effective_at_of(c0.epoch, tick, c0.tick_hz)
-        for sidecar, slot in zip(self.sidecars, _ordered(aligned, self.sidecars), strict=True):
-            old = self.contracts[sidecar.stream]
-            new = old.model_copy(
-                update={
-                    "offset_ticks": slot.offset,
-                    "generation": old.generation + 1,
-                    "effective_at": effective_at,
-                }
-            )
-            staged = sidecar.slot_file.with_suffix(".new")  # the sidecar never reads half
-            staged.write_text(new.model_dump_json(by_alias=True))
-            staged.replace(sidecar.slot_file)
-            self.contracts[sidecar.stream] = new
-        self.switches.append(effective_at.timestamp())
-
-
-def _ordered(table: list[Slot], sidecars: list[LocalSidecar]) -> list[Slot]:
-    by_key = {s.key: s for s in table}
-    return [by_key[s.stream] for s in sidecars]
-
-
 def run_mode(
     mode: str,
     args: argparse.Namespace,
@@ -261,7 +185,9 @@ def run_mode(
         )
     with ExitStack() as stack, ThreadPoolExecutor(len(cameras)) as pool:
         follower = (
-            stack.enter_context(Follower(sidecars, contracts)) if mode == "transparent" else None
+            stack.enter_context(LocalFollower(sidecars, contracts))
+            if mode == "transparent"
+            else None
         )
         # One frame each first, not counted: connections, the slot clock, first-call costs.
         list(pool.map(lambda c: c.send(clip[0]), cameras))

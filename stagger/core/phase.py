@@ -46,6 +46,9 @@ OUTLIER_PERIODS = 0.25
 """Arrivals farther than this share of a period from the first estimate are left out."""
 OUTLIER_SDS = 3.0
 """... and those farther than this many robust standard deviations."""
+JUMP_FLOOR_S = 0.002
+"""The latest arrivals' phase may differ from the window's by this much (or three of their
+spreads) before it counts as a jump."""
 MIN_LIMIT_S = 0.0005
 """The robust limit is never tighter than this (arrivals that agree to a few µs)."""
 
@@ -132,7 +135,22 @@ class PhaseTracker:
             self.period_s = period_s
 
     def estimate(self) -> PhaseEstimate:
-        return estimate(self.arrivals, self.period_s, epoch_s=self.epoch_s)
+        """The phase over the window, unless the latest ``MIN_SAMPLES`` arrivals agree on
+        another one: the camera restarted or jumped, and what came before is forgotten (a
+        phase jump is found within ``MIN_SAMPLES`` frames, not a whole window's)."""
+        full = estimate(self.arrivals, self.period_s, epoch_s=self.epoch_s)
+        if len(self.arrivals) <= MIN_SAMPLES:
+            return full
+        recent = list(self.arrivals)[-MIN_SAMPLES:]
+        latest = estimate(recent, self.period_s, epoch_s=self.epoch_s)
+        if latest.phase_s is None:
+            return full
+        if full.phase_s is not None:
+            d = abs((latest.phase_s - full.phase_s + self.period_s / 2) % self.period_s)
+            if abs(d - self.period_s / 2) <= max(3 * latest.spread_s, JUMP_FLOOR_S):
+                return full
+        self.arrivals = deque(recent)
+        return latest
 
 
 def wait_s(offset_s: float, phase_s: float, period_s: float) -> float:

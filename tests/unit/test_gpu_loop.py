@@ -160,3 +160,18 @@ def test_the_mixed_fleet_is_judged_stream_by_stream_against_its_own_model_s_solo
 def test_a_failed_setting_is_reported_with_its_error() -> None:
     (v,) = loop_verdict(run("mps", graph={"error": "RuntimeError('camera exited with 1')"}))
     assert not v["met"] and "camera exited" in render_loop([v])
+
+
+def test_transparent_mode_is_judged_apart_once_the_slots_settled() -> None:
+    steady = {"p99Ms": 35.0, "dropPercent": 0.0, "answeredPerStream": [300] * 8}
+    result = identical(8, measured(31.3), {8: measured(71.6), 9: measured(95.4, 7.0)})
+    result["transparent"] = {"steady": steady, "settledAfterS": 6.2, "retimings": 2}
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    t = v["transparent"]
+    assert t["met"] and t["checks"]["p99OverRandom"]["value"] == pytest.approx(35 / 71.6, 1e-3)
+    assert "transparent (slots follow the cameras)" in render_loop([v])
+    result["transparent"] = {"steady": steady | {"p99Ms": 45.0}, "settledAfterS": 12.0}
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    checks = v["transparent"]["checks"]
+    assert not checks["p99OverRandom"]["met"] and not checks["settled"]["met"]
+    assert v["met"]  # issue 20's verdict does not depend on it

@@ -243,3 +243,22 @@ def test_a_plan_is_re_timed_to_its_streams_arrivals_except_pinned_and_old_copies
     slots = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in with_copy.shards]
     assert not overlaps([*slots, Slot("old", old.body_ticks, old.period_ticks, old.offset_ticks)])
     assert follow_plan(placed, {}) is placed
+
+
+def test_a_camera_s_phase_jump_is_found_within_eight_frames() -> None:
+    """A camera restarted at another phase: the window still holds 64 arrivals at the old
+    one, but the last 8 agree on the new phase, and the tracker follows them at once."""
+    tracker = PhaseTracker(0.25, window=64)
+    for t in camera(0.030, 0.25, 100):
+        tracker.observe(t)
+    assert circular_error(tracker.estimate().phase_s, 0.030, 0.25) < 0.001
+    for t in camera(0.170, 0.25, 8, start=1_700_000_100.0, seed=2):
+        tracker.observe(t)
+    e = tracker.estimate()
+    assert e.phase_s is not None and circular_error(e.phase_s, 0.170, 0.25) < 0.001
+    assert len(tracker.arrivals) == 8  # the old phase's arrivals are forgotten
+    steady = PhaseTracker(0.1, window=64)
+    for t in camera(0.05, 0.1, 100, jitter=0.001):
+        steady.observe(t)
+    steady.estimate()
+    assert len(steady.arrivals) == 64  # jitter alone is no jump
