@@ -192,6 +192,8 @@ class Controller:
             now,
             known={} if full else self.fingerprints,
             context=_context(signatures, current, ready, observed, jobs=jobs, outcomes=outcomes),
+            running=running_generations(observed, live),
+            retiring=retiring,
         )
         calibration = calibration_state(live, result, outcomes, s, now)
         recalibration = recalibration_state(profiles, live, result, outcomes, s, now=now)
@@ -769,4 +771,17 @@ def arrivals(
             out[(namespace, name, int(shard))] = (o.arrival_phase_s, o.arrival_spread_s)
         except ValueError:
             continue
+    return out
+
+
+def running_generations(
+    observed: dict[ShardId, Observation], streams: Iterable[InferenceStream]
+) -> dict[ShardKey, int]:
+    """Per shard, the generation of the slot contract its sidecar last reported in force."""
+    names = {(s.namespace, manifests.stream_label(s.name)): s.name for s in streams}
+    out: dict[ShardKey, int] = {}
+    for (namespace, label, shard), o in observed.items():
+        name = names.get((namespace, label))
+        if name is not None and o.generation is not None and shard.isdigit():
+            out[(namespace, name, int(shard))] = o.generation
     return out

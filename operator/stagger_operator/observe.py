@@ -42,6 +42,8 @@ class Observation:
     """Where in its frame period the stream's requests arrive, from the GPU's epoch (None:
     not periodic, or too few requests yet); ``arrival_spread_s`` around it."""
     arrival_spread_s: float | None = None
+    generation: int | None = None
+    """The slot contract's generation in force at the sidecar (None: not reported)."""
 
     @property
     def drop_rate(self) -> float:
@@ -131,7 +133,9 @@ def observe(before: Snapshot | None, now: Snapshot) -> dict[ShardId, Observation
         }
         phase = _total(cur, t.ARRIVAL_PHASE)
         periodic = _total(cur, t.ARRIVAL_PERIODIC) == 1.0 and math.isfinite(phase)
+        generations = [v for (n, _), v in cur.items() if n == t.SLOT_GENERATION]
         out[shard] = Observation(
+            generation=int(generations[0]) if generations else None,
             arrival_phase_s=phase if periodic else None,
             arrival_spread_s=_total(cur, t.ARRIVAL_SPREAD) if periodic else None,
             fps=forwarded / window if window > 0 else 0.0,

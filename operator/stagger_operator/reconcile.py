@@ -27,7 +27,7 @@ from stagger.core.calibration import CalibrationResult, model_profile
 from stagger.core.cluster import Cluster
 from stagger.core.contract import CONTRACT_FILE, SlotAssignment, effective_at_of
 from stagger.core.placement import GpuUsage, Plan, ShardPlacement
-from stagger.core.slots import Slot, switch_tick
+from stagger.core.slots import Slot, release_windows, switch_tick
 from stagger.core.timebase import TICK_HZ, ticks_to_ms
 from stagger_operator import manifests
 from stagger_operator.observe import Observation
@@ -193,6 +193,8 @@ def desired_state(
     *,
     known: Mapping[tuple[str, str], str] | None = None,
     context: Mapping[tuple[str, str], Hashable] | None = None,
+    running: Mapping[tuple[str, str, int], int] | None = None,
+    retiring: Iterable[ShardPlacement] = (),
 ) -> Desired:
     """Objects, GpuSchedules and stream statuses for ``plan``. A GPU keeps its epoch; a
     changed slot table gets the next generation, effective ``effective_after_s`` from now.
@@ -201,24 +203,37 @@ def desired_state(
     shards' slots and contracts, why it is unplaced, and ``context``: what the caller saw
     of it (its spec and status as listed, its objects, Ready pods and measurements). A
     stream whose fingerprint is in ``known`` is left out (``unchanged``): its objects and
-    status were written from the same inputs before."""
+    status were written from the same inputs before.
+
+    Release windows (``settings.release_windows``) are granted on a GPU whose table has not
+    changed, whose switch to it has passed, whose every shard's sidecar reports running its
+    generation (``running``: generation per shard, from the sidecars' metrics) and where no
+    old copy of a moved shard still runs (``retiring``): windows are computed from the
+    table, so every body on the GPU must follow it. A changed table's contracts carry none
+    until that holds again; they take effect at its switch instant like any contract."""
     desired = Desired()
+    running = running or {}
+    haunted = {(r.node, r.gpu) for r in retiring}
     known, context = known or {}, context or {}
     by_gpu: dict[tuple[str, int], list[ShardPlacement]] = defaultdict(list)
     for p in plan.shards:
         by_gpu[(p.node, p.gpu)].append(p)
     modes = {(g.node, g.gpu): g.sharing_mode for g in plan.gpus}
     # Contracts are built only for the streams that are rebuilt; fingerprints use the slots.
-    slots: dict[tuple[str, str, int], tuple[ShardPlacement, datetime, int, datetime]] = {}
+    slots: dict[
+        tuple[str, str, int],
+        tuple[ShardPlacement, datetime, int, datetime, tuple[int, int] | None],
+    ] = {}
 
     def contract(key: tuple[str, str, int]) -> SlotAssignment:
-        p, epoch, generation, effective_at = slots[key]
+        p, epoch, generation, effective_at, window = slots[key]
         return SlotAssignment.for_shard(
             p,
             tick_hz=settings.tick_hz,
             epoch=epoch,
             generation=generation,
             effective_at=effective_at,
+            window=window,
         )
 
     for (node, gpu), shards in sorted(by_gpu.items()):
@@ -244,8 +259,20 @@ def desired_state(
                 retimed_at=retimed_at,
             )
         )
+        windows: Mapping[Hashable, tuple[int, int]] = {}
+        if (
+            settings.release_windows
+            and old is not None
+            and generation == old.spec.generation
+            and now >= effective_at
+            and (node, gpu) not in haunted
+            and all(running.get(p.key) == generation for p in shards)
+        ):
+            windows = release_windows(
+                [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]
+            )
         for p in shards:
-            slots[p.key] = (p, epoch, generation, effective_at)
+            slots[p.key] = (p, epoch, generation, effective_at, windows.get(p.key))
     unplaced = {(u.namespace, u.stream): u.reason for u in plan.unplaced}
     by_stream: dict[tuple[str, str], list[ShardPlacement]] = defaultdict(list)
     for p in plan.shards:  # once: a lookup per stream would be quadratic in the fleet
@@ -378,7 +405,7 @@ def pinned_shards(
 
 
 def _fingerprint(
-    slots: Sequence[tuple[ShardPlacement, datetime, int, datetime]],
+    slots: Sequence[tuple[ShardPlacement, datetime, int, datetime, tuple[int, int] | None]],
     unplaced: str | None,
     context: Hashable,
 ) -> str:
@@ -395,9 +422,12 @@ def _fingerprint(
                 p.offset_ticks,
                 p.body_ticks,
             )
-            for p, _, _, _ in slots
+            for p, _, _, _, _ in slots
         ],
-        [(g, epoch.timestamp(), effective.timestamp()) for _, epoch, g, effective in slots],
+        [
+            (g, epoch.timestamp(), effective.timestamp(), window)
+            for _, epoch, g, effective, window in slots
+        ],
         unplaced,
         context,
     )

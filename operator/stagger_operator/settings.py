@@ -73,6 +73,9 @@ class OperatorSettings(BaseSettings):
     follow_arrivals: bool = True
     """Re-time GPUs so that each stream's slot starts just after its requests arrive, as
     its sidecar measures them (apps that do not capture on the slot clock)."""
+    release_windows: bool = True
+    """Grant each slot release windows (half the free time on each side) once every sidecar
+    of its GPU runs the GPU's current table: requests in them go at once, safely."""
     follow_min_gain_ms: float = Field(default=5.0, ge=0)
     """A GPU is re-timed to its streams' arrivals only when that saves at least this much
     wait per frame period, summed over its streams."""

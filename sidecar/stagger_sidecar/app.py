@@ -241,7 +241,9 @@ class Sidecar:
         for name, g in self.gate.streams.items():
             current = g.timetable.current(now)
             if current is not None:
-                self.metrics.slot_generation.labels(g.namespace, name).set(current.generation)
+                self.metrics.slot_generation.labels(g.namespace, name, str(g.shard)).set(
+                    current.generation
+                )
             if g.retimed(now):
                 self.metrics.slot_retimings.labels(g.namespace, name, str(g.shard)).inc()
             if current is not None:

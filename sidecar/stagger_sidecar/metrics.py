@@ -105,7 +105,7 @@ class GateMetrics:
         self.slot_generation = Gauge(
             t.SLOT_GENERATION,
             "Generation of the slot contract in force.",
-            ["namespace", "stream"],
+            ["namespace", "stream", "shard"],
             registry=r,
         )
         self.slot_retimings = Counter(

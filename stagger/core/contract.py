@@ -84,8 +84,10 @@ class SlotAssignment(Wire):
         epoch: datetime,
         generation: int,
         effective_at: datetime,
+        window: tuple[int, int] | None = None,
     ) -> SlotAssignment:
-        """The contract of a placed shard on its GPU's timeline."""
+        """The contract of a placed shard on its GPU's timeline, with its release window
+        (early, late ticks) when the operator grants one."""
         return cls(
             stream=p.stream,
             namespace=p.namespace,
@@ -104,6 +106,8 @@ class SlotAssignment(Wire):
             body_ticks=p.body_ticks,
             generation=generation,
             effective_at=effective_at,
+            early_ticks=window[0] if window else None,
+            late_ticks=window[1] if window else None,
         )
 
 

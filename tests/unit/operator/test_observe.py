@@ -82,3 +82,16 @@ def test_a_stream_s_arrival_phase_reaches_the_operator_from_its_sidecar_s_page()
     o = observe(None, parse([page(m)], T0))[SHARD]
     assert o.arrival_phase_s is None and o.arrival_spread_s is None
     assert arrivals({SHARD: o}, [stream("cam", 4.0)]) == {}
+
+
+def test_the_generation_each_sidecar_runs_reaches_the_operator() -> None:
+    from stagger_operator.controller import running_generations
+    from tests.factories import stream
+
+    m = GateMetrics()
+    m.completed(CAM, wait_s=0.0, service_s=0.01, late=False)
+    m.slot_generation.labels("default", "cam", "0").set(7)
+    o = observe(None, parse([page(m)], T0))[SHARD]
+    assert o.generation == 7
+    assert running_generations({SHARD: o}, [stream("cam", 4.0)]) == {("default", "cam", 0): 7}
+    assert running_generations({SHARD: o}, []) == {}  # a stream no longer listed

@@ -270,3 +270,56 @@ def test_old_copies_are_the_slot_configmaps_whose_gpu_the_schedules_moved_on_fro
         moved.offset_ticks,
         moved.body_ticks,
     )
+
+
+def test_release_windows_are_granted_once_every_sidecar_runs_the_gpu_s_table() -> None:
+    """Windows are computed from the table, so they are written only where no body on the
+    GPU can follow another: the table unchanged, its switch passed, every shard's sidecar
+    reporting its generation, no old copy of a moved shard on the GPU."""
+    import json
+
+    from stagger.core.contract import CONTRACT_FILE
+    from stagger.core.slots import release_windows
+
+    c = cluster(("t4", 1))
+    cams = [with_uid(stream(f"cam{i}", 4, body=45, template=TEMPLATE), f"u{i}") for i in range(3)]
+    s = OperatorSettings()
+    placed = plan(cams, c)
+    first = desired_state(cams, placed, {}, s, NOW)
+    prev = schedules_of(first)
+    later = NOW + timedelta(minutes=1)
+    all_running = {p.key: 1 for p in placed.shards}
+
+    def windows(desired: Any) -> dict[str, tuple[int | None, int | None]]:
+        out = {}
+        for obj in desired.objects:
+            if obj["kind"] == "ConfigMap":
+                doc = json.loads(obj["data"][CONTRACT_FILE])
+                out[doc["stream"]] = (doc.get("earlyTicks"), doc.get("lateTicks"))
+        return out
+
+    assert set(windows(first).values()) == {(None, None)}  # a new table: none yet
+    granted = desired_state(cams, placed, prev, s, later, running=all_running)
+    table = [Slot(p.stream, p.body_ticks, p.period_ticks, p.offset_ticks) for p in placed.shards]
+    assert windows(granted) == release_windows(table)
+    assert all(early > 0 and late > 0 for early, late in windows(granted).values())
+    one_behind = all_running | {placed.shards[0].key: 0}
+    for desired in (
+        desired_state(cams, placed, prev, s, later, running=one_behind),
+        desired_state(cams, placed, prev, s, later, running={}),
+        desired_state(
+            cams,
+            placed,
+            prev,
+            s,
+            later,
+            running=all_running,
+            retiring=[replace(placed.shards[0], stream="moved-away")],
+        ),
+        desired_state(cams, placed, prev, replace_settings(s), later, running=all_running),
+    ):
+        assert set(windows(desired).values()) == {(None, None)}
+
+
+def replace_settings(s: OperatorSettings) -> OperatorSettings:
+    return s.model_copy(update={"release_windows": False})
