@@ -5,6 +5,7 @@ metrics pages come from the sidecar's own metrics code over real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -236,3 +237,68 @@ async def test_a_profile_whose_measured_body_drifts_says_so(
         await cluster.wait_for(settled)
     finally:
         await stop_operator(op)
+
+
+async def test_slots_follow_where_the_sidecars_see_requests_arrive_then_windows_open(
+    cluster: Cluster, sidecar_metrics: tuple[GateMetrics, int]
+) -> None:
+    """Three 4 fps cameras on one GPU, their apps on their own clocks: their sidecars
+    report arrivals at 20, 90 and 160 ms of the period. The operator re-times the GPU so
+    that each slot starts just after its camera's arrivals; once every sidecar reports the
+    new table's generation, it grants the slots their release windows."""
+    from stagger.core.api import GpuSchedule
+    from stagger.core.phase import PhaseEstimate, wait_s
+    from tests.emulator import node
+
+    metrics, port = sidecar_metrics
+    solo = node("solo", gpus=1)
+    solo["metadata"]["labels"]["pool"] = "solo"
+    await cluster.create(solo)
+    op = await start_operator(
+        cluster, scrape_interval_s=0.3, sidecar_metrics_port=port, retime_min_interval_s=0
+    )
+    names, phases = ["cam-0", "cam-1", "cam-2"], [0.020, 0.090, 0.160]
+    try:
+        for n in names:
+            await cluster.create(
+                stream(n, fps=4, body=45, latencyMs=60, nodeSelector={"pool": "solo"})
+            )
+        await cluster.wait_for(lambda: _all(cluster, names, "Placed"))
+        for d in await cluster.objects("Deployment", "default"):
+            await run_pod(cluster, d)
+        for n, phase in zip(names, phases, strict=True):
+            metrics.completed(StreamKey("default", n, 0, "m"), wait_s=0, service_s=0.06, late=False)
+            estimate = PhaseEstimate(0.25, phase, 0.001, 0.99, 40, 40)
+            metrics.watch_arrivals("default", n, 0, lambda e=estimate: e)
+
+        async def followed() -> GpuSchedule | None:
+            (o,) = await cluster.objects("GpuSchedule")
+            sched = GpuSchedule.model_validate(o)
+            hz = sched.spec.tick_hz
+            waits = [
+                wait_s(s.offset_ticks / hz, phases[names.index(s.stream)], 0.25)
+                for s in sched.spec.slots
+            ]
+            return sched if all(0 <= w < 0.01 for w in waits) else None
+
+        sched = await cluster.wait_for(followed)
+        for n in names:  # every sidecar now runs the new table
+            metrics.slot_generation.labels("default", n, "0").set(sched.spec.generation)
+
+        async def windows() -> dict[str, Any] | None:
+            contracts = [
+                json.loads(cm["data"]["slot.json"])
+                for cm in await cluster.objects("ConfigMap", "default")
+            ]
+            granted = all(c.get("earlyTicks") and c.get("lateTicks") for c in contracts)
+            return {c["stream"]: c for c in contracts} if granted else None
+
+        contracts = await cluster.wait_for(windows)
+        assert {c["generation"] for c in contracts.values()} == {sched.spec.generation}
+    finally:
+        await stop_operator(op)
+
+
+async def _all(c: Cluster, names: list[str], phase: str) -> bool:
+    st = await statuses(c)
+    return all(st.get(n, {}).get("phase") == phase for n in names)
