@@ -756,32 +756,34 @@ def _context(
     return {k: tuple(sorted(v, key=repr)) for k, v in seen.items()}
 
 
+def _per_shard(
+    observed: dict[ShardId, Observation], streams: Iterable[InferenceStream]
+) -> Iterable[tuple[ShardKey, Observation]]:
+    """The sidecars' observations keyed by the shards of the streams listed (the metrics
+    name a stream by its label, which may be shortened)."""
+    names = {(s.namespace, manifests.stream_label(s.name)): s.name for s in streams}
+    for (namespace, label, shard), o in observed.items():
+        name = names.get((namespace, label))
+        if name is not None and shard.isdigit():
+            yield (namespace, name, int(shard)), o
+
+
 def arrivals(
     observed: dict[ShardId, Observation], streams: Iterable[InferenceStream]
 ) -> dict[ShardKey, tuple[float, float]]:
     """Per shard, where its requests arrive (phase and spread, from its GPU's epoch), as
     its sidecar last reported: the shards whose arrivals are periodic."""
-    names = {(s.namespace, manifests.stream_label(s.name)): s.name for s in streams}
-    out: dict[ShardKey, tuple[float, float]] = {}
-    for (namespace, label, shard), o in observed.items():
-        name = names.get((namespace, label))
-        if name is None or o.arrival_phase_s is None or o.arrival_spread_s is None:
-            continue
-        try:
-            out[(namespace, name, int(shard))] = (o.arrival_phase_s, o.arrival_spread_s)
-        except ValueError:
-            continue
-    return out
+    return {
+        key: (o.arrival_phase_s, o.arrival_spread_s)
+        for key, o in _per_shard(observed, streams)
+        if o.arrival_phase_s is not None and o.arrival_spread_s is not None
+    }
 
 
 def running_generations(
     observed: dict[ShardId, Observation], streams: Iterable[InferenceStream]
 ) -> dict[ShardKey, int]:
     """Per shard, the generation of the slot contract its sidecar last reported in force."""
-    names = {(s.namespace, manifests.stream_label(s.name)): s.name for s in streams}
-    out: dict[ShardKey, int] = {}
-    for (namespace, label, shard), o in observed.items():
-        name = names.get((namespace, label))
-        if name is not None and o.generation is not None and shard.isdigit():
-            out[(namespace, name, int(shard))] = o.generation
-    return out
+    return {
+        key: o.generation for key, o in _per_shard(observed, streams) if o.generation is not None
+    }

@@ -47,6 +47,12 @@ class Wire(BaseModel):
 
 # Strict numbers: Kubernetes refuses "10" for a number field, so the CLI does too.
 PositiveMs = Annotated[float, Field(gt=0, le=3_600_000, strict=True)]
+COST_MS_DESCRIPTION = (
+    "GPU time one frame really costs when streams share the GPU as deployed "
+    "(1000 / saturation throughput with one server per stream, from calibration), in ms. "
+    "Charged for admission instead of the body; the body still spaces the slots. "
+    "Unset: the body is exclusive (a lock, a FIFO) and charged in full."
+)
 NonNegativeMiB = Annotated[int, Field(ge=0, le=16 * 1024 * 1024, strict=True)]
 
 
@@ -226,13 +232,7 @@ class InferenceStreamSpec(Wire):
         description="GPU-exclusive part of one inference (the forward pass), in ms. "
         "Overrides the ModelProfile; measured on the node by calibration when unset.",
     )
-    cost_ms: PositiveMs | None = Field(
-        default=None,
-        description="GPU time one frame really costs when streams share the GPU as deployed "
-        "(1000 / saturation throughput with one server per stream, from calibration), in ms. "
-        "Charged for admission instead of the body; the body still spaces the slots. "
-        "Unset: the body is exclusive (a lock, a FIFO) and charged in full.",
-    )
+    cost_ms: PositiveMs | None = Field(default=None, description=COST_MS_DESCRIPTION)
     latency_ms: PositiveMs | None = Field(
         default=None,
         description="Solo end-to-end latency of one frame, in ms (ModelProfile when unset).",
@@ -376,13 +376,7 @@ class ModelProfileSpec(Wire):
     )
     sharing_mode: SharingMode = Field(default=SharingMode.TIME_SLICING)
     body_time_ms: PositiveMs = Field(description="Body time (GPU-exclusive part), ms.")
-    cost_ms: PositiveMs | None = Field(
-        default=None,
-        description="GPU time one frame really costs when streams share the GPU as deployed "
-        "(1000 / saturation throughput with one server per stream, from calibration), in ms. "
-        "Charged for admission instead of the body; the body still spaces the slots. "
-        "Unset: the body is exclusive (a lock, a FIFO) and charged in full.",
-    )
+    cost_ms: PositiveMs | None = Field(default=None, description=COST_MS_DESCRIPTION)
     latency_ms: PositiveMs = Field(description="Solo end-to-end latency, ms.")
     body_time_ci_ms: list[float] | None = Field(
         default=None,
