@@ -51,11 +51,15 @@ def _message(e: Exception) -> str:
 
 
 def _precise_wait(until: float) -> None:
-    """Sleep to ~1 ms before ``until`` (perf_counter), then spin: starts land within µs."""
+    """Sleep to ~1 ms before ``until`` (perf_counter), then spin: starts land within µs.
+    The spin yields the GIL on every turn (``sleep(0)``): the sweep's two clients wait in
+    threads of one process, and a bare spin held the GIL for up to the switch interval
+    (5 ms), so the other client's request went late or first; on a busy machine the sweep
+    then found its knee at 4.5 ms instead of 20 (test_profile, in a clean clone's suite)."""
     while (left := until - time.perf_counter()) > 0.0015:
         time.sleep(left - 0.001)
     while time.perf_counter() < until:
-        pass
+        time.sleep(0)
 
 
 def _input_array(spec: dict[str, Any], path: Path | None, dtype: Any) -> np.ndarray[Any, Any]:
@@ -443,7 +447,10 @@ def profile(
         effective_body_ms=effective,
         recommended_body_ms=body,
         recommended_cost_ms=recommended_cost_ms(
-            knee.fit.knee_ms if knee else None, effective, body
+            knee.fit.knee_ms if knee else None,
+            effective,
+            body,
+            knee_low_ms=knee.ci_ms[0] if knee else None,
         ),
         guard=guard,
         no_knee=no_knee,

@@ -220,15 +220,21 @@ serve more, so the body is taken as exclusive (charged in full)."""
 
 
 def recommended_cost_ms(
-    knee_ms: float | None, effective_body_ms: float | None, body_ms: float
+    knee_ms: float | None,
+    effective_body_ms: float | None,
+    body_ms: float,
+    knee_low_ms: float | None = None,
 ) -> float | None:
     """What to put in ``costMs``: 1 / maximum throughput with the servers as deployed,
     rounded up to 0.1 ms and at most the body; None (exclusive) when that is no cheaper than
-    the solo knee or nothing measured it. With no knee (MPS: two inferences barely slow
-    each other) the throughput is all there is, and it is the cost."""
+    the solo knee, taken at the low end of its interval (``knee_low_ms``) so that a noisy
+    knee of an exclusive body does not read as sharing, or when nothing measured it. With
+    no knee (MPS: two inferences barely slow each other) the throughput is all there is,
+    and it is the cost."""
     if effective_body_ms is None:
         return None
-    if knee_ms is not None and effective_body_ms >= EXCLUSIVE_SHARE * knee_ms:
+    knee = knee_ms if knee_low_ms is None or knee_ms is None else min(knee_ms, knee_low_ms)
+    if knee is not None and effective_body_ms >= EXCLUSIVE_SHARE * knee:
         return None
     return min(body_ms, math.ceil(effective_body_ms * 10 - 1e-9) / 10)
 

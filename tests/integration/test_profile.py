@@ -56,7 +56,8 @@ def test_the_profiler_finds_the_known_body(
     )
     assert code == 0, err
     report = json.loads(out)
-    assert report["knee_ms"] == pytest.approx(BODY_MS, abs=2.0)
+    sweep = [(p["offset_ms"], p["latency1_ms"], p["latency2_ms"]) for p in report["sweep"]]
+    assert report["knee_ms"] == pytest.approx(BODY_MS, abs=2.0), (report["solo_ms"], sweep)
     low, high = report["knee_ci_ms"]
     assert low <= report["knee_ms"] <= high
     assert report["effective_body_ms"] == pytest.approx(BODY_MS, rel=0.15)  # body-bound

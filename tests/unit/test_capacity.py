@@ -172,6 +172,14 @@ def test_recommended_cost(knee, effective, body, expected) -> None:
     assert recommended_cost_ms(knee, effective, body) == expected
 
 
+def test_a_noisy_knee_of_an_exclusive_body_does_not_read_as_sharing() -> None:
+    """A lock-bound 20 ms body on a busy machine: the knee came out at 21.9 ms (interval
+    from 20.1), the throughput at 20.4 ms a frame. Against the knee's low end that is no
+    cheaper: exclusive."""
+    assert recommended_cost_ms(21.9, 20.4, 25.2) == 20.4  # against the knee alone
+    assert recommended_cost_ms(21.9, 20.4, 25.2, knee_low_ms=20.1) is None
+
+
 def test_what_calibration_reports_is_usable_as_is() -> None:
     """A ModelProfile from a calibration whose guarded body exceeds the solo p50 (15.5 ms
     over 15.3 ms) validates: latency is raised to the body, the cost carried."""
