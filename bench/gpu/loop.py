@@ -273,7 +273,7 @@ def identical(
     """N identical streams of one body: the loop at the admitted N, random phases at N and
     above, solo and saturation, side by side."""
     manifest, calibration = calibrate(servers, body, frame, product, mode)
-    settings = PlannerSettings()
+    settings = PlannerSettings(throughput_cap=args.throughput_cap)
     cluster = cluster_of(product, mode, args.gpu_memory_mib)
     candidates = [stream(f"cam-{i}", body, args.fps, args.memory_mib) for i in range(len(servers))]
     placed, applied, refused = apply_one_at_a_time(candidates, cluster, [manifest], settings)
@@ -374,7 +374,7 @@ def mixed(
         stream(f"cam-{i}", *MIXED[i % len(MIXED)], args.memory_mib) for i in range(len(servers))
     ]
     placed, applied, refused = apply_one_at_a_time(
-        candidates, cluster, manifests, PlannerSettings()
+        candidates, cluster, manifests, PlannerSettings(throughput_cap=args.throughput_cap)
     )
     log(f"mixed: the planner admitted {len(applied)} of {len(servers)} ({refused or 'all'})")
     out: dict[str, Any] = {
@@ -447,6 +447,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--post-ms", type=float, default=8.0)
     p.add_argument("--lead-ms", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--throughput-cap",
+        type=float,
+        default=PlannerSettings().throughput_cap,
+        help="the planner's share of saturation it admits (default: the product's)",
+    )
     p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
     p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")
     p.add_argument("--product", help="GPU product for the profiles (default: nvidia-smi's)")
@@ -479,7 +485,7 @@ def main() -> None:
         "servers": args.servers,
         "settings": {
             "utilizationCap": PlannerSettings().utilization_cap,
-            "throughputCap": PlannerSettings().throughput_cap,
+            "throughputCap": args.throughput_cap,
         },
         "results": {},
     }
