@@ -445,8 +445,12 @@ class _Demand:
     """The whole body: at least the reserved time; longer for a shared stream, whose body
     the table keeps clear of the others' where it can."""
 
-    def shard_request(self, key: ShardKey, count: int) -> SlotRequest:
-        return SlotRequest(key, self.body_ticks, self.frame_ticks * count)
+    def shard_request(self, key: ShardKey, count: int, *, whole: bool = False) -> SlotRequest:
+        """The shard's slot: its reserved time, or with ``whole`` its whole body (a shared
+        stream on a GPU of exclusive bodies, which need every other body clear of theirs)."""
+        return SlotRequest(
+            key, self.window_ticks if whole else self.body_ticks, self.frame_ticks * count
+        )
 
     def shard_util(self, count: int) -> float:
         return self.body_ticks / (self.frame_ticks * count)
@@ -656,15 +660,12 @@ class Planner:
         """Memory and body budget allow the shard here (into a gap: what the table
         reserves; by re-timing: what its shards use, as rounded periods may be undone), and
         no smaller body of its period found no slot here since the table last changed. An
-        exclusive body and shared ones (whose bodies outrun their slots) never share a GPU:
-        the exclusive one needs every other body clear of it, which theirs cannot promise."""
+        exclusive body never joins shared ones whose bodies outrun their slots: it needs
+        every other body clear of it, which theirs cannot promise (a shared stream joins
+        exclusive ones with its whole body as its slot: :meth:`_whole_bodies`)."""
         if g.memory_free < memory:
             return False
-        if (
-            self._any_shared
-            and g.slots
-            and (d.window_ticks > d.body_ticks) != bool(self._overhang(g))
-        ):
+        if self._any_shared and d.window_ticks == d.body_ticks and self._overhang(g):
             return False
         budget = self.settings.utilization_cap - (g.need if retime else g.util)
         if request.body / request.frame_period > budget + 1e-12:
@@ -673,6 +674,11 @@ class Planner:
             self._lower(g, request)
             return False
         return True
+
+    def _whole_bodies(self, g: _Gpu) -> bool:
+        """Whether a shard joining ``g`` takes its whole body as its slot: ``g`` runs bodies
+        that are exclusive (none outruns its slot), so a shared one must not overlap them."""
+        return self._any_shared and bool(g.slots) and not self._overhang(g)
 
     def _overhang(self, g: _Gpu) -> int:
         """How far the longest body on ``g`` runs past its reserved slot (shared streams)."""
@@ -836,7 +842,7 @@ class Planner:
                 opened = True
                 if self._on_running(shard, demands, running, ROUNDING):
                     return True
-            request = d.shard_request(shard.key, shard.count)
+            request = d.shard_request(shard.key, shard.count, whole=self._whole_bodies(g))
             if not self._admits(g, request, d, spec.memory_mib):
                 continue
             if g.kept:
@@ -1350,7 +1356,10 @@ class Planner:
         memory = sum(m[0].stream.spec.memory_mib for m in members) + sum(m for _, m in ghosts)
         if memory > g.memory_free:
             return None
-        requests = [d.shard_request(shard.key, shard.count) for shard, d, _ in members]
+        # bodies that are exclusive need every other body clear of theirs (as on a GPU
+        # where a shard is placed: see _whole_bodies)
+        whole = any(d.window_ticks == d.body_ticks for _, d, _ in members)
+        requests = [d.shard_request(shard.key, shard.count, whole=whole) for shard, d, _ in members]
         requests += [SlotRequest(x.key, x.body, x.period) for x, _ in ghosts]
         previous: dict[Hashable, Slot] = {
             shard.key: Slot(shard.key, p.body_ticks, p.period_ticks, p.offset_ticks)

@@ -115,19 +115,45 @@ def test_shared_streams_are_spaced_evenly_so_bodies_overlap_least(n: int, fps: f
         assert len(overlapping) == n  # each body with its neighbour, by the same amount
 
 
-def test_an_exclusive_stream_never_shares_a_gpu_with_shared_ones() -> None:
-    """A truly exclusive body (a lock, a FIFO) keeps exact non-overlap: shared streams'
-    bodies outrun their slots, so the two kinds go to different GPUs."""
+def test_an_exclusive_body_never_overlaps_another_body() -> None:
+    """A truly exclusive body (a lock, a FIFO) keeps exact non-overlap. It never joins
+    shared streams whose bodies outrun their slots; a shared stream may join it, with its
+    whole body as its slot."""
     gpus = [Gpu(index=i, product="NVIDIA-H200", memoryMiB=H200_MIB) for i in range(2)]
     cluster = Cluster(nodes=[Node(name="n", gpus=gpus)])
-    streams = [stream(f"s{i}", 10.0, 15.5, 11.4) for i in range(3)] + [
-        stream("lock", 4.0, 45.0, model="ssd")
-    ]
-    for placed in (plan(streams, cluster), one_at_a_time(streams, cluster)):
+    shared = [stream(f"s{i}", 10.0, 15.5, 11.4) for i in range(3)]
+    lock = stream("lock", 5.0, 45.0, model="ssd")
+    for placed in (plan([*shared, lock], cluster), one_at_a_time([*shared, lock], cluster)):
         assert len(placed.shards) == 4
-        (lock,) = placed.for_stream("cams", "lock")
-        beside = [s for s in placed.shards if s.gpu == lock.gpu and s.stream != "lock"]
-        assert beside == []
+        (held,) = placed.for_stream("cams", "lock")
+        assert [s for s in placed.shards if s.gpu == held.gpu and s.stream != "lock"] == []
+    placed = one_at_a_time([lock, *shared], cluster)  # the lock came first: they join it
+    assert len(placed.shards) == 4
+    assert {s.gpu for s in placed.shards} == {0}
+    assert all(s.body_ticks == ms_to_ticks_ceil(s.body_ms, placed.tick_hz) for s in placed.shards)
+    assert overlaps(body_windows(placed)) == []
+
+
+MIXED = [("graph", 10.0), ("small", 15.0), ("graph", 5.0), ("small", 30.0), ("graph", 15.0)]
+
+
+@pytest.mark.parametrize("order", [MIXED, MIXED[::-1]], ids=["as-listed", "reversed"])
+def test_a_mixed_fleet_of_exclusive_and_shared_models_shares_one_gpu(order) -> None:
+    """The H200 time-sliced profiles of issue 20's mixed fleet: the CUDA-graph RetinaNet
+    gains nothing from sharing (exclusive, 13.0 ms), the small detector does (10.4 ms body,
+    7.9 ms cost). Applied one at a time they share one GPU, no body overlapping another,
+    until the GPU's body time is spent."""
+    streams = [
+        stream(f"c{i}", fps, 13.0 if model == "graph" else 10.4, None if model == "graph" else 7.9)
+        for i, (model, fps) in enumerate(order)
+    ]
+    placed = one_at_a_time(streams, one_gpu())
+    assert {s.stream for s in placed.shards} == {"c0", "c1", "c2", "c3"}
+    assert overlaps(body_windows(placed)) == []
+    assert sum(s.body_ticks / s.period_ticks for s in placed.shards) <= 0.9
+    refused = plan(streams, one_gpu(), previous=placed).unplaced
+    assert [u.stream for u in refused] == ["c4"]  # more than the 0.9 of body time left
+    assert "GPU-seconds of body per second" in refused[0].reason
 
 
 def test_cost_comes_from_the_profile_that_gave_the_body_and_never_exceeds_it() -> None:
