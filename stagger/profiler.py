@@ -35,6 +35,7 @@ from stagger.core.calibration import (
     knee_of_sweep,
     recommended_body_ms,
     recommended_cost_ms,
+    throughput_growth,
 )
 
 Progress = Callable[[int], None]  # advance by n runs
@@ -451,6 +452,7 @@ def profile(
             effective,
             body,
             knee_low_ms=knee.ci_ms[0] if knee else None,
+            growth=throughput_growth(sat),
         ),
         guard=guard,
         no_knee=no_knee,

@@ -148,6 +148,7 @@ def calibrate(
         "soloP50Ms": round(report.solo_ms["p50"], 2),
         "soloP99Ms": round(report.solo_ms["p99"], 2),
         "kneeMs": report.knee_ms,
+        "kneeCiMs": report.knee_ci_ms,
         "saturation": report.saturation,
         "costPerFrameMs": report.effective_body_ms,
         "bodyTimeMs": manifest.spec.body_time_ms,
@@ -175,10 +176,12 @@ def apply_one_at_a_time(
     cluster: Cluster,
     profiles: list[ModelProfile],
     settings: PlannerSettings,
+    servers: int,
 ) -> tuple[Plan | None, list[InferenceStream], str]:
     """Apply streams in order, re-planning on the previous plan each time (the operator's
-    path), until one is refused: the last plan, the streams it placed, and why the next was
-    refused (empty when every candidate was placed)."""
+    path), until one is refused or the shards outnumber the servers (one each): the last
+    plan, the streams it placed, and why the next was refused (empty when every candidate
+    was placed)."""
     previous: Plan | None = None
     applied: list[InferenceStream] = []
     for s in candidates:
@@ -186,29 +189,31 @@ def apply_one_at_a_time(
         if s.name in {u.stream for u in result.unplaced} or not result.for_stream("bench", s.name):
             why = next((u.reason for u in result.unplaced if u.stream == s.name), "not placed")
             return previous, applied, why
+        if len(result.shards) > servers:
+            return previous, applied, f"{len(result.shards)} shards, {servers} servers"
         previous, applied = result, [*applied, s]
     return previous, applied, ""
 
 
 class Loop:
-    """The admitted streams' sidecars, each with the contract the plan gives its shard."""
+    """The admitted streams' sidecars, one per shard (as the operator deploys them), each
+    with the contract the plan gives its shard; ``shards[i]`` is the placement behind
+    ``sidecars[i]``. A stream split in k shards sends each shard every k-th frame."""
 
     def __init__(self, placed: Plan, servers: list[LocalTriton], root: Path) -> None:
         epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
         self.sidecars: list[LocalSidecar] = []
         self.contracts: dict[str, SlotAssignment] = {}
-        by_stream = {p.stream: p for p in placed.shards}
-        for i, name in enumerate(sorted(by_stream, key=lambda n: int(n.split("-")[-1]))):
-            p = by_stream[name]
-            if p.shards != 1:
-                raise RuntimeError(f"{name} was split into {p.shards} shards: one GPU here")
+        self.shards = sorted(placed.shards, key=lambda p: (int(p.stream.split("-")[-1]), p.shard))
+        self.split = any(p.shards > 1 for p in self.shards)
+        for p, server in zip(self.shards, servers, strict=False):
             contract = SlotAssignment.for_shard(
                 p, tick_hz=placed.tick_hz, epoch=epoch, generation=1, effective_at=epoch
             )
-            path = root / f"slot-{name}.json"
+            path = root / f"slot-{p.stream}-{p.shard}.json"
             path.write_text(contract.model_dump_json(by_alias=True))
-            self.contracts[name] = contract
-            self.sidecars.append(LocalSidecar(name, path, servers[i], namespace="bench"))
+            self.contracts[p.stream] = contract  # (transparent mode: streams not split)
+            self.sidecars.append(LocalSidecar(p.stream, path, server, namespace="bench"))
         with ThreadPoolExecutor(max(1, len(self.sidecars))) as pool:
             list(pool.map(LocalSidecar.start, self.sidecars))
 
@@ -276,7 +281,9 @@ def identical(
     settings = PlannerSettings(throughput_cap=args.throughput_cap)
     cluster = cluster_of(product, mode, args.gpu_memory_mib)
     candidates = [stream(f"cam-{i}", body, args.fps, args.memory_mib) for i in range(len(servers))]
-    placed, applied, refused = apply_one_at_a_time(candidates, cluster, [manifest], settings)
+    placed, applied, refused = apply_one_at_a_time(
+        candidates, cluster, [manifest], settings, len(servers)
+    )
     admitted = len(applied)
     log(f"{body}: the planner admitted {admitted} of {len(servers)} ({refused or 'all placed'})")
     out: dict[str, Any] = {
@@ -294,11 +301,17 @@ def identical(
         loop = Loop(placed, servers, root)
         try:
             cams = [
-                {"url": s.grpc, "model": body, "slot_clock": f"http://{s.http}"}
-                for s in loop.sidecars
+                {
+                    "url": s.grpc,
+                    "model": body,
+                    "fps": args.fps / p.shards,
+                    "slot_clock": f"http://{s.http}",
+                }
+                for s, p in zip(loop.sidecars, loop.shards, strict=True)
             ]
             out["loop"] = measure(cams, args.frames, root, f"{body}-loop-n{admitted}", args)
-            out["transparent"] = transparent(loop, body, root, args)
+            if not loop.split:  # a camera's frames to k shards: not what transparent mode is
+                out["transparent"] = transparent(loop, body, root, args)
         finally:
             loop.stop()
     period = 1.0 / args.fps
@@ -374,7 +387,11 @@ def mixed(
         stream(f"cam-{i}", *MIXED[i % len(MIXED)], args.memory_mib) for i in range(len(servers))
     ]
     placed, applied, refused = apply_one_at_a_time(
-        candidates, cluster, manifests, PlannerSettings(throughput_cap=args.throughput_cap)
+        candidates,
+        cluster,
+        manifests,
+        PlannerSettings(throughput_cap=args.throughput_cap),
+        len(servers),
     )
     log(f"mixed: the planner admitted {len(applied)} of {len(servers)} ({refused or 'all'})")
     out: dict[str, Any] = {
@@ -390,14 +407,15 @@ def mixed(
         return out
     loop = Loop(placed, servers, root)
     try:
+        model = {s.name: s.spec for s in applied}
         cams = [
             {
                 "url": sc.grpc,
-                "model": s.spec.model,
-                "fps": s.spec.fps,
+                "model": model[p.stream].model,
+                "fps": model[p.stream].fps / p.shards,
                 "slot_clock": f"http://{sc.http}",
             }
-            for s, sc in zip(applied, loop.sidecars, strict=True)
+            for p, sc in zip(loop.shards, loop.sidecars, strict=True)
         ]
         out["loop"] = measure(cams, args.frames, root, f"mixed-loop-n{len(applied)}", args)
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -219,21 +220,42 @@ EXCLUSIVE_SHARE = 0.95
 serve more, so the body is taken as exclusive (charged in full)."""
 
 
+GROWTH_PAST_TWO = 1.1
+"""Throughput with the most clients at least this many times that with two: the GPU keeps
+overlapping work past two clients, which a lock or a FIFO (full with two) never does."""
+
+
+def throughput_growth(saturation: Sequence[Mapping[str, float]]) -> float | None:
+    """The saturation sweep's best throughput over its throughput with two clients (None
+    without a two-client point)."""
+    two = [r["throughput_per_s"] for r in saturation if r["clients"] == 2]
+    if not two or two[0] <= 0:
+        return None
+    return max(r["throughput_per_s"] for r in saturation) / two[0]
+
+
 def recommended_cost_ms(
     knee_ms: float | None,
     effective_body_ms: float | None,
     body_ms: float,
     knee_low_ms: float | None = None,
+    growth: float | None = None,
 ) -> float | None:
     """What to put in ``costMs``: 1 / maximum throughput with the servers as deployed,
     rounded up to 0.1 ms and at most the body; None (exclusive) when that is no cheaper than
-    the solo knee, taken at the low end of its interval (``knee_low_ms``) so that a noisy
-    knee of an exclusive body does not read as sharing, or when nothing measured it. With
-    no knee (MPS: two inferences barely slow each other) the throughput is all there is,
-    and it is the cost."""
+    the solo knee, or when nothing measured it. The knee is taken at the low end of its
+    interval (``knee_low_ms``) so that a noisy knee of an exclusive body does not read as
+    sharing, unless the sweep's throughput kept growing past two clients (``growth`` ≥
+    ``GROWTH_PAST_TWO``): evidence of sharing the knee cannot give, as a time-sliced knee
+    is noisy (11.3 to 16.3 ms over four H200 runs of one model, at one cost, 11.4 ms).
+    With no knee (MPS: two inferences barely slow each other) the throughput is all there
+    is, and it is the cost."""
     if effective_body_ms is None:
         return None
-    knee = knee_ms if knee_low_ms is None or knee_ms is None else min(knee_ms, knee_low_ms)
+    shares_past_two = growth is not None and growth >= GROWTH_PAST_TWO
+    knee = knee_ms
+    if knee_ms is not None and knee_low_ms is not None and not shares_past_two:
+        knee = min(knee_ms, knee_low_ms)
     if knee is not None and effective_body_ms >= EXCLUSIVE_SHARE * knee:
         return None
     return min(body_ms, math.ceil(effective_body_ms * 10 - 1e-9) / 10)

@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagger.core.api import InferenceStream, ModelProfile, SharingMode
-from stagger.core.calibration import CalibrationResult, model_profile, recommended_cost_ms
+from stagger.core.calibration import (
+    CalibrationResult,
+    model_profile,
+    recommended_cost_ms,
+    throughput_growth,
+)
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.placement import Plan, PlannerSettings, ProfileBook, Timing, plan, stream_timing
 from stagger.core.simulate import SimShard, simulate_gpu
@@ -204,6 +209,35 @@ def test_a_noisy_knee_of_an_exclusive_body_does_not_read_as_sharing() -> None:
     cheaper: exclusive."""
     assert recommended_cost_ms(21.9, 20.4, 25.2) == 20.4  # against the knee alone
     assert recommended_cost_ms(21.9, 20.4, 25.2, knee_low_ms=20.1) is None
+
+
+@pytest.mark.parametrize(
+    ("knee", "low", "growth", "expected"),
+    [
+        # the H200 CUDA-graph RetinaNet, time-sliced, on 2026-12-03: one cost (11.4 ms), knees
+        # from 11.3 to 16.3 ms; the throughput grew 1.27x past two clients
+        (12.67, 11.9, 1.27, 11.4),  # the sweep shows sharing the knee's low end hid
+        (12.67, 11.9, None, None),  # no two-client point: the knee's low end decides
+        (11.30, 10.6, 1.27, None),  # a knee this low: no cheaper than it, exclusive
+        # a lock whose clients' own work outruns it: throughput grows past two clients, but
+        # its cost is its knee, so it stays exclusive
+        (10.0, 9.5, 3.9, None),
+    ],
+)
+def test_throughput_growing_past_two_clients_is_evidence_of_sharing(
+    knee, low, growth, expected
+) -> None:
+    assert recommended_cost_ms(knee, 11.36 if knee > 11 else 9.9, 14.6, low, growth) == expected
+
+
+def test_throughput_growth_is_the_best_over_two_clients() -> None:
+    sweep = [
+        {"clients": 1.0, "throughput_per_s": 63.9},
+        {"clients": 2.0, "throughput_per_s": 69.4},
+        {"clients": 10.0, "throughput_per_s": 88.0},
+    ]
+    assert throughput_growth(sweep) == pytest.approx(88.0 / 69.4)
+    assert throughput_growth(sweep[:1]) is None
 
 
 def test_what_calibration_reports_is_usable_as_is() -> None:

@@ -57,10 +57,23 @@ def test_streams_are_applied_one_at_a_time_until_the_planner_refuses_one(
         cluster,
         [profile(18.7, cost)],
         PlannerSettings(),
+        servers=10,
     )
     assert placed is not None and len(applied) == len(placed.shards) == admitted
     assert [s.name for s in applied] == [f"cam-{i}" for i in range(admitted)]
     assert "needs 0." in refused and "free" in refused
+
+
+def test_streams_are_applied_only_while_each_shard_has_a_server() -> None:
+    """One server per shard, as the operator deploys them: a stream whose shards would
+    outnumber the servers is the first not applied, and the reason says so."""
+    cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
+    candidates = [stream(f"cam-{i}", "graph", 10.0, 2048) for i in range(10)]
+    placed, applied, refused = apply_one_at_a_time(
+        candidates, cluster, [profile(18.7, 11.5)], PlannerSettings(), servers=3
+    )
+    assert placed is not None and len(applied) == 3
+    assert refused == "4 shards, 3 servers"
 
 
 def identical(admitted: int, loop: dict, random: dict, warnings: list[str] = ()) -> dict:
