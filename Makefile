@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: all venv plan test lint typecheck layers crds check-crds helm promtool pytest bench bench-sidecar gpu-carry clean
+.PHONY: all venv plan test lint images typecheck layers crds check-crds helm promtool pytest bench bench-sidecar gpu-carry clean
 
 all: test
 
@@ -60,8 +60,14 @@ $(PROMTOOL):
 
 promtool: $(PROMTOOL)
 
-pytest: $(STAMP) $(HELM) $(PROMTOOL)
-	STAGGER_HELM=$(HELM) STAGGER_PROMTOOL=$(PROMTOOL) $(BIN)/pytest -q
+# The shipped images (images/*.Containerfile), built with buildah and no daemon; the tests
+# run each one (tests/integration/test_images.py). Installs buildah and mmdebstrap from
+# Debian's packages when missing (root).
+images: $(STAMP)  ## Build the operator and sidecar images (docs/releasing.md)
+	PATH=$(abspath $(BIN)):$$PATH images/build
+
+pytest: $(STAMP) $(HELM) $(PROMTOOL) images
+	STAGGER_IMAGES=1 STAGGER_HELM=$(HELM) STAGGER_PROMTOOL=$(PROMTOOL) $(BIN)/pytest -q
 
 bench: $(STAMP)  ## Placement quality and scale (see docs/benchmarks.md)
 	$(BIN)/python -m bench.placement

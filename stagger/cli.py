@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Piped output is not cut at 80 columns: plans are wide and often go to files.
     out = Console(width=None if sys.stdout.isatty() else 160)
-    err = Console(stderr=True, soft_wrap=True)  # one line per problem: grep-able
+    # one line per problem, grep-able; plain text, so "[profile]" in a message is kept
+    err = Console(stderr=True, soft_wrap=True, markup=False)
     try:
         if args.command == "plan":
             return cmd_plan(args, out, err)

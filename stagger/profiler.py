@@ -99,7 +99,7 @@ class Endpoint:
                 import tritonclient.http as client  # noqa: PLC0415
         except ImportError as e:
             raise ProfileError(
-                "stagger profile needs tritonclient: pip install 'stagger[sidecar]'"
+                "stagger profile needs tritonclient: pip install 'stagger[profile]'"
             ) from e
         self._lib = client
         self._netloc = parts.netloc

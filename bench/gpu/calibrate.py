@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stagger.localtriton import LocalTriton
+from stagger_testkit.localtriton import LocalTriton
 
 MODELS = Path(__file__).parent / "models"
 MODEL = "detector"

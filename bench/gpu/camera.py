@@ -1,7 +1,7 @@
 """One stream's camera client, its own process as in a pod: a JPEG frame at ``--fps``, sent
 over gRPC to Triton or to the stream's sidecar, one in flight, then ``--post-ms`` of CPU
 post-processing (NMS, tracking: a busy loop) before the next capture. Writes its
-``stagger.camerasim.CameraLog`` as JSON.
+``stagger_testkit.camerasim.CameraLog`` as JSON.
 
     python3 -m bench.gpu.camera --url HOST:PORT --frame F.jpg --start UNIX --seconds S
         [--fps 10] [--phase S | --slot-clock http://SIDECAR] [--lead-ms 2] [--post-ms 8]
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from stagger.camerasim import Camera
 from stagger.client import SlotClient
+from stagger_testkit.camerasim import Camera
 
 DEFAULT_MODEL = "detector"
 
@@ -55,7 +55,7 @@ def main() -> None:
     jpeg = np.frombuffer(args.frame.read_bytes(), dtype=np.uint8)
 
     # Per call: sent, model began, model ended, answered (None where unknown): where each
-    # frame's time went (stagger.camerasim.phases).
+    # frame's time went (stagger_testkit.camerasim.phases).
     calls: list[list[float | None]] = []
 
     def send(frame: bytes) -> np.ndarray:

@@ -62,9 +62,9 @@ from stagger.core.calibration import model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
 from stagger.core.placement import Plan, PlannerSettings, plan
-from stagger.localtriton import LocalFollower, LocalSidecar, LocalTriton
 from stagger.profile_cmd import calibration_result
 from stagger.profiler import profile
+from stagger_testkit.localtriton import LocalFollower, LocalSidecar, LocalTriton
 
 BODIES = {
     # name in the repository: parameters set in the detector's config

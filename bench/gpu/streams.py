@@ -28,7 +28,7 @@ at least ``--frames`` frames per configuration:
 
 The model reports when it began and ended each request, so every configuration also says
 where its frames' time went (before the model, in it, after it) and how much of their model
-time other streams' overlapped (``stagger.camerasim.phases``), with the host's TCP
+time other streams' overlapped (``stagger_testkit.camerasim.phases``), with the host's TCP
 retransmissions and timeouts over it (all GPUs' runs together).
 
 Slots are the planner's for equal streams: offsets i × period / N, each body period / N
@@ -67,11 +67,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
 from bench.gpu.targets import render, setting, verdict
-from stagger.camerasim import phases, stalls, summarize
 from stagger.core.contract import SlotAssignment
 from stagger.core.telemetry import COORDINATED_DELAY, COORDINATED_FORCED
 from stagger.core.timebase import TICK_HZ
-from stagger.localtriton import LocalSidecar, LocalTriton
+from stagger_testkit.camerasim import phases, stalls, summarize
+from stagger_testkit.localtriton import LocalSidecar, LocalTriton
 
 CONFIGS = (
     "synchronized",

@@ -46,7 +46,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from stagger.core.contract import SlotAssignment
-from stagger.localtriton import LocalTriton, free_port
+from stagger_testkit.localtriton import LocalTriton, free_port
 
 MODELS = Path(__file__).resolve().parents[2] / "tests" / "models"
 MODEL = "add_one"

@@ -29,7 +29,7 @@ from tritonclient.grpc import service_pb2
 
 from bench.sidecar_overhead.__main__ import open_gate_contract
 from stagger.core.contract import SlotAssignment
-from stagger.localtriton import LocalSidecar, LocalTriton, free_port
+from stagger_testkit.localtriton import LocalSidecar, LocalTriton, free_port
 
 MODELS = Path(__file__).resolve().parents[2] / "tests" / "models"
 PERIOD_S, BODY_S, REQUESTS = 0.050, 0.040, 60

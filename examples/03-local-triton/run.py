@@ -35,6 +35,7 @@ import math
 import random
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -49,13 +50,23 @@ import tritonclient.http as triton_http
 from rich.console import Console
 from rich.table import Table
 
-from stagger.camerasim import Camera, CameraLog, summarize, synthetic_frames, video_frames
+# the checkout's test tooling (stagger_testkit: a local tritonserver, simulated cameras) is
+# not in the installed package: this example runs from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from stagger.client import SlotClient
 from stagger.core.api import InferenceStream
 from stagger.core.cluster import Cluster
 from stagger.core.contract import SlotAssignment
 from stagger.core.placement import Plan, plan, shard_ms
-from stagger.localtriton import LocalFollower, LocalSidecar, LocalTriton
+from stagger_testkit.camerasim import (
+    Camera,
+    CameraLog,
+    summarize,
+    synthetic_frames,
+    video_frames,
+)
+from stagger_testkit.localtriton import LocalFollower, LocalSidecar, LocalTriton
 
 HERE = Path(__file__).resolve().parent
 MODEL = "detector"

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stagger import __version__
 from stagger.core.placement import PlannerSettings
 from stagger.core.timebase import TICK_HZ
 
@@ -53,7 +54,7 @@ class OperatorSettings(BaseSettings):
     the stream author's behalf: without this, anyone who may write an InferenceStream
     could run pods as any account of its namespace. ``["*"]``: any."""
 
-    sidecar_image: str = "stagger/sidecar:0.1.0"
+    sidecar_image: str = f"stagger/sidecar:{__version__}"
     sidecar_http_port: int = 8800
     sidecar_grpc_port: int = 8801
     sidecar_metrics_port: int = 9400

@@ -60,6 +60,9 @@ def _settings(kind: type[S], args: list[str]) -> S:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["-h"], ["--help"]):
+        print(f"{USAGE}\n  gate   the slot gate in front of Triton\n  agent  the node agent")
+        raise SystemExit(0)
     if not args or args[0] not in ("gate", "agent"):
         print(USAGE, file=sys.stderr)
         raise SystemExit(2)

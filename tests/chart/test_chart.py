@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from stagger import __version__
 from stagger_operator.kube import KINDS
 from tests.unit.operator.test_manifests import K8S_VERSION, check_golden
 
@@ -54,6 +55,59 @@ def test_default_render_matches_golden_and_validates() -> None:
     (dashboard,) = [o for o in objects if o["metadata"]["name"] == "stagger-dashboard"]
     dashboard["data"]["stagger.json"] = "<charts/stagger/dashboards/stagger.json>"
     check_golden("chart-default.yaml", objects)
+
+
+def test_images_default_to_what_make_images_builds() -> None:
+    """The operator, the sidecar it injects and the agent: images/build's names, tagged
+    with the chart's appVersion (which tests/unit/test_version.py ties to the package)."""
+    objects = render()
+    images = pod_images(objects)
+    assert images == {
+        ("Deployment", "operator"): f"stagger/operator:{__version__}",
+        ("DaemonSet", "agent"): f"stagger/sidecar:{__version__}",
+        ("Deployment", "STAGGER_SIDECAR_IMAGE"): f"stagger/sidecar:{__version__}",
+    }
+
+
+def test_a_registry_and_pull_secrets_reach_every_image_and_pod() -> None:
+    values = [
+        "global.imageRegistry=registry.example.com/mirror/",
+        "global.imagePullSecrets[0].name=regcred",
+        "operator.imagePullSecrets[0].name=operator-cred",
+        "sidecar.image.tag=0.1.0-rc.1",
+        "operator.image.registry=registry.example.com/ops",
+    ]
+    objects = render(*values)
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pods = [o for o in objects if o["kind"] in {"Deployment", "DaemonSet"}]
+    check_golden("chart-images.yaml", pods)
+    assert pod_images(objects) == {
+        ("Deployment", "operator"): f"registry.example.com/ops/stagger/operator:{__version__}",
+        ("DaemonSet", "agent"): "registry.example.com/mirror/stagger/sidecar:0.1.0-rc.1",
+        ("Deployment", "STAGGER_SIDECAR_IMAGE"): (
+            "registry.example.com/mirror/stagger/sidecar:0.1.0-rc.1"
+        ),
+    }
+    secrets = {o["kind"]: o["spec"]["template"]["spec"]["imagePullSecrets"] for o in pods}
+    assert secrets == {
+        "Deployment": [{"name": "regcred"}, {"name": "operator-cred"}],
+        "DaemonSet": [{"name": "regcred"}],
+    }
+
+
+def pod_images(objects: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """Each container's image, and the sidecar image the operator is told to inject."""
+    out = {}
+    for o in objects:
+        if o["kind"] not in {"Deployment", "DaemonSet"}:
+            continue
+        for c in o["spec"]["template"]["spec"]["containers"]:
+            out[(o["kind"], c["name"])] = c["image"]
+            for e in c.get("env", []):
+                if e["name"] == "STAGGER_SIDECAR_IMAGE":
+                    out[(o["kind"], e["name"])] = e["value"]
+    return out
 
 
 @pytest.mark.parametrize(

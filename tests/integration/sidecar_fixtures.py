@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stagger.core.contract import SlotAssignment
-from stagger.localtriton import LocalTriton
 from stagger_sidecar.app import Sidecar
 from stagger_sidecar.settings import GateSettings
+from stagger_testkit.localtriton import LocalTriton
 from tests.factories import slot_contract
 
 MODELS = Path(__file__).parent.parent / "models"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stagger.localtriton import (
+from stagger_testkit.localtriton import (
     LocalSidecar,
     LocalTriton,
     SidecarUnavailable,

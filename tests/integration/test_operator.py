@@ -10,7 +10,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from stagger.core.api import GpuSchedule
-from stagger.localtriton import free_port
+from stagger_testkit.localtriton import free_port
 from tests.emulator import node, stream
 from tests.integration.conftest import Cluster, Operator, start_operator, stop_operator
 

@@ -11,7 +11,7 @@ import pytest
 
 from stagger.cli import main
 from stagger.core.calibration import CalibrationResult
-from stagger.localtriton import LocalTriton
+from stagger_testkit.localtriton import LocalTriton
 from tests.integration.sidecar_fixtures import MODELS
 
 BODY_MS = 20.0

@@ -27,8 +27,8 @@ from tritonclient.utils import InferenceServerException
 
 from stagger.client import SlotClient
 from stagger.core.telemetry import DROPPED, FORWARDED, GATE_WAIT, LATE, SLOT_FILE_ERRORS
-from stagger.localtriton import LocalTriton, free_port
 from stagger_sidecar.app import Sidecar
+from stagger_testkit.localtriton import LocalTriton, free_port
 from tests.factories import slot_contract
 from tests.integration.sidecar_fixtures import (
     MODELS,

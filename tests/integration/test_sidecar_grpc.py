@@ -15,8 +15,8 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from stagger.core.telemetry import DROPPED, FORWARDED
-from stagger.localtriton import LocalTriton
 from stagger_sidecar.app import Sidecar
+from stagger_testkit.localtriton import LocalTriton
 from tests.integration.sidecar_fixtures import StartSidecar, metric, scrape
 
 PERIOD, OFFSET = 0.100, 0.030  # tests.factories.slot_contract()

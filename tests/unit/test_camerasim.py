@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from stagger.camerasim import Camera, CameraLog, phases, stalls, summarize
 from stagger.client import SlotClient
 from stagger.core.slotclock import SlotClock
+from stagger_testkit.camerasim import Camera, CameraLog, phases, stalls, summarize
 
 
 class FakeTime:

@@ -33,3 +33,20 @@ app.kubernetes.io/component: operator
 {{- required "serviceAccount.name: name an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* An image reference: (dict "image" .Values.x.image "root" $): its own registry, else
+global.imageRegistry, then repository:tag (the tag defaults to the chart's appVersion). */}}
+{{- define "stagger.image" -}}
+{{- $registry := .image.registry | default .root.Values.global.imageRegistry | trimSuffix "/" -}}
+{{- $ref := printf "%s:%s" .image.repository (.image.tag | default .root.Chart.AppVersion) -}}
+{{- if $registry -}}{{ printf "%s/%s" $registry $ref }}{{- else -}}{{ $ref }}{{- end -}}
+{{- end -}}
+
+{{/* imagePullSecrets of a pod: (dict "own" list "root" $), global's first; each {name: ...}. */}}
+{{- define "stagger.imagePullSecrets" -}}
+{{- $secrets := concat (.root.Values.global.imagePullSecrets | default list) (.own | default list) | uniq -}}
+{{- if $secrets }}
+imagePullSecrets:
+  {{- toYaml $secrets | nindent 2 }}
+{{- end }}
+{{- end -}}
