@@ -249,7 +249,7 @@ class Controller:
         ):
             report.written += outcome is True
             if outcome is True:
-                self.objects[_key(obj["kind"], obj)] = obj
+                self.objects[_key(obj["kind"], obj)] = kube.as_written(obj)
             if isinstance(outcome, ApiException):
                 report.failed += 1
                 meta = obj["metadata"]

@@ -17,8 +17,10 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from stagger_operator.backoff import Backoff
 from stagger_operator.controller import Controller, Report
 from stagger_operator.kube import Kube
+from stagger_operator.leader import Elector
 from stagger_operator.metrics import OperatorMetrics
 from stagger_operator.observe import Snapshot, observe, parse
 from stagger_operator.scrape import fetch, targets
@@ -166,19 +168,14 @@ def _node_signature(body: kopf.Body) -> tuple[Any, ...]:
 
 async def _lease_loop(memo: kopf.Memo) -> None:
     """Hold the Lease while alive; renew at a third of its duration. Gaining it wakes the
-    planner; losing it (a stalled renew) stops planning at the next cycle."""
+    planner; losing it (a stalled renew) stops planning at the next cycle. Whether another
+    holder is gone is timed on this replica's own clock (``leader.Elector``)."""
     s: OperatorSettings = memo.settings
     kube = memo.controller.kube
+    elector = Elector(s.identity, s.lease_duration_s)
     while True:
         try:
-            held = await asyncio.to_thread(
-                kube.hold_lease,
-                s.lease_namespace,
-                s.lease_name,
-                s.identity,
-                s.lease_duration_s,
-                datetime.now(UTC),
-            )
+            held = await asyncio.to_thread(elector.try_hold, kube, s.lease_namespace, s.lease_name)
         except Exception:
             log.exception("cannot reach the Lease %s/%s", s.lease_namespace, s.lease_name)
             held = False
@@ -224,6 +221,8 @@ async def _scrape_loop(memo: kopf.Memo) -> None:
 
 async def _planner_loop(memo: kopf.Memo) -> None:
     loop = asyncio.get_running_loop()
+    s: OperatorSettings = memo.settings
+    retry = Backoff(base_s=s.retry_base_s, cap_s=s.retry_max_s)
     # asyncio.timeout rather than wait_for, whose 3.11 version can swallow a cancellation
     # that lands as the wait ends: the loop would then outlive the operator's shutdown.
     while True:
@@ -245,9 +244,10 @@ async def _planner_loop(memo: kopf.Memo) -> None:
         try:
             report = await asyncio.to_thread(memo.controller.reconcile)
         except Exception:
-            log.exception("reconcile failed; retrying in 5 s")
+            delay = retry.next_delay()
+            log.exception("reconcile failed; retrying in %.1f s", delay)
             memo.metrics.failed(loop.time() - began)
-            loop.call_later(5.0, memo.wake.set)
+            loop.call_later(delay, memo.wake.set)
             continue
         memo.metrics.reconciled(report, loop.time() - began)
         memo.stats.plans += 1
@@ -255,7 +255,9 @@ async def _planner_loop(memo: kopf.Memo) -> None:
         if report.moving:  # a move that never gets Ready must still end at its timeout
             loop.call_later(memo.settings.move_timeout_s, memo.wake.set)
         if report.failed:  # refused writes: statuses say why; try again soon, not hot
-            loop.call_later(10.0, memo.wake.set)
+            loop.call_later(retry.next_delay(), memo.wake.set)
+        else:
+            retry.succeeded()
         if report.wake_after_s is not None:  # a pinned slot frees: a re-timing may place more
             loop.call_later(report.wake_after_s + 0.1, memo.wake.set)
         # With ``kopf run --log-format=json`` (the chart's default) the extra fields become

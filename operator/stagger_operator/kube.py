@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubernetes import client
@@ -15,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from stagger.core.api import GpuNode, GpuSchedule, InferenceStream, ModelProfile
+from stagger_operator.leader import LeaseRecord
 from stagger_operator.manifests import MANAGED_BY
 
 MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
@@ -149,27 +149,37 @@ class Kube:
     # -- writing ----------------------------------------------------------------
 
     def apply(self, obj: Obj, current: Obj | None) -> bool:
-        """Make ``obj`` so: create it when ``current`` (from a list the caller made) is None,
-        merge-patch it when it differs. True when something was written."""
+        """Make ``obj`` so, exactly: create it when ``current`` (from a list the caller
+        made) is None, else send the merge patch :func:`apply_patch` computes (what changed,
+        and null for what this operator set last time and no longer wants). True when
+        something was written."""
         kind = KINDS[obj["kind"]]
         meta = obj["metadata"]
-        path = kind.path(meta.get("namespace"), meta["name"])
+        desired = with_last_applied(obj)
         if current is None:
             try:
-                self._call("POST", kind.path(meta.get("namespace")), obj)
+                self._call("POST", kind.path(meta.get("namespace")), desired)
                 return True
             except ApiException as e:
                 if e.status != 409:  # created meanwhile: patch it below
                     raise
-        elif _contains(current, obj):
+        patch = apply_patch(desired, current or {})
+        if patch is None:
             return False
-        self._call("PATCH", path, obj, "application/merge-patch+json")
+        path = kind.path(meta.get("namespace"), meta["name"])
+        self._call("PATCH", path, patch, "application/merge-patch+json")
         return True
+
+    @staticmethod
+    def as_written(obj: Obj) -> Obj:
+        """What :meth:`apply` writes of ``obj`` (with its last-applied record): what a cache
+        of live objects must hold for the next write to remove what is gone."""
+        return with_last_applied(obj)
 
     @staticmethod
     def differs(obj: Obj, current: Obj | None) -> bool:
         """Whether :meth:`apply` would write (checked before a write is sent off)."""
-        return current is None or not _contains(current, obj)
+        return current is None or apply_patch(with_last_applied(obj), current) is not None
 
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
         # Background: a Job's pods go with it (the API's default for Jobs orphans them).
@@ -187,68 +197,52 @@ class Kube:
         except ApiException:
             return
 
-    def hold_lease(
-        self, namespace: str, name: str, identity: str, duration_s: int, now: datetime
-    ) -> bool:
-        """Take or renew the Lease ``name`` for ``identity``; False while another holder's
-        lease is still fresh. Taking over is a compare-and-swap: a JSON patch whose ``test``
-        operations check the holder and renew time seen here, applied atomically."""
-        stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        lease = next(
-            (o for o in self.list_objects("Lease", namespace) if o["metadata"]["name"] == name),
-            None,
-        )
-        kind = KINDS["Lease"]
-        if lease is None:
-            try:
-                self._call(
-                    "POST",
-                    kind.path(namespace),
-                    {
-                        "apiVersion": "coordination.k8s.io/v1",
-                        "kind": "Lease",
-                        "metadata": {"name": name, "namespace": namespace},
-                        "spec": {
-                            "holderIdentity": identity,
-                            "leaseDurationSeconds": duration_s,
-                            "acquireTime": stamp,
-                            "renewTime": stamp,
-                            "leaseTransitions": 0,
-                        },
-                    },
-                )
-            except ApiException:
-                return False  # someone else created it first
-            return True
-        spec = lease.get("spec") or {}
-        holder, renewed = spec.get("holderIdentity"), spec.get("renewTime")
-        fresh_until = (
-            _parse_time(renewed) + timedelta(seconds=spec.get("leaseDurationSeconds") or duration_s)
-            if renewed
-            else now
-        )
-        if holder not in (identity, None) and now < fresh_until:
-            return False
-        ops: list[Obj] = [
-            {"op": "test", "path": "/spec/holderIdentity", "value": holder},
-            {"op": "test", "path": "/spec/renewTime", "value": renewed},
-            {"op": "replace", "path": "/spec/holderIdentity", "value": identity},
-            {"op": "replace", "path": "/spec/renewTime", "value": stamp},
-            {"op": "replace", "path": "/spec/leaseDurationSeconds", "value": duration_s},
-        ]
-        if holder != identity:
-            ops += [
-                {"op": "replace", "path": "/spec/acquireTime", "value": stamp},
-                {
-                    "op": "replace",
-                    "path": "/spec/leaseTransitions",
-                    "value": int(spec.get("leaseTransitions") or 0) + 1,
-                },
-            ]
+    def read_lease(self, namespace: str, name: str) -> Obj | None:
+        """The Lease by name (None: there is none)."""
         try:
-            self._call("PATCH", kind.path(namespace, name), ops, "application/json-patch+json")
-        except ApiException:
-            return False  # the lease changed since we read it: someone else won
+            lease: Obj = self._call("GET", KINDS["Lease"].path(namespace, name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return lease
+
+    def create_lease(self, namespace: str, name: str, spec: Obj) -> bool:
+        """Create the Lease; False when another replica created it first."""
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        try:
+            self._call("POST", KINDS["Lease"].path(namespace), body)
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    def swap_lease(self, namespace: str, name: str, seen: LeaseRecord, spec: Obj) -> bool:
+        """Compare-and-swap: write ``spec`` only if the Lease still holds what was ``seen``
+        (a JSON patch whose ``test`` operations the API server applies atomically); False
+        when it changed meanwhile."""
+        ops: list[Obj] = [
+            {"op": "test", "path": "/spec/holderIdentity", "value": seen.holder},
+            {"op": "test", "path": "/spec/renewTime", "value": seen.renew_time},
+            *({"op": "add", "path": f"/spec/{k}", "value": v} for k, v in spec.items()),
+        ]
+        try:
+            self._call(
+                "PATCH",
+                KINDS["Lease"].path(namespace, name),
+                ops,
+                "application/json-patch+json",
+            )
+        except ApiException as e:
+            if e.status in (409, 422):  # a failed test: someone else wrote it
+                return False
+            raise
         return True
 
     def release_lease(self, namespace: str, name: str, identity: str) -> None:
@@ -287,8 +281,59 @@ def parse_streams(raw: Iterable[Obj]) -> tuple[list[InferenceStream], list[Inval
     return good, bad
 
 
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+LAST_APPLIED = "stagger.dev/last-applied"
+"""Annotation: the object as this operator last wrote it (as ``kubectl apply`` keeps
+``last-applied-configuration``), so that a field it stops wanting can be removed while
+fields others set (the API server's defaults, ``kubectl annotate``) are left alone."""
+
+_MISSING = object()
+
+
+def with_last_applied(obj: Obj) -> Obj:
+    """``obj`` with its own copy in the :data:`LAST_APPLIED` annotation."""
+    meta = obj["metadata"]
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != LAST_APPLIED}
+    bare = {**obj, "metadata": {**meta, "annotations": annotations}}
+    if not annotations:
+        del bare["metadata"]["annotations"]
+    record = json.dumps(bare, sort_keys=True, separators=(",", ":"))
+    return {**obj, "metadata": {**meta, "annotations": {**annotations, LAST_APPLIED: record}}}
+
+
+def apply_patch(desired: Obj, live: Obj) -> Obj | None:
+    """The JSON merge patch (RFC 7386) that makes ``live`` hold ``desired``: a three-way
+    merge against what was last applied (``live``'s :data:`LAST_APPLIED`). Maps are merged
+    key by key; a key this operator set last time and no longer wants is set to null
+    (removed); a list is sent whole when it differs from the live one or from the last one
+    applied (a merge patch replaces lists). None when nothing needs writing."""
+    raw = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    try:
+        last = json.loads(raw) if raw else {}
+    except ValueError:
+        last = {}
+    return _merge_diff(desired, live, last)
+
+
+def _merge_diff(want: Obj, live: Any, last: Any) -> Obj | None:
+    live = live if isinstance(live, dict) else {}
+    last = last if isinstance(last, dict) else {}
+    patch: Obj = {}
+    for key, value in want.items():
+        current = live.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(current, dict):
+            sub = _merge_diff(value, current, last.get(key))
+            if sub is not None:
+                patch[key] = sub
+        elif (
+            current is _MISSING
+            or not _contains(current, value)
+            or (key in last and last[key] != value)
+        ):
+            patch[key] = value
+    for key in last:
+        if key not in want and key in live:
+            patch[key] = None
+    return patch or None
 
 
 def _contains(current: Any, wanted: Any) -> bool:

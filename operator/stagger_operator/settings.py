@@ -104,6 +104,10 @@ class OperatorSettings(BaseSettings):
     """No drift-triggered re-calibration sooner than this after the profile's measuredAt."""
     degraded_drop_rate: float = Field(default=0.001, ge=0, le=1)
     """A running stream dropping more than this share of its frames is Degraded."""
+    retry_base_s: float = Field(default=1.0, gt=0)
+    """A failed reconcile (or refused writes) is retried after about this long, doubling
+    with each failure in a row up to ``retry_max_s`` (with jitter)."""
+    retry_max_s: float = Field(default=60.0, gt=0)
     write_concurrency: int = Field(default=16, ge=1, le=256)
     """API writes in flight at once during a reconcile."""
     leader_election: bool = True

@@ -104,7 +104,10 @@ class StreamGate:
     shard: int = 0
     timetable: Timetable = field(default_factory=Timetable)
     last_slot: float = -math.inf
+    """The latest slot taken: by a request held for it, or by one that went."""
     pending: int = 0  # admitted and not yet finished: waiting or in flight
+    _held_slots: list[float] = field(default_factory=list)  # taken, their requests not gone
+    _went_slot: float = -math.inf  # the latest slot a request went in (its body ran)
     in_force: tuple[int, int] | None = None  # (offset, period) last seen in force
     arrivals: PhaseTracker | None = None
     """Where in the frame period this stream's requests arrive (its app's own clock)."""
@@ -217,6 +220,7 @@ class StreamGate:
             at = now if policy is GatePolicy.PASS else now + limit
             return self._take(Release(at, now, None, owner.period_s, late=True))
         self.last_slot = slot
+        self._held_slots.append(slot)
         return self._take(Release(max(opens, now), now, slot, owner.period_s, late=False))
 
     def aperiodic(self) -> bool:
@@ -238,6 +242,21 @@ class StreamGate:
     def _take(self, release: Release) -> Release:
         self.pending += 1
         return release
+
+    def went(self, release: Release) -> None:
+        """The request was forwarded: its slot is used, whatever happens to it next."""
+        if release.slot is not None and release.slot in self._held_slots:
+            self._held_slots.remove(release.slot)
+            self._went_slot = max(self._went_slot, release.slot)
+
+    def abandon(self, release: Release) -> None:
+        """The app gave up while the request was held: nothing ran in its slot, so the slot
+        is given back. Later requests keep theirs; the next one may take the slot if no
+        later slot is still held (a request never goes before one admitted earlier)."""
+        self.pending = max(0, self.pending - 1)
+        if release.slot is not None and release.slot in self._held_slots:
+            self._held_slots.remove(release.slot)
+            self.last_slot = max([self._went_slot, *self._held_slots])
 
     def finish(self, release: Release, now: float) -> bool:
         """The request's response is back. True when it overran its slot: it finished

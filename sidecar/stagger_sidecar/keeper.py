@@ -161,6 +161,7 @@ class Keeper:
         if decision.at <= now and (claim is None or self._goes(claim, now)):
             if claim is not None:
                 self.metrics.coordinated(key, delay_s=0.0, forced=False)
+            resolved.went(decision)
             return Ticket(resolved, decision, key, now, claim)
         return Held(resolved, decision, key, claim)
 
@@ -190,13 +191,14 @@ class Keeper:
                 assert ledger is not None
                 while (again := ledger.claim(held.claim, now := self.clock())) is not None:
                     await self.sleep(again - now)
-        except BaseException:  # the app gave up while waiting: free its place
-            held.gate.finish(held.release, self.clock())
+        except BaseException:  # the app gave up while waiting: free its place and its slot
+            held.gate.abandon(held.release)
             if held.claim is not None and self.coordination is not None:
                 self.coordination.ledger.finish(held.claim.id)
             self._exit()
             raise
         now = self.clock()
+        held.gate.went(held.release)
         if held.claim is not None:
             delay = max(0.0, now - held.release.at)
             self.metrics.coordinated(held.key, delay_s=delay, forced=now >= held.claim.deadline)

@@ -7,9 +7,11 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stagger.core.api import GpuSchedule
+from stagger_operator.leader import Elector
 from stagger_testkit.localtriton import free_port
 from tests.emulator import node, stream
 from tests.integration.conftest import Cluster, Operator, start_operator, stop_operator
@@ -73,6 +75,76 @@ async def test_applied_streams_get_workloads_schedules_and_status(
         ]["nodeSelectorTerms"][0]["matchFields"][0]["values"] == [node_name]
     events = await cluster.objects("Event", "default")
     assert {e["reason"] for e in events} >= {"Placed"}
+
+
+async def test_what_a_stream_stops_asking_for_is_removed_from_its_deployment(
+    cluster: Cluster, operator: Operator
+) -> None:
+    """Exact writes: a label, a nodeSelector entry and a limit removed from the stream's
+    template leave the Deployment; what others set on it (kubectl annotate) stays."""
+    template = {
+        "metadata": {"labels": {"team": "retail"}},
+        "spec": {
+            "nodeSelector": {"zone": "a"},
+            "containers": [
+                {
+                    "name": "triton",
+                    "image": "example/tritonserver:24.10",
+                    "resources": {"limits": {"memory": "4Gi", "cpu": "2"}},
+                }
+            ],
+        },
+    }
+    await cluster.create(stream("cam-1", template=template))
+    await cluster.wait_for(lambda: all_placed(cluster, ["cam-1"]))
+
+    async def deployment() -> dict[str, Any]:
+        (d,) = await cluster.objects("Deployment", "default")
+        return d
+
+    first = await deployment()
+    pod = first["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "retail"
+    assert pod["spec"]["nodeSelector"]["zone"] == "a"
+    # kubectl annotate, by someone else
+    path = f"/apis/apps/v1/namespaces/default/deployments/{first['metadata']['name']}"
+    annotate = {"metadata": {"annotations": {"owner": "platform-team"}}}
+    await cluster.call(
+        lambda: cluster.kube._call("PATCH", path, annotate, "application/merge-patch+json")
+    )
+
+    plain = {
+        "metadata": {},
+        "spec": {
+            "containers": [
+                {
+                    "name": "triton",
+                    "image": "example/tritonserver:24.10",
+                    "resources": {"limits": {"cpu": "2"}},
+                }
+            ]
+        },
+    }
+    (current,) = await cluster.objects("InferenceStream", "default")
+    await cluster.call(cluster.kube.apply, stream("cam-1", template=plain), current)
+
+    async def cleaned() -> dict[str, Any] | None:
+        d = await deployment()
+        pod = d["spec"]["template"]
+        triton = next(c for c in pod["spec"]["containers"] if c["name"] == "triton")
+        gone = (
+            "team" not in (pod["metadata"].get("labels") or {})
+            and "zone" not in (pod["spec"].get("nodeSelector") or {})
+            and "memory" not in triton["resources"]["limits"]
+        )
+        return d if gone else None
+
+    after = await cluster.wait_for(cleaned)
+    triton = next(
+        c for c in after["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"
+    )
+    assert triton["resources"]["limits"] == {"cpu": "2"}
+    assert after["metadata"]["annotations"]["owner"] == "platform-team"
 
 
 async def test_deleting_a_stream_removes_what_it_owns_and_frees_its_slot(
@@ -177,20 +249,71 @@ async def test_a_burst_of_200_streams_is_planned_a_handful_of_times(
     assert 1 <= plans <= 10, plans
 
 
+class Replica:
+    """An elector with its own clocks: a monotonic one the test steps, and a wall clock
+    ``skew`` away from the others' (what renewTime is written with)."""
+
+    def __init__(self, name: str, skew_s: float, duration_s: int = 10) -> None:
+        from datetime import UTC, datetime, timedelta
+
+        self.mono = 0.0
+        self.elector = Elector(
+            name,
+            duration_s,
+            monotonic=lambda: self.mono,
+            wall=lambda: datetime.now(UTC) + timedelta(seconds=skew_s),
+        )
+
+    async def hold(self, c: Cluster, lease: tuple[str, str] = ("stagger-system", "probe")) -> bool:
+        held: bool = await c.call(self.elector.try_hold, c.kube, *lease)
+        return held
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0], ids=["behind", "ahead"])
+async def test_clock_skew_never_makes_two_leaders(cluster: Cluster, skew_s: float) -> None:
+    """client-go's rule: a holder is gone only once this replica has seen its record
+    unchanged for a lease duration on its own clock. With renewTime compared against the
+    local clock, a replica an hour ahead took a fresh lease at once."""
+    a, b = Replica("a", 0.0), Replica("b", skew_s)
+    assert await a.hold(cluster)
+    for _ in range(5):  # a renews every 4 s; b tries as often, its clock an hour off
+        a.mono += 4
+        b.mono += 4
+        assert await a.hold(cluster)
+        assert not await b.hold(cluster)
+    # a stops renewing (a crash): b takes over a whole duration after it last saw a change
+    b.mono += 9
+    assert not await b.hold(cluster)
+    b.mono += 1
+    assert await b.hold(cluster)
+    (lease,) = await cluster.objects("Lease", "stagger-system")
+    assert lease["spec"]["holderIdentity"] == "b"
+    assert lease["spec"]["leaseTransitions"] == 1
+    a.mono += 100  # a comes back: b renews, so a stands by however long a was away
+    b.mono += 4
+    assert await b.hold(cluster)
+    assert not await a.hold(cluster)
+
+
+async def test_a_restarted_replica_waits_out_a_lease_it_has_not_seen_renewed(
+    cluster: Cluster,
+) -> None:
+    """A fresh replica knows nothing of the holder's last renewal: it waits a whole duration
+    from its first look, even when the holder's renewTime reads as long past."""
+    old = Replica("old", -7200.0)  # its renewTime reads two hours ago to the others
+    assert await old.hold(cluster)
+    new = Replica("new", 0.0)
+    assert not await new.hold(cluster)
+    new.mono += 9.9
+    assert not await new.hold(cluster)
+    new.mono += 0.2
+    assert await new.hold(cluster)
+
+
 async def test_only_the_lease_holder_plans(cluster: Cluster) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    kube, now = cluster.kube, datetime.now(UTC)
-    # The Lease itself: a fresh lease is refused to others, an expired one is taken over.
-    assert await cluster.call(kube.hold_lease, "stagger-system", "probe", "a", 2, now)
-    assert not await cluster.call(kube.hold_lease, "stagger-system", "probe", "b", 2, now)
-    later = now + timedelta(seconds=3)
-    assert await cluster.call(kube.hold_lease, "stagger-system", "probe", "b", 2, later)
-    assert not await cluster.call(kube.hold_lease, "stagger-system", "probe", "a", 2, later)
-
     # Another replica holds the operator's Lease for 4 s and then stops renewing (a crash).
     lease = ("stagger-system", "stagger-operator")
-    assert await cluster.call(kube.hold_lease, *lease, "other-replica", 4, datetime.now(UTC))
+    assert await Replica("other-replica", 0.0, duration_s=4).hold(cluster, lease)
     op = await start_operator(cluster, lease_duration_s=2, identity="replica-1")
     try:
         await cluster.create(stream("cam-1"))

@@ -365,3 +365,65 @@ def test_a_stream_that_is_not_periodic_never_waits_a_period() -> None:
     assert not periodic.aperiodic()
     r = released(periodic.admit(T + 10.036))  # past its slot's grace: waits for the next
     assert r.slot == near(T + 10.130) and not r.late
+
+
+def test_a_request_abandoned_while_held_gives_its_slot_back() -> None:
+    """An app that gives up on held requests (a client timeout) must not push its later
+    frames back: nothing ran in those slots."""
+    g = stream_gate(max_queue=10)
+    now = T + 0.050
+    held = [released(g.admit(now)) for _ in range(3)]
+    assert [r.slot for r in held] == near([T + 0.130, T + 0.230, T + 0.330])
+    for r in reversed(held):
+        g.abandon(r)
+    assert g.pending == 0
+    assert released(g.admit(now + 0.001)).slot == near(T + 0.130)
+
+
+def test_a_slot_a_request_went_in_is_never_given_back() -> None:
+    g = stream_gate(grace_s=0.002)
+    first = released(g.admit(T + 0.0305))  # takes the slot at +30 ms at once
+    g.went(first)
+    held = released(g.admit(T + 0.031))
+    assert held.slot == near(T + 0.130)
+    g.abandon(held)
+    again = released(g.admit(T + 0.0312))  # the +30 ms slot is used: the next one
+    assert again.slot == near(T + 0.130)
+
+
+def test_abandoning_an_earlier_request_keeps_the_later_ones_in_order() -> None:
+    g = stream_gate(max_queue=10)
+    now = T + 0.050
+    earlier, later = released(g.admit(now)), released(g.admit(now))
+    g.abandon(earlier)
+    assert released(g.admit(now)).slot == near(T + 0.330)  # never before `later`
+    assert later.slot == near(T + 0.230)
+
+
+async def test_the_keeper_gives_back_the_slots_of_requests_cancelled_while_held() -> None:
+    """Ten requests sent and abandoned while held, then a valid one: it waits for the next
+    slot, not ten periods (it waited 10 s at a 1 s period before the fix)."""
+    import asyncio
+
+    from stagger_sidecar.keeper import Keeper
+    from stagger_sidecar.metrics import GateMetrics
+
+    now = [T + 0.050]
+    forever = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        await forever.wait()
+
+    gate = Gate(GateConfig(max_queue=16), default="cam")
+    gate.load(slot_contract(), T)
+    keeper = Keeper(gate, GateMetrics(), max_inflight=32, clock=lambda: now[0], sleep=sleep)
+    for _ in range(10):
+        task = asyncio.create_task(keeper.admit(None, "m"))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    (stream,) = gate.streams.values()
+    assert stream.pending == 0
+    decision = released(stream.admit(now[0]))
+    assert decision.slot == near(T + 0.130)
