@@ -7,7 +7,8 @@ skipped with the reason.
 Each image runs in a buildah container on the host's network (chroot isolation): the
 operator against kmock on loopback, the sidecar in front of the real tritonserver, the agent
 on a machine with no NVML. After each run the container's root filesystem is checked: the
-process wrote nothing outside /tmp (the chart mounts the root filesystem read-only).
+process wrote nothing the pod could not (the chart mounts the root filesystem read-only;
+only the operator gets a writable /tmp).
 """
 
 from __future__ import annotations
@@ -96,14 +97,15 @@ class Container:
             text=True,
         )
 
-    def written(self) -> list[str]:
-        """Files the run wrote outside /tmp (and the mount points buildah makes)."""
+    def written(self, scratch: frozenset[str] = frozenset()) -> list[str]:
+        """Files the run wrote, outside the top-level folders in ``scratch`` (what the pod
+        mounts writable) and the mount points buildah makes."""
         root = Path(buildah("mount", self.name).strip())
         try:
             return sorted(
                 str(p.relative_to(root))
                 for top in root.iterdir()
-                if top.name not in {"tmp", "proc", "sys", "dev", "run", "etc"}
+                if top.name not in {"proc", "sys", "dev", "run", "etc", *scratch}
                 for p in ([top] if top.is_file() else top.rglob("*"))
                 if p.is_file() and not p.is_symlink() and p.stat().st_mtime > self.started
             )
@@ -165,6 +167,9 @@ def test_each_image_is_labelled_and_runs_its_command_as_a_user(
     with running(image, [entrypoint, "--help"], {}) as (_, p):
         p.wait(60)
         assert p.returncode == 0, output(p)
+    with running(image, ["stagger", "--version"], {}) as (_, p):
+        p.wait(60)
+        assert output(p).strip() == f"stagger {__version__}"
 
 
 def kubeconfig(directory: Path, server: str) -> Path:
@@ -233,7 +238,7 @@ async def test_the_operator_image_places_a_stream_against_kmock(
         assert SIDECAR in images.values(), images  # the sidecar image just built
         process.terminate()
         process.wait(15)
-        assert container.written() == []
+        assert container.written(scratch=frozenset({"tmp"})) == []  # the chart mounts /tmp
 
 
 def triton_inputs(client: Any, value: float) -> list[Any]:
