@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from stagger_sidecar.gate import Gate
 from stagger_sidecar.grpc_proxy import GrpcProxy
-from stagger_sidecar.http_proxy import HttpProxy
+from stagger_sidecar.http_proxy import HttpLimits, HttpProxy
 from stagger_sidecar.keeper import Coordination, Keeper
 from stagger_sidecar.ledger import FileLedger
 from stagger_sidecar.metrics import GateMetrics, StreamKey
@@ -134,7 +134,16 @@ class Sidecar:
         is there too (a sidecar that lost its gRPC address must never pass for ready)."""
         s, loop = self.settings, asyncio.get_running_loop()
         http = HttpProxy(
-            self.keeper, self.upstream, timeout_s=s.upstream_timeout_s, ready=self.ready
+            self.keeper,
+            self.upstream,
+            timeout_s=s.upstream_timeout_s,
+            ready=self.ready,
+            limits=HttpLimits(
+                max_header_bytes=s.http_max_header_bytes,
+                max_body_bytes=s.http_max_body_bytes,
+                header_timeout_s=s.http_header_timeout_s,
+                idle_timeout_s=s.http_idle_timeout_s,
+            ),
         )
         self._http = http
         host, port = split_address(s.http_address)

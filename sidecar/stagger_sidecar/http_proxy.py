@@ -87,6 +87,17 @@ class Request:
         return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one app connection may cost: bounded headers and bodies, and no connection held
+    open by a client that sends nothing (slowly or at all)."""
+
+    max_header_bytes: int = 64 * 1024
+    max_body_bytes: int = 64 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 120.0
+
+
 class UpstreamLost(Exception):
     """Triton closed the connection before its answer was complete."""
 
@@ -155,6 +166,12 @@ class TritonConnection(asyncio.Protocol):
             self.transport.close()
 
 
+class _LimitExceeded(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class AppConnection(asyncio.Protocol):
     """One app connection: parse requests, answer the sidecar's own paths, gate
     inferences, relay everything to Triton in order."""
@@ -167,35 +184,105 @@ class AppConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.triton: TritonConnection | None = None
         self.worker: asyncio.Task[None] | None = None
+        self.head_bytes = 0  # of the request being parsed: line and headers
+        self.body_bytes = 0
+        self.refused = False  # a limit was hit: the rest of the input is ignored
+        self.limit_hit: _LimitExceeded | None = None  # raised in a parser callback
+        self.parsing = False  # a request's bytes are arriving
+        self.busy = False  # a request is being answered
+        self.timer: asyncio.TimerHandle | None = None  # header or idle deadline
 
     # -- parsing (httptools callbacks) ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.worker = asyncio.get_running_loop().create_task(self.serve())
+        self._deadline(self.proxy.limits.header_timeout_s, 408, "no request line in time")
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            assert self.transport is not None
-            self.transport.write(error(400, f"malformed HTTP request: {e}", close=True))
-            self.requests.put_nowait(None)
+        except httptools.HttpParserError as e:  # a callback's exception arrives wrapped
+            hit = self.limit_hit
+            if hit is not None:
+                self._refuse(hit.status, str(hit))
+            else:
+                self._refuse(400, f"malformed HTTP request: {e}")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer at once and close: the request cannot be read on."""
+        assert self.transport is not None
+        self.refused = True
+        self._disarm()
+        self.transport.write(error(status, message, close=True))
+        self.requests.put_nowait(None)
+
+    def _deadline(self, seconds: float, status: int | None, why: str) -> None:
+        """Close the connection after ``seconds`` unless disarmed first (answering
+        ``status`` when given: a request was under way)."""
+        self._disarm()
+
+        def expire() -> None:
+            self.timer = None
+            if self.busy:  # never cut an answer short: look again when it may be sent
+                self._deadline(seconds, status, why)
+            elif status is None:
+                assert self.transport is not None
+                self.transport.close()
+            else:
+                self._refuse(status, why)
+
+        self.timer = asyncio.get_running_loop().call_later(seconds, expire)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def on_message_begin(self) -> None:
         self.current = Request()
+        self.parsing = True
+        self.head_bytes = self.body_bytes = 0
+        limits = self.proxy.limits
+        self._deadline(
+            limits.header_timeout_s,
+            408,
+            f"the request's headers did not arrive within {limits.header_timeout_s:g} s",
+        )
+
+    def _count_head(self, n: int) -> None:
+        self.head_bytes += n
+        limit = self.proxy.limits.max_header_bytes
+        if self.head_bytes > limit:
+            self._limit(431, f"request line and headers exceed {limit} bytes")
+
+    def _limit(self, status: int, message: str) -> None:
+        """Stop parsing: ``data_received`` answers ``status``."""
+        self.limit_hit = _LimitExceeded(status, message)
+        raise self.limit_hit
 
     def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
         self.current.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
         if name.lower() == b"stagger-stream":
             self.current.stream = value.decode(errors="replace")
         else:
             self.current.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._disarm()  # the body's pace is the app's; its size is bounded below
         self.current.method = self.parser.get_method()
+        declared = next(
+            (v for k, v in self.current.headers if k.lower() == b"content-length"), None
+        )
+        limit = self.proxy.limits.max_body_bytes
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            self._limit(413, f"request body of {int(declared)} bytes exceeds {limit}")
         expect = any(
             k.lower() == b"expect" and v.lower() == b"100-continue" for k, v in self.current.headers
         )
@@ -203,13 +290,19 @@ class AppConnection(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        limit = self.proxy.limits.max_body_bytes
+        if self.body_bytes > limit:  # chunked: no length declared up front
+            self._limit(413, f"request body exceeds {limit} bytes")
         self.current.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.parsing = False
         self.current.keep_alive = self.parser.should_keep_alive()
         self.requests.put_nowait(self.current)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
         self.proxy.connections.discard(self)
         if self.worker is not None:
             self.worker.cancel()  # frees a slot the request may hold at the gate
@@ -222,9 +315,15 @@ class AppConnection(asyncio.Protocol):
         assert self.transport is not None
         try:
             while (request := await self.requests.get()) is not None:
-                keep = await self.handle(request) and request.keep_alive
+                self.busy = True
+                try:
+                    keep = await self.handle(request) and request.keep_alive
+                finally:
+                    self.busy = False
                 if not keep:
                     break
+                if self.requests.empty() and not self.parsing and not self.refused:
+                    self._deadline(self.proxy.limits.idle_timeout_s, None, "idle")
         except Exception:  # a bug must cost one connection, not the sidecar
             log.exception("HTTP connection failed")
         finally:
@@ -311,7 +410,9 @@ class HttpProxy:
         *,
         timeout_s: float,
         ready: Callable[[], tuple[bool, str]],
+        limits: HttpLimits | None = None,
     ) -> None:
+        self.limits = limits or HttpLimits()
         self.keeper = keeper
         self.upstream = upstream
         self.timeout_s = timeout_s

@@ -75,6 +75,15 @@ class GateSettings(BaseSettings):
     upstream_timeout_s: float = Field(default=10.0, gt=0)
     """How long Triton may take to answer before the app gets a timeout error (gRPC: the
     app's own deadline when it is shorter)."""
+    http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """HTTP: the request line and headers together at most this many bytes (else 431)."""
+    http_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """HTTP: a request body at most this many bytes (else 413): a raw 1080p RGB frame in
+    FP32 is 24 MiB."""
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    """HTTP: a request's line and headers must arrive within this long (else 408)."""
+    http_idle_timeout_s: float = Field(default=120.0, gt=0)
+    """HTTP: a keep-alive connection with no request for this long is closed."""
     stats_interval_s: float = Field(default=5.0, gt=0)
     """How often Triton's statistics are read for body time and achieved fps."""
     drain_timeout_s: float = Field(default=20.0, ge=0)

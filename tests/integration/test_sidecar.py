@@ -525,3 +525,57 @@ async def test_a_sidecar_whose_grpc_address_is_taken_fails_to_start_and_leaves_n
             )
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
+
+
+async def test_http_input_is_bounded_in_size_and_time(start_sidecar: StartSidecar) -> None:
+    """Headers and bodies over their limits are refused at once (431, 413) and the
+    connection closed; a client that sends its headers too slowly gets 408; an idle
+    keep-alive connection is closed. The sidecar serves the next client as usual."""
+    sidecar = await start_sidecar(
+        http_max_header_bytes=4096,
+        http_max_body_bytes=64 * 1024,
+        http_header_timeout_s=0.5,
+        http_idle_timeout_s=0.5,
+    )
+    port = sidecar.ports["http"]
+
+    async def answer(raw: bytes, *, pause_s: float = 0.0) -> tuple[bytes, bool]:
+        """The status line the sidecar answers, and whether it then closed."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await asyncio.sleep(pause_s)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        closed = b"connection: close" in head.lower()
+        writer.close()
+        return head.split(b"\r\n")[0], closed
+
+    huge_header = b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 8192 + b"\r\n\r\n"
+    assert await answer(huge_header) == (b"HTTP/1.1 431 Request Header Fields Too Large", True)
+
+    declared = (
+        b"POST /v2/models/add_one/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n"
+    )
+    assert await answer(declared) == (b"HTTP/1.1 413 Request Entity Too Large", True)
+
+    chunk = b"a" * 40_000
+    chunked = (
+        b"POST /v2/models/add_one/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 2
+    )
+    assert await answer(chunked) == (b"HTTP/1.1 413 Request Entity Too Large", True)
+
+    slow = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n"  # the headers never end
+    assert await answer(slow) == (b"HTTP/1.1 408 Request Timeout", True)
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    await reader.read(0)
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed once idle
+    assert asyncio.get_running_loop().time() - started < 2.0
+    writer.close()
+
+    assert (await answer(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n"))[0].endswith(
+        b"200 OK"
+    )
