@@ -3,6 +3,8 @@ the objects the tests and the operator benchmark create."""
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp.web
@@ -27,6 +29,21 @@ RESOURCES = {
 TEMPLATE = {"spec": {"containers": [{"name": "triton", "image": "example/tritonserver:24.10"}]}}
 
 
+@dataclass
+class Fault:
+    """Answer matching requests with ``status`` (and ``headers``) instead of serving them:
+    ``method`` and a ``path`` substring select them, ``times`` bounds how many (None: until
+    removed), ``rate`` answers that share of them (seeded)."""
+
+    method: str
+    path: str
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    times: int | None = None
+    rate: float = 1.0
+    hits: int = 0
+
+
 class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator, forgetting the requests it has served.
 
@@ -37,8 +54,26 @@ class Emulator(kmock.KubernetesEmulator):
     finding it, so a short tail of the history is enough.
     """
 
+    faults: list[Fault]
+    fault_rng = random.Random(5)
+
     async def __call__(self, raw_request: Any) -> Any:
         del self._requests[:-16]
+        for fault in getattr(self, "faults", []):
+            if (
+                raw_request.method == fault.method
+                and fault.path in raw_request.path
+                and (fault.times is None or fault.hits < fault.times)
+                and self.fault_rng.random() < fault.rate
+            ):
+                fault.hits += 1
+                await raw_request.read()  # the request's body, read as a server would
+                return aiohttp.web.json_response(
+                    {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                     "code": fault.status, "message": "injected"},
+                    status=fault.status,
+                    headers=fault.headers,
+                )  # fmt: skip
         try:
             return await super().__call__(raw_request)
         except kmock.KubernetesObjectNotFoundError:

@@ -16,10 +16,15 @@ class Backoff:
     failures: int = 0
 
     def next_delay(self) -> float:
-        """The delay before the next retry: half of min(cap, base × 2^failures) plus a
-        uniform share of the other half ("equal jitter": never zero, never in step)."""
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(self.failures, 62))
+        """The delay before the next retry, counting this failure."""
+        delay = self.delay(self.failures)
         self.failures += 1
+        return delay
+
+    def delay(self, failures: int) -> float:
+        """After ``failures`` failures in a row: half of min(cap, base × 2^failures) plus a
+        uniform share of the other half ("equal jitter": never zero, never in step)."""
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(failures, 62))
         return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
 
     def succeeded(self) -> None:

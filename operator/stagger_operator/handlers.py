@@ -46,6 +46,7 @@ def _default_api_client(connections: int) -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     configuration.connection_pool_maxsize = connections  # one per parallel write
+    configuration.retries = False  # one retry mechanism: Kube's (429, 5xx, timeouts)
     return client.ApiClient(configuration)
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from stagger.core.api import GpuNode, GpuSchedule, InferenceStream, ModelProfile
+from stagger_operator.backoff import Backoff
 from stagger_operator.leader import LeaseRecord
 from stagger_operator.manifests import MANAGED_BY
 
@@ -63,10 +66,26 @@ class InvalidObject:
     problem: str
 
 
+RETRIED = {429, 500, 502, 503, 504}
+"""Answers a call is retried on: the API server is throttling (429: after its Retry-After)
+or briefly unable to answer. Anything else is the caller's to handle (404, 409, 422)."""
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient, timeout: tuple[float, float] = (5.0, 30.0)) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        *,
+        retries: int = 3,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.api = api
         self.timeout = timeout  # (connect, read) seconds: never hang on a dead connection
+        self.retries = retries
+        self.backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
+        self.sleep = sleep
 
     def _call(
         self,
@@ -87,11 +106,24 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )[:4]
-        response = self.api.call_api(method, url, headers, body, _request_timeout=self.timeout)
-        raw = response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=response.reason, body=raw)
-        return json.loads(raw) if raw else None
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self.api.call_api(
+                    method, url, headers, body, _request_timeout=self.timeout
+                )
+            except urllib3.exceptions.HTTPError:  # a timeout, a refused or reset connection
+                if last:
+                    raise
+                self.sleep(self.backoff.delay(attempt))
+                continue
+            raw = response.read()  # type: ignore[no-untyped-call]
+            if 200 <= response.status < 300:
+                return json.loads(raw) if raw else None
+            if response.status not in RETRIED or last:
+                raise ApiException(status=response.status, reason=response.reason, body=raw)
+            self.sleep(_retry_after(response) or self.backoff.delay(attempt))
+        raise AssertionError("unreachable")  # the last attempt returned or raised
 
     # -- reading ----------------------------------------------------------------
 
@@ -279,6 +311,15 @@ def parse_streams(raw: Iterable[Obj]) -> tuple[list[InferenceStream], list[Inval
                 )
             )
     return good, bad
+
+
+def _retry_after(response: Any) -> float | None:
+    """The server's Retry-After, in seconds (capped: a reconcile must not stall for long)."""
+    value = (response.headers or {}).get("Retry-After") if hasattr(response, "headers") else None
+    try:
+        return min(float(value), 30.0) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare from the API server; back off instead
 
 
 LAST_APPLIED = "stagger.dev/last-applied"

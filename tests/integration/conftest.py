@@ -86,21 +86,32 @@ class Operator:
     task: asyncio.Task[None]
 
 
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
+@contextlib.asynccontextmanager
+async def emulated_cluster() -> AsyncIterator[Cluster]:
+    """A fresh kmock with two GPU nodes; kopf logs in to it (one at a time per process)."""
     emulator = declare(Emulator())
+    emulator.faults = []
     async with kmock.Server(emulator) as server:
         EMULATOR_URL["url"] = str(server.url)
-        api = client.ApiClient(client.Configuration(host=str(server.url)))
+        configuration = client.Configuration(host=str(server.url))
+        configuration.retries = False  # as the operator's: Kube retries, urllib3 does not
+        api = client.ApiClient(configuration)
         c = Cluster(Kube(api), emulator)
         for name in ("gpu-a", "gpu-b"):
             await c.create(node(name))
         yield c
 
 
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    async with emulated_cluster() as c:
+        yield c
+
+
 async def start_operator(c: Cluster, **settings: Any) -> Operator:
     # A fresh client, as a restarted operator process would have: no pooled connections.
     configuration = client.Configuration(host=c.kube.api.configuration.host)
+    configuration.retries = False
     configuration.connection_pool_maxsize = 16
     api = client.ApiClient(configuration)
     memo = kopf.Memo(

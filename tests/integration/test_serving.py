@@ -223,11 +223,16 @@ async def test_a_profile_whose_measured_body_drifts_says_so(
 
         status = await cluster.wait_for(drifted)
         assert status["observedBodyMs"] == 13.5 and status["driftPercent"] == pytest.approx(28.6)
-        events = await cluster.objects("Event", "default")
-        assert any(
-            e["reason"] == "BodyDrift" and e["involvedObject"]["kind"] == "ModelProfile"
-            for e in events
-        )
+
+        # The Event is posted after the status that triggers it (controller: status first,
+        # then the event): wait for it rather than race it.
+        async def drift_event() -> bool:
+            return any(
+                e["reason"] == "BodyDrift" and e["involvedObject"]["kind"] == "ModelProfile"
+                for e in await cluster.objects("Event", "default")
+            )
+
+        await cluster.wait_for(drift_event)
         metrics.body.labels(**key.labels()).set(0.0110)  # back within 20 %
 
         async def settled() -> bool:
