@@ -232,7 +232,7 @@ def measure(
     by_camera = {}
     for cam, camera_log in zip(cams, logs, strict=True):
         one = pooled([camera_log])
-        by_camera[camera_log["name"]] = {
+        by_camera[cam.get("name", camera_log["name"])] = {
             "model": cam.get("model", "detector"),
             "fps": cam.get("fps", args.fps),
             **{k: one[k] for k in ("p50Ms", "p99Ms", "dropPercent", "frames")},
@@ -410,6 +410,7 @@ def mixed(
         model = {s.name: s.spec for s in applied}
         cams = [
             {
+                "name": p.stream if p.shards == 1 else f"{p.stream}/{p.shard}",
                 "url": sc.grpc,
                 "model": model[p.stream].model,
                 "fps": model[p.stream].fps / p.shards,
@@ -423,6 +424,7 @@ def mixed(
     rng = random.Random(args.seed)
     cams = [
         {
+            "name": s.name,
             "url": servers[i].grpc,
             "model": s.spec.model,
             "fps": s.spec.fps,
