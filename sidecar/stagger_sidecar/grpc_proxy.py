@@ -20,7 +20,11 @@ The sidecar answers a call itself (a refusal, a timeout) with a trailers-only re
 HPACK-encoded without indexing so the app's table is untouched, after resetting the stream
 towards Triton. A refusal comes before the request's DATA reaches Triton, so Triton has
 nothing to say on that stream; a timeout comes after, so the answer waits for a PING round
-trip that proves Triton will send nothing more on it. A refused request on a
+trip that proves Triton will send nothing more on it. A Triton that does not answer that
+PING within ``PING_DEADLINE_S`` is hung (stopped, or its HTTP/2 threads wedged): every open
+call is answered at once and both connections are dropped, since a late header block from
+Triton could no longer be relayed without breaking the app's HPACK table. A refused
+request on a
 ``ModelStreamInfer`` stream gets an error message on the stream (as Triton reports a failed
 request) and the stream goes on. Bytes the sidecar drops or adds are settled with
 WINDOW_UPDATE, so flow control stays exact on both sides.
@@ -81,6 +85,9 @@ SETTINGS_MAX_FRAME_SIZE = 0x5
 SETTING = struct.Struct(">HL")
 PEEK_BYTES = 4096  # of a message, enough to read its header
 ANYTHING = 1 << 31  # table and header-list limits are Triton's to enforce, not ours
+PING_DEADLINE_S = 1.0
+"""A live Triton acknowledges a PING in milliseconds even when its models are busy (its
+HTTP/2 transport is not behind the model queue); one that does not within this is hung."""
 
 # gRPC status codes (grpc-status trailer).
 CODE = {
@@ -165,6 +172,7 @@ class Call:
     response_started: bool = False
     timer: asyncio.TimerHandle | None = None
     barrier: bytes | None = None  # the PING whose ACK releases the sidecar's answer
+    barrier_timer: asyncio.TimerHandle | None = None  # Triton hung if it fires
     answer: tuple[Reason, str] | None = None
     over: bool = False
 
@@ -197,6 +205,7 @@ class GrpcConnection(asyncio.Protocol):
         self.barriers: dict[bytes, Call] = {}
         self.tokens = itertools.count(1)
         self.closed = False
+        self.hung = False  # Triton missed a PING deadline: its frames are no longer relayed
 
     # -- connection ----------------------------------------------------------------------
 
@@ -561,6 +570,41 @@ class GrpcConnection(asyncio.Protocol):
         call.barrier = b"stagger" + bytes([next(self.tokens) % 256])
         self.barriers[call.barrier] = call
         self.to_triton.own(PingFrame(0, opaque_data=call.barrier).serialize())
+        call.barrier_timer = asyncio.get_running_loop().call_later(
+            PING_DEADLINE_S, self._guarded, partial(self._ping_missed, call)
+        )
+
+    def _ping_missed(self, call: Call) -> None:
+        """Triton did not acknowledge the barrier PING: it is hung. Every open call gets the
+        sidecar's answer now (its own, or UNAVAILABLE), then GOAWAY, and both connections
+        close; the app's next call connects again."""
+        if call.barrier not in self.barriers or self.hung:
+            return
+        self.hung = True
+        log.warning(
+            "gRPC: Triton at %s did not acknowledge a PING within %g s after a timeout; "
+            "answering %d open call(s) and dropping its connection",
+            self.proxy.address,
+            PING_DEADLINE_S,
+            len(self.calls),
+        )
+        self.proxy.upstream.recheck()
+        self.barriers.clear()
+        for open_call in list(self.calls.values()):
+            if open_call.over:
+                continue
+            if open_call.timer is not None:
+                open_call.timer.cancel()
+            if open_call.answer is None:
+                open_call.answer = (
+                    Reason.UNAVAILABLE,
+                    f"Triton stopped answering (no PING acknowledgement within "
+                    f"{PING_DEADLINE_S:g} s); reconnect",
+                )
+            self._send_answer(open_call)
+        self._goodbye(force=True)
+        if self.triton is not None:
+            self.triton.close()
 
     def _send_answer(self, call: Call) -> None:
         assert call.answer is not None
@@ -592,8 +636,9 @@ class GrpcConnection(asyncio.Protocol):
         if call.over:
             return
         call.over = True
-        if call.timer is not None:
-            call.timer.cancel()
+        for timer in (call.timer, call.barrier_timer):
+            if timer is not None:
+                timer.cancel()
         if call.admission is not None:
             call.admission.cancel()  # frees its place at the gate
         if call.inbox:  # held, never forwarded
@@ -610,6 +655,10 @@ class GrpcConnection(asyncio.Protocol):
     # -- Triton -> app -------------------------------------------------------------------
 
     def triton_data(self, buf: bytearray) -> None:
+        if self.hung:  # answered already; a late header block would break the app's HPACK
+            buf.clear()
+            return
+
         def work() -> None:
             for frame, ftype, flags, sid in _split(buf):
                 self._triton_frame(frame, ftype, flags, sid)
@@ -663,6 +712,8 @@ class GrpcConnection(asyncio.Protocol):
 
     def _barrier_passed(self, call: Call) -> None:
         """Triton has seen the reset, so nothing more comes from it on the call."""
+        if call.barrier_timer is not None:
+            call.barrier_timer.cancel()
         if not call.over:
             self._send_answer(call)
 
@@ -683,9 +734,9 @@ class GrpcConnection(asyncio.Protocol):
         if not self.calls:
             self._goodbye()
 
-    def _goodbye(self) -> None:
+    def _goodbye(self, *, force: bool = False) -> None:
         """GOAWAY, so that the app's next call opens a new connection and finds Triton."""
-        if self.app is None or self.app.is_closing() or not self.last_sid:
+        if self.app is None or self.app.is_closing() or not (self.last_sid or force):
             return  # before any call, a GOAWAY would only make the app retry here
         self.to_app.own(GoAwayFrame(0, last_stream_id=self.last_sid).serialize())
         self.close()

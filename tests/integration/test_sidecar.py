@@ -28,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 from stagger.client import SlotClient
 from stagger.core.telemetry import DROPPED, FORWARDED, GATE_WAIT, LATE, SLOT_FILE_ERRORS
 from stagger_sidecar.app import Sidecar
+from stagger_sidecar.grpc_proxy import PING_DEADLINE_S
 from stagger_testkit.localtriton import LocalTriton, free_port
 from tests.factories import slot_contract
 from tests.integration.sidecar_fixtures import (
@@ -360,6 +361,57 @@ async def test_triton_restart_is_reported_and_recovered(
         samples = await scrape(sidecar)
         assert metric(samples, DROPPED, stream="cam", reason="unavailable") >= 2
         assert metric(samples, "stagger_triton_up") == 1
+    finally:
+        server.stop()
+
+
+async def test_a_hung_triton_is_answered_in_bounded_time_on_both_protocols(
+    start_sidecar: StartSidecar, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Triton stopped (SIGSTOP) with calls in flight: HTTP answers 504 at the upstream
+    timeout; gRPC answers every open call within the timeout plus the PING deadline (it no
+    longer waits for Triton to resume), drops the connection, and the app's next call after
+    Triton resumes succeeds on a new one."""
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    server = LocalTriton(MODELS, log_file=tmp_path / "triton.log", **ports).start()
+    assert server.process is not None
+    timeout = 0.5
+    try:
+        sidecar = await start_sidecar(upstream=server, upstream_timeout_s=timeout)
+        h = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
+        g = grpc_client(sidecar)
+        assert await g.infer("add_one", [grpc_input([1.0])])  # the connection is up
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            outcomes = await asyncio.wait_for(  # a regression fails here, not hangs
+                asyncio.gather(
+                    g.infer("add_one", [grpc_input([1.0])]),
+                    g.infer("add_one", [grpc_input([2.0])]),
+                    h.infer("add_one", [http_input([1.0])]),
+                    return_exceptions=True,
+                ),
+                timeout=10,
+            )
+            took = time.monotonic() - started
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        statuses = sorted(e.status() for e in outcomes if isinstance(e, InferenceServerException))
+        assert statuses == ["504", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.DEADLINE_EXCEEDED"]
+        assert took < timeout + PING_DEADLINE_S + 1.0  # not until Triton resumes
+
+        async def grpc_back() -> bool:
+            try:
+                return bool(await g.infer("add_one", [grpc_input([3.0])]))
+            except InferenceServerException:
+                return False
+
+        await until(grpc_back, timeout_s=5.0, what="gRPC answered again")
+        await h.close()
+        await g.close()
+        samples = await scrape(sidecar)
+        assert metric(samples, DROPPED, stream="cam", reason="timeout") == 3
+        assert any("did not acknowledge a PING" in r.getMessage() for r in caplog.records)
     finally:
         server.stop()
 
