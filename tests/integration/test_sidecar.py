@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,14 @@ async def test_streaming_grpc_is_gated_and_accounted(
     assert metric(samples, GATE_WAIT + "_count", stream="cam", model="repeat") == 2
 
 
+async def grpc_answers(g: grpcclient.InferenceServerClient) -> bool:
+    """Whether a gRPC call through the sidecar succeeds now."""
+    try:
+        return bool(await g.infer("add_one", [grpc_input([1.0])]))
+    except InferenceServerException:
+        return False
+
+
 async def test_triton_restart_is_reported_and_recovered(
     start_sidecar: StartSidecar, tmp_path: Path
 ) -> None:
@@ -349,13 +358,7 @@ async def test_triton_restart_is_reported_and_recovered(
         await until(ready, what="sidecar ready again")
         assert (await h.infer("add_one", [http_input([1.0])])).as_numpy("OUTPUT0").tolist() == [2]
 
-        async def grpc_back() -> bool:
-            try:
-                return bool(await g.infer("add_one", [grpc_input([1.0])]))
-            except InferenceServerException:
-                return False
-
-        await until(grpc_back, timeout_s=5.0, what="gRPC reconnected")
+        await until(partial(grpc_answers, g), timeout_s=5.0, what="gRPC reconnected")
         await h.close()
         await g.close()
         samples = await scrape(sidecar)
@@ -400,13 +403,7 @@ async def test_a_hung_triton_is_answered_in_bounded_time_on_both_protocols(
         assert statuses == ["504", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.DEADLINE_EXCEEDED"]
         assert took < timeout + PING_DEADLINE_S + 1.0  # not until Triton resumes
 
-        async def grpc_back() -> bool:
-            try:
-                return bool(await g.infer("add_one", [grpc_input([3.0])]))
-            except InferenceServerException:
-                return False
-
-        await until(grpc_back, timeout_s=5.0, what="gRPC answered again")
+        await until(partial(grpc_answers, g), timeout_s=5.0, what="gRPC answered again")
         await h.close()
         await g.close()
         samples = await scrape(sidecar)
