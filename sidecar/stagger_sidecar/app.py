@@ -151,7 +151,11 @@ class Sidecar:
         self.ports["http"] = int(self._http_server.sockets[0].getsockname()[1])
         if s.triton_grpc:
             self._grpc = GrpcProxy(
-                self.keeper, self.upstream, s.triton_grpc, timeout_s=s.upstream_timeout_s
+                self.keeper,
+                self.upstream,
+                s.triton_grpc,
+                timeout_s=s.upstream_timeout_s,
+                max_header_bytes=s.http_max_header_bytes,
             )
             host, port = split_address(s.grpc_address)
             self._grpc_server = await loop.create_server(

@@ -29,6 +29,13 @@ request on a
 request) and the stream goes on. Bytes the sidecar drops or adds are settled with
 WINDOW_UPDATE, so flow control stays exact on both sides.
 
+The app's input is bounded before it is buffered: a frame larger than the
+``SETTINGS_MAX_FRAME_SIZE`` Triton advertised is refused on its 9-byte header
+(FRAME_SIZE_ERROR, RFC 9113 §4.2), and a header block larger than ``max_header_bytes``
+(``STAGGER_HTTP_MAX_HEADER_BYTES``) ends the connection (ENHANCE_YOUR_CALM); both with
+GOAWAY and the reason in its debug data. A request message held to its slot is bounded by
+Triton's flow-control window, which the app must respect.
+
 When Triton is unreachable as an app connects, the sidecar speaks just enough HTTP/2 to
 answer every call ``UNAVAILABLE`` with the reason, then sends GOAWAY so that the app's next
 call connects again. When Triton's connection drops, the app's is closed.
@@ -78,7 +85,7 @@ FRAME_HEAD = struct.Struct(">HBBBL")
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 8, 9
 END_STREAM = ACK = 0x1
 END_HEADERS, PADDED, PRIORITY = 0x4, 0x8, 0x20
-NO_ERROR, CANCEL = 0x0, 0x8
+NO_ERROR, FRAME_SIZE_ERROR, CANCEL, ENHANCE_YOUR_CALM = 0x0, 0x6, 0x8, 0xB
 MESSAGE_PREFIX = 5  # gRPC: compressed flag + 4-byte length
 MAX_FRAME = 16_384  # SETTINGS_MAX_FRAME_SIZE's initial value: what every peer accepts
 SETTINGS_MAX_FRAME_SIZE = 0x5
@@ -206,6 +213,7 @@ class GrpcConnection(asyncio.Protocol):
         self.tokens = itertools.count(1)
         self.closed = False
         self.hung = False  # Triton missed a PING deadline: its frames are no longer relayed
+        self.refused = False  # the app broke a limit: its connection is closing
 
     # -- connection ----------------------------------------------------------------------
 
@@ -266,6 +274,8 @@ class GrpcConnection(asyncio.Protocol):
         self._guarded(lambda: self._from_app(data))
 
     def _from_app(self, data: bytes) -> None:
+        if self.refused:
+            return
         if self.raw:
             self.to_triton.own(data)
         elif self._preface_passed(data):
@@ -292,6 +302,13 @@ class GrpcConnection(asyncio.Protocol):
                         break
                     hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(buf, pos)
                     size, sid = hi << 8 | lo, sid & 0x7FFFFFFF
+                    if size > self.max_frame:  # refused on its header, never buffered
+                        self._end_for_input(
+                            FRAME_SIZE_ERROR,
+                            f"a {size}-byte frame exceeds SETTINGS_MAX_FRAME_SIZE {self.max_frame}",
+                        )
+                        pos = len(buf)
+                        break
                     call = self.calls.get(sid) if sid and ftype == DATA else None
                     if call is not None and call.gated and size and not flags & PADDED:
                         self.payload = (call, size, flags & END_STREAM)
@@ -358,6 +375,13 @@ class GrpcConnection(asyncio.Protocol):
             self.block_sid, self.block_end_stream = sid, bool(flags & END_STREAM)
         else:
             self.block += _payload(frame, ftype, flags)
+        if len(self.block) > self.proxy.max_header_bytes:
+            self._end_for_input(
+                ENHANCE_YOUR_CALM,
+                f"a header block of more than {self.proxy.max_header_bytes} bytes "
+                "(STAGGER_HTTP_MAX_HEADER_BYTES)",
+            )
+            return
         if not flags & END_HEADERS:
             return
         try:
@@ -734,6 +758,21 @@ class GrpcConnection(asyncio.Protocol):
         if not self.calls:
             self._goodbye()
 
+    def _end_for_input(self, code: int, why: str) -> None:
+        """The app broke a limit: GOAWAY with the reason, then close; its open calls end
+        unanswered, as on any lost connection."""
+        log.warning("gRPC: closing an app connection: %s", why)
+        self.refused = True
+        self.to_app.own(
+            GoAwayFrame(
+                0,
+                last_stream_id=self.last_sid,
+                error_code=code,
+                additional_data=f"stagger-sidecar: {why}".encode(),
+            ).serialize()
+        )
+        self.close()
+
     def _goodbye(self, *, force: bool = False) -> None:
         """GOAWAY, so that the app's next call opens a new connection and finds Triton."""
         if self.app is None or self.app.is_closing() or not (self.last_sid or force):
@@ -793,13 +832,22 @@ class TritonSide(asyncio.Protocol):
 
 
 class GrpcProxy:
-    def __init__(self, keeper: Keeper, upstream: Upstream, address: str, *, timeout_s: float):
+    def __init__(
+        self,
+        keeper: Keeper,
+        upstream: Upstream,
+        address: str,
+        *,
+        timeout_s: float,
+        max_header_bytes: int = 64 * 1024,
+    ):
         self.keeper = keeper
         self.upstream = upstream
         self.address = address
         host, _, port = address.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
         self.timeout_s = timeout_s
+        self.max_header_bytes = max_header_bytes
         self.unreachable = f"Triton unreachable at {address}"
         self.connections: set[GrpcConnection] = set()
 

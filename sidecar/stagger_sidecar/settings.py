@@ -76,7 +76,8 @@ class GateSettings(BaseSettings):
     """How long Triton may take to answer before the app gets a timeout error (gRPC: the
     app's own deadline when it is shorter)."""
     http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
-    """HTTP: the request line and headers together at most this many bytes (else 431)."""
+    """HTTP: the request line and headers together at most this many bytes (else 431);
+    gRPC: a header block at most this many bytes (else the connection ends, GOAWAY)."""
     http_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """HTTP: a request body at most this many bytes (else 413): a raw 1080p RGB frame in
     FP32 is 24 MiB."""

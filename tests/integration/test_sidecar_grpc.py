@@ -1,6 +1,6 @@
 """The gRPC relay in front of a real tritonserver: what a frame-level proxy must get right
 beyond plain calls (big and compressed messages, refusals on a stream, its own timeouts,
-calls that must not wait behind a held one)."""
+calls that must not wait behind a held one, input beyond Triton's limits)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc
 import tritonclient.grpc.aio as grpcclient
+from hyperframe.frame import Frame, GoAwayFrame, SettingsFrame
 from tritonclient.utils import InferenceServerException
 
 from stagger.core.telemetry import DROPPED, FORWARDED
 from stagger_sidecar.app import Sidecar
+from stagger_sidecar.grpc_proxy import PREFACE
 from stagger_testkit.localtriton import LocalTriton
 from tests.integration.sidecar_fixtures import StartSidecar, metric, scrape
 
@@ -146,3 +148,37 @@ async def test_calls_go_on_while_a_request_waits_for_its_slot(start_sidecar: Sta
         assert (began - OFFSET) % PERIOD < 0.010
     finally:
         await g.close()
+
+
+async def read_frames(reader: asyncio.StreamReader, until: type[Frame]) -> list[Frame]:
+    """Frames from the sidecar up to the first of type ``until`` (after Triton's preface)."""
+    out: list[Frame] = []
+    while not out or not isinstance(out[-1], until):
+        head = await reader.readexactly(9)
+        frame, length = Frame.parse_frame_header(memoryview(head))
+        frame.parse_body(memoryview(await reader.readexactly(length)))
+        out.append(frame)
+    return out
+
+
+async def test_a_frame_larger_than_triton_accepts_is_refused_before_it_is_buffered(
+    start_sidecar: StartSidecar,
+) -> None:
+    """Against a real Triton: the app declares a frame of 16 MB - 1, more than Triton's
+    SETTINGS allow. The sidecar answers GOAWAY FRAME_SIZE_ERROR on the 9-byte header, with
+    no payload sent, so it holds none of it."""
+    sidecar = await start_sidecar()
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.ports["grpc"])
+    try:
+        writer.write(PREFACE + SettingsFrame(0).serialize())
+        settings = (await asyncio.wait_for(read_frames(reader, SettingsFrame), 5))[-1]
+        triton_max = settings.settings.get(SettingsFrame.MAX_FRAME_SIZE, 16_384)
+        assert triton_max < (1 << 24) - 1
+        writer.write(((1 << 24) - 1).to_bytes(3, "big") + bytes([0, 0]) + (1).to_bytes(4, "big"))
+        frames = await asyncio.wait_for(read_frames(reader, GoAwayFrame), 5)
+        refusal = frames[-1]
+        assert isinstance(refusal, GoAwayFrame) and refusal.error_code == 0x6
+        assert f"exceeds SETTINGS_MAX_FRAME_SIZE {triton_max}".encode() in refusal.additional_data
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and the connection closed
+    finally:
+        writer.close()

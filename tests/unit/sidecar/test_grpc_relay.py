@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import itertools
 import types
-from typing import Any
+from typing import Any, cast
 
 import hpack
-from hyperframe.frame import DataFrame, Frame, HeadersFrame, SettingsFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    SettingsFrame,
+)
 from tritonclient.grpc import service_pb2
 
 from stagger_sidecar.gate import Gate, GateConfig
@@ -50,7 +57,9 @@ def relay(now: list[float]) -> tuple[GrpcConnection, Captured]:
         now[0] += seconds
 
     keeper = Keeper(gate, GateMetrics(), max_inflight=8, clock=lambda: now[0], sleep=sleep)
-    proxy: Any = types.SimpleNamespace(keeper=keeper, timeout_s=5.0, unreachable="")
+    proxy: Any = types.SimpleNamespace(
+        keeper=keeper, timeout_s=5.0, unreachable="", max_header_bytes=8192
+    )
     connection = GrpcConnection(proxy)
     triton = Captured()
     connection.app = connection.to_app.transport = Captured()
@@ -104,6 +113,7 @@ async def test_a_released_request_goes_on_as_its_frame_arrives() -> None:
     """At its slot a request is released on its first bytes, and the rest follow as they
     come: the sidecar does not wait for the end of a 1 MB frame to start sending it."""
     connection, triton = relay([T + 0.035])
+    connection.triton_data(bytearray(SettingsFrame(0, settings={5: 4 * MB}).serialize()))
     opening, data, message = request_frames(MB)
     connection.data_received(opening)
     for start in range(0, 512 * 1024, 64 * 1024):  # half the frame, as the socket gives it
@@ -112,7 +122,7 @@ async def test_a_released_request_goes_on_as_its_frame_arrives() -> None:
     sent, pieces = data_sent(triton)
     assert sent == message[: 512 * 1024 - 9]  # all of it that arrived, less the frame head
     assert not any("END_STREAM" in f.flags for f in pieces)
-    assert max(len(f.data) for f in pieces) <= 16_384  # Triton advertised no larger frames
+    assert max(len(f.data) for f in pieces) <= 64 * 1024  # as the socket gave them
 
     connection.data_received(data[512 * 1024 :])
     sent, pieces = data_sent(triton)
@@ -155,3 +165,41 @@ async def test_a_request_split_over_frames_is_gated_once_and_relayed_whole() -> 
     assert sent == message
     assert "END_STREAM" in pieces[-1].flags
     assert len(connection.calls[1].pending) == 1  # one message, one release
+
+
+def goaway(sent: bytearray) -> GoAwayFrame:
+    (frame,) = [f for f in frames(PREFACE + sent) if isinstance(f, GoAwayFrame)]
+    return frame
+
+
+async def test_a_frame_larger_than_triton_accepts_is_refused_on_its_header() -> None:
+    """A frame head declaring 16 MB, where Triton advertised no more than 16 KB: the
+    connection ends with FRAME_SIZE_ERROR at once, before any of the frame is buffered
+    or forwarded, and what follows is ignored."""
+    connection, triton = relay([T + 0.035])
+    opening, _, _ = request_frames(1024)
+    connection.data_received(opening)
+    forwarded = len(triton.sent)
+    huge = (1 << 24) - 1
+    connection.data_received(huge.to_bytes(3, "big") + bytes([0, 0]) + (1).to_bytes(4, "big"))
+    connection.data_received(b"x" * 65536)
+    app = cast(Captured, connection.app)
+    refusal = goaway(app.sent)
+    assert refusal.error_code == 0x6  # FRAME_SIZE_ERROR
+    assert b"16777215-byte frame exceeds SETTINGS_MAX_FRAME_SIZE 16384" in refusal.additional_data
+    assert len(triton.sent) == forwarded and not connection.buf
+
+
+async def test_a_header_block_over_the_limit_ends_the_connection() -> None:
+    """HEADERS and CONTINUATIONs past ``max_header_bytes`` (8 KB here): GOAWAY
+    ENHANCE_YOUR_CALM naming the setting, and the block is not kept."""
+    connection, _ = relay([T + 0.035])
+    connection.data_received(PREFACE + SettingsFrame(0).serialize())
+    connection.data_received(HeadersFrame(1, data=b"\0" * 4096).serialize())
+    for _ in range(2):
+        connection.data_received(ContinuationFrame(1, data=b"\0" * 4096).serialize())
+    refusal = goaway(cast(Captured, connection.app).sent)
+    assert refusal.error_code == 0xB  # ENHANCE_YOUR_CALM
+    assert b"STAGGER_HTTP_MAX_HEADER_BYTES" in refusal.additional_data
+    connection.data_received(ContinuationFrame(1, data=b"\0" * 4096).serialize())
+    assert len(connection.block) <= 3 * 4096
