@@ -307,6 +307,8 @@ class LocalSidecar:
     host: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 60.0
+    log_file: Path | None = None
+    """Where the process's output goes (appended); unset: this process's own."""
     http: str = ""
     grpc: str = ""
     metrics: str = ""
@@ -332,7 +334,13 @@ class LocalSidecar:
                 **self.env,
             }
             command = [sys.executable, "-m", "stagger_sidecar", "gate"]
-            self.process = subprocess.Popen(command, env=env)
+            if self.log_file is None:
+                self.process = subprocess.Popen(command, env=env)
+            else:
+                with open(self.log_file, "ab") as log:  # the child keeps its own copy
+                    self.process = subprocess.Popen(
+                        command, env=env, stdout=log, stderr=subprocess.STDOUT
+                    )
             if self._wait_ready():
                 return self
             self.http = self.grpc = self.metrics = ""  # lost one: fresh ports next time

@@ -53,6 +53,9 @@ class Reason(StrEnum):
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     SHUTTING_DOWN = "shutting_down"
+    ABANDONED = "abandoned"
+    """The app gave up (closed, reset, cancelled) while its request was held: nobody to
+    answer; its slot is given back."""
 
 
 @dataclass(frozen=True)

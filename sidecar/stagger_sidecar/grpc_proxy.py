@@ -106,6 +106,7 @@ CODE = {
     Reason.UNAVAILABLE: 14,
     Reason.SHUTTING_DOWN: 14,
     Reason.TIMEOUT: 4,  # DEADLINE_EXCEEDED
+    Reason.ABANDONED: 1,  # CANCELLED; nobody reads it: the app has gone
 }
 
 

@@ -50,6 +50,7 @@ STATUS = {
     Reason.UNAVAILABLE: 503,
     Reason.SHUTTING_DOWN: 503,
     Reason.TIMEOUT: 504,
+    Reason.ABANDONED: 499,  # nobody reads it: the app has gone (nginx's "client closed")
 }
 
 

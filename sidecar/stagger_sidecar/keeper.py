@@ -193,6 +193,7 @@ class Keeper:
                     await self.sleep(again - now)
         except BaseException:  # the app gave up while waiting: free its place and its slot
             held.gate.abandon(held.release)
+            self.metrics.refused(held.key, Reason.ABANDONED)
             if held.claim is not None and self.coordination is not None:
                 self.coordination.ledger.finish(held.claim.id)
             self._exit()
