@@ -56,9 +56,27 @@ class Emulator(kmock.KubernetesEmulator):
 
     faults: list[Fault]
     fault_rng = random.Random(5)
+    writes_left: dict[str, int]
+    """Operator token -> writes it may still make: after its last one the process is
+    killed (``dead``), so nothing it sends later lands, as after a SIGKILL."""
+    dead: set[str]
+    planner_writes: list[tuple[str, str | None]] | None = None
+    """When a list: (token, the Lease's holder then) for every write of a planner's output
+    (Deployments, ConfigMaps, GpuSchedules), to check that only the leader plans."""
 
     async def __call__(self, raw_request: Any) -> Any:
         del self._requests[:-16]
+        token = raw_request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token in getattr(self, "dead", ()):
+            return await self._failure(raw_request, 503, {})
+        if (
+            self.planner_writes is not None
+            and raw_request.method in WRITES
+            and any(kind in raw_request.path for kind in PLANNER_OUTPUTS)
+        ):
+            self.planner_writes.append((token, self.lease_holder()))
+        if token == OBSERVER:  # the test's own eyes: never faulted
+            return await self._serve(raw_request)
         for fault in getattr(self, "faults", []):
             if (
                 raw_request.method == fault.method
@@ -67,13 +85,32 @@ class Emulator(kmock.KubernetesEmulator):
                 and self.fault_rng.random() < fault.rate
             ):
                 fault.hits += 1
-                await raw_request.read()  # the request's body, read as a server would
-                return aiohttp.web.json_response(
-                    {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                     "code": fault.status, "message": "injected"},
-                    status=fault.status,
-                    headers=fault.headers,
-                )  # fmt: skip
+                return await self._failure(raw_request, fault.status, fault.headers)
+        answer = await self._serve(raw_request)
+        left = getattr(self, "writes_left", {})
+        if token in left and raw_request.method in WRITES:
+            left[token] -= 1
+            if left[token] <= 0:
+                self.dead.add(token)
+        return answer
+
+    def lease_holder(self, name: str = "stagger-operator") -> str | None:
+        for (resource, _, object_name), obj in self.objects.items():
+            if resource.plural == "leases" and object_name == name:
+                holder: str | None = obj.last.get("spec", {}).get("holderIdentity")
+                return holder
+        return None
+
+    async def _failure(self, raw_request: Any, status: int, headers: dict[str, str]) -> Any:
+        await raw_request.read()  # the request's body, read as a server would
+        return aiohttp.web.json_response(
+            {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+             "code": status, "message": "injected"},
+            status=status,
+            headers=headers,
+        )  # fmt: skip
+
+    async def _serve(self, raw_request: Any) -> Any:
         try:
             return await super().__call__(raw_request)
         except kmock.KubernetesObjectNotFoundError:
@@ -87,13 +124,19 @@ class Emulator(kmock.KubernetesEmulator):
 
 
 EMULATOR_URL: dict[str, str] = {}
-"""Where kopf finds the emulator (set it before starting an operator in this process)."""
+"""Where kopf finds the emulator, and the token it presents (set both before starting an
+operator in this process)."""
+OBSERVER = "observer"
+"""The token of the tests' own client: faults and kills are the operator's, not theirs."""
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+PLANNER_OUTPUTS = ("/deployments", "/configmaps", "/gpuschedules")
 
 
 @kopf.on.login()
 def _login_to_the_emulator(**_: Any) -> kopf.ConnectionInfo:
     url = EMULATOR_URL["url"]
-    return kopf.ConnectionInfo(server=url, insecure=True, scheme="Bearer", token="x")
+    token = EMULATOR_URL.get("token", "operator")
+    return kopf.ConnectionInfo(server=url, insecure=True, scheme="Bearer", token=token)
 
 
 @kopf.on.startup()

@@ -210,6 +210,7 @@ class Agent:
             cuda = self.nvml.nvmlSystemGetCudaDriverVersion()
         except self.nvml.NVMLError as e:  # a driver gone wrong: say so, keep running
             self.metrics.nvml_up(self.settings.node_name, False)
+            self.metrics.gpus(self.settings.node_name, [], {})  # unknown, not the last values
             return GpuNodeStatus(nvml="unavailable", message=f"NVML failed: {e}", observed_at=now)
         self.metrics.nvml_up(self.settings.node_name, True)
         self.metrics.gpus(self.settings.node_name, gpus, utilization)
@@ -264,11 +265,20 @@ class AgentMetrics:
             labels,
             registry=registry,
         )
+        self._series: set[tuple[str, str, str, str]] = set()
 
     def nvml_up(self, node: str, up: bool) -> None:
         self._up.labels(node).set(int(up))
 
     def gpus(self, node: str, gpus: list[GpuDevice], utilization: dict[str, float]) -> None:
+        """The GPUs' series now; those of GPUs no longer read (gone, or NVML failing) are
+        removed, so a dashboard shows no ghost GPU with its last values."""
+        current = {(node, str(g.index), g.uuid, g.product) for g in gpus}
+        for gone in self._series - current:
+            for gauge in (self._used, self._total, self._foreign, self._util):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*gone)
+        self._series = current
         for g in gpus:
             labels = (node, str(g.index), g.uuid, g.product)
             self._used.labels(*labels).set(g.memory_used_mib * MIB)

@@ -22,7 +22,7 @@ from kubernetes import client
 from stagger_operator.handlers import PlanStats  # importing registers the handlers
 from stagger_operator.kube import Kube
 from stagger_operator.settings import OperatorSettings
-from tests.emulator import EMULATOR_URL, Emulator, declare, node
+from tests.emulator import EMULATOR_URL, OBSERVER, Emulator, declare, node
 from tests.integration.sidecar_fixtures import start_sidecar, triton  # noqa: F401  (fixtures)
 from tests.waiting import until
 
@@ -38,6 +38,11 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> A
 class Cluster:
     kube: Kube
     emulator: kmock.KubernetesEmulator
+
+    def client_as(self, token: str) -> client.ApiClient:
+        """A fresh client presenting ``token`` (``tests.emulator``: faults and kills hit
+        every token but the observer's), configured as the operator configures its own."""
+        return api_client(self.kube.api.configuration.host, token)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
@@ -86,17 +91,23 @@ class Operator:
     task: asyncio.Task[None]
 
 
+def api_client(host: str, token: str) -> client.ApiClient:
+    configuration = client.Configuration(host=host)
+    configuration.retries = False  # as the operator's: Kube retries, urllib3 does not
+    configuration.connection_pool_maxsize = 16
+    configuration.api_key = {"authorization": token}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    return client.ApiClient(configuration)
+
+
 @contextlib.asynccontextmanager
 async def emulated_cluster() -> AsyncIterator[Cluster]:
     """A fresh kmock with two GPU nodes; kopf logs in to it (one at a time per process)."""
     emulator = declare(Emulator())
-    emulator.faults = []
+    emulator.faults, emulator.writes_left, emulator.dead = [], {}, set()
     async with kmock.Server(emulator) as server:
         EMULATOR_URL["url"] = str(server.url)
-        configuration = client.Configuration(host=str(server.url))
-        configuration.retries = False  # as the operator's: Kube retries, urllib3 does not
-        api = client.ApiClient(configuration)
-        c = Cluster(Kube(api), emulator)
+        c = Cluster(Kube(api_client(str(server.url), OBSERVER)), emulator)
         for name in ("gpu-a", "gpu-b"):
             await c.create(node(name))
         yield c
@@ -108,12 +119,11 @@ async def cluster() -> AsyncIterator[Cluster]:
         yield c
 
 
-async def start_operator(c: Cluster, **settings: Any) -> Operator:
-    # A fresh client, as a restarted operator process would have: no pooled connections.
-    configuration = client.Configuration(host=c.kube.api.configuration.host)
-    configuration.retries = False
-    configuration.connection_pool_maxsize = 16
-    api = client.ApiClient(configuration)
+async def start_operator(c: Cluster, token: str = "operator", **settings: Any) -> Operator:
+    """An operator process: kopf and its own fresh client (no pooled connections), both
+    presenting ``token`` to the emulator."""
+    EMULATOR_URL["token"] = token
+    api = c.client_as(token)
     memo = kopf.Memo(
         api_client=api,
         settings=OperatorSettings(

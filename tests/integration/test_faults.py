@@ -5,6 +5,9 @@ on one slot)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 import time
 from typing import Any
 
@@ -15,7 +18,13 @@ from stagger.core.api import GpuSchedule
 from stagger.core.slots import Slot, overlaps
 from stagger_operator.kube import Kube
 from tests.emulator import Fault, stream
-from tests.integration.conftest import Cluster, emulated_cluster, start_operator, stop_operator
+from tests.integration.conftest import (
+    Cluster,
+    Operator,
+    emulated_cluster,
+    start_operator,
+    stop_operator,
+)
 from tests.integration.test_operator import all_placed, by_shard
 
 
@@ -24,7 +33,7 @@ async def test_retry_after_of_a_throttling_api_server_is_honoured(cluster: Clust
         Fault("GET", "/inferencestreams", 429, {"Retry-After": "1"}, times=2)
     ]
     slept: list[float] = []
-    kube = Kube(cluster.kube.api, sleep=lambda s: (slept.append(s), time.sleep(s))[1])
+    kube = Kube(cluster.client_as("operator"), sleep=lambda s: (slept.append(s), time.sleep(s))[1])
     assert await cluster.call(kube.list_objects, "InferenceStream") == []
     assert slept == [1.0, 1.0]
 
@@ -32,7 +41,7 @@ async def test_retry_after_of_a_throttling_api_server_is_honoured(cluster: Clust
 async def test_server_errors_are_retried_a_bounded_number_of_times(cluster: Cluster) -> None:
     cluster.emulator.faults = [Fault("GET", "/inferencestreams", 503)]
     slept: list[float] = []
-    kube = Kube(cluster.kube.api, retries=3, sleep=slept.append)
+    kube = Kube(cluster.client_as("operator"), retries=3, sleep=slept.append)
     with pytest.raises(ApiException) as raised:
         await cluster.call(kube.list_objects, "InferenceStream")
     assert raised.value.status == 503
@@ -43,7 +52,7 @@ async def test_server_errors_are_retried_a_bounded_number_of_times(cluster: Clus
 async def test_what_is_the_callers_to_handle_is_not_retried(cluster: Cluster) -> None:
     cluster.emulator.faults = [Fault("PATCH", "/configmaps/", 422, times=1)]
     slept: list[float] = []
-    kube = Kube(cluster.kube.api, sleep=slept.append)
+    kube = Kube(cluster.client_as("operator"), sleep=slept.append)
     meta = {"name": "a", "namespace": "default"}
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}
     await cluster.call(kube.apply, cm, None)
@@ -72,6 +81,16 @@ async def run(cluster: Cluster, names: list[str], faults: list[Fault]) -> tuple[
             await cluster.create(stream(n))
         await cluster.wait_for(lambda: all_placed(cluster, names), timeout=60)
         cluster.emulator.faults = []  # the storm ends; the next reconciles settle
+    except BaseException:
+        await stop_operator(op)
+        raise
+    return await settled(cluster, op, names)
+
+
+async def settled(cluster: Cluster, op: Operator, names: list[str]) -> tuple[object, ...]:
+    """Let ``op`` settle (every stream placed, one more plan on top), stop it, check that no
+    two shards share a slot anywhere, and fingerprint the end state."""
+    try:
         await cluster.wait_for(lambda: all_placed(cluster, names), timeout=30)
         op.memo.wake.set()
         await cluster.wait_for(lambda: op.memo.stats.plans >= 2, timeout=30)
@@ -105,3 +124,81 @@ async def test_a_storm_of_api_errors_ends_where_a_calm_run_does() -> None:
         stormy = await run(stormy_cluster, NAMES, storm)
     assert sum(f.hits for f in storm) >= 5, [(f.method, f.path, f.hits) for f in storm]
     assert stormy == calm
+
+
+async def killed_after(names: list[str], writes: int | None) -> tuple[object, ...]:
+    """Streams applied, then an operator killed (as by SIGKILL) right after its
+    ``writes``-th write, then a fresh one started: the end state. ``None``: not killed."""
+    async with emulated_cluster() as cluster:
+        for n in names:
+            await cluster.create(stream(n))
+        if writes is not None:
+            cluster.emulator.writes_left["first"] = writes
+            first = await start_operator(cluster, token="first", lease_duration_s=1)
+            await cluster.wait_for(lambda: "first" in cluster.emulator.dead, timeout=60)
+            first.task.cancel()  # no clean shutdown; nothing it still sends lands
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(first.task, 15)
+        cluster.emulator.writes_left["second"] = 10**9
+        second = await start_operator(cluster, token="second", lease_duration_s=1)
+        end = await settled(cluster, second, names)
+        KILLED_WRITES["calm"] = 10**9 - cluster.emulator.writes_left["second"]
+        return end
+
+
+KILLED_WRITES: dict[str, int] = {}
+
+
+async def test_an_operator_killed_between_writes_ends_where_a_calm_run_does() -> None:
+    """Killed after its first write, and at seeded random points of its work (between a
+    Deployment and its ConfigMap, a GpuSchedule and a status...), then restarted: every
+    stream placed once, one workload per shard, the same slots; nothing lost or doubled."""
+    names = NAMES[:5]
+    calm = await killed_after(names, None)
+    total = KILLED_WRITES["calm"]
+    assert total >= 10, total  # the calm run's writes, among which the kills fall
+    points = [1, *random.Random(23).sample(range(2, total), 2)]
+    for k in points:
+        assert await killed_after(names, k) == calm, f"killed after write {k} of {total}"
+
+
+async def test_replicas_racing_for_the_lease_never_plan_at_once() -> None:
+    """Two replicas from the start; streams applied one at a time; the leader killed
+    twice (as by SIGKILL) and a fresh replica started each time. Every Deployment,
+    ConfigMap and GpuSchedule write comes from the Lease's holder at that moment, the
+    standby takes over after each kill, and the streams all end placed."""
+    names = NAMES[:6]
+    async with emulated_cluster() as cluster:
+        emulator = cluster.emulator
+        emulator.planner_writes = []
+        replicas = {
+            token: await start_operator(cluster, token=token, identity=token, lease_duration_s=1)
+            for token in ("a", "b")
+        }
+        try:
+            for round_, fresh in enumerate(("c", "d", None)):
+                for n in names[2 * round_ : 2 * round_ + 2]:
+                    await cluster.create(stream(n))
+                    await asyncio.sleep(0.2)
+                await cluster.wait_for(
+                    lambda r=round_: all_placed(cluster, names[: 2 * r + 2]), timeout=30
+                )
+                if fresh is None:
+                    break
+                leader = emulator.lease_holder()
+                assert leader in replicas
+                emulator.dead.add(leader)  # killed: nothing it sends from now on lands
+                killed = replicas.pop(leader)
+                killed.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(killed.task, 15)
+                replicas[fresh] = await start_operator(
+                    cluster, token=fresh, identity=fresh, lease_duration_s=1
+                )
+        finally:
+            for op in replicas.values():
+                await stop_operator(op)
+    wrong = [(token, holder) for token, holder in emulator.planner_writes if token != holder]
+    assert wrong == [], wrong
+    planners = {token for token, _ in emulator.planner_writes}
+    assert len(planners) >= 3, planners  # the first leader and two successors planned

@@ -55,6 +55,7 @@ class FakeNVML:
 
     def __init__(self, gpus: list[FakeGpu], *, broken: str | None = None) -> None:
         self.gpus, self.broken = gpus, broken
+        self.lost: set[str] = set()  # UUIDs of GPUs fallen off the bus
 
     def nvmlInit(self) -> None:
         if self.broken:
@@ -79,6 +80,8 @@ class FakeNVML:
         return g.name.encode()  # older pynvml returns bytes
 
     def nvmlDeviceGetMemoryInfo(self, g: FakeGpu) -> Any:
+        if g.uuid in self.lost:
+            raise NVMLError("GPU is lost")
         return type("Memory", (), {"total": g.total, "used": g.used})()
 
     def nvmlDeviceGetMigMode(self, g: FakeGpu) -> list[int]:
@@ -217,3 +220,34 @@ def test_a_failing_api_does_not_stop_the_agent(node: FakeNVML, tmp_path: Path) -
     agent.tick()
     agent.tick()
     assert len(calls) == 2  # not marked published: tried again next round
+
+
+def test_nvml_failing_mid_run_and_a_gpu_disappearing(node: FakeNVML, tmp_path: Path) -> None:
+    """A GPU falls off the bus: NVML errors while the driver still lists it (published as
+    unavailable, with NVML's words; the GPU series go, not frozen at their last values),
+    then the node has one GPU fewer (published, its series gone), all without a restart."""
+    published: list[GpuNodeStatus] = []
+    registry = CollectorRegistry()
+    agent = Agent(
+        settings(tmp_path), node, published.append, lambda: [MANAGED_POD], AgentMetrics(registry)
+    )
+    assert agent.start()
+    assert [g.uuid for g in agent.tick().gpus] == ["GPU-aaaa", "GPU-bbbb"]
+    gone = {"node": "gpu-1", "gpu": "1", "uuid": "GPU-bbbb", "product": "NVIDIA-H200"}
+    assert registry.get_sample_value("stagger_gpu_memory_total_bytes", gone) is not None
+
+    node.lost.add("GPU-bbbb")
+    status = agent.tick()
+    assert status.nvml == "unavailable" and "GPU is lost" in status.message
+    assert published[-1] == status
+    assert registry.get_sample_value("stagger_nvml_up", {"node": "gpu-1"}) == 0
+    assert registry.get_sample_value("stagger_gpu_memory_total_bytes", gone) is None
+
+    node.gpus.pop()  # the driver dropped it
+    status = agent.tick()
+    assert status.nvml == "ok" and [g.uuid for g in status.gpus] == ["GPU-aaaa"]
+    assert published[-1] == status and len(published) == 3
+    assert registry.get_sample_value("stagger_nvml_up", {"node": "gpu-1"}) == 1
+    assert registry.get_sample_value("stagger_gpu_memory_total_bytes", gone) is None
+    kept = {**gone, "gpu": "0", "uuid": "GPU-aaaa"}
+    assert registry.get_sample_value("stagger_gpu_memory_total_bytes", kept) == 141 * GIB
