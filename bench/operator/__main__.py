@@ -50,16 +50,13 @@ from kubernetes import client
 from stagger.core.api import InferenceStreamStatus
 from stagger.core.placement import plan
 from stagger_operator.controller import Controller
+from stagger_operator.desired import desired_state, plan_from_schedules
 from stagger_operator.handlers import PlanStats  # importing registers the handlers
+from stagger_operator.inventory import cluster_from_nodes
 from stagger_operator.kube import Kube, parse_streams
-from stagger_operator.reconcile import (
-    cluster_from_nodes,
-    desired_state,
-    plan_from_schedules,
-    serving_status,
-)
 from stagger_operator.rollout import Rollout
 from stagger_operator.settings import OperatorSettings
+from stagger_operator.status import serving_status
 from tests.emulator import EMULATOR_URL, node, stream
 
 

@@ -32,29 +32,33 @@ from stagger.core.phase import follow_plan
 from stagger.core.placement import Move, Plan, ShardKey, plan
 from stagger.core.timebase import ticks_to_ms
 from stagger_operator import manifests
-from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
-from stagger_operator.observe import Observation
-from stagger_operator.reconcile import (
+from stagger_operator.calibration import (
     RECALIBRATE,
     Calibration,
     CalibrationOutcome,
     Recalibration,
     calibration_outcomes,
     calibration_state,
-    cluster_from_nodes,
-    desired_state,
     drift_recalibrations,
+    recalibration_state,
+)
+from stagger_operator.desired import (
+    desired_state,
     pinned_shards,
     plan_from_schedules,
-    profile_statuses,
-    recalibration_state,
     retiring_copies,
+)
+from stagger_operator.inventory import cluster_from_nodes
+from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
+from stagger_operator.observe import Observation
+from stagger_operator.rollout import ShardId, Unit, ready_units, rollout, unit_of
+from stagger_operator.settings import OperatorSettings
+from stagger_operator.status import (
+    profile_statuses,
     schedule_status,
     serving_status,
     write_failed_status,
 )
-from stagger_operator.rollout import ShardId, Unit, ready_units, rollout, unit_of
-from stagger_operator.settings import OperatorSettings
 
 Obj = dict[str, Any]
 T = TypeVar("T")

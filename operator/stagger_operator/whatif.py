@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from stagger.core.api import InferenceStream
 from stagger.core.placement import Plan, Planner, ShardPlacement, Unplaced
+from stagger_operator.desired import plan_from_schedules
+from stagger_operator.inventory import cluster_from_nodes
 from stagger_operator.kube import Kube
-from stagger_operator.reconcile import cluster_from_nodes, plan_from_schedules
 from stagger_operator.settings import OperatorSettings
 
 

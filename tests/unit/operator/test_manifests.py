@@ -14,7 +14,7 @@ import yaml
 
 from stagger.core.placement import plan
 from stagger_operator import manifests
-from stagger_operator.reconcile import desired_state
+from stagger_operator.desired import desired_state
 from stagger_operator.settings import OperatorSettings
 from tests.factories import cluster, stream
 

@@ -9,8 +9,9 @@ import pytest
 
 from stagger.core.api import ModelProfile
 from stagger.core.placement import GpuUsage
-from stagger_operator.reconcile import RECALIBRATE, drift_recalibrations, profile_statuses
+from stagger_operator.calibration import RECALIBRATE, drift_recalibrations
 from stagger_operator.settings import OperatorSettings
+from stagger_operator.status import profile_statuses
 from tests.factories import calibration_result
 
 NOW = datetime(2026, 11, 21, 14, 0, tzinfo=UTC)
@@ -123,7 +124,7 @@ def _pod(job: str, exit_code: int, message: str) -> dict[str, Any]:
 
 
 def test_calibration_outcomes_from_jobs_and_their_pods() -> None:
-    from stagger_operator.reconcile import calibration_outcomes
+    from stagger_operator.calibration import calibration_outcomes
 
     good = calibration_result("m")
     done = _job("empty")
@@ -168,7 +169,7 @@ def test_drift_asks_to_recalibrate_calibrated_profiles_after_the_cooldown() -> N
 
 def test_a_recalibration_that_cannot_run_says_why() -> None:
     from stagger.core.placement import Plan
-    from stagger_operator.reconcile import recalibration_state
+    from stagger_operator.calibration import recalibration_state
     from tests.factories import stream
 
     asked = profile(annotations={RECALIBRATE: "now"})

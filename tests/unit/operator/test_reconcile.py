@@ -9,13 +9,13 @@ from typing import Any
 from stagger.core.api import GpuNode, GpuSchedule
 from stagger.core.placement import plan
 from stagger.core.slots import Slot, switch_tick
-from stagger_operator.reconcile import (
-    cluster_from_nodes,
+from stagger_operator.desired import (
     desired_state,
     pinned_shards,
     plan_from_schedules,
     retiring_copies,
 )
+from stagger_operator.inventory import cluster_from_nodes
 from stagger_operator.settings import OperatorSettings
 from tests.factories import cluster, stream
 

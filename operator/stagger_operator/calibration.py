@@ -1,0 +1,295 @@
+"""Calibration as the operator runs it: which models need a calibration Job, what a
+finished Job reported, when a measured body has drifted from its profile. Pure: the
+caller reads Jobs and pods and writes profiles."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from stagger.core.api import (
+    InferenceStream,
+    ModelProfile,
+    SharingMode,
+    StreamPhase,
+)
+from stagger.core.calibration import CalibrationResult, model_profile
+from stagger.core.placement import Plan
+from stagger_operator import manifests
+from stagger_operator.settings import OperatorSettings
+from stagger_operator.status import stream_status
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CalibrationOutcome:
+    """What a calibration Job came to: a result, a failure, or neither yet (running)."""
+
+    result: CalibrationResult | None = None
+    failure: str | None = None
+
+
+@dataclass
+class Calibration:
+    jobs: list[Obj] = field(default_factory=list)
+    statuses: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    profiles: list[ModelProfile] = field(default_factory=list)
+
+
+def calibration_state(
+    streams: Sequence[InferenceStream],
+    plan: Plan,
+    outcomes: Mapping[tuple[str, str], CalibrationOutcome],
+    settings: OperatorSettings,
+    now: datetime,
+) -> Calibration:
+    """For streams that lack only a body time: the calibration Job each needs (one per
+    model, GPU and namespace), their status, and the ModelProfiles finished Jobs measured.
+
+    A finished Job stays wanted until its profile places the stream; a failed one stays
+    (its TTL removes it, and then it runs again), so a failure is not retried in a loop."""
+    out = Calibration()
+    by_key = {(s.namespace, s.name): s for s in streams}
+    wanted: set[tuple[str, str]] = set()
+    for u in plan.unplaced:
+        stream = by_key.get((u.namespace, u.stream))
+        if stream is None or not u.calibrate_on:
+            continue
+        site = u.calibrate_on[0]
+        target = manifests.CalibrationTarget(
+            site.node, site.gpu, site.gpu_uuid, site.product, SharingMode(site.sharing_mode)
+        )
+        model = stream.spec.model
+        where = f"model {model} on {site.product} ({site.sharing_mode})"
+        try:
+            job = manifests.calibration_job(stream, target, settings)
+        except manifests.TemplateError as e:
+            out.statuses[(u.namespace, u.stream)] = stream_status(
+                stream,
+                [],
+                StreamPhase.PENDING,
+                f"cannot calibrate {where}: {e}",
+                now,
+                reason="InvalidTemplate",
+                tick_hz=settings.tick_hz,
+            )
+            continue
+        name = job["metadata"]["name"]
+        if (u.namespace, name) not in wanted:
+            wanted.add((u.namespace, name))
+            out.jobs.append(job)
+        outcome = outcomes.get((u.namespace, name), CalibrationOutcome())
+        phase, reason = StreamPhase.CALIBRATING, "Calibrating"
+        if outcome.result is not None:
+            profile = model_profile(outcome.result, site.product, target.sharing_mode, now)
+            out.profiles.append(profile)
+            message = (
+                f"measured {where}: body {outcome.result.body_time_ms:g} ms; writing "
+                f"ModelProfile {profile.name}"
+            )
+        elif outcome.failure is not None:
+            phase, reason = StreamPhase.PENDING, "CalibrationFailed"
+            message = (
+                f"calibration of {where} failed: {outcome.failure}. It runs again when Job "
+                f"{u.namespace}/{name} is gone (kubectl delete job -n {u.namespace} {name}), "
+                "or set spec.bodyTimeMs"
+            )
+        else:
+            message = (
+                f"measuring the body time of {where} on node {site.node} GPU {site.gpu}: Job {name}"
+            )
+        out.statuses[(u.namespace, u.stream)] = stream_status(
+            stream, [], phase, message, now, reason=reason, tick_hz=settings.tick_hz
+        )
+    return out
+
+
+RECALIBRATE = "stagger.dev/recalibrate"
+"""Annotation on a ModelProfile: measure it again (any value; the operator sets "drift")."""
+
+
+@dataclass
+class Recalibration:
+    jobs: list[Obj] = field(default_factory=list)
+    profiles: list[ModelProfile] = field(default_factory=list)  # measured: replace these
+    events: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """(profile, Normal|Warning, reason, message): progress, on the ModelProfile."""
+
+
+def recalibration_state(
+    profiles: Sequence[ModelProfile],
+    streams: Sequence[InferenceStream],
+    plan: Plan,
+    outcomes: Mapping[tuple[str, str], CalibrationOutcome],
+    settings: OperatorSettings,
+    *,
+    now: datetime,
+) -> Recalibration:
+    """ModelProfiles annotated ``stagger.dev/recalibrate``: a calibration Job each, on the
+    least used GPU of the profile's product and sharing mode (an idle one when there is
+    one), with the pod template of a stream of the model (first by namespace and name).
+    A finished Job's measurement replaces the profile's spec under the same name."""
+    out = Recalibration()
+    runs = sorted(streams, key=lambda s: (s.namespace, s.name))
+    for profile in profiles:
+        if RECALIBRATE not in profile.metadata.annotations:
+            continue
+        spec = profile.spec
+        stream = next(
+            (
+                s
+                for s in runs
+                if s.spec.model == spec.model
+                and (spec.model_version is None or s.spec.model_version == spec.model_version)
+            ),
+            None,
+        )
+        gpus = [
+            g
+            for g in plan.gpus
+            if g.product == spec.gpu_product and str(g.sharing_mode) == str(spec.sharing_mode)
+        ]
+        if stream is None or not gpus:
+            missing = (
+                f"no InferenceStream runs model {spec.model}"
+                if stream is None
+                else f"no {spec.sharing_mode} GPU of product {spec.gpu_product} in the cluster"
+            )
+            out.events.append(
+                (profile.name, "Warning", "RecalibrationBlocked", f"cannot re-calibrate: {missing}")
+            )
+            continue
+        gpu = min(gpus, key=lambda g: (g.utilization, g.shards))
+        target = manifests.CalibrationTarget(
+            gpu.node, gpu.gpu, gpu.uuid, gpu.product, SharingMode(gpu.sharing_mode)
+        )
+        try:
+            job = manifests.calibration_job(stream, target, settings)
+        except manifests.TemplateError as e:
+            out.events.append(
+                (profile.name, "Warning", "RecalibrationBlocked", f"cannot re-calibrate: {e}")
+            )
+            continue
+        out.jobs.append(job)
+        name = job["metadata"]["name"]
+        outcome = outcomes.get((stream.namespace, name), CalibrationOutcome())
+        if outcome.result is not None:
+            measured = model_profile(outcome.result, gpu.product, target.sharing_mode, now)
+            measured.metadata.name = profile.name
+            out.profiles.append(measured)
+            out.events.append(
+                (
+                    profile.name,
+                    "Normal",
+                    "Recalibrated",
+                    f"body {spec.body_time_ms:g} -> {outcome.result.body_time_ms:g} ms "
+                    f"(Job {stream.namespace}/{name} on node {gpu.node} GPU {gpu.gpu})",
+                )
+            )
+        elif outcome.failure is not None:
+            out.events.append(
+                (
+                    profile.name,
+                    "Warning",
+                    "RecalibrationFailed",
+                    f"{outcome.failure}. Delete Job {stream.namespace}/{name} to try again, "
+                    f"or remove the {RECALIBRATE} annotation",
+                )
+            )
+        else:
+            out.events.append(
+                (
+                    profile.name,
+                    "Normal",
+                    "Recalibrating",
+                    f"measuring with Job {stream.namespace}/{name} on node {gpu.node} GPU "
+                    f"{gpu.gpu}, with the pod template of {stream.namespace}/{stream.name}",
+                )
+            )
+    return out
+
+
+def drift_recalibrations(
+    profiles: Sequence[ModelProfile],
+    statuses: Mapping[str, Obj],
+    settings: OperatorSettings,
+    now: datetime,
+) -> list[str]:
+    """Calibrated profiles whose new status says Drifted, measured longer ago than the
+    cooldown and not yet being re-calibrated: to annotate ``stagger.dev/recalibrate``."""
+    if not settings.recalibrate_on_drift:
+        return []
+    cooldown = timedelta(seconds=settings.recalibration_cooldown_s)
+    out = []
+    for profile in profiles:
+        status = statuses.get(profile.name)
+        spec = profile.spec
+        if (
+            status is None
+            or spec.source != "calibration"
+            or RECALIBRATE in profile.metadata.annotations
+            or (spec.measured_at is not None and now - spec.measured_at < cooldown)
+        ):
+            continue
+        if any(c["type"] == "Drifted" and c["status"] == "True" for c in status["conditions"]):
+            out.append(profile.name)
+    return out
+
+
+PROFILER = "stagger-profile"
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+
+
+def calibration_outcomes(
+    jobs: Iterable[Obj], pods: Iterable[Obj]
+) -> dict[tuple[str, str], CalibrationOutcome]:
+    """Per calibration Job (namespace, name): what its pods' profiler container reported in
+    its termination message, or why the Job failed. A Job that is over always has an
+    outcome, so no stream waits on it for ever."""
+    by_job: dict[tuple[str, str], list[Obj]] = defaultdict(list)
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        job = next((labels[k] for k in JOB_NAME_LABELS if k in labels), None)
+        if job is not None:
+            by_job[(pod["metadata"].get("namespace") or "", job)].append(pod)
+    out: dict[tuple[str, str], CalibrationOutcome] = {}
+    for job in jobs:
+        key = (job["metadata"].get("namespace") or "", job["metadata"]["name"])
+        out[key] = _outcome(job, by_job.get(key, []))
+    return out
+
+
+def _outcome(job: Obj, pods: list[Obj]) -> CalibrationOutcome:
+    last_error = None
+    for pod in pods:
+        for c in (pod.get("status") or {}).get("containerStatuses") or []:
+            ended = (c.get("state") or {}).get("terminated")
+            if c.get("name") != PROFILER or not ended:
+                continue
+            message = (ended.get("message") or "").strip()
+            if ended.get("exitCode") != 0:
+                last_error = message[-500:] or f"the profiler exited with {ended.get('exitCode')}"
+                continue
+            try:
+                return CalibrationOutcome(result=CalibrationResult.model_validate_json(message))
+            except ValueError as e:
+                return CalibrationOutcome(
+                    failure=f"its result is unreadable ({type(e).__name__}): {message[:200]!r}"
+                )
+    ended = {
+        c.get("type"): c
+        for c in (job.get("status") or {}).get("conditions") or []
+        if c.get("status") == "True" and c.get("type") in ("Failed", "Complete")
+    }
+    if "Failed" in ended:
+        c = ended["Failed"]
+        return CalibrationOutcome(
+            failure=last_error or f"{c.get('reason', 'Failed')}: {c.get('message', '')}"
+        )
+    if "Complete" in ended:
+        return CalibrationOutcome(failure="the Job completed without a result")
+    return CalibrationOutcome()  # running, or retrying after a failed pod

@@ -1,0 +1,348 @@
+"""What the cluster should hold for a plan: the previous plan read back from GpuSchedules,
+each shard's Deployment and slot ConfigMap, each GPU's schedule, when a re-timed table
+takes over, and which old copies retire. Pure: the caller reads and writes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from stagger.core.api import (
+    GpuSchedule,
+    InferenceStream,
+    ScheduledSlot,
+    StreamPhase,
+)
+from stagger.core.contract import CONTRACT_FILE, SlotAssignment, effective_at_of
+from stagger.core.placement import Plan, ShardPlacement
+from stagger.core.slots import Slot, release_windows, switch_tick
+from stagger.core.timebase import ticks_to_ms
+from stagger_operator import manifests
+from stagger_operator.settings import OperatorSettings
+from stagger_operator.status import stream_status
+
+Obj = dict[str, Any]
+
+
+def _recorded(
+    slot: ScheduledSlot | SlotAssignment,
+    where: tuple[str, int, str | None, str],
+    memory_mib: int,
+    tick_hz: int,
+) -> ShardPlacement:
+    """A shard as the cluster records it (a GpuSchedule's slot, or a slot contract): what
+    placing it needs again, not how it was planned (fps, latency). ``where``: node, GPU
+    index, UUID and product."""
+    node, gpu, uuid, product = where
+    return ShardPlacement(
+        namespace=slot.namespace,
+        stream=slot.stream,
+        shard=slot.shard,
+        shards=slot.shards,
+        node=node,
+        gpu=gpu,
+        gpu_uuid=uuid,
+        product=product,
+        fps=0.0,
+        frame_period_ticks=slot.period_ticks,
+        period_ticks=slot.period_ticks,
+        offset_ticks=slot.offset_ticks,
+        body_ticks=slot.body_ticks,
+        body_ms=ticks_to_ms(slot.body_ticks, tick_hz),
+        latency_ms=0.0,
+        memory_mib=memory_mib,
+        priority=0,
+    )
+
+
+def plan_from_schedules(schedules: Iterable[GpuSchedule], tick_hz: int) -> Plan:
+    """The plan that the GpuSchedules in the cluster record: what a restarted operator
+    hands the planner as ``previous``, so that nothing moves because it restarted."""
+    shards = []
+    for sched in schedules:
+        spec = sched.spec
+        for slot in spec.slots:
+            where = (spec.node, spec.gpu_index, spec.gpu_uuid, spec.gpu_product or "")
+            shards.append(_recorded(slot, where, slot.memory_mib, tick_hz))
+    return Plan(tuple(shards), (), (), tick_hz=tick_hz)
+
+
+@dataclass
+class Desired:
+    """Everything the operator should find in the cluster after this reconcile."""
+
+    objects: list[Obj] = field(default_factory=list)  # namespaced, owned by their stream
+    schedules: list[Obj] = field(default_factory=list)  # cluster-scoped GpuSchedules
+    statuses: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)
+    unchanged: set[tuple[str, str]] = field(default_factory=set)
+    """Streams left out because their inputs are what they were (see desired_state)."""
+    frozen: set[tuple[str, str]] = field(default_factory=set)
+    """(namespace, stream label) whose objects stay as they are: the spec cannot be
+    served now (a bad template), so what runs keeps running."""
+
+
+def _table(shards: Sequence[ShardPlacement]) -> list[tuple[object, ...]]:
+    return sorted(
+        (x.namespace, x.stream, x.shard, x.shards, x.period_ticks, x.offset_ticks, x.body_ticks)
+        for x in shards
+    )
+
+
+def desired_state(
+    streams: Sequence[InferenceStream],
+    plan: Plan,
+    previous: Mapping[str, GpuSchedule],
+    settings: OperatorSettings,
+    now: datetime,
+    *,
+    known: Mapping[tuple[str, str], str] | None = None,
+    context: Mapping[tuple[str, str], Hashable] | None = None,
+    running: Mapping[tuple[str, str, int], int] | None = None,
+    retiring: Iterable[ShardPlacement] = (),
+) -> Desired:
+    """Objects, GpuSchedules and stream statuses for ``plan``. A GPU keeps its epoch; a
+    changed slot table gets the next generation, effective ``effective_after_s`` from now.
+
+    Every stream gets a fingerprint of what its objects and status are made from: its
+    shards' slots and contracts, why it is unplaced, and ``context``: what the caller saw
+    of it (its spec and status as listed, its objects, Ready pods and measurements). A
+    stream whose fingerprint is in ``known`` is left out (``unchanged``): its objects and
+    status were written from the same inputs before.
+
+    Release windows (``settings.release_windows``) are granted on a GPU whose table has not
+    changed, whose switch to it has passed, whose every shard's sidecar reports running its
+    generation (``running``: generation per shard, from the sidecars' metrics) and where no
+    old copy of a moved shard still runs (``retiring``): windows are computed from the
+    table, so every body on the GPU must follow it. A changed table's contracts carry none
+    until that holds again; they take effect at its switch instant like any contract."""
+    desired = Desired()
+    running = running or {}
+    haunted = {(r.node, r.gpu) for r in retiring}
+    known, context = known or {}, context or {}
+    by_gpu: dict[tuple[str, int], list[ShardPlacement]] = defaultdict(list)
+    for p in plan.shards:
+        by_gpu[(p.node, p.gpu)].append(p)
+    modes = {(g.node, g.gpu): g.sharing_mode for g in plan.gpus}
+    # Contracts are built only for the streams that are rebuilt; fingerprints use the slots.
+    slots: dict[
+        tuple[str, str, int],
+        tuple[ShardPlacement, datetime, int, datetime, tuple[int, int] | None],
+    ] = {}
+
+    def contract(key: tuple[str, str, int]) -> SlotAssignment:
+        p, epoch, generation, effective_at, window = slots[key]
+        return SlotAssignment.for_shard(
+            p,
+            tick_hz=settings.tick_hz,
+            epoch=epoch,
+            generation=generation,
+            effective_at=effective_at,
+            window=window,
+        )
+
+    for (node, gpu), shards in sorted(by_gpu.items()):
+        old = previous.get(manifests.schedule_name(node, gpu))
+        epoch = old.spec.epoch if old else now.replace(microsecond=0)
+        before = _table(plan_from_schedules([old], settings.tick_hz).shards) if old else None
+        if old is not None and before == _table(shards):
+            generation, effective_at = old.spec.generation, old.spec.effective_at or epoch
+        else:
+            generation = old.spec.generation + 1 if old else 1
+            effective_at = switch_instant(old, epoch, now, settings)
+        retimed_at = retimings(old, shards, effective_at)
+        desired.schedules.append(
+            manifests.gpu_schedule(
+                node,
+                gpu,
+                shards,
+                epoch=epoch,
+                generation=generation,
+                effective_at=effective_at,
+                tick_hz=settings.tick_hz,
+                sharing_mode=modes.get((node, gpu), "time-slicing"),
+                retimed_at=retimed_at,
+            )
+        )
+        windows: Mapping[Hashable, tuple[int, int]] = {}
+        if (
+            settings.release_windows
+            and old is not None
+            and generation == old.spec.generation
+            and now >= effective_at
+            and (node, gpu) not in haunted
+            and all(running.get(p.key) == generation for p in shards)
+        ):
+            windows = release_windows(
+                [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]
+            )
+        for p in shards:
+            slots[p.key] = (p, epoch, generation, effective_at, windows.get(p.key))
+    unplaced = {(u.namespace, u.stream): u.reason for u in plan.unplaced}
+    by_stream: dict[tuple[str, str], list[ShardPlacement]] = defaultdict(list)
+    for p in plan.shards:  # once: a lookup per stream would be quadratic in the fleet
+        by_stream[(p.namespace, p.stream)].append(p)
+    for stream in streams:
+        key = (stream.namespace, stream.name)
+        shards = by_stream.get(key, [])
+        desired.fingerprints[key] = fingerprint = _fingerprint(
+            [slots[p.key] for p in shards],
+            unplaced.get(key),
+            context.get((stream.namespace, manifests.stream_label(stream.name))),
+        )
+        if known.get(key) == fingerprint:
+            desired.unchanged.add(key)
+            continue
+        if key in unplaced or not shards:
+            reason = unplaced.get(key, "waiting for placement")
+            desired.statuses[key] = stream_status(
+                stream, [], StreamPhase.UNSCHEDULABLE, reason, now, tick_hz=settings.tick_hz
+            )
+            continue
+        try:
+            for p in shards:
+                desired.objects.append(manifests.slot_configmap(stream, contract(p.key)))
+                if settings.gpu_binding == "dra":
+                    desired.objects.append(manifests.resource_claim(stream, p, settings))
+                desired.objects.append(manifests.shard_deployment(stream, p, settings))
+        except manifests.TemplateError as e:
+            desired.objects = [o for o in desired.objects if not _owned_by(o, stream)]
+            desired.frozen.add((stream.namespace, manifests.stream_label(stream.name)))
+            desired.statuses[key] = stream_status(
+                stream,
+                shards,
+                StreamPhase.PENDING,
+                str(e),
+                now,
+                reason="InvalidTemplate",
+                tick_hz=settings.tick_hz,
+            )
+            continue
+        desired.statuses[key] = stream_status(
+            stream, shards, StreamPhase.PLACED, "", now, tick_hz=settings.tick_hz
+        )
+    return desired
+
+
+def switch_instant(
+    old: GpuSchedule | None, epoch: datetime, now: datetime, settings: OperatorSettings
+) -> datetime:
+    """When a GPU's new slot table takes over on every sidecar: ``effective_after_s`` from
+    now or later, not before the previous generation's switch, and at an instant where no
+    body of the previous table runs (:func:`stagger.core.slots.switch_tick`), so that no
+    body of one table overlaps one of the other, frames in flight included."""
+    hz = settings.tick_hz
+    ready = now + timedelta(seconds=settings.effective_after_s) - epoch
+    earliest = -((-_microseconds(ready) * hz) // 1_000_000)  # ceil: not before ``ready``
+    if old is None:
+        return effective_at_of(epoch, earliest, hz)
+    if old.spec.effective_at is not None:
+        earliest = max(earliest, (_microseconds(old.spec.effective_at - epoch) * hz) // 1_000_000)
+    table = [
+        Slot(i, s.body_ticks, s.period_ticks, s.offset_ticks) for i, s in enumerate(old.spec.slots)
+    ]
+    return effective_at_of(epoch, switch_tick(table, earliest), hz)
+
+
+def _microseconds(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def retimings(
+    old: GpuSchedule | None, shards: Sequence[ShardPlacement], effective_at: datetime
+) -> dict[tuple[str, str, int], datetime]:
+    """When each shard's slot on this GPU was last changed by a re-timing: at this table's
+    switch if it changes here now, else as the previous table recorded it."""
+    if old is None:
+        return {}
+    before = {(s.namespace, s.stream, s.shard): s for s in old.spec.slots}
+    out: dict[tuple[str, str, int], datetime] = {}
+    for p in shards:
+        was = before.get(p.key)
+        if was is None:
+            continue  # placed here now: a placement, not a re-timing
+        if (was.offset_ticks, was.period_ticks) != (p.offset_ticks, p.period_ticks):
+            out[p.key] = effective_at
+        elif was.retimed_at is not None:
+            out[p.key] = was.retimed_at
+    return out
+
+
+def retiring_copies(
+    objects: Iterable[Obj], previous: Plan, streams: Sequence[InferenceStream]
+) -> list[ShardPlacement]:
+    """Old copies of moved shards, still running where they were until their new copy is
+    Ready (make-before-break): each slot ConfigMap whose GPU is not the one the GpuSchedules
+    place its shard on now. The planner keeps their slots and memory reserved there."""
+    where = {p.key: (p.node, p.gpu) for p in previous.shards}
+    memory = {(s.namespace, s.name): s.spec.memory_mib for s in streams}
+    out = []
+    for obj in objects:
+        raw = (obj.get("data") or {}).get(CONTRACT_FILE) if obj.get("kind") == "ConfigMap" else None
+        if raw is None:
+            continue
+        try:
+            c = SlotAssignment.model_validate_json(raw)
+        except ValueError:
+            continue
+        key = (c.namespace, c.stream, c.shard)
+        if key not in where or where[key] == (c.node, c.gpu_index):
+            continue
+        memory_mib = memory.get((c.namespace, c.stream), 0)
+        out.append(_recorded(c, (c.node, c.gpu_index, c.gpu_uuid, ""), memory_mib, c.tick_hz))
+    return out
+
+
+def pinned_shards(
+    schedules: Iterable[GpuSchedule], now: datetime, min_interval_s: float
+) -> tuple[set[tuple[str, str, int]], datetime | None]:
+    """Shards re-timed less than ``min_interval_s`` ago, which the planner may not re-time
+    yet, and when the first of them may be again (None: none is pinned)."""
+    pinned: set[tuple[str, str, int]] = set()
+    free_at: datetime | None = None
+    bound = timedelta(seconds=min_interval_s)
+    for sched in schedules:
+        for s in sched.spec.slots:
+            if s.retimed_at is not None and now < s.retimed_at + bound:
+                pinned.add((s.namespace, s.stream, s.shard))
+                free_at = min(free_at or s.retimed_at + bound, s.retimed_at + bound)
+    return pinned, free_at
+
+
+def _fingerprint(
+    slots: Sequence[tuple[ShardPlacement, datetime, int, datetime, tuple[int, int] | None]],
+    unplaced: str | None,
+    context: Hashable,
+) -> str:
+    inputs = (
+        # Times by value: the same instant parsed from the API has another tzinfo object.
+        [
+            (
+                p.key,
+                p.shards,
+                p.node,
+                p.gpu,
+                p.gpu_uuid,
+                p.period_ticks,
+                p.offset_ticks,
+                p.body_ticks,
+            )
+            for p, _, _, _, _ in slots
+        ],
+        [
+            (g, epoch.timestamp(), effective.timestamp(), window)
+            for _, epoch, g, effective, window in slots
+        ],
+        unplaced,
+        context,
+    )
+    return hashlib.blake2b(repr(inputs).encode(), digest_size=16).hexdigest()
+
+
+def _owned_by(obj: Obj, stream: InferenceStream) -> bool:
+    refs = obj["metadata"].get("ownerReferences", [])
+    return any(r.get("uid") == stream.metadata.uid for r in refs)

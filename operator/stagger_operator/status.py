@@ -1,0 +1,254 @@
+"""What each object's status says: streams (placed, serving, unschedulable, why),
+GpuSchedules and ModelProfiles. Pure: the caller writes them."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from stagger.core.api import (
+    InferenceStream,
+    ModelProfile,
+    StreamPhase,
+)
+from stagger.core.placement import GpuUsage, Plan, ShardPlacement
+from stagger.core.timebase import TICK_HZ, ticks_to_ms
+from stagger_operator import manifests
+from stagger_operator.observe import Observation
+from stagger_operator.rollout import Rollout
+from stagger_operator.settings import OperatorSettings
+
+Obj = dict[str, Any]
+
+
+def stream_status(
+    stream: InferenceStream,
+    shards: Sequence[ShardPlacement],
+    phase: StreamPhase,
+    message: str,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    tick_hz: int = TICK_HZ,
+) -> Obj:
+    """The status subresource of one stream (conditions Placed and Ready)."""
+    placed = phase in (StreamPhase.PLACED, StreamPhase.RUNNING)
+    hz = tick_hz
+    first = shards[0] if shards else None
+    extra = f",+{len(shards) - 1}" if len(shards) > 1 else ""
+    condition_reason = reason or ("Placed" if placed else "Unschedulable")
+    return {
+        "phase": phase.value,
+        "message": message or (f"placed on {len(shards)} shard(s)" if placed else ""),
+        "shardCount": len(shards),
+        "node": f"{first.node}{extra}" if first else "",
+        "gpu": f"{first.gpu}{extra}" if first else "",
+        **({"offsetMs": round(ticks_to_ms(first.offset_ticks, hz), 3)} if first else {}),
+        "shards": [
+            {
+                "index": p.shard,
+                "node": p.node,
+                "gpu": p.gpu,
+                **({"gpuUuid": p.gpu_uuid} if p.gpu_uuid else {}),
+                "fps": p.fps,
+                "periodMs": round(ticks_to_ms(p.period_ticks, hz), 3),
+                "offsetMs": round(ticks_to_ms(p.offset_ticks, hz), 3),
+                "bodyMs": p.body_ms,
+            }
+            for p in shards
+        ],
+        "conditions": [
+            _condition(stream, "Placed", placed, condition_reason, message=message, now=now),
+        ],
+        **(
+            {"observedGeneration": stream.metadata.generation}
+            if stream.metadata.generation is not None
+            else {}
+        ),
+    }
+
+
+def _condition(
+    stream: InferenceStream, kind: str, true: bool, reason: str, *, message: str, now: datetime
+) -> Obj:
+    generation = stream.metadata.generation
+    return {
+        "type": kind,
+        "status": "True" if true else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        **({"observedGeneration": generation} if generation is not None else {}),
+    }
+
+
+def serving_status(
+    status: Obj,
+    stream: InferenceStream,
+    rollout: Rollout,
+    observed: Mapping[tuple[str, str, str], Observation],
+    *,
+    settings: OperatorSettings,
+    now: datetime,
+) -> Obj:
+    """Refine a placed stream's status with what runs: Running once every shard has a Ready
+    copy, Degraded when a shard stops serving or drops frames, the Ready condition, moves,
+    and what the sidecars measured."""
+    if status["phase"] != StreamPhase.PLACED.value:
+        return status
+    label = manifests.stream_label(stream.name)
+    ids = {s["index"]: (stream.namespace, label, str(s["index"])) for s in status["shards"]}
+    down = [i for i, sid in ids.items() if sid not in rollout.serving]
+    seen = {i: observed[sid] for i, sid in ids.items() if sid in observed}
+    for s in status["shards"]:
+        o = seen.get(s["index"])
+        if o is not None:
+            s["observedFps"] = round(o.fps, 3)
+            s["dropRate"] = round(o.drop_rate, 6)
+            if o.p99_ms is not None:
+                s["p99Ms"] = round(o.p99_ms, 3)
+    if seen:
+        values = list(seen.values())
+        forwarded = sum(o.forwarded for o in values)
+        dropped = sum(o.dropped for o in values)
+        status["observedFps"] = round(sum(o.fps for o in values), 3)
+        status["dropRate"] = round(dropped / (forwarded + dropped), 6) if forwarded + dropped else 0
+        p99s = [o.p99_ms for o in values if o.p99_ms is not None]
+        if p99s:
+            status["p99Ms"] = round(max(p99s), 3)
+    n = len(ids)
+    was_running = stream.status is not None and stream.status.phase in (
+        StreamPhase.RUNNING,
+        StreamPhase.DEGRADED,
+    )
+    dropping = sorted(
+        (i, o.drop_rate) for i, o in seen.items() if o.drop_rate > settings.degraded_drop_rate
+    )
+    if not down and dropping:
+        i, rate = dropping[0]
+        phase, ready, reason = StreamPhase.DEGRADED, True, "Dropping"
+        message = (
+            f"shard {i} drops {rate:.2%} of its frames "
+            f"(threshold {settings.degraded_drop_rate:.2%})"
+        )
+    elif not down:
+        phase, ready, reason = StreamPhase.RUNNING, True, "Serving"
+        message = f"running on {n} shard(s)"
+    elif was_running:
+        phase, ready, reason = StreamPhase.DEGRADED, False, "ShardsNotReady"
+        message = f"{n - len(down)}/{n} shards serving; shard {down[0]} has no Ready pod"
+    else:
+        phase, ready, reason = StreamPhase.PLACED, False, "ShardsStarting"
+        message = f"placed on {n} shard(s); {n - len(down)}/{n} pods Ready"
+    moving = sorted(i for i, sid in ids.items() if sid in rollout.moving)
+    waiting = sorted(i for i, sid in ids.items() if sid in rollout.waiting)
+    if moving:
+        message += f"; moving shard(s) {', '.join(map(str, moving))} (old copy serves meanwhile)"
+    if waiting:
+        message += (
+            f"; shard(s) {', '.join(map(str, waiting))} wait to move "
+            f"(at most {settings.max_moves} moves at a time)"
+        )
+    status["phase"], status["message"] = phase.value, message
+    status["conditions"] = [
+        *(c for c in status["conditions"] if c["type"] != "Ready"),
+        _condition(stream, "Ready", ready, reason, message=message, now=now),
+    ]
+    return status
+
+
+def schedule_status(
+    schedule: Obj,
+    plan: Plan,
+    observed: Mapping[tuple[str, str, str], Observation],
+) -> Obj:
+    """A GpuSchedule's status: what the plan reserves on the GPU and what its shards'
+    sidecars measured (body time per model, slot misses in the last scrape window)."""
+    spec = schedule["spec"]
+    usage = next(
+        (g for g in plan.gpus if (g.node, g.gpu) == (spec["node"], spec["gpuIndex"])), None
+    )
+    bodies: dict[str, list[float]] = defaultdict(list)
+    misses = 0.0
+    for slot in spec["slots"]:
+        sid = (slot["namespace"], manifests.stream_label(slot["stream"]), str(slot["shard"]))
+        o = observed.get(sid)
+        if o is not None:
+            misses += o.slot_misses
+            for model, ms in o.body_ms.items():
+                bodies[model].append(ms)
+    return {
+        "streams": len({(x["namespace"], x["stream"]) for x in spec["slots"]}),
+        "utilization": round(usage.utilization, 6) if usage else 0.0,
+        "memoryMiB": usage.memory_mib if usage else 0,
+        "measuredBodyMs": {m: round(max(v), 3) for m, v in sorted(bodies.items())},
+        "slotMisses": int(misses),
+    }
+
+
+def write_failed_status(status: Obj, stream: InferenceStream, problem: str, now: datetime) -> Obj:
+    """The API refused one of the stream's objects (admission webhook, quota, a bad field
+    in its template): the stream says so; the next reconcile tries again."""
+    status["phase"], status["message"] = StreamPhase.PENDING.value, problem
+    status["conditions"] = [
+        *(c for c in status["conditions"] if c["type"] != "Ready"),
+        _condition(stream, "Ready", False, "WriteFailed", message=problem, now=now),
+    ]
+    return status
+
+
+def profile_statuses(
+    profiles: Sequence[ModelProfile],
+    measured: Mapping[tuple[str, int], Mapping[str, float]],
+    gpus: Sequence[GpuUsage],
+    drift_percent: float,
+    now: datetime,
+) -> dict[str, Obj]:
+    """Each ModelProfile's status from what the sidecars measured on the GPUs it describes
+    (same product and sharing mode): the median body there, its drift from ``bodyTimeMs``
+    and a ``Drifted`` condition. Profiles with no measurement keep their status."""
+    kinds = {(g.node, g.gpu): (g.product, str(g.sharing_mode)) for g in gpus}
+    samples: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for where, bodies in measured.items():
+        if where in kinds:
+            for model, ms in bodies.items():
+                samples[(model, *kinds[where])].append(ms)
+    out: dict[str, Obj] = {}
+    for profile in profiles:
+        spec = profile.spec
+        seen = samples.get((spec.model, spec.gpu_product, str(spec.sharing_mode)))
+        if not seen:
+            continue
+        observed = statistics.median(seen)
+        drift = (observed - spec.body_time_ms) / spec.body_time_ms * 100
+        drifted = abs(drift) > drift_percent
+        message = (
+            f"sidecars measure {observed:.2f} ms on {len(seen)} GPU(s) against bodyTimeMs "
+            f"{spec.body_time_ms:g} ({drift:+.0f} %, tolerance {drift_percent:g} %)"
+            + (": re-calibrate" if drifted else "")
+        )
+        old = {c.type: c for c in (profile.status.conditions if profile.status else [])}
+        was = old.get("Drifted")
+        status = "True" if drifted else "False"
+        since = (
+            was.last_transition_time
+            if was is not None and was.status == status and was.last_transition_time
+            else now.replace(microsecond=0)
+        )
+        out[profile.name] = {
+            "observedBodyMs": round(observed, 3),
+            "driftPercent": round(drift, 1),
+            "conditions": [
+                {
+                    "type": "Drifted",
+                    "status": status,
+                    "reason": "BodyDrift" if drifted else "WithinTolerance",
+                    "message": message,
+                    "lastTransitionTime": since.isoformat().replace("+00:00", "Z"),
+                }
+            ],
+        }
+    return out
