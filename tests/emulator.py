@@ -68,7 +68,9 @@ class Emulator(kmock.KubernetesEmulator):
         del self._requests[:-16]
         token = raw_request.headers.get("Authorization", "").removeprefix("Bearer ")
         if token in getattr(self, "dead", ()):
-            return await self._failure(raw_request, 503, {})
+            # A status nobody retries (not 401: kopf would log in again, as someone else),
+            # so a killed operator's remaining work ends at once, as a process's would.
+            return await self._failure(raw_request, 403, {})
         if (
             self.planner_writes is not None
             and raw_request.method in WRITES
@@ -124,8 +126,8 @@ class Emulator(kmock.KubernetesEmulator):
 
 
 EMULATOR_URL: dict[str, str] = {}
-"""Where kopf finds the emulator, and the token it presents (set both before starting an
-operator in this process)."""
+"""Where kopf finds the emulator (set it before starting an operator in this process); each
+operator's kopf presents the token in its memo."""
 OBSERVER = "observer"
 """The token of the tests' own client: faults and kills are the operator's, not theirs."""
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -133,9 +135,10 @@ PLANNER_OUTPUTS = ("/deployments", "/configmaps", "/gpuschedules")
 
 
 @kopf.on.login()
-def _login_to_the_emulator(**_: Any) -> kopf.ConnectionInfo:
+def _login_to_the_emulator(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     url = EMULATOR_URL["url"]
-    token = EMULATOR_URL.get("token", "operator")
+    # The operator's own token: kopf may log in after the next operator has started.
+    token = memo.get("token", "operator")
     return kopf.ConnectionInfo(server=url, insecure=True, scheme="Bearer", token=token)
 
 

@@ -23,11 +23,13 @@ from kubernetes.client.exceptions import ApiException
 
 from stagger.core.api import (
     API_VERSION,
+    GpuSchedule,
     InferenceStream,
     InferenceStreamStatus,
     ModelProfile,
     StreamPhase,
 )
+from stagger.core.cluster import Cluster
 from stagger.core.phase import follow_plan
 from stagger.core.placement import Move, Plan, ShardKey, plan
 from stagger.core.timebase import ticks_to_ms
@@ -43,6 +45,7 @@ from stagger_operator.calibration import (
     recalibration_state,
 )
 from stagger_operator.desired import (
+    Desired,
     desired_state,
     pinned_shards,
     plan_from_schedules,
@@ -51,7 +54,7 @@ from stagger_operator.desired import (
 from stagger_operator.inventory import cluster_from_nodes
 from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
 from stagger_operator.observe import Observation
-from stagger_operator.rollout import ShardId, Unit, ready_units, rollout, unit_of
+from stagger_operator.rollout import Rollout, ShardId, Unit, ready_units, rollout, unit_of
 from stagger_operator.settings import OperatorSettings
 from stagger_operator.status import (
     profile_statuses,
@@ -89,6 +92,39 @@ class Report:
     """(namespace, stream, shard, node, GPU) of every shard whose slot this plan re-timed."""
     wake_after_s: float | None = None
     """Plan again this soon: a pinned shard may be re-timed then, which may place a stream."""
+
+
+@dataclass
+class Snapshot:
+    """What one reconcile read from the API, before deciding anything."""
+
+    now: datetime
+    full: bool  # a resync: every owned object listed and diffed
+    cluster: Cluster
+    signatures: dict[tuple[str, str], str]
+    streams: list[InferenceStream]
+    invalid: list[InvalidObject]
+    live: list[InferenceStream]  # not being deleted
+    schedules: dict[str, GpuSchedule]
+    previous: Plan  # as the GpuSchedules record it
+    schedule_objects: dict[str, Obj]
+    profiles: list[ModelProfile]
+    current: dict[Key, Obj]  # owned objects: listed, or as this controller wrote them
+    ready: set[Unit]
+    observed: dict[ShardId, Observation]
+    jobs: dict[tuple[str, str], Obj]
+    outcomes: dict[tuple[str, str], CalibrationOutcome]
+
+
+@dataclass
+class Decision:
+    """What a reconcile will make true, computed from a snapshot without an API call."""
+
+    result: Plan
+    desired: Desired
+    calibration: Calibration
+    recalibration: Recalibration
+    steps: Rollout
 
 
 def _key(kind: str, obj: Obj) -> Key:
@@ -130,8 +166,18 @@ class Controller:
                 gc.enable()
 
     def _reconcile(self) -> Report:
-        s, kube, now = self.settings, self.kube, self.clock()
+        """Snapshot (read), decide (pure: plan, desired state, rollout), act (write)."""
         report = Report()
+        snap = self._snapshot()
+        decision = self._decide(snap, report)
+        self._act(snap, decision, report)
+        if snap.full:
+            self._last_full = self._monotonic()
+        return report
+
+    def _snapshot(self) -> Snapshot:
+        """Everything this reconcile reads from the API, read first."""
+        s, kube, now = self.settings, self.kube, self.clock()
         cluster = cluster_from_nodes(kube.list_objects("Node"), s, kube.list_gpu_nodes(), now)
         # Between resyncs, a stream whose inputs are what they were is not rebuilt or
         # diffed (its fingerprint says so), the owned objects are what this controller last
@@ -143,7 +189,6 @@ class Controller:
         streams, invalid = self._parse(raw_streams, signatures)
         live = [x for x in streams if not (x.metadata.model_extra or {}).get("deletionTimestamp")]
         schedules = {x.name: x for x in kube.list_schedules()}
-        previous = plan_from_schedules(schedules.values(), s.tick_hz)
         if full or self.objects is None:
             self.objects = {
                 _key(k, o): o
@@ -156,58 +201,83 @@ class Controller:
                 for p in kube.list_managed("Pod")
                 if self._watched(p["metadata"].get("namespace"))
             }
-        profiles = kube.list_profiles()
-        pinned, free_at = pinned_shards(schedules.values(), now, s.retime_min_interval_s)
-        retiring = retiring_copies(self.objects.values(), previous, live)
-        result = plan(
-            live,
-            cluster,
-            profiles,
-            s.planner(),
-            previous=previous,
-            pinned=pinned,
-            retiring=retiring,
-        )
-        if s.follow_arrivals:
-            result = follow_plan(
-                result,
-                arrivals(self.observed, live),
-                pinned=pinned,
-                retiring=retiring,
-                min_gain_s=s.follow_min_gain_ms / 1e3,
-            )
-        if result.unplaced and free_at is not None:  # a re-timing may place them then
-            report.wake_after_s = max(0.0, (free_at - now).total_seconds())
-        current = dict(self.objects)
-        ready = {u for units in list(self.pods.values()) for u in units}
-        observed = self.observed
         jobs = {
             _named(j): j
             for j in kube.list_managed("Job")
             if manifests.LABEL_CALIBRATION in (j["metadata"].get("labels") or {})
             and self._watched(j["metadata"].get("namespace"))
         }
-        outcomes = calibration_outcomes(jobs.values(), kube.list_managed("Pod") if jobs else [])
+        return Snapshot(
+            now=now,
+            full=full,
+            cluster=cluster,
+            signatures=signatures,
+            streams=streams,
+            invalid=invalid,
+            live=live,
+            schedules=schedules,
+            previous=plan_from_schedules(schedules.values(), s.tick_hz),
+            schedule_objects={o["metadata"]["name"]: o for o in kube.list_managed("GpuSchedule")},
+            profiles=kube.list_profiles(),
+            current=dict(self.objects),
+            ready={u for units in list(self.pods.values()) for u in units},
+            observed=self.observed,
+            jobs=jobs,
+            outcomes=calibration_outcomes(jobs.values(), kube.list_managed("Pod") if jobs else []),
+        )
+
+    def _decide(self, snap: Snapshot, report: Report) -> Decision:
+        """The plan and everything that follows from it, from the snapshot alone (and this
+        controller's memory of what it wrote): no API call."""
+        s, now, live = self.settings, snap.now, snap.live
+        pinned, free_at = pinned_shards(snap.schedules.values(), now, s.retime_min_interval_s)
+        retiring = retiring_copies(snap.current.values(), snap.previous, live)
+        result = plan(
+            live,
+            snap.cluster,
+            snap.profiles,
+            s.planner(),
+            previous=snap.previous,
+            pinned=pinned,
+            retiring=retiring,
+        )
+        if s.follow_arrivals:
+            result = follow_plan(
+                result,
+                arrivals(snap.observed, live),
+                pinned=pinned,
+                retiring=retiring,
+                min_gain_s=s.follow_min_gain_ms / 1e3,
+            )
+        if result.unplaced and free_at is not None:  # a re-timing may place them then
+            report.wake_after_s = max(0.0, (free_at - now).total_seconds())
         desired = desired_state(
             live,
             result,
-            schedules,
+            snap.schedules,
             s,
             now,
-            known={} if full else self.fingerprints,
-            context=_context(signatures, current, ready, observed, jobs=jobs, outcomes=outcomes),
-            running=running_generations(observed, live),
+            known={} if snap.full else self.fingerprints,
+            context=_context(
+                snap.signatures,
+                snap.current,
+                snap.ready,
+                snap.observed,
+                jobs=snap.jobs,
+                outcomes=snap.outcomes,
+            ),
+            running=running_generations(snap.observed, live),
             retiring=retiring,
         )
-        calibration = calibration_state(live, result, outcomes, s, now)
-        recalibration = recalibration_state(profiles, live, result, outcomes, s, now=now)
+        calibration = calibration_state(live, result, snap.outcomes, s, now)
+        recalibration = recalibration_state(snap.profiles, live, result, snap.outcomes, s, now=now)
         named_jobs = {_named(j) for j in calibration.jobs}
         calibration.jobs += [j for j in recalibration.jobs if _named(j) not in named_jobs]
         for named, status in calibration.statuses.items():
             if named not in desired.unchanged:
                 desired.statuses[named] = status
         report.plan, report.moves = result, list(result.moves)
-        report.streams, report.invalid = len(streams), len(invalid)
+        report.streams, report.invalid = len(snap.streams), len(snap.invalid)
         report.targets = [
             (x.namespace, x.name, x.spec.fps, (x.spec.deadline_ms or 1e3 / x.spec.fps) / 1e3)
             for x in live
@@ -218,10 +288,11 @@ class Controller:
         left_alone = desired.frozen | {
             (ns, manifests.stream_label(name)) for ns, name in desired.unchanged
         }
+        cluster = snap.cluster
         steps = rollout(
             desired.objects,
-            current,
-            ready,
+            snap.current,
+            snap.ready,
             {manifests.gpu_label(n.name, g.index) for n in cluster.nodes for g in n.gpus},
             retiring_since=self.retiring,
             now=now,
@@ -232,11 +303,18 @@ class Controller:
         )
         self.retiring = steps.retiring
         report.moving, report.waiting = len(steps.moving), len(steps.waiting)
+        return Decision(result, desired, calibration, recalibration, steps)
 
+    def _act(self, snap: Snapshot, decision: Decision, report: Report) -> None:
+        """Write what the decision differs from the snapshot in, then statuses and Events."""
+        s, kube, now, live = self.settings, self.kube, snap.now, snap.live
+        result, desired, steps = decision.result, decision.desired, decision.steps
+        current, observed, profiles = snap.current, snap.observed, snap.profiles
+        assert self.objects is not None
         # The plan's record first (a restarted operator starts from it), then workloads:
         # created and updated before anything is deleted, so a moving shard's new copy
         # exists before its old one goes (which waits for the new pod; see rollout).
-        current_sched = {o["metadata"]["name"]: o for o in kube.list_managed("GpuSchedule")}
+        current_sched = snap.schedule_objects
         wanted_sched = {o["metadata"]["name"]: o for o in desired.schedules}
         failed: dict[tuple[str, str], str] = {}  # (namespace, stream label): what failed
         for obj, outcome in self._each(
@@ -300,8 +378,8 @@ class Controller:
             )
             for p in profiles
         ]
-        self._calibrate(calibration, jobs, profiles, report)
-        self._recalibrate(recalibration, profiles, report, now)
+        self._calibrate(decision.calibration, snap.jobs, profiles, report)
+        self._recalibrate(decision.recalibration, profiles, report, now)
 
         by_key = {(x.namespace, x.name): x for x in live}
 
@@ -344,7 +422,7 @@ class Controller:
                     f"removed the old copy on {u[3]} anyway",
                     now,
                 )
-        for bad in invalid:
+        for bad in snap.invalid:
             self.kube.patch_status(
                 "InferenceStream",
                 bad.namespace,
@@ -368,15 +446,12 @@ class Controller:
             )
         self._retimed_events(
             result=result,
-            previous=previous,
+            previous=snap.previous,
             schedules=wanted_sched,
             streams=by_key,
             report=report,
             now=now,
         )
-        if full:
-            self._last_full = self._monotonic()
-        return report
 
     def _retimed_events(
         self,

@@ -122,7 +122,6 @@ async def cluster() -> AsyncIterator[Cluster]:
 async def start_operator(c: Cluster, token: str = "operator", **settings: Any) -> Operator:
     """An operator process: kopf and its own fresh client (no pooled connections), both
     presenting ``token`` to the emulator."""
-    EMULATOR_URL["token"] = token
     api = c.client_as(token)
     memo = kopf.Memo(
         api_client=api,
@@ -136,6 +135,7 @@ async def start_operator(c: Cluster, token: str = "operator", **settings: Any) -
             }
         ),
         stats=PlanStats(),
+        token=token,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(
