@@ -32,7 +32,8 @@ import numpy as np
 
 from bench.placement.fleets import KINDS, FleetKind, cluster, load, lower_bound, streams
 from stagger.core.api import InferenceStream
-from stagger.core.placement import Plan, Planner, PlannerSettings, _FreeTree, plan
+from stagger.core.placement import Plan, Planner, PlannerSettings, plan
+from stagger.core.placement.index import _FreeTree
 from stagger.core.slots import Slot, SlotRequest, overlaps, pack
 from tests.factories import cluster as small_cluster
 from tests.factories import stream as small_stream

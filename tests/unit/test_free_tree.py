@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from stagger.core.placement import _FreeTree, _RoomIndex
+from stagger.core.placement.index import _FreeTree, _RoomIndex
 
 
 @pytest.mark.parametrize("index", [_FreeTree, _RoomIndex])

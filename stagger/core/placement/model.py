@@ -1,0 +1,145 @@
+"""What a plan is: the planner's settings, each shard's placement, each GPU's use, what
+was left out and why, what moved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from stagger.core.timebase import TICK_HZ
+
+Policy = Literal["binpack", "spread"]
+ROUNDING = 0.02
+"""A running GPU first takes a shard only at slot periods at most this much shorter than its
+frame period (reserving at most 2 % more body time than it uses): mixing rate families on
+one GPU rounds periods down and wastes capacity (a 25 fps stream among 30 fps ones reserves
+20 % more), so a GPU of the shard's own family, or a new one, comes first."""
+ShardKey = tuple[str, str, int]  # namespace, stream, shard index
+GhostKey = tuple[str, str, str, int]  # "retiring", namespace, stream, shard: an old copy
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    utilization_cap: float = 0.9
+    """Largest reserved body time per second on one GPU: the safety margin."""
+    throughput_cap: float = 0.95
+    """Largest share of a GPU's measured saturation throughput that shared streams (those
+    with a ``costMs``) may take: their cost was measured under the contention it stands for,
+    so it needs a smaller margin than an exclusive body's."""
+    guard_ms: float = 0.0
+    """Extra time reserved after every body (the cap already leaves room, so 0)."""
+    policy: Policy = "binpack"
+    max_extra_shards: int = 5
+    """A stream gets up to this many shards beyond the fewest when they pack better."""
+    memory_reserve_mib: int = 0
+    """GPU memory kept free on every GPU (driver, CUDA context of other tenants)."""
+    shard_grid_ms: float = 100.0
+    """A stream that must split takes, where it can, a shard count whose slot period is a
+    multiple of this: shards of 25, 30, 50 and 60 fps streams then share GPUs (0: off)."""
+    max_repair_moves: int = 16
+    """When streams that arrived one by one leave a stream unplaced that a plan made from
+    scratch places, or use at least two GPUs more than it, the running shards may be moved
+    to other GPUs to get there: at most this many moves (0: never move for that)."""
+    tick_hz: int = TICK_HZ
+
+    def __post_init__(self) -> None:
+        if not 0 < self.utilization_cap <= 1:
+            raise ValueError("utilization cap must be in (0, 1]")
+        if not 0 < self.throughput_cap <= 1:
+            raise ValueError("throughput cap must be in (0, 1]")
+        if (
+            min(self.guard_ms, self.max_extra_shards, self.memory_reserve_mib, self.shard_grid_ms)
+            < 0
+        ):
+            raise ValueError("guard, extra shards and memory reserve must not be negative")
+        if self.max_repair_moves < 0:
+            raise ValueError("max repair moves must not be negative")
+
+
+@dataclass(frozen=True)
+class ShardPlacement:
+    namespace: str
+    stream: str
+    shard: int
+    shards: int
+    node: str
+    gpu: int
+    gpu_uuid: str | None
+    product: str
+    fps: float
+    frame_period_ticks: int
+    period_ticks: int
+    offset_ticks: int
+    body_ticks: int
+    body_ms: float
+    latency_ms: float
+    memory_mib: int
+    priority: int
+    cost_ms: float | None = None
+    """What a frame costs when shared (None: the body is exclusive); ``body_ticks`` is the
+    time reserved for it (:meth:`Timing.reserved_ms`)."""
+
+    @property
+    def key(self) -> ShardKey:
+        return (self.namespace, self.stream, self.shard)
+
+
+@dataclass(frozen=True)
+class GpuUsage:
+    node: str
+    gpu: int
+    uuid: str | None
+    product: str
+    sharing_mode: str
+    utilization: float
+    memory_mib: int
+    memory_total_mib: int
+    shards: int
+
+
+@dataclass(frozen=True)
+class CalibrationSite:
+    """A GPU on which a stream's model could be measured: one per (product, sharing mode)
+    the stream may run on and that has no ModelProfile for it."""
+
+    node: str
+    gpu: int
+    gpu_uuid: str | None
+    product: str
+    sharing_mode: str
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    namespace: str
+    stream: str
+    reason: str
+    calibrate_on: tuple[CalibrationSite, ...] = ()
+    """Set when the stream only lacks a body time: where it could be calibrated."""
+
+
+@dataclass(frozen=True)
+class Move:
+    namespace: str
+    stream: str
+    shard: int
+    from_node: str
+    from_gpu: int
+    to_node: str
+    to_gpu: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    shards: tuple[ShardPlacement, ...]
+    gpus: tuple[GpuUsage, ...]
+    unplaced: tuple[Unplaced, ...]
+    moves: tuple[Move, ...] = ()
+    offsets_changed: tuple[ShardKey, ...] = ()
+    tick_hz: int = TICK_HZ
+
+    def for_stream(self, namespace: str, name: str) -> list[ShardPlacement]:
+        return [s for s in self.shards if (s.namespace, s.stream) == (namespace, name)]
+
+
+# ------------------------------------------------------------------ inputs
