@@ -96,12 +96,15 @@ class Emulator(kmock.KubernetesEmulator):
                 self.dead.add(token)
         return answer
 
-    def lease_holder(self, name: str = "stagger-operator") -> str | None:
+    def lease_spec(self, name: str = "stagger-operator") -> dict[str, Any]:
         for (resource, _, object_name), obj in self.objects.items():
             if resource.plural == "leases" and object_name == name:
-                holder: str | None = obj.last.get("spec", {}).get("holderIdentity")
-                return holder
-        return None
+                return dict(obj.last.get("spec", {}))
+        return {}
+
+    def lease_holder(self, name: str = "stagger-operator") -> str | None:
+        holder: str | None = self.lease_spec(name).get("holderIdentity")
+        return holder
 
     async def _failure(self, raw_request: Any, status: int, headers: dict[str, str]) -> Any:
         await raw_request.read()  # the request's body, read as a server would

@@ -173,7 +173,10 @@ async def _lease_loop(memo: kopf.Memo) -> None:
     holder is gone is timed on this replica's own clock (``leader.Elector``)."""
     s: OperatorSettings = memo.settings
     kube = memo.controller.kube
-    elector = Elector(s.identity, s.lease_duration_s)
+    # The wall clock that stamps renewTime: this node's (tests skew it per replica; the
+    # Elector never compares it with another replica's).
+    wall = memo.get("wall_clock") or (lambda: datetime.now(UTC))
+    elector = Elector(s.identity, s.lease_duration_s, wall=wall)
     while True:
         try:
             held = await asyncio.to_thread(elector.try_hold, kube, s.lease_namespace, s.lease_name)

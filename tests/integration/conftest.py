@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import kmock
@@ -22,6 +28,7 @@ from kubernetes import client
 from stagger_operator.handlers import PlanStats  # importing registers the handlers
 from stagger_operator.kube import Kube
 from stagger_operator.settings import OperatorSettings
+from stagger_testkit.localtriton import free_port
 from tests.emulator import EMULATOR_URL, OBSERVER, Emulator, declare, node
 from tests.integration.sidecar_fixtures import start_sidecar, triton  # noqa: F401  (fixtures)
 from tests.waiting import until
@@ -119,9 +126,14 @@ async def cluster() -> AsyncIterator[Cluster]:
         yield c
 
 
-async def start_operator(c: Cluster, token: str = "operator", **settings: Any) -> Operator:
+async def start_operator(
+    c: Cluster,
+    token: str = "operator",
+    skew: timedelta = timedelta(0),
+    **settings: Any,
+) -> Operator:
     """An operator process: kopf and its own fresh client (no pooled connections), both
-    presenting ``token`` to the emulator."""
+    presenting ``token`` to the emulator; its node's wall clock ``skew`` off."""
     api = c.client_as(token)
     memo = kopf.Memo(
         api_client=api,
@@ -136,6 +148,7 @@ async def start_operator(c: Cluster, token: str = "operator", **settings: Any) -
         ),
         stats=PlanStats(),
         token=token,
+        wall_clock=lambda: datetime.now(UTC) + skew,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(
@@ -155,3 +168,68 @@ async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
     op = await start_operator(cluster)
     yield op
     await stop_operator(op)
+
+
+def kubeconfig(directory: Path, server: str, token: str = "x") -> Path:
+    """``directory/config``: a kubeconfig for the emulator, presenting ``token``; readable
+    by an image's non-root user."""
+    directory.mkdir(mode=0o755)
+    path = directory / "config"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "kmock", "cluster": {"server": server}}],
+                "users": [{"name": "op", "user": {"token": token}}],
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "op"}}],
+                "current-context": "kmock",
+            }
+        )
+    )
+    path.chmod(0o644)
+    return directory
+
+
+# The operator's own entry point, with two kopf settings for kmock: kmock 0.8 answers the
+# namespace listing kopf's scanning makes with 500 (tests/emulator.py does the same), and
+# STAGGER_TEST_CLOCK_SKEW_S, where set, skews this process's wall clock for the Lease.
+OPERATOR_ON_KMOCK = """
+import os
+from datetime import UTC, datetime, timedelta
+
+import kopf
+
+@kopf.on.startup()
+def _kmock_cannot_list_namespaces(settings, memo, **_):
+    settings.scanning.disabled = True
+    skew = timedelta(seconds=float(os.environ.get("STAGGER_TEST_CLOCK_SKEW_S", "0")))
+    memo.wall_clock = lambda: datetime.now(UTC) + skew
+
+from stagger_operator.__main__ import main
+main([])
+"""
+
+
+def operator_process(
+    c: Cluster, directory: Path, token: str, *, skew: timedelta = timedelta(0), **env: str
+) -> subprocess.Popen[bytes]:
+    """The operator as its own process (``python -m``-like, this venv), presenting ``token``
+    to the emulator; its output goes to ``directory/operator.log``."""
+    config = kubeconfig(directory, c.kube.api.configuration.host, token)
+    settings = {
+        "KUBECONFIG": str(config / "config"),
+        "STAGGER_IDENTITY": token,
+        "STAGGER_HEALTH_ADDRESS": f"127.0.0.1:{free_port()}",
+        "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "STAGGER_DEBOUNCE_S": "0.05",
+        "STAGGER_TEST_CLOCK_SKEW_S": str(skew.total_seconds()),
+        **env,
+    }
+    with open(directory / "operator.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", OPERATOR_ON_KMOCK],
+            env={**os.environ, **settings},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )

@@ -6,9 +6,10 @@ on one slot)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from tests.integration.conftest import (
     Cluster,
     Operator,
     emulated_cluster,
+    operator_process,
     start_operator,
     stop_operator,
 )
@@ -108,6 +110,7 @@ async def settled(cluster: Cluster, op: Operator, names: list[str]) -> tuple[obj
 
 
 NAMES = [f"cam-{i}" for i in range(8)]
+HOUR = timedelta(hours=1)
 
 
 async def test_a_storm_of_api_errors_ends_where_a_calm_run_does() -> None:
@@ -126,19 +129,23 @@ async def test_a_storm_of_api_errors_ends_where_a_calm_run_does() -> None:
     assert stormy == calm
 
 
-async def killed_after(names: list[str], writes: int | None) -> tuple[object, ...]:
-    """Streams applied, then an operator killed (as by SIGKILL) right after its
-    ``writes``-th write, then a fresh one started: the end state. ``None``: not killed."""
+async def killed_after(names: list[str], writes: int | None, directory: Path) -> tuple[object, ...]:
+    """Streams applied, then an operator process SIGKILLed right after its ``writes``-th
+    write (what it sends in between is refused, as if it had died on the spot), then a
+    fresh one started: the end state. ``None``: not killed."""
     async with emulated_cluster() as cluster:
         for n in names:
             await cluster.create(stream(n))
         if writes is not None:
             cluster.emulator.writes_left["first"] = writes
-            first = await start_operator(cluster, token="first", lease_duration_s=1)
-            await cluster.wait_for(lambda: "first" in cluster.emulator.dead, timeout=60)
-            first.task.cancel()  # no clean shutdown; nothing it still sends lands
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(first.task, 15)
+            first = operator_process(
+                cluster, directory / f"first-{writes}", "first", STAGGER_LEASE_DURATION_S="1"
+            )
+            try:
+                await cluster.wait_for(lambda: "first" in cluster.emulator.dead, timeout=60)
+            finally:
+                first.kill()
+                await asyncio.to_thread(first.wait)
         cluster.emulator.writes_left["second"] = 10**9
         second = await start_operator(cluster, token="second", lease_duration_s=1)
         end = await settled(cluster, second, names)
@@ -149,31 +156,36 @@ async def killed_after(names: list[str], writes: int | None) -> tuple[object, ..
 KILLED_WRITES: dict[str, int] = {}
 
 
-async def test_an_operator_killed_between_writes_ends_where_a_calm_run_does() -> None:
+async def test_an_operator_killed_between_writes_ends_where_a_calm_run_does(
+    tmp_path: Path,
+) -> None:
     """Killed after its first write, and at seeded random points of its work (between a
     Deployment and its ConfigMap, a GpuSchedule and a status...), then restarted: every
     stream placed once, one workload per shard, the same slots; nothing lost or doubled."""
     names = NAMES[:5]
-    calm = await killed_after(names, None)
+    calm = await killed_after(names, None, tmp_path)
     total = KILLED_WRITES["calm"]
     assert total >= 10, total  # the calm run's writes, among which the kills fall
     points = [1, *random.Random(23).sample(range(2, total), 2)]
     for k in points:
-        assert await killed_after(names, k) == calm, f"killed after write {k} of {total}"
+        assert await killed_after(names, k, tmp_path) == calm, f"killed after write {k} of {total}"
 
 
-async def test_replicas_racing_for_the_lease_never_plan_at_once() -> None:
-    """Two replicas from the start; streams applied one at a time; the leader killed
-    twice (as by SIGKILL) and a fresh replica started each time. Every Deployment,
-    ConfigMap and GpuSchedule write comes from the Lease's holder at that moment, the
-    standby takes over after each kill, and the streams all end placed."""
+async def test_replicas_racing_for_the_lease_never_plan_at_once(tmp_path: Path) -> None:
+    """Replicas as processes: two from the start, their nodes' clocks an hour apart either
+    way; streams applied one at a time; the leader SIGKILLed twice and a fresh replica
+    started each time (30 min ahead, then on time). Every Deployment, ConfigMap and
+    GpuSchedule write comes from the Lease's holder at that moment, a successor takes over
+    after each kill, and the streams all end placed."""
     names = NAMES[:6]
+    skews = {"a": HOUR, "b": -HOUR, "c": HOUR / 2, "d": timedelta(0)}
+    lease = {"STAGGER_LEASE_DURATION_S": "1"}
     async with emulated_cluster() as cluster:
         emulator = cluster.emulator
         emulator.planner_writes = []
         replicas = {
-            token: await start_operator(cluster, token=token, identity=token, lease_duration_s=1)
-            for token in ("a", "b")
+            t: operator_process(cluster, tmp_path / t, t, skew=skews[t], **lease)
+            for t in ("a", "b")
         }
         try:
             for round_, fresh in enumerate(("c", "d", None)):
@@ -181,23 +193,26 @@ async def test_replicas_racing_for_the_lease_never_plan_at_once() -> None:
                     await cluster.create(stream(n))
                     await asyncio.sleep(0.2)
                 await cluster.wait_for(
-                    lambda r=round_: all_placed(cluster, names[: 2 * r + 2]), timeout=30
+                    lambda r=round_: all_placed(cluster, names[: 2 * r + 2]), timeout=60
                 )
                 if fresh is None:
                     break
                 leader = emulator.lease_holder()
-                assert leader in replicas
-                emulator.dead.add(leader)  # killed: nothing it sends from now on lands
+                assert leader in replicas, (leader, list(replicas))
+                # the leader stamps renewTime on its own (skewed) clock
+                renewed = datetime.fromisoformat(emulator.lease_spec()["renewTime"])
+                assert abs(renewed - (datetime.now(UTC) + skews[leader])) < timedelta(minutes=1)
                 killed = replicas.pop(leader)
-                killed.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(killed.task, 15)
-                replicas[fresh] = await start_operator(
-                    cluster, token=fresh, identity=fresh, lease_duration_s=1
+                killed.kill()  # SIGKILL: no clean shutdown, the Lease is not given back
+                await asyncio.to_thread(killed.wait)
+                replicas[fresh] = operator_process(
+                    cluster, tmp_path / fresh, fresh, skew=skews[fresh], **lease
                 )
         finally:
-            for op in replicas.values():
-                await stop_operator(op)
+            for process in replicas.values():
+                process.terminate()
+            for process in replicas.values():  # off the loop: the emulator serves them
+                await asyncio.to_thread(process.wait, 30)
     wrong = [(token, holder) for token, holder in emulator.planner_writes if token != holder]
     assert wrong == [], wrong
     planners = {token for token, _ in emulator.planner_writes}

@@ -35,7 +35,7 @@ from stagger.core.contract import SlotAssignment
 from stagger_testkit.localtriton import LocalTriton
 from tests.emulator import stream
 from tests.factories import slot_contract
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import OPERATOR_ON_KMOCK, Cluster, kubeconfig
 from tests.waiting import until
 
 if not os.environ.get("STAGGER_IMAGES"):
@@ -170,39 +170,6 @@ def test_each_image_is_labelled_and_runs_its_command_as_a_user(
     with running(image, ["stagger", "--version"], {}) as (_, p):
         p.wait(60)
         assert output(p).strip() == f"stagger {__version__}"
-
-
-def kubeconfig(directory: Path, server: str) -> Path:
-    directory.mkdir(mode=0o755)
-    path = directory / "config"
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "kmock", "cluster": {"server": server}}],
-                "users": [{"name": "op", "user": {"token": "x"}}],
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "op"}}],
-                "current-context": "kmock",
-            }
-        )
-    )
-    path.chmod(0o644)
-    return directory
-
-
-# The image's own operator, with one kopf setting changed for kmock: kmock 0.8 answers the
-# namespace listing kopf's scanning makes with 500 (tests/emulator.py does the same).
-OPERATOR_ON_KMOCK = """
-import kopf
-
-@kopf.on.startup()
-def _kmock_cannot_list_namespaces(settings, **_):
-    settings.scanning.disabled = True
-
-from stagger_operator.__main__ import main
-main([])
-"""
 
 
 async def test_the_operator_image_places_a_stream_against_kmock(
