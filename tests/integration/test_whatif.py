@@ -14,24 +14,7 @@ from stagger_operator.cli import main
 from stagger_operator.controller import Controller
 from stagger_operator.settings import OperatorSettings
 from tests.emulator import stream
-from tests.integration.conftest import Cluster
-
-
-def kubeconfig(tmp_path: Path, server: str) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "test",
-                "clusters": [{"name": "test", "cluster": {"server": server}}],
-                "users": [{"name": "test", "user": {"token": "x"}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-            }
-        )
-    )
-    return path
+from tests.integration.conftest import Cluster, kubeconfig
 
 
 async def snapshot(c: Cluster) -> dict[str, Any]:
@@ -54,7 +37,7 @@ async def test_what_if_shows_where_added_streams_go_and_changes_nothing(
     before = await snapshot(cluster)
     new = tmp_path / "new.yaml"
     new.write_text(yaml.safe_dump(stream("cam-3", body=30, latencyMs=40)))
-    config = kubeconfig(tmp_path, cluster.kube.api.configuration.host)
+    config = kubeconfig(tmp_path / "kube", cluster.kube.api.configuration.host) / "config"
 
     code, out, err = await run_cli(
         capsys, "plan", "--live", "--kubeconfig", str(config), "--add", str(new), "-o", "json"
@@ -76,7 +59,7 @@ async def test_what_if_refuses_what_does_not_fit_and_names_clashes(
     cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await cluster.create(stream("cam-1"))
-    config = kubeconfig(tmp_path, cluster.kube.api.configuration.host)
+    config = kubeconfig(tmp_path / "kube", cluster.kube.api.configuration.host) / "config"
     huge = tmp_path / "huge.yaml"
     huge.write_text(yaml.safe_dump(stream("huge", memoryMiB=999_999)))
     code, _, err = await run_cli(
@@ -96,7 +79,7 @@ async def test_what_if_refuses_what_does_not_fit_and_names_clashes(
 async def test_unreachable_cluster_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = kubeconfig(tmp_path, "http://127.0.0.1:9")
+    config = kubeconfig(tmp_path / "kube", "http://127.0.0.1:9") / "config"
     code, _, err = await run_cli(capsys, "plan", "--live", "--kubeconfig", str(config))
     assert code == 2
     assert err.startswith("error: cannot read the cluster:")
@@ -114,7 +97,7 @@ def test_without_live_kubectl_stagger_is_the_stagger_command(
 async def test_profile_apply_writes_the_model_profile(
     cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = kubeconfig(tmp_path, cluster.kube.api.configuration.host)
+    config = kubeconfig(tmp_path / "kube", cluster.kube.api.configuration.host) / "config"
     sweep = tmp_path / "sweep.csv"
     sweep.write_text(
         "offsetMs,latency1Ms,latency2Ms\n"
