@@ -228,6 +228,7 @@ def calibration_result(r: ProfileReport, model: str | None, version: str) -> Cal
         solo_p99_ms=r.solo_ms.get("p99", p50),
         effective_body_ms=r.effective_body_ms,
         cost_ms=r.recommended_cost_ms,
+        exclusive_body=r.recommended_exclusive_body,
         sweep_pairs=len(r.sweep),
     )
 
@@ -261,8 +262,14 @@ def print_report(r: ProfileReport, out: Console) -> None:
     )
     if r.recommended_cost_ms is not None:
         t.add_row("recommended costMs", f"[bold]{r.recommended_cost_ms:g}[/bold]")
+        t.add_row(
+            "recommended exclusiveBody",
+            "[bold]true[/bold]: two at once gain nothing, so no body may overlap it"
+            if r.recommended_exclusive_body
+            else "false: bodies overlap where the table cannot keep them apart",
+        )
     else:
-        t.add_row("recommended costMs", "none: the body is exclusive, charged in full")
+        t.add_row("recommended costMs", "none: no throughput measured, the body is charged in full")
     t.add_row("recommended latencyMs", f"[bold]{r.recommended_latency_ms:g}[/bold]")
     t.add_row("sweep", f"{len(r.sweep)} pairs over {len({p.offset_ms for p in r.sweep})} offsets")
     out.print(t)
@@ -270,6 +277,8 @@ def print_report(r: ProfileReport, out: Console) -> None:
         out.print(f"[yellow]warning:[/yellow] {line}")
     out.print("In an InferenceStream (or apply a ModelProfile with --apply):")
     cost = f", costMs: {r.recommended_cost_ms:g}" if r.recommended_cost_ms is not None else ""
+    if r.recommended_cost_ms is not None and r.recommended_exclusive_body:
+        cost += ", exclusiveBody: true"
     out.print(
         f"  spec: {{bodyTimeMs: {r.recommended_body_ms:g}{cost}, "
         f"latencyMs: {r.recommended_latency_ms:g}}}",

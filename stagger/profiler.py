@@ -32,6 +32,7 @@ from stagger.core.calibration import (
     KneeEstimate,
     NoKnee,
     SweepPoint,
+    body_is_exclusive,
     knee_of_sweep,
     recommended_body_ms,
     recommended_cost_ms,
@@ -191,7 +192,10 @@ class ProfileReport:
     """1 / the largest throughput measured, over every server given."""
     recommended_body_ms: float = 0.0
     recommended_cost_ms: float | None = None
-    """What to put in ``costMs`` (None: the body is exclusive, charge it in full)."""
+    """What to put in ``costMs`` (None: nothing measured it; the body is charged in full)."""
+    recommended_exclusive_body: bool = True
+    """What to put in ``exclusiveBody``: running two at once gains nothing, so no other
+    body may overlap this one (:func:`stagger.core.calibration.body_is_exclusive`)."""
     guard: float = 0.15
     no_knee: str | None = None
     """Why the sweep gave no knee, when the body comes from saturation alone: two
@@ -447,10 +451,10 @@ def profile(
         saturation=sat,
         effective_body_ms=effective,
         recommended_body_ms=body,
-        recommended_cost_ms=recommended_cost_ms(
+        recommended_cost_ms=recommended_cost_ms(effective, body),
+        recommended_exclusive_body=body_is_exclusive(
             knee.fit.knee_ms if knee else None,
             effective,
-            body,
             knee_low_ms=knee.ci_ms[0] if knee else None,
             growth=throughput_growth(sat),
         ),

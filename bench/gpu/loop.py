@@ -153,8 +153,14 @@ def calibrate(
         "costPerFrameMs": report.effective_body_ms,
         "bodyTimeMs": manifest.spec.body_time_ms,
         "costMs": manifest.spec.cost_ms,
+        "exclusiveBody": bool(manifest.spec.exclusive_body or manifest.spec.cost_ms is None),
         "latencyMs": manifest.spec.latency_ms,
         "warnings": report.warnings(),
+        # the raw sweep: (offset, earlier stream's latency, later stream's latency), ms
+        "sweep": [
+            [round(p.offset_ms, 3), round(p.latency1_ms, 3), round(p.latency2_ms, 3)]
+            for p in report.sweep
+        ],
     }
     log(f"profile {body} ({mode}): {summary}")
     return manifest, summary

@@ -18,7 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "stagger.dev"
@@ -52,6 +52,12 @@ COST_MS_DESCRIPTION = (
     "(1000 / saturation throughput with one server per stream, from calibration), in ms. "
     "Charged for admission instead of the body; the body still spaces the slots. "
     "Unset: the body is exclusive (a lock, a FIFO) and charged in full."
+)
+EXCLUSIVE_BODY_DESCRIPTION = (
+    "The body must never overlap another stream's on its GPU (a lock, a FIFO, a GPU that "
+    "gains nothing from running two at once), even though costMs says what it costs: its "
+    "slot is then exactly its reserved time and charged costMs. Without costMs a body is "
+    "always exclusive."
 )
 NonNegativeMiB = Annotated[int, Field(ge=0, le=16 * 1024 * 1024, strict=True)]
 
@@ -233,6 +239,7 @@ class InferenceStreamSpec(Wire):
         "Overrides the ModelProfile; measured on the node by calibration when unset.",
     )
     cost_ms: PositiveMs | None = Field(default=None, description=COST_MS_DESCRIPTION)
+    exclusive_body: StrictBool | None = Field(default=None, description=EXCLUSIVE_BODY_DESCRIPTION)
     latency_ms: PositiveMs | None = Field(
         default=None,
         description="Solo end-to-end latency of one frame, in ms (ModelProfile when unset).",
@@ -377,6 +384,7 @@ class ModelProfileSpec(Wire):
     sharing_mode: SharingMode = Field(default=SharingMode.TIME_SLICING)
     body_time_ms: PositiveMs = Field(description="Body time (GPU-exclusive part), ms.")
     cost_ms: PositiveMs | None = Field(default=None, description=COST_MS_DESCRIPTION)
+    exclusive_body: StrictBool | None = Field(default=None, description=EXCLUSIVE_BODY_DESCRIPTION)
     latency_ms: PositiveMs = Field(description="Solo end-to-end latency, ms.")
     body_time_ci_ms: list[float] | None = Field(
         default=None,

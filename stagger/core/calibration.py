@@ -217,7 +217,7 @@ def recommended_body_ms(knee_ms: float, effective_body_ms: float | None, guard: 
 
 EXCLUSIVE_SHARE = 0.95
 """A frame's cost under sharing within 5 % of the solo knee: sharing does not make the GPU
-serve more, so the body is taken as exclusive (charged in full)."""
+serve more, so the body is taken as exclusive (its slot is never overlapped)."""
 
 
 GROWTH_PAST_TWO = 1.1
@@ -234,31 +234,35 @@ def throughput_growth(saturation: Sequence[Mapping[str, float]]) -> float | None
     return max(r["throughput_per_s"] for r in saturation) / two[0]
 
 
-def recommended_cost_ms(
-    knee_ms: float | None,
-    effective_body_ms: float | None,
-    body_ms: float,
-    knee_low_ms: float | None = None,
-    growth: float | None = None,
-) -> float | None:
+def recommended_cost_ms(effective_body_ms: float | None, body_ms: float) -> float | None:
     """What to put in ``costMs``: 1 / maximum throughput with the servers as deployed,
-    rounded up to 0.1 ms and at most the body; None (exclusive) when that is no cheaper than
-    the solo knee, or when nothing measured it. The knee is taken at the low end of its
-    interval (``knee_low_ms``) so that a noisy knee of an exclusive body does not read as
-    sharing, unless the sweep's throughput kept growing past two clients (``growth`` ≥
-    ``GROWTH_PAST_TWO``): evidence of sharing the knee cannot give, as a time-sliced knee
-    is noisy (11.3 to 16.3 ms over four H200 runs of one model, at one cost, 11.4 ms).
-    With no knee (MPS: two inferences barely slow each other) the throughput is all there
-    is, and it is the cost."""
+    rounded up to 0.1 ms and at most the body; None when nothing measured it."""
     if effective_body_ms is None:
         return None
-    shares_past_two = growth is not None and growth >= GROWTH_PAST_TWO
-    knee = knee_ms
-    if knee_ms is not None and knee_low_ms is not None and not shares_past_two:
-        knee = min(knee_ms, knee_low_ms)
-    if knee is not None and effective_body_ms >= EXCLUSIVE_SHARE * knee:
-        return None
     return min(body_ms, math.ceil(effective_body_ms * 10 - 1e-9) / 10)
+
+
+def body_is_exclusive(
+    knee_ms: float | None,
+    effective_body_ms: float | None,
+    knee_low_ms: float | None = None,
+    growth: float | None = None,
+) -> bool:
+    """Whether the body must never overlap another (``exclusiveBody``): a frame's cost as
+    deployed is no cheaper than the solo knee, so running two at once gains nothing (a lock,
+    a FIFO, a time-sliced GPU that runs one body after another). The knee is taken at the
+    low end of its interval (``knee_low_ms``) so that a noisy knee of an exclusive body does
+    not read as sharing, unless the sweep's throughput kept growing past two clients
+    (``growth`` >= ``GROWTH_PAST_TWO``). With no knee (MPS: two inferences barely slow each
+    other) the body shares. With no throughput measured there is no cost to compare: the
+    body is taken as exclusive and charged in full."""
+    if effective_body_ms is None:
+        return True
+    if knee_ms is None:
+        return False
+    shares_past_two = growth is not None and growth >= GROWTH_PAST_TWO
+    knee = knee_ms if knee_low_ms is None or shares_past_two else min(knee_ms, knee_low_ms)
+    return effective_body_ms >= EXCLUSIVE_SHARE * knee
 
 
 class CalibrationResult(Wire):
@@ -274,7 +278,10 @@ class CalibrationResult(Wire):
     solo_p99_ms: float = Field(gt=0)
     effective_body_ms: float | None = None
     cost_ms: float | None = Field(
-        default=None, gt=0, description="Recommended costMs; None: an exclusive body."
+        default=None, gt=0, description="Recommended costMs; None: nothing measured it."
+    )
+    exclusive_body: bool = Field(
+        default=False, description="Recommended exclusiveBody (always so without a cost)."
     )
     sweep_pairs: int = Field(ge=0)
 
@@ -309,6 +316,11 @@ def model_profile(
                 "sharingMode": str(sharing_mode),
                 "bodyTimeMs": result.body_time_ms,
                 **({"costMs": result.cost_ms} if result.cost_ms is not None else {}),
+                **(
+                    {"exclusiveBody": True}
+                    if result.cost_ms is not None and result.exclusive_body
+                    else {}
+                ),
                 "latencyMs": max(result.solo_p50_ms, result.body_time_ms),
                 **({"bodyTimeCiMs": list(result.knee_ci_ms)} if result.knee_ci_ms else {}),
                 "source": "calibration",

@@ -238,7 +238,7 @@ def shards_from_plan(
                 post_s=post,
                 jitter_cv=jitter_cv,
                 slot=slot,
-                cost_s=None if p.cost_ms is None else p.cost_ms / 1000,
+                cost_s=None if p.cost_ms is None or p.exclusive else p.cost_ms / 1000,
             )
         )
     return out

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from stagger.cli import main
+from stagger.core.api import InferenceStreamSpec
 from stagger.core.calibration import CalibrationResult
 from stagger_testkit.localtriton import LocalTriton
 from tests.integration.sidecar_fixtures import MODELS
@@ -62,7 +64,9 @@ def test_the_profiler_finds_the_known_body(
     assert low <= report["knee_ms"] <= high
     assert report["effective_body_ms"] == pytest.approx(BODY_MS, rel=0.15)  # body-bound
     assert report["recommended_body_ms"] >= BODY_MS
-    assert report["recommended_cost_ms"] is None  # a lock: exclusive, charged in full
+    # a lock: exclusive (no body may overlap it), charged what it costs, its body
+    assert report["recommended_exclusive_body"] is True
+    assert report["recommended_cost_ms"] == pytest.approx(BODY_MS, rel=0.15)
     assert report["solo_ms"]["p50"] == pytest.approx(28, abs=4)  # 4 + 20 + 4 ms
     # usable as is: a manifest with these figures validates (latency >= body)
     assert report["recommended_latency_ms"] >= report["recommended_body_ms"]
@@ -93,9 +97,9 @@ def test_two_servers_sharing_the_device(
     report = json.loads(out)
     assert report["knee_ms"] == pytest.approx(BODY_MS, abs=2.0)
     # saturation spreads its clients over both servers: the shared "device" still serves
-    # one body at a time, so the cost is the body and no costMs is recommended
+    # one body at a time, so the cost is the body: exclusive
     assert report["effective_body_ms"] == pytest.approx(BODY_MS, rel=0.15)
-    assert report["recommended_cost_ms"] is None
+    assert report["recommended_exclusive_body"] is True
     assert not any("one server" in w for w in report["warnings"])
 
 
@@ -114,11 +118,12 @@ def test_a_table_report_gives_figures_a_manifest_takes_as_is(
         capsys, "profile", "--url", triton.http, "--model", "exclusive", *QUICK[:-2]
     )
     assert code == 0, err
-    assert "recommended latencyMs" in out and "none: the body is exclusive" in out
+    assert "recommended latencyMs" in out and "recommended exclusiveBody" in out
     snippet = next(line for line in out.splitlines() if "spec: {bodyTimeMs:" in line)
-    body = float(snippet.split("bodyTimeMs: ")[1].split(",")[0])
-    latency = float(snippet.split("latencyMs: ")[1].rstrip("}"))
-    assert body <= latency  # what InferenceStream's CEL rule demands
+    spec = yaml.safe_load(snippet)["spec"]
+    assert spec["exclusiveBody"] is True and spec["costMs"] <= spec["bodyTimeMs"]
+    # taken as is: the figures pass InferenceStream's schema and cross-field (CEL) rules
+    InferenceStreamSpec.model_validate({"model": "exclusive", "fps": 10, **spec})
 
 
 def test_a_model_without_a_body_gets_no_made_up_number(

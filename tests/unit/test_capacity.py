@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from stagger.core.api import InferenceStream, ModelProfile, SharingMode
 from stagger.core.calibration import (
     CalibrationResult,
+    body_is_exclusive,
     model_profile,
     recommended_cost_ms,
     throughput_growth,
@@ -139,6 +140,50 @@ def test_an_exclusive_body_never_overlaps_another_body() -> None:
     assert overlaps(body_windows(placed)) == []
 
 
+def test_an_exclusive_body_with_a_measured_cost_is_charged_its_cost_and_never_overlapped() -> None:
+    """The H200 CUDA-graph RetinaNet, time-sliced (issue 20, run 9): a cost of 11.3 ms a
+    frame no cheaper than its 11.7 ms knee, so exclusive; charged in full (13.6 ms) the GPU
+    took 6 streams where random phases held 7 and its throughput 8. Charged its cost, it
+    takes 8, as a shared body of the same cost does; its slots never overlap, spread evenly
+    over the period."""
+    exclusive = [stream(f"c{i}", 10.0, 13.6, 11.3, exclusiveBody=True) for i in range(12)]
+    placed = one_at_a_time(exclusive, one_gpu())
+    assert len(placed.shards) == 8 == math.floor(0.95 * 1000 / (11.3 * 10))
+    assert all(s.exclusive for s in placed.shards)
+    slots = [Slot(s.key, s.body_ticks, s.period_ticks, s.offset_ticks) for s in placed.shards]
+    assert overlaps(slots) == []
+    starts = sorted(s.offset_ticks for s in placed.shards)
+    period = placed.shards[0].period_ticks
+    gaps = [(b - a) for a, b in zip(starts, [*starts[1:], starts[0] + period], strict=True)]
+    assert max(gaps) - min(gaps) <= 1, gaps  # even, to a tick: the slack goes between bodies
+    shared = one_at_a_time([stream(f"c{i}", 10.0, 13.6, 11.3) for i in range(12)], one_gpu())
+    assert len(shared.shards) == len(placed.shards)  # the label no longer moves capacity
+    assert (
+        len(one_at_a_time([stream(f"c{i}", 10.0, 13.6) for i in range(12)], one_gpu()).shards) == 6
+    )
+
+
+def test_a_shared_body_joining_exclusive_ones_with_costs_takes_its_whole_body() -> None:
+    """An exclusive body's slot is all of it, cost or not: a shared stream joining a GPU of
+    them takes its whole body, and one never joins shared bodies that outrun their slots."""
+    lock = [stream(f"x{i}", 10.0, 13.6, 11.3, exclusiveBody=True) for i in range(3)]
+    shared = [stream(f"s{i}", 10.0, 15.5, 9.0) for i in range(2)]
+    placed = one_at_a_time([*lock, *shared], one_gpu())
+    assert len(placed.shards) == 5
+    for s in placed.shards:
+        if not s.exclusive:
+            assert s.body_ticks == ms_to_ticks_ceil(s.body_ms, placed.tick_hz)
+    assert (
+        overlaps([Slot(s.key, s.body_ticks, s.period_ticks, s.offset_ticks) for s in placed.shards])
+        == []
+    )
+    gpus = [Gpu(index=i, product="NVIDIA-H200", memoryMiB=H200_MIB) for i in range(2)]
+    two = Cluster(nodes=[Node(name="n", gpus=gpus)])
+    placed = one_at_a_time([*shared, lock[0]], two)
+    (held,) = placed.for_stream("cams", "x0")
+    assert [s for s in placed.shards if s.gpu == held.gpu and s.stream != "x0"] == []
+
+
 MIXED = [("graph", 10.0), ("small", 15.0), ("graph", 5.0), ("small", 30.0), ("graph", 15.0)]
 
 
@@ -185,49 +230,87 @@ def test_cost_comes_from_the_profile_that_gave_the_body_and_never_exceeds_it() -
     assert stream_timing(stream("c", 10.0, None, 9.0), gpu, book).cost_ms == 9.0
 
 
+def test_exclusive_comes_with_the_cost_from_the_same_source() -> None:
+    gpu = Gpu(index=0, product="NVIDIA-H200", memoryMiB=H200_MIB)
+    spec = {"model": "m", "gpuProduct": "NVIDIA-H200", "bodyTimeMs": 13.6, "latencyMs": 15.5}
+    profile = ModelProfile.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "ModelProfile",
+            "metadata": {"name": "m-h200"},
+            "spec": {**spec, "costMs": 11.3, "exclusiveBody": True},
+        }
+    )
+    book = ProfileBook([profile])
+    from_profile = stream_timing(stream("a", 10.0, None), gpu, book)
+    assert (from_profile.cost_ms, from_profile.exclusive) == (11.3, True)
+    # the stream's own cost says nothing of exclusivity: its own flag does
+    own = stream_timing(stream("b", 10.0, None, 9.0), gpu, book)
+    assert (own.cost_ms, own.exclusive) == (9.0, False)
+    assert stream_timing(stream("c", 10.0, None, 9.0, exclusiveBody=True), gpu, book).exclusive
+    # no cost at all: exclusive, charged in full
+    assert stream_timing(stream("d", 10.0, 20.0), gpu, book).exclusive
+    with pytest.raises(ValueError, match="valid boolean"):
+        stream("e", 10.0, 13.6, 11.3, exclusiveBody="true")
+
+
 def test_a_cost_above_the_body_is_refused_with_a_clear_message() -> None:
     with pytest.raises(ValueError, match="costMs must not exceed bodyTimeMs"):
         stream("x", 10.0, 10.0, 12.0)
 
 
 @pytest.mark.parametrize(
-    ("knee", "effective", "body", "expected"),
+    ("effective", "body", "expected"),
     [
-        (13.5, 11.36, 15.6, 11.4),  # the GPU overlaps bodies: the cost, rounded up
-        (45.0, 44.0, 51.8, None),  # a lock: no cheaper than the knee, exclusive
-        (None, 5.97, 6.9, 6.0),  # MPS, no knee: the throughput is the cost
-        (13.5, None, 15.6, None),  # no saturation measured: nothing to charge but the body
+        (11.36, 15.6, 11.4),  # the throughput as deployed, rounded up to 0.1 ms
+        (44.0, 43.0, 43.0),  # never above the body
+        (None, 15.6, None),  # no saturation measured: nothing to charge but the body
     ],
 )
-def test_recommended_cost(knee, effective, body, expected) -> None:
-    assert recommended_cost_ms(knee, effective, body) == expected
+def test_recommended_cost(effective, body, expected) -> None:
+    assert recommended_cost_ms(effective, body) == expected
+
+
+@pytest.mark.parametrize(
+    ("knee", "effective", "exclusive"),
+    [
+        (13.5, 11.36, False),  # the GPU overlaps bodies: cheaper than the knee
+        (45.0, 44.0, True),  # a lock: no cheaper than the knee
+        (None, 5.97, False),  # MPS, no knee: two at once barely slow each other
+        (13.5, None, True),  # no throughput measured: nothing says it shares
+    ],
+)
+def test_a_body_is_exclusive_when_running_two_at_once_gains_nothing(
+    knee, effective, exclusive
+) -> None:
+    assert body_is_exclusive(knee, effective) is exclusive
 
 
 def test_a_noisy_knee_of_an_exclusive_body_does_not_read_as_sharing() -> None:
     """A lock-bound 20 ms body on a busy machine: the knee came out at 21.9 ms (interval
     from 20.1), the throughput at 20.4 ms a frame. Against the knee's low end that is no
     cheaper: exclusive."""
-    assert recommended_cost_ms(21.9, 20.4, 25.2) == 20.4  # against the knee alone
-    assert recommended_cost_ms(21.9, 20.4, 25.2, knee_low_ms=20.1) is None
+    assert not body_is_exclusive(21.9, 20.4)  # against the knee alone
+    assert body_is_exclusive(21.9, 20.4, knee_low_ms=20.1)
 
 
 @pytest.mark.parametrize(
-    ("knee", "low", "growth", "expected"),
+    ("knee", "low", "growth", "exclusive"),
     [
         # the H200 CUDA-graph RetinaNet, time-sliced, on 2026-12-03: one cost (11.4 ms), knees
         # from 11.3 to 16.3 ms; the throughput grew 1.27x past two clients
-        (12.67, 11.9, 1.27, 11.4),  # the sweep shows sharing the knee's low end hid
-        (12.67, 11.9, None, None),  # no two-client point: the knee's low end decides
-        (11.30, 10.6, 1.27, None),  # a knee this low: no cheaper than it, exclusive
+        (12.67, 11.9, 1.27, False),  # the sweep shows sharing the knee's low end hid
+        (12.67, 11.9, None, True),  # no two-client point: the knee's low end decides
+        (11.30, 10.6, 1.27, True),  # a knee this low: no cheaper than it, exclusive
         # a lock whose clients' own work outruns it: throughput grows past two clients, but
         # its cost is its knee, so it stays exclusive
-        (10.0, 9.5, 3.9, None),
+        (10.0, 9.5, 3.9, True),
     ],
 )
 def test_throughput_growing_past_two_clients_is_evidence_of_sharing(
-    knee, low, growth, expected
+    knee, low, growth, exclusive
 ) -> None:
-    assert recommended_cost_ms(knee, 11.36 if knee > 11 else 9.9, 14.6, low, growth) == expected
+    assert body_is_exclusive(knee, 11.36 if knee > 11 else 9.9, low, growth) is exclusive
 
 
 def test_throughput_growth_is_the_best_over_two_clients() -> None:
@@ -238,6 +321,45 @@ def test_throughput_growth_is_the_best_over_two_clients() -> None:
     ]
     assert throughput_growth(sweep) == pytest.approx(88.0 / 69.4)
     assert throughput_growth(sweep[:1]) is None
+
+
+H200_GRAPH_PROFILES = {
+    # bench/gpu/results/2026-12-03-loop-time-slicing*.json: the time-sliced CUDA-graph
+    # RetinaNet profiled five times, one cost, knees from 11.7 to 16.3 ms
+    # run: (knee, knee interval low end, cost per frame, guarded body, saturation sweep)
+    "run 1": (16.25, None, 11.455, 18.7, [61.7, 77.1, 84.0, 86.4, 87.3]),
+    "run 4": (12.67, None, 11.363, 14.6, [63.9, 69.4, 80.6, 87.0, 88.0]),
+    "run 6": (12.26, 11.85, 11.350, 14.1, [70.4, 74.9, 84.3, 86.9, 88.1]),
+    "run 9": (11.74, 11.20, 11.280, 13.6, [65.2, 71.9, 83.8, 88.6, 88.7]),
+}
+
+
+@pytest.mark.parametrize("run", sorted(H200_GRAPH_PROFILES))
+def test_every_recorded_profile_of_one_model_admits_what_its_throughput_holds(run) -> None:
+    """Replayed through calibration and the planner: shared or exclusive, each of the
+    model's five H200 profiles admits floor(0.95 * throughput / fps) = 8 at 10 fps. Charged
+    its guarded body, an exclusive profile admitted 6 (runs 4 and 9)."""
+    knee, low, cost, body, sweep = H200_GRAPH_PROFILES[run]
+    levels = [
+        {"clients": c, "throughput_per_s": t} for c, t in zip([1, 2, 4, 8, 10], sweep, strict=True)
+    ]
+    result = CalibrationResult(
+        model="graph",
+        body_time_ms=body,
+        knee_ms=knee,
+        knee_ci_ms=[low, knee + 1] if low else None,
+        solo_p50_ms=15.5,
+        solo_p99_ms=17.2,
+        effective_body_ms=cost,
+        cost_ms=recommended_cost_ms(cost, body),
+        exclusive_body=body_is_exclusive(knee, cost, low, throughput_growth(levels)),
+        sweep_pairs=60,
+    )
+    profile = model_profile(result, "NVIDIA-H200", SharingMode.TIME_SLICING, datetime.now(UTC))
+    streams = [stream(f"c{i}", 10.0, None, model="graph") for i in range(12)]
+    placed = one_at_a_time(streams, one_gpu(), [profile])
+    assert len(placed.shards) == 8
+    assert len(placed.shards) == math.floor(0.95 * max(sweep) / 10)
 
 
 def test_what_calibration_reports_is_usable_as_is() -> None:

@@ -76,8 +76,10 @@ class ShardPlacement:
     memory_mib: int
     priority: int
     cost_ms: float | None = None
-    """What a frame costs when shared (None: the body is exclusive); ``body_ticks`` is the
-    time reserved for it (:meth:`Timing.reserved_ms`)."""
+    """What a frame costs as deployed (None: not measured); ``body_ticks`` is the time
+    reserved for it (:meth:`Timing.reserved_ms`)."""
+    exclusive: bool = False
+    """No other body may overlap this one's (always so without a cost)."""
 
     @property
     def key(self) -> ShardKey:

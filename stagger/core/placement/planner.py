@@ -115,7 +115,12 @@ class Planner:
                 continue
             hz, guard = self.settings.tick_hz, self.settings.guard_ms
             body = ms_to_ticks_ceil(timing.reserved_ms(self.settings) + guard, hz)
-            window = max(body, ms_to_ticks_ceil(timing.body_ms + guard, hz))
+            # an exclusive body's slot is all of it: no other body may enter it
+            window = (
+                body
+                if timing.exclusive
+                else max(body, ms_to_ticks_ceil(timing.body_ms + guard, hz))
+            )
             self._any_shared = self._any_shared or window > body
             out[pool] = _Demand(timing, frame, body, window)
         if not out:
@@ -559,7 +564,7 @@ class Planner:
             )
         body = f"{d.timing.body_ms:g} ms body x {spec.fps:g} fps" + (
             f", charged {d.timing.reserved_ms(self.settings):.3g} ms for its {d.timing.cost_ms:g} "
-            "ms cost when shared"
+            "ms cost as deployed"
             if d.timing.cost_ms is not None
             else ""
         )
@@ -1003,6 +1008,7 @@ class Planner:
             memory_mib=spec.memory_mib,
             priority=spec.priority,
             cost_ms=d.timing.cost_ms,
+            exclusive=d.timing.exclusive,
         )
 
     def current(self, unplaced: Sequence[Unplaced] = ()) -> Plan:

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from stagger.core.api import InferenceStream, ModelProfile
+from stagger.core.api import InferenceStream, InferenceStreamSpec, ModelProfile, ModelProfileSpec
 from stagger.core.cluster import Gpu
 from stagger.core.placement.model import PlannerSettings
 
@@ -15,20 +15,28 @@ from stagger.core.placement.model import PlannerSettings
 @dataclass(frozen=True)
 class Timing:
     """A stream's timing on one GPU product and sharing mode. ``body_ms`` is how long one
-    inference holds the GPU alone; ``cost_ms`` (None: the body is exclusive) is what one
-    frame really costs when streams share the GPU as deployed."""
+    inference holds the GPU alone; ``cost_ms`` (None: not measured) is what one frame
+    really costs when streams share the GPU as deployed; an ``exclusive`` body must never
+    overlap another (always so without a cost)."""
 
     body_ms: float
     latency_ms: float
     source: str
     cost_ms: float | None = None
+    exclusive: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cost_ms is None:
+            object.__setattr__(self, "exclusive", True)
 
     def reserved_ms(self, settings: PlannerSettings) -> float:
-        """The slot's reserved time, one currency for both kinds of stream: an exclusive
-        body in full under the utilisation cap; a shared stream its cost scaled so that a
-        GPU of them admits ``throughput_cap`` of its saturation throughput. The reserved
-        time is the slot's width, so the table spaces shared streams evenly over the period
-        and their longer bodies overlap as little as it allows."""
+        """The slot's reserved time, one currency for every stream. A measured cost is
+        scaled so that a GPU of such streams admits ``throughput_cap`` of its saturation
+        throughput, exclusive or not: the cost was measured under the contention it stands
+        for. Without one, the body in full under the utilisation cap. The reserved time is
+        the slot's width, so the table spaces streams evenly over the period; a shared
+        stream's longer body overlaps others as little as it allows, an exclusive one's
+        slot is never overlapped."""
         if self.cost_ms is None:
             return self.body_ms
         scaled = self.cost_ms * settings.utilization_cap / settings.throughput_cap
@@ -75,12 +83,21 @@ def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timin
         if spec.body_time_ms is not None
         else f"ModelProfile/{profile.name if profile else ''}"
     )
-    cost = (
-        spec.cost_ms
-        if spec.cost_ms is not None
-        else (profile.spec.cost_ms if profile and spec.body_time_ms is None else None)
+    # the cost and whether the body is exclusive come together, from the stream or from
+    # the profile that gave the body (a profile's cost belongs to its own body)
+    costed: InferenceStreamSpec | ModelProfileSpec | None = (
+        spec if spec.cost_ms is not None else None
     )
-    return Timing(body, max(latency, body), source, None if cost is None else min(cost, body))
+    if costed is None and profile and spec.body_time_ms is None:
+        costed = profile.spec
+    cost = costed.cost_ms if costed else None
+    return Timing(
+        body,
+        max(latency, body),
+        source,
+        None if cost is None else min(cost, body),
+        exclusive=bool(costed and costed.exclusive_body),
+    )
 
 
 # ------------------------------------------------------------------ GPU state
