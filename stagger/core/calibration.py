@@ -52,9 +52,11 @@ class NoKnee(ValueError):
     ``flat``: overlapping costs no more than noise (inferences that barely slow each
     other, as under MPS), as opposed to a sweep too short or too sparse to tell."""
 
-    def __init__(self, message: str, *, flat: bool = False) -> None:
+    def __init__(self, message: str, *, flat: bool = False, short: bool = False) -> None:
         super().__init__(message)
         self.flat = flat
+        self.short = short
+        """The latency still falls at the sweep's end: a longer sweep may find the knee."""
 
 
 def _robust_scale(residuals: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -156,7 +158,8 @@ def estimate_knee(
     if fit.knee_ms >= hi - 1e-9:
         raise NoKnee(
             f"latency still falls at the largest offset ({hi:g} ms): the body is longer "
-            f"than the sweep; sweep further. {summary}"
+            f"than the sweep; sweep further. {summary}",
+            short=True,
         )
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     knees = []
