@@ -18,6 +18,7 @@ and refused rather than reported as a body.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -222,8 +223,11 @@ class ProfileReport:
     @property
     def recommended_latency_ms(self) -> float:
         """What to put in ``latencyMs``: the solo p50, raised to the recommended body when
-        the guard made the body the larger (a manifest may not have a body above it)."""
-        return max(self.solo_ms.get("p50", 0.0), self.recommended_body_ms)
+        the guard made the body the larger (a manifest may not have a body above it); rounded
+        up to 0.1 ms, as the body is."""
+        return (
+            math.ceil(max(self.solo_ms.get("p50", 0.0), self.recommended_body_ms) * 10 - 1e-9) / 10
+        )
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
