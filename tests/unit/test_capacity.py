@@ -380,6 +380,15 @@ def test_what_calibration_reports_is_usable_as_is() -> None:
     assert manifest.spec.latency_ms == 15.5
     s = stream("x", 10.0, manifest.spec.body_time_ms, manifest.spec.cost_ms)
     assert s.spec.cost_ms == 11.4
+    assert manifest.spec.exclusive_body is None  # shared: the field is left out
+    exclusive = result.model_copy(update={"exclusive_body": True})
+    manifest = model_profile(exclusive, "NVIDIA-H200", SharingMode.TIME_SLICING, datetime.now(UTC))
+    assert manifest.to_wire()["spec"]["exclusiveBody"] is True
+    # what a calibration Job reports still fits its termination message (4 KiB)
+    assert len(exclusive.model_dump_json(by_alias=True)) < 4096
+    # an older Job's report (no exclusiveBody) keeps its meaning: a cost means shared
+    old = CalibrationResult.model_validate_json(result.model_dump_json(exclude={"exclusive_body"}))
+    assert old.exclusive_body is False
 
 
 def test_the_simulator_serves_shared_bodies_at_their_measured_throughput() -> None:
