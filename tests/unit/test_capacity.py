@@ -262,7 +262,8 @@ def test_a_cost_above_the_body_is_refused_with_a_clear_message() -> None:
 @pytest.mark.parametrize(
     ("effective", "body", "expected"),
     [
-        (11.36, 15.6, 11.4),  # the throughput as deployed, rounded up to 0.1 ms
+        (11.363, 15.6, 11.37),  # the throughput as deployed, rounded up to 0.01 ms
+        (6.004, 9.6, 6.01),  # MPS: 0.1 ms would charge 1.6 % more
         (44.0, 43.0, 43.0),  # never above the body
         (None, 15.6, None),  # no saturation measured: nothing to charge but the body
     ],
@@ -360,6 +361,18 @@ def test_every_recorded_profile_of_one_model_admits_what_its_throughput_holds(ru
     placed = one_at_a_time(streams, one_gpu(), [profile])
     assert len(placed.shards) == 8
     assert len(placed.shards) == math.floor(0.95 * max(sweep) / 10)
+
+
+def test_the_mps_profile_of_run_7_admits_16_at_a_098_cap() -> None:
+    """Issue 20, H200 run 7: MPS, a 6.004 ms cost. Rounded up to 6.1 ms and charged against
+    a 0.98 cap, 16 streams needed 2,704 ticks of the 2,700 the 0.9 utilisation cap leaves,
+    and the planner stopped at 15 where random phases held 16. At 0.01 ms it admits 16 at a
+    0.98 cap; at the default 0.95, ⌊0.95 × 166.6 / 10⌋ = 15."""
+    cost = recommended_cost_ms(6.004, 9.6)
+    streams = [stream(f"c{i}", 10.0, 9.6, cost) for i in range(20)]
+    mps = one_gpu(SharingMode.MPS)
+    assert len(plan(streams, mps, settings=PlannerSettings(throughput_cap=0.98)).shards) == 16
+    assert len(plan(streams, mps).shards) == 15
 
 
 def test_what_calibration_reports_is_usable_as_is() -> None:
