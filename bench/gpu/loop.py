@@ -41,6 +41,7 @@ import shutil
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +65,7 @@ from stagger.core.contract import SlotAssignment
 from stagger.core.placement import Plan, PlannerSettings, plan
 from stagger.profile_cmd import calibration_result
 from stagger.profiler import profile
+from stagger_testkit.camerasim import stalls
 from stagger_testkit.localtriton import LocalFollower, LocalSidecar, LocalTriton
 
 BODIES = {
@@ -245,11 +247,26 @@ def measure(
         }
     s["seconds"] = seconds
     s["streams"] = by_camera
+    s["stalls"] = stall_events(cams, logs, args)
     log(
         f"{tag}: p50 {s['p50Ms']} p99 {s['p99Ms']} max {s['maxMs']} drops {s['dropPercent']}% "
         f"of {s['frames']}"
     )
     return s
+
+
+def stall_events(
+    cams: list[dict[str, Any]], logs: list[dict[str, Any]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Frames that cost their camera its next frame (answer and post-processing longer than
+    the shortest frame period), grouped into events with the streams they hit: one stream
+    at a time points at its own path, all at once at the GPU or the host."""
+    shortest = 1.0 / max(c.get("fps", args.fps) for c in cams)
+    names = {f"cam-{i}": c.get("name", f"cam-{i}") for i, c in enumerate(cams)}
+    events = stalls(logs, threshold_s=shortest - args.post_ms / 1e3)
+    for e in events:
+        e["cameras"] = [names.get(n, n) for n in e["cameras"]]
+    return events
 
 
 def solo(server: LocalTriton, model: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -280,9 +297,12 @@ def identical(
     mode: SharingMode,
     root: Path,
     args: argparse.Namespace,
+    out: dict[str, Any],
+    save: Callable[[], None],
 ) -> dict[str, Any]:
     """N identical streams of one body: the loop at the admitted N, random phases at N and
-    above, solo and saturation, side by side."""
+    above, solo and saturation, side by side. Fills ``out`` and calls ``save`` after every
+    measurement, so a run cut short keeps what it measured."""
     manifest, calibration = calibrate(servers, body, frame, product, mode)
     settings = PlannerSettings(throughput_cap=args.throughput_cap)
     cluster = cluster_of(product, mode, args.gpu_memory_mib)
@@ -292,17 +312,20 @@ def identical(
     )
     admitted = len(applied)
     log(f"{body}: the planner admitted {admitted} of {len(servers)} ({refused or 'all placed'})")
-    out: dict[str, Any] = {
-        "body": body,
-        "calibration": calibration,
-        "admitted": admitted,
-        "refusedBecause": refused,
-        "slots": slots_of(placed),
-        "solo": solo(servers[0], body, root, args),
-        "saturationPerS": saturation(servers, body, root, args),
-        "loop": None,
-        "random": {},
-    }
+    out.update(
+        body=body,
+        calibration=calibration,
+        admitted=admitted,
+        refusedBecause=refused,
+        slots=slots_of(placed),
+        loop=None,
+        random={},
+    )
+    save()
+    out["solo"] = solo(servers[0], body, root, args)
+    out["saturationPerS"] = saturation(servers, body, root, args)
+    log(f"{body}: solo p50 {out['solo']['p50Ms']} ms, saturation {out['saturationPerS']}/s")
+    save()
     if placed is not None and admitted:
         loop = Loop(placed, servers, root)
         try:
@@ -316,8 +339,10 @@ def identical(
                 for s, p in zip(loop.sidecars, loop.shards, strict=True)
             ]
             out["loop"] = measure(cams, args.frames, root, f"{body}-loop-n{admitted}", args)
+            save()
             if not loop.split:  # a camera's frames to k shards: not what transparent mode is
                 out["transparent"] = transparent(loop, body, root, args)
+                save()
         finally:
             loop.stop()
     period = 1.0 / args.fps
@@ -327,6 +352,7 @@ def identical(
             {"url": s.grpc, "model": body, "phase": rng.uniform(0, period)} for s in servers[:n]
         ]
         out["random"][n] = measure(cams, args.frames, root, f"{body}-random-n{n}", args)
+        save()
     return out
 
 
@@ -380,9 +406,12 @@ def mixed(
     mode: SharingMode,
     root: Path,
     args: argparse.Namespace,
+    out: dict[str, Any],
+    save: Callable[[], None],
 ) -> dict[str, Any]:
     """A fleet of two models at several frame rates applied one at a time on one GPU: the
-    loop for the streams admitted, random phases for the same streams beside it."""
+    loop for the streams admitted, random phases for the same streams beside it. Fills
+    ``out`` and saves as :func:`identical` does."""
     models = sorted({m for m, _ in MIXED})
     manifests, calibrations = [], {}
     for model in models:
@@ -400,31 +429,34 @@ def mixed(
         len(servers),
     )
     log(f"mixed: the planner admitted {len(applied)} of {len(servers)} ({refused or 'all'})")
-    out: dict[str, Any] = {
-        "calibration": calibrations,
-        "admitted": len(applied),
-        "gpusPlanned": len({(p.node, p.gpu) for p in placed.shards}) if placed else 0,
-        "refusedBecause": refused,
-        "fleet": [{"name": s.name, "model": s.spec.model, "fps": s.spec.fps} for s in applied],
-        "slots": slots_of(placed),
-        "solo": {m: solo(servers[0], m, root, args) for m in models},
-    }
+    out.update(
+        calibration=calibrations,
+        admitted=len(applied),
+        gpusPlanned=len({(p.node, p.gpu) for p in placed.shards}) if placed else 0,
+        refusedBecause=refused,
+        fleet=[{"name": s.name, "model": s.spec.model, "fps": s.spec.fps} for s in applied],
+        slots=slots_of(placed),
+    )
+    save()
+    out["solo"] = {m: solo(servers[0], m, root, args) for m in models}
+    save()
     if placed is None:
         return out
     loop = Loop(placed, servers, root)
     try:
-        model = {s.name: s.spec for s in applied}
+        spec_of = {s.name: s.spec for s in applied}
         cams = [
             {
                 "name": p.stream if p.shards == 1 else f"{p.stream}/{p.shard}",
                 "url": sc.grpc,
-                "model": model[p.stream].model,
-                "fps": model[p.stream].fps / p.shards,
+                "model": spec_of[p.stream].model,
+                "fps": spec_of[p.stream].fps / p.shards,
                 "slot_clock": f"http://{sc.http}",
             }
             for p, sc in zip(loop.shards, loop.sidecars, strict=True)
         ]
         out["loop"] = measure(cams, args.frames, root, f"mixed-loop-n{len(applied)}", args)
+        save()
     finally:
         loop.stop()
     rng = random.Random(args.seed)
@@ -532,19 +564,27 @@ def main() -> None:
             report.write_text(json.dumps(result, indent=1))
             raise
         work = ["mixed"] if args.mixed else bodies
+
+        def save() -> None:
+            report.write_text(json.dumps(result, indent=1))
+
         for what in work:
+            done: dict[str, Any] = {}
+            result["results"][what] = done
             try:
                 if what == "mixed":
-                    done = mixed(
+                    mixed(
                         servers=servers,
                         frame=args.frame,
                         product=product,
                         mode=mode,
                         root=root,
                         args=args,
+                        out=done,
+                        save=save,
                     )
                 else:
-                    done = identical(
+                    identical(
                         what,
                         servers=servers,
                         frame=args.frame,
@@ -552,12 +592,13 @@ def main() -> None:
                         mode=mode,
                         root=root,
                         args=args,
+                        out=done,
+                        save=save,
                     )
             except Exception as e:  # one setting's failure is reported, the others kept
-                done = {"error": f"{e!r}; {servers_down(servers)}"}
+                done["error"] = f"{e!r}; {servers_down(servers)}"
                 log(f"{what}: failed: {done['error']}")
-            result["results"][what] = done
-            report.write_text(json.dumps(result, indent=1))
+            save()
     finally:
         for s in servers:
             s.stop()

@@ -2,12 +2,13 @@
 verdict (bench/gpu/targets.py), on results shaped as the loop writes them. The loop itself
 runs against real tritonservers in its CPU dry run (bench/gpu/README.md)."""
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.gpu.loop import apply_one_at_a_time, cluster_of, repository, stream
+from bench.gpu.loop import apply_one_at_a_time, cluster_of, repository, stall_events, stream
 from bench.gpu.targets import loop_verdict, render_loop
 from stagger.core.api import ModelProfile, SharingMode
 from stagger.core.placement import PlannerSettings
@@ -188,3 +189,29 @@ def test_transparent_mode_is_judged_apart_once_the_slots_settled() -> None:
     checks = v["transparent"]["checks"]
     assert not checks["p99OverRandom"]["met"] and not checks["settled"]["met"]
     assert v["met"]  # issue 20's verdict does not depend on it
+
+
+def test_stalls_name_the_streams_a_slow_moment_hit() -> None:
+    """A frame that costs its camera the next one (answer + 8 ms post-processing past the
+    shortest period, 33.3 ms at 30 fps) is a stall; those within half a second are one
+    event, named by stream: all streams at once points at the GPU or host."""
+    args = argparse.Namespace(fps=10.0, post_ms=8.0)
+    cams = [{"name": "cam-0", "fps": 10.0}, {"name": "cam-3/0", "fps": 30.0}]
+
+    def camera(i: int, frames: list[tuple[float, float]]) -> dict[str, Any]:
+        return {
+            "name": f"cam-{i}",
+            "captured_at": [at for at, _ in frames],
+            "latencies_s": [lat for _, lat in frames],
+        }
+
+    logs = [
+        camera(0, [(10.0, 0.020), (10.1, 0.052), (20.0, 0.020)]),
+        camera(1, [(10.03, 0.024), (10.2, 0.030), (15.0, 0.040)]),
+    ]
+    events = stall_events(cams, logs, args)
+    assert [(e["at"], e["cameras"]) for e in events] == [
+        (10.1, ["cam-0", "cam-3/0"]),
+        (15.0, ["cam-3/0"]),
+    ]
+    assert events[0]["worstMs"] == 52.0
