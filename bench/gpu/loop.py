@@ -58,6 +58,7 @@ from bench.gpu.streams import (
     servers_down,
 )
 from bench.gpu.targets import loop_verdict, render_loop
+from bench.gpu.waits import table_waits_ms
 from stagger.core.api import InferenceStream, ModelProfile, SharingMode
 from stagger.core.calibration import model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
@@ -214,6 +215,7 @@ class Loop:
         self.contracts: dict[str, SlotAssignment] = {}
         self.shards = sorted(placed.shards, key=lambda p: (int(p.stream.split("-")[-1]), p.shard))
         self.split = any(p.shards > 1 for p in self.shards)
+        self.hz = placed.tick_hz
         for p, server in zip(self.shards, servers, strict=False):
             contract = SlotAssignment.for_shard(
                 p, tick_hz=placed.tick_hz, epoch=epoch, generation=1, effective_at=epoch
@@ -393,6 +395,13 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
     return {
         "retimings": len(follower.switches),
         "settledAfterS": round(settle - first, 2),
+        # the best any table gives these phases: each camera's wait every frame
+        "tableWaitsMs": table_waits_ms(
+            [c["phase"] for c in cams],
+            loop.shards[0].body_ticks * 1e3 / loop.hz,
+            period,
+            loop.hz,
+        ),
         "whole": whole,
         "steady": after,
     }
