@@ -422,6 +422,8 @@ class ModelProfile(Resource):
         {"name": "Product", "type": "string", "jsonPath": ".spec.gpuProduct"},
         {"name": "Sharing", "type": "string", "jsonPath": ".spec.sharingMode"},
         {"name": "Body", "type": "number", "jsonPath": ".spec.bodyTimeMs"},
+        {"name": "Cost", "type": "number", "jsonPath": ".spec.costMs"},
+        {"name": "Exclusive", "type": "boolean", "jsonPath": ".spec.exclusiveBody"},
         {"name": "Latency", "type": "number", "jsonPath": ".spec.latencyMs"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     )
