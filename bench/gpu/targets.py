@@ -223,7 +223,7 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
             "met": bool(loop) and loop["dropPercent"] == 0 and loop["frames"] >= MIN_FRAMES,
         },
         "p99OverSolo": {
-            "value": round(loop["p99Ms"] / solo_p50, 3) if loop else None,
+            "value": round(loop["p99Ms"] / solo_p50, 4) if loop else None,
             "target": P99_OVER_SOLO,
             "met": bool(loop) and loop["p99Ms"] <= P99_OVER_SOLO * solo_p50,
             "required": not unsteady,
@@ -299,7 +299,7 @@ def _mixed_verdict(r: dict[str, Any]) -> dict[str, Any]:
             "model": s["model"],
             "fps": s["fps"],
             "dropPercent": s["dropPercent"],
-            "p99OverSolo": round(s["p99Ms"] / solo[s["model"]], 3),
+            "p99OverSolo": round(s["p99Ms"] / solo[s["model"]], 4),
             "met": s["dropPercent"] == 0 and s["p99Ms"] <= P99_OVER_SOLO * solo[s["model"]],
         }
         for name, s in loop["streams"].items()

@@ -142,6 +142,16 @@ def test_an_unsteady_body_must_only_admit_what_random_phases_hold() -> None:
     assert not fewer["met"]
 
 
+def test_a_p99_a_hair_over_twice_solo_fails_and_reads_so() -> None:
+    """Run 13: 52.45 ms against a 26.22 ms solo p50 is 2.0004 x: not met, and the report
+    must not print it as 2.0."""
+    result = identical(7, measured(52.45, frames=3010), {7: measured(73.07, 0.13)})
+    (v,) = loop_verdict(run("time-slicing", graph=result | {"solo": {"p50Ms": 26.22}}))
+    check = v["checks"]["p99OverSolo"]
+    assert not check["met"] and check["value"] == 2.0004
+    assert "| 2.0004 |" in render_loop([v])
+
+
 def test_drops_or_too_few_frames_fail_the_loop() -> None:
     for loop in (measured(30.0, drops=0.1), measured(30.0, frames=2999)):
         (v,) = loop_verdict(run("time-slicing", graph=identical(8, loop, {8: measured(70.0)})))
