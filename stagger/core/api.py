@@ -50,8 +50,8 @@ PositiveMs = Annotated[float, Field(gt=0, le=3_600_000, strict=True)]
 COST_MS_DESCRIPTION = (
     "GPU time one frame really costs when streams share the GPU as deployed "
     "(1000 / saturation throughput with one server per stream, from calibration), in ms. "
-    "Charged for admission instead of the body; the body still spaces the slots. "
-    "Unset: the body is exclusive (a lock, a FIFO) and charged in full."
+    "Charged for admission instead of the body; the body still spaces the slots (see "
+    "exclusiveBody). Unset: the body is exclusive and charged in full."
 )
 EXCLUSIVE_BODY_DESCRIPTION = (
     "The body must never overlap another stream's on its GPU (a lock, a FIFO, a GPU that "
