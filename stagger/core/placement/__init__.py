@@ -4,7 +4,9 @@ which offset of its slot table. One idea per module:
 - ``model``: what a plan is (settings, placements, GPU use, what was left out, moves);
 - ``timing``: what a stream costs on a GPU (body, cost, solo latency; profiles);
 - ``index``: search structures (free capacity, GPUs with room by frame period);
-- ``fleet``: the planner's working state (GPUs and their tables, shards, demands);
+- ``fleet``: the planner's working state (GPUs and their tables, shards);
+- ``demand``: what a stream demands of each pool of GPUs (timing, slot widths, eligible
+  pools, shard counts to try);
 - ``planner``: the ``Planner`` and ``plan()``.
 """
 

@@ -1,5 +1,5 @@
-"""The planner's working state: GPUs with their slot tables, shards, the fleet's frame
-periods, and what each stream demands of a GPU."""
+"""The planner's working state: GPUs with their slot tables, shards and the fleet's frame
+periods (what each stream demands of a GPU is in :mod:`.demand`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from stagger.core.api import InferenceStream
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.placement.index import _RoomIndex
 from stagger.core.placement.model import PlannerSettings, ShardKey
-from stagger.core.placement.timing import Timing
-from stagger.core.slots import Slot, SlotRequest
+from stagger.core.slots import Slot
 
 
 @dataclass
@@ -108,29 +107,3 @@ class _Fleet:
 
 def _matches(node: Node, selector: Mapping[str, str]) -> bool:
     return all(node.labels.get(k) == v for k, v in selector.items())
-
-
-# ------------------------------------------------------------------ the solver
-
-
-@dataclass
-class _Demand:
-    """One stream's needs on one pool of GPUs."""
-
-    timing: Timing
-    frame_ticks: int
-    body_ticks: int
-    """Reserved per frame: the slot's width (:meth:`Timing.reserved_ms`)."""
-    window_ticks: int
-    """The whole body: at least the reserved time; longer for a shared stream, whose body
-    the table keeps clear of the others' where it can."""
-
-    def shard_request(self, key: ShardKey, count: int, *, whole: bool = False) -> SlotRequest:
-        """The shard's slot: its reserved time, or with ``whole`` its whole body (a shared
-        stream on a GPU of exclusive bodies, which need every other body clear of theirs)."""
-        return SlotRequest(
-            key, self.window_ticks if whole else self.body_ticks, self.frame_ticks * count
-        )
-
-    def shard_util(self, count: int) -> float:
-        return self.body_ticks / (self.frame_ticks * count)

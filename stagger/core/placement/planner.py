@@ -27,7 +27,8 @@ from typing import cast
 
 from stagger.core.api import InferenceStream, ModelProfile
 from stagger.core.cluster import Cluster
-from stagger.core.placement.fleet import _Demand, _Fleet, _Gpu, _matches, _Shard
+from stagger.core.placement.demand import Demands, _Demand
+from stagger.core.placement.fleet import _Fleet, _Gpu, _matches, _Shard
 from stagger.core.placement.model import (
     ROUNDING,
     CalibrationSite,
@@ -43,7 +44,7 @@ from stagger.core.placement.model import (
 from stagger.core.placement.timing import ProfileBook, stream_timing
 from stagger.core.slots import Slot, SlotRequest, insert, max_body, pack, spread
 from stagger.core.slots import solve as solve_slots
-from stagger.core.timebase import TICK_HZ, frame_period_ticks, ms_to_ticks_ceil, ticks_to_ms
+from stagger.core.timebase import TICK_HZ, ticks_to_ms
 
 
 class Planner:
@@ -60,7 +61,7 @@ class Planner:
         self.profiles = tuple(profiles)
         self.book = ProfileBook(self.profiles)
         self.fleet = _Fleet(cluster, self.settings)
-        self._eligible_cache: dict[tuple[object, ...], tuple[list[int], str]] = {}
+        self.demand = Demands(cluster, self.fleet, self.book, self.settings)
         self._lowered: list[_Gpu] = []
         self._pinned: frozenset[ShardKey] = frozenset()
         self._retiring: tuple[ShardPlacement, ...] = ()
@@ -98,37 +99,12 @@ class Planner:
 
     def demands(self, stream: InferenceStream) -> tuple[dict[int, _Demand], str]:
         """Per eligible pool, the stream's timing there; or an empty dict and the reason."""
-        spec = stream.spec
-        pools, why = self._eligible_pools(
-            tuple(sorted(spec.node_selector.items())), spec.gpu_product
+        out, why = self.demand.of(stream)
+        # a stream's body outruns its slot: see _on_running
+        self._any_shared = self._any_shared or any(
+            d.window_ticks > d.body_ticks for d in out.values()
         )
-        if not pools:
-            return {}, why
-        out: dict[int, _Demand] = {}
-        missing: list[str] = []
-        frame = frame_period_ticks(spec.fps, self.settings.tick_hz)
-        for pool in pools:
-            timing = stream_timing(stream, self.fleet.pool_members[pool][0].gpu, self.book)
-            if timing is None:
-                product, sharing = self.fleet.pool_keys[pool]
-                missing.append(f"{product} ({sharing})")
-                continue
-            hz, guard = self.settings.tick_hz, self.settings.guard_ms
-            body = ms_to_ticks_ceil(timing.reserved_ms(self.settings) + guard, hz)
-            # an exclusive body's slot is all of it: no other body may enter it
-            window = (
-                body
-                if timing.exclusive
-                else max(body, ms_to_ticks_ceil(timing.body_ms + guard, hz))
-            )
-            self._any_shared = self._any_shared or window > body
-            out[pool] = _Demand(timing, frame, body, window)
-        if not out:
-            return {}, (
-                f"no bodyTimeMs and no ModelProfile for model {spec.model} on "
-                f"{', '.join(missing)}: calibrate it or set spec.bodyTimeMs"
-            )
-        return out, ""
+        return out, why
 
     def calibration_sites(self, stream: InferenceStream) -> tuple[CalibrationSite, ...]:
         """For a stream with no body time anywhere: per eligible pool, the GPU a calibration
@@ -138,7 +114,9 @@ class Planner:
         spec = stream.spec
         if spec.body_time_ms is not None:
             return ()
-        pools, _ = self._eligible_pools(tuple(sorted(spec.node_selector.items())), spec.gpu_product)
+        pools, _ = self.demand.eligible_pools(
+            tuple(sorted(spec.node_selector.items())), spec.gpu_product
+        )
         sites = []
         for pool in pools:
             members = [
@@ -156,96 +134,6 @@ class Planner:
                     )
                 )
         return tuple(sites)
-
-    def _eligible_pools(
-        self, selector: tuple[tuple[str, str], ...], product: str | None
-    ) -> tuple[list[int], str]:
-        """Pools with a GPU on a node that matches the hints (cached: streams share hints)."""
-        key = (selector, product)
-        if key not in self._eligible_cache:
-            self._eligible_cache[key] = self._find_pools(dict(selector), product)
-        return self._eligible_cache[key]
-
-    def _find_pools(self, selector: dict[str, str], product: str | None) -> tuple[list[int], str]:
-        if not self.fleet.gpus:
-            return [], "the cluster has no GPUs"
-        pools = {g.pool for g in self.fleet.gpus if _matches(g.node, selector)}
-        if not pools:
-            sel = ", ".join(f"{k}={v}" for k, v in sorted(selector.items()))
-            return [], (
-                f"nodeSelector {{{sel}}} matches none of the "
-                f"{len(self.cluster.nodes)} nodes with GPUs"
-            )
-        products = sorted({self.fleet.pool_keys[p][0] for p in pools})
-        if product is not None:
-            pools = {p for p in pools if self.fleet.pool_keys[p][0] == product}
-            if not pools:
-                return [], (
-                    f"gpuProduct {product} is on no matching node "
-                    f"(products there: {', '.join(products)})"
-                )
-        return sorted(pools), ""
-
-    def shard_counts(
-        self, stream: InferenceStream, demands: Mapping[int, _Demand]
-    ) -> tuple[list[int], str]:
-        """Shard counts to try, best first; or [] and why none can work."""
-        fps = stream.spec.fps
-        cap = self.settings.utilization_cap
-        deadline = stream.spec.deadline_ms
-        best: int | None = None
-        load_split = False
-        why = ""
-        for d in demands.values():
-            if deadline is not None and d.timing.latency_ms > deadline:
-                why = (
-                    f"solo latency {d.timing.latency_ms:g} ms ({d.timing.source}) exceeds "
-                    f"deadlineMs {deadline:g}"
-                )
-                continue
-            k_latency = math.ceil(d.timing.latency_ms * fps / 1000 - 1e-9)
-            k_load = math.ceil(d.body_ticks / (cap * d.frame_ticks) - 1e-9)
-            k = max(1, k_latency, k_load)
-            if best is None or k < best:
-                best, load_split = k, k_load >= 2
-        if best is None:
-            return [], why
-        # Fewest shards first; more only when the fewest cannot be placed. A stream that
-        # must split for load anyway may take more shards up front when they pack a GPU
-        # clearly better (shards near a whole GPU strand the rest of it).
-        ranked = list(range(best, best + self.settings.max_extra_shards + 1))
-        load = max(d.body_ticks / d.frame_ticks for d in demands.values())
-        mem = stream.spec.memory_mib
-        gpu_mem = self.fleet.largest_memory
-
-        def efficiency(k: int) -> float:
-            # Share of a GPU's cap that k equal shards of this stream fill when GPUs hold
-            # only such shards.
-            size = load / k
-            per_gpu = math.floor(cap / size + 1e-9)
-            if mem:
-                per_gpu = min(per_gpu, gpu_mem // mem)
-            return per_gpu * size / cap if per_gpu else 0.0
-
-        chosen = best
-        if load_split:
-            for k in ranked[1:]:
-                if efficiency(k) >= efficiency(chosen) + 0.05:
-                    chosen = k
-        # A split stream's shards share GPUs with other streams' shards only where their
-        # periods have a large common divisor (two bodies fit a gcd, not a period): take the
-        # fewest shards whose period is a multiple of the shard grid, within the extra
-        # shards allowed. The shards of heavy fleets then pack like plain bin packing.
-        grid = ms_to_ticks_ceil(self.settings.shard_grid_ms, self.settings.tick_hz)
-        frame = next(iter(demands.values())).frame_ticks
-        if best >= 2 and grid:
-            on_grid = next((k for k in ranked if k * frame % grid == 0), None)
-            if on_grid is not None:
-                chosen = on_grid
-        if chosen in ranked:
-            ranked.remove(chosen)
-        ranked.insert(0, chosen)
-        return ranked, ""
 
     # -- placing one shard ----------------------------------------------------
 
@@ -658,7 +546,7 @@ class Planner:
                 uncalibrated.append((len(unplaced), stream))
                 unplaced.append(Unplaced(stream.namespace, stream.name, why))
                 continue
-            counts, why = self.shard_counts(stream, demands)
+            counts, why = self.demand.shard_counts(stream, demands)
             if not counts:
                 unplaced.append(Unplaced(stream.namespace, stream.name, why))
                 continue
@@ -1090,7 +978,7 @@ class Planner:
         if (stream.namespace, stream.name) in self._placed_streams:
             raise ValueError(f"stream {stream.namespace}/{stream.name} is already placed")
         demands, why = self.demands(stream)
-        counts, why = self.shard_counts(stream, demands) if demands else ([], why)
+        counts, why = self.demand.shard_counts(stream, demands) if demands else ([], why)
         if not counts:
             return Unplaced(stream.namespace, stream.name, why)
         placed = self._place_stream(stream, demands, counts)
