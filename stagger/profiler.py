@@ -238,9 +238,8 @@ class ProfileReport:
 
 
 SWEEP_SPAN = 1.5
-"""The offset sweep reaches this many times the solo p50 (a body is part of the solo
-latency, so its knee lies within); where the latency still falls at its end, the sweep is
-extended once as far again."""
+"""The offset sweep reaches this many times the solo p50 by default (a body is part of the
+solo latency, so its knee lies within; ``--max-offset-ms`` for one that does not)."""
 
 UNSTEADY = 1.3
 """Solo p99 above this many times p50: the body is too unsteady for a slot to contain."""
@@ -417,44 +416,24 @@ def profile(
     points = sweep(
         first, second, swept, runs=sweep_runs, gap_s=gap, progress=stage("sweep", 11 * sweep_runs)
     )
-    extended = max_offset_ms is not None  # a sweep the user bounded stays so
-    while True:
-        try:
-            rough = knee_of_sweep(points, resamples=0).fit.knee_ms
-            fine = [round(rough + coarse_step * (i / 4 - 1), 3) for i in range(9)]
-            fine = [o for o in fine if 0 <= o <= top and o not in swept]
-            points += sweep(
-                first,
-                second,
-                fine,
-                runs=sweep_runs,
-                gap_s=gap,
-                progress=stage("sweep near knee", len(fine) * sweep_runs),
-            )
-            swept += fine
-            knee: KneeEstimate | None = knee_of_sweep(points)
-            no_knee = None
-            break
-        except NoKnee as e:
-            if e.short and not extended:
-                # The body outlasts the sweep: an eager body, time-sliced, on an H200 still
-                # slowed its neighbour at 1.5 x its solo p50. Sweep as far again, once.
-                more = [round(top + coarse_step * i, 3) for i in range(1, 11)]
-                points += sweep(
-                    first,
-                    second,
-                    more,
-                    runs=sweep_runs,
-                    gap_s=gap,
-                    progress=stage("sweep further", len(more) * sweep_runs),
-                )
-                swept += more
-                top, extended = 2 * top, True
-                continue
-            if not e.flat:  # too short or too sparse: saturation would understate the body
-                raise
-            knee, no_knee = None, str(e)
-            break
+    try:
+        rough = knee_of_sweep(points, resamples=0).fit.knee_ms
+        fine = [round(rough + coarse_step * (i / 4 - 1), 3) for i in range(9)]
+        fine = [o for o in fine if 0 <= o <= top and o not in swept]
+        points += sweep(
+            first,
+            second,
+            fine,
+            runs=sweep_runs,
+            gap_s=gap,
+            progress=stage("sweep near knee", len(fine) * sweep_runs),
+        )
+        knee: KneeEstimate | None = knee_of_sweep(points)
+        no_knee = None
+    except NoKnee as e:
+        if not e.flat:  # too short or too sparse: saturation would understate the body
+            raise
+        knee, no_knee = None, str(e)
     sat = saturation(
         lambda i: Endpoint(urls[i % len(urls)], model, version, data),
         levels,
