@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stagger.core.slotclock import SlotClock as Slots
-from stagger.core.slotclock import first_slot
+from stagger.core.slotclock import first_slot, governing
 
 CLOCK_PATH = "/stagger/v1/clock"
 
@@ -91,18 +91,32 @@ class SlotClient:
             self.refresh()  # the new contract is in force: take it (and any next) from the source
         return self._chain
 
-    def next_slot(self) -> float:
-        """The next slot start after now that this clock has not handed out yet: the old
-        contract's slots before a switch instant, the new one's from it on."""
-        after = math.nextafter(max(self.clock(), self._last), math.inf)
+    def next_slot(self, due: float | None = None) -> float:
+        """The app's next slot start: the first at or after ``due`` (when its frame is due;
+        by default just after the last slot handed out, one slot a frame) that this clock
+        has not handed out yet, the old contract's slots before a switch instant and the
+        new one's from it on. An app that asks late still gets that slot when it began
+        less than half its body ago (the gate takes a request up to its grace, a body,
+        late; the other half is the request's way there): a slow answer before it costs
+        nothing rather than a frame. Earlier than that, the first slot after now."""
+        now = self.clock()
+        chain = self._slots(now)
+        after = math.nextafter(self._last, math.inf)
+        if due is not None:
+            after = max(after, due)
+        elif self._last == -math.inf:
+            after = now  # the first slot asked for: none is the app's yet
+        after = max(after, now - (governing(chain, now) or chain[0]).body_s / 2)
         found = first_slot(self._slots(after), after)
         assert found is not None
         return found[0]
 
-    def wait_for_slot(self, lead_s: float = 0.0) -> float:
-        """Sleep until ``lead_s`` before the next slot; returns that slot's start time.
-        Successive calls return successive slots, never the same one twice."""
-        slot = self.next_slot()
+    def wait_for_slot(self, lead_s: float = 0.0, due: float | None = None) -> float:
+        """Sleep until ``lead_s`` before the app's next slot (:meth:`next_slot`); returns
+        that slot's start time. Successive calls return successive slots, never the same
+        one twice. An app whose frames are due less often than its slots come (a harmonic
+        table: docs/sidecar.md) passes ``due``, each frame's own time less the lead."""
+        slot = self.next_slot(due)
         delay = slot - lead_s - self.clock()
         if delay > 0:
             self.sleep(delay)

@@ -219,9 +219,10 @@ class Camera:
             return at
         # on the slot clock a frame is lost only when its slot has passed
         k = max(0, math.ceil((earliest - start) / period - 1e-9))
-        if (delay := start + k * period - self.lead_s - self.clock()) > 0:
-            self.sleep(delay)  # a slot up to the lead before the nominal time may take it
-        slot = self.slot_clock.wait_for_slot(self.lead_s)
+        due = start + k * period - self.lead_s  # a slot up to the lead before it may take it
+        if (delay := due - self.clock()) > 0:
+            self.sleep(delay)
+        slot = self.slot_clock.wait_for_slot(self.lead_s, due=due)
         # the frame this slot serves: the last one due by then (later than k when late)
         self._nominal = start + math.floor((slot + self.lead_s - start) / period + 1e-9) * period
         return slot - self.lead_s

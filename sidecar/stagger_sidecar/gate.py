@@ -22,6 +22,14 @@ policy        busy                                   late
 ``pass``      forward at once, ungated               forward at once, ungated
 ============  =====================================  ==================================
 
+A **late frame** is late at once (``max_wait`` 0): a request of an idle, periodic stream
+that arrives after the slot its stream's requests usually take (their arrival phase,
+stagger.core.phase), past that slot's grace. Its app is on its slots and was held up (a
+host stall, a slow frame before it); waiting a period for the next slot would cost it the
+next frame, where going now overlaps the next stream's body by at most its own. A stream
+whose usual arrival itself misses its slot is out of phase, not late: it waits, until its
+slot follows it.
+
 Without ``max_wait`` a request that finds its stream idle waits at most one period, except
 in a stream whose requests are not periodic (event-driven, variable fps: its arrival phase
 says so, stagger.core.phase): waiting for a slot buys such a stream nothing, so it waits at
@@ -114,7 +122,7 @@ class StreamGate:
     in_force: tuple[int, int] | None = None  # (offset, period) last seen in force
     arrivals: PhaseTracker | None = None
     """Where in the frame period this stream's requests arrive (its app's own clock)."""
-    _aperiodic: tuple[int, bool] = (-1, False)  # (arrivals seen when judged, not periodic)
+    _judgement: tuple[int, PhaseEstimate] | None = None  # (arrivals seen when judged, phase)
 
     def load(self, contract: SlotAssignment, now: float) -> None:
         self.timetable = self.timetable.with_contract(contract, now)
@@ -125,6 +133,7 @@ class StreamGate:
             epoch,
         ):  # phases at another period or from another epoch mean nothing here
             self.arrivals = PhaseTracker(period, epoch_s=epoch)
+            self._judgement = None
 
     def arrival(self) -> PhaseEstimate | None:
         """The stream's arrival phase (None before its first contract)."""
@@ -210,15 +219,25 @@ class StreamGate:
         # took effect (slots.release_windows: no other body can be running then).
         opens = max(slot - owner.early_s, owner.switch_s)
         limit = self.config.max_wait_s
+        beyond = f"beyond maxWaitMs {limit * 1e3:g}" if limit is not None else ""
         share = self.config.aperiodic_max_wait_share
         if limit is None and share is not None and self.aperiodic():
             limit = share * owner.period_s
+            beyond = "and its requests are not periodic"
+        if not self.pending and (missed := self._missed_slot(now, slot, late, table)) is not None:
+            # A late frame, not a stream out of phase: waiting for the next slot would cost
+            # its app the next frame, so the late rules apply at once.
+            limit = 0.0
+            beyond = (
+                f"and this request came {(now - missed) * 1e3:.1f} ms after the slot its "
+                "requests usually take"
+            )
         if limit is not None and slot - now > limit:
             if policy is GatePolicy.DROP:
                 return Refusal(
                     Reason.LATE,
-                    f"stream {self.name}: the next free slot is {(slot - now) * 1e3:.1f} ms away, "
-                    f"beyond maxWaitMs {limit * 1e3:g}",
+                    f"stream {self.name}: the next free slot is {(slot - now) * 1e3:.1f} ms "
+                    f"away, {beyond}",
                 )
             at = now if policy is GatePolicy.PASS else now + limit
             return self._take(Release(at, now, None, owner.period_s, late=True))
@@ -227,16 +246,36 @@ class StreamGate:
         return self._take(Release(max(opens, now), now, slot, owner.period_s, late=False))
 
     def aperiodic(self) -> bool:
-        """Enough requests arrived to tell, and they are not periodic at the frame period.
-        Judged again every 8 arrivals (an estimate costs a pass over the window)."""
+        """Enough requests arrived to tell, and they are not periodic at the frame period."""
+        e = self._judged()
+        return e is not None and e.samples >= MIN_SAMPLES and not e.periodic
+
+    def _judged(self) -> PhaseEstimate | None:
+        """The arrival phase, estimated again every 8 arrivals (an estimate costs a pass
+        over the window)."""
         tracker = self.arrivals
         if tracker is None:
-            return False
+            return None
         seen = tracker.observed
-        if seen // 8 != self._aperiodic[0] // 8:
-            e = tracker.estimate()
-            self._aperiodic = (seen, e.samples >= MIN_SAMPLES and not e.periodic)
-        return self._aperiodic[1]
+        if self._judgement is None or seen // 8 != self._judgement[0] // 8:
+            self._judgement = (seen, tracker.estimate())
+        return self._judgement[1]
+
+    def _missed_slot(self, now: float, slot: float, late: float, table: Timetable) -> float | None:
+        """The slot this request missed, when it is a late frame of a periodic stream: a
+        request at the instant the stream's requests usually arrive (its phase, at most
+        half a period before now) would have taken an earlier slot than ``slot``. None when
+        it is not: an early request, or a stream whose usual arrival already misses its
+        slot (out of phase, until its slot follows it: that one waits as before)."""
+        e = self._judged()
+        if e is None or e.phase_s is None or not e.periodic or self.arrivals is None:
+            return None
+        since = (now - self.arrivals.epoch_s - e.phase_s) % e.period_s
+        if since > e.period_s / 2:
+            return None  # early for the next usual arrival
+        usual = now - since
+        found = table.next_slot(max(usual - late, math.nextafter(self.last_slot, math.inf)))
+        return found[0] if found is not None and found[0] < slot else None
 
     def grace_s(self, clock: SlotClock) -> float:
         """How late after a slot's start a request still takes that slot."""

@@ -96,6 +96,43 @@ def test_slot_clock_capture_happens_lead_before_each_slot() -> None:
     assert log.answered == 10 and log.dropped == 0
 
 
+def test_a_slot_clock_app_held_up_less_than_half_a_body_keeps_its_frame() -> None:
+    """A slow answer (post-processing, a stall) that ends just after the next slot began:
+    the app sends at once and the gate takes it within its grace; held up longer than half
+    the body (20 ms here), it takes the slot after and that frame is lost."""
+
+    def run(slow_s: float) -> tuple[list[float], CameraLog]:
+        time = FakeTime(1000.001)
+        services = iter([slow_s] + [0.02] * 20)
+
+        def send(frame: bytes) -> str:
+            time.sent_at.append(time.t)
+            time.t += next(services)
+            return "boxes"
+
+        slots = SlotClock(
+            epoch_s=0.0, tick_hz=1000, period_ticks=100, offset_ticks=40, body_ticks=20
+        )
+        cam = Camera(
+            "cam",
+            10,
+            send=send,
+            frames=itertools.repeat(b"jpeg"),
+            clock=time.clock,
+            sleep=time.sleep,
+            slot_clock=FixedSlots(time, slots),
+            lead_s=0.004,
+        )
+        return time.sent_at, cam.run(start=1000.0, seconds=1.0)
+
+    sent, log = run(0.109)  # answered at 1000.145: the slot at 1000.14 began 5 ms ago
+    assert sent[:3] == pytest.approx([1000.036, 1000.145, 1000.236])
+    assert (log.answered, log.dropped) == (10, 0)
+    sent, log = run(0.118)  # answered at 1000.154: 14 ms into a 20 ms body
+    assert sent[:2] == pytest.approx([1000.036, 1000.236])
+    assert (log.answered, log.dropped) == (9, 1)
+
+
 def test_slot_clock_with_a_slot_period_rounded_below_the_frame_period_takes_every_frame() -> None:
     """A 15 fps camera (66.7 ms) whose slot period the planner rounded to 50 ms (harmonic
     with a 100 ms table): each frame is captured at the first slot at or after its nominal

@@ -367,6 +367,54 @@ def test_a_stream_that_is_not_periodic_never_waits_a_period() -> None:
     assert r.slot == near(T + 10.130) and not r.late
 
 
+def on_its_slots(gate: StreamGate, frames: int = 16, lead_s: float = 0.002) -> None:
+    """A slot-clock app: each frame reaches the gate ``lead_s`` before its slot, answered at
+    once."""
+    for k in range(frames):
+        t = T + 0.030 - lead_s + k * 0.1
+        gate.finish(released(gate.admit(t)), t)
+
+
+def test_a_late_frame_of_a_stream_on_its_slots_goes_at_once() -> None:
+    """A frame that usually reaches the gate on its slot, held up past the slot's grace (a
+    host stall): waiting 90 ms for the next slot would cost its camera the next frame, so it
+    goes at once, ungated and counted late; the next frame takes its own slot as usual."""
+    g = stream_gate()  # 5 ms body: the grace
+    on_its_slots(g)
+    r = released(g.admit(T + 1.640))  # its slot began at 1.630: 10 ms late
+    assert (r.at, r.slot, r.late) == (near(T + 1.640), None, True)
+    g.finish(r, T + 1.660)
+    r = released(g.admit(T + 1.728))
+    assert (r.at, r.slot, r.late) == (near(T + 1.730), near(T + 1.730), False)
+
+
+def test_a_stream_whose_usual_arrival_misses_its_slot_still_waits() -> None:
+    """Out of phase is not late: a stream that always arrives 20 ms after its slot (an app
+    on its own clock, before its slot follows it) waits for the next slot as before; so
+    does a request early for its stream's usual instant, and one while another is held."""
+    g = stream_gate()
+    for k in range(16):
+        t = T + 0.050 + k * 0.1
+        g.finish(released(g.admit(t)), t)
+    r = released(g.admit(T + 1.650))
+    assert (r.slot, r.late) == (near(T + 1.730), False)
+
+    on_time = stream_gate()
+    on_its_slots(on_time)
+    early = released(on_time.admit(T + 1.610))  # 18 ms before its usual instant
+    assert (early.slot, early.late) == (near(T + 1.630), False)
+    behind = released(on_time.admit(T + 1.640))  # late, but its stream is busy: queued
+    assert (behind.slot, behind.late) == (near(T + 1.730), False)
+
+
+def test_a_late_frame_under_the_drop_policy_is_refused_as_late() -> None:
+    g = stream_gate(policy=GatePolicy.DROP)
+    on_its_slots(g)
+    refusal = refused(g.admit(T + 1.640))
+    assert refusal.reason is Reason.LATE
+    assert "10.0 ms after the slot its requests usually take" in refusal.message
+
+
 def test_a_request_abandoned_while_held_gives_its_slot_back() -> None:
     """An app that gives up on held requests (a client timeout) must not push its later
     frames back: nothing ran in those slots."""
