@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http.aio as httpclient
 
-from stagger.core.telemetry import COORDINATED_DELAY, COORDINATED_FORCED
+from stagger.core.telemetry import COORDINATED_DELAY, COORDINATED_FORCED, LATE
 from stagger_sidecar.app import Sidecar
 from tests.factories import slot_contract
 from tests.integration.sidecar_fixtures import StartSidecar, metric, scrape
@@ -116,7 +116,16 @@ async def test_nobody_waits_past_the_longest_delay(
     a, b = await two_streams(start_sidecar, tmp_path / "gpu-0.json", ledger_max_delay_ms=20)
     rounds = await run_rounds(a, b)
     after_b = [round(y - x - (B_OFFSET - A_OFFSET), 4) for x, y in rounds]
-    assert min(after_b) >= 0.018, after_b  # held its longest delay, 20 ms, every round
-    assert len([d for d in after_b if d > 0.035]) <= 1, after_b  # a stalled round, as above
     samples = await scrape(b)
-    assert metric(samples, COORDINATED_FORCED, stream="b") == ROUNDS
+    forced = metric(samples, COORDINATED_FORCED, stream="b")
+    late = metric(samples, LATE, stream="b")
+    seen = f"after b's slot {after_b}, forced {forced}, late {late}"
+    # A request that reaches the gate past its slot's grace (a stall of the test machine,
+    # as above) goes outside any slot: uncoordinated, counted late, neither forced nor
+    # held. Two clean CI runs lost one round so (7 forced of 8); a 12, 25 or 60 ms stall
+    # injected into one round gives exactly that. Every other round is held, and forced.
+    assert late <= 1, seen
+    assert forced + late == ROUNDS, seen
+    held = sorted(after_b)[int(late) :]
+    assert min(held) >= 0.018, seen  # held its longest delay, 20 ms
+    assert len([d for d in after_b if d > 0.035]) <= 1, seen  # a stalled round, as above

@@ -60,6 +60,21 @@ def test_streams_that_are_not_periodic_at_the_period_claim_no_phase() -> None:
     assert not estimate(camera(0.02, 0.1, 5), 0.1).periodic  # too few arrivals yet
 
 
+def test_one_late_frame_among_a_few_leaves_a_stream_periodic() -> None:
+    """Early in a stream's life, one frame held up 36 ms among 16 (all 16 together: mean
+    resultant length 0.899) is an outlier, not a sign of an event-driven stream. Two
+    cameras' worth of phases in one stream, half and half, is not periodic."""
+    arrivals = camera(0.028, 0.1, 16, jitter=0.0)
+    arrivals[-1] += 0.036
+    e = estimate(arrivals, 0.1)
+    assert e.periodic and e.phase_s is not None and e.kept == 15
+    assert circular_error(e.phase_s, 0.028, 0.1) < 1e-6
+    two_phases = sorted(camera(0.0, 0.1, 16) + camera(0.05, 0.1, 16, seed=2))
+    assert not estimate(two_phases, 0.1).periodic
+    mostly = camera(0.0, 0.1, 16) + camera(0.05, 0.1, 6, seed=2)  # 27 % elsewhere
+    assert not estimate(mostly, 0.1).periodic
+
+
 def test_a_drifting_clock_is_tracked_within_a_window() -> None:
     """1 ms of drift per second at 10 fps: 64 arrivals lag the truth by about 3.2 ms."""
     tracker = PhaseTracker(0.1, window=64)

@@ -312,7 +312,9 @@ def test_a_request_in_its_slot_s_late_window_still_takes_it() -> None:
 )
 def test_streams_released_within_their_windows_never_run_at_once(specs, rng) -> None:
     """Each stream of a GPU's table behind its own gate with its release windows (and no
-    grace beyond them), requests at random instants: no two released bodies overlap."""
+    grace beyond them), requests at random instants: no two bodies released in their slots
+    overlap. (A late frame goes outside any slot on purpose, its body overlapping the next
+    one by at most its own: test_a_late_frame_of_a_stream_on_its_slots_goes_at_once.)"""
     requests = [SlotRequest(i, body, period) for i, (period, body) in enumerate(specs)]
     table = pack(requests, max_utilization=0.95)  # in ms
     if table is None:
@@ -332,7 +334,8 @@ def test_streams_released_within_their_windows_never_run_at_once(specs, rng) -> 
         t = T + rng.uniform(0, s.period / 1000)
         while t < T + 2.0:
             release = released(gate.admit(t))
-            runs.append((release.at, release.at + s.body / 1000, s.key))
+            if release.slot is not None:
+                runs.append((release.at, release.at + s.body / 1000, s.key))
             gate.finish(release, release.at + s.body / 1000)
             t = max(t + rng.uniform(0.2, 1.5) * s.period / 1000, release.at + s.body / 1000)
     runs.sort()
@@ -405,6 +408,25 @@ def test_a_stream_whose_usual_arrival_misses_its_slot_still_waits() -> None:
     assert (early.slot, early.late) == (near(T + 1.630), False)
     behind = released(on_time.admit(T + 1.640))  # late, but its stream is busy: queued
     assert (behind.slot, behind.late) == (near(T + 1.730), False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(late_ms=st.floats(7.5, 49.0), which=st.integers(8, 15))
+def test_a_late_frame_never_waits_and_every_later_frame_keeps_its_own_slot(
+    late_ms: float, which: int
+) -> None:
+    """A stream on its slots (2 ms before each), one frame held up past its slot's grace by
+    anything under half a period: that frame goes on arrival, and every frame after it
+    takes its own slot, as if nothing had happened."""
+    g = stream_gate()
+    for k in range(20):
+        t = T + 0.028 + k * 0.1 + (late_ms / 1e3 if k == which else 0.0)
+        r = released(g.admit(t))
+        if k == which:
+            assert (r.at, r.slot, r.late) == (near(t), None, True)
+        else:
+            assert (r.slot, r.late) == (near(T + 0.030 + k * 0.1), False)
+        g.finish(r, r.at + 0.004)
 
 
 def test_a_late_frame_under_the_drop_policy_is_refused_as_late() -> None:
