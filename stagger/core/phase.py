@@ -39,9 +39,8 @@ if TYPE_CHECKING:
 
 MIN_CONCENTRATION = 0.9
 """Mean resultant length of the arrivals near the phase (outliers left out) below which
-they are not periodic at the period: 0.9 is a
-circular spread of about 0.07 period (7 ms at 10 fps); uniform arrivals give about
-1 / sqrt(n)."""
+they are not periodic at the period: 0.9 is a circular spread of about 0.07 period (7 ms
+at 10 fps)."""
 MIN_SAMPLES = 8
 """Arrivals needed before a phase is claimed."""
 MIN_KEPT_SHARE = 0.75
