@@ -99,8 +99,8 @@ class SlotClient:
         less than half its body ago (the gate takes a request up to its grace, a body,
         late; the other half is the request's way there): a slow answer before it costs
         nothing rather than a frame. Earlier than that, the first slot after now."""
-        now = self.clock()
-        chain = self._slots(now)
+        chain = self._slots(self.clock())
+        now = self.clock()  # after any read of the sidecar: a slot must not begin unseen
         after = math.nextafter(self._last, math.inf)
         if due is not None:
             after = max(after, due)

@@ -133,6 +133,21 @@ def test_a_slot_clock_app_held_up_less_than_half_a_body_keeps_its_frame() -> Non
     assert (log.answered, log.dropped) == (9, 1)
 
 
+def test_a_slot_that_begins_while_the_client_reads_the_sidecar_is_not_handed_out() -> None:
+    """The first read of the clock takes 8 ms (a loaded node) and a slot begins meanwhile:
+    the app gets the next one, not one it would reach the gate late for (past the grace,
+    that request waited a period in a clean CI run)."""
+    time = FakeTime(1000.035)
+    slots = SlotClock(epoch_s=0.0, tick_hz=1000, period_ticks=100, offset_ticks=40, body_ticks=20)
+
+    class SlowRead(FixedSlots):
+        def refresh(self) -> None:
+            time.t += 0.008
+            super().refresh()
+
+    assert SlowRead(time, slots).wait_for_slot() == pytest.approx(1000.14)
+
+
 def test_slot_clock_with_a_slot_period_rounded_below_the_frame_period_takes_every_frame() -> None:
     """A 15 fps camera (66.7 ms) whose slot period the planner rounded to 50 ms (harmonic
     with a 100 ms table): each frame is captured at the first slot at or after its nominal
