@@ -219,25 +219,29 @@ class StreamGate:
         # took effect (slots.release_windows: no other body can be running then).
         opens = max(slot - owner.early_s, owner.switch_s)
         limit = self.config.max_wait_s
-        beyond = f"beyond maxWaitMs {limit * 1e3:g}" if limit is not None else ""
         share = self.config.aperiodic_max_wait_share
         if limit is None and share is not None and self.aperiodic():
             limit = share * owner.period_s
-            beyond = "and its requests are not periodic"
-        if not self.pending and (missed := self._missed_slot(now, slot, late, table)) is not None:
+        missed = None if self.pending else self._missed_slot(now, slot, late, table)
+        if missed is not None:
             # A late frame, not a stream out of phase: waiting for the next slot would cost
             # its app the next frame, so the late rules apply at once.
             limit = 0.0
-            beyond = (
-                f"and this request came {(now - missed) * 1e3:.1f} ms after the slot its "
-                "requests usually take"
-            )
         if limit is not None and slot - now > limit:
             if policy is GatePolicy.DROP:
+                if missed is not None:
+                    detail = (
+                        f"and this request came {(now - missed) * 1e3:.1f} ms after the slot "
+                        "its requests usually take"
+                    )
+                elif self.config.max_wait_s is None:
+                    detail = "and its requests are not periodic"
+                else:
+                    detail = f"beyond maxWaitMs {limit * 1e3:g}"
                 return Refusal(
                     Reason.LATE,
                     f"stream {self.name}: the next free slot is {(slot - now) * 1e3:.1f} ms "
-                    f"away, {beyond}",
+                    f"away, {detail}",
                 )
             at = now if policy is GatePolicy.PASS else now + limit
             return self._take(Release(at, now, None, owner.period_s, late=True))
