@@ -65,7 +65,15 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive,
         default=PlannerSettings().throughput_cap,
         metavar="U",
-        help="share of a GPU's saturation throughput streams with a costMs may take",
+        help="share of a GPU's saturation throughput streams with a costMs may take "
+        "(time-sliced and every mode but MPS)",
+    )
+    p.add_argument(
+        "--mps-throughput-cap",
+        type=_positive,
+        default=PlannerSettings().mps_throughput_cap,
+        metavar="U",
+        help="the same share on an MPS GPU",
     )
     p.add_argument("--guard-ms", type=float, default=0.0, metavar="MS")
     p.add_argument(
@@ -118,6 +126,7 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
         settings = PlannerSettings(
             utilization_cap=args.utilization_cap,
             throughput_cap=args.throughput_cap,
+            mps_throughput_cap=args.mps_throughput_cap,
             guard_ms=args.guard_ms,
             policy=args.policy,
             max_extra_shards=args.max_extra_shards,

@@ -306,7 +306,7 @@ def identical(
     above, solo and saturation, side by side. Fills ``out`` and calls ``save`` after every
     measurement, so a run cut short keeps what it measured."""
     manifest, calibration = calibrate(servers, body, frame, product, mode)
-    settings = PlannerSettings(throughput_cap=args.throughput_cap)
+    settings = planner_settings(args)
     cluster = cluster_of(product, mode, args.gpu_memory_mib)
     candidates = [stream(f"cam-{i}", body, args.fps, args.memory_mib) for i in range(len(servers))]
     placed, applied, refused = apply_one_at_a_time(
@@ -434,7 +434,7 @@ def mixed(
         candidates,
         cluster,
         manifests,
-        PlannerSettings(throughput_cap=args.throughput_cap),
+        planner_settings(args),
         len(servers),
     )
     log(f"mixed: the planner admitted {len(applied)} of {len(servers)} ({refused or 'all'})")
@@ -483,6 +483,13 @@ def mixed(
     return out
 
 
+def planner_settings(args: argparse.Namespace) -> PlannerSettings:
+    """The product's planner settings, with ``--throughput-cap`` as the cap of ``--mode``."""
+    return PlannerSettings(
+        throughput_cap=args.throughput_cap, mps_throughput_cap=args.throughput_cap
+    )
+
+
 def slots_of(placed: Plan | None) -> list[dict[str, Any]]:
     if placed is None:
         return []
@@ -517,14 +524,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--throughput-cap",
         type=float,
-        default=PlannerSettings().throughput_cap,
-        help="the planner's share of saturation it admits (default: the product's)",
+        help="the planner's share of saturation it admits (default: the product's for --mode)",
     )
     p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
     p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")
     p.add_argument("--product", help="GPU product for the profiles (default: nvidia-smi's)")
     args = p.parse_args(argv)
     args.mode = args.mode or str(SharingMode.TIME_SLICING)
+    if args.throughput_cap is None:
+        args.throughput_cap = PlannerSettings().throughput_cap_under(SharingMode(args.mode))
     if args.servers < 2:
         p.error("--servers must be at least 2 (the profile's sweep needs two)")
     return args

@@ -27,7 +27,10 @@ class OperatorSettings(BaseSettings):
 
     utilization_cap: float = Field(default=0.9, gt=0, le=1)
     throughput_cap: float = Field(default=PlannerSettings().throughput_cap, gt=0, le=1)
-    """Share of a GPU's measured saturation throughput that streams with a costMs may take."""
+    """Share of a GPU's measured saturation throughput that streams with a costMs may take
+    (time-sliced, and every mode but MPS)."""
+    mps_throughput_cap: float = Field(default=PlannerSettings().mps_throughput_cap, gt=0, le=1)
+    """The same share on an MPS GPU."""
     guard_ms: float = Field(default=0.0, ge=0)
     policy: Literal["binpack", "spread"] = "binpack"
     max_extra_shards: int = Field(default=PlannerSettings().max_extra_shards, ge=0)
@@ -128,6 +131,7 @@ class OperatorSettings(BaseSettings):
         return PlannerSettings(
             utilization_cap=self.utilization_cap,
             throughput_cap=self.throughput_cap,
+            mps_throughput_cap=self.mps_throughput_cap,
             guard_ms=self.guard_ms,
             policy=self.policy,
             max_extra_shards=self.max_extra_shards,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from stagger.core.api import SharingMode
 from stagger.core.timebase import TICK_HZ
 
 Policy = Literal["binpack", "spread"]
@@ -23,9 +24,15 @@ class PlannerSettings:
     utilization_cap: float = 0.9
     """Largest reserved body time per second on one GPU: the safety margin."""
     throughput_cap: float = 0.95
-    """Largest share of a GPU's measured saturation throughput that shared streams (those
-    with a ``costMs``) may take: their cost was measured under the contention it stands for,
-    so it needs a smaller margin than an exclusive body's."""
+    """Largest share of a GPU's measured saturation throughput that streams with a
+    ``costMs`` may take on a time-sliced GPU (and any mode but MPS): their cost was measured
+    under the contention it stands for, so it needs a smaller margin than a body's."""
+    mps_throughput_cap: float = 0.98
+    """The same share under MPS. MPS runs kernels of many servers side by side, and the
+    streams' bodies are evenly spaced, so the GPU keeps up closer to its saturation than
+    time-slicing, whose every switch between servers costs time: on an H200, 16 CUDA-graph
+    streams (0.96 of saturation) lost nothing in two runs of the loop, where 0.95 admitted
+    15; time-sliced, eager bodies at 0.976 of saturation lost 4.4 % at random phases."""
     guard_ms: float = 0.0
     """Extra time reserved after every body (the cap already leaves room, so 0)."""
     policy: Policy = "binpack"
@@ -45,8 +52,8 @@ class PlannerSettings:
     def __post_init__(self) -> None:
         if not 0 < self.utilization_cap <= 1:
             raise ValueError("utilization cap must be in (0, 1]")
-        if not 0 < self.throughput_cap <= 1:
-            raise ValueError("throughput cap must be in (0, 1]")
+        if not (0 < self.throughput_cap <= 1 and 0 < self.mps_throughput_cap <= 1):
+            raise ValueError("throughput caps must be in (0, 1]")
         if (
             min(self.guard_ms, self.max_extra_shards, self.memory_reserve_mib, self.shard_grid_ms)
             < 0
@@ -54,6 +61,10 @@ class PlannerSettings:
             raise ValueError("guard, extra shards and memory reserve must not be negative")
         if self.max_repair_moves < 0:
             raise ValueError("max repair moves must not be negative")
+
+    def throughput_cap_under(self, mode: SharingMode) -> float:
+        """The throughput cap for streams sharing a GPU in ``mode``."""
+        return self.mps_throughput_cap if mode is SharingMode.MPS else self.throughput_cap
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from stagger.core.api import InferenceStream, InferenceStreamSpec, ModelProfile, ModelProfileSpec
+from stagger.core.api import (
+    InferenceStream,
+    InferenceStreamSpec,
+    ModelProfile,
+    ModelProfileSpec,
+    SharingMode,
+)
 from stagger.core.cluster import Gpu
 from stagger.core.placement.model import PlannerSettings
 
@@ -17,13 +23,14 @@ class Timing:
     """A stream's timing on one GPU product and sharing mode. ``body_ms`` is how long one
     inference holds the GPU alone; ``cost_ms`` (None: not measured) is what one frame
     really costs when streams share the GPU as deployed; an ``exclusive`` body must never
-    overlap another (always so without a cost)."""
+    overlap another (always so without a cost); ``sharing`` is how the GPU is shared."""
 
     body_ms: float
     latency_ms: float
     source: str
     cost_ms: float | None = None
     exclusive: bool = False
+    sharing: SharingMode = SharingMode.TIME_SLICING
 
     def __post_init__(self) -> None:
         if self.cost_ms is None:
@@ -31,15 +38,16 @@ class Timing:
 
     def reserved_ms(self, settings: PlannerSettings) -> float:
         """The slot's reserved time, one currency for every stream. A measured cost is
-        scaled so that a GPU of such streams admits ``throughput_cap`` of its saturation
-        throughput, exclusive or not: the cost was measured under the contention it stands
-        for. Without one, the body in full under the utilisation cap. The reserved time is
+        scaled so that a GPU of such streams admits its sharing mode's throughput cap of its
+        saturation throughput, exclusive or not: the cost was measured under the contention
+        it stands for. Without one, the body in full under the utilisation cap. The reserved time is
         the slot's width, so the table spaces streams evenly over the period; a shared
         stream's longer body overlaps others as little as it allows, an exclusive one's
         slot is never overlapped."""
         if self.cost_ms is None:
             return self.body_ms
-        scaled = self.cost_ms * settings.utilization_cap / settings.throughput_cap
+        cap = settings.throughput_cap_under(self.sharing)
+        scaled = self.cost_ms * settings.utilization_cap / cap
         return min(self.body_ms, scaled)
 
 
@@ -97,6 +105,7 @@ def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timin
         source,
         None if cost is None else min(cost, body),
         exclusive=bool(costed and costed.exclusive_body),
+        sharing=gpu.sharing_mode,
     )
 
 
