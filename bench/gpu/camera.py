@@ -58,7 +58,7 @@ def main() -> None:
     # frame's time went (stagger_testkit.camerasim.phases).
     calls: list[list[float | None]] = []
 
-    def send(frame: bytes) -> np.ndarray:
+    def send(frame: bytes) -> object:
         image = grpcclient.InferInput("IMAGE", [jpeg.size], "UINT8")
         image.set_data_from_numpy(jpeg)
         call: list[float | None] = [time.time(), None, None, None]

@@ -282,11 +282,11 @@ def saturation(
     """Every server's camera back to back (closed loop, separate processes): inferences/s."""
     cams = [{"url": s.grpc, "model": model, "closed_loop": True} for s in servers]
     answered = run_cameras(cams, SATURATION_S, root, f"saturation-{model}", args)
-    return round(sum(x["answered"] for x in answered) / SATURATION_S, 2)
+    return round(sum(int(x["answered"]) for x in answered) / SATURATION_S, 2)
 
 
 def cluster_of(product: str, mode: SharingMode, memory_mib: int) -> Cluster:
-    gpu = Gpu(index=0, uuid="GPU-bench", product=product, memoryMiB=memory_mib, sharing_mode=mode)
+    gpu = Gpu(index=0, uuid="GPU-bench", product=product, memory_mib=memory_mib, sharing_mode=mode)
     return Cluster(nodes=[Node(name="bench", gpus=[gpu])])
 
 
@@ -367,7 +367,11 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
     n = len(loop.sidecars)
     period = 1.0 / args.fps
     rng = random.Random(args.seed + n)  # the random configuration's phases at this N
-    cams = [{"url": s.grpc, "model": body, "phase": rng.uniform(0, period)} for s in loop.sidecars]
+    phases = [rng.uniform(0, period) for _ in loop.sidecars]
+    cams = [
+        {"url": s.grpc, "model": body, "phase": p}
+        for s, p in zip(loop.sidecars, phases, strict=True)
+    ]
     seconds = SETTLE_S + math.ceil(args.frames / (n * args.fps))
     with LocalFollower(loop.sidecars, loop.contracts) as follower:
         logs = run_cameras(cams, seconds, root, f"{body}-transparent-n{n}", args)
@@ -397,7 +401,7 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
         "settledAfterS": round(settle - first, 2),
         # the best any table gives these phases: each camera's wait every frame
         "tableWaitsMs": table_waits_ms(
-            [c["phase"] for c in cams],
+            phases,
             loop.shards[0].body_ticks * 1e3 / loop.hz,
             period,
             loop.hz,

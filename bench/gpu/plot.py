@@ -73,13 +73,13 @@ def main() -> None:
     palette = plt.get_cmap("tab10")  # one colour per configuration in every panel
     for col, (mode, by_config) in enumerate(sorted(runs.items(), reverse=True)):
         for index, config in enumerate(CONFIGS):
-            points = sorted(by_config.get(config, []))
-            if not points:
+            rows = sorted(by_config.get(config, []))
+            if not rows:
                 continue
-            ns = [x[0] for x in points]
+            ns = [x[0] for x in rows]
             style = {"marker": "o", "label": config, "color": palette(index)}
-            axes[0][col].plot(ns, [x[1] for x in points], **style)
-            axes[1][col].plot(ns, [x[2] for x in points], **style)
+            axes[0][col].plot(ns, [x[1] for x in rows], **style)
+            axes[1][col].plot(ns, [x[2] for x in rows], **style)
         axes[0][col].set_title(f"{mode}: p99 latency")
         axes[0][col].set_ylabel("p99 ms")
         axes[1][col].set_title(f"{mode}: frames dropped")

@@ -492,7 +492,9 @@ def measure_count(
     return results
 
 
-def assign(counts: list[int], gpus: list[int], configs: int, frames: int, fps: float) -> dict:
+def assign(
+    counts: list[int], gpus: list[int], configs: int, frames: int, fps: float
+) -> dict[int, list[int]]:
     """Counts to GPUs, longest first onto the least loaded: the run ends with the last GPU."""
     load = dict.fromkeys(gpus, 0.0)
     plan: dict[int, list[int]] = {g: [] for g in gpus}

@@ -211,7 +211,7 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
     loop = r.get("loop") or {}
     at_random = random_runs.get(random_largest)
     ratio = loop["p99Ms"] / at_random["p99Ms"] if loop and at_random is not None else None
-    checks = {
+    checks: dict[str, dict[str, Any]] = {
         "admits": {
             "value": admitted,
             "target": target,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Hashable
 
 from stagger.core.slots import Slot, align
 from stagger.core.timebase import TICK_HZ
@@ -28,7 +29,7 @@ def table_waits_ms(
     width = round(reserved_ms * tick_hz / 1e3)
     n = len(phases_s)
     slots = [Slot(i, width, period, i * period // n) for i in range(n)]
-    phases = {i: round(p * tick_hz) % period for i, p in enumerate(phases_s)}
+    phases: dict[Hashable, int] = {i: round(p * tick_hz) % period for i, p in enumerate(phases_s)}
     table = align(slots, phases)
     if table is None:
         raise ValueError("the slots do not fit in the period")

@@ -11,7 +11,7 @@ from stagger.core.api import InferenceStream, InferenceStreamSpec, ObjectMeta
 from stagger.core.cluster import Cluster
 
 # Share of streams per frame rate, as camera fleets are configured: most at 5-30 fps.
-CAMERA_FPS = {
+CAMERA_FPS: dict[float, float] = {
     1: 0.04,
     2: 0.04,
     5: 0.14,
@@ -23,9 +23,9 @@ CAMERA_FPS = {
     30: 0.18,
 }
 # Heavy analytics at high rates: most streams need more than one GPU.
-HEAVY_FPS = {15: 0.2, 20: 0.2, 25: 0.2, 30: 0.4}
+HEAVY_FPS: dict[float, float] = {15: 0.2, 20: 0.2, 25: 0.2, 30: 0.4}
 # Heavy bodies at broadcast rates: every stream splits, periods from four rate families.
-SPLIT_FPS = {25: 0.25, 30: 0.25, 50: 0.25, 60: 0.25}
+SPLIT_FPS: dict[float, float] = {25: 0.25, 30: 0.25, 50: 0.25, 60: 0.25}
 MEMORY_MIB = [512, 1024, 2048, 4096, 8192]
 MEMORY_SHARE = [0.25, 0.3, 0.25, 0.15, 0.05]
 

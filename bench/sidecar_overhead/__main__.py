@@ -107,7 +107,7 @@ def grpc_request() -> bytes:
     request = service_pb2.ModelInferRequest(model_name=MODEL)
     request.inputs.add(name="INPUT0", datatype="FP32", shape=[4])
     request.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
-    return request.SerializeToString()
+    return bytes(request.SerializeToString())
 
 
 Sender = Callable[[], Awaitable[None]]

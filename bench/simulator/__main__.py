@@ -14,7 +14,7 @@ import sys
 
 from stagger.core.api import InferenceStream
 from stagger.core.cluster import Cluster
-from stagger.core.placement import plan
+from stagger.core.placement import Plan, plan
 from stagger.core.simulate import STUDY_CONTENTION, Phasing, merge, simulate_plan
 
 PUBLISHED = {
@@ -24,7 +24,7 @@ PUBLISHED = {
 }
 
 
-def study_plan():  # type: ignore[no-untyped-def]
+def study_plan() -> Plan:
     streams = [
         InferenceStream.model_validate(
             {
