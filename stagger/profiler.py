@@ -432,6 +432,7 @@ def profile(
         no_knee = None
     except NoKnee as e:
         if not e.flat:  # too short or too sparse: saturation would understate the body
+            e.sweep = points
             raise
         knee, no_knee = None, str(e)
     sat = saturation(

@@ -60,7 +60,7 @@ from bench.gpu.streams import (
 from bench.gpu.targets import loop_verdict, render_loop
 from bench.gpu.waits import table_waits_ms
 from stagger.core.api import InferenceStream, ModelProfile, SharingMode
-from stagger.core.calibration import model_profile
+from stagger.core.calibration import NoKnee, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
 from stagger.core.placement import Plan, PlannerSettings, plan
@@ -618,6 +618,11 @@ def main() -> None:
                     )
             except Exception as e:  # one setting's failure is reported, the others kept
                 done["error"] = f"{e!r}; {servers_down(servers)}"
+                if isinstance(e, NoKnee):  # the sweep that showed none, to replay it
+                    done["sweep"] = [
+                        [round(p.offset_ms, 3), round(p.latency1_ms, 3), round(p.latency2_ms, 3)]
+                        for p in e.sweep
+                    ]
                 log(f"{what}: failed: {done['error']}")
             save()
     finally:

@@ -57,6 +57,8 @@ class NoKnee(ValueError):
         self.flat = flat
         self.short = short
         """The latency still falls at the sweep's end: a longer sweep may find the knee."""
+        self.sweep: list[SweepPoint] = []
+        """The sweep that showed no knee, where the caller ran one (to replay it)."""
 
 
 def _robust_scale(residuals: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -12,7 +12,13 @@ import yaml
 
 from stagger.cli import main
 from stagger.core.api import InferenceStreamSpec
-from stagger.core.calibration import CalibrationResult, body_is_exclusive, throughput_growth
+from stagger.core.calibration import (
+    CalibrationResult,
+    NoKnee,
+    body_is_exclusive,
+    throughput_growth,
+)
+from stagger.profiler import profile
 from stagger_testkit.localtriton import LocalTriton
 from tests.integration.sidecar_fixtures import MODELS
 
@@ -255,3 +261,13 @@ def test_inputs_come_from_files(triton: LocalTriton, tmp_path: Path) -> None:
 def test_a_malformed_input_option(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "profile", "--url", "x:1", "--model", "m", "--input", "IMAGE")
     assert code == 1 and "--input 'IMAGE': use NAME=FILE" in err
+
+
+def test_a_sweep_too_short_for_the_body_carries_its_points(triton: LocalTriton) -> None:
+    """Swept to 8 ms of a 20 ms body, the later stream still slows at the end: no knee, and
+    the error keeps the sweep it saw, so a caller can record it and replay it."""
+    with pytest.raises(NoKnee, match="sweep further") as e:
+        profile([triton.http], "exclusive", solo_runs=5, sweep_runs=2, max_offset_ms=8.0)
+    assert e.value.short and not e.value.flat
+    offsets = {p.offset_ms for p in e.value.sweep}
+    assert len(offsets) >= 3 and max(offsets) <= 8.0
