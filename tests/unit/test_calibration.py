@@ -157,3 +157,16 @@ def test_the_result_fits_a_termination_message() -> None:
         sweep_pairs=10_000,
     )
     assert len(result.model_dump_json(by_alias=True)) < 4096
+
+
+def test_a_body_longer_than_the_sweep_still_says_sweep_further_for_both_streams() -> None:
+    """A lock held 40 ms, swept to 25: the later stream's own fit puts its knee 0.04 ms
+    short of the sweep's end; the two streams together say sweep further."""
+    rng = np.random.default_rng(5)
+    points = [
+        SweepPoint(o, 60.0 + rng.normal(0, 0.5), 60.0 + max(40.0 - o, 0) + rng.normal(0, 0.5))
+        for o in np.repeat(np.linspace(0, 25, 11), 5)
+    ]
+    with pytest.raises(NoKnee, match="sweep further") as e:
+        knee_of_sweep(points)
+    assert e.value.short
