@@ -103,6 +103,17 @@ def test_synthetic_knees_are_found(body: float, noise_fraction: float, seed: int
     assert fit.knee_ms == pytest.approx(body, abs=0.08 * body + 0.5)
 
 
+@pytest.mark.parametrize("resamples", [1, 2, 200])
+def test_the_knee_lies_within_its_reported_interval(resamples: int) -> None:
+    """Resampled knees can all fall to one side of the fit's (one resample: a point that is
+    not the knee); the interval a report gives always holds the knee it gives."""
+    offsets, latencies = synthetic(20.0, solo=30.0, noise=1.0, seed=4)
+    estimate = estimate_knee(offsets, latencies, resamples=resamples)
+    low, high = estimate.ci_ms
+    assert low <= estimate.fit.knee_ms <= high
+    assert high - low < 10.0
+
+
 def test_outliers_do_not_move_the_knee() -> None:
     offsets, latencies = synthetic(10.5, solo=18.5, noise=0.3, seed=3, outliers=6)
     assert fit_hinge(offsets, latencies).knee_ms == pytest.approx(10.5, abs=1.0)
