@@ -60,7 +60,7 @@ from bench.gpu.streams import (
 from bench.gpu.targets import loop_verdict, render_loop
 from bench.gpu.waits import table_waits_ms
 from stagger.core.api import InferenceStream, ModelProfile, SharingMode
-from stagger.core.calibration import NoKnee, model_profile
+from stagger.core.calibration import NoKnee, SweepPoint, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
 from stagger.core.placement import Plan, PlannerSettings, plan
@@ -159,14 +159,17 @@ def calibrate(
         "exclusiveBody": bool(manifest.spec.exclusive_body or manifest.spec.cost_ms is None),
         "latencyMs": manifest.spec.latency_ms,
         "warnings": report.warnings(),
-        # the raw sweep: (offset, earlier stream's latency, later stream's latency), ms
-        "sweep": [
-            [round(p.offset_ms, 3), round(p.latency1_ms, 3), round(p.latency2_ms, 3)]
-            for p in report.sweep
-        ],
+        "sweep": sweep_rows(report.sweep),
     }
     log(f"profile {body} ({mode}): {summary}")
     return manifest, summary
+
+
+def sweep_rows(points: list[SweepPoint]) -> list[list[float]]:
+    """The raw sweep as recorded: (offset, earlier stream's latency, later stream's), ms."""
+    return [
+        [round(p.offset_ms, 3), round(p.latency1_ms, 3), round(p.latency2_ms, 3)] for p in points
+    ]
 
 
 def stream(name: str, model: str, fps: float, memory_mib: int) -> InferenceStream:
@@ -619,10 +622,7 @@ def main() -> None:
             except Exception as e:  # one setting's failure is reported, the others kept
                 done["error"] = f"{e!r}; {servers_down(servers)}"
                 if isinstance(e, NoKnee):  # the sweep that showed none, to replay it
-                    done["sweep"] = [
-                        [round(p.offset_ms, 3), round(p.latency1_ms, 3), round(p.latency2_ms, 3)]
-                        for p in e.sweep
-                    ]
+                    done["sweep"] = sweep_rows(e.sweep)
                 log(f"{what}: failed: {done['error']}")
             save()
     finally:
