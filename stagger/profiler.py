@@ -274,7 +274,10 @@ def sweep(
     gap_s: float,
     progress: Progress | None = None,
 ) -> list[SweepPoint]:
-    """For each offset, ``runs`` pairs: stream 1 starts at t0, stream 2 at t0 + offset."""
+    """For each offset, ``runs`` pairs: stream 1 starts at t0, stream 2 at t0 + offset.
+    The offsets take turns, forward then backward, round after round: run in offset
+    order, a drift over the sweep's seconds (clocks settling, a warming server) would
+    read as a slope in the offset."""
     points: list[SweepPoint] = []
     start = threading.Barrier(3)
     done = threading.Barrier(3)
@@ -301,8 +304,8 @@ def sweep(
     for t in threads:
         t.start()
     try:
-        for offset in offsets_ms:
-            for _ in range(runs):
+        for round_ in range(runs):
+            for offset in offsets_ms if round_ % 2 == 0 else offsets_ms[::-1]:
                 plan.update(t0=time.perf_counter() + 0.005, offset=offset / 1e3)
                 start.wait()
                 done.wait()

@@ -106,11 +106,13 @@ def fit_hinge(
     offsets_ms: NDArray[np.float64] | list[float],
     latencies_ms: NDArray[np.float64] | list[float],
     streams: NDArray[np.int64] | list[int] | None = None,
+    max_knee_ms: float | None = None,
 ) -> HingeFit:
     """The best hinge for (offset, latency) points. With ``streams`` (which stream each
     point is of) the knee and the level past it are shared and each stream has its own
     slope: under time-slicing both streams slow down, with a lock or a FIFO queue only the
-    later one. The knee is searched on a grid over the swept range, then refined."""
+    later one. The knee is searched on a grid over the swept range (up to ``max_knee_ms``
+    where that is less), then refined."""
     x = np.asarray(offsets_ms, dtype=np.float64)
     y = np.asarray(latencies_ms, dtype=np.float64)
     g = np.zeros(len(x), dtype=np.int64) if streams is None else np.asarray(streams)
@@ -120,6 +122,8 @@ def fit_hinge(
     if len(distinct) < 3:
         raise NoKnee(f"a sweep needs at least 3 distinct offsets, got {len(distinct)}")
     lo, hi = float(distinct[0]), float(distinct[-1])
+    if max_knee_ms is not None:
+        hi = max(lo, min(hi, max_knee_ms))
     member = (g[:, None] == np.unique(g)[None, :]).astype(np.float64)
 
     def best_of(knees: NDArray[np.float64]) -> tuple[float, float, list[float]]:
@@ -140,13 +144,17 @@ def estimate_knee(
     streams: list[int] | None = None,
     *,
     resamples: int = 200,
+    overlap_end_ms: float | None = None,
 ) -> KneeEstimate:
     """The knee with a bootstrap interval, or :class:`NoKnee` when the data show none:
-    latency does not fall as the offset grows, or still falls at the end of the sweep."""
+    latency does not fall as the offset grows, or still falls at the end of the sweep.
+    ``overlap_end_ms``: an offset from which on the two inferences no longer overlap (see
+    :func:`overlap_end_ms`); the knee lies at or before it, and a sweep that reached it is
+    never too short."""
     x = np.asarray(offsets_ms, dtype=np.float64)
     y = np.asarray(latencies_ms, dtype=np.float64)
     g = np.zeros(len(x), dtype=np.int64) if streams is None else np.asarray(streams)
-    fit = fit_hinge(x, y, g)
+    fit = fit_hinge(x, y, g, overlap_end_ms)
     lo, hi = float(x.min()), float(x.max())
     drop = -fit.slope * (fit.knee_ms - lo)  # how much overlap costs at the smallest offset
     noise = max(fit.residual_ms, 1e-3)
@@ -157,7 +165,7 @@ def estimate_knee(
             f"{drop:.2f} ms against noise {noise:.2f} ms): no knee in this sweep. {summary}",
             flat=True,
         )
-    if fit.knee_ms >= hi - 1e-9:
+    if fit.knee_ms >= hi - 1e-9 and (overlap_end_ms is None or overlap_end_ms > hi):
         raise NoKnee(
             f"latency still falls at the largest offset ({hi:g} ms): the body is longer "
             f"than the sweep; sweep further. {summary}",
@@ -170,7 +178,7 @@ def estimate_knee(
         pick = rng.choice(points, size=len(points), replace=True)
         if len(np.unique(x[pick])) < 3:
             continue
-        knees.append(fit_hinge(x[pick], y[pick], g[pick]).knee_ms)
+        knees.append(fit_hinge(x[pick], y[pick], g[pick], overlap_end_ms).knee_ms)
     low, high = np.percentile(knees, [2.5, 97.5]) if knees else (fit.knee_ms, fit.knee_ms)
     # The knee is a grid search's argmin, not a smooth statistic: its resamples can all
     # fall to one side of it (20.85 ms against an interval ending at 20.82, a clean CI run
@@ -193,6 +201,24 @@ class SweepPoint:
     latency2_ms: float
 
 
+def overlap_end_ms(points: Sequence[SweepPoint]) -> float | None:
+    """The smallest swept offset from which on, at every larger offset too, the later
+    request went out after the earlier one's answer had come back (in at least half the
+    runs): past it the two inferences do not overlap at all, so no body can reach beyond
+    it. None when the sweep never got there.
+
+    Why: under MPS the earlier stream slows for the whole overlap of the two requests, a
+    few ms less each ms of offset, and a hinge fit of that shallow fall can put its knee
+    at the sweep's end, past the point where they stop overlapping (an H200 profile of
+    RetinaNet said "sweep further" at 26.2 ms, its solo latency 16 ms)."""
+    end = None
+    for offset in sorted({p.offset_ms for p in points}, reverse=True):
+        if float(np.median([p.latency1_ms for p in points if p.offset_ms == offset])) > offset:
+            break
+        end = offset
+    return end
+
+
 def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEstimate:
     """Both streams' latencies share the knee; each has its own level and slope.
 
@@ -202,8 +228,13 @@ def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEsti
     as they overlap at all, so its curve returns to solo at the end of the whole overlap,
     not of the body (seen with RetinaNet on an H200, docs/benchmarks.md)."""
     offsets = [p.offset_ms for p in points]
+    end = overlap_end_ms(points)
     later = estimate_knee(
-        offsets, [p.latency2_ms for p in points], [0] * len(points), resamples=resamples
+        offsets,
+        [p.latency2_ms for p in points],
+        [0] * len(points),
+        resamples=resamples,
+        overlap_end_ms=end,
     )
     before = [p for p in points if p.offset_ms < later.fit.knee_ms]
     if len({p.offset_ms for p in before}) >= 3:
@@ -213,7 +244,7 @@ def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEsti
             return later
     latencies = [p.latency1_ms for p in points] + [p.latency2_ms for p in points]
     streams = [0] * len(points) + [1] * len(points)
-    return estimate_knee(offsets * 2, latencies, streams, resamples=resamples)
+    return estimate_knee(offsets * 2, latencies, streams, resamples=resamples, overlap_end_ms=end)
 
 
 def recommended_body_ms(knee_ms: float, effective_body_ms: float | None, guard: float) -> float:

@@ -271,3 +271,6 @@ def test_a_sweep_that_shows_no_knee_carries_its_points(triton: LocalTriton) -> N
         profile([triton.http], "exclusive", solo_runs=5, sweep_runs=2, max_offset_ms=0.001)
     assert not e.value.flat
     assert len(e.value.sweep) == 22 and {p.offset_ms for p in e.value.sweep} == {0.0, 0.001}
+    # the offsets take turns, forward then backward, so a drift over time is no slope
+    offsets = [p.offset_ms for p in e.value.sweep]
+    assert offsets[:11] == sorted(offsets[:11]) and offsets[11:] == offsets[10::-1]

@@ -18,6 +18,7 @@ from stagger.core.calibration import (
     fit_hinge,
     knee_of_sweep,
     model_profile,
+    overlap_end_ms,
     recommended_body_ms,
 )
 from tests.factories import calibration_result
@@ -181,3 +182,46 @@ def test_a_body_longer_than_the_sweep_still_says_sweep_further_for_both_streams(
     with pytest.raises(NoKnee, match="sweep further") as e:
         knee_of_sweep(points)
     assert e.value.short
+
+
+def mps_shaped_sweep(seed: int) -> list[SweepPoint]:
+    """The shape four H200 profiles of CUDA-graph RetinaNet under MPS showed: the later
+    stream levels off within a few ms, the earlier one falls a quarter ms per ms over the
+    whole overlap of the two requests (to 18 ms, about its own latency), swept to 26.2 ms."""
+    rng = np.random.default_rng(seed)
+    return [
+        SweepPoint(
+            o,
+            17.5 + max(18 - o, 0) * 0.25 + rng.normal(0, 1.0),
+            17.0 + max(5 - o, 0) + rng.normal(0, 1.0),
+        )
+        for o in np.repeat(np.linspace(0, 26.2, 11), 5)
+    ]
+
+
+def test_the_knee_never_lies_past_where_the_requests_stop_overlapping() -> None:
+    """A shallow fall fitted with noise could put the knee at the sweep's end ("sweep
+    further", seeds 8 and 112) or well past the end of any overlap (seed 5: 25.7 ms) where
+    the later request went out after the earlier one's answer was back. No body reaches
+    there."""
+    for seed in [5, 8, 112, *range(20)]:
+        points = mps_shaped_sweep(seed)
+        end = overlap_end_ms(points)
+        assert end is not None and 18 <= end <= 21, (seed, end)
+        estimate = knee_of_sweep(points, resamples=0)
+        assert estimate.fit.knee_ms <= end, seed
+
+
+def test_the_overlap_ends_where_every_later_request_follows_the_earlier_answer() -> None:
+    points = [
+        SweepPoint(0, 30, 40),
+        SweepPoint(10, 30, 30),
+        SweepPoint(20, 25, 30),  # no overlap here, but again at 30: not yet the end
+        SweepPoint(30, 31, 30),
+        SweepPoint(30, 29, 30),
+        SweepPoint(30, 33, 30),  # median 31 > 30
+        SweepPoint(40, 30, 30),
+        SweepPoint(50, 30, 30),
+    ]
+    assert overlap_end_ms(points) == 40
+    assert overlap_end_ms(points[:6]) is None  # the sweep never got past the overlap
