@@ -30,6 +30,8 @@ from stagger.core.api import ModelProfile, SharingMode, Wire
 
 HUBER_K = 1.345  # the usual 95 %-efficiency constant, in robust-scale units
 BOOTSTRAP_SEED = 20261121
+KNEE_OFFSETS_PAST = 2
+"""Swept offsets a knee needs past it (where the sweep never got past the overlap)."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,11 @@ def estimate_knee(
             f"{drop:.2f} ms against noise {noise:.2f} ms): no knee in this sweep. {summary}",
             flat=True,
         )
-    if fit.knee_ms >= hi - 1e-9 and (overlap_end_ms is None or overlap_end_ms > hi):
+    # A knee with fewer than two swept offsets past it cannot be told from a fall that
+    # goes on past the sweep (a 20 ms lock swept to 16 ms once gave 15.99 ms), unless the
+    # sweep got past the end of the overlap, where nothing falls any more.
+    beyond = int(np.sum(np.unique(x) > fit.knee_ms + 1e-9))
+    if beyond < KNEE_OFFSETS_PAST and (overlap_end_ms is None or overlap_end_ms > hi):
         raise NoKnee(
             f"latency still falls at the largest offset ({hi:g} ms): the body is longer "
             f"than the sweep; sweep further. {summary}",
