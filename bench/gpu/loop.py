@@ -267,6 +267,52 @@ class Loop:
             s.stop()
 
 
+def loop_cameras(loop: Loop, applied: list[InferenceStream]) -> list[dict[str, Any]]:
+    """One camera per shard, capturing on its shard's slot through its sidecar; a stream
+    split in k shards sends each shard every k-th frame."""
+    spec_of = {s.name: s.spec for s in applied}
+    return [
+        {
+            "name": p.stream if p.shards == 1 else f"{p.stream}/{p.shard}",
+            "url": sidecar.grpc,
+            "model": spec_of[p.stream].model,
+            "fps": spec_of[p.stream].fps / p.shards,
+            "slot_clock": f"http://{sidecar.http}",
+        }
+        for p, sidecar in zip(loop.shards, loop.sidecars, strict=True)
+    ]
+
+
+def loop_with_one_fewer(
+    candidates: list[InferenceStream],
+    admitted: int,
+    *,
+    servers: list[LocalTriton],
+    cluster: Cluster,
+    profiles: list[ModelProfile],
+    root: Path,
+    args: argparse.Namespace,
+    label: str,
+) -> dict[str, Any] | None:
+    """The loop again with the last admitted stream left out (the same profiles, applied one
+    at a time as before): whether the GPU held one stream fewer where it did not hold what
+    the planner admitted. None when fewer than two were admitted."""
+    if admitted < 2:
+        return None
+    placed, applied, _ = apply_one_at_a_time(
+        candidates[: admitted - 1], cluster, profiles, planner_settings(args), len(servers)
+    )
+    if placed is None:
+        return None
+    loop = Loop(placed, servers, root)
+    try:
+        cams = loop_cameras(loop, applied)
+        result = measure(cams, args.frames, root, f"{label}-loop-n{len(applied)}", args)
+    finally:
+        loop.stop()
+    return {"admitted": len(applied), "slots": slots_of(placed), **result}
+
+
 def measure(
     cams: list[dict[str, Any]], frames: int, root: Path, tag: str, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -369,15 +415,7 @@ def identical(
     if placed is not None and admitted:
         loop = Loop(placed, servers, root)
         try:
-            cams = [
-                {
-                    "url": s.grpc,
-                    "model": body,
-                    "fps": args.fps / p.shards,
-                    "slot_clock": f"http://{s.http}",
-                }
-                for s, p in zip(loop.sidecars, loop.shards, strict=True)
-            ]
+            cams = loop_cameras(loop, applied)
             out["loop"] = measure(cams, args.frames, root, f"{body}-loop-n{admitted}", args)
             save()
             if not loop.split:  # a camera's frames to k shards: not what transparent mode is
@@ -385,6 +423,18 @@ def identical(
                 save()
         finally:
             loop.stop()
+    if args.fewer:
+        out["loopOneFewer"] = loop_with_one_fewer(
+            candidates,
+            admitted,
+            servers=servers,
+            cluster=cluster,
+            profiles=[manifest],
+            root=root,
+            args=args,
+            label=body,
+        )
+        save()
     period = 1.0 / args.fps
     for n in range(max(1, admitted), min(len(servers), admitted + RANDOM_ABOVE) + 1):
         rng = random.Random(args.seed + n)
@@ -495,21 +545,23 @@ def mixed(
         return out
     loop = Loop(placed, servers, root)
     try:
-        spec_of = {s.name: s.spec for s in applied}
-        cams = [
-            {
-                "name": p.stream if p.shards == 1 else f"{p.stream}/{p.shard}",
-                "url": sc.grpc,
-                "model": spec_of[p.stream].model,
-                "fps": spec_of[p.stream].fps / p.shards,
-                "slot_clock": f"http://{sc.http}",
-            }
-            for p, sc in zip(loop.shards, loop.sidecars, strict=True)
-        ]
+        cams = loop_cameras(loop, applied)
         out["loop"] = measure(cams, args.frames, root, f"mixed-loop-n{len(applied)}", args)
         save()
     finally:
         loop.stop()
+    if args.fewer:
+        out["loopOneFewer"] = loop_with_one_fewer(
+            candidates,
+            len(applied),
+            servers=servers,
+            cluster=cluster,
+            profiles=manifests,
+            root=root,
+            args=args,
+            label="mixed",
+        )
+        save()
     rng = random.Random(args.seed)
     cams = [
         {
@@ -567,6 +619,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--throughput-cap",
         type=float,
         help="the planner's share of saturation it admits (default: the product's for --mode)",
+    )
+    p.add_argument(
+        "--fewer",
+        action="store_true",
+        help="also run the loop with the last admitted stream left out",
     )
     p.add_argument(
         "--profiles",
