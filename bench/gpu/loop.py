@@ -366,6 +366,40 @@ def saturation(
     return round(sum(int(x["answered"]) for x in answered) / SATURATION_S, 2)
 
 
+def fleet_saturation(
+    servers: list[LocalTriton],
+    applied: list[InferenceStream],
+    profiles: list[ModelProfile],
+    root: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The admitted streams' servers back to back together, each with its own stream's
+    model: inferences/s per model, and ``costShare``, the GPU time those inferences cost
+    by the profiles' ``costMs`` per second. Near 1 when the costs add up (the GPU did what
+    the planner charges); below 1 when the fleet together cost the GPU more than the sum
+    (the planner then under-charges it)."""
+    if not applied:
+        return {}
+    cams = [
+        {"url": servers[i].grpc, "model": s.spec.model, "closed_loop": True}
+        for i, s in enumerate(applied)
+    ]
+    answered = run_cameras(cams, SATURATION_S, root, "saturation-fleet", args)
+    per_model: dict[str, float] = {}
+    for cam, result in zip(cams, answered, strict=True):
+        model = str(cam["model"])
+        per_model[model] = per_model.get(model, 0.0) + int(result["answered"]) / SATURATION_S
+    cost = {p.spec.model: p.spec.cost_ms for p in profiles}
+    if any(cost[m] is None for m in per_model):  # nothing measured a cost: nothing to add up
+        return {"perSecond": {m: round(r, 2) for m, r in per_model.items()}, "costShare": None}
+    share = sum(rate * float(cost[m] or 0.0) / 1e3 for m, rate in per_model.items())
+    log(f"fleet saturation: {per_model} inferences/s, costing {share:.3f} of the GPU by costMs")
+    return {
+        "perSecond": {m: round(r, 2) for m, r in per_model.items()},
+        "costShare": round(share, 3),
+    }
+
+
 def cluster_of(product: str, mode: SharingMode, memory_mib: int) -> Cluster:
     gpu = Gpu(index=0, uuid="GPU-bench", product=product, memory_mib=memory_mib, sharing_mode=mode)
     return Cluster(nodes=[Node(name="bench", gpus=[gpu])])
@@ -410,6 +444,7 @@ def identical(
     save()
     out["solo"] = solo(servers[0], body, root, args)
     out["saturationPerS"] = saturation(servers, body, root, args)
+    out["fleetSaturation"] = fleet_saturation(servers, applied, [manifest], root, args)
     log(f"{body}: solo p50 {out['solo']['p50Ms']} ms, saturation {out['saturationPerS']}/s")
     save()
     if placed is not None and admitted:
@@ -540,6 +575,7 @@ def mixed(
     )
     save()
     out["solo"] = {m: solo(servers[0], m, root, args) for m in models}
+    out["fleetSaturation"] = fleet_saturation(servers, applied, manifests, root, args)
     save()
     if placed is None:
         return out
