@@ -389,15 +389,13 @@ def fleet_saturation(
     for cam, result in zip(cams, answered, strict=True):
         model = str(cam["model"])
         per_model[model] = per_model.get(model, 0.0) + int(result["answered"]) / SATURATION_S
-    cost = {p.spec.model: p.spec.cost_ms for p in profiles}
-    if any(cost[m] is None for m in per_model):  # nothing measured a cost: nothing to add up
-        return {"perSecond": {m: round(r, 2) for m, r in per_model.items()}, "costShare": None}
-    share = sum(rate * float(cost[m] or 0.0) / 1e3 for m, rate in per_model.items())
-    log(f"fleet saturation: {per_model} inferences/s, costing {share:.3f} of the GPU by costMs")
-    return {
-        "perSecond": {m: round(r, 2) for m, r in per_model.items()},
-        "costShare": round(share, 3),
-    }
+    rates = {m: round(r, 2) for m, r in per_model.items()}
+    costs = {p.spec.model: p.spec.cost_ms for p in profiles}
+    share = None  # nothing measured a cost: nothing to add up
+    if all(costs[m] is not None for m in per_model):
+        share = round(sum(r * (costs[m] or 0.0) / 1e3 for m, r in per_model.items()), 3)
+    log(f"fleet saturation: {rates} inferences/s, costing {share} of the GPU by costMs")
+    return {"perSecond": rates, "costShare": share}
 
 
 def cluster_of(product: str, mode: SharingMode, memory_mib: int) -> Cluster:
