@@ -66,7 +66,7 @@ from stagger.core.contract import SlotAssignment
 from stagger.core.placement import Plan, PlannerSettings, plan
 from stagger.profile_cmd import calibration_result
 from stagger.profiler import profile
-from stagger_testkit.camerasim import stalls
+from stagger_testkit.camerasim import phases, stalls
 from stagger_testkit.localtriton import LocalFollower, LocalSidecar, LocalTriton
 
 BODIES = {
@@ -283,34 +283,51 @@ def loop_cameras(loop: Loop, applied: list[InferenceStream]) -> list[dict[str, A
     ]
 
 
-def loop_with_one_fewer(
+def loop_of(
     candidates: list[InferenceStream],
-    admitted: int,
     *,
     servers: list[LocalTriton],
     cluster: Cluster,
     profiles: list[ModelProfile],
     root: Path,
     args: argparse.Namespace,
-    label: str,
+    tag: str,
 ) -> dict[str, Any] | None:
-    """The loop again with the last admitted stream left out (the same profiles, applied one
-    at a time as before): whether the GPU held one stream fewer where it did not hold what
-    the planner admitted. None when fewer than two were admitted."""
-    if admitted < 2:
-        return None
-    placed, applied, _ = apply_one_at_a_time(
-        candidates[: admitted - 1], cluster, profiles, planner_settings(args), len(servers)
+    """The loop for ``candidates`` applied one at a time with ``profiles`` (until one is
+    refused, as for the main loop): what it admitted, its slots and the measurement. None
+    when nothing was admitted."""
+    placed, applied, refused = apply_one_at_a_time(
+        candidates, cluster, profiles, planner_settings(args), len(servers)
     )
     if placed is None:
         return None
     loop = Loop(placed, servers, root)
     try:
         cams = loop_cameras(loop, applied)
-        result = measure(cams, args.frames, root, f"{label}-loop-n{len(applied)}", args)
+        result = measure(cams, args.frames, root, f"{tag}-n{len(applied)}", args)
     finally:
         loop.stop()
-    return {"admitted": len(applied), "slots": slots_of(placed), **result}
+    return {
+        "admitted": len(applied),
+        "refusedBecause": refused,
+        "slots": slots_of(placed),
+        **result,
+    }
+
+
+def split_from(candidates: list[InferenceStream], fps: float) -> list[InferenceStream]:
+    """The same streams, those at ``fps`` or more declaring a solo latency (``latencyMs``)
+    just over their frame period, as a user does to have a stream split: the planner then
+    gives it more than one shard (each its own server and sidecar, every k-th frame)."""
+
+    def declared(s: InferenceStream) -> InferenceStream:
+        if s.spec.fps < fps:
+            return s
+        manifest = s.model_dump(by_alias=True, exclude_none=True)
+        manifest["spec"]["latencyMs"] = math.floor(1e4 / s.spec.fps + 1) / 10  # period + 0.1
+        return InferenceStream.model_validate(manifest)
+
+    return [declared(s) for s in candidates]
 
 
 def measure(
@@ -323,13 +340,18 @@ def measure(
     by_camera = {}
     for cam, camera_log in zip(cams, logs, strict=True):
         one = pooled([camera_log])
+        own = phases({camera_log["name"]: camera_log.get("calls", [])})
         by_camera[cam.get("name", camera_log["name"])] = {
             "model": cam.get("model", "detector"),
             "fps": cam.get("fps", args.fps),
             **{k: one[k] for k in ("p50Ms", "p99Ms", "dropPercent", "frames")},
+            # Where its frames' time went: before the model (client, sidecar, Triton's
+            # queue), in it, after it; p50 and p99 each.
+            **{k: own.get(k) for k in ("beforeMs", "modelMs", "afterMs")},
         }
     s["seconds"] = seconds
     s["streams"] = by_camera
+    s["phases"] = phases({x["name"]: x.get("calls", []) for x in logs})
     s["stalls"] = stall_events(cams, logs, args)
     log(
         f"{tag}: p50 {s['p50Ms']} p99 {s['p99Ms']} max {s['maxMs']} drops {s['dropPercent']}% "
@@ -456,16 +478,16 @@ def identical(
                 save()
         finally:
             loop.stop()
-    if args.fewer:
-        out["loopOneFewer"] = loop_with_one_fewer(
-            candidates,
-            admitted,
+    if args.fewer and admitted >= 2:
+        # whether the GPU held one stream fewer where it did not hold what was admitted
+        out["loopOneFewer"] = loop_of(
+            candidates[: admitted - 1],
             servers=servers,
             cluster=cluster,
             profiles=[manifest],
             root=root,
             args=args,
-            label=body,
+            tag=f"{body}-loop",
         )
         save()
     period = 1.0 / args.fps
@@ -584,18 +606,22 @@ def mixed(
         save()
     finally:
         loop.stop()
-    if args.fewer:
-        out["loopOneFewer"] = loop_with_one_fewer(
-            candidates,
-            len(applied),
-            servers=servers,
-            cluster=cluster,
-            profiles=manifests,
-            root=root,
-            args=args,
-            label="mixed",
-        )
-        save()
+    variants = {  # the loop again, for comparison: one stream fewer; fast streams split
+        "loopOneFewer": candidates[: len(applied) - 1] if args.fewer and len(applied) >= 2 else [],
+        "loopSplit": split_from(candidates, args.split_from_fps) if args.split_from_fps else [],
+    }
+    for key, streams in variants.items():
+        if streams:
+            out[key] = loop_of(
+                streams,
+                servers=servers,
+                cluster=cluster,
+                profiles=manifests,
+                root=root,
+                args=args,
+                tag=f"mixed-{key}",
+            )
+            save()
     rng = random.Random(args.seed)
     cams = [
         {
@@ -658,6 +684,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fewer",
         action="store_true",
         help="also run the loop with the last admitted stream left out",
+    )
+    p.add_argument(
+        "--split-from-fps",
+        type=float,
+        help="--mixed: also run the loop with the streams at this fps or more split in "
+        "shards (they declare a latencyMs just over their frame period), for comparison",
     )
     p.add_argument(
         "--profiles",

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from bench.gpu.loop import apply_one_at_a_time, cluster_of, repository, stall_events, stream
+from bench.gpu.loop import (
+    MIXED,
+    apply_one_at_a_time,
+    cluster_of,
+    repository,
+    split_from,
+    stall_events,
+    stream,
+)
 from bench.gpu.targets import loop_verdict, render_loop
 from bench.gpu.waits import bench_phases, table_waits_ms
 from stagger.core.api import ModelProfile, SharingMode
@@ -33,15 +41,15 @@ def test_a_body_the_model_cannot_run_is_an_error_not_an_eager_run(tmp_path: Path
         repository(tmp_path, STAND_IN, ["graph"])
 
 
-def profile(body: float, cost: float | None) -> ModelProfile:
-    spec = {"model": "graph", "gpuProduct": "NVIDIA-H200", "bodyTimeMs": body, "latencyMs": body}
+def profile(body: float, cost: float | None, model: str = "graph") -> ModelProfile:
+    spec = {"model": model, "gpuProduct": "NVIDIA-H200", "bodyTimeMs": body, "latencyMs": body}
     if cost is not None:
         spec["costMs"] = cost
     return ModelProfile.model_validate(
         {
             "apiVersion": "stagger.dev/v1alpha1",
             "kind": "ModelProfile",
-            "metadata": {"name": "graph-h200"},
+            "metadata": {"name": f"{model}-h200"},
             "spec": spec,
         }
     )
@@ -76,6 +84,22 @@ def test_streams_are_applied_only_while_each_shard_has_a_server() -> None:
     )
     assert placed is not None and len(applied) == 3
     assert refused == "4 shards, 3 servers"
+
+
+def test_streams_from_a_frame_rate_on_declare_a_latency_that_splits_them() -> None:
+    """``--split-from-fps``: the 30 fps stream of the mixed fleet declares a latency just over
+    its period, so the planner gives it shards (on the grid: 3 of 10 fps); the others are
+    left as they were."""
+    cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
+    candidates = [stream(f"cam-{i}", *MIXED[i % len(MIXED)], 2048) for i in range(5)]
+    split = split_from(candidates, 30.0)
+    assert [s.spec.latency_ms for s in split] == [None, None, None, 33.4, None]
+    assert split[:3] == candidates[:3]
+    profiles = [profile(14.9, 11.4), profile(9.8, 7.8, model="small")]
+    placed, applied, _ = apply_one_at_a_time(split, cluster, profiles, PlannerSettings(), 12)
+    assert placed is not None and len(applied) == 5
+    assert sorted(p.shards for p in placed.shards if p.stream == "cam-3") == [3, 3, 3]
+    assert all(p.shards == 1 for p in placed.shards if p.stream != "cam-3")
 
 
 def identical(admitted: int, loop: dict, random: dict, warnings: list[str] = ()) -> dict:
