@@ -645,9 +645,12 @@ def planner_settings(args: argparse.Namespace) -> PlannerSettings:
 
 
 def slots_of(placed: Plan | None) -> list[dict[str, Any]]:
+    """Each shard's slot, and how much other bodies overlap its body in the plan
+    (:func:`body_overlaps`)."""
     if placed is None:
         return []
     hz = placed.tick_hz
+    overlap = body_overlaps(placed)
     return [
         {
             "stream": p.stream,
@@ -655,9 +658,46 @@ def slots_of(placed: Plan | None) -> list[dict[str, Any]]:
             "periodMs": round(p.period_ticks * 1e3 / hz, 3),
             "reservedMs": round(p.body_ticks * 1e3 / hz, 3),
             "bodyMs": p.body_ms,
+            **overlap[p.key],
         }
         for p in sorted(placed.shards, key=lambda p: p.offset_ticks)
     ]
+
+
+def body_overlaps(placed: Plan) -> dict[tuple[str, str, int], dict[str, float]]:
+    """Per shard, what the plan lets other bodies overlap of its own, each body ``bodyMs``
+    long from its slot's start, over the hyperperiod: the share of its frames overlapped
+    (``overlappedShare``) and the overlap per frame (``overlapMsPerFrame``). On a
+    time-sliced GPU an overlapped frame now and then takes a whole body longer, so this is
+    where a plan's tail comes from (docs/benchmarks.md, the mixed fleet)."""
+    hz = placed.tick_hz
+    shards = placed.shards
+    span = math.lcm(*(p.period_ticks for p in shards)) if shards else 1
+    bodies = {
+        p.key: [
+            (start, start + round(p.body_ms * hz / 1e3))
+            for start in range(p.offset_ticks, p.offset_ticks + span, p.period_ticks)
+        ]
+        for p in shards
+    }
+    out = {}
+    for p in shards:
+        per_frame = []
+        for begin, end in bodies[p.key]:
+            per_frame.append(
+                sum(
+                    max(0, min(end, other_end + shift) - max(begin, other_begin + shift))
+                    for key, others in bodies.items()
+                    if key != p.key
+                    for other_begin, other_end in others
+                    for shift in (-span, 0, span)  # the table repeats: bodies wrap around
+                )
+            )
+        out[p.key] = {
+            "overlappedShare": round(sum(1 for x in per_frame if x) / len(per_frame), 3),
+            "overlapMsPerFrame": round(sum(per_frame) * 1e3 / hz / len(per_frame), 2),
+        }
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,6 +13,7 @@ from bench.gpu.loop import (
     apply_one_at_a_time,
     cluster_of,
     repository,
+    slots_of,
     split_from,
     stall_events,
     stream,
@@ -100,6 +101,24 @@ def test_streams_from_a_frame_rate_on_declare_a_latency_that_splits_them() -> No
     assert placed is not None and len(applied) == 5
     assert sorted(p.shards for p in placed.shards if p.stream == "cam-3") == [3, 3, 3]
     assert all(p.shards == 1 for p in placed.shards if p.stream != "cam-3")
+
+
+def test_each_slot_says_how_much_of_its_body_other_bodies_overlap() -> None:
+    """8 identical streams, 18.7 ms bodies 12.5 ms apart: each body overlaps the one before
+    it and the one after it by 6.2 ms, the last the first of the next period; one stream
+    alone overlaps nothing."""
+    cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
+    candidates = [stream(f"cam-{i}", "graph", 10.0, 2048) for i in range(10)]
+    placed, _, _ = apply_one_at_a_time(
+        candidates, cluster, [profile(18.7, 11.5)], PlannerSettings(), servers=10
+    )
+    slots = slots_of(placed)
+    assert [s["offsetMs"] for s in slots] == [12.5 * i for i in range(8)]
+    assert {(s["overlappedShare"], s["overlapMsPerFrame"]) for s in slots} == {(1.0, 12.4)}
+    alone, _, _ = apply_one_at_a_time(
+        candidates[:1], cluster, [profile(18.7, 11.5)], PlannerSettings(), servers=10
+    )
+    assert [(s["overlappedShare"], s["overlapMsPerFrame"]) for s in slots_of(alone)] == [(0.0, 0.0)]
 
 
 def identical(admitted: int, loop: dict, random: dict, warnings: list[str] = ()) -> dict:
