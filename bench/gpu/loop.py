@@ -510,10 +510,10 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
     n = len(loop.sidecars)
     period = 1.0 / args.fps
     rng = random.Random(args.seed + n)  # the random configuration's phases at this N
-    phases = [rng.uniform(0, period) for _ in loop.sidecars]
+    arrivals = [rng.uniform(0, period) for _ in loop.sidecars]
     cams = [
         {"url": s.grpc, "model": body, "phase": p}
-        for s, p in zip(loop.sidecars, phases, strict=True)
+        for s, p in zip(loop.sidecars, arrivals, strict=True)
     ]
     seconds = SETTLE_S + math.ceil(args.frames / (n * args.fps))
     with LocalFollower(loop.sidecars, loop.contracts) as follower:
@@ -534,6 +534,13 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
         for x in logs
     ]
     whole, after = pooled(logs), pooled(steady)
+    # Where the settled frames' time went, per camera: before the model is the table's wait
+    # (tableWaitsMs, same order) plus what the client, the sidecar and Triton's queue add.
+    settled_calls = {x["name"]: [c for c in x.get("calls", []) if c[0] >= settle] for x in logs}
+    after["phases"] = phases(settled_calls)
+    after["beforeMsByCamera"] = [
+        phases({name: calls}).get("beforeMs") for name, calls in settled_calls.items()
+    ]
     log(
         f"{body}-transparent-n{n}: {len(follower.switches)} re-timing(s), steady "
         f"{settle - first:.1f} s after the start; then p50 {after['p50Ms']} p99 "
@@ -544,7 +551,7 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
         "settledAfterS": round(settle - first, 2),
         # the best any table gives these phases: each camera's wait every frame
         "tableWaitsMs": table_waits_ms(
-            phases,
+            arrivals,
             loop.shards[0].body_ticks * 1e3 / loop.hz,
             period,
             loop.hz,
