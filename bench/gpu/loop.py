@@ -315,19 +315,28 @@ def loop_of(
     }
 
 
+def with_spec(s: InferenceStream, **fields: Any) -> InferenceStream:
+    """``s`` with these spec fields (as a manifest spells them) declared, as a user writes
+    them."""
+    manifest = s.model_dump(by_alias=True, exclude_none=True)
+    manifest["spec"].update(fields)
+    return InferenceStream.model_validate(manifest)
+
+
 def split_from(candidates: list[InferenceStream], fps: float) -> list[InferenceStream]:
     """The same streams, those at ``fps`` or more declaring a solo latency (``latencyMs``)
     just over their frame period, as a user does to have a stream split: the planner then
     gives it more than one shard (each its own server and sidecar, every k-th frame)."""
+    return [
+        with_spec(s, latencyMs=math.floor(1e4 / s.spec.fps + 1) / 10) if s.spec.fps >= fps else s
+        for s in candidates
+    ]
 
-    def declared(s: InferenceStream) -> InferenceStream:
-        if s.spec.fps < fps:
-            return s
-        manifest = s.model_dump(by_alias=True, exclude_none=True)
-        manifest["spec"]["latencyMs"] = math.floor(1e4 / s.spec.fps + 1) / 10  # period + 0.1
-        return InferenceStream.model_validate(manifest)
 
-    return [declared(s) for s in candidates]
+def exclusive_for(candidates: list[InferenceStream], model: str) -> list[InferenceStream]:
+    """The same streams, those of ``model`` declaring ``exclusiveBody: true``, as a user
+    overrules the profile's label: the loop with the label fixed, whatever it measured."""
+    return [with_spec(s, exclusiveBody=True) if s.spec.model == model else s for s in candidates]
 
 
 def measure(
@@ -613,9 +622,13 @@ def mixed(
         save()
     finally:
         loop.stop()
-    variants = {  # the loop again, for comparison: one stream fewer; fast streams split
+    variants = {  # the loop again, for comparison: one stream fewer; fast streams split;
+        # one model's streams declared exclusive
         "loopOneFewer": candidates[: len(applied) - 1] if args.fewer and len(applied) >= 2 else [],
         "loopSplit": split_from(candidates, args.split_from_fps) if args.split_from_fps else [],
+        "loopDeclaredExclusive": (
+            exclusive_for(candidates, args.declare_exclusive) if args.declare_exclusive else []
+        ),
     }
     for key, streams in variants.items():
         if streams:
@@ -737,6 +750,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         help="--mixed: also run the loop with the streams at this fps or more split in "
         "shards (they declare a latencyMs just over their frame period), for comparison",
+    )
+    p.add_argument(
+        "--declare-exclusive",
+        metavar="MODEL",
+        help="--mixed: also run the loop with this model's streams declaring exclusiveBody: "
+        "true (the label fixed, whatever the profile says), for comparison",
     )
     p.add_argument(
         "--profiles",

@@ -57,7 +57,7 @@ EXCLUSIVE_BODY_DESCRIPTION = (
     "The body must never overlap another stream's on its GPU (a lock, a FIFO, a GPU that "
     "gains nothing from running two at once), even though costMs says what it costs: its "
     "slot is then exactly its reserved time and charged costMs. Without costMs a body is "
-    "always exclusive."
+    "always exclusive. Set on an InferenceStream, it overrides its ModelProfile's."
 )
 NonNegativeMiB = Annotated[int, Field(ge=0, le=16 * 1024 * 1024, strict=True)]
 

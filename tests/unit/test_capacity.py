@@ -230,7 +230,7 @@ def test_cost_comes_from_the_profile_that_gave_the_body_and_never_exceeds_it() -
     assert stream_timing(stream("c", 10.0, None, 9.0), gpu, book).cost_ms == 9.0
 
 
-def test_exclusive_comes_with_the_cost_from_the_same_source() -> None:
+def test_exclusive_comes_with_the_cost_unless_the_stream_says_so() -> None:
     gpu = Gpu(index=0, product="NVIDIA-H200", memoryMiB=H200_MIB)
     spec = {"model": "m", "gpuProduct": "NVIDIA-H200", "bodyTimeMs": 13.6, "latencyMs": 15.5}
     profile = ModelProfile.model_validate(
@@ -248,6 +248,9 @@ def test_exclusive_comes_with_the_cost_from_the_same_source() -> None:
     own = stream_timing(stream("b", 10.0, None, 9.0), gpu, book)
     assert (own.cost_ms, own.exclusive) == (9.0, False)
     assert stream_timing(stream("c", 10.0, None, 9.0, exclusiveBody=True), gpu, book).exclusive
+    # the stream's own word on exclusivity wins over its profile's, with the profile's cost
+    shared = stream_timing(stream("s", 10.0, None, exclusiveBody=False), gpu, book)
+    assert (shared.cost_ms, shared.exclusive) == (11.3, False)
     # no cost at all: exclusive, charged in full
     assert stream_timing(stream("d", 10.0, 20.0), gpu, book).exclusive
     with pytest.raises(ValueError, match="valid boolean"):

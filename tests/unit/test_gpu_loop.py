@@ -12,6 +12,7 @@ from bench.gpu.loop import (
     MIXED,
     apply_one_at_a_time,
     cluster_of,
+    exclusive_for,
     repository,
     slots_of,
     split_from,
@@ -119,6 +120,22 @@ def test_each_slot_says_how_much_of_its_body_other_bodies_overlap() -> None:
         candidates[:1], cluster, [profile(18.7, 11.5)], PlannerSettings(), servers=10
     )
     assert [(s["overlappedShare"], s["overlapMsPerFrame"]) for s in slots_of(alone)] == [(0.0, 0.0)]
+
+
+def test_a_model_declared_exclusive_on_its_streams_is_placed_as_an_exclusive_profile_is() -> None:
+    """``--declare-exclusive graph`` with run 29's profiles (both shared): the 800 px
+    streams declare ``exclusiveBody``, so the 416 px streams join with their whole bodies
+    as slots and the GPU takes 6 of the mixed fleet where the profiles as measured take 7."""
+    cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
+    candidates = [stream(f"cam-{i}", *MIXED[i % len(MIXED)], 2048) for i in range(12)]
+    profiles = [profile(14.9, 11.38), profile(9.8, 7.76, model="small")]
+    admitted = {}
+    declared = exclusive_for(candidates, "graph")
+    for label, streams in (("measured", candidates), ("declared", declared)):
+        placed, applied, _ = apply_one_at_a_time(streams, cluster, profiles, PlannerSettings(), 12)
+        small = [s for s in slots_of(placed) if s["bodyMs"] == 9.8]
+        admitted[label] = (len(applied), {s["reservedMs"] < s["bodyMs"] for s in small})
+    assert admitted == {"measured": (7, {True}), "declared": (6, {False})}
 
 
 def identical(admitted: int, loop: dict, random: dict, warnings: list[str] = ()) -> dict:

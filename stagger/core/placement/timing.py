@@ -71,7 +71,8 @@ def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timin
     """Body, cost and solo latency of ``stream`` on ``gpu``: the stream's own figures
     override the profile; a missing latency is taken as the body (the stream then never
     splits for it). A cost comes from the stream, or from the profile that gave the body (a
-    profile's cost belongs to its own body), and never exceeds the body."""
+    profile's cost belongs to its own body), and never exceeds the body. Whether the body is
+    exclusive comes with the cost, unless the stream says so itself (``exclusiveBody``)."""
     spec = stream.spec
     profile = book.find(spec.model, spec.model_version, gpu.product, str(gpu.sharing_mode))
     body = (
@@ -91,20 +92,24 @@ def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timin
         if spec.body_time_ms is not None
         else f"ModelProfile/{profile.name if profile else ''}"
     )
-    # the cost and whether the body is exclusive come together, from the stream or from
-    # the profile that gave the body (a profile's cost belongs to its own body)
+    # the cost comes from the stream or from the profile that gave the body (a profile's
+    # cost belongs to its own body)
     costed: InferenceStreamSpec | ModelProfileSpec | None = (
         spec if spec.cost_ms is not None else None
     )
     if costed is None and profile and spec.body_time_ms is None:
         costed = profile.spec
     cost = costed.cost_ms if costed else None
+    # whether the body may be overlapped is about spacing, not about what it costs: the
+    # stream's own word wins over its profile's (a label measured a few per cent either way)
+    labelled = costed.exclusive_body if costed else None
+    exclusive = spec.exclusive_body if spec.exclusive_body is not None else labelled
     return Timing(
         body,
         max(latency, body),
         source,
         None if cost is None else min(cost, body),
-        exclusive=bool(costed and costed.exclusive_body),
+        exclusive=bool(exclusive),
         sharing=gpu.sharing_mode,
     )
 
