@@ -775,6 +775,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--profiles must be at least 1")
     if args.servers < 2:
         p.error("--servers must be at least 2 (the profile's sweep needs two)")
+    # a comparison that would change no stream would measure the loop twice under a new name
+    fleet_fps, fleet_models = {f for _, f in MIXED}, {m for m, _ in MIXED}
+    if (args.split_from_fps is not None or args.declare_exclusive) and not args.mixed:
+        p.error("--split-from-fps and --declare-exclusive compare mixed fleets: add --mixed")
+    if args.split_from_fps is not None and not 0 < args.split_from_fps <= max(fleet_fps):
+        p.error(f"--split-from-fps must be in (0, {max(fleet_fps):g}]: no stream runs faster")
+    if args.declare_exclusive and args.declare_exclusive not in fleet_models:
+        p.error(
+            f"--declare-exclusive: the mixed fleet's models are {', '.join(sorted(fleet_models))}"
+        )
     return args
 
 

@@ -13,6 +13,7 @@ from bench.gpu.loop import (
     apply_one_at_a_time,
     cluster_of,
     exclusive_for,
+    parse_args,
     repository,
     slots_of,
     split_from,
@@ -136,6 +137,22 @@ def test_a_model_declared_exclusive_on_its_streams_is_placed_as_an_exclusive_pro
         small = [s for s in slots_of(placed) if s["bodyMs"] == 9.8]
         admitted[label] = (len(applied), {s["reservedMs"] < s["bodyMs"] for s in small})
     assert admitted == {"measured": (7, {True}), "declared": (6, {False})}
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--split-from-fps", "30"], "add --mixed"),
+        (["--mixed", "--split-from-fps", "60"], "must be in (0, 30]"),
+        (["--mixed", "--declare-exclusive", "eager"], "models are graph, small"),
+    ],
+)
+def test_a_comparison_that_would_change_no_stream_is_refused(
+    flags: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "/tmp/x", *flags])
+    assert says in capsys.readouterr().err
 
 
 def identical(admitted: int, loop: dict, random: dict, warnings: list[str] = ()) -> dict:
