@@ -41,7 +41,7 @@ import shutil
 import sys
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -317,18 +317,42 @@ def loop_of(
 
 def with_spec(s: InferenceStream, **fields: Any) -> InferenceStream:
     """``s`` with these spec fields (as a manifest spells them) declared, as a user writes
-    them."""
+    them; a field given as None is taken out."""
     manifest = s.model_dump(by_alias=True, exclude_none=True)
     manifest["spec"].update(fields)
+    manifest["spec"] = {k: v for k, v in manifest["spec"].items() if v is not None}
     return InferenceStream.model_validate(manifest)
+
+
+def with_deadlines(
+    candidates: list[InferenceStream], solo_p50_ms: Mapping[str, float], post_ms: float
+) -> list[InferenceStream]:
+    """The same streams declaring what their cameras leave for an answer (``deadlineMs``:
+    the frame period less the post-processing that follows it) and what one answer takes
+    alone as the camera sees it (``latencyMs``: its model's solo p50 at the camera), as a
+    user whose app post-processes states them: the planner then knows which streams cannot
+    absorb one more body (docs/architecture.md, tight deadlines). A stream whose answer
+    alone takes longer than its deadline declares no deadline (the API refuses one it
+    could never meet) and is judged by its drops."""
+    out = []
+    for s in candidates:
+        deadline = math.floor((1e3 / s.spec.fps - post_ms) * 10) / 10
+        latency = math.ceil(solo_p50_ms[s.spec.model] * 10) / 10
+        out.append(
+            with_spec(s, deadlineMs=deadline if latency <= deadline else None, latencyMs=latency)
+        )
+    return out
 
 
 def split_from(candidates: list[InferenceStream], fps: float) -> list[InferenceStream]:
     """The same streams, those at ``fps`` or more declaring a solo latency (``latencyMs``)
     just over their frame period, as a user does to have a stream split: the planner then
-    gives it more than one shard (each its own server and sidecar, every k-th frame)."""
+    gives it more than one shard (each its own server and sidecar, every k-th frame). Their
+    deadline goes: a latency past the period is past any deadline within it."""
     return [
-        with_spec(s, latencyMs=math.floor(1e4 / s.spec.fps + 1) / 10) if s.spec.fps >= fps else s
+        with_spec(s, latencyMs=math.floor(1e4 / s.spec.fps + 1) / 10, deadlineMs=None)
+        if s.spec.fps >= fps
+        else s
         for s in candidates
     ]
 
@@ -590,9 +614,12 @@ def mixed(
         manifest, calibrations[model] = calibrate(servers, model, frame, product, mode)
         manifests.append(manifest)
     cluster = cluster_of(product, mode, args.gpu_memory_mib)
-    candidates = [
-        stream(f"cam-{i}", *MIXED[i % len(MIXED)], args.memory_mib) for i in range(len(servers))
-    ]
+    out["solo"] = {m: solo(servers[0], m, root, args) for m in models}
+    candidates = with_deadlines(
+        [stream(f"cam-{i}", *MIXED[i % len(MIXED)], args.memory_mib) for i in range(len(servers))],
+        {m: out["solo"][m]["p50Ms"] for m in models},
+        args.post_ms,
+    )
     placed, applied, refused = apply_one_at_a_time(
         candidates,
         cluster,
@@ -606,11 +633,19 @@ def mixed(
         admitted=len(applied),
         gpusPlanned=len({(p.node, p.gpu) for p in placed.shards}) if placed else 0,
         refusedBecause=refused,
-        fleet=[{"name": s.name, "model": s.spec.model, "fps": s.spec.fps} for s in applied],
+        fleet=[
+            {
+                "name": s.name,
+                "model": s.spec.model,
+                "fps": s.spec.fps,
+                "deadlineMs": s.spec.deadline_ms,
+                "latencyMs": s.spec.latency_ms,
+            }
+            for s in applied
+        ],
         slots=slots_of(placed),
     )
     save()
-    out["solo"] = {m: solo(servers[0], m, root, args) for m in models}
     out["fleetSaturation"] = fleet_saturation(servers, applied, manifests, root, args)
     save()
     if placed is None:

@@ -54,10 +54,13 @@ COST_MS_DESCRIPTION = (
     "exclusiveBody). Unset: the body is exclusive and charged in full."
 )
 EXCLUSIVE_BODY_DESCRIPTION = (
-    "The body must never overlap another stream's on its GPU (a lock, a FIFO, a GPU that "
-    "gains nothing from running two at once), even though costMs says what it costs: its "
-    "slot is then exactly its reserved time and charged costMs. Without costMs a body is "
-    "always exclusive. Set on an InferenceStream, it overrides its ModelProfile's."
+    "The body gains nothing from running beside another on its GPU (a lock, a FIFO, a GPU "
+    "that runs one at a time), even though costMs says what it costs: its slot is then "
+    "exactly its reserved time and charged costMs. Set on an InferenceStream, it overrides "
+    "its ModelProfile's and is kept exactly: no other body overlaps it, and it joins no GPU "
+    "whose bodies outrun their slots. From a ModelProfile it is a measurement: its streams "
+    "still share a GPU with other models, whose overlap the table keeps off them where it "
+    "can. Without costMs a body is always exclusive, kept exactly."
 )
 NonNegativeMiB = Annotated[int, Field(ge=0, le=16 * 1024 * 1024, strict=True)]
 
@@ -251,7 +254,11 @@ class InferenceStreamSpec(Wire):
     )
     deadline_ms: PositiveMs | None = Field(
         default=None,
-        description="Optional end-to-end bound per frame, in ms.",
+        description="Optional end-to-end bound per frame, in ms (what the app leaves for an "
+        "answer: the frame period less its own post-processing). On a time-sliced GPU, a "
+        "stream whose deadline is less than its latencyMs plus the longest body profiled "
+        "there cannot absorb one more body: its slot is its whole body, charged in full. "
+        "Unset: the frame period.",
     )
     priority: int = Field(
         default=0,

@@ -206,6 +206,76 @@ def test_a_mixed_fleet_of_exclusive_and_shared_models_shares_one_gpu(order) -> N
     assert "GPU-seconds of body per second" in refused[0].reason
 
 
+def profile(model: str, body: float, cost: float, latency: float) -> ModelProfile:
+    return ModelProfile.model_validate(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "ModelProfile",
+            "metadata": {"name": f"{model}-h200"},
+            "spec": {
+                "model": model,
+                "gpuProduct": "NVIDIA-H200",
+                "bodyTimeMs": body,
+                "costMs": cost,
+                "latencyMs": latency,
+            },
+        }
+    )
+
+
+def test_a_shared_stream_whose_deadline_cannot_absorb_one_more_body_keeps_its_whole_body() -> None:
+    """Run 29's time-sliced profiles (both shared). A 30 fps stream of the small detector
+    whose camera leaves 25.3 ms for a 14.7 ms answer cannot absorb one more RetinaNet body
+    (14.9 ms): its slot is its whole body, charged in full, beside shared RetinaNet bodies
+    that outrun theirs. With its frame period as its deadline it can, and shares."""
+    profiles = [profile("graph", 14.9, 11.38, 14.9), profile("small", 9.8, 7.76, 11.64)]
+    graph = stream("g", 10.0, None, model="graph")
+    tight = stream("t", 30.0, None, model="small", deadlineMs=25.3, latencyMs=14.7)
+    loose = stream("l", 30.0, None, model="small")
+    placed = one_at_a_time([graph, tight], one_gpu(), profiles)
+    (t,) = placed.for_stream("cams", "t")
+    (g,) = placed.for_stream("cams", "g")
+    assert t.body_ticks == ms_to_ticks_ceil(9.8, placed.tick_hz) and not t.exclusive
+    assert g.body_ticks < ms_to_ticks_ceil(14.9, placed.tick_hz)  # RetinaNet still shares
+    assert placed.gpus[0].utilization == pytest.approx(
+        t.body_ticks / t.period_ticks + g.body_ticks / g.period_ticks
+    )
+    (shared,) = one_at_a_time([graph, loose], one_gpu(), profiles).for_stream("cams", "l")
+    assert shared.body_ticks == ms_to_ticks_ceil(7.76 * 0.9 / 0.95, placed.tick_hz)
+
+
+def test_a_profile_labelled_exclusive_still_shares_a_gpu_with_a_shared_model() -> None:
+    """Run 35 on an H200: the small detector's profile read exclusive (its cost within 5 %
+    of its knee), RetinaNet's shared. The label is a measurement, not a lock: the small
+    streams join the RetinaNet ones with their whole bodies as slots, where they were kept
+    off that GPU and the mixed fleet got one stream. A stream's own ``exclusiveBody`` is
+    still kept exactly apart."""
+    profiles = [
+        profile("graph", 14.7, 11.23, 14.7),
+        ModelProfile.model_validate(
+            {
+                "apiVersion": "stagger.dev/v1alpha1",
+                "kind": "ModelProfile",
+                "metadata": {"name": "small-h200"},
+                "spec": {
+                    "model": "small",
+                    "gpuProduct": "NVIDIA-H200",
+                    "bodyTimeMs": 9.0,
+                    "costMs": 7.78,
+                    "latencyMs": 10.0,
+                    "exclusiveBody": True,
+                },
+            }
+        ),
+    ]
+    graph = stream("g", 10.0, None, model="graph")
+    small = [stream(f"s{i}", 15.0, None, model="small") for i in range(2)]
+    placed = one_at_a_time([graph, *small], one_gpu(), profiles)
+    assert {s.stream for s in placed.shards} == {"g", "s0", "s1"}
+    lock = stream("lock", 15.0, None, model="small", exclusiveBody=True)
+    assert not one_at_a_time([graph, lock], one_gpu(), profiles).for_stream("cams", "lock")
+
+
 def test_cost_comes_from_the_profile_that_gave_the_body_and_never_exceeds_it() -> None:
     gpu = Gpu(index=0, product="NVIDIA-H200", memoryMiB=H200_MIB)
     profile = ModelProfile.model_validate(

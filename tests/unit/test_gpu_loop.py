@@ -19,6 +19,7 @@ from bench.gpu.loop import (
     split_from,
     stall_events,
     stream,
+    with_deadlines,
 )
 from bench.gpu.targets import loop_verdict, render_loop
 from bench.gpu.waits import bench_phases, table_waits_ms
@@ -95,8 +96,10 @@ def test_streams_from_a_frame_rate_on_declare_a_latency_that_splits_them() -> No
     left as they were."""
     cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
     candidates = [stream(f"cam-{i}", *MIXED[i % len(MIXED)], 2048) for i in range(5)]
+    split = split_from(with_deadlines(candidates, {"graph": 16.2, "small": 14.6}, 8.0), 30.0)
+    assert [s.spec.latency_ms for s in split] == [16.2, 14.6, 16.2, 33.4, 16.2]
+    assert split[3].spec.deadline_ms is None  # a latency past the period is past any deadline
     split = split_from(candidates, 30.0)
-    assert [s.spec.latency_ms for s in split] == [None, None, None, 33.4, None]
     assert split[:3] == candidates[:3]
     profiles = [profile(14.9, 11.4), profile(9.8, 7.8, model="small")]
     placed, applied, _ = apply_one_at_a_time(split, cluster, profiles, PlannerSettings(), 12)
@@ -137,6 +140,37 @@ def test_a_model_declared_exclusive_on_its_streams_is_placed_as_an_exclusive_pro
         small = [s for s in slots_of(placed) if s["bodyMs"] == 9.8]
         admitted[label] = (len(applied), {s["reservedMs"] < s["bodyMs"] for s in small})
     assert admitted == {"measured": (7, {True}), "declared": (6, {False})}
+
+
+def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_either_label() -> (
+    None
+):
+    """The mixed fleet declaring what its cameras leave for an answer (period less 8 ms of
+    post-processing) and their solo answers (run 29: 16.3 and 14.7 ms): the 30 fps stream
+    cannot absorb one more RetinaNet body, so it takes its whole body as its slot, and the
+    GPU takes 6 whether the RetinaNet profile reads shared (run 29) or exclusive, where
+    without deadlines the shared label let in 7 (run 29 lost 4.9 % at 7)."""
+    cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
+    plain = [stream(f"cam-{i}", *MIXED[i % len(MIXED)], 2048) for i in range(12)]
+    declared = with_deadlines(plain, {"graph": 16.21, "small": 14.64}, post_ms=8.0)
+    assert [(s.spec.deadline_ms, s.spec.latency_ms) for s in declared[:4]] == [
+        (92.0, 16.3),
+        (58.6, 14.7),
+        (192.0, 16.3),
+        (25.3, 14.7),
+    ]
+    profiles = [profile(14.9, 11.38), profile(9.8, 7.76, model="small")]
+    admitted = {}
+    for label, streams in (("shared", declared), ("exclusive", exclusive_for(declared, "graph"))):
+        placed, applied, _ = apply_one_at_a_time(streams, cluster, profiles, PlannerSettings(), 12)
+        (fast,) = [s for s in slots_of(placed) if s["stream"] == "cam-3"]
+        admitted[label] = (len(applied), fast["reservedMs"])
+    assert admitted == {"shared": (6, 9.8), "exclusive": (6, 9.8)}
+    placed, applied, _ = apply_one_at_a_time(plain, cluster, profiles, PlannerSettings(), 12)
+    assert len(applied) == 7
+    # a machine whose camera answers slower than a deadline allows: no deadline, not a crash
+    slow = with_deadlines(plain[:4], {"graph": 16.2, "small": 26.0}, post_ms=8.0)
+    assert [s.spec.deadline_ms for s in slow] == [92.0, 58.6, 192.0, None]
 
 
 @pytest.mark.parametrize(

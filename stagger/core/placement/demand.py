@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from stagger.core.api import InferenceStream
+from stagger.core.api import InferenceStream, SharingMode
 from stagger.core.cluster import Cluster
 from stagger.core.placement.fleet import _Fleet, _matches
 from stagger.core.placement.model import PlannerSettings, ShardKey
@@ -28,6 +28,13 @@ class _Demand:
     window_ticks: int
     """The whole body: at least the reserved time; longer for a shared stream, whose body
     the table keeps clear of the others' where it can."""
+    exclusive: bool
+    """The planner keeps every other body off this one, exactly: its slot is all of it, and
+    it joins no GPU whose bodies outrun their slots. So for a body without a cost and for a
+    stream that declares ``exclusiveBody`` itself (a lock, a FIFO). A profile's exclusive
+    label (a measurement: sharing gains nothing) and a tight deadline (``Demands._tight``)
+    make the slot the whole body too, but such a stream joins shared ones, the table keeping
+    their overhang off it where a gap allows."""
 
     def shard_request(self, key: ShardKey, count: int, *, whole: bool = False) -> SlotRequest:
         """The shard's slot: its reserved time, or with ``whole`` its whole body (a shared
@@ -72,19 +79,37 @@ class Demands:
                 continue
             hz, guard = self.settings.tick_hz, self.settings.guard_ms
             body = ms_to_ticks_ceil(timing.reserved_ms(self.settings) + guard, hz)
+            whole = max(body, ms_to_ticks_ceil(timing.body_ms + guard, hz))
             # an exclusive body's slot is all of it: no other body may enter it
-            window = (
-                body
-                if timing.exclusive
-                else max(body, ms_to_ticks_ceil(timing.body_ms + guard, hz))
-            )
-            out[pool] = _Demand(timing, frame, body, window)
+            window = body if timing.exclusive else whole
+            measured = timing.cost_ms is not None and spec.exclusive_body is not True
+            if measured and self._tight(stream, timing, pool):
+                body = window = whole  # charged and spaced whole: it runs clear, so in full
+            # a measured label must not keep two models off one GPU: only a body nothing
+            # measured, or the stream's own word, is kept exactly apart
+            exclusive = window == body and not measured
+            out[pool] = _Demand(timing, frame, body, window, exclusive)
         if not out:
             return {}, (
                 f"no bodyTimeMs and no ModelProfile for model {spec.model} on "
                 f"{', '.join(missing)}: calibrate it or set spec.bodyTimeMs"
             )
         return out, ""
+
+    def _tight(self, stream: InferenceStream, timing: Timing, pool: int) -> bool:
+        """Whether a shared stream's frame cannot absorb one more body: on a time-sliced GPU
+        an overlapped frame now and then waits for a whole other body (the mixed fleet in
+        docs/benchmarks.md), so a stream whose deadline (``deadlineMs``, else its frame
+        period) is less than its solo latency plus the longest body profiled on the pool
+        takes its whole body as its slot, as it would on a GPU of exclusive bodies. Under
+        MPS bodies run side by side and an overlapped frame waits for no whole body."""
+        spec = stream.spec
+        product, sharing = self.fleet.pool_keys[pool]
+        if sharing == str(SharingMode.MPS):
+            return False
+        deadline = spec.deadline_ms if spec.deadline_ms is not None else 1000 / spec.fps
+        longest = max(timing.body_ms, self.book.longest_body_ms(product, sharing))
+        return deadline - timing.latency_ms < longest
 
     def eligible_pools(
         self, selector: tuple[tuple[str, str], ...], product: str | None

@@ -148,7 +148,7 @@ class Planner:
         exclusive ones with its whole body as its slot: :meth:`_whole_bodies`)."""
         if g.memory_free < memory:
             return False
-        if self._any_shared and d.window_ticks == d.body_ticks and self._overhang(g):
+        if self._any_shared and d.exclusive and self._overhang(g):
             return False
         budget = self.settings.utilization_cap - (g.need if retime else g.util)
         if request.body / request.frame_period > budget + 1e-12:
@@ -841,7 +841,7 @@ class Planner:
             return None
         # bodies that are exclusive need every other body clear of theirs (as on a GPU
         # where a shard is placed: see _whole_bodies)
-        whole = any(d.window_ticks == d.body_ticks for _, d, _ in members)
+        whole = any(d.exclusive for _, d, _ in members)
         requests = [d.shard_request(shard.key, shard.count, whole=whole) for shard, d, _ in members]
         requests += [SlotRequest(x.key, x.body, x.period) for x, _ in ghosts]
         previous: dict[Hashable, Slot] = {

@@ -66,6 +66,19 @@ class ProfileBook:
         versions = self._by_key.get((model, product, sharing), {})
         return versions.get(version) or versions.get(None)
 
+    def longest_body_ms(self, product: str, sharing: str) -> float:
+        """The longest body any profile names for GPUs of this product and sharing mode
+        (0 without one): the most one more body can add to a frame there."""
+        return max(
+            (
+                p.spec.body_time_ms
+                for (_, prod, mode), versions in self._by_key.items()
+                if (prod, mode) == (product, sharing)
+                for p in versions.values()
+            ),
+            default=0.0,
+        )
+
 
 def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timing | None:
     """Body, cost and solo latency of ``stream`` on ``gpu``: the stream's own figures
