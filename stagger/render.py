@@ -39,6 +39,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "periodMs": _r(ticks_to_ms(s.period_ticks, hz)),
                 "offsetMs": _r(ticks_to_ms(s.offset_ticks, hz)),
                 "bodyMs": _r(s.body_ms),
+                "reservedMs": _r(ticks_to_ms(s.body_ticks, hz)),
             }
             for s in plan.shards
         ],

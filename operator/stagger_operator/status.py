@@ -57,6 +57,7 @@ def stream_status(
                 "periodMs": round(ticks_to_ms(p.period_ticks, hz), 3),
                 "offsetMs": round(ticks_to_ms(p.offset_ticks, hz), 3),
                 "bodyMs": p.body_ms,
+                "reservedMs": round(ticks_to_ms(p.body_ticks, hz), 3),
             }
             for p in shards
         ],

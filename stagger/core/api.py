@@ -305,6 +305,12 @@ class ShardStatus(Wire):
     period_ms: float
     offset_ms: float
     body_ms: float
+    reserved_ms: float | None = Field(
+        default=None,
+        description="GPU time reserved for each frame (the slot's width, what admission "
+        "charges): costMs scaled to the throughput cap, or the whole body when the body is "
+        "exclusive without a cost or the deadline cannot absorb one more body.",
+    )
     observed_fps: float | None = None
     drop_rate: float | None = None
     p99_ms: float | None = None

@@ -62,6 +62,18 @@ def one_at_a_time(streams: list[InferenceStream], cluster: Cluster, profiles=())
     return previous
 
 
+def one_at_a_time_refusals(streams: list[InferenceStream], profiles=()) -> list:
+    """What the planner refuses when ``streams`` are applied one at a time on one GPU."""
+    previous, applied, refused = None, [], []
+    for s in streams:
+        result = plan([*applied, s], one_gpu(), profiles, previous=previous)
+        if result.for_stream("cams", s.name):
+            previous, applied = result, [*applied, s]
+        else:
+            refused += [u for u in result.unplaced if u.stream == s.name]
+    return refused
+
+
 def body_windows(p: Plan) -> list[Slot]:
     """Where every shard's whole body runs, as slots in ticks."""
     return [
@@ -242,6 +254,11 @@ def test_a_shared_stream_whose_deadline_cannot_absorb_one_more_body_keeps_its_wh
     )
     (shared,) = one_at_a_time([graph, loose], one_gpu(), profiles).for_stream("cams", "l")
     assert shared.body_ticks == ms_to_ticks_ceil(7.76 * 0.9 / 0.95, placed.tick_hz)
+    # a GPU too full for its whole body says so, not what its cost would have charged
+    others = [stream(f"g{i}", 10.0, None, model="graph") for i in range(7)]
+    (refused,) = [u for u in one_at_a_time_refusals([*others, tight], profiles) if u.stream == "t"]
+    assert "needs 0.29 GPU-seconds" in refused.reason
+    assert "charged whole: its deadline cannot absorb one more body" in refused.reason
 
 
 def test_a_profile_labelled_exclusive_still_shares_a_gpu_with_a_shared_model() -> None:

@@ -84,6 +84,7 @@ def test_json_output_is_the_documented_shape() -> None:
         "periodMs",
         "offsetMs",
         "bodyMs",
+        "reservedMs",
     }
     assert set(data["gpus"][0]) == {"node", "gpu", "utilization", "memoryMiB"}
     study = sorted(s["offsetMs"] for s in data["shards"] if s["namespace"] == "study")

@@ -35,6 +35,9 @@ class _Demand:
     label (a measurement: sharing gains nothing) and a tight deadline (``Demands._tight``)
     make the slot the whole body too, but such a stream joins shared ones, the table keeping
     their overhang off it where a gap allows."""
+    tight: bool = False
+    """Its deadline cannot absorb one more body (``Demands._tight``): its slot and its
+    charge are its whole body."""
 
     def shard_request(self, key: ShardKey, count: int, *, whole: bool = False) -> SlotRequest:
         """The shard's slot: its reserved time, or with ``whole`` its whole body (a shared
@@ -83,12 +86,13 @@ class Demands:
             # an exclusive body's slot is all of it: no other body may enter it
             window = body if timing.exclusive else whole
             measured = timing.cost_ms is not None and spec.exclusive_body is not True
-            if measured and self._tight(stream, timing, pool):
+            tight = measured and self._tight(stream, timing, pool)
+            if tight:
                 body = window = whole  # charged and spaced whole: it runs clear, so in full
             # a measured label must not keep two models off one GPU: only a body nothing
             # measured, or the stream's own word, is kept exactly apart
             exclusive = window == body and not measured
-            out[pool] = _Demand(timing, frame, body, window, exclusive)
+            out[pool] = _Demand(timing, frame, body, window, exclusive, tight)
         if not out:
             return {}, (
                 f"no bodyTimeMs and no ModelProfile for model {spec.model} on "

@@ -159,9 +159,11 @@ class Planner:
         return True
 
     def _whole_bodies(self, g: _Gpu) -> bool:
-        """Whether a shard joining ``g`` takes its whole body as its slot: ``g`` runs bodies
-        that are exclusive (none outruns its slot), so a shared one must not overlap them."""
-        return self._any_shared and bool(g.slots) and not self._overhang(g)
+        """Whether a shard joining ``g`` takes its whole body as its slot: ``g`` runs a body
+        kept exactly apart (``_Demand.exclusive``), so a shared one must not overlap it."""
+        return self._any_shared and any(
+            self._shard_meta[x.key][1].exclusive for x in g.slots if x.key in self._shard_meta
+        )
 
     def _overhang(self, g: _Gpu) -> int:
         """How far the longest body on ``g`` runs past its reserved slot (shared streams)."""
@@ -439,7 +441,8 @@ class Planner:
             if _matches(g.node, spec.node_selector)
         ]
         d = demands[min(demands, key=lambda p: demands[p].body_ticks)]
-        need = d.timing.reserved_ms(self.settings) * spec.fps / 1000
+        charged = ticks_to_ms(d.body_ticks, self.settings.tick_hz)
+        need = charged * spec.fps / 1000
         per_shard = d.shard_util(k)
         largest_free = max((cap - g.util for g in eligible), default=0.0)
         largest_mem = max((g.memory_free for g in eligible), default=0)
@@ -451,8 +454,9 @@ class Planner:
                 f"GPU has {max(g.gpu.memory_mib for g in eligible)} MiB"
             )
         body = f"{d.timing.body_ms:g} ms body x {spec.fps:g} fps" + (
-            f", charged {d.timing.reserved_ms(self.settings):.3g} ms for its {d.timing.cost_ms:g} "
-            "ms cost as deployed"
+            ", charged whole: its deadline cannot absorb one more body"
+            if d.tight
+            else f", charged {charged:.3g} ms for its {d.timing.cost_ms:g} ms cost as deployed"
             if d.timing.cost_ms is not None
             else ""
         )
@@ -478,7 +482,7 @@ class Planner:
             )
             return (
                 f"{head}, {fits} of the {len(eligible)} matching GPUs have that much free "
-                f"but no slot where a {d.timing.reserved_ms(self.settings):.3g} ms slot misses "
+                f"but no slot where a {charged:.3g} ms slot misses "
                 "every other slot"
                 + (
                     " without re-timing shards that were re-timed too recently (pinned); "

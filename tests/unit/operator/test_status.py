@@ -1,0 +1,60 @@
+"""A stream's status says what each shard is charged: its slot's width (``reservedMs``)
+beside its body, so a user sees why a stream with a tight deadline takes more of a GPU."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from stagger.core.api import InferenceStream, ModelProfile, StreamPhase
+from stagger.core.cluster import Cluster, Gpu, Node
+from stagger.core.placement import plan
+from stagger_operator.status import stream_status
+
+
+def manifest(kind: str, name: str, spec: dict) -> dict:
+    meta = {"name": name, **({"namespace": "cams"} if kind == "InferenceStream" else {})}
+    return {"apiVersion": "stagger.dev/v1alpha1", "kind": kind, "metadata": meta, "spec": spec}
+
+
+def profile(model: str, body: float, cost: float, latency: float) -> ModelProfile:
+    return ModelProfile.model_validate(
+        manifest(
+            "ModelProfile",
+            f"{model}-h200",
+            {
+                "model": model,
+                "gpuProduct": "NVIDIA-H200",
+                "bodyTimeMs": body,
+                "costMs": cost,
+                "latencyMs": latency,
+            },
+        )
+    )
+
+
+def test_each_shard_reports_the_time_reserved_for_it_beside_its_body() -> None:
+    """Run 29's profiles: a 14.9 ms RetinaNet body is profiled on the GPU, so a 30 fps
+    stream with 10.6 ms to spare cannot absorb one."""
+    profiles = [profile("small", 9.8, 7.76, 11.64), profile("graph", 14.9, 11.38, 14.9)]
+    streams = [
+        InferenceStream.model_validate(manifest("InferenceStream", name, spec))
+        for name, spec in (
+            ("tight", {"model": "small", "fps": 30.0, "deadlineMs": 25.3, "latencyMs": 14.7}),
+            ("loose", {"model": "small", "fps": 10.0}),
+        )
+    ]
+    cluster = Cluster(
+        nodes=[Node(name="n", gpus=[Gpu(index=0, product="NVIDIA-H200", memoryMiB=143_771)])]
+    )
+    placed = plan(streams, cluster, profiles)
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    reported = {
+        s.name: stream_status(s, placed.for_stream("cams", s.name), StreamPhase.PLACED, "", now)[
+            "shards"
+        ][0]
+        for s in streams
+    }
+    assert {n: (r["bodyMs"], r["reservedMs"]) for n, r in reported.items()} == {
+        "tight": (9.8, 9.8),  # its deadline cannot absorb one more body: charged whole
+        "loose": (9.8, 7.367),  # its cost, scaled to the throughput cap
+    }
