@@ -56,9 +56,12 @@ class ProfileBook:
 
     def __init__(self, profiles: Iterable[ModelProfile]) -> None:
         self._by_key: dict[tuple[str, str, str], dict[str | None, ModelProfile]] = defaultdict(dict)
+        self._longest: dict[tuple[str, str], float] = {}
         for p in sorted(profiles, key=lambda p: p.name):
             key = (p.spec.model, p.spec.gpu_product, str(p.spec.sharing_mode))
             self._by_key[key].setdefault(p.spec.model_version, p)
+            pool = (p.spec.gpu_product, str(p.spec.sharing_mode))
+            self._longest[pool] = max(self._longest.get(pool, 0.0), p.spec.body_time_ms)
 
     def find(
         self, model: str, version: str | None, product: str, sharing: str
@@ -69,15 +72,7 @@ class ProfileBook:
     def longest_body_ms(self, product: str, sharing: str) -> float:
         """The longest body any profile names for GPUs of this product and sharing mode
         (0 without one): the most one more body can add to a frame there."""
-        return max(
-            (
-                p.spec.body_time_ms
-                for (_, prod, mode), versions in self._by_key.items()
-                if (prod, mode) == (product, sharing)
-                for p in versions.values()
-            ),
-            default=0.0,
-        )
+        return self._longest.get((product, sharing), 0.0)
 
 
 def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timing | None:
