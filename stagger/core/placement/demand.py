@@ -32,10 +32,10 @@ class _Demand:
     """The planner keeps every other body off this one, exactly: its slot is all of it, and
     it joins no GPU whose bodies outrun their slots. So for a body without a cost and for a
     stream that declares ``exclusiveBody`` itself (a lock, a FIFO). A profile's exclusive
-    label (a measurement: sharing gains nothing) and a tight deadline (``Demands._tight``)
-    make the slot the whole body too, but such a stream joins shared ones, the table keeping
-    their overhang off it where a gap allows."""
-    tight: bool = False
+    label (a measurement: sharing gains nothing) keeps the slot at its reserved time and a
+    tight deadline (``Demands._tight``) widens it to the whole body, but neither keeps the
+    stream off shared ones: the table keeps their overhang off it where a gap allows."""
+    tight: bool
     """Its deadline cannot absorb one more body (``Demands._tight``): its slot and its
     charge are its whole body."""
 
