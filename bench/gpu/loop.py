@@ -689,6 +689,12 @@ def mixed(
         for i, s in enumerate(applied)
     ]
     out["random"] = measure(cams, args.frames, root, f"mixed-random-n{len(applied)}", args)
+    if variants["loopOneFewer"]:  # random phases beside the loop at one fewer, too
+        save()
+        fewer = cams[: len(applied) - 1]
+        out["randomOneFewer"] = measure(
+            fewer, args.frames, root, f"mixed-randomOneFewer-n{len(fewer)}", args
+        )
     return out
 
 

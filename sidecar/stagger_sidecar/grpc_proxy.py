@@ -737,6 +737,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def _barrier_passed(self, call: Call) -> None:
         """Triton has seen the reset, so nothing more comes from it on the call."""
+        log.debug("gRPC: Triton acknowledged the reset of call %d; answering it", call.sid)
         if call.barrier_timer is not None:
             call.barrier_timer.cancel()
         if not call.over:

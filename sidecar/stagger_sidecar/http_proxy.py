@@ -374,6 +374,7 @@ class AppConnection(asyncio.Protocol):
         try:
             await asyncio.wait_for(asyncio.shield(done), proxy.timeout_s)
         except TimeoutError:
+            done.cancel()  # nobody waits for it now: closing must not leave it an exception
             sent = self.triton.sent_any
             self.triton.close()
             if sent:  # part of Triton's answer is out: the connection cannot go on
