@@ -146,17 +146,19 @@ async def test_requests_are_released_at_slot_starts(http: Any, start_sidecar: St
 async def test_slot_clock_apps_never_wait(http: Any) -> None:
     sidecar, client = http
     clock = SlotClient(f"http://127.0.0.1:{sidecar.ports['http']}", stream="cam")
-    slots = []
+    slots, into = [], []  # where the model began in each slot: a failure prints them all
     for _ in range(5):
         slot = await asyncio.to_thread(clock.wait_for_slot)
         result = await client.infer("stamp", [http_input([0.0])])
         began = float(result.as_numpy("OUTPUT0")[0])
-        assert slot <= began < slot + ON_TIME
+        into.append(round(began - slot, 4))
+        assert slot <= began < slot + ON_TIME, into
         slots.append(slot)
-    assert [round((b - a) / PERIOD) for a, b in itertools.pairwise(slots)] == [1] * 4
+    assert [round((b - a) / PERIOD) for a, b in itertools.pairwise(slots)] == [1] * 4, into
     assert [round(phase(s) * 1e6) % round(PERIOD * 1e6) for s in slots] == [0] * 5
     samples = await scrape(sidecar)
-    assert metric(samples, GATE_WAIT + "_sum", stream="cam") < 5 * 0.003  # ~0 each
+    waited = metric(samples, GATE_WAIT + "_sum", stream="cam")
+    assert waited < 5 * 0.003, (waited, into)  # ~0 each
 
 
 async def test_wait_policy_queues_concurrent_requests_on_successive_slots(http: Any) -> None:
