@@ -59,7 +59,7 @@ from bench.gpu.streams import (
 )
 from bench.gpu.targets import loop_verdict, render_loop
 from bench.gpu.waits import table_waits_ms
-from stagger.core.api import InferenceStream, ModelProfile, SharingMode
+from stagger.core.api import InferenceStream, InferenceStreamSpec, ModelProfile, SharingMode
 from stagger.core.calibration import NoKnee, SweepPoint, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
@@ -267,9 +267,14 @@ class Loop:
             s.stop()
 
 
-def loop_cameras(loop: Loop, applied: list[InferenceStream]) -> list[dict[str, Any]]:
+def loop_cameras(
+    loop: Loop, applied: list[InferenceStream], post_ms: float
+) -> list[dict[str, Any]]:
     """One camera per shard, capturing on its shard's slot through its sidecar; a stream
-    split in k shards sends each shard every k-th frame."""
+    split in k shards sends each shard every k-th frame. Each camera keeps its stream's
+    deadline (``deadlineMs``, else the stream's frame period less ``post_ms``): a shard's
+    camera, one frame in flight at fps / k, misses a frame only past k periods, so
+    :func:`measure` counts the answers later than the stream's deadline apart."""
     spec_of = {s.name: s.spec for s in applied}
     return [
         {
@@ -278,9 +283,25 @@ def loop_cameras(loop: Loop, applied: list[InferenceStream]) -> list[dict[str, A
             "model": spec_of[p.stream].model,
             "fps": spec_of[p.stream].fps / p.shards,
             "slot_clock": f"http://{sidecar.http}",
+            "deadline_ms": stream_deadline_ms(spec_of[p.stream], post_ms),
         }
         for p, sidecar in zip(loop.shards, loop.sidecars, strict=True)
     ]
+
+
+def stream_deadline_ms(spec: InferenceStreamSpec, post_ms: float) -> float:
+    """What a stream's camera leaves for an answer: its ``deadlineMs``, else its frame
+    period less its post-processing (what one frame in flight allows)."""
+    if spec.deadline_ms is not None:
+        return spec.deadline_ms
+    return 1000 / spec.fps - post_ms
+
+
+def past_deadline(latencies_s: list[float], deadline_ms: float | None) -> int | None:
+    """Answered frames later than the deadline (None: the camera has none)."""
+    if deadline_ms is None:
+        return None
+    return sum(1 for x in latencies_s if x * 1e3 > deadline_ms)
 
 
 def loop_of(
@@ -303,7 +324,7 @@ def loop_of(
         return None
     loop = Loop(placed, servers, root)
     try:
-        cams = loop_cameras(loop, applied)
+        cams = loop_cameras(loop, applied, args.post_ms)
         result = measure(cams, args.frames, root, f"{tag}-n{len(applied)}", args)
     finally:
         loop.stop()
@@ -371,18 +392,25 @@ def measure(
     logs = run_cameras(cams, seconds, root, tag, args)
     s = pooled(logs)
     by_camera = {}
+    past: int | None = None  # answers later than their stream's deadline, where one is known
     for cam, camera_log in zip(cams, logs, strict=True):
         one = pooled([camera_log])
         own = phases({camera_log["name"]: camera_log.get("calls", [])})
+        late = past_deadline(camera_log["latencies_s"], cam.get("deadline_ms"))
+        if late is not None:
+            past = (past or 0) + late
         by_camera[cam.get("name", camera_log["name"])] = {
             "model": cam.get("model", "detector"),
             "fps": cam.get("fps", args.fps),
             **{k: one[k] for k in ("p50Ms", "p99Ms", "dropPercent", "frames")},
+            **({} if late is None else {"pastDeadline": late}),
             # Where its frames' time went: before the model (client, sidecar, Triton's
             # queue), in it, after it; p50 and p99 each.
             **{k: own.get(k) for k in ("beforeMs", "modelMs", "afterMs")},
         }
     s["seconds"] = seconds
+    if past is not None:
+        s["pastDeadline"] = past
     s["streams"] = by_camera
     s["phases"] = phases({x["name"]: x.get("calls", []) for x in logs})
     s["stalls"] = stall_events(cams, logs, args)
@@ -503,7 +531,7 @@ def identical(
     if placed is not None and admitted:
         loop = Loop(placed, servers, root)
         try:
-            cams = loop_cameras(loop, applied)
+            cams = loop_cameras(loop, applied, args.post_ms)
             out["loop"] = measure(cams, args.frames, root, f"{body}-loop-n{admitted}", args)
             save()
             if not loop.split:  # a camera's frames to k shards: not what transparent mode is
@@ -652,7 +680,7 @@ def mixed(
         return out
     loop = Loop(placed, servers, root)
     try:
-        cams = loop_cameras(loop, applied)
+        cams = loop_cameras(loop, applied, args.post_ms)
         out["loop"] = measure(cams, args.frames, root, f"mixed-loop-n{len(applied)}", args)
         save()
     finally:

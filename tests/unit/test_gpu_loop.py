@@ -14,11 +14,13 @@ from bench.gpu.loop import (
     cluster_of,
     exclusive_for,
     parse_args,
+    past_deadline,
     repository,
     slots_of,
     split_from,
     stall_events,
     stream,
+    stream_deadline_ms,
     with_deadlines,
 )
 from bench.gpu.targets import loop_verdict, render_loop
@@ -110,6 +112,21 @@ def test_streams_from_a_frame_rate_on_declare_a_latency_that_splits_them() -> No
     assert placed is not None and len(applied) == 5
     assert sorted(p.shards for p in placed.shards if p.stream == "cam-3") == [3, 3, 3]
     assert all(p.shards == 1 for p in placed.shards if p.stream != "cam-3")
+
+
+def test_a_split_streams_cameras_are_judged_by_the_streams_deadline() -> None:
+    """A shard's camera (one frame in flight at fps / k) misses a frame only past k
+    periods, so its answers are counted against the stream's deadline apart: the declared
+    ``deadlineMs``, else the frame period less post-processing, which a split stream (its
+    deadline dropped) keeps."""
+    candidates = [stream(f"cam-{i}", *MIXED[i % len(MIXED)], 2048) for i in range(5)]
+    declared = with_deadlines(candidates, {"graph": 16.2, "small": 14.6}, 8.0)
+    split = split_from(declared, 30.0)
+    assert split[3].spec.deadline_ms is None and declared[3].spec.deadline_ms == 25.3
+    assert stream_deadline_ms(declared[3].spec, 8.0) == 25.3
+    assert stream_deadline_ms(split[3].spec, 8.0) == pytest.approx(25.333, abs=1e-3)
+    assert past_deadline([0.0194, 0.0252, 0.0254, 0.031], 25.3) == 2
+    assert past_deadline([0.031], None) is None
 
 
 def test_each_slot_says_how_much_of_its_body_other_bodies_overlap() -> None:
@@ -307,6 +324,14 @@ def test_the_mixed_fleet_is_judged_stream_by_stream_against_its_own_model_s_solo
     assert [n for n, s in v["streams"].items() if not s["met"]] == ["cam-1"]
     assert v["randomStreamsLosing"] == ["cam-1"]
     mixed["loop"]["streams"]["cam-1"]["p99Ms"] = 15.0
+    assert loop_verdict(run("time-slicing", mixed=mixed))[0]["met"]
+    # a split stream's shard camera may miss no frame yet answer past the stream's deadline
+    mixed["loop"]["streams"]["cam-2"]["pastDeadline"] = 1
+    (v,) = loop_verdict(run("time-slicing", mixed=mixed))
+    assert not v["met"] and v["streams"]["cam-2"]["pastDeadline"] == 1
+    assert "| cam-2 | graph | 5 | 0.0 | 1 |" in render_loop([v])
+    assert "| cam-0 | graph | 10 | 0.0 | — |" in render_loop([v])
+    mixed["loop"]["streams"]["cam-2"]["pastDeadline"] = 0
     assert loop_verdict(run("time-slicing", mixed=mixed))[0]["met"]
     mixed["gpusPlanned"] = 2
     assert not loop_verdict(run("time-slicing", mixed=mixed))[0]["met"]
