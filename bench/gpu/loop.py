@@ -294,7 +294,13 @@ def stream_deadline_ms(spec: InferenceStreamSpec, post_ms: float) -> float:
     period less its post-processing (what one frame in flight allows)."""
     if spec.deadline_ms is not None:
         return spec.deadline_ms
-    return 1000 / spec.fps - post_ms
+    return camera_deadline_ms(spec.fps, post_ms)
+
+
+def camera_deadline_ms(fps: float, post_ms: float) -> float:
+    """A camera with one frame in flight and ``post_ms`` of post-processing per answer
+    misses its next frame when an answer takes longer than this."""
+    return 1e3 / fps - post_ms
 
 
 def past_deadline(latencies_s: list[float], deadline_ms: float | None) -> int | None:
@@ -357,7 +363,7 @@ def with_deadlines(
     could never meet) and is judged by its drops."""
     out = []
     for s in candidates:
-        deadline = math.floor((1e3 / s.spec.fps - post_ms) * 10) / 10
+        deadline = math.floor(camera_deadline_ms(s.spec.fps, post_ms) * 10) / 10
         latency = math.ceil(solo_p50_ms[s.spec.model] * 10) / 10
         out.append(
             with_spec(s, deadlineMs=deadline if latency <= deadline else None, latencyMs=latency)
@@ -427,9 +433,9 @@ def stall_events(
     """Frames that cost their camera its next frame (answer and post-processing longer than
     the shortest frame period), grouped into events with the streams they hit: one stream
     at a time points at its own path, all at once at the GPU or the host."""
-    shortest = 1.0 / max(c.get("fps", args.fps) for c in cams)
+    fastest = max(c.get("fps", args.fps) for c in cams)
     names = {f"cam-{i}": c.get("name", f"cam-{i}") for i, c in enumerate(cams)}
-    events = stalls(logs, threshold_s=shortest - args.post_ms / 1e3)
+    events = stalls(logs, threshold_s=camera_deadline_ms(fastest, args.post_ms) / 1e3)
     for e in events:
         e["cameras"] = [names.get(n, n) for n in e["cameras"]]
     return events
