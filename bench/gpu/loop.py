@@ -319,10 +319,11 @@ def loop_of(
     root: Path,
     args: argparse.Namespace,
     tag: str,
+    frames: int | None = None,
 ) -> dict[str, Any] | None:
     """The loop for ``candidates`` applied one at a time with ``profiles`` (until one is
-    refused, as for the main loop): what it admitted, its slots and the measurement. None
-    when nothing was admitted."""
+    refused, as for the main loop): what it admitted, its slots and the measurement over
+    ``frames`` (default ``--frames``). None when nothing was admitted."""
     placed, applied, refused = apply_one_at_a_time(
         candidates, cluster, profiles, planner_settings(args), len(servers)
     )
@@ -331,7 +332,7 @@ def loop_of(
     loop = Loop(placed, servers, root)
     try:
         cams = loop_cameras(loop, applied, args.post_ms)
-        result = measure(cams, args.frames, root, f"{tag}-n{len(applied)}", args)
+        result = measure(cams, frames or args.frames, root, f"{tag}-n{len(applied)}", args)
     finally:
         loop.stop()
     return {
@@ -711,6 +712,17 @@ def mixed(
                 tag=f"mixed-{key}",
             )
             save()
+    if args.alone:
+        out["tightestAlone"] = tightest_alone(
+            applied,
+            servers=servers,
+            cluster=cluster,
+            profiles=manifests,
+            seconds=out["loop"]["seconds"],
+            root=root,
+            args=args,
+        )
+        save()
     rng = random.Random(args.seed)
     cams = [
         {
@@ -730,6 +742,52 @@ def mixed(
             fewer, args.frames, root, f"mixed-randomOneFewer-n{len(fewer)}", args
         )
     return out
+
+
+def tightest_alone(
+    applied: list[InferenceStream],
+    *,
+    servers: list[LocalTriton],
+    cluster: Cluster,
+    profiles: list[ModelProfile],
+    seconds: float,
+    root: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The admitted stream with the least time for an answer, alone on the GPU for as long
+    as the fleet was measured: through its own sidecar (the loop with only it) and straight
+    to Triton (no product). What it misses alone is the floor no placement can beat, so a
+    fleet's losses are judged against it (docs/benchmarks.md, the mixed fleet)."""
+    tightest = tightest_stream(applied, args.post_ms)
+    deadline = stream_deadline_ms(tightest.spec, args.post_ms)
+    frames = math.ceil(tightest.spec.fps * seconds)
+    camera = {
+        "name": tightest.name,
+        "url": servers[0].grpc,
+        "model": tightest.spec.model,
+        "fps": tightest.spec.fps,
+        "deadline_ms": deadline,
+    }
+    return {
+        "stream": tightest.name,
+        "deadlineMs": deadline,
+        "loop": loop_of(
+            [tightest],
+            servers=servers,
+            cluster=cluster,
+            profiles=profiles,
+            root=root,
+            args=args,
+            tag="mixed-alone-loop",
+            frames=frames,
+        ),
+        "straight": measure([camera], frames, root, "mixed-alone-straight-n1", args),
+    }
+
+
+def tightest_stream(streams: list[InferenceStream], post_ms: float) -> InferenceStream:
+    """The stream that leaves the least time for an answer (the first of equals)."""
+    return min(streams, key=lambda s: stream_deadline_ms(s.spec, post_ms))
 
 
 def planner_settings(args: argparse.Namespace) -> PlannerSettings:
@@ -821,6 +879,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the loop with the last admitted stream left out",
     )
     p.add_argument(
+        "--alone",
+        action="store_true",
+        help="--mixed: also measure the stream with the tightest deadline alone on the GPU, "
+        "through its sidecar and straight to Triton (the floor its losses are judged by)",
+    )
+    p.add_argument(
         "--split-from-fps",
         type=float,
         help="--mixed: also run the loop with the streams at this fps or more split in "
@@ -852,8 +916,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--servers must be at least 2 (the profile's sweep needs two)")
     # a comparison that would change no stream would measure the loop twice under a new name
     fleet_fps, fleet_models = {f for _, f in MIXED}, {m for m, _ in MIXED}
-    if (args.split_from_fps is not None or args.declare_exclusive) and not args.mixed:
-        p.error("--split-from-fps and --declare-exclusive compare mixed fleets: add --mixed")
+    if (args.split_from_fps is not None or args.declare_exclusive or args.alone) and not args.mixed:
+        p.error(
+            "--split-from-fps, --declare-exclusive and --alone compare mixed fleets: add --mixed"
+        )
     if args.split_from_fps is not None and not 0 < args.split_from_fps <= max(fleet_fps):
         p.error(f"--split-from-fps must be in (0, {max(fleet_fps):g}]: no stream runs faster")
     if args.declare_exclusive and args.declare_exclusive not in fleet_models:

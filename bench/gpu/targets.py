@@ -318,10 +318,35 @@ def _mixed_verdict(r: dict[str, Any]) -> dict[str, Any]:
         "setting": "mixed",
         "admitted": r["admitted"],
         "streams": streams,
+        **({"alone": _alone(r["tightestAlone"])} if r.get("tightestAlone") else {}),
         "randomDropPercent": (r.get("random") or {}).get("dropPercent"),
         "randomStreamsLosing": sorted(n for n, s in random.items() if s["dropPercent"] > 0),
         "checks": checks,
         "met": all(c["met"] for c in checks.values()),
+    }
+
+
+def _alone(a: dict[str, Any]) -> dict[str, Any]:
+    """The tightest stream alone on the GPU, through its sidecar and straight to Triton:
+    the floor under the fleet's losses, shown beside the verdict, which it does not
+    change."""
+
+    def seen(m: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not m:
+            return None
+        return {
+            "frames": m["frames"],
+            "dropPercent": m["dropPercent"],
+            "pastDeadline": m.get("pastDeadline"),
+            "p99Ms": m["p99Ms"],
+            "maxMs": m["maxMs"],
+        }
+
+    return {
+        "stream": a["stream"],
+        "deadlineMs": a["deadlineMs"],
+        "loop": seen(a.get("loop")),
+        "straight": seen(a.get("straight")),
     }
 
 
@@ -385,6 +410,22 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|",
             *mixed_rows,
         ]
+    for v in verdicts:
+        a = v.get("alone")
+        if a:
+            seen = "; ".join(
+                f"{how}: {m['pastDeadline']} of {m['frames']} past it, drops {m['dropPercent']} %, "
+                f"p99 {m['p99Ms']} ms, max {m['maxMs']} ms"
+                for how, m in (
+                    ("through its sidecar", a["loop"]),
+                    ("straight to Triton", a["straight"]),
+                )
+                if m
+            )
+            lines.append(
+                f"\n{v.get('mode', '')}, {v['setting']}: {a['stream']} alone on the GPU "
+                f"(deadline {a['deadlineMs']:g} ms, the floor no placement beats): {seen}"
+            )
     for v in verdicts:
         t = v.get("transparent")
         if t:

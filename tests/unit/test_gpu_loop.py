@@ -21,6 +21,7 @@ from bench.gpu.loop import (
     stall_events,
     stream,
     stream_deadline_ms,
+    tightest_stream,
     with_deadlines,
 )
 from bench.gpu.targets import loop_verdict, render_loop
@@ -129,6 +130,16 @@ def test_a_split_streams_cameras_are_judged_by_the_streams_deadline() -> None:
     assert past_deadline([0.031], None) is None
 
 
+def test_the_stream_measured_alone_is_the_one_with_the_least_time_for_an_answer() -> None:
+    """``--alone`` measures the fleet's tightest stream by itself: the 30 fps one, whether
+    its deadline is declared or left to its frame period."""
+    candidates = [stream(f"cam-{i}", *MIXED[i % len(MIXED)], 2048) for i in range(6)]
+    declared = with_deadlines(candidates, {"graph": 16.2, "small": 14.6}, 8.0)
+    assert tightest_stream(declared, 8.0).name == "cam-3"
+    assert tightest_stream(candidates, 8.0).name == "cam-3"
+    assert tightest_stream(candidates[:3], 8.0).name == "cam-1"  # 15 fps before 10 and 5
+
+
 def test_each_slot_says_how_much_of_its_body_other_bodies_overlap() -> None:
     """8 identical streams, 18.7 ms bodies 12.5 ms apart: each body overlaps the one before
     it and the one after it by 6.2 ms, the last the first of the next period; one stream
@@ -213,6 +224,7 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
     ("flags", "says"),
     [
         (["--split-from-fps", "30"], "add --mixed"),
+        (["--alone"], "add --mixed"),
         (["--mixed", "--split-from-fps", "60"], "must be in (0, 30]"),
         (["--mixed", "--declare-exclusive", "eager"], "models are graph, small"),
     ],
@@ -335,6 +347,43 @@ def test_the_mixed_fleet_is_judged_stream_by_stream_against_its_own_model_s_solo
     assert loop_verdict(run("time-slicing", mixed=mixed))[0]["met"]
     mixed["gpusPlanned"] = 2
     assert not loop_verdict(run("time-slicing", mixed=mixed))[0]["met"]
+
+
+def test_the_tightest_stream_alone_is_shown_as_the_floor_and_does_not_change_the_verdict() -> None:
+    """What the tightest stream misses alone on the GPU is reported beside the fleet's
+    verdict; a late answer in the fleet still fails it, even where the stream alone had one."""
+    alone = {"frames": 1080, "dropPercent": 0.0, "pastDeadline": 2, "p99Ms": 17.1, "maxMs": 27.0}
+    mixed = {
+        "admitted": 1,
+        "gpusPlanned": 1,
+        "solo": {"small": {"p50Ms": 11.6}},
+        "loop": {
+            "streams": {
+                "cam-3": {
+                    "model": "small",
+                    "fps": 30.0,
+                    "p99Ms": 20.0,
+                    "dropPercent": 0.0,
+                    "pastDeadline": 3,
+                }
+            }
+        },
+        "tightestAlone": {
+            "stream": "cam-3",
+            "deadlineMs": 25.3,
+            "loop": {"admitted": 1, "slots": [], **alone},
+            "straight": alone | {"pastDeadline": 1, "maxMs": 26.0},
+        },
+    }
+    (v,) = loop_verdict(run("time-slicing", mixed=mixed))
+    assert not v["met"] and v["alone"]["loop"]["pastDeadline"] == 2
+    assert v["alone"]["straight"] == alone | {"pastDeadline": 1, "maxMs": 26.0}
+    text = render_loop([v])
+    assert "cam-3 alone on the GPU (deadline 25.3 ms" in text
+    assert "through its sidecar: 2 of 1080 past it" in text
+    assert "straight to Triton: 1 of 1080 past it" in text
+    del mixed["tightestAlone"]
+    assert "alone" not in loop_verdict(run("time-slicing", mixed=mixed))[0]
 
 
 def test_a_failed_setting_is_reported_with_its_error() -> None:
