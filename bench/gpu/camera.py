@@ -13,6 +13,7 @@ post-processing (NMS, tracking: a busy loop) before the next capture. Writes its
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import time
@@ -57,17 +58,35 @@ def main() -> None:
     # Per call: sent, model began, model ended, answered (None where unknown): where each
     # frame's time went (stagger_testkit.camerasim.phases).
     calls: list[list[float | None]] = []
+    # Garbage collections of 1 ms or more, [start, end] Unix s: this process's (``gc``) and,
+    # where the model reports them, its Triton process's as each answer brought them
+    # (``modelGc``: [sent, count, seconds, longest's start, longest's end]).
+    collections: list[list[float]] = []
+    model_collections: list[list[float]] = []
+    collecting_since = [0.0]
+
+    def collected(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting_since[0] = time.time()
+        elif time.time() - collecting_since[0] >= 1e-3:
+            collections.append([collecting_since[0], time.time()])
+
+    gc.callbacks.append(collected)
 
     def send(frame: bytes) -> object:
         image = grpcclient.InferInput("IMAGE", [jpeg.size], "UINT8")
         image.set_data_from_numpy(jpeg)
-        call: list[float | None] = [time.time(), None, None, None]
+        sent = time.time()
+        call: list[float | None] = [sent, None, None, None]
         calls.append(call)
         result = client.infer(args.model, [image], client_timeout=10.0)
         call[3] = time.time()
         times = result.as_numpy("TIMES")  # the stand-in model of examples/03 has none
         if times is not None:
             call[1:3] = times.tolist()
+        model_gc = result.as_numpy("GC")  # nor a GC output
+        if model_gc is not None and model_gc[0] > 0:
+            model_collections.append([sent, *model_gc.tolist()])
         return result.as_numpy("DETECTIONS")
 
     def post(_: object) -> None:
@@ -102,6 +121,8 @@ def main() -> None:
                 "captured_at": log.captured_at,
                 "errors": log.errors,
                 "calls": calls[1:],  # not the warm-up
+                "gc": collections,
+                "modelGc": model_collections,
             }
         )
     )

@@ -41,11 +41,14 @@ import shutil
 import sys
 import sysconfig
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
 from bench.gpu.streams import (
@@ -64,6 +67,7 @@ from stagger.core.calibration import NoKnee, SweepPoint, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
 from stagger.core.placement import Plan, PlannerSettings, plan
+from stagger.core.telemetry import RELEASE_LAG
 from stagger.profile_cmd import calibration_result
 from stagger.profiler import profile
 from stagger_testkit.camerasim import phases, stalls
@@ -266,6 +270,37 @@ class Loop:
         for s in self.sidecars:
             s.stop()
 
+    def release_lags(self) -> dict[str, dict[str, int]]:
+        """Each shard's sidecar's release lag so far (:func:`release_lag_counts`), by the
+        name :func:`loop_cameras` gives its camera."""
+        out = {}
+        for p, sidecar in zip(self.shards, self.sidecars, strict=False):
+            with urllib.request.urlopen(f"http://{sidecar.metrics}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            out[p.stream if p.shards == 1 else f"{p.stream}/{p.shard}"] = release_lag_counts(text)
+        return out
+
+
+def release_lag_counts(metrics_text: str) -> dict[str, int]:
+    """From a sidecar's metrics: how many held requests it forwarded (``held``) and how many
+    of those more than 1 ms and 5 ms after their release time (``over1Ms``, ``over5Ms``),
+    all streams and models together. A body that starts late runs into the next slot's, so
+    a lag here points at the sidecar's host, not at the plan."""
+    count, within = 0.0, {"0.001": 0.0, "0.005": 0.0}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != RELEASE_LAG:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_count"):
+                count += sample.value
+            elif sample.name.endswith("_bucket") and sample.labels["le"] in within:
+                within[sample.labels["le"]] += sample.value
+    return {
+        "held": int(count),
+        "over1Ms": int(count - within["0.001"]),
+        "over5Ms": int(count - within["0.005"]),
+    }
+
 
 def loop_cameras(
     loop: Loop, applied: list[InferenceStream], post_ms: float
@@ -333,6 +368,7 @@ def loop_of(
     try:
         cams = loop_cameras(loop, applied, args.post_ms)
         result = measure(cams, frames or args.frames, root, f"{tag}-n{len(applied)}", args)
+        result["releaseLag"] = loop.release_lags()
     finally:
         loop.stop()
     return {
@@ -418,6 +454,8 @@ def measure(
     s["seconds"] = seconds
     if past is not None:
         s["pastDeadline"] = past
+        s["lateFrames"] = late_frames(cams, logs)
+    s["collections"] = collections(cams, logs)
     s["streams"] = by_camera
     s["phases"] = phases({x["name"]: x.get("calls", []) for x in logs})
     s["stalls"] = stall_events(cams, logs, args)
@@ -426,6 +464,73 @@ def measure(
         f"of {s['frames']}"
     )
     return s
+
+
+GC_NEAR_S = 0.05
+"""A collection this long before a frame was sent can still hold what runs alongside it."""
+LATE_FRAMES_LISTED = 40
+
+
+def gc_spans(cams: list[dict[str, Any]], logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every garbage collection of 1 ms or more the cameras saw: their own (``camera``) and
+    their Triton processes' (``model``, the longest per answer), each with its camera."""
+    spans = []
+    for cam, camera_log in zip(cams, logs, strict=True):
+        name = cam.get("name", camera_log["name"])
+        for begin, end in camera_log.get("gc", []):
+            spans.append({"where": "camera", "camera": name, "begin": begin, "end": end})
+        for _sent, _count, _seconds, begin, end in camera_log.get("modelGc", []):
+            spans.append({"where": "model", "camera": name, "begin": begin, "end": end})
+    return spans
+
+
+def collections(cams: list[dict[str, Any]], logs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per camera, its own and its model's garbage collections of 1 ms or more: how many,
+    and the longest (ms)."""
+    out: dict[str, Any] = {}
+    for span in gc_spans(cams, logs):
+        one = out.setdefault(span["camera"], {}).setdefault(
+            span["where"], {"count": 0, "longestMs": 0.0}
+        )
+        one["count"] += 1
+        one["longestMs"] = max(one["longestMs"], round((span["end"] - span["begin"]) * 1e3, 2))
+    return out
+
+
+def late_frames(cams: list[dict[str, Any]], logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each answer later than its camera's deadline (sent to answered), with where its time
+    went and every collection of 1 ms or more, in any camera or model process, that ran
+    from shortly before it was sent to its answer (``startMs``: from when it was sent):
+    whether a late frame follows a pause in some process or not."""
+    spans = gc_spans(cams, logs)
+    out = []
+    for cam, camera_log in zip(cams, logs, strict=True):
+        deadline = cam.get("deadline_ms")
+        if deadline is None:
+            continue
+        for sent, began, ended, answered in camera_log.get("calls", []):
+            if None in (sent, began, ended, answered) or (answered - sent) * 1e3 <= deadline:
+                continue
+            out.append(
+                {
+                    "camera": cam.get("name", camera_log["name"]),
+                    "sent": round(sent, 3),
+                    "beforeMs": round((began - sent) * 1e3, 1),
+                    "modelMs": round((ended - began) * 1e3, 1),
+                    "afterMs": round((answered - ended) * 1e3, 1),
+                    "collections": [
+                        {
+                            "where": g["where"],
+                            "camera": g["camera"],
+                            "startMs": round((g["begin"] - sent) * 1e3, 1),
+                            "ms": round((g["end"] - g["begin"]) * 1e3, 1),
+                        }
+                        for g in spans
+                        if g["end"] > sent - GC_NEAR_S and g["begin"] < answered
+                    ],
+                }
+            )
+    return sorted(out, key=lambda f: f["sent"])[:LATE_FRAMES_LISTED]
 
 
 def stall_events(
@@ -540,6 +645,7 @@ def identical(
         try:
             cams = loop_cameras(loop, applied, args.post_ms)
             out["loop"] = measure(cams, args.frames, root, f"{body}-loop-n{admitted}", args)
+            out["loop"]["releaseLag"] = loop.release_lags()
             save()
             if not loop.split:  # a camera's frames to k shards: not what transparent mode is
                 out["transparent"] = transparent(loop, body, root, args)
@@ -689,6 +795,7 @@ def mixed(
     try:
         cams = loop_cameras(loop, applied, args.post_ms)
         out["loop"] = measure(cams, args.frames, root, f"mixed-loop-n{len(applied)}", args)
+        out["loop"]["releaseLag"] = loop.release_lags()
         save()
     finally:
         loop.stop()

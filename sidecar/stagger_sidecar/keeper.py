@@ -200,7 +200,9 @@ class Keeper:
             raise
         now = self.clock()
         held.gate.went(held.release)
-        if held.claim is not None:
+        if held.claim is None:  # a coordinated hold waits past its release on purpose
+            self.metrics.released(held.key, lag_s=max(0.0, now - held.release.at))
+        else:
             delay = max(0.0, now - held.release.at)
             self.metrics.coordinated(held.key, delay_s=delay, forced=now >= held.claim.deadline)
         return Ticket(held.gate, held.release, held.key, now, held.claim)

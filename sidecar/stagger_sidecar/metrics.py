@@ -39,6 +39,7 @@ class _Series:
     forwarded: Counter
     late: Counter
     gate_wait: Histogram
+    release_lag: Histogram
     service: Histogram
     latency: Histogram
 
@@ -71,6 +72,13 @@ class GateMetrics:
             "Time waited at the gate for the slot.",
             labels,
             buckets=buckets,
+            registry=r,
+        )
+        self.release_lag = Histogram(
+            t.RELEASE_LAG,
+            "Time from a held request's release time to its forwarding (timer lag).",
+            labels,
+            buckets=t.RELEASE_LAG_BUCKETS,
             registry=r,
         )
         self.service = Histogram(
@@ -173,6 +181,7 @@ class GateMetrics:
                 forwarded=self.forwarded.labels(**labels),
                 late=self.late.labels(**labels),
                 gate_wait=self.gate_wait.labels(**labels),
+                release_lag=self.release_lag.labels(**labels),
                 service=self.service.labels(**labels),
                 latency=self.latency.labels(**labels),
             )
@@ -186,6 +195,10 @@ class GateMetrics:
         series.gate_wait.observe(wait_s)
         series.service.observe(service_s)
         series.latency.observe(wait_s + service_s)
+
+    def released(self, key: StreamKey, *, lag_s: float) -> None:
+        """A held request went ``lag_s`` after its release time."""
+        self._series(key).release_lag.observe(lag_s)
 
     def coordinated(self, key: StreamKey, *, delay_s: float, forced: bool) -> None:
         self.coordinated_delay.labels(**key.labels()).observe(delay_s)

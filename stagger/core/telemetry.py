@@ -21,6 +21,10 @@ SLOT_MISSES = "stagger_slot_misses_total"
 began (counter)."""
 GATE_WAIT = "stagger_gate_wait_seconds"
 """Time a request waited at the gate for its slot (histogram)."""
+RELEASE_LAG = "stagger_gate_release_lag_seconds"
+"""How long after its release time a held request was forwarded: the sidecar's own timer
+and event-loop lag, which starts a body late into the next slot's (histogram; near 0 on a
+healthy node; coordinated holds, which wait on purpose, are not counted)."""
 SERVICE = "stagger_triton_service_seconds"
 """Triton's service time for a released request (histogram)."""
 LATENCY = "stagger_request_latency_seconds"
@@ -54,6 +58,9 @@ TRITON_UP = "stagger_triton_up"
 """1 when Triton answers ready, else 0 (gauge)."""
 
 DROP_REASON = "reason"
+
+RELEASE_LAG_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+"""Finer than latencies: a lag of a few milliseconds already overlaps the next body."""
 
 LATENCY_BUCKETS = (
     0.001,

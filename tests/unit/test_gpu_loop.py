@@ -7,14 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from bench.gpu.loop import (
     MIXED,
     apply_one_at_a_time,
     cluster_of,
+    collections,
     exclusive_for,
+    late_frames,
     parse_args,
     past_deadline,
+    release_lag_counts,
     repository,
     slots_of,
     split_from,
@@ -28,6 +32,7 @@ from bench.gpu.targets import loop_verdict, render_loop
 from bench.gpu.waits import bench_phases, table_waits_ms
 from stagger.core.api import ModelProfile, SharingMode
 from stagger.core.placement import PlannerSettings
+from stagger_sidecar.metrics import GateMetrics, StreamKey
 
 DETECTOR = Path(__file__).parents[2] / "bench" / "gpu" / "models"
 STAND_IN = Path(__file__).parents[2] / "examples" / "03-local-triton" / "models"
@@ -442,3 +447,56 @@ def test_the_best_table_makes_colliding_cameras_wait_for_the_bodies_before_them(
     # transparent mode's p99 cannot come under 0.6 x random's 71.3 ms there (issue 21)
     waits = table_waits_ms(bench_phases(8, 10.0, 15), 10.9, 0.1)
     assert max(waits) == pytest.approx(31.8, abs=0.1)
+
+
+def test_release_lags_are_read_from_the_sidecar_s_own_metrics() -> None:
+    """What a sidecar exports, as the loop scrapes it after a measurement: held requests,
+    and those forwarded more than 1 ms and 5 ms after their release time, over models."""
+    metrics = GateMetrics()
+    for lag_s, model in [(0.0001, "graph"), (0.0015, "graph"), (0.0062, "graph"), (0.0, "small")]:
+        metrics.released(StreamKey("bench", "cam-3", 0, model), lag_s=lag_s)
+    text = generate_latest(metrics.registry).decode()
+    assert release_lag_counts(text) == {"held": 4, "over1Ms": 2, "over5Ms": 1}
+    assert release_lag_counts(generate_latest(GateMetrics().registry).decode()) == {
+        "held": 0,
+        "over1Ms": 0,
+        "over5Ms": 0,
+    }
+
+
+def test_late_frames_list_the_collections_that_ran_beside_them() -> None:
+    """An answer past its camera's deadline is listed with where its time went and every
+    collection of 1 ms or more (a camera's own, a model process's) from shortly before it
+    was sent to its answer; on-time frames and cameras without a deadline are not."""
+    t = 1_800_000_000.0
+    cams = [{"name": "cam-3", "deadline_ms": 25.3}, {"name": "cam-0"}]
+    logs = [
+        {
+            "name": "cam-0",
+            "calls": [
+                [t, t + 0.003, t + 0.015, t + 0.016],
+                [t + 1, t + 1.012, t + 1.04, t + 1.041],
+            ],
+            "gc": [[t + 0.5, t + 0.502]],
+            "modelGc": [],
+        },
+        {
+            "name": "cam-1",
+            "calls": [[t + 1, t + 1.1, t + 1.2, t + 1.3]],  # slow, but no deadline
+            "gc": [],
+            "modelGc": [[t + 1.01, 1.0, 0.009, t + 0.995, t + 1.004]],  # held the body above
+        },
+    ]
+    (late,) = late_frames(cams, logs)
+    assert late == {
+        "camera": "cam-3",
+        "sent": round(t + 1, 3),
+        "beforeMs": 12.0,
+        "modelMs": 28.0,
+        "afterMs": 1.0,
+        "collections": [{"where": "model", "camera": "cam-0", "startMs": -5.0, "ms": 9.0}],
+    }
+    assert collections(cams, logs) == {
+        "cam-3": {"camera": {"count": 1, "longestMs": 2.0}},
+        "cam-0": {"model": {"count": 1, "longestMs": 9.0}},
+    }

@@ -9,6 +9,7 @@ import sys
 # Triton 2.51's Python backend needs numpy < 2 (first on the path); torch comes after it.
 sys.path[:0] = [p for p in os.environ.get("STAGGER_MODEL_PATH", "").split(os.pathsep) if p]
 
+import gc  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -35,6 +36,22 @@ class TritonPythonModel:
             cuda_graphs=param("CUDA_GRAPHS", "0") == "1",
         )
 
+        # A collection in this process holds the next request's start (the GC output).
+        self.collections = []
+        self.collecting_since = 0.0
+        gc.callbacks.append(self.collected)
+
+    def collected(self, phase, info):
+        if phase == "start":
+            self.collecting_since = time.time()
+        elif time.time() - self.collecting_since >= 1e-3:
+            self.collections.append((self.collecting_since, time.time()))
+
+    def collections_since_last_answer(self):
+        spans, self.collections = self.collections, []
+        first, last = max(spans, key=lambda s: s[1] - s[0], default=(0.0, 0.0))
+        return np.array([len(spans), sum(e - b for b, e in spans), first, last], np.float64)
+
     def execute(self, requests):
         responses = []
         for request in requests:
@@ -50,5 +67,6 @@ class TritonPythonModel:
                 continue
             out = pb_utils.Tensor("DETECTIONS", rows.reshape(-1, 6))
             times = pb_utils.Tensor("TIMES", np.array([began, time.time()], dtype=np.float64))
-            responses.append(pb_utils.InferenceResponse([out, times]))
+            gcs = pb_utils.Tensor("GC", self.collections_since_last_answer())
+            responses.append(pb_utils.InferenceResponse([out, times, gcs]))
         return responses
