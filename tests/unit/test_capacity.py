@@ -134,17 +134,25 @@ def test_shared_streams_are_spaced_evenly_so_bodies_overlap_least(n: int, fps: f
 
 
 def test_an_exclusive_body_never_overlaps_another_body() -> None:
-    """A truly exclusive body (a lock, a FIFO) keeps exact non-overlap. It never joins
-    shared streams whose bodies outrun their slots; a shared stream may join it, with its
-    whole body as its slot."""
+    """A truly exclusive body (a lock, a FIFO) keeps exact non-overlap. It joins shared
+    streams whose bodies outrun their slots only where all of them fit whole: they are
+    re-timed with their whole bodies as slots; a shared stream joins it with its whole body
+    as its slot. Where they would not fit whole, it takes another GPU."""
     gpus = [Gpu(index=i, product="NVIDIA-H200", memoryMiB=H200_MIB) for i in range(2)]
     cluster = Cluster(nodes=[Node(name="n", gpus=gpus)])
     shared = [stream(f"s{i}", 10.0, 15.5, 11.4) for i in range(3)]
     lock = stream("lock", 5.0, 45.0, model="ssd")
     for placed in (plan([*shared, lock], cluster), one_at_a_time([*shared, lock], cluster)):
         assert len(placed.shards) == 4
-        (held,) = placed.for_stream("cams", "lock")
-        assert [s for s in placed.shards if s.gpu == held.gpu and s.stream != "lock"] == []
+        assert {s.gpu for s in placed.shards} == {0}
+        assert all(
+            s.body_ticks == ms_to_ticks_ceil(s.body_ms, placed.tick_hz) for s in placed.shards
+        )
+        assert overlaps(body_windows(placed)) == []
+    crowded = [stream(f"s{i}", 10.0, 15.5, 11.4) for i in range(7)]  # 7 x 15.5 ms: too many
+    placed = one_at_a_time([*crowded, lock], cluster)
+    (held,) = placed.for_stream("cams", "lock")
+    assert [s for s in placed.shards if s.gpu == held.gpu and s.stream != "lock"] == []
     placed = one_at_a_time([lock, *shared], cluster)  # the lock came first: they join it
     assert len(placed.shards) == 4
     assert {s.gpu for s in placed.shards} == {0}
@@ -177,7 +185,8 @@ def test_an_exclusive_body_with_a_measured_cost_is_charged_its_cost_and_never_ov
 
 def test_a_shared_body_joining_exclusive_ones_with_costs_takes_its_whole_body() -> None:
     """An exclusive body's slot is all of it, cost or not: a shared stream joining a GPU of
-    them takes its whole body, and one never joins shared bodies that outrun their slots."""
+    them takes its whole body, and one joins shared bodies that outrun their slots only with
+    them widened to their whole bodies."""
     lock = [stream(f"x{i}", 10.0, 13.6, 11.3, exclusiveBody=True) for i in range(3)]
     shared = [stream(f"s{i}", 10.0, 15.5, 9.0) for i in range(2)]
     placed = one_at_a_time([*lock, *shared], one_gpu())
@@ -192,8 +201,12 @@ def test_a_shared_body_joining_exclusive_ones_with_costs_takes_its_whole_body() 
     gpus = [Gpu(index=i, product="NVIDIA-H200", memoryMiB=H200_MIB) for i in range(2)]
     two = Cluster(nodes=[Node(name="n", gpus=gpus)])
     placed = one_at_a_time([*shared, lock[0]], two)
-    (held,) = placed.for_stream("cams", "x0")
-    assert [s for s in placed.shards if s.gpu == held.gpu and s.stream != "x0"] == []
+    assert {s.gpu for s in placed.shards} == {0}
+    for s in placed.shards:
+        if not s.exclusive:
+            assert s.body_ticks == ms_to_ticks_ceil(s.body_ms, placed.tick_hz)
+    slots = [Slot(s.key, s.body_ticks, s.period_ticks, s.offset_ticks) for s in placed.shards]
+    assert overlaps(slots) == []
 
 
 MIXED = [("graph", 10.0), ("small", 15.0), ("graph", 5.0), ("small", 30.0), ("graph", 15.0)]
@@ -239,7 +252,8 @@ def test_a_shared_stream_whose_deadline_cannot_absorb_one_more_body_keeps_its_wh
     """Run 29's time-sliced profiles (both shared). A 30 fps stream of the small detector
     whose camera leaves 25.3 ms for a 14.7 ms answer cannot absorb one more RetinaNet body
     (14.9 ms): its slot is its whole body, charged in full, beside shared RetinaNet bodies
-    that outrun theirs. With its frame period as its deadline it can, and shares."""
+    that outrun theirs; joining them, it widens them to their whole bodies (re-timed), so
+    no body overlaps another. With its frame period as its deadline it can, and shares."""
     profiles = [profile("graph", 14.9, 11.38, 14.9), profile("small", 9.8, 7.76, 11.64)]
     graph = stream("g", 10.0, None, model="graph")
     tight = stream("t", 30.0, None, model="small", deadlineMs=25.3, latencyMs=14.7)
@@ -248,7 +262,10 @@ def test_a_shared_stream_whose_deadline_cannot_absorb_one_more_body_keeps_its_wh
     (t,) = placed.for_stream("cams", "t")
     (g,) = placed.for_stream("cams", "g")
     assert t.body_ticks == ms_to_ticks_ceil(9.8, placed.tick_hz) and not t.exclusive
-    assert g.body_ticks < ms_to_ticks_ceil(14.9, placed.tick_hz)  # RetinaNet still shares
+    assert g.body_ticks == ms_to_ticks_ceil(14.9, placed.tick_hz)  # widened when t joined
+    assert overlaps(body_windows(placed)) == []
+    alone = one_at_a_time([graph], one_gpu(), profiles).for_stream("cams", "g")
+    assert alone[0].body_ticks < g.body_ticks  # alone, RetinaNet shares: charged its cost
     assert placed.gpus[0].utilization == pytest.approx(
         t.body_ticks / t.period_ticks + g.body_ticks / g.period_ticks
     )
@@ -259,6 +276,11 @@ def test_a_shared_stream_whose_deadline_cannot_absorb_one_more_body_keeps_its_wh
     (refused,) = [u for u in one_at_a_time_refusals([*others, tight], profiles) if u.stream == "t"]
     assert "needs 0.29 GPU-seconds" in refused.reason
     assert "charged whole: its deadline cannot absorb one more body" in refused.reason
+    assert "needs the bodies there widened to their whole length too" in refused.reason
+    # and a stream joining a GPU that keeps bodies whole is told it takes its whole body
+    small = [stream(f"s{i}", 15.0, None, model="small") for i in range(12)]
+    refusals = one_at_a_time_refusals([tight, graph, *small], profiles)
+    assert refusals and "there it takes its whole 9.8 ms" in refusals[0].reason
 
 
 def test_a_profile_labelled_exclusive_still_shares_a_gpu_with_a_shared_model() -> None:
@@ -266,7 +288,7 @@ def test_a_profile_labelled_exclusive_still_shares_a_gpu_with_a_shared_model() -
     of its knee), RetinaNet's shared. The label is a measurement, not a lock: the small
     streams join the RetinaNet ones with their whole bodies as slots, where they were kept
     off that GPU and the mixed fleet got one stream. A stream's own ``exclusiveBody`` is
-    still kept exactly apart."""
+    still kept exactly apart: RetinaNet's body is widened to its whole length beside it."""
     profiles = [
         profile("graph", 14.7, 11.23, 14.7),
         ModelProfile.model_validate(
@@ -290,7 +312,10 @@ def test_a_profile_labelled_exclusive_still_shares_a_gpu_with_a_shared_model() -
     placed = one_at_a_time([graph, *small], one_gpu(), profiles)
     assert {s.stream for s in placed.shards} == {"g", "s0", "s1"}
     lock = stream("lock", 15.0, None, model="small", exclusiveBody=True)
-    assert not one_at_a_time([graph, lock], one_gpu(), profiles).for_stream("cams", "lock")
+    placed = one_at_a_time([graph, lock], one_gpu(), profiles)  # RetinaNet widened for it
+    (g,) = placed.for_stream("cams", "g")
+    assert g.body_ticks == ms_to_ticks_ceil(14.7, placed.tick_hz)
+    assert overlaps(body_windows(placed)) == []
 
 
 def test_cost_comes_from_the_profile_that_gave_the_body_and_never_exceeds_it() -> None:

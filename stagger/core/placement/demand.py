@@ -38,12 +38,24 @@ class _Demand:
     tight: bool
     """Its deadline cannot absorb one more body (``Demands._tight``): its slot and its
     charge are its whole body."""
+    whole_ticks: int
+    """How long its body holds the GPU: its window, and for a profile's exclusive label
+    (whose window is its reserved time) the body in full; for a body kept exactly apart,
+    its slot, which is all of it. On a GPU with a body kept apart every body takes this
+    as its slot."""
+
+    @property
+    def apart(self) -> bool:
+        """Every other body on its GPU must stay clear of this one (kept exactly apart, or a
+        deadline that cannot absorb one more body): on that GPU every body takes its whole
+        length as its slot (``Planner._whole_bodies``)."""
+        return self.exclusive or self.tight
 
     def shard_request(self, key: ShardKey, count: int, *, whole: bool = False) -> SlotRequest:
-        """The shard's slot: its reserved time, or with ``whole`` its whole body (a shared
-        stream on a GPU of exclusive bodies, which need every other body clear of theirs)."""
+        """The shard's slot: its reserved time, or with ``whole`` its whole body (on a GPU
+        with a body kept apart, which needs every other body clear of its own)."""
         return SlotRequest(
-            key, self.window_ticks if whole else self.body_ticks, self.frame_ticks * count
+            key, self.whole_ticks if whole else self.body_ticks, self.frame_ticks * count
         )
 
     def shard_util(self, count: int) -> float:
@@ -92,7 +104,8 @@ class Demands:
             # a measured label must not keep two models off one GPU: only a body nothing
             # measured, or the stream's own word, is kept exactly apart
             exclusive = window == body and not measured
-            out[pool] = _Demand(timing, frame, body, window, exclusive, tight)
+            held = body if exclusive else max(window, whole)
+            out[pool] = _Demand(timing, frame, body, window, exclusive, tight, held)
         if not out:
             return {}, (
                 f"no bodyTimeMs and no ModelProfile for model {spec.model} on "
@@ -111,7 +124,14 @@ class Demands:
         product, sharing = self.fleet.pool_keys[pool]
         if sharing == str(SharingMode.MPS):
             return False
-        deadline = spec.deadline_ms if spec.deadline_ms is not None else 1000 / spec.fps
+        # Without a declared deadline a frame has its period, or the periods of the shards
+        # its latency splits it into (each shard has a frame in flight of its own).
+        period = 1000 / spec.fps
+        deadline = (
+            spec.deadline_ms
+            if spec.deadline_ms is not None
+            else period * max(1, math.ceil(timing.latency_ms / period - 1e-9))
+        )
         longest = max(timing.body_ms, self.book.longest_body_ms(product, sharing))
         return deadline - timing.latency_ms < longest
 

@@ -142,15 +142,20 @@ class Planner:
     ) -> bool:
         """Memory and body budget allow the shard here (into a gap: what the table
         reserves; by re-timing: what its shards use, as rounded periods may be undone), and
-        no smaller body of its period found no slot here since the table last changed. An
-        exclusive body never joins shared ones whose bodies outrun their slots: it needs
-        every other body clear of it, which theirs cannot promise (a shared stream joins
-        exclusive ones with its whole body as its slot: :meth:`_whole_bodies`)."""
+        no smaller body of its period found no slot here since the table last changed. A
+        body kept apart (``_Demand.apart``) joins shared ones whose bodies outrun their
+        slots only where all of them fit whole: they are widened, by a re-timing
+        (:meth:`_widens`); a shared stream joins a GPU of such bodies with its whole body
+        as its slot (:meth:`_whole_bodies`)."""
         if g.memory_free < memory:
             return False
-        if self._any_shared and d.exclusive and self._overhang(g):
-            return False
-        budget = self.settings.utilization_cap - (g.need if retime else g.util)
+        if self._widens(g, d):
+            if not self._widenable(g):
+                return False
+            used = self._whole_need(g)
+        else:
+            used = g.need if retime else g.util
+        budget = self.settings.utilization_cap - used
         if request.body / request.frame_period > budget + 1e-12:
             return False
         if request.body >= g.blocked.get(request.frame_period, request.body + 1):
@@ -160,10 +165,29 @@ class Planner:
 
     def _whole_bodies(self, g: _Gpu) -> bool:
         """Whether a shard joining ``g`` takes its whole body as its slot: ``g`` runs a body
-        kept exactly apart (``_Demand.exclusive``), so a shared one must not overlap it."""
+        every other must stay clear of (``_Demand.apart``)."""
         return self._any_shared and any(
-            self._shard_meta[x.key][1].exclusive for x in g.slots if x.key in self._shard_meta
+            self._shard_meta[x.key][1].apart for x in g.slots if x.key in self._shard_meta
         )
+
+    def _widens(self, g: _Gpu, d: _Demand) -> bool:
+        """Whether a shard of ``d`` joins ``g`` only with every body there widened to its
+        whole length: it is kept apart and bodies on ``g`` outrun their slots."""
+        return d.apart and any(self._whole_of(x) > x.body for x in g.slots)
+
+    def _whole_of(self, x: Slot) -> int:
+        """The whole body of the shard in slot ``x`` (``_Demand.whole_ticks``; an old
+        copy's slot as it is)."""
+        meta = self._shard_meta.get(cast(ShardKey, x.key))
+        return max(x.body, meta[1].whole_ticks) if meta else x.body
+
+    def _whole_need(self, g: _Gpu) -> float:
+        """Body time per second the shards on ``g`` would use with their whole bodies."""
+        return sum(self._whole_of(x) / self._frame_of.get(x.key, x.period) for x in g.slots)
+
+    def _widenable(self, g: _Gpu) -> bool:
+        """No slot that its body outruns is pinned (a pinned slot keeps its width)."""
+        return all(x.key not in self._held or self._whole_of(x) == x.body for x in g.slots)
 
     def _overhang(self, g: _Gpu) -> int:
         """How far the longest body on ``g`` runs past its reserved slot (shared streams)."""
@@ -205,15 +229,17 @@ class Planner:
         rounding: float | None = None,
         window: int | None = None,
         gap: bool = True,
+        widen: bool = False,
     ) -> Slot | None:
         """A slot on ``g`` (admitted by :meth:`_admits`): into a gap (with ``window``, only
         one its whole body fits, see :meth:`_window_gap`), else, when ``retime`` or nothing
         runs on ``g`` yet, by re-packing its table around its pinned shards; with ``gap``
-        False, the re-packing only. ``rounding`` bounds how far slot periods may be rounded
-        down (see ``insert``)."""
+        False, the re-packing only. With ``widen`` (:meth:`_widens`) every shard on ``g``
+        is re-packed with its whole body as its slot, never into a gap. ``rounding`` bounds
+        how far slot periods may be rounded down (see ``insert``)."""
         budget = self.settings.utilization_cap - g.util
         how = "centre" if g.kept else "lane"
-        if not gap:
+        if not gap or widen:
             slot = None
         elif window is not None:
             slot = self._window_gap(g, request, window, rounding)
@@ -221,7 +247,10 @@ class Planner:
             slot = insert(g.slots, request, max_utilization=budget, how=how, rounding=rounding)
         if slot is not None or (g.kept and not retime):
             return slot
-        reqs = [SlotRequest(x.key, x.body, self._frame_of[x.key]) for x in g.slots] + [request]
+        reqs = [
+            SlotRequest(x.key, self._whole_of(x) if widen else x.body, self._frame_of[x.key])
+            for x in g.slots
+        ] + [request]
         fixed = [x for x in g.slots if x.key in self._held]
         cap = self.settings.utilization_cap
         table = pack(reqs, max_utilization=cap, fixed=fixed, rounding=rounding)
@@ -333,7 +362,8 @@ class Planner:
             if g.kept:
                 running.append((g, request))
                 continue
-            slot = self._try_gpu(g, request, retime=True)  # decided in this plan: re-pack
+            # decided in this plan: re-pack
+            slot = self._try_gpu(g, request, retime=True, widen=self._widens(g, d))
             if slot is not None:
                 self._commit(g, shard, d, slot)
                 return True
@@ -387,6 +417,7 @@ class Planner:
                         rounding=rounding,
                         window=demands[g.pool].window_ticks if whole else None,
                         gap=gap,
+                        widen=self._widens(g, d),
                     )
                     if slot is not None:
                         self._commit(g, shard, demands[g.pool], slot)
@@ -444,7 +475,16 @@ class Planner:
         charged = ticks_to_ms(d.body_ticks, self.settings.tick_hz)
         need = charged * spec.fps / 1000
         per_shard = d.shard_util(k)
-        largest_free = max((cap - g.util for g in eligible), default=0.0)
+
+        def share(g: _Gpu) -> float:  # where bodies are kept apart it takes its whole body
+            whole = self._whole_bodies(g) and d.whole_ticks > d.body_ticks
+            return (d.whole_ticks if whole else d.body_ticks) / (d.frame_ticks * k)
+
+        def free(g: _Gpu) -> float:  # a body kept apart widens the bodies it joins
+            return cap - (self._whole_need(g) if self._widens(g, d) else g.util)
+
+        apart = [g for g in eligible if share(g) > per_shard or self._widens(g, d)]
+        largest_free = max((free(g) for g in eligible), default=0.0)
         largest_mem = max((g.memory_free for g in eligible), default=0)
         if spec.memory_mib > max(
             (g.gpu.memory_mib - self.settings.memory_reserve_mib for g in eligible), default=0
@@ -460,6 +500,17 @@ class Planner:
             if d.timing.cost_ms is not None
             else ""
         )
+        if apart:
+            body += (
+                f"; on {len(apart)} matching GPU(s) every body is kept whole (a tight deadline "
+                "or an exclusive body there): there it "
+                + (
+                    "needs the bodies there widened to their whole length too"
+                    if d.apart
+                    else f"takes its whole {ticks_to_ms(d.whole_ticks, self.settings.tick_hz):.3g} "
+                    f"ms, {max(share(g) for g in apart):.2f} of the GPU"
+                )
+            )
         if k == 1:
             head = f"needs {need:.2f} GPU-seconds of body per second ({body})"
             where = f"one GPU with >= {per_shard:.2f} free"
@@ -469,15 +520,13 @@ class Planner:
             )
             where = f"{k} GPUs with >= {per_shard:.2f} free each"
         fits = sum(
-            1
-            for g in eligible
-            if cap - g.util >= per_shard - 1e-9 and g.memory_free >= spec.memory_mib
+            1 for g in eligible if free(g) >= share(g) - 1e-9 and g.memory_free >= spec.memory_mib
         )
         if fits >= k:
             pinned = any(
                 x.key in self._pinned
                 for g in eligible
-                if cap - g.util >= per_shard - 1e-9
+                if free(g) >= share(g) - 1e-9
                 for x in g.slots
             )
             return (
@@ -843,9 +892,9 @@ class Planner:
         memory = sum(m[0].stream.spec.memory_mib for m in members) + sum(m for _, m in ghosts)
         if memory > g.memory_free:
             return None
-        # bodies that are exclusive need every other body clear of theirs (as on a GPU
-        # where a shard is placed: see _whole_bodies)
-        whole = any(d.exclusive for _, d, _ in members)
+        # bodies kept apart need every other body clear of theirs (as on a GPU where a
+        # shard is placed: see _whole_bodies)
+        whole = any(d.apart for _, d, _ in members)
         requests = [d.shard_request(shard.key, shard.count, whole=whole) for shard, d, _ in members]
         requests += [SlotRequest(x.key, x.body, x.period) for x, _ in ghosts]
         previous: dict[Hashable, Slot] = {

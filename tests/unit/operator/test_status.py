@@ -34,7 +34,8 @@ def profile(model: str, body: float, cost: float, latency: float) -> ModelProfil
 
 def test_each_shard_reports_the_time_reserved_for_it_beside_its_body() -> None:
     """Run 29's profiles: a 14.9 ms RetinaNet body is profiled on the GPU, so a 30 fps
-    stream with 10.6 ms to spare cannot absorb one."""
+    stream with 10.6 ms to spare cannot absorb one: on its GPU every body is kept whole,
+    the 10 fps stream's too; alone, that one is charged its cost."""
     profiles = [profile("small", 9.8, 7.76, 11.64), profile("graph", 14.9, 11.38, 14.9)]
     streams = [
         InferenceStream.model_validate(manifest("InferenceStream", name, spec))
@@ -56,5 +57,8 @@ def test_each_shard_reports_the_time_reserved_for_it_beside_its_body() -> None:
     }
     assert {n: (r["bodyMs"], r["reservedMs"]) for n, r in reported.items()} == {
         "tight": (9.8, 9.8),  # its deadline cannot absorb one more body: charged whole
-        "loose": (9.8, 7.367),  # its cost, scaled to the throughput cap
+        "loose": (9.8, 9.8),  # beside it: whole as well
     }
+    alone = plan(streams[1:], cluster, profiles).for_stream("cams", "loose")
+    (shard,) = stream_status(streams[1], alone, StreamPhase.PLACED, "", now)["shards"]
+    assert (shard["bodyMs"], shard["reservedMs"]) == (9.8, 7.367)  # its cost, scaled
