@@ -830,8 +830,11 @@ def mixed(
             args=args,
         )
         save()
+    # Random phases for the admitted streams, and with the next one the planner refused
+    # (where a server is left): whether doing nothing holds more than the plan admits.
+    above = candidates[: min(len(applied) + 1, len(candidates), len(servers))]
     rng = random.Random(args.seed)
-    cams = [
+    every = [
         {
             "name": s.name,
             "url": servers[i].grpc,
@@ -839,9 +842,15 @@ def mixed(
             "fps": s.spec.fps,
             "phase": rng.uniform(0, 1 / s.spec.fps),
         }
-        for i, s in enumerate(applied)
+        for i, s in enumerate(above)
     ]
+    cams = every[: len(applied)]
     out["random"] = measure(cams, args.frames, root, f"mixed-random-n{len(applied)}", args)
+    if len(every) > len(cams):
+        save()
+        out["randomOneMore"] = measure(
+            every, args.frames, root, f"mixed-randomOneMore-n{len(every)}", args
+        )
     if variants["loopOneFewer"]:  # random phases beside the loop at one fewer, too
         save()
         fewer = cams[: len(applied) - 1]

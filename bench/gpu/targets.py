@@ -314,6 +314,13 @@ def _mixed_verdict(r: dict[str, Any]) -> dict[str, Any]:
         "everyStream": {"met": bool(streams) and all(s["met"] for s in streams.values())},
         "oneGpu": {"value": r["gpusPlanned"], "met": r["gpusPlanned"] == 1},
     }
+    above = r.get("randomOneMore")
+    if above:  # doing nothing must not hold more streams than the plan admits
+        checks["randomHoldsNoMore"] = {
+            "value": above["dropPercent"],
+            "n": r["admitted"] + 1,
+            "met": above["dropPercent"] > 0,
+        }
     return {
         "setting": "mixed",
         "admitted": r["admitted"],
@@ -384,9 +391,12 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                     f"{'—' if s['pastDeadline'] is None else s['pastDeadline']} | "
                     f"{s['p99OverSolo']} | {_mark(s['met'])} |"
                 )
+            more = v["checks"].get("randomHoldsNoMore")
+            at_more = f"; at {more['n']}: {more['value']} %" if more else ""
             lines.append(
                 f"| {name} | {v['admitted']} | one GPU: {v['checks']['oneGpu']['value']} | "
-                f"random phases: {v['randomDropPercent']} % drops | | | {_mark(v['met'])} |"
+                f"random phases: {v['randomDropPercent']} % drops{at_more} | | | "
+                f"{_mark(v['met'])} |"
             )
         else:
             c = v["checks"]

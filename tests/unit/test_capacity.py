@@ -276,7 +276,9 @@ def test_a_shared_stream_whose_deadline_cannot_absorb_one_more_body_keeps_its_wh
     (refused,) = [u for u in one_at_a_time_refusals([*others, tight], profiles) if u.stream == "t"]
     assert "needs 0.29 GPU-seconds" in refused.reason
     assert "charged whole: its deadline cannot absorb one more body" in refused.reason
-    assert "needs the bodies there widened to their whole length too" in refused.reason
+    assert "kept apart, it joins 1 matching GPU(s) only with the bodies there widened" in (
+        refused.reason
+    )
     # and a stream joining a GPU that keeps bodies whole is told it takes its whole body
     small = [stream(f"s{i}", 15.0, None, model="small") for i in range(12)]
     refusals = one_at_a_time_refusals([tight, graph, *small], profiles)

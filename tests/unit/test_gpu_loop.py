@@ -360,6 +360,14 @@ def test_the_mixed_fleet_is_judged_stream_by_stream_against_its_own_model_s_solo
     assert loop_verdict(run("time-slicing", mixed=mixed))[0]["met"]
     mixed["gpusPlanned"] = 2
     assert not loop_verdict(run("time-slicing", mixed=mixed))[0]["met"]
+    mixed["gpusPlanned"] = 1
+    # random phases at one stream more than admitted: holding it with 0 drops fails the plan
+    mixed["randomOneMore"] = {"dropPercent": 0.0}
+    (v,) = loop_verdict(run("time-slicing", mixed=mixed))
+    assert not v["met"] and v["checks"]["randomHoldsNoMore"] == {"value": 0.0, "n": 4, "met": False}
+    assert "random phases: 1.5 % drops; at 4: 0.0 %" in render_loop([v])
+    mixed["randomOneMore"] = {"dropPercent": 3.1}
+    assert loop_verdict(run("time-slicing", mixed=mixed))[0]["met"]
 
 
 def test_the_tightest_stream_alone_is_shown_as_the_floor_and_does_not_change_the_verdict() -> None:

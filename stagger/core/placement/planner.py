@@ -483,7 +483,8 @@ class Planner:
         def free(g: _Gpu) -> float:  # a body kept apart widens the bodies it joins
             return cap - (self._whole_need(g) if self._widens(g, d) else g.util)
 
-        apart = [g for g in eligible if share(g) > per_shard or self._widens(g, d)]
+        kept_whole = [g for g in eligible if share(g) > per_shard]
+        widened = [g for g in eligible if self._widens(g, d)]
         largest_free = max((free(g) for g in eligible), default=0.0)
         largest_mem = max((g.memory_free for g in eligible), default=0)
         if spec.memory_mib > max(
@@ -500,25 +501,27 @@ class Planner:
             if d.timing.cost_ms is not None
             else ""
         )
-        if apart:
+        if widened:
             body += (
-                f"; on {len(apart)} matching GPU(s) every body is kept whole (a tight deadline "
-                "or an exclusive body there): there it "
-                + (
-                    "needs the bodies there widened to their whole length too"
-                    if d.apart
-                    else f"takes its whole {ticks_to_ms(d.whole_ticks, self.settings.tick_hz):.3g} "
-                    f"ms, {max(share(g) for g in apart):.2f} of the GPU"
-                )
+                f"; kept apart, it joins {len(widened)} matching GPU(s) only with the bodies "
+                "there widened to their whole length"
             )
+        elif kept_whole:
+            whole_ms = ticks_to_ms(d.whole_ticks, self.settings.tick_hz)
+            body += (
+                f"; on {len(kept_whole)} matching GPU(s) every body is kept whole (a tight "
+                f"deadline or an exclusive body there): there it takes its whole {whole_ms:.3g} "
+                f"ms, {max(share(g) for g in kept_whole):.2f} of the GPU"
+            )
+        least = min((share(g) for g in eligible), default=per_shard)  # the least it needs
         if k == 1:
             head = f"needs {need:.2f} GPU-seconds of body per second ({body})"
-            where = f"one GPU with >= {per_shard:.2f} free"
+            where = f"one GPU with >= {least:.2f} free"
         else:
             head = (
                 f"needs {need:.2f} GPU-seconds of body per second ({body}); split over {k} shards"
             )
-            where = f"{k} GPUs with >= {per_shard:.2f} free each"
+            where = f"{k} GPUs with >= {least:.2f} free each"
         fits = sum(
             1 for g in eligible if free(g) >= share(g) - 1e-9 and g.memory_free >= spec.memory_mib
         )
