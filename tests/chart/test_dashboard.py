@@ -109,6 +109,7 @@ def test_every_query_names_exported_metrics_and_what_the_issue_asks_is_shown() -
         "stagger_request_latency_seconds_bucket",  # p50 / p99
         "stagger_frames_dropped_total",
         "stagger_gate_wait_seconds_bucket",
+        "stagger_gate_release_lag_seconds_bucket",  # the sidecar's own lateness
         "stagger_slot_misses_total",
         "stagger_profile_body_seconds",
     }
@@ -122,6 +123,7 @@ SHARDS = [("cam-1", "0", "0"), ("cam-2", "0", "0"), ("cam-2", "1", "1")]
 HISTOGRAMS = (
     "stagger_request_latency_seconds",
     "stagger_gate_wait_seconds",
+    "stagger_gate_release_lag_seconds",
     "stagger_triton_service_seconds",
 )
 
