@@ -104,8 +104,9 @@ class Demands:
             # a measured label must not keep two models off one GPU: only a body nothing
             # measured, or the stream's own word, is kept exactly apart
             exclusive = window == body and not measured
-            held = body if exclusive else max(window, whole)
-            out[pool] = _Demand(timing, frame, body, window, exclusive, tight, held)
+            # how long its body really holds the GPU (a body kept apart: its slot, all of it)
+            occupied = body if exclusive else max(window, whole)
+            out[pool] = _Demand(timing, frame, body, window, exclusive, tight, occupied)
         if not out:
             return {}, (
                 f"no bodyTimeMs and no ModelProfile for model {spec.model} on "
