@@ -231,7 +231,10 @@ def test_a_mixed_fleet_of_exclusive_and_shared_models_shares_one_gpu(order) -> N
     assert "GPU-seconds of body per second" in refused[0].reason
 
 
-def profile(model: str, body: float, cost: float, latency: float) -> ModelProfile:
+def profile(
+    model: str, body: float, cost: float, latency: float, *, exclusive: bool = False
+) -> ModelProfile:
+    label = {"exclusiveBody": True} if exclusive else {}
     return ModelProfile.model_validate(
         {
             "apiVersion": "stagger.dev/v1alpha1",
@@ -243,6 +246,7 @@ def profile(model: str, body: float, cost: float, latency: float) -> ModelProfil
                 "bodyTimeMs": body,
                 "costMs": cost,
                 "latencyMs": latency,
+                **label,
             },
         }
     )
@@ -283,6 +287,26 @@ def test_a_shared_stream_whose_deadline_cannot_absorb_one_more_body_keeps_its_wh
     small = [stream(f"s{i}", 15.0, None, model="small") for i in range(12)]
     refusals = one_at_a_time_refusals([tight, graph, *small], profiles)
     assert refusals and "there it takes its whole 9.8 ms" in refusals[0].reason
+
+
+def test_bodies_that_join_a_tight_stream_take_their_whole_bodies_under_any_label() -> None:
+    """Run 45 on an H200: both profiles read exclusive (their slots are their costs). The
+    30 fps stream, whose deadline cannot absorb one more RetinaNet body, is placed first;
+    the RetinaNet stream that joins it takes its whole 13.4 ms body as its slot, not its
+    10.8 ms charge, so its body never runs into the tight stream's (it did, and the 30 fps
+    stream answered 18 frames late)."""
+    profiles = [
+        profile("graph", 13.4, 11.39, 13.4, exclusive=True),
+        profile("small", 9.1, 7.85, 10.5, exclusive=True),
+    ]
+    tight = stream("t", 30.0, None, model="small", deadlineMs=25.3, latencyMs=13.5)
+    graph = stream("g", 15.0, None, model="graph")
+    placed = one_at_a_time([tight, graph], one_gpu(), profiles)
+    (g,) = placed.for_stream("cams", "g")
+    assert g.body_ticks == ms_to_ticks_ceil(13.4, placed.tick_hz)
+    assert overlaps(body_windows(placed)) == []
+    (alone,) = one_at_a_time([graph], one_gpu(), profiles).for_stream("cams", "g")
+    assert alone.body_ticks < g.body_ticks  # alone it is held to its cost
 
 
 def test_a_profile_labelled_exclusive_still_shares_a_gpu_with_a_shared_model() -> None:

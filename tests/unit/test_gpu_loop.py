@@ -186,9 +186,11 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
     overlaps another. The GPU takes 4 whichever model's profile reads exclusive (the 30 fps
     stream in two 15 fps shards). RetinaNet's streams declaring ``exclusiveBody`` themselves
     are held to their slots (their cost, as a lock's body is), so 6 fit and their bodies'
-    rest overlaps the tight one's. Without deadlines the shared labels let in 7 (run 29
-    lost 4.9 % at 7; runs 36-44 at 6 with deadlines lost 0-65 frames of 3,060, all but one
-    the 30 fps stream's: docs/benchmarks.md)."""
+    rest overlaps the tight one's. With run 45's profiles (both exclusive) the 30 fps
+    stream is placed first and the streams after it take their whole bodies too: 5 fit.
+    Without deadlines the shared labels let in 7 (run 29 lost 4.9 % at 7; runs 36-44 at 6
+    with deadlines lost 0-65 frames of 3,060, all but one the 30 fps stream's, and run 45
+    at 7, its later bodies held to their costs, 18 late: docs/benchmarks.md)."""
     cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
     plain = [stream(f"cam-{i}", *MIXED[i % len(MIXED)], 2048) for i in range(12)]
     declared = with_deadlines(plain, {"graph": 16.21, "small": 14.64}, post_ms=8.0)
@@ -214,6 +216,13 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
         exclusive_for(declared, "graph"),
         labelled(False, False),
     )
+    # run 45's profiles, both read exclusive: the 30 fps stream comes first on its GPU, so
+    # the streams that join after it take their whole bodies as well (they took their cost
+    # there, and 7 were admitted with bodies overlapping: 18 answers late)
+    cases["run 45, exclusive first"] = (
+        with_deadlines(plain, {"graph": 15.81, "small": 13.46}, post_ms=8.0),
+        [profile(13.4, 11.39, exclusive=True), profile(9.1, 7.85, model="small", exclusive=True)],
+    )
     admitted = {}
     for label, (streams, profiles) in cases.items():
         placed, applied, _ = apply_one_at_a_time(streams, cluster, profiles, PlannerSettings(), 12)
@@ -221,9 +230,11 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
         fast = frozenset(s["reservedMs"] for s in slots if s["stream"] == "cam-3")
         overlap = max(s["overlapMsPerFrame"] for s in slots)
         shards = sum(1 for s in slots if s["stream"] == "cam-3")
-        admitted[label] = (len(applied), fast, overlap, shards)
+        whole = all(s["reservedMs"] == s["bodyMs"] for s in slots)
+        admitted[label] = (len(applied), fast, overlap, shards, whole)
     declared_exclusive = admitted.pop("streams declare graph exclusive")
-    assert set(admitted.values()) == {(4, frozenset({9.8}), 0.0, 2)}, admitted
+    assert admitted.pop("run 45, exclusive first") == (5, frozenset({9.1}), 0.0, 1, True)
+    assert set(admitted.values()) == {(4, frozenset({9.8}), 0.0, 2, True)}, admitted
     assert declared_exclusive[:2] == (6, frozenset({9.8})) and declared_exclusive[2] > 0
     profiles = labelled(False, False)
     placed, applied, _ = apply_one_at_a_time(plain, cluster, profiles, PlannerSettings(), 12)

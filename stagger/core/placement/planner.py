@@ -102,7 +102,7 @@ class Planner:
         out, why = self.demand.of(stream)
         # a stream's body outruns its slot: see _on_running
         self._any_shared = self._any_shared or any(
-            d.window_ticks > d.body_ticks for d in out.values()
+            d.whole_ticks > d.body_ticks for d in out.values()
         )
         return out, why
 
