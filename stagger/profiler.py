@@ -213,6 +213,13 @@ class ProfileReport:
                 "cannot hold a body that varies this much, so streams may still overlap; "
                 "expect less than a steady body gets (a CUDA graph steadies an eager body)"
             )
+        if self.knee_ms is not None and p50 and self.knee_ms > p50:
+            out.append(
+                f"the knee ({self.knee_ms:.1f} ms) lies past the solo latency (p50 {p50:.1f} ms), "
+                "which no body outlasts: the sweep misread it (the two servers' latencies "
+                "settled apart, or the host was busy), so the body is overstated and costs "
+                "capacity; re-run the profile"
+            )
         if self.effective_body_ms is not None and len(self.urls) == 1:
             out.append(
                 "saturation used one server: costMs is what one server's instances sustain; "
