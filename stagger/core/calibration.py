@@ -37,10 +37,11 @@ KNEE_OFFSETS_PAST = 2
 @dataclass(frozen=True)
 class HingeFit:
     knee_ms: float
-    level_ms: float  # latency once the bodies no longer overlap (≈ solo)
+    level_ms: float  # the steepest stream's latency once the bodies no longer overlap (≈ solo)
     slope: float  # the steepest stream's latency change per ms of offset below the knee
     residual_ms: float  # robust scale of the residuals
     slopes: tuple[float, ...] = ()  # per stream
+    levels: tuple[float, ...] = ()  # per stream
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,21 @@ def _hinges(
     y: NDArray[np.float64],
     member: NDArray[np.float64],
     knees: NDArray[np.float64],
+    own_levels: bool = False,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """For every candidate knee at once: Huber-weighted fit (iteratively reweighted least
-    squares) of y = level + slope[stream] × min(x − knee, 0), one level for all streams
-    (past the knee every stream runs alone). ``member`` is (points, streams) one-hot.
-    Returns level (knees), slopes (knees, streams) and robust loss (ms², knees)."""
+    squares) of y = level + slope[stream] × min(x − knee, 0): past the knee every stream
+    runs alone, at one level, or with ``own_levels`` at its own (:func:`levels_apart`).
+    ``member`` is (points, streams) one-hot. Returns levels and slopes (knees, streams) and
+    robust loss (ms², knees)."""
     z = np.minimum(x[None, :] - knees[:, None], 0.0)  # (knees, points)
-    # Columns: the level, then each stream's slope term.
-    design = np.concatenate([np.ones_like(z)[:, :, None], z[:, :, None] * member[None]], axis=2)
+    streams = member.shape[1]
+    level_of = member if own_levels else np.ones((len(x), 1))
+    k = level_of.shape[1]
+    # Columns: the level (each stream's, with own_levels), then each stream's slope term.
+    design = np.concatenate(
+        [np.broadcast_to(level_of[None], (*z.shape, k)), z[:, :, None] * member[None]], axis=2
+    )
     p = design.shape[2]
     w = np.ones_like(z)
     for _ in range(15):  # Huber IRLS settles in a few rounds
@@ -101,7 +109,8 @@ def _hinges(
     scale = _robust_scale(residuals)
     r = np.abs(residuals) / scale[:, None]
     loss = np.where(r <= HUBER_K, 0.5 * r**2, HUBER_K * r - 0.5 * HUBER_K**2).sum(1)
-    return coef[:, 0], coef[:, 1:], loss * scale**2
+    levels = coef[:, :k] if own_levels else np.repeat(coef[:, :1], streams, axis=1)
+    return levels, coef[:, k:], loss * scale**2
 
 
 def fit_hinge(
@@ -109,12 +118,13 @@ def fit_hinge(
     latencies_ms: NDArray[np.float64] | list[float],
     streams: NDArray[np.int64] | list[int] | None = None,
     max_knee_ms: float | None = None,
+    own_levels: bool = False,
 ) -> HingeFit:
     """The best hinge for (offset, latency) points. With ``streams`` (which stream each
-    point is of) the knee and the level past it are shared and each stream has its own
-    slope: under time-slicing both streams slow down, with a lock or a FIFO queue only the
-    later one. The knee is searched on a grid over the swept range (up to ``max_knee_ms``
-    where that is less), then refined."""
+    point is of) the knee and the level past it are shared (each stream its own level with
+    ``own_levels``) and each stream has its own slope: under time-slicing both streams slow
+    down, with a lock or a FIFO queue only the later one. The knee is searched on a grid
+    over the swept range (up to ``max_knee_ms`` where that is less), then refined."""
     x = np.asarray(offsets_ms, dtype=np.float64)
     y = np.asarray(latencies_ms, dtype=np.float64)
     g = np.zeros(len(x), dtype=np.int64) if streams is None else np.asarray(streams)
@@ -128,16 +138,24 @@ def fit_hinge(
         hi = max(lo, min(hi, max_knee_ms))
     member = (g[:, None] == np.unique(g)[None, :]).astype(np.float64)
 
-    def best_of(knees: NDArray[np.float64]) -> tuple[float, float, list[float]]:
-        level, slopes, loss = _hinges(x, y, member, knees)
+    def best_of(knees: NDArray[np.float64]) -> tuple[float, list[float], list[float]]:
+        levels, slopes, loss = _hinges(x, y, member, knees, own_levels)
         i = int(np.argmin(loss))  # ties: the first, the smaller knee
-        return float(knees[i]), float(level[i]), [float(v) for v in slopes[i]]
+        return float(knees[i]), [float(v) for v in levels[i]], [float(v) for v in slopes[i]]
 
     coarse, _, _ = best_of(np.linspace(lo, hi, 201))
     step = (hi - lo) / 200
-    knee, level, slopes = best_of(np.linspace(max(lo, coarse - step), min(hi, coarse + step), 41))
-    fitted = level + (member @ np.asarray(slopes)) * np.minimum(x - knee, 0)
-    return HingeFit(knee, level, min(slopes), float(_robust_scale(y - fitted)), tuple(slopes))
+    knee, levels, slopes = best_of(np.linspace(max(lo, coarse - step), min(hi, coarse + step), 41))
+    fitted = member @ np.asarray(levels) + (member @ np.asarray(slopes)) * np.minimum(x - knee, 0)
+    steepest = int(np.argmin(slopes))
+    return HingeFit(
+        knee,
+        levels[steepest],
+        slopes[steepest],
+        float(_robust_scale(y - fitted)),
+        tuple(slopes),
+        tuple(levels),
+    )
 
 
 def estimate_knee(
@@ -147,16 +165,18 @@ def estimate_knee(
     *,
     resamples: int = 200,
     overlap_end_ms: float | None = None,
+    own_levels: bool = False,
 ) -> KneeEstimate:
     """The knee with a bootstrap interval, or :class:`NoKnee` when the data show none:
     latency does not fall as the offset grows, or still falls at the end of the sweep.
     ``overlap_end_ms``: an offset from which on the two inferences no longer overlap (see
     :func:`overlap_end_ms`); the knee lies at or before it, and a sweep that reached it is
-    never too short."""
+    never too short. ``own_levels``: each stream settles at its own level past the knee
+    (:func:`levels_apart`)."""
     x = np.asarray(offsets_ms, dtype=np.float64)
     y = np.asarray(latencies_ms, dtype=np.float64)
     g = np.zeros(len(x), dtype=np.int64) if streams is None else np.asarray(streams)
-    fit = fit_hinge(x, y, g, overlap_end_ms)
+    fit = fit_hinge(x, y, g, overlap_end_ms, own_levels)
     lo, hi = float(x.min()), float(x.max())
     drop = -fit.slope * (fit.knee_ms - lo)  # how much overlap costs at the smallest offset
     noise = max(fit.residual_ms, 1e-3)
@@ -184,7 +204,7 @@ def estimate_knee(
         pick = rng.choice(points, size=len(points), replace=True)
         if len(np.unique(x[pick])) < 3:
             continue
-        knees.append(fit_hinge(x[pick], y[pick], g[pick], overlap_end_ms).knee_ms)
+        knees.append(fit_hinge(x[pick], y[pick], g[pick], overlap_end_ms, own_levels).knee_ms)
     low, high = np.percentile(knees, [2.5, 97.5]) if knees else (fit.knee_ms, fit.knee_ms)
     # The knee is a grid search's argmin, not a smooth statistic: its resamples can all
     # fall to one side of it (20.85 ms against an interval ending at 20.82, a clean CI run
@@ -226,7 +246,8 @@ def overlap_end_ms(points: Sequence[SweepPoint]) -> float | None:
 
 
 def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEstimate:
-    """Both streams' latencies share the knee; each has its own level and slope.
+    """Both streams' latencies share the knee; each has its own slope, and its own level
+    past the knee where the servers settle apart (:func:`levels_apart`).
 
     The later stream is the one that waits for the earlier one's body, so it always
     counts. The earlier one counts too unless its latency *rises* with the offset before
@@ -250,7 +271,43 @@ def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEsti
             return later
     latencies = [p.latency1_ms for p in points] + [p.latency2_ms for p in points]
     streams = [0] * len(points) + [1] * len(points)
-    return estimate_knee(offsets * 2, latencies, streams, resamples=resamples, overlap_end_ms=end)
+    return estimate_knee(
+        offsets * 2,
+        latencies,
+        streams,
+        resamples=resamples,
+        overlap_end_ms=end,
+        own_levels=levels_apart(points, end),
+    )
+
+
+LEVELS_APART = 3.0
+"""How many noise scales apart the two streams' latencies must settle, past the end of the
+overlap, for each to get its own level in the knee's fit."""
+POINTS_PAST_OVERLAP = 6
+"""Runs past the end of the overlap needed to tell the two levels apart."""
+
+
+def levels_apart(points: Sequence[SweepPoint], end: float | None) -> bool:
+    """Whether the two servers settle at different latencies once their inferences no
+    longer overlap (at offsets from ``end`` on, each runs alone): their medians there differ
+    by more than :data:`LEVELS_APART` robust scales, over at least
+    :data:`POINTS_PAST_OVERLAP` runs. Two servers on one GPU can differ: in run 48 on an
+    H200 they settled at 14.8 and 12.2 ms, and one level for both read the slower one's
+    surplus as a fall that went on, putting the knee at 15.1 ms, past the solo latency
+    (13.2 ms), where both fell until about 10 ms. Without that evidence the streams share
+    one level, which a short sweep needs (the study's table has two runs past its overlap)."""
+    if end is None:
+        return False
+    past = [p for p in points if p.offset_ms >= end]
+    if len(past) < POINTS_PAST_OVERLAP:
+        return False
+    first = np.array([p.latency1_ms for p in past])
+    second = np.array([p.latency2_ms for p in past])
+    # one noise scale for both: each about its own median
+    spread = np.concatenate([first - np.median(first), second - np.median(second)])
+    scale = float(_robust_scale(spread))
+    return abs(float(np.median(first) - np.median(second))) > LEVELS_APART * scale
 
 
 def recommended_body_ms(knee_ms: float, effective_body_ms: float | None, guard: float) -> float:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from stagger.core.calibration import (
     estimate_knee,
     fit_hinge,
     knee_of_sweep,
+    levels_apart,
     model_profile,
     overlap_end_ms,
     recommended_body_ms,
@@ -241,3 +244,49 @@ def test_a_lock_swept_short_of_its_body_never_shows_a_knee_at_the_sweep_s_end() 
         with pytest.raises(NoKnee, match="sweep further") as e:
             knee_of_sweep(points, resamples=0)
         assert e.value.short, seed
+
+
+def two_servers_settling_apart(seed: int, apart_ms: float) -> list[SweepPoint]:
+    """Run 48's shape on an H200 (time-sliced, small detector): both streams slow while the
+    bodies overlap and fall until a 10 ms knee, then settle at their own servers' solo
+    latencies, ``apart_ms`` apart, with a slow drift in the slower one that one shared
+    level reads as a fall going on."""
+    rng = np.random.default_rng(seed)
+    knee = 10.0
+    return [
+        SweepPoint(
+            o,
+            12.2 + apart_ms * (1.1 - 0.01 * o) + max(knee - o, 0) * 0.8 + rng.normal(0, 0.5),
+            12.2 + max(knee - o, 0) * 0.9 + rng.normal(0, 0.5),
+        )
+        for o in np.repeat(np.arange(0, 21, 2.0), 5)
+    ]
+
+
+def test_servers_that_settle_apart_each_get_their_own_level() -> None:
+    """Two servers whose solo latencies differ past the overlap: each stream's level is its
+    own, so the knee stays where both stop falling; servers that settle together share one
+    level (the study's table, with two runs past its overlap, keeps its 45 ms)."""
+    for seed in range(5):
+        points = two_servers_settling_apart(seed, apart_ms=2.5)
+        assert levels_apart(points, overlap_end_ms(points)), seed
+        estimate = knee_of_sweep(points, resamples=0)
+        assert estimate.fit.knee_ms == pytest.approx(10, abs=1.0), seed
+        assert estimate.fit.levels[0] - estimate.fit.levels[1] == pytest.approx(2.6, abs=0.6)
+        together = two_servers_settling_apart(seed, apart_ms=0.0)
+        assert not levels_apart(together, overlap_end_ms(together)), seed
+    study = [SweepPoint(*row) for row in STUDY_TABLE_2]
+    assert not levels_apart(study, overlap_end_ms(study))
+
+
+def test_run_48s_misread_sweep_now_reads_a_knee_within_the_request() -> None:
+    """The recorded sweep itself: one level gave 15.1 ms, past the 13.2 ms solo p50."""
+    path = (
+        Path(__file__).parents[2]
+        / "bench/gpu/results/2026-12-04-loop-mixed-time-slicing-6-servers.json"
+    )
+    small = json.loads(path.read_text())["results"]["mixed"]["calibration"]["small"]
+    points = [SweepPoint(*row) for row in small["sweep"]]
+    assert small["kneeMs"] == pytest.approx(15.14, abs=0.01)  # as the run read it
+    estimate = knee_of_sweep(points, resamples=0)
+    assert 10 <= estimate.fit.knee_ms <= 12 < small["soloP50Ms"]
