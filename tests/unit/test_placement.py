@@ -282,6 +282,26 @@ def test_empty_cluster_gives_a_reason() -> None:
     assert p.unplaced[0].reason == "the cluster has no GPUs"
 
 
+def test_a_plan_from_scratch_is_what_re_planning_it_keeps() -> None:
+    """Found by hypothesis: the first pass refused a 26 ms body at 15 fps, which the next
+    re-plan of the same streams admitted in six shards by re-timing 15 shards on the tables
+    it kept. A plan from scratch is re-planned on itself until that places nothing more,
+    so the operator's next re-plan changes nothing."""
+    specs = [(1, 1.0, 0)] * 9 + [(1, 1.0, 1), (1, 28.0, 0), (1, 28.0, 0), (1, 28.0, 1)]
+    specs += [(1, 54.0, 0), (5, 38.0, 0), (7.5, 42.0, 1), (10, 11.0, 0), (15, 13.0, 0)]
+    specs += [(15, 26.0, -1)]
+    streams = [
+        stream(f"s{i}", fps, body=body, latency=body, memoryMiB=0, priority=prio)
+        for i, (fps, body, prio) in enumerate(specs)
+    ]
+    c = cluster(("a", 1), ("b", 1), memory=24000)
+    p = plan(streams, c)
+    check_plan(p)
+    assert p.unplaced == () and len(p.for_stream("default", "s18")) == 6
+    again = plan(streams, c, previous=p)
+    assert again.moves == () and again.offsets_changed == ()
+
+
 fleet_stream = st.tuples(
     st.sampled_from([1, 2, 5, 7.5, 10, 12.5, 15, 25, 30]),
     st.floats(min_value=1, max_value=60),
