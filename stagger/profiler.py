@@ -213,7 +213,7 @@ class ProfileReport:
                 "cannot hold a body that varies this much, so streams may still overlap; "
                 "expect less than a steady body gets (a CUDA graph steadies an eager body)"
             )
-        if self.knee_ms is not None and p50 and self.knee_ms > p50:
+        if self.knee_past_solo:
             out.append(
                 f"the knee ({self.knee_ms:.1f} ms) lies past the solo latency (p50 {p50:.1f} ms), "
                 "which no body outlasts: the sweep misread it (the two servers' latencies "
@@ -226,6 +226,13 @@ class ProfileReport:
                 "pass --url once per stream that will share the GPU to measure it as deployed"
             )
         return out
+
+    @property
+    def knee_past_solo(self) -> bool:
+        """The knee lies past the solo p50, which no body outlasts: the sweep misread it,
+        and the report asks for a re-run."""
+        p50 = self.solo_ms.get("p50")
+        return self.knee_ms is not None and p50 is not None and self.knee_ms > p50
 
     @property
     def recommended_latency_ms(self) -> float:

@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 from bench.gpu.loop import (
     MIXED,
     apply_one_at_a_time,
+    calibrate_until_one_holds,
     cluster_of,
     collections,
     exclusive_for,
@@ -31,6 +32,7 @@ from bench.gpu.loop import (
 from bench.gpu.targets import loop_verdict, render_loop
 from bench.gpu.waits import bench_phases, table_waits_ms
 from stagger.core.api import ModelProfile, SharingMode
+from stagger.core.calibration import NoKnee
 from stagger.core.placement import PlannerSettings
 from stagger_sidecar.metrics import GateMetrics, StreamKey
 
@@ -527,3 +529,38 @@ def test_late_frames_list_the_collections_that_ran_beside_them() -> None:
         "cam-3": {"camera": {"count": 1, "longestMs": 2.0}},
         "cam-0": {"model": {"count": 1, "longestMs": 9.0}},
     }
+
+
+def test_a_profile_that_asks_for_a_re_run_is_re_run_as_a_user_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Run 48: a knee past the solo latency, and the report says re-run. The loop re-runs
+    it, as a user who reads the warning does, and applies the first profile that holds;
+    where none does within the re-runs, the first it got (the bench goes on, as a user
+    would with a warning they cannot clear). A failed sweep (no knee) is re-run alike."""
+    results: list[Any] = []
+
+    def fake_calibrate(*_: Any) -> tuple[str, dict[str, Any]]:
+        outcome = results.pop(0)
+        if isinstance(outcome, NoKnee):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr("bench.gpu.loop.calibrate", fake_calibrate)
+    misread = ("misread", {"kneePastSolo": True, "warnings": ["the knee (15.1 ms) ..."]})
+    clean = ("clean", {"kneePastSolo": False, "warnings": []})
+    args: Any = ([], "small", Path("f.jpg"), "NVIDIA-H200", SharingMode.TIME_SLICING)
+
+    results[:] = [misread, clean, clean]
+    applied, summary, attempts = calibrate_until_one_holds(*args, times=1)
+    assert (applied, len(attempts), len(results)) == ("clean", 2, 1)  # stopped once it held
+    assert summary["kneePastSolo"] is False and attempts[0]["kneePastSolo"] is True
+    results[:] = [NoKnee("no knee"), misread, misread, clean]
+    applied, _, attempts = calibrate_until_one_holds(*args, times=1)
+    assert applied == "misread" and [a["ok"] for a in attempts] == [False, True, True]
+    results[:] = [clean, misread]
+    applied, _, attempts = calibrate_until_one_holds(*args, times=2)  # --profiles 2: both run
+    assert applied == "clean" and len(attempts) == 2
+    results[:] = [NoKnee("a"), NoKnee("b"), NoKnee("c")]
+    with pytest.raises(NoKnee, match="c"):
+        calibrate_until_one_holds(*args, times=1)
