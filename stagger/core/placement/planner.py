@@ -80,7 +80,7 @@ class Planner:
         self._frame_of = self.fleet.frames
         self._frame_of.clear()
         self._shard_meta: dict[ShardKey, tuple[_Shard, _Demand]] = {}
-        self._any_shared = False  # a stream's body outruns its slot: see _on_running
+        self._any_outruns = False  # a body outruns its slot: see _whole_bodies, _on_running
         self._gpu_of: dict[ShardKey, _Gpu] = {}
         self._placed_streams: dict[tuple[str, str], list[ShardKey]] = {}
         self._lowered.clear()
@@ -100,8 +100,8 @@ class Planner:
     def demands(self, stream: InferenceStream) -> tuple[dict[int, _Demand], str]:
         """Per eligible pool, the stream's timing there; or an empty dict and the reason."""
         out, why = self.demand.of(stream)
-        # a stream's body outruns its slot: see _on_running
-        self._any_shared = self._any_shared or any(
+        # a body outruns its slot (a shared window, or an exclusive label's whole body)
+        self._any_outruns = self._any_outruns or any(
             d.whole_ticks > d.body_ticks for d in out.values()
         )
         return out, why
@@ -166,7 +166,7 @@ class Planner:
     def _whole_bodies(self, g: _Gpu) -> bool:
         """Whether a shard joining ``g`` takes its whole body as its slot: ``g`` runs a body
         every other must stay clear of (``_Demand.apart``)."""
-        return self._any_shared and any(
+        return self._any_outruns and any(
             self._shard_meta[x.key][1].apart for x in g.slots if x.key in self._shard_meta
         )
 
@@ -394,7 +394,7 @@ class Planner:
             if rounding is not None
             else [running]
         )
-        shared = self._any_shared and any(
+        shared = self._any_outruns and any(
             demands[g.pool].window_ticks > r.body or self._overhang(g) for g, r in running
         )
         # (re-time, a gap the whole body fits, a gap at all): where bodies outrun their slots,
