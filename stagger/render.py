@@ -48,6 +48,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "node": g.node,
                 "gpu": g.gpu,
                 "utilization": _r(g.utilization, 4),
+                "bodyOverlapMsPerSecond": _r(g.overlap_ms_per_s),
                 "memoryMiB": g.memory_mib,
             }
             for g in plan.gpus
@@ -80,7 +81,16 @@ def placement_table(plan: Plan) -> Table:
 
 def gpu_table(plan: Plan) -> Table:
     t = Table(title="GPUs", title_justify="left", header_style="bold")
-    for col in ("NODE", "GPU", "PRODUCT", "SHARING", "SHARDS", "UTIL", "MEMORY MiB"):
+    for col in (
+        "NODE",
+        "GPU",
+        "PRODUCT",
+        "SHARING",
+        "SHARDS",
+        "UTIL",
+        "OVERLAP ms/s",
+        "MEMORY MiB",
+    ):
         t.add_column(col, justify="left" if col in ("NODE", "PRODUCT", "SHARING") else "right")
     for g in plan.gpus:
         t.add_row(
@@ -90,6 +100,7 @@ def gpu_table(plan: Plan) -> Table:
             g.sharing_mode,
             str(g.shards),
             f"{g.utilization:.2f}",
+            f"{g.overlap_ms_per_s:.1f}",
             f"{g.memory_mib}/{g.memory_total_mib}",
         )
     return t

@@ -56,6 +56,7 @@ from bench.gpu.streams import (
     SATURATION_S,
     SOLO_S,
     log,
+    model_env,
     pooled,
     run_cameras,
     servers_down,
@@ -67,6 +68,7 @@ from stagger.core.calibration import NoKnee, SweepPoint, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
 from stagger.core.placement import Plan, PlannerSettings, plan
+from stagger.core.placement.overlap import body_ticks, overlap_ms_per_frame
 from stagger.core.telemetry import RELEASE_LAG
 from stagger.profile_cmd import calibration_result
 from stagger.profiler import profile
@@ -114,18 +116,16 @@ def repository(root: Path, models: Path, bodies: list[str]) -> Path:
 def make_servers(k: int, gpu: int, root: Path, repo: Path, under_mps: bool) -> list[LocalTriton]:
     paths = sysconfig.get_paths()
     numpy_dir = [os.environ[NUMPY_DIR_ENV]] if NUMPY_DIR_ENV in os.environ else []
+    models = sum(1 for entry in repo.iterdir() if entry.is_dir())
     return [
         LocalTriton(
             repo,
             log_file=root / f"triton-{i}.log",
             ready_timeout_s=400,
             model_path=[*numpy_dir, paths["purelib"], paths["platlib"]],
-            env={
-                "CUDA_VISIBLE_DEVICES": str(gpu),
-                # the stand-in model's "GPU": one lock every server shares (a dry run)
-                "STAGGER_BODY_LOCK": str(root / "stand-in-gpu.lock"),
-            }
-            | ({} if under_mps else {"CUDA_MPS_PIPE_DIRECTORY": NO_MPS}),
+            env=model_env(gpu, k * models, under_mps=under_mps)
+            # the stand-in model's "GPU": one lock every server shares (a dry run)
+            | {"STAGGER_BODY_LOCK": str(root / "stand-in-gpu.lock")},
             extra_args=["--backend-config=python,shm-default-byte-size=16777216"],
         )
         for i in range(k)
@@ -956,38 +956,41 @@ def slots_of(placed: Plan | None) -> list[dict[str, Any]]:
 
 def body_overlaps(placed: Plan) -> dict[tuple[str, str, int], dict[str, float]]:
     """Per shard, what the plan lets other bodies overlap of its own, each body ``bodyMs``
-    long from its slot's start, over the hyperperiod: the share of its frames overlapped
-    (``overlappedShare``) and the overlap per frame (``overlapMsPerFrame``). On a
-    time-sliced GPU an overlapped frame now and then takes a whole body longer, so this is
-    where a plan's tail comes from (docs/benchmarks.md, the mixed fleet)."""
+    long from its slot's start: the share of its frames overlapped over the hyperperiod
+    (``overlappedShare``) and the overlap per frame (``overlapMsPerFrame``, the product's
+    :func:`overlap_ms_per_frame`). On a time-sliced GPU an overlapped frame now and then
+    takes a whole body longer, so this is where a plan's tail comes from
+    (docs/benchmarks.md, the mixed fleet)."""
     hz = placed.tick_hz
     shards = placed.shards
+    per_frame_ms = overlap_ms_per_frame(shards, hz)
     span = math.lcm(*(p.period_ticks for p in shards)) if shards else 1
     bodies = {
         p.key: [
-            (start, start + round(p.body_ms * hz / 1e3))
+            (start, start + body_ticks(p, hz))
             for start in range(p.offset_ticks, p.offset_ticks + span, p.period_ticks)
         ]
         for p in shards
     }
-    out = {}
-    for p in shards:
-        per_frame = []
-        for begin, end in bodies[p.key]:
-            per_frame.append(
-                sum(
-                    max(0, min(end, other_end + shift) - max(begin, other_begin + shift))
-                    for key, others in bodies.items()
-                    if key != p.key
-                    for other_begin, other_end in others
-                    for shift in (-span, 0, span)  # the table repeats: bodies wrap around
-                )
-            )
-        out[p.key] = {
-            "overlappedShare": round(sum(1 for x in per_frame if x) / len(per_frame), 3),
-            "overlapMsPerFrame": round(sum(per_frame) * 1e3 / hz / len(per_frame), 2),
+
+    def overlapped(key: tuple[str, str, int], begin: int, end: int) -> bool:
+        return any(
+            min(end, other_end + shift) > max(begin, other_begin + shift)
+            for other, others in bodies.items()
+            if other != key
+            for other_begin, other_end in others
+            for shift in (-span, 0, span)  # the table repeats: bodies wrap around
+        )
+
+    return {
+        p.key: {
+            "overlappedShare": round(
+                sum(overlapped(p.key, *body) for body in bodies[p.key]) / len(bodies[p.key]), 3
+            ),
+            "overlapMsPerFrame": round(per_frame_ms[p.key], 2),
         }
-    return out
+        for p in shards
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -88,11 +88,21 @@ START_MARGIN_S = 5.0  # camera processes start, import and warm up before the fi
 LOCKSTEP_TIMEOUT_S = 900.0
 SOLO_S = 10.0
 SATURATION_S = 15.0
-NO_MPS = "/tmp/stagger-no-mps"
+NO_MPS = "/tmp/stagger-no-mps"  # an empty pipe directory: CUDA finds no daemon there
 # The coordinated sidecars' ledger: on tmpfs, as /run on a node.
-LEDGER_DIR = (
-    Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
-)  # an empty pipe directory: CUDA finds no daemon there
+LEDGER_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
+GPU_MEMORY_FOR_MODELS = 0.8
+"""The share of a GPU's memory the model processes on it split evenly between them."""
+
+
+def model_env(gpu: int, processes: int, *, under_mps: bool) -> dict[str, str]:
+    """A model server's environment: its GPU, MPS or not, and each model process's share
+    of the GPU's memory (the detector holds itself to it: many load at once, and cuDNN's
+    kernel search otherwise takes what is free)."""
+    return {
+        "CUDA_VISIBLE_DEVICES": str(gpu),
+        "STAGGER_GPU_MEMORY_SHARE": f"{GPU_MEMORY_FOR_MODELS / processes:.4f}",
+    } | ({} if under_mps else {"CUDA_MPS_PIPE_DIRECTORY": NO_MPS})
 
 
 def tcp_counters() -> dict[str, int]:
@@ -147,8 +157,7 @@ def start_tritons(
             log_file=root / f"triton-gpu{gpu}-{i}.log",
             ready_timeout_s=400,
             model_path=model_path,
-            env={"CUDA_VISIBLE_DEVICES": str(gpu)}
-            | ({} if under_mps else {"CUDA_MPS_PIPE_DIRECTORY": NO_MPS}),
+            env=model_env(gpu, k, under_mps=under_mps),
             # A 1080p JPEG is about a MB: a larger shared-memory region between Triton and
             # the Python backend than the 1 MB default, so requests never grow it.
             extra_args=["--backend-config=python,shm-default-byte-size=16777216"],

@@ -48,6 +48,12 @@ class OperatorMetrics:
             ["node", "gpu", "product", "sharing_mode"],
             registry=r,
         )
+        self.body_overlap = Gauge(
+            telemetry.GPU_BODY_OVERLAP,
+            "Time per second two calibrated bodies run at once",
+            ["node", "gpu", "product", "sharing_mode"],
+            registry=r,
+        )
         self.planned_body = Gauge(
             telemetry.SHARD_PLANNED_BODY, "Planned body", telemetry.SHARD_LABELS, registry=r
         )
@@ -72,11 +78,12 @@ class OperatorMetrics:
             gauge.clear()  # streams and profiles that are gone lose their series
         if report.plan is not None:
             self.reserved.clear()
+            self.body_overlap.clear()
             self.planned_body.clear()
             for g in report.plan.gpus:
-                self.reserved.labels(g.node, str(g.gpu), g.product, g.sharing_mode).set(
-                    g.utilization
-                )
+                where = (g.node, str(g.gpu), g.product, g.sharing_mode)
+                self.reserved.labels(*where).set(g.utilization)
+                self.body_overlap.labels(*where).set(g.overlap_ms_per_s / 1e3)
             for p in report.plan.shards:
                 shard = (p.namespace, p.stream, str(p.shard), p.node, str(p.gpu))
                 self.planned_body.labels(*shard).set(p.body_ms / 1e3)
@@ -98,6 +105,7 @@ class OperatorMetrics:
             self.body,
             self.drifted,
             self.reserved,
+            self.body_overlap,
             self.planned_body,
         ):
             gauge.clear()

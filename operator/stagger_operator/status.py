@@ -166,8 +166,9 @@ def schedule_status(
     plan: Plan,
     observed: Mapping[tuple[str, str, str], Observation],
 ) -> Obj:
-    """A GpuSchedule's status: what the plan reserves on the GPU and what its shards'
-    sidecars measured (body time per model, slot misses in the last scrape window)."""
+    """A GpuSchedule's status: what the plan reserves on the GPU, how much its calibrated
+    bodies overlap, and what its shards' sidecars measured (body time per model, slot
+    misses in the last scrape window)."""
     spec = schedule["spec"]
     usage = next(
         (g for g in plan.gpus if (g.node, g.gpu) == (spec["node"], spec["gpuIndex"])), None
@@ -187,6 +188,7 @@ def schedule_status(
         "memoryMiB": usage.memory_mib if usage else 0,
         "measuredBodyMs": {m: round(max(v), 3) for m, v in sorted(bodies.items())},
         "slotMisses": int(misses),
+        "bodyOverlapMsPerSecond": usage.overlap_ms_per_s if usage else 0.0,
     }
 
 

@@ -493,6 +493,16 @@ class GpuScheduleStatus(Wire):
     memory_mib: int = Field(default=0, alias="memoryMiB")
     measured_body_ms: dict[str, float] = Field(default_factory=dict)
     slot_misses: int = 0
+    body_overlap_ms_per_second: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "Of each second, the ms in which two calibrated bodies of this table run at "
+            "once (summed over pairs of shards). 0: every body has the GPU alone; above 0 the "
+            "streams' costs fit and their whole bodies do not, so frames that overlap "
+            "take longer (most on a time-sliced GPU)."
+        ),
+    )
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
 
 
@@ -508,6 +518,7 @@ class GpuSchedule(Resource):
         {"name": "GPU", "type": "integer", "jsonPath": ".spec.gpuIndex"},
         {"name": "Streams", "type": "integer", "jsonPath": ".status.streams"},
         {"name": "Util", "type": "number", "jsonPath": ".status.utilization"},
+        {"name": "Overlap", "type": "number", "jsonPath": ".status.bodyOverlapMsPerSecond"},
         {"name": "Generation", "type": "integer", "jsonPath": ".spec.generation"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     )

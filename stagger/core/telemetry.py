@@ -129,6 +129,11 @@ GPU_RESERVED = "stagger_gpu_reserved_ratio"
 """Body time the plan reserves per second on a GPU, by ``node``, ``gpu`` (index),
 ``product``, ``sharing_mode`` (gauge; from the operator). Compare the node agent's
 utilization and the sidecars' measured body."""
+GPU_BODY_OVERLAP = "stagger_gpu_body_overlap_ratio"
+"""Of each second on a GPU, the time in which two calibrated bodies of the plan run at once
+(summed over pairs of shards), by the labels of ``stagger_gpu_reserved_ratio`` (gauge;
+from the operator). Zero: every body has the GPU alone. Above zero the charges fit and the
+whole bodies do not; a time-sliced GPU's tail grows with it."""
 SHARD_LABELS = ("namespace", "stream", "shard", "node", "gpu")
 SHARD_PLANNED_BODY = "stagger_shard_planned_body_seconds"
 """The body time the plan reserves for each placed shard, where it is placed (gauge; from

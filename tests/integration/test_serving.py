@@ -84,6 +84,7 @@ async def test_ready_pods_make_a_stream_running_with_what_its_sidecar_measured(
         status = await cluster.wait_for(schedule_status)
         assert status["measuredBodyMs"] == {"retinanet": 10.4}
         assert status["streams"] == 1 and status["utilization"] > 0
+        assert status["bodyOverlapMsPerSecond"] == 0.0  # one stream: its body has the GPU
         feeder.cancel()
     finally:
         await stop_operator(op)

@@ -86,7 +86,13 @@ def test_json_output_is_the_documented_shape() -> None:
         "bodyMs",
         "reservedMs",
     }
-    assert set(data["gpus"][0]) == {"node", "gpu", "utilization", "memoryMiB"}
+    assert set(data["gpus"][0]) == {
+        "node",
+        "gpu",
+        "utilization",
+        "bodyOverlapMsPerSecond",
+        "memoryMiB",
+    }
     study = sorted(s["offsetMs"] for s in data["shards"] if s["namespace"] == "study")
     assert study == [0.0, 62.5, 125.0, 187.5]
 

@@ -6,13 +6,35 @@ from pathlib import Path
 import pytest
 
 from bench.gpu.calibrate import MODELS
-from bench.gpu.streams import model_repository, parse_args
+from bench.gpu.streams import (
+    GPU_MEMORY_FOR_MODELS,
+    NO_MPS,
+    model_env,
+    model_repository,
+    parse_args,
+)
 
 
 def parameter(config: str, key: str) -> str:
     marker = f'key: "{key}", value: {{ string_value: "'
     start = config.index(marker) + len(marker)
     return config[start : config.index('"', start)]
+
+
+@pytest.mark.parametrize("under_mps", [False, True])
+def test_the_model_processes_on_a_gpu_split_its_memory_and_keep_off_mps_unless_asked(
+    under_mps: bool,
+) -> None:
+    # Run 50: twelve servers of two models each loaded at once, one cuDNN search took
+    # 17.5 GiB, and the next model's start found 20 MiB wanting.
+    envs = [model_env(2, 24, under_mps=under_mps) for _ in range(24)]
+    shares = [float(env["STAGGER_GPU_MEMORY_SHARE"]) for env in envs]
+    assert sum(shares) == pytest.approx(GPU_MEMORY_FOR_MODELS, abs=1e-3)
+    assert sum(shares) < 1.0  # room left for every process's CUDA context
+    assert all(env["CUDA_VISIBLE_DEVICES"] == "2" for env in envs)
+    assert ("CUDA_MPS_PIPE_DIRECTORY" in envs[0]) is not under_mps
+    if not under_mps:
+        assert envs[0]["CUDA_MPS_PIPE_DIRECTORY"] == NO_MPS
 
 
 @pytest.mark.parametrize(("cuda_graphs", "expected"), [(False, "0"), (True, "1")])

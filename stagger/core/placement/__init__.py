@@ -7,6 +7,7 @@ which offset of its slot table. One idea per module:
 - ``fleet``: the planner's working state (GPUs and their tables, shards);
 - ``demand``: what a stream demands of each pool of GPUs (timing, slot widths, eligible
   pools, shard counts to try);
+- ``overlap``: how much a GPU's calibrated bodies run at once (per shard, per second);
 - ``planner``: the ``Planner`` and ``plan()``.
 """
 

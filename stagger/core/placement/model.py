@@ -108,6 +108,9 @@ class GpuUsage:
     memory_mib: int
     memory_total_mib: int
     shards: int
+    overlap_ms_per_s: float = 0.0
+    """Of each second, the ms in which two calibrated bodies run at once (summed over
+    pairs; :mod:`stagger.core.placement.overlap`). Zero: every body has the GPU alone."""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from stagger.core.placement.model import (
     ShardPlacement,
     Unplaced,
 )
+from stagger.core.placement.overlap import overlap_ms_per_second
 from stagger.core.placement.timing import ProfileBook, stream_timing
 from stagger.core.slots import Slot, SlotRequest, insert, max_body, pack, spread
 from stagger.core.slots import solve as solve_slots
@@ -980,7 +981,8 @@ class Planner:
             own = [slot for slot in g.slots if slot.key in self._shard_meta]
             if not own:
                 continue  # unused, or only old copies of moved shards left on it
-            shards.extend(self._placement(g, slot) for slot in own)
+            placed = [self._placement(g, slot) for slot in own]
+            shards.extend(placed)
             gpus.append(
                 GpuUsage(
                     node=g.node.name,
@@ -992,6 +994,7 @@ class Planner:
                     memory_mib=g.gpu.memory_mib - self.settings.memory_reserve_mib - g.memory_free,
                     memory_total_mib=g.gpu.memory_mib,
                     shards=len(own),
+                    overlap_ms_per_s=round(overlap_ms_per_second(placed, self.settings.tick_hz), 3),
                 )
             )
         shards.sort(key=lambda x: (x.namespace, x.stream, x.shard))

@@ -46,7 +46,9 @@ def test_a_report_becomes_series() -> None:
 def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)
-    usage = GpuUsage("gpu-a", 1, "GPU-1", "NVIDIA-H200", "time-slicing", 0.45, 2048, 143771, 1)
+    usage = GpuUsage(
+        "gpu-a", 1, "GPU-1", "NVIDIA-H200", "time-slicing", 0.45, 2048, 143771, 1, 192.0
+    )
     shard = ShardPlacement(
         namespace="retail",
         stream="cam-1",
@@ -71,12 +73,14 @@ def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
     metrics.reconciled(report, 0.1)
     gpu = {"node": "gpu-a", "gpu": "1", "product": "NVIDIA-H200", "sharing_mode": "time-slicing"}
     assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) == 0.45
+    assert registry.get_sample_value("stagger_gpu_body_overlap_ratio", gpu) == 0.192
     placed = {"namespace": "retail", "stream": "cam-1", "shard": "0", "node": "gpu-a", "gpu": "1"}
     body = registry.get_sample_value("stagger_shard_planned_body_seconds", placed)
     assert body == pytest.approx(0.0181)
 
     metrics.standby()  # another replica took the Lease: its series, not these stale ones
     assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) is None
+    assert registry.get_sample_value("stagger_gpu_body_overlap_ratio", gpu) is None
     assert registry.get_sample_value("stagger_operator_streams", {"state": "placed"}) is None
     assert registry.get_sample_value("stagger_operator_leader") == 0
     metrics.reconciled(report, 0.1)
@@ -85,4 +89,5 @@ def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
     report.plan = Plan(shards=(), gpus=(), unplaced=())  # the stream went away
     metrics.reconciled(report, 0.1)
     assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) is None
+    assert registry.get_sample_value("stagger_gpu_body_overlap_ratio", gpu) is None
     assert registry.get_sample_value("stagger_shard_planned_body_seconds", placed) is None

@@ -1,5 +1,6 @@
-"""A stream's status says what each shard is charged: its slot's width (``reservedMs``)
-beside its body, so a user sees why a stream with a tight deadline takes more of a GPU."""
+"""What the operator's statuses say. A stream's: what each shard is charged, its slot's
+width (``reservedMs``) beside its body, so a user sees why a stream with a tight deadline
+takes more of a GPU. A GpuSchedule's: how much the table's calibrated bodies overlap."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime
 from stagger.core.api import InferenceStream, ModelProfile, StreamPhase
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.placement import plan
-from stagger_operator.status import stream_status
+from stagger_operator.status import schedule_status, stream_status
 
 
 def manifest(kind: str, name: str, spec: dict) -> dict:
@@ -62,3 +63,30 @@ def test_each_shard_reports_the_time_reserved_for_it_beside_its_body() -> None:
     alone = plan(streams[1:], cluster, profiles).for_stream("cams", "loose")
     (shard,) = stream_status(streams[1], alone, StreamPhase.PLACED, "", now)["shards"]
     assert (shard["bodyMs"], shard["reservedMs"]) == (9.8, 7.367)  # its cost, scaled
+
+
+def test_a_gpu_schedule_says_how_much_its_calibrated_bodies_run_at_once() -> None:
+    """Run 51: 8 RetinaNet streams charged their 11.31 ms cost fit one H200 at 10 fps, and
+    their 14.9 ms bodies 12.5 ms apart overlap 2.4 ms at each end: 192 ms of every second.
+    Two 30 fps streams of a 9.8 ms body fit apart: 0."""
+    cluster = Cluster(
+        nodes=[Node(name="n", gpus=[Gpu(index=0, product="NVIDIA-H200", memoryMiB=143_771)])]
+    )
+    schedule = {"spec": {"node": "n", "gpuIndex": 0, "slots": []}}
+    cameras = [
+        InferenceStream.model_validate(
+            manifest("InferenceStream", f"cam-{i}", {"model": "graph", "fps": 10.0})
+        )
+        for i in range(8)
+    ]
+    packed = plan(cameras, cluster, [profile("graph", 14.9, 11.31, 14.9)])
+    assert len(packed.shards) == 8
+    assert schedule_status(schedule, packed, {})["bodyOverlapMsPerSecond"] == 192.0
+    pair = [
+        InferenceStream.model_validate(
+            manifest("InferenceStream", f"fast-{i}", {"model": "small", "fps": 30.0})
+        )
+        for i in range(2)
+    ]
+    apart = plan(pair, cluster, [profile("small", 9.8, 7.76, 11.64)])
+    assert schedule_status(schedule, apart, {})["bodyOverlapMsPerSecond"] == 0.0

@@ -28,8 +28,15 @@ class TritonPythonModel:
         def param(name, default=None):
             return params[name]["string_value"] if name in params else default
 
+        device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+        # Many servers load at once on one GPU: cuDNN's kernel search sizes its trial
+        # workspaces by the free memory, so without a share one search (17.5 GiB seen)
+        # leaves the next model's start out of memory. Searches skip what does not fit.
+        share = os.environ.get("STAGGER_GPU_MEMORY_SHARE")
+        if share:
+            torch.cuda.set_per_process_memory_fraction(float(share), device)
         self.detector = Detector(
-            torch.device("cuda", int(args.get("model_instance_device_id", 0))),
+            device,
             score_thresh=float(param("SCORE_THRESH")),
             detections=int(param("DETECTIONS")),
             min_size=int(param("MIN_SIZE")),

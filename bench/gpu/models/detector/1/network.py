@@ -52,6 +52,8 @@ class Detector:
         jpeg = torchvision.io.encode_jpeg(frame, quality=90)
         for _ in range(WARMUP):  # cuDNN picks its kernels now, not on the first frames
             self.detect(jpeg)
+        # cuDNN's search tried workspaces as large as the free memory; hand them back
+        torch.cuda.empty_cache()
 
     def _body(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         features = list(self.model.backbone(batch).values())

@@ -1,0 +1,65 @@
+"""How much the calibrated bodies of one GPU's table run at once.
+
+A table holds every shard's charge (its cost as deployed); where the charges fit and the
+whole bodies do not, bodies overlap, and on a time-sliced GPU an overlapped frame takes
+longer (docs/architecture.md, "Charge and spacing"). This is that overlap, from the table
+alone: each body ``body_ms`` long from its slot's start, every frame.
+
+Two shards with periods P1 and P2 (ticks) and g = gcd(P1, P2): over their hyperperiod
+every start-to-start distance d ≡ o2 - o1 (mod g) occurs exactly once, so the overlap per
+frame of the first is (g / P2) · Σ_d |[0, b1) ∩ [d, d + b2)|, where only the d in
+(-b2, b1) count. That is a few hundred terms whatever the frame rates, where walking the
+hyperperiod of 29.97 and 25 fps would take thousands of frames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from stagger.core.placement.model import ShardKey, ShardPlacement
+
+
+def body_ticks(shard: ShardPlacement, tick_hz: int) -> int:
+    """The shard's whole calibrated body in ticks (not the time reserved for it)."""
+    return max(1, round(shard.body_ms * tick_hz / 1e3))
+
+
+def pair_overlap_ticks(first: ShardPlacement, second: ShardPlacement, tick_hz: int) -> float:
+    """Ticks of ``second``'s bodies that overlap each body of ``first``, on average over
+    ``first``'s frames."""
+    b1, b2 = body_ticks(first, tick_hz), body_ticks(second, tick_hz)
+    g = math.gcd(first.period_ticks, second.period_ticks)
+    c = second.offset_ticks - first.offset_ticks
+    # every d = c + k·g with -b2 < d < b1
+    d = c + g * np.arange(math.floor((-b2 - c) / g) + 1, math.ceil((b1 - c) / g))
+    overlap = np.minimum(b1, d + b2) - np.maximum(0, d)
+    return float(np.clip(overlap, 0, None).sum()) * g / second.period_ticks
+
+
+def overlap_ms_per_frame(shards: Sequence[ShardPlacement], tick_hz: int) -> dict[ShardKey, float]:
+    """Per shard of one GPU, the ms of other bodies that overlap each of its bodies."""
+    return {
+        s.key: sum(pair_overlap_ticks(s, o, tick_hz) for o in shards if o.key != s.key)
+        * 1e3
+        / tick_hz
+        for s in shards
+    }
+
+
+def overlap_ms_per_second(shards: Iterable[ShardPlacement], tick_hz: int) -> float:
+    """Of each second on one GPU, the ms in which two bodies run at once, summed over the
+    pairs of shards (three at once count as three pairs). Zero: every body has the GPU to
+    itself."""
+    on_gpu = list(shards)
+    return (
+        sum(
+            pair_overlap_ticks(a, b, tick_hz) * tick_hz / a.period_ticks
+            for i, a in enumerate(on_gpu)
+            for b in on_gpu[i + 1 :]
+        )
+        * 1e3
+        / tick_hz
+    )
