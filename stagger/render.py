@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stagger.core.placement import Plan, ShardPlacement
+from stagger.core.placement.overlap import body_ticks
 from stagger.core.simulate import Phasing, ShardStats, merge
 from stagger.core.timebase import ticks_to_ms
 
@@ -114,19 +115,25 @@ def _by_gpu(plan: Plan) -> dict[tuple[str, int], list[ShardPlacement]]:
 
 
 def timeline(plan: Plan, width: int = 72) -> Group:
-    """Per GPU, one window of its longest slot period: a letter where a body runs."""
+    """Per GPU, one window of its longest slot period: a letter where a shard's whole
+    calibrated body runs (not only its reserved slot), '!' where two run at once: what the
+    GPU's ``overlap_ms_per_s`` adds up."""
     hz = plan.tick_hz
     parts: list[Any] = [
-        Text("Timelines (one letter per shard, '.' = GPU free of bodies)", style="bold")
+        Text(
+            "Timelines (one letter per shard where its body runs, '!' = two at once, "
+            "'.' = GPU free of bodies)",
+            style="bold",
+        )
     ]
     for (node, gpu), on_gpu in sorted(_by_gpu(plan).items()):
         shards = sorted(on_gpu, key=lambda s: (s.offset_ticks, s.stream, s.shard))
         window = max(s.period_ticks for s in shards)
         cells = ["."] * width
         for sym, s in zip(SYMBOLS, shards, strict=False):
-            for n in range(window // s.period_ticks + 1):
+            for n in range(-1, window // s.period_ticks + 1):  # -1: a body wrapping in
                 start = s.offset_ticks + n * s.period_ticks
-                end = start + s.body_ticks
+                end = start + body_ticks(s, hz)
                 for c in range(width):
                     mid = (c + 0.5) * window / width
                     if start <= mid < end:
