@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagger.core.placement import Plan, Planner, PlannerSettings, ShardPlacement, plan
+from stagger.core.placement.overlap import overlap_ms_per_second
 from stagger.core.slots import Slot
 from tests.factories import brute_force_overlaps, cluster, profile, stream
 
@@ -35,6 +36,12 @@ def check_plan(p: Plan, cap: float = 0.9, old_copies: Sequence[ShardPlacement] =
         assert sum(x.body / x.period for x in slots) <= limit + 1e-9
     for g in p.gpus:
         assert memory[(g.node, g.gpu)] == g.memory_mib <= g.memory_total_mib
+        on_gpu = [s for s in p.shards if (s.node, s.gpu) == (g.node, g.gpu)]
+        assert g.overlap_ms_per_s == pytest.approx(
+            overlap_ms_per_second(on_gpu, p.tick_hz), abs=1e-3
+        )
+        if all(s.cost_ms is None for s in on_gpu):  # charged whole bodies: none overlaps
+            assert g.overlap_ms_per_s == 0.0, g
     shards_of: dict[tuple[str, str], set[int]] = defaultdict(set)
     counts = {}
     for s in p.shards:
