@@ -344,6 +344,25 @@ def test_a_profile_labelled_exclusive_still_shares_a_gpu_with_a_shared_model() -
     assert overlaps(body_windows(placed)) == []
 
 
+@pytest.mark.parametrize("n", [5, 6, 7, 8])
+def test_a_profile_s_exclusive_label_keeps_bodies_as_far_apart_as_the_shared_label(n) -> None:
+    """Run 21's RetinaNet profile (13.5 ms body, 11.31 ms cost), labelled exclusive or not,
+    streams applied one at a time. Both labels give the same table: at 5-7 the whole bodies
+    fit a period and none overlaps, at 8 they must overlap (80 ms/s). With its slot as the
+    label's window, 5-7 overlapped 20-60 ms/s: the label let a body run into the next slot
+    because sharing gains nothing, where it should keep bodies apart at least as well."""
+    streams = [stream(f"c{i}", 10.0, None, model="graph") for i in range(n)]
+    tables = {}
+    for label in (True, False):
+        placed = one_at_a_time(
+            streams, one_gpu(), [profile("graph", 13.5, 11.31, 13.5, exclusive=label)]
+        )
+        (gpu,) = placed.gpus
+        tables[label] = (sorted(s.offset_ticks for s in placed.shards), gpu.overlap_ms_per_s)
+    assert tables[True] == tables[False]
+    assert tables[True][1] == (80.0 if n == 8 else 0.0)
+
+
 def test_cost_comes_from_the_profile_that_gave_the_body_and_never_exceeds_it() -> None:
     gpu = Gpu(index=0, product="NVIDIA-H200", memoryMiB=H200_MIB)
     profile = ModelProfile.model_validate(

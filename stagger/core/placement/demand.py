@@ -25,24 +25,21 @@ class _Demand:
     frame_ticks: int
     body_ticks: int
     """Reserved per frame: the slot's width (:meth:`Timing.reserved_ms`)."""
-    window_ticks: int
-    """The whole body: at least the reserved time; longer for a shared stream, whose body
-    the table keeps clear of the others' where it can."""
     exclusive: bool
     """The planner keeps every other body off this one, exactly: its slot is all of it, and
     it joins no GPU whose bodies outrun their slots. So for a body without a cost and for a
     stream that declares ``exclusiveBody`` itself (a lock, a FIFO). A profile's exclusive
-    label (a measurement: sharing gains nothing) keeps the slot at its reserved time and a
-    tight deadline (``Demands._tight``) widens it to the whole body, but neither keeps the
-    stream off shared ones: the table keeps their overhang off it where a gap allows."""
+    label (a measurement: sharing gains nothing) plans as a shared body does, and a tight
+    deadline (``Demands._tight``) widens the slot to the whole body, but neither keeps the
+    stream off shared ones: the table keeps the bodies apart where a gap allows."""
     tight: bool
     """Its deadline cannot absorb one more body (``Demands._tight``): its slot and its
     charge are its whole body."""
     whole_ticks: int
-    """How long its body holds the GPU: its window, and for a profile's exclusive label
-    (whose window is its reserved time) the body in full; for a body kept exactly apart,
-    its slot, which is all of it. On a GPU with a body kept apart every body takes this
-    as its slot."""
+    """How long its body holds the GPU, which the table keeps clear of the other bodies
+    where it can: the body in full (whatever its profile's label), at least the reserved
+    time; for a body kept exactly apart, its slot, which is all of it. On a GPU with a body
+    kept apart every body takes this as its slot."""
 
     @property
     def apart(self) -> bool:
@@ -95,18 +92,18 @@ class Demands:
             hz, guard = self.settings.tick_hz, self.settings.guard_ms
             body = ms_to_ticks_ceil(timing.reserved_ms(self.settings) + guard, hz)
             whole = max(body, ms_to_ticks_ceil(timing.body_ms + guard, hz))
-            # an exclusive body's slot is all of it: no other body may enter it
-            window = body if timing.exclusive else whole
             measured = timing.cost_ms is not None and spec.exclusive_body is not True
+            # A measured label must not keep two models off one GPU: only a body nothing
+            # measured, or the stream's own word, is kept exactly apart; its slot is all of
+            # it. Any other body's whole length is what the table keeps clear where it can,
+            # a profile's exclusive label too: sharing gaining nothing is no reason to let
+            # it run into the next slot (with its slot as its window, 5-7 streams of an H200
+            # profile overlapped 20-60 ms/s where the shared label overlapped none).
+            exclusive = timing.exclusive and not measured
             tight = measured and self._tight(stream, timing, pool)
             if tight:
-                body = window = whole  # charged and spaced whole: it runs clear, so in full
-            # a measured label must not keep two models off one GPU: only a body nothing
-            # measured, or the stream's own word, is kept exactly apart
-            exclusive = window == body and not measured
-            # how long its body really holds the GPU (a body kept apart: its slot, all of it)
-            occupied = body if exclusive else max(window, whole)
-            out[pool] = _Demand(timing, frame, body, window, exclusive, tight, occupied)
+                body = whole  # charged and spaced whole: it runs clear, so in full
+            out[pool] = _Demand(timing, frame, body, exclusive, tight, body if exclusive else whole)
         if not out:
             return {}, (
                 f"no bodyTimeMs and no ModelProfile for model {spec.model} on "

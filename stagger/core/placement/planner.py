@@ -194,7 +194,7 @@ class Planner:
         """How far the longest body on ``g`` runs past its reserved slot (shared streams)."""
         return max(
             (
-                self._shard_meta[x.key][1].window_ticks - x.body
+                self._shard_meta[x.key][1].whole_ticks - x.body
                 for x in g.slots
                 if x.key in self._shard_meta
             ),
@@ -396,7 +396,7 @@ class Planner:
             else [running]
         )
         shared = self._any_outruns and any(
-            demands[g.pool].window_ticks > r.body or self._overhang(g) for g, r in running
+            demands[g.pool].whole_ticks > r.body or self._overhang(g) for g, r in running
         )
         # (re-time, a gap the whole body fits, a gap at all): where bodies outrun their slots,
         # a gap clear of every body, then a re-timing, then a gap for the slot alone
@@ -416,7 +416,7 @@ class Planner:
                         request,
                         retime=retime,
                         rounding=rounding,
-                        window=demands[g.pool].window_ticks if whole else None,
+                        window=demands[g.pool].whole_ticks if whole else None,
                         gap=gap,
                         widen=self._widens(g, d),
                     )
