@@ -90,7 +90,9 @@ class ShardPlacement:
     """What a frame costs as deployed (None: not measured); ``body_ticks`` is the time
     reserved for it (:meth:`Timing.reserved_ms`)."""
     exclusive: bool = False
-    """No other body may overlap this one's (always so without a cost)."""
+    """Running beside another body gains it nothing (``exclusiveBody``, the profile's or
+    the stream's; always so without a cost), so the simulator runs it as a whole body. The
+    planner keeps it exactly apart only without a cost or on the stream's own word."""
 
     @property
     def key(self) -> ShardKey:

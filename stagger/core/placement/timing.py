@@ -22,8 +22,9 @@ from stagger.core.placement.model import PlannerSettings
 class Timing:
     """A stream's timing on one GPU product and sharing mode. ``body_ms`` is how long one
     inference holds the GPU alone; ``cost_ms`` (None: not measured) is what one frame
-    really costs when streams share the GPU as deployed; an ``exclusive`` body must never
-    overlap another (always so without a cost); ``sharing`` is how the GPU is shared."""
+    really costs when streams share the GPU as deployed; an ``exclusive`` body gains nothing
+    from running beside another (always so without a cost; how the planner spaces it is
+    ``Demands.of``'s question); ``sharing`` is how the GPU is shared."""
 
     body_ms: float
     latency_ms: float
