@@ -264,7 +264,7 @@ def print_report(r: ProfileReport, out: Console) -> None:
         t.add_row("recommended costMs", f"[bold]{r.recommended_cost_ms:g}[/bold]")
         t.add_row(
             "recommended exclusiveBody",
-            "[bold]true[/bold]: two at once gain nothing, so no body may overlap it"
+            "[bold]true[/bold]: two at once gain nothing (on a stream: kept apart, as a lock)"
             if r.recommended_exclusive_body
             else "false: bodies overlap where the table cannot keep them apart",
         )
@@ -277,14 +277,19 @@ def print_report(r: ProfileReport, out: Console) -> None:
         out.print(f"[yellow]warning:[/yellow] {line}")
     out.print("In an InferenceStream (or apply a ModelProfile with --apply):")
     cost = f", costMs: {r.recommended_cost_ms:g}" if r.recommended_cost_ms is not None else ""
-    if r.recommended_cost_ms is not None and r.recommended_exclusive_body:
-        cost += ", exclusiveBody: true"
     out.print(
         f"  spec: {{bodyTimeMs: {r.recommended_body_ms:g}{cost}, "
         f"latencyMs: {r.recommended_latency_ms:g}}}",
         highlight=False,
         markup=False,
     )
+    if r.recommended_cost_ms is not None and r.recommended_exclusive_body:
+        # On a stream the label is its own word, a lock's: in a ModelProfile, a measurement.
+        out.print(
+            "  # add exclusiveBody: true only for a lock or a FIFO (kept exactly apart)",
+            highlight=False,
+            markup=False,
+        )
 
 
 def plot(r: ProfileReport, path: Path) -> None:
