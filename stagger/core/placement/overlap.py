@@ -2,7 +2,7 @@
 
 A table holds every shard's charge (its cost as deployed); where the charges fit and the
 whole bodies do not, bodies overlap, and on a time-sliced GPU an overlapped frame takes
-longer (docs/architecture.md, "Charge and spacing"). This is that overlap, from the table
+longer (docs/architecture.md, "What the table overlaps"). This is that overlap, from the table
 alone: each body ``body_ms`` long from its slot's start, every frame.
 
 Two shards with periods P1 and P2 (ticks) and g = gcd(P1, P2): over their hyperperiod
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-
-import numpy as np
 
 from stagger.core.placement.model import ShardKey, ShardPlacement
 
@@ -33,10 +31,10 @@ def pair_overlap_ticks(first: ShardPlacement, second: ShardPlacement, tick_hz: i
     b1, b2 = body_ticks(first, tick_hz), body_ticks(second, tick_hz)
     g = math.gcd(first.period_ticks, second.period_ticks)
     c = second.offset_ticks - first.offset_ticks
-    # every d = c + k·g with -b2 < d < b1
-    d = c + g * np.arange(math.floor((-b2 - c) / g) + 1, math.ceil((b1 - c) / g))
-    overlap = np.minimum(b1, d + b2) - np.maximum(0, d)
-    return float(np.clip(overlap, 0, None).sum()) * g / second.period_ticks
+    # every d = c + k·g with -b2 < d < b1 (most pairs share a period: one or two terms)
+    first_d = c + g * (math.floor((-b2 - c) / g) + 1)
+    overlap = sum(min(b1, d + b2) - max(0, d) for d in range(first_d, b1, g))
+    return overlap * g / second.period_ticks
 
 
 def overlap_ms_per_frame(shards: Sequence[ShardPlacement], tick_hz: int) -> dict[ShardKey, float]:

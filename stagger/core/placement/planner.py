@@ -41,7 +41,7 @@ from stagger.core.placement.model import (
     ShardPlacement,
     Unplaced,
 )
-from stagger.core.placement.overlap import overlap_ms_per_second
+from stagger.core.placement.overlap import body_ticks, overlap_ms_per_second
 from stagger.core.placement.timing import ProfileBook, stream_timing
 from stagger.core.slots import Slot, SlotRequest, insert, max_body, pack, spread
 from stagger.core.slots import solve as solve_slots
@@ -994,7 +994,7 @@ class Planner:
                     memory_mib=g.gpu.memory_mib - self.settings.memory_reserve_mib - g.memory_free,
                     memory_total_mib=g.gpu.memory_mib,
                     shards=len(own),
-                    overlap_ms_per_s=round(overlap_ms_per_second(placed, self.settings.tick_hz), 3),
+                    overlap_ms_per_s=self._overlap_ms_per_s(placed),
                 )
             )
         shards.sort(key=lambda x: (x.namespace, x.stream, x.shard))
@@ -1004,6 +1004,15 @@ class Planner:
             tuple(sorted(unplaced, key=lambda u: (u.namespace, u.stream))),
             tick_hz=self.settings.tick_hz,
         )
+
+    def _overlap_ms_per_s(self, placed: Sequence[ShardPlacement]) -> float:
+        """The GPU's body overlap (:mod:`.overlap`). Slots never overlap, so where every
+        whole body lies within its slot (every body charged in full: most fleets) it is 0
+        without summing over pairs, which would cost as much as the plan itself."""
+        hz = self.settings.tick_hz
+        if all(body_ticks(p, hz) <= p.body_ticks for p in placed):
+            return 0.0
+        return round(overlap_ms_per_second(placed, hz), 3)
 
     def _result(self, unplaced: list[Unplaced], previous: Plan | None) -> Plan:
         self._settle()
