@@ -7,14 +7,16 @@ shards go through the sidecar's gate, which holds each inference (the body) unti
 the app captures each frame one pre-processing time ahead of the slot it will use
 (slot-clock mode), so when the slot period was rounded below the frame period a frame is
 taken for the first slot at or after its nominal time, and never waits in the gate.
-Bodies that run at once share the GPU (processor sharing). An exclusive body (no cost) is
-worth its whole body of GPU time, times (1 + ``contention``) when others run beside it, the
-extra cost of switching between contexts (0 is ideal sharing; see docs/simulator.md for its
-calibration); a shared body (a ``cost`` below its body, measured at saturation as
-deployed) is worth its cost. Running bodies each progress at min(1, 1 / the sum of their
-worths per unit of body), so n equal exclusive bodies each run at 1 / (n * (1 + contention))
-and n equal shared ones at body / (n * cost): the GPU then serves one frame per cost, the
-throughput the cost was measured as (docs/architecture.md, "Capacity").
+Bodies that run at once share the GPU (processor sharing). A body kept exactly apart (no
+cost, or the stream's own ``exclusiveBody``: a lock) is worth its whole body of GPU time,
+times (1 + ``contention``) when others run beside it, the extra cost of switching between
+contexts (0 is ideal sharing; see docs/simulator.md for its calibration). A body with a
+cost (measured at saturation as deployed, whatever its profile's exclusive label) is worth
+its cost: the contention is in the measurement. Running bodies each progress at min(1, 1 /
+the sum of their worths per unit of body), so n equal bodies kept apart each run at 1 / (n
+* (1 + contention)) and n equal costed ones at body / (n * cost): the GPU then serves one
+frame per cost, the throughput the cost was measured as (docs/architecture.md,
+"Capacity").
 
 Pure and deterministic: randomness comes from a seeded numpy Generator.
 """

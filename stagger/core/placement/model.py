@@ -90,9 +90,10 @@ class ShardPlacement:
     """What a frame costs as deployed (None: not measured); ``body_ticks`` is the time
     reserved for it (:meth:`Timing.reserved_ms`)."""
     exclusive: bool = False
-    """Running beside another body gains it nothing (``exclusiveBody``, the profile's or
-    the stream's; always so without a cost), so the simulator runs it as a whole body. The
-    planner keeps it exactly apart only without a cost or on the stream's own word."""
+    """Kept exactly apart from every other body: a body without a cost, or a stream that
+    declares ``exclusiveBody`` itself (a lock, a FIFO). The simulator runs it as a whole
+    body; any other body with a cost is worth its cost, whatever its profile's label (the
+    cost was measured under the contention it stands for)."""
 
     @property
     def key(self) -> ShardKey:

@@ -970,7 +970,7 @@ class Planner:
             memory_mib=spec.memory_mib,
             priority=spec.priority,
             cost_ms=d.timing.cost_ms,
-            exclusive=d.timing.exclusive,
+            exclusive=d.exclusive,
         )
 
     def current(self, unplaced: Sequence[Unplaced] = ()) -> Plan:
