@@ -46,10 +46,12 @@ from stagger_operator.calibration import (
 )
 from stagger_operator.desired import (
     Desired,
+    contracts_in_place,
     desired_state,
     pinned_shards,
     plan_from_schedules,
     retiring_copies,
+    written_contracts,
 )
 from stagger_operator.inventory import cluster_from_nodes
 from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
@@ -231,7 +233,8 @@ class Controller:
         controller's memory of what it wrote): no API call."""
         s, now, live = self.settings, snap.now, snap.live
         pinned, free_at = pinned_shards(snap.schedules.values(), now, s.retime_min_interval_s)
-        retiring = retiring_copies(snap.current.values(), snap.previous, live)
+        written = written_contracts(snap.current.values())
+        retiring = retiring_copies(written, snap.previous, live)
         result = plan(
             live,
             snap.cluster,
@@ -268,6 +271,7 @@ class Controller:
             ),
             running=running_generations(snap.observed, live),
             retiring=retiring,
+            contracts=contracts_in_place(written, snap.previous),
         )
         calibration = calibration_state(live, result, snap.outcomes, s, now)
         recalibration = recalibration_state(snap.profiles, live, result, snap.outcomes, s, now=now)

@@ -104,9 +104,13 @@ def desired_state(
     context: Mapping[tuple[str, str], Hashable] | None = None,
     running: Mapping[tuple[str, str, int], int] | None = None,
     retiring: Iterable[ShardPlacement] = (),
+    contracts: Mapping[tuple[str, str, int], SlotAssignment] | None = None,
 ) -> Desired:
     """Objects, GpuSchedules and stream statuses for ``plan``. A GPU keeps its epoch; a
-    changed slot table gets the next generation, effective ``effective_after_s`` from now.
+    changed slot table gets the next generation, effective ``effective_after_s`` from now,
+    or ``contract_propagation_s`` where it changes what a running sidecar releases
+    (:func:`switch_lead_s`; ``contracts``: each shard's contract as written, from its
+    ConfigMap).
 
     Every stream gets a fingerprint of what its objects and status are made from: its
     shards' slots and contracts, why it is unplaced, and ``context``: what the caller saw
@@ -153,7 +157,8 @@ def desired_state(
             generation, effective_at = old.spec.generation, old.spec.effective_at or epoch
         else:
             generation = old.spec.generation + 1 if old else 1
-            effective_at = switch_instant(old, epoch, now, settings)
+            lead_s = switch_lead_s(old, shards, epoch, contracts or {}, settings)
+            effective_at = switch_instant(old, epoch, now, lead_s, settings.tick_hz)
         retimed_at = retimings(old, shards, effective_at)
         desired.schedules.append(
             manifests.gpu_schedule(
@@ -228,15 +233,45 @@ def desired_state(
     return desired
 
 
+def switch_lead_s(
+    old: GpuSchedule | None,
+    shards: Sequence[ShardPlacement],
+    epoch: datetime,
+    contracts: Mapping[tuple[str, str, int], SlotAssignment],
+    settings: OperatorSettings,
+) -> float:
+    """How far ahead of now a GPU's changed table may take over. Where a shard that stays on
+    the GPU would release otherwise under the new table (its slot re-timed, or a release
+    window its contract holds and the new one does not: :meth:`SlotAssignment.releases`),
+    or where its contract is unknown, its sidecar must have read the new contract by the
+    switch: the kubelet's ConfigMap propagation (``contract_propagation_s``). Otherwise
+    (shards join or leave) a sidecar that reads it late releases what it did before, which
+    the new table keeps clear: ``effective_after_s``."""
+    short = settings.effective_after_s
+    if old is None:
+        return short
+    stays = {(s.namespace, s.stream, s.shard) for s in old.spec.slots}
+    for p in shards:
+        if p.key not in stays:
+            continue
+        before = contracts.get(p.key)
+        after = SlotAssignment.for_shard(
+            p, tick_hz=settings.tick_hz, epoch=epoch, generation=1, effective_at=epoch
+        )  # a changed table's contracts grant no window
+        if before is None or before.releases() != after.releases():
+            return max(short, settings.contract_propagation_s)
+    return short
+
+
 def switch_instant(
-    old: GpuSchedule | None, epoch: datetime, now: datetime, settings: OperatorSettings
+    old: GpuSchedule | None, epoch: datetime, now: datetime, lead_s: float, hz: int
 ) -> datetime:
-    """When a GPU's new slot table takes over on every sidecar: ``effective_after_s`` from
-    now or later, not before the previous generation's switch, and at an instant where no
-    body of the previous table runs (:func:`stagger.core.slots.switch_tick`), so that no
-    body of one table overlaps one of the other, frames in flight included."""
-    hz = settings.tick_hz
-    ready = now + timedelta(seconds=settings.effective_after_s) - epoch
+    """When a GPU's new slot table takes over on every sidecar: ``lead_s`` from now
+    (:func:`switch_lead_s`) or later, not before the previous generation's switch, and at
+    an instant where no body of the previous table runs
+    (:func:`stagger.core.slots.switch_tick`), so that no body of one table overlaps one of
+    the other, frames in flight included."""
+    ready = now + timedelta(seconds=lead_s) - epoch
     earliest = -((-_microseconds(ready) * hz) // 1_000_000)  # ceil: not before ``ready``
     if old is None:
         return effective_at_of(epoch, earliest, hz)
@@ -272,23 +307,43 @@ def retimings(
     return out
 
 
-def retiring_copies(
-    objects: Iterable[Obj], previous: Plan, streams: Sequence[InferenceStream]
-) -> list[ShardPlacement]:
-    """Old copies of moved shards, still running where they were until their new copy is
-    Ready (make-before-break): each slot ConfigMap whose GPU is not the one the GpuSchedules
-    place its shard on now. The planner keeps their slots and memory reserved there."""
-    where = {p.key: (p.node, p.gpu) for p in previous.shards}
-    memory = {(s.namespace, s.name): s.spec.memory_mib for s in streams}
+def written_contracts(objects: Iterable[Obj]) -> list[SlotAssignment]:
+    """The slot contracts in ``objects``' ConfigMaps (one that does not parse is left out)."""
     out = []
     for obj in objects:
         raw = (obj.get("data") or {}).get(CONTRACT_FILE) if obj.get("kind") == "ConfigMap" else None
         if raw is None:
             continue
         try:
-            c = SlotAssignment.model_validate_json(raw)
+            out.append(SlotAssignment.model_validate_json(raw))
         except ValueError:
             continue
+    return out
+
+
+def contracts_in_place(
+    contracts: Iterable[SlotAssignment], previous: Plan
+) -> dict[tuple[str, str, int], SlotAssignment]:
+    """Each shard's contract on the GPU the GpuSchedules place it on: what its sidecar
+    runs there (an old copy's, on another GPU, is not)."""
+    where = {p.key: (p.node, p.gpu) for p in previous.shards}
+    return {
+        (c.namespace, c.stream, c.shard): c
+        for c in contracts
+        if where.get((c.namespace, c.stream, c.shard)) == (c.node, c.gpu_index)
+    }
+
+
+def retiring_copies(
+    contracts: Iterable[SlotAssignment], previous: Plan, streams: Sequence[InferenceStream]
+) -> list[ShardPlacement]:
+    """Old copies of moved shards, still running where they were until their new copy is
+    Ready (make-before-break): each slot contract whose GPU is not the one the GpuSchedules
+    place its shard on now. The planner keeps their slots and memory reserved there."""
+    where = {p.key: (p.node, p.gpu) for p in previous.shards}
+    memory = {(s.namespace, s.name): s.spec.memory_mib for s in streams}
+    out = []
+    for c in contracts:
         key = (c.namespace, c.stream, c.shard)
         if key not in where or where[key] == (c.node, c.gpu_index):
             continue

@@ -68,8 +68,15 @@ class OperatorSettings(BaseSettings):
 
     effective_after_s: float = Field(default=5.0, gt=0)
     """A new slot table applies this long after it is written (or a little later, where no
-    body of the old table runs): later than the kubelet's ConfigMap propagation, so every
-    sidecar of a GPU switches at the same instant."""
+    body of the old table runs), where no running sidecar's releases change: shards join
+    (a new pod reads its contract as it starts) or leave."""
+    contract_propagation_s: float = Field(default=90.0, gt=0)
+    """How long the kubelet may take to update a mounted ConfigMap in a running pod: its
+    sync period (1 min by default) plus its cache's propagation and jitter. A table that
+    changes what running sidecars release (a re-timed slot, a release window no longer
+    granted) applies no earlier than this after it is written, so every sidecar of the GPU
+    has read it by its switch instant. A sidecar that reads one late counts it
+    (``stagger_slot_contracts_late_total``)."""
     retime_min_interval_s: float = Field(default=60.0, ge=0)
     """A shard whose slot a re-timing changed keeps it at least this long: a GPU is then
     re-timed around it (0: no bound). A re-timing can hold one frame of the stream up to

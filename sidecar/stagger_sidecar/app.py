@@ -18,6 +18,7 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from stagger.core.contract import SlotAssignment
 from stagger_sidecar.gate import Gate
 from stagger_sidecar.grpc_proxy import GrpcProxy
 from stagger_sidecar.http_proxy import HttpLimits, HttpProxy
@@ -237,6 +238,7 @@ class Sidecar:
                 )
                 self.metrics.slot_file_errors.labels(file=str(self.files.path)).inc()
                 continue
+            self._count_if_late(contract, now)
             self.gate.load(contract, now)
             log.info(
                 "slot contract read",
@@ -261,6 +263,33 @@ class Sidecar:
                 self.metrics.slot_retimings.labels(g.namespace, name, str(g.shard)).inc()
             if current is not None:
                 self.metrics.watch_arrivals(g.namespace, name, g.shard, g.arrival)
+
+    def _count_if_late(self, contract: SlotAssignment, now: float) -> None:
+        """A newer contract read after its switch instant, where it changes what this
+        sidecar releases: since that instant it released on the old table while the other
+        sidecars of its GPU ran the new one."""
+        gate = self.gate.streams.get(contract.stream)
+        before = gate.timetable.current(now) if gate is not None else None
+        late_s = now - contract.effective_at.timestamp()
+        if (
+            before is None
+            or contract.generation <= before.generation
+            or late_s <= 0
+            or before.releases() == contract.releases()
+        ):
+            return
+        self.metrics.slot_contracts_late.labels(
+            contract.namespace, contract.stream, str(contract.shard)
+        ).inc()
+        log.warning(
+            "slot contract read after its switch instant: the kubelet updated the mounted "
+            "ConfigMap later than the operator allows (raise STAGGER_CONTRACT_PROPAGATION_S)",
+            extra={
+                "stream": contract.stream,
+                "generation": contract.generation,
+                "late_s": round(late_s, 3),
+            },
+        )
 
     async def sample_statistics(self) -> None:
         """Body time per model from Triton, and achieved fps per stream, over the window."""

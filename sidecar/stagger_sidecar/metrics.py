@@ -122,6 +122,13 @@ class GateMetrics:
             ["namespace", "stream", "shard"],
             registry=r,
         )
+        self.slot_contracts_late = Counter(
+            _base(t.SLOT_CONTRACTS_LATE),
+            "Contracts read after their switch instant that change what this sidecar "
+            "releases (the kubelet was slower than STAGGER_CONTRACT_PROPAGATION_S).",
+            ["namespace", "stream", "shard"],
+            registry=r,
+        )
         self.slot_file_errors = Counter(
             _base(t.SLOT_FILE_ERRORS),
             "Slot files that could not be read or parsed (the last good contract stays).",

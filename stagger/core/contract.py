@@ -75,6 +75,22 @@ class SlotAssignment(Wire):
         exactly (integer microseconds), so that :func:`effective_at_of` round-trips."""
         return (_microseconds(self.effective_at - self.epoch) * self.tick_hz) // 1_000_000
 
+    def releases(self) -> tuple[object, ...]:
+        """Everything a sidecar's releases depend on (not the generation, nor when it takes
+        effect). Two generations that agree here may switch at any instant: a sidecar that
+        reads the new one late releases nothing the new table does not expect. Where they
+        differ (a re-timed slot, a release window no longer granted), every running sidecar
+        must read the new one before its switch instant."""
+        return (
+            self.epoch,
+            self.tick_hz,
+            self.period_ticks,
+            self.offset_ticks,
+            self.body_ticks,
+            self.early_ticks or 0,
+            self.late_ticks or 0,
+        )
+
     @classmethod
     def for_shard(
         cls,

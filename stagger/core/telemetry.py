@@ -45,6 +45,11 @@ SLOT_GENERATION = "stagger_slot_generation"
 SLOT_RETIMINGS = "stagger_slot_retimings_total"
 """Slot contracts that took effect with another offset or period than the contract before
 them, per stream (counter): each can hold one frame up to one extra period."""
+SLOT_CONTRACTS_LATE = "stagger_slot_contracts_late_total"
+"""Slot contracts read after their switch instant that change what the sidecar releases
+(a re-timed slot, a release window no longer granted), per stream (counter). Until it read
+one, the sidecar released on the old table while the others of its GPU ran the new: the
+kubelet took longer than the operator's ``STAGGER_CONTRACT_PROPAGATION_S``."""
 SLOT_FILE_ERRORS = "stagger_slot_file_errors_total"
 """Slot files that could not be read or parsed; the last good contract stays (counter)."""
 ARRIVAL_PHASE = "stagger_arrival_phase_seconds"

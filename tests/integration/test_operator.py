@@ -368,11 +368,12 @@ async def test_cameras_applied_one_at_a_time_fill_a_gpu_by_re_timing_it(cluster:
     four go into gaps (evenly, 62.5 ms apart) and leave none for the fifth: the operator
     re-times the GPU instead of taking another. What it re-timed is pinned for the
     interval (3 s here), so the sixth, which needs another re-timing, waits for it and is
-    placed by the planner's wake-up."""
+    placed by the planner's wake-up. (The kubelet's ConfigMap propagation, which a
+    re-timing waits out before it takes over, is 0.5 s here: kmock delivers at once.)"""
     solo = node("solo", gpus=1)
     solo["metadata"]["labels"]["pool"] = "solo"
     await cluster.create(solo)
-    op = await start_operator(cluster, retime_min_interval_s=3)
+    op = await start_operator(cluster, retime_min_interval_s=3, contract_propagation_s=0.5)
     names = [f"cam-{i}" for i in range(6)]
 
     def camera(name: str) -> dict[str, Any]:

@@ -261,7 +261,11 @@ async def test_slots_follow_where_the_sidecars_see_requests_arrive_then_windows_
     solo["metadata"]["labels"]["pool"] = "solo"
     await cluster.create(solo)
     op = await start_operator(
-        cluster, scrape_interval_s=0.3, sidecar_metrics_port=port, retime_min_interval_s=0
+        cluster,
+        scrape_interval_s=0.3,
+        sidecar_metrics_port=port,
+        retime_min_interval_s=0,
+        contract_propagation_s=0.5,
     )
     names, phases = ["cam-0", "cam-1", "cam-2"], [0.020, 0.090, 0.160]
     try:

@@ -29,7 +29,14 @@ import tritonclient.http.aio as httpclient
 from tritonclient.utils import InferenceServerException
 
 from stagger.client import SlotClient
-from stagger.core.telemetry import DROPPED, FORWARDED, GATE_WAIT, LATE, SLOT_FILE_ERRORS
+from stagger.core.telemetry import (
+    DROPPED,
+    FORWARDED,
+    GATE_WAIT,
+    LATE,
+    SLOT_CONTRACTS_LATE,
+    SLOT_FILE_ERRORS,
+)
 from stagger_sidecar.app import Sidecar
 from stagger_sidecar.grpc_proxy import PING_DEADLINE_S
 from stagger_testkit.localtriton import LocalTriton, free_port
@@ -275,6 +282,39 @@ async def test_a_new_contract_applies_at_its_time_and_a_bad_one_is_ignored(
         async with s.get(url) as r:
             doc = await r.json()
     assert doc["clock"]["generation"] == 2 and len(doc["next"]) == 2
+
+
+async def test_a_contract_read_after_its_switch_is_counted_where_it_changes_the_releases(
+    http: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kubelet may update a mounted ConfigMap a minute after the operator wrote it. A
+    sidecar that reads a re-timed contract after its switch instant released on the old
+    table meanwhile: it says so, where the operator's margin would need raising. A new
+    generation that leaves its slot as it was (a stream joined beside it) is no harm late."""
+    sidecar, _ = http
+    slot = tmp_path / "slot.json"
+
+    async def late() -> float:
+        return metric(await scrape(sidecar), SLOT_CONTRACTS_LATE, stream="cam")
+
+    def generation() -> int | None:
+        current = sidecar.gate.streams["cam"].timetable.current(time.time())
+        return current.generation if current else None
+
+    past = time.time() - 2.0
+    write_contract(slot, slot_contract(offset_ms=30, generation=2, effective_at=past))
+    await until(lambda: generation() == 2, what="same slot, read late")
+    assert await late() == 0
+    with caplog.at_level(logging.WARNING, logger="stagger.sidecar"):
+        write_contract(slot, slot_contract(offset_ms=70, generation=3, effective_at=past))
+        await until(lambda: generation() == 3, what="re-timed, read late")
+        assert await late() == 1
+    assert "STAGGER_CONTRACT_PROPAGATION_S" in caplog.text
+    write_contract(slot, slot_contract(offset_ms=50, generation=4, effective_at=time.time() + 60))
+    await until(
+        lambda: sidecar.gate.streams["cam"].timetable.upcoming(time.time()), what="read in time"
+    )
+    assert await late() == 1
 
 
 async def test_unknown_streams_and_malformed_requests(triton: LocalTriton, http: Any) -> None:

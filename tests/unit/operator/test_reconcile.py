@@ -7,13 +7,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stagger.core.api import GpuNode, GpuSchedule
+from stagger.core.contract import SlotAssignment
 from stagger.core.placement import plan
 from stagger.core.slots import Slot, switch_tick
 from stagger_operator.desired import (
+    contracts_in_place,
     desired_state,
     pinned_shards,
     plan_from_schedules,
     retiring_copies,
+    written_contracts,
 )
 from stagger_operator.inventory import cluster_from_nodes
 from stagger_operator.settings import OperatorSettings
@@ -139,13 +142,67 @@ def test_epoch_is_kept_and_generation_bumps_only_when_the_table_changes() -> Non
     assert sched.spec.generation == 1 and sched.spec.epoch == NOW
     b = with_uid(stream("b", 10, body=5, template=TEMPLATE), "ub")
     restored = plan_from_schedules(prev.values(), 30_000)
+    running = contracts_in_place(written_contracts(first.objects), restored)
     grown = desired_state(
-        [a, b], plan([a, b], c, previous=restored), prev, OperatorSettings(), later
+        [a, b],
+        plan([a, b], c, previous=restored),
+        prev,
+        OperatorSettings(),
+        later,
+        contracts=running,
     )
     (sched,) = schedules_of(grown).values()
     assert sched.spec.generation == 2
     assert sched.spec.epoch == NOW
+    # b joins and a's slot stays: a's sidecar may read the new generation late
     assert sched.spec.effective_at == later + timedelta(seconds=5)
+
+
+def test_a_table_that_changes_what_a_running_sidecar_releases_waits_for_the_kubelet() -> None:
+    """The kubelet updates a mounted ConfigMap in a running pod within its sync period (1
+    min by default) plus its cache's propagation: a sidecar may read a new contract a
+    minute after it was written. Where it would then release otherwise than the new table
+    expects, the switch lies ``contract_propagation_s`` ahead; where it would release the
+    same (a shard joins beside it, keeping its slot), ``effective_after_s``."""
+    c = cluster(("n", 1))
+    a = with_uid(stream("a", 10, body=5, template=TEMPLATE), "ua")
+    b = with_uid(stream("b", 10, body=5, template=TEMPLATE), "ub")
+    settings = OperatorSettings(effective_after_s=5, contract_propagation_s=90)
+    first = desired_state([a], plan([a], c), {}, settings, NOW)
+    prev = schedules_of(first)
+    restored = plan_from_schedules(prev.values(), 30_000)
+    later = NOW + timedelta(minutes=5)
+    grown = plan([a, b], c, previous=restored)
+    (contract,) = written_contracts(first.objects)
+
+    def switch_after(running: dict) -> timedelta:
+        (sched,) = schedules_of(
+            desired_state([a, b], grown, prev, settings, later, contracts=running)
+        ).values()
+        return sched.spec.effective_at - later
+
+    assert switch_after({contract_key(contract): contract}) == timedelta(seconds=5)
+    assert switch_after({}) == timedelta(seconds=90)  # what a's sidecar runs is unknown
+    windowed = contract.model_copy(update={"early_ticks": 300, "late_ticks": 300})
+    assert switch_after({contract_key(windowed): windowed}) == timedelta(seconds=90)
+    (moved,) = [p for p in grown.shards if p.stream == "a"]
+    retimed = replace(
+        grown,
+        shards=(
+            *(p for p in grown.shards if p.stream != "a"),
+            replace(moved, offset_ticks=moved.offset_ticks + 30),
+        ),
+    )
+    (sched,) = schedules_of(
+        desired_state(
+            [a, b], retimed, prev, settings, later, contracts={contract_key(contract): contract}
+        )
+    ).values()
+    assert sched.spec.effective_at - later >= timedelta(seconds=90)
+
+
+def contract_key(c: SlotAssignment) -> tuple[str, str, int]:
+    return (c.namespace, c.stream, c.shard)
 
 
 def test_a_re_timed_table_takes_over_where_no_old_body_runs_and_pins_what_it_moved() -> None:
@@ -154,13 +211,13 @@ def test_a_re_timed_table_takes_over_where_no_old_body_runs_and_pins_what_it_mov
     settings = OperatorSettings()
     three = plan(cams[:3], c)
     prev = schedules_of(desired_state(cams[:3], three, {}, settings, NOW))
-    later = NOW + timedelta(seconds=100.04)  # + 5 s falls inside a body of the old table
+    later = NOW + timedelta(seconds=100.04)  # + 90 s falls inside a body of the old table
     four = plan(cams, c, previous=plan_from_schedules(prev.values(), 30_000))
     assert four.offsets_changed  # no gap for the fourth: the GPU was re-timed
     (sched,) = schedules_of(desired_state(cams, four, prev, settings, later)).values()
     (old,) = prev.values()
     table = [Slot(s.stream, s.body_ticks, s.period_ticks, s.offset_ticks) for s in old.spec.slots]
-    ready = round((later + timedelta(seconds=5) - old.spec.epoch).total_seconds() * 30_000)
+    ready = round((later + timedelta(seconds=90) - old.spec.epoch).total_seconds() * 30_000)
     switch = round((sched.spec.effective_at - sched.spec.epoch).total_seconds() * 30_000)
     assert switch_tick(table, ready) == switch > ready  # the end of the body running then
     assert sched.spec.generation == 2
@@ -258,11 +315,13 @@ def test_old_copies_are_the_slot_configmaps_whose_gpu_the_schedules_moved_on_fro
     cams = [with_uid(stream(f"cam{i}", 4, body=45, template=TEMPLATE), f"u{i}") for i in range(2)]
     before = plan(cams, c)
     objects = desired_state(cams, before, {}, OperatorSettings(), NOW).objects
-    assert retiring_copies(objects, before, cams) == []  # every copy is where it belongs
+    assert (
+        retiring_copies(written_contracts(objects), before, cams) == []
+    )  # every copy is where it belongs
     moved = next(s for s in before.shards if s.stream == "cam0")
     elsewhere = replace(moved, gpu=1 - moved.gpu)
     now = replace(before, shards=(*(s for s in before.shards if s != moved), elsewhere))
-    (old,) = retiring_copies(objects, now, cams)
+    (old,) = retiring_copies(written_contracts(objects), now, cams)
     assert (old.stream, old.node, old.gpu, old.offset_ticks, old.body_ticks) == (
         "cam0",
         moved.node,
