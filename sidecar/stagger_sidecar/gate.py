@@ -192,6 +192,15 @@ class StreamGate:
         clock = table.clock(now)
         if clock is None:
             return Refusal(Reason.NO_SLOT, f"stream {self.name} has no slot assignment yet")
+        if table.current(now) is None and clock.switch_s - now > clock.period_s:
+            # A shard that joins a GPU by re-timing it starts when every sidecar there has
+            # read the new table (the operator's STAGGER_CONTRACT_PROPAGATION_S): holding a
+            # request that long would only stall the app; a clear refusal lets it retry.
+            return Refusal(
+                Reason.NO_SLOT,
+                f"stream {self.name} has no slot yet: its first slot starts when its GPU's "
+                f"new slot table takes over, in {clock.switch_s - now:.1f} s",
+            )
         policy = self.config.policy
         if self.pending and policy is GatePolicy.DROP:
             return Refusal(

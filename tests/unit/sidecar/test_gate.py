@@ -161,6 +161,20 @@ def test_no_contract_and_unknown_streams_are_refused_clearly() -> None:
     assert released(b.admit(T + 0.050)).slot == near(T + 0.060)
 
 
+def test_before_its_first_slot_a_shard_waits_at_most_a_period_then_is_refused_clearly() -> None:
+    """A shard that joins a GPU by re-timing it has no slot until the GPU switches tables,
+    which waits for every sidecar there to read the new one (90 s by default): a request
+    held that long would stall the app, so it is refused, saying when slots start. Within
+    a period of the switch it waits for the first slot as usual."""
+    g = StreamGate("cam", GateConfig())
+    g.load(slot_contract(effective_at=T + 60), T)
+    early = refused(g.admit(T))
+    assert early.reason is Reason.NO_SLOT and "in 60.0 s" in early.message
+    assert g.pending == 0
+    first = released(g.admit(T + 59.95))
+    assert first.slot == near(T + 60.030) and not first.late
+
+
 def test_a_new_contract_applies_at_its_effective_time() -> None:
     g = stream_gate()
     g.load(slot_contract(offset_ms=70, generation=2, effective_at=T + 0.5), T + 0.1)
