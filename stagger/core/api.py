@@ -117,7 +117,7 @@ class Resource(Wire):
     SHORT_NAMES: ClassVar[tuple[str, ...]]
     NAMESPACED: ClassVar[bool]
     RULES: ClassVar[tuple[CrossFieldRule, ...]] = ()
-    PRINTER_COLUMNS: ClassVar[tuple[dict[str, str], ...]] = ()
+    PRINTER_COLUMNS: ClassVar[tuple[dict[str, str | int], ...]] = ()
 
     metadata: ObjectMeta
 
@@ -520,6 +520,9 @@ class GpuSchedule(Resource):
         {"name": "Util", "type": "number", "jsonPath": ".status.utilization"},
         {"name": "Overlap", "type": "number", "jsonPath": ".status.bodyOverlapMsPerSecond"},
         {"name": "Generation", "type": "integer", "jsonPath": ".spec.generation"},
+        # the instant its table took or takes over (a date column would read "<invalid>"
+        # while it lies ahead, as a re-timing's does for STAGGER_CONTRACT_PROPAGATION_S)
+        {"name": "Switch", "type": "string", "jsonPath": ".spec.effectiveAt", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     )
 
