@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -359,6 +360,35 @@ async def test_the_operator_exports_its_own_metrics(cluster: Cluster) -> None:
         cam = (("namespace", "default"), ("stream", "cam"))
         assert values[("stagger_stream_requested_fps", cam)] == 10
         assert values[("stagger_stream_deadline_seconds", cam)] == 0.1  # the frame period
+    finally:
+        await stop_operator(op)
+
+
+async def test_a_join_switches_soon_and_a_re_timing_waits_for_the_kubelet(cluster: Cluster) -> None:
+    """The kubelet may deliver a changed ConfigMap to a running pod a minute late. A camera
+    that joins in a gap leaves every running sidecar's slot as it was, so its GPU's new
+    table takes over after ``effective_after_s`` (1 s here); one that needs the GPU
+    re-timed changes running sidecars' slots, so the switch waits
+    ``contract_propagation_s`` (30 s here), judged from the contracts the operator wrote."""
+    solo = node("solo", gpus=1)
+    solo["metadata"]["labels"]["pool"] = "solo"
+    await cluster.create(solo)
+    op = await start_operator(cluster, effective_after_s=1, contract_propagation_s=30)
+
+    async def switch_ahead_s(name: str) -> float:
+        await cluster.create(
+            stream(name, fps=4, body=36, latencyMs=60, nodeSelector={"pool": "solo"})
+        )
+        await cluster.wait_for(lambda: all_placed(cluster, [name]))
+        (sched,) = await schedules(cluster)
+        return (sched.spec.effective_at - datetime.now(UTC)).total_seconds()
+
+    try:
+        for i in range(4):  # into gaps, 62.5 ms apart
+            assert await switch_ahead_s(f"cam-{i}") < 5
+        assert await switch_ahead_s("cam-4") > 20  # no gap left: the GPU is re-timed
+        (sched,) = await schedules(cluster)
+        assert any(x.retimed_at is not None for x in sched.spec.slots)
     finally:
         await stop_operator(op)
 
