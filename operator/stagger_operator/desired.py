@@ -131,6 +131,7 @@ def desired_state(
     by_gpu: dict[tuple[str, int], list[ShardPlacement]] = defaultdict(list)
     for p in plan.shards:
         by_gpu[(p.node, p.gpu)].append(p)
+    since: dict[tuple[str, str, int], datetime] = {}  # when each shard's slots here began
     modes = {(g.node, g.gpu): g.sharing_mode for g in plan.gpus}
     # Contracts are built only for the streams that are rebuilt; fingerprints use the slots.
     slots: dict[
@@ -160,6 +161,8 @@ def desired_state(
             lead_s = switch_lead_s(old, shards, epoch, contracts or {}, settings)
             effective_at = switch_instant(old, epoch, now, lead_s, settings.tick_hz)
         retimed_at = retimings(old, shards, effective_at)
+        began = slots_since(old, shards, effective_at)
+        since.update(began)
         desired.schedules.append(
             manifests.gpu_schedule(
                 node,
@@ -171,6 +174,7 @@ def desired_state(
                 tick_hz=settings.tick_hz,
                 sharing_mode=modes.get((node, gpu), "time-slicing"),
                 retimed_at=retimed_at,
+                since=began,
             )
         )
         windows: Mapping[Hashable, tuple[int, int]] = {}
@@ -228,7 +232,13 @@ def desired_state(
             )
             continue
         desired.statuses[key] = stream_status(
-            stream, shards, StreamPhase.PLACED, "", now, tick_hz=settings.tick_hz
+            stream,
+            shards,
+            StreamPhase.PLACED,
+            "",
+            now,
+            tick_hz=settings.tick_hz,
+            slots_from={p.shard: since[p.key] for p in shards if since.get(p.key, now) > now},
         )
     return desired
 
@@ -332,6 +342,23 @@ def contracts_in_place(
         for c in contracts
         if where.get((c.namespace, c.stream, c.shard)) == (c.node, c.gpu_index)
     }
+
+
+def slots_since(
+    old: GpuSchedule | None, shards: Sequence[ShardPlacement], effective_at: datetime
+) -> dict[tuple[str, str, int], datetime]:
+    """When each shard's slots on this GPU began: as the previous table recorded it, or at
+    this table's switch for a shard that joins with it (unknown for a slot recorded before
+    the field existed)."""
+    before = {(s.namespace, s.stream, s.shard): s for s in old.spec.slots} if old else {}
+    out: dict[tuple[str, str, int], datetime] = {}
+    for p in shards:
+        was = before.get(p.key)
+        if was is None:
+            out[p.key] = effective_at
+        elif was.since is not None:
+            out[p.key] = was.since
+    return out
 
 
 def retiring_copies(

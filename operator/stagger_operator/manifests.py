@@ -305,11 +305,13 @@ def gpu_schedule(
     tick_hz: int,
     sharing_mode: str,
     retimed_at: Mapping[tuple[str, str, int], datetime] | None = None,
+    since: Mapping[tuple[str, str, int], datetime] | None = None,
 ) -> Obj:
     """The slot table of one GPU (cluster-scoped: deleted by the operator, not by owners).
-    ``retimed_at``: when a re-timing last changed a shard's slot here."""
+    ``retimed_at``: when a re-timing last changed a shard's slot here; ``since``: when its
+    slots here began."""
     first = shards[0]
-    retimed_at = retimed_at or {}
+    retimed_at, since = retimed_at or {}, since or {}
     return {
         "apiVersion": API_VERSION,
         "kind": "GpuSchedule",
@@ -338,6 +340,7 @@ def gpu_schedule(
                     "bodyTicks": x.body_ticks,
                     "memoryMiB": x.memory_mib,
                     **({"retimedAt": _timestamp(retimed_at[x.key])} if x.key in retimed_at else {}),
+                    **({"since": _timestamp(since[x.key])} if x.key in since else {}),
                 }
                 for x in sorted(
                     shards, key=lambda x: (x.offset_ticks, x.namespace, x.stream, x.shard)

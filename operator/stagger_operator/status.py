@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,16 +33,22 @@ def stream_status(
     *,
     reason: str | None = None,
     tick_hz: int = TICK_HZ,
+    slots_from: Mapping[int, datetime] | None = None,
 ) -> Obj:
-    """The status subresource of one stream (conditions Placed and Ready)."""
+    """The status subresource of one stream (conditions Placed and Ready). ``slots_from``:
+    per shard index, when its first slot starts, where that lies ahead (it joined by
+    re-timing its GPU)."""
     placed = phase in (StreamPhase.PLACED, StreamPhase.RUNNING)
     hz = tick_hz
     first = shards[0] if shards else None
     extra = f",+{len(shards) - 1}" if len(shards) > 1 else ""
     condition_reason = reason or ("Placed" if placed else "Unschedulable")
+    starts = slots_from or {}
+    if placed and not message:
+        message = f"placed on {len(shards)} shard(s)" + _slots_ahead(starts.values(), now)
     return {
         "phase": phase.value,
-        "message": message or (f"placed on {len(shards)} shard(s)" if placed else ""),
+        "message": message,
         "shardCount": len(shards),
         "node": f"{first.node}{extra}" if first else "",
         "gpu": f"{first.gpu}{extra}" if first else "",
@@ -58,6 +64,7 @@ def stream_status(
                 "offsetMs": round(ticks_to_ms(p.offset_ticks, hz), 3),
                 "bodyMs": p.body_ms,
                 "reservedMs": round(ticks_to_ms(p.body_ticks, hz), 3),
+                **({"slotsFrom": _timestamp(starts[p.shard])} if p.shard in starts else {}),
             }
             for p in shards
         ],
@@ -70,6 +77,22 @@ def stream_status(
             else {}
         ),
     }
+
+
+def _timestamp(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _slots_ahead(starts: Iterable[datetime], now: datetime) -> str:
+    """What a message adds while a shard's first slot lies ahead: its GPU takes the table
+    it joined then (a re-timing's, once every sidecar there can have read it)."""
+    ahead = [t for t in starts if t > now]
+    if not ahead:
+        return ""
+    return (
+        f"; slots start at {_timestamp(max(ahead))}, when its GPU's new slot table takes over "
+        "(its sidecar refuses requests until then)"
+    )
 
 
 def _condition(
@@ -153,6 +176,10 @@ def serving_status(
             f"; shard(s) {', '.join(map(str, waiting))} wait to move "
             f"(at most {settings.max_moves} moves at a time)"
         )
+    message += _slots_ahead(
+        (datetime.fromisoformat(s["slotsFrom"]) for s in status["shards"] if "slotsFrom" in s),
+        now,
+    )
     status["phase"], status["message"] = phase.value, message
     status["conditions"] = [
         *(c for c in status["conditions"] if c["type"] != "Ready"),

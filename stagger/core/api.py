@@ -311,6 +311,13 @@ class ShardStatus(Wire):
         "charges): costMs scaled to the throughput cap, or the whole body when the body is "
         "exclusive without a cost or the deadline cannot absorb one more body.",
     )
+    slots_from: datetime | None = Field(
+        default=None,
+        description="When the shard's first slot starts on its GPU, where that lay ahead "
+        "when it was placed: a shard that joins by re-timing its GPU starts when every "
+        "sidecar there can have read the new table (the operator's "
+        "STAGGER_CONTRACT_PROPAGATION_S); its sidecar refuses requests until then.",
+    )
     observed_fps: float | None = None
     drop_rate: float | None = None
     p99_ms: float | None = None
@@ -466,6 +473,13 @@ class ScheduledSlot(Wire):
         description=(
             "When a re-timing last changed this slot on this GPU (the generation's "
             "effectiveAt); it is not re-timed again within the operator's minimum interval."
+        ),
+    )
+    since: datetime | None = Field(
+        default=None,
+        description=(
+            "When this shard's slots on this GPU began: the effectiveAt of the table it "
+            "joined. Until then its sidecar has no slot."
         ),
     )
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stagger.core.api import GpuNode, GpuSchedule
+from stagger.core.api import GpuNode, GpuSchedule, StreamPhase
 from stagger.core.contract import SlotAssignment
 from stagger.core.placement import plan
 from stagger.core.slots import Slot, switch_tick
@@ -19,7 +20,9 @@ from stagger_operator.desired import (
     written_contracts,
 )
 from stagger_operator.inventory import cluster_from_nodes
+from stagger_operator.rollout import Rollout
 from stagger_operator.settings import OperatorSettings
+from stagger_operator.status import serving_status, stream_status
 from tests.factories import cluster, stream
 
 NOW = datetime(2026, 11, 21, 9, 0, 0, tzinfo=UTC)
@@ -193,12 +196,39 @@ def test_a_table_that_changes_what_a_running_sidecar_releases_waits_for_the_kube
             replace(moved, offset_ticks=moved.offset_ticks + 30),
         ),
     )
-    (sched,) = schedules_of(
-        desired_state(
-            [a, b], retimed, prev, settings, later, contracts={contract_key(contract): contract}
-        )
-    ).values()
+    desired = desired_state(
+        [a, b], retimed, prev, settings, later, contracts={contract_key(contract): contract}
+    )
+    (sched,) = schedules_of(desired).values()
     assert sched.spec.effective_at - later >= timedelta(seconds=90)
+    # b joined with that table: its status says when its slots start, a's has slots already
+    since = {s.stream: s.since for s in sched.spec.slots}
+    assert since == {"a": NOW + timedelta(seconds=5), "b": sched.spec.effective_at}
+    joined = desired.statuses[("default", "b")]
+    starts = datetime.fromisoformat(joined["shards"][0]["slotsFrom"])
+    assert abs(starts - sched.spec.effective_at) < timedelta(milliseconds=1)
+    assert "slots start at" in joined["message"]
+    stayed = desired.statuses[("default", "a")]
+    assert "slotsFrom" not in stayed["shards"][0] and "slots start" not in stayed["message"]
+
+
+def test_a_running_stream_says_its_slots_start_later_only_while_they_do() -> None:
+    """A stream that joined by re-timing its GPU may have Ready pods before its first slot:
+    its status says when slots start until then, and no longer after."""
+    c = cluster(("n", 1))
+    a = with_uid(stream("a", 10, body=5, template=TEMPLATE), "ua")
+    at = NOW + timedelta(seconds=90)
+    placed = stream_status(
+        a, list(plan([a], c).shards), StreamPhase.PLACED, "", NOW, slots_from={0: at}
+    )
+    assert placed["message"].startswith("placed on 1 shard(s); slots start at")
+    serving = Rollout(serving={("default", "a", "0")})
+    for now, says in ((NOW + timedelta(seconds=30), True), (at, False)):
+        status = serving_status(
+            copy.deepcopy(placed), a, serving, {}, settings=OperatorSettings(), now=now
+        )
+        assert status["phase"] == "Running"
+        assert ("slots start at" in status["message"]) is says, status["message"]
 
 
 def contract_key(c: SlotAssignment) -> tuple[str, str, int]:
