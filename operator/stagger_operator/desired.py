@@ -109,7 +109,7 @@ def desired_state(
     """Objects, GpuSchedules and stream statuses for ``plan``. A GPU keeps its epoch; a
     changed slot table gets the next generation, effective ``effective_after_s`` from now,
     or ``contract_propagation_s`` where it changes what a running sidecar releases
-    (:func:`switch_lead_s`; ``contracts``: each shard's contract as written, from its
+    (:func:`next_switch`; ``contracts``: each shard's contract as written, from its
     ConfigMap).
 
     Every stream gets a fingerprint of what its objects and status are made from: its
@@ -158,8 +158,9 @@ def desired_state(
             generation, effective_at = old.spec.generation, old.spec.effective_at or epoch
         else:
             generation = old.spec.generation + 1 if old else 1
-            lead_s = switch_lead_s(old, shards, epoch, contracts or {}, settings)
-            effective_at = switch_instant(old, epoch, now, lead_s, settings.tick_hz)
+            effective_at = next_switch(
+                old, shards, epoch, contracts or {}, now=now, settings=settings
+            )
         retimed_at = retimings(old, shards, effective_at)
         began = slots_since(old, shards, effective_at)
         since.update(began)
@@ -243,41 +244,67 @@ def desired_state(
     return desired
 
 
-def switch_lead_s(
+def next_switch(
     old: GpuSchedule | None,
     shards: Sequence[ShardPlacement],
     epoch: datetime,
     contracts: Mapping[tuple[str, str, int], SlotAssignment],
+    *,
+    now: datetime,
     settings: OperatorSettings,
-) -> float:
-    """How far ahead of now a GPU's changed table may take over. Where a shard that stays on
-    the GPU would release otherwise under the new table (its slot re-timed, or a release
-    window its contract holds and the new one does not: :meth:`SlotAssignment.releases`),
-    or where its contract is unknown, its sidecar must have read the new contract by the
-    switch: the kubelet's ConfigMap propagation (``contract_propagation_s``). Otherwise
-    (shards join or leave) a sidecar that reads it late releases what it did before, which
-    the new table keeps clear: ``effective_after_s``."""
+) -> datetime:
+    """When a GPU's changed table takes over.
+
+    Where a shard that stays on the GPU would release otherwise under it than under the
+    contract written for it (:func:`releases_change`), every sidecar must have read the new
+    contract by the switch: the kubelet's ConfigMap propagation (``contract_propagation_s``)
+    ahead. Otherwise (shards join or leave) a sidecar that reads it late releases what it
+    would have anyway: ``effective_after_s`` ahead, or, while the previous table's switch is
+    still to come, that same instant. The kubelet delivers only a ConfigMap's latest version,
+    so a sidecar may never see the pending table, only this one: it must switch with the
+    others. (The planner re-times no shard on a GPU whose switch is to come:
+    :func:`pinned_shards`.)"""
     short = settings.effective_after_s
+    if not releases_change(old, shards, epoch, contracts, settings.tick_hz):
+        pending = old.spec.effective_at if old is not None else None
+        if pending is not None and pending > now:
+            return pending
+        return switch_instant(old, epoch, now, short, settings.tick_hz)
+    lead = max(short, settings.contract_propagation_s)
+    return switch_instant(old, epoch, now, lead, settings.tick_hz)
+
+
+def releases_change(
+    old: GpuSchedule | None,
+    shards: Sequence[ShardPlacement],
+    epoch: datetime,
+    contracts: Mapping[tuple[str, str, int], SlotAssignment],
+    tick_hz: int,
+) -> bool:
+    """Whether a shard that stays on the GPU would release otherwise under the new table
+    than under the contract written for it (its slot re-timed, or a release window the new
+    contracts no longer grant: :meth:`SlotAssignment.releases`), or its contract is
+    unknown."""
     if old is None:
-        return short
+        return False
     stays = {(s.namespace, s.stream, s.shard) for s in old.spec.slots}
     for p in shards:
         if p.key not in stays:
             continue
         before = contracts.get(p.key)
         after = SlotAssignment.for_shard(
-            p, tick_hz=settings.tick_hz, epoch=epoch, generation=1, effective_at=epoch
+            p, tick_hz=tick_hz, epoch=epoch, generation=1, effective_at=epoch
         )  # a changed table's contracts grant no window
         if before is None or before.releases() != after.releases():
-            return max(short, settings.contract_propagation_s)
-    return short
+            return True
+    return False
 
 
 def switch_instant(
     old: GpuSchedule | None, epoch: datetime, now: datetime, lead_s: float, hz: int
 ) -> datetime:
     """When a GPU's new slot table takes over on every sidecar: ``lead_s`` from now
-    (:func:`switch_lead_s`) or later, not before the previous generation's switch, and at
+    (:func:`next_switch`) or later, not before the previous generation's switch, and at
     an instant where no body of the previous table runs
     (:func:`stagger.core.slots.switch_tick`), so that no body of one table overlaps one of
     the other, frames in flight included."""
@@ -382,16 +409,24 @@ def retiring_copies(
 def pinned_shards(
     schedules: Iterable[GpuSchedule], now: datetime, min_interval_s: float
 ) -> tuple[set[tuple[str, str, int]], datetime | None]:
-    """Shards re-timed less than ``min_interval_s`` ago, which the planner may not re-time
-    yet, and when the first of them may be again (None: none is pinned)."""
+    """Shards the planner may not re-time yet, and when the first of them may be again
+    (None: none is pinned): those re-timed less than ``min_interval_s`` ago, and every
+    shard of a GPU whose switch to a new table is still to come. A sidecar there may not
+    have read that table yet, and the kubelet delivers only a ConfigMap's latest version:
+    re-timed again, it could skip that switch while the others make it."""
     pinned: set[tuple[str, str, int]] = set()
     free_at: datetime | None = None
     bound = timedelta(seconds=min_interval_s)
     for sched in schedules:
+        switch = sched.spec.effective_at
         for s in sched.spec.slots:
-            if s.retimed_at is not None and now < s.retimed_at + bound:
+            until = [s.retimed_at + bound] if s.retimed_at is not None else []
+            if switch is not None and now < switch:
+                until.append(switch)
+            ends = max(until, default=now)
+            if now < ends:
                 pinned.add((s.namespace, s.stream, s.shard))
-                free_at = min(free_at or s.retimed_at + bound, s.retimed_at + bound)
+                free_at = min(free_at or ends, ends)
     return pinned, free_at
 
 

@@ -262,6 +262,57 @@ def test_a_re_timed_table_takes_over_where_no_old_body_runs_and_pins_what_it_mov
     assert pinned_shards([sched], at, 0) == (set(), None)
 
 
+def test_a_gpu_whose_switch_is_to_come_keeps_it_and_is_re_timed_no_further() -> None:
+    """The kubelet delivers only a ConfigMap's latest version: a sidecar that has not read a
+    re-timed table by the time a later one is written may only ever see the later one. So
+    until a GPU's switch, none of its shards is re-timed again (all pinned, free at the
+    switch), and a table that only drops or adds shards there switches at that same
+    instant, so that a sidecar which reads only it switches with the others."""
+    c = cluster(("t4", 1))
+    cams = [with_uid(stream(f"cam{i}", 4, body=45, template=TEMPLATE), f"u{i}") for i in range(4)]
+    settings = OperatorSettings()
+    first = desired_state(cams[:3], plan(cams[:3], c), {}, settings, NOW)
+    prev = schedules_of(first)
+    later = NOW + timedelta(minutes=5)
+    four = plan(cams, c, previous=plan_from_schedules(prev.values(), 30_000))
+    assert four.offsets_changed
+    written = contracts_in_place(
+        written_contracts(first.objects), plan_from_schedules(prev.values(), 30_000)
+    )
+    retimed = desired_state(cams, four, prev, settings, later, contracts=written)
+    (sched,) = schedules_of(retimed).values()
+    switch = sched.spec.effective_at
+    assert switch - later >= timedelta(seconds=90)
+
+    meanwhile = later + timedelta(seconds=30)
+    pinned, free_at = pinned_shards([sched], meanwhile, 60)
+    assert pinned == {("default", f"cam{i}", 0) for i in range(4)} and free_at == switch
+    restored = plan_from_schedules([sched], 30_000)
+    three = plan(cams[:3], c, previous=restored, pinned=pinned)  # cam3 leaves
+    assert three.offsets_changed == ()
+    running = contracts_in_place(written_contracts(retimed.objects), restored)
+    desired = desired_state(
+        cams[:3], three, {sched.metadata.name: sched}, settings, meanwhile, contracts=running
+    )
+    (after,) = schedules_of(desired).values()
+    assert after.spec.generation == sched.spec.generation + 1
+    assert after.spec.effective_at == switch
+    just_before = switch - timedelta(seconds=2)  # sooner than effective_after_s: the same
+    desired = desired_state(
+        cams[:3], three, {sched.metadata.name: sched}, settings, just_before, contracts=running
+    )
+    (after,) = schedules_of(desired).values()
+    assert after.spec.effective_at == switch
+    # once the switch has passed, a change takes over on its own lead again
+    past = switch + timedelta(seconds=1)
+    assert pinned_shards([sched], past, 0) == (set(), None)
+    desired = desired_state(
+        cams[:3], three, {sched.metadata.name: sched}, settings, past, contracts=running
+    )
+    (after,) = schedules_of(desired).values()
+    assert after.spec.effective_at >= past + timedelta(seconds=5)
+
+
 def test_restart_reproduces_the_same_plan_from_schedules() -> None:
     c = cluster(("n", 2))
     streams = [
