@@ -70,9 +70,11 @@ class OperatorSettings(BaseSettings):
     """A new slot table applies this long after it is written (or a little later, where no
     body of the old table runs), where no running sidecar's releases change: shards join
     (a new pod reads its contract as it starts) or leave."""
-    contract_propagation_s: float = Field(default=90.0, gt=0)
-    """How long the kubelet may take to update a mounted ConfigMap in a running pod: its
-    sync period (1 min by default) plus its cache's propagation and jitter. A table that
+    contract_propagation_s: float = Field(default=120.0, gt=0)
+    """How long the kubelet may take to update a mounted ConfigMap in a running pod: it
+    re-syncs each pod every ``syncFrequency`` (1 min by default) plus up to half again as
+    jitter, 90 s at most, and the sync itself and its watch of the ConfigMap take a little
+    more; 30 s of margin. A table that
     changes what running sidecars release (a re-timed slot, a release window no longer
     granted) applies no earlier than this after it is written, so every sidecar of the GPU
     has read it by its switch instant. A sidecar that reads one late counts it

@@ -241,13 +241,13 @@ def test_a_re_timed_table_takes_over_where_no_old_body_runs_and_pins_what_it_mov
     settings = OperatorSettings()
     three = plan(cams[:3], c)
     prev = schedules_of(desired_state(cams[:3], three, {}, settings, NOW))
-    later = NOW + timedelta(seconds=100.04)  # + 90 s falls inside a body of the old table
+    later = NOW + timedelta(seconds=100.04)  # + 120 s falls inside a body of the old table
     four = plan(cams, c, previous=plan_from_schedules(prev.values(), 30_000))
     assert four.offsets_changed  # no gap for the fourth: the GPU was re-timed
     (sched,) = schedules_of(desired_state(cams, four, prev, settings, later)).values()
     (old,) = prev.values()
     table = [Slot(s.stream, s.body_ticks, s.period_ticks, s.offset_ticks) for s in old.spec.slots]
-    ready = round((later + timedelta(seconds=90) - old.spec.epoch).total_seconds() * 30_000)
+    ready = round((later + timedelta(seconds=120) - old.spec.epoch).total_seconds() * 30_000)
     switch = round((sched.spec.effective_at - sched.spec.epoch).total_seconds() * 30_000)
     assert switch_tick(table, ready) == switch > ready  # the end of the body running then
     assert sched.spec.generation == 2
@@ -282,7 +282,7 @@ def test_a_gpu_whose_switch_is_to_come_keeps_it_and_is_re_timed_no_further() -> 
     retimed = desired_state(cams, four, prev, settings, later, contracts=written)
     (sched,) = schedules_of(retimed).values()
     switch = sched.spec.effective_at
-    assert switch - later >= timedelta(seconds=90)
+    assert switch - later >= timedelta(seconds=120)
 
     meanwhile = later + timedelta(seconds=30)
     pinned, free_at = pinned_shards([sched], meanwhile, 60)

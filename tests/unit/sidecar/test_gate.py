@@ -163,7 +163,7 @@ def test_no_contract_and_unknown_streams_are_refused_clearly() -> None:
 
 def test_before_its_first_slot_a_shard_waits_at_most_a_period_then_is_refused_clearly() -> None:
     """A shard that joins a GPU by re-timing it has no slot until the GPU switches tables,
-    which waits for every sidecar there to read the new one (90 s by default): a request
+    which waits for every sidecar there to read the new one (120 s by default): a request
     held that long would stall the app, so it is refused, saying when slots start. Within
     a period of the switch it waits for the first slot as usual."""
     g = StreamGate("cam", GateConfig())
