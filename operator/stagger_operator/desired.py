@@ -191,7 +191,17 @@ def desired_state(
                 [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]
             )
         for p in shards:
-            slots[p.key] = (p, epoch, generation, effective_at, windows.get(p.key))
+            written = (contracts or {}).get(p.key)
+            switch = shard_switch(
+                p,
+                written,
+                generation=generation,
+                switch=effective_at,
+                epoch=epoch,
+                now=now,
+                settings=settings,
+            )
+            slots[p.key] = (p, epoch, generation, switch, windows.get(p.key))
     unplaced = {(u.namespace, u.stream): u.reason for u in plan.unplaced}
     by_stream: dict[tuple[str, str], list[ShardPlacement]] = defaultdict(list)
     for p in plan.shards:  # once: a lookup per stream would be quadratic in the fleet
@@ -259,19 +269,41 @@ def next_switch(
     contract written for it (:func:`releases_change`), every sidecar must have read the new
     contract by the switch: the kubelet's ConfigMap propagation (``contract_propagation_s``)
     ahead. Otherwise (shards join or leave) a sidecar that reads it late releases what it
-    would have anyway: ``effective_after_s`` ahead, or, while the previous table's switch is
-    still to come, that same instant. The kubelet delivers only a ConfigMap's latest version,
-    so a sidecar may never see the pending table, only this one: it must switch with the
-    others. (The planner re-times no shard on a GPU whose switch is to come:
-    :func:`pinned_shards`.)"""
+    would have anyway: ``effective_after_s`` ahead. Never before the previous table's switch
+    (:func:`switch_instant`)."""
     short = settings.effective_after_s
     if not releases_change(old, shards, epoch, contracts, settings.tick_hz):
-        pending = old.spec.effective_at if old is not None else None
-        if pending is not None and pending > now:
-            return pending
         return switch_instant(old, epoch, now, short, settings.tick_hz)
     lead = max(short, settings.contract_propagation_s)
     return switch_instant(old, epoch, now, lead, settings.tick_hz)
+
+
+def shard_switch(
+    p: ShardPlacement,
+    written: SlotAssignment | None,
+    *,
+    generation: int,
+    switch: datetime,
+    epoch: datetime,
+    now: datetime,
+    settings: OperatorSettings,
+) -> datetime:
+    """When a shard's contract of this table takes effect: the table's switch, except
+    where the shard's releases stay as the contract written for it has them and that
+    contract's own switch is still to come, which it keeps. The kubelet delivers only a
+    ConfigMap's latest version: a sidecar that has not read a coming re-timing when a later
+    table is written may only ever read the later one, and must still switch when the others
+    expect it to. (A contract of the same generation keeps its switch as written.)"""
+    if written is None:
+        return switch
+    if written.generation == generation:
+        return written.effective_at
+    if written.effective_at <= now:
+        return switch
+    after = SlotAssignment.for_shard(
+        p, tick_hz=settings.tick_hz, epoch=epoch, generation=1, effective_at=epoch
+    )
+    return written.effective_at if written.releases() == after.releases() else switch
 
 
 def releases_change(
@@ -409,24 +441,17 @@ def retiring_copies(
 def pinned_shards(
     schedules: Iterable[GpuSchedule], now: datetime, min_interval_s: float
 ) -> tuple[set[tuple[str, str, int]], datetime | None]:
-    """Shards the planner may not re-time yet, and when the first of them may be again
-    (None: none is pinned): those re-timed less than ``min_interval_s`` ago, and every
-    shard of a GPU whose switch to a new table is still to come. A sidecar there may not
-    have read that table yet, and the kubelet delivers only a ConfigMap's latest version:
-    re-timed again, it could skip that switch while the others make it."""
+    """Shards re-timed less than ``min_interval_s`` ago (from the switch that re-timed
+    them, so a re-timing still to come pins them too), which the planner may not re-time
+    yet, and when the first of them may be again (None: none is pinned)."""
     pinned: set[tuple[str, str, int]] = set()
     free_at: datetime | None = None
     bound = timedelta(seconds=min_interval_s)
     for sched in schedules:
-        switch = sched.spec.effective_at
         for s in sched.spec.slots:
-            until = [s.retimed_at + bound] if s.retimed_at is not None else []
-            if switch is not None and now < switch:
-                until.append(switch)
-            ends = max(until, default=now)
-            if now < ends:
+            if s.retimed_at is not None and now < s.retimed_at + bound:
                 pinned.add((s.namespace, s.stream, s.shard))
-                free_at = min(free_at or ends, ends)
+                free_at = min(free_at or s.retimed_at + bound, s.retimed_at + bound)
     return pinned, free_at
 
 

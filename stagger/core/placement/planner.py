@@ -538,8 +538,8 @@ class Planner:
                 f"but no slot where a {charged:.3g} ms slot misses "
                 "every other slot"
                 + (
-                    " without re-timing shards that were re-timed too recently or whose GPU "
-                    "has yet to switch to its new table (pinned); "
+                    " without re-timing shards that were re-timed too recently or whose "
+                    "re-timing is still to come (pinned); "
                     "it is tried again when they may move"
                     if pinned
                     else ""

@@ -262,12 +262,12 @@ def test_a_re_timed_table_takes_over_where_no_old_body_runs_and_pins_what_it_mov
     assert pinned_shards([sched], at, 0) == (set(), None)
 
 
-def test_a_gpu_whose_switch_is_to_come_keeps_it_and_is_re_timed_no_further() -> None:
+def test_a_shard_whose_re_timing_is_to_come_keeps_its_switch_in_later_tables() -> None:
     """The kubelet delivers only a ConfigMap's latest version: a sidecar that has not read a
-    re-timed table by the time a later one is written may only ever see the later one. So
-    until a GPU's switch, none of its shards is re-timed again (all pinned, free at the
-    switch), and a table that only drops or adds shards there switches at that same
-    instant, so that a sidecar which reads only it switches with the others."""
+    coming re-timing when a later table is written may only ever read the later one. So a
+    shard whose slot the later table leaves as the coming one has it keeps that one's switch
+    instant in its contract, and switches with the others; the shards the coming re-timing
+    moved stay pinned until then. A shard the later table re-times takes the later switch."""
     c = cluster(("t4", 1))
     cams = [with_uid(stream(f"cam{i}", 4, body=45, template=TEMPLATE), f"u{i}") for i in range(4)]
     settings = OperatorSettings()
@@ -283,34 +283,49 @@ def test_a_gpu_whose_switch_is_to_come_keeps_it_and_is_re_timed_no_further() -> 
     (sched,) = schedules_of(retimed).values()
     switch = sched.spec.effective_at
     assert switch - later >= timedelta(seconds=120)
+    moved = set(four.offsets_changed)
+    pinned, free_at = pinned_shards([sched], later, 0)  # pinned until the switch, at least
+    assert pinned == moved and free_at == switch
 
-    meanwhile = later + timedelta(seconds=30)
-    pinned, free_at = pinned_shards([sched], meanwhile, 60)
-    assert pinned == {("default", f"cam{i}", 0) for i in range(4)} and free_at == switch
+    just_before = switch - timedelta(seconds=2)
     restored = plan_from_schedules([sched], 30_000)
+    running = contracts_in_place(written_contracts(retimed.objects), restored)
     three = plan(cams[:3], c, previous=restored, pinned=pinned)  # cam3 leaves
     assert three.offsets_changed == ()
-    running = contracts_in_place(written_contracts(retimed.objects), restored)
-    desired = desired_state(
-        cams[:3], three, {sched.metadata.name: sched}, settings, meanwhile, contracts=running
+    (kept,) = [p for p in three.shards if p.stream == "cam0"]
+    # and, as an unpinned shard could be, cam0 re-timed (a millisecond on)
+    nudged = replace(
+        three,
+        shards=(
+            *(p for p in three.shards if p.stream != "cam0"),
+            replace(kept, offset_ticks=kept.offset_ticks + 30),
+        ),
     )
-    (after,) = schedules_of(desired).values()
-    assert after.spec.generation == sched.spec.generation + 1
-    assert after.spec.effective_at == switch
-    just_before = switch - timedelta(seconds=2)  # sooner than effective_after_s: the same
-    desired = desired_state(
-        cams[:3], three, {sched.metadata.name: sched}, settings, just_before, contracts=running
-    )
-    (after,) = schedules_of(desired).values()
-    assert after.spec.effective_at == switch
-    # once the switch has passed, a change takes over on its own lead again
+    for table, retimes in ((three, False), (nudged, True)):
+        desired = desired_state(
+            cams[:3],
+            table,
+            {sched.metadata.name: sched},
+            settings,
+            just_before,
+            contracts=running,
+        )
+        (after,) = schedules_of(desired).values()
+        assert after.spec.generation == sched.spec.generation + 1
+        assert after.spec.effective_at > switch
+        contracts = {c.stream: c for c in written_contracts(desired.objects)}
+        for name in ("cam1", "cam2"):
+            assert contracts[name].effective_at == switch, name
+        assert contracts["cam0"].effective_at == (after.spec.effective_at if retimes else switch)
+        if retimes:
+            assert after.spec.effective_at - just_before >= timedelta(seconds=120)
+    # once the switch has passed, a changed table's contracts take its own switch
     past = switch + timedelta(seconds=1)
-    assert pinned_shards([sched], past, 0) == (set(), None)
     desired = desired_state(
         cams[:3], three, {sched.metadata.name: sched}, settings, past, contracts=running
     )
     (after,) = schedules_of(desired).values()
-    assert after.spec.effective_at >= past + timedelta(seconds=5)
+    assert {c.effective_at for c in written_contracts(desired.objects)} == {after.spec.effective_at}
 
 
 def test_restart_reproduces_the_same_plan_from_schedules() -> None:
