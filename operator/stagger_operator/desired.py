@@ -154,7 +154,8 @@ def desired_state(
         old = previous.get(manifests.schedule_name(node, gpu))
         epoch = old.spec.epoch if old else now.replace(microsecond=0)
         before = _table(plan_from_schedules([old], settings.tick_hz).shards) if old else None
-        if old is not None and before == _table(shards):
+        unchanged = old is not None and before == _table(shards)
+        if old is not None and unchanged:
             generation, effective_at = old.spec.generation, old.spec.effective_at or epoch
         else:
             generation = old.spec.generation + 1 if old else 1
@@ -190,16 +191,16 @@ def desired_state(
             windows = release_windows(
                 [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]
             )
+        written = contracts or {}
         for p in shards:
-            written = (contracts or {}).get(p.key)
             switch = shard_switch(
                 p,
-                written,
-                generation=generation,
+                written.get(p.key),
+                unchanged=unchanged,
                 switch=effective_at,
                 epoch=epoch,
                 now=now,
-                settings=settings,
+                tick_hz=settings.tick_hz,
             )
             slots[p.key] = (p, epoch, generation, switch, windows.get(p.key))
     unplaced = {(u.namespace, u.stream): u.reason for u in plan.unplaced}
@@ -271,10 +272,9 @@ def next_switch(
     ahead. Otherwise (shards join or leave) a sidecar that reads it late releases what it
     would have anyway: ``effective_after_s`` ahead. Never before the previous table's switch
     (:func:`switch_instant`)."""
-    short = settings.effective_after_s
-    if not releases_change(old, shards, epoch, contracts, settings.tick_hz):
-        return switch_instant(old, epoch, now, short, settings.tick_hz)
-    lead = max(short, settings.contract_propagation_s)
+    lead = settings.effective_after_s
+    if releases_change(old, shards, epoch, contracts, settings.tick_hz):
+        lead = max(lead, settings.contract_propagation_s)
     return switch_instant(old, epoch, now, lead, settings.tick_hz)
 
 
@@ -282,28 +282,26 @@ def shard_switch(
     p: ShardPlacement,
     written: SlotAssignment | None,
     *,
-    generation: int,
+    unchanged: bool,
     switch: datetime,
     epoch: datetime,
     now: datetime,
-    settings: OperatorSettings,
+    tick_hz: int,
 ) -> datetime:
     """When a shard's contract of this table takes effect: the table's switch, except
     where the shard's releases stay as the contract written for it has them and that
     contract's own switch is still to come, which it keeps. The kubelet delivers only a
     ConfigMap's latest version: a sidecar that has not read a coming re-timing when a later
     table is written may only ever read the later one, and must still switch when the others
-    expect it to. (A contract of the same generation keeps its switch as written.)"""
+    expect it to. (On an ``unchanged`` table a contract keeps its switch as written.)"""
     if written is None:
         return switch
-    if written.generation == generation:
+    if unchanged:
         return written.effective_at
     if written.effective_at <= now:
         return switch
-    after = SlotAssignment.for_shard(
-        p, tick_hz=settings.tick_hz, epoch=epoch, generation=1, effective_at=epoch
-    )
-    return written.effective_at if written.releases() == after.releases() else switch
+    same = written.releases() == _releases_as_planned(p, epoch, tick_hz)
+    return written.effective_at if same else switch
 
 
 def releases_change(
@@ -324,12 +322,18 @@ def releases_change(
         if p.key not in stays:
             continue
         before = contracts.get(p.key)
-        after = SlotAssignment.for_shard(
-            p, tick_hz=tick_hz, epoch=epoch, generation=1, effective_at=epoch
-        )  # a changed table's contracts grant no window
-        if before is None or before.releases() != after.releases():
+        if before is None or before.releases() != _releases_as_planned(p, epoch, tick_hz):
             return True
     return False
+
+
+def _releases_as_planned(p: ShardPlacement, epoch: datetime, tick_hz: int) -> tuple[object, ...]:
+    """What a shard's contract in a changed table releases (such contracts grant no
+    window): :meth:`SlotAssignment.releases`."""
+    planned = SlotAssignment.for_shard(
+        p, tick_hz=tick_hz, epoch=epoch, generation=1, effective_at=epoch
+    )
+    return planned.releases()
 
 
 def switch_instant(
