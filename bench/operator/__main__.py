@@ -22,7 +22,10 @@ user watching ``kubectl get istream -w`` sees.
 5. A fleet applied one stream at a time (``--one-by-one``, each applied once the one
    before it is Placed, as cameras come online), with the default settings and with
    re-timing unbounded (``STAGGER_RETIME_MIN_INTERVAL_S=0``): GPUs used against one plan
-   of the same streams, re-timed shards per stream, moves, apply -> Placed.
+   of the same streams, re-timed shards per stream, moves, apply -> Placed. With
+   ``--contract-propagation-s S [S ...]``, the default-bound row once per value
+   (``STAGGER_CONTRACT_PROPAGATION_S``: how long a re-timed table waits for the kubelet),
+   side by side; ``--only-one-by-one`` skips 1-4.
 """
 
 from __future__ import annotations
@@ -233,6 +236,7 @@ async def one_by_one(args: argparse.Namespace, settings: OperatorSettings) -> di
     return {
         "streams": len(objs),
         "retime_min_interval_s": settings.retime_min_interval_s,
+        "contract_propagation_s": settings.contract_propagation_s,
         "gpus": len(used),
         "batch_gpus": len(batch.gpus),
         "retimed_per_stream": round(retimed / len(objs), 3),
@@ -364,24 +368,40 @@ def cli() -> None:
     parser.add_argument("--rate", type=float, default=2.0, help="arrivals per second")
     parser.add_argument("--singles", type=int, default=0)
     parser.add_argument("--one-by-one", type=int, default=300, metavar="N")
+    parser.add_argument(
+        "--contract-propagation-s",
+        type=float,
+        nargs="+",
+        default=[OperatorSettings().contract_propagation_s],
+        metavar="S",
+    )
+    parser.add_argument("--only-one-by-one", action="store_true", help="skip scenarios 1-4")
     parser.add_argument("--json", help="write the results here as well")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     result: dict[str, Any] = {"nodes": args.nodes, "gpus_per_node": args.gpus}
-    with apiserver() as url:
-        EMULATOR_URL["url"] = url
-        result |= asyncio.run(main(args))
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as preload:
-        json.dump(previous_state(args, random.Random(11)), preload)
-        preload.flush()
-        with apiserver(preload.name) as url:
-            EMULATOR_URL["url"] = url
-            result |= asyncio.run(fleet_run(args))
-    result["one_by_one"] = []
-    for bound in (OperatorSettings().retime_min_interval_s, 0.0):
+    if not args.only_one_by_one:
         with apiserver() as url:
             EMULATOR_URL["url"] = url
-            settings = OperatorSettings(retime_min_interval_s=bound, metrics_address=None)
+            result |= asyncio.run(main(args))
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as preload:
+            json.dump(previous_state(args, random.Random(11)), preload)
+            preload.flush()
+            with apiserver(preload.name) as url:
+                EMULATOR_URL["url"] = url
+                result |= asyncio.run(fleet_run(args))
+    result["one_by_one"] = []
+    default_bound = OperatorSettings().retime_min_interval_s
+    runs = [(default_bound, s) for s in args.contract_propagation_s]
+    runs.append((0.0, args.contract_propagation_s[0]))
+    for bound, propagation in runs:
+        with apiserver() as url:
+            EMULATOR_URL["url"] = url
+            settings = OperatorSettings(
+                retime_min_interval_s=bound,
+                contract_propagation_s=propagation,
+                metrics_address=None,
+            )
             row = asyncio.run(one_by_one(args, settings))
         print("one_by_one", row, flush=True)
         result["one_by_one"].append(row)
