@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +30,7 @@ from stagger.core.api import (
     StreamPhase,
 )
 from stagger.core.cluster import Cluster
+from stagger.core.contract import CONTRACT_FILE
 from stagger.core.phase import follow_plan
 from stagger.core.placement import Move, Plan, ShardKey, plan
 from stagger.core.timebase import ticks_to_ms
@@ -53,6 +54,8 @@ from stagger_operator.desired import (
     retiring_copies,
     written_contracts,
 )
+from stagger_operator.feed import Report as FeedReport
+from stagger_operator.feed import SlotFeed
 from stagger_operator.inventory import cluster_from_nodes
 from stagger_operator.kube import OWNED_KINDS, InvalidObject, Kube, parse_streams
 from stagger_operator.observe import Observation
@@ -116,6 +119,8 @@ class Snapshot:
     observed: dict[ShardId, Observation]
     jobs: dict[tuple[str, str], Obj]
     outcomes: dict[tuple[str, str], CalibrationOutcome]
+    reported: dict[ShardKey, FeedReport] = field(default_factory=dict)  # over the slot feed
+    connected: frozenset[ShardKey] = frozenset()  # sidecars holding a slot-feed request
 
 
 @dataclass
@@ -155,6 +160,7 @@ class Controller:
         self._monotonic = time.monotonic
         self._last_full = -math.inf
         self.observed: dict[ShardId, Observation] = {}  # from the sidecars' metrics
+        self.feed: SlotFeed | None = None  # where the sidecars wait for their contracts
 
     def reconcile(self) -> Report:
         # A reconcile allocates many small acyclic objects while holding the whole fleet:
@@ -226,6 +232,8 @@ class Controller:
             observed=self.observed,
             jobs=jobs,
             outcomes=calibration_outcomes(jobs.values(), kube.list_managed("Pod") if jobs else []),
+            reported=self.feed.reports() if self.feed else {},
+            connected=self.feed.connected() if self.feed else frozenset(),
         )
 
     def _decide(self, snap: Snapshot, report: Report) -> Decision:
@@ -247,7 +255,7 @@ class Controller:
         if s.follow_arrivals:
             result = follow_plan(
                 result,
-                arrivals(snap.observed, live),
+                arrivals(snap.observed, live, snap.reported),
                 pinned=pinned,
                 retiring=retiring,
                 min_gain_s=s.follow_min_gain_ms / 1e3,
@@ -269,9 +277,10 @@ class Controller:
                 jobs=snap.jobs,
                 outcomes=snap.outcomes,
             ),
-            running=running_generations(snap.observed, live),
+            running=running_generations(snap.observed, live, snap.reported),
             retiring=retiring,
             contracts=contracts_in_place(written, snap.previous),
+            connected=snap.connected,
         )
         calibration = calibration_state(live, result, snap.outcomes, s, now)
         recalibration = recalibration_state(snap.profiles, live, result, snap.outcomes, s, now=now)
@@ -354,6 +363,15 @@ class Controller:
             else:
                 report.deleted += 1
                 self.objects.pop(key, None)
+
+        if self.feed is not None:  # only what the API has: the ConfigMap is the record
+            self.feed.publish(
+                {
+                    (ns or "", name): o["data"]
+                    for (kind, ns, name), o in self.objects.items()
+                    if kind == "ConfigMap" and CONTRACT_FILE in (o.get("data") or {})
+                }
+            )
 
         # Statuses are computed here and only the changed ones are sent off.
         all_sched = {
@@ -852,21 +870,35 @@ def _per_shard(
 
 
 def arrivals(
-    observed: dict[ShardId, Observation], streams: Iterable[InferenceStream]
+    observed: dict[ShardId, Observation],
+    streams: Iterable[InferenceStream],
+    reported: Mapping[ShardKey, FeedReport] | None = None,
 ) -> dict[ShardKey, tuple[float, float]]:
     """Per shard, where its requests arrive (phase and spread, from its GPU's epoch), as
-    its sidecar last reported: the shards whose arrivals are periodic."""
-    return {
+    its sidecar last said: over the slot feed where it is connected (``reported``), else in
+    its metrics. Only the shards whose arrivals are periodic."""
+    out = {
         key: (o.arrival_phase_s, o.arrival_spread_s)
         for key, o in _per_shard(observed, streams)
         if o.arrival_phase_s is not None and o.arrival_spread_s is not None
     }
+    for key, r in (reported or {}).items():
+        if r.arrival is None:
+            out.pop(key, None)
+        else:
+            out[key] = r.arrival
+    return out
 
 
 def running_generations(
-    observed: dict[ShardId, Observation], streams: Iterable[InferenceStream]
+    observed: dict[ShardId, Observation],
+    streams: Iterable[InferenceStream],
+    reported: Mapping[ShardKey, FeedReport] | None = None,
 ) -> dict[ShardKey, int]:
-    """Per shard, the generation of the slot contract its sidecar last reported in force."""
-    return {
+    """Per shard, the generation of the slot contract its sidecar last said is in force
+    (over the slot feed where it is connected, else in its metrics)."""
+    out = {
         key: o.generation for key, o in _per_shard(observed, streams) if o.generation is not None
     }
+    out |= {k: r.generation for k, r in (reported or {}).items() if r.generation is not None}
+    return out

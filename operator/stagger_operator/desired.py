@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -105,12 +105,13 @@ def desired_state(
     running: Mapping[tuple[str, str, int], int] | None = None,
     retiring: Iterable[ShardPlacement] = (),
     contracts: Mapping[tuple[str, str, int], SlotAssignment] | None = None,
+    connected: Collection[tuple[str, str, int]] = frozenset(),
 ) -> Desired:
     """Objects, GpuSchedules and stream statuses for ``plan``. A GPU keeps its epoch; a
     changed slot table gets the next generation, effective ``effective_after_s`` from now,
     or ``contract_propagation_s`` where it changes what a running sidecar releases
     (:func:`next_switch`; ``contracts``: each shard's contract as written, from its
-    ConfigMap).
+    ConfigMap; ``connected``: shards whose sidecar holds a request on the slot feed).
 
     Every stream gets a fingerprint of what its objects and status are made from: its
     shards' slots and contracts, why it is unplaced, and ``context``: what the caller saw
@@ -160,7 +161,13 @@ def desired_state(
         else:
             generation = old.spec.generation + 1 if old else 1
             effective_at = next_switch(
-                old, shards, epoch, contracts or {}, now=now, settings=settings
+                old,
+                shards,
+                epoch,
+                contracts or {},
+                now=now,
+                settings=settings,
+                connected=connected,
             )
         retimed_at = retimings(old, shards, effective_at)
         began = slots_since(old, shards, effective_at)
@@ -263,17 +270,20 @@ def next_switch(
     *,
     now: datetime,
     settings: OperatorSettings,
+    connected: Collection[tuple[str, str, int]] = frozenset(),
 ) -> datetime:
     """When a GPU's changed table takes over.
 
     Where a shard that stays on the GPU would release otherwise under it than under the
-    contract written for it (:func:`releases_change`), every sidecar must have read the new
+    contract written for it (:func:`releases_changed`), its sidecar must have read the new
     contract by the switch: the kubelet's ConfigMap propagation (``contract_propagation_s``)
-    ahead. Otherwise (shards join or leave) a sidecar that reads it late releases what it
-    would have anyway: ``effective_after_s`` ahead. Never before the previous table's switch
-    (:func:`switch_instant`)."""
+    ahead, unless the sidecar holds a request on the slot feed (``connected``), which
+    answers it as soon as the contract is written. Otherwise (shards join or leave, or
+    every sidecar concerned is connected) a sidecar that reads it late releases what it
+    would have anyway, or reads it within a second: ``effective_after_s`` ahead. Never
+    before the previous table's switch (:func:`switch_instant`)."""
     lead = settings.effective_after_s
-    if releases_change(old, shards, epoch, contracts, settings.tick_hz):
+    if releases_changed(old, shards, epoch, contracts, settings.tick_hz) - set(connected):
         lead = max(lead, settings.contract_propagation_s)
     return switch_instant(old, epoch, now, lead, settings.tick_hz)
 
@@ -304,27 +314,29 @@ def shard_switch(
     return written.effective_at if same else switch
 
 
-def releases_change(
+def releases_changed(
     old: GpuSchedule | None,
     shards: Sequence[ShardPlacement],
     epoch: datetime,
     contracts: Mapping[tuple[str, str, int], SlotAssignment],
     tick_hz: int,
-) -> bool:
-    """Whether a shard that stays on the GPU would release otherwise under the new table
+) -> set[tuple[str, str, int]]:
+    """The shards that stay on the GPU and would release otherwise under the new table
     than under the contract written for it (its slot re-timed, or a release window the new
-    contracts no longer grant: :meth:`SlotAssignment.releases`), or its contract is
+    contracts no longer grant: :meth:`SlotAssignment.releases`), or whose contract is
     unknown."""
     if old is None:
-        return False
+        return set()
     stays = {(s.namespace, s.stream, s.shard) for s in old.spec.slots}
-    for p in shards:
-        if p.key not in stays:
-            continue
-        before = contracts.get(p.key)
-        if before is None or before.releases() != _releases_as_planned(p, epoch, tick_hz):
-            return True
-    return False
+    return {
+        p.key
+        for p in shards
+        if p.key in stays
+        and (
+            (before := contracts.get(p.key)) is None
+            or before.releases() != _releases_as_planned(p, epoch, tick_hz)
+        )
+    }
 
 
 def _releases_as_planned(p: ShardPlacement, epoch: datetime, tick_hz: int) -> tuple[object, ...]:

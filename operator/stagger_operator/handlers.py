@@ -19,6 +19,7 @@ from kubernetes import client, config
 
 from stagger_operator.backoff import Backoff
 from stagger_operator.controller import Controller, Report
+from stagger_operator.feed import SlotFeed, serve
 from stagger_operator.kube import Kube
 from stagger_operator.leader import Elector
 from stagger_operator.metrics import OperatorMetrics
@@ -58,14 +59,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     api = memo.get("api_client") or _default_api_client(memo.settings.write_concurrency)
     memo.controller = Controller(Kube(api), memo.settings)
     memo.wake = asyncio.Event()
+    if memo.settings.feed_address:
+        memo.controller.feed = SlotFeed(on_report=memo.wake.set)
+        memo.feed_runner = await serve(memo.controller.feed, memo.settings.feed_address)
     memo.setdefault("stats", PlanStats())
     memo.metrics = OperatorMetrics()
     if memo.settings.metrics_address:
         memo.metrics_stop = memo.metrics.serve(memo.settings.metrics_address)
     memo.node_signatures = {}
     memo.scrape_task = asyncio.create_task(_scrape_loop(memo))
-    memo.leader = not memo.settings.leader_election
-    memo.metrics.leader.set(int(memo.leader))
+    _lead(memo, not memo.settings.leader_election)
     memo.loop_task = asyncio.create_task(_planner_loop(memo))
     if memo.settings.leader_election:
         memo.lease_task = asyncio.create_task(_lease_loop(memo))
@@ -80,6 +83,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    feed_runner = memo.get("feed_runner")
+    if feed_runner is not None:
+        await feed_runner.cleanup()
     stop_metrics = memo.get("metrics_stop")
     if stop_metrics is not None:
         await asyncio.to_thread(stop_metrics)
@@ -187,13 +193,21 @@ async def _lease_loop(memo: kopf.Memo) -> None:
             log.info(
                 "%s the Lease %s/%s", "holding" if held else "lost", s.lease_namespace, s.lease_name
             )
-            memo.leader = held
+            _lead(memo, held)
             if held:
-                memo.metrics.leader.set(1)
                 memo.wake.set()
-            else:
-                memo.metrics.standby()
         await asyncio.sleep(s.lease_duration_s / 3)
+
+
+def _lead(memo: kopf.Memo, held: bool) -> None:
+    """This replica holds the Lease (plans, answers the slot feed) or stands by."""
+    memo.leader = held
+    if memo.controller.feed is not None:
+        memo.controller.feed.serving = held
+    if held:
+        memo.metrics.leader.set(1)
+    else:
+        memo.metrics.standby()
 
 
 async def _scrape_loop(memo: kopf.Memo) -> None:

@@ -116,13 +116,17 @@ def owner_reference(stream: InferenceStream) -> Obj:
     }
 
 
+def slot_configmap_name(stream: str, shard: int, node: str, gpu: int) -> str:
+    return f"{shard_name(stream, shard, node, gpu)}-slot"
+
+
 def slot_configmap(stream: InferenceStream, contract: SlotAssignment) -> Obj:
     """The slot contract of one shard, mounted read-only into its pod."""
     where = (stream.name, contract.shard, contract.node, contract.gpu_index)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": owned_metadata(stream, f"{shard_name(*where)}-slot", shard_labels(*where)),
+        "metadata": owned_metadata(stream, slot_configmap_name(*where), shard_labels(*where)),
         "data": {
             CONTRACT_FILE: contract.model_dump_json(by_alias=True, exclude_none=True, indent=2)
         },
@@ -191,6 +195,11 @@ def sidecar_container(stream: InferenceStream, p: ShardPlacement, s: OperatorSet
                 if stream.spec.gate.max_wait_ms is not None
                 else []
             ),
+            *(
+                [{"name": "STAGGER_SLOT_FEED", "value": slot_feed_url(stream, p, s.feed_url)}]
+                if s.feed_url
+                else []
+            ),
         ],
         "resources": {
             "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -201,6 +210,12 @@ def sidecar_container(stream: InferenceStream, p: ShardPlacement, s: OperatorSet
         "securityContext": _copy(RESTRICTED),
         "volumeMounts": [{"name": "stagger-slot", "mountPath": SLOT_DIR, "readOnly": True}],
     }
+
+
+def slot_feed_url(stream: InferenceStream, p: ShardPlacement, base: str) -> str:
+    """Where a shard's sidecar waits for its contract on the slot feed (feed.py)."""
+    name = slot_configmap_name(stream.name, p.shard, p.node, p.gpu)
+    return f"{base.rstrip('/')}/v1/slots/{stream.namespace}/{name}"
 
 
 def resource_claim(stream: InferenceStream, p: ShardPlacement, s: OperatorSettings) -> Obj:
@@ -253,7 +268,10 @@ def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSett
     spec["containers"] = [*spec["containers"], sidecar_container(stream, p, s)]
     spec["volumes"] = [
         *spec.get("volumes", []),
-        {"name": "stagger-slot", "configMap": {"name": f"{name}-slot"}},
+        {
+            "name": "stagger-slot",
+            "configMap": {"name": slot_configmap_name(stream.name, p.shard, p.node, p.gpu)},
+        },
     ]
     return {
         "apiVersion": "apps/v1",

@@ -130,6 +130,12 @@ class OperatorSettings(BaseSettings):
     identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     metrics_address: str | None = "0.0.0.0:9400"
     """Where the operator's metrics (/metrics) listen; empty: nowhere."""
+    feed_address: str | None = None
+    """Where the slot feed listens (the chart: 0.0.0.0:8082); None: no feed, contracts
+    reach sidecars only through their mounted ConfigMap (docs/architecture.md)."""
+    feed_url: str | None = None
+    """How sidecars reach the slot feed (the chart: its Service's URL); injected into each
+    shard's sidecar as ``STAGGER_SLOT_FEED``. None: sidecars do not use it."""
     health_address: str = "0.0.0.0:8080"
     """Where the liveness endpoint (/healthz) listens; the kubelet probes it on the pod IP."""
     log_format: Literal["json", "plain"] = "json"

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from stagger.core.contract import SlotAssignment
+from stagger_sidecar.feed import FeedClient, Measured
 from stagger_sidecar.gate import Gate
 from stagger_sidecar.grpc_proxy import GrpcProxy
 from stagger_sidecar.http_proxy import HttpLimits, HttpProxy
@@ -72,6 +73,17 @@ class Sidecar:
             coordination=coordination,
         )
         self.files = SlotFiles(settings.slot_file)
+        self.feed = (
+            FeedClient(
+                settings.slot_feed,
+                measure=self.measured,
+                load=self.load_contracts,
+                on_connected=lambda up: self.metrics.slot_feed_up.set(int(up)),
+                wait_s=settings.slot_feed_wait_s,
+            )
+            if settings.slot_feed
+            else None
+        )
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.BaseRunner] = []
@@ -115,6 +127,8 @@ class Sidecar:
 
         self._spawn(self.upstream.watch(lambda ok: self.metrics.triton_up.set(int(ok))))
         self._spawn(self._every(s.slot_poll_s, self.poll_slot_files))
+        if self.feed is not None:
+            self._spawn(self.feed.run())
         self._spawn(self._every(s.stats_interval_s, self.sample_statistics))
         log.info(
             "stagger-sidecar listening",
@@ -238,18 +252,7 @@ class Sidecar:
                 )
                 self.metrics.slot_file_errors.labels(file=str(self.files.path)).inc()
                 continue
-            self._count_if_late(contract, now)
-            self.gate.load(contract, now)
-            log.info(
-                "slot contract read",
-                extra={
-                    "stream": contract.stream,
-                    "generation": contract.generation,
-                    "effective_at": contract.effective_at.isoformat(),
-                    "offset_ticks": contract.offset_ticks,
-                    "period_ticks": contract.period_ticks,
-                },
-            )
+            self._load(contract, now, "file")
         for problem in problems:
             log.error(problem.message, extra={"file": str(problem.file)})
             self.metrics.slot_file_errors.labels(file=str(problem.file)).inc()
@@ -263,6 +266,57 @@ class Sidecar:
                 self.metrics.slot_retimings.labels(g.namespace, name, str(g.shard)).inc()
             if current is not None:
                 self.metrics.watch_arrivals(g.namespace, name, g.shard, g.arrival)
+        if self.feed is not None:
+            self.feed.nudge()
+
+    def load_contracts(self, contracts: list[SlotAssignment]) -> None:
+        """Contracts the slot feed brought: the ConfigMap's latest, before the kubelet."""
+        now = self.clock()
+        for contract in contracts:
+            self._load(contract, now, "feed")
+
+    def _load(self, contract: SlotAssignment, now: float, source: str) -> None:
+        """A contract joins its stream's chain (a generation already there, or older than
+        the one in force, changes nothing: the feed and the file bring the same ones)."""
+        gate = self.gate.streams.get(contract.stream)
+        held = gate.timetable.contracts if gate is not None else ()
+        if any(c == contract for c in held):
+            return
+        self._count_if_late(contract, now)
+        self.gate.load(contract, now)
+        log.info(
+            "slot contract read",
+            extra={
+                "stream": contract.stream,
+                "generation": contract.generation,
+                "effective_at": contract.effective_at.isoformat(),
+                "offset_ticks": contract.offset_ticks,
+                "period_ticks": contract.period_ticks,
+                "source": source,
+            },
+        )
+
+    def measured(self) -> list[Measured]:
+        """What the sidecar reports on the slot feed: each stream's arrival phase and the
+        generation in force."""
+        now, out = self.clock(), []
+        for name, g in self.gate.streams.items():
+            if g.arrivals is None:
+                continue  # no contract yet: no epoch to measure phases from
+            estimate = g.arrival()
+            current = g.timetable.current(now)
+            periodic = estimate is not None and estimate.periodic
+            out.append(
+                Measured(
+                    stream=name,
+                    shard=g.shard,
+                    period_s=g.arrivals.period_s,
+                    phase_s=estimate.phase_s if periodic and estimate else None,
+                    spread_s=estimate.spread_s if periodic and estimate else None,
+                    generation=current.generation if current is not None else None,
+                )
+            )
+        return out
 
     def _count_if_late(self, contract: SlotAssignment, now: float) -> None:
         """A newer contract read after its switch instant, where it changes what this

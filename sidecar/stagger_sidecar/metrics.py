@@ -129,6 +129,12 @@ class GateMetrics:
             ["namespace", "stream", "shard"],
             registry=r,
         )
+        self.slot_feed_up = Gauge(
+            _base(t.SLOT_FEED_UP),
+            "1 while the operator's slot feed answers this sidecar (contracts within a "
+            "second); 0: contracts come only through the mounted ConfigMap, up to 90 s late.",
+            registry=r,
+        )
         self.slot_file_errors = Counter(
             _base(t.SLOT_FILE_ERRORS),
             "Slot files that could not be read or parsed (the last good contract stays).",

@@ -39,6 +39,13 @@ class GateSettings(BaseSettings):
     """How often the slot file is checked for a new contract (the kubelet swaps ConfigMap
     files in place; a stat every 200 ms is cheap and sees it)."""
 
+    slot_feed: str | None = None
+    """The operator's slot feed for this shard (``http://…/v1/slots/<namespace>/<configmap>``,
+    injected by the operator): the sidecar holds a request there that is answered as soon as
+    its contract changes, and says on it where its stream's requests arrive. The mounted
+    file stays in use; of the two the newer generation wins. Unset: the file only."""
+    slot_feed_wait_s: float = Field(default=30.0, gt=0, le=60)
+    """How long one feed request may wait for a change before it is asked again."""
     triton_http: str | None = "127.0.0.1:8000"
     triton_grpc: str | None = "127.0.0.1:8001"
     http_address: str = "0.0.0.0:8800"

@@ -50,6 +50,9 @@ SLOT_CONTRACTS_LATE = "stagger_slot_contracts_late_total"
 (a re-timed slot, a release window no longer granted), per stream (counter). Until it read
 one, the sidecar released on the old table while the others of its GPU ran the new: the
 kubelet took longer than the operator's ``STAGGER_CONTRACT_PROPAGATION_S``."""
+SLOT_FEED_UP = "stagger_slot_feed_up"
+"""1 while the operator's slot feed answers the sidecar; 0 after a failed request (gauge;
+absent where the sidecar has no feed)."""
 SLOT_FILE_ERRORS = "stagger_slot_file_errors_total"
 """Slot files that could not be read or parsed; the last good contract stays (counter)."""
 ARRIVAL_PHASE = "stagger_arrival_phase_seconds"

@@ -292,3 +292,22 @@ def test_the_agent_runs_on_gpu_nodes_and_can_be_turned_off() -> None:
     assert daemonset["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
     assert daemonset["spec"]["template"]["spec"]["nodeSelector"]["pool"] == "gpu"
     assert not [o for o in render("agent.enabled=false") if o["kind"] == "DaemonSet"]
+
+
+def test_sidecars_reach_the_operator_s_slot_feed_through_its_service_unless_turned_off() -> None:
+    objects = render()
+    (operator,) = [o for o in objects if o["kind"] == "Deployment"]
+    (container,) = operator["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (service,) = [
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-feed")
+    ]
+    port = service["spec"]["ports"][0]
+    host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    assert env["STAGGER_FEED_URL"] == f"http://{host}:{port['port']}"
+    assert env["STAGGER_FEED_ADDRESS"] == f"0.0.0.0:{port['port']}"
+    assert {"name": "feed", "containerPort": port["port"]} in container["ports"]
+    assert service["spec"]["selector"] == operator["spec"]["selector"]["matchLabels"]
+    off = render("operator.slotFeed.enabled=false")
+    assert not [o for o in off if o["metadata"]["name"].endswith("-feed")]
+    assert "STAGGER_FEED" not in str([o for o in off if o["kind"] == "Deployment"])

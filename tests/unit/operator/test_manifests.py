@@ -200,6 +200,29 @@ def test_the_injected_sidecar_reads_the_streams_gate_settings(
     )
 
 
+def test_the_sidecar_waits_on_the_slot_feed_for_the_configmap_its_pod_mounts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stagger_sidecar.settings import GateSettings
+
+    s, p = placed_stream()
+    assert "STAGGER_SLOT_FEED" not in str(manifests.sidecar_container(s, p, OperatorSettings()))
+    settings = OperatorSettings(feed_url="http://stagger-feed.stagger-system.svc:8082/")
+    deployment = manifests.shard_deployment(s, p, settings)
+    (sidecar,) = [
+        c
+        for c in deployment["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "stagger-sidecar"
+    ]
+    for var in sidecar["env"]:
+        monkeypatch.setenv(var["name"], var["value"])
+    (mounted,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
+    configmap = mounted["configMap"]["name"]
+    assert GateSettings().slot_feed == (
+        f"http://stagger-feed.stagger-system.svc:8082/v1/slots/{s.namespace}/{configmap}"
+    )
+
+
 def _calibration_target() -> manifests.CalibrationTarget:
     from stagger.core.api import SharingMode
 

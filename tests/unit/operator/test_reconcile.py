@@ -212,6 +212,37 @@ def test_a_table_that_changes_what_a_running_sidecar_releases_waits_for_the_kube
     assert "slotsFrom" not in stayed["shards"][0] and "slots start" not in stayed["message"]
 
 
+def test_a_re_timing_of_sidecars_on_the_slot_feed_switches_soon() -> None:
+    """A sidecar that holds a request on the slot feed gets a new contract as it is
+    written: where every shard whose releases change is connected, the re-timed table
+    switches ``effective_after_s`` ahead; one shard that is not keeps the long lead."""
+    c = cluster(("n", 1))
+    a = with_uid(stream("a", 10, body=5, template=TEMPLATE), "ua")
+    b = with_uid(stream("b", 10, body=5, template=TEMPLATE), "ub")
+    settings = OperatorSettings(effective_after_s=5, contract_propagation_s=90)
+    first = desired_state([a, b], plan([a, b], c), {}, settings, NOW)
+    prev = schedules_of(first)
+    later = NOW + timedelta(minutes=5)
+    restored = plan_from_schedules(prev.values(), 30_000)
+    retimed = replace(
+        restored,
+        shards=tuple(replace(p, offset_ticks=p.offset_ticks + 30) for p in restored.shards),
+    )
+    written = {contract_key(c): c for c in written_contracts(first.objects)}
+
+    def switch_after(connected: set[tuple[str, str, int]]) -> timedelta:
+        desired = desired_state(
+            [a, b], retimed, prev, settings, later, contracts=written, connected=connected
+        )
+        (sched,) = schedules_of(desired).values()
+        return sched.spec.effective_at - later
+
+    both = {("default", "a", 0), ("default", "b", 0)}
+    assert switch_after(both) == timedelta(seconds=5)
+    assert switch_after({("default", "a", 0)}) == timedelta(seconds=90)
+    assert switch_after(set()) == timedelta(seconds=90)
+
+
 def test_a_running_stream_says_its_slots_start_later_only_while_they_do() -> None:
     """A stream that joined by re-timing its GPU may have Ready pods before its first slot:
     its status says when slots start until then, and no longer after."""

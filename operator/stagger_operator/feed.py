@@ -1,0 +1,273 @@
+"""The slot feed: each sidecar holds a request to the operator that is answered as soon as
+its slot contract changes, and says on it what the sidecar measures (where its stream's
+requests arrive, which generation it runs).
+
+Why: the kubelet updates a mounted ConfigMap in a running pod only when it re-syncs the pod
+(up to 90 s), and the operator reads the sidecars' metrics every 30 s. A table re-timed to
+follow the cameras would take over about two and a half minutes after a camera starts. Over
+the feed a contract reaches a connected sidecar within milliseconds, so a table that
+changes only connected sidecars' releases switches ``effective_after_s`` ahead, and a
+sidecar's first phase estimate reaches the planner at once.
+
+The ConfigMap stays the contract of record: the feed serves what the operator has written,
+never before the write succeeded, and a sidecar that cannot reach the feed reads its file as
+before (its table then waits for the kubelet). Only the Lease holder answers; a standby
+replica says 503 and the sidecar asks again.
+
+Protocol (JSON over HTTP; one request per shard pod at a time)::
+
+    POST /v1/slots/{namespace}/{configmap}?wait=S
+    {"have": "<version>" | null,
+     "arrivals": [{"stream": "cam", "shard": 0, "phaseS": 0.0123, "spreadS": 0.0004}],
+     "running": [{"stream": "cam", "shard": 0, "generation": 7}]}
+
+    200 {"version": "<version>", "files": {"slot.json": "..."}}   the ConfigMap differs
+                                                                   from ``have`` (at once,
+                                                                   or within S seconds)
+    204                                                            S passed, no change
+    404 / 503                                                      not a slot ConfigMap the
+                                                                   operator wrote / standby
+
+A sidecar reports only its own shard (the contract in that ConfigMap); anything else is
+ignored. What it reports moves slots only within the planner's rules (non-overlap, pins,
+``follow_min_gain_ms``): a wrong phase costs its GPU's streams wait, never an overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from stagger.core.contract import CONTRACT_FILE, SlotAssignment
+
+log = logging.getLogger("stagger.operator")
+
+ShardKey = tuple[str, str, int]  # namespace, stream, shard
+ConfigMapKey = tuple[str, str]  # namespace, name
+
+MAX_REQUEST_BYTES = 16 * 1024
+MAX_WAIT_S = 60.0
+PHASE_MOVED_S = 0.001
+"""A reported phase this far from the last one wakes the planner (estimates move by a
+fraction of a millisecond between reports)."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class ArrivalReport(_Message):
+    stream: str
+    shard: int = Field(ge=0)
+    phase_s: float = Field(allow_inf_nan=False)
+    spread_s: float = Field(ge=0, allow_inf_nan=False)
+
+
+class RunningReport(_Message):
+    stream: str
+    shard: int = Field(ge=0)
+    generation: int = Field(ge=1)
+
+
+class FeedRequest(_Message):
+    have: str | None = None
+    arrivals: list[ArrivalReport] = Field(default_factory=list, max_length=32)
+    running: list[RunningReport] = Field(default_factory=list, max_length=32)
+
+
+def version_of(data: Mapping[str, str]) -> str:
+    """A ConfigMap's data, hashed: equal data, equal version, whoever wrote it."""
+    text = json.dumps(dict(data), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    version: str
+    files: dict[str, str]
+    shard: ShardKey
+    period_s: float  # the shard's frame period: phases are modulo it
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a shard's sidecar last said over the feed."""
+
+    arrival: tuple[float, float] | None  # phase, spread (None: not periodic)
+    generation: int | None
+
+
+class SlotFeed:
+    """The feed's state. ``publish`` and the readers (``connected``, ``reports``) are called
+    from the controller's thread; requests are served on the event loop."""
+
+    def __init__(
+        self,
+        *,
+        grace_s: float = 2.0,
+        on_report: Callable[[], None] = lambda: None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.grace_s = grace_s
+        self.on_report = on_report
+        self.monotonic = monotonic
+        self.serving = False  # the Lease holder answers; a standby says 503
+        self._lock = threading.Lock()
+        self._entries: dict[ConfigMapKey, _Entry] = {}
+        self._published = False
+        self._open: Counter[ShardKey] = Counter()
+        self._last: dict[ShardKey, float] = {}  # when a request of the shard last ended
+        self._reports: dict[ShardKey, Report] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: dict[ConfigMapKey, asyncio.Event] = {}
+
+    # -- the controller's side -----------------------------------------------------------
+
+    def publish(self, configmaps: Mapping[ConfigMapKey, Mapping[str, str]]) -> None:
+        """Every slot ConfigMap as written now (data by namespace and name); waiting
+        requests whose ConfigMap changed are answered."""
+        changed: list[ConfigMapKey] = []
+        with self._lock:
+            entries: dict[ConfigMapKey, _Entry] = {}
+            for key, data in configmaps.items():
+                old = self._entries.get(key)
+                if old is not None and old.files == data:
+                    entries[key] = old
+                    continue
+                version = version_of(data)
+                try:
+                    c = SlotAssignment.model_validate_json(data[CONTRACT_FILE])
+                except (KeyError, ValidationError):
+                    continue  # not a slot contract
+                entries[key] = _Entry(
+                    version, dict(data), (c.namespace, c.stream, c.shard), c.frame_period_s
+                )
+                changed.append(key)
+            changed += [k for k in self._entries if k not in entries]
+            self._entries, self._published = entries, True
+            live = {e.shard for e in entries.values()}
+            for gone in [k for k in self._reports if k not in live]:
+                del self._reports[gone]
+        if changed and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._notify, changed)
+
+    def connected(self) -> frozenset[ShardKey]:
+        """Shards whose sidecar holds a feed request now, or held one within ``grace_s``:
+        a contract published now reaches them within about a second."""
+        now = self.monotonic()
+        with self._lock:
+            return frozenset(k for k in {*self._open, *self._last} if self._fresh(k, now))
+
+    def reports(self) -> dict[ShardKey, Report]:
+        """What the connected shards' sidecars last reported."""
+        now = self.monotonic()
+        with self._lock:
+            return {k: r for k, r in self._reports.items() if self._fresh(k, now)}
+
+    def _fresh(self, key: ShardKey, now: float) -> bool:
+        return self._open[key] > 0 or now - self._last.get(key, -math.inf) <= self.grace_s
+
+    # -- the sidecars' side --------------------------------------------------------------
+
+    def _notify(self, keys: Iterable[ConfigMapKey]) -> None:
+        for key in keys:
+            event = self._changed.pop(key, None)
+            if event is not None:
+                event.set()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        app.router.add_post("/v1/slots/{namespace}/{name}", self._serve)
+        return app
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        self._loop = asyncio.get_running_loop()
+        if not self.serving or not self._published:
+            why = "standby replica" if not self.serving else "no plan yet"
+            answer = web.json_response({"reason": why}, status=503, headers={"Retry-After": "1"})
+            answer.force_close()  # the sidecar's next connection may reach the Lease holder
+            return answer
+        key = (request.match_info["namespace"], request.match_info["name"])
+        try:
+            wait_s = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT_S)
+            message = FeedRequest.model_validate_json(await request.read())
+        except (ValueError, ValidationError) as e:
+            return web.json_response({"reason": f"bad request: {e}"}, status=400)
+        entry = self._entries.get(key)
+        if entry is None:
+            return web.json_response(
+                {"reason": f"no slot ConfigMap {key[0]}/{key[1]} written by Stagger"},
+                status=404,
+            )
+        self._record(entry, message)
+        with self._lock:
+            self._open[entry.shard] += 1
+        try:
+            deadline = self._loop.time() + wait_s
+            while entry.version == message.have:
+                left = deadline - self._loop.time()
+                if left <= 0:
+                    return web.Response(status=204)
+                event = self._changed.setdefault(key, asyncio.Event())
+                try:
+                    async with asyncio.timeout(left):
+                        await event.wait()
+                except TimeoutError:
+                    return web.Response(status=204)
+                latest = self._entries.get(key)
+                if latest is None:
+                    return web.json_response({"reason": "the ConfigMap is gone"}, status=404)
+                entry = latest
+            return web.json_response({"version": entry.version, "files": entry.files})
+        finally:
+            with self._lock:
+                self._open[entry.shard] -= 1
+                self._last[entry.shard] = self.monotonic()
+
+    def _record(self, entry: _Entry, message: FeedRequest) -> None:
+        """Keep what the sidecar says of its own shard; wake the planner where it moved."""
+        shard = entry.shard
+        ours = [a for a in message.arrivals if (shard[0], a.stream, a.shard) == shard]
+        generations = [
+            r.generation for r in message.running if (shard[0], r.stream, r.shard) == shard
+        ]
+        report = Report(
+            arrival=(ours[0].phase_s, ours[0].spread_s) if ours else None,
+            generation=generations[0] if generations else None,
+        )
+        with self._lock:
+            before = self._reports.get(shard)
+            self._reports[shard] = report
+        if before is None or _moved(before, report, entry.period_s):
+            self.on_report()
+
+
+def _moved(before: Report, now: Report, period_s: float) -> bool:
+    if before.generation != now.generation or (before.arrival is None) != (now.arrival is None):
+        return True
+    if before.arrival is None or now.arrival is None:
+        return False
+    apart = abs(before.arrival[0] - now.arrival[0]) % period_s
+    return min(apart, period_s - apart) > PHASE_MOVED_S
+
+
+async def serve(feed: SlotFeed, address: str) -> web.AppRunner:
+    """Start answering on ``address`` (host:port); the caller cleans the runner up."""
+    feed._loop = asyncio.get_running_loop()
+    host, _, port = address.rpartition(":")
+    runner = web.AppRunner(feed.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
+    return runner

@@ -1,0 +1,228 @@
+"""The slot feed end to end: the real operator against kmock, serving its feed over HTTP to
+the sidecar's own feed client (``stagger_sidecar.feed.FeedClient``) as each shard's pod
+would run it, at the URL the operator injected into the pod; and a real sidecar in front
+of a real tritonserver on the feed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http.aio as httpclient
+
+from stagger.core.contract import CONTRACT_FILE, SlotAssignment
+from stagger.core.telemetry import SLOT_CONTRACTS_LATE, SLOT_FEED_UP
+from stagger_operator.feed import SlotFeed, serve
+from stagger_sidecar.feed import FeedClient, Measured
+from stagger_testkit.localtriton import free_port
+from tests.emulator import node, stream
+from tests.factories import slot_contract
+from tests.integration.conftest import Cluster, Operator, start_operator, stop_operator
+from tests.integration.sidecar_fixtures import StartSidecar, metric, scrape
+from tests.integration.test_operator import all_placed, schedules
+from tests.waiting import until
+
+
+class Sidecar:
+    """One shard's feed client, reporting the generation in force and a phase if set."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.name, self.contracts, self.phase_s = name, list[SlotAssignment](), None
+        self.client = FeedClient(url, measure=self.measure, load=self.contracts.extend, wait_s=5)
+        self.task = asyncio.create_task(self.client.run())
+
+    def in_force(self) -> SlotAssignment | None:
+        now = datetime.now(UTC)
+        due = [c for c in self.contracts if c.effective_at <= now]
+        return max(due, key=lambda c: c.generation) if due else None
+
+    def measure(self) -> list[Measured]:
+        if not self.contracts:
+            return []
+        c, current = self.contracts[-1], self.in_force()
+        return [
+            Measured(
+                stream=self.name,
+                shard=0,
+                period_s=c.frame_period_s,
+                phase_s=self.phase_s,
+                spread_s=0.0005 if self.phase_s is not None else None,
+                generation=current.generation if current else None,
+            )
+        ]
+
+    async def has(self, generation: int) -> SlotAssignment | None:
+        self.client.nudge()
+        got = [c for c in self.contracts if c.generation == generation]
+        return got[-1] if got else None
+
+
+@pytest.fixture
+async def fed(cluster: Cluster) -> AsyncIterator[tuple[Operator, list[Sidecar]]]:
+    solo = node("solo", gpus=1)
+    solo["metadata"]["labels"]["pool"] = "solo"
+    await cluster.create(solo)
+    port = free_port()
+    op = await start_operator(
+        cluster,
+        effective_after_s=1,
+        contract_propagation_s=30,
+        feed_address=f"127.0.0.1:{port}",
+        feed_url=f"http://127.0.0.1:{port}",
+    )
+    sidecars: list[Sidecar] = []
+    try:
+        yield op, sidecars
+    finally:
+        for s in sidecars:
+            s.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await s.task
+        await stop_operator(op)
+
+
+async def start_camera(cluster: Cluster, name: str, sidecars: list[Sidecar]) -> Sidecar:
+    """Apply a 4 fps camera; once placed, run its sidecar's feed client at the URL the
+    operator put into its pod; return once the feed brought its contract."""
+    await cluster.create(stream(name, fps=4, body=36, latencyMs=60, nodeSelector={"pool": "solo"}))
+    await cluster.wait_for(lambda: all_placed(cluster, [name]))
+    (deployment,) = [
+        d
+        for d in await cluster.objects("Deployment", "default")
+        if d["metadata"]["labels"]["stagger.dev/stream"] == name
+    ]
+    env = _sidecar_env(deployment)
+    sidecar = Sidecar(env["STAGGER_SLOT_FEED"], name)
+    sidecars.append(sidecar)
+    await cluster.wait_for(lambda: _nonempty(sidecar.contracts))
+    return sidecar
+
+
+def _sidecar_env(deployment: dict[str, Any]) -> dict[str, str]:
+    (sidecar,) = [
+        c
+        for c in deployment["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "stagger-sidecar"
+    ]
+    return {e["name"]: e["value"] for e in sidecar["env"]}
+
+
+async def _nonempty(xs: list[Any]) -> list[Any] | None:
+    return xs or None
+
+
+async def test_a_re_timing_reaches_connected_sidecars_at_once_and_switches_soon(
+    cluster: Cluster, fed: tuple[Operator, list[Sidecar]]
+) -> None:
+    """The same five cameras as ``test_a_join_switches_soon_and_a_re_timing_waits_for_the_
+    kubelet``, whose re-timing switches ``contract_propagation_s`` (30 s) ahead: here every
+    running sidecar holds a feed request, so the re-timed contracts reach them as they are
+    written and the table takes over ``effective_after_s`` (1 s) ahead."""
+    _, sidecars = fed
+    for i in range(4):  # into gaps
+        await start_camera(cluster, f"cam-{i}", sidecars)
+    await cluster.create(
+        stream("cam-4", fps=4, body=36, latencyMs=60, nodeSelector={"pool": "solo"})
+    )
+    await cluster.wait_for(lambda: all_placed(cluster, ["cam-4"]))
+    (sched,) = await schedules(cluster)
+    assert any(x.retimed_at is not None for x in sched.spec.slots), "the GPU was re-timed"
+    assert (sched.spec.effective_at - datetime.now(UTC)).total_seconds() < 5
+    for s in sidecars:  # before the switch, over the feed (the ConfigMap volume lags)
+        got = await cluster.wait_for(lambda s=s: s.has(sched.spec.generation), timeout=3)
+        assert got.effective_at <= sched.spec.effective_at
+
+
+async def test_a_reported_phase_re_times_the_gpu_within_seconds(
+    cluster: Cluster, fed: tuple[Operator, list[Sidecar]]
+) -> None:
+    """A camera whose requests arrive 100 ms after its slot starts says so over the feed;
+    the operator re-times its GPU so the slot starts just after the arrivals, and the new
+    contract takes over within seconds (the metrics scrape alone would take 30 s, the
+    ConfigMap volume up to 90 s more)."""
+    _, sidecars = fed
+    cam = await start_camera(cluster, "cam-0", sidecars)
+    first = cam.contracts[-1]
+    await cluster.wait_for(lambda: _due(cam))
+    period = first.frame_period_s
+    slot_s = first.offset_ticks / first.tick_hz
+    cam.phase_s = (slot_s + 0.1) % period
+    reported = time.monotonic()
+    cam.client.nudge()
+    moved = await cluster.wait_for(lambda: cam.has(first.generation + 1), timeout=5)
+    took_s = time.monotonic() - reported
+    assert took_s < 3, f"the re-timed contract came {took_s:.1f} s after the report"
+    ahead_s = (moved.effective_at - datetime.now(UTC)).total_seconds()
+    assert ahead_s < 3, "all its sidecars are connected: the switch is effective_after_s ahead"
+    after_arrival = (moved.offset_ticks / moved.tick_hz - cam.phase_s) % period
+    assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
+
+
+async def _due(cam: Sidecar) -> SlotAssignment | None:
+    cam.client.nudge()
+    return cam.in_force()
+
+
+async def test_a_sidecar_takes_its_contract_from_the_feed_before_its_file_and_reports_arrivals(
+    start_sidecar: StartSidecar,
+) -> None:
+    """A real sidecar in front of a real tritonserver, on the operator's real feed: a
+    re-timed contract published there is in force while the mounted file still holds the
+    old one (the kubelet has not synced), the file's older generation changes nothing when
+    it is read, and the phase at which the app's requests arrive reaches the operator with
+    the generation in force."""
+    port = free_port()
+    feed = SlotFeed()
+    feed.serving = True
+    runner = await serve(feed, f"127.0.0.1:{port}")
+    key = ("ns", "cam", 0)
+
+    def publish(c: SlotAssignment) -> None:
+        feed.publish({("ns", "cam-slot"): {CONTRACT_FILE: c.model_dump_json(by_alias=True)}})
+
+    try:
+        first = slot_contract(offset_ms=30, generation=1)
+        publish(first)
+        sidecar = await start_sidecar(
+            first, slot_feed=f"http://127.0.0.1:{port}/v1/slots/ns/cam-slot", slot_feed_wait_s=5
+        )
+
+        def generation() -> int | None:
+            current = sidecar.gate.streams["cam"].timetable.current(time.time())
+            return current.generation if current else None
+
+        publish(slot_contract(offset_ms=70, generation=2, effective_at=time.time() + 0.3))
+        await until(lambda: generation() == 2, what="the feed's contract in force")
+        sidecar.poll_slot_files()  # the file still says generation 1: nothing changes
+        assert generation() == 2
+        samples = await scrape(sidecar)
+        assert metric(samples, SLOT_FEED_UP) == 1
+        assert metric(samples, SLOT_CONTRACTS_LATE) == 0
+
+        # The app sends a frame every 100 ms at 55 ms into the period (epoch: Unix 0).
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
+        sent: list[asyncio.Task[Any]] = []
+        try:
+            start = (time.time() // 0.1 + 1) * 0.1
+            for k in range(12):
+                await asyncio.sleep(max(0.0, start + k * 0.1 + 0.055 - time.time()))
+                inputs = [httpclient.InferInput("INPUT0", [1], "FP32")]
+                inputs[0].set_data_from_numpy(np.array([1.0], dtype=np.float32))
+                sent.append(asyncio.create_task(client.infer("add_one", inputs)))
+            await asyncio.gather(*sent)
+            report = await until(
+                lambda: (r := feed.reports().get(key)) and r.arrival and r, what="a phase"
+            )
+        finally:
+            await client.close()
+        phase, spread = report.arrival
+        assert abs(phase - 0.055) < 0.005 and spread < 0.005
+        assert report.generation == 2 and feed.connected() == {key}
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,231 @@
+"""The slot feed's server (stagger_operator.feed) over real HTTP on the loopback, and the
+sidecar's client against it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from stagger.core.contract import CONTRACT_FILE, SlotAssignment
+from stagger_operator.feed import SlotFeed, version_of
+from stagger_sidecar.feed import FeedClient, Measured, moved
+
+EPOCH = datetime(2026, 12, 5, tzinfo=UTC)
+URL = "/v1/slots/default/cam-0-slot"
+
+
+def contract(generation: int, stream: str = "cam-0", offset: int = 0) -> str:
+    return SlotAssignment(
+        stream=stream,
+        namespace="default",
+        shard=0,
+        shards=1,
+        node="n",
+        gpu_index=0,
+        epoch=EPOCH,
+        period_ticks=3_000,
+        offset_ticks=offset,
+        body_ticks=300,
+        generation=generation,
+        effective_at=EPOCH,
+    ).model_dump_json(by_alias=True, exclude_none=True)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def feed() -> AsyncIterator[tuple[SlotFeed, TestClient, list[int], Clock]]:
+    woken: list[int] = []
+    clock = Clock()
+    f = SlotFeed(on_report=lambda: woken.append(1), monotonic=clock, grace_s=2)
+    f.serving = True
+    client = TestClient(TestServer(f.app()))
+    await client.start_server()
+    try:
+        yield f, client, woken, clock
+    finally:
+        await client.close()
+
+
+def publish(f: SlotFeed, **files: str) -> None:
+    f.publish(
+        {("default", f"{stream}-slot"): {CONTRACT_FILE: text} for stream, text in files.items()}
+    )
+
+
+async def test_a_standby_or_a_feed_without_a_plan_says_so(feed) -> None:
+    f, client, _, _ = feed
+    r = await client.post(URL, json={})
+    assert r.status == 503 and (await r.json())["reason"] == "no plan yet"
+    publish(f, **{"cam-0": contract(1)})
+    f.serving = False
+    r = await client.post(URL, json={})
+    assert r.status == 503 and (await r.json())["reason"] == "standby replica"
+    assert r.headers["Retry-After"] == "1"
+    assert r.headers["Connection"] == "close"  # the next connection may reach the holder
+
+
+async def test_an_unknown_configmap_or_a_bad_request_gets_a_clear_answer(feed) -> None:
+    f, client, _, _ = feed
+    publish(f, **{"cam-0": contract(1)})
+    r = await client.post("/v1/slots/default/other-slot", json={})
+    assert r.status == 404 and "no slot ConfigMap default/other-slot" in (await r.json())["reason"]
+    r = await client.post(URL, json={"arrivals": [{"stream": "cam-0", "shard": -1}]})
+    assert r.status == 400 and "bad request" in (await r.json())["reason"]
+    r = await client.post(URL, data=b"x" * 20_000)
+    assert r.status == 413
+
+
+async def test_a_waiting_request_is_answered_as_its_contract_is_published(feed) -> None:
+    f, client, _, _ = feed
+    publish(f, **{"cam-0": contract(1)})
+    r = await client.post(URL, json={"have": None})
+    first = await r.json()
+    assert r.status == 200 and json.loads(first["files"][CONTRACT_FILE])["generation"] == 1
+    r = await client.post(URL, params={"wait": "0.2"}, json={"have": first["version"]})
+    assert r.status == 204  # nothing new within the wait
+
+    waiting = asyncio.create_task(
+        client.post(URL, params={"wait": "10"}, json={"have": first["version"]})
+    )
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    assert f.connected() == {("default", "cam-0", 0)}
+    publish(f, **{"cam-0": contract(2)})
+    r = await asyncio.wait_for(waiting, 2)
+    answer = await r.json()
+    assert json.loads(answer["files"][CONTRACT_FILE])["generation"] == 2
+    assert answer["version"] == version_of({CONTRACT_FILE: contract(2)})
+
+
+async def test_a_shard_counts_as_connected_while_it_waits_and_briefly_after(feed) -> None:
+    f, client, _, clock = feed
+    publish(f, **{"cam-0": contract(1)})
+    assert f.connected() == frozenset()
+    await client.post(URL, json={})
+    assert f.connected() == {("default", "cam-0", 0)}
+    clock.now += 2.5  # no request for longer than the grace
+    assert f.connected() == frozenset()
+    assert f.reports() == {}
+
+
+async def test_a_sidecar_reports_its_own_shard_only_and_a_move_wakes_the_planner(feed) -> None:
+    f, client, woken, _ = feed
+    publish(f, **{"cam-0": contract(1), "cam-1": contract(1, stream="cam-1")})
+
+    async def report(phase: float, generation: int = 1) -> None:
+        body = {
+            "arrivals": [
+                {"stream": "cam-0", "shard": 0, "phaseS": phase, "spreadS": 0.0004},
+                {"stream": "cam-1", "shard": 0, "phaseS": 0.05, "spreadS": 0.0004},
+            ],
+            "running": [{"stream": "cam-0", "shard": 0, "generation": generation}],
+        }
+        assert (await client.post(URL, json=body)).status == 200
+
+    await report(0.0998)
+    (only,) = f.reports().items()
+    assert only[0] == ("default", "cam-0", 0)  # cam-1 is another ConfigMap's to report
+    assert only[1].arrival == (0.0998, 0.0004) and only[1].generation == 1
+    assert len(woken) == 1
+    await report(0.0001)  # 0.3 ms on, across the 100 ms period's wrap: no new plan
+    assert len(woken) == 1
+    await report(0.0300)
+    await report(0.0300, generation=2)
+    assert len(woken) == 3
+
+
+async def test_a_configmap_that_goes_answers_its_waiting_sidecar_and_forgets_it(feed) -> None:
+    f, client, _, _ = feed
+    publish(f, **{"cam-0": contract(1)})
+    have = (await (await client.post(URL, json={})).json())["version"]
+    waiting = asyncio.create_task(client.post(URL, params={"wait": "10"}, json={"have": have}))
+    await asyncio.sleep(0.1)
+    f.publish({})
+    r = await asyncio.wait_for(waiting, 2)
+    assert r.status == 404 and f.reports() == {}
+
+
+async def test_the_sidecar_client_loads_each_version_once_and_asks_again_when_it_moved(
+    feed,
+) -> None:
+    f, client, _, _ = feed
+    publish(f, **{"cam-0": contract(1)})
+    loaded: list[SlotAssignment] = []
+    up: list[bool] = []
+    phase: list[float | None] = [None]
+
+    def measure() -> list[Measured]:
+        return [Measured("cam-0", 0, 0.1, phase[0], 0.0004 if phase[0] else None, 1)]
+
+    sidecar = FeedClient(
+        str(client.make_url(URL)),
+        measure=measure,
+        load=loaded.extend,
+        on_connected=up.append,
+        wait_s=5,
+    )
+    task = asyncio.create_task(sidecar.run())
+    try:
+        await _until(lambda: len(loaded) == 1)
+        publish(f, **{"cam-0": contract(2, offset=600)})
+        await _until(lambda: len(loaded) == 2)
+        assert [c.generation for c in loaded] == [1, 2] and up[-1] is True
+        phase[0] = 0.042
+        sidecar.nudge()  # the open request is dropped and asked again with the phase
+        await _until(lambda: bool(f.reports()) and next(iter(f.reports().values())).arrival)
+        (report,) = f.reports().values()
+        assert report.arrival == (0.042, 0.0004)
+        assert len(loaded) == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_the_sidecar_client_survives_a_feed_that_is_not_there() -> None:
+    up: list[bool] = []
+    sidecar = FeedClient(
+        "http://127.0.0.1:9/v1/slots/default/x",
+        measure=list,
+        load=lambda _: None,
+        on_connected=up.append,
+        retry_s=0.01,
+    )
+    task = asyncio.create_task(sidecar.run())
+    await _until(lambda: len(up) >= 2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert set(up) == {False} and sidecar.have is None
+
+
+def test_a_report_moves_on_a_new_generation_a_new_estimate_or_a_phase_beyond_a_millisecond() -> (
+    None
+):
+    base = Measured("cam", 0, 0.1, 0.05, 0.0004, 3)
+    assert not moved([base], [base])
+    assert not moved([Measured("cam", 0, 0.1, 0.0505, 0.0004, 3)], [base])
+    assert moved([Measured("cam", 0, 0.1, 0.052, 0.0004, 3)], [base])
+    assert moved([Measured("cam", 0, 0.1, 0.05, 0.0004, 4)], [base])
+    assert moved([Measured("cam", 0, 0.1, None, None, 3)], [base])
+    assert moved([], [base])
+
+
+async def _until(check, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
