@@ -159,6 +159,29 @@ def declare(emulator: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
     return emulator
 
 
+def ready_pod(deployment: dict[str, Any], *, ip: str = "127.0.0.1") -> dict[str, Any]:
+    """What the Deployment controller and the kubelet would make of a shard's Deployment:
+    its pod, Running and Ready at ``ip`` (kmock has neither)."""
+    meta, template = deployment["metadata"], deployment["spec"]["template"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{meta['name']}-pod",
+            "namespace": meta["namespace"],
+            "uid": f"uid-pod-{meta['name']}",
+            "resourceVersion": "1",
+            "labels": template["metadata"]["labels"],
+        },
+        "spec": template["spec"],
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
 def node(name: str, gpus: int = 2, *, ready: bool = True) -> dict[str, Any]:
     return {
         "apiVersion": "v1",

@@ -129,6 +129,7 @@ class SlotFeed:
         self._published = False
         self._open: Counter[ShardKey] = Counter()
         self._last: dict[ShardKey, float] = {}  # when a request of the shard last ended
+        self._first: dict[ShardKey, float] = {}  # when its sidecar first asked
         self._reports: dict[ShardKey, Report] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: dict[ConfigMapKey, asyncio.Event] = {}
@@ -160,6 +161,8 @@ class SlotFeed:
             live = {e.shard for e in entries.values()}
             for gone in [k for k in self._reports if k not in live]:
                 del self._reports[gone]
+            for gone in [k for k in self._first if k not in live]:
+                del self._first[gone]
         if changed and self._loop is not None:
             self._loop.call_soon_threadsafe(self._notify, changed)
 
@@ -175,6 +178,22 @@ class SlotFeed:
         now = self.monotonic()
         with self._lock:
             return {k: r for k, r in self._reports.items() if self._fresh(k, now)}
+
+    def awaiting(self, settle_s: float) -> tuple[frozenset[ShardKey], float | None]:
+        """Connected shards whose sidecar first asked less than ``settle_s`` ago and has
+        reported no arrival phase yet (its app has just started: 8 requests give the first
+        estimate), and in how many seconds the first of them stops counting."""
+        now = self.monotonic()
+        with self._lock:
+            keys = {
+                k
+                for k, first in self._first.items()
+                if now - first < settle_s
+                and self._fresh(k, now)
+                and (k not in self._reports or self._reports[k].arrival is None)
+            }
+            ends = [self._first[k] + settle_s - now for k in keys]
+        return frozenset(keys), min(ends) if ends else None
 
     def _fresh(self, key: ShardKey, now: float) -> bool:
         return self._open[key] > 0 or now - self._last.get(key, -math.inf) <= self.grace_s
@@ -214,6 +233,7 @@ class SlotFeed:
         self._record(entry, message)
         with self._lock:
             self._open[entry.shard] += 1
+            self._first.setdefault(entry.shard, self.monotonic())
         try:
             deadline = self._loop.time() + wait_s
             while entry.version == message.have:

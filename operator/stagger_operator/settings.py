@@ -86,6 +86,11 @@ class OperatorSettings(BaseSettings):
     follow_arrivals: bool = True
     """Re-time GPUs so that each stream's slot starts just after its requests arrive, as
     its sidecar measures them (apps that do not capture on the slot clock)."""
+    follow_settle_s: float = Field(default=10.0, ge=0)
+    """A shard whose sidecar reached the slot feed less than this long ago and has not
+    reported an arrival phase yet holds its GPU's following until it does (its app has
+    just started): cameras started together are then re-timed once, together (0: never
+    wait)."""
     release_windows: bool = True
     """Grant each slot release windows (half the free time on each side) once every sidecar
     of its GPU runs the GPU's current table: requests in them go at once, safely."""

@@ -220,6 +220,7 @@ def follow_plan(
     *,
     pinned: Iterable[ShardKey] = (),
     retiring: Iterable[ShardPlacement] = (),
+    awaiting: Iterable[ShardKey] = (),
     lead_s: float = 0.002,
     min_gain_s: float = 0.005,
 ) -> Plan:
@@ -227,12 +228,16 @@ def follow_plan(
     shard, its phase from the GPU's epoch and its spread, in seconds), where that saves at
     least ``min_gain_s`` of wait (:func:`follow`). Pinned shards (re-timed too recently)
     and old copies of moved shards (``retiring``, still running where they were) keep
-    their slots. The re-timed shards join ``offsets_changed``; the operator then switches
-    their GPU at an instant no old body runs, as for any re-timing."""
+    their slots. A GPU with a shard whose first estimate is still coming (``awaiting``: its
+    app has just started) is left as it is until it comes: one re-timing then places every
+    stream that started together, where re-timing on each estimate in turn would pin shards
+    moved to make room before their own phase was known, in the wrong place. The re-timed
+    shards join ``offsets_changed``; the operator then switches their GPU at an instant no
+    old body runs, as for any re-timing."""
     if not arrivals:
         return plan
     hz = plan.tick_hz
-    held = set(pinned)
+    held, waiting = set(pinned), set(awaiting)
     by_gpu: dict[tuple[str, int], list[ShardPlacement]] = {}
     for p in plan.shards:
         by_gpu.setdefault((p.node, p.gpu), []).append(p)
@@ -250,7 +255,7 @@ def follow_plan(
             for p in shards
             if p.key in arrivals
         }
-        if not estimates:
+        if not estimates or any(p.key in waiting for p in shards):
             continue
         extra = ghosts.get(where, [])
         table = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]

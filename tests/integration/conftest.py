@@ -29,7 +29,7 @@ from stagger_operator.handlers import PlanStats  # importing registers the handl
 from stagger_operator.kube import Kube
 from stagger_operator.settings import OperatorSettings
 from stagger_testkit.localtriton import free_port
-from tests.emulator import EMULATOR_URL, OBSERVER, Emulator, declare, node
+from tests.emulator import EMULATOR_URL, OBSERVER, Emulator, declare, node, ready_pod
 from tests.integration.sidecar_fixtures import start_sidecar, triton  # noqa: F401  (fixtures)
 from tests.waiting import until
 
@@ -69,26 +69,7 @@ class Cluster:
 async def run_pod(c: Cluster, deployment: dict[str, Any], *, ip: str = "127.0.0.1") -> None:
     """Stand in for the Deployment controller and the kubelet: a Ready pod from the
     Deployment's template (all such pods share one IP here; metrics carry their shard)."""
-    meta, template = deployment["metadata"], deployment["spec"]["template"]
-    await c.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{meta['name']}-pod",
-                "namespace": meta["namespace"],
-                "uid": f"uid-pod-{meta['name']}",
-                "resourceVersion": "1",
-                "labels": template["metadata"]["labels"],
-            },
-            "spec": template["spec"],
-            "status": {
-                "phase": "Running",
-                "podIP": ip,
-                "conditions": [{"type": "Ready", "status": "True"}],
-            },
-        }
-    )
+    await c.create(ready_pod(deployment, ip=ip))
 
 
 @dataclass

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.http.aio as httpclient
 
+from stagger.core.api import GpuSchedule
 from stagger.core.contract import CONTRACT_FILE, SlotAssignment
 from stagger.core.telemetry import SLOT_CONTRACTS_LATE, SLOT_FEED_UP
 from stagger_operator.feed import SlotFeed, serve
@@ -162,6 +163,46 @@ async def test_a_reported_phase_re_times_the_gpu_within_seconds(
     assert ahead_s < 3, "all its sidecars are connected: the switch is effective_after_s ahead"
     after_arrival = (moved.offset_ticks / moved.tick_hz - cam.phase_s) % period
     assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
+
+
+async def test_cameras_started_together_are_re_timed_once_when_their_phases_are_in(
+    cluster: Cluster, fed: tuple[Operator, list[Sidecar]]
+) -> None:
+    """Three cameras applied together report their first phases 0.3 s apart, as their
+    apps start. The GPU waits for the last (``follow_settle_s``), then one re-timing
+    follows all three: re-timing on each phase in turn would pin shards moved to make room
+    before their own phase was known, in the wrong place, for a minute."""
+    _, sidecars = fed
+    names = [f"cam-{i}" for i in range(3)]
+    for name in names:
+        await cluster.create(
+            stream(name, fps=4, body=36, latencyMs=60, nodeSelector={"pool": "solo"})
+        )
+    await cluster.wait_for(lambda: all_placed(cluster, names))
+    for d in await cluster.objects("Deployment", "default"):
+        name = d["metadata"]["labels"]["stagger.dev/stream"]
+        sidecars.append(Sidecar(_sidecar_env(d)["STAGGER_SLOT_FEED"], name))
+    for s in sidecars:
+        await cluster.wait_for(lambda s=s: _nonempty(s.contracts))
+    (placed,) = await schedules(cluster)
+    # Each camera's requests arrive 100 ms after where the planner put its slot.
+    for s in sorted(sidecars, key=lambda s: s.name):
+        c = s.contracts[-1]
+        s.phase_s = (c.offset_ticks / c.tick_hz + 0.1) % c.frame_period_s
+        s.client.nudge()
+        await asyncio.sleep(0.3)
+
+    async def followed() -> GpuSchedule | None:
+        (sched,) = await schedules(cluster)
+        slots = {x.stream: x for x in sched.spec.slots}
+        ok = all(
+            0 < (slots[s.name].offset_ticks / 30_000 - (s.phase_s or 0)) % 0.25 < 0.01
+            for s in sidecars
+        )
+        return sched if ok else None
+
+    sched = await cluster.wait_for(followed, timeout=10)
+    assert sched.spec.generation == placed.spec.generation + 1, "one re-timing for all three"
 
 
 async def _due(cam: Sidecar) -> SlotAssignment | None:

@@ -258,6 +258,11 @@ def test_a_plan_is_re_timed_to_its_streams_arrivals_except_pinned_and_old_copies
     slots = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in with_copy.shards]
     assert not overlaps([*slots, Slot("old", old.body_ticks, old.period_ticks, old.offset_ticks)])
     assert follow_plan(placed, {}) is placed
+    # A camera that has just started and whose first estimate is coming holds its GPU as
+    # it is: the two known now are re-timed with it, once, when it comes.
+    two_known = {k: reported[k] for k in keys[:2]}
+    assert follow_plan(placed, two_known, awaiting=[keys[2]]) is placed
+    assert follow_plan(placed, two_known).offsets_changed
 
 
 def test_a_camera_s_phase_jump_is_found_within_eight_frames() -> None:

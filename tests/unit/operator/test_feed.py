@@ -229,3 +229,19 @@ async def _until(check, timeout_s: float = 5.0) -> None:
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+async def test_a_shard_that_has_just_asked_awaits_its_first_phase_for_the_settle_time(feed) -> None:
+    f, client, _, clock = feed
+    publish(f, **{"cam-0": contract(1), "cam-1": contract(1, stream="cam-1")})
+    await client.post(URL, json={})
+    clock.now += 1
+    await client.post("/v1/slots/default/cam-1-slot", json={})
+    both = {("default", "cam-0", 0), ("default", "cam-1", 0)}
+    assert f.awaiting(10) == (both, 9)  # cam-0's 10 s end first, in 9
+    phase = {"stream": "cam-1", "shard": 0, "phaseS": 0.02, "spreadS": 0.0004}
+    await client.post("/v1/slots/default/cam-1-slot", json={"arrivals": [phase]})
+    assert f.awaiting(10) == ({("default", "cam-0", 0)}, 9)
+    clock.now += 9.5
+    await client.post(URL, json={})  # still connected, still no phase: waited long enough
+    assert f.awaiting(10) == (frozenset(), None)
