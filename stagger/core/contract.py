@@ -1,9 +1,11 @@
 """The slot contract: what the operator hands each shard's sidecar.
 
-It travels as a file (``slot.json``) in a ConfigMap mounted into the shard's pod. A new
-generation applies at ``effectiveAt`` on every sidecar of the GPU at once: later than the
-kubelet's ConfigMap propagation, so no two sidecars ever run different tables. The switch
-is exact in ticks: ``effective_tick`` (see :mod:`stagger.core.slotclock`).
+It travels as a file (``slot.json``) in a ConfigMap mounted into the shard's pod, and over
+the operator's slot feed as soon as it is written. A new generation applies at
+``effectiveAt`` on every sidecar of the GPU at once: later than every sidecar whose
+releases it changes can have read it (the kubelet's ConfigMap propagation, or a second on
+the feed), so no two sidecars ever run different tables. The switch is exact in ticks:
+``effective_tick`` (see :mod:`stagger.core.slotclock`).
 """
 
 from __future__ import annotations

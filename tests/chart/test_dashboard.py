@@ -113,6 +113,7 @@ def test_every_query_names_exported_metrics_and_what_the_issue_asks_is_shown() -
         "stagger_gate_release_lag_seconds_bucket",  # the sidecar's own lateness
         "stagger_slot_misses_total",
         "stagger_slot_contracts_late_total",  # the kubelet slower than the switch lead
+        "stagger_slot_feed_up",  # ... and the channel that does not wait for it
         "stagger_profile_body_seconds",
     }
     assert shown <= used, sorted(shown - used)
@@ -144,6 +145,7 @@ def fleet_series() -> list[dict[str, str]]:
         add("stagger_frames_late_total", pod, "0+1x20")
         add("stagger_slot_misses_total", pod, "0+1x20")
         add("stagger_slot_contracts_late_total", pod, "0+0x10 1+0x10")
+        add("stagger_slot_feed_up", pod, "1x20")
         for name in HISTOGRAMS:
             for le, share in (("0.01", 0.5), ("0.02", 0.9), ("0.05", 0.99), ("+Inf", 1.0)):
                 add(f"{name}_bucket", f'{pod}, le="{le}"', f"0+{60 * fps * share:g}x20")
