@@ -395,21 +395,31 @@ class LocalSidecar:
 
 class LocalFollower:
     """What the operator does for streams whose apps know nothing of Stagger, for local
-    sidecars that share one "GPU" (examples/03, bench/gpu): once a second, read each
-    sidecar's measured arrival phase (its clock document) and, when
-    re-timing the GPU's table to the phases saves wait (``stagger.core.phase.follow``),
-    write every stream's new contract, switching at the first instant after a second (the
-    sidecars reread their files every 0.2 s) at which no body of the old table runs."""
+    sidecars that share one "GPU" (examples/03, bench/gpu), at the operator's pace over its
+    slot feed and with its rules (``stagger_operator``'s defaults, below): every 0.2 s (the
+    sidecars send a phase over the feed within a poll tick of 0.2 s) read each sidecar's
+    measured arrival phase (its clock document); while a stream that started less than
+    ``SETTLE_S`` ago has none yet, wait for it; when re-timing the table to the phases saves
+    wait (``stagger.core.phase.follow``), leaving streams re-timed within ``PIN_S`` where they
+    are, write every stream's new contract, switching at the first instant after
+    ``SWITCH_AFTER_S`` at which no body of the old table runs. The sidecars read their files
+    every 0.2 s here, as they get contracts over the feed at once."""
 
-    SWITCH_AFTER_S = 1.0
+    POLL_S = 0.2
+    SWITCH_AFTER_S = 5.0  # OperatorSettings.effective_after_s
+    SETTLE_S = 10.0  # OperatorSettings.follow_settle_s
+    PIN_S = 60.0  # OperatorSettings.retime_min_interval_s
 
     def __init__(self, sidecars: list[LocalSidecar], contracts: dict[str, SlotAssignment]):
         self.sidecars, self.contracts = sidecars, contracts
         self.switches: list[float] = []  # when each re-timing took effect (Unix s)
+        self.pinned_until: dict[str, float] = {}
+        self.started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> LocalFollower:
+        self.started = time.time()
         self._thread.start()
         return self
 
@@ -418,7 +428,7 @@ class LocalFollower:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(self.POLL_S):
             self.step()
 
     def arrivals(self) -> dict[Hashable, PhaseEstimate]:
@@ -434,16 +444,21 @@ class LocalFollower:
         return out
 
     def step(self) -> None:
+        now = time.time()
+        arrivals = self.arrivals()
+        if len(arrivals) < len(self.sidecars) and now - self.started < self.SETTLE_S:
+            return  # a stream's first phase is coming: re-time once, with it
         c0 = next(iter(self.contracts.values()))
         table = [
             Slot(name, c.body_ticks, c.period_ticks, c.offset_ticks)
             for name, c in self.contracts.items()
         ]
-        aligned = follow(table, self.arrivals(), tick_hz=c0.tick_hz)
+        pinned = {name for name, until in self.pinned_until.items() if now < until}
+        aligned = follow(table, arrivals, tick_hz=c0.tick_hz, fixed=pinned)
         if aligned is None:
             return
         epoch_s = c0.epoch.timestamp()
-        earliest = math.ceil((time.time() + self.SWITCH_AFTER_S - epoch_s) * c0.tick_hz)
+        earliest = math.ceil((now + self.SWITCH_AFTER_S - epoch_s) * c0.tick_hz)
         tick = switch_tick(table, earliest)
         effective_at = effective_at_of(c0.epoch, tick, c0.tick_hz)
         for sidecar, slot in zip(self.sidecars, _ordered(aligned, self.sidecars), strict=True):
@@ -455,6 +470,8 @@ class LocalFollower:
                     "effective_at": effective_at,
                 }
             )
+            if slot.offset != old.offset_ticks:
+                self.pinned_until[sidecar.stream] = effective_at.timestamp() + self.PIN_S
             staged = sidecar.slot_file.with_suffix(".new")  # the sidecar never reads half
             staged.write_text(new.model_dump_json(by_alias=True))
             staged.replace(sidecar.slot_file)

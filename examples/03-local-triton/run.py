@@ -19,7 +19,8 @@ Configurations, one after the other on the same server:
 - transparent: the same random phases, through the sidecars (no change to the app): each
   sidecar measures where its stream's requests arrive, and the GPU's slot table is
   re-timed to start each body just after its stream's arrival (here a local follower does
-  what the operator does, once a second: ``stagger.core.phase.follow``); a request is held
+  what the operator does, at its pace: ``stagger_testkit.localtriton.LocalFollower``); a
+  request is held
   only until its slot. The table switches at an instant no body of the old one runs. The
   figures after it settled are shown apart, with when it did;
 - slot-clock: cameras capture at their stream's slot, read from the sidecar

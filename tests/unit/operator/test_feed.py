@@ -245,3 +245,18 @@ async def test_a_shard_that_has_just_asked_awaits_its_first_phase_for_the_settle
     clock.now += 9.5
     await client.post(URL, json={})  # still connected, still no phase: waited long enough
     assert f.awaiting(10) == (frozenset(), None)
+
+
+def test_the_local_follower_keeps_the_operator_s_pace() -> None:
+    """examples/03 and the GPU bench stand LocalFollower in for the operator: its lead,
+    settle time and pin are the operator's defaults, so their settle times are the
+    operator's over its feed."""
+    from stagger_operator.settings import OperatorSettings
+    from stagger_testkit.localtriton import LocalFollower
+
+    s = OperatorSettings()
+    assert (
+        s.effective_after_s,
+        s.follow_settle_s,
+        s.retime_min_interval_s,
+    ) == (LocalFollower.SWITCH_AFTER_S, LocalFollower.SETTLE_S, LocalFollower.PIN_S)
