@@ -351,13 +351,19 @@ class Controller:
             if isinstance(outcome, ApiException):
                 report.failed += 1
                 log.error("cannot write %s: %s", obj["metadata"]["name"], _why(outcome))
+        # Slot ConfigMaps first, each handed to the slot feed as soon as it is written: a
+        # re-timing of sidecars on the feed switches effective_after_s after it was decided.
+        writes = [o for o in steps.write if kube.differs(o, current.get(_key(o["kind"], o)))]
+        writes.sort(key=lambda o: o["kind"] != "ConfigMap")
         for obj, outcome in self._each(
-            lambda o: kube.apply(o, current.get(_key(o["kind"], o))),
-            [o for o in steps.write if kube.differs(o, current.get(_key(o["kind"], o)))],
+            lambda o: kube.apply(o, current.get(_key(o["kind"], o))), writes
         ):
             report.written += outcome is True
             if outcome is True:
                 self.objects[_key(obj["kind"], obj)] = kube.as_written(obj)
+                if self.feed is not None and obj["kind"] == "ConfigMap":
+                    meta = obj["metadata"]
+                    self.feed.update((meta["namespace"], meta["name"]), obj["data"])
             if isinstance(outcome, ApiException):
                 report.failed += 1
                 meta = obj["metadata"]

@@ -143,19 +143,10 @@ class SlotFeed:
         with self._lock:
             entries: dict[ConfigMapKey, _Entry] = {}
             for key, data in configmaps.items():
-                old = self._entries.get(key)
-                if old is not None and old.files == data:
-                    entries[key] = old
-                    continue
-                version = version_of(data)
-                try:
-                    c = SlotAssignment.model_validate_json(data[CONTRACT_FILE])
-                except (KeyError, ValidationError):
-                    continue  # not a slot contract
-                entries[key] = _Entry(
-                    version, dict(data), (c.namespace, c.stream, c.shard), c.frame_period_s
-                )
-                changed.append(key)
+                entry = self._entry(key, data)
+                if entry is not None:
+                    entries[key] = entry
+                    changed += [key] if entry is not self._entries.get(key) else []
             changed += [k for k in self._entries if k not in entries]
             self._entries, self._published = entries, True
             live = {e.shard for e in entries.values()}
@@ -165,6 +156,30 @@ class SlotFeed:
                 del self._first[gone]
         if changed and self._loop is not None:
             self._loop.call_soon_threadsafe(self._notify, changed)
+
+    def update(self, key: ConfigMapKey, data: Mapping[str, str]) -> None:
+        """One slot ConfigMap just written: its waiting request is answered now, not after
+        the rest of the reconcile's writes (a re-timing switches seconds ahead)."""
+        with self._lock:
+            entry = self._entry(key, data)
+            if entry is None or entry is self._entries.get(key):
+                return
+            self._entries = {**self._entries, key: entry}
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._notify, [key])
+
+    def _entry(self, key: ConfigMapKey, data: Mapping[str, str]) -> _Entry | None:
+        """The feed's entry for a ConfigMap's data: the one it has where the data is the
+        same, None where it is not a slot contract."""
+        old = self._entries.get(key)
+        if old is not None and old.files == data:
+            return old
+        try:
+            c = SlotAssignment.model_validate_json(data[CONTRACT_FILE])
+        except (KeyError, ValidationError):
+            return None
+        shard = (c.namespace, c.stream, c.shard)
+        return _Entry(version_of(data), dict(data), shard, c.frame_period_s)
 
     def connected(self) -> frozenset[ShardKey]:
         """Shards whose sidecar holds a feed request now, or held one within ``grace_s``:

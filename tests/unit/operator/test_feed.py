@@ -109,6 +109,17 @@ async def test_a_waiting_request_is_answered_as_its_contract_is_published(feed) 
     assert json.loads(answer["files"][CONTRACT_FILE])["generation"] == 2
     assert answer["version"] == version_of({CONTRACT_FILE: contract(2)})
 
+    # One ConfigMap just written, before the reconcile's other writes: answered at once.
+    have = answer["version"]
+    waiting = asyncio.create_task(client.post(URL, params={"wait": "10"}, json={"have": have}))
+    await asyncio.sleep(0.1)
+    f.update(("default", "cam-0-slot"), {CONTRACT_FILE: contract(2)})  # the same: no answer
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    f.update(("default", "cam-0-slot"), {CONTRACT_FILE: contract(3)})
+    answer = await (await asyncio.wait_for(waiting, 2)).json()
+    assert json.loads(answer["files"][CONTRACT_FILE])["generation"] == 3
+
 
 async def test_a_shard_counts_as_connected_while_it_waits_and_briefly_after(feed) -> None:
     f, client, _, clock = feed
