@@ -308,6 +308,19 @@ def test_sidecars_reach_the_operator_s_slot_feed_through_its_service_unless_turn
     assert env["STAGGER_FEED_ADDRESS"] == f"0.0.0.0:{port['port']}"
     assert {"name": "feed", "containerPort": port["port"]} in container["ports"]
     assert service["spec"]["selector"] == operator["spec"]["selector"]["matchLabels"]
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == service["spec"]["selector"]
+    feed_rule, open_rule = policy["spec"]["ingress"]
+    assert feed_rule["ports"] == [{"port": "feed"}]
+    (source,) = feed_rule["from"]
+    assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "stagger"}
+    assert {p["port"] for p in open_rule["ports"]} == {"metrics", "health"}
+    assert "from" not in open_rule  # Prometheus and the kubelet, as before
+    names = {p["name"] for p in container["ports"]}
+    assert names >= {"feed", "metrics", "health"}
+    assert not [
+        o for o in render("operator.slotFeed.networkPolicy=false") if o["kind"] == "NetworkPolicy"
+    ]
     off = render("operator.slotFeed.enabled=false")
     assert not [o for o in off if o["metadata"]["name"].endswith("-feed")]
     assert "STAGGER_FEED" not in str([o for o in off if o["kind"] == "Deployment"])
