@@ -60,8 +60,11 @@ ConfigMapKey = tuple[str, str]  # namespace, name
 MAX_REQUEST_BYTES = 16 * 1024
 MAX_WAIT_S = 60.0
 PHASE_MOVED_S = 0.001
-"""A reported phase this far from the last one wakes the planner (estimates move by a
-fraction of a millisecond between reports)."""
+"""A reported phase this far from the last one is news (estimates move by a fraction of a
+millisecond between reports)..."""
+PHASE_JUMPED_S = 0.005
+"""...and this far, a jump (a camera restarted) to plan for at once; less is drift, which
+the planner may take up a little later with other streams' (``on_report(urgent=False)``)."""
 
 
 class _Message(BaseModel):
@@ -117,7 +120,7 @@ class SlotFeed:
         self,
         *,
         grace_s: float = 2.0,
-        on_report: Callable[[], None] = lambda: None,
+        on_report: Callable[[bool], None] = lambda urgent: None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.grace_s = grace_s
@@ -285,17 +288,24 @@ class SlotFeed:
         with self._lock:
             before = self._reports.get(shard)
             self._reports[shard] = report
-        if before is None or _moved(before, report, entry.period_s):
-            self.on_report()
+        news = _news(before, report, entry.period_s)
+        if news is not None:
+            self.on_report(news)
 
 
-def _moved(before: Report, now: Report, period_s: float) -> bool:
-    if before.generation != now.generation or (before.arrival is None) != (now.arrival is None):
+def _news(before: Report | None, now: Report, period_s: float) -> bool | None:
+    """Whether a report is news for the planner: None if not, True if it should plan at
+    once (a first report, a first phase or none any more, another generation in force, a
+    jump), False if it may wait a little (drift)."""
+    if before is None or before.generation != now.generation:
+        return True
+    if (before.arrival is None) != (now.arrival is None):
         return True
     if before.arrival is None or now.arrival is None:
-        return False
+        return None
     apart = abs(before.arrival[0] - now.arrival[0]) % period_s
-    return min(apart, period_s - apart) > PHASE_MOVED_S
+    moved = min(apart, period_s - apart)
+    return None if moved <= PHASE_MOVED_S else moved >= PHASE_JUMPED_S
 
 
 async def serve(feed: SlotFeed, address: str) -> web.AppRunner:

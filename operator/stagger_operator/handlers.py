@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,7 +61,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.controller = Controller(Kube(api), memo.settings)
     memo.wake = asyncio.Event()
     if memo.settings.feed_address:
-        memo.controller.feed = SlotFeed(on_report=memo.wake.set)
+        memo.controller.feed = SlotFeed(on_report=_report_waker(memo))
         memo.feed_runner = await serve(memo.controller.feed, memo.settings.feed_address)
     memo.setdefault("stats", PlanStats())
     memo.metrics = OperatorMetrics()
@@ -197,6 +198,23 @@ async def _lease_loop(memo: kopf.Memo) -> None:
             if held:
                 memo.wake.set()
         await asyncio.sleep(s.lease_duration_s / 3)
+
+
+def _report_waker(memo: kopf.Memo) -> Callable[[bool], None]:
+    """What a sidecar reports on the slot feed wakes the planner: at once where it is
+    urgent (a camera started or jumped, a table took over), else at most once every
+    ``follow_drift_s`` (cameras' clocks drift: at 10,000 of them, planning on each move
+    would keep the planner busy for nothing)."""
+    pending: list[asyncio.TimerHandle] = []
+
+    def wake(urgent: bool) -> None:
+        if urgent:
+            memo.wake.set()
+        elif not pending or pending[0].cancelled() or pending[0].when() < loop.time():
+            pending[:] = [loop.call_later(memo.settings.follow_drift_s, memo.wake.set)]
+
+    loop = asyncio.get_running_loop()
+    return wake
 
 
 def _lead(memo: kopf.Memo, held: bool) -> None:

@@ -91,6 +91,9 @@ class OperatorSettings(BaseSettings):
     reported an arrival phase yet holds its GPU's following until it does (its app has
     just started): cameras started together are then re-timed once, together (0: never
     wait)."""
+    follow_drift_s: float = Field(default=5.0, ge=0)
+    """A stream's arrival phase that drifted (moved by less than 5 ms), as its sidecar says
+    on the slot feed, is planned for at most this often; a first phase or a jump, at once."""
     release_windows: bool = True
     """Grant each slot release windows (half the free time on each side) once every sidecar
     of its GPU runs the GPU's current table: requests in them go at once, safely."""

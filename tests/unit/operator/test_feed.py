@@ -47,9 +47,9 @@ class Clock:
 
 @pytest.fixture
 async def feed() -> AsyncIterator[tuple[SlotFeed, TestClient, list[int], Clock]]:
-    woken: list[int] = []
+    woken: list[bool] = []  # each wake: urgent or not
     clock = Clock()
-    f = SlotFeed(on_report=lambda: woken.append(1), monotonic=clock, grace_s=2)
+    f = SlotFeed(on_report=woken.append, monotonic=clock, grace_s=2)
     f.serving = True
     client = TestClient(TestServer(f.app()))
     await client.start_server()
@@ -132,7 +132,9 @@ async def test_a_shard_counts_as_connected_while_it_waits_and_briefly_after(feed
     assert f.reports() == {}
 
 
-async def test_a_sidecar_reports_its_own_shard_only_and_a_move_wakes_the_planner(feed) -> None:
+async def test_a_sidecar_reports_its_own_shard_only_and_news_wakes_the_planner(feed) -> None:
+    """A first report, a jump and another generation wake the planner at once; drift may
+    wait; estimates that move by a fraction of a millisecond are no news."""
     f, client, woken, _ = feed
     publish(f, **{"cam-0": contract(1), "cam-1": contract(1, stream="cam-1")})
 
@@ -150,12 +152,13 @@ async def test_a_sidecar_reports_its_own_shard_only_and_a_move_wakes_the_planner
     (only,) = f.reports().items()
     assert only[0] == ("default", "cam-0", 0)  # cam-1 is another ConfigMap's to report
     assert only[1].arrival == (0.0998, 0.0004) and only[1].generation == 1
-    assert len(woken) == 1
-    await report(0.0001)  # 0.3 ms on, across the 100 ms period's wrap: no new plan
-    assert len(woken) == 1
-    await report(0.0300)
+    assert woken == [True]
+    await report(0.0001)  # 0.3 ms on, across the 100 ms period's wrap: no news
+    assert woken == [True]
+    await report(0.0021)  # 2 ms: drift
+    await report(0.0300)  # 28 ms: a jump
     await report(0.0300, generation=2)
-    assert len(woken) == 3
+    assert woken == [True, False, True, True]
 
 
 async def test_a_configmap_that_goes_answers_its_waiting_sidecar_and_forgets_it(feed) -> None:
@@ -271,3 +274,27 @@ def test_the_local_follower_keeps_the_operator_s_pace() -> None:
         s.follow_settle_s,
         s.retime_min_interval_s,
     ) == (LocalFollower.SWITCH_AFTER_S, LocalFollower.SETTLE_S, LocalFollower.PIN_S)
+
+
+async def test_drift_wakes_the_planner_at_most_once_a_drift_period_news_at_once() -> None:
+    import kopf
+
+    from stagger_operator.handlers import _report_waker
+    from stagger_operator.settings import OperatorSettings
+
+    loop = asyncio.get_running_loop()
+    memo = kopf.Memo(settings=OperatorSettings(follow_drift_s=0.5), wake=asyncio.Event())
+    wake = _report_waker(memo)
+    wake(True)
+    assert memo.wake.is_set()  # news: at once
+    memo.wake.clear()
+    began = loop.time()
+    for _ in range(5):  # five streams drift within the period: one plan, after it
+        wake(False)
+    await asyncio.wait_for(memo.wake.wait(), 5)
+    assert loop.time() - began >= 0.49
+    memo.wake.clear()
+    await asyncio.sleep(0.7)
+    assert not memo.wake.is_set()  # one timer for the five
+    wake(False)  # the next drift starts another
+    await asyncio.wait_for(memo.wake.wait(), 5)
