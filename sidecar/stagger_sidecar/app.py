@@ -282,7 +282,7 @@ class Sidecar:
         held = gate.timetable.contracts if gate is not None else ()
         if any(c == contract for c in held):
             return
-        self._count_if_late(contract, now)
+        self._count_if_late(contract, now, source)
         self.gate.load(contract, now)
         log.info(
             "slot contract read",
@@ -318,7 +318,7 @@ class Sidecar:
             )
         return out
 
-    def _count_if_late(self, contract: SlotAssignment, now: float) -> None:
+    def _count_if_late(self, contract: SlotAssignment, now: float, source: str) -> None:
         """A newer contract read after its switch instant, where it changes what this
         sidecar releases: since that instant it released on the old table while the other
         sidecars of its GPU ran the new one."""
@@ -335,9 +335,15 @@ class Sidecar:
         self.metrics.slot_contracts_late.labels(
             contract.namespace, contract.stream, str(contract.shard)
         ).inc()
+        why = (
+            "the kubelet updated the mounted ConfigMap later than the operator allows "
+            "(raise STAGGER_CONTRACT_PROPAGATION_S)"
+            if source == "file"
+            else "the operator wrote it less than a switch lead ahead (raise "
+            "STAGGER_EFFECTIVE_AFTER_S)"
+        )
         log.warning(
-            "slot contract read after its switch instant: the kubelet updated the mounted "
-            "ConfigMap later than the operator allows (raise STAGGER_CONTRACT_PROPAGATION_S)",
+            f"slot contract read after its switch instant from the {source}: {why}",
             extra={
                 "stream": contract.stream,
                 "generation": contract.generation,
