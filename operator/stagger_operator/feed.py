@@ -42,9 +42,8 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -112,9 +111,21 @@ class Report:
     generation: int | None
 
 
+@dataclass
+class _Sidecar:
+    """What the feed knows of the sidecar that asks for one ConfigMap."""
+
+    first: float  # when it first asked
+    last: float = -math.inf  # when a request of it last ended
+    open: int = 0  # its requests being held now
+    report: Report | None = None
+
+
 class SlotFeed:
-    """The feed's state. ``publish`` and the readers (``connected``, ``reports``) are called
-    from the controller's thread; requests are served on the event loop."""
+    """The feed's state. ``publish`` and the readers (``connected``, ``reports``,
+    ``awaiting``) are called from the controller's thread; requests are served on the event
+    loop. A shard that moves runs two copies for a while, each with its own ConfigMap: the
+    readers describe the copy whose sidecar asked first most recently, the new one."""
 
     def __init__(
         self,
@@ -130,10 +141,7 @@ class SlotFeed:
         self._lock = threading.Lock()
         self._entries: dict[ConfigMapKey, _Entry] = {}
         self._published = False
-        self._open: Counter[ShardKey] = Counter()
-        self._last: dict[ShardKey, float] = {}  # when a request of the shard last ended
-        self._first: dict[ShardKey, float] = {}  # when its sidecar first asked
-        self._reports: dict[ShardKey, Report] = {}
+        self._sidecars: dict[ConfigMapKey, _Sidecar] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: dict[ConfigMapKey, asyncio.Event] = {}
 
@@ -152,11 +160,8 @@ class SlotFeed:
                     changed += [key] if entry is not self._entries.get(key) else []
             changed += [k for k in self._entries if k not in entries]
             self._entries, self._published = entries, True
-            live = {e.shard for e in entries.values()}
-            for gone in [k for k in self._reports if k not in live]:
-                del self._reports[gone]
-            for gone in [k for k in self._first if k not in live]:
-                del self._first[gone]
+            for gone in [k for k in self._sidecars if k not in entries]:
+                del self._sidecars[gone]
         if changed and self._loop is not None:
             self._loop.call_soon_threadsafe(self._notify, changed)
 
@@ -188,33 +193,45 @@ class SlotFeed:
         """Shards whose sidecar holds a feed request now, or held one within ``grace_s``:
         a contract published now reaches them within about a second."""
         now = self.monotonic()
-        with self._lock:
-            return frozenset(k for k in {*self._open, *self._last} if self._fresh(k, now))
+        return frozenset(k for k, sc in self._current().items() if self._fresh(sc, now))
 
     def reports(self) -> dict[ShardKey, Report]:
         """What the connected shards' sidecars last reported."""
         now = self.monotonic()
-        with self._lock:
-            return {k: r for k, r in self._reports.items() if self._fresh(k, now)}
+        return {
+            k: sc.report
+            for k, sc in self._current().items()
+            if sc.report is not None and self._fresh(sc, now)
+        }
 
     def awaiting(self, settle_s: float) -> tuple[frozenset[ShardKey], float | None]:
         """Connected shards whose sidecar first asked less than ``settle_s`` ago and has
         reported no arrival phase yet (its app has just started: 8 requests give the first
         estimate), and in how many seconds the first of them stops counting."""
         now = self.monotonic()
-        with self._lock:
-            keys = {
-                k
-                for k, first in self._first.items()
-                if now - first < settle_s
-                and self._fresh(k, now)
-                and (k not in self._reports or self._reports[k].arrival is None)
-            }
-            ends = [self._first[k] + settle_s - now for k in keys]
-        return frozenset(keys), min(ends) if ends else None
+        waiting = {
+            k: sc.first + settle_s - now
+            for k, sc in self._current().items()
+            if now - sc.first < settle_s
+            and self._fresh(sc, now)
+            and (sc.report is None or sc.report.arrival is None)
+        }
+        return frozenset(waiting), min(waiting.values()) if waiting else None
 
-    def _fresh(self, key: ShardKey, now: float) -> bool:
-        return self._open[key] > 0 or now - self._last.get(key, -math.inf) <= self.grace_s
+    def _current(self) -> dict[ShardKey, _Sidecar]:
+        """Per shard, the sidecar of its newest copy."""
+        out: dict[ShardKey, _Sidecar] = {}
+        with self._lock:
+            for key, sc in self._sidecars.items():
+                entry = self._entries.get(key)
+                if entry is not None and (
+                    entry.shard not in out or sc.first > out[entry.shard].first
+                ):
+                    out[entry.shard] = replace(sc)
+        return out
+
+    def _fresh(self, sc: _Sidecar, now: float) -> bool:
+        return sc.open > 0 or now - sc.last <= self.grace_s
 
     # -- the sidecars' side --------------------------------------------------------------
 
@@ -248,10 +265,10 @@ class SlotFeed:
                 {"reason": f"no slot ConfigMap {key[0]}/{key[1]} written by Stagger"},
                 status=404,
             )
-        self._record(entry, message)
         with self._lock:
-            self._open[entry.shard] += 1
-            self._first.setdefault(entry.shard, self.monotonic())
+            sidecar = self._sidecars.setdefault(key, _Sidecar(first=self.monotonic()))
+            sidecar.open += 1
+        self._record(sidecar, entry, message)
         try:
             deadline = self._loop.time() + wait_s
             while entry.version == message.have:
@@ -271,10 +288,10 @@ class SlotFeed:
             return web.json_response({"version": entry.version, "files": entry.files})
         finally:
             with self._lock:
-                self._open[entry.shard] -= 1
-                self._last[entry.shard] = self.monotonic()
+                sidecar.open -= 1
+                sidecar.last = self.monotonic()
 
-    def _record(self, entry: _Entry, message: FeedRequest) -> None:
+    def _record(self, sidecar: _Sidecar, entry: _Entry, message: FeedRequest) -> None:
         """Keep what the sidecar says of its own shard; wake the planner where it moved."""
         shard = entry.shard
         ours = [a for a in message.arrivals if (shard[0], a.stream, a.shard) == shard]
@@ -286,8 +303,7 @@ class SlotFeed:
             generation=generations[0] if generations else None,
         )
         with self._lock:
-            before = self._reports.get(shard)
-            self._reports[shard] = report
+            before, sidecar.report = sidecar.report, report
         news = _news(before, report, entry.period_s)
         if news is not None:
             self.on_report(news)

@@ -298,3 +298,32 @@ async def test_drift_wakes_the_planner_at_most_once_a_drift_period_news_at_once(
     assert not memo.wake.is_set()  # one timer for the five
     wake(False)  # the next drift starts another
     await asyncio.wait_for(memo.wake.wait(), 5)
+
+
+async def test_a_moving_shard_is_described_by_its_new_copy(feed) -> None:
+    """A shard that moves runs two copies for a while, each with its own ConfigMap. The
+    old copy's phase is from its old GPU's epoch: the planner sees the new copy's, which
+    has none yet (so its new GPU waits for it), and its connection."""
+    f, client, _, clock = feed
+    old, new = "/v1/slots/default/cam-0-gpu0-slot", "/v1/slots/default/cam-0-gpu1-slot"
+    f.publish(
+        {
+            ("default", n): {CONTRACT_FILE: contract(1)}
+            for n in ("cam-0-gpu0-slot", "cam-0-gpu1-slot")
+        }
+    )
+    phase = {"stream": "cam-0", "shard": 0, "phaseS": 0.02, "spreadS": 0.0004}
+    await client.post(old, json={"arrivals": [phase]})
+    key = ("default", "cam-0", 0)
+    assert f.reports()[key].arrival == (0.02, 0.0004)
+    clock.now += 30
+    await client.post(old, json={"arrivals": [phase]})
+    await client.post(new, json={})
+    assert f.reports()[key].arrival is None
+    assert f.awaiting(10) == ({key}, 10)
+    clock.now += 5
+    await client.post(old, json={"arrivals": [phase]})  # the old copy is still connected
+    assert f.connected() == frozenset()  # the new copy is not
+    f.publish({("default", "cam-0-gpu1-slot"): {CONTRACT_FILE: contract(1)}})  # old one gone
+    await client.post(new, json={"arrivals": [{**phase, "phaseS": 0.07}]})
+    assert f.reports()[key].arrival == (0.07, 0.0004) and f.connected() == {key}
