@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 import tritonclient.http.aio as httpclient
@@ -81,11 +82,15 @@ async def fed(cluster: Cluster) -> AsyncIterator[tuple[Operator, list[Sidecar]]]
     try:
         yield op, sidecars
     finally:
-        for s in sidecars:
-            s.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await s.task
+        await stop(sidecars)
         await stop_operator(op)
+
+
+async def stop(sidecars: list[Sidecar]) -> None:
+    for s in sidecars:
+        s.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await s.task
 
 
 async def start_camera(cluster: Cluster, name: str, sidecars: list[Sidecar]) -> Sidecar:
@@ -208,6 +213,41 @@ async def test_cameras_started_together_are_re_timed_once_when_their_phases_are_
 async def _due(cam: Sidecar) -> SlotAssignment | None:
     cam.client.nudge()
     return cam.in_force()
+
+
+async def test_a_standby_replica_s_feed_says_so_until_it_holds_the_lease(cluster: Cluster) -> None:
+    """Only the Lease holder answers the feed: a standby answers 503 (the sidecar asks
+    again, through the Service, and reaches the holder); once it takes the Lease over it
+    plans and serves the contracts it wrote."""
+    from tests.integration.test_operator import Replica
+
+    lease = ("stagger-system", "stagger-operator")
+    assert await Replica("other-replica", 0.0, duration_s=4).hold(cluster, lease)
+    port = free_port()
+    op = await start_operator(
+        cluster,
+        lease_duration_s=2,
+        identity="replica-1",
+        feed_address=f"127.0.0.1:{port}",
+        feed_url=f"http://127.0.0.1:{port}",
+    )
+    sidecars: list[Sidecar] = []
+    try:
+        await cluster.create(stream("cam-1"))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"http://127.0.0.1:{port}/v1/slots/default/x", json={}) as r,
+        ):
+            assert r.status == 503 and (await r.json())["reason"] == "standby replica"
+        await cluster.wait_for(lambda: all_placed(cluster, ["cam-1"]))  # took over
+        (deployment,) = await cluster.objects("Deployment", "default")
+        sidecar = Sidecar(_sidecar_env(deployment)["STAGGER_SLOT_FEED"], "cam-1")
+        sidecars.append(sidecar)
+        (contract,) = await cluster.wait_for(lambda: _nonempty(sidecar.contracts))
+        assert contract.stream == "cam-1"
+    finally:
+        await stop(sidecars)
+        await stop_operator(op)
 
 
 async def test_a_sidecar_takes_its_contract_from_the_feed_before_its_file_and_reports_arrivals(
