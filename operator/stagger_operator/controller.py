@@ -121,8 +121,8 @@ class Snapshot:
     outcomes: dict[tuple[str, str], CalibrationOutcome]
     reported: dict[ShardKey, FeedReport] = field(default_factory=dict)  # over the slot feed
     connected: frozenset[ShardKey] = frozenset()  # sidecars holding a slot-feed request
-    awaiting: frozenset[ShardKey] = frozenset()  # just started: their first phase is coming
-    awaiting_for_s: float | None = None  # until the first of them stops counting
+    # Shards just started, whose first phase is coming; until the first stops counting (s).
+    awaiting: tuple[frozenset[ShardKey], float | None] = (frozenset(), None)
 
 
 @dataclass
@@ -236,14 +236,8 @@ class Controller:
             outcomes=calibration_outcomes(jobs.values(), kube.list_managed("Pod") if jobs else []),
             reported=self.feed.reports() if self.feed else {},
             connected=self.feed.connected() if self.feed else frozenset(),
-            **self._awaiting(),
+            awaiting=self.feed.awaiting(s.follow_settle_s) if self.feed else (frozenset(), None),
         )
-
-    def _awaiting(self) -> dict[str, Any]:
-        if self.feed is None or not self.settings.follow_arrivals:
-            return {}
-        keys, for_s = self.feed.awaiting(self.settings.follow_settle_s)
-        return {"awaiting": keys, "awaiting_for_s": for_s}
 
     def _decide(self, snap: Snapshot, report: Report) -> Decision:
         """The plan and everything that follows from it, from the snapshot alone (and this
@@ -267,13 +261,13 @@ class Controller:
                 arrivals(snap.observed, live, snap.reported),
                 pinned=pinned,
                 retiring=retiring,
-                awaiting=snap.awaiting,
+                awaiting=snap.awaiting[0],
                 min_gain_s=s.follow_min_gain_ms / 1e3,
             )
         if result.unplaced and free_at is not None:  # a re-timing may place them then
             report.wake_after_s = max(0.0, (free_at - now).total_seconds())
-        if snap.awaiting_for_s is not None:  # follow without the phase that did not come
-            waits = [w for w in (report.wake_after_s, snap.awaiting_for_s) if w is not None]
+        if s.follow_arrivals and snap.awaiting[1] is not None:  # then follow without it
+            waits = [w for w in (report.wake_after_s, snap.awaiting[1]) if w is not None]
             report.wake_after_s = min(waits)
         desired = desired_state(
             live,

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -15,26 +14,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from stagger.core.contract import CONTRACT_FILE, SlotAssignment
 from stagger_operator.feed import SlotFeed, version_of
 from stagger_sidecar.feed import FeedClient, Measured, moved
+from tests.factories import slot_contract
 
-EPOCH = datetime(2026, 12, 5, tzinfo=UTC)
 URL = "/v1/slots/default/cam-0-slot"
 
 
-def contract(generation: int, stream: str = "cam-0", offset: int = 0) -> str:
-    return SlotAssignment(
-        stream=stream,
-        namespace="default",
-        shard=0,
-        shards=1,
-        node="n",
-        gpu_index=0,
-        epoch=EPOCH,
-        period_ticks=3_000,
-        offset_ticks=offset,
-        body_ticks=300,
-        generation=generation,
-        effective_at=EPOCH,
-    ).model_dump_json(by_alias=True, exclude_none=True)
+def contract(generation: int, stream: str = "cam-0", offset_ms: float = 0.0) -> str:
+    """A 100 ms slot contract of shard 0, as its ConfigMap holds it."""
+    c = slot_contract(
+        stream, namespace="default", offset_ms=offset_ms, body_ms=10, generation=generation
+    )
+    return c.model_dump_json(by_alias=True, exclude_none=True)
 
 
 class Clock:
@@ -89,7 +79,7 @@ async def test_an_unknown_configmap_or_a_bad_request_gets_a_clear_answer(feed) -
 
 
 async def test_a_waiting_request_is_answered_as_its_contract_is_published(feed) -> None:
-    f, client, _, _ = feed
+    f, client, _, clock = feed
     publish(f, **{"cam-0": contract(1)})
     r = await client.post(URL, json={"have": None})
     first = await r.json()
@@ -97,12 +87,13 @@ async def test_a_waiting_request_is_answered_as_its_contract_is_published(feed) 
     r = await client.post(URL, params={"wait": "0.2"}, json={"have": first["version"]})
     assert r.status == 204  # nothing new within the wait
 
+    clock.now += 3  # past the grace: connected again only once the next request is held
+    assert f.connected() == frozenset()
     waiting = asyncio.create_task(
         client.post(URL, params={"wait": "10"}, json={"have": first["version"]})
     )
-    await asyncio.sleep(0.1)
+    await _until(lambda: f.connected() == {("default", "cam-0", 0)})
     assert not waiting.done()
-    assert f.connected() == {("default", "cam-0", 0)}
     publish(f, **{"cam-0": contract(2)})
     r = await asyncio.wait_for(waiting, 2)
     answer = await r.json()
@@ -111,10 +102,11 @@ async def test_a_waiting_request_is_answered_as_its_contract_is_published(feed) 
 
     # One ConfigMap just written, before the reconcile's other writes: answered at once.
     have = answer["version"]
+    clock.now += 3
     waiting = asyncio.create_task(client.post(URL, params={"wait": "10"}, json={"have": have}))
-    await asyncio.sleep(0.1)
+    await _until(lambda: bool(f.connected()))
     f.update(("default", "cam-0-slot"), {CONTRACT_FILE: contract(2)})  # the same: no answer
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # an absence: give a wrong answer the time to come
     assert not waiting.done()
     f.update(("default", "cam-0-slot"), {CONTRACT_FILE: contract(3)})
     answer = await (await asyncio.wait_for(waiting, 2)).json()
@@ -162,11 +154,12 @@ async def test_a_sidecar_reports_its_own_shard_only_and_news_wakes_the_planner(f
 
 
 async def test_a_configmap_that_goes_answers_its_waiting_sidecar_and_forgets_it(feed) -> None:
-    f, client, _, _ = feed
+    f, client, _, clock = feed
     publish(f, **{"cam-0": contract(1)})
     have = (await (await client.post(URL, json={})).json())["version"]
+    clock.now += 3
     waiting = asyncio.create_task(client.post(URL, params={"wait": "10"}, json={"have": have}))
-    await asyncio.sleep(0.1)
+    await _until(lambda: bool(f.connected()))  # it is held
     f.publish({})
     r = await asyncio.wait_for(waiting, 2)
     assert r.status == 404 and f.reports() == {}
@@ -194,7 +187,7 @@ async def test_the_sidecar_client_loads_each_version_once_and_asks_again_when_it
     task = asyncio.create_task(sidecar.run())
     try:
         await _until(lambda: len(loaded) == 1)
-        publish(f, **{"cam-0": contract(2, offset=600)})
+        publish(f, **{"cam-0": contract(2, offset_ms=20)})
         await _until(lambda: len(loaded) == 2)
         assert [c.generation for c in loaded] == [1, 2] and up[-1] is True
         phase[0] = 0.042
