@@ -1,12 +1,16 @@
-"""What the slot feed costs the operator: ``--sidecars`` sidecars hold feed requests that
-each return every ``--wait-s`` seconds (the sidecars' default is 30 s; shorter here to load
-it harder), and the feed's process time is measured over the run.
+"""What the slot feed costs the operator, beside what its metrics scrape of the same
+sidecars costs: ``--sidecars`` sidecars hold feed requests that each return every
+``--wait-s`` seconds (the sidecars' default is 30 s; shorter here to load it harder), and
+the feed's process time is measured over the run; then the same process reads every
+sidecar's metrics page once, as the operator's scrape does every 30 s (``scrape.fetch``,
+``observe.parse``, ``observe.observe``), and its process time is measured too.
 
     python -m bench.operator.feedload [--sidecars 2000] [--wait-s 2] [--seconds 30]
 
 The feed (``stagger_operator.feed.SlotFeed`` with one published contract per sidecar) runs
 in a process of its own, as in the operator; the clients in another, each asking as the
-sidecar's ``FeedClient`` does (the request body carries its arrival phase).
+sidecar's ``FeedClient`` does (the request body carries its arrival phase), and serving
+each sidecar's metrics page (the sidecar's own ``GateMetrics``, after 100 frames).
 """
 
 from __future__ import annotations
@@ -19,32 +23,37 @@ import time
 from datetime import UTC, datetime
 
 import aiohttp
+from aiohttp import web
+from prometheus_client import generate_latest
 
-from stagger.core.contract import CONTRACT_FILE, SlotAssignment
+from stagger.core.contract import CONTRACT_FILE
 from stagger_operator.feed import SlotFeed, serve
+from stagger_operator.observe import observe, parse
+from stagger_operator.scrape import fetch
+from stagger_sidecar.metrics import GateMetrics, StreamKey
 from stagger_testkit.localtriton import free_port
+from tests.factories import slot_contract
 
-EPOCH = datetime(2026, 12, 5, tzinfo=UTC)
+SCRAPE_INTERVAL_S = 30.0  # the operator's default
 
 
 def contract(i: int) -> str:
-    return SlotAssignment(
-        stream=f"cam-{i}",
-        namespace="default",
-        shard=0,
-        shards=1,
-        node=f"node-{i // 16}",
-        gpu_index=i % 8,
-        epoch=EPOCH,
-        period_ticks=3000,
-        offset_ticks=(i * 137) % 3000,
-        body_ticks=300,
-        generation=1,
-        effective_at=EPOCH,
-    ).model_dump_json(by_alias=True, exclude_none=True, indent=2)
+    c = slot_contract(f"cam-{i}", namespace="default", offset_ms=(i * 4.57) % 100)
+    return c.model_dump_json(by_alias=True, exclude_none=True, indent=2)
 
 
-async def feed_process(sidecars: int, port: int, seconds: float) -> None:
+def metrics_page() -> str:
+    """A sidecar's metrics page after 100 frames, for stream "cam-X"."""
+    metrics = GateMetrics()
+    key = StreamKey("default", "cam-X", 0, "retinanet")
+    for _ in range(100):
+        metrics.completed(key, wait_s=0.004, service_s=0.02, late=False)
+    metrics.slot_generation.labels("default", "cam-X", "0").set(3)
+    metrics.watch_arrivals("default", "cam-X", 0, lambda: None)
+    return generate_latest(metrics.registry).decode()
+
+
+async def feed_process(sidecars: int, port: int, metrics_port: int, seconds: float) -> None:
     feed = SlotFeed()
     feed.serving = True
     configmaps = {
@@ -64,15 +73,36 @@ async def feed_process(sidecars: int, port: int, seconds: float) -> None:
         await asyncio.sleep(1)
         connected = max(connected, len(feed.connected()))
     cores = (time.process_time() - cpu) / (time.monotonic() - wall)
+    await runner.cleanup()
+    urls = [f"http://127.0.0.1:{metrics_port}/metrics/{i}" for i in range(sidecars)]
+    cpu = time.process_time()
+    pages = await fetch(urls, timeout_s=10)
+    read = observe(None, parse(pages, datetime.now(UTC)))
+    scrape_cpu_s = time.process_time() - cpu
+    assert len(read) == sidecars, f"the scrape read {len(read)} of {sidecars} sidecars"
+    scrape_cores = scrape_cpu_s / SCRAPE_INTERVAL_S
     print(
-        f"feed: {cores:.3f} cores, {connected} connected at most; "
+        f"feed: {cores:.3f} cores, {connected} connected at most; one scrape of the same "
+        f"sidecars: {scrape_cpu_s:.2f} CPU s, {scrape_cores:.3f} cores at one per "
+        f"{SCRAPE_INTERVAL_S:g} s (feed / scrape {cores / scrape_cores:.2f}); "
         f"publishing: first {publish_s:.3f} s, unchanged {again_s:.3f} s"
     )
-    await runner.cleanup()
 
 
-async def clients_process(sidecars: int, port: int, wait_s: float, seconds: float) -> None:
+async def clients_process(
+    sidecars: int, port: int, metrics_port: int, wait_s: float, seconds: float
+) -> None:
     answered = 0
+    page = metrics_page()
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=page.replace("cam-X", f"cam-{request.match_info['i']}"))
+
+    app = web.Application()
+    app.router.add_get("/metrics/{i}", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", metrics_port).start()
 
     async def sidecar(session: aiohttp.ClientSession, i: int) -> None:
         nonlocal answered
@@ -90,7 +120,9 @@ async def clients_process(sidecars: int, port: int, wait_s: float, seconds: floa
     timeout = aiohttp.ClientTimeout(total=wait_s + 30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(sidecar(session, i) for i in range(sidecars)))
-    print(f"clients: {answered} answers in {seconds:g} s, {answered / seconds:.0f}/s")
+    print(f"clients: {answered} answers in {seconds:g} s, {answered / seconds:.0f}/s", flush=True)
+    await asyncio.sleep(120)  # the pages stay up while the feed's process scrapes them
+    await runner.cleanup()
 
 
 def cli() -> None:
@@ -100,21 +132,31 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--role", choices=["feed", "clients"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "feed":
-        asyncio.run(feed_process(args.sidecars, args.port, args.seconds + 2))
+        asyncio.run(feed_process(args.sidecars, args.port, args.metrics_port, args.seconds + 2))
         return
     if args.role == "clients":
-        asyncio.run(clients_process(args.sidecars, args.port, args.wait_s, args.seconds))
+        asyncio.run(
+            clients_process(args.sidecars, args.port, args.metrics_port, args.wait_s, args.seconds)
+        )
         return
-    port = free_port()
-    common = ["--sidecars", str(args.sidecars), "--seconds", str(args.seconds), "--port", str(port)]
+    ports = ["--port", str(free_port()), "--metrics-port", str(free_port())]
+    common = ["--sidecars", str(args.sidecars), "--seconds", str(args.seconds), *ports]
     me = [sys.executable, "-m", "bench.operator.feedload"]
     feed = subprocess.Popen([*me, "--role", "feed", *common], stdout=subprocess.PIPE, text=True)
     assert feed.stdout is not None
     assert feed.stdout.readline().strip() == "ready"
-    subprocess.run([*me, "--role", "clients", "--wait-s", str(args.wait_s), *common], check=True)
-    print(feed.communicate()[0].strip())
+    clients = subprocess.Popen([*me, "--role", "clients", "--wait-s", str(args.wait_s), *common])
+    try:
+        out, _ = feed.communicate()
+    finally:
+        clients.terminate()
+        clients.wait(10)
+    if feed.returncode:
+        raise SystemExit("the feed's process failed")
+    print(out.strip())
 
 
 if __name__ == "__main__":

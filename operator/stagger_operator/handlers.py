@@ -243,7 +243,7 @@ async def _scrape_loop(memo: kopf.Memo) -> None:
             pods = await asyncio.to_thread(controller.kube.list_managed, "Pod")
             urls = targets(pods, s.sidecar_metrics_port)
             pages = await fetch(urls, s.scrape_timeout_s)
-            now = parse(pages, datetime.now(UTC))
+            now = await asyncio.to_thread(parse, pages, datetime.now(UTC))  # off the loop
         except Exception:
             log.exception(
                 "scraping the sidecars failed; trying again in %.0f s", s.scrape_interval_s

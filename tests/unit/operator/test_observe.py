@@ -95,3 +95,32 @@ def test_the_generation_each_sidecar_runs_reaches_the_operator() -> None:
     assert o.generation == 7
     assert running_generations({SHARD: o}, [stream("cam", 4.0)]) == {("default", "cam", 0): 7}
     assert running_generations({SHARD: o}, []) == {}  # a stream no longer listed
+
+
+def test_a_scrape_parses_only_the_samples_it_reads_and_reads_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sidecar's page is mostly series the operator does not read (other histograms,
+    ``_created`` stamps). Parsing only the samples ``observe`` reads gives the same
+    observations as parsing the whole page, from a fraction of its lines."""
+    from stagger.core.phase import PhaseEstimate
+    from stagger_operator import observe as module
+
+    m = GateMetrics()
+    for i in range(50):
+        m.completed(CAM, wait_s=0.003, service_s=0.012 + i * 1e-4, late=i % 10 == 0)
+    m.refused(CAM, "late")
+    m.missed_slot(CAM)
+    m.body.labels(**CAM.labels()).set(0.0104)
+    m.slot_generation.labels("default", "cam", "0").set(4)
+    m.watch_arrivals("default", "cam", 0, lambda: PhaseEstimate(0.1, 0.02, 0.001, 0.99, 40, 38))
+    text = page(m)
+    read = module._lines_read(text).splitlines()
+    assert len(read) < len(text.splitlines()) / 3
+    filtered = [observe(None, parse([text], T0)), observe(parse([text], T0), parse([text], T0))]
+    monkeypatch.setattr(module, "_lines_read", lambda whole: whole)
+    whole = [observe(None, parse([text], T0)), observe(parse([text], T0), parse([text], T0))]
+    assert filtered == whole
+    o = filtered[0][SHARD]
+    assert (o.dropped, o.slot_misses, o.generation, o.arrival_phase_s) == (1, 1, 4, 0.02)
+    assert o.body_ms == {"retinanet": pytest.approx(10.4)} and o.p99_ms is not None
