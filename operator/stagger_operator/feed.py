@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import math
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -58,6 +59,9 @@ ConfigMapKey = tuple[str, str]  # namespace, name
 
 MAX_REQUEST_BYTES = 16 * 1024
 MAX_WAIT_S = 60.0
+# The feed holds a connection per shard pod; the operator's API clients, watches and
+# metrics take about this many other files.
+OPEN_FILES_SPARE = 256
 PHASE_MOVED_S = 0.001
 """A reported phase this far from the last one is news (estimates move by a fraction of a
 millisecond between reports)..."""
@@ -324,8 +328,35 @@ def _news(before: Report | None, now: Report, period_s: float) -> bool | None:
     return None if moved <= PHASE_MOVED_S else moved >= PHASE_JUMPED_S
 
 
+def take_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit; the soft limits
+    before and after.
+
+    Why: the feed holds one connection per shard pod. Container runtimes may start a
+    process at a soft limit of 1,024 (containerd 2), and past it the feed's accept loop
+    fails on every new connection until one closes, so most sidecars beyond about a
+    thousand never reach it. The hard limit is what the runtime grants; asking for it is
+    what Go programs do at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # no file limit is infinite
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as e:
+            log.warning("Could not raise the open-files limit from %d to %d: %s", soft, wanted, e)
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 async def serve(feed: SlotFeed, address: str) -> web.AppRunner:
     """Start answering on ``address`` (host:port); the caller cleans the runner up."""
+    before, after = take_open_files_limit()
+    log.info(
+        "Slot feed on %s: open-files limit %d (was %d), room for about %d sidecars' requests",
+        address,
+        after,
+        before,
+        after - OPEN_FILES_SPARE,
+    )
     feed._loop = asyncio.get_running_loop()
     host, _, port = address.rpartition(":")
     runner = web.AppRunner(feed.app(), access_log=None)

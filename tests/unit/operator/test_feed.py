@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -320,3 +324,63 @@ async def test_a_moving_shard_is_described_by_its_new_copy(feed) -> None:
     f.publish({("default", "cam-0-gpu1-slot"): {CONTRACT_FILE: contract(1)}})  # old one gone
     await client.post(new, json={"arrivals": [{**phase, "phaseS": 0.07}]})
     assert f.reports()[key].arrival == (0.07, 0.0004) and f.connected() == {key}
+
+
+HELD_REQUESTS = textwrap.dedent(
+    """
+    import asyncio, collections, json, resource, sys
+    import aiohttp
+    from stagger.core.contract import CONTRACT_FILE
+    from stagger_operator.feed import SlotFeed, serve
+    from stagger_testkit.localtriton import free_port
+    from tests.unit.operator.test_feed import contract
+
+    async def main(sidecars):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # a container runtime's
+        feed = SlotFeed()
+        feed.serving = True
+        feed.publish({("default", f"cam-{i}-slot"): {CONTRACT_FILE: contract(1, f"cam-{i}")}
+                      for i in range(sidecars)})
+        address = f"127.0.0.1:{free_port()}"
+        runner = await serve(feed, address)
+        answers = collections.Counter()
+
+        async def sidecar(session, i):
+            url = f"http://{address}/v1/slots/default/cam-{i}-slot"
+            async with session.post(url, json={}) as first:  # its contract, then held
+                version = (await first.json())["version"]
+            try:
+                async with session.post(url, params={"wait": "2"}, json={"have": version}) as r:
+                    answers[r.status] += 1
+            except OSError as e:
+                answers[type(e).__name__] += 1
+
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await asyncio.gather(*(sidecar(session, i) for i in range(sidecars)))
+        await runner.cleanup()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        print(json.dumps({"soft": soft, "hard": hard, "answers": answers}))
+
+    asyncio.run(main(int(sys.argv[1])))
+    """
+)
+
+
+def test_the_feed_takes_the_open_files_it_needs_to_hold_every_sidecar_s_request() -> None:
+    """Started at a container runtime's soft limit of 256 open files, the feed raises it to
+    the hard limit, so 600 sidecars' held requests (1,200 sockets with the clients in the
+    same process) are all held and answered; at 256, most would fail to connect."""
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", HELD_REQUESTS, "600"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["soft"] >= min(result["hard"], 1 << 20) > 1200
+    assert result["answers"] == {"204": 600}  # each held until its wait passed, none lost
