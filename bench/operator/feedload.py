@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import subprocess
 import sys
 import time
@@ -53,6 +54,10 @@ def metrics_page() -> str:
     return generate_latest(metrics.registry).decode()
 
 
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 async def feed_process(sidecars: int, port: int, metrics_port: int, seconds: float) -> None:
     feed = SlotFeed()
     feed.serving = True
@@ -66,6 +71,7 @@ async def feed_process(sidecars: int, port: int, metrics_port: int, seconds: flo
     feed.publish(configmaps)  # as every reconcile does, nothing changed
     again_s = time.perf_counter() - began
     runner = await serve(feed, f"127.0.0.1:{port}")
+    idle_mib = peak_rss_mib()
     print("ready", flush=True)
     cpu, wall = time.process_time(), time.monotonic()
     connected = 0
@@ -73,6 +79,7 @@ async def feed_process(sidecars: int, port: int, metrics_port: int, seconds: flo
         await asyncio.sleep(1)
         connected = max(connected, len(feed.connected()))
     cores = (time.process_time() - cpu) / (time.monotonic() - wall)
+    holding_mib = peak_rss_mib()
     await runner.cleanup()
     urls = [f"http://127.0.0.1:{metrics_port}/metrics/{i}" for i in range(sidecars)]
     cpu = time.process_time()
@@ -85,7 +92,10 @@ async def feed_process(sidecars: int, port: int, metrics_port: int, seconds: flo
         f"feed: {cores:.3f} cores, {connected} connected at most; one scrape of the same "
         f"sidecars: {scrape_cpu_s:.2f} CPU s, {scrape_cores:.3f} cores at one per "
         f"{SCRAPE_INTERVAL_S:g} s (feed / scrape {cores / scrape_cores:.2f}); "
-        f"publishing: first {publish_s:.3f} s, unchanged {again_s:.3f} s"
+        f"publishing: first {publish_s:.3f} s, unchanged {again_s:.3f} s; memory: "
+        f"{idle_mib:.0f} MiB with the contracts published, {holding_mib:.0f} MiB at most "
+        f"holding the sidecars' requests ({(holding_mib - idle_mib) * 1024 / sidecars:.0f} "
+        "KiB a sidecar)"
     )
 
 
