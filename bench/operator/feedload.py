@@ -6,6 +6,7 @@ sidecar's metrics page once, as the operator's scrape does every 30 s (``scrape.
 ``observe.parse``, ``observe.observe``), and its process time is measured too.
 
     python -m bench.operator.feedload [--sidecars 2000] [--wait-s 2] [--seconds 30]
+                                      [--open-files 1024]
 
 The feed (``stagger_operator.feed.SlotFeed`` with one published contract per sidecar) runs
 in a process of its own, as in the operator; the clients in another, each asking as the
@@ -58,7 +59,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-async def feed_process(sidecars: int, port: int, metrics_port: int, seconds: float) -> None:
+async def feed_process(
+    sidecars: int, port: int, metrics_port: int, seconds: float, open_files: int | None
+) -> None:
     feed = SlotFeed()
     feed.serving = True
     configmaps = {
@@ -70,6 +73,9 @@ async def feed_process(sidecars: int, port: int, metrics_port: int, seconds: flo
     began = time.perf_counter()
     feed.publish(configmaps)  # as every reconcile does, nothing changed
     again_s = time.perf_counter() - began
+    if open_files:  # as a container runtime may start the operator
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
     runner = await serve(feed, f"127.0.0.1:{port}")
     idle_mib = peak_rss_mib()
     print("ready", flush=True)
@@ -102,7 +108,7 @@ async def feed_process(sidecars: int, port: int, metrics_port: int, seconds: flo
 async def clients_process(
     sidecars: int, port: int, metrics_port: int, wait_s: float, seconds: float
 ) -> None:
-    answered = 0
+    answered, failed = 0, set[int]()
     page = metrics_page()
 
     async def metrics(request: web.Request) -> web.Response:
@@ -121,16 +127,24 @@ async def clients_process(
         phase = {"stream": f"cam-{i}", "shard": 0, "phaseS": 0.01, "spreadS": 0.0004}
         while time.monotonic() < end:
             body = {"have": have, "arrivals": [phase]}
-            async with session.post(url, params={"wait": f"{wait_s:g}"}, json=body) as r:
-                if r.status == 200:
-                    have = (await r.json())["version"]
-                answered += 1
+            try:
+                async with session.post(url, params={"wait": f"{wait_s:g}"}, json=body) as r:
+                    if r.status == 200:
+                        have = (await r.json())["version"]
+                    answered += 1
+            except (aiohttp.ClientError, TimeoutError):
+                failed.add(i)
+                await asyncio.sleep(0.25)  # as the sidecar's FeedClient backs off
 
     connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=wait_s + 30)
+    timeout = aiohttp.ClientTimeout(total=wait_s + 10)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(sidecar(session, i) for i in range(sidecars)))
-    print(f"clients: {answered} answers in {seconds:g} s, {answered / seconds:.0f}/s", flush=True)
+    print(
+        f"clients: {answered} answers in {seconds:g} s, {answered / seconds:.0f}/s; "
+        f"{len(failed)} of {sidecars} sidecars had a request fail (no answer, refused)",
+        flush=True,
+    )
     await asyncio.sleep(120)  # the pages stay up while the feed's process scrapes them
     await runner.cleanup()
 
@@ -140,12 +154,21 @@ def cli() -> None:
     parser.add_argument("--sidecars", type=int, default=2000)
     parser.add_argument("--wait-s", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--open-files",
+        type=int,
+        help="start the feed's process at this soft limit on open files (a runtime's 1024)",
+    )
     parser.add_argument("--role", choices=["feed", "clients"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "feed":
-        asyncio.run(feed_process(args.sidecars, args.port, args.metrics_port, args.seconds + 2))
+        asyncio.run(
+            feed_process(
+                args.sidecars, args.port, args.metrics_port, args.seconds + 2, args.open_files
+            )
+        )
         return
     if args.role == "clients":
         asyncio.run(
@@ -155,7 +178,10 @@ def cli() -> None:
     ports = ["--port", str(free_port()), "--metrics-port", str(free_port())]
     common = ["--sidecars", str(args.sidecars), "--seconds", str(args.seconds), *ports]
     me = [sys.executable, "-m", "bench.operator.feedload"]
-    feed = subprocess.Popen([*me, "--role", "feed", *common], stdout=subprocess.PIPE, text=True)
+    limit = ["--open-files", str(args.open_files)] if args.open_files else []
+    feed = subprocess.Popen(
+        [*me, "--role", "feed", *limit, *common], stdout=subprocess.PIPE, text=True
+    )
     assert feed.stdout is not None
     assert feed.stdout.readline().strip() == "ready"
     clients = subprocess.Popen([*me, "--role", "clients", "--wait-s", str(args.wait_s), *common])
