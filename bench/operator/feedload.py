@@ -6,12 +6,15 @@ sidecar's metrics page once, as the operator's scrape does every 30 s (``scrape.
 ``observe.parse``, ``observe.observe``), and its process time is measured too.
 
     python -m bench.operator.feedload [--sidecars 2000] [--wait-s 2] [--seconds 30]
-                                      [--open-files 1024]
+                                      [--open-files 1024] [--standby-s S] [--before-plan-s S]
 
 The feed (``stagger_operator.feed.SlotFeed`` with one published contract per sidecar) runs
-in a process of its own, as in the operator; the clients in another, each asking as the
-sidecar's ``FeedClient`` does (the request body carries its arrival phase), and serving
-each sidecar's metrics page (the sidecar's own ``GateMetrics``, after 100 frames).
+in a process of its own, as in the operator; the clients in another, each the sidecar's own
+``FeedClient`` with a connection of its own (the request body carries its arrival phase),
+serving each sidecar's metrics page (the sidecar's own ``GateMetrics``, after 100 frames).
+``--standby-s`` and ``--before-plan-s`` first measure what the sidecars ask of a replica
+that is not the Lease holder, then of the holder before its first plan (a restart, a
+failover), before the contracts are published.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import sys
 import time
 from datetime import UTC, datetime
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import generate_latest
 
@@ -32,6 +34,7 @@ from stagger.core.contract import CONTRACT_FILE
 from stagger_operator.feed import SlotFeed, serve
 from stagger_operator.observe import observe, parse
 from stagger_operator.scrape import fetch
+from stagger_sidecar.feed import FeedClient, Measured
 from stagger_sidecar.metrics import GateMetrics, StreamKey
 from stagger_testkit.localtriton import free_port
 from tests.factories import slot_contract
@@ -59,40 +62,54 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-async def feed_process(
-    sidecars: int, port: int, metrics_port: int, seconds: float, open_files: int | None
-) -> None:
+async def feed_process(args: argparse.Namespace) -> None:
     feed = SlotFeed()
-    feed.serving = True
     configmaps = {
-        ("default", f"cam-{i}-slot"): {CONTRACT_FILE: contract(i)} for i in range(sidecars)
+        ("default", f"cam-{i}-slot"): {CONTRACT_FILE: contract(i)} for i in range(args.sidecars)
     }
+    if args.open_files:  # as a container runtime may start the operator
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.open_files, hard))
+    runner = await serve(feed, f"127.0.0.1:{args.port}")
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # the clients have started
+
+    async def window(what: str, seconds: float) -> float:
+        """Serve for ``seconds``; print the requests and cores; the cores."""
+        if seconds <= 0:
+            return 0.0
+        cpu, wall, asked = time.process_time(), time.monotonic(), feed.requests
+        await asyncio.sleep(seconds)
+        took = time.monotonic() - wall
+        cores = (time.process_time() - cpu) / took
+        rate = (feed.requests - asked) / took
+        print(f"{what}: {rate:.0f} requests/s, {cores:.3f} cores over {took:.1f} s", flush=True)
+        return cores
+
+    await window("a standby replica (503)", args.standby_s)
+    feed.serving = True
+    await window("the Lease holder before its first plan", args.before_plan_s)
     began = time.perf_counter()
     feed.publish(configmaps)
     publish_s = time.perf_counter() - began
     began = time.perf_counter()
     feed.publish(configmaps)  # as every reconcile does, nothing changed
     again_s = time.perf_counter() - began
-    if open_files:  # as a container runtime may start the operator
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
-    runner = await serve(feed, f"127.0.0.1:{port}")
     idle_mib = peak_rss_mib()
-    print("ready", flush=True)
     cpu, wall = time.process_time(), time.monotonic()
     connected = 0
-    while time.monotonic() - wall < seconds:
+    while time.monotonic() - wall < args.seconds + 2:
         await asyncio.sleep(1)
         connected = max(connected, len(feed.connected()))
     cores = (time.process_time() - cpu) / (time.monotonic() - wall)
     holding_mib = peak_rss_mib()
     await runner.cleanup()
-    urls = [f"http://127.0.0.1:{metrics_port}/metrics/{i}" for i in range(sidecars)]
+    urls = [f"http://127.0.0.1:{args.metrics_port}/metrics/{i}" for i in range(args.sidecars)]
     cpu = time.process_time()
     pages = await fetch(urls, timeout_s=10)
     read = observe(None, parse(pages, datetime.now(UTC)))
     scrape_cpu_s = time.process_time() - cpu
-    assert len(read) == sidecars, f"the scrape read {len(read)} of {sidecars} sidecars"
+    assert len(read) == args.sidecars, f"the scrape read {len(read)} of {args.sidecars} sidecars"
     scrape_cores = scrape_cpu_s / SCRAPE_INTERVAL_S
     print(
         f"feed: {cores:.3f} cores, {connected} connected at most; one scrape of the same "
@@ -100,14 +117,14 @@ async def feed_process(
         f"{SCRAPE_INTERVAL_S:g} s (feed / scrape {cores / scrape_cores:.2f}); "
         f"publishing: first {publish_s:.3f} s, unchanged {again_s:.3f} s; memory: "
         f"{idle_mib:.0f} MiB with the contracts published, {holding_mib:.0f} MiB at most "
-        f"holding the sidecars' requests ({(holding_mib - idle_mib) * 1024 / sidecars:.0f} "
-        "KiB a sidecar)"
+        f"holding the sidecars' requests "
+        f"({(holding_mib - idle_mib) * 1024 / args.sidecars:.0f} KiB a sidecar)"
     )
 
 
-async def clients_process(
-    sidecars: int, port: int, metrics_port: int, wait_s: float, seconds: float
-) -> None:
+async def clients_process(args: argparse.Namespace) -> None:
+    """Each sidecar runs the sidecar's own ``FeedClient`` (its own connection, its retry
+    rules), reporting a phase, for ``--standby-s`` + ``--before-plan-s`` + ``--seconds``."""
     answered, failed = 0, set[int]()
     page = metrics_page()
 
@@ -118,31 +135,39 @@ async def clients_process(
     app.router.add_get("/metrics/{i}", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", metrics_port).start()
+    await web.TCPSite(runner, "127.0.0.1", args.metrics_port).start()
 
-    async def sidecar(session: aiohttp.ClientSession, i: int) -> None:
-        nonlocal answered
-        have, end = None, time.monotonic() + seconds
-        url = f"http://127.0.0.1:{port}/v1/slots/default/cam-{i}-slot"
-        phase = {"stream": f"cam-{i}", "shard": 0, "phaseS": 0.01, "spreadS": 0.0004}
-        while time.monotonic() < end:
-            body = {"have": have, "arrivals": [phase]}
-            try:
-                async with session.post(url, params={"wait": f"{wait_s:g}"}, json=body) as r:
-                    if r.status == 200:
-                        have = (await r.json())["version"]
-                    answered += 1
-            except (aiohttp.ClientError, TimeoutError):
+    def sidecar(i: int) -> FeedClient:
+        def connected(up: bool) -> None:
+            nonlocal answered
+            if up:
+                answered += 1
+            else:
                 failed.add(i)
-                await asyncio.sleep(0.25)  # as the sidecar's FeedClient backs off
 
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=wait_s + 10)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*(sidecar(session, i) for i in range(sidecars)))
+        phase = Measured(f"cam-{i}", 0, 0.1, 0.01, 0.0004, None)
+        return FeedClient(
+            f"http://127.0.0.1:{args.port}/v1/slots/default/cam-{i}-slot",
+            measure=lambda: [phase],
+            load=lambda contracts: None,
+            on_connected=connected,
+            wait_s=args.wait_s,
+        )
+
+    seconds = args.standby_s + args.before_plan_s + args.seconds
+    tasks = [asyncio.create_task(sidecar(i).run()) for i in range(args.sidecars)]
+    print("ready", flush=True)
+    await asyncio.sleep(args.standby_s + args.before_plan_s)
+    failed.clear()  # from here on a failure is one with a plan served
+    answered = 0
+    await asyncio.sleep(args.seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     print(
-        f"clients: {answered} answers in {seconds:g} s, {answered / seconds:.0f}/s; "
-        f"{len(failed)} of {sidecars} sidecars had a request fail (no answer, refused)",
+        f"clients: {answered} answers in {args.seconds:g} s, {answered / args.seconds:.0f}/s; "
+        f"{len(failed)} of {args.sidecars} sidecars had a request fail or refused "
+        f"once the plan was served (of {seconds:g} s in all)",
         flush=True,
     )
     await asyncio.sleep(120)  # the pages stay up while the feed's process scrapes them
@@ -159,34 +184,53 @@ def cli() -> None:
         type=int,
         help="start the feed's process at this soft limit on open files (a runtime's 1024)",
     )
+    parser.add_argument(
+        "--standby-s",
+        type=float,
+        default=0.0,
+        help="first, the feed is a standby replica this long (503: not the Lease holder)",
+    )
+    parser.add_argument(
+        "--before-plan-s",
+        type=float,
+        default=0.0,
+        help="then the Lease holder before its first plan, this long (a restart, a failover)",
+    )
     parser.add_argument("--role", choices=["feed", "clients"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "feed":
-        asyncio.run(
-            feed_process(
-                args.sidecars, args.port, args.metrics_port, args.seconds + 2, args.open_files
-            )
-        )
+        asyncio.run(feed_process(args))
         return
     if args.role == "clients":
-        asyncio.run(
-            clients_process(args.sidecars, args.port, args.metrics_port, args.wait_s, args.seconds)
-        )
+        asyncio.run(clients_process(args))
         return
     ports = ["--port", str(free_port()), "--metrics-port", str(free_port())]
-    common = ["--sidecars", str(args.sidecars), "--seconds", str(args.seconds), *ports]
+    common = [
+        *("--sidecars", str(args.sidecars), "--seconds", str(args.seconds), *ports),
+        *("--standby-s", str(args.standby_s), "--before-plan-s", str(args.before_plan_s)),
+    ]
     me = [sys.executable, "-m", "bench.operator.feedload"]
     limit = ["--open-files", str(args.open_files)] if args.open_files else []
     feed = subprocess.Popen(
-        [*me, "--role", "feed", *limit, *common], stdout=subprocess.PIPE, text=True
+        [*me, "--role", "feed", *limit, *common],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    assert feed.stdout is not None
+    assert feed.stdin is not None and feed.stdout is not None
     assert feed.stdout.readline().strip() == "ready"
-    clients = subprocess.Popen([*me, "--role", "clients", "--wait-s", str(args.wait_s), *common])
+    clients = subprocess.Popen(
+        [*me, "--role", "clients", "--wait-s", str(args.wait_s), *common],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert clients.stdout is not None
     try:
-        out, _ = feed.communicate()
+        assert clients.stdout.readline().strip() == "ready"
+        out, _ = feed.communicate("go\n")  # both count time from here
+        print(clients.stdout.readline().strip())
     finally:
         clients.terminate()
         clients.wait(10)

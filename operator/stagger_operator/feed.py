@@ -11,8 +11,9 @@ sidecar's first phase estimate reaches the planner at once.
 
 The ConfigMap stays the contract of record: the feed serves what the operator has written,
 never before the write succeeded, and a sidecar that cannot reach the feed reads its file as
-before (its table then waits for the kubelet). Only the Lease holder answers; a standby
-replica says 503 and the sidecar asks again.
+before (its table then waits for the kubelet). Only the Lease holder answers, and before its
+first plan it holds requests until that plan is published; a standby replica says 503 and
+the sidecar asks again (soon, then less often while no replica holds the Lease).
 
 Protocol (JSON over HTTP; one request per shard pod at a time)::
 
@@ -24,7 +25,8 @@ Protocol (JSON over HTTP; one request per shard pod at a time)::
     200 {"version": "<version>", "files": {"slot.json": "..."}}   the ConfigMap differs
                                                                    from ``have`` (at once,
                                                                    or within S seconds)
-    204                                                            S passed, no change
+    204                                                            S passed, no change (or
+                                                                   no plan yet)
     404 / 503                                                      not a slot ConfigMap the
                                                                    operator wrote / standby
 
@@ -148,6 +150,8 @@ class SlotFeed:
         self._sidecars: dict[ConfigMapKey, _Sidecar] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: dict[ConfigMapKey, asyncio.Event] = {}
+        self._planned = asyncio.Event()  # set on the event loop by the first publish
+        self.requests = 0  # served since start, whatever the answer
 
     # -- the controller's side -----------------------------------------------------------
 
@@ -163,11 +167,14 @@ class SlotFeed:
                     entries[key] = entry
                     changed += [key] if entry is not self._entries.get(key) else []
             changed += [k for k in self._entries if k not in entries]
-            self._entries, self._published = entries, True
+            first, self._entries, self._published = not self._published, entries, True
             for gone in [k for k in self._sidecars if k not in entries]:
                 del self._sidecars[gone]
-        if changed and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._notify, changed)
+        if self._loop is not None:
+            if first:
+                self._loop.call_soon_threadsafe(self._planned.set)
+            if changed:
+                self._loop.call_soon_threadsafe(self._notify, changed)
 
     def update(self, key: ConfigMapKey, data: Mapping[str, str]) -> None:
         """One slot ConfigMap just written: its waiting request is answered now, not after
@@ -252,9 +259,11 @@ class SlotFeed:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         self._loop = asyncio.get_running_loop()
-        if not self.serving or not self._published:
-            why = "standby replica" if not self.serving else "no plan yet"
-            answer = web.json_response({"reason": why}, status=503, headers={"Retry-After": "1"})
+        self.requests += 1
+        if not self.serving:
+            answer = web.json_response(
+                {"reason": "standby replica"}, status=503, headers={"Retry-After": "1"}
+            )
             answer.force_close()  # the sidecar's next connection may reach the Lease holder
             return answer
         key = (request.match_info["namespace"], request.match_info["name"])
@@ -263,6 +272,16 @@ class SlotFeed:
             message = FeedRequest.model_validate_json(await request.read())
         except (ValueError, ValidationError) as e:
             return web.json_response({"reason": f"bad request: {e}"}, status=400)
+        deadline = self._loop.time() + wait_s
+        if not self._published:
+            # The Lease holder before its first plan (a restart, a failover): hold the
+            # request for it. Answered at once, every sidecar would ask again at once, all
+            # through the first reconcile, the operator's longest.
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._planned.wait()
+            except TimeoutError:
+                return web.Response(status=204)
         entry = self._entries.get(key)
         if entry is None:
             return web.json_response(
@@ -274,7 +293,6 @@ class SlotFeed:
             sidecar.open += 1
         self._record(sidecar, entry, message)
         try:
-            deadline = self._loop.time() + wait_s
             while entry.version == message.have:
                 left = deadline - self._loop.time()
                 if left <= 0:

@@ -100,24 +100,34 @@ class FeedClient:
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.wait_s + 10, connect=5)
-        failures = 0
+        failures = standbys = 0
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 self._moved.clear()
                 self.sent = self.measure()
                 ask = asyncio.create_task(self._ask(session, request_body(self.have, self.sent)))
                 nudged = asyncio.create_task(self._moved.wait())
-                await asyncio.wait({ask, nudged}, return_when=asyncio.FIRST_COMPLETED)
-                nudged.cancel()
+                try:
+                    await asyncio.wait({ask, nudged}, return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    ask.cancel()  # the sidecar stops: the request goes with it
+                    raise
+                finally:
+                    nudged.cancel()
                 if not ask.done():
                     ask.cancel()  # the report moved: ask again with it
                     continue
                 outcome = ask.result()
                 if outcome is ANSWERED:
-                    failures = 0
+                    failures = standbys = 0
                     continue
-                if outcome is STANDBY:  # the Service sent us to a standby replica: at once
-                    delay = self.retry_s / 4
+                if outcome is STANDBY:
+                    # The Service sent us to a standby replica: soon, on a new connection,
+                    # to find the Lease holder; less and less often while we keep reaching
+                    # standbys (a failover: none holds it), so thousands of sidecars do not
+                    # keep the replicas busy saying 503.
+                    standbys += 1
+                    delay = min(self.retry_max_s, self.retry_s / 4 * 2 ** min(standbys - 1, 6))
                 else:
                     failures += 1
                     delay = min(self.retry_max_s, self.retry_s * 2 ** min(failures - 1, 6))

@@ -59,16 +59,60 @@ def publish(f: SlotFeed, **files: str) -> None:
     )
 
 
-async def test_a_standby_or_a_feed_without_a_plan_says_so(feed) -> None:
+async def test_a_standby_says_so_and_closes_the_connection(feed) -> None:
     f, client, _, _ = feed
-    r = await client.post(URL, json={})
-    assert r.status == 503 and (await r.json())["reason"] == "no plan yet"
     publish(f, **{"cam-0": contract(1)})
     f.serving = False
     r = await client.post(URL, json={})
     assert r.status == 503 and (await r.json())["reason"] == "standby replica"
     assert r.headers["Retry-After"] == "1"
     assert r.headers["Connection"] == "close"  # the next connection may reach the holder
+
+
+async def test_before_its_first_plan_the_lease_holder_holds_requests_until_it_publishes(
+    feed,
+) -> None:
+    """A restarted operator (or a new Lease holder) has no plan until its first reconcile,
+    its longest: the sidecars' requests wait for it rather than ask again and again."""
+    f, client, _, _ = feed
+    r = await client.post(URL, params={"wait": "0.2"}, json={})
+    assert r.status == 204  # the wait passed with no plan: ask again, as after any wait
+    waiting = asyncio.create_task(client.post(URL, params={"wait": "10"}, json={}))
+    await _until(lambda: f.requests == 2)
+    await asyncio.sleep(0.1)  # an absence: give a wrong answer the time to come
+    assert not waiting.done()
+    publish(f, **{"cam-0": contract(1)})
+    r = await asyncio.wait_for(waiting, 2)
+    assert r.status == 200
+    assert json.loads((await r.json())["files"][CONTRACT_FILE])["generation"] == 1
+
+
+async def test_the_sidecar_client_asks_a_standby_less_and_less_often() -> None:
+    """Sent to a standby replica, a sidecar asks again soon (the Service may send it to the
+    holder), then less often while it keeps reaching standbys (no replica holds the Lease
+    during a failover), so thousands of sidecars do not keep the replicas busy."""
+    f = SlotFeed()  # never the holder
+    server = TestServer(f.app())
+    await server.start_server()
+    # Standby retries after 0.01, 0.02, 0.04, 0.08, then every 0.16 s (each jittered).
+    sidecar = FeedClient(
+        str(server.make_url(URL)),
+        measure=list,
+        load=lambda _: None,
+        retry_s=0.04,
+        retry_max_s=0.16,
+    )
+    task = asyncio.create_task(sidecar.run())
+    try:
+        await asyncio.sleep(1.0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await server.close()
+    # At a fixed retry_s / 4 it would ask about 130 times in the second; backing off to
+    # retry_max_s (0.12 s on average) about 11 times.
+    assert 5 <= f.requests <= 30, f.requests
 
 
 async def test_an_unknown_configmap_or_a_bad_request_gets_a_clear_answer(feed) -> None:
