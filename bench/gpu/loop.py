@@ -67,6 +67,7 @@ from stagger.core.api import InferenceStream, InferenceStreamSpec, ModelProfile,
 from stagger.core.calibration import NoKnee, SweepPoint, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
+from stagger.core.phase import QUIET_MIN_S, QUIET_PERIODS
 from stagger.core.placement import Plan, PlannerSettings, plan
 from stagger.core.placement.overlap import body_ticks, overlap_ms_per_frame
 from stagger.core.telemetry import RELEASE_LAG
@@ -707,7 +708,16 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
         for s, p in zip(loop.sidecars, arrivals, strict=True)
     ]
     seconds = SETTLE_S + math.ceil(args.frames / (n * args.fps))
-    with LocalFollower(loop.sidecars, loop.contracts) as follower:
+    follower = LocalFollower(loop.sidecars, loop.contracts)
+    # The loop's cameras went through these sidecars a moment ago. The apps here are new
+    # ones on their own clocks: start them once the sidecars have forgotten those (a
+    # periodic stream quiet for QUIET_PERIODS periods), as new pods would know nothing.
+    forgotten = time.time() + max(QUIET_PERIODS * period, QUIET_MIN_S) + 2.0
+    while follower.arrivals():
+        if time.time() > forgotten:
+            raise RuntimeError("the sidecars still report the loop's arrival phases")
+        time.sleep(0.2)
+    with follower:
         logs = run_cameras(cams, seconds, root, f"{body}-transparent-n{n}", args)
     first = min((min(x["captured_at"], default=math.inf) for x in logs), default=0.0)
     settle = follower.switches[-1] + period if follower.switches else first

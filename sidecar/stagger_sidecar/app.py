@@ -265,7 +265,9 @@ class Sidecar:
             if g.retimed(now):
                 self.metrics.slot_retimings.labels(g.namespace, name, str(g.shard)).inc()
             if current is not None:
-                self.metrics.watch_arrivals(g.namespace, name, g.shard, g.arrival)
+                self.metrics.watch_arrivals(
+                    g.namespace, name, g.shard, lambda g=g: g.arrival(self.clock())
+                )
         if self.feed is not None:
             self.feed.nudge()
 
@@ -303,7 +305,7 @@ class Sidecar:
         for name, g in self.gate.streams.items():
             if g.arrivals is None:
                 continue  # no contract yet: no epoch to measure phases from
-            estimate = g.arrival()
+            estimate = g.arrival(now)
             current = g.timetable.current(now)
             periodic = estimate is not None and estimate.periodic
             out.append(

@@ -135,9 +135,10 @@ class StreamGate:
             self.arrivals = PhaseTracker(period, epoch_s=epoch)
             self._judgement = None
 
-    def arrival(self) -> PhaseEstimate | None:
-        """The stream's arrival phase (None before its first contract)."""
-        return self.arrivals.estimate() if self.arrivals is not None else None
+    def arrival(self, now: float) -> PhaseEstimate | None:
+        """The stream's arrival phase at ``now`` (None before its first contract; no phase
+        once its requests stopped)."""
+        return self.arrivals.estimate(now) if self.arrivals is not None else None
 
     def retimed(self, now: float) -> bool:
         """True once for each re-timing: a contract with another offset or period than the
@@ -182,7 +183,7 @@ class StreamGate:
             "next": slot_starts(table.clocks(), now, count),
             "clock": params(shown),
             "pending": params(upcoming) if current is not None and upcoming is not None else None,
-            "arrival": _arrival_document(self.arrival()),
+            "arrival": _arrival_document(self.arrival(now)),
         }
 
     def admit(self, now: float) -> Release | Refusal:

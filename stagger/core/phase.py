@@ -55,6 +55,12 @@ JUMP_FLOOR_S = 0.002
 spreads) before it counts as a jump."""
 MIN_LIMIT_S = 0.0005
 """The robust limit is never tighter than this (arrivals that agree to a few µs)."""
+QUIET_PERIODS = 10
+"""A periodic stream with no arrival for this many periods (and ``QUIET_MIN_S``) has
+stopped: its phase is forgotten. Its app may come back on another clock, and an old phase
+would be acted on (a re-timing, pinned for a minute) before the new one is known. A stream
+that is not periodic keeps that judgement: its requests come when they come."""
+QUIET_MIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,17 @@ class PhaseTracker:
     observed: int = 0
     """Arrivals seen since the last reset (the window keeps only the last ``window``)."""
 
+    def forget_if_stopped(self, now: float) -> None:
+        """Forget a periodic stream that had no arrival for ``QUIET_PERIODS`` periods (and
+        ``QUIET_MIN_S``) up to ``now``: it stopped, and what comes next is another run."""
+        limit = max(QUIET_PERIODS * self.period_s, QUIET_MIN_S)
+        if not self.arrivals or now - self.arrivals[-1] <= limit:
+            return
+        if estimate(self.arrivals, self.period_s, epoch_s=self.epoch_s).periodic:
+            self.reset()
+
     def observe(self, t: float) -> None:
+        self.forget_if_stopped(t)
         self.observed += 1
         self.arrivals.append(t)
         while len(self.arrivals) > self.window:
@@ -143,10 +159,13 @@ class PhaseTracker:
         if period_s is not None:
             self.period_s = period_s
 
-    def estimate(self) -> PhaseEstimate:
+    def estimate(self, now: float | None = None) -> PhaseEstimate:
         """The phase over the window, unless the latest ``MIN_SAMPLES`` arrivals agree on
         another one: the camera restarted or jumped, and what came before is forgotten (a
-        phase jump is found within ``MIN_SAMPLES`` frames, not a whole window's)."""
+        phase jump is found within ``MIN_SAMPLES`` frames, not a whole window's). No phase
+        where a periodic stream has been quiet up to ``now`` (it stopped)."""
+        if now is not None:
+            self.forget_if_stopped(now)
         full = estimate(self.arrivals, self.period_s, epoch_s=self.epoch_s)
         if len(self.arrivals) <= MIN_SAMPLES:
             return full

@@ -284,12 +284,12 @@ def test_the_gate_measures_where_in_its_frame_period_the_stream_arrives() -> Non
     """An app on its own clock: requests at 72 ms of every 100 ms period (jittered, some
     frames missing). The gate's estimate is what it publishes (clock document, metrics)."""
     g = stream_gate()
-    assert g.arrival() is not None and not g.arrival().periodic  # nothing seen yet
+    assert g.arrival(T) is not None and not g.arrival(T).periodic  # nothing seen yet
     times = [T + 0.072 + k * 0.1 + (0.0005 if k % 3 else -0.0004) for k in range(40) if k % 7]
     for t in times:
         decision = g.admit(t)
         g.finish(released(decision), t + 0.01)
-    e = g.arrival()
+    e = g.arrival(times[-1] + 0.05)
     assert e is not None and e.periodic and e.phase_s == pytest.approx(0.072, abs=0.001)
     doc = g.clock_document(times[-1], 1)
     assert doc is not None and doc["arrival"]["periodic"] is True
@@ -305,7 +305,7 @@ def test_arrivals_are_measured_at_the_frame_period_not_a_rounded_slot_period() -
     for k in range(30):
         t = T + 0.010 + k * 0.066667
         g.finish(released(g.admit(t)), t + 0.005)
-    e = g.arrival()
+    e = g.arrival(t)
     assert e is not None and e.period_s == pytest.approx(0.066667)
     assert e.periodic and e.phase_s is not None
     assert (e.phase_s - (T + 0.010) % 0.066667) % 0.066667 == pytest.approx(0, abs=1e-3)
@@ -315,9 +315,26 @@ def test_a_contract_at_another_frame_period_starts_the_phase_afresh() -> None:
     g = stream_gate()
     for k in range(20):
         g.finish(released(g.admit(T + 0.02 + k * 0.1)), T + 0.03 + k * 0.1)
-    assert g.arrival().periodic
+    assert g.arrival(T + 2).periodic
     g.load(slot_contract(period_ms=200.0, generation=2), T + 3)
-    assert g.arrival().samples == 0 and not g.arrival().periodic
+    assert g.arrival(T + 3).samples == 0 and not g.arrival(T + 3).periodic
+
+
+def test_a_stream_whose_requests_stopped_has_no_phase_and_starts_afresh() -> None:
+    """A camera that stops (for ten periods, and at least a second) is forgotten: its old
+    phase would be acted on (a re-timing, pinned for a minute) before its new one is
+    known, and the app may come back on another clock."""
+    g = stream_gate()
+    for k in range(20):  # at 20 ms of each period
+        g.finish(released(g.admit(T + 0.02 + k * 0.1)), T + 0.03 + k * 0.1)
+    last = T + 0.02 + 19 * 0.1
+    assert g.arrival(last + 0.99).periodic  # a few frames missing: still the same stream
+    assert g.arrival(last + 1.01).samples == 0 and not g.arrival(last + 1.01).periodic
+    back = T + 7.07  # it comes back at 70 ms of each period: eight frames give that phase
+    for k in range(8):
+        g.finish(released(g.admit(back + k * 0.1)), back + 0.01 + k * 0.1)
+    e = g.arrival(back + 0.75)
+    assert e.periodic and e.samples == 8 and e.phase_s == pytest.approx(0.07, abs=1e-3)
 
 
 def windowed(early_ms: float, late_ms: float, **config: object) -> StreamGate:
