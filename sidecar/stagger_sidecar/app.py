@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -19,8 +20,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from stagger.core.contract import SlotAssignment
+from stagger.core.phase import PhaseEstimate
 from stagger_sidecar.feed import FeedClient, Measured
-from stagger_sidecar.gate import Gate
+from stagger_sidecar.gate import Gate, StreamGate
 from stagger_sidecar.grpc_proxy import GrpcProxy
 from stagger_sidecar.http_proxy import HttpLimits, HttpProxy
 from stagger_sidecar.keeper import Coordination, Keeper
@@ -266,7 +268,7 @@ class Sidecar:
                 self.metrics.slot_retimings.labels(g.namespace, name, str(g.shard)).inc()
             if current is not None:
                 self.metrics.watch_arrivals(
-                    g.namespace, name, g.shard, lambda g=g: g.arrival(self.clock())
+                    g.namespace, name, g.shard, functools.partial(self._arrival_now, g)
                 )
         if self.feed is not None:
             self.feed.nudge()
@@ -297,6 +299,9 @@ class Sidecar:
                 "source": source,
             },
         )
+
+    def _arrival_now(self, g: StreamGate) -> PhaseEstimate | None:
+        return g.arrival(self.clock())
 
     def measured(self) -> list[Measured]:
         """What the sidecar reports on the slot feed: each stream's arrival phase and the
