@@ -401,9 +401,10 @@ class LocalFollower:
     measured arrival phase (its clock document); while a stream that started less than
     ``SETTLE_S`` ago has none yet, wait for it; when re-timing the table to the phases saves
     wait (``stagger.core.phase.follow``), leaving streams re-timed within ``PIN_S`` where they
-    are, write every stream's new contract, switching at the first instant after
-    ``SWITCH_AFTER_S`` at which no body of the old table runs. The sidecars read their files
-    every 0.2 s here, as they get contracts over the feed at once."""
+    are (unless their own camera jumped), write every stream's new contract, switching at
+    the first instant after ``SWITCH_AFTER_S`` at which no body of the old table runs. The
+    sidecars read their files every 0.2 s here, as they get contracts over the feed at
+    once."""
 
     POLL_S = 0.2
     SWITCH_AFTER_S = 5.0  # OperatorSettings.effective_after_s

@@ -13,8 +13,8 @@ them:
 
 1. camera A is applied; its requests arrive 20 ms into the period;
 2. once A is followed, camera B is applied; its requests arrive at 60 ms (a start);
-3. once A's pin has run out, A's camera restarts and its requests arrive at 85 ms (a
-   phase jump).
+3. while A's slot is still pinned by the re-timing that followed it (60 s), A's camera
+   restarts and its requests arrive at 85 ms (a phase jump).
 
 For each event: from when the sidecar knows the phase to when the first table that starts
 the camera's slot within 10 ms after its arrivals takes over (its switch instant). A real
@@ -53,7 +53,7 @@ PERIOD_S, BODY_MS, FOLLOWED_S = 0.1, 12.0, 0.010
 EVENTS: list[tuple[str, str, dict[str, float]]] = [  # what happens, on which GPU, phases
     ("start A", "solo", {"cam-a": 0.020}),
     ("start B", "solo", {"cam-b": 0.060}),
-    ("jump A", "solo", {"cam-a": 0.085}),
+    ("A restarts at 85 ms, its slot pinned", "solo", {"cam-a": 0.085}),
     (
         "4 started together",
         "fleet",
@@ -148,8 +148,7 @@ async def run_mode(feed: bool) -> dict[str, Any]:
                 deployment = await _wait(lambda n=name: _deployment(kube, n), 60)
                 kube.apply(ready_pod(deployment), None)  # the kubelet's part
                 sidecars.start(name, deployment)
-            if not new:  # a jump: once the camera's pin has run out
-                await asyncio.sleep(max(_pinned_for(kube, n) for n in phases) + 1)
+            pinned_s = max((_pinned_for(kube, n) for n in phases), default=0.0)
             before = _generation(kube, pool)
             known = datetime.now(UTC)
             for i, (name, phase) in enumerate(phases.items()):
@@ -163,6 +162,7 @@ async def run_mode(feed: bool) -> dict[str, Any]:
                     "phases_ms": [round(p * 1e3) for p in phases.values()],
                     "seconds": round((switch - known).total_seconds(), 1),
                     "tables": table.spec.generation - before,
+                    "pinned_for_s": round(pinned_s, 1),
                 }
             )
             print("feed" if feed else "scrape", events[-1], flush=True)

@@ -53,6 +53,9 @@ OUTLIER_SDS = 3.0
 JUMP_FLOOR_S = 0.002
 """The latest arrivals' phase may differ from the window's by this much (or three of their
 spreads) before it counts as a jump."""
+JUMP_PERIODS = 0.25
+"""A slot pinned by a recent re-timing still follows its own stream when that stream would
+wait this share of a period less (:func:`follow`)."""
 MIN_LIMIT_S = 0.0005
 """The robust limit is never tighter than this (arrivals that agree to a few µs)."""
 QUIET_PERIODS = 10
@@ -199,6 +202,12 @@ def follow(
     """A GPU's table re-timed to its streams' arrival phases, or None when that gains too
     little (less than ``min_gain_s`` of total wait per period) or no stream has a phase.
 
+    A ``fixed`` slot (re-timed too recently) is not moved for the others' sake, but it
+    still follows its own stream where, moving alone with every other slot kept, that
+    stream would wait ``JUMP_PERIODS`` of a period less: its camera restarted or jumped,
+    and it would otherwise wait that much every frame until the pin expires. Slow drift
+    never gains that much within a pin.
+
     A stream's slot should start just after its requests arrive: at its phase plus a margin
     of two spreads (most jittered arrivals still precede the slot) and ``lead_s`` (the way
     from the gate to Triton). Only slots whose period is their stream's arrival period take
@@ -221,16 +230,24 @@ def follow(
         targets[s.key] = math.ceil((e.phase_s + margin) * tick_hz) % s.period
     if not targets:
         return None
-    aligned = align(slots, targets, fixed=fixed)
-    if aligned is None:
-        return None
 
-    def total(table: Iterable[Slot]) -> int:
-        return sum((s.offset - phases[s.key]) % s.period for s in table if s.key in phases)
+    def total(table: Iterable[Slot], keys: Iterable[Key] = phases) -> int:
+        counted = set(keys)
+        return sum((s.offset - phases[s.key]) % s.period for s in table if s.key in counted)
 
-    if total(slots) - total(aligned) < min_gain_s * tick_hz:
-        return None
-    return aligned
+    held = set(fixed)
+    table: list[Slot] = list(slots)
+    aligned = align(slots, targets, fixed=held)
+    if aligned is not None and total(slots) - total(aligned) >= min_gain_s * tick_hz:
+        table = aligned
+    for s in slots:
+        if s.key in targets and s.key in held:
+            alone = align(table, {s.key: targets[s.key]})  # every other slot kept
+            if alone is not None and (
+                total(table, [s.key]) - total(alone, [s.key]) >= JUMP_PERIODS * s.period
+            ):
+                table = alone
+    return None if table == list(slots) else table
 
 
 def follow_plan(

@@ -170,6 +170,38 @@ async def test_a_reported_phase_re_times_the_gpu_within_seconds(
     assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
 
 
+async def test_a_camera_that_restarts_within_its_pin_is_followed_within_seconds(
+    cluster: Cluster, fed: tuple[Operator, list[Sidecar]]
+) -> None:
+    """A re-timing pins the shards it moved for ``retime_min_interval_s`` (60 s), so that
+    drifting cameras do not keep re-timing their GPU. A camera that restarts on another
+    clock within that minute would wait most of a period every frame until then; its own
+    slot follows it at once instead (nothing else on the GPU moves for it)."""
+    _, sidecars = fed
+    cam = await start_camera(cluster, "cam-0", sidecars)
+    first = cam.contracts[-1]
+    await cluster.wait_for(lambda: _due(cam))
+    period = first.frame_period_s
+    cam.phase_s = (first.offset_ticks / first.tick_hz + 0.1) % period
+    cam.client.nudge()
+    followed = await cluster.wait_for(lambda: cam.has(first.generation + 1), timeout=5)
+    await cluster.wait_for(lambda: _in_force(cam, followed.generation), timeout=5)  # pinned
+    cam.phase_s = (cam.phase_s + 0.125) % period  # restarted half a period later
+    restarted = time.monotonic()
+    cam.client.nudge()
+    moved = await cluster.wait_for(lambda: cam.has(followed.generation + 1), timeout=10)
+    took_s = time.monotonic() - restarted
+    assert took_s < 3, f"the re-timed contract came {took_s:.1f} s after the restart"
+    after_arrival = (moved.offset_ticks / moved.tick_hz - cam.phase_s) % period
+    assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
+
+
+async def _in_force(cam: Sidecar, generation: int) -> bool:
+    cam.client.nudge()
+    current = cam.in_force()
+    return current is not None and current.generation >= generation
+
+
 async def test_cameras_started_together_are_re_timed_once_when_their_phases_are_in(
     cluster: Cluster, fed: tuple[Operator, list[Sidecar]]
 ) -> None:

@@ -229,7 +229,8 @@ def test_a_plan_is_re_timed_to_its_streams_arrivals_except_pinned_and_old_copies
     """Three 4 fps cameras with 45 ms bodies on one GPU, as the planner spread them; their
     sidecars report arrivals at 20, 90 and 160 ms. follow_plan moves each slot to just
     after its camera's arrivals (the operator then switches the GPU as for any
-    re-timing); a pinned shard and an old copy of a moved shard stay where they are."""
+    re-timing); a pinned shard moves only to follow its own camera's jump, and an old copy
+    of a moved shard stays where it is."""
     from dataclasses import replace as copy
 
     from stagger.core.cluster import Cluster, Gpu, Node
@@ -251,8 +252,20 @@ def test_a_plan_is_re_timed_to_its_streams_arrivals_except_pinned_and_old_copies
     table = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in followed.shards]
     assert not overlaps(table)
 
-    pinned = follow_plan(placed, reported, pinned=[keys[0]])
-    assert next(p for p in pinned.shards if p.key == keys[0]) in placed.shards
+    # A pinned shard is not moved for the others' sake: c0's camera arrives 10 ms before
+    # its slot and c1's just before that slot; c1 goes after c0.
+    near = {keys[0]: (0.240, 0.001), keys[1]: (0.248, 0.001), keys[2]: reported[keys[2]]}
+    held = follow_plan(placed, near, pinned=[keys[0]])
+    assert next(p for p in held.shards if p.key == keys[0]) in placed.shards
+    assert keys[1] in held.offsets_changed
+    # It still follows its own camera when that restarted or jumped: at 20 ms, c0 would
+    # wait 230 ms a frame in its slot until the pin expires; alone, it moves there.
+    jumped = follow_plan(placed, reported, pinned=[keys[0]])
+    c0 = next(p for p in jumped.shards if p.key == keys[0])
+    assert keys[0] in jumped.offsets_changed and wait_s(c0.offset_ticks / hz, 0.020, 0.25) < 0.01
+    assert not overlaps(
+        [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in jumped.shards]
+    )
     old = copy(placed.shards[0], stream="gone", offset_ticks=round(0.095 * hz))
     with_copy = follow_plan(placed, reported, retiring=[old])
     slots = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in with_copy.shards]
