@@ -264,7 +264,9 @@ class Controller:
                 awaiting=snap.awaiting[0],
                 min_gain_s=s.follow_min_gain_ms / 1e3,
             )
-        if result.unplaced and free_at is not None:  # a re-timing may place them then
+        if free_at is not None and (result.unplaced or s.follow_arrivals):
+            # A pinned shard may be re-timed then: to place a stream, or to follow a phase
+            # that moved less than a jump while it was pinned (no report comes to say so).
             report.wake_after_s = max(0.0, (free_at - now).total_seconds())
         if s.follow_arrivals and snap.awaiting[1] is not None:  # then follow without it
             waits = [w for w in (report.wake_after_s, snap.awaiting[1]) if w is not None]

@@ -196,6 +196,49 @@ async def test_a_camera_that_restarts_within_its_pin_is_followed_within_seconds(
     assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
 
 
+async def test_a_phase_that_moved_while_pinned_is_followed_when_the_pin_runs_out(
+    cluster: Cluster,
+) -> None:
+    """A camera's phase moves 10 ms earlier (less than a jump) while its slot is pinned:
+    nothing reports it again (the phase is steady where it is now), so the operator plans
+    again when the pin runs out and follows it then, not at some later scrape."""
+    solo = node("solo", gpus=1)
+    solo["metadata"]["labels"]["pool"] = "solo"
+    await cluster.create(solo)
+    port = free_port()
+    op = await start_operator(
+        cluster,
+        effective_after_s=1,
+        contract_propagation_s=30,
+        retime_min_interval_s=3,
+        scrape_interval_s=600,
+        feed_address=f"127.0.0.1:{port}",
+        feed_url=f"http://127.0.0.1:{port}",
+    )
+    sidecars: list[Sidecar] = []
+    try:
+        cam = await start_camera(cluster, "cam-0", sidecars)
+        first = cam.contracts[-1]
+        await cluster.wait_for(lambda: _due(cam))
+        period = first.frame_period_s
+        cam.phase_s = (first.offset_ticks / first.tick_hz + 0.1) % period
+        cam.client.nudge()
+        followed = await cluster.wait_for(lambda: cam.has(first.generation + 1), timeout=5)
+        await cluster.wait_for(lambda: _in_force(cam, followed.generation), timeout=5)
+        # 10 ms earlier, within the pin: its frames wait 10 ms more, less than a jump
+        cam.phase_s = (cam.phase_s - 0.010) % period
+        cam.client.nudge()
+        pin_ends = followed.effective_at.timestamp() + 3
+        moved = await cluster.wait_for(lambda: cam.has(followed.generation + 1), timeout=15)
+        late_s = time.time() - pin_ends
+        assert late_s < 3, f"followed {late_s:.1f} s after the pin ran out"
+        after_arrival = (moved.offset_ticks / moved.tick_hz - cam.phase_s) % period
+        assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
+    finally:
+        await stop(sidecars)
+        await stop_operator(op)
+
+
 async def _in_force(cam: Sidecar, generation: int) -> bool:
     cam.client.nudge()
     current = cam.in_force()
