@@ -65,16 +65,19 @@ class Sidecar:
         return got[-1] if got else None
 
 
-@pytest.fixture
-async def fed(cluster: Cluster) -> AsyncIterator[tuple[Operator, list[Sidecar]]]:
+@contextlib.asynccontextmanager
+async def fed_operator(
+    cluster: Cluster, **settings: Any
+) -> AsyncIterator[tuple[Operator, list[Sidecar]]]:
+    """A one-GPU node (pool "solo") and the operator with its slot feed on the loopback;
+    the sidecars a test starts are stopped with it."""
     solo = node("solo", gpus=1)
     solo["metadata"]["labels"]["pool"] = "solo"
     await cluster.create(solo)
     port = free_port()
     op = await start_operator(
         cluster,
-        effective_after_s=1,
-        contract_propagation_s=30,
+        **{"effective_after_s": 1, "contract_propagation_s": 30, **settings},
         feed_address=f"127.0.0.1:{port}",
         feed_url=f"http://127.0.0.1:{port}",
     )
@@ -84,6 +87,12 @@ async def fed(cluster: Cluster) -> AsyncIterator[tuple[Operator, list[Sidecar]]]
     finally:
         await stop(sidecars)
         await stop_operator(op)
+
+
+@pytest.fixture
+async def fed(cluster: Cluster) -> AsyncIterator[tuple[Operator, list[Sidecar]]]:
+    async with fed_operator(cluster) as running:
+        yield running
 
 
 async def stop(sidecars: list[Sidecar]) -> None:
@@ -202,21 +211,10 @@ async def test_a_phase_that_moved_while_pinned_is_followed_when_the_pin_runs_out
     """A camera's phase moves 10 ms earlier (less than a jump) while its slot is pinned:
     nothing reports it again (the phase is steady where it is now), so the operator plans
     again when the pin runs out and follows it then, not at some later scrape."""
-    solo = node("solo", gpus=1)
-    solo["metadata"]["labels"]["pool"] = "solo"
-    await cluster.create(solo)
-    port = free_port()
-    op = await start_operator(
-        cluster,
-        effective_after_s=1,
-        contract_propagation_s=30,
-        retime_min_interval_s=3,
-        scrape_interval_s=600,
-        feed_address=f"127.0.0.1:{port}",
-        feed_url=f"http://127.0.0.1:{port}",
-    )
-    sidecars: list[Sidecar] = []
-    try:
+    async with fed_operator(cluster, retime_min_interval_s=3, scrape_interval_s=600) as (
+        _,
+        sidecars,
+    ):
         cam = await start_camera(cluster, "cam-0", sidecars)
         first = cam.contracts[-1]
         await cluster.wait_for(lambda: _due(cam))
@@ -234,9 +232,6 @@ async def test_a_phase_that_moved_while_pinned_is_followed_when_the_pin_runs_out
         assert late_s < 3, f"followed {late_s:.1f} s after the pin ran out"
         after_arrival = (moved.offset_ticks / moved.tick_hz - cam.phase_s) % period
         assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
-    finally:
-        await stop(sidecars)
-        await stop_operator(op)
 
 
 async def _in_force(cam: Sidecar, generation: int) -> bool:
