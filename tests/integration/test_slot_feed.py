@@ -187,14 +187,8 @@ async def test_a_camera_that_restarts_within_its_pin_is_followed_within_seconds(
     clock within that minute would wait most of a period every frame until then; its own
     slot follows it at once instead (nothing else on the GPU moves for it)."""
     _, sidecars = fed
-    cam = await start_camera(cluster, "cam-0", sidecars)
-    first = cam.contracts[-1]
-    await cluster.wait_for(lambda: _due(cam))
-    period = first.frame_period_s
-    cam.phase_s = (first.offset_ticks / first.tick_hz + 0.1) % period
-    cam.client.nudge()
-    followed = await cluster.wait_for(lambda: cam.has(first.generation + 1), timeout=5)
-    await cluster.wait_for(lambda: _in_force(cam, followed.generation), timeout=5)  # pinned
+    cam, followed = await followed_camera(cluster, sidecars)  # its slot now pinned
+    period = followed.frame_period_s
     cam.phase_s = (cam.phase_s + 0.125) % period  # restarted half a period later
     restarted = time.monotonic()
     cam.client.nudge()
@@ -215,14 +209,8 @@ async def test_a_phase_that_moved_while_pinned_is_followed_when_the_pin_runs_out
         _,
         sidecars,
     ):
-        cam = await start_camera(cluster, "cam-0", sidecars)
-        first = cam.contracts[-1]
-        await cluster.wait_for(lambda: _due(cam))
-        period = first.frame_period_s
-        cam.phase_s = (first.offset_ticks / first.tick_hz + 0.1) % period
-        cam.client.nudge()
-        followed = await cluster.wait_for(lambda: cam.has(first.generation + 1), timeout=5)
-        await cluster.wait_for(lambda: _in_force(cam, followed.generation), timeout=5)
+        cam, followed = await followed_camera(cluster, sidecars)
+        period = followed.frame_period_s
         # 10 ms earlier, within the pin: its frames wait 10 ms more, less than a jump
         cam.phase_s = (cam.phase_s - 0.010) % period
         cam.client.nudge()
@@ -232,6 +220,21 @@ async def test_a_phase_that_moved_while_pinned_is_followed_when_the_pin_runs_out
         assert late_s < 3, f"followed {late_s:.1f} s after the pin ran out"
         after_arrival = (moved.offset_ticks / moved.tick_hz - cam.phase_s) % period
         assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
+
+
+async def followed_camera(
+    cluster: Cluster, sidecars: list[Sidecar]
+) -> tuple[Sidecar, SlotAssignment]:
+    """A camera whose requests arrive 100 ms after its first slot, once the re-timed
+    contract that follows them is in force (its slot pinned by that re-timing)."""
+    cam = await start_camera(cluster, "cam-0", sidecars)
+    first = cam.contracts[-1]
+    await cluster.wait_for(lambda: _due(cam))
+    cam.phase_s = (first.offset_ticks / first.tick_hz + 0.1) % first.frame_period_s
+    cam.client.nudge()
+    followed = await cluster.wait_for(lambda: cam.has(first.generation + 1), timeout=5)
+    await cluster.wait_for(lambda: _in_force(cam, followed.generation), timeout=5)
+    return cam, followed
 
 
 async def _in_force(cam: Sidecar, generation: int) -> bool:
