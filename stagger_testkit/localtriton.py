@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -400,10 +400,8 @@ class LocalFollower:
     sidecars send a phase over the feed within a poll tick of 0.2 s) read each sidecar's
     measured arrival phase (its clock document); while a stream that started less than
     ``SETTLE_S`` ago has none yet, wait for it; when re-timing the table to the phases saves
-    wait (``stagger.core.phase.follow``, bodies longer than their slots kept as far apart as
-    the period allows: ``whole``, as ``follow_plan`` takes them from the plan), leaving
-    streams re-timed within ``PIN_S`` where they are (unless their own camera jumped),
-    write every stream's new contract, switching at
+    wait (``stagger.core.phase.follow``), leaving streams re-timed within ``PIN_S`` where they
+    are (unless their own camera jumped), write every stream's new contract, switching at
     the first instant after ``SWITCH_AFTER_S`` at which no body of the old table runs. The
     sidecars read their files every 0.2 s here, as they get contracts over the feed at
     once."""
@@ -413,15 +411,8 @@ class LocalFollower:
     SETTLE_S = 10.0  # OperatorSettings.follow_settle_s
     PIN_S = 60.0  # OperatorSettings.retime_min_interval_s
 
-    def __init__(
-        self,
-        sidecars: list[LocalSidecar],
-        contracts: dict[str, SlotAssignment],
-        whole: Mapping[Hashable, int] | None = None,
-    ):
+    def __init__(self, sidecars: list[LocalSidecar], contracts: dict[str, SlotAssignment]):
         self.sidecars, self.contracts = sidecars, contracts
-        # each stream's whole body (ticks), as the plan has it
-        self.whole: dict[Hashable, int] = dict(whole or {})
         self.switches: list[float] = []  # when each re-timing took effect (Unix s)
         self.pinned_until: dict[str, float] = {}
         self.started = time.time()
@@ -464,7 +455,7 @@ class LocalFollower:
             for name, c in self.contracts.items()
         ]
         pinned = {name for name, until in self.pinned_until.items() if now < until}
-        aligned = follow(table, arrivals, tick_hz=c0.tick_hz, fixed=pinned, whole=self.whole)
+        aligned = follow(table, arrivals, tick_hz=c0.tick_hz, fixed=pinned)
         if aligned is None:
             return
         epoch_s = c0.epoch.timestamp()

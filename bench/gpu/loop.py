@@ -19,12 +19,7 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    through the sidecar (``SlotClient``, the app side's integration): the ``loop``;
 5. beside it, in the same run and on the same servers: random phases straight to Triton at
    the admitted N and one above it (what the GPU holds with no product), one stream alone
-   (solo), and every server's camera back to back (saturation);
-6. apps that know nothing of Stagger (transparent): cameras at random phases through the
-   same sidecars, the slots following them at the operator's pace and with its rules
-   (``stagger.core.phase.follow``); ``--transparent-packed`` also runs them with the table
-   laid out at the reserved widths, the follower before bodies were kept apart, for
-   comparison.
+   (solo), and every server's camera back to back (saturation).
 
 The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
 models (RetinaNet at 800 px and the same detector at 416 px, a lighter one) at several
@@ -47,9 +42,9 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -278,7 +273,6 @@ class Loop:
         self.shards = sorted(placed.shards, key=lambda p: (int(p.stream.split("-")[-1]), p.shard))
         self.split = any(p.shards > 1 for p in self.shards)
         self.hz = placed.tick_hz
-        self.whole: dict[Hashable, int] = {p.stream: body_ticks(p, self.hz) for p in self.shards}
         for p, server in zip(self.shards, servers, strict=False):
             contract = SlotAssignment.for_shard(
                 p, tick_hz=placed.tick_hz, epoch=epoch, generation=1, effective_at=epoch
@@ -287,23 +281,8 @@ class Loop:
             path.write_text(contract.model_dump_json(by_alias=True))
             self.contracts[p.stream] = contract  # (transparent mode: streams not split)
             self.sidecars.append(LocalSidecar(p.stream, path, server, namespace="bench"))
-        self.planned = dict(self.contracts)
         with ThreadPoolExecutor(max(1, len(self.sidecars))) as pool:
             list(pool.map(LocalSidecar.start, self.sidecars))
-
-    def replan(self) -> None:
-        """Every sidecar back on the plan's own slots (after a follower moved them), as a
-        new generation that takes effect as soon as they have read it (no camera runs
-        between configurations, so any instant is one where no body runs)."""
-        now = datetime.now(UTC) + timedelta(seconds=0.5)
-        for sidecar in self.sidecars:
-            current = self.contracts[sidecar.stream]
-            new = self.planned[sidecar.stream].model_copy(
-                update={"generation": current.generation + 1, "effective_at": now}
-            )
-            sidecar.slot_file.write_text(new.model_dump_json(by_alias=True))
-            self.contracts[sidecar.stream] = new
-        time.sleep(1.0)  # the sidecars read their files every 0.2 s; then it is in force
 
     def stop(self) -> None:
         for s in self.sidecars:
@@ -689,10 +668,6 @@ def identical(
             if not loop.split:  # a camera's frames to k shards: not what transparent mode is
                 out["transparent"] = transparent(loop, body, root, args)
                 save()
-                if args.transparent_packed:
-                    loop.replan()
-                    out["transparentPacked"] = transparent(loop, body, root, args, packed=True)
-                    save()
         finally:
             loop.stop()
     if args.fewer and admitted >= 2:
@@ -718,15 +693,12 @@ def identical(
     return out
 
 
-def transparent(
-    loop: Loop, body: str, root: Path, args: argparse.Namespace, *, packed: bool = False
-) -> dict[str, Any]:
+def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Apps that know nothing of Stagger: cameras on their own clocks at the random phases
     of the random configuration at the same N, through the sidecars, whose slots follow the
     cameras (:class:`LocalFollower` doing the operator's part). The whole run, and the
     frames due once the table settled (a period after its last re-timing), within
-    ``SETTLE_S``. ``packed``: the table laid out at the reserved widths (the follower
-    before it kept longer bodies apart), for comparison."""
+    ``SETTLE_S``."""
     n = len(loop.sidecars)
     period = 1.0 / args.fps
     rng = random.Random(args.seed + n)  # the random configuration's phases at this N
@@ -736,8 +708,7 @@ def transparent(
         for s, p in zip(loop.sidecars, arrivals, strict=True)
     ]
     seconds = SETTLE_S + math.ceil(args.frames / (n * args.fps))
-    follower = LocalFollower(loop.sidecars, loop.contracts, whole=None if packed else loop.whole)
-    tag = f"{body}-transparent{'-packed' if packed else ''}-n{n}"
+    follower = LocalFollower(loop.sidecars, loop.contracts)
     # The loop's cameras went through these sidecars a moment ago. The apps here are new
     # ones on their own clocks: start them once the sidecars have forgotten those (a
     # periodic stream quiet for QUIET_PERIODS periods), as new pods would know nothing.
@@ -747,7 +718,7 @@ def transparent(
             raise RuntimeError("the sidecars still report the loop's arrival phases")
         time.sleep(0.2)
     with follower:
-        logs = run_cameras(cams, seconds, root, tag, args)
+        logs = run_cameras(cams, seconds, root, f"{body}-transparent-n{n}", args)
     first = min((min(x["captured_at"], default=math.inf) for x in logs), default=0.0)
     settle = follower.switches[-1] + period if follower.switches else first
     end = first + seconds
@@ -772,7 +743,7 @@ def transparent(
         phases({name: calls}).get("beforeMs") for name, calls in settled_calls.items()
     ]
     log(
-        f"{tag}: {len(follower.switches)} re-timing(s), steady "
+        f"{body}-transparent-n{n}: {len(follower.switches)} re-timing(s), steady "
         f"{settle - first:.1f} s after the start; then p50 {after['p50Ms']} p99 "
         f"{after['p99Ms']} drops {after['dropPercent']}% of {after['frames']}"
     )
@@ -785,7 +756,6 @@ def transparent(
             loop.shards[0].body_ticks * 1e3 / loop.hz,
             period,
             loop.hz,
-            body_ms=None if packed else loop.shards[0].body_ms,
         ),
         # the table the follower left, by camera: its slots' starts into the period
         "followedOffsetsMs": [
@@ -1087,12 +1057,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="profile each body this many times in a row, each recorded; the first that "
         f"holds is applied (where none does, up to {RERUNS} more until one does: a failed "
         "profile, or one whose report asks for a re-run)",
-    )
-    p.add_argument(
-        "--transparent-packed",
-        action="store_true",
-        help="also run transparent mode with the followed table laid out at the reserved "
-        "widths (the follower before it kept longer bodies apart), for comparison",
     )
     p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
     p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")

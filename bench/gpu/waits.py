@@ -8,7 +8,6 @@ Each camera waits the same every frame, so with N cameras the longest wait is th
 longest wait bounds what any table gives::
 
     python3 -m bench.gpu.waits --n 8 --reserved-ms 10.9 --seed 15   # run 6's cameras
-    python3 -m bench.gpu.waits --n 8 --reserved-ms 10.8 --body-ms 14.8  # run 54's, spread
 """
 
 from __future__ import annotations
@@ -17,27 +16,19 @@ import argparse
 import random
 from collections.abc import Hashable
 
-from stagger.core.slots import Slot, align, widen
+from stagger.core.slots import Slot, align
 from stagger.core.timebase import TICK_HZ
 
 
 def table_waits_ms(
-    phases_s: list[float],
-    reserved_ms: float,
-    period_s: float,
-    tick_hz: int = TICK_HZ,
-    body_ms: float | None = None,
+    phases_s: list[float], reserved_ms: float, period_s: float, tick_hz: int = TICK_HZ
 ) -> list[float]:
     """Each camera's wait (ms, in camera order) in the least-wait table of N slots of
-    ``reserved_ms`` for cameras arriving at ``phases_s`` (seconds into the period), laid out
-    as the follower does: bodies of ``body_ms``, when longer than their slots, kept as far
-    apart as the period allows (``stagger.core.slots.widen``)."""
+    ``reserved_ms`` for cameras arriving at ``phases_s`` (seconds into the period)."""
     period = round(period_s * tick_hz)
     width = round(reserved_ms * tick_hz / 1e3)
     n = len(phases_s)
     slots = [Slot(i, width, period, i * period // n) for i in range(n)]
-    if body_ms is not None:
-        slots = widen(slots, {i: round(body_ms * tick_hz / 1e3) for i in range(n)})
     phases: dict[Hashable, int] = {i: round(p * tick_hz) % period for i, p in enumerate(phases_s)}
     table = align(slots, phases)
     if table is None:
@@ -55,13 +46,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, required=True, help="cameras (streams on the GPU)")
     p.add_argument("--reserved-ms", type=float, required=True, help="each slot's reserved time")
-    p.add_argument("--body-ms", type=float, help="each stream's whole body, when longer")
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--seed", type=int, help="bench.gpu.loop's seed + N (default 7 + N)")
     args = p.parse_args()
     seed = 7 + args.n if args.seed is None else args.seed
-    phases = bench_phases(args.n, args.fps, seed)
-    waits = table_waits_ms(phases, args.reserved_ms, 1 / args.fps, body_ms=args.body_ms)
+    waits = table_waits_ms(bench_phases(args.n, args.fps, seed), args.reserved_ms, 1 / args.fps)
     print(f"waits (ms, by camera): {waits}")
     print(f"longest {max(waits):g} ms, mean {sum(waits) / len(waits):.1f} ms")
 

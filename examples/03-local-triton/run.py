@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -175,11 +174,8 @@ def run_mode(
     triton: LocalTriton,
     sidecars: list[LocalSidecar],
     contracts: dict[str, SlotAssignment],
-    *,
-    whole: dict[Hashable, int],
 ) -> tuple[list[CameraLog], list[float]]:
-    """The cameras' logs, and when the follower's re-timings took effect (transparent;
-    ``whole``: each stream's whole body in ticks, as the operator's follower takes it)."""
+    """The cameras' logs, and when the follower's re-timings took effect (transparent)."""
     rng = random.Random(args.seed)
     period = 1.0 / args.fps
     together = rng.uniform(0, period)  # synchronized cameras share a phase, not the epoch's
@@ -201,7 +197,7 @@ def run_mode(
         )
     with ExitStack() as stack, ThreadPoolExecutor(len(cameras)) as pool:
         follower = (
-            stack.enter_context(LocalFollower(sidecars, contracts, whole))
+            stack.enter_context(LocalFollower(sidecars, contracts))
             if mode == "transparent"
             else None
         )
@@ -286,7 +282,6 @@ def main() -> None:
             slot.write_text(contract.model_dump_json(by_alias=True))
             sidecars.append(LocalSidecar(p.stream, slot, triton, namespace=p.namespace))
             stack.callback(sidecars[-1].stop)
-        whole: dict[Hashable, int] = {p.stream: p.whole_ticks(planned.tick_hz) for p in placements}
         with ThreadPoolExecutor(len(sidecars)) as pool:
             list(pool.map(LocalSidecar.start, sidecars))
         for p in placements:
@@ -296,7 +291,7 @@ def main() -> None:
         settled: dict[str, float] = {}
         for mode in args.modes.split(","):
             print(f"running {mode} for {args.seconds:g} s ...", flush=True)
-            logs, switches = run_mode(mode, args, triton, sidecars, contracts, whole=whole)
+            logs, switches = run_mode(mode, args, triton, sidecars, contracts)
             results[mode] = logs
             if switches:
                 first = min(min(log.captured_at, default=math.inf) for log in logs)

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from stagger.core.slots import Key, Slot, align, widen
+from stagger.core.slots import Key, Slot, align
 
 if TYPE_CHECKING:
     from stagger.core.placement import Plan, ShardKey, ShardPlacement
@@ -198,18 +198,9 @@ def follow(
     lead_s: float = 0.002,
     min_gain_s: float = 0.005,
     fixed: Iterable[Key] = (),
-    whole: Mapping[Key, int] | None = None,
 ) -> list[Slot] | None:
     """A GPU's table re-timed to its streams' arrival phases, or None when that gains too
     little (less than ``min_gain_s`` of total wait per period) or no stream has a phase.
-
-    Slots keep their reserved bodies, but where a stream's whole body is longer (``whole``,
-    ticks: bodies that share the GPU and overlap), the table is laid out at the widths
-    :func:`stagger.core.slots.widen` gives, as far apart as the period allows, where that
-    fits (else at the reserved widths): the planner's rule, bodies overlap only where even
-    spacing cannot keep them apart. Packed at the reserved widths, the bodies of a run of
-    adjacent slots overlap one after the other and each waits for the ones before it (on an
-    H200, time-sliced: 32 ms in the model against 13.5 ms spread, bench/gpu run 54).
 
     A ``fixed`` slot (re-timed too recently) is not moved for the others' sake, but it
     still follows its own stream where, moving alone with every other slot kept, that
@@ -246,32 +237,17 @@ def follow(
 
     held = set(fixed)
     table: list[Slot] = list(slots)
-    aligned = _align_spaced(slots, targets, held, whole or {})
+    aligned = align(slots, targets, fixed=held)
     if aligned is not None and total(slots) - total(aligned) >= min_gain_s * tick_hz:
         table = aligned
     for s in slots:
         if s.key in targets and s.key in held:
-            # every other slot kept
-            alone = _align_spaced(table, {s.key: targets[s.key]}, set(), whole or {})
+            alone = align(table, {s.key: targets[s.key]})  # every other slot kept
             if alone is not None and (
                 total(table, [s.key]) - total(alone, [s.key]) >= JUMP_PERIODS * s.period
             ):
                 table = alone
     return None if table == list(slots) else table
-
-
-def _align_spaced(
-    table: Sequence[Slot], targets: Mapping[Key, int], fixed: set[Key], whole: Mapping[Key, int]
-) -> list[Slot] | None:
-    """:func:`align` at the widths :func:`widen` gives where they leave room, else at the
-    reserved ones; the result keeps the reserved bodies."""
-    reserved = {s.key: s.body for s in table}
-    spaced = widen(table, whole)
-    for laid_out in (spaced, table) if spaced != list(table) else (table,):
-        aligned = align(laid_out, targets, fixed=fixed)
-        if aligned is not None:
-            return [replace(s, body=reserved[s.key]) for s in aligned]
-    return None
 
 
 def follow_plan(
@@ -288,12 +264,10 @@ def follow_plan(
     shard, its phase from the GPU's epoch and its spread, in seconds), where that saves at
     least ``min_gain_s`` of wait (:func:`follow`). Pinned shards (re-timed too recently)
     and old copies of moved shards (``retiring``, still running where they were) keep
-    their slots. Bodies longer than their slots (shared, charged their cost) are kept as
-    far apart as the period allows, as the planner spread them (:func:`follow`). A GPU
-    with a shard whose first estimate is still coming (``awaiting``: its app has just
-    started) is left as it is until it comes: one re-timing then places every stream that
-    started together, where re-timing on each estimate in turn would pin shards moved to
-    make room before their own phase was known, in the wrong place. The re-timed
+    their slots. A GPU with a shard whose first estimate is still coming (``awaiting``: its
+    app has just started) is left as it is until it comes: one re-timing then places every
+    stream that started together, where re-timing on each estimate in turn would pin shards
+    moved to make room before their own phase was known, in the wrong place. The re-timed
     shards join ``offsets_changed``; the operator then switches their GPU at an instant no
     old body runs, as for any re-timing."""
     if not arrivals:
@@ -328,7 +302,6 @@ def follow_plan(
             lead_s=lead_s,
             min_gain_s=min_gain_s,
             fixed=held | {s.key for s in extra},
-            whole={p.key: p.whole_ticks(hz) for p in shards},
         )
         for before, after in zip(table, aligned or (), strict=False):
             if after.offset != before.offset:

@@ -377,28 +377,6 @@ def retime(
     return spread(packed, fixed=[s.key for s in fixed])
 
 
-def widen(slots: Sequence[Slot], whole: Mapping[Key, int]) -> list[Slot]:
-    """The same slots, each body stretched toward its whole body (``whole``, ticks; a slot
-    not in it, or no shorter than it, is kept) by one share of its overhang: the largest
-    share at which the table still fits its period (utilisation at most 1).
-
-    A slot reserves what its body costs as deployed; where bodies run longer (shared,
-    overlapped), tables laid out at the stretched widths keep each body as far from the next
-    as the period allows, and the overlap left is shared in proportion to the overhangs: on
-    one period with equal bodies, the even spacing :func:`spread` gives the planner's
-    tables. Laid out at the reserved widths instead, bodies of a run of adjacent slots
-    overlap one after another, and each waits for the ones before it."""
-    over = {s.key: whole[s.key] - s.body for s in slots if whole.get(s.key, 0) > s.body}
-    need = sum(over[s.key] / s.period for s in slots if s.key in over)
-    if not need:
-        return list(slots)
-    share = min(1.0, max(0.0, (1.0 - utilization(slots)) / need))
-    return [
-        replace(s, body=s.body + math.floor(share * over[s.key])) if s.key in over else s
-        for s in slots
-    ]
-
-
 def switch_tick(table: Sequence[Slot], earliest: int) -> int:
     """The first tick at or after ``earliest`` at which no body of ``table`` is running
     (a body that starts or ends there does not count).

@@ -4,7 +4,6 @@ closed form against a walk over every frame of the hyperperiod, and what a plan 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +11,6 @@ from hypothesis import strategies as st
 
 from stagger.core.api import InferenceStream, SharingMode
 from stagger.core.cluster import Cluster, Gpu, Node
-from stagger.core.phase import PhaseEstimate
 from stagger.core.placement import ShardPlacement, plan
 from stagger.core.placement.overlap import (
     body_ticks,
@@ -152,38 +150,3 @@ def test_a_plan_says_per_gpu_how_much_its_bodies_overlap_where_charges_fit_and_b
     whole = plan([camera(i, 14.9, None) for i in range(8)], one_h200(), ())
     assert len(whole.shards) == 6
     assert whole.gpus[0].overlap_ms_per_s == 0.0
-
-
-def test_a_table_followed_to_its_cameras_overlaps_no_more_than_the_even_spread() -> None:
-    """Run 54's 8 cameras on an H200 (14.9 ms bodies charged 11.31 ms) at the phases the GPU
-    bench gave them. Re-timed to follow them, the table keeps its bodies as far apart as the
-    planner's even spread did: laid out at the reserved widths instead (the follower before),
-    a run of 6 slots abut and every body overlaps the next by 4 ms, each waiting for the
-    ones before it."""
-    from stagger.core.phase import follow, follow_plan
-    from stagger.core.slots import Slot
-
-    placed = plan([camera(i, 14.9, 11.31) for i in range(8)], one_h200(), ())
-    hz = placed.tick_hz
-    phases_s = [0.0965, 0.0012, 0.0736, 0.0158, 0.0986, 0.0017, 0.0879, 0.0681]  # seed 15
-    reported = {p.key: (phases_s[i], 0.0005) for i, p in enumerate(placed.shards)}
-    followed = follow_plan(placed, reported)
-    assert set(followed.offsets_changed) == {p.key for p in placed.shards}
-    spread_overlap = overlap_ms_per_second(placed.shards, hz)
-    assert overlap_ms_per_second(followed.shards, hz) <= spread_overlap + 1.0
-    starts = sorted(p.offset_ticks for p in followed.shards)
-    gaps = [(b - a) % 3000 for a, b in zip(starts, starts[1:] + starts[:1], strict=True)]
-    assert min(gaps) >= 3000 // 8 - 1  # 12.5 ms, to a tick's rounding
-    for p in followed.shards:  # each slot still starts after its camera's frames arrive
-        wait = (p.offset_ticks / hz - reported[p.key][0]) % 0.1
-        assert 0.0 < wait < 0.06
-
-    table = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in placed.shards]
-    estimates = {
-        p.key: PhaseEstimate(0.1, phases_s[i], 0.0005, 0.99, 64, 0)
-        for i, p in enumerate(placed.shards)
-    }
-    packed = follow(table, estimates, tick_hz=hz) or []
-    by_key = {s.key: s.offset for s in packed}
-    packed_shards = [replace(p, offset_ticks=by_key[p.key]) for p in placed.shards]
-    assert overlap_ms_per_second(packed_shards, hz) > 1.4 * spread_overlap

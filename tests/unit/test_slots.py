@@ -16,7 +16,6 @@ from stagger.core.slots import (
     solve,
     spread,
     utilization,
-    widen,
 )
 from tests.factories import brute_force_overlaps
 
@@ -74,40 +73,6 @@ def test_spread_keeps_tables_valid(requests: list[SlotRequest]) -> None:
     assert {(s.key, s.period, s.body) for s in spread_table} == {
         (s.key, s.period, s.body) for s in table
     }
-
-
-@settings(max_examples=150, deadline=None)
-@given(requests_strategy(), st.lists(st.integers(0, 900), min_size=8, max_size=8))
-def test_widened_bodies_stretch_toward_whole_ones_and_still_fit(
-    requests: list[SlotRequest], overhangs: list[int]
-) -> None:
-    """Each body grows by one share of its overhang, never past its whole body, and the
-    table still fits its period; where every whole body fits, each takes it whole."""
-    table = pack(requests, max_utilization=0.9)
-    if table is None:
-        return
-    whole = {s.key: s.body + extra for s, extra in zip(table, overhangs, strict=False)}
-    wide = widen(table, whole)
-    assert [(s.key, s.period, s.offset) for s in wide] == [
-        (s.key, s.period, s.offset) for s in table
-    ]
-    for before, after in zip(table, wide, strict=True):
-        assert before.body <= after.body <= whole[before.key]
-    assert utilization(wide) <= 1.0 + 1e-12
-    if sum(whole[s.key] / s.period for s in table) <= 1.0:
-        assert all(s.body == whole[s.key] for s in wide)
-    else:
-        assert utilization(wide) > 1.0 - sum(1 / s.period for s in table) - 1e-9
-
-
-def test_eight_overlapping_bodies_are_widened_to_an_even_share_of_the_period() -> None:
-    """Run 54's table on an H200: 10.8 ms reserved (the cost charged), 14.8 ms bodies, 8
-    streams at 10 fps: the 118 ms of bodies cannot fit 100 ms, so each is laid out 12.5 ms
-    wide, the planner's even spacing; 6 such bodies fit whole."""
-    eight = [Slot(i, 324, 3000, 375 * i) for i in range(8)]
-    assert {s.body for s in widen(eight, dict.fromkeys(range(8), 444))} == {375}
-    assert {s.body for s in widen(eight[:6], dict.fromkeys(range(6), 444))} == {444}
-    assert widen(eight, {}) == eight
 
 
 @settings(max_examples=100, deadline=None)

@@ -99,10 +99,6 @@ class ShardPlacement:
     def key(self) -> ShardKey:
         return (self.namespace, self.stream, self.shard)
 
-    def whole_ticks(self, tick_hz: int) -> int:
-        """The whole calibrated body in ticks (``body_ticks`` is the time reserved for it)."""
-        return max(1, round(self.body_ms * tick_hz / 1e3))
-
 
 @dataclass(frozen=True)
 class GpuUsage:

@@ -22,7 +22,7 @@ from stagger.core.placement.model import ShardKey, ShardPlacement
 
 def body_ticks(shard: ShardPlacement, tick_hz: int) -> int:
     """The shard's whole calibrated body in ticks (not the time reserved for it)."""
-    return shard.whole_ticks(tick_hz)
+    return max(1, round(shard.body_ms * tick_hz / 1e3))
 
 
 def pair_overlap_ticks(first: ShardPlacement, second: ShardPlacement, tick_hz: int) -> float:
