@@ -27,8 +27,16 @@ that arrives after the slot its stream's requests usually take (their arrival ph
 stagger.core.phase), past that slot's grace. Its app is on its slots and was held up (a
 host stall, a slow frame before it); waiting a period for the next slot would cost it the
 next frame, where going now overlaps the next stream's body by at most its own. A stream
-whose usual arrival itself misses its slot is out of phase, not late: it waits, until its
-slot follows it.
+whose usual arrival itself misses its slot is out of phase, not late: it waits until its
+slot follows it, unless its answer would come too late.
+
+**Answered after the next frame**: a request of an idle, periodic stream is late at once
+too when its slot is further away than the frame period less the time the stream's
+answers take (the median of its latest ``ANSWER_WINDOW``; its slot's body before any came
+back). Such a slot was not chosen for this stream's arrivals (an app on its own clock
+before its slot follows it, a camera that restarted on another clock), and waiting for it
+would cost the app this frame or the next, for the seconds until the operator re-times
+the GPU; going now costs the other streams' slots an overlap, as random phases do.
 
 Without ``max_wait`` a request that finds its stream idle waits at most one period, except
 in a stream whose requests are not periodic (event-driven, variable fps: its arrival phase
@@ -41,6 +49,8 @@ counted late.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -48,6 +58,9 @@ from stagger.core.api import GatePolicy
 from stagger.core.contract import SlotAssignment
 from stagger.core.phase import MIN_SAMPLES, PhaseEstimate, PhaseTracker
 from stagger.core.slotclock import SlotClock, Timetable, slot_starts
+
+ANSWER_WINDOW = 16
+"""How many of a stream's latest answers say how long its answers take."""
 
 
 class Reason(StrEnum):
@@ -123,6 +136,8 @@ class StreamGate:
     arrivals: PhaseTracker | None = None
     """Where in the frame period this stream's requests arrive (its app's own clock)."""
     _judgement: tuple[int, PhaseEstimate] | None = None  # (arrivals seen when judged, phase)
+    _answers: deque[float] = field(default_factory=lambda: deque(maxlen=ANSWER_WINDOW))
+    """Seconds from each of the latest releases to its answer."""
 
     def load(self, contract: SlotAssignment, now: float) -> None:
         self.timetable = self.timetable.with_contract(contract, now)
@@ -237,12 +252,26 @@ class StreamGate:
             # A late frame, not a stream out of phase: waiting for the next slot would cost
             # its app the next frame, so the late rules apply at once.
             limit = 0.0
+        answer = self.answer_s(owner)
+        after_next = (
+            limit is None
+            and not self.pending
+            and slot - now + answer > self.frame_s
+            and self.periodic()
+        )
+        if after_next:  # answered after the app's next frame: the late rules at once
+            limit = 0.0
         if limit is not None and slot - now > limit:
             if policy is GatePolicy.DROP:
                 if missed is not None:
                     detail = (
                         f"and this request came {(now - missed) * 1e3:.1f} ms after the slot "
                         "its requests usually take"
+                    )
+                elif after_next:
+                    detail = (
+                        f"so its answer (about {answer * 1e3:.1f} ms) would come after the "
+                        f"stream's next frame, {self.frame_s * 1e3:g} ms after this one"
                     )
                 elif self.config.max_wait_s is None:
                     detail = "and its requests are not periodic"
@@ -258,6 +287,21 @@ class StreamGate:
         self.last_slot = slot
         self._held_slots.append(slot)
         return self._take(Release(max(opens, now), now, slot, owner.period_s, late=False))
+
+    @property
+    def frame_s(self) -> float:
+        """The app's frame period: how soon its next frame comes."""
+        return self.arrivals.period_s if self.arrivals is not None else math.inf
+
+    def answer_s(self, clock: SlotClock) -> float:
+        """How long this stream's answers take from release: the median of its latest
+        ``ANSWER_WINDOW``, or its slot's body before any came back."""
+        return statistics.median(self._answers) if self._answers else clock.body_s
+
+    def periodic(self) -> bool:
+        """Enough requests arrived to tell, and they come at the frame period."""
+        e = self._judged()
+        return e is not None and e.samples >= MIN_SAMPLES and e.periodic
 
     def aperiodic(self) -> bool:
         """Enough requests arrived to tell, and they are not periodic at the frame period."""
@@ -318,6 +362,7 @@ class StreamGate:
         """The request's response is back. True when it overran its slot: it finished
         after the stream's next slot began."""
         self.pending = max(0, self.pending - 1)
+        self._answers.append(max(0.0, now - release.at))
         return release.slot is not None and now > release.slot + release.period
 
 

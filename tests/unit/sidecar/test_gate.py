@@ -469,6 +469,64 @@ def test_a_stream_whose_usual_arrival_misses_its_slot_still_waits() -> None:
     assert (behind.slot, behind.late) == (near(T + 1.730), False)
 
 
+def out_of_phase(gate: StreamGate, after_slot_s: float, answer_s: float) -> float:
+    """An app on its own clock, ``after_slot_s`` after each of its slots' starts, its
+    answers taking ``answer_s`` from release: 16 frames, each waiting for its slot as long
+    as the rule lets it. Returns the time of the next frame."""
+    for k in range(16):
+        t = T + 0.030 + after_slot_s + k * 0.1
+        r = released(gate.admit(t))
+        gate.finish(r, r.at + answer_s)
+    return T + 0.030 + after_slot_s + 1.6
+
+
+def test_a_frame_answered_after_its_app_s_next_frame_goes_at_once() -> None:
+    """A camera on its own clock whose slot has not followed it yet: its frames arrive 8 ms
+    after its slot starts (past the 5 ms grace), and its answers take 15 ms. Waiting 92 ms
+    for the next slot, each answer would come 7 ms after the camera's next frame (it would
+    lose every other frame until the operator re-times the GPU): each goes on arrival,
+    ungated and counted late. Arriving 20 ms after its slot, a frame waits 80 ms and is
+    answered before the next one, so it waits for its slot; so does a camera whose phase
+    is not known yet (fewer than 8 frames)."""
+    g = stream_gate()
+    t = out_of_phase(g, 0.008, 0.015)
+    r = released(g.admit(t))
+    assert (r.at, r.slot, r.late) == (near(t), None, True)
+
+    waits = stream_gate()
+    t = out_of_phase(waits, 0.020, 0.015)
+    r = released(waits.admit(t))
+    assert (r.slot, r.late) == (near(t + 0.080), False)
+
+    new = stream_gate()
+    for k in range(7):  # the first frames: no phase yet, so no next frame to be late for
+        r = released(new.admit(T + 0.038 + k * 0.1))
+        assert (r.slot, r.late) == (near(T + 0.130 + k * 0.1), False)
+        new.finish(r, r.at + 0.015)
+
+    dropping = stream_gate(policy=GatePolicy.DROP)
+    for k in range(16):
+        r = released(dropping.admit(T + 0.050 + k * 0.1))  # 20 ms after: it waits
+        dropping.finish(r, r.at + 0.015)
+    r = released(dropping.admit(T + 1.650))
+    assert r.late is False  # and one 8 ms after its slot is refused, said why
+    dropping.finish(r, r.at + 0.015)
+    refusal = refused(dropping.admit(T + 1.838))
+    assert refusal.reason is Reason.LATE
+    assert "would come after the stream's next frame, 100 ms after this one" in refusal.message
+
+
+def test_a_stream_on_its_slots_is_never_sent_outside_them_for_slow_answers() -> None:
+    """A slot-clock app whose answers take 60 ms: every frame reaches the gate 2 ms before
+    its slot and takes it; none is answered after the next frame, so none goes ungated."""
+    g = stream_gate()
+    for k in range(40):
+        t = T + 0.028 + k * 0.1
+        r = released(g.admit(t))
+        assert (r.slot, r.late) == (near(T + 0.030 + k * 0.1), False)
+        g.finish(r, r.at + 0.060)
+
+
 @settings(max_examples=60, deadline=None)
 @given(late_ms=st.floats(7.5, 49.0), which=st.integers(8, 15))
 def test_a_late_frame_never_waits_and_every_later_frame_keeps_its_own_slot(
