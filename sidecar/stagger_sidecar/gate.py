@@ -31,12 +31,14 @@ whose usual arrival itself misses its slot is out of phase, not late: it waits u
 slot follows it, unless its answer would come too late.
 
 **Answered after the next frame**: a request of an idle, periodic stream is late at once
-too when its slot is further away than the frame period less the time the stream's
-answers take (the median of its latest ``ANSWER_WINDOW``; its slot's body before any came
-back). Such a slot was not chosen for this stream's arrivals (an app on its own clock
-before its slot follows it, a camera that restarted on another clock), and waiting for it
-would cost the app this frame or the next, for the seconds until the operator re-times
-the GPU; going now costs the other streams' slots an overlap, as random phases do.
+too when its slot is further away than the frame period less the time the stream's answers
+take (the 90th percentile of its latest ``ANSWER_WINDOW``; its slot's body before any came
+back) and less the grace, for the way between the app and the gate, which the gate does not
+see (the grace allows for it on the way in). Such a slot was not chosen for this stream's
+arrivals (an app on its own clock before its slot follows it, a camera that restarted on
+another clock), and waiting for it would cost the app this frame or the next, for the
+seconds until the operator re-times the GPU; going now costs the other streams' slots an
+overlap, as random phases do.
 
 Without ``max_wait`` a request that finds its stream idle waits at most one period, except
 in a stream whose requests are not periodic (event-driven, variable fps: its arrival phase
@@ -256,7 +258,7 @@ class StreamGate:
         after_next = (
             limit is None
             and not self.pending
-            and slot - now + answer > self.frame_s
+            and slot - now + answer + self.grace_s(owner) > self.frame_s
             and self.periodic()
         )
         if after_next:  # answered after the app's next frame: the late rules at once
@@ -294,9 +296,12 @@ class StreamGate:
         return self.arrivals.period_s if self.arrivals is not None else math.inf
 
     def answer_s(self, clock: SlotClock) -> float:
-        """How long this stream's answers take from release: the median of its latest
-        ``ANSWER_WINDOW``, or its slot's body before any came back."""
-        return statistics.median(self._answers) if self._answers else clock.body_s
+        """How long this stream's answers take from release: the 90th percentile of its
+        latest ``ANSWER_WINDOW`` (a frame is lost by its own answer, not a typical one), or
+        its slot's body before any came back."""
+        if len(self._answers) < 2:
+            return self._answers[0] if self._answers else clock.body_s
+        return statistics.quantiles(self._answers, n=10, method="inclusive")[-1]
 
     def periodic(self) -> bool:
         """Enough requests arrived to tell, and they come at the frame period."""

@@ -8,6 +8,7 @@ import gc
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import signal
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc
 import tritonclient.grpc.aio as grpcclient
+import tritonclient.http
 import tritonclient.http.aio as httpclient
 from tritonclient.utils import InferenceServerException
 
@@ -39,6 +41,7 @@ from stagger.core.telemetry import (
 )
 from stagger_sidecar.app import Sidecar
 from stagger_sidecar.grpc_proxy import PING_DEADLINE_S
+from stagger_testkit.camerasim import Camera
 from stagger_testkit.localtriton import LocalTriton, free_port
 from tests.factories import slot_contract
 from tests.integration.sidecar_fixtures import (
@@ -244,6 +247,41 @@ async def test_pass_policy_forwards_a_busy_request_at_once(start_sidecar: StartS
     finally:
         await h.close()
     assert metric(await scrape(sidecar), LATE, stream="cam") == 1
+
+
+async def test_an_app_whose_slot_has_not_followed_it_yet_loses_no_frame(
+    start_sidecar: StartSidecar,
+) -> None:
+    """A camera on its own clock (10 fps) whose frames reach the gate about 9 ms after its
+    slot starts, past the 5 ms grace, answered in 60 ms ("slow"): held for the next slot,
+    each would be answered 150 ms after capture, after the camera's next frame, so the
+    camera would lose every other frame until the operator moved its slot. Once the gate
+    knows its phase (8 frames), each frame goes on arrival, ungated and counted late: no
+    frame lost, each answered within its period."""
+    sidecar = await start_sidecar()
+    client = tritonclient.http.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
+    x = tritonclient.http.InferInput("INPUT0", [1], "FP32")
+    x.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+    camera = Camera(
+        "cam",
+        1 / PERIOD,
+        send=lambda _frame: client.infer("slow", [x]),
+        frames=itertools.repeat(b""),
+        phase_s=OFFSET + 0.008,
+    )
+    start = math.ceil(time.time()) + 1.0  # slots are at OFFSET past each tenth of a second
+    try:
+        log = await asyncio.to_thread(camera.run, start, 4.0)
+    finally:
+        client.close()
+    settled = [
+        (at - start, lat)
+        for at, lat in zip(log.captured_at, log.latencies_s, strict=True)
+        if at >= start + 2.5
+    ]
+    assert [round(at, 1) for at, _ in settled] == [round(2.5 + k * PERIOD, 1) for k in range(15)]
+    assert max(lat for _, lat in settled) < PERIOD, settled
+    assert metric(await scrape(sidecar), LATE, stream="cam") >= 15
 
 
 async def test_a_new_contract_applies_at_its_time_and_a_bad_one_is_ignored(

@@ -485,18 +485,19 @@ def test_a_frame_answered_after_its_app_s_next_frame_goes_at_once() -> None:
     after its slot starts (past the 5 ms grace), and its answers take 15 ms. Waiting 92 ms
     for the next slot, each answer would come 7 ms after the camera's next frame (it would
     lose every other frame until the operator re-times the GPU): each goes on arrival,
-    ungated and counted late. Arriving 20 ms after its slot, a frame waits 80 ms and is
-    answered before the next one, so it waits for its slot; so does a camera whose phase
-    is not known yet (fewer than 8 frames)."""
+    ungated and counted late. Arriving 25 ms after its slot, a frame waits 75 ms and is
+    answered before the next one, with the 5 ms grace to spare for its way to and from the
+    app, so it waits for its slot; so does a camera whose phase is not known yet (fewer
+    than 8 frames)."""
     g = stream_gate()
     t = out_of_phase(g, 0.008, 0.015)
     r = released(g.admit(t))
     assert (r.at, r.slot, r.late) == (near(t), None, True)
 
     waits = stream_gate()
-    t = out_of_phase(waits, 0.020, 0.015)
+    t = out_of_phase(waits, 0.025, 0.015)
     r = released(waits.admit(t))
-    assert (r.slot, r.late) == (near(t + 0.080), False)
+    assert (r.slot, r.late) == (near(t + 0.075), False)
 
     new = stream_gate()
     for k in range(7):  # the first frames: no phase yet, so no next frame to be late for
@@ -506,9 +507,9 @@ def test_a_frame_answered_after_its_app_s_next_frame_goes_at_once() -> None:
 
     dropping = stream_gate(policy=GatePolicy.DROP)
     for k in range(16):
-        r = released(dropping.admit(T + 0.050 + k * 0.1))  # 20 ms after: it waits
+        r = released(dropping.admit(T + 0.055 + k * 0.1))  # 25 ms after: it waits
         dropping.finish(r, r.at + 0.015)
-    r = released(dropping.admit(T + 1.650))
+    r = released(dropping.admit(T + 1.655))
     assert r.late is False  # and one 8 ms after its slot is refused, said why
     dropping.finish(r, r.at + 0.015)
     refusal = refused(dropping.admit(T + 1.838))
