@@ -18,7 +18,8 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    the operator mounts), its own sidecar with it, and its camera capturing on its slot
    through the sidecar (``SlotClient``, the app side's integration): the ``loop``;
 5. beside it, in the same run and on the same servers: random phases straight to Triton at
-   the admitted N and one above it (what the GPU holds with no product), one stream alone
+   the admitted N and one above it (what the GPU holds with no product; fewer while none of
+   those held, more while all did: :func:`next_random_n`), one stream alone
    (solo), and every server's camera back to back (saturation).
 
 The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
@@ -90,6 +91,32 @@ before the frames that count."""
 RANDOM_ABOVE = 1
 """Random phases are also measured at this many streams above the admitted N: where the GPU
 stops holding them with no product."""
+RANDOM_BELOW = 2
+"""Where random phases lose frames already at the admitted N, they are measured at up to
+this many streams fewer, until an N holds: the targets name random phases' largest 0-drop
+N, which runs 51, 54, 56 and 57 left unmeasured."""
+
+
+def next_random_n(drops: Mapping[int, float], admitted: int, servers: int) -> int | None:
+    """The next N to measure random phases at, given their drop percentages so far by N
+    (None: enough). First the admitted N and ``RANDOM_ABOVE`` more; then, while no N
+    measured held with 0 drops, one fewer than the fewest measured (at most
+    ``RANDOM_BELOW`` under the admitted N); while every N measured held, one more than the
+    most, up to the servers there are. So random's largest 0-drop N is known, or bounded
+    where the servers or the bound run out."""
+    first = range(max(1, admitted), min(servers, admitted + RANDOM_ABOVE) + 1)
+    for n in first:
+        if n not in drops:
+            return n
+    if not drops:
+        return None
+    if all(d > 0 for d in drops.values()):
+        below = min(drops) - 1
+        return below if below >= max(1, admitted - RANDOM_BELOW) else None
+    if all(d == 0 for d in drops.values()):
+        above = max(drops) + 1
+        return above if above <= servers else None
+    return None
 
 
 def repository(root: Path, models: Path, bodies: list[str]) -> Path:
@@ -683,7 +710,7 @@ def identical(
         )
         save()
     period = 1.0 / args.fps
-    for n in range(max(1, admitted), min(len(servers), admitted + RANDOM_ABOVE) + 1):
+    while (n := next_random_n(_drops(out["random"]), admitted, len(servers))) is not None:
         rng = random.Random(args.seed + n)
         cams = [
             {"url": s.grpc, "model": body, "phase": rng.uniform(0, period)} for s in servers[:n]
@@ -691,6 +718,10 @@ def identical(
         out["random"][n] = measure(cams, args.frames, root, f"{body}-random-n{n}", args)
         save()
     return out
+
+
+def _drops(runs: Mapping[int, Mapping[str, Any]]) -> dict[int, float]:
+    return {n: float(run["dropPercent"]) for n, run in runs.items()}
 
 
 def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:

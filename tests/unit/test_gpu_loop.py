@@ -17,6 +17,7 @@ from bench.gpu.loop import (
     collections,
     exclusive_for,
     late_frames,
+    next_random_n,
     parse_args,
     past_deadline,
     release_lag_counts,
@@ -281,6 +282,25 @@ def run(mode: str, **results: Any) -> dict[str, Any]:
 
 def measured(p99: float, drops: float = 0.0, frames: int = 3040) -> dict[str, Any]:
     return {"p99Ms": p99, "dropPercent": drops, "frames": frames}
+
+
+def test_random_phases_are_measured_until_their_largest_0_drop_n_is_known() -> None:
+    """The admitted N and one more first; where both lost frames (runs 54, 57), fewer until
+    one holds, at most two under the admitted N; where both held (runs 52, 55), more until
+    one loses or the servers run out."""
+
+    def measured(admitted: int, servers: int, lost_from: int) -> list[int]:
+        drops: dict[int, float] = {}
+        while (n := next_random_n(drops, admitted, servers)) is not None:
+            drops[n] = 0.0 if n < lost_from else 0.5
+        return list(drops)
+
+    assert measured(8, 10, lost_from=9) == [8, 9]  # held at 8, lost at 9: known
+    assert measured(8, 10, lost_from=8) == [8, 9, 7]  # lost at 8: 7 held
+    assert measured(8, 10, lost_from=6) == [8, 9, 7, 6]  # the bound: 6 lost too, none held
+    assert measured(16, 17, lost_from=99) == [16, 17]  # held at 17: no 18th server
+    assert measured(6, 10, lost_from=9) == [6, 7, 8, 9]  # held at 7 and 8: up to 9, lost
+    assert measured(0, 10, lost_from=1) == [1]  # nothing admitted, one lost: 0 below it
 
 
 def test_the_loop_meets_its_targets_when_it_admits_what_the_gpu_holds_and_serves_it_better() -> (
