@@ -33,9 +33,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -268,12 +270,16 @@ async def fleet_run(args: argparse.Namespace) -> dict[str, Any]:
     kube = Kube(api_client())
     result: dict[str, Any] = {}
     # 3. A restarted operator's first reconcile re-plans the whole fleet; then one more.
+    gc.collect()
+    rss_before = rss_mib()
     controller = Controller(Kube(api_client()), OperatorSettings(leader_election=False))
     timings = []
     for _ in range(2):
         t0 = time.perf_counter()
         report = await asyncio.to_thread(controller.reconcile)
         timings.append((time.perf_counter() - t0, report))
+    gc.collect()
+    rss_after = rss_mib()  # the controller still holds what it read, planned and wrote
     settings = OperatorSettings()
     t0 = time.perf_counter()
     streams, _ = kube.list_streams()
@@ -302,6 +308,11 @@ async def fleet_run(args: argparse.Namespace) -> dict[str, Any]:
         "deletions": first.deleted + second.deleted,
         "moves": len(first.moves) + len(second.moves),
         "streams_skipped_as_unchanged": second.unchanged,
+        # the operator's memory for the fleet: this process's resident set after the two
+        # reconciles, above what it was before the controller existed, and its peak
+        "controller_rss_mib": round(rss_after - rss_before),
+        "process_rss_mib": round(rss_after),
+        "process_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print("replan", result["replan"], flush=True)
     controller.pool.shutdown()
@@ -340,6 +351,13 @@ async def fleet_run(args: argparse.Namespace) -> dict[str, Any]:
         await stop_operator(stop, task)
         watch_task.cancel()
     return result
+
+
+def rss_mib() -> float:
+    """This process's resident set now (Linux), MiB."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kib / 1024
 
 
 @contextlib.contextmanager

@@ -67,6 +67,9 @@ class GateSettings(BaseSettings):
     aperiodic_max_wait_share: float = Field(default=0.5, gt=0, le=1)
     """Without a max wait, a stream whose requests are not periodic (event-driven,
     variable fps) waits at most this share of a period, then goes ungated."""
+    app_way_ms: float = Field(default=5.0, ge=0)
+    """The way between the app and the gate, there and back, which the gate does not see:
+    with it, a request whose answer would come after the app's next frame goes at once."""
     max_inflight: int = Field(default=1024, ge=1)
     """Requests the sidecar holds at once, all streams and pass-through calls together."""
     gpu_ledger: Path | None = None
@@ -124,6 +127,7 @@ class GateSettings(BaseSettings):
             grace_body_fraction=self.grace_body_fraction,
             max_queue=self.max_queue,
             aperiodic_max_wait_share=self.aperiodic_max_wait_share,
+            app_way_s=self.app_way_ms / 1e3,
         )
 
 

@@ -486,8 +486,8 @@ def test_a_frame_answered_after_its_app_s_next_frame_goes_at_once() -> None:
     for the next slot, each answer would come 7 ms after the camera's next frame (it would
     lose every other frame until the operator re-times the GPU): each goes on arrival,
     ungated and counted late. Arriving 25 ms after its slot, a frame waits 75 ms and is
-    answered before the next one, with the 5 ms grace to spare for its way to and from the
-    app, so it waits for its slot; so does a camera whose phase is not known yet (fewer
+    answered before the next one, with 5 ms to spare for its way to and from the app
+    (``app_way_s``), so it waits for its slot; so does a camera whose phase is not known yet (fewer
     than 8 frames)."""
     g = stream_gate()
     t = out_of_phase(g, 0.008, 0.015)
