@@ -262,7 +262,9 @@ def previous_state(args: argparse.Namespace, rng: random.Random) -> list[dict[st
         status = desired.statuses[(parsed.namespace, parsed.name)]
         status = serving_status(status, parsed, Rollout(), {}, settings=settings, now=now)
         obj["status"] = InferenceStreamStatus.model_validate(status).to_wire()
-    return [*nodes, *raw, *desired.schedules, *desired.objects]
+    # as the operator writes them: each with its last-applied record (Kube.apply), which
+    # the next write's three-way merge reads
+    return [*nodes, *raw, *map(Kube.as_written, [*desired.schedules, *desired.objects])]
 
 
 async def fleet_run(args: argparse.Namespace) -> dict[str, Any]:
