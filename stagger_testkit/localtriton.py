@@ -31,13 +31,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
 from stagger.client import CLOCK_PATH
 from stagger.core.contract import SlotAssignment, effective_at_of
 from stagger.core.phase import PhaseEstimate, follow
-from stagger.core.slots import Slot, switch_tick
+from stagger.core.slots import Slot, release_windows, switch_tick
 
 MODEL_PATH_ENV = "STAGGER_MODEL_PATH"
 
@@ -402,9 +403,12 @@ class LocalFollower:
     ``SETTLE_S`` ago has none yet, wait for it; when re-timing the table to the phases saves
     wait (``stagger.core.phase.follow``), leaving streams re-timed within ``PIN_S`` where they
     are (unless their own camera jumped), write every stream's new contract, switching at
-    the first instant after ``SWITCH_AFTER_S`` at which no body of the old table runs. The
-    sidecars read their files every 0.2 s here, as they get contracts over the feed at
-    once."""
+    the first instant after ``SWITCH_AFTER_S`` at which no body of the old table runs. Once a
+    table is in force (every sidecar runs it), grant its release windows
+    (``stagger.core.slots.release_windows``) in a contract that takes over the same way, as
+    the operator does by default (``releaseWindows``); a re-timed table's contracts carry none
+    until it is in force. The sidecars read their files every 0.2 s here, as they get
+    contracts over the feed at once."""
 
     POLL_S = 0.2
     SWITCH_AFTER_S = 5.0  # OperatorSettings.effective_after_s
@@ -414,6 +418,8 @@ class LocalFollower:
     def __init__(self, sidecars: list[LocalSidecar], contracts: dict[str, SlotAssignment]):
         self.sidecars, self.contracts = sidecars, contracts
         self.switches: list[float] = []  # when each re-timing took effect (Unix s)
+        self.windows: list[float] = []  # when each grant of release windows took effect
+        self._effective_at = datetime.fromtimestamp(0, UTC)
         self.pinned_until: dict[str, float] = {}
         self.started = time.time()
         self._stop = threading.Event()
@@ -457,27 +463,52 @@ class LocalFollower:
         pinned = {name for name, until in self.pinned_until.items() if now < until}
         aligned = follow(table, arrivals, tick_hz=c0.tick_hz, fixed=pinned)
         if aligned is None:
+            self._grant_windows(table, now)
             return
-        epoch_s = c0.epoch.timestamp()
-        earliest = math.ceil((now + self.SWITCH_AFTER_S - epoch_s) * c0.tick_hz)
-        tick = switch_tick(table, earliest)
-        effective_at = effective_at_of(c0.epoch, tick, c0.tick_hz)
+        effective_at = self._switch(table, now)
         for sidecar, slot in zip(self.sidecars, _ordered(aligned, self.sidecars), strict=True):
             old = self.contracts[sidecar.stream]
-            new = old.model_copy(
-                update={
-                    "offset_ticks": slot.offset,
-                    "generation": old.generation + 1,
-                    "effective_at": effective_at,
-                }
-            )
             if slot.offset != old.offset_ticks:
                 self.pinned_until[sidecar.stream] = effective_at.timestamp() + self.PIN_S
-            staged = sidecar.slot_file.with_suffix(".new")  # the sidecar never reads half
-            staged.write_text(new.model_dump_json(by_alias=True))
-            staged.replace(sidecar.slot_file)
-            self.contracts[sidecar.stream] = new
+            self._write(sidecar, offset_ticks=slot.offset, early_ticks=None, late_ticks=None)
         self.switches.append(effective_at.timestamp())
+
+    def _grant_windows(self, table: list[Slot], now: float) -> None:
+        """The table's release windows, once every sidecar runs it (each reads its file
+        within a poll of the switch), where its contracts do not carry them yet."""
+        running = max(c.effective_at.timestamp() for c in self.contracts.values()) + self.POLL_S
+        windows = release_windows(table)
+        if now < running or all(
+            (c.early_ticks, c.late_ticks) == windows[name] for name, c in self.contracts.items()
+        ):
+            return
+        effective_at = self._switch(table, now)
+        for sidecar in self.sidecars:
+            early, late = windows[sidecar.stream]
+            self._write(sidecar, early_ticks=early, late_ticks=late)
+        self.windows.append(effective_at.timestamp())
+
+    def _switch(self, table: list[Slot], now: float) -> datetime:
+        """The first instant ``SWITCH_AFTER_S`` ahead at which no body of ``table`` runs."""
+        c0 = next(iter(self.contracts.values()))
+        earliest = math.ceil((now + self.SWITCH_AFTER_S - c0.epoch.timestamp()) * c0.tick_hz)
+        self._effective_at = effective_at_of(c0.epoch, switch_tick(table, earliest), c0.tick_hz)
+        return self._effective_at
+
+    def _write(self, sidecar: LocalSidecar, **update: object) -> None:
+        """The sidecar's next contract, taking effect at the last :meth:`_switch`."""
+        old = self.contracts[sidecar.stream]
+        new = old.model_copy(
+            update={
+                **update,
+                "generation": old.generation + 1,
+                "effective_at": self._effective_at,
+            }
+        )
+        staged = sidecar.slot_file.with_suffix(".new")  # the sidecar never reads half
+        staged.write_text(new.model_dump_json(by_alias=True))
+        staged.replace(sidecar.slot_file)
+        self.contracts[sidecar.stream] = new
 
 
 def _ordered(table: list[Slot], sidecars: list[LocalSidecar]) -> list[Slot]:

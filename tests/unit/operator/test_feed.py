@@ -20,6 +20,8 @@ from stagger_operator.feed import SlotFeed, version_of
 from stagger_sidecar.feed import FeedClient, Measured, moved
 from tests.factories import slot_contract
 
+T0 = 1_800_000_000.0  # a Unix time: the contracts' switch instant
+
 URL = "/v1/slots/default/cam-0-slot"
 
 
@@ -315,6 +317,39 @@ def test_the_local_follower_keeps_the_operator_s_pace() -> None:
         s.follow_settle_s,
         s.retime_min_interval_s,
     ) == (LocalFollower.SWITCH_AFTER_S, LocalFollower.SETTLE_S, LocalFollower.PIN_S)
+
+
+def test_the_local_follower_grants_release_windows_once_the_table_runs(tmp_path: Path) -> None:
+    """As the operator does by default (releaseWindows): once every sidecar runs a table,
+    its contracts get the table's release windows, taking over SWITCH_AFTER_S ahead at an
+    instant no body runs; not before the table runs, and not twice."""
+    from types import SimpleNamespace
+
+    from stagger.core.slots import Slot, release_windows
+    from stagger_testkit.localtriton import LocalFollower
+
+    contracts = {
+        name: slot_contract(name, offset_ms=offset, body_ms=20.0, effective_at=T0)
+        for name, offset in [("a", 0.0), ("b", 30.0), ("c", 70.0)]
+    }
+    sidecars = [SimpleNamespace(stream=n, slot_file=tmp_path / f"{n}.json") for n in contracts]
+    follower = LocalFollower(sidecars, dict(contracts))  # type: ignore[arg-type]
+    table = [Slot(n, c.body_ticks, c.period_ticks, c.offset_ticks) for n, c in contracts.items()]
+
+    follower._grant_windows(table, T0 + 0.1)  # the table is not yet running everywhere
+    assert follower.windows == [] and not any(s.slot_file.exists() for s in sidecars)
+    follower._grant_windows(table, T0 + 1.0)
+    assert len(follower.windows) == 1
+    assert follower.windows[0] >= T0 + 1.0 + LocalFollower.SWITCH_AFTER_S
+    windows = release_windows(table)
+    for sidecar in sidecars:
+        written = SlotAssignment.model_validate_json(sidecar.slot_file.read_text())
+        assert (written.early_ticks, written.late_ticks) == windows[sidecar.stream]
+        assert written.generation == contracts[sidecar.stream].generation + 1
+        assert written.offset_ticks == contracts[sidecar.stream].offset_ticks
+    assert windows["a"][0] > 0  # free time before a's slot: a real window
+    follower._grant_windows(table, T0 + 30.0)  # granted already: nothing more
+    assert len(follower.windows) == 1
 
 
 async def test_drift_wakes_the_planner_at_most_once_a_drift_period_news_at_once() -> None:
