@@ -188,15 +188,11 @@ async def test_a_camera_that_restarts_within_its_pin_is_followed_within_seconds(
     slot follows it at once instead (nothing else on the GPU moves for it)."""
     _, sidecars = fed
     cam, followed = await followed_camera(cluster, sidecars)  # its slot now pinned
-    period = followed.frame_period_s
-    cam.phase_s = (cam.phase_s + 0.125) % period  # restarted half a period later
     restarted = time.monotonic()
-    cam.client.nudge()
-    moved = await cluster.wait_for(lambda: cam.has(followed.generation + 1), timeout=10)
+    moved = await move_camera(cluster, cam, followed, 0.125, timeout=10)  # half a period on
     took_s = time.monotonic() - restarted
     assert took_s < 3, f"the re-timed contract came {took_s:.1f} s after the restart"
-    after_arrival = (moved.offset_ticks / moved.tick_hz - cam.phase_s) % period
-    assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
+    assert_slot_follows(moved, cam)
 
 
 async def test_a_phase_that_moved_while_pinned_is_followed_when_the_pin_runs_out(
@@ -210,16 +206,28 @@ async def test_a_phase_that_moved_while_pinned_is_followed_when_the_pin_runs_out
         sidecars,
     ):
         cam, followed = await followed_camera(cluster, sidecars)
-        period = followed.frame_period_s
         # 10 ms earlier, within the pin: its frames wait 10 ms more, less than a jump
-        cam.phase_s = (cam.phase_s - 0.010) % period
-        cam.client.nudge()
         pin_ends = followed.effective_at.timestamp() + 3
-        moved = await cluster.wait_for(lambda: cam.has(followed.generation + 1), timeout=15)
+        moved = await move_camera(cluster, cam, followed, -0.010, timeout=15)
         late_s = time.time() - pin_ends
         assert late_s < 3, f"followed {late_s:.1f} s after the pin ran out"
-        after_arrival = (moved.offset_ticks / moved.tick_hz - cam.phase_s) % period
-        assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
+        assert_slot_follows(moved, cam)
+
+
+async def move_camera(
+    cluster: Cluster, cam: Sidecar, followed: SlotAssignment, shift_s: float, *, timeout: float
+) -> SlotAssignment:
+    """Moves the camera's arrivals ``shift_s`` along its period (its app restarted, or its
+    clock moved), tells its sidecar, and returns the next contract the operator sends it."""
+    cam.phase_s = (cam.phase_s + shift_s) % followed.frame_period_s
+    cam.client.nudge()
+    return await cluster.wait_for(lambda: cam.has(followed.generation + 1), timeout=timeout)
+
+
+def assert_slot_follows(moved: SlotAssignment, cam: Sidecar) -> None:
+    """The slot starts just after the camera's requests arrive (within 10 ms)."""
+    after_arrival = (moved.offset_ticks / moved.tick_hz - cam.phase_s) % moved.frame_period_s
+    assert 0 < after_arrival < 0.01, f"the slot starts {after_arrival * 1e3:.1f} ms after"
 
 
 async def followed_camera(
