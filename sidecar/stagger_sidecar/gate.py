@@ -32,12 +32,17 @@ slot follows it, unless its answer would come too late.
 
 **Answered after the next frame**: a request of an idle, periodic stream is late at once
 too when its slot is further away than the frame period less the time the stream's answers
-take (the 90th percentile of its latest ``ANSWER_WINDOW``; its slot's body before any came
-back) and less ``app_way_s``, the way between the app and the gate, which the gate does not
-see. Such a slot was not chosen for this stream's arrivals (an app on its own clock before
-its slot follows it, a camera that restarted on another clock), and waiting for it would
-cost the app this frame or the next, for the seconds until the operator re-times the GPU;
-going now costs the other streams' slots an overlap, as random phases do.
+take and less ``app_way_s``, the way between the app and the gate, which the gate does not
+see, while going now would still be answered in time. Such a slot was not chosen for this
+stream's arrivals (an app on its own clock before its slot follows it, a camera that
+restarted on another clock), and waiting for it would cost the app this frame or the next,
+for the seconds until the operator re-times the GPU; going now costs the other streams'
+slots an overlap, as random phases do. A stream answered too slowly for its frame period
+either way waits for its slot: going early would gain it nothing. The time its answers
+take is the 90th percentile of its latest ``ANSWER_WINDOW`` answers since its requests came
+periodic (its slot's body before any): earlier ones include a model's first, cold answers
+(100 ms for a 60 ms body seen here), which would otherwise count as the stream's own for
+16 frames.
 
 Without ``max_wait`` a request that finds its stream idle waits at most one period, except
 in a stream whose requests are not periodic (event-driven, variable fps: its arrival phase
@@ -261,7 +266,7 @@ class StreamGate:
             limit is None
             and not self.pending
             and self.periodic()
-            and slot - now + self.answer_s(owner) + self.config.app_way_s > self.frame_s
+            and slot - now + self._answered_s(owner) > self.frame_s >= self._answered_s(owner)
         )
         if after_next:  # answered after the app's next frame: the late rules at once
             limit = 0.0
@@ -298,10 +303,14 @@ class StreamGate:
         """The app's frame period: how soon its next frame comes."""
         return self.arrivals.period_s if self.arrivals is not None else math.inf
 
+    def _answered_s(self, clock: SlotClock) -> float:
+        """From release to the answer reaching the app."""
+        return self.answer_s(clock) + self.config.app_way_s
+
     def answer_s(self, clock: SlotClock) -> float:
         """How long this stream's answers take from release: the 90th percentile of its
-        latest ``ANSWER_WINDOW`` (a frame is lost by its own answer, not a typical one), or
-        its slot's body before any came back."""
+        latest ``ANSWER_WINDOW`` since its requests came periodic (a frame is lost by its own
+        answer, not a typical one), or its slot's body before any came back."""
         if not self._answers:
             return clock.body_s
         ordered = sorted(self._answers)  # 16 at most: cheaper than an interpolated quantile
@@ -371,7 +380,8 @@ class StreamGate:
         """The request's response is back. True when it overran its slot: it finished
         after the stream's next slot began."""
         self.pending = max(0, self.pending - 1)
-        self._answers.append(max(0.0, now - release.at))
+        if self.periodic():
+            self._answers.append(max(0.0, now - release.at))
         return release.slot is not None and now > release.slot + release.period
 
 

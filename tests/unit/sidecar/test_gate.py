@@ -528,6 +528,32 @@ def test_a_stream_on_its_slots_is_never_sent_outside_them_for_slow_answers() -> 
         g.finish(r, r.at + 0.060)
 
 
+def test_a_models_cold_first_answers_do_not_send_a_stream_off_its_slots() -> None:
+    """A slot-clock app whose model answered its first two requests slowly (a cold model:
+    104 and 93 ms; 95 to 109 ms seen here), then in 62 ms: none of its frames goes outside
+    its slots. Counted as its own, the cold answers would say its answers take about 93 ms,
+    and every frame 3 ms before its slot would go ungated for 16 frames."""
+    g = stream_gate()
+    for k, answer in enumerate([0.104, 0.093] + [0.062] * 38):
+        r = released(g.admit(T + 0.027 + k * 0.1))
+        assert (r.slot, r.late) == (near(T + 0.030 + k * 0.1), False), k
+        g.finish(r, r.at + answer)
+
+
+@pytest.mark.parametrize("policy", [GatePolicy.WAIT, GatePolicy.DROP])
+def test_a_stream_answered_too_slowly_for_its_frames_either_way_waits_for_its_slot(
+    policy: GatePolicy,
+) -> None:
+    """Answers that take 97 ms (with the app's 5 ms way, past the 100 ms frame period)
+    come after the next frame whether a request goes now or at its slot 2 ms later:
+    going early gains nothing, so every frame waits for its slot, refused by none."""
+    g = stream_gate(policy=policy)
+    for k in range(40):
+        r = released(g.admit(T + 0.028 + k * 0.1))
+        assert (r.slot, r.late) == (near(T + 0.030 + k * 0.1), False), k
+        g.finish(r, r.at + 0.097)
+
+
 @settings(max_examples=60, deadline=None)
 @given(late_ms=st.floats(7.5, 49.0), which=st.integers(8, 15))
 def test_a_late_frame_never_waits_and_every_later_frame_keeps_its_own_slot(
