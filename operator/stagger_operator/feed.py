@@ -143,15 +143,31 @@ class SlotFeed:
         self.grace_s = grace_s
         self.on_report = on_report
         self.monotonic = monotonic
-        self.serving = False  # the Lease holder answers; a standby says 503
+        self._serving = False  # the Lease holder answers; a standby says 503
         self._lock = threading.Lock()
         self._entries: dict[ConfigMapKey, _Entry] = {}
         self._published = False
         self._sidecars: dict[ConfigMapKey, _Sidecar] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: dict[ConfigMapKey, asyncio.Event] = {}
-        self._planned = asyncio.Event()  # set on the event loop by the first publish
+        # Set (and replaced) on the event loop by the first publish and when this replica
+        # stops serving: what requests held before the first plan wait for.
+        self._hold_ends = asyncio.Event()
         self.requests = 0  # served since start, whatever the answer
+
+    @property
+    def serving(self) -> bool:
+        return self._serving
+
+    @serving.setter
+    def serving(self, serving: bool) -> None:
+        """A replica that stops serving (it lost the Lease, or it is shutting down) answers
+        the requests it holds at once, as a standby: held until their wait ran out (30 s),
+        their sidecars would reach the new Lease holder only then, and a shutdown would
+        wait for them before it releases the Lease."""
+        was, self._serving = self._serving, serving
+        if was and not serving and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stand_down)
 
     # -- the controller's side -----------------------------------------------------------
 
@@ -172,7 +188,7 @@ class SlotFeed:
                 del self._sidecars[gone]
         if self._loop is not None:
             if first:
-                self._loop.call_soon_threadsafe(self._planned.set)
+                self._loop.call_soon_threadsafe(self._broadcast)
             if changed:
                 self._loop.call_soon_threadsafe(self._notify, changed)
 
@@ -252,6 +268,14 @@ class SlotFeed:
             if event is not None:
                 event.set()
 
+    def _broadcast(self) -> None:
+        ended, self._hold_ends = self._hold_ends, asyncio.Event()
+        ended.set()
+
+    def _stand_down(self) -> None:
+        self._broadcast()
+        self._notify(list(self._changed))
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post("/v1/slots/{namespace}/{name}", self._serve)
@@ -261,11 +285,7 @@ class SlotFeed:
         self._loop = asyncio.get_running_loop()
         self.requests += 1
         if not self.serving:
-            answer = web.json_response(
-                {"reason": "standby replica"}, status=503, headers={"Retry-After": "1"}
-            )
-            answer.force_close()  # the sidecar's next connection may reach the Lease holder
-            return answer
+            return _standby()
         key = (request.match_info["namespace"], request.match_info["name"])
         try:
             wait_s = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT_S)
@@ -273,15 +293,18 @@ class SlotFeed:
         except (ValueError, ValidationError) as e:
             return web.json_response({"reason": f"bad request: {e}"}, status=400)
         deadline = self._loop.time() + wait_s
-        if not self._published:
+        while not self._published:
             # The Lease holder before its first plan (a restart, a failover): hold the
             # request for it. Answered at once, every sidecar would ask again at once, all
             # through the first reconcile, the operator's longest.
+            hold_ends = self._hold_ends
             try:
-                async with asyncio.timeout(wait_s):
-                    await self._planned.wait()
+                async with asyncio.timeout(deadline - self._loop.time()):
+                    await hold_ends.wait()
             except TimeoutError:
                 return web.Response(status=204)
+            if not self.serving:
+                return _standby()
         entry = self._entries.get(key)
         if entry is None:
             return web.json_response(
@@ -303,6 +326,8 @@ class SlotFeed:
                         await event.wait()
                 except TimeoutError:
                     return web.Response(status=204)
+                if not self.serving:
+                    return _standby()
                 latest = self._entries.get(key)
                 if latest is None:
                     return web.json_response({"reason": "the ConfigMap is gone"}, status=404)
@@ -329,6 +354,14 @@ class SlotFeed:
         news = _news(before, report, entry.period_s)
         if news is not None:
             self.on_report(news)
+
+
+def _standby() -> web.Response:
+    answer = web.json_response(
+        {"reason": "standby replica"}, status=503, headers={"Retry-After": "1"}
+    )
+    answer.force_close()  # the sidecar's next connection may reach the Lease holder
+    return answer
 
 
 def _news(before: Report | None, now: Report, period_s: float) -> bool | None:
@@ -363,6 +396,13 @@ def take_open_files_limit() -> tuple[int, int]:
         except (ValueError, OSError) as e:
             log.warning("Could not raise the open-files limit from %d to %d: %s", soft, wanted, e)
     return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+async def stop(feed: SlotFeed, runner: web.AppRunner) -> None:
+    """Stop serving: the held requests are answered as a standby would (their sidecars ask
+    the Service again a second later), then the listener closes."""
+    feed.serving = False
+    await runner.cleanup()
 
 
 async def serve(feed: SlotFeed, address: str) -> web.AppRunner:

@@ -21,6 +21,7 @@ from kubernetes import client, config
 from stagger_operator.backoff import Backoff
 from stagger_operator.controller import Controller, Report
 from stagger_operator.feed import SlotFeed, serve
+from stagger_operator.feed import stop as stop_feed
 from stagger_operator.kube import Kube
 from stagger_operator.leader import Elector
 from stagger_operator.metrics import OperatorMetrics
@@ -86,7 +87,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
                 await task
     feed_runner = memo.get("feed_runner")
     if feed_runner is not None:
-        await feed_runner.cleanup()
+        await stop_feed(memo.controller.feed, feed_runner)
     stop_metrics = memo.get("metrics_stop")
     if stop_metrics is not None:
         await asyncio.to_thread(stop_metrics)

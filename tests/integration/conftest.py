@@ -77,6 +77,7 @@ class Operator:
     memo: kopf.Memo
     stop: asyncio.Event
     task: asyncio.Task[None]
+    not_its_own: set[asyncio.Task[Any]]  # tasks in the loop that are not the operator's
 
 
 def api_client(host: str, token: str) -> client.ApiClient:
@@ -132,13 +133,23 @@ async def start_operator(
         wall_clock=lambda: datetime.now(UTC) + skew,
     )
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(clusterwide=True, standalone=True, memo=memo, stop_flag=stop)
-    )
-    return Operator(memo, stop, task)
+    # kopf.operator takes every task created after it starts for one of the operator's
+    # and waits 5 s for them at exit: here that includes the test's own teardown, which
+    # waits for the operator. The teardown says it is not the operator's.
+    not_its_own: set[asyncio.Task[Any]] = set()
+
+    async def run() -> None:
+        not_its_own.update(asyncio.all_tasks())
+        tasks = await kopf.spawn_tasks(clusterwide=True, standalone=True, memo=memo, stop_flag=stop)
+        await kopf.run_tasks(tasks, ignored=not_its_own)
+
+    return Operator(memo, stop, asyncio.create_task(run()), not_its_own)
 
 
 async def stop_operator(op: Operator) -> None:
+    current = asyncio.current_task()
+    if current is not None:
+        op.not_its_own.add(current)
     op.stop.set()
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(op.task, 15)

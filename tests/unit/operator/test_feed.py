@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from stagger.core.contract import CONTRACT_FILE, SlotAssignment
 from stagger_operator.feed import SlotFeed, version_of
+from stagger_operator.feed import stop as stop_feed
 from stagger_sidecar.feed import FeedClient, Measured, moved
 from tests.factories import slot_contract
 
@@ -87,6 +88,45 @@ async def test_before_its_first_plan_the_lease_holder_holds_requests_until_it_pu
     r = await asyncio.wait_for(waiting, 2)
     assert r.status == 200
     assert json.loads((await r.json())["files"][CONTRACT_FILE])["generation"] == 1
+
+
+async def test_a_replica_that_stops_serving_answers_what_it_holds_at_once(feed) -> None:
+    """A replica that loses the Lease, or shuts down, answers the requests it holds as a
+    standby (their sidecars ask the Service again a second later), whether held for a
+    change or for the first plan: held until their 30 s ran out, the sidecars would reach
+    the new holder only then, and a shutdown would wait for them before releasing the
+    Lease."""
+    f, client, _, _ = feed
+    before_plan = asyncio.create_task(client.post(URL, params={"wait": "30"}, json={}))
+    await _until(lambda: f.requests == 1)
+    publish(f, **{"cam-0": contract(1)})
+    have = (await (await asyncio.wait_for(before_plan, 2)).json())["version"]
+    held = asyncio.create_task(client.post(URL, params={"wait": "30"}, json={"have": have}))
+    await _until(lambda: f.requests == 2)
+    await asyncio.sleep(0.1)
+    assert not held.done()  # nothing changed: held
+    f.serving = False
+    r = await asyncio.wait_for(held, 2)
+    assert r.status == 503 and (await r.json())["reason"] == "standby replica"
+
+    restarted = SlotFeed()  # a new holder before its first plan, then shut down
+    restarted.serving = True
+    server = TestServer(restarted.app())
+    await server.start_server()
+    runner = server.runner
+    try:
+        async with TestClient(server) as other:
+            waiting = asyncio.create_task(other.post(URL, params={"wait": "30"}, json={}))
+            await _until(lambda: restarted.requests == 1)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            stopping = asyncio.create_task(stop_feed(restarted, runner))
+            r = await asyncio.wait_for(waiting, 2)
+            assert r.status == 503
+            await asyncio.wait_for(stopping, 2)
+            assert loop.time() - began < 1.0
+    finally:
+        await server.close()
 
 
 async def test_the_sidecar_client_asks_a_standby_less_and_less_often() -> None:
