@@ -30,19 +30,21 @@ next frame, where going now overlaps the next stream's body by at most its own. 
 whose usual arrival itself misses its slot is out of phase, not late: it waits until its
 slot follows it, unless its answer would come too late.
 
-**Answered after the next frame**: a request of an idle, periodic stream is late at once
-too when its slot is further away than the frame period less the time the stream's answers
-take and less ``app_way_s``, the way between the app and the gate, which the gate does not
-see, while going now would still be answered in time. Such a slot was not chosen for this
-stream's arrivals (an app on its own clock before its slot follows it, a camera that
-restarted on another clock), and waiting for it would cost the app this frame or the next,
-for the seconds until the operator re-times the GPU; going now costs the other streams'
-slots an overlap, as random phases do. A stream answered too slowly for its frame period
-either way waits for its slot: going early would gain it nothing. The time its answers
-take is the 90th percentile of its latest ``ANSWER_WINDOW`` answers since its requests came
-periodic (its slot's body before any): earlier ones include a model's first, cold answers
-(100 ms for a 60 ms body seen here), which would otherwise count as the stream's own for
-16 frames.
+**Answered after the next frame**: under ``wait`` and ``pass``, a request of an idle,
+periodic stream goes at once, ungated and counted late, when its slot is further away than
+the frame period less the time the stream's answers take and less ``app_way_s``, the way
+between the app and the gate, which the gate does not see, while going now would still be
+answered in time. Such a slot was not chosen for this stream's arrivals (an app on its own
+clock before its slot follows it, a camera that restarted on another clock), and waiting
+for it would cost the app this frame or the next, for the seconds until the operator
+re-times the GPU; going now costs the other streams' slots an overlap, as random phases do.
+A stream answered too slowly for its frame period either way waits for its slot: going
+early would gain it nothing. Under ``drop`` such a request waits for its slot too: refused,
+it would not save the next frame, which would be refused the same way, every frame until
+the slot follows (for good where it cannot). The time its answers take is the 90th
+percentile of its latest ``ANSWER_WINDOW`` answers since its requests came periodic (its
+slot's body before any): earlier ones include a model's first, cold answers (100 ms for a
+60 ms body seen here), which would otherwise count as the stream's own for 16 frames.
 
 Without ``max_wait`` a request that finds its stream idle waits at most one period, except
 in a stream whose requests are not periodic (event-driven, variable fps: its arrival phase
@@ -264,6 +266,7 @@ class StreamGate:
             limit = 0.0
         after_next = (
             limit is None
+            and policy is not GatePolicy.DROP
             and not self.pending
             and self.periodic()
             and slot - now + self._answered_s(owner) > self.frame_s >= self._answered_s(owner)
@@ -276,12 +279,6 @@ class StreamGate:
                     detail = (
                         f"and this request came {(now - missed) * 1e3:.1f} ms after the slot "
                         "its requests usually take"
-                    )
-                elif after_next:
-                    detail = (
-                        f"so its answer (about {self.answer_s(owner) * 1e3:.1f} ms) would "
-                        f"come after the stream's next frame, {self.frame_s * 1e3:g} ms after "
-                        "this one"
                     )
                 elif self.config.max_wait_s is None:
                     detail = "and its requests are not periodic"
