@@ -186,6 +186,7 @@ def desired_state(
                 since=began,
             )
         )
+        written = contracts or {}
         windows: Mapping[Hashable, tuple[int, int]] = {}
         if (
             settings.release_windows
@@ -193,16 +194,24 @@ def desired_state(
             and generation == old.spec.generation
             and now >= effective_at
             and (node, gpu) not in haunted
-            and all(running.get(p.key) == generation for p in shards)
+            and all(
+                _runs_its_contract(p, written.get(p.key), generation, running, now) for p in shards
+            )
         ):
             windows = release_windows(
                 [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]
             )
-        written = contracts or {}
         for p in shards:
+            kept = written.get(p.key)
+            if kept is not None and (unchanged or _kept_as_written(p, kept, epoch, settings)):
+                # Its releases stay as written: the contract keeps its generation and switch,
+                # so a stream that joins the GPU rewrites no other stream's ConfigMap (nor
+                # makes every sidecar there switch to a copy of what it runs).
+                slots[p.key] = (p, epoch, kept.generation, kept.effective_at, windows.get(p.key))
+                continue
             switch = shard_switch(
                 p,
-                written.get(p.key),
+                kept,
                 unchanged=unchanged,
                 switch=effective_at,
                 epoch=epoch,
@@ -337,6 +346,35 @@ def releases_changed(
             or before.releases() != _releases_as_planned(p, epoch, tick_hz)
         )
     }
+
+
+def _kept_as_written(
+    p: ShardPlacement, written: SlotAssignment, epoch: datetime, settings: OperatorSettings
+) -> bool:
+    """Whether a shard's contract in a changed table (which grants no window) is the one
+    written for it but for its generation and switch."""
+    planned = SlotAssignment.for_shard(
+        p,
+        tick_hz=settings.tick_hz,
+        epoch=epoch,
+        generation=written.generation,
+        effective_at=written.effective_at,
+    )
+    return planned == written
+
+
+def _runs_its_contract(
+    p: ShardPlacement,
+    written: SlotAssignment | None,
+    generation: int,
+    running: Mapping[tuple[str, str, int], int],
+    now: datetime,
+) -> bool:
+    """Whether the shard's sidecar runs the contract written for it, in force (the table's
+    generation where none was read)."""
+    if written is None:
+        return running.get(p.key) == generation
+    return now >= written.effective_at and running.get(p.key) == written.generation
 
 
 def _releases_as_planned(p: ShardPlacement, epoch: datetime, tick_hz: int) -> tuple[object, ...]:

@@ -161,6 +161,49 @@ def test_epoch_is_kept_and_generation_bumps_only_when_the_table_changes() -> Non
     assert sched.spec.effective_at == later + timedelta(seconds=5)
 
 
+def test_a_stream_that_joins_beside_others_changes_none_of_their_contracts() -> None:
+    """b joins a's GPU in a free gap and a's slot stays: a keeps the contract its sidecar
+    runs, generation and switch, so its ConfigMap and status are not written again (every
+    arrival rewrote every ConfigMap on its GPU: 18 writes per arrival at 1,000 streams).
+    Windows come back once each sidecar runs its own contract: a's generation 1, b's 2."""
+    c = cluster(("n", 1))
+    a = with_uid(stream("a", 10, body=5, template=TEMPLATE), "ua")
+    b = with_uid(stream("b", 10, body=5, template=TEMPLATE), "ub")
+    settings = OperatorSettings()
+    first = desired_state([a], plan([a], c), {}, settings, NOW)
+    prev = schedules_of(first)
+    restored = plan_from_schedules(prev.values(), 30_000)
+    written = contracts_in_place(written_contracts(first.objects), restored)
+    later = NOW + timedelta(minutes=5)
+    grown = plan([a, b], c, previous=restored)
+    assert not grown.offsets_changed
+    joined = desired_state([a, b], grown, prev, settings, later, contracts=written)
+    (sched,) = schedules_of(joined).values()
+    assert sched.spec.generation == 2
+    contracts = {x.stream: x for x in written_contracts(joined.objects)}
+    assert contracts["a"] == written[("default", "a", 0)]
+    assert (contracts["b"].generation, contracts["b"].effective_at) == (2, sched.spec.effective_at)
+    skipped = desired_state(
+        [a, b], grown, prev, settings, later, contracts=written, known=first.fingerprints
+    )
+    assert ("default", "a") in skipped.unchanged
+
+    after = sched.spec.effective_at + timedelta(seconds=1)
+    now_written = {contract_key(x): x for x in contracts.values()}
+    windowed = desired_state(
+        [a, b],
+        plan_from_schedules([sched], 30_000),
+        {sched.metadata.name: sched},
+        settings,
+        after,
+        contracts=now_written,
+        running={("default", "a", 0): 1, ("default", "b", 0): 2},
+    )
+    granted = {x.stream: (x.generation, x.early_ticks) for x in written_contracts(windowed.objects)}
+    assert granted["a"][0] == 1 and granted["b"][0] == 2
+    assert granted["a"][1] and granted["b"][1]
+
+
 def test_a_table_that_changes_what_a_running_sidecar_releases_waits_for_the_kubelet() -> None:
     """The kubelet updates a mounted ConfigMap in a running pod within its sync period (1
     min by default) plus its cache's propagation: a sidecar may read a new contract a
@@ -298,7 +341,8 @@ def test_a_shard_whose_re_timing_is_to_come_keeps_its_switch_in_later_tables() -
     coming re-timing when a later table is written may only ever read the later one. So a
     shard whose slot the later table leaves as the coming one has it keeps that one's switch
     instant in its contract, and switches with the others; the shards the coming re-timing
-    moved stay pinned until then. A shard the later table re-times takes the later switch."""
+    moved stay pinned until then. A shard the later table re-times takes the later switch;
+    one whose slot no table moves keeps the contract it runs, generation and switch."""
     c = cluster(("t4", 1))
     cams = [with_uid(stream(f"cam{i}", 4, body=45, template=TEMPLATE), f"u{i}") for i in range(4)]
     settings = OperatorSettings()
@@ -347,16 +391,23 @@ def test_a_shard_whose_re_timing_is_to_come_keeps_its_switch_in_later_tables() -
         contracts = {c.stream: c for c in written_contracts(desired.objects)}
         for name in ("cam1", "cam2"):
             assert contracts[name].effective_at == switch, name
-        assert contracts["cam0"].effective_at == (after.spec.effective_at if retimes else switch)
         if retimes:
+            assert contracts["cam0"].effective_at == after.spec.effective_at
+            assert contracts["cam0"].generation == after.spec.generation
             assert after.spec.effective_at - just_before >= timedelta(seconds=120)
-    # once the switch has passed, a changed table's contracts take its own switch
+        else:
+            assert contracts["cam0"] == running[("default", "cam0", 0)]
+    # once the switch has passed, a changed table whose slots stay changes no contract: each
+    # keeps what its sidecar runs (cam3 left; nothing to rewrite but the GpuSchedule)
     past = switch + timedelta(seconds=1)
     desired = desired_state(
         cams[:3], three, {sched.metadata.name: sched}, settings, past, contracts=running
     )
     (after,) = schedules_of(desired).values()
-    assert {c.effective_at for c in written_contracts(desired.objects)} == {after.spec.effective_at}
+    assert after.spec.generation == sched.spec.generation + 1
+    assert {(c.namespace, c.stream, c.shard): c for c in written_contracts(desired.objects)} == {
+        k: c for k, c in running.items() if k[1] != "cam3"
+    }
 
 
 def test_restart_reproduces_the_same_plan_from_schedules() -> None:
