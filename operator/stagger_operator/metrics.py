@@ -3,11 +3,14 @@ own so that several operators in one process (the tests) do not collide."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from stagger.core import telemetry
+from stagger.core.placement import Plan
 from stagger_operator.controller import Report
 
 RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -36,27 +39,8 @@ class OperatorMetrics:
         self.streams = Gauge(telemetry.OPERATOR_STREAMS, "Streams by state", ["state"], registry=r)
         self.writes = Counter(telemetry.OPERATOR_WRITES, "API writes", ["result"], registry=r)
         self.leader = Gauge(telemetry.OPERATOR_LEADER, "Holds the Lease", registry=r)
-        targets = telemetry.STREAM_TARGET_LABELS
-        self.fps = Gauge(telemetry.STREAM_REQUESTED_FPS, "Requested fps", targets, registry=r)
-        self.deadline = Gauge(telemetry.STREAM_DEADLINE, "Deadline", targets, registry=r)
-        profiles = telemetry.PROFILE_LABELS
-        self.body = Gauge(telemetry.PROFILE_BODY, "Profile body", profiles, registry=r)
-        self.drifted = Gauge(telemetry.PROFILE_DRIFTED, "Profile drifted", profiles, registry=r)
-        self.reserved = Gauge(
-            telemetry.GPU_RESERVED,
-            "Reserved body per second",
-            ["node", "gpu", "product", "sharing_mode"],
-            registry=r,
-        )
-        self.body_overlap = Gauge(
-            telemetry.GPU_BODY_OVERLAP,
-            "Time per second two calibrated bodies run at once",
-            ["node", "gpu", "product", "sharing_mode"],
-            registry=r,
-        )
-        self.planned_body = Gauge(
-            telemetry.SHARD_PLANNED_BODY, "Planned body", telemetry.SHARD_LABELS, registry=r
-        )
+        self.plan_series = PlanSeries()
+        r.register(self.plan_series)
         for outcome in ("ok", "error"):
             self.reconciles.labels(outcome)
         for result in ("written", "deleted", "failed"):
@@ -74,41 +58,14 @@ class OperatorMetrics:
         self.writes.labels("written").inc(report.written)
         self.writes.labels("deleted").inc(report.deleted)
         self.writes.labels("failed").inc(report.failed)
-        for gauge in (self.fps, self.deadline, self.body, self.drifted):
-            gauge.clear()  # streams and profiles that are gone lose their series
-        if report.plan is not None:
-            self.reserved.clear()
-            self.body_overlap.clear()
-            self.planned_body.clear()
-            for g in report.plan.gpus:
-                where = (g.node, str(g.gpu), g.product, g.sharing_mode)
-                self.reserved.labels(*where).set(g.utilization)
-                self.body_overlap.labels(*where).set(g.overlap_ms_per_s / 1e3)
-            for p in report.plan.shards:
-                shard = (p.namespace, p.stream, str(p.shard), p.node, str(p.gpu))
-                self.planned_body.labels(*shard).set(p.body_ms / 1e3)
-        for namespace, stream, fps, deadline_s in report.targets:
-            self.fps.labels(namespace, stream).set(fps)
-            self.deadline.labels(namespace, stream).set(deadline_s)
-        for name, model, product, mode, body_s, drifted in report.profiles:
-            self.body.labels(name, model, product, mode).set(body_s)
-            self.drifted.labels(name, model, product, mode).set(int(drifted))
+        self.plan_series.update(report)
 
     def standby(self) -> None:
         """Lost the Lease: the plan's series are the new leader's to export. Left here they
         would go stale and double every stream and GPU on dashboards."""
         self.leader.set(0)
-        for gauge in (
-            self.streams,
-            self.fps,
-            self.deadline,
-            self.body,
-            self.drifted,
-            self.reserved,
-            self.body_overlap,
-            self.planned_body,
-        ):
-            gauge.clear()
+        self.streams.clear()
+        self.plan_series.clear()
 
     def failed(self, seconds: float) -> None:
         self.reconciles.labels("error").inc()
@@ -124,3 +81,66 @@ class OperatorMetrics:
             thread.join(timeout=5)
 
         return stop
+
+
+class PlanSeries(Collector):
+    """The series of what exists (per stream, profile, GPU and shard), built from the
+    latest reconcile's report when scraped. A reconcile only keeps the report: setting
+    them as gauges took 0.3 s of the event loop per reconcile at 10,000 streams, where the
+    slot feed and the watches are served. Streams, profiles, GPUs and shards that are gone
+    lose their series with the report that no longer has them."""
+
+    def __init__(self) -> None:
+        self._plan: Plan | None = None
+        self._targets: list[tuple[str, str, float, float]] = []
+        self._profiles: list[tuple[str, str, str, str, float, bool]] = []
+
+    def update(self, report: Report) -> None:
+        if report.plan is not None:  # None: the plan did not change
+            self._plan = report.plan
+        self._targets, self._profiles = report.targets, report.profiles
+
+    def clear(self) -> None:
+        self._plan, self._targets, self._profiles = None, [], []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        plan, targets, profiles = self._plan, self._targets, self._profiles  # one report's
+        fps = GaugeMetricFamily(
+            telemetry.STREAM_REQUESTED_FPS, "Requested fps", labels=telemetry.STREAM_TARGET_LABELS
+        )
+        deadline = GaugeMetricFamily(
+            telemetry.STREAM_DEADLINE, "Deadline", labels=telemetry.STREAM_TARGET_LABELS
+        )
+        for namespace, stream, frames, deadline_s in targets:
+            fps.add_metric([namespace, stream], frames)
+            deadline.add_metric([namespace, stream], deadline_s)
+        body = GaugeMetricFamily(
+            telemetry.PROFILE_BODY, "Profile body", labels=telemetry.PROFILE_LABELS
+        )
+        drifted = GaugeMetricFamily(
+            telemetry.PROFILE_DRIFTED, "Profile drifted", labels=telemetry.PROFILE_LABELS
+        )
+        for name, model, product, mode, body_s, drift in profiles:
+            body.add_metric([name, model, product, mode], body_s)
+            drifted.add_metric([name, model, product, mode], int(drift))
+        gpu_labels = ["node", "gpu", "product", "sharing_mode"]
+        reserved = GaugeMetricFamily(
+            telemetry.GPU_RESERVED, "Reserved body per second", labels=gpu_labels
+        )
+        overlap = GaugeMetricFamily(
+            telemetry.GPU_BODY_OVERLAP,
+            "Time per second two calibrated bodies run at once",
+            labels=gpu_labels,
+        )
+        planned = GaugeMetricFamily(
+            telemetry.SHARD_PLANNED_BODY, "Planned body", labels=telemetry.SHARD_LABELS
+        )
+        if plan is not None:
+            for g in plan.gpus:
+                where = [g.node, str(g.gpu), g.product, g.sharing_mode]
+                reserved.add_metric(where, g.utilization)
+                overlap.add_metric(where, g.overlap_ms_per_s / 1e3)
+            for p in plan.shards:
+                shard = [p.namespace, p.stream, str(p.shard), p.node, str(p.gpu)]
+                planned.add_metric(shard, p.body_ms / 1e3)
+        yield from (fps, deadline, body, drifted, reserved, overlap, planned)

@@ -86,6 +86,9 @@ def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
     metrics.reconciled(report, 0.1)
     assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) == 0.45
 
+    metrics.reconciled(Report(placed=1), 0.1)  # the plan did not change: its series stay
+    assert registry.get_sample_value("stagger_shard_planned_body_seconds", placed) == body
+
     report.plan = Plan(shards=(), gpus=(), unplaced=())  # the stream went away
     metrics.reconciled(report, 0.1)
     assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) is None
