@@ -119,6 +119,16 @@ def next_random_n(drops: Mapping[int, float], admitted: int, servers: int) -> in
     return None
 
 
+def transparent_again_at(drops: Mapping[int, float], admitted: int) -> int | None:
+    """Where transparent mode is measured a second time: at random phases' largest 0-drop N
+    when that is below the admitted N (issue 21 compares the two at that N, with the same
+    cameras); None where random held the admitted N (the first measurement is at it) or
+    held no N measured."""
+    held = [n for n, d in drops.items() if d == 0]
+    largest = max(held, default=0)
+    return largest if 0 < largest < admitted else None
+
+
 def repository(root: Path, models: Path, bodies: list[str]) -> Path:
     """One model per body, each a copy of ``models/detector`` with one instance (each stream
     has its own server) and the body's parameters. A parameter the model does not have is
@@ -717,6 +727,18 @@ def identical(
         ]
         out["random"][n] = measure(cams, args.frames, root, f"{body}-random-n{n}", args)
         save()
+    again = transparent_again_at(_drops(out["random"]), admitted)
+    if out.get("transparent") and again is not None:
+        fewer, _, _ = apply_one_at_a_time(
+            candidates[:again], cluster, [manifest], settings, len(servers)
+        )
+        if fewer is not None:
+            loop = Loop(fewer, servers, root)
+            try:
+                out["transparentAtRandomN"] = transparent(loop, body, root, args)
+                save()
+            finally:
+                loop.stop()
     return out
 
 

@@ -28,6 +28,7 @@ from bench.gpu.loop import (
     stream,
     stream_deadline_ms,
     tightest_stream,
+    transparent_again_at,
     with_deadlines,
 )
 from bench.gpu.targets import loop_verdict, render_loop
@@ -458,6 +459,32 @@ def test_transparent_mode_is_judged_apart_once_the_slots_settled() -> None:
     checks = v["transparent"]["checks"]
     assert not checks["p99OverRandom"]["met"] and not checks["settled"]["met"]
     assert v["met"]  # issue 20's verdict does not depend on it
+
+
+def test_transparent_mode_is_measured_again_where_random_phases_hold_fewer_than_admitted() -> None:
+    assert transparent_again_at({8: 0.033, 9: 12.9, 7: 0.0}, admitted=8) == 7  # runs 57's kind
+    assert transparent_again_at({8: 0.0, 9: 4.2}, admitted=8) is None  # measured at 8 already
+    assert transparent_again_at({16: 0.0, 17: 0.0}, admitted=16) is None  # held above it
+    assert transparent_again_at({8: 1.5, 9: 15.2, 7: 0.2, 6: 0.1}, admitted=8) is None
+
+
+def test_transparent_mode_is_judged_at_random_phases_largest_0_drop_n_where_measured() -> None:
+    """Random phases lost frames at the admitted 8 and held 7: transparent mode is judged at
+    7 against random's 7 (the same cameras), not at 8, where the GPU is fuller."""
+    result = identical(
+        8, measured(25.0), {8: measured(78.0, 0.033), 9: measured(97.7, 12.9), 7: measured(50.0)}
+    )
+    at_8 = {"p99Ms": 69.0, "dropPercent": 0.0, "answeredPerStream": [400] * 8}
+    at_7 = {"p99Ms": 29.0, "dropPercent": 0.0, "answeredPerStream": [430] * 7}
+    result["transparent"] = {"steady": at_8, "settledAfterS": 6.5, "retimings": 1}
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert v["transparent"]["n"] == 8 and not v["transparent"]["met"]  # 69 / 50
+    result["transparentAtRandomN"] = {"steady": at_7, "settledAfterS": 6.1, "retimings": 1}
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    t = v["transparent"]
+    assert t["n"] == 7 and t["met"]
+    assert t["checks"]["p99OverRandom"]["value"] == pytest.approx(29 / 50, abs=1e-4)
+    assert "transparent (slots follow the cameras) at N = 7" in render_loop([v])
 
 
 def test_stalls_name_the_streams_a_slow_moment_hit() -> None:
