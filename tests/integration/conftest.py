@@ -45,6 +45,7 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> A
 class Cluster:
     kube: Kube
     emulator: kmock.KubernetesEmulator
+    server: kmock.Server
 
     def client_as(self, token: str) -> client.ApiClient:
         """A fresh client presenting ``token`` (``tests.emulator``: faults and kills hit
@@ -72,12 +73,32 @@ async def run_pod(c: Cluster, deployment: dict[str, Any], *, ip: str = "127.0.0.
     await c.create(ready_pod(deployment, ip=ip))
 
 
+class NotTheOperators(set[asyncio.Task[Any]]):
+    """The tasks in the test's loop that are not the operator's, which kopf must not wait
+    for at exit (it takes every task created after it started for one of the operator's
+    and waits 5 s for them): those before it started, the teardown's, and the emulator's
+    request handlers. A handler serving a watch the operator closed ends only at the
+    emulator's next event on that watch; the operator's own servers are still waited for."""
+
+    def __init__(self, emulator: kmock.Server) -> None:
+        super().__init__()
+        self.emulator = emulator.server.runner.server if emulator.server.runner else None
+
+    def __contains__(self, task: object) -> bool:
+        if super().__contains__(task):
+            return True
+        coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+        frame = getattr(coro, "cr_frame", None)
+        handler = frame.f_locals.get("self") if frame is not None else None
+        return self.emulator is not None and getattr(handler, "_manager", None) is self.emulator
+
+
 @dataclass
 class Operator:
     memo: kopf.Memo
     stop: asyncio.Event
     task: asyncio.Task[None]
-    not_its_own: set[asyncio.Task[Any]]  # tasks in the loop that are not the operator's
+    not_its_own: NotTheOperators
 
 
 def api_client(host: str, token: str) -> client.ApiClient:
@@ -96,7 +117,7 @@ async def emulated_cluster() -> AsyncIterator[Cluster]:
     emulator.faults, emulator.writes_left, emulator.dead = [], {}, set()
     async with kmock.Server(emulator) as server:
         EMULATOR_URL["url"] = str(server.url)
-        c = Cluster(Kube(api_client(str(server.url), OBSERVER)), emulator)
+        c = Cluster(Kube(api_client(str(server.url), OBSERVER)), emulator, server)
         for name in ("gpu-a", "gpu-b"):
             await c.create(node(name))
         yield c
@@ -133,10 +154,7 @@ async def start_operator(
         wall_clock=lambda: datetime.now(UTC) + skew,
     )
     stop = asyncio.Event()
-    # kopf.operator takes every task created after it starts for one of the operator's
-    # and waits 5 s for them at exit: here that includes the test's own teardown, which
-    # waits for the operator. The teardown says it is not the operator's.
-    not_its_own: set[asyncio.Task[Any]] = set()
+    not_its_own = NotTheOperators(c.server)
 
     async def run() -> None:
         not_its_own.update(asyncio.all_tasks())
