@@ -119,12 +119,10 @@ def desired_state(
     stream whose fingerprint is in ``known`` is left out (``unchanged``): its objects and
     status were written from the same inputs before.
 
-    Release windows (``settings.release_windows``) are granted on a GPU whose table has not
-    changed, whose switch to it has passed, whose every shard's sidecar reports running its
-    generation (``running``: generation per shard, from the sidecars' metrics) and where no
-    old copy of a moved shard still runs (``retiring``): windows are computed from the
-    table, so every body on the GPU must follow it. A changed table's contracts carry none
-    until that holds again; they take effect at its switch instant like any contract."""
+    Release windows (``settings.release_windows``): :func:`granted_windows` (``running``:
+    generation per shard, from the sidecars' metrics); none on a GPU where an old copy of a
+    moved shard still runs (``retiring``), whose body no table accounts for. A contract
+    whose window narrows takes effect at the table's switch like any contract."""
     desired = Desired()
     running = running or {}
     haunted = {(r.node, r.gpu) for r in retiring}
@@ -156,6 +154,12 @@ def desired_state(
         epoch = old.spec.epoch if old else now.replace(microsecond=0)
         before = _table(plan_from_schedules([old], settings.tick_hz).shards) if old else None
         unchanged = old is not None and before == _table(shards)
+        written = contracts or {}
+        windows: dict[tuple[str, str, int], tuple[int, int]] = {}
+        if settings.release_windows and (node, gpu) not in haunted:
+            windows = granted_windows(
+                old, shards, written, unchanged=unchanged, running=running, now=now
+            )
         if old is not None and unchanged:
             generation, effective_at = old.spec.generation, old.spec.effective_at or epoch
         else:
@@ -164,7 +168,8 @@ def desired_state(
                 old,
                 shards,
                 epoch,
-                contracts or {},
+                written,
+                windows,
                 now=now,
                 settings=settings,
                 connected=connected,
@@ -186,39 +191,27 @@ def desired_state(
                 since=began,
             )
         )
-        written = contracts or {}
-        windows: Mapping[Hashable, tuple[int, int]] = {}
-        if (
-            settings.release_windows
-            and old is not None
-            and generation == old.spec.generation
-            and now >= effective_at
-            and (node, gpu) not in haunted
-            and all(
-                _runs_its_contract(p, written.get(p.key), generation, running, now) for p in shards
-            )
-        ):
-            windows = release_windows(
-                [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]
-            )
         for p in shards:
-            kept = written.get(p.key)
-            if kept is not None and (unchanged or _kept_as_written(p, kept, epoch, settings)):
+            kept, window = written.get(p.key), windows.get(p.key)
+            if kept is not None and (
+                unchanged or _kept_as_written(p, kept, epoch, window, settings.tick_hz)
+            ):
                 # Its releases stay as written: the contract keeps its generation and switch,
                 # so a stream that joins the GPU rewrites no other stream's ConfigMap (nor
                 # makes every sidecar there switch to a copy of what it runs).
-                slots[p.key] = (p, epoch, kept.generation, kept.effective_at, windows.get(p.key))
+                slots[p.key] = (p, epoch, kept.generation, kept.effective_at, window)
                 continue
             switch = shard_switch(
                 p,
                 kept,
+                window,
                 unchanged=unchanged,
                 switch=effective_at,
                 epoch=epoch,
                 now=now,
                 tick_hz=settings.tick_hz,
             )
-            slots[p.key] = (p, epoch, generation, switch, windows.get(p.key))
+            slots[p.key] = (p, epoch, generation, switch, window)
     unplaced = {(u.namespace, u.stream): u.reason for u in plan.unplaced}
     by_stream: dict[tuple[str, str], list[ShardPlacement]] = defaultdict(list)
     for p in plan.shards:  # once: a lookup per stream would be quadratic in the fleet
@@ -271,11 +264,58 @@ def desired_state(
     return desired
 
 
+def granted_windows(
+    old: GpuSchedule | None,
+    shards: Sequence[ShardPlacement],
+    written: Mapping[tuple[str, str, int], SlotAssignment],
+    *,
+    unchanged: bool,
+    running: Mapping[tuple[str, str, int], int],
+    now: datetime,
+) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """Each shard's release window (early, late ticks) in the GPU's table; a shard with
+    none is left out.
+
+    Windows are the table's (:func:`stagger.core.slots.release_windows`), so they grow only
+    where every body on the GPU is seen to follow the table: the table unchanged, its switch
+    passed, every shard's sidecar reporting the contract written for it, in force. Until
+    then a shard keeps at most the window its written contract grants, narrowed to the
+    table's. A window within both the table its sidecar runs and the one to come meets no
+    body of either, so a stream that joins a GPU rewrites only its neighbours' contracts
+    (whose windows reached into its slot) and its own, and every other sidecar there keeps
+    releasing early; a shard new to the GPU gets its window once its sidecar runs."""
+    if old is None:
+        return {}
+    table = release_windows(
+        [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]
+    )
+    if (
+        unchanged
+        and now >= (old.spec.effective_at or old.spec.epoch)
+        and all(
+            _runs_its_contract(p, written.get(p.key), old.spec.generation, running, now)
+            for p in shards
+        )
+    ):
+        return {p.key: table[p.key] for p in shards}
+    out = {}
+    for p in shards:
+        c = written.get(p.key)
+        if c is None:
+            continue
+        early, late = table[p.key]
+        narrowed = (min(early, c.early_ticks or 0), min(late, c.late_ticks or 0))
+        if narrowed != (0, 0):
+            out[p.key] = narrowed
+    return out
+
+
 def next_switch(
     old: GpuSchedule | None,
     shards: Sequence[ShardPlacement],
     epoch: datetime,
     contracts: Mapping[tuple[str, str, int], SlotAssignment],
+    windows: Mapping[tuple[str, str, int], tuple[int, int]],
     *,
     now: datetime,
     settings: OperatorSettings,
@@ -292,7 +332,9 @@ def next_switch(
     would have anyway, or reads it within a second: ``effective_after_s`` ahead. Never
     before the previous table's switch (:func:`switch_instant`)."""
     lead = settings.effective_after_s
-    if releases_changed(old, shards, epoch, contracts, settings.tick_hz) - set(connected):
+    if releases_changed(old, shards, epoch, contracts, windows, tick_hz=settings.tick_hz) - set(
+        connected
+    ):
         lead = max(lead, settings.contract_propagation_s)
     return switch_instant(old, epoch, now, lead, settings.tick_hz)
 
@@ -300,6 +342,7 @@ def next_switch(
 def shard_switch(
     p: ShardPlacement,
     written: SlotAssignment | None,
+    window: tuple[int, int] | None,
     *,
     unchanged: bool,
     switch: datetime,
@@ -312,15 +355,17 @@ def shard_switch(
     contract's own switch is still to come, which it keeps. The kubelet delivers only a
     ConfigMap's latest version: a sidecar that has not read a coming re-timing when a later
     table is written may only ever read the later one, and must still switch when the others
-    expect it to. (On an ``unchanged`` table a contract keeps its switch as written.)"""
+    expect it to. A window narrowed again (the slot kept) keeps that switch too: within the
+    coming table's window, it is safe from that switch on. (On an ``unchanged`` table a
+    contract keeps its switch as written.)"""
     if written is None:
         return switch
     if unchanged:
         return written.effective_at
     if written.effective_at <= now:
         return switch
-    same = written.releases() == _releases_as_planned(p, epoch, tick_hz)
-    return written.effective_at if same else switch
+    planned = _as_planned(p, epoch, tick_hz, window)
+    return written.effective_at if _within(planned, written) else switch
 
 
 def releases_changed(
@@ -328,12 +373,13 @@ def releases_changed(
     shards: Sequence[ShardPlacement],
     epoch: datetime,
     contracts: Mapping[tuple[str, str, int], SlotAssignment],
+    windows: Mapping[tuple[str, str, int], tuple[int, int]],
+    *,
     tick_hz: int,
 ) -> set[tuple[str, str, int]]:
     """The shards that stay on the GPU and would release otherwise under the new table
-    than under the contract written for it (its slot re-timed, or a release window the new
-    contracts no longer grant: :meth:`SlotAssignment.releases`), or whose contract is
-    unknown."""
+    than under the contract written for it (its slot re-timed, or its release window
+    narrowed or gone: :meth:`SlotAssignment.releases`), or whose contract is unknown."""
     if old is None:
         return set()
     stays = {(s.namespace, s.stream, s.shard) for s in old.spec.slots}
@@ -343,24 +389,21 @@ def releases_changed(
         if p.key in stays
         and (
             (before := contracts.get(p.key)) is None
-            or before.releases() != _releases_as_planned(p, epoch, tick_hz)
+            or before.releases() != _as_planned(p, epoch, tick_hz, windows.get(p.key)).releases()
         )
     }
 
 
 def _kept_as_written(
-    p: ShardPlacement, written: SlotAssignment, epoch: datetime, settings: OperatorSettings
+    p: ShardPlacement,
+    written: SlotAssignment,
+    epoch: datetime,
+    window: tuple[int, int] | None,
+    tick_hz: int,
 ) -> bool:
-    """Whether a shard's contract in a changed table (which grants no window) is the one
-    written for it but for its generation and switch."""
-    planned = SlotAssignment.for_shard(
-        p,
-        tick_hz=settings.tick_hz,
-        epoch=epoch,
-        generation=written.generation,
-        effective_at=written.effective_at,
-    )
-    return planned == written
+    """Whether a shard's contract in a changed table is the one written for it but for its
+    generation and switch."""
+    return _as_planned(p, epoch, tick_hz, window).releases() == written.releases()
 
 
 def _runs_its_contract(
@@ -377,13 +420,24 @@ def _runs_its_contract(
     return now >= written.effective_at and running.get(p.key) == written.generation
 
 
-def _releases_as_planned(p: ShardPlacement, epoch: datetime, tick_hz: int) -> tuple[object, ...]:
-    """What a shard's contract in a changed table releases (such contracts grant no
-    window): :meth:`SlotAssignment.releases`."""
-    planned = SlotAssignment.for_shard(
-        p, tick_hz=tick_hz, epoch=epoch, generation=1, effective_at=epoch
+def _as_planned(
+    p: ShardPlacement, epoch: datetime, tick_hz: int, window: tuple[int, int] | None
+) -> SlotAssignment:
+    """A shard's contract in a changed table, for what it releases (its generation and
+    switch are not decided yet)."""
+    return SlotAssignment.for_shard(
+        p, tick_hz=tick_hz, epoch=epoch, generation=1, effective_at=epoch, window=window
     )
-    return planned.releases()
+
+
+def _within(planned: SlotAssignment, written: SlotAssignment) -> bool:
+    """Whether ``planned`` releases what ``written`` does, or the same slot with a window
+    within its window."""
+    return (
+        planned.releases()[:-2] == written.releases()[:-2]
+        and (planned.early_ticks or 0) <= (written.early_ticks or 0)
+        and (planned.late_ticks or 0) <= (written.late_ticks or 0)
+    )
 
 
 def switch_instant(

@@ -10,7 +10,7 @@ from typing import Any
 from stagger.core.api import GpuNode, GpuSchedule, StreamPhase
 from stagger.core.contract import SlotAssignment
 from stagger.core.placement import plan
-from stagger.core.slots import Slot, switch_tick
+from stagger.core.slots import Slot, release_windows, switch_tick
 from stagger_operator.desired import (
     contracts_in_place,
     desired_state,
@@ -204,6 +204,144 @@ def test_a_stream_that_joins_beside_others_changes_none_of_their_contracts() -> 
     assert granted["a"][1] and granted["b"][1]
 
 
+def windowed_gpu(n: int) -> tuple[Any, list[Any], dict[str, GpuSchedule], Any, datetime]:
+    """n 10 fps streams with 5 ms bodies on one GPU, each sidecar running its contract and
+    the table's release windows granted: the cluster, streams, schedules, written
+    contracts and the time."""
+    c = cluster(("n", 1))
+    cams = [with_uid(stream(f"c{i}", 10, body=5, template=TEMPLATE), f"u{i}") for i in range(n)]
+    settings = OperatorSettings()
+    placed, first, prev, later = placed_a_minute_ago(cams, c, settings)
+    running = {p.key: 1 for p in placed.shards}
+    written = {contract_key(x): x for x in written_contracts(first.objects)}
+    granted = desired_state(cams, placed, prev, settings, later, running=running, contracts=written)
+    return c, cams, prev, {contract_key(x): x for x in written_contracts(granted.objects)}, later
+
+
+def placed_a_minute_ago(
+    cams: list[Any], c: Any, settings: OperatorSettings
+) -> tuple[Any, Any, dict[str, GpuSchedule], datetime]:
+    """``cams`` planned and written at NOW: the plan, what was written, its schedules, and
+    a minute later (the table's switch passed)."""
+    placed = plan(cams, c)
+    first = desired_state(cams, placed, {}, settings, NOW)
+    return placed, first, schedules_of(first), NOW + timedelta(minutes=1)
+
+
+def test_a_stream_that_joins_a_windowed_gpu_narrows_only_its_neighbours_windows() -> None:
+    """Windows are kept across a join where the new table leaves them room: the streams
+    whose windows reached into the newcomer's slot get them narrowed to the new table's
+    (a new contract, switching with the table), the others keep their contracts as their
+    sidecars run them, and the newcomer gets none until its sidecar runs. Before, a join
+    withdrew every window on the GPU, rewriting every ConfigMap there twice (withdrawn,
+    granted again) and waiting for the kubelet wherever the feed was off."""
+    c, cams, prev, written, later = windowed_gpu(4)
+    assert all(x.early_ticks and x.late_ticks for x in written.values())
+    newcomer = with_uid(stream("new", 10, body=5, template=TEMPLATE), "un")
+    restored = plan_from_schedules(prev.values(), 30_000)
+    grown = plan([*cams, newcomer], c, previous=restored)
+    assert not grown.offsets_changed  # it joins a gap
+    joined = desired_state(
+        [*cams, newcomer], grown, prev, OperatorSettings(), later, contracts=written
+    )
+    (sched,) = schedules_of(joined).values()
+    after = {contract_key(x): x for x in written_contracts(joined.objects)}
+    table = release_windows(
+        [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in grown.shards]
+    )
+    narrowed = {k for k, x in written.items() if table[k] != (x.early_ticks, x.late_ticks)}
+    assert len(narrowed) == 2  # the slots either side of the newcomer's
+    for key, was in written.items():
+        now = after[key]
+        if key in narrowed:
+            assert (now.early_ticks, now.late_ticks) == table[key]
+            assert (now.generation, now.effective_at) == (2, sched.spec.effective_at)
+        else:
+            assert now == was  # the same contract: its ConfigMap is not written again
+    fresh = after[("default", "new", 0)]
+    assert (fresh.early_ticks, fresh.late_ticks) == (None, None)
+    # once every sidecar runs its contract, the newcomer's window comes, nothing else moves
+    running = {k: x.generation for k, x in after.items()}
+    settled = desired_state(
+        [*cams, newcomer],
+        grown,
+        schedules_of(joined),
+        OperatorSettings(),
+        sched.spec.effective_at + timedelta(seconds=1),
+        running=running,
+        contracts=after,
+    )
+    final = {contract_key(x): x for x in written_contracts(settled.objects)}
+    assert {k for k in final if final[k] != after[k]} == {("default", "new", 0)}
+    assert (final[("default", "new", 0)].early_ticks, final[("default", "new", 0)].late_ticks) == (
+        table[("default", "new", 0)]
+    )
+
+
+def test_granted_windows_stay_while_a_sidecar_restarts() -> None:
+    """A sidecar that restarts reports no generation for a while; the table is the same,
+    and the sidecar reads its contract as it starts, so every window stays as written
+    (before, every contract on the GPU was rewritten without one, then granted again)."""
+    c, cams, prev, written, later = windowed_gpu(3)
+    restored = plan_from_schedules(prev.values(), 30_000)
+    running = {k: x.generation for k, x in written.items()}
+    running.pop(next(iter(running)))
+    again = desired_state(
+        cams,
+        plan(cams, c, previous=restored),
+        prev,
+        OperatorSettings(),
+        later + timedelta(seconds=30),
+        running=running,
+        contracts=written,
+    )
+    assert {contract_key(x): x for x in written_contracts(again.objects)} == written
+
+
+def test_a_window_narrowed_again_before_its_switch_keeps_that_switch() -> None:
+    """Two streams join one after the other within a switch's lead. A neighbour whose
+    window the first join narrowed, and the second narrows again, keeps the first switch:
+    its sidecar may only ever read the later contract (the kubelet delivers a ConfigMap's
+    latest version), and must not keep its old, wider window past the first newcomer's
+    first slot. Within both tables' windows, the narrower one is safe from that switch."""
+    c, cams, prev, written, later = windowed_gpu(2)
+    first_in = with_uid(stream("x", 10, body=5, template=TEMPLATE), "ux")
+    restored = plan_from_schedules(prev.values(), 30_000)
+    grown = plan([*cams, first_in], c, previous=restored)
+    joined = desired_state(
+        [*cams, first_in], grown, prev, OperatorSettings(), later, contracts=written
+    )
+    (sched,) = schedules_of(joined).values()
+    after = {contract_key(x): x for x in written_contracts(joined.objects)}
+    second_in = with_uid(stream("y", 10, body=5, template=TEMPLATE), "uy")
+    again = plan([*cams, first_in, second_in], c, previous=plan_from_schedules([sched], 30_000))
+    soon = later + timedelta(seconds=1)  # before the first switch
+    twice = desired_state(
+        [*cams, first_in, second_in],
+        again,
+        schedules_of(joined),
+        OperatorSettings(),
+        soon,
+        contracts=after,
+    )
+    (sched2,) = schedules_of(twice).values()
+    assert sched2.spec.effective_at > sched.spec.effective_at
+    final = {contract_key(x): x for x in written_contracts(twice.objects)}
+    again_narrowed = [
+        key
+        for key in written
+        if (final[key].early_ticks, final[key].late_ticks)
+        != (after[key].early_ticks, after[key].late_ticks)
+    ]
+    assert again_narrowed  # the second newcomer sits beside one of the first's neighbours
+    for key in again_narrowed:
+        was, now = after[key], final[key]
+        assert (now.early_ticks or 0) <= (was.early_ticks or 0)
+        assert (now.late_ticks or 0) <= (was.late_ticks or 0)
+        assert was.effective_at > soon  # narrowed by the first join, its switch to come
+        assert now.effective_at == was.effective_at
+
+
 def test_a_table_that_changes_what_a_running_sidecar_releases_waits_for_the_kubelet() -> None:
     """The kubelet updates a mounted ConfigMap in a running pod within its sync period (1
     min by default) plus its cache's propagation: a sidecar may read a new contract a
@@ -229,8 +367,16 @@ def test_a_table_that_changes_what_a_running_sidecar_releases_waits_for_the_kube
 
     assert switch_after({contract_key(contract): contract}) == timedelta(seconds=5)
     assert switch_after({}) == timedelta(seconds=90)  # what a's sidecar runs is unknown
-    windowed = contract.model_copy(update={"early_ticks": 300, "late_ticks": 300})
-    assert switch_after({contract_key(windowed): windowed}) == timedelta(seconds=90)
+    # a alone had half the free period each way; b's slot narrows that, so a's sidecar
+    # must read its new window before b's body runs
+    early, late = release_windows(
+        [Slot("a", contract.body_ticks, contract.period_ticks, contract.offset_ticks)]
+    )["a"]
+    alone = contract.model_copy(update={"early_ticks": early, "late_ticks": late})
+    assert switch_after({contract_key(alone): alone}) == timedelta(seconds=90)
+    # a window clear of b's slot is kept as it is: a releases the same under both tables
+    clear = contract.model_copy(update={"early_ticks": 300, "late_ticks": 300})
+    assert switch_after({contract_key(clear): clear}) == timedelta(seconds=5)
     (moved,) = [p for p in grown.shards if p.stream == "a"]
     retimed = replace(
         grown,
@@ -516,15 +662,11 @@ def test_release_windows_are_granted_once_every_sidecar_runs_the_gpu_s_table() -
     import json
 
     from stagger.core.contract import CONTRACT_FILE
-    from stagger.core.slots import release_windows
 
     c = cluster(("t4", 1))
     cams = [with_uid(stream(f"cam{i}", 4, body=45, template=TEMPLATE), f"u{i}") for i in range(3)]
     s = OperatorSettings()
-    placed = plan(cams, c)
-    first = desired_state(cams, placed, {}, s, NOW)
-    prev = schedules_of(first)
-    later = NOW + timedelta(minutes=1)
+    placed, first, prev, later = placed_a_minute_ago(cams, c, s)
     all_running = {p.key: 1 for p in placed.shards}
 
     def windows(desired: Any) -> dict[str, tuple[int | None, int | None]]:
