@@ -403,7 +403,15 @@ def _kept_as_written(
 ) -> bool:
     """Whether a shard's contract in a changed table is the one written for it but for its
     generation and switch."""
-    return _as_planned(p, epoch, tick_hz, window).releases() == written.releases()
+    planned = SlotAssignment.for_shard(
+        p,
+        tick_hz=tick_hz,
+        epoch=epoch,
+        generation=written.generation,
+        effective_at=written.effective_at,
+        window=window,
+    )
+    return planned == written
 
 
 def _runs_its_contract(

@@ -187,6 +187,13 @@ def test_a_stream_that_joins_beside_others_changes_none_of_their_contracts() -> 
         [a, b], grown, prev, settings, later, contracts=written, known=first.fingerprints
     )
     assert ("default", "a") in skipped.unchanged
+    # a contract that differs in anything but its releases is written again
+    stale = written[("default", "a", 0)].model_copy(update={"gpu_uuid": "GPU-before"})
+    fixed = desired_state(
+        [a, b], grown, prev, settings, later, contracts={("default", "a", 0): stale}
+    )
+    (a_now,) = [x for x in written_contracts(fixed.objects) if x.stream == "a"]
+    assert a_now.gpu_uuid != "GPU-before" and a_now.generation == 2
 
     after = sched.spec.effective_at + timedelta(seconds=1)
     now_written = {contract_key(x): x for x in contracts.values()}
