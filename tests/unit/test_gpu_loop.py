@@ -487,6 +487,19 @@ def test_transparent_mode_is_judged_at_random_phases_largest_0_drop_n_where_meas
     assert "transparent (slots follow the cameras) at N = 7" in render_loop([v])
 
 
+def test_transparent_mode_is_compared_at_its_own_n_where_random_phases_held_more() -> None:
+    """Random phases held 17 where the planner admitted 16 (run 55): transparent mode at 16
+    is compared with random at 16 (the same cameras), not at 17, where random's p99 is
+    larger for reasons that are not transparent mode's."""
+    result = identical(16, measured(25.0), {16: measured(43.9), 17: measured(80.0)})
+    steady = {"p99Ms": 39.8, "dropPercent": 0.0, "answeredPerStream": [166] * 16}
+    result["transparent"] = {"steady": steady, "settledAfterS": 6.4, "retimings": 1}
+    (v,) = loop_verdict(run("mps", graph=result))
+    t = v["transparent"]
+    assert (t["n"], t["randomN"]) == (16, 16) and not t["met"]
+    assert t["checks"]["p99OverRandom"]["value"] == pytest.approx(39.8 / 43.9, abs=1e-4)
+
+
 def test_stalls_name_the_streams_a_slow_moment_hit() -> None:
     """A frame that costs its camera the next one (answer + 8 ms post-processing past the
     shortest period, 33.3 ms at 30 fps) is a stall; those within half a second are one
