@@ -286,27 +286,30 @@ def granted_windows(
     releasing early; a shard new to the GPU gets its window once its sidecar runs."""
     if old is None:
         return {}
-    table = release_windows(
-        [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]
-    )
-    if (
+    grows = (
         unchanged
         and now >= (old.spec.effective_at or old.spec.epoch)
         and all(
             _runs_its_contract(p, written.get(p.key), old.spec.generation, running, now)
             for p in shards
         )
-    ):
+    )
+    held = {
+        p.key: c for p in shards if (c := written.get(p.key)) and (c.early_ticks or c.late_ticks)
+    }
+    if not grows and not held:
+        return {}  # nothing to narrow: the table's windows are not needed (quadratic per GPU)
+    table = release_windows(
+        [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in shards]
+    )
+    if grows:
         return {p.key: table[p.key] for p in shards}
     out = {}
-    for p in shards:
-        c = written.get(p.key)
-        if c is None:
-            continue
-        early, late = table[p.key]
+    for key, c in held.items():
+        early, late = table[key]
         narrowed = (min(early, c.early_ticks or 0), min(late, c.late_ticks or 0))
         if narrowed != (0, 0):
-            out[p.key] = narrowed
+            out[key] = narrowed
     return out
 
 
