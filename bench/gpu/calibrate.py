@@ -162,6 +162,19 @@ def gpu_name() -> str:
     return subprocess.run(query, capture_output=True, text=True, check=False).stdout.strip()
 
 
+def gpu_memory_mib(index: int) -> int | None:
+    """The GPU's memory as nvidia-smi reports it (None where it cannot say)."""
+    query = [
+        "nvidia-smi",
+        "-i",
+        str(index),
+        "--query-gpu=memory.total",
+        "--format=csv,noheader,nounits",
+    ]
+    out = subprocess.run(query, capture_output=True, text=True, check=False).stdout.strip()
+    return int(out) if out.isdigit() else None
+
+
 def triton_server(log: Path) -> LocalTriton:
     """Triton with numpy < 2 first on its models' path, then this Python's packages (torch)."""
     paths = sysconfig.get_paths()

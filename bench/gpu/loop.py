@@ -51,7 +51,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_name, mps, write_frame
+from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_memory_mib, gpu_name, mps, write_frame
 from bench.gpu.streams import (
     NO_MPS,
     SATURATION_S,
@@ -85,6 +85,7 @@ BODIES = {
 }
 MIXED = [("graph", 10.0), ("small", 15.0), ("graph", 5.0), ("small", 30.0), ("graph", 15.0)]
 """The mixed fleet's streams, applied in this order, round and round."""
+DRY_RUN_GPU_MEMORY_MIB = 143_771  # an H200's
 SETTLE_S = 10.0
 """Transparent mode: the slots have this long to follow the cameras (issue 21's bound)
 before the frames that count."""
@@ -1071,7 +1072,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--frames", type=int, default=3000, help="frames per configuration")
     p.add_argument("--memory-mib", type=int, default=2048, help="GPU memory per stream")
-    p.add_argument("--gpu-memory-mib", type=int, default=143_771, help="the GPU's memory")
+    p.add_argument(
+        "--gpu-memory-mib",
+        type=int,
+        help=f"the GPU's memory (default: nvidia-smi's, {DRY_RUN_GPU_MEMORY_MIB} in a dry run)",
+    )
     p.add_argument("--post-ms", type=float, default=8.0)
     p.add_argument("--lead-ms", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=7)
@@ -1145,7 +1150,12 @@ def main() -> None:
     if args.frame is None:
         args.frame = out / "frame.jpg"
         write_frame(args.frame)
-    device = gpu_name() if shutil.which("nvidia-smi") else "no NVIDIA GPU (a dry run)"
+    on_gpu = shutil.which("nvidia-smi") is not None
+    device = gpu_name() if on_gpu else "no NVIDIA GPU (a dry run)"
+    if args.gpu_memory_mib is None:  # the planner places by memory too: an H100's, not an H200's
+        args.gpu_memory_mib = (
+            gpu_memory_mib(args.gpu) if on_gpu else None
+        ) or DRY_RUN_GPU_MEMORY_MIB
     product = args.product or re.sub(r"\s+", "-", device.split(",")[0].strip())
     mode = SharingMode(args.mode)
     bodies = sorted({m for m, _ in MIXED}) if args.mixed else args.bodies
@@ -1160,6 +1170,7 @@ def main() -> None:
         "settings": {
             "utilizationCap": PlannerSettings().utilization_cap,
             "throughputCap": args.throughput_cap,
+            "gpuMemoryMiB": args.gpu_memory_mib,
         },
         "results": {},
     }
