@@ -408,15 +408,27 @@ class LocalFollower:
     (``stagger.core.slots.release_windows``) in a contract that takes over the same way, as
     the operator does by default (``releaseWindows``); a re-timed table's contracts carry none
     until it is in force. The sidecars read their files every 0.2 s here, as they get
-    contracts over the feed at once."""
+    contracts over the feed at once.
+
+    ``spacing_ticks`` is an experiment the operator does not make (``bench.gpu.loop
+    --transparent-spaced``): the table is followed, switched and given windows as if each
+    slot were at least that wide (a body's knee: closer than it, two bodies slow each
+    other), while the contracts keep their reserved width."""
 
     POLL_S = 0.2
     SWITCH_AFTER_S = 5.0  # OperatorSettings.effective_after_s
     SETTLE_S = 10.0  # OperatorSettings.follow_settle_s
     PIN_S = 60.0  # OperatorSettings.retime_min_interval_s
 
-    def __init__(self, sidecars: list[LocalSidecar], contracts: dict[str, SlotAssignment]):
+    def __init__(
+        self,
+        sidecars: list[LocalSidecar],
+        contracts: dict[str, SlotAssignment],
+        *,
+        spacing_ticks: int = 0,
+    ):
         self.sidecars, self.contracts = sidecars, contracts
+        self.spacing_ticks = spacing_ticks
         self.switches: list[float] = []  # when each re-timing took effect (Unix s)
         self.windows: list[float] = []  # when each grant of release windows took effect
         self._effective_at = datetime.fromtimestamp(0, UTC)
@@ -456,10 +468,7 @@ class LocalFollower:
         if len(arrivals) < len(self.sidecars) and now - self.started < self.SETTLE_S:
             return  # a stream's first phase is coming: re-time once, with it
         c0 = next(iter(self.contracts.values()))
-        table = [
-            Slot(name, c.body_ticks, c.period_ticks, c.offset_ticks)
-            for name, c in self.contracts.items()
-        ]
+        table = self.table()
         pinned = {name for name, until in self.pinned_until.items() if now < until}
         aligned = follow(table, arrivals, tick_hz=c0.tick_hz, fixed=pinned)
         if aligned is None:
@@ -472,6 +481,13 @@ class LocalFollower:
                 self.pinned_until[sidecar.stream] = effective_at.timestamp() + self.PIN_S
             self._write(sidecar, offset_ticks=slot.offset, early_ticks=None, late_ticks=None)
         self.switches.append(effective_at.timestamp())
+
+    def table(self) -> list[Slot]:
+        """The contracts' slots, each at least ``spacing_ticks`` wide."""
+        return [
+            Slot(name, max(c.body_ticks, self.spacing_ticks), c.period_ticks, c.offset_ticks)
+            for name, c in self.contracts.items()
+        ]
 
     def _grant_windows(self, table: list[Slot], now: float) -> None:
         """The table's release windows, once every sidecar runs it (each reads its file

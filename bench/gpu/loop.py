@@ -20,7 +20,13 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
 5. beside it, in the same run and on the same servers: random phases straight to Triton at
    the admitted N and one above it (what the GPU holds with no product; fewer while none of
    those held, more while all did: :func:`next_random_n`), one stream alone
-   (solo), and every server's camera back to back (saturation).
+   (solo), and every server's camera back to back (saturation);
+6. apps that know nothing of Stagger (``transparent``): cameras at random phases through the
+   same sidecars, the slots following them at the operator's pace and with its rules
+   (:class:`LocalFollower`); again at random phases' largest 0-drop N where that is fewer
+   (``transparentAtRandomN``), and with ``--transparent-spaced``, at that N once more with
+   the followed slots kept a knee apart (``transparentSpaced``: an experiment for
+   comparison, not what the operator does).
 
 The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
 models (RetinaNet at 800 px and the same detector at 416 px, a lighter one) at several
@@ -729,17 +735,32 @@ def identical(
         out["random"][n] = measure(cams, args.frames, root, f"{body}-random-n{n}", args)
         save()
     again = transparent_again_at(_drops(out["random"]), admitted)
+    judged = placed
     if out.get("transparent") and again is not None:
-        fewer, _, _ = apply_one_at_a_time(
+        judged, _, _ = apply_one_at_a_time(
             candidates[:again], cluster, [manifest], settings, len(servers)
         )
-        if fewer is not None:
-            loop = Loop(fewer, servers, root)
+        if judged is not None:
+            loop = Loop(judged, servers, root)
             try:
                 out["transparentAtRandomN"] = transparent(loop, body, root, args)
                 save()
             finally:
                 loop.stop()
+    if args.transparent_spaced and out.get("transparent") and judged is not None:
+        knee = calibration.get("kneeMs")
+        n = len(judged.shards)
+        if knee is None or n * knee > 1e3 / args.fps:
+            out["transparentSpaced"] = {
+                "skipped": f"{n} slots of the knee ({knee} ms) do not fit the period"
+            }
+        else:
+            loop = Loop(judged, servers, root)
+            try:
+                out["transparentSpaced"] = transparent(loop, body, root, args, spacing_ms=knee)
+            finally:
+                loop.stop()
+        save()
     return out
 
 
@@ -747,12 +768,20 @@ def _drops(runs: Mapping[int, Mapping[str, Any]]) -> dict[int, float]:
     return {n: float(run["dropPercent"]) for n, run in runs.items()}
 
 
-def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+def transparent(
+    loop: Loop,
+    body: str,
+    root: Path,
+    args: argparse.Namespace,
+    *,
+    spacing_ms: float | None = None,
+) -> dict[str, Any]:
     """Apps that know nothing of Stagger: cameras on their own clocks at the random phases
     of the random configuration at the same N, through the sidecars, whose slots follow the
     cameras (:class:`LocalFollower` doing the operator's part). The whole run, and the
     frames due once the table settled (a period after its last re-timing), within
-    ``SETTLE_S``."""
+    ``SETTLE_S``. ``spacing_ms``: the followed slots kept at least that far apart (the
+    experiment of ``--transparent-spaced``)."""
     n = len(loop.sidecars)
     period = 1.0 / args.fps
     rng = random.Random(args.seed + n)  # the random configuration's phases at this N
@@ -762,7 +791,9 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
         for s, p in zip(loop.sidecars, arrivals, strict=True)
     ]
     seconds = SETTLE_S + math.ceil(args.frames / (n * args.fps))
-    follower = LocalFollower(loop.sidecars, loop.contracts)
+    spacing = round((spacing_ms or 0.0) * loop.hz / 1e3)
+    follower = LocalFollower(loop.sidecars, loop.contracts, spacing_ticks=spacing)
+    tag = f"{body}-transparent{'-spaced' if spacing else ''}-n{n}"
     # The loop's cameras went through these sidecars a moment ago. The apps here are new
     # ones on their own clocks: start them once the sidecars have forgotten those (a
     # periodic stream quiet for QUIET_PERIODS periods), as new pods would know nothing.
@@ -772,7 +803,7 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
             raise RuntimeError("the sidecars still report the loop's arrival phases")
         time.sleep(0.2)
     with follower:
-        logs = run_cameras(cams, seconds, root, f"{body}-transparent-n{n}", args)
+        logs = run_cameras(cams, seconds, root, tag, args)
     first = min((min(x["captured_at"], default=math.inf) for x in logs), default=0.0)
     settle = follower.switches[-1] + period if follower.switches else first
     end = first + seconds
@@ -797,7 +828,7 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
         phases({name: calls}).get("beforeMs") for name, calls in settled_calls.items()
     ]
     log(
-        f"{body}-transparent-n{n}: {len(follower.switches)} re-timing(s), steady "
+        f"{tag}: {len(follower.switches)} re-timing(s), steady "
         f"{settle - first:.1f} s after the start; then p50 {after['p50Ms']} p99 "
         f"{after['p99Ms']} drops {after['dropPercent']}% of {after['frames']}"
     )
@@ -807,10 +838,11 @@ def transparent(loop: Loop, body: str, root: Path, args: argparse.Namespace) -> 
         # the best any table gives these phases: each camera's wait every frame
         "tableWaitsMs": table_waits_ms(
             arrivals,
-            loop.shards[0].body_ticks * 1e3 / loop.hz,
+            max(loop.shards[0].body_ticks, spacing) * 1e3 / loop.hz,
             period,
             loop.hz,
         ),
+        **({"spacingMs": spacing * 1e3 / loop.hz} if spacing else {}),
         # the table the follower left, by camera: its slots' starts into the period
         "followedOffsetsMs": [
             round(loop.contracts[s.stream].offset_ticks * 1e3 / loop.hz, 3) for s in loop.sidecars
@@ -1115,6 +1147,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="profile each body this many times in a row, each recorded; the first that "
         f"holds is applied (where none does, up to {RERUNS} more until one does: a failed "
         "profile, or one whose report asks for a re-run)",
+    )
+    p.add_argument(
+        "--transparent-spaced",
+        action="store_true",
+        help="also run transparent mode, at the N it is judged at, with the followed slots "
+        "kept the profile's knee apart where they all fit (an experiment, for comparison)",
     )
     p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
     p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")

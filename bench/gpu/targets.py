@@ -241,6 +241,16 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
         "transparent": _transparent_verdict(
             r.get("transparentAtRandomN") or r.get("transparent"), random_runs, random_largest
         ),
+        # --transparent-spaced: the same judgement of the experiment, for comparison only
+        **(
+            {
+                "transparentSpaced": _transparent_verdict(
+                    r["transparentSpaced"], random_runs, random_largest
+                )
+            }
+            if "steady" in r.get("transparentSpaced", {})
+            else {}
+        ),
         "setting": r["body"],
         "admitted": admitted,
         "randomLargestN": random_largest,
@@ -450,16 +460,20 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                 f"(deadline {a['deadlineMs']:g} ms, the floor no placement beats): {seen}"
             )
     for v in verdicts:
-        t = v.get("transparent")
-        if t:
-            c = t["checks"]
-            lines.append(
-                f"\n{v.get('mode', '')}, {v['setting']}, transparent (slots follow the cameras) "
-                f"at N = {t['n']}: steady after {c['settled']['value']} s, "
-                f"drops {c['noDrops']['value']} %, "
-                f"p99 / random's at N = {t['randomN']}: {c['p99OverRandom']['value']}: "
-                f"{_mark(t['met'])}"
-            )
+        for key, how in (
+            ("transparent", "slots follow the cameras"),
+            ("transparentSpaced", "the experiment: followed slots kept a knee apart"),
+        ):
+            t = v.get(key)
+            if t:
+                c = t["checks"]
+                lines.append(
+                    f"\n{v.get('mode', '')}, {v['setting']}, transparent ({how}) "
+                    f"at N = {t['n']}: steady after {c['settled']['value']} s, "
+                    f"drops {c['noDrops']['value']} %, "
+                    f"p99 / random's at N = {t['randomN']}: {c['p99OverRandom']['value']}: "
+                    f"{_mark(t['met'])}"
+                )
     for v in verdicts:
         for w in v.get("warnings", []):
             lines.append(f"\n{v.get('mode', '')}, {v['setting']}: warning: {w}")

@@ -500,6 +500,36 @@ def test_transparent_mode_is_compared_at_its_own_n_where_random_phases_held_more
     assert t["checks"]["p99OverRandom"]["value"] == pytest.approx(39.8 / 43.9, abs=1e-4)
 
 
+def test_the_spaced_follower_experiment_is_judged_beside_transparent_mode_not_instead() -> None:
+    """--transparent-spaced (followed slots kept a knee apart) gets issue 21's judgement at
+    its own N, printed beside transparent mode's; the run's verdict stays the product's."""
+    result = identical(7, measured(21.0), {7: measured(61.0), 8: measured(88.0, drops=0.2)})
+    steady = {"p99Ms": 63.0, "dropPercent": 0.0, "answeredPerStream": [256] * 7}
+    result["transparent"] = {"steady": steady, "settledAfterS": 6.4, "retimings": 1}
+    spaced = {"p99Ms": 30.0, "dropPercent": 0.0, "answeredPerStream": [256] * 7}
+    result["transparentSpaced"] = {"steady": spaced, "settledAfterS": 6.4, "spacingMs": 13.8}
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert not v["transparent"]["met"] and v["transparentSpaced"]["met"]
+    assert v["transparentSpaced"]["checks"]["p99OverRandom"]["value"] == pytest.approx(
+        30 / 61, abs=1e-4
+    )
+    text = render_loop([v])
+    assert "transparent (slots follow the cameras) at N = 7" in text
+    assert "transparent (the experiment: followed slots kept a knee apart) at N = 7" in text
+    result["transparentSpaced"] = {"skipped": "7 slots of the knee (15.0 ms) do not fit"}
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert "transparentSpaced" not in v
+
+
+def test_spaced_transparent_mode_waits_for_the_wider_table() -> None:
+    """The experiment's floor: the best table at the knee's width makes these cameras wait
+    longer than at the reserved width (run 61's phases: longest 20.9 against 14.9 ms)."""
+    phases = bench_phases(7, 10.0, 14)
+    reserved, knee = table_waits_ms(phases, 11.57, 0.1), table_waits_ms(phases, 13.8, 0.1)
+    assert max(reserved) == pytest.approx(14.93, abs=0.05)
+    assert max(knee) == pytest.approx(20.9, abs=0.05)
+
+
 def test_stalls_name_the_streams_a_slow_moment_hit() -> None:
     """A frame that costs its camera the next one (answer + 8 ms post-processing past the
     shortest period, 33.3 ms at 30 fps) is a stall; those within half a second are one

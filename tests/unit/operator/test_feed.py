@@ -392,6 +392,38 @@ def test_the_local_follower_grants_release_windows_once_the_table_runs(tmp_path:
     assert len(follower.windows) == 1
 
 
+def test_the_spaced_follower_experiment_follows_wider_slots_and_writes_reserved_ones(
+    tmp_path: Path,
+) -> None:
+    """bench.gpu.loop --transparent-spaced: the table is followed and given windows as if
+    each slot were ``spacing_ticks`` wide, while the contracts keep their reserved width."""
+    from types import SimpleNamespace
+
+    from stagger.core.slots import release_windows
+    from stagger_testkit.localtriton import LocalFollower
+
+    contracts = {
+        name: slot_contract(name, offset_ms=offset, body_ms=20.0, effective_at=T0)
+        for name, offset in [("a", 0.0), ("b", 30.0), ("c", 70.0)]
+    }
+    sidecars = [SimpleNamespace(stream=n, slot_file=tmp_path / f"{n}.json") for n in contracts]
+    reserved = contracts["a"].body_ticks
+    spaced = LocalFollower(sidecars, dict(contracts), spacing_ticks=reserved + 10)  # type: ignore[arg-type]
+    assert [s.body for s in spaced.table()] == [reserved + 10] * 3
+    plain = LocalFollower(sidecars, dict(contracts))  # type: ignore[arg-type]
+    assert [s.body for s in plain.table()] == [reserved] * 3
+    narrow = LocalFollower(sidecars, dict(contracts), spacing_ticks=reserved - 10)  # type: ignore[arg-type]
+    assert narrow.table() == plain.table()  # never narrower than reserved
+
+    spaced._grant_windows(spaced.table(), T0 + 1.0)
+    for sidecar in sidecars:
+        written = SlotAssignment.model_validate_json(sidecar.slot_file.read_text())
+        assert written.body_ticks == reserved
+        early, late = release_windows(spaced.table())[sidecar.stream]
+        assert (written.early_ticks, written.late_ticks) == (early, late)
+        assert early < release_windows(plain.table())[sidecar.stream][0]
+
+
 async def test_drift_wakes_the_planner_at_most_once_a_drift_period_news_at_once() -> None:
     import kopf
 
