@@ -16,6 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stagger.core.calibration import (
+    MAX_WARNINGS,
+    WARNING_CHARS,
     CalibrationResult,
     NoKnee,
     SweepPoint,
@@ -230,6 +232,7 @@ def calibration_result(r: ProfileReport, model: str | None, version: str) -> Cal
         cost_ms=r.recommended_cost_ms,
         exclusive_body=r.recommended_exclusive_body,
         sweep_pairs=len(r.sweep),
+        warnings=[w[:WARNING_CHARS] for w in r.warnings()[:MAX_WARNINGS]],
     )
 
 

@@ -213,6 +213,16 @@ class ProfileReport:
                 "cannot hold a body that varies this much, so streams may still overlap; "
                 "expect less than a steady body gets (a CUDA graph steadies an eager body)"
             )
+        if stalled := self.stalled_pairs():
+            past = self.knee_ms if self.knee_ms is not None else p50
+            worst = max(max(x.latency1_ms, x.latency2_ms) for x in stalled)
+            out.append(
+                f"the host or the GPU stalls: in {len(stalled)} of the pairs swept past "
+                f"{past:.1f} ms, where the two requests no longer slow each other, both took "
+                f"over {STALL:g} x the solo p50 at once (up to {worst:.1f} ms); in a stall every "
+                "stream on the GPU waits, whatever its slot, so expect lost frames beside any "
+                "plan; look for what else runs on the node before trusting these figures"
+            )
         if self.knee_past_solo:
             out.append(
                 f"the knee ({self.knee_ms:.1f} ms) lies past the solo latency (p50 {p50:.1f} ms), "
@@ -226,6 +236,20 @@ class ProfileReport:
                 "pass --url once per stream that will share the GPU to measure it as deployed"
             )
         return out
+
+    def stalled_pairs(self) -> list[SweepPoint]:
+        """Sweep pairs past the knee (past the solo p50 where there is none) whose two
+        answers both took over ``STALL`` x the solo p50: there overlap slows neither, so
+        both at once means the host or the GPU stalled."""
+        p50 = self.solo_ms.get("p50")
+        if not p50:
+            return []
+        past = self.knee_ms if self.knee_ms is not None else p50
+        return [
+            x
+            for x in self.sweep
+            if x.offset_ms >= past and min(x.latency1_ms, x.latency2_ms) > STALL * p50
+        ]
 
     @property
     def knee_past_solo(self) -> bool:
@@ -257,6 +281,12 @@ solo latency, so its knee lies within; ``--max-offset-ms`` for one that does not
 
 UNSTEADY = 1.3
 """Solo p99 above this many times p50: the body is too unsteady for a slot to contain."""
+
+STALL = 2.0
+"""Both answers of a pair swept past the knee over this many times the solo p50: a stall of
+the host or the GPU. In the 73 other profiles bench/gpu recorded (H200s, a fresh H100) no
+pair did; on an H100 whose host stalled every few seconds, 2 and 3 did (runs 59 and 60),
+where the 30 solo requests, half a second back to back, missed the stalls in one."""
 
 
 def solo(endpoint: Endpoint, runs: int, progress: Progress | None = None) -> list[float]:

@@ -38,6 +38,17 @@ class Calibration:
     jobs: list[Obj] = field(default_factory=list)
     statuses: dict[tuple[str, str], Obj] = field(default_factory=dict)
     profiles: list[ModelProfile] = field(default_factory=list)
+    warnings: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Per stream, what its calibration warned of (a Warning Event on the stream)."""
+
+
+def warned(result: CalibrationResult) -> str:
+    """What ``stagger profile`` warned of in a finished Job, as one message ("" for none),
+    short enough for an Event (events.k8s.io caps a note at 1 KiB)."""
+    return "; ".join(result.warnings)[:WARNED_CHARS]
+
+
+WARNED_CHARS = 800
 
 
 def calibration_state(
@@ -91,6 +102,8 @@ def calibration_state(
                 f"measured {where}: body {outcome.result.body_time_ms:g} ms; writing "
                 f"ModelProfile {profile.name}"
             )
+            if warning := warned(outcome.result):
+                out.warnings[(u.namespace, u.stream)] = f"calibration of {where}: {warning}"
         elif outcome.failure is not None:
             phase, reason = StreamPhase.PENDING, "CalibrationFailed"
             message = (
@@ -181,13 +194,15 @@ def recalibration_state(
             measured = model_profile(outcome.result, gpu.product, target.sharing_mode, now)
             measured.metadata.name = profile.name
             out.profiles.append(measured)
+            warning = warned(outcome.result)
             out.events.append(
                 (
                     profile.name,
-                    "Normal",
+                    "Warning" if warning else "Normal",
                     "Recalibrated",
                     f"body {spec.body_time_ms:g} -> {outcome.result.body_time_ms:g} ms "
-                    f"(Job {stream.namespace}/{name} on node {gpu.node} GPU {gpu.gpu})",
+                    f"(Job {stream.namespace}/{name} on node {gpu.node} GPU {gpu.gpu})"
+                    + (f"; stagger profile warned: {warning}" if warning else ""),
                 )
             )
         elif outcome.failure is not None:

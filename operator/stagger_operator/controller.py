@@ -156,6 +156,7 @@ class Controller:
         self.retiring: dict[Unit, datetime] = {}  # old copies kept while their shard moves
         self.fingerprints: dict[tuple[str, str], str] = {}  # of streams written as wanted
         self._recalibration_said: dict[str, tuple[str, str]] = {}  # last Event per profile
+        self._calibration_warned: dict[tuple[str, str], str] = {}  # last warning per stream
         self.objects: dict[Key, Obj] | None = None  # owned objects: listed, then as written
         self.pods: dict[tuple[str, str], set[Unit]] = {}  # Ready placements, per pod
         self._parsed: dict[tuple[str, str], tuple[str, InferenceStream]] = {}
@@ -419,6 +420,13 @@ class Controller:
         self._recalibrate(decision.recalibration, profiles, report, now)
 
         by_key = {(x.namespace, x.name): x for x in live}
+        for named, warning in decision.calibration.warnings.items():
+            if self._calibration_warned.get(named) != warning:  # once, not every reconcile
+                self._calibration_warned[named] = warning
+                self._event(by_key[named], "Warning", "CalibrationWarning", warning, now)
+        self._calibration_warned = {
+            k: v for k, v in self._calibration_warned.items() if k in by_key
+        }
 
         changed = []
         in_transition = {sid[:2] for sid in steps.moving | steps.waiting}

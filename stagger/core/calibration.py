@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
 
 import numpy as np
 from numpy.typing import NDArray
@@ -371,6 +372,12 @@ def body_is_exclusive(
     return effective_body_ms >= EXCLUSIVE_SHARE * knee
 
 
+WARNING_CHARS = 480
+MAX_WARNINGS = 4
+"""At most this many warnings of at most this many characters ride in a result: with the
+longest model name the whole still fits a termination message."""
+
+
 class CalibrationResult(Wire):
     """What one calibration run reports: small enough for a Kubernetes termination message
     (4 KiB), so a calibration Job needs no write access to the API."""
@@ -390,6 +397,11 @@ class CalibrationResult(Wire):
         default=False, description="Recommended exclusiveBody (always so without a cost)."
     )
     sweep_pairs: int = Field(ge=0)
+    warnings: list[Annotated[str, Field(max_length=WARNING_CHARS)]] = Field(
+        default_factory=list,
+        max_length=MAX_WARNINGS,
+        description="What stagger profile warned of (unsteady, stalls, ...), each cut short.",
+    )
 
 
 _NAME_INVALID = re.compile(r"[^a-z0-9.-]+")

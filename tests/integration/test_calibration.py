@@ -5,6 +5,7 @@ termination message the profiler writes."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tests.emulator import stream
@@ -99,6 +100,51 @@ async def test_an_uncalibrated_stream_is_measured_profiled_and_placed(cluster: C
         await cluster.wait_for(job_gone)  # done: cleaned up
     finally:
         await stop_operator(op)
+
+
+async def test_what_the_profile_warned_of_reaches_each_stream_it_measured_once(
+    cluster: Cluster,
+) -> None:
+    """A calibration whose `stagger profile` warned (here: the host stalls) still writes
+    its profile and places the streams, and each stream that waited for it gets one
+    Warning Event saying so (`kubectl describe inferencestream`), not one per reconcile."""
+    stalls = "the host or the GPU stalls: in 3 of the pairs swept past 13.8 ms"
+    op = await start_operator(cluster)
+    try:
+        await cluster.create(uncalibrated("cam-1"))
+        await cluster.create(uncalibrated("cam-2"))
+        (job,) = await cluster.wait_for(lambda: cluster.objects("Job", "default"))
+        warned = calibration_result(warnings=[stalls])
+        await finish(cluster, job, 0, warned.model_dump_json(by_alias=True))
+        for name in ("cam-1", "cam-2"):
+            await cluster.wait_for(lambda n=name: _phase(cluster, n, "Placed"))
+
+        async def warnings() -> list[dict[str, Any]]:
+            return [
+                e
+                for e in await cluster.objects("Event", "default")
+                if e["reason"] == "CalibrationWarning"
+            ]
+
+        events = await cluster.wait_for(lambda: _at_least(warnings, 2))
+        await cluster.create(uncalibrated("cam-3"))  # one more reconcile or two
+        await cluster.wait_for(lambda: _phase(cluster, "cam-3", "Placed"))
+        events = await warnings()
+        assert sorted(e["involvedObject"]["name"] for e in events) == ["cam-1", "cam-2"]
+        for e in events:
+            assert e["type"] == "Warning"
+            assert e["involvedObject"]["kind"] == "InferenceStream" and e["involvedObject"]["uid"]
+            assert "calibration of model retinanet on NVIDIA-H200 (time-slicing)" in e["message"]
+            assert stalls in e["message"]
+    finally:
+        await stop_operator(op)
+
+
+async def _at_least(
+    read: Callable[[], Awaitable[list[dict[str, Any]]]], n: int
+) -> list[dict[str, Any]] | None:
+    got = await read()
+    return got if len(got) >= n else None
 
 
 async def test_a_failed_calibration_says_why_and_is_not_retried_in_a_loop(

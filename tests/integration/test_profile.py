@@ -204,6 +204,33 @@ def test_unknown_model(triton: LocalTriton, capsys: pytest.CaptureFixture[str]) 
     assert code == 1 and "'nope' is not ready" in err and "unknown model" in err
 
 
+def result_of(
+    capsys: pytest.CaptureFixture[str], csv: Path, result_file: Path
+) -> tuple[CalibrationResult, str]:
+    """`stagger profile --from-csv CSV --result-file FILE` as a calibration Job runs it
+    (model "ssd", solo p50 72 ms): the result it wrote, and what it printed."""
+    args = ["--from-csv", str(csv), "--solo-ms", "72", "--model", "ssd"]
+    code, out, err = run(capsys, "profile", *args, "--result-file", str(result_file))
+    assert code == 0, err
+    return CalibrationResult.model_validate_json(result_file.read_text()), out
+
+
+def test_a_calibration_result_carries_what_the_profile_warned_of(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A calibration Job's result (its termination message) carries the report's warnings,
+    so the operator can raise them: here a host that stalled, both requests of a pair swept
+    past the knee over 2 x the solo p50 at once."""
+    csv, result_file = tmp_path / "stalled.csv", tmp_path / "termination-log"
+    csv.write_text(STUDY_CSV + "100,160.4,151.0\n")
+    result, out = result_of(capsys, csv, result_file)
+    assert "the host or the GPU stalls" in out
+    (warning,) = result.warnings
+    assert warning.startswith("the host or the GPU stalls: in 1 of the pairs swept past")
+    csv.write_text(STUDY_CSV)
+    assert result_of(capsys, csv, result_file)[0].warnings == []
+
+
 def test_from_csv_reads_a_sweep_recorded_elsewhere(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -217,20 +244,7 @@ def test_from_csv_reads_a_sweep_recorded_elsewhere(
     code, out, _ = run(capsys, "profile", "--from-csv", str(csv))
     assert code == 0 and "recommended bodyTimeMs" in out
     result_file = tmp_path / "termination-log"
-    code, _, err = run(
-        capsys,
-        "profile",
-        "--from-csv",
-        str(csv),
-        "--solo-ms",
-        "72",
-        "--model",
-        "ssd",
-        "--result-file",
-        str(result_file),
-    )
-    assert code == 0, err
-    result = CalibrationResult.model_validate_json(result_file.read_text())
+    result, _ = result_of(capsys, csv, result_file)
     assert result.model == "ssd" and result.knee_ms == pytest.approx(45, abs=5)
     assert result.body_time_ms == pytest.approx(result.knee_ms * 1.15, abs=0.1)
     code, _, err = run(capsys, "profile", "--from-csv", str(csv), "--result-file", str(result_file))

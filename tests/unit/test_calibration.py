@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from stagger.core.api import SharingMode
 from stagger.core.calibration import (
+    MAX_WARNINGS,
+    WARNING_CHARS,
     CalibrationResult,
     NoKnee,
     SweepPoint,
@@ -170,8 +172,9 @@ def test_the_result_fits_a_termination_message() -> None:
         solo_p99_ms=180.123456789,
         effective_body_ms=99.123456789,
         sweep_pairs=10_000,
+        warnings=["× " * (WARNING_CHARS // 2)] * MAX_WARNINGS,  # 2-byte characters, too
     )
-    assert len(result.model_dump_json(by_alias=True)) < 4096
+    assert len(result.model_dump_json(by_alias=True).encode()) < 4096
 
 
 def test_a_body_longer_than_the_sweep_still_says_sweep_further_for_both_streams() -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from stagger.core.calibration import SweepPoint
 from stagger.profiler import ProfileReport
 
 
-def report(knee_ms: float | None, p50: float, p99: float) -> ProfileReport:
+def report(
+    knee_ms: float | None, p50: float, p99: float, sweep: list[SweepPoint] | None = None
+) -> ProfileReport:
     return ProfileReport(
         model="small",
         urls=["localhost:8001", "localhost:8002"],
         solo_ms={"p50": p50, "p99": p99},
-        sweep=[],
+        sweep=sweep or [],
         knee_ms=knee_ms,
         knee_ci_ms=None if knee_ms is None else (knee_ms - 1, knee_ms + 1),
         slope=None if knee_ms is None else -0.8,
@@ -34,3 +37,23 @@ def test_a_knee_past_the_solo_latency_is_flagged_as_a_misread_sweep() -> None:
 def test_an_unsteady_solo_latency_is_flagged() -> None:
     (warning,) = report(20.0, 21.0, 28.0).warnings()
     assert warning.startswith("solo latency is unsteady (p99 28.0 ms is 1.33 x p50)")
+
+
+def test_a_host_that_stalls_is_flagged_from_the_sweep() -> None:
+    """Run 59 (an H100 whose host stalled every 2-5 s): the 30 solo requests, half a second
+    back to back, read p99 17.5 ms against p50 14.4, so no unsteadiness was flagged; but past
+    the knee (13.8 ms), where overlap slows neither request, three pairs had both answers
+    over 2 x the solo p50 at once (points from its recorded sweep)."""
+    stalled = [SweepPoint(21.632, 55.356, 40.737), SweepPoint(14.214, 37.31, 39.443)]
+    clean = [SweepPoint(o, 15.2, 15.9) for o in (12.979, 15.142, 17.306, 19.469)]
+    overlapping = [SweepPoint(0.0, 29.006, 32.174)]  # before the knee: the bodies overlap
+    r = report(13.8, 14.42, 17.5, overlapping + clean + stalled)
+    assert r.stalled_pairs() == stalled
+    (warning,) = r.warnings()
+    assert warning.startswith("the host or the GPU stalls: in 2 of the pairs swept past 13.8 ms")
+    assert "up to 55.4 ms" in warning
+    one_slow = [SweepPoint(19.469, 58.721, 16.0)]  # one server slow, the other not: no stall
+    assert report(13.8, 14.42, 17.5, overlapping + clean + one_slow).warnings() == []
+    # no knee: past the solo p50 (14.42 ms), where two requests cannot overlap
+    assert report(None, 14.42, 17.5, overlapping + stalled).stalled_pairs() == stalled[:1]
+    assert report(None, 14.42, 17.5, [SweepPoint(10.0, 30.0, 31.0)]).stalled_pairs() == []

@@ -202,3 +202,26 @@ def test_a_recalibration_that_cannot_run_says_why() -> None:
         now=NOW,
     )
     assert unasked.jobs == [] and unasked.events == []
+
+
+def test_what_a_recalibration_warned_of_is_a_warning_on_its_profile() -> None:
+    """The Job's result carries stagger profile's warnings (a host that stalls, an unsteady
+    body): the Recalibrated Event says them and is a Warning; without them it is Normal."""
+    from stagger.core.placement import Plan
+    from stagger_operator.calibration import CalibrationOutcome, recalibration_state
+    from tests.emulator import TEMPLATE
+    from tests.factories import calibration_result, stream
+
+    asked = profile(annotations={RECALIBRATE: "now"})
+    cam = stream("cam", 10, model="retinanet", template=TEMPLATE)
+    cam.metadata.uid = "uid-cam"  # as read from the API server
+    args = ([asked], [cam], Plan((), tuple(GPUS), ()))
+    (job,) = recalibration_state(*args, {}, OperatorSettings(), now=NOW).jobs
+    key = (job["metadata"]["namespace"], job["metadata"]["name"])
+    stalls = "the host or the GPU stalls: in 3 of the pairs swept past 13.8 ms"
+    for warnings, kind in (([stalls], "Warning"), ([], "Normal")):
+        outcome = CalibrationOutcome(result=calibration_result(warnings=warnings))
+        state = recalibration_state(*args, {key: outcome}, OperatorSettings(), now=NOW)
+        ((name, event_kind, reason, message),) = state.events
+        assert (name, event_kind, reason) == (asked.name, kind, "Recalibrated")
+        assert (f"stagger profile warned: {stalls}" in message) == bool(warnings)
