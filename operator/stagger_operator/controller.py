@@ -82,6 +82,7 @@ class Report:
     invalid: int = 0
     moves: list[Move] = field(default_factory=list)
     written: int = 0
+    statuses: int = 0  # streams' statuses written (a re-timing's switch passing rewrites many)
     deleted: int = 0
     moving: int = 0
     waiting: int = 0
@@ -456,6 +457,8 @@ class Controller:
                     stream.name,
                     _why(outcome),
                 )
+            else:
+                report.statuses += 1
         for u in sorted(steps.timed_out):
             owner = next((x for x in live if manifests.stream_label(x.name) == u[1]), None)
             if owner is not None and owner.namespace == u[0]:

@@ -311,6 +311,7 @@ async def _planner_loop(memo: kopf.Memo) -> None:
             "moving": report.moving,
             "waiting": report.waiting,
             "writes": report.written,
+            "statuses": report.statuses,
             "deletions": report.deleted,
             "failed_writes": report.failed,
         }

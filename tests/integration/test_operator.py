@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +77,21 @@ async def test_applied_streams_get_workloads_schedules_and_status(
         ]["nodeSelectorTerms"][0]["matchFields"][0]["values"] == [node_name]
     events = await cluster.objects("Event", "default")
     assert {e["reason"] for e in events} >= {"Placed"}
+
+
+async def test_each_plan_s_log_line_counts_the_statuses_it_wrote(
+    cluster: Cluster, operator: Operator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stream statuses are written apart from objects (`writes`): the per-plan line says
+    how many (`statuses`), so a plan that rewrites many statuses and no object is seen."""
+    caplog.set_level(logging.INFO, logger="stagger.operator")
+    names = ["cam-1", "cam-2"]
+    for n in names:
+        await cluster.create(stream(n))
+    await cluster.wait_for(lambda: all_placed(cluster, names))
+    plans = [r for r in caplog.records if hasattr(r, "plan")]
+    assert plans and all(isinstance(getattr(r, "statuses", None), int) for r in plans)
+    assert sum(r.statuses for r in plans) >= len(names)  # each stream's Placed status
 
 
 async def test_what_a_stream_stops_asking_for_is_removed_from_its_deployment(
