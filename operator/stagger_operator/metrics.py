@@ -43,7 +43,7 @@ class OperatorMetrics:
         r.register(self.plan_series)
         for outcome in ("ok", "error"):
             self.reconciles.labels(outcome)
-        for result in ("written", "deleted", "failed"):
+        for result in ("written", "status", "deleted", "failed"):
             self.writes.labels(result)
 
     def reconciled(self, report: Report, seconds: float) -> None:
@@ -56,6 +56,7 @@ class OperatorMetrics:
         self.streams.labels("unschedulable").set(report.unplaced)
         self.streams.labels("invalid").set(report.invalid)
         self.writes.labels("written").inc(report.written)
+        self.writes.labels("status").inc(report.statuses)  # streams' statuses
         self.writes.labels("deleted").inc(report.deleted)
         self.writes.labels("failed").inc(report.failed)
         self.plan_series.update(report)

@@ -16,7 +16,7 @@ PROFILE = ("retinanet-h200", "retinanet", "NVIDIA-H200", "time-slicing")
 def test_a_report_becomes_series() -> None:
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)
-    first = Report(placed=2, unplaced=1, written=5, failed=1)
+    first = Report(placed=2, unplaced=1, written=5, statuses=3, failed=1)
     first.targets = [("retail", "cam-1", 10.0, 0.1), ("retail", "cam-2", 5.0, 0.05)]
     first.profiles = [(*PROFILE, 0.0121, True)]
     metrics.reconciled(first, 0.3)
@@ -33,6 +33,7 @@ def test_a_report_becomes_series() -> None:
     assert value("stagger_operator_reconcile_seconds_count") == 3
     assert value("stagger_operator_writes_total", result="written") == 7
     assert value("stagger_operator_writes_total", result="failed") == 1
+    assert value("stagger_operator_writes_total", result="status") == 3
     assert value("stagger_operator_streams", state="placed") == 1
     assert value("stagger_stream_requested_fps", namespace="retail", stream="cam-1") == 10
     assert value("stagger_stream_deadline_seconds", namespace="retail", stream="cam-2") is None
