@@ -214,14 +214,14 @@ class ProfileReport:
                 "expect less than a steady body gets (a CUDA graph steadies an eager body)"
             )
         if stalled := self.stalled_pairs():
-            past = self.knee_ms if self.knee_ms is not None else p50
             worst = max(max(x.latency1_ms, x.latency2_ms) for x in stalled)
             out.append(
                 f"the host or the GPU stalls: in {len(stalled)} of the pairs swept past "
-                f"{past:.1f} ms, where the two requests no longer slow each other, both took "
-                f"over {STALL:g} x the solo p50 at once (up to {worst:.1f} ms); in a stall every "
-                "stream on the GPU waits, whatever its slot, so expect lost frames beside any "
-                "plan; look for what else runs on the node before trusting these figures"
+                f"{self._apart_from_ms():.1f} ms, where the two requests no longer slow each "
+                f"other, both took over {STALL:g} x the solo p50 at once (up to {worst:.1f} ms); "
+                "in a stall every stream on the GPU waits, whatever its slot, so expect lost "
+                "frames beside any plan; look for what else runs on the node before trusting "
+                "these figures"
             )
         if self.knee_past_solo:
             out.append(
@@ -244,12 +244,17 @@ class ProfileReport:
         p50 = self.solo_ms.get("p50")
         if not p50:
             return []
-        past = self.knee_ms if self.knee_ms is not None else p50
         return [
             x
             for x in self.sweep
-            if x.offset_ms >= past and min(x.latency1_ms, x.latency2_ms) > STALL * p50
+            if x.offset_ms >= self._apart_from_ms()
+            and min(x.latency1_ms, x.latency2_ms) > STALL * p50
         ]
+
+    def _apart_from_ms(self) -> float:
+        """The offset from which two swept requests no longer slow each other: the knee,
+        else the solo p50."""
+        return self.knee_ms if self.knee_ms is not None else self.solo_ms.get("p50", 0.0)
 
     @property
     def knee_past_solo(self) -> bool:

@@ -5,7 +5,6 @@ termination message the profiler writes."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tests.emulator import stream
@@ -126,7 +125,10 @@ async def test_what_the_profile_warned_of_reaches_each_stream_it_measured_once(
                 if e["reason"] == "CalibrationWarning"
             ]
 
-        events = await cluster.wait_for(lambda: _at_least(warnings, 2))
+        async def both_warned() -> bool:
+            return len(await warnings()) >= 2
+
+        await cluster.wait_for(both_warned)
         await cluster.create(uncalibrated("cam-3"))  # one more reconcile or two
         await cluster.wait_for(lambda: _phase(cluster, "cam-3", "Placed"))
         events = await warnings()
@@ -138,13 +140,6 @@ async def test_what_the_profile_warned_of_reaches_each_stream_it_measured_once(
             assert stalls in e["message"]
     finally:
         await stop_operator(op)
-
-
-async def _at_least(
-    read: Callable[[], Awaitable[list[dict[str, Any]]]], n: int
-) -> list[dict[str, Any]] | None:
-    got = await read()
-    return got if len(got) >= n else None
 
 
 async def test_a_failed_calibration_says_why_and_is_not_retried_in_a_loop(
