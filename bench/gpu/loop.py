@@ -77,7 +77,7 @@ from stagger.core.contract import SlotAssignment
 from stagger.core.phase import QUIET_MIN_S, QUIET_PERIODS
 from stagger.core.placement import Plan, PlannerSettings, plan
 from stagger.core.placement.overlap import body_ticks, overlap_ms_per_frame
-from stagger.core.telemetry import RELEASE_LAG
+from stagger.core.telemetry import GATE_WAIT, LATE, RELEASE_LAG
 from stagger.profile_cmd import calibration_result
 from stagger.profiler import profile
 from stagger_testkit.camerasim import phases, stalls
@@ -344,23 +344,34 @@ class Loop:
 
 
 def release_lag_counts(metrics_text: str) -> dict[str, int]:
-    """From a sidecar's metrics: how many held requests it forwarded (``held``) and how many
-    of those more than 1 ms and 5 ms after their release time (``over1Ms``, ``over5Ms``),
-    all streams and models together. A body that starts late runs into the next slot's, so
-    a lag here points at the sidecar's host, not at the plan."""
-    count, within = 0.0, {"0.001": 0.0, "0.005": 0.0}
+    """From a sidecar's metrics, all streams and models together: how many held requests it
+    forwarded (``held``) and how many of those more than 1 ms and 5 ms after their release
+    time (``over1Ms``, ``over5Ms``); how many requests waited at the gate over 50 ms
+    (``waitedOver50Ms``: half a 10 fps period) and how many went outside their slots
+    (``late``). A body that starts late runs into the next slot's, so a lag points at the
+    sidecar's host, not at the plan; a long wait on a slot-clock camera is the gate's."""
+    held, waited, late = 0.0, 0.0, 0.0
+    within = {"0.001": 0.0, "0.005": 0.0}
+    waited_within = 0.0
     for family in text_string_to_metric_families(metrics_text):
-        if family.name != RELEASE_LAG:
-            continue
         for sample in family.samples:
-            if sample.name.endswith("_count"):
-                count += sample.value
-            elif sample.name.endswith("_bucket") and sample.labels["le"] in within:
-                within[sample.labels["le"]] += sample.value
+            if family.name == RELEASE_LAG and sample.name.endswith("_count"):
+                held += sample.value
+            elif family.name == RELEASE_LAG and sample.name.endswith("_bucket"):
+                if sample.labels["le"] in within:
+                    within[sample.labels["le"]] += sample.value
+            elif family.name == GATE_WAIT and sample.name.endswith("_count"):
+                waited += sample.value
+            elif family.name == GATE_WAIT and sample.name.endswith("_bucket"):
+                waited_within += sample.value if sample.labels["le"] == "0.05" else 0.0
+            elif sample.name == LATE:
+                late += sample.value
     return {
-        "held": int(count),
-        "over1Ms": int(count - within["0.001"]),
-        "over5Ms": int(count - within["0.005"]),
+        "held": int(held),
+        "over1Ms": int(held - within["0.001"]),
+        "over5Ms": int(held - within["0.005"]),
+        "waitedOver50Ms": int(waited - waited_within),
+        "late": int(late),
     }
 
 

@@ -30,14 +30,19 @@ next frame, where going now overlaps the next stream's body by at most its own. 
 whose usual arrival itself misses its slot is out of phase, not late: it waits until its
 slot follows it, unless its answer would come too late.
 
-**Answered after the next frame**: under ``wait`` and ``pass``, a request of an idle,
-periodic stream goes at once, ungated and counted late, when its slot is further away than
-the frame period less the time the stream's answers take and less ``app_way_s``, the way
-between the app and the gate, which the gate does not see, while going now would still be
-answered in time. Such a slot was not chosen for this stream's arrivals (an app on its own
-clock before its slot follows it, a camera that restarted on another clock), and waiting
-for it would cost the app this frame or the next, for the seconds until the operator
-re-times the GPU; going now costs the other streams' slots an overlap, as random phases do.
+**Answered after the next frame**: under ``wait`` and ``pass``, a request of an idle
+stream not known to be aperiodic goes at once, ungated and counted late, when its slot is
+further away than the frame period less the time the stream's answers take and less
+``app_way_s``, the way between the app and the gate, which the gate does not see, while
+going now would still be answered in time. Such a slot was not chosen for this stream's
+arrivals (an app on its own clock before its slot follows it, a camera that restarted on
+another clock, an app's first frame held up past its slot), and waiting for it would cost
+the app this frame or the next, for the seconds until the operator re-times the GPU; going
+now costs the other streams' slots an overlap, as random phases do. Before enough requests
+arrived to tell, the stream is taken at its word, periodic at the fps it declared, unless
+it sends faster (a request within half a period of the one before: a burst, which waits as
+before). A slot-clock app's first frame, a few ms past its slot's grace, otherwise waited a
+whole period and was lost (runs 58 and 64 of docs/benchmarks.md).
 A stream answered too slowly for its frame period either way waits for its slot: going
 early would gain it nothing. Under ``drop`` such a request waits for its slot too: refused,
 it would not save the next frame, which would be refused the same way, every frame until
@@ -144,6 +149,7 @@ class StreamGate:
     pending: int = 0  # admitted and not yet finished: waiting or in flight
     _held_slots: list[float] = field(default_factory=list)  # taken, their requests not gone
     _went_slot: float = -math.inf  # the latest slot a request went in (its body ran)
+    _last_arrival: float = -math.inf
     in_force: tuple[int, int] | None = None  # (offset, period) last seen in force
     arrivals: PhaseTracker | None = None
     """Where in the frame period this stream's requests arrive (its app's own clock)."""
@@ -216,6 +222,7 @@ class StreamGate:
     def admit(self, now: float) -> Release | Refusal:
         if self.arrivals is not None:
             self.arrivals.observe(now)
+        previous, self._last_arrival = self._last_arrival, now
         table = self.timetable = self.timetable.at(now)
         clock = table.clock(now)
         if clock is None:
@@ -268,7 +275,7 @@ class StreamGate:
             limit is None
             and policy is not GatePolicy.DROP
             and not self.pending
-            and self.periodic()
+            and self._frames_at(now - previous)
             and slot - now + self._answered_s(owner) > self.frame_s >= self._answered_s(owner)
         )
         if after_next:  # answered after the app's next frame: the late rules at once
@@ -317,6 +324,15 @@ class StreamGate:
         """Enough requests arrived to tell, and they come at the frame period."""
         e = self._judged()
         return e is not None and e.samples >= MIN_SAMPLES and e.periodic
+
+    def _frames_at(self, since_previous_s: float) -> bool:
+        """Whether the app's next frame comes a frame period after this request: its
+        requests are periodic; or too few arrived to tell and it does not send faster than
+        its declared fps (taken at its word: the request before came at least half a period
+        earlier, or none did)."""
+        if self.periodic():
+            return True
+        return not self.aperiodic() and since_previous_s >= self.frame_s / 2
 
     def aperiodic(self) -> bool:
         """Enough requests arrived to tell, and they are not periodic at the frame period."""

@@ -138,8 +138,9 @@ async def test_calls_go_on_while_a_request_waits_for_its_slot(start_sidecar: Sta
     sidecar = await start_sidecar()
     g = client(sidecar)
     try:
-        # Arrive just after a slot start, so the request waits most of a period.
-        await asyncio.sleep((OFFSET + 0.005 - time.time()) % PERIOD)
+        # Arrive 40 ms after a slot start, so the request waits 60 ms for the next: long,
+        # and answered before the app's next frame (else it would go at once, gate.py).
+        await asyncio.sleep((OFFSET + 0.040 - time.time()) % PERIOD)
         held = asyncio.create_task(g.infer("stamp", [floats(np.zeros(1, dtype=np.float32))]))
         await asyncio.sleep(0.01)
         assert await g.is_model_ready("add_one")  # same connection, not held behind it

@@ -570,16 +570,30 @@ def test_the_best_table_makes_colliding_cameras_wait_for_the_bodies_before_them(
 
 def test_release_lags_are_read_from_the_sidecar_s_own_metrics() -> None:
     """What a sidecar exports, as the loop scrapes it after a measurement: held requests,
-    and those forwarded more than 1 ms and 5 ms after their release time, over models."""
+    those forwarded more than 1 ms and 5 ms after their release time, those that waited
+    over 50 ms at the gate and those that went outside their slots, over models (runs 58
+    and 64 each lost a frame held a period: this says whose wait it was)."""
     metrics = GateMetrics()
     for lag_s, model in [(0.0001, "graph"), (0.0015, "graph"), (0.0062, "graph"), (0.0, "small")]:
         metrics.released(StreamKey("bench", "cam-3", 0, model), lag_s=lag_s)
+    for wait_s, late in [(0.002, False), (0.05, False), (0.0998, False), (0.0, True)]:
+        metrics.completed(
+            StreamKey("bench", "cam-3", 0, "graph"), wait_s=wait_s, service_s=0.02, late=late
+        )
     text = generate_latest(metrics.registry).decode()
-    assert release_lag_counts(text) == {"held": 4, "over1Ms": 2, "over5Ms": 1}
+    assert release_lag_counts(text) == {
+        "held": 4,
+        "over1Ms": 2,
+        "over5Ms": 1,
+        "waitedOver50Ms": 1,
+        "late": 1,
+    }
     assert release_lag_counts(generate_latest(GateMetrics().registry).decode()) == {
         "held": 0,
         "over1Ms": 0,
         "over5Ms": 0,
+        "waitedOver50Ms": 0,
+        "late": 0,
     }
 
 

@@ -62,10 +62,13 @@ def test_a_request_just_after_a_slot_start_takes_it_at_once() -> None:
     assert not r.late
 
 
-def test_past_the_grace_the_request_waits_a_period() -> None:
+def test_past_the_grace_the_request_no_longer_takes_the_slot() -> None:
+    """Past the grace the slot is gone. The next one, 94.5 ms away, would answer this
+    request after its app's next frame (the declared 10 fps), so it goes at once, counted
+    late; with a longer way to go it waits for that slot (test_idle_stream_waits...)."""
     g = stream_gate(grace_s=0.002)  # the slot's body is 5 ms
     r = released(g.admit(T + 0.0355))
-    assert r.slot == near(T + 0.130)
+    assert (r.at, r.slot, r.late) == (near(T + 0.0355), None, True)
 
 
 def test_a_late_request_keeps_its_slot_while_the_slot_lasts() -> None:
@@ -73,17 +76,19 @@ def test_a_late_request_keeps_its_slot_while_the_slot_lasts() -> None:
     takes its slot rather than waiting a whole period."""
 
     def slot_taken(arrival: float, **config: float) -> float | None:
+        """The slot the request takes; None: none (it goes at once, counted late)."""
         g = StreamGate("cam", GateConfig(grace_s=0.002, **config))  # type: ignore[arg-type]
         g.load(slot_contract(body_ms=16.0), T)
         r = released(g.admit(arrival))
-        assert r.late is False and r.at == max(arrival, r.slot or 0.0)
+        assert r.late is (r.slot is None) and r.at == max(arrival, r.slot or 0.0)
         return r.slot
 
     assert slot_taken(T + 0.0375) == near(T + 0.030)  # 7.5 ms into a 16 ms body
     assert slot_taken(T + 0.0455) == near(T + 0.030)  # 15.5 ms: the slot still lasts
-    assert slot_taken(T + 0.0465) == near(T + 0.130)  # past it: the next period
-    assert slot_taken(T + 0.0385, grace_body_fraction=0.5) == near(T + 0.130)  # past half
-    assert slot_taken(T + 0.0375, grace_body_fraction=0.0) == near(T + 0.130)  # 2 ms only
+    # Past it the next slot would answer the request after its app's next frame: no slot.
+    assert slot_taken(T + 0.0465) is None
+    assert slot_taken(T + 0.0385, grace_body_fraction=0.5) is None  # past half the body
+    assert slot_taken(T + 0.0375, grace_body_fraction=0.0) is None  # past the 2 ms only
 
 
 def test_wait_policy_queues_busy_requests_on_successive_slots_up_to_the_bound() -> None:
@@ -487,8 +492,9 @@ def test_a_frame_answered_after_its_app_s_next_frame_goes_at_once() -> None:
     lose every other frame until the operator re-times the GPU): each goes on arrival,
     ungated and counted late. Arriving 25 ms after its slot, a frame waits 75 ms and is
     answered before the next one, with 5 ms to spare for its way to and from the app
-    (``app_way_s``), so it waits for its slot; so does a camera whose phase is not known yet
-    (fewer than 8 frames), and one under the ``drop`` policy."""
+    (``app_way_s``), so it waits for its slot; so does a camera under the ``drop`` policy.
+    A camera whose phase is not known yet (fewer than 8 frames) is taken at its word, its
+    declared fps: its first frames go at once too."""
     g = stream_gate()
     t = out_of_phase(g, 0.008, 0.015)
     r = released(g.admit(t))
@@ -500,10 +506,22 @@ def test_a_frame_answered_after_its_app_s_next_frame_goes_at_once() -> None:
     assert (r.slot, r.late) == (near(t + 0.075), False)
 
     new = stream_gate()
-    for k in range(7):  # the first frames: no phase yet, so no next frame to be late for
-        r = released(new.admit(T + 0.038 + k * 0.1))
-        assert (r.slot, r.late) == (near(T + 0.130 + k * 0.1), False)
+    for k in range(7):  # the first frames: no phase yet, the declared fps says when the next comes
+        t = T + 0.038 + k * 0.1
+        r = released(new.admit(t))
+        assert (r.at, r.slot, r.late) == (near(t), None, True)
         new.finish(r, r.at + 0.015)
+    # An app that sends faster than its fps (a burst: warm-up calls back to back) is not
+    # taken at its word: after its first request each waits for a slot of its own.
+    burst = stream_gate()
+    first = released(burst.admit(T + 0.038))
+    assert (first.slot, first.late) == (None, True)
+    burst.finish(first, T + 0.053)
+    for k in range(1, 4):
+        t = T + 0.053 + k * 0.001
+        r = released(burst.admit(t))
+        assert (r.slot, r.late) == (near(T + 0.030 + k * 0.1), False), k
+        burst.finish(r, r.at + 0.015)
 
     # Under drop it waits for its slot: refused, the next frame would be refused the same
     # way, every frame until its slot follows it (for good where it cannot).
@@ -513,6 +531,25 @@ def test_a_frame_answered_after_its_app_s_next_frame_goes_at_once() -> None:
         r = released(dropping.admit(t))
         assert (r.slot, r.late) == (near(T + 0.130 + k * 0.1), False), k
         dropping.finish(r, r.at + 0.015)
+
+
+def test_a_slot_clock_app_s_first_frame_held_up_past_its_slot_goes_at_once() -> None:
+    """The GPU loop's lost frames (runs 58 and 64): a slot-clock camera's first frame after
+    its warm-up request reached the gate past its slot's grace, before the gate knew the
+    stream's phase, waited a whole period for the next slot (100.0 and 103.3 ms before the
+    model) and was answered after the camera's next frame. It goes at once, ungated and
+    counted late, and the frames after it take their own slots."""
+    g = stream_gate()  # 5 ms body: the grace
+    warm_up = released(g.admit(T + 0.011))  # the warm-up, 19 ms before a slot: waits for it
+    assert (warm_up.slot, warm_up.late) == (near(T + 0.030), False)
+    g.finish(warm_up, T + 0.045)
+    first = released(g.admit(T + 0.538))  # its slot began at +530 ms: 8 ms late
+    assert (first.at, first.slot, first.late) == (near(T + 0.538), None, True)
+    g.finish(first, T + 0.553)
+    for k in range(6, 26):
+        r = released(g.admit(T + 0.028 + k * 0.1))
+        assert (r.slot, r.late) == (near(T + 0.030 + k * 0.1), False), k
+        g.finish(r, r.at + 0.015)
 
 
 def test_a_stream_on_its_slots_is_never_sent_outside_them_for_slow_answers() -> None:
