@@ -571,7 +571,8 @@ def collections(cams: list[dict[str, Any]], logs: list[dict[str, Any]]) -> dict[
 
 
 def late_frames(cams: list[dict[str, Any]], logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each answer later than its camera's deadline (sent to answered), with where its time
+    """Each answer later than its camera's deadline (sent to answered), with which of the
+    camera's frames it was (``frame``: 0 is its first after the warm-up), where its time
     went and every collection of 1 ms or more, in any camera or model process, that ran
     from shortly before it was sent to its answer (``startMs``: from when it was sent):
     whether a late frame follows a pause in some process or not."""
@@ -581,12 +582,13 @@ def late_frames(cams: list[dict[str, Any]], logs: list[dict[str, Any]]) -> list[
         deadline = cam.get("deadline_ms")
         if deadline is None:
             continue
-        for sent, began, ended, answered in camera_log.get("calls", []):
+        for frame, (sent, began, ended, answered) in enumerate(camera_log.get("calls", [])):
             if None in (sent, began, ended, answered) or (answered - sent) * 1e3 <= deadline:
                 continue
             out.append(
                 {
                     "camera": cam.get("name", camera_log["name"]),
+                    "frame": frame,
                     "sent": round(sent, 3),
                     "beforeMs": round((began - sent) * 1e3, 1),
                     "modelMs": round((ended - began) * 1e3, 1),

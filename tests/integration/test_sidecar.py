@@ -250,18 +250,27 @@ async def test_pass_policy_forwards_a_busy_request_at_once(start_sidecar: StartS
 
 
 async def test_an_app_whose_slot_has_not_followed_it_yet_loses_no_frame(
-    start_sidecar: StartSidecar,
+    start_sidecar: StartSidecar, triton: LocalTriton
 ) -> None:
     """A camera on its own clock (10 fps) whose frames reach the gate about 9 ms after its
     slot starts, past the 5 ms grace, answered in 60 ms ("slow"): held for the next slot,
     each would be answered 150 ms after capture, after the camera's next frame, so the
-    camera would lose every other frame until the operator moved its slot. Once the gate
-    knows its phase (8 frames), each frame goes on arrival, ungated and counted late: no
-    frame lost, each answered within its period."""
+    camera would lose every other frame until the operator moved its slot. Each frame goes
+    on arrival, ungated and counted late: no frame lost, each answered within its period,
+    from the first (before the gate knows its phase it takes the stream's declared fps:
+    runs 58 and 64 lost a first frame held a period) to the last."""
     sidecar = await start_sidecar()
     client = tritonclient.http.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
     x = tritonclient.http.InferInput("INPUT0", [1], "FP32")
     x.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+    # A fresh model's first answers are slow (95-109 ms): warmed straight on Triton, as its
+    # model warm-up would (requests through the sidecar would be the stream's arrivals).
+    direct = tritonclient.http.InferenceServerClient(triton.http)
+    try:
+        for _ in range(3):
+            await asyncio.to_thread(direct.infer, "slow", [x])
+    finally:
+        direct.close()
     camera = Camera(
         "cam",
         1 / PERIOD,
@@ -274,14 +283,13 @@ async def test_an_app_whose_slot_has_not_followed_it_yet_loses_no_frame(
         log = await asyncio.to_thread(camera.run, start, 4.0)
     finally:
         client.close()
-    settled = [
-        (at - start, lat)
+    frames = [
+        (round(at - start, 3), round(lat, 4))
         for at, lat in zip(log.captured_at, log.latencies_s, strict=True)
-        if at >= start + 2.5
     ]
-    assert [round(at, 1) for at, _ in settled] == [round(2.5 + k * PERIOD, 1) for k in range(15)]
-    assert max(lat for _, lat in settled) < PERIOD, settled
-    assert metric(await scrape(sidecar), LATE, stream="cam") >= 15
+    assert len(frames) == 40 and not log.errors, (frames, log.errors)
+    assert max(lat for _, lat in frames) < PERIOD, frames
+    assert metric(await scrape(sidecar), LATE, stream="cam") >= 40
 
 
 async def test_a_new_contract_applies_at_its_time_and_a_bad_one_is_ignored(

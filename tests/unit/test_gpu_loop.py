@@ -623,6 +623,7 @@ def test_late_frames_list_the_collections_that_ran_beside_them() -> None:
     (late,) = late_frames(cams, logs)
     assert late == {
         "camera": "cam-3",
+        "frame": 1,  # its second frame (runs 58 and 64 lost a camera's first)
         "sent": round(t + 1, 3),
         "beforeMs": 12.0,
         "modelMs": 28.0,
