@@ -61,8 +61,9 @@ MIN_LIMIT_S = 0.0005
 QUIET_PERIODS = 10
 """A periodic stream with no arrival for this many periods (and ``QUIET_MIN_S``) has
 stopped: its phase is forgotten. Its app may come back on another clock, and an old phase
-would be acted on (a re-timing, pinned for a minute) before the new one is known. A stream
-that is not periodic keeps that judgement: its requests come when they come."""
+would be acted on (a re-timing, pinned for a minute) before the new one is known. So are
+fewer arrivals than a phase needs (an app's warm-up). A stream judged not periodic keeps
+that judgement: its requests come when they come."""
 QUIET_MIN_S = 1.0
 
 
@@ -140,12 +141,18 @@ class PhaseTracker:
     """Arrivals seen since the last reset (the window keeps only the last ``window``)."""
 
     def forget_if_stopped(self, now: float) -> None:
-        """Forget a periodic stream that had no arrival for ``QUIET_PERIODS`` periods (and
-        ``QUIET_MIN_S``) up to ``now``: it stopped, and what comes next is another run."""
+        """Forget a stream that had no arrival for ``QUIET_PERIODS`` periods (and
+        ``QUIET_MIN_S``) up to ``now``, unless its arrivals said it is not periodic: a
+        periodic stream stopped, and what comes next is another run; fewer arrivals than a
+        judgement needs (an app's warm-up requests) say nothing of what comes next, and
+        counted with its frames they would make a camera look aperiodic."""
         limit = max(QUIET_PERIODS * self.period_s, QUIET_MIN_S)
         if not self.arrivals or now - self.arrivals[-1] <= limit:
             return
-        if estimate(self.arrivals, self.period_s, epoch_s=self.epoch_s).periodic:
+        if (
+            len(self.arrivals) < MIN_SAMPLES
+            or estimate(self.arrivals, self.period_s, epoch_s=self.epoch_s).periodic
+        ):
             self.reset()
 
     def observe(self, t: float) -> None:

@@ -552,6 +552,25 @@ def test_a_slot_clock_app_s_first_frame_held_up_past_its_slot_goes_at_once() -> 
         g.finish(r, r.at + 0.015)
 
 
+def test_an_app_s_warm_up_before_a_pause_does_not_make_its_frames_look_aperiodic() -> None:
+    """Three warm-up requests, a pause of 1.5 s, then frames 8 ms past their slots answered
+    in 60 ms: the warm-up is forgotten at the pause (too few arrivals to judge), so the
+    frames are taken at their declared fps and each goes at once. Counted with them, the
+    warm-up made the stream aperiodic at its 8th arrival, and its frames waited half a
+    period, answered after the next frame."""
+    g = stream_gate()
+    for k in range(3):
+        t = T + 0.011 + k * 0.07
+        g.finish(released(g.admit(t)), t + 0.06)
+    start = T + 2.0
+    for k in range(12):
+        t = start + 0.038 + k * 0.1
+        r = released(g.admit(t))
+        assert (r.at, r.slot, r.late) == (near(t), None, True), k
+        g.finish(r, t + 0.06)
+    assert g.periodic() and not g.aperiodic()
+
+
 def test_a_stream_on_its_slots_is_never_sent_outside_them_for_slow_answers() -> None:
     """A slot-clock app whose answers take 60 ms: every frame reaches the gate 2 ms before
     its slot and takes it; none is answered after the next frame, so none goes ungated."""
