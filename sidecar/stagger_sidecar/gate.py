@@ -266,7 +266,7 @@ class StreamGate:
         share = self.config.aperiodic_max_wait_share
         if limit is None and share is not None and self.aperiodic():
             limit = share * owner.period_s
-        missed = None if self.pending else self._missed_slot(now, slot, late, table)
+        missed = None if self.pending else self._missed_slot(now, previous, slot, late, table)
         if missed is not None:
             # A late frame, not a stream out of phase: waiting for the next slot would cost
             # its app the next frame, so the late rules apply at once.
@@ -325,6 +325,27 @@ class StreamGate:
         e = self._judged()
         return e is not None and e.samples >= MIN_SAMPLES and e.periodic
 
+    def _usual_arrival(self, now: float, previous: float) -> float | None:
+        """When this request would usually have arrived, at most half a period before now:
+        by the stream's phase; before it has one, a frame period after its previous request
+        (a slot-clock app's frame held up past its slot before the gate knew the stream:
+        run 65 lost one so, its sixth, held a period). None for a stream judged not
+        periodic, or a request early for that instant."""
+        e = self._judged()
+        if self.arrivals is None or e is None:
+            return None
+        if e.samples >= MIN_SAMPLES:
+            if e.phase_s is None or not e.periodic:
+                return None
+            since = (now - self.arrivals.epoch_s - e.phase_s) % e.period_s
+        else:
+            since = now - previous - self.frame_s
+            if since < 0:
+                return None  # sooner than a frame period after the previous request
+        if since > self.frame_s / 2:
+            return None  # early for the next usual arrival (or a first request)
+        return now - since
+
     def _frames_at(self, since_previous_s: float) -> bool:
         """Whether the app's next frame comes a frame period after this request: its
         requests are periodic; or too few arrived to tell and it does not send faster than
@@ -350,19 +371,19 @@ class StreamGate:
             self._judgement = (seen, tracker.estimate())
         return self._judgement[1]
 
-    def _missed_slot(self, now: float, slot: float, late: float, table: Timetable) -> float | None:
-        """The slot this request missed, when it is a late frame of a periodic stream: a
-        request at the instant the stream's requests usually arrive (its phase, at most
-        half a period before now) would have taken an earlier slot than ``slot``. None when
-        it is not: an early request, or a stream whose usual arrival already misses its
-        slot (out of phase, until its slot follows it: that one waits as before)."""
-        e = self._judged()
-        if e is None or e.phase_s is None or not e.periodic or self.arrivals is None:
+    def _missed_slot(
+        self, now: float, previous: float, slot: float, late: float, table: Timetable
+    ) -> float | None:
+        """The slot this request missed, when it is a late frame: a request at the instant
+        the stream's requests usually arrive (at most half a period before now) would have
+        taken an earlier slot than ``slot``. That instant is its phase; before the stream
+        has one, a frame period after its previous request (taken at its word, as
+        :meth:`_frames_at`). None when it is not a late frame: an early request, a stream
+        not periodic, or one whose usual arrival already misses its slot (out of phase,
+        until its slot follows it: that one waits as before)."""
+        usual = self._usual_arrival(now, previous)
+        if usual is None:
             return None
-        since = (now - self.arrivals.epoch_s - e.phase_s) % e.period_s
-        if since > e.period_s / 2:
-            return None  # early for the next usual arrival
-        usual = now - since
         found = table.next_slot(max(usual - late, math.nextafter(self.last_slot, math.inf)))
         return found[0] if found is not None and found[0] < slot else None
 

@@ -552,6 +552,26 @@ def test_a_slot_clock_app_s_first_frame_held_up_past_its_slot_goes_at_once() -> 
         g.finish(r, r.at + 0.015)
 
 
+@pytest.mark.parametrize("late_ms", [8.0, 30.0, 45.0])
+def test_a_frame_held_up_before_the_gate_knows_the_stream_goes_at_once(late_ms: float) -> None:
+    """Run 65: a slot-clock camera's sixth frame (the gate had seen its warm-up and five
+    frames, too few for a phase) reached the gate past its slot's grace and waited a whole
+    period, 102.5 ms before the model. Taken at its word, the stream's frames come a period
+    apart: this one was due a period after the one before, so it is a late frame and goes
+    at once, however late (up to half a period); the frames after it keep their slots."""
+    g = stream_gate()  # 5 ms body: the grace; answers 10 ms with the app's way
+    warm_up = released(g.admit(T + 0.011))
+    g.finish(warm_up, warm_up.at + 0.015)
+    for k in range(1, 12):
+        t = T + 0.028 + k * 0.1 + (late_ms / 1e3 if k == 6 else 0.0)
+        r = released(g.admit(t))
+        if k == 6:
+            assert (r.at, r.slot, r.late) == (near(t), None, True)
+        else:
+            assert (r.slot, r.late) == (near(T + 0.030 + k * 0.1), False), k
+        g.finish(r, r.at + 0.015)
+
+
 def test_an_app_s_warm_up_before_a_pause_does_not_make_its_frames_look_aperiodic() -> None:
     """Three warm-up requests, a pause of 1.5 s, then frames 8 ms past their slots answered
     in 60 ms: the warm-up is forgotten at the pause (too few arrivals to judge), so the
