@@ -171,6 +171,25 @@ async def test_slot_clock_apps_never_wait(http: Any) -> None:
     assert waited < 5 * 0.003, (waited, into)  # ~0 each
 
 
+async def test_a_slot_clock_app_s_first_frame_held_up_past_its_slot_goes_at_once(
+    http: Any,
+) -> None:
+    """Runs 58 and 64: a slot-clock app's first frame, held up on its way 30 ms past its
+    slot (past the 5 ms grace), waited a whole period. The app read its slot clock through
+    this sidecar, so the gate takes the slot as where it usually arrives: the frame goes
+    at once, counted late, and the app's next frame takes its own slot."""
+    sidecar, client = http
+    clock = SlotClient(f"http://127.0.0.1:{sidecar.ports['http']}", stream="cam")
+    slot = await asyncio.to_thread(clock.wait_for_slot)
+    await asyncio.sleep(max(0.0, slot + 0.030 - time.time()))  # held up on its way
+    began = float((await client.infer("stamp", [http_input([0.0])])).as_numpy("OUTPUT0")[0])
+    assert slot + 0.030 <= began < slot + 0.030 + ON_TIME, round(began - slot, 4)
+    assert metric(await scrape(sidecar), LATE, stream="cam") == 1
+    slot = await asyncio.to_thread(clock.wait_for_slot)
+    began = float((await client.infer("stamp", [http_input([0.0])])).as_numpy("OUTPUT0")[0])
+    assert slot <= began < slot + ON_TIME, round(began - slot, 4)
+
+
 async def test_wait_policy_queues_concurrent_requests_on_successive_slots(http: Any) -> None:
     """Three requests at once take three successive slots: the gate's own decisions exactly,
     and the model began in each one's own slot. Where the model began is also host time:
