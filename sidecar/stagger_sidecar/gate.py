@@ -22,9 +22,11 @@ policy        busy                                   late
 ``pass``      forward at once, ungated               forward at once, ungated
 ============  =====================================  ==================================
 
-A **late frame** is late at once (``max_wait`` 0): a request of an idle, periodic stream
-that arrives after the slot its stream's requests usually take (their arrival phase,
-stagger.core.phase), past that slot's grace. Its app is on its slots and was held up (a
+A **late frame** is late at once (``max_wait`` 0): a request of an idle stream that
+arrives after the slot its stream's requests usually take, past that slot's grace, by up
+to half a period. Where they usually arrive is their arrival phase (stagger.core.phase);
+before there is one, the start of the stream's latest slot if its app read the slot clock
+lately, else a frame period after its previous request. Its app is on its slots and was held up (a
 host stall, a slow frame before it); waiting a period for the next slot would cost it the
 next frame, where going now overlaps the next stream's body by at most its own. A stream
 whose usual arrival itself misses its slot is out of phase, not late: it waits until its
