@@ -171,7 +171,7 @@ async def test_slot_clock_apps_never_wait(http: Any) -> None:
     assert waited < 5 * 0.003, (waited, into)  # ~0 each
 
 
-async def test_a_slot_clock_app_s_first_frame_held_up_past_its_slot_goes_at_once(
+async def test_a_slot_clock_app_s_first_frame_30_ms_late_goes_at_once_through_its_sidecar(
     http: Any,
 ) -> None:
     """Runs 58 and 64: a slot-clock app's first frame, held up on its way 30 ms past its
