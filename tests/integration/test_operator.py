@@ -83,15 +83,21 @@ async def test_each_plan_s_log_line_counts_the_statuses_it_wrote(
     cluster: Cluster, operator: Operator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Stream statuses are written apart from objects (`writes`): the per-plan line says
-    how many (`statuses`), so a plan that rewrites many statuses and no object is seen."""
+    how many (`statuses`), so a plan that rewrites many statuses and no object is seen.
+    The line comes once the plan's reconcile returns, after its statuses are visible (a
+    clean CI run read the log between the two and found no line): wait for both."""
     caplog.set_level(logging.INFO, logger="stagger.operator")
     names = ["cam-1", "cam-2"]
     for n in names:
         await cluster.create(stream(n))
     await cluster.wait_for(lambda: all_placed(cluster, names))
-    plans = [r for r in caplog.records if hasattr(r, "plan")]
-    assert plans and all(isinstance(getattr(r, "statuses", None), int) for r in plans)
-    assert sum(r.statuses for r in plans) >= len(names)  # each stream's Placed status
+
+    def plans() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if hasattr(r, "plan")]
+
+    # each stream's Placed status, counted by the lines of the plans that wrote them
+    await cluster.wait_for(lambda: sum(getattr(r, "statuses", 0) for r in plans()) >= len(names))
+    assert all(isinstance(getattr(r, "statuses", None), int) for r in plans())
 
 
 async def test_what_a_stream_stops_asking_for_is_removed_from_its_deployment(
