@@ -74,7 +74,7 @@ from stagger.core.api import InferenceStream, InferenceStreamSpec, ModelProfile,
 from stagger.core.calibration import NoKnee, SweepPoint, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
-from stagger.core.phase import QUIET_MIN_S, QUIET_PERIODS
+from stagger.core.phase import quiet_after_s
 from stagger.core.placement import Plan, PlannerSettings, plan
 from stagger.core.placement.overlap import body_ticks, overlap_ms_per_frame
 from stagger.core.telemetry import GATE_WAIT, LATE, RELEASE_LAG
@@ -810,7 +810,7 @@ def transparent(
     # The loop's cameras went through these sidecars a moment ago. The apps here are new
     # ones on their own clocks: start them once the sidecars have forgotten those (a
     # periodic stream quiet for QUIET_PERIODS periods), as new pods would know nothing.
-    forgotten = time.time() + max(QUIET_PERIODS * period, QUIET_MIN_S) + 2.0
+    forgotten = time.time() + quiet_after_s(period) + 2.0
     while follower.arrivals():
         if time.time() > forgotten:
             raise RuntimeError("the sidecars still report the loop's arrival phases")

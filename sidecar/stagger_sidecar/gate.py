@@ -26,11 +26,11 @@ A **late frame** is late at once (``max_wait`` 0): a request of an idle stream t
 arrives after the slot its stream's requests usually take, past that slot's grace, by up
 to half a period. Where they usually arrive is their arrival phase (stagger.core.phase);
 before there is one, the start of the stream's latest slot if its app read the slot clock
-lately, else a frame period after its previous request. Its app is on its slots and was held up (a
-host stall, a slow frame before it); waiting a period for the next slot would cost it the
-next frame, where going now overlaps the next stream's body by at most its own. A stream
-whose usual arrival itself misses its slot is out of phase, not late: it waits until its
-slot follows it, unless its answer would come too late.
+lately, else a frame period after its previous request. Its app is on its slots and was
+held up (a host stall, a slow frame before it); waiting a period for the next slot would
+cost it the next frame, where going now overlaps the next stream's body by at most its
+own. A stream whose usual arrival itself misses its slot is out of phase, not late: it
+waits until its slot follows it, unless its answer would come too late.
 
 **Answered after the next frame**: under ``wait`` and ``pass``, a request of an idle
 stream not known to be aperiodic goes at once, ungated and counted late, when its slot is
@@ -70,13 +70,7 @@ from enum import StrEnum
 
 from stagger.core.api import GatePolicy
 from stagger.core.contract import SlotAssignment
-from stagger.core.phase import (
-    MIN_SAMPLES,
-    QUIET_MIN_S,
-    QUIET_PERIODS,
-    PhaseEstimate,
-    PhaseTracker,
-)
+from stagger.core.phase import MIN_SAMPLES, PhaseEstimate, PhaseTracker, quiet_after_s
 from stagger.core.slotclock import SlotClock, Timetable, slot_starts
 
 ANSWER_WINDOW = 16
@@ -366,7 +360,7 @@ class StreamGate:
         pause after which a quiet stream is forgotten (``stagger.client`` reads it before
         its first frame and every few seconds; another app on the same sidecar later, as in
         the GPU bench, does not inherit the judgement)."""
-        return now - self._clock_read_at <= max(QUIET_PERIODS * self.frame_s, QUIET_MIN_S)
+        return now - self._clock_read_at <= quiet_after_s(self.frame_s)
 
     def _frames_at(self, since_previous_s: float) -> bool:
         """Whether the app's next frame comes a frame period after this request: its
@@ -398,11 +392,10 @@ class StreamGate:
     ) -> float | None:
         """The slot this request missed, when it is a late frame: a request at the instant
         the stream's requests usually arrive (at most half a period before now) would have
-        taken an earlier slot than ``slot``. That instant is its phase; before the stream
-        has one, a frame period after its previous request (taken at its word, as
-        :meth:`_frames_at`). None when it is not a late frame: an early request, a stream
-        not periodic, or one whose usual arrival already misses its slot (out of phase,
-        until its slot follows it: that one waits as before)."""
+        taken an earlier slot than ``slot`` (that instant: :meth:`_usual_arrival`). None
+        when it is not a late frame: an early request, a stream not periodic, or one whose
+        usual arrival already misses its slot (out of phase, until its slot follows it:
+        that one waits as before)."""
         usual = self._usual_arrival(now, previous, table)
         if usual is None:
             return None

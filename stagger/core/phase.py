@@ -67,6 +67,12 @@ that judgement: its requests come when they come."""
 QUIET_MIN_S = 1.0
 
 
+def quiet_after_s(period_s: float) -> float:
+    """How long a stream at ``period_s`` must be quiet to be forgotten (``QUIET_PERIODS``
+    periods, and at least ``QUIET_MIN_S``)."""
+    return max(QUIET_PERIODS * period_s, QUIET_MIN_S)
+
+
 @dataclass(frozen=True)
 class PhaseEstimate:
     """``phase_s`` in [0, period) from the epoch (None when not periodic or too few
@@ -146,7 +152,7 @@ class PhaseTracker:
         periodic stream stopped, and what comes next is another run; fewer arrivals than a
         judgement needs (an app's warm-up requests) say nothing of what comes next, and
         counted with its frames they would make a camera look aperiodic."""
-        limit = max(QUIET_PERIODS * self.period_s, QUIET_MIN_S)
+        limit = quiet_after_s(self.period_s)
         if not self.arrivals or now - self.arrivals[-1] <= limit:
             return
         if (
