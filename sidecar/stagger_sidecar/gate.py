@@ -26,11 +26,11 @@ A **late frame** is late at once (``max_wait`` 0): a request of an idle stream t
 arrives after the slot its stream's requests usually take, past that slot's grace, by up
 to half a period. Where they usually arrive is their arrival phase (stagger.core.phase);
 before there is one, the start of the stream's latest slot if its app read the slot clock
-lately, else a frame period after its previous request. Its app is on its slots and was
-held up (a host stall, a slow frame before it); waiting a period for the next slot would
-cost it the next frame, where going now overlaps the next stream's body by at most its
-own. A stream whose usual arrival itself misses its slot is out of phase, not late: it
-waits until its slot follows it, unless its answer would come too late.
+lately (an app that does not is not judged late until it has a phase). Its app is on its
+slots and was held up (a host stall, a slow frame before it); waiting a period for the
+next slot would cost it the next frame, where going now overlaps the next stream's body
+by at most its own. A stream whose usual arrival itself misses its slot is out of phase,
+not late: it waits until its slot follows it, unless its answer would come too late.
 
 **Answered after the next frame**: under ``wait`` and ``pass``, a request of an idle
 stream not known to be aperiodic goes at once, ungated and counted late, when its slot is
@@ -271,7 +271,7 @@ class StreamGate:
         share = self.config.aperiodic_max_wait_share
         if limit is None and share is not None and self.aperiodic():
             limit = share * owner.period_s
-        missed = None if self.pending else self._missed_slot(now, previous, slot, late, table)
+        missed = None if self.pending else self._missed_slot(now, slot, late, table)
         if missed is not None:
             # A late frame, not a stream out of phase: waiting for the next slot would cost
             # its app the next frame, so the late rules apply at once.
@@ -330,14 +330,14 @@ class StreamGate:
         e = self._judged()
         return e is not None and e.samples >= MIN_SAMPLES and e.periodic
 
-    def _usual_arrival(self, now: float, previous: float, table: Timetable) -> float | None:
-        """When this request would usually have arrived, at most half a period before now,
-        by the best evidence there is: the stream's phase; before it has one, the start of
-        its latest slot where its app reads the slot clock (it aims at its slots: runs 58
-        and 64 each lost a camera's first frame, held up past its slot and then a period),
-        else a frame period after its previous request (the stream taken at its word: run
-        65 lost a camera's sixth frame so). None for a stream judged not periodic, or a
-        request early for that instant."""
+    def _usual_arrival(self, now: float, table: Timetable) -> float | None:
+        """When this request would usually have arrived, at most half a period before now:
+        by the stream's phase; before it has one, the start of its latest slot where its app
+        reads the slot clock (it aims at its slots: runs 58, 64 and 65 each lost a camera's
+        first or sixth frame, held up past its slot and then a period). None otherwise: a
+        stream judged not periodic, one not yet judged whose app does not read the clock
+        (a frame period after its previous request was tried: random arrivals read as late
+        frames), or a request early for that instant."""
         e = self._judged()
         if self.arrivals is None or e is None:
             return None
@@ -352,7 +352,7 @@ class StreamGate:
                 return None  # before its slot: early, not late
             usual = found[0]
         else:
-            usual = previous + self.frame_s
+            return None
         return usual if 0 <= now - usual <= self.frame_s / 2 else None
 
     def reads_slot_clock(self, now: float) -> bool:
@@ -387,16 +387,14 @@ class StreamGate:
             self._judgement = (seen, tracker.estimate())
         return self._judgement[1]
 
-    def _missed_slot(
-        self, now: float, previous: float, slot: float, late: float, table: Timetable
-    ) -> float | None:
+    def _missed_slot(self, now: float, slot: float, late: float, table: Timetable) -> float | None:
         """The slot this request missed, when it is a late frame: a request at the instant
         the stream's requests usually arrive (at most half a period before now) would have
         taken an earlier slot than ``slot`` (that instant: :meth:`_usual_arrival`). None
         when it is not a late frame: an early request, a stream not periodic, or one whose
         usual arrival already misses its slot (out of phase, until its slot follows it:
         that one waits as before)."""
-        usual = self._usual_arrival(now, previous, table)
+        usual = self._usual_arrival(now, table)
         if usual is None:
             return None
         found = table.next_slot(max(usual - late, math.nextafter(self.last_slot, math.inf)))

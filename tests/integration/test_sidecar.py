@@ -138,6 +138,11 @@ async def test_requests_are_released_at_slot_starts(http: Any, start_sidecar: St
     try:
         for i in range(8):
             await asyncio.sleep(float(rng.uniform(0, PERIOD)))  # arrive at a random phase
+            # ... but not within a slot's first 12 ms: past its grace there, a request of a
+            # stream the gate does not know yet is answered after its app's next frame by
+            # waiting, so it goes at once (gate.py), a few ms into that slot.
+            if phase(time.time()) < 0.012:
+                await asyncio.sleep(0.012 - phase(time.time()))
             sent = time.time()
             if i % 2:
                 result = await g.infer("stamp", [grpc_input([0.0])])

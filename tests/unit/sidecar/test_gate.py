@@ -589,12 +589,13 @@ def test_a_slot_clock_app_s_first_frame_goes_at_once_however_late(late_ms: float
 def test_a_frame_held_up_before_the_gate_knows_the_stream_goes_at_once(late_ms: float) -> None:
     """Run 65: a slot-clock camera's sixth frame (the gate had seen its warm-up and five
     frames, too few for a phase) reached the gate past its slot's grace and waited a whole
-    period, 102.5 ms before the model. Taken at its word, the stream's frames come a period
-    apart: this one was due a period after the one before, so it is a late frame and goes
-    at once, however late (up to half a period); the frames after it keep their slots."""
+    period, 102.5 ms before the model. Its app read the slot clock before its first frame,
+    so its slots are where it arrives: the frame is late and goes at once, however late
+    (up to half a period); the frames after it keep their slots."""
     g = stream_gate()  # 5 ms body: the grace; answers 10 ms with the app's way
     warm_up = released(g.admit(T + 0.011))
     g.finish(warm_up, warm_up.at + 0.015)
+    assert g.clock_document(T + 0.05, 1) is not None  # SlotClient, before its first frame
     for k in range(1, 12):
         t = T + 0.028 + k * 0.1 + (late_ms / 1e3 if k == 6 else 0.0)
         r = released(g.admit(t))
