@@ -213,6 +213,7 @@ def calibrate(
         "latencyMs": manifest.spec.latency_ms,
         "warnings": report.warnings(),
         "kneePastSolo": report.knee_past_solo,
+        "stalledPairs": len(report.stalled_pairs()),
         "sweep": sweep_rows(report.sweep),
     }
     log(f"profile {body} ({mode}): {summary}")
@@ -261,6 +262,24 @@ def calibrate_until_one_holds(
         assert failure is not None  # times >= 1
         raise failure
     return (*next((p for p in profiles if holds(p[1])), profiles[0]), attempts)
+
+
+class HostStalls(RuntimeError):
+    """The profile found the host stalling, and the run was asked to stop there."""
+
+
+def host_stalls(calibration: Mapping[str, Any]) -> str | None:
+    """Why a run stops after this profile under ``--stop-on-stalls`` (None: it goes on).
+    A host whose swept pairs stalled together loses frames in every configuration, the
+    plan's and random phases' alike (runs 59, 60, 62, 66, 67): the run would measure the
+    host, not the plan."""
+    stalled = calibration.get("stalledPairs") or 0
+    if not stalled:
+        return None
+    return (
+        f"stopped after the profile: {stalled} swept pair(s) stalled together; on this host "
+        "every configuration measures the stalls, not the plan"
+    )
 
 
 def sweep_rows(points: list[SweepPoint]) -> list[list[float]]:
@@ -691,6 +710,9 @@ def identical(
     manifest, calibration, attempts = calibrate_until_one_holds(
         servers, body, frame, product, mode, times=args.profiles
     )
+    if args.stop_on_stalls and (why := host_stalls(calibration)):
+        out["calibration"] = calibration
+        raise HostStalls(why)
     settings = planner_settings(args)
     cluster = cluster_of(product, mode, args.gpu_memory_mib)
     candidates = [stream(f"cam-{i}", body, args.fps, args.memory_mib) for i in range(len(servers))]
@@ -1166,6 +1188,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run transparent mode, at the N it is judged at, with the followed slots "
         "kept the profile's knee apart where they all fit (an experiment, for comparison)",
+    )
+    p.add_argument(
+        "--stop-on-stalls",
+        action="store_true",
+        help="stop a body's run after its profile where the profile finds the host stalling "
+        "(device time is better spent on another host)",
     )
     p.add_argument("--models", type=Path, default=MODELS, help="a repository with `detector`")
     p.add_argument("--frame", type=Path, help="a JPEG (default: a synthetic 1080p frame)")

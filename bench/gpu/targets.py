@@ -273,7 +273,8 @@ def _transparent_verdict(
     t: dict[str, Any] | None, random_runs: dict[int, dict[str, Any]], random_largest: int
 ) -> dict[str, Any] | None:
     """Issue 21's targets for apps on their own clock (judged apart from the loop's): once
-    settled, no frame lost where random phases at the same N lost none, p99 within 0.6 x
+    settled, no frame lost where random phases at the same N lost none (where they lost
+    some, no more than they did), p99 within 0.6 x
     random's at random's largest 0-drop N, settled within 10 s of the start. ``t`` is
     transparent mode at that N where the run measured it there (``transparentAtRandomN``,
     from run 59 on), else at the admitted N. Where random phases held more than the
@@ -288,10 +289,15 @@ def _transparent_verdict(
     held_at_n = same_n is not None and same_n["dropPercent"] == 0
     at_random = same_n if held_at_n else random_runs.get(random_largest)
     ratio = steady["p99Ms"] / at_random["p99Ms"] if steady["p99Ms"] and at_random else None
+    # Where random phases lost frames at the same N, no more than they did: run 67 lost
+    # 0.526 % against random's 0.455 %, which "none where random lost none" let pass.
+    random_drops = same_n["dropPercent"] if same_n else None
     checks = {
         "noDrops": {
             "value": steady["dropPercent"],
-            "met": steady["dropPercent"] == 0 or bool(same_n and same_n["dropPercent"] > 0),
+            "random": random_drops,
+            "met": steady["dropPercent"] == 0
+            or (random_drops is not None and steady["dropPercent"] <= random_drops),
         },
         "p99OverRandom": {
             "value": None if ratio is None else round(ratio, 4),
