@@ -13,10 +13,13 @@ the stream's policy:
 - **busy**: an earlier request of the stream is still waiting or in flight;
 - **late**: its slot starts more than ``max_wait`` after it arrived.
 
+A late request goes at once, not at ``max_wait``: it gets no slot either way, and holding
+it would only add to its answer's time.
+
 ============  =====================================  ==================================
 policy        busy                                   late
 ============  =====================================  ==================================
-``wait``      queue for the next free slot           forward at ``max_wait``, ungated
+``wait``      queue for the next free slot           forward at once, ungated
               (at most ``max_queue`` per stream)
 ``drop``      refuse (reason ``busy``)               refuse (reason ``late``)
 ``pass``      forward at once, ungated               forward at once, ungated
@@ -56,9 +59,9 @@ slot's body before any): earlier ones include a model's first, cold answers (100
 Without ``max_wait`` a request that finds its stream idle waits at most one period, except
 in a stream whose requests are not periodic (event-driven, variable fps: its arrival phase
 says so, stagger.core.phase): waiting for a slot buys such a stream nothing, so it waits at
-most ``aperiodic_max_wait_share`` of a period and is then forwarded ungated (the ``late``
-rules above, with that bound for ``max_wait``). Requests forwarded outside a slot are
-counted late.
+most ``aperiodic_max_wait_share`` of a period: a request whose slot is further away goes
+at once, ungated (the ``late`` rules above, with that bound for ``max_wait``). Requests
+forwarded outside a slot are counted late.
 """
 
 from __future__ import annotations
@@ -301,8 +304,7 @@ class StreamGate:
                     f"stream {self.name}: the next free slot is {(slot - now) * 1e3:.1f} ms "
                     f"away, {detail}",
                 )
-            at = now if policy is GatePolicy.PASS else now + limit
-            return self._take(Release(at, now, None, owner.period_s, late=True))
+            return self._take(Release(now, now, None, owner.period_s, late=True))
         self.last_slot = slot
         self._held_slots.append(slot)
         return self._take(Release(max(opens, now), now, slot, owner.period_s, late=False))

@@ -205,9 +205,9 @@ class GateSpec(Wire):
     policy: GatePolicy = Field(
         default=GatePolicy.WAIT,
         description="A request that arrives while the previous one is in flight, or whose "
-        "slot is more than maxWaitMs away: wait (queue for the next free slot; past maxWaitMs "
-        "go ungated), drop (refuse: KServe 429 / gRPC RESOURCE_EXHAUSTED) or pass (forward at "
-        "once, ungated).",
+        "slot is more than maxWaitMs away: wait (queue for the next free slot; a slot more "
+        "than maxWaitMs away: go at once, ungated), drop (refuse: KServe 429 / gRPC "
+        "RESOURCE_EXHAUSTED) or pass (forward at once, ungated).",
     )
     max_wait_ms: PositiveMs | None = Field(
         default=None,

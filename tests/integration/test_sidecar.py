@@ -158,6 +158,38 @@ async def test_requests_are_released_at_slot_starts(http: Any, start_sidecar: St
     assert 0 < waited < 8 * PERIOD
 
 
+async def test_an_event_driven_app_takes_a_near_slot_or_goes_at_once_through_its_sidecar(
+    http: Any,
+) -> None:
+    """Requests at random instants (event-driven: no frame period). Once the gate has judged
+    them not periodic, each takes its slot where one starts within half a period, and
+    otherwise goes at once, ungated and counted late. It used to wait the half period first
+    and then go ungated all the same."""
+    sidecar, client = http
+    rng = np.random.default_rng(11)
+
+    async def event() -> tuple[float, float]:
+        await asyncio.sleep(float(rng.uniform(0.02, 0.3)))
+        sent = time.time()
+        began = float((await client.infer("stamp", [http_input([0.0])])).as_numpy("OUTPUT0")[0])
+        return sent, began
+
+    for _ in range(16):
+        await event()
+    url = f"http://127.0.0.1:{sidecar.ports['http']}/stagger/v1/clock"
+    async with aiohttp.ClientSession() as session, session.get(url) as r:
+        arrival = (await r.json())["arrival"]
+    assert arrival["samples"] >= 8 and not arrival["periodic"], arrival
+    late_before = metric(await scrape(sidecar), LATE, stream="cam")
+    seen = [await event() for _ in range(12)]
+    waits = [(round(b - s, 4), round(phase(b), 4)) for s, b in seen]
+    at_once = [w for w, _ in waits if w < ON_TIME]
+    assert all(w < ON_TIME or p < ON_TIME for w, p in waits), waits  # at once, or at a slot
+    assert max(w for w, _ in waits) < PERIOD / 2 + ON_TIME, waits
+    assert at_once, waits  # 12 random instants: some found no slot within half a period
+    assert metric(await scrape(sidecar), LATE, stream="cam") - late_before <= len(at_once)
+
+
 async def test_slot_clock_apps_never_wait(http: Any) -> None:
     sidecar, client = http
     clock = SlotClient(f"http://127.0.0.1:{sidecar.ports['http']}", stream="cam")
