@@ -60,8 +60,10 @@ Without ``max_wait`` a request that finds its stream idle waits at most one peri
 in a stream whose requests are not periodic (event-driven, variable fps: its arrival phase
 says so, stagger.core.phase): waiting for a slot buys such a stream nothing, so it waits at
 most ``aperiodic_max_wait_share`` of a period: a request whose slot is further away goes
-at once, ungated (the ``late`` rules above, with that bound for ``max_wait``). Requests
-forwarded outside a slot are counted late.
+at once, ungated (the ``late`` rules above, with that bound for ``max_wait``). So is a
+stream whose last two requests each came after a pause in which a periodic stream is
+forgotten: it sends events seconds apart, never 8 together to judge. Requests forwarded
+outside a slot are counted late.
 """
 
 from __future__ import annotations
@@ -155,6 +157,8 @@ class StreamGate:
     _held_slots: list[float] = field(default_factory=list)  # taken, their requests not gone
     _went_slot: float = -math.inf  # the latest slot a request went in (its body ran)
     _last_arrival: float = -math.inf
+    _last_gap: float = math.inf
+    """How long before the latest request the one before it came (none: forever)."""
     _clock_read_at: float = -math.inf
     """When its app last read the slot clock (``clock_document``)."""
     in_force: tuple[int, int] | None = None  # (offset, period) last seen in force
@@ -231,6 +235,7 @@ class StreamGate:
         if self.arrivals is not None:
             self.arrivals.observe(now)
         previous, self._last_arrival = self._last_arrival, now
+        gap_before, self._last_gap = self._last_gap, now - previous
         table = self.timetable = self.timetable.at(now)
         clock = table.clock(now)
         if clock is None:
@@ -272,7 +277,11 @@ class StreamGate:
         opens = max(slot - owner.early_s, owner.switch_s)
         limit = self.config.max_wait_s
         share = self.config.aperiodic_max_wait_share
-        if limit is None and share is not None and self.aperiodic():
+        if (
+            limit is None
+            and share is not None
+            and (self.aperiodic() or self._sends_events(now - previous, gap_before))
+        ):
             limit = share * owner.period_s
         missed = None if self.pending else self._missed_slot(now, slot, late, table)
         if missed is not None:
@@ -372,6 +381,16 @@ class StreamGate:
         if self.periodic():
             return True
         return not self.aperiodic() and since_previous_s >= self.frame_s / 2
+
+    def _sends_events(self, gap_s: float, gap_before_s: float) -> bool:
+        """Whether the stream sends events rather than frames: this request and the one
+        before it each came after a pause in which a periodic stream is forgotten (the
+        first request of all follows none). Such a stream is never judged from 8 requests
+        (each pause forgets them), so without this it would be taken at its word and wait
+        up to a period less its answer for each event. A camera that restarts is not among
+        them: the frame before its pause came a frame period after the one before."""
+        quiet = quiet_after_s(self.frame_s)
+        return math.isfinite(gap_before_s) and gap_before_s > quiet and gap_s > quiet
 
     def aperiodic(self) -> bool:
         """Enough requests arrived to tell, and they are not periodic at the frame period."""

@@ -190,6 +190,24 @@ async def test_an_event_driven_app_takes_a_near_slot_or_goes_at_once_through_its
     assert metric(await scrape(sidecar), LATE, stream="cam") - late_before <= len(at_once)
 
 
+async def test_events_seconds_apart_go_at_once_where_their_slot_is_far(http: Any) -> None:
+    """An app that sends an event every 1.2 s, each 70 ms before its slot: the gate forgets
+    its requests at each pause, so it never has 8 to judge them by. From the third, two
+    pauses in a row say it sends events: each goes at once, ungated and counted late, where
+    it used to wait 70 ms for its slot (taken at its word, a stream at its declared fps)."""
+    sidecar, client = http
+    waits = []
+    for _ in range(4):
+        await asyncio.sleep(1.2)
+        await asyncio.sleep((0.030 - phase(time.time())) % PERIOD)  # 70 ms before a slot
+        sent = time.time()
+        began = float((await client.infer("stamp", [http_input([0.0])])).as_numpy("OUTPUT0")[0])
+        waits.append((round(began - sent, 4), round(phase(began), 4)))
+    assert all(p < ON_TIME for _, p in waits[:2]), waits  # the first two: at their slots
+    assert all(w < ON_TIME for w, _ in waits[2:]), waits  # then at once
+    assert metric(await scrape(sidecar), LATE, stream="cam") == 2
+
+
 async def test_slot_clock_apps_never_wait(http: Any) -> None:
     sidecar, client = http
     clock = SlotClient(f"http://127.0.0.1:{sidecar.ports['http']}", stream="cam")

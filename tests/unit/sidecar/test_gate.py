@@ -436,6 +436,36 @@ def test_a_stream_that_is_not_periodic_never_waits_a_period() -> None:
     assert r.slot == near(T + 10.130) and not r.late
 
 
+def test_events_seconds_apart_take_a_near_slot_or_go_at_once() -> None:
+    """Requests seconds apart (a sparse event-driven app) are forgotten at each pause, so 8
+    of them never come together to judge. From the third (the second pause in a row), each
+    is judged as a stream that is not periodic: a slot 60 ms away is beyond half a period,
+    so it goes at once, ungated; one 40 ms away is taken. The first two are taken at their
+    word (periodic at the stream's fps) and wait for their slots, as does a camera's first
+    frame after it restarted (the frame before its pause came a period after another)."""
+    g = stream_gate()
+    for k in range(2):
+        r = released(g.admit(T + 2.0 * k + 0.070))  # its slot 60 ms away
+        assert (r.at, r.slot) == (near(T + 2.0 * k + 0.130), near(T + 2.0 * k + 0.130))
+        g.finish(r, r.at + 0.010)
+    for k in range(2, 4):
+        now = T + 2.0 * k + 0.070
+        r = released(g.admit(now))
+        assert (r.at, r.slot, r.late) == (near(now), None, True)
+        g.finish(r, r.at + 0.010)
+    now = T + 10.090  # its slot 40 ms away: within half a period
+    r = released(g.admit(now))
+    assert (r.at, r.slot, r.late) == (near(T + 10.130), near(T + 10.130), False)
+    g.finish(r, r.at + 0.010)
+
+    camera = stream_gate()
+    for k in range(20):  # frames at the period, then the camera stops for 3 s
+        t = T + 0.030 + 0.1 * k
+        camera.finish(released(camera.admit(t)), t + 0.010)
+    r = released(camera.admit(T + 5.070))  # back, on another clock: 60 ms before its slot
+    assert (r.at, r.slot, r.late) == (near(T + 5.130), near(T + 5.130), False)
+
+
 def on_its_slots(gate: StreamGate, frames: int = 16, lead_s: float = 0.002) -> None:
     """A slot-clock app: each frame reaches the gate ``lead_s`` before its slot, answered at
     once."""
