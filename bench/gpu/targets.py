@@ -216,6 +216,10 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
             "value": admitted,
             "target": target,
             "met": admitted >= target,
+            # What random phases' largest 0-drop N asks of the GPU, as a share of its measured
+            # saturation: at 1 or more (runs 52, 55, 69) no cap below 1 admits it, and 3,000
+            # frames are too few to show a queue that grows without end.
+            "randomLoad": round(random_largest * fps / float(r["saturationPerS"]), 3),
         },
         "noDrops": {
             "value": loop.get("dropPercent"),
@@ -435,6 +439,9 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                 if v.get("unsteady")
                 else f"{floor}{v['randomLargestN']}, {v['bySaturation']}"
             )
+            load = c["admits"].get("randomLoad")
+            if load is not None and v["randomLargestN"] > v["admitted"]:
+                basis += f"; random's N asks {load:g} of saturation"
             lines.append(
                 f"| {name} | {v['admitted']} | {c['admits']['target']} ({basis}) | "
                 f"{c['noDrops']['value']} % of {c['noDrops']['frames']} | "

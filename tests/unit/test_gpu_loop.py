@@ -331,6 +331,18 @@ def test_fewer_than_random_phases_hold_is_not_met_and_no_ratio_is_rounded_into_a
     assert "≥ 16" in render_loop([v])
 
 
+def test_where_random_phases_hold_more_the_verdict_says_what_their_n_asks_of_the_gpu() -> None:
+    """Run 69: random phases held 15 streams at 10 fps on a GPU measured at 149.5/s, where
+    the planner, capped at 0.98 of saturation, admitted 14. The verdict records that their
+    N asks 1.003 of the saturation: no cap below 1 admits it."""
+    result = identical(14, measured(22.3, frames=3080), {14: measured(49.1), 15: measured(77.4)})
+    (v,) = loop_verdict(run("mps", graph=result | {"saturationPerS": 149.53}))
+    assert not v["met"] and v["checks"]["admits"]["randomLoad"] == 1.003
+    assert "random's N asks 1.003 of saturation" in render_loop([v])
+    (held,) = loop_verdict(run("mps", graph=result | {"admitted": 15, "saturationPerS": 149.53}))
+    assert "asks" not in render_loop([held])  # said only where it explains a shortfall
+
+
 def test_an_unsteady_body_must_only_admit_what_random_phases_hold() -> None:
     warning = "solo latency is unsteady (p99 23.7 ms is 1.32 x p50): ..."
     result = identical(6, measured(49.2, frames=3000), {6: measured(47.5), 7: measured(63.0, 0.03)})
