@@ -14,7 +14,8 @@ the stream's policy:
 - **late**: its slot starts more than ``max_wait`` after it arrived.
 
 A late request goes at once, not at ``max_wait``: it gets no slot either way, and holding
-it would only add to its answer's time.
+it would only add to its answer's time. Queued behind a request of its stream still held
+for its slot, it goes right after that one: requests never overtake one another.
 
 ============  =====================================  ==================================
 policy        busy                                   late
@@ -313,7 +314,10 @@ class StreamGate:
                     f"stream {self.name}: the next free slot is {(slot - now) * 1e3:.1f} ms "
                     f"away, {detail}",
                 )
-            return self._take(Release(now, now, None, owner.period_s, late=True))
+            # At once, but never before a request of the stream admitted earlier and still
+            # held for its slot: requests do not overtake one another.
+            at = max([now, *(math.nextafter(s, math.inf) for s in self._held_slots)])
+            return self._take(Release(at, now, None, owner.period_s, late=True))
         self.last_slot = slot
         self._held_slots.append(slot)
         return self._take(Release(max(opens, now), now, slot, owner.period_s, late=False))

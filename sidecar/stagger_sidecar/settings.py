@@ -66,7 +66,8 @@ class GateSettings(BaseSettings):
     """Requests of one stream waiting or in flight at once (``wait`` policy)."""
     aperiodic_max_wait_share: float = Field(default=0.5, gt=0, le=1)
     """Without a max wait, a stream whose requests are not periodic (event-driven,
-    variable fps) waits at most this share of a period, then goes ungated."""
+    variable fps) waits at most this share of a period: a request whose slot is further
+    away goes at once, ungated."""
     app_way_ms: float = Field(default=5.0, ge=0)
     """The way between the app and the gate, there and back, which the gate does not see:
     with it, a request whose answer would come after the app's next frame goes at once."""

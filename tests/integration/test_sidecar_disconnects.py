@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -65,9 +66,12 @@ async def test_apps_that_go_away_log_no_errors(triton: LocalTriton, tmp_path: Pa
     slot.write_text(contract.model_dump_json(by_alias=True))
     log = tmp_path / "sidecar.log"
     stamp, slow = http_request("stamp"), http_request("slow")
-    with LocalSidecar(
-        "cam", slot, triton, namespace="ns", log_file=log, env={"STAGGER_LOG_LEVEL": "INFO"}
-    ) as sidecar:
+    # Each wave starts 20 ms after a slot's start, so its first request is held 280 ms and
+    # the others queue behind it. The waves are not periodic: the gate would send a request
+    # whose slot is over half a period away at once, and an app's call would be answered
+    # instead of giving up (a clean CI run); held up to a whole period, each waits.
+    env = {"STAGGER_LOG_LEVEL": "INFO", "STAGGER_APERIODIC_MAX_WAIT_SHARE": "1"}
+    with LocalSidecar("cam", slot, triton, namespace="ns", log_file=log, env=env) as sidecar:
         waves = [
             [send_and_leave(sidecar.http, stamp, 0.05) for _ in range(3)],  # held
             [send_and_leave(sidecar.http, stamp, 0.05) for _ in range(3)],
@@ -77,6 +81,7 @@ async def test_apps_that_go_away_log_no_errors(triton: LocalTriton, tmp_path: Pa
             [grpc_calls_that_give_up(sidecar.grpc, "slow", [0.1, 0.2])],
         ]
         for wave in waves:
+            await asyncio.sleep((0.020 - time.time()) % 0.3)  # slots start at k x 300 ms
             await asyncio.gather(*wave)
             await asyncio.sleep(0.35)  # the held ones' slot has come and gone
         # The slots were given back: a request now waits for the next slot, not theirs.
@@ -95,8 +100,7 @@ async def test_apps_that_go_away_log_no_errors(triton: LocalTriton, tmp_path: Pa
         for sample in family.samples:
             if sample.name == DROPPED:
                 dropped[sample.labels["reason"]] += int(sample.value)
-    # 6 held HTTP requests and 3 held gRPC calls went away before their slot (each has
-    # a 1 in 60 chance of arriving within it and going at once).
+    # 6 held HTTP requests and 3 held gRPC calls went away before their slot, at least.
     assert dropped["abandoned"] >= 7, dropped
     assert set(dropped) == {"abandoned"}, dropped
     lines = log.read_text().splitlines()

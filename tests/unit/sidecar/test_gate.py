@@ -101,6 +101,19 @@ def test_wait_policy_queues_busy_requests_on_successive_slots_up_to_the_bound() 
     assert "faster than the stream's fps" in full.message
 
 
+def test_a_queued_request_beyond_the_bound_goes_ungated_but_never_before_the_one_held() -> None:
+    """maxWaitMs 100: the first of three requests holds its slot 80 ms away; the second's,
+    a period later, is beyond the bound, so it gets no slot and goes ungated, right after
+    the first (going at once would overtake it: a clean CI run's app got its second answer
+    first)."""
+    g = stream_gate(max_wait_s=0.100)
+    now = T + 0.050
+    first = released(g.admit(now))
+    assert (first.at, first.slot) == (near(T + 0.130), near(T + 0.130))
+    second = released(g.admit(now))
+    assert (second.at, second.slot, second.late) == (near(T + 0.130), None, True)
+
+
 def test_drop_policy_refuses_while_the_previous_request_is_in_flight() -> None:
     g = stream_gate(policy=GatePolicy.DROP)
     first = released(g.admit(T + 0.050))
