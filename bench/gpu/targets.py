@@ -278,8 +278,8 @@ def _transparent_verdict(
 ) -> dict[str, Any] | None:
     """Issue 21's targets for apps on their own clock (judged apart from the loop's): once
     settled, no frame lost where random phases at the same N lost none (where they lost
-    some, no more than they did), p99 within 0.6 x
-    random's at random's largest 0-drop N, settled within 10 s of the start. ``t`` is
+    some, no more than they did), p99 within 0.6 x random's at random's largest 0-drop N,
+    settled within 10 s of the start. ``t`` is
     transparent mode at that N where the run measured it there (``transparentAtRandomN``,
     from run 59 on), else at the admitted N. Where random phases held more than the
     planner admits, transparent mode (at the admitted N) is compared with random phases at
