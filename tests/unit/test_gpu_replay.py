@@ -1,0 +1,42 @@
+"""Re-planning recorded GPU runs under another cap (bench/gpu/replay.py), on the runs'
+own result files: the product's planner, no GPU."""
+
+from pathlib import Path
+
+from bench.gpu.replay import against_random, render, replay
+
+RESULTS = Path(__file__).parents[2] / "bench" / "gpu" / "results"
+STEADY = RESULTS / "2026-12-05-loop-time-slicing-graph-h100-final-gate.json"  # run 71
+UNSTEADY = RESULTS / "2026-12-05-loop-time-slicing-graph-h100-unsteady-host.json"  # run 68
+
+
+def test_a_run_replayed_at_its_own_cap_admits_what_it_admitted_and_a_cap_of_1_admits_one_more() -> (
+    None
+):
+    """Run 71: the planner stopped at 7 under the 0.95 cap, where random phases held 8. The
+    replay at that cap gives 7 again; at a cap of 1.0 it gives 8, random's N."""
+    (r,) = replay(STEADY, 1.0)
+    assert (r.cap, r.admitted, r.replayed) == (0.95, 7, 7)
+    assert (r.at_other_cap, r.random_n, r.random_open) == (8, 8, False)
+    assert against_random(r.admitted, r).startswith("**fewer**")
+    assert against_random(r.at_other_cap, r) == "the same"
+
+
+def test_where_random_phases_lost_frames_at_the_n_a_cap_admits_the_table_says_so() -> None:
+    """Run 68, an unsteady body: random phases held 6 and lost 2.171 % at 8, which a cap of
+    1.0 would admit."""
+    (r,) = replay(UNSTEADY, 1.0)
+    assert (r.admitted, r.at_other_cap, r.random_n) == (7, 8, 6)
+    assert against_random(r.at_other_cap, r) == "more (random lost 2.171 % at 8)"
+    assert "more than random's N in 1" in render([r], "cap 1.0")
+
+
+def test_spread_headroom_lowers_the_cap_by_the_body_s_spread_per_period() -> None:
+    """Run 68's profile: solo p99 less p50 of 13.51 ms in a 100 ms period leaves a cap of
+    0.865, which admits 7 (7 x 12.13 ms of cost)."""
+    (r,) = replay(UNSTEADY, 1.0, spread_headroom=True)
+    assert (r.spread_ms, r.other_cap, r.at_other_cap) == (13.51, 0.865, 7)
+
+
+def test_a_mixed_fleet_is_not_replayed() -> None:
+    assert list(replay(RESULTS / "2026-12-04-loop-mixed-mps.json", 1.0)) == []
