@@ -447,12 +447,14 @@ def loop_of(
     args: argparse.Namespace,
     tag: str,
     frames: int | None = None,
+    settings: PlannerSettings | None = None,
 ) -> dict[str, Any] | None:
     """The loop for ``candidates`` applied one at a time with ``profiles`` (until one is
     refused, as for the main loop): what it admitted, its slots and the measurement over
-    ``frames`` (default ``--frames``). None when nothing was admitted."""
+    ``frames`` (default ``--frames``), planned with ``settings`` (default the run's). None
+    when nothing was admitted."""
     placed, applied, refused = apply_one_at_a_time(
-        candidates, cluster, profiles, planner_settings(args), len(servers)
+        candidates, cluster, profiles, settings or planner_settings(args), len(servers)
     )
     if placed is None:
         return None
@@ -749,20 +751,26 @@ def identical(
                 save()
         finally:
             loop.stop()
+    gpu: dict[str, Any] = {
+        "servers": servers,
+        "cluster": cluster,
+        "profiles": [manifest],
+        "root": root,
+        "args": args,
+    }
     if args.fewer and admitted >= 2:
         # whether the GPU held one stream fewer where it did not hold what was admitted
-        out["loopOneFewer"] = loop_of(
-            candidates[: admitted - 1],
-            servers=servers,
-            cluster=cluster,
-            profiles=[manifest],
-            root=root,
-            args=args,
-            tag=f"{body}-loop",
-        )
+        out["loopOneFewer"] = loop_of(candidates[: admitted - 1], tag=f"{body}-loop", **gpu)
+        save()
+    if args.also_cap is not None:
+        out["loopAtCap"] = loop_at_cap(candidates, admitted, tag=f"{body}-loop-cap", **gpu)
         save()
     period = 1.0 / args.fps
-    while (n := next_random_n(_drops(out["random"]), admitted, len(servers))) is not None:
+    at_cap = (out.get("loopAtCap") or {}).get("admitted", 0) if args.also_cap else 0
+    while (
+        n := next_random_n(_drops(out["random"]), admitted, len(servers))
+        or (at_cap if at_cap > admitted and at_cap not in out["random"] else None)
+    ) is not None:  # random phases beside the loop at the other cap's N too
         rng = random.Random(args.seed + n)
         cams = [
             {"url": s.grpc, "model": body, "phase": rng.uniform(0, period)} for s in servers[:n]
@@ -797,6 +805,39 @@ def identical(
                 loop.stop()
         save()
     return out
+
+
+def loop_at_cap(
+    candidates: list[InferenceStream],
+    admitted: int,
+    *,
+    servers: list[LocalTriton],
+    cluster: Cluster,
+    profiles: list[ModelProfile],
+    root: Path,
+    args: argparse.Namespace,
+    tag: str,
+) -> dict[str, Any]:
+    """``--also-cap``: the loop planned at another throughput cap, what a user who sets
+    ``throughputCap`` gets, measured where that cap admits more than the run's own
+    (``admitted``); where it admits no more, only what it admits."""
+    cap = float(args.also_cap)
+    settings = PlannerSettings(throughput_cap=cap, mps_throughput_cap=cap)
+    _, applied, _ = apply_one_at_a_time(candidates, cluster, profiles, settings, len(servers))
+    if len(applied) <= admitted:
+        return {"cap": cap, "admitted": len(applied), "measured": False}
+    result = loop_of(
+        candidates,
+        servers=servers,
+        cluster=cluster,
+        profiles=profiles,
+        root=root,
+        args=args,
+        tag=tag,
+        settings=settings,
+    )
+    assert result is not None  # it admitted more than the run's own cap did
+    return {"cap": cap, "measured": True, **result}
 
 
 def _drops(runs: Mapping[int, Mapping[str, Any]]) -> dict[int, float]:
@@ -1158,6 +1199,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the loop with the last admitted stream left out",
     )
     p.add_argument(
+        "--also-cap",
+        type=float,
+        metavar="CAP",
+        help="also run the loop planned at this throughput cap, where it admits more streams "
+        "than the mode's own (what a user who sets throughputCap gets), with random phases "
+        "at its N beside it, for comparison",
+    )
+    p.add_argument(
         "--alone",
         action="store_true",
         help="--mixed: also measure the stream with the tightest deadline alone on the GPU, "
@@ -1202,6 +1251,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.mode = args.mode or str(SharingMode.TIME_SLICING)
     if args.throughput_cap is None:
         args.throughput_cap = PlannerSettings().throughput_cap_under(SharingMode(args.mode))
+    if args.also_cap is not None and not 0 < args.also_cap <= 1:
+        p.error("--also-cap must be in (0, 1], as throughputCap is")
+    if args.also_cap is not None and args.mixed:
+        p.error("--also-cap compares N identical streams: leave out --mixed")
     if args.profiles < 1:
         p.error("--profiles must be at least 1")
     if args.servers < 2:

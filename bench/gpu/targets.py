@@ -255,6 +255,7 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
             if "steady" in r.get("transparentSpaced", {})
             else {}
         ),
+        **({"atCap": _at_cap(r["loopAtCap"], random_runs, solo_p50)} if "loopAtCap" in r else {}),
         "setting": r["body"],
         "admitted": admitted,
         "randomLargestN": random_largest,
@@ -266,6 +267,27 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
         "warnings": warnings,
         "checks": checks,
         "met": all(c["met"] for c in checks.values() if c.get("required", True)),
+    }
+
+
+def _at_cap(
+    a: dict[str, Any], random_runs: dict[int, dict[str, Any]], solo_p50_ms: float
+) -> dict[str, Any]:
+    """``--also-cap``, for comparison, not a target: the loop planned at another throughput
+    cap, beside random phases at the N it admitted."""
+    n = int(a["admitted"])
+    if not a.get("measured"):
+        return {"cap": a["cap"], "admitted": n, "measured": False}
+    at_random = random_runs.get(n)
+    return {
+        "cap": a["cap"],
+        "admitted": n,
+        "measured": True,
+        "dropPercent": a["dropPercent"],
+        "frames": a["frames"],
+        "p99OverSolo": round(a["p99Ms"] / solo_p50_ms, 4),
+        "p99OverRandom": round(a["p99Ms"] / at_random["p99Ms"], 4) if at_random else None,
+        "randomDropPercent": at_random["dropPercent"] if at_random else None,
     }
 
 
@@ -486,6 +508,19 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                     f"drops {c['noDrops']['value']} %, "
                     f"p99 / random's at N = {t['randomN']}: {c['p99OverRandom']['value']}: "
                     f"{_mark(t['met'])}"
+                )
+    for v in verdicts:
+        a = v.get("atCap")
+        if a:
+            head = f"\n{v.get('mode', '')}, {v['setting']}, the loop planned at cap {a['cap']:g}"
+            if not a["measured"]:
+                lines.append(f"{head}: admits {a['admitted']}, no more than its own: not run")
+            else:
+                lines.append(
+                    f"{head} (for comparison): {a['admitted']} admitted, drops "
+                    f"{a['dropPercent']} % of {a['frames']}, p99 / solo p50 {a['p99OverSolo']}, "
+                    f"p99 / random's at N = {a['admitted']}: {a['p99OverRandom']} (random "
+                    f"phases lost {a['randomDropPercent']} %)"
                 )
     for v in verdicts:
         for w in v.get("warnings", []):

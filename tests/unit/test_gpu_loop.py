@@ -258,6 +258,8 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
         (["--alone"], "add --mixed"),
         (["--mixed", "--split-from-fps", "60"], "must be in (0, 30]"),
         (["--mixed", "--declare-exclusive", "eager"], "models are graph, small"),
+        (["--also-cap", "1.05"], "must be in (0, 1]"),
+        (["--mixed", "--also-cap", "1.0"], "leave out --mixed"),
     ],
 )
 def test_a_comparison_that_would_change_no_stream_is_refused(
@@ -329,6 +331,33 @@ def test_fewer_than_random_phases_hold_is_not_met_and_no_ratio_is_rounded_into_a
     assert v["randomHeldAtEveryNMeasured"]  # random held at its largest N measured: a floor
     assert not v["checks"]["p99OverRandom"]["met"]  # 24.15 / 48.27 = 0.5003 > 0.5
     assert "≥ 16" in render_loop([v])
+
+
+def test_the_loop_at_another_cap_is_shown_beside_random_phases_at_its_n_not_judged() -> None:
+    """Runs 71 and 72 on one machine: the 0.95 cap admitted 7 where random phases held 8;
+    planned at a cap of 1.0 the loop admitted 8, which lost none at p99 16.3 ms against
+    random's 71.7 ms at 8. ``--also-cap`` measures both in one run: the verdict stays the
+    run's own cap's, the other is shown beside it."""
+    result = identical(
+        7, measured(17.4), {7: measured(47.6), 8: measured(71.7), 9: measured(103.8, 22.0)}
+    )
+    at_cap = {"cap": 1.0, "measured": True, "admitted": 8} | measured(16.3)
+    (v,) = loop_verdict(run("time-slicing", graph=result | {"loopAtCap": at_cap}))
+    assert not v["met"] and v["checks"]["admits"]["target"] == 8  # judged at its own cap
+    assert v["atCap"] == {
+        "cap": 1.0,
+        "admitted": 8,
+        "measured": True,
+        "dropPercent": 0.0,
+        "frames": 3040,
+        "p99OverSolo": 0.815,
+        "p99OverRandom": round(16.3 / 71.7, 4),
+        "randomDropPercent": 0.0,
+    }
+    assert "the loop planned at cap 1 (for comparison): 8 admitted" in render_loop([v])
+    same = {"cap": 1.0, "measured": False, "admitted": 7}
+    (v,) = loop_verdict(run("time-slicing", graph=result | {"loopAtCap": same}))
+    assert "admits 7, no more than its own: not run" in render_loop([v])
 
 
 def test_where_random_phases_hold_more_the_verdict_says_what_their_n_asks_of_the_gpu() -> None:
