@@ -56,10 +56,10 @@ the slot follows (for good where it cannot). The time its answers take is the 90
 percentile of its latest ``ANSWER_WINDOW`` answers since its requests came periodic: earlier
 ones include a model's first, cold answers (100 ms for a 60 ms body seen here), which would
 otherwise count as the stream's own for 16 frames. Before that, it is the quickest answer
-the stream has had (a cold answer is never quicker than a warm one), and its slot's body
-before any: taken as the body, a 60 ms model's frame 10.5 ms past a 5 ms body's slot waited
-for the next slot and was answered 155 ms after capture, after its camera's next frame
-(3 runs in 25 of a real-sidecar test on a loaded 2-core machine).
+the stream has had (a cold answer is never quicker than a warm one), or its slot's body
+before any came back. Taken as the body, a 60 ms model's frame 10.5 ms past a 5 ms body's
+slot waited for the next slot and was answered 155 ms after capture, after its camera's
+next frame (3 runs in 25 of a real-sidecar test on a loaded 2-core machine).
 
 Without ``max_wait`` a request that finds its stream idle waits at most one period, except
 in a stream whose requests are not periodic (event-driven, variable fps: its arrival phase
@@ -344,13 +344,9 @@ class StreamGate:
         answer, not a typical one); before that its quickest answer (a model's cold first
         answers are slower, never quicker), or its slot's body before any came back."""
         if not self._answers:
-            return self._quickest_answer if self._answered_once else clock.body_s
+            return self._quickest_answer if math.isfinite(self._quickest_answer) else clock.body_s
         ordered = sorted(self._answers)  # 16 at most: cheaper than an interpolated quantile
         return ordered[math.ceil(0.9 * len(ordered)) - 1]
-
-    @property
-    def _answered_once(self) -> bool:
-        return math.isfinite(self._quickest_answer)
 
     def periodic(self) -> bool:
         """Enough requests arrived to tell, and they come at the frame period."""
