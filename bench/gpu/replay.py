@@ -189,7 +189,7 @@ def render(rows: list[Replayed], label: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", type=Path, help="bench.gpu.loop result files")
     p.add_argument("--throughput-cap", type=float, required=True)
@@ -198,12 +198,17 @@ def main() -> None:
         action="store_true",
         help="an experiment: each run's cap lowered by its body's spread per frame period",
     )
-    args = p.parse_args()
-    rows = [
-        r
-        for path in args.results
-        for r in replay(path, args.throughput_cap, spread_headroom=args.spread_headroom)
-    ]
+    args = p.parse_args(argv)
+    if not 0 < args.throughput_cap <= 1:
+        p.error("--throughput-cap must be in (0, 1], as throughputCap is")
+    rows: list[Replayed] = []
+    for path in args.results:
+        try:
+            rows += replay(path, args.throughput_cap, spread_headroom=args.spread_headroom)
+        except (OSError, ValueError, KeyError) as e:  # JSONDecodeError is a ValueError
+            p.error(f"{path}: not a bench.gpu.loop result ({type(e).__name__}: {e})")
+    if not rows:
+        p.error("none of the files holds an identical-stream bench.gpu.loop result")
     label = f"cap {args.throughput_cap}" + (" less the spread" if args.spread_headroom else "")
     print(render(rows, label))
 

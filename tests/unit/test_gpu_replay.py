@@ -3,7 +3,9 @@ own result files: the product's planner, no GPU."""
 
 from pathlib import Path
 
-from bench.gpu.replay import against_random, render, replay
+import pytest
+
+from bench.gpu.replay import against_random, main, render, replay
 
 RESULTS = Path(__file__).parents[2] / "bench" / "gpu" / "results"
 STEADY = RESULTS / "2026-12-05-loop-time-slicing-graph-h100-final-gate.json"  # run 71
@@ -40,3 +42,20 @@ def test_spread_headroom_lowers_the_cap_by_the_body_s_spread_per_period() -> Non
 
 def test_a_mixed_fleet_is_not_replayed() -> None:
     assert list(replay(RESULTS / "2026-12-04-loop-mixed-mps.json", 1.0)) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["/nonexistent.json", "--throughput-cap", "1.0"], "not a bench.gpu.loop result"),
+        ([str(RESULTS / "README.md"), "--throughput-cap", "1.0"], "JSONDecodeError"),
+        ([str(STEADY), "--throughput-cap", "1.5"], "must be in (0, 1]"),
+        ([str(RESULTS / "2026-12-04-loop-mixed-mps.json"), "--throughput-cap", "1.0"], "none of"),
+    ],
+)
+def test_bad_input_is_refused_clearly(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert says in capsys.readouterr().err
