@@ -10,9 +10,11 @@ cap, the table says so: the planner changed since). No GPU, no measurement: the 
 only which N each cap admits where random phases' largest 0-drop N was measured.
 ``--spread-headroom`` is an experiment for comparison, not the product's rule: each run's
 cap lowered to 1 less the body's spread (the profile's solo p99 less its p50) per frame
-period.
+period. ``--where-steady`` is another: the other cap only for runs whose profile today's
+``stagger profile`` would warn of nothing (no unsteady body, no stalls in the recorded
+sweep, no knee past the solo latency), each run's own cap for the rest.
 
-    python3 -m bench.gpu.replay bench/gpu/results/2026-12-0[345]-loop-*.json --throughput-cap 1.0
+    python3 -m bench.gpu.replay bench/gpu/results/2026-12-0[3456]-loop-*.json --throughput-cap 1.0
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any
 
 from bench.gpu.loop import apply_one_at_a_time, cluster_of, stream
 from stagger.core.api import ModelProfile, SharingMode
+from stagger.core.calibration import SweepPoint
 from stagger.core.placement import PlannerSettings
+from stagger.profiler import ProfileReport
 
 MEMORY_MIB = 2048  # bench.gpu.loop's --memory-mib, which the results do not record
 GPU_MEMORY_MIB = 81559  # an H100's; 2 GiB a stream never fills either GPU here
@@ -54,6 +58,8 @@ class Replayed:
     """Random phases held at every N measured: their largest N may lie higher."""
     random_drops: dict[int, float]
     loop_drops: float | None
+    warned: bool = False
+    """Today's ``stagger profile`` would warn of the run's profile (:func:`profile_warnings`)."""
 
 
 def recorded_profile(
@@ -102,13 +108,33 @@ def admitted_at(
     return len(applied)
 
 
+def profile_warnings(calibration: dict[str, Any], servers: int) -> list[str]:
+    """What today's ``stagger profile`` warns of, given a recorded profile's solo latency,
+    knee and raw sweep: a profile recorded before a warning existed (the stall check came
+    after runs 59 and 60) is judged by today's rules. Saturation ran over every server."""
+    p50, p99 = calibration.get("soloP50Ms"), calibration.get("soloP99Ms")
+    report = ProfileReport(
+        model="replay",
+        urls=["recorded"] * servers,
+        solo_ms={k: float(v) for k, v in (("p50", p50), ("p99", p99)) if v is not None},
+        sweep=[SweepPoint(*map(float, row)) for row in calibration.get("sweep") or []],
+        knee_ms=calibration.get("kneeMs"),
+        knee_ci_ms=None,
+        slope=None,
+        level_ms=None,
+    )
+    return report.warnings()
+
+
 def spread_cap(calibration: dict[str, Any], fps: float, cap: float) -> float:
     """``--spread-headroom``: ``cap``, lowered so that a period keeps the body's spread free."""
     spread_s = (float(calibration["soloP99Ms"]) - float(calibration["soloP50Ms"])) / 1e3
     return max(0.01, min(cap, 1.0 - spread_s * fps))
 
 
-def replay(path: Path, other_cap: float, *, spread_headroom: bool = False) -> Iterator[Replayed]:
+def replay(
+    path: Path, other_cap: float, *, spread_headroom: bool = False, where_steady: bool = False
+) -> Iterator[Replayed]:
     """Each identical-workload result in ``path`` (a mixed fleet is not replayed)."""
     record = json.loads(path.read_text())
     results = record.get("results")
@@ -122,7 +148,10 @@ def replay(path: Path, other_cap: float, *, spread_headroom: bool = False) -> It
             continue  # a mixed fleet, or a run cut before its profile
         calibration = r["calibration"]
         profile = recorded_profile(calibration, body, product, str(mode))
+        warned = bool(profile_warnings(calibration, servers))
         cap = spread_cap(calibration, fps, other_cap) if spread_headroom else other_cap
+        if where_steady and warned:
+            cap = own_cap
         setting: dict[str, Any] = {
             "body": body,
             "mode": mode,
@@ -147,6 +176,7 @@ def replay(path: Path, other_cap: float, *, spread_headroom: bool = False) -> It
             random_open=bool(held) and max(held) == max(drops),
             random_drops=dict(sorted(drops.items())),
             loop_drops=(r.get("loop") or {}).get("dropPercent"),
+            warned=warned,
         )
 
 
@@ -164,16 +194,18 @@ def against_random(n: int, r: Replayed) -> str:
 
 def render(rows: list[Replayed], label: str) -> str:
     lines = [
-        f"| run | mode | cost ms | spread ms | admitted at its cap | at {label} | random's "
+        f"| run | mode | cost ms | spread ms | profile warns | admitted at its cap | at {label} | "
+        "random's "
         "largest 0-drop N | against it, its cap | against it, " + label + " | loop drops at "
         "the admitted N |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         changed = "" if r.replayed == r.admitted else f", **{r.replayed} today**"
         own = f"{r.admitted} ({r.cap}){changed}"
         lines.append(
-            f"| {r.run} | {r.mode} | {r.cost_ms} | {r.spread_ms} | {own} | {r.at_other_cap} "
+            f"| {r.run} | {r.mode} | {r.cost_ms} | {r.spread_ms} | {'yes' if r.warned else 'no'} "
+            f"| {own} | {r.at_other_cap} "
             f"({r.other_cap}) | {r.random_n}{'+' if r.random_open else ''} | "
             f"{against_random(r.admitted, r)} | {against_random(r.at_other_cap, r)} | "
             f"{r.loop_drops} % |"
@@ -198,18 +230,33 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="an experiment: each run's cap lowered by its body's spread per frame period",
     )
+    p.add_argument(
+        "--where-steady",
+        action="store_true",
+        help="an experiment: the cap only where today's profile would warn of nothing, each "
+        "run's own cap elsewhere",
+    )
     args = p.parse_args(argv)
     if not 0 < args.throughput_cap <= 1:
         p.error("--throughput-cap must be in (0, 1], as throughputCap is")
     rows: list[Replayed] = []
     for path in args.results:
         try:
-            rows += replay(path, args.throughput_cap, spread_headroom=args.spread_headroom)
+            rows += replay(
+                path,
+                args.throughput_cap,
+                spread_headroom=args.spread_headroom,
+                where_steady=args.where_steady,
+            )
         except (OSError, ValueError, KeyError) as e:  # JSONDecodeError is a ValueError
             p.error(f"{path}: not a bench.gpu.loop result ({type(e).__name__}: {e})")
     if not rows:
         p.error("none of the files holds an identical-stream bench.gpu.loop result")
-    label = f"cap {args.throughput_cap}" + (" less the spread" if args.spread_headroom else "")
+    label = (
+        f"cap {args.throughput_cap}"
+        + (" less the spread" if args.spread_headroom else "")
+        + (" where the profile warns of nothing" if args.where_steady else "")
+    )
     print(render(rows, label))
 
 

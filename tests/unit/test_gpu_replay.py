@@ -10,6 +10,7 @@ from bench.gpu.replay import against_random, main, render, replay
 RESULTS = Path(__file__).parents[2] / "bench" / "gpu" / "results"
 STEADY = RESULTS / "2026-12-05-loop-time-slicing-graph-h100-final-gate.json"  # run 71
 UNSTEADY = RESULTS / "2026-12-05-loop-time-slicing-graph-h100-unsteady-host.json"  # run 68
+STALLING = RESULTS / "2026-12-05-loop-time-slicing-graph-h100-host-stalls.json"  # run 59
 
 
 def test_a_run_replayed_at_its_own_cap_admits_what_it_admitted_and_a_cap_of_1_admits_one_more() -> (
@@ -38,6 +39,22 @@ def test_spread_headroom_lowers_the_cap_by_the_body_s_spread_per_period() -> Non
     0.865, which admits 7 (7 x 12.13 ms of cost)."""
     (r,) = replay(UNSTEADY, 1.0, spread_headroom=True)
     assert (r.spread_ms, r.other_cap, r.at_other_cap) == (13.51, 0.865, 7)
+
+
+def test_where_steady_keeps_the_own_cap_for_a_profile_today_s_rules_warn_of() -> None:
+    """Run 59's profile was recorded before the stall check and warned of nothing; its raw
+    sweep has 3 pairs that both stalled, so today's profile warns and the run keeps its own
+    cap's 7 (random phases held 5), where a cap of 1.0 alone admits 8. Run 71's profile warns
+    of nothing: the other cap applies, 8, random's N."""
+    (stalling,) = replay(STALLING, 1.0, where_steady=True)
+    assert stalling.warned
+    assert (stalling.admitted, stalling.other_cap, stalling.at_other_cap) == (7, 0.95, 7)
+    (anywhere,) = replay(STALLING, 1.0)
+    assert anywhere.at_other_cap == 8
+    (steady,) = replay(STEADY, 1.0, where_steady=True)
+    assert not steady.warned
+    assert (steady.other_cap, steady.at_other_cap, steady.random_n) == (1.0, 8, 8)
+    assert "| no | 7 (0.95)" in render([steady], "cap 1.0 where the profile warns of nothing")
 
 
 def test_a_mixed_fleet_is_not_replayed() -> None:
