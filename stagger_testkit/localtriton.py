@@ -135,6 +135,18 @@ def backend_directory(cache: Path | None = None) -> Path:
     return target
 
 
+def tritonserver_binary() -> Path:
+    """The bundled ``tritonserver`` executable."""
+    return _wheel_root() / "bin" / "tritonserver"
+
+
+def server_env(model_path: list[str] | None = None) -> dict[str, str]:
+    """What a bundled ``tritonserver`` needs in its environment beside this process's: its
+    libraries, and where its Python models import from (default: this environment's)."""
+    paths = model_path if model_path is not None else [sysconfig.get_paths()["purelib"]]
+    return {"LD_LIBRARY_PATH": _library_path(), MODEL_PATH_ENV: os.pathsep.join(paths)}
+
+
 def _library_path() -> str:
     libs = [
         str(sysconfig.get_config_var("LIBDIR")),  # libpython for the stub
@@ -177,7 +189,7 @@ class LocalTriton:
 
     def command(self) -> list[str]:
         return [
-            str(_wheel_root() / "bin" / "tritonserver"),
+            str(tritonserver_binary()),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backend_directory()}",
             f"--http-address={self.host}",
@@ -209,12 +221,7 @@ class LocalTriton:
         return self
 
     def _launch(self) -> None:
-        env = {
-            **os.environ,
-            "LD_LIBRARY_PATH": _library_path(),
-            MODEL_PATH_ENV: os.pathsep.join(self.model_path),
-            **self.env,
-        }
+        env = {**os.environ, **server_env(self.model_path), **self.env}
         log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             cpus = self.cpus

@@ -71,7 +71,12 @@ def calibration_state(
             continue
         site = u.calibrate_on[0]
         target = manifests.CalibrationTarget(
-            site.node, site.gpu, site.gpu_uuid, site.product, SharingMode(site.sharing_mode)
+            site.node,
+            site.gpu,
+            site.gpu_uuid,
+            site.product,
+            SharingMode(site.sharing_mode),
+            site.memory_free_mib,
         )
         model = stream.spec.model
         where = f"model {model} on {site.product} ({site.sharing_mode})"
@@ -112,12 +117,18 @@ def calibration_state(
             )
         else:
             message = (
-                f"measuring the body time of {where} on node {site.node} GPU {site.gpu}: Job {name}"
+                f"measuring the body time of {where} on node {site.node} GPU {site.gpu} with "
+                f"{_servers(job)}: Job {name}"
             )
         out.statuses[(u.namespace, u.stream)] = stream_status(
             stream, [], phase, message, now, reason=reason, tick_hz=settings.tick_hz
         )
     return out
+
+
+def _servers(job: Obj) -> str:
+    """How many Triton servers a calibration Job measures with, as its annotation says."""
+    return str(job["metadata"]["annotations"][manifests.ANNOTATION_CALIBRATION_SERVERS])
 
 
 RECALIBRATE = "stagger.dev/recalibrate"
@@ -177,7 +188,12 @@ def recalibration_state(
             continue
         gpu = min(gpus, key=lambda g: (g.utilization, g.shards))
         target = manifests.CalibrationTarget(
-            gpu.node, gpu.gpu, gpu.uuid, gpu.product, SharingMode(gpu.sharing_mode)
+            gpu.node,
+            gpu.gpu,
+            gpu.uuid,
+            gpu.product,
+            SharingMode(gpu.sharing_mode),
+            gpu.memory_total_mib - gpu.memory_mib,
         )
         try:
             job = manifests.calibration_job(stream, target, settings)
@@ -221,7 +237,8 @@ def recalibration_state(
                     "Normal",
                     "Recalibrating",
                     f"measuring with Job {stream.namespace}/{name} on node {gpu.node} GPU "
-                    f"{gpu.gpu}, with the pod template of {stream.namespace}/{stream.name}",
+                    f"{gpu.gpu} with {_servers(job)}, with the pod template of "
+                    f"{stream.namespace}/{stream.name}",
                 )
             )
     return out

@@ -26,6 +26,8 @@ LABEL_SHARD = "stagger.dev/shard"
 LABEL_GPU = "stagger.dev/gpu"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "stagger", "app.kubernetes.io/part-of": "stagger"}
 LABEL_CALIBRATION = "stagger.dev/calibration"
+ANNOTATION_CALIBRATION_SERVERS = "stagger.dev/calibration-servers"
+"""On a calibration Job: how many Triton servers it measures with, and why fewer."""
 SLOT_DIR = "/etc/stagger/slot"
 SIDECAR = "stagger-sidecar"
 # Workload names get "-<replicaset hash>-<pod hash>" appended (17 characters) and must
@@ -381,26 +383,117 @@ class CalibrationTarget:
     gpu_uuid: str | None
     product: str
     sharing_mode: SharingMode
+    memory_free_mib: int | None = None
+    """GPU memory free there (None: not known)."""
+
+
+@dataclass(frozen=True)
+class CalibrationServers:
+    """How many copies of the stream's Triton a calibration Job runs on its GPU, and why
+    fewer than the operator's ``calibration_servers`` where that is so."""
+
+    count: int
+    fewer_because: str | None = None
+
+    def describe(self) -> str:
+        """For the stream's status message."""
+        servers = "one Triton server" if self.count == 1 else f"{self.count} Triton servers"
+        return servers + (f" ({self.fewer_because})" if self.fewer_because else "")
+
+
+COPY_PORT_STRIDE = 100
+"""Copy i of Triton in a calibration Job serves HTTP on the Triton HTTP port + i x this."""
+
+
+def calibration_servers(
+    stream: InferenceStream, triton: Obj, t: CalibrationTarget, s: OperatorSettings
+) -> CalibrationServers:
+    """A stream's cost is 1 / the GPU's saturation throughput with one server per stream,
+    as streams are deployed; one server measures what its own instances sustain (77 against
+    88 frames/s time-sliced, 118 against 167/s under MPS on an H200: issue 20). So a Job
+    runs ``calibration_servers`` copies of the stream's Triton, as many as the GPU's free
+    memory holds at the stream's ``memoryMiB``; one where a copy cannot get its own port
+    (its container does not run tritonserver itself) or its own share of the same GPU (a
+    GPU binding other than visible-devices gives each container a GPU of its own)."""
+    wanted = s.calibration_servers
+    if wanted == 1:
+        return CalibrationServers(1)
+    if s.gpu_binding != "visible-devices":
+        return CalibrationServers(
+            1, f"gpuBinding {s.gpu_binding}: a second container would get a GPU of its own"
+        )
+    argv = [*(triton.get("command") or []), *(triton.get("args") or [])]
+    if not argv or str(argv[0]).rsplit("/", 1)[-1] != "tritonserver":
+        return CalibrationServers(
+            1,
+            "the Triton container does not run tritonserver as its command or first "
+            "argument, so a copy's port cannot be set",
+        )
+    memory = stream.spec.memory_mib
+    if memory and t.memory_free_mib is not None and t.memory_free_mib // memory < wanted:
+        fits = max(1, t.memory_free_mib // memory)
+        return CalibrationServers(
+            fits, f"{t.memory_free_mib} MiB of GPU memory free, {memory} MiB a server"
+        )
+    return CalibrationServers(wanted)
+
+
+def _triton_copy(triton: Obj, i: int, s: OperatorSettings) -> Obj:
+    """Copy ``i`` of the Job's Triton: its own HTTP port (a later flag wins in tritonserver),
+    no gRPC or metrics port to collide with the first's, no probes of the first's port. It
+    requests no CPU or memory (the first server's requests schedule the pod, as a
+    one-server Job's do) within the template's limits: a calibration's minutes."""
+    port = s.triton_http_port + COPY_PORT_STRIDE * i
+    copy = _copy(triton)
+    copy["name"] = f"{triton['name'][:55]}-copy-{i}"
+    copy["args"] = [
+        *(copy.get("args") or []),
+        f"--http-port={port}",
+        "--allow-grpc=false",
+        "--allow-metrics=false",
+    ]
+    copy["ports"] = [{"containerPort": port}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        copy.pop(probe, None)
+    copy["startupProbe"] = _ready_probe(port)
+    limits = (triton.get("resources") or {}).get("limits") or {}
+    kept = {k: v for k, v in limits.items() if k in ("cpu", "memory")}  # no GPU of its own
+    copy.pop("resources", None)
+    if kept:
+        copy["resources"] = {"requests": dict.fromkeys(kept, "0"), "limits": kept}
+    return copy
+
+
+def _ready_probe(port: int) -> Obj:
+    return {
+        "httpGet": {"path": "/v2/health/ready", "port": port},
+        "periodSeconds": 2,
+        "failureThreshold": 300,  # model loads can take minutes
+    }
 
 
 def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSettings) -> Obj:
     """A Job that measures the stream's model on one GPU: the stream's Triton container as
     a native sidecar (an init container that keeps running, so the pod completes when the
-    profiler does), and ``stagger profile`` against it, whose result is the container's
-    termination message. The app containers stay out: their frames would disturb the
-    measurement. The Job needs no API access; the operator reads the message."""
+    profiler does), in as many copies as :func:`calibration_servers` says, and ``stagger
+    profile`` against all of them (the sweep on the first two, saturation over all), whose
+    result is the container's termination message. The app containers stay out: their
+    frames would disturb the measurement. The Job needs no API access; the operator reads
+    the message."""
     if s.gpu_binding == "dra":
         raise TemplateError("calibration Jobs do not support gpuBinding dra yet")
     template = _copy(check_template(stream, s))
     spec = template["spec"]
     triton = _triton_container(spec["containers"], s)
     triton["restartPolicy"] = "Always"  # native sidecar
-    triton["startupProbe"] = {
-        "httpGet": {"path": "/v2/health/ready", "port": s.triton_http_port},
-        "periodSeconds": 2,
-        "failureThreshold": 300,  # model loads can take minutes
-    }
+    triton["startupProbe"] = _ready_probe(s.triton_http_port)
     _bind_gpu(triton, t.gpu, t.gpu_uuid, s)
+    servers = calibration_servers(stream, triton, t, s)
+    tritons = [triton, *(_triton_copy(triton, i, s) for i in range(1, servers.count))]
+    urls = [
+        f"http://127.0.0.1:{s.triton_http_port + COPY_PORT_STRIDE * i}"
+        for i in range(servers.count)
+    ]
     model = stream.spec.model
     version = stream.spec.model_version
     profiler = {
@@ -409,8 +502,7 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
         "command": [
             "stagger",
             "profile",
-            "--url",
-            f"http://127.0.0.1:{s.triton_http_port}",
+            *(arg for url in urls for arg in ("--url", url)),
             "--model",
             model,
             *(["--model-version", version] if version else []),
@@ -432,14 +524,16 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
     pod_spec = {
         **{k: v for k, v in spec.items() if k not in ("containers", "initContainers")},
         "restartPolicy": "Never",
-        "initContainers": [*spec.get("initContainers", []), triton],
+        "initContainers": [*spec.get("initContainers", []), *tritons],
         "containers": [profiler],
     }
     _pin_to_node(pod_spec, t.node)
+    metadata = owned_metadata(stream, name, labels)
+    metadata["annotations"] = {ANNOTATION_CALIBRATION_SERVERS: servers.describe()}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": owned_metadata(stream, name, labels),
+        "metadata": metadata,
         "spec": {
             "backoffLimit": 1,
             "activeDeadlineSeconds": s.calibration_timeout_s,

@@ -126,6 +126,9 @@ class CalibrationSite:
     gpu_uuid: str | None
     product: str
     sharing_mode: str
+    memory_free_mib: int | None = None
+    """GPU memory free there (None: not known): how many copies of the model's server a
+    calibration may load to measure its cost as deployed."""
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,7 @@ class Planner:
                         first.gpu.uuid,
                         first.gpu.product,
                         str(first.gpu.sharing_mode),
+                        first.memory_free,
                     )
                 )
         return tuple(sites)

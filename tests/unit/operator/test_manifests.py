@@ -41,6 +41,9 @@ TEMPLATE = {
 }
 
 
+TEMPLATE_APP = TEMPLATE["spec"]["containers"][1]
+
+
 def placed_stream(**spec: Any):  # type: ignore[no-untyped-def]
     s = stream(
         "lobby-1",
@@ -223,7 +226,7 @@ def test_the_sidecar_waits_on_the_slot_feed_for_the_configmap_its_pod_mounts(
     )
 
 
-def _calibration_target() -> manifests.CalibrationTarget:
+def _calibration_target(memory_free_mib: int | None = None) -> manifests.CalibrationTarget:
     from stagger.core.api import SharingMode
 
     return manifests.CalibrationTarget(
@@ -232,40 +235,120 @@ def _calibration_target() -> manifests.CalibrationTarget:
         gpu_uuid="GPU-1b2c",
         product="NVIDIA-H200",
         sharing_mode=SharingMode.TIME_SLICING,
+        memory_free_mib=memory_free_mib,
     )
 
 
+TRITON_WITH_LIMITS = {
+    **TEMPLATE["spec"]["containers"][0],
+    "ports": [{"containerPort": 8000}],
+    "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8000}},
+    "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "12Gi"}},
+}
+
+
 def test_calibration_job_matches_golden_and_validates() -> None:
+    """Three copies of the stream's Triton where the GPU's free memory holds three at its
+    2,500 MiB (the operator asks for 16), each on its own port, and the profiler against
+    all three."""
     s, _ = placed_stream()
     template = {
         **TEMPLATE,
-        "spec": {
-            **TEMPLATE["spec"],
-            "containers": [
-                {**TEMPLATE["spec"]["containers"][0], "ports": [{"containerPort": 8000}]},
-                TEMPLATE["spec"]["containers"][1],
-            ],
-        },
+        "spec": {**TEMPLATE["spec"], "containers": [TRITON_WITH_LIMITS, TEMPLATE_APP]},
     }
     s.spec.template = template
-    job = manifests.calibration_job(s, _calibration_target(), OperatorSettings())
+    job = manifests.calibration_job(s, _calibration_target(8000), OperatorSettings())
     check_golden("calibration-job.yaml", job)
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
-    triton = pod["initContainers"][-1]
-    assert triton["name"] == "triton" and triton["restartPolicy"] == "Always"
-    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "GPU-1b2c"} in triton["env"]
+    tritons = pod["initContainers"]
+    assert [c["name"] for c in tritons] == ["triton", "triton-copy-1", "triton-copy-2"]
+    for c in tritons:
+        assert c["restartPolicy"] == "Always"
+        assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "GPU-1b2c"} in c["env"]
+    assert [c["startupProbe"]["httpGet"]["port"] for c in tritons] == [8000, 8100, 8200]
+    assert tritons[1]["args"][-3:] == [
+        "--http-port=8100",
+        "--allow-grpc=false",
+        "--allow-metrics=false",
+    ]
+    assert "readinessProbe" not in tritons[1]  # it would probe the first server's port
+    # the first server's requests schedule the pod; the copies stay within the limits
+    assert tritons[0]["resources"] == TRITON_WITH_LIMITS["resources"]
+    assert tritons[2]["resources"] == {"requests": {"memory": "0"}, "limits": {"memory": "12Gi"}}
+    assert job["metadata"]["annotations"] == {
+        manifests.ANNOTATION_CALIBRATION_SERVERS: (
+            "3 Triton servers (8000 MiB of GPU memory free, 2500 MiB a server)"
+        )
+    }
     assert [c["name"] for c in pod["containers"]] == ["stagger-profile"]  # no app
     profiler = pod["containers"][0]
+    urls = [profiler["command"][i + 1] for i, a in enumerate(profiler["command"]) if a == "--url"]
+    assert urls == ["http://127.0.0.1:8000", "http://127.0.0.1:8100", "http://127.0.0.1:8200"]
     assert profiler["command"][-4:] == ["--result-file", "/dev/termination-log", "-o", "json"]
     assert profiler["securityContext"]["runAsNonRoot"] is True
     assert pod["restartPolicy"] == "Never"
 
 
+@pytest.mark.parametrize(
+    ("triton", "settings", "memory_free", "servers"),
+    [
+        # as many as the operator asks for where memory allows, or is not known
+        (TEMPLATE["spec"]["containers"][0], OperatorSettings(), 143_000, "16 Triton servers"),
+        (TEMPLATE["spec"]["containers"][0], OperatorSettings(), None, "16 Triton servers"),
+        (
+            TEMPLATE["spec"]["containers"][0],
+            OperatorSettings(calibration_servers=1),
+            None,
+            "one Triton server",
+        ),
+        (
+            TEMPLATE["spec"]["containers"][0],
+            OperatorSettings(),
+            1000,
+            "one Triton server (1000 MiB of GPU memory free, 2500 MiB a server)",
+        ),
+        # tritonserver as the command, with flags after it, works as well as in args
+        (
+            {"name": "triton", "image": "t", "command": ["/opt/tritonserver/bin/tritonserver"]},
+            OperatorSettings(calibration_servers=4),
+            None,
+            "4 Triton servers",
+        ),
+        (
+            {"name": "triton", "image": "t", "command": ["sh", "-c", "tritonserver --x"]},
+            OperatorSettings(),
+            None,
+            "one Triton server (the Triton container does not run tritonserver as its "
+            "command or first argument, so a copy's port cannot be set)",
+        ),
+        (
+            TEMPLATE["spec"]["containers"][0],
+            OperatorSettings(gpu_binding="resource"),
+            None,
+            "one Triton server (gpuBinding resource: a second container would get a GPU of "
+            "its own)",
+        ),
+    ],
+)
+def test_a_calibration_job_runs_as_many_servers_as_it_can_and_says_why_fewer(
+    triton: dict[str, Any], settings: OperatorSettings, memory_free: int | None, servers: str
+) -> None:
+    s, _ = placed_stream()
+    s.spec.template = {"spec": {"containers": [triton, TEMPLATE_APP]}}
+    job = manifests.calibration_job(s, _calibration_target(memory_free), settings)
+    assert job["metadata"]["annotations"][manifests.ANNOTATION_CALIBRATION_SERVERS] == servers
+    count = int(servers.split(maxsplit=1)[0]) if servers[0].isdigit() else 1
+    pod = job["spec"]["template"]["spec"]
+    assert len(pod["initContainers"]) == count
+    assert pod["containers"][0]["command"].count("--url") == count
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
 def test_calibration_needs_to_find_triton_in_the_template() -> None:
     s, _ = placed_stream()  # TEMPLATE's Triton is named "triton": found by name
     job = manifests.calibration_job(s, _calibration_target(), OperatorSettings())
-    assert job["spec"]["template"]["spec"]["initContainers"][-1]["name"] == "triton"
+    assert job["spec"]["template"]["spec"]["initContainers"][0]["name"] == "triton"
     s.spec.template = {
         "spec": {"containers": [{"name": "server", "image": "x"}, {"name": "app", "image": "y"}]}
     }

@@ -225,3 +225,63 @@ def test_what_a_recalibration_warned_of_is_a_warning_on_its_profile() -> None:
         ((name, event_kind, reason, message),) = state.events
         assert (name, event_kind, reason) == (asked.name, kind, "Recalibrated")
         assert (f"stagger profile warned: {stalls}" in message) == bool(warnings)
+
+
+def test_a_recalibration_runs_as_many_servers_as_the_gpu_s_free_memory_holds() -> None:
+    """The least used GPU of the profile's pool has 7,771 MiB free and the stream holds
+    2,500 MiB a server: the Job runs 3 copies of its Triton, not the 16 asked for, and the
+    Recalibrating Event says so; on an idle GPU it runs all 16."""
+    from stagger.core.placement import Plan
+    from stagger_operator import manifests
+    from stagger_operator.calibration import recalibration_state
+    from tests.factories import stream
+
+    asked = profile(annotations={RECALIBRATE: "now"})
+    triton = {"name": "triton", "image": "t", "args": ["tritonserver", "--model-repository=/m"]}
+    cam = stream("cam", 10, model="retinanet", memoryMiB=2500)
+    cam.spec.template = {"spec": {"containers": [triton]}}
+    cam.metadata.uid = "uid-cam"  # as read from the API server
+    busy = GpuUsage("a", 0, None, "NVIDIA-H200", "time-slicing", 0.5, 136_000, 143_771, 2)
+    idle = GpuUsage("a", 1, None, "NVIDIA-H200", "time-slicing", 0.0, 0, 143_771, 0)
+    for gpus, servers in (
+        ([busy], "3 Triton servers (7771 MiB of GPU memory free, 2500 MiB a server)"),
+        ([busy, idle], "16 Triton servers"),
+    ):
+        state = recalibration_state(
+            [asked], [cam], Plan((), tuple(gpus), ()), {}, OperatorSettings(), now=NOW
+        )
+        (job,) = state.jobs
+        count = int(servers.split(maxsplit=1)[0])
+        assert len(job["spec"]["template"]["spec"]["initContainers"]) == count
+        assert job["metadata"]["annotations"][manifests.ANNOTATION_CALIBRATION_SERVERS] == servers
+        ((_, kind, reason, message),) = state.events
+        assert (kind, reason) == ("Normal", "Recalibrating")
+        assert f"with {servers}, with the pod template of default/cam" in message
+
+
+def test_a_stream_waiting_for_calibration_is_told_how_many_servers_measure_it() -> None:
+    """The planner says where the stream's model can be measured and how much GPU memory
+    is free there (16,000 MiB on an idle T4); at 5,000 MiB a server the Job runs 3 copies
+    of the stream's Triton, and the stream's Calibrating message says so."""
+    from stagger.core.api import StreamPhase
+    from stagger.core.placement import plan
+    from stagger_operator.calibration import calibration_state
+    from tests.factories import cluster, stream
+
+    cam = stream("cam", 10, body=None, memoryMiB=5000)
+    cam.spec.template = {
+        "spec": {"containers": [{"name": "triton", "image": "t", "args": ["tritonserver"]}]}
+    }
+    cam.metadata.uid = "uid-cam"
+    planned = plan([cam], cluster(("gpu-a", 1)))
+    (unplaced,) = planned.unplaced
+    assert unplaced.calibrate_on[0].memory_free_mib == 16000
+    state = calibration_state([cam], planned, {}, OperatorSettings(), NOW)
+    (job,) = state.jobs
+    assert len(job["spec"]["template"]["spec"]["initContainers"]) == 3
+    status = state.statuses[("default", "cam")]
+    assert status["phase"] == StreamPhase.CALIBRATING
+    assert (
+        "with 3 Triton servers (16000 MiB of GPU memory free, 5000 MiB a server): Job "
+        in status["message"]
+    )

@@ -1,0 +1,150 @@
+"""The operator's calibration Job, its containers run here as the Job writes them: copies of
+the stream's real ``tritonserver``, each with the Job's own arguments, and the Job's own
+``stagger profile`` command against all of them. Only the kubelet is played: each
+container's command and arguments become a process, its env its environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stagger.cli import main
+from stagger.core.api import InferenceStream, SharingMode
+from stagger.core.calibration import CalibrationResult
+from stagger_operator import manifests
+from stagger_operator.settings import OperatorSettings
+from stagger_testkit.localtriton import (
+    backend_directory,
+    free_port,
+    server_env,
+    tritonserver_binary,
+)
+from tests.factories import stream
+from tests.integration.sidecar_fixtures import MODELS
+
+BODY_MS = 20.0  # the exclusive_single model's section under its lock (test_profile.py)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _base_port(servers: int) -> int:
+    """A Triton HTTP port whose copies' ports (every ``COPY_PORT_STRIDE`` above) are free."""
+    for _ in range(50):
+        base = free_port()
+        ports = [base + manifests.COPY_PORT_STRIDE * i for i in range(servers)]
+        if all(p < 65536 and _free(p) for p in ports):
+            return base
+    raise AssertionError("no free run of ports for the copies")
+
+
+def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server for port {port} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no server ready on port {port} after {timeout_s:.0f} s")
+
+
+def _stream(triton: dict[str, Any]) -> InferenceStream:
+    cam = stream("cam-1", 10, body=None, model="exclusive_single", memoryMiB=1000)
+    cam.spec.template = {"spec": {"containers": [triton, {"name": "app", "image": "a"}]}}
+    cam.metadata.uid = "uid-cam-1"  # as read from the API server
+    return cam
+
+
+def test_a_calibration_job_measures_over_its_copies_of_triton_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three copies of the stream's Triton (a single-instance model whose 20 ms section
+    holds a lock all three share: one "device"). Each copy comes up on the port its
+    startup probe checks, so the flag the Job appends wins over the template's own; the
+    Job's profiler sweeps the first two and saturates all three, and its result (what the
+    operator reads from the termination message) warns of no single server and reads the
+    locked section as the cost."""
+    servers = 3
+    base = _base_port(servers)
+    lock = tmp_path / "device.lock"
+    triton = {
+        "name": "triton",
+        "image": "unused-here",
+        "command": [str(tritonserver_binary())],
+        "args": [
+            f"--model-repository={MODELS}",
+            "--model-control-mode=explicit",
+            "--load-model=exclusive_single",
+            f"--backend-directory={backend_directory()}",
+            "--http-address=127.0.0.1",
+            f"--http-port={base}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={free_port()}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={free_port()}",
+            "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=2",
+        ],
+        "env": [{"name": "STAGGER_BODY_LOCK", "value": str(lock)}],
+    }
+    settings = OperatorSettings(triton_http_port=base, calibration_servers=servers)
+    target = manifests.CalibrationTarget("node-a", 0, None, "cpu", SharingMode.TIME_SLICING)
+    job = manifests.calibration_job(_stream(triton), target, settings)
+    pod = job["spec"]["template"]["spec"]
+    assert len(pod["initContainers"]) == servers
+
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for c in pod["initContainers"]:
+            env = {**os.environ, **server_env(), **{e["name"]: e["value"] for e in c["env"]}}
+            processes.append(
+                subprocess.Popen(  # the Job's own command line
+                    [*c.get("command", []), *c.get("args", [])],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        for c, process in zip(pod["initContainers"], processes, strict=True):
+            _wait_ready(c["startupProbe"]["httpGet"]["port"], process)
+
+        command = pod["containers"][0]["command"]
+        assert command[:2] == ["stagger", "profile"]
+        result_file = tmp_path / "termination-log"
+        args = [str(result_file) if a == "/dev/termination-log" else a for a in command[1:]]
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 0, err
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    result = CalibrationResult.model_validate_json(result_file.read_text())
+    assert not any("one server" in w for w in result.warnings), result.warnings
+    # the shared lock serves one section at a time, whichever server holds it: the cost
+    # over three servers is the section
+    assert result.effective_body_ms == pytest.approx(BODY_MS, rel=0.15), result
+    assert result.cost_ms is not None
