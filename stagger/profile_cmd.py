@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from stagger.core.calibration import (
     knee_of_sweep,
     recommended_body_ms,
 )
-from stagger.profiler import ProfileError, ProfileReport, profile
+from stagger.profiler import ProfileError, ProfileReport, profile, wait_ready
 
 CSV_COLUMNS = ("offsetMs", "latency1Ms", "latency2Ms")
 
@@ -46,6 +48,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "them (give as many as streams will share the GPU to measure costMs as deployed)",
     )
     p.add_argument("--model", help="Triton model name")
+    p.add_argument(
+        "--wait-ready",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for every server to have the model ready (servers "
+        "started side by side load it in any order; a calibration Job waits its deadline)",
+    )
     p.add_argument("--model-version", default="", metavar="V")
     p.add_argument(
         "--input",
@@ -168,6 +178,21 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     return present(report, args, out, err)
 
 
+def _say_waiting(err: Console) -> Callable[[int, int], None]:
+    """A line now and then while servers load their model (a Job's log shows progress)."""
+    said = {"at": -math.inf}
+
+    def waiting(ready: int, total: int) -> None:
+        if time.monotonic() - said["at"] >= WAITING_EVERY_S:
+            said["at"] = time.monotonic()
+            err.print(f"stagger profile: waiting for the model: {ready} of {total} servers ready")
+
+    return waiting
+
+
+WAITING_EVERY_S = 10.0
+
+
 def measure(args: argparse.Namespace, err: Console) -> ProfileReport | None:
     """The report the arguments ask for; None (and the reason on ``err``) when there is none."""
     try:
@@ -182,6 +207,14 @@ def measure(args: argparse.Namespace, err: Console) -> ProfileReport | None:
                 if not sep or not name or not file:
                     raise ProfileError(f"--input {item!r}: use NAME=FILE")
                 data[name] = Path(file)
+            if args.wait_ready > 0:
+                wait_ready(
+                    args.url,
+                    args.model,
+                    args.model_version,
+                    args.wait_ready,
+                    waiting=_say_waiting(err),
+                )
             with _progress(err, args.output == "table" and err.is_terminal) as stage:
                 report = profile(
                     args.url,

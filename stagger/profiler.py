@@ -82,6 +82,60 @@ def _input_array(spec: dict[str, Any], path: Path | None, dtype: Any) -> np.ndar
     raise ValueError(f"a {datatype} input takes a .npy file, not raw bytes ({path})")
 
 
+def _client_library(url: str) -> tuple[Any, str]:
+    """tritonclient's module for ``url``'s scheme (``http://``, the default, or ``grpc://``)
+    and the host:port to give its client."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "grpc") or not parts.netloc:
+        raise ProfileError(f"{url}: use http://HOST:PORT or grpc://HOST:PORT")
+    try:
+        if parts.scheme == "grpc":
+            import tritonclient.grpc as client  # noqa: PLC0415 (optional dependency)
+        else:
+            import tritonclient.http as client  # noqa: PLC0415
+    except ImportError as e:
+        raise ProfileError(
+            "stagger profile needs tritonclient: pip install 'stagger[profile]'"
+        ) from e
+    return client, parts.netloc
+
+
+def wait_ready(
+    urls: Sequence[str],
+    model: str,
+    version: str = "",
+    timeout_s: float = 0.0,
+    *,
+    poll_s: float = 1.0,
+    waiting: Callable[[int, int], None] | None = None,
+) -> None:
+    """Until every server says ``model`` is ready, or ``timeout_s`` has passed: servers
+    started side by side (a calibration Job's copies of one Triton) load the model in any
+    order. ``waiting(ready, total)`` hears of each poll that still waits. What is still not
+    ready then is for :class:`Endpoint` to name."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(dict.fromkeys(urls))
+    while True:
+        pending = [url for url in pending if not _model_ready(url, model, version)]
+        if not pending or time.monotonic() >= deadline:
+            return
+        if waiting:
+            waiting(len(set(urls)) - len(pending), len(set(urls)))
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def _model_ready(url: str, model: str, version: str) -> bool:
+    lib, netloc = _client_library(url)
+    try:
+        client = lib.InferenceServerClient(netloc)
+        try:
+            return bool(client.is_model_ready(model, version))
+        finally:
+            client.close()
+    except Exception:  # not up yet: refused, reset, an error answer
+        return False
+
+
 class Endpoint:
     """One Triton server and model, over HTTP (``http://``, the default) or gRPC
     (``grpc://``). Builds one request from the model's metadata and sends it."""
@@ -89,22 +143,8 @@ class Endpoint:
     def __init__(
         self, url: str, model: str, version: str = "", data: Mapping[str, Path] | None = None
     ) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in ("http", "grpc") or not parts.netloc:
-            raise ProfileError(f"{url}: use http://HOST:PORT or grpc://HOST:PORT")
         self.url, self.model, self.version = url, model, version
-        self.grpc = parts.scheme == "grpc"
-        try:
-            if self.grpc:
-                import tritonclient.grpc as client  # noqa: PLC0415 (optional dependency)
-            else:
-                import tritonclient.http as client  # noqa: PLC0415
-        except ImportError as e:
-            raise ProfileError(
-                "stagger profile needs tritonclient: pip install 'stagger[profile]'"
-            ) from e
-        self._lib = client
-        self._netloc = parts.netloc
+        self._lib, self._netloc = _client_library(url)
         self._local = threading.local()  # the HTTP client is not shareable across threads
         try:
             live = self.client.is_server_live()

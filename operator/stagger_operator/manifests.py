@@ -455,7 +455,6 @@ def _triton_copy(triton: Obj, i: int, s: OperatorSettings) -> Obj:
     copy["ports"] = [{"containerPort": port}]
     for probe in ("livenessProbe", "readinessProbe"):
         copy.pop(probe, None)
-    copy["startupProbe"] = _ready_probe(port)
     limits = (triton.get("resources") or {}).get("limits") or {}
     kept = {k: v for k, v in limits.items() if k in ("cpu", "memory")}  # no GPU of its own
     copy.pop("resources", None)
@@ -464,29 +463,23 @@ def _triton_copy(triton: Obj, i: int, s: OperatorSettings) -> Obj:
     return copy
 
 
-def _ready_probe(port: int) -> Obj:
-    return {
-        "httpGet": {"path": "/v2/health/ready", "port": port},
-        "periodSeconds": 2,
-        "failureThreshold": 300,  # model loads can take minutes
-    }
-
-
 def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSettings) -> Obj:
     """A Job that measures the stream's model on one GPU: the stream's Triton container as
     a native sidecar (an init container that keeps running, so the pod completes when the
     profiler does), in as many copies as :func:`calibration_servers` says, and ``stagger
     profile`` against all of them (the sweep on the first two, saturation over all), whose
-    result is the container's termination message. The app containers stay out: their
-    frames would disturb the measurement. The Job needs no API access; the operator reads
-    the message."""
+    result is the container's termination message. No startup probe gates the copies: the
+    kubelet would start each only once the one before it had loaded the model. They load
+    side by side, and the profiler waits until every one is ready (``--wait-ready``, the
+    Job's deadline). The app containers stay out: their frames would disturb the
+    measurement. The Job needs no API access; the operator reads the message."""
     if s.gpu_binding == "dra":
         raise TemplateError("calibration Jobs do not support gpuBinding dra yet")
     template = _copy(check_template(stream, s))
     spec = template["spec"]
     triton = _triton_container(spec["containers"], s)
     triton["restartPolicy"] = "Always"  # native sidecar
-    triton["startupProbe"] = _ready_probe(s.triton_http_port)
+    triton.pop("startupProbe", None)
     _bind_gpu(triton, t.gpu, t.gpu_uuid, s)
     servers = calibration_servers(stream, triton, t, s)
     tritons = [triton, *(_triton_copy(triton, i, s) for i in range(1, servers.count))]
@@ -503,6 +496,8 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
             "stagger",
             "profile",
             *(arg for url in urls for arg in ("--url", url)),
+            "--wait-ready",
+            str(s.calibration_timeout_s),
             "--model",
             model,
             *(["--model-version", version] if version else []),

@@ -266,7 +266,10 @@ def test_calibration_job_matches_golden_and_validates() -> None:
     for c in tritons:
         assert c["restartPolicy"] == "Always"
         assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "GPU-1b2c"} in c["env"]
-    assert [c["startupProbe"]["httpGet"]["port"] for c in tritons] == [8000, 8100, 8200]
+        # a startup probe would make the kubelet start each copy only once the one before
+        # it had loaded the model: they load side by side, the profiler waits for them
+        assert "startupProbe" not in c
+    assert [c["ports"][0]["containerPort"] for c in tritons] == [8000, 8100, 8200]
     assert tritons[1]["args"][-3:] == [
         "--http-port=8100",
         "--allow-grpc=false",
@@ -285,6 +288,8 @@ def test_calibration_job_matches_golden_and_validates() -> None:
     profiler = pod["containers"][0]
     urls = [profiler["command"][i + 1] for i, a in enumerate(profiler["command"]) if a == "--url"]
     assert urls == ["http://127.0.0.1:8000", "http://127.0.0.1:8100", "http://127.0.0.1:8200"]
+    wait = profiler["command"].index("--wait-ready")
+    assert profiler["command"][wait + 1] == "900"  # the Job's deadline
     assert profiler["command"][-4:] == ["--result-file", "/dev/termination-log", "-o", "json"]
     assert profiler["securityContext"]["runAsNonRoot"] is True
     assert pod["restartPolicy"] == "Never"
