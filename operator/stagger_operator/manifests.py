@@ -412,7 +412,8 @@ def calibration_servers(
     as streams are deployed; one server measures what its own instances sustain (77 against
     88 frames/s time-sliced, 118 against 167/s under MPS on an H200: issue 20). So a Job
     runs ``calibration_servers`` copies of the stream's Triton, as many as the GPU's free
-    memory holds at the stream's ``memoryMiB``; one where a copy cannot get its own port
+    memory holds at the stream's ``memoryMiB``; one where the stream declares none, or
+    where a copy cannot get its own port
     (its container does not run tritonserver itself) or its own share of the same GPU (a
     GPU binding other than visible-devices gives each container a GPU of its own)."""
     wanted = s.calibration_servers
@@ -430,7 +431,12 @@ def calibration_servers(
             "argument, so a copy's port cannot be set",
         )
     memory = stream.spec.memory_mib
-    if memory and t.memory_free_mib is not None and t.memory_free_mib // memory < wanted:
+    if not memory:
+        # copies that do not fit would fail to load, and the Job would wait out its deadline
+        return CalibrationServers(
+            1, "the stream declares no memoryMiB, so how many copies fit the GPU is not known"
+        )
+    if t.memory_free_mib is not None and t.memory_free_mib // memory < wanted:
         fits = max(1, t.memory_free_mib // memory)
         return CalibrationServers(
             fits, f"{t.memory_free_mib} MiB of GPU memory free, {memory} MiB a server"

@@ -67,10 +67,10 @@ class OperatorSettings(BaseSettings):
     """A calibration Job still running after this long is stopped (activeDeadlineSeconds)."""
     calibration_servers: int = Field(default=16, ge=1, le=64)
     """Copies of a stream's Triton a calibration Job runs on its GPU (fewer where the GPU's
-    free memory holds fewer at the stream's memoryMiB), so that the cost it measures is the
-    GPU's saturation with one server per stream, as streams are deployed. Under MPS the
-    throughput still grew from 8 servers to 16 on an H100 (140 to 146 frames/s); 1: the
-    cost of one server's instances, which the profile then warns of."""
+    free memory holds fewer at the stream's memoryMiB; one where it declares none), so that
+    the cost it measures is the GPU's saturation with one server per stream, as streams are
+    deployed. Under MPS the throughput still grew from 8 servers to 16 on an H100 (140 to
+    146 frames/s); 1: the cost of one server's instances, which the profile then warns of."""
 
     effective_after_s: float = Field(default=5.0, gt=0)
     """A new slot table applies this long after it is written (or a little later, where no

@@ -303,6 +303,13 @@ def test_calibration_job_matches_golden_and_validates() -> None:
         (TEMPLATE["spec"]["containers"][0], OperatorSettings(), None, "16 Triton servers"),
         (
             TEMPLATE["spec"]["containers"][0],
+            OperatorSettings(),
+            "no memoryMiB",
+            "one Triton server (the stream declares no memoryMiB, so how many copies fit the "
+            "GPU is not known)",
+        ),
+        (
+            TEMPLATE["spec"]["containers"][0],
             OperatorSettings(calibration_servers=1),
             None,
             "one Triton server",
@@ -337,9 +344,12 @@ def test_calibration_job_matches_golden_and_validates() -> None:
     ],
 )
 def test_a_calibration_job_runs_as_many_servers_as_it_can_and_says_why_fewer(
-    triton: dict[str, Any], settings: OperatorSettings, memory_free: int | None, servers: str
+    triton: dict[str, Any], settings: OperatorSettings, memory_free: int | str | None, servers: str
 ) -> None:
     s, _ = placed_stream()
+    if memory_free == "no memoryMiB":
+        s.spec.memory_mib, memory_free = 0, 143_000
+    assert not isinstance(memory_free, str)
     s.spec.template = {"spec": {"containers": [triton, TEMPLATE_APP]}}
     job = manifests.calibration_job(s, _calibration_target(memory_free), settings)
     assert job["metadata"]["annotations"][manifests.ANNOTATION_CALIBRATION_SERVERS] == servers
