@@ -109,18 +109,24 @@ def wait_ready(
     poll_s: float = 1.0,
     waiting: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Until every server says ``model`` is ready, or ``timeout_s`` has passed: servers
-    started side by side (a calibration Job's copies of one Triton) load the model in any
-    order. ``waiting(ready, total)`` hears of each poll that still waits. What is still not
-    ready then is for :class:`Endpoint` to name."""
+    """Until every server says ``model`` is ready: servers started side by side (a
+    calibration Job's copies of one Triton) load the model in any order.
+    ``waiting(ready, total)`` hears of each poll that still waits. Past ``timeout_s`` the
+    servers still not ready are named."""
     deadline = time.monotonic() + timeout_s
-    pending = list(dict.fromkeys(urls))
+    every = list(dict.fromkeys(urls))
+    pending = every
     while True:
         pending = [url for url in pending if not _model_ready(url, model, version)]
-        if not pending or time.monotonic() >= deadline:
+        if not pending:
             return
+        if time.monotonic() >= deadline:
+            raise ProfileError(
+                f"{len(pending)} of {len(every)} servers did not have model {model!r} ready "
+                f"within {timeout_s:g} s: {', '.join(pending)}"
+            )
         if waiting:
-            waiting(len(set(urls)) - len(pending), len(set(urls)))
+            waiting(len(every) - len(pending), len(every))
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
 

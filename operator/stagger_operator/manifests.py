@@ -469,6 +469,17 @@ def _triton_copy(triton: Obj, i: int, s: OperatorSettings) -> Obj:
     return copy
 
 
+PROFILE_S = 180
+"""What a calibration Job leaves its profiler after waiting for the servers: the wait ends
+this long before the Job's deadline, so a server that never came up is named by the
+profiler, not lost in a DeadlineExceeded."""
+
+
+def calibration_wait_s(s: OperatorSettings) -> int:
+    """How long a calibration Job's profiler waits for every server to have the model."""
+    return max(30, s.calibration_timeout_s - PROFILE_S)
+
+
 def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSettings) -> Obj:
     """A Job that measures the stream's model on one GPU: the stream's Triton container as
     a native sidecar (an init container that keeps running, so the pod completes when the
@@ -476,9 +487,9 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
     profile`` against all of them (the sweep on the first two, saturation over all), whose
     result is the container's termination message. No startup probe gates the copies: the
     kubelet would start each only once the one before it had loaded the model. They load
-    side by side, and the profiler waits until every one is ready (``--wait-ready``, the
-    Job's deadline). The app containers stay out: their frames would disturb the
-    measurement. The Job needs no API access; the operator reads the message."""
+    side by side, and the profiler waits until every one is ready (``--wait-ready``: the
+    Job's deadline less ``PROFILE_S``). The app containers stay out: their frames would
+    disturb the measurement. The Job needs no API access; the operator reads the message."""
     if s.gpu_binding == "dra":
         raise TemplateError("calibration Jobs do not support gpuBinding dra yet")
     template = _copy(check_template(stream, s))
@@ -503,7 +514,7 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
             "profile",
             *(arg for url in urls for arg in ("--url", url)),
             "--wait-ready",
-            str(s.calibration_timeout_s),
+            str(calibration_wait_s(s)),
             "--model",
             model,
             *(["--model-version", version] if version else []),

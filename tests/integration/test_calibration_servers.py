@@ -112,7 +112,7 @@ def test_a_calibration_job_measures_over_its_copies_of_triton_as_written(
         command = pod["containers"][0]["command"]
         assert command[:2] == ["stagger", "profile"]
         wait = command.index("--wait-ready") + 1
-        assert command[wait] == str(settings.calibration_timeout_s)
+        assert command[wait] == str(manifests.calibration_wait_s(settings))
         result_file = tmp_path / "termination-log"
         args = [str(result_file) if a == "/dev/termination-log" else a for a in command[1:]]
         args[wait - 1] = "120"

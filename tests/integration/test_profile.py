@@ -193,7 +193,7 @@ def test_a_model_without_a_body_gets_no_made_up_number(
         # waiting for a server that never comes up ends at the bound, then says why
         (
             ["--url", "http://127.0.0.1:1", "--model", "m", "--wait-ready", "0.3"],
-            "cannot reach Triton at",
+            "1 of 1 servers did not have model 'm' ready within 0.3 s: http://127.0.0.1:1",
         ),
         (["--url", "ftp://x:1", "--model", "m", "--wait-ready", "5"], "use http://HOST:PORT"),
     ],
@@ -208,13 +208,16 @@ def test_bad_targets_say_what_is_wrong(
 def test_waiting_for_a_server_that_loads_later_starts_when_its_model_is_ready() -> None:
     """``--wait-ready``: a server started after the profiler began waiting (as a
     calibration Job's copies load side by side) is waited for, then profiled."""
-    from stagger.profiler import wait_ready
+    from stagger.profiler import ProfileError, wait_ready
 
     server = LocalTriton(MODELS)
     heard: list[tuple[int, int]] = []
     url = f"http://{server.http}"
-    wait_ready([url], "exclusive", timeout_s=0.5, poll_s=0.1, waiting=lambda *a: heard.append(a))
-    assert heard and heard[-1] == (0, 1)  # nothing to wait for: it never came up
+    with pytest.raises(ProfileError, match="did not have model 'exclusive' ready"):
+        wait_ready(
+            [url], "exclusive", timeout_s=0.5, poll_s=0.1, waiting=lambda *a: heard.append(a)
+        )
+    assert heard and heard[-1] == (0, 1)  # not up yet: it was not started
     server._launch()  # started, not yet ready
     try:
         wait_ready([url], "exclusive", timeout_s=60, poll_s=0.1)

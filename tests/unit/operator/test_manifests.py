@@ -289,7 +289,7 @@ def test_calibration_job_matches_golden_and_validates() -> None:
     urls = [profiler["command"][i + 1] for i, a in enumerate(profiler["command"]) if a == "--url"]
     assert urls == ["http://127.0.0.1:8000", "http://127.0.0.1:8100", "http://127.0.0.1:8200"]
     wait = profiler["command"].index("--wait-ready")
-    assert profiler["command"][wait + 1] == "900"  # the Job's deadline
+    assert profiler["command"][wait + 1] == "720"  # the Job's deadline less the profile's 3 min
     assert profiler["command"][-4:] == ["--result-file", "/dev/termination-log", "-o", "json"]
     assert profiler["securityContext"]["runAsNonRoot"] is True
     assert pod["restartPolicy"] == "Never"
