@@ -506,7 +506,7 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
     ]
     model = stream.spec.model
     version = stream.spec.model_version
-    profiler = {
+    profiler: Obj = {
         "name": "stagger-profile",
         "image": s.sidecar_image,
         "command": [
@@ -518,6 +518,11 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
             "--model",
             model,
             *(["--model-version", version] if version else []),
+            *(
+                arg
+                for name, path in sorted(stream.spec.calibration_inputs.items())
+                for arg in ("--input", f"{name}={path}")
+            ),
             "--result-file",
             "/dev/termination-log",
             "-o",
@@ -527,6 +532,11 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
         "resources": {"requests": {"cpu": "1", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": _copy(RESTRICTED),
     }
+    if stream.spec.calibration_inputs and triton.get("volumeMounts"):
+        # the inputs are files the Triton container sees: the profiler reads them there
+        profiler["volumeMounts"] = [
+            {**mount, "readOnly": True} for mount in _copy(triton)["volumeMounts"]
+        ]
     name = calibration_job_name(model, t)
     labels = {
         **MANAGED_BY,

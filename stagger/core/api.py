@@ -63,6 +63,7 @@ EXCLUSIVE_BODY_DESCRIPTION = (
     "can. Without costMs a body is always exclusive, kept exactly."
 )
 NonNegativeMiB = Annotated[int, Field(ge=0, le=16 * 1024 * 1024, strict=True)]
+ContainerPath = Annotated[str, Field(pattern=r"^/", min_length=2, max_length=4096)]
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,15 @@ class InferenceStreamSpec(Wire):
         description="Pod template (Triton and app containers) that serves one shard. "
         "Checked by the operator at reconcile time; not needed for planning.",
         json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    )
+    calibration_inputs: dict[str, ContainerPath] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Data for the model's inputs when the operator calibrates it, by input "
+        "name: an absolute path of a file the Triton container sees (the profiler mounts its "
+        "volumes read-only), a .npy array or, for a BYTES or UINT8 input, the file's bytes "
+        "(a camera frame as JPEG). Inputs not named get zeros of the model's shapes, which "
+        "a model that decodes its frames cannot take.",
     )
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from stagger.cli import main
@@ -49,8 +50,15 @@ def _base_port(servers: int) -> int:
     raise AssertionError("no free run of ports for the copies")
 
 
-def _stream(triton: dict[str, Any]) -> InferenceStream:
-    cam = stream("cam-1", 10, body=None, model="exclusive_single", memoryMiB=1000)
+def _stream(triton: dict[str, Any], inputs: dict[str, str]) -> InferenceStream:
+    cam = stream(
+        "cam-1",
+        10,
+        body=None,
+        model="exclusive_single",
+        memoryMiB=1000,
+        calibrationInputs=inputs,
+    )
     cam.spec.template = {"spec": {"containers": [triton, {"name": "app", "image": "a"}]}}
     cam.metadata.uid = "uid-cam-1"  # as read from the API server
     return cam
@@ -63,9 +71,9 @@ def test_a_calibration_job_measures_over_its_copies_of_triton_as_written(
     holds a lock all three share: one "device"), started side by side as the kubelet
     starts the Job's sidecars. Each comes up on the port the profiler is given, so the
     flag the Job appends wins over the template's own; the Job's profiler sweeps the first
-    two and saturates all three, and its result (what the operator reads from the
-    termination message) warns of no single server and reads the locked section as the
-    cost."""
+    two and saturates all three with the stream's own input data (`calibrationInputs`), and
+    its result (what the operator reads from the termination message) warns of no single
+    server and reads the locked section as the cost."""
     servers = 3
     base = _base_port(servers)
     lock = tmp_path / "device.lock"
@@ -91,7 +99,9 @@ def test_a_calibration_job_measures_over_its_copies_of_triton_as_written(
     }
     settings = OperatorSettings(triton_http_port=base, calibration_servers=servers)
     target = manifests.CalibrationTarget("node-a", 0, None, "cpu", SharingMode.TIME_SLICING)
-    job = manifests.calibration_job(_stream(triton), target, settings)
+    frame = tmp_path / "input0.npy"  # the stream's own data for the model's input
+    np.save(frame, np.full(64, 0.5, dtype=np.float32))
+    job = manifests.calibration_job(_stream(triton, {"INPUT0": str(frame)}), target, settings)
     pod = job["spec"]["template"]["spec"]
     assert len(pod["initContainers"]) == servers
 
@@ -111,6 +121,7 @@ def test_a_calibration_job_measures_over_its_copies_of_triton_as_written(
         # waits for them itself: up to the Job's deadline there, 120 s here
         command = pod["containers"][0]["command"]
         assert command[:2] == ["stagger", "profile"]
+        assert f"INPUT0={frame}" in command
         wait = command.index("--wait-ready") + 1
         assert command[wait] == str(manifests.calibration_wait_s(settings))
         result_file = tmp_path / "termination-log"

@@ -122,6 +122,9 @@ SCHEMA_REFUSES = {
     "fractional memory": ("memoryMiB", 1.5),
     "empty model": ("model", ""),
     "bad version": ("modelVersion", "v1"),
+    "relative calibration input": ("calibrationInputs", {"IMAGE": "models/frame.jpg"}),
+    "calibration input not a path": ("calibrationInputs", {"IMAGE": 7}),
+    "too many calibration inputs": ("calibrationInputs", {f"IN{i}": "/f" for i in range(17)}),
 }
 
 

@@ -360,6 +360,32 @@ def test_a_calibration_job_runs_as_many_servers_as_it_can_and_says_why_fewer(
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
 
 
+def test_calibration_inputs_reach_the_profiler_with_triton_s_volumes_read_only() -> None:
+    """A model that decodes its frames cannot take zeros: the stream names a file the
+    Triton container sees, and the Job's profiler sends it, reading it through Triton's
+    own volume mounts, read-only. Without inputs the profiler mounts nothing."""
+    s, _ = placed_stream(calibrationInputs={"IMAGE": "/models/detector/frame.jpg"})
+    mount = {"name": "models", "mountPath": "/models"}
+    triton = {**TEMPLATE["spec"]["containers"][0], "volumeMounts": [mount]}
+    s.spec.template = {
+        "spec": {
+            "containers": [triton, TEMPLATE_APP],
+            "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "m"}}],
+        }
+    }
+    job = manifests.calibration_job(s, _calibration_target(), OperatorSettings())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    profiler = job["spec"]["template"]["spec"]["containers"][0]
+    i = profiler["command"].index("--input")
+    assert profiler["command"][i : i + 2] == ["--input", "IMAGE=/models/detector/frame.jpg"]
+    assert profiler["volumeMounts"] == [{**mount, "readOnly": True}]
+    assert job["spec"]["template"]["spec"]["initContainers"][0]["volumeMounts"] == [mount]
+    s.spec.calibration_inputs = {}
+    plain = manifests.calibration_job(s, _calibration_target(), OperatorSettings())
+    assert "volumeMounts" not in plain["spec"]["template"]["spec"]["containers"][0]
+    assert "--input" not in plain["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
 def test_calibration_needs_to_find_triton_in_the_template() -> None:
     s, _ = placed_stream()  # TEMPLATE's Triton is named "triton": found by name
     job = manifests.calibration_job(s, _calibration_target(), OperatorSettings())
