@@ -207,6 +207,8 @@ def measure(args: argparse.Namespace, err: Console) -> ProfileReport | None:
                 if not sep or not name or not file:
                     raise ProfileError(f"--input {item!r}: use NAME=FILE")
                 data[name] = Path(file)
+            if args.wait_ready < 0:
+                raise ProfileError(f"--wait-ready {args.wait_ready:g}: give seconds, 0 or more")
             if args.wait_ready > 0:
                 wait_ready(
                     args.url,

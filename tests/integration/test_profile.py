@@ -196,6 +196,7 @@ def test_a_model_without_a_body_gets_no_made_up_number(
             "1 of 1 servers did not have model 'm' ready within 0.3 s: http://127.0.0.1:1",
         ),
         (["--url", "ftp://x:1", "--model", "m", "--wait-ready", "5"], "use http://HOST:PORT"),
+        (["--url", "http://x:1", "--model", "m", "--wait-ready", "-1"], "give seconds, 0 or more"),
     ],
 )
 def test_bad_targets_say_what_is_wrong(
