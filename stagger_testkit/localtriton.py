@@ -203,6 +203,20 @@ class LocalTriton:
             *self.extra_args,
         ]
 
+    def as_container(self, name: str = "triton") -> dict[str, object]:
+        """This server as a pod template declares it (command, arguments, HTTP port, env),
+        for the operator's builders; :mod:`stagger_testkit.kubelet` runs what they write.
+        The image's environment (:func:`server_env`) stays apart, as an image's does."""
+        command = self.command()
+        return {
+            "name": name,
+            "image": "tritonserver (the bundled binary here)",
+            "command": command[:1],
+            "args": command[1:],
+            "ports": [{"containerPort": self.http_port}],
+            "env": [{"name": k, "value": v} for k, v in sorted(self.env.items())],
+        }
+
     def start(self, attempts: int = 3) -> LocalTriton:
         """Start and wait until ready. Ports are picked free but bound only by the server:
         when servers start side by side, one may lose a port to another and exit; it is

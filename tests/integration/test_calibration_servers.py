@@ -5,8 +5,6 @@ container's command and arguments become a process, its env its environment."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,40 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stagger.cli import main
 from stagger.core.api import InferenceStream, SharingMode
 from stagger.core.calibration import CalibrationResult
 from stagger_operator import manifests
 from stagger_operator.settings import OperatorSettings
-from stagger_testkit.localtriton import (
-    backend_directory,
-    free_port,
-    server_env,
-    tritonserver_binary,
-)
+from stagger_testkit import kubelet
+from stagger_testkit.localtriton import LocalTriton, server_env
 from tests.factories import stream
 from tests.integration.sidecar_fixtures import MODELS
 
 BODY_MS = 20.0  # the exclusive_single model's section under its lock (test_profile.py)
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _base_port(servers: int) -> int:
-    """A Triton HTTP port whose copies' ports (every ``COPY_PORT_STRIDE`` above) are free."""
-    for _ in range(50):
-        base = free_port()
-        ports = [base + manifests.COPY_PORT_STRIDE * i for i in range(servers)]
-        if all(p < 65536 and _free(p) for p in ports):
-            return base
-    raise AssertionError("no free run of ports for the copies")
 
 
 def _stream(triton: dict[str, Any], inputs: dict[str, str]) -> InferenceStream:
@@ -64,9 +38,7 @@ def _stream(triton: dict[str, Any], inputs: dict[str, str]) -> InferenceStream:
     return cam
 
 
-def test_a_calibration_job_measures_over_its_copies_of_triton_as_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_calibration_job_measures_over_its_copies_of_triton_as_written(tmp_path: Path) -> None:
     """Three copies of the stream's Triton (a single-instance model whose 20 ms section
     holds a lock all three share: one "device"), started side by side as the kubelet
     starts the Job's sidecars. Each comes up on the port the profiler is given, so the
@@ -75,28 +47,13 @@ def test_a_calibration_job_measures_over_its_copies_of_triton_as_written(
     its result (what the operator reads from the termination message) warns of no single
     server and reads the locked section as the cost."""
     servers = 3
-    base = _base_port(servers)
-    lock = tmp_path / "device.lock"
-    triton = {
-        "name": "triton",
-        "image": "unused-here",
-        "command": [str(tritonserver_binary())],
-        "args": [
-            f"--model-repository={MODELS}",
-            "--model-control-mode=explicit",
-            "--load-model=exclusive_single",
-            f"--backend-directory={backend_directory()}",
-            "--http-address=127.0.0.1",
-            f"--http-port={base}",
-            "--grpc-address=127.0.0.1",
-            f"--grpc-port={free_port()}",
-            "--metrics-address=127.0.0.1",
-            f"--metrics-port={free_port()}",
-            "--allow-gpu-metrics=false",
-            "--exit-timeout-secs=2",
-        ],
-        "env": [{"name": "STAGGER_BODY_LOCK", "value": str(lock)}],
-    }
+    base = kubelet.free_port_run(servers, manifests.COPY_PORT_STRIDE)
+    triton = LocalTriton(
+        MODELS,
+        http_port=base,
+        env={"STAGGER_BODY_LOCK": str(tmp_path / "device.lock")},
+        extra_args=["--model-control-mode=explicit", "--load-model=exclusive_single"],
+    ).as_container()
     settings = OperatorSettings(triton_http_port=base, calibration_servers=servers)
     target = manifests.CalibrationTarget("node-a", 0, None, "cpu", SharingMode.TIME_SLICING)
     frame = tmp_path / "input0.npy"  # the stream's own data for the model's input
@@ -105,40 +62,20 @@ def test_a_calibration_job_measures_over_its_copies_of_triton_as_written(
     pod = job["spec"]["template"]["spec"]
     assert len(pod["initContainers"]) == servers
 
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        for c in pod["initContainers"]:
-            env = {**os.environ, **server_env(), **{e["name"]: e["value"] for e in c["env"]}}
-            processes.append(
-                subprocess.Popen(  # the Job's own command line
-                    [*c.get("command", []), *c.get("args", [])],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+    with kubelet.running(pod["initContainers"], server_env()) as processes:
         # the profiler starts while the servers still load the model, as in the pod, and
         # waits for them itself: up to the Job's deadline there, 120 s here
-        command = pod["containers"][0]["command"]
-        assert command[:2] == ["stagger", "profile"]
-        assert f"INPUT0={frame}" in command
+        profiler = pod["containers"][0]
+        assert profiler["command"][:2] == ["stagger", "profile"]
+        assert f"INPUT0={frame}" in profiler["command"]
+        result_file = tmp_path / "termination-log"
+        command = kubelet.stagger_command(profiler, result_file)
         wait = command.index("--wait-ready") + 1
         assert command[wait] == str(manifests.calibration_wait_s(settings))
-        result_file = tmp_path / "termination-log"
-        args = [str(result_file) if a == "/dev/termination-log" else a for a in command[1:]]
-        args[wait - 1] = "120"
-        code = main(args)
-        err = capsys.readouterr().err
-        assert code == 0, err
+        command[wait] = "120"
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        assert run.returncode == 0, run.stderr
         assert [p.poll() for p in processes] == [None] * servers  # each on its own port
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
     result = CalibrationResult.model_validate_json(result_file.read_text())
     assert not any("one server" in w for w in result.warnings), result.warnings
