@@ -111,7 +111,8 @@ def calibration_state(
         elif outcome.failure is not None:
             phase, reason = StreamPhase.PENDING, "CalibrationFailed"
             message = (
-                f"calibration of {where} failed: {outcome.failure}. It runs again when Job "
+                f"calibration of {where} with {_servers(job)} failed: {outcome.failure}. "
+                f"It runs again when Job "
                 f"{u.namespace}/{name} is gone (kubectl delete job -n {u.namespace} {name}), "
                 "or set spec.bodyTimeMs"
             )
@@ -226,7 +227,8 @@ def recalibration_state(
                     profile.name,
                     "Warning",
                     "RecalibrationFailed",
-                    f"{outcome.failure}. Delete Job {stream.namespace}/{name} to try again, "
+                    f"measuring with {_servers(job)} failed: {outcome.failure}. Delete Job "
+                    f"{stream.namespace}/{name} to try again, "
                     f"or remove the {RECALIBRATE} annotation",
                 )
             )

@@ -157,8 +157,12 @@ async def test_a_failed_calibration_says_why_and_is_not_retried_in_a_loop(
             "http://127.0.0.1:8000: unknown model",
         )
         status = await cluster.wait_for(lambda: _phase(cluster, "cam", "Pending"))
+        # with how many servers, and why not more: a one-server profile fails on a model
+        # with one instance, and the user's way out is to let the Job run copies
+        servers = job["metadata"]["annotations"]["stagger.dev/calibration-servers"]
+        assert servers.startswith("one Triton server (")
         assert (
-            "calibration of model retinanet on NVIDIA-H200 (time-slicing) failed"
+            f"calibration of model retinanet on NVIDIA-H200 (time-slicing) with {servers} failed"
             in (status["message"])
         )
         assert "unknown model" in status["message"] and "kubectl delete job" in status["message"]

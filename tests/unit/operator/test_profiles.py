@@ -225,6 +225,16 @@ def test_what_a_recalibration_warned_of_is_a_warning_on_its_profile() -> None:
         ((name, event_kind, reason, message),) = state.events
         assert (name, event_kind, reason) == (asked.name, kind, "Recalibrated")
         assert (f"stagger profile warned: {stalls}" in message) == bool(warnings)
+    # a failure says with how many servers, and why not more: a one-server profile of a
+    # model with one instance fails, and copies are the way out
+    one_instance = "stagger profile: model 'retinanet' has 1 instance at http://127.0.0.1:8000"
+    failed = {key: CalibrationOutcome(failure=one_instance)}
+    state = recalibration_state(*args, failed, OperatorSettings(), now=NOW)
+    ((_, event_kind, reason, message),) = state.events
+    assert (event_kind, reason) == ("Warning", "RecalibrationFailed")
+    servers = job["metadata"]["annotations"]["stagger.dev/calibration-servers"]
+    assert servers.startswith("one Triton server (")
+    assert message.startswith(f"measuring with {servers} failed: {one_instance}. Delete Job")
 
 
 def test_a_recalibration_runs_as_many_servers_as_the_gpu_s_free_memory_holds() -> None:
