@@ -325,6 +325,20 @@ class ProfileReport:
         doc["knee_ci_ms"] = list(self.knee_ci_ms) if self.knee_ci_ms else None
         return doc
 
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ProfileReport:
+        """The report :meth:`to_json` wrote (``stagger profile -o json``, a calibration
+        Job's output); what it derives (warnings, the latency) is derived again."""
+        fields = {k: v for k, v in doc.items() if k not in ("recommended_latency_ms", "warnings")}
+        ci = fields.get("knee_ci_ms")
+        return cls(
+            **{
+                **fields,
+                "sweep": [SweepPoint(**point) for point in fields.get("sweep") or []],
+                "knee_ci_ms": (float(ci[0]), float(ci[1])) if ci else None,
+            }
+        )
+
 
 SWEEP_SPAN = 1.5
 """The offset sweep reaches this many times the solo p50 by default (a body is part of the

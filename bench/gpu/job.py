@@ -31,136 +31,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
-import sysconfig
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_memory_mib, gpu_name, mps, write_frame
+from bench.gpu.calibrate import MODELS, gpu_memory_mib, gpu_name, mps, write_frame
 from bench.gpu.loop import (
     DRY_RUN_GPU_MEMORY_MIB,
     apply_one_at_a_time,
     calibrate,
+    calibrate_with_job,
     cluster_of,
     make_servers,
     repository,
     start_all,
     stream,
 )
-from bench.gpu.streams import NO_MPS, log, model_env
-from stagger.core.api import InferenceStream, ModelProfile, SharingMode
-from stagger.core.calibration import CalibrationResult, model_profile
+from bench.gpu.operator_job import two_instances
+from bench.gpu.streams import NO_MPS, log
+from stagger.core.api import ModelProfile, SharingMode
 from stagger.core.placement import PlannerSettings
-from stagger_operator import manifests
 from stagger_operator.settings import OperatorSettings
-from stagger_testkit import kubelet
-from stagger_testkit.localtriton import LocalTriton, server_env
 
 CANDIDATES = 64
 """Streams offered to the planner, one at a time: more than any GPU here admits at 10 fps."""
-SHM_ARG = "--backend-config=python,shm-default-byte-size=16777216"  # as the loop's servers
-
-
-def model_path() -> list[str]:
-    """Where the servers' Python models import from: the loop's (numpy < 2 first)."""
-    paths = sysconfig.get_paths()
-    numpy_dir = [os.environ[NUMPY_DIR_ENV]] if NUMPY_DIR_ENV in os.environ else []
-    return [*numpy_dir, paths["purelib"], paths["platlib"]]
-
-
-def two_instances(repo: Path) -> Path:
-    """A copy of ``repo`` whose models run two instances each: what one server needs to be
-    profiled at all (its sweep overlaps two inferences)."""
-    copy = repo.with_name(repo.name + "-two-instances")
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(repo, copy)
-    for config in copy.glob("*/config.pbtxt"):
-        config.write_text(re.sub(r"count: 1\b", "count: 2", config.read_text()))
-    return copy
-
-
-def job_stream(body: str, fps: float, memory_mib: int, frame: Path) -> InferenceStream:
-    s = stream("cam-0", body, fps, memory_mib)
-    return s.model_copy(
-        update={"spec": s.spec.model_copy(update={"calibration_inputs": {"IMAGE": str(frame)}})}
-    )
-
-
-def gpu_memory_free_mib(index: int) -> int | None:
-    """What the operator reads as the GPU's free memory (None where nvidia-smi cannot say)."""
-    query = ["nvidia-smi", "-i", str(index), "--query-gpu=memory.free"]
-    out = subprocess.run(
-        [*query, "--format=csv,noheader,nounits"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return int(out) if out.isdigit() else None
-
-
-def build_job(
-    servers: int,
-    *,
-    body: str,
-    repo: Path,
-    frame: Path,
-    product: str,
-    mode: SharingMode,
-    root: Path,
-    args: argparse.Namespace,
-    memory_free_mib: int | None,
-) -> dict[str, Any]:
-    """The Job the operator writes for the bench's stream at ``servers`` calibration
-    servers, on a GPU with ``memory_free_mib`` free."""
-    base = kubelet.free_port_run(servers, manifests.COPY_PORT_STRIDE)
-    env = model_env(args.gpu, args.servers, under_mps=mode is SharingMode.MPS) | {
-        "STAGGER_BODY_LOCK": str(root / "stand-in-gpu.lock")  # the dry run's "GPU"
-    }
-    cam = job_stream(body, args.fps, args.memory_mib, frame)
-    triton = LocalTriton(repo, http_port=base, env=env, extra_args=[SHM_ARG]).as_container()
-    cam.spec.template = {"spec": {"containers": [triton]}}
-    cam.metadata.uid = "uid-cam-0"  # as read from the API server
-    target = manifests.CalibrationTarget("bench", args.gpu, None, product, mode, memory_free_mib)
-    settings = OperatorSettings(triton_http_port=base, calibration_servers=servers)
-    return manifests.calibration_job(cam, target, settings)
-
-
-def run_job(job: dict[str, Any], logs: Path) -> tuple[CalibrationResult, dict[str, Any]]:
-    """A calibration Job's containers run as the kubelet would, each logging under ``logs``:
-    the result (its termination message) and what it took, from the servers' start."""
-    began = time.monotonic()
-    pod = job["spec"]["template"]["spec"]
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
-    (logs / "job.json").write_text(json.dumps(job, indent=1))
-    result_file = logs / "termination-log"
-    with kubelet.running(pod["initContainers"], server_env(model_path()), logs):
-        command = kubelet.stagger_command(pod["containers"][0], result_file)
-        run = subprocess.run(command, capture_output=True, text=True, check=False)
-    (logs / "profile.json").write_text(run.stdout)
-    if run.returncode != 0:
-        raise RuntimeError(f"the Job's profiler exited {run.returncode}: {run.stderr[-2000:]}")
-    result = CalibrationResult.model_validate_json(result_file.read_text())
-    report = json.loads(run.stdout)
-    summary = {
-        "servers": len(pod["initContainers"]),
-        "serversWhy": job["metadata"]["annotations"][manifests.ANNOTATION_CALIBRATION_SERVERS],
-        "seconds": round(time.monotonic() - began, 1),
-        "soloP50Ms": result.solo_p50_ms,
-        "soloP99Ms": result.solo_p99_ms,
-        "kneeMs": result.knee_ms,
-        "saturation": report.get("saturation"),
-        "costPerFrameMs": result.effective_body_ms,
-        "bodyTimeMs": result.body_time_ms,
-        "costMs": result.cost_ms,
-        "exclusiveBody": result.exclusive_body,
-        "warnings": result.warnings,
-    }
-    log(f"the Job at {summary['serversWhy']}: {summary}")
-    return result, summary
 
 
 def admitted(profile: ModelProfile, body: str, product: str, args: argparse.Namespace) -> int:
@@ -241,29 +138,27 @@ def main(argv: list[str] | None = None) -> int:
             if key == "jobOneServer":  # the loop's profile between the two Jobs
                 result["loop"] = loop_profile(args, repo, product, root)
                 save()
-            free = gpu_memory_free_mib(args.gpu) if args.on_gpu else None
             try:
-                job = build_job(
-                    servers,
-                    body=args.body,
-                    repo=models,
+                profile, summary = calibrate_with_job(
+                    args.body,
                     frame=args.frame,
                     product=product,
                     mode=mode,
                     root=root,
                     args=args,
-                    memory_free_mib=free,
+                    servers=servers,
+                    repo=models,
                 )
-                job_result, summary = run_job(job, root / f"job-{servers}")
             except Exception as e:  # one way's failure is reported, the others kept
                 result[key] = {"error": repr(e)}
                 log(f"{key}: failed: {e!r}")
                 save()
                 continue
-            profile = model_profile(job_result, product, mode, datetime.now(UTC))
-            summary["gpuMemoryFreeMiB"] = free
-            summary["admitted"] = admitted(profile, args.body, product, args)
-            result[key] = summary
+            result[key] = {
+                **{k: summary[k] for k in ("servers", "serversWhy", "gpuMemoryFreeMiB")},
+                **{k: summary[k] for k in SUMMARY_KEYS},
+                "admitted": admitted(profile, args.body, product, args),
+            }
             save()
     finally:
         if mode is SharingMode.MPS:

@@ -58,6 +58,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.gpu.calibrate import MODELS, NUMPY_DIR_ENV, gpu_memory_mib, gpu_name, mps, write_frame
+from bench.gpu.operator_job import build_job, gpu_memory_free_mib, run_job
 from bench.gpu.streams import (
     NO_MPS,
     SATURATION_S,
@@ -79,7 +80,7 @@ from stagger.core.placement import Plan, PlannerSettings, plan
 from stagger.core.placement.overlap import body_ticks, overlap_ms_per_frame
 from stagger.core.telemetry import GATE_WAIT, LATE, RELEASE_LAG
 from stagger.profile_cmd import calibration_result
-from stagger.profiler import profile
+from stagger.profiler import ProfileReport, profile
 from stagger_testkit.camerasim import phases, stalls
 from stagger_testkit.localtriton import LocalFollower, LocalSidecar, LocalTriton
 
@@ -199,8 +200,72 @@ def calibrate(
     )
     result = calibration_result(report, body, "")
     manifest = model_profile(result, product, mode, datetime.now(UTC))
-    summary = {
-        "seconds": round(time.monotonic() - began, 1),
+    summary = profile_summary(report, manifest, time.monotonic() - began)
+    log(f"profile {body} ({mode}): {summary}")
+    return manifest, summary
+
+
+def calibrate_with_job(
+    body: str,
+    *,
+    frame: Path,
+    product: str,
+    mode: SharingMode,
+    root: Path,
+    args: argparse.Namespace,
+    servers: int | None = None,
+    repo: Path | None = None,
+) -> tuple[ModelProfile, dict[str, Any]]:
+    """``--calibrate-with job``: the operator's calibration Job for the body's stream, its
+    containers run as the kubelet would (:mod:`bench.gpu.operator_job`): ``--servers``
+    copies of Triton (fewer where the GPU's free memory holds fewer at ``--memory-mib``),
+    beside the loop's own servers, idle then (a Job beside a GPU's running streams), and
+    the ModelProfile the operator writes from its result. ``servers`` and ``repo`` set
+    another calibrationServers and model repository (``bench.gpu.job``'s one-server Job)."""
+    free = gpu_memory_free_mib(args.gpu) if shutil.which("nvidia-smi") else None
+    count = servers or args.servers
+    job = build_job(
+        count,
+        body=body,
+        repo=repo or root / "models",
+        frame=frame,
+        product=product,
+        mode=mode,
+        root=root,
+        args=args,
+        memory_free_mib=free,
+    )
+    done = run_job(job, root / f"job-{body}-{count}")
+    manifest = model_profile(done.result, product, mode, datetime.now(UTC))
+    summary = profile_summary(done.report, manifest, done.seconds) | {
+        "by": "the operator's calibration Job",
+        "servers": done.servers,
+        "serversWhy": done.servers_why,
+        "gpuMemoryFreeMiB": free,
+    }
+    log(f"profile {body} ({mode}), the operator's Job: {summary}")
+    return manifest, summary
+
+
+def job_measure(
+    body: str, *, frame: Path, product: str, mode: SharingMode, root: Path, args: argparse.Namespace
+) -> Callable[[], tuple[ModelProfile, dict[str, Any]]] | None:
+    """How a body is profiled: the operator's Job under ``--calibrate-with job``, else None
+    (the loop's own profile)."""
+    if args.calibrate_with != "job":
+        return None
+    return lambda: calibrate_with_job(
+        body, frame=frame, product=product, mode=mode, root=root, args=args
+    )
+
+
+def profile_summary(
+    report: ProfileReport, manifest: ModelProfile, seconds: float
+) -> dict[str, Any]:
+    """A profile as a result file records it: the report's figures, what the ModelProfile
+    says, and the raw sweep (to replay it)."""
+    return {
+        "seconds": round(seconds, 1),
         "soloP50Ms": round(report.solo_ms["p50"], 2),
         "soloP99Ms": round(report.solo_ms["p99"], 2),
         "kneeMs": report.knee_ms,
@@ -216,8 +281,6 @@ def calibrate(
         "stalledPairs": len(report.stalled_pairs()),
         "sweep": sweep_rows(report.sweep),
     }
-    log(f"profile {body} ({mode}): {summary}")
-    return manifest, summary
 
 
 def calibrate_until_one_holds(
@@ -229,6 +292,7 @@ def calibrate_until_one_holds(
     *,
     times: int,
     reruns: int = RERUNS,
+    measure: Callable[[], tuple[ModelProfile, dict[str, Any]]] | None = None,
 ) -> tuple[ModelProfile, dict[str, Any], list[dict[str, Any]]]:
     """``stagger profile`` ``times`` times in a row, each attempt recorded (a failed one with
     its sweep): how often a profile fails, and how much its figures move, on one setting.
@@ -236,7 +300,7 @@ def calibrate_until_one_holds(
     one does, as a user who re-runs a failed profile, or one whose report asks for a re-run
     (a knee past the solo latency), does. The first profile that holds is applied; where
     none does, the first that gave a profile. Every attempt failing raises the last
-    failure."""
+    failure. ``measure`` takes one profile (default: :func:`calibrate` on ``servers``)."""
     attempts: list[dict[str, Any]] = []
     profiles: list[tuple[ModelProfile, dict[str, Any]]] = []
     failure: NoKnee | None = None
@@ -248,7 +312,9 @@ def calibrate_until_one_holds(
         if attempt >= times and any(holds(summary) for _, summary in profiles):
             break
         try:
-            manifest, summary = calibrate(servers, body, frame, product, mode)
+            manifest, summary = (
+                measure() if measure else calibrate(servers, body, frame, product, mode)
+            )
         except NoKnee as e:
             failure = e
             attempts.append({"ok": False, "error": str(e), "sweep": sweep_rows(e.sweep)})
@@ -710,7 +776,13 @@ def identical(
     above, solo and saturation, side by side. Fills ``out`` and calls ``save`` after every
     measurement, so a run cut short keeps what it measured."""
     manifest, calibration, attempts = calibrate_until_one_holds(
-        servers, body, frame, product, mode, times=args.profiles
+        servers,
+        body,
+        frame,
+        product,
+        mode,
+        times=args.profiles,
+        measure=job_measure(body, frame=frame, product=product, mode=mode, root=root, args=args),
     )
     if args.stop_on_stalls and (why := host_stalls(calibration)):
         out["calibration"] = calibration
@@ -946,7 +1018,15 @@ def mixed(
     manifests, calibrations, attempts = [], {}, {}
     for model in models:
         manifest, calibrations[model], attempts[model] = calibrate_until_one_holds(
-            servers, model, frame, product, mode, times=args.profiles
+            servers,
+            model,
+            frame,
+            product,
+            mode,
+            times=args.profiles,
+            measure=job_measure(
+                model, frame=frame, product=product, mode=mode, root=root, args=args
+            ),
         )
         manifests.append(manifest)
     cluster = cluster_of(product, mode, args.gpu_memory_mib)
@@ -1237,6 +1317,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run transparent mode, at the N it is judged at, with the followed slots "
         "kept the profile's knee apart where they all fit (an experiment, for comparison)",
+    )
+    p.add_argument(
+        "--calibrate-with",
+        choices=["profiler", "job"],
+        default="profiler",
+        help="how each body is profiled: stagger profile in-process over gRPC against the "
+        "loop's servers (profiler), or the operator's calibration Job, its containers run as "
+        "the kubelet would: --servers copies of Triton beside the loop's idle servers (job)",
     )
     p.add_argument(
         "--stop-on-stalls",

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from bench.gpu.job import build_job, compare, parse_args, render, two_instances
+from bench.gpu.job import compare, parse_args, render
 from bench.gpu.loop import repository
+from bench.gpu.operator_job import build_job, two_instances
 from stagger.core.api import SharingMode
 from stagger_operator import manifests
 

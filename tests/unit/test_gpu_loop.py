@@ -729,6 +729,21 @@ def test_a_profile_that_asks_for_a_re_run_is_re_run_as_a_user_would(
         calibrate_until_one_holds(*args, times=1)
 
 
+def _identical_stopped_after_its_profile(tmp_path: Path, flags: str, out: dict[str, Any]) -> None:
+    """The identical workload on no servers: only as far as its profile goes."""
+    gpu_loop.identical(
+        "graph",
+        servers=[],
+        frame=tmp_path / "f.jpg",
+        product="NVIDIA-H100",
+        mode=SharingMode.MPS,
+        root=tmp_path,
+        args=parse_args(["--out", str(tmp_path), *flags.split()]),
+        out=out,
+        save=lambda: None,
+    )
+
+
 def test_stop_on_stalls_ends_a_body_s_run_after_a_profile_that_found_the_host_stalling(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -739,19 +754,34 @@ def test_stop_on_stalls_ends_a_body_s_run_after_a_profile_that_found_the_host_st
     monkeypatch.setattr(
         "bench.gpu.loop.calibrate", lambda *_: ("profile", stalled | {"stalledPairs": 2})
     )
-    out: dict[str, Any] = {}
     with pytest.raises(HostStalls, match="2 swept pair"):
-        gpu_loop.identical(
-            "graph",
-            servers=[],
-            frame=tmp_path / "f.jpg",
-            product="NVIDIA-H100",
-            mode=SharingMode.MPS,
-            root=tmp_path,
-            args=parse_args(["--out", str(tmp_path), "--stop-on-stalls"]),
-            out=out,
-            save=lambda: None,
-        )
+        _identical_stopped_after_its_profile(tmp_path, "--stop-on-stalls", out := {})
     assert out["calibration"]["stalledPairs"] == 2
     assert host_stalls({"stalledPairs": 0}) is None and host_stalls({}) is None
     assert not parse_args(["--out", str(tmp_path)]).stop_on_stalls
+
+
+def test_calibrate_with_job_profiles_with_the_operators_job_not_the_loops_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``--calibrate-with job``: each body is profiled by the operator's calibration Job
+    (bench.gpu.operator_job), and what it measured goes on through the loop as the loop's
+    own profile would (here: its stalls stop the run under --stop-on-stalls)."""
+
+    def own(*_: Any) -> None:
+        raise AssertionError("the loop's own profile ran")
+
+    jobs: list[str] = []
+
+    def job(body: str, **_: Any) -> tuple[str, dict[str, Any]]:
+        jobs.append(body)
+        return "profile", {"kneePastSolo": False, "warnings": [], "stalledPairs": 1}
+
+    monkeypatch.setattr("bench.gpu.loop.calibrate", own)
+    monkeypatch.setattr("bench.gpu.loop.calibrate_with_job", job)
+    with pytest.raises(HostStalls):
+        _identical_stopped_after_its_profile(
+            tmp_path, "--stop-on-stalls --calibrate-with job", out := {}
+        )
+    assert jobs == ["graph"] and out["calibration"]["stalledPairs"] == 1
+    assert parse_args(["--out", str(tmp_path)]).calibrate_with == "profiler"

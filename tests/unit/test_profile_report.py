@@ -57,3 +57,21 @@ def test_a_host_that_stalls_is_flagged_from_the_sweep() -> None:
     # no knee: past the solo p50 (14.42 ms), where two requests cannot overlap
     assert report(None, 14.42, 17.5, overlapping + stalled).stalled_pairs() == stalled[:1]
     assert report(None, 14.42, 17.5, [SweepPoint(10.0, 30.0, 31.0)]).stalled_pairs() == []
+
+
+def test_a_report_read_back_from_its_json_is_the_report_with_the_same_warnings() -> None:
+    """A calibration Job's profiler prints the report as JSON; read back, it is the same
+    report, and what it derives (its warnings, its stalled pairs) is derived alike."""
+    import json
+
+    stalled = [SweepPoint(20.0, 40.0, 41.0), SweepPoint(24.0, 15.0, 15.5)]
+    original = report(12.0, 15.0, 21.0, stalled)
+    original.saturation = [{"clients": 2.0, "throughput_per_s": 80.0}]
+    original.effective_body_ms, original.recommended_cost_ms = 12.5, 12.5
+    doc = json.loads(json.dumps(original.to_json()))
+    again = ProfileReport.from_json(doc)
+    assert again == original
+    assert again.warnings() == original.warnings() == doc["warnings"]
+    assert len(again.stalled_pairs()) == 1
+    no_knee = report(None, 15.0, 16.0)
+    assert ProfileReport.from_json(json.loads(json.dumps(no_knee.to_json()))) == no_knee
