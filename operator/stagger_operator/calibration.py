@@ -31,6 +31,27 @@ class CalibrationOutcome:
 
     result: CalibrationResult | None = None
     failure: str | None = None
+    podless_s: float | None = None
+    """Running with no pod yet, this long after the Job was created (None: it has one, or
+    its age is not known)."""
+
+    def waiting_for_pod(self, job: Obj) -> str:
+        """For a Job that created no pod for ``NO_POD_S``: where to look, else nothing. An
+        admission that refuses its pod (a LimitRange's min against its copies' zero
+        requests, a ResourceQuota, Pod Security) shows only in the Job's events, and the Job
+        would otherwise wait out its deadline with "measuring"."""
+        if self.podless_s is None or self.podless_s < NO_POD_S:
+            return ""
+        ns, name = job["metadata"].get("namespace") or "", job["metadata"]["name"]
+        return (
+            f"; it has created no pod in {self.podless_s:.0f} s: kubectl describe job -n {ns} "
+            f"{name} says why (a LimitRange's min, a ResourceQuota, Pod Security admission)"
+        )
+
+
+NO_POD_S = 60.0
+"""A calibration Job with no pod this long after its creation is told apart: the Job
+controller creates its pod within seconds unless admission refuses it."""
 
 
 @dataclass
@@ -119,7 +140,7 @@ def calibration_state(
         else:
             message = (
                 f"measuring the body time of {where} on node {site.node} GPU {site.gpu} with "
-                f"{_servers(job)}: Job {name}"
+                f"{_servers(job)}: Job {name}" + outcome.waiting_for_pod(job)
             )
         out.statuses[(u.namespace, u.stream)] = stream_status(
             stream, [], phase, message, now, reason=reason, tick_hz=settings.tick_hz
@@ -240,7 +261,7 @@ def recalibration_state(
                     "Recalibrating",
                     f"measuring with Job {stream.namespace}/{name} on node {gpu.node} GPU "
                     f"{gpu.gpu} with {_servers(job)}, with the pod template of "
-                    f"{stream.namespace}/{stream.name}",
+                    f"{stream.namespace}/{stream.name}" + outcome.waiting_for_pod(job),
                 )
             )
     return out
@@ -278,7 +299,7 @@ JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 
 
 def calibration_outcomes(
-    jobs: Iterable[Obj], pods: Iterable[Obj]
+    jobs: Iterable[Obj], pods: Iterable[Obj], now: datetime | None = None
 ) -> dict[tuple[str, str], CalibrationOutcome]:
     """Per calibration Job (namespace, name): what its pods' profiler container reported in
     its termination message, or why the Job failed. A Job that is over always has an
@@ -292,11 +313,11 @@ def calibration_outcomes(
     out: dict[tuple[str, str], CalibrationOutcome] = {}
     for job in jobs:
         key = (job["metadata"].get("namespace") or "", job["metadata"]["name"])
-        out[key] = _outcome(job, by_job.get(key, []))
+        out[key] = _outcome(job, by_job.get(key, []), now)
     return out
 
 
-def _outcome(job: Obj, pods: list[Obj]) -> CalibrationOutcome:
+def _outcome(job: Obj, pods: list[Obj], now: datetime | None) -> CalibrationOutcome:
     last_error = None
     for pod in pods:
         for c in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -325,4 +346,11 @@ def _outcome(job: Obj, pods: list[Obj]) -> CalibrationOutcome:
         )
     if "Complete" in ended:
         return CalibrationOutcome(failure="the Job completed without a result")
+    created = job["metadata"].get("creationTimestamp")
+    if not pods and now is not None and created:
+        try:
+            born = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        except ValueError:  # not the API server's RFC 3339: no age, no hint
+            return CalibrationOutcome()
+        return CalibrationOutcome(podless_s=max(0.0, (now - born).total_seconds()))
     return CalibrationOutcome()  # running, or retrying after a failed pod

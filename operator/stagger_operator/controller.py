@@ -235,7 +235,9 @@ class Controller:
             ready={u for units in list(self.pods.values()) for u in units},
             observed=self.observed,
             jobs=jobs,
-            outcomes=calibration_outcomes(jobs.values(), kube.list_managed("Pod") if jobs else []),
+            outcomes=calibration_outcomes(
+                jobs.values(), kube.list_managed("Pod") if jobs else [], now
+            ),
             reported=self.feed.reports() if self.feed else {},
             connected=self.feed.connected() if self.feed else frozenset(),
             awaiting=self.feed.awaiting(s.follow_settle_s) if self.feed else (frozenset(), None),

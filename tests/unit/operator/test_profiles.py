@@ -295,3 +295,57 @@ def test_a_stream_waiting_for_calibration_is_told_how_many_servers_measure_it() 
         "with 3 Triton servers (16000 MiB of GPU memory free, 5000 MiB a server): Job "
         in status["message"]
     )
+
+
+def test_a_calibration_job_that_created_no_pod_for_a_minute_says_where_to_look() -> None:
+    """Admission can refuse a Job's pod (a LimitRange's min against the Triton copies' zero
+    requests, a ResourceQuota): the Job then creates none, shows it only in its events, and
+    waits out its deadline. A minute on, the stream's message says so and where to look;
+    a Job younger than that, or one with a pod, says nothing more."""
+    from stagger.core.api import StreamPhase
+    from stagger.core.placement import plan
+    from stagger_operator.calibration import (
+        NO_POD_S,
+        CalibrationOutcome,
+        calibration_outcomes,
+        calibration_state,
+    )
+    from tests.factories import cluster, stream
+
+    def created(name: str, seconds_ago: float) -> dict[str, Any]:
+        job = _job(name)
+        at = NOW - timedelta(seconds=seconds_ago)
+        job["metadata"]["creationTimestamp"] = at.isoformat().replace("+00:00", "Z")
+        return job
+
+    stuck, young, running = created("stuck", 90), created("young", 10), created("running", 300)
+    pod = {"metadata": {"name": "running-p", "namespace": "ns", "labels": {"job-name": "running"}}}
+    out = calibration_outcomes([stuck, young, running], [pod], NOW)
+    assert out[("ns", "stuck")].podless_s == pytest.approx(90)
+    assert out[("ns", "stuck")].waiting_for_pod(stuck) == (
+        "; it has created no pod in 90 s: kubectl describe job -n ns stuck says why "
+        "(a LimitRange's min, a ResourceQuota, Pod Security admission)"
+    )
+    assert out[("ns", "young")].waiting_for_pod(young) == ""  # under NO_POD_S
+    assert out[("ns", "running")].podless_s is None
+    assert calibration_outcomes([stuck], [])[("ns", "stuck")].podless_s is None  # no clock
+    garbled = created("garbled", 0)
+    garbled["metadata"]["creationTimestamp"] = "yesterday"
+    assert calibration_outcomes([garbled], [], NOW)[("ns", "garbled")] == CalibrationOutcome()
+
+    cam = stream("cam", 10, body=None, memoryMiB=5000)
+    cam.spec.template = {
+        "spec": {"containers": [{"name": "triton", "image": "t", "args": ["tritonserver"]}]}
+    }
+    cam.metadata.uid = "uid-cam"
+    planned = plan([cam], cluster(("gpu-a", 1)))
+    (job,) = calibration_state([cam], planned, {}, OperatorSettings(), NOW).jobs
+    key = (job["metadata"]["namespace"], job["metadata"]["name"])
+    waiting = {key: CalibrationOutcome(podless_s=NO_POD_S + 5)}
+    state = calibration_state([cam], planned, waiting, OperatorSettings(), NOW)
+    status = state.statuses[("default", "cam")]
+    assert status["phase"] == StreamPhase.CALIBRATING
+    assert status["message"].endswith(
+        f"it has created no pod in 65 s: kubectl describe job -n default {key[1]} says why "
+        "(a LimitRange's min, a ResourceQuota, Pod Security admission)"
+    )
