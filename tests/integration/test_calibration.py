@@ -5,6 +5,7 @@ termination message the profiler writes."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.emulator import stream
@@ -234,5 +235,34 @@ async def test_an_annotated_profile_is_measured_again_and_replaced(cluster: Clus
         await cluster.wait_for(replanned)  # the stream now runs on the new body
         reasons = {e["reason"] for e in await cluster.objects("Event", "default")}
         assert {"Recalibrating", "Recalibrated"} <= reasons
+    finally:
+        await stop_operator(op)
+
+
+async def test_a_calibration_job_that_created_no_pod_says_where_to_look(
+    cluster: Cluster,
+) -> None:
+    """Admission refused the Job's pod (kmock has no Job controller: the Job simply has
+    none, two minutes after its creation); the stream's message says so and names the
+    `kubectl describe job` that shows why, instead of "measuring" until the deadline."""
+    op = await start_operator(cluster)
+    try:
+        await cluster.create(uncalibrated("cam"))
+        (job,) = await cluster.wait_for(lambda: cluster.objects("Job", "default"))
+        assert "created no pod" not in (await phase_of(cluster, "cam"))["message"]
+        born = datetime.now(UTC) - timedelta(minutes=2)
+        dated = {**job, "metadata": {**job["metadata"]}}
+        dated["metadata"]["creationTimestamp"] = born.strftime("%Y-%m-%dT%H:%M:%SZ")
+        await cluster.call(cluster.kube.apply, dated, job)  # as the API server dates it
+        await cluster.create(uncalibrated("cam-2"))  # one more reconcile
+
+        async def told() -> dict[str, Any] | None:
+            status = await phase_of(cluster, "cam")
+            return status if "created no pod" in status.get("message", "") else None
+
+        status = await cluster.wait_for(told)
+        assert status["phase"] == "Calibrating"
+        name = job["metadata"]["name"]
+        assert f"kubectl describe job -n default {name} says why" in status["message"]
     finally:
         await stop_operator(op)
