@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from stagger.core.calibration import (
+    UNSTEADY_SHARE,
     KneeEstimate,
     NoKnee,
     SweepPoint,
@@ -253,11 +254,16 @@ class ProfileReport:
         """What a user must know before trusting the figures."""
         out = []
         p50, p99 = self.solo_ms.get("p50"), self.solo_ms.get("p99")
-        if p50 and p99 and p99 > UNSTEADY * p50:
+        margin = (
+            f"; costMs is charged 1 / {UNSTEADY_SHARE:g} of the measured cost for it"
+            if self.recommended_cost_ms is not None
+            else ""
+        )
+        if p50 and p99 and self.unsteady_solo:
             out.append(
                 f"solo latency is unsteady (p99 {p99:.1f} ms is {p99 / p50:.2f} x p50): a slot "
                 "cannot hold a body that varies this much, so streams may still overlap; "
-                "expect less than a steady body gets (a CUDA graph steadies an eager body)"
+                "expect less than a steady body gets (a CUDA graph steadies an eager body)" + margin
             )
         if stalled := self.stalled_pairs():
             worst = max(max(x.latency1_ms, x.latency2_ms) for x in stalled)
@@ -267,7 +273,7 @@ class ProfileReport:
                 f"other, both took over {STALL:g} x the solo p50 at once (up to {worst:.1f} ms); "
                 "in a stall every stream on the GPU waits, whatever its slot, so expect lost "
                 "frames beside any plan; look for what else runs on the node before trusting "
-                "these figures"
+                "these figures" + ("" if self.unsteady_solo else margin)
             )
         if self.knee_past_solo:
             out.append(
@@ -282,6 +288,20 @@ class ProfileReport:
                 "pass --url once per stream that will share the GPU to measure it as deployed"
             )
         return out
+
+    @property
+    def unsteady_solo(self) -> bool:
+        """The solo p99 is over ``UNSTEADY`` x the p50."""
+        p50, p99 = self.solo_ms.get("p50"), self.solo_ms.get("p99")
+        return bool(p50 and p99 and p99 > UNSTEADY * p50)
+
+    @property
+    def steady(self) -> bool:
+        """Neither the body nor the host varied more than a slot holds while measured (no
+        unsteady solo latency, no stall in the sweep): its cost is charged as measured, an
+        unsteady one's with a margin (:data:`stagger.core.calibration.UNSTEADY_SHARE`). A
+        knee past the solo latency misreads the body, not the cost, so it does not count."""
+        return not self.unsteady_solo and not self.stalled_pairs()
 
     def stalled_pairs(self) -> list[SweepPoint]:
         """Sweep pairs past the knee (past the solo p50 where there is none) whose two
@@ -560,7 +580,7 @@ def profile(
     if knee is None and effective is None:  # nothing measured the body: no number
         raise NoKnee(no_knee or "no knee")
     body = recommended_body_ms(knee.fit.knee_ms if knee else 0.0, effective, guard)
-    return ProfileReport(
+    report = ProfileReport(
         model=model,
         urls=list(urls),
         solo_ms=distribution(solo_ms),
@@ -572,7 +592,6 @@ def profile(
         saturation=sat,
         effective_body_ms=effective,
         recommended_body_ms=body,
-        recommended_cost_ms=recommended_cost_ms(effective, body),
         recommended_exclusive_body=body_is_exclusive(
             knee.fit.knee_ms if knee else None,
             effective,
@@ -582,3 +601,5 @@ def profile(
         guard=guard,
         no_knee=no_knee,
     )
+    report.recommended_cost_ms = recommended_cost_ms(effective, body, steady=report.steady)
+    return report

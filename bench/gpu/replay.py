@@ -1,20 +1,20 @@
-"""Re-plan recorded GPU runs under another throughput cap, offline: what the product's
-planner admits from each run's own profile, beside what random phases held on that GPU and
-what the loop lost at the N it ran.
+"""Re-plan recorded GPU runs, offline: what today's product admits from each run's own
+measurements, beside what random phases held on that GPU and what the loop lost at the N it
+ran.
 
 Each identical-workload result of ``bench.gpu.loop`` records the profile it applied
 (``calibration``). Made a ModelProfile again, it is given to the planner with the run's
-streams applied one at a time, as in the run, at the run's own cap and at
-``--throughput-cap`` (where today's planner admits another N than the run's did at its own
-cap, the table says so: the planner changed since). No GPU, no measurement: the question is
-only which N each cap admits where random phases' largest 0-drop N was measured.
-``--spread-headroom`` is an experiment for comparison, not the product's rule: each run's
-cap lowered to 1 less the body's spread (the profile's solo p99 less its p50) per frame
-period. ``--where-steady`` is another: the other cap only for runs whose profile today's
-``stagger profile`` would warn of nothing (no unsteady body, no stalls in the recorded
-sweep, no knee past the solo latency), each run's own cap for the rest.
+streams applied one at a time, as in the run: at the run's own cap (where today's planner
+admits another N than the run's did, the table says so: the planner changed since), and as
+today's product would, its cost derived again by today's ``stagger profile`` from the
+recorded cost per frame and steadiness (a margin for an unsteady body or a stalling host,
+:data:`stagger.core.calibration.UNSTEADY_SHARE`) at today's default caps. No GPU, no
+measurement: the question is only which N each admits where random phases' largest 0-drop N
+was measured. ``--throughput-cap`` adds a comparison, the recorded cost at another cap
+everywhere; ``--spread-headroom`` lowers that cap by the body's spread (the profile's solo
+p99 less its p50) per frame period, an experiment, not the product's rule.
 
-    python3 -m bench.gpu.replay bench/gpu/results/2026-12-0[3456]-loop-*.json --throughput-cap 1.0
+    python3 -m bench.gpu.replay bench/gpu/results/2026-12-0[3456]-loop-*.json
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.gpu.loop import apply_one_at_a_time, cluster_of, stream
 from stagger.core.api import ModelProfile, SharingMode
-from stagger.core.calibration import SweepPoint
+from stagger.core.calibration import SweepPoint, recommended_cost_ms
 from stagger.core.placement import PlannerSettings
 from stagger.profiler import ProfileReport
 
@@ -44,22 +44,28 @@ class Replayed:
     mode: str
     product: str
     cost_ms: float | None
+    """The cost the run was charged."""
+    todays_cost_ms: float | None
+    """The cost today's ``stagger profile`` charges for the same measurement."""
+    steady: bool
+    """Today's ``stagger profile`` finds the measurement steady (no margin)."""
     spread_ms: float
     cap: float
     admitted: int
     replayed: int
-    """What today's planner admits at the run's own cap (``admitted`` unless the planner
-    changed since the run)."""
-    other_cap: float
-    at_other_cap: int
+    """What today's planner admits at the run's own cap and cost (``admitted`` unless the
+    planner changed since the run)."""
+    today: int
+    """What today's product admits: today's cost at today's default cap."""
     random_n: int
     """Random phases' largest N measured with 0 drops (0: none held)."""
     random_open: bool
     """Random phases held at every N measured: their largest N may lie higher."""
     random_drops: dict[int, float]
     loop_drops: float | None
-    warned: bool = False
-    """Today's ``stagger profile`` would warn of the run's profile (:func:`profile_warnings`)."""
+    other_cap: float | None = None
+    at_other_cap: int | None = None
+    """``--throughput-cap``: the recorded cost at that cap."""
 
 
 def recorded_profile(
@@ -98,22 +104,28 @@ def admitted_at(
     product: str,
     fps: float,
     servers: int,
-    cap: float,
+    cap: float | None,
 ) -> int:
-    """How many of ``servers`` identical streams the planner admits, one at a time."""
+    """How many of ``servers`` identical streams the planner admits, one at a time, at
+    throughput cap ``cap`` (None: today's default for the mode)."""
     candidates = [stream(f"cam-{i}", body, fps, MEMORY_MIB) for i in range(servers)]
     cluster = cluster_of(product, mode, GPU_MEMORY_MIB)
-    settings = PlannerSettings(throughput_cap=cap, mps_throughput_cap=cap)
+    settings = (
+        PlannerSettings()
+        if cap is None
+        else PlannerSettings(throughput_cap=cap, mps_throughput_cap=cap)
+    )
     _, applied, _ = apply_one_at_a_time(candidates, cluster, [profile], settings, servers)
     return len(applied)
 
 
-def profile_warnings(calibration: dict[str, Any], servers: int) -> list[str]:
-    """What today's ``stagger profile`` warns of, given a recorded profile's solo latency,
-    knee and raw sweep: a profile recorded before a warning existed (the stall check came
-    after runs 59 and 60) is judged by today's rules. Saturation ran over every server."""
+def recorded_report(calibration: dict[str, Any], servers: int) -> ProfileReport:
+    """The ``stagger profile`` report a run's profile came from, as far as it recorded it
+    (solo latency, knee, raw sweep, saturation over every server): today's rules judge it, so
+    a profile recorded before a rule existed (the stall check came after runs 59 and 60) is
+    judged by it."""
     p50, p99 = calibration.get("soloP50Ms"), calibration.get("soloP99Ms")
-    report = ProfileReport(
+    return ProfileReport(
         model="replay",
         urls=["recorded"] * servers,
         solo_ms={k: float(v) for k, v in (("p50", p50), ("p99", p99)) if v is not None},
@@ -123,7 +135,20 @@ def profile_warnings(calibration: dict[str, Any], servers: int) -> list[str]:
         slope=None,
         level_ms=None,
     )
-    return report.warnings()
+
+
+def todays_calibration(calibration: dict[str, Any], servers: int) -> dict[str, Any]:
+    """The run's profile as today's ``stagger profile`` would write it: the cost per frame
+    it recorded, with a margin where today's rules find the measurement unsteady."""
+    cost = calibration.get("costMs")
+    if cost is None:
+        return calibration
+    per_frame = float(calibration.get("costPerFrameMs") or cost)
+    steady = recorded_report(calibration, servers).steady
+    return {
+        **calibration,
+        "costMs": recommended_cost_ms(per_frame, float(calibration["bodyTimeMs"]), steady=steady),
+    }
 
 
 def spread_cap(calibration: dict[str, Any], fps: float, cap: float) -> float:
@@ -133,7 +158,7 @@ def spread_cap(calibration: dict[str, Any], fps: float, cap: float) -> float:
 
 
 def replay(
-    path: Path, other_cap: float, *, spread_headroom: bool = False, where_steady: bool = False
+    path: Path, other_cap: float | None = None, *, spread_headroom: bool = False
 ) -> Iterator[Replayed]:
     """Each identical-workload result in ``path`` (a mixed fleet is not replayed)."""
     record = json.loads(path.read_text())
@@ -147,11 +172,8 @@ def replay(
         if not isinstance(r, dict) or r.get("body") != body or not r.get("calibration"):
             continue  # a mixed fleet, or a run cut before its profile
         calibration = r["calibration"]
+        today = todays_calibration(calibration, servers)
         profile = recorded_profile(calibration, body, product, str(mode))
-        warned = bool(profile_warnings(calibration, servers))
-        cap = spread_cap(calibration, fps, other_cap) if spread_headroom else other_cap
-        if where_steady and warned:
-            cap = own_cap
         setting: dict[str, Any] = {
             "body": body,
             "mode": mode,
@@ -159,6 +181,13 @@ def replay(
             "fps": fps,
             "servers": servers,
         }
+        other: dict[str, Any] = {}
+        if other_cap is not None:
+            cap = spread_cap(calibration, fps, other_cap) if spread_headroom else other_cap
+            other = {
+                "other_cap": round(cap, 3),
+                "at_other_cap": admitted_at(profile, cap=cap, **setting),
+            }
         drops = {int(n): float(s["dropPercent"]) for n, s in r["random"].items()}
         held = [n for n, d in drops.items() if d == 0]
         yield Replayed(
@@ -166,17 +195,20 @@ def replay(
             mode=str(mode),
             product=product,
             cost_ms=calibration.get("costMs"),
+            todays_cost_ms=today.get("costMs"),
+            steady=recorded_report(calibration, servers).steady,
             spread_ms=round(calibration["soloP99Ms"] - calibration["soloP50Ms"], 2),
             cap=own_cap,
             admitted=int(r["admitted"]),
             replayed=admitted_at(profile, cap=own_cap, **setting),
-            other_cap=round(cap, 3),
-            at_other_cap=admitted_at(profile, cap=cap, **setting),
+            today=admitted_at(
+                recorded_profile(today, body, product, str(mode)), cap=None, **setting
+            ),
             random_n=max(held, default=0),
             random_open=bool(held) and max(held) == max(drops),
             random_drops=dict(sorted(drops.items())),
             loop_drops=(r.get("loop") or {}).get("dropPercent"),
-            warned=warned,
+            **other,
         )
 
 
@@ -192,71 +224,91 @@ def against_random(n: int, r: Replayed) -> str:
     return f"more (random lost {lost} % at {n})" if lost is not None else "more"
 
 
-def render(rows: list[Replayed], label: str) -> str:
-    lines = [
-        f"| run | mode | cost ms | spread ms | profile warns | admitted at its cap | at {label} | "
-        "random's "
-        "largest 0-drop N | against it, its cap | against it, " + label + " | loop drops at "
-        "the admitted N |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+def render(rows: list[Replayed], label: str | None = None) -> str:
+    """The table, and how often each way admits at least random phases' N; ``label`` names
+    the ``--throughput-cap`` comparison (None: there is none)."""
+    today = PlannerSettings()
+    caps = f"{today.throughput_cap:g} / {today.mps_throughput_cap:g} under MPS"
+    head = [
+        "run",
+        "mode",
+        "cost ms, charged then",
+        "cost ms, charged today",
+        "measurement steady",
+        "admitted at its cap",
+        f"today's product (caps {caps})",
+        *([f"at {label}"] if label else []),
+        "random's largest 0-drop N",
+        "against it, its cap",
+        "against it, today",
+        *([f"against it, {label}"] if label else []),
+        "loop drops at the admitted N",
     ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         changed = "" if r.replayed == r.admitted else f", **{r.replayed} today**"
-        own = f"{r.admitted} ({r.cap}){changed}"
-        lines.append(
-            f"| {r.run} | {r.mode} | {r.cost_ms} | {r.spread_ms} | {'yes' if r.warned else 'no'} "
-            f"| {own} | {r.at_other_cap} "
-            f"({r.other_cap}) | {r.random_n}{'+' if r.random_open else ''} | "
-            f"{against_random(r.admitted, r)} | {against_random(r.at_other_cap, r)} | "
-            f"{r.loop_drops} % |"
-        )
+        cells = [
+            r.run,
+            r.mode,
+            str(r.cost_ms),
+            str(r.todays_cost_ms),
+            "yes" if r.steady else "no",
+            f"{r.admitted} ({r.cap}){changed}",
+            str(r.today),
+            *([f"{r.at_other_cap} ({r.other_cap})"] if label else []),
+            f"{r.random_n}{'+' if r.random_open else ''}",
+            against_random(r.admitted, r),
+            against_random(r.today, r),
+            *([against_random(r.at_other_cap or 0, r)] if label else []),
+            f"{r.loop_drops} %",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     judged = [r for r in rows if r.random_n]
-    lines += [
-        "",
+    summary = (
         f"{len(judged)} runs where random phases held an N: at its own cap the planner admitted "
-        f"at least random's N in {sum(r.admitted >= r.random_n for r in judged)}; at {label} "
-        f"in {sum(r.at_other_cap >= r.random_n for r in judged)}, more than random's N in "
-        f"{sum(r.at_other_cap > r.random_n for r in judged)}.",
-    ]
-    return "\n".join(lines)
+        f"at least random's N in {sum(r.admitted >= r.random_n for r in judged)}, more in "
+        f"{sum(r.admitted > r.random_n for r in judged)}; today's product at least random's N "
+        f"in {sum(r.today >= r.random_n for r in judged)}, more in "
+        f"{sum(r.today > r.random_n for r in judged)}"
+    )
+    if label:
+        summary += (
+            f"; at {label} at least random's N in "
+            f"{sum((r.at_other_cap or 0) >= r.random_n for r in judged)}, more in "
+            f"{sum((r.at_other_cap or 0) > r.random_n for r in judged)}"
+        )
+    return "\n".join([*lines, "", summary + "."])
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", type=Path, help="bench.gpu.loop result files")
-    p.add_argument("--throughput-cap", type=float, required=True)
+    p.add_argument(
+        "--throughput-cap",
+        type=float,
+        help="a comparison: the recorded cost at this cap in every mode",
+    )
     p.add_argument(
         "--spread-headroom",
         action="store_true",
-        help="an experiment: each run's cap lowered by its body's spread per frame period",
-    )
-    p.add_argument(
-        "--where-steady",
-        action="store_true",
-        help="an experiment: the cap only where today's profile would warn of nothing, each "
-        "run's own cap elsewhere",
+        help="an experiment: the --throughput-cap lowered by each body's spread per frame period",
     )
     args = p.parse_args(argv)
-    if not 0 < args.throughput_cap <= 1:
+    if args.throughput_cap is not None and not 0 < args.throughput_cap <= 1:
         p.error("--throughput-cap must be in (0, 1], as throughputCap is")
+    if args.spread_headroom and args.throughput_cap is None:
+        p.error("--spread-headroom lowers the --throughput-cap: give one")
     rows: list[Replayed] = []
     for path in args.results:
         try:
-            rows += replay(
-                path,
-                args.throughput_cap,
-                spread_headroom=args.spread_headroom,
-                where_steady=args.where_steady,
-            )
+            rows += replay(path, args.throughput_cap, spread_headroom=args.spread_headroom)
         except (OSError, ValueError, KeyError) as e:  # JSONDecodeError is a ValueError
             p.error(f"{path}: not a bench.gpu.loop result ({type(e).__name__}: {e})")
     if not rows:
         p.error("none of the files holds an identical-stream bench.gpu.loop result")
-    label = (
-        f"cap {args.throughput_cap}"
-        + (" less the spread" if args.spread_headroom else "")
-        + (" where the profile warns of nothing" if args.where_steady else "")
-    )
+    label = None
+    if args.throughput_cap is not None:
+        label = f"cap {args.throughput_cap}" + (" less the spread" if args.spread_headroom else "")
     print(render(rows, label))
 
 

@@ -173,7 +173,7 @@ def test_each_slot_says_how_much_of_its_body_other_bodies_overlap() -> None:
 def test_a_model_declared_exclusive_on_its_streams_is_placed_as_an_exclusive_profile_is() -> None:
     """``--declare-exclusive graph`` with run 29's profiles (both shared): the 800 px
     streams declare ``exclusiveBody``, so the 416 px streams join with their whole bodies
-    as slots and the GPU takes 6 of the mixed fleet where the profiles as measured take 7."""
+    as slots and the GPU takes 6 of the mixed fleet where the profiles as measured take 8."""
     cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
     candidates = [stream(f"cam-{i}", *MIXED[i % len(MIXED)], 2048) for i in range(12)]
     profiles = [profile(14.9, 11.38), profile(9.8, 7.76, model="small")]
@@ -183,7 +183,7 @@ def test_a_model_declared_exclusive_on_its_streams_is_placed_as_an_exclusive_pro
         placed, applied, _ = apply_one_at_a_time(streams, cluster, profiles, PlannerSettings(), 12)
         small = [s for s in slots_of(placed) if s["bodyMs"] == 9.8]
         admitted[label] = (len(applied), {s["reservedMs"] < s["bodyMs"] for s in small})
-    assert admitted == {"measured": (7, {True}), "declared": (6, {False})}
+    assert admitted == {"measured": (8, {True}), "declared": (6, {False})}
 
 
 def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_any_label() -> None:
@@ -195,9 +195,10 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
     are held to their slots (their cost, as a lock's body is), so 6 fit and their bodies'
     rest overlaps the tight one's. With run 45's profiles (both exclusive) the 30 fps
     stream is placed first and the streams after it take their whole bodies too: 5 fit.
-    Without deadlines the shared labels let in 7 (run 29 lost 4.9 % at 7; runs 36-44 at 6
-    with deadlines lost 0-65 frames of 3,060, all but one the 30 fps stream's, and run 45
-    at 7, its later bodies held to their costs, 18 late: docs/benchmarks.md)."""
+    Without deadlines the shared labels let in 8 (7 at the old cap of 0.95: run 29 lost
+    4.9 % at 7, a deadline the plan did not know; runs 36-44 at 6 with deadlines lost 0-65
+    frames of 3,060, all but one the 30 fps stream's, and run 45 at 7, its later bodies held
+    to their costs, 18 late: docs/benchmarks.md)."""
     cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
     plain = [stream(f"cam-{i}", *MIXED[i % len(MIXED)], 2048) for i in range(12)]
     declared = with_deadlines(plain, {"graph": 16.21, "small": 14.64}, post_ms=8.0)
@@ -245,7 +246,7 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
     assert declared_exclusive[:2] == (6, frozenset({9.8})) and declared_exclusive[2] > 0
     profiles = labelled(False, False)
     placed, applied, _ = apply_one_at_a_time(plain, cluster, profiles, PlannerSettings(), 12)
-    assert len(applied) == 7
+    assert len(applied) == 8
     # a machine whose camera answers slower than a deadline allows: no deadline, not a crash
     slow = with_deadlines(plain[:4], {"graph": 16.2, "small": 26.0}, post_ms=8.0)
     assert [s.spec.deadline_ms for s in slow] == [92.0, 58.6, 192.0, None]

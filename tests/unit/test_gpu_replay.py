@@ -13,25 +13,32 @@ UNSTEADY = RESULTS / "2026-12-05-loop-time-slicing-graph-h100-unsteady-host.json
 STALLING = RESULTS / "2026-12-05-loop-time-slicing-graph-h100-host-stalls.json"  # run 59
 
 
-def test_a_run_replayed_at_its_own_cap_admits_what_it_admitted_and_a_cap_of_1_admits_one_more() -> (
+def test_a_steady_run_replayed_today_admits_random_phases_n_where_its_cap_admitted_one_fewer() -> (
     None
 ):
     """Run 71: the planner stopped at 7 under the 0.95 cap, where random phases held 8. The
-    replay at that cap gives 7 again; at a cap of 1.0 it gives 8, random's N."""
-    (r,) = replay(STEADY, 1.0)
+    replay at that cap gives 7 again; its profile is steady, so today's product charges the
+    same cost at a cap of 1.0 and admits 8, random's N."""
+    (r,) = replay(STEADY)
     assert (r.cap, r.admitted, r.replayed) == (0.95, 7, 7)
-    assert (r.at_other_cap, r.random_n, r.random_open) == (8, 8, False)
+    assert r.steady and r.todays_cost_ms == r.cost_ms == 11.99
+    assert (r.today, r.random_n, r.random_open) == (8, 8, False)
     assert against_random(r.admitted, r).startswith("**fewer**")
-    assert against_random(r.at_other_cap, r) == "the same"
+    assert against_random(r.today, r) == "the same"
+    assert r.at_other_cap is None
 
 
-def test_where_random_phases_lost_frames_at_the_n_a_cap_admits_the_table_says_so() -> None:
-    """Run 68, an unsteady body: random phases held 6 and lost 2.171 % at 8, which a cap of
-    1.0 would admit."""
+def test_an_unsteady_run_is_charged_a_margin_today_and_admits_what_the_old_cap_did() -> None:
+    """Run 68, an unsteady body (solo p99 13.51 ms over p50): today's profile charges its
+    12.13 ms a frame / 0.95, 12.77 ms, and the product admits 7 as the 0.95 cap did; a flat
+    cap of 1.0 would admit 8, where random phases lost 2.171 %."""
     (r,) = replay(UNSTEADY, 1.0)
-    assert (r.admitted, r.at_other_cap, r.random_n) == (7, 8, 6)
-    assert against_random(r.at_other_cap, r) == "more (random lost 2.171 % at 8)"
-    assert "more than random's N in 1" in render([r], "cap 1.0")
+    assert not r.steady and r.todays_cost_ms == 12.77
+    assert (r.admitted, r.today, r.at_other_cap, r.random_n) == (7, 7, 8, 6)
+    assert against_random(r.at_other_cap or 0, r) == "more (random lost 2.171 % at 8)"
+    table = render([r], "cap 1.0")
+    assert "today's product at least random's N in 1, more in 1" in table
+    assert "at cap 1.0 at least random's N in 1, more in 1" in table
 
 
 def test_spread_headroom_lowers_the_cap_by_the_body_s_spread_per_period() -> None:
@@ -41,20 +48,14 @@ def test_spread_headroom_lowers_the_cap_by_the_body_s_spread_per_period() -> Non
     assert (r.spread_ms, r.other_cap, r.at_other_cap) == (13.51, 0.865, 7)
 
 
-def test_where_steady_keeps_the_own_cap_for_a_profile_today_s_rules_warn_of() -> None:
+def test_a_profile_recorded_before_the_stall_check_is_judged_by_it_today() -> None:
     """Run 59's profile was recorded before the stall check and warned of nothing; its raw
-    sweep has 3 pairs that both stalled, so today's profile warns and the run keeps its own
-    cap's 7 (random phases held 5), where a cap of 1.0 alone admits 8. Run 71's profile warns
-    of nothing: the other cap applies, 8, random's N."""
-    (stalling,) = replay(STALLING, 1.0, where_steady=True)
-    assert stalling.warned
-    assert (stalling.admitted, stalling.other_cap, stalling.at_other_cap) == (7, 0.95, 7)
-    (anywhere,) = replay(STALLING, 1.0)
-    assert anywhere.at_other_cap == 8
-    (steady,) = replay(STEADY, 1.0, where_steady=True)
-    assert not steady.warned
-    assert (steady.other_cap, steady.at_other_cap, steady.random_n) == (1.0, 8, 8)
-    assert "| no | 7 (0.95)" in render([steady], "cap 1.0 where the profile warns of nothing")
+    sweep has 3 pairs that both stalled, so today's profile finds it unsteady and charges a
+    margin: 7 (random phases held 5), where its recorded cost at a cap of 1.0 admits 8."""
+    (stalling,) = replay(STALLING, 1.0)
+    assert not stalling.steady
+    assert (stalling.admitted, stalling.today, stalling.at_other_cap) == (7, 7, 8)
+    assert "| no | 7 (0.95) | 7 |" in render([stalling])
 
 
 def test_a_mixed_fleet_is_not_replayed() -> None:
@@ -64,10 +65,11 @@ def test_a_mixed_fleet_is_not_replayed() -> None:
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["/nonexistent.json", "--throughput-cap", "1.0"], "not a bench.gpu.loop result"),
-        ([str(RESULTS / "README.md"), "--throughput-cap", "1.0"], "JSONDecodeError"),
+        (["/nonexistent.json"], "not a bench.gpu.loop result"),
+        ([str(RESULTS / "README.md")], "JSONDecodeError"),
         ([str(STEADY), "--throughput-cap", "1.5"], "must be in (0, 1]"),
-        ([str(RESULTS / "2026-12-04-loop-mixed-mps.json"), "--throughput-cap", "1.0"], "none of"),
+        ([str(STEADY), "--spread-headroom"], "give one"),
+        ([str(RESULTS / "2026-12-04-loop-mixed-mps.json")], "none of"),
     ],
 )
 def test_bad_input_is_refused_clearly(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stagger.core.calibration import SweepPoint
+from stagger.core.calibration import SweepPoint, recommended_cost_ms
 from stagger.profiler import ProfileReport
 
 
@@ -35,8 +35,35 @@ def test_a_knee_past_the_solo_latency_is_flagged_as_a_misread_sweep() -> None:
 
 
 def test_an_unsteady_solo_latency_is_flagged() -> None:
-    (warning,) = report(20.0, 21.0, 28.0).warnings()
+    r = report(20.0, 21.0, 28.0)
+    (warning,) = r.warnings()
     assert warning.startswith("solo latency is unsteady (p99 28.0 ms is 1.33 x p50)")
+    assert "margin" not in warning  # nothing measured a cost: no margin to speak of
+    assert not r.steady and report(20.0, 21.0, 27.0).steady
+
+
+def test_an_unsteady_measurement_is_charged_a_margin_and_says_so_once() -> None:
+    """The cost of an unsteady body, or of one measured on a host that stalled, is charged
+    / 0.95 (``UNSTEADY_SHARE``); the warning says so, once however many reasons there are.
+    A knee past the solo latency misreads the body, not the cost: still steady."""
+    unsteady = report(20.0, 21.0, 28.0)
+    unsteady.recommended_cost_ms = recommended_cost_ms(12.0, 20.0, steady=unsteady.steady)
+    assert unsteady.recommended_cost_ms == 12.64  # 12 / 0.95, rounded up to 0.01 ms
+    (warning,) = unsteady.warnings()
+    assert warning.endswith("costMs is charged 1 / 0.95 of the measured cost for it")
+    stalls = [SweepPoint(24.0, 45.0, 46.0)]
+    both = report(20.0, 21.0, 28.0, stalls)
+    both.recommended_cost_ms = 12.64
+    assert sum("margin" in w or "charged 1 / 0.95" in w for w in both.warnings()) == 1
+    stalling = report(20.0, 21.0, 22.0, stalls)
+    stalling.recommended_cost_ms = 12.64
+    assert not stalling.steady
+    (warning,) = stalling.warnings()
+    assert warning.startswith("the host or the GPU stalls")
+    assert warning.endswith("costMs is charged 1 / 0.95 of the measured cost for it")
+    misread = report(23.0, 21.0, 22.0)
+    assert misread.warnings() and misread.steady
+    assert recommended_cost_ms(12.0, 20.0, steady=misread.steady) == 12.0
 
 
 def test_a_host_that_stalls_is_flagged_from_the_sweep() -> None:
