@@ -342,10 +342,9 @@ UNSTEADY_SHARE = 0.95
 """An unsteady measurement (a solo latency whose p99 is far above its p50, or a host that
 stalled during the sweep) is charged its cost per frame / this: the margin every measured
 cost had when the planner's time-sliced cap was 0.95. A steady one is charged as measured,
-and the planner fills a GPU up to its saturation: replayed over the 32 recorded GPU runs of
-the loop in which random phases held some N, that admits at least random's N in 26 (20 at
-the caps of 0.95 and 0.98), and more than random's N only in the 4 runs (unsteady hosts)
-where those caps already did (docs/benchmarks.md, "one cap, a margin for an unsteady
+and the planner fills a GPU up to its saturation: replayed over the 35 recorded GPU runs of
+the loop in which random phases held some N, that admits at least random's N in 29 (21 at
+the caps of 0.95 and 0.98; docs/benchmarks.md, "One cap, a margin for an unsteady
 measurement")."""
 
 
