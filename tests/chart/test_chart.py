@@ -324,3 +324,33 @@ def test_sidecars_reach_the_operator_s_slot_feed_through_its_service_unless_turn
     off = render("operator.slotFeed.enabled=false")
     assert not [o for o in off if o["metadata"]["name"].endswith("-feed")]
     assert "STAGGER_FEED" not in str([o for o in off if o["kind"] == "Deployment"])
+
+
+def test_the_chart_s_defaults_are_the_operator_s_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `helm install` with no values runs the operator as its own defaults do (the caps,
+    the calibration's servers, the policy, the binding...), so a default changed in the code
+    and not in values.yaml, or the other way round, fails here. Only what the chart sets on
+    purpose differs: the pod's own name as identity, and the slot feed it turns on."""
+    from stagger_operator.settings import OperatorSettings
+
+    (operator,) = [
+        c
+        for o in render()
+        if o["kind"] == "Deployment"
+        for c in o["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "operator"
+    ]
+    for name in [k for k in os.environ if k.startswith("STAGGER_")]:
+        monkeypatch.delenv(name)
+    defaults = OperatorSettings()
+    for e in operator["env"]:
+        if "value" in e:  # a fieldRef is the pod's own, not a default
+            monkeypatch.setenv(e["name"], e["value"])
+    installed = OperatorSettings()
+    differ = {
+        f for f in OperatorSettings.model_fields if getattr(defaults, f) != getattr(installed, f)
+    }
+    assert differ <= {"identity", "feed_address", "feed_url"}, {
+        f: (getattr(defaults, f), getattr(installed, f)) for f in differ
+    }
+    assert (installed.throughput_cap, installed.mps_throughput_cap) == (1.0, 1.0)
