@@ -4,6 +4,7 @@ caller reads Jobs and pods and writes profiles."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,8 +133,8 @@ def calibration_state(
         elif outcome.failure is not None:
             phase, reason = StreamPhase.PENDING, "CalibrationFailed"
             message = (
-                f"calibration of {where} with {_servers(job)} failed: {outcome.failure}. "
-                f"It runs again when Job "
+                f"calibration of {where} with {_servers(job)} failed: {outcome.failure}."
+                f"{what_to_change(outcome.failure)} It runs again when Job "
                 f"{u.namespace}/{name} is gone (kubectl delete job -n {u.namespace} {name}), "
                 "or set spec.bodyTimeMs"
             )
@@ -146,6 +147,23 @@ def calibration_state(
             stream, [], phase, message, now, reason=reason, tick_hz=settings.tick_hz
         )
     return out
+
+
+NOT_LOADED = re.compile(r"(\d+) of (\d+) servers did not have model .* ready within")
+"""How ``stagger profile --wait-ready`` names servers that never loaded the model."""
+
+
+def what_to_change(failure: str) -> str:
+    """Where some of a Job's copies of Triton loaded the model and others did not, the
+    likely cause is the GPU (its memory, or a share another tenant took): what to change.
+    The profiler names the servers; the way out is the operator's or the stream's."""
+    m = NOT_LOADED.search(failure)
+    if m is None or int(m.group(1)) >= int(m.group(2)):
+        return ""
+    return (
+        " Copies that never loaded may not fit the GPU: raise the stream's memoryMiB to what "
+        "one server takes (fewer copies then run), or lower the operator's calibrationServers."
+    )
 
 
 def _servers(job: Obj) -> str:
@@ -248,7 +266,8 @@ def recalibration_state(
                     profile.name,
                     "Warning",
                     "RecalibrationFailed",
-                    f"measuring with {_servers(job)} failed: {outcome.failure}. Delete Job "
+                    f"measuring with {_servers(job)} failed: {outcome.failure}."
+                    f"{what_to_change(outcome.failure)} Delete Job "
                     f"{stream.namespace}/{name} to try again, "
                     f"or remove the {RECALIBRATE} annotation",
                 )

@@ -349,3 +349,42 @@ def test_a_calibration_job_that_created_no_pod_for_a_minute_says_where_to_look()
         f"it has created no pod in 65 s: kubectl describe job -n default {key[1]} says why "
         "(a LimitRange's min, a ResourceQuota, Pod Security admission)"
     )
+
+
+def test_a_job_whose_copies_did_not_all_load_says_what_to_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The profiler names the copies of Triton that never loaded the model (its own
+    message, made here by ``wait_ready``): where some did and some did not, the GPU is the
+    likely cause, and the stream's message says what to change. Where none loaded, the model
+    or the image is, and it says nothing more."""
+    import stagger.profiler
+    from stagger.core.placement import CalibrationSite, Plan, Unplaced
+    from stagger_operator.calibration import CalibrationOutcome, calibration_state
+    from tests.emulator import TEMPLATE
+    from tests.factories import stream
+
+    urls = [f"http://127.0.0.1:{8000 + 100 * i}" for i in range(3)]
+    monkeypatch.setattr(stagger.profiler, "_model_ready", lambda url, m, v: url == urls[0])
+
+    def failure(ready: list[str]) -> str:
+        with pytest.raises(stagger.profiler.ProfileError) as e:
+            stagger.profiler.wait_ready(ready, "retinanet", timeout_s=0)
+        return str(e.value)
+
+    cam = stream("cam", 10, model="retinanet", template=TEMPLATE, memoryMiB=2048)
+    cam.metadata.uid = "uid-cam"  # as read from the API server
+    site = CalibrationSite("a", 0, "GPU-a0", "NVIDIA-H200", "time-slicing", 80_000)
+    plan = Plan((), (), (Unplaced(cam.namespace, "cam", "no body time", calibrate_on=(site,)),))
+    settings = OperatorSettings()
+    (job,) = calibration_state([cam], plan, {}, settings, NOW).jobs
+    key = (job["metadata"]["namespace"], job["metadata"]["name"])
+    for ready, hinted in ((urls, True), (urls[1:], False)):
+        said = failure(ready)
+        outcome = {key: CalibrationOutcome(failure=said)}
+        status = calibration_state([cam], plan, outcome, settings, NOW).statuses[
+            (cam.namespace, "cam")
+        ]
+        message = status["conditions"][0]["message"]
+        assert said in message
+        assert ("raise the stream's memoryMiB" in message) is hinted, message
