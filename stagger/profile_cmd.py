@@ -275,6 +275,8 @@ def print_report(r: ProfileReport, out: Console) -> None:
     t = Table(title=f"Body time of {r.model or 'the recorded sweep'}", show_header=False)
     if r.solo_ms:
         t.add_row("solo latency", "  ".join(f"{k} {v:.2f} ms" for k, v in r.solo_ms.items()))
+    if r.solo_compute_ms is not None:
+        t.add_row("solo time in the model", f"{r.solo_compute_ms:.2f} ms (Triton's statistics)")
     if r.knee_ms is not None and r.knee_ci_ms and r.slope is not None:
         lo, hi = r.knee_ci_ms
         t.add_row("knee (body)", f"{r.knee_ms:.2f} ms  (95 % interval {lo:.2f} – {hi:.2f})")

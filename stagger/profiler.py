@@ -210,6 +210,16 @@ class Endpoint:
             inputs.append(tensor)
         return inputs
 
+    def compute_totals(self) -> tuple[int, int] | None:
+        """Triton's own count of this model's executions and the nanoseconds they spent in
+        the model (compute input, infer and output), summed over its versions; None where
+        the server does not say (statistics off, or an error)."""
+        try:
+            stats = self._json(self.client.get_inference_statistics(self.model, self.version))
+        except Exception:
+            return None
+        return compute_totals(stats)
+
     def infer(self) -> float:
         """One inference; its latency in seconds."""
         start = time.perf_counter()
@@ -223,6 +233,31 @@ class Endpoint:
         client = getattr(self._local, "client", None)
         if client is not None:
             client.close()
+
+
+COMPUTE_PARTS = ("compute_input", "compute_infer", "compute_output")
+
+
+def compute_totals(stats: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(executions, nanoseconds in the model) from a statistics answer, HTTP's JSON or
+    gRPC's message as a dict (whose 64-bit counts are strings)."""
+    count = ns = 0
+    found = False
+    for model in stats.get("model_stats") or []:
+        parts = model.get("inference_stats") or {}
+        if "compute_infer" not in parts:
+            continue
+        found = True
+        count += int((parts["compute_infer"] or {}).get("count") or 0)
+        ns += sum(int((parts.get(p) or {}).get("ns") or 0) for p in COMPUTE_PARTS)
+    return (count, ns) if found else None
+
+
+def solo_compute_ms(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The model's own time per request between two :func:`compute_totals` readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0]) / 1e6
 
 
 @dataclass
@@ -245,6 +280,10 @@ class ProfileReport:
     """What to put in ``exclusiveBody``: running two at once gains nothing, so no other
     body may overlap this one (:func:`stagger.core.calibration.body_is_exclusive`)."""
     guard: float = 0.15
+    solo_compute_ms: float | None = None
+    """The model's own time per solo request as Triton counts it (compute input, infer and
+    output; no queueing, no transfer): the body alone, with nothing beside it. None where
+    the server keeps no statistics."""
     no_knee: str | None = None
     """Why the sweep gave no knee, when the body comes from saturation alone: two
     inferences that barely slow each other (MPS) have no knee, but the GPU's throughput
@@ -539,7 +578,9 @@ def profile(
     for _ in range(WARMUP):
         first.infer()
         second.infer()
+    computed = first.compute_totals()
     solo_ms = solo(first, solo_runs, stage("solo", solo_runs))
+    solo_compute = solo_compute_ms(computed, first.compute_totals())
     p50 = float(np.percentile(solo_ms, 50))
     top = max_offset_ms or SWEEP_SPAN * p50
     gap = max(2 * p50 / 1e3, 0.01)
@@ -599,6 +640,7 @@ def profile(
             growth=throughput_growth(sat),
         ),
         guard=guard,
+        solo_compute_ms=solo_compute,
         no_knee=no_knee,
     )
     report.recommended_cost_ms = recommended_cost_ms(effective, body, steady=report.steady)

@@ -268,6 +268,9 @@ def profile_summary(
         "seconds": round(seconds, 1),
         "soloP50Ms": round(report.solo_ms["p50"], 2),
         "soloP99Ms": round(report.solo_ms["p99"], 2),
+        "soloComputeMs": (
+            round(report.solo_compute_ms, 2) if report.solo_compute_ms is not None else None
+        ),
         "kneeMs": report.knee_ms,
         "kneeCiMs": report.knee_ci_ms,
         "saturation": report.saturation,

@@ -63,6 +63,11 @@ class Replayed:
     """Random phases held at every N measured: their largest N may lie higher."""
     random_drops: dict[int, float]
     loop_drops: float | None
+    loop_p99_over_solo: float | None = None
+    alone_ms_per_period: float | None = None
+    """The admitted N x the body's time in the model where no other body overlapped it (the
+    loop's own frames, p50), over one frame period: past about 96 % of the period the
+    time-sliced loop's p99 went from 1.1-1.25 x solo to 2.4-2.9 x (docs/benchmarks.md)."""
     other_cap: float | None = None
     at_other_cap: int | None = None
     """``--throughput-cap``: the recorded cost at that cap."""
@@ -208,8 +213,27 @@ def replay(
             random_open=bool(held) and max(held) == max(drops),
             random_drops=dict(sorted(drops.items())),
             loop_drops=(r.get("loop") or {}).get("dropPercent"),
+            loop_p99_over_solo=p99_over_solo(r),
+            alone_ms_per_period=alone_per_period(r, fps),
             **other,
         )
+
+
+def p99_over_solo(result: dict[str, Any]) -> float | None:
+    """The loop's p99 over the solo p50 that the run measured."""
+    p99 = (result.get("loop") or {}).get("p99Ms")
+    solo = (result.get("solo") or {}).get("p50Ms")
+    return round(p99 / solo, 2) if p99 and solo else None
+
+
+def alone_per_period(result: dict[str, Any], fps: float) -> float | None:
+    """The admitted streams' bodies, each as long as the loop's frames took in the model
+    where no other body overlapped them (p50), as a share of one frame period: None where
+    the run recorded no such frame."""
+    alone = (((result.get("loop") or {}).get("phases") or {}).get("modelMsAlone")) or None
+    if not alone:
+        return None
+    return round(int(result["admitted"]) * float(alone[0]) * fps / 1e3, 3)
 
 
 def against_random(n: int, r: Replayed) -> str:
@@ -243,6 +267,8 @@ def render(rows: list[Replayed], label: str | None = None) -> str:
         "against it, today",
         *([f"against it, {label}"] if label else []),
         "loop drops at the admitted N",
+        "loop p99 / solo",
+        "bodies alone, share of a period",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -261,6 +287,8 @@ def render(rows: list[Replayed], label: str | None = None) -> str:
             against_random(r.today, r),
             *([against_random(r.at_other_cap or 0, r)] if label else []),
             f"{r.loop_drops} %",
+            str(r.loop_p99_over_solo),
+            str(r.alone_ms_per_period),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     judged = [r for r in rows if r.random_n]

@@ -104,6 +104,8 @@ def test_the_profiler_finds_the_known_body(
     # 33.6 ms on 2026-12-03; add_one alone 0.7-1.0 ms). Never below the work, and well
     # under one more body (a profiler that queued behind another request would read 48 ms).
     assert 27.5 <= report["solo_ms"]["p50"] < 28 + BODY_MS / 2
+    # Triton's own count of the model's time per solo request: the work, not the transfer
+    assert BODY_MS < report["solo_compute_ms"] <= report["solo_ms"]["p50"]
     # usable as is: a manifest with these figures validates (latency >= body)
     assert report["recommended_latency_ms"] >= report["recommended_body_ms"]
     assert any("saturation used one server" in w for w in report["warnings"])

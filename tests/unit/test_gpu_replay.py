@@ -78,3 +78,16 @@ def test_bad_input_is_refused_clearly(
     with pytest.raises(SystemExit):
         main(argv)
     assert says in capsys.readouterr().err
+
+
+def test_the_table_shows_how_much_of_a_period_the_admitted_bodies_take_alone() -> None:
+    """Run 71's 7 bodies, 11.46 ms each alone in the model, take 0.802 of a 100 ms period,
+    and the loop answered at 1.21 x solo; run 81's 8 at 12.49 ms take 0.999, and it answered
+    at 2.81 x. A run that recorded no frame alone says nothing."""
+    (steady,) = replay(STEADY)
+    (piled,) = replay(RESULTS / "2026-12-06-loop-time-slicing-graph-h100-cap-1-default.json")
+    assert (steady.alone_ms_per_period, steady.loop_p99_over_solo) == (0.802, 1.21)
+    assert (piled.alone_ms_per_period, piled.loop_p99_over_solo) == (0.999, 2.81)
+    (early,) = replay(RESULTS / "2026-12-03-loop-time-slicing-graph-5.json")
+    assert early.alone_ms_per_period is None
+    assert "| 1.21 | 0.802 |" in render([steady])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from stagger.core.calibration import SweepPoint, recommended_cost_ms
 from stagger.profiler import ProfileReport
 
@@ -102,3 +104,40 @@ def test_a_report_read_back_from_its_json_is_the_report_with_the_same_warnings()
     assert len(again.stalled_pairs()) == 1
     no_knee = report(None, 15.0, 16.0)
     assert ProfileReport.from_json(json.loads(json.dumps(no_knee.to_json()))) == no_knee
+
+
+def test_the_model_s_own_time_per_solo_request_comes_from_triton_s_statistics() -> None:
+    """Triton counts each model's executions and the nanoseconds they spent computing
+    (input, infer, output). Two readings around the solo requests give the body alone,
+    from HTTP's JSON and from gRPC's message as a dict, whose 64-bit counts are strings."""
+    from stagger.profiler import compute_totals, solo_compute_ms
+
+    def stats(count: int, ns: int, as_text: bool = False) -> dict[str, Any]:
+        def n(x: int) -> int | str:
+            return str(x) if as_text else x
+
+        part = {"count": n(count), "ns": n(ns)}
+        return {
+            "model_stats": [
+                {
+                    "name": "detector",
+                    "version": "1",
+                    "inference_stats": {
+                        "success": {"count": n(count), "ns": n(ns * 2)},  # queue and all: not it
+                        "queue": {"count": n(count), "ns": n(ns)},
+                        "compute_input": {"count": n(count), "ns": n(ns // 10)},
+                        "compute_infer": part,
+                        "compute_output": {"count": n(count), "ns": n(ns // 10)},
+                    },
+                }
+            ]
+        }
+
+    for as_text in (False, True):
+        before = compute_totals(stats(8, 96_000_000, as_text))
+        after = compute_totals(stats(38, 456_000_000, as_text))
+        assert before == (8, 115_200_000)
+        assert solo_compute_ms(before, after) == 14.4  # 30 requests, 12 ms + 2 x 1.2 ms each
+    assert compute_totals({"model_stats": []}) is None  # statistics off: nothing to say
+    assert solo_compute_ms(None, (38, 1)) is None
+    assert solo_compute_ms((38, 1), (38, 1)) is None  # no request between the two
