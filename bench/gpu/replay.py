@@ -142,14 +142,13 @@ def recorded_report(calibration: dict[str, Any], servers: int) -> ProfileReport:
     )
 
 
-def todays_calibration(calibration: dict[str, Any], servers: int) -> dict[str, Any]:
+def todays_calibration(calibration: dict[str, Any], steady: bool) -> dict[str, Any]:
     """The run's profile as today's ``stagger profile`` would write it: the cost per frame
     it recorded, with a margin where today's rules find the measurement unsteady."""
     cost = calibration.get("costMs")
     if cost is None:
         return calibration
     per_frame = float(calibration.get("costPerFrameMs") or cost)
-    steady = recorded_report(calibration, servers).steady
     return {
         **calibration,
         "costMs": recommended_cost_ms(per_frame, float(calibration["bodyTimeMs"]), steady=steady),
@@ -177,7 +176,8 @@ def replay(
         if not isinstance(r, dict) or r.get("body") != body or not r.get("calibration"):
             continue  # a mixed fleet, or a run cut before its profile
         calibration = r["calibration"]
-        today = todays_calibration(calibration, servers)
+        steady = recorded_report(calibration, servers).steady
+        today = todays_calibration(calibration, steady)
         profile = recorded_profile(calibration, body, product, str(mode))
         setting: dict[str, Any] = {
             "body": body,
@@ -201,7 +201,7 @@ def replay(
             product=product,
             cost_ms=calibration.get("costMs"),
             todays_cost_ms=today.get("costMs"),
-            steady=recorded_report(calibration, servers).steady,
+            steady=steady,
             spread_ms=round(calibration["soloP99Ms"] - calibration["soloP50Ms"], 2),
             cap=own_cap,
             admitted=int(r["admitted"]),
