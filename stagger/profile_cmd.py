@@ -264,6 +264,7 @@ def calibration_result(r: ProfileReport, model: str | None, version: str) -> Cal
         solo_p50_ms=p50,
         solo_p99_ms=r.solo_ms.get("p99", p50),
         effective_body_ms=r.effective_body_ms,
+        solo_compute_ms=None if r.solo_compute_ms is None else round(r.solo_compute_ms, 3),
         cost_ms=r.recommended_cost_ms,
         exclusive_body=r.recommended_exclusive_body,
         sweep_pairs=len(r.sweep),

@@ -50,6 +50,9 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "gpu": g.gpu,
                 "utilization": _r(g.utilization, 4),
                 "bodyOverlapMsPerSecond": _r(g.overlap_ms_per_s),
+                **(
+                    {"modelTimeShare": g.model_time_share} if g.model_time_share is not None else {}
+                ),
                 "memoryMiB": g.memory_mib,
             }
             for g in plan.gpus
@@ -90,6 +93,7 @@ def gpu_table(plan: Plan) -> Table:
         "SHARDS",
         "UTIL",
         "OVERLAP ms/s",
+        "MODEL TIME",
         "MEMORY MiB",
     ):
         t.add_column(col, justify="left" if col in ("NODE", "PRODUCT", "SHARING") else "right")
@@ -102,6 +106,7 @@ def gpu_table(plan: Plan) -> Table:
             str(g.shards),
             f"{g.utilization:.2f}",
             f"{g.overlap_ms_per_s:.1f}",
+            "-" if g.model_time_share is None else f"{g.model_time_share:.2f}",
             f"{g.memory_mib}/{g.memory_total_mib}",
         )
     return t

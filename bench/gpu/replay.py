@@ -68,6 +68,9 @@ class Replayed:
     """The admitted N x the body's time in the model where no other body overlapped it (the
     loop's own frames, p50), over one frame period: past about 96 % of the period the
     time-sliced loop's p99 went from 1.1-1.25 x solo to 2.4-2.9 x (docs/benchmarks.md)."""
+    model_time_share: float | None = None
+    """What the admitted N's GpuSchedule says (``modelTimeShare``): N x the profile's solo
+    compute x fps; None under MPS or where the profile did not record its solo compute."""
     other_cap: float | None = None
     at_other_cap: int | None = None
     """``--throughput-cap``: the recorded cost at that cap."""
@@ -215,8 +218,20 @@ def replay(
             loop_drops=(r.get("loop") or {}).get("dropPercent"),
             loop_p99_over_solo=p99_over_solo(r),
             alone_ms_per_period=alone_per_period(r, fps),
+            model_time_share=planned_model_time(calibration, mode, int(r["admitted"]), fps),
             **other,
         )
+
+
+def planned_model_time(
+    calibration: dict[str, Any], mode: SharingMode, admitted: int, fps: float
+) -> float | None:
+    """The admitted streams' ``modelTimeShare`` as the operator computes it from their
+    profile (:func:`stagger.core.placement.overlap.model_time_share`)."""
+    solo_compute = calibration.get("soloComputeMs")
+    if mode is SharingMode.MPS or not solo_compute or not admitted:
+        return None
+    return round(admitted * float(solo_compute) * fps / 1e3, 4)
 
 
 def p99_over_solo(result: dict[str, Any]) -> float | None:
@@ -269,6 +284,7 @@ def render(rows: list[Replayed], label: str | None = None) -> str:
         "loop drops at the admitted N",
         "loop p99 / solo",
         "bodies alone, share of a period",
+        "modelTimeShare (the profile's)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -289,6 +305,7 @@ def render(rows: list[Replayed], label: str | None = None) -> str:
             f"{r.loop_drops} %",
             str(r.loop_p99_over_solo),
             str(r.alone_ms_per_period),
+            str(r.model_time_share),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     judged = [r for r in rows if r.random_n]

@@ -394,7 +394,14 @@ class Controller:
 
         # Statuses are computed here and only the changed ones are sent off.
         all_sched = {
-            name: schedule_status(obj, result, observed) for name, obj in wanted_sched.items()
+            name: schedule_status(
+                obj,
+                result,
+                observed,
+                now=now,
+                previous=(current_sched.get(name) or {}).get("status"),
+            )
+            for name, obj in wanted_sched.items()
         }
         sched_statuses = [
             (name, status)

@@ -133,6 +133,11 @@ class PlanSeries(Collector):
             "Time per second two calibrated bodies run at once",
             labels=gpu_labels,
         )
+        model_time = GaugeMetricFamily(
+            telemetry.GPU_MODEL_TIME,
+            "Share of each second the models need one at a time",
+            labels=gpu_labels,
+        )
         planned = GaugeMetricFamily(
             telemetry.SHARD_PLANNED_BODY, "Planned body", labels=telemetry.SHARD_LABELS
         )
@@ -141,7 +146,9 @@ class PlanSeries(Collector):
                 where = [g.node, str(g.gpu), g.product, g.sharing_mode]
                 reserved.add_metric(where, g.utilization)
                 overlap.add_metric(where, g.overlap_ms_per_s / 1e3)
+                if g.model_time_share is not None:
+                    model_time.add_metric(where, g.model_time_share)
             for p in plan.shards:
                 shard = [p.namespace, p.stream, str(p.shard), p.node, str(p.gpu)]
                 planned.add_metric(shard, p.body_ms / 1e3)
-        yield from (fps, deadline, body, drifted, reserved, overlap, planned)
+        yield from (fps, deadline, body, drifted, reserved, overlap, model_time, planned)

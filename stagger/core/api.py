@@ -416,6 +416,14 @@ class ModelProfileSpec(Wire):
     cost_ms: PositiveMs | None = Field(default=None, description=COST_MS_DESCRIPTION)
     exclusive_body: StrictBool | None = Field(default=None, description=EXCLUSIVE_BODY_DESCRIPTION)
     latency_ms: PositiveMs = Field(description="Solo end-to-end latency, ms.")
+    solo_compute_ms: PositiveMs | None = Field(
+        default=None,
+        description=(
+            "The model's own time per request when it runs alone (Triton's compute input, "
+            "infer and output), ms; calibration measures it. On a time-sliced GPU its "
+            "streams' soloComputeMs x fps add up to the GpuSchedule's modelTimeShare."
+        ),
+    )
     body_time_ci_ms: list[float] | None = Field(
         default=None,
         min_length=2,
@@ -527,6 +535,17 @@ class GpuScheduleStatus(Wire):
             "take longer (most on a time-sliced GPU)."
         ),
     )
+    model_time_share: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "GPUs whose bodies take turns (every sharing mode but MPS): of each second, the "
+            "share its streams' models need one at a time (their ModelProfiles' "
+            "soloComputeMs x fps, summed). Above 0.96 their bodies cannot all run apart and "
+            "frames answer later (condition ModelTimeFits). Unset: a model on it has no "
+            "soloComputeMs, or the GPU runs MPS (bodies side by side)."
+        ),
+    )
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
 
 
@@ -543,6 +562,7 @@ class GpuSchedule(Resource):
         {"name": "Streams", "type": "integer", "jsonPath": ".status.streams"},
         {"name": "Util", "type": "number", "jsonPath": ".status.utilization"},
         {"name": "Overlap", "type": "number", "jsonPath": ".status.bodyOverlapMsPerSecond"},
+        {"name": "ModelTime", "type": "number", "jsonPath": ".status.modelTimeShare"},
         {"name": "Generation", "type": "integer", "jsonPath": ".spec.generation"},
         # the instant its table took or takes over (a date column would read "<invalid>"
         # while it lies ahead, as a re-timing's does for STAGGER_CONTRACT_PROPAGATION_S)

@@ -403,6 +403,9 @@ class CalibrationResult(Wire):
     solo_p50_ms: float = Field(gt=0)
     solo_p99_ms: float = Field(gt=0)
     effective_body_ms: float | None = None
+    solo_compute_ms: float | None = Field(
+        default=None, gt=0, description="The model's own time per solo request (Triton's)."
+    )
     cost_ms: float | None = Field(
         default=None, gt=0, description="Recommended costMs; None: nothing measured it."
     )
@@ -453,6 +456,11 @@ def model_profile(
                     else {}
                 ),
                 "latencyMs": max(result.solo_p50_ms, result.body_time_ms),
+                **(
+                    {"soloComputeMs": result.solo_compute_ms}
+                    if result.solo_compute_ms is not None
+                    else {}
+                ),
                 **({"bodyTimeCiMs": list(result.knee_ci_ms)} if result.knee_ci_ms else {}),
                 "source": "calibration",
                 "measuredAt": measured_at,

@@ -103,6 +103,7 @@ def test_every_query_names_exported_metrics_and_what_the_issue_asks_is_shown() -
     shown = {
         "stagger_gpu_reserved_ratio",  # per GPU: reserved slots
         "stagger_gpu_body_overlap_ratio",  # ... and how much their bodies overlap
+        "stagger_gpu_model_time_ratio",  # ... and how much of each second the models need
         "stagger_body_seconds",  # measured body
         "stagger_shard_planned_body_seconds",  # ... against the plan / profile
         "stagger_stream_requested_fps",  # per stream: requested ...
@@ -174,6 +175,7 @@ def fleet_series() -> list[dict[str, str]]:
         where = f'{operator}, node="gpu-a", gpu="{gpu}", {h200}, sharing_mode="time-slicing"'
         add("stagger_gpu_reserved_ratio", where, f"{reserved}x20")
         add("stagger_gpu_body_overlap_ratio", where, "0x20")
+        add("stagger_gpu_model_time_ratio", where, "0.94x20")
         agent = f'job="agents", node="gpu-a", gpu="{gpu}", uuid="GPU-{gpu}", {h200}'
         add("stagger_gpu_utilization_ratio", agent, "0.25x20")
         add("stagger_gpu_memory_used_bytes", agent, "4e9x20")

@@ -159,6 +159,10 @@ def test_a_calibration_result_becomes_a_valid_model_profile() -> None:
     # A guard that lifts the body over the solo p50 lifts the latency with it (CEL rule).
     tight = result.model_copy(update={"body_time_ms": 19.0})
     assert model_profile(tight, "NVIDIA-H200", SharingMode.MPS, when).spec.latency_ms == 19.0
+    # The model's own time alone goes along where the run measured it (a Job's result).
+    assert spec.solo_compute_ms is None
+    timed = result.model_copy(update={"solo_compute_ms": 11.78})
+    assert model_profile(timed, "NVIDIA-H200", SharingMode.MPS, when).spec.solo_compute_ms == 11.78
 
 
 def test_the_result_fits_a_termination_message() -> None:

@@ -90,4 +90,16 @@ def test_the_table_shows_how_much_of_a_period_the_admitted_bodies_take_alone() -
     assert (piled.alone_ms_per_period, piled.loop_p99_over_solo) == (0.999, 2.81)
     (early,) = replay(RESULTS / "2026-12-03-loop-time-slicing-graph-5.json")
     assert early.alone_ms_per_period is None
-    assert "| 1.21 | 0.802 |" in render([steady])
+    assert "| 1.21 | 0.802 | None |" in render([steady])  # before soloComputeMs
+
+
+def test_the_table_shows_what_the_admitted_gpu_s_schedule_says_of_its_model_time() -> None:
+    """Runs 82 and 85, one H100 each, both 8 admitted at about 12.1 ms cost: the profiles'
+    solo compute (11.78 and 13.56 ms) put the GPU at 0.94 and 1.08 of each second, and the
+    loops answered at 1.25 and 2.90 x solo. Under MPS there is no such share."""
+    (fits,) = replay(RESULTS / "2026-12-06-loop-time-slicing-graph-h100-solo-compute.json")
+    (full,) = replay(RESULTS / "2026-12-06-loop-time-slicing-graph-h100-job.json")
+    assert (fits.model_time_share, fits.loop_p99_over_solo) == (0.9424, 1.25)
+    assert (full.model_time_share, full.loop_p99_over_solo) == (1.0848, 2.9)
+    (mps,) = replay(RESULTS / "2026-12-06-loop-mps-eager-h100-solo-compute.json")
+    assert mps.model_time_share is None

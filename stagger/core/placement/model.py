@@ -97,6 +97,8 @@ class ShardPlacement:
     declares ``exclusiveBody`` itself (a lock, a FIFO). The simulator runs it as a whole
     body; any other body with a cost is worth its cost, whatever its profile's label (the
     cost was measured under the contention it stands for)."""
+    solo_compute_ms: float | None = None
+    """The model's own time per request alone (None: its profile does not say)."""
 
     @property
     def key(self) -> ShardKey:
@@ -117,6 +119,9 @@ class GpuUsage:
     overlap_ms_per_s: float = 0.0
     """Of each second, the ms in which two calibrated bodies run at once (summed over
     pairs; :mod:`stagger.core.placement.overlap`). Zero: every body has the GPU alone."""
+    model_time_share: float | None = None
+    """Where bodies take turns (every sharing mode but MPS), the share of each second the
+    shards' models need one at a time: Σ solo compute × fps (:func:`model_time_share`)."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from stagger.core.api import SharingMode
 from stagger.core.placement.model import ShardKey, ShardPlacement
 
 
@@ -61,3 +62,24 @@ def overlap_ms_per_second(shards: Iterable[ShardPlacement], tick_hz: int) -> flo
         * 1e3
         / tick_hz
     )
+
+
+MODEL_TIME_SHARE_LIMIT = 0.96
+"""Where bodies take turns, the share of each second the models may need one at a time
+before the tail turns: on recorded time-sliced H100 and H200 runs with CUDA-graph bodies
+and steady profiles, the loop answered at p99 1.17-1.73 x solo up to 0.956 of each second
+and at 2.58-2.90 x from 0.965 (docs/architecture.md, "The models' own time")."""
+
+
+def model_time_share(shards: Sequence[ShardPlacement], sharing_mode: str) -> float | None:
+    """Of each second on one GPU, the share its shards' models need one at a time (Σ solo
+    compute × fps). The table's overlap reads whole calibrated bodies, a knee plus a guard,
+    which are as long on a GPU whose tail turns as on one whose does not; the model's own
+    time tells them apart. None under MPS, where bodies run side by side, and where a
+    shard's model has no measured solo compute (a partial sum would read low)."""
+    if sharing_mode == SharingMode.MPS or not shards:
+        return None
+    known = [s.solo_compute_ms for s in shards if s.solo_compute_ms is not None]
+    if len(known) < len(shards):
+        return None
+    return round(sum(c * s.fps for c, s in zip(known, shards, strict=True)) / 1e3, 4)

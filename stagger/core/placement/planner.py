@@ -41,7 +41,7 @@ from stagger.core.placement.model import (
     ShardPlacement,
     Unplaced,
 )
-from stagger.core.placement.overlap import body_ticks, overlap_ms_per_second
+from stagger.core.placement.overlap import body_ticks, model_time_share, overlap_ms_per_second
 from stagger.core.placement.timing import ProfileBook, stream_timing
 from stagger.core.slots import Slot, SlotRequest, insert, max_body, pack, spread
 from stagger.core.slots import solve as solve_slots
@@ -973,6 +973,7 @@ class Planner:
             priority=spec.priority,
             cost_ms=d.timing.cost_ms,
             exclusive=d.exclusive,
+            solo_compute_ms=d.timing.solo_compute_ms,
         )
 
     def current(self, unplaced: Sequence[Unplaced] = ()) -> Plan:
@@ -997,6 +998,7 @@ class Planner:
                     memory_total_mib=g.gpu.memory_mib,
                     shards=len(own),
                     overlap_ms_per_s=self._overlap_ms_per_s(placed),
+                    model_time_share=model_time_share(placed, str(g.gpu.sharing_mode)),
                 )
             )
         shards.sort(key=lambda x: (x.namespace, x.stream, x.shard))

@@ -32,6 +32,9 @@ class Timing:
     cost_ms: float | None = None
     exclusive: bool = False
     sharing: SharingMode = SharingMode.TIME_SLICING
+    solo_compute_ms: float | None = None
+    """The model's own time per request alone (its profile's ``soloComputeMs``; None: not
+    measured): what the GPU's ``model_time_share`` adds up."""
 
     def __post_init__(self) -> None:
         if self.cost_ms is None:
@@ -120,6 +123,8 @@ def stream_timing(stream: InferenceStream, gpu: Gpu, book: ProfileBook) -> Timin
         None if cost is None else min(cost, body),
         exclusive=bool(exclusive),
         sharing=gpu.sharing_mode,
+        # the model's own time on this GPU product, whoever set the body
+        solo_compute_ms=profile.spec.solo_compute_ms if profile else None,
     )
 
 

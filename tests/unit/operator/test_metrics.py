@@ -48,7 +48,7 @@ def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)
     usage = GpuUsage(
-        "gpu-a", 1, "GPU-1", "NVIDIA-H200", "time-slicing", 0.45, 2048, 143771, 1, 192.0
+        "gpu-a", 1, "GPU-1", "NVIDIA-H200", "time-slicing", 0.45, 2048, 143771, 1, 192.0, 0.94
     )
     shard = ShardPlacement(
         namespace="retail",
@@ -75,6 +75,7 @@ def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
     gpu = {"node": "gpu-a", "gpu": "1", "product": "NVIDIA-H200", "sharing_mode": "time-slicing"}
     assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) == 0.45
     assert registry.get_sample_value("stagger_gpu_body_overlap_ratio", gpu) == 0.192
+    assert registry.get_sample_value("stagger_gpu_model_time_ratio", gpu) == 0.94
     placed = {"namespace": "retail", "stream": "cam-1", "shard": "0", "node": "gpu-a", "gpu": "1"}
     body = registry.get_sample_value("stagger_shard_planned_body_seconds", placed)
     assert body == pytest.approx(0.0181)
@@ -94,4 +95,5 @@ def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
     metrics.reconciled(report, 0.1)
     assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) is None
     assert registry.get_sample_value("stagger_gpu_body_overlap_ratio", gpu) is None
+    assert registry.get_sample_value("stagger_gpu_model_time_ratio", gpu) is None
     assert registry.get_sample_value("stagger_shard_planned_body_seconds", placed) is None

@@ -1,6 +1,7 @@
 """What the operator's statuses say. A stream's: what each shard is charged, its slot's
 width (``reservedMs``) beside its body, so a user sees why a stream with a tight deadline
-takes more of a GPU. A GpuSchedule's: how much the table's calibrated bodies overlap."""
+takes more of a GPU. A GpuSchedule's: how much the table's calibrated bodies overlap, and
+how much of each second its models need one at a time."""
 
 from __future__ import annotations
 
@@ -11,23 +12,36 @@ from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.placement import plan
 from stagger_operator.status import schedule_status, stream_status
 
+NOW = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
+
 
 def manifest(kind: str, name: str, spec: dict) -> dict:
     meta = {"name": name, **({"namespace": "cams"} if kind == "InferenceStream" else {})}
     return {"apiVersion": "stagger.dev/v1alpha1", "kind": kind, "metadata": meta, "spec": spec}
 
 
-def profile(model: str, body: float, cost: float, latency: float) -> ModelProfile:
+def profile(
+    model: str,
+    body: float,
+    cost: float,
+    latency: float,
+    *,
+    solo_compute: float | None = None,
+    product: str = "NVIDIA-H200",
+    sharing: str = "time-slicing",
+) -> ModelProfile:
     return ModelProfile.model_validate(
         manifest(
             "ModelProfile",
-            f"{model}-h200",
+            f"{model}-{product.lower()}-{sharing}",
             {
                 "model": model,
-                "gpuProduct": "NVIDIA-H200",
+                "gpuProduct": product,
+                "sharingMode": sharing,
                 "bodyTimeMs": body,
                 "costMs": cost,
                 "latencyMs": latency,
+                **({"soloComputeMs": solo_compute} if solo_compute else {}),
             },
         )
     )
@@ -81,7 +95,7 @@ def test_a_gpu_schedule_says_how_much_its_calibrated_bodies_run_at_once() -> Non
     ]
     packed = plan(cameras, cluster, [profile("graph", 14.9, 11.31, 14.9)])
     assert len(packed.shards) == 8
-    assert schedule_status(schedule, packed, {})["bodyOverlapMsPerSecond"] == 192.0
+    assert schedule_status(schedule, packed, {}, now=NOW)["bodyOverlapMsPerSecond"] == 192.0
     pair = [
         InferenceStream.model_validate(
             manifest("InferenceStream", f"fast-{i}", {"model": "small", "fps": 30.0})
@@ -89,4 +103,80 @@ def test_a_gpu_schedule_says_how_much_its_calibrated_bodies_run_at_once() -> Non
         for i in range(2)
     ]
     apart = plan(pair, cluster, [profile("small", 9.8, 7.76, 11.64)])
-    assert schedule_status(schedule, apart, {})["bodyOverlapMsPerSecond"] == 0.0
+    assert schedule_status(schedule, apart, {}, now=NOW)["bodyOverlapMsPerSecond"] == 0.0
+
+
+def cameras(n: int, model: str) -> list[InferenceStream]:
+    return [
+        InferenceStream.model_validate(
+            manifest("InferenceStream", f"cam-{i}", {"model": model, "fps": 10.0})
+        )
+        for i in range(n)
+    ]
+
+
+SCHEDULE = {"spec": {"node": "n", "gpuIndex": 0, "slots": []}}
+
+
+def model_time(
+    solo_compute: float | None,
+    *,
+    sharing: str = "time-slicing",
+    now: datetime = NOW,
+    previous: dict | None = None,
+) -> dict:
+    """The GpuSchedule status of 8 CUDA-graph RetinaNet streams at 10 fps on one H100,
+    profiled as in run 82 (12.03 ms cost; runs 82 and 85 both admitted 8)."""
+    h100 = Gpu.model_validate(
+        {"index": 0, "product": "NVIDIA-H100", "memoryMiB": 81_559, "sharingMode": sharing}
+    )
+    graph = profile(
+        "graph",
+        13.9,
+        12.03,
+        13.9,
+        solo_compute=solo_compute,
+        product="NVIDIA-H100",
+        sharing=sharing,
+    )
+    placed = plan(cameras(8, "graph"), Cluster(nodes=[Node(name="n", gpus=[h100])]), [graph])
+    assert len(placed.shards) == 8
+    return schedule_status(SCHEDULE, placed, {}, now=now, previous=previous)
+
+
+def test_a_time_sliced_gpu_says_when_its_models_need_more_of_each_second_than_runs_apart() -> None:
+    """Runs 82 and 85, one H100 each, the same 8 streams admitted for the same cost: the
+    profile's solo compute was 11.78 ms on the first (the loop's p99 1.25 x solo) and
+    13.56 ms on the second (2.90 x). 8 x 10 fps x that: 0.94 and 1.08 of each second."""
+    fits = model_time(11.78)
+    assert fits["modelTimeShare"] == 0.9424
+    (ok,) = fits["conditions"]
+    assert (ok["type"], ok["status"], ok["reason"]) == ("ModelTimeFits", "True", "BodiesRunApart")
+    full = model_time(13.56)
+    assert full["modelTimeShare"] == 1.0848
+    (over,) = full["conditions"]
+    assert (over["status"], over["reason"]) == ("False", "ModelTimeFillsPeriod")
+    assert "1.08 of each second" in over["message"] and "throughputCap" in over["message"]
+
+
+def test_without_a_measured_solo_compute_the_share_is_not_guessed() -> None:
+    """A profile from before soloComputeMs (or written by hand): no share, Unknown and how to
+    get one. Under MPS bodies run side by side: neither share nor condition."""
+    unknown = model_time(None)
+    assert "modelTimeShare" not in unknown
+    (cond,) = unknown["conditions"]
+    assert (cond["status"], cond["reason"]) == ("Unknown", "SoloComputeNotMeasured")
+    assert "recalibrate" in cond["message"]
+    mps = model_time(12.72, sharing="mps")
+    assert "modelTimeShare" not in mps and mps["conditions"] == []
+
+
+def test_the_condition_keeps_its_transition_time_while_it_holds() -> None:
+    """The status is written only when it changes: a condition that holds keeps the time it
+    became so (the status is then equal, and not written again), and takes a new one when
+    it turns."""
+    first = model_time(13.56)
+    later = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+    assert model_time(13.56, now=later, previous=first) == first
+    turned = model_time(11.78, now=later, previous=first)
+    assert turned["conditions"][0]["lastTransitionTime"] == "2026-12-06T09:00:00Z"
