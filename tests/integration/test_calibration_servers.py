@@ -6,6 +6,7 @@ container's command and arguments become a process, its env its environment."""
 from __future__ import annotations
 
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from stagger.core.api import InferenceStream, SharingMode
-from stagger.core.calibration import CalibrationResult
+from stagger.core.calibration import CalibrationResult, model_profile
 from stagger_operator import manifests
 from stagger_operator.settings import OperatorSettings
 from stagger_testkit import kubelet
@@ -83,3 +84,9 @@ def test_a_calibration_job_measures_over_its_copies_of_triton_as_written(tmp_pat
     # over three servers is the section
     assert result.effective_body_ms == pytest.approx(BODY_MS, rel=0.15), result
     assert result.cost_ms is not None
+    # the model's own time alone, from Triton's statistics over the Job's HTTP, reaches the
+    # ModelProfile the operator writes (its GpuSchedules add it up into modelTimeShare)
+    assert result.solo_compute_ms is not None and result.solo_compute_ms > BODY_MS, result
+    assert result.solo_compute_ms <= result.solo_p50_ms
+    written = model_profile(result, "cpu", SharingMode.TIME_SLICING, datetime.now(UTC))
+    assert written.spec.solo_compute_ms == result.solo_compute_ms
