@@ -236,8 +236,8 @@ def _model_time_conditions(
     usage: GpuUsage | None, previous: Obj | None, now: datetime
 ) -> list[Obj]:
     """``ModelTimeFits`` where bodies take turns: True while the models need at most
-    ``MODEL_TIME_SHARE_LIMIT`` of each second one at a time, False above it (their bodies
-    cannot all run apart: the tail turns), Unknown where a model has no measured solo
+    ``MODEL_TIME_SHARE_LIMIT`` (the whole) of each second one at a time, False above it
+    (their bodies must overlap: the tail turns), Unknown where a model has no measured solo
     compute. None under MPS, where bodies run side by side, or on an empty GPU."""
     if usage is None or usage.shards == 0 or usage.sharing_mode == str(SharingMode.MPS):
         return []
@@ -252,15 +252,15 @@ def _model_time_conditions(
         status, reason = "True", "BodiesRunApart"
         message = (
             f"the models need {share:.2f} of each second one at a time "
-            f"(at most {MODEL_TIME_SHARE_LIMIT:g}: their bodies can run apart)"
+            "(at most the whole second: their bodies can run apart)"
         )
     else:
         status, reason = "False", "ModelTimeFillsPeriod"
         message = (
-            f"the models need {share:.2f} of each second one at a time, over "
-            f"{MODEL_TIME_SHARE_LIMIT:g}: their bodies cannot all run apart and frames "
-            "answer later (recorded: p99 2.6-2.9 x solo, no frame lost). To trade a stream "
-            "for the tail, lower the operator's throughputCap"
+            f"the models need {share:.2f} of each second one at a time, more than the whole "
+            "second: their bodies must overlap and frames answer later (recorded: p99 "
+            "2.3-2.9 x solo, no frame lost). To trade a stream for the tail, lower the "
+            "operator's throughputCap"
         )
     was = next(
         (c for c in (previous or {}).get("conditions") or [] if c.get("type") == "ModelTimeFits"),

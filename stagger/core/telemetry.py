@@ -146,7 +146,7 @@ GPU_MODEL_TIME = "stagger_gpu_model_time_ratio"
 """Where bodies take turns (every sharing mode but MPS), the share of each second a GPU's
 models need one at a time (its GpuSchedule's ``modelTimeShare``), by the labels of
 ``stagger_gpu_reserved_ratio`` (gauge; from the operator; absent where a model has no
-measured solo compute). Above 0.96 the tail turns."""
+measured solo compute). Above 1 the bodies must overlap and the tail turns."""
 SHARD_LABELS = ("namespace", "stream", "shard", "node", "gpu")
 SHARD_PLANNED_BODY = "stagger_shard_planned_body_seconds"
 """The body time the plan reserves for each placed shard, where it is placed (gauge; from

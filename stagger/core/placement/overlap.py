@@ -64,11 +64,12 @@ def overlap_ms_per_second(shards: Iterable[ShardPlacement], tick_hz: int) -> flo
     )
 
 
-MODEL_TIME_SHARE_LIMIT = 0.96
-"""Where bodies take turns, the share of each second the models may need one at a time
-before the tail turns: on recorded time-sliced H100 and H200 runs with CUDA-graph bodies
-and steady profiles, the loop answered at p99 1.17-1.73 x solo up to 0.956 of each second
-and at 2.58-2.90 x from 0.965 (docs/architecture.md, "The models' own time")."""
+MODEL_TIME_SHARE_LIMIT = 1.0
+"""Where bodies take turns, the share of each second the models may need one at a time:
+past the whole second their bodies must overlap, and the tail turns. On time-sliced H100s
+with CUDA-graph bodies the loop answered at p99 1.12-1.25 x solo at 0.94 and 0.97 (the
+profile's solo compute), and at 2.29-2.90 x at 1.08 and 1.11 (docs/architecture.md,
+"The models' own time")."""
 
 
 def model_time_share(shards: Sequence[ShardPlacement], sharing_mode: str) -> float | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from stagger.core.api import InferenceStream, ModelProfile, StreamPhase
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.placement import plan
@@ -121,12 +123,13 @@ SCHEDULE = {"spec": {"node": "n", "gpuIndex": 0, "slots": []}}
 def model_time(
     solo_compute: float | None,
     *,
+    streams: int = 8,
     sharing: str = "time-slicing",
     now: datetime = NOW,
     previous: dict | None = None,
 ) -> dict:
-    """The GpuSchedule status of 8 CUDA-graph RetinaNet streams at 10 fps on one H100,
-    profiled as in run 82 (12.03 ms cost; runs 82 and 85 both admitted 8)."""
+    """The GpuSchedule status of ``streams`` CUDA-graph RetinaNet streams at 10 fps on one
+    H100, profiled as in run 82 (12.03 ms cost; runs 82, 85 and 86 each admitted 8)."""
     h100 = Gpu.model_validate(
         {"index": 0, "product": "NVIDIA-H100", "memoryMiB": 81_559, "sharingMode": sharing}
     )
@@ -139,24 +142,36 @@ def model_time(
         product="NVIDIA-H100",
         sharing=sharing,
     )
-    placed = plan(cameras(8, "graph"), Cluster(nodes=[Node(name="n", gpus=[h100])]), [graph])
-    assert len(placed.shards) == 8
+    placed = plan(cameras(streams, "graph"), Cluster(nodes=[Node(name="n", gpus=[h100])]), [graph])
+    assert len(placed.shards) == streams
     return schedule_status(SCHEDULE, placed, {}, now=now, previous=previous)
 
 
-def test_a_time_sliced_gpu_says_when_its_models_need_more_of_each_second_than_runs_apart() -> None:
-    """Runs 82 and 85, one H100 each, the same 8 streams admitted for the same cost: the
-    profile's solo compute was 11.78 ms on the first (the loop's p99 1.25 x solo) and
-    13.56 ms on the second (2.90 x). 8 x 10 fps x that: 0.94 and 1.08 of each second."""
-    fits = model_time(11.78)
-    assert fits["modelTimeShare"] == 0.9424
-    (ok,) = fits["conditions"]
-    assert (ok["type"], ok["status"], ok["reason"]) == ("ModelTimeFits", "True", "BodiesRunApart")
-    full = model_time(13.56)
-    assert full["modelTimeShare"] == 1.0848
-    (over,) = full["conditions"]
-    assert (over["status"], over["reason"]) == ("False", "ModelTimeFillsPeriod")
-    assert "1.08 of each second" in over["message"] and "throughputCap" in over["message"]
+@pytest.mark.parametrize(
+    ("solo_compute", "streams", "share", "fits"),
+    [
+        (11.78, 8, 0.9424, True),  # run 82: p99 1.25 x solo
+        (13.86, 7, 0.9702, True),  # run 86, one stream fewer: 1.12 x
+        (13.56, 8, 1.0848, False),  # run 85: 2.90 x
+        (13.86, 8, 1.1088, False),  # run 86: 2.29 x
+    ],
+)
+def test_a_time_sliced_gpu_says_when_its_models_need_more_than_the_whole_second(
+    solo_compute: float, streams: int, share: float, fits: bool
+) -> None:
+    """Runs 82, 85 and 86, one H100 each, 8 streams admitted for about the same cost: the
+    profiles' solo compute x 10 fps x the streams on the GPU, and whether the models fit
+    the second one at a time; the loop's tail followed it."""
+    status = model_time(solo_compute, streams=streams)
+    assert status["modelTimeShare"] == share
+    (condition,) = status["conditions"]
+    assert condition["type"] == "ModelTimeFits"
+    if fits:
+        assert (condition["status"], condition["reason"]) == ("True", "BodiesRunApart")
+    else:
+        assert (condition["status"], condition["reason"]) == ("False", "ModelTimeFillsPeriod")
+        assert f"{share:.2f} of each second" in condition["message"]
+        assert "throughputCap" in condition["message"]
 
 
 def test_without_a_measured_solo_compute_the_share_is_not_guessed() -> None:
