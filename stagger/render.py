@@ -84,7 +84,10 @@ def placement_table(plan: Plan) -> Table:
 
 
 def gpu_table(plan: Plan) -> Table:
+    """One row per GPU; MODEL TIME (the share of each second its models need one at a time)
+    only where some GPU has it, that is where profiles measured their solo compute."""
     t = Table(title="GPUs", title_justify="left", header_style="bold")
+    timed = any(g.model_time_share is not None for g in plan.gpus)
     for col in (
         "NODE",
         "GPU",
@@ -93,11 +96,12 @@ def gpu_table(plan: Plan) -> Table:
         "SHARDS",
         "UTIL",
         "OVERLAP ms/s",
-        "MODEL TIME",
+        *(["MODEL TIME"] if timed else []),
         "MEMORY MiB",
     ):
         t.add_column(col, justify="left" if col in ("NODE", "PRODUCT", "SHARING") else "right")
     for g in plan.gpus:
+        model_time = "-" if g.model_time_share is None else f"{g.model_time_share:.2f}"
         t.add_row(
             g.node,
             str(g.gpu),
@@ -106,7 +110,7 @@ def gpu_table(plan: Plan) -> Table:
             str(g.shards),
             f"{g.utilization:.2f}",
             f"{g.overlap_ms_per_s:.1f}",
-            "-" if g.model_time_share is None else f"{g.model_time_share:.2f}",
+            *([model_time] if timed else []),
             f"{g.memory_mib}/{g.memory_total_mib}",
         )
     return t
