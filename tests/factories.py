@@ -38,7 +38,12 @@ def stream(
 
 
 def profile(
-    model: str, product: str, body: float, latency: float, sharing: str = "time-slicing"
+    model: str,
+    product: str,
+    body: float,
+    latency: float,
+    sharing: str = "time-slicing",
+    **spec: Any,
 ) -> ModelProfile:
     return ModelProfile.model_validate(
         {
@@ -51,6 +56,7 @@ def profile(
                 "sharingMode": sharing,
                 "bodyTimeMs": body,
                 "latencyMs": latency,
+                **spec,
             },
         }
     )

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from stagger.core.api import InferenceStream, ModelProfile
-from stagger.core.cluster import Cluster
 from stagger.core.placement import plan
 from stagger.render import gpu_table, plan_json
+from tests.factories import cluster, profile, stream
 
 CLUSTER = """\
 nodes:
@@ -275,48 +274,18 @@ def test_the_gpu_table_shows_the_models_time_where_profiles_measured_it() -> Non
     """Run 85's profile (13.56 ms solo compute) on one H100, 8 streams at 10 fps: MODEL TIME
     1.08 in the GPU's row and ``modelTimeShare`` in the JSON; without a measured solo compute
     (the examples' bodies by hand) neither the column nor the key."""
-    cluster = Cluster.model_validate(
-        {
-            "nodes": [
-                {"name": "n", "gpus": [{"index": 0, "product": "NVIDIA-H100", "memoryMiB": 81559}]}
-            ]
-        }
-    )
-    streams = [
-        InferenceStream.model_validate(
-            {
-                "apiVersion": "stagger.dev/v1alpha1",
-                "kind": "InferenceStream",
-                "metadata": {"name": f"cam-{i}", "namespace": "cams"},
-                "spec": {"model": "graph", "fps": 10.0},
-            }
-        )
-        for i in range(8)
-    ]
+    h100 = cluster(("n", 1), product="NVIDIA-H100", memory=81559)
+    cameras = [stream(f"cam-{i}", 10.0, body=None, model="graph") for i in range(8)]
 
-    def shown(solo_compute: dict[str, float]) -> tuple[str, dict]:
-        profile = ModelProfile.model_validate(
-            {
-                "apiVersion": "stagger.dev/v1alpha1",
-                "kind": "ModelProfile",
-                "metadata": {"name": "graph-h100"},
-                "spec": {
-                    "model": "graph",
-                    "gpuProduct": "NVIDIA-H100",
-                    "bodyTimeMs": 14.8,
-                    "costMs": 12.19,
-                    "latencyMs": 15.92,
-                    **solo_compute,
-                },
-            }
-        )
-        placed = plan(streams, cluster, [profile])
+    def shown(**solo_compute: float) -> tuple[str, dict]:
+        graph = profile("graph", "NVIDIA-H100", 14.8, 15.92, costMs=12.19, **solo_compute)
+        placed = plan(cameras, h100, [graph])
         console = Console(width=200, record=True)
         console.print(gpu_table(placed))
         return console.export_text(), plan_json(placed)["gpus"][0]
 
-    text, gpu = shown({"soloComputeMs": 13.56})
+    text, gpu = shown(soloComputeMs=13.56)
     assert "MODEL TIME" in text and "1.08" in text
     assert gpu["modelTimeShare"] == 1.0848
-    text, gpu = shown({})
+    text, gpu = shown()
     assert "MODEL TIME" not in text and "modelTimeShare" not in gpu
