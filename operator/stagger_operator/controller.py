@@ -62,6 +62,7 @@ from stagger_operator.observe import Observation
 from stagger_operator.rollout import Rollout, ShardId, Unit, ready_units, rollout, unit_of
 from stagger_operator.settings import OperatorSettings
 from stagger_operator.status import (
+    model_time_warnings,
     profile_statuses,
     schedule_status,
     serving_status,
@@ -393,14 +394,11 @@ class Controller:
             )
 
         # Statuses are computed here and only the changed ones are sent off.
+        previous_sched = {
+            name: (current_sched.get(name) or {}).get("status") for name in wanted_sched
+        }
         all_sched = {
-            name: schedule_status(
-                obj,
-                result,
-                observed,
-                now=now,
-                previous=(current_sched.get(name) or {}).get("status"),
-            )
+            name: schedule_status(obj, result, observed, now=now, previous=previous_sched[name])
             for name, obj in wanted_sched.items()
         }
         sched_statuses = [
@@ -437,6 +435,9 @@ class Controller:
         self._calibration_warned = {
             k: v for k, v in self._calibration_warned.items() if k in by_key
         }
+        for named, warning in model_time_warnings(wanted_sched, current_sched, all_sched):
+            if named in by_key:
+                self._event(by_key[named], "Warning", "ModelTimeExceeded", warning, now)
 
         changed = []
         in_transition = {sid[:2] for sid in steps.moving | steps.waiting}

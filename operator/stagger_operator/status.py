@@ -282,6 +282,48 @@ def _model_time_conditions(
     ]
 
 
+def model_time_warnings(
+    schedules: Mapping[str, Obj],
+    current: Mapping[str, Obj | None],
+    statuses: Mapping[str, Obj],
+) -> list[tuple[tuple[str, str], str]]:
+    """Per stream (namespace, name), the Warning its owner gets, naming the GPU, where its
+    GPU's ``ModelTimeFits`` is False (``statuses``, about to be written) and the stream was
+    not on it while it was False already (``current``: the GpuSchedules as the API has
+    them). So each stream is told once per turn, a stream that joins such a GPU is told
+    too, and a restarted operator tells nobody twice: the written objects remember."""
+    out: list[tuple[tuple[str, str], str]] = []
+    for name, status in sorted(statuses.items()):
+        if _model_time_status(status) != "False":
+            continue
+        spec = schedules[name]["spec"]
+        before = current.get(name) or {}
+        told = (
+            _streams_of(before.get("spec") or {})
+            if _model_time_status(before.get("status")) == "False"
+            else set()
+        )
+        message = next(c["message"] for c in status["conditions"] if c["type"] == "ModelTimeFits")
+        where = f"GPU {spec['gpuIndex']} of {spec['node']}"
+        out += [(s, f"{where}: {message}") for s in sorted(_streams_of(spec) - told)]
+    return out
+
+
+def _streams_of(spec: Obj) -> set[tuple[str, str]]:
+    return {(s["namespace"], s["stream"]) for s in spec.get("slots") or []}
+
+
+def _model_time_status(status: Obj | None) -> str | None:
+    return next(
+        (
+            c.get("status")
+            for c in (status or {}).get("conditions") or []
+            if c.get("type") == "ModelTimeFits"
+        ),
+        None,
+    )
+
+
 def write_failed_status(status: Obj, stream: InferenceStream, problem: str, now: datetime) -> Obj:
     """The API refused one of the stream's objects (admission webhook, quota, a bad field
     in its template): the stream says so; the next reconcile tries again."""

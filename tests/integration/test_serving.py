@@ -31,6 +31,18 @@ def sidecar_metrics() -> Iterator[tuple[GateMetrics, int]]:
     thread.join(5)
 
 
+async def create_profile(c: Cluster, **spec: float) -> None:
+    """The H200's ModelProfile of the streams' model (``retinanet``)."""
+    await c.create(
+        {
+            "apiVersion": "stagger.dev/v1alpha1",
+            "kind": "ModelProfile",
+            "metadata": {"name": "retinanet-h200", "uid": "uid-profile", "resourceVersion": "1"},
+            "spec": {"model": "retinanet", "gpuProduct": "NVIDIA-H200", **spec},
+        }
+    )
+
+
 async def phase_of(c: Cluster, name: str) -> dict[str, Any]:
     return (await statuses(c)).get(name, {})
 
@@ -192,19 +204,7 @@ async def test_a_profile_whose_measured_body_drifts_says_so(
     cluster: Cluster, sidecar_metrics: tuple[GateMetrics, int]
 ) -> None:
     metrics, port = sidecar_metrics
-    await cluster.create(
-        {
-            "apiVersion": "stagger.dev/v1alpha1",
-            "kind": "ModelProfile",
-            "metadata": {"name": "retinanet-h200", "uid": "uid-profile", "resourceVersion": "1"},
-            "spec": {
-                "model": "retinanet",
-                "gpuProduct": "NVIDIA-H200",
-                "bodyTimeMs": 10.5,
-                "latencyMs": 18.5,
-            },
-        }
-    )
+    await create_profile(cluster, bodyTimeMs=10.5, latencyMs=18.5)
     op = await start_operator(cluster, scrape_interval_s=0.3, sidecar_metrics_port=port)
     try:
         cam = stream("cam")
@@ -312,3 +312,48 @@ async def test_slots_follow_where_the_sidecars_see_requests_arrive_then_windows_
 async def _all(c: Cluster, names: list[str], phase: str) -> bool:
     st = await statuses(c)
     return all(st.get(n, {}).get("phase") == phase for n in names)
+
+
+async def test_streams_on_a_gpu_whose_models_need_more_than_the_second_are_warned(
+    cluster: Cluster,
+) -> None:
+    """Run 86's profile (12.12 ms cost, 13.86 ms solo compute): four 20 fps streams fit one
+    H200 by their cost, and their models need 1.11 of each second one at a time. The GPU's
+    schedule says so (modelTimeShare, ModelTimeFits False) and each stream gets a Warning
+    naming its GPU, once."""
+    await create_profile(
+        cluster, bodyTimeMs=14.6, costMs=12.12, latencyMs=15.6, soloComputeMs=13.86
+    )
+    op = await start_operator(cluster)
+    try:
+        names = [f"cam-{i}" for i in range(4)]
+        for name in names:
+            cam = stream(name, fps=20)
+            del cam["spec"]["bodyTimeMs"], cam["spec"]["latencyMs"]  # the profile's to give
+            await cluster.create(cam)
+
+        async def over() -> dict[str, Any] | None:
+            for sched in await cluster.objects("GpuSchedule"):
+                status = sched.get("status") or {}
+                if status.get("streams") == 4 and status.get("conditions"):
+                    return status
+            return None
+
+        status = await cluster.wait_for(over)
+        assert status["modelTimeShare"] == 1.1088
+        (fits,) = status["conditions"]
+        assert (fits["type"], fits["status"]) == ("ModelTimeFits", "False")
+
+        async def warned() -> list[dict[str, Any]] | None:
+            events = [
+                e
+                for e in await cluster.objects("Event", "default")
+                if e["reason"] == "ModelTimeExceeded"
+            ]
+            return events if len(events) >= len(names) else None
+
+        events = await cluster.wait_for(warned)
+        assert sorted(e["involvedObject"]["name"] for e in events) == names
+        assert all(e["type"] == "Warning" and "1.11 of each second" in e["message"] for e in events)
+    finally:
+        await stop_operator(op)

@@ -12,7 +12,7 @@ import pytest
 from stagger.core.api import InferenceStream, ModelProfile, StreamPhase
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.placement import plan
-from stagger_operator.status import schedule_status, stream_status
+from stagger_operator.status import model_time_warnings, schedule_status, stream_status
 
 NOW = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
 
@@ -195,3 +195,28 @@ def test_the_condition_keeps_its_transition_time_while_it_holds() -> None:
     assert model_time(13.56, now=later, previous=first) == first
     turned = model_time(11.78, now=later, previous=first)
     assert turned["conditions"][0]["lastTransitionTime"] == "2026-12-06T09:00:00Z"
+
+
+def test_each_stream_on_a_gpu_whose_models_outgrow_the_second_is_warned_once() -> None:
+    """The turn to False warns every stream on that GPU, naming it; a GpuSchedule that was
+    False already (written by this replica or the one before a restart) warns only the
+    streams that joined it since; one that fits warns nobody."""
+
+    def gpu(*streams: int) -> dict:
+        slots = [{"namespace": "cams", "stream": f"cam-{i}", "shard": 0} for i in streams]
+        return {"spec": {"node": "n", "gpuIndex": 0, "slots": slots}}
+
+    over, fits = model_time(13.86), model_time(11.78)
+    wanted = {"n-0": gpu(1, 0, 1)}
+    warned = model_time_warnings(wanted, {"n-0": None}, {"n-0": over})
+    assert [who for who, _ in warned] == [("cams", "cam-0"), ("cams", "cam-1")]
+    assert warned[0][1].startswith("GPU 0 of n: the models need 1.11 of each second")
+    was_over = {"n-0": {**gpu(0, 1), "status": over}}
+    assert model_time_warnings(wanted, was_over, {"n-0": over}) == []
+    joined = {"n-0": gpu(0, 1, 2)}
+    assert [w for w, _ in model_time_warnings(joined, was_over, {"n-0": over})] == [
+        ("cams", "cam-2")
+    ]
+    was_fitting = {"n-0": {**gpu(0, 1), "status": fits}}
+    assert model_time_warnings(wanted, {"n-0": None}, {"n-0": fits}) == []
+    assert len(model_time_warnings(joined, was_fitting, {"n-0": over})) == 3
