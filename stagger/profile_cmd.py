@@ -272,6 +272,20 @@ def calibration_result(r: ProfileReport, model: str | None, version: str) -> Cal
     )
 
 
+def one_at_a_time(solo_compute_ms: float, cost_ms: float | None) -> str:
+    """How many frames a second fit the model's own time, one after another: on a GPU whose
+    bodies take turns (time-slicing), past that they must overlap and answer later, even
+    where the measured saturation takes more (docs/architecture.md, "The models' own time")."""
+    fit = 1e3 / solo_compute_ms
+    line = f"up to {fit:.1f} frames/s fit the model's own time, one after another"
+    if cost_ms is not None and cost_ms < solo_compute_ms:
+        line += (
+            f"; the GPU sustains {1e3 / cost_ms:.1f}/s: time-sliced, streams past "
+            f"{fit:.1f} frames/s answer later (their GpuSchedule's ModelTimeFits turns False)"
+        )
+    return line
+
+
 def print_report(r: ProfileReport, out: Console) -> None:
     t = Table(title=f"Body time of {r.model or 'the recorded sweep'}", show_header=False)
     if r.solo_ms:
@@ -298,6 +312,8 @@ def print_report(r: ProfileReport, out: Console) -> None:
             f"{r.effective_body_ms:.2f} ms (1 / max throughput, {servers} server"
             f"{'s' if servers > 1 else ''})",
         )
+    if r.solo_compute_ms is not None:
+        t.add_row("one at a time", one_at_a_time(r.solo_compute_ms, r.effective_body_ms))
     t.add_row(
         "recommended bodyTimeMs", f"[bold]{r.recommended_body_ms:g}[/bold] (guard {r.guard:.0%})"
     )

@@ -161,6 +161,7 @@ def test_a_table_report_gives_figures_a_manifest_takes_as_is(
     )
     assert code == 0, err
     assert "recommended latencyMs" in out and "recommended exclusiveBody" in out
+    assert "frames/s fit the model's own time" in out  # from Triton's statistics
     snippet = next(line for line in out.splitlines() if "spec: {bodyTimeMs:" in line)
     spec = yaml.safe_load(snippet)["spec"]
     assert spec["costMs"] <= spec["bodyTimeMs"]

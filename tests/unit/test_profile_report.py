@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from stagger.core.calibration import SweepPoint, recommended_cost_ms
+from stagger.profile_cmd import one_at_a_time
 from stagger.profiler import ProfileReport
 
 
@@ -141,3 +142,16 @@ def test_the_model_s_own_time_per_solo_request_comes_from_triton_s_statistics() 
     assert compute_totals({"model_stats": []}) is None  # statistics off: nothing to say
     assert solo_compute_ms(None, (38, 1)) is None
     assert solo_compute_ms((38, 1), (38, 1)) is None  # no request between the two
+
+
+def test_the_report_says_how_many_frames_a_second_fit_the_model_s_own_time() -> None:
+    """Run 86's profile: 13.86 ms alone, 12.12 ms a frame at saturation. 72.2 frames/s fit
+    one after another, the GPU sustains 82.5/s: time-sliced, the streams past 72 answer
+    later. Run 82's (11.78 ms alone, 12.03 ms a frame): its saturation fits, nothing to add."""
+    slow = one_at_a_time(13.86, 12.12)
+    assert slow.startswith("up to 72.2 frames/s fit the model's own time")
+    assert "the GPU sustains 82.5/s" in slow and "ModelTimeFits" in slow
+    assert one_at_a_time(11.78, 12.03) == (
+        "up to 84.9 frames/s fit the model's own time, one after another"
+    )
+    assert "sustains" not in one_at_a_time(11.78, None)  # no throughput measured
