@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="U",
         help="the same share on an MPS GPU",
     )
+    p.add_argument(
+        "--charge-model-time",
+        action="store_true",
+        help="charge streams on GPUs whose bodies take turns (every mode but MPS) the larger "
+        "of their cost and their model's own time alone (soloComputeMs)",
+    )
     p.add_argument("--guard-ms", type=float, default=0.0, metavar="MS")
     p.add_argument(
         "--max-extra-shards", type=int, default=PlannerSettings().max_extra_shards, metavar="N"
@@ -127,6 +133,7 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
             utilization_cap=args.utilization_cap,
             throughput_cap=args.throughput_cap,
             mps_throughput_cap=args.mps_throughput_cap,
+            charge_model_time=args.charge_model_time,
             guard_ms=args.guard_ms,
             policy=args.policy,
             max_extra_shards=args.max_extra_shards,

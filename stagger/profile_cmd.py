@@ -281,7 +281,8 @@ def one_at_a_time(solo_compute_ms: float, cost_ms: float | None) -> str:
     if cost_ms is not None and cost_ms < solo_compute_ms:
         line += (
             f"; the GPU sustains {1e3 / cost_ms:.1f}/s: time-sliced, streams past "
-            f"{fit:.1f} frames/s answer later (their GpuSchedule's ModelTimeFits turns False)"
+            f"{fit:.1f} frames/s answer later (their GpuSchedule's ModelTimeFits turns False; "
+            "the operator's chargeModelTime admits only what fits)"
         )
     return line
 

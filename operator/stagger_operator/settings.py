@@ -31,6 +31,9 @@ class OperatorSettings(BaseSettings):
     (time-sliced, and every mode but MPS)."""
     mps_throughput_cap: float = Field(default=PlannerSettings().mps_throughput_cap, gt=0, le=1)
     """The same share on an MPS GPU."""
+    charge_model_time: bool = PlannerSettings().charge_model_time
+    """Charge streams on GPUs whose bodies take turns the larger of their cost and their
+    model's own time alone (``PlannerSettings.charge_model_time``)."""
     guard_ms: float = Field(default=0.0, ge=0)
     policy: Literal["binpack", "spread"] = "binpack"
     max_extra_shards: int = Field(default=PlannerSettings().max_extra_shards, ge=0)
@@ -161,6 +164,7 @@ class OperatorSettings(BaseSettings):
             utilization_cap=self.utilization_cap,
             throughput_cap=self.throughput_cap,
             mps_throughput_cap=self.mps_throughput_cap,
+            charge_model_time=self.charge_model_time,
             guard_ms=self.guard_ms,
             policy=self.policy,
             max_extra_shards=self.max_extra_shards,

@@ -259,8 +259,8 @@ def _model_time_conditions(
         message = (
             f"the models need {share:.2f} of each second one at a time, more than the whole "
             "second: their bodies must overlap and frames answer later (recorded: p99 "
-            "2.3-2.9 x solo, no frame lost). To trade a stream for the tail, lower the "
-            "operator's throughputCap"
+            "2.3-2.9 x solo, no frame lost). To trade a stream for the tail, set the "
+            "operator's chargeModelTime"
         )
     was = next(
         (c for c in (previous or {}).get("conditions") or [] if c.get("type") == "ModelTimeFits"),

@@ -23,6 +23,7 @@ from stagger.core.placement import Plan, PlannerSettings, ProfileBook, Timing, p
 from stagger.core.simulate import Phasing, SimShard, simulate_gpu, simulate_plan
 from stagger.core.slots import Slot, overlaps
 from stagger.core.timebase import ms_to_ticks_ceil
+from tests import factories
 
 H200_MIB = 143_771
 
@@ -486,6 +487,34 @@ def test_an_unsteady_measurement_costs_a_margin_that_admits_what_the_old_cap_did
     assert len(one_at_a_time(streams(unsteady), one_gpu()).shards) == 7
     old_cap = PlannerSettings(throughput_cap=0.95)
     assert len(one_at_a_time(streams(steady), one_gpu(), settings=old_cap).shards) == 7
+
+
+@pytest.mark.parametrize(
+    ("cost", "solo_compute", "mode", "by_cost", "charged_model_time"),
+    [
+        (12.12, 13.86, SharingMode.TIME_SLICING, 8, 7),  # run 86: the model needs 1.11 s/s
+        (12.03, 11.78, SharingMode.TIME_SLICING, 8, 8),  # run 82: it fits the second
+        (6.98, 12.72, SharingMode.MPS, 14, 14),  # run 84: MPS runs bodies side by side
+    ],
+)
+def test_charging_the_model_s_own_time_admits_only_what_fits_one_after_another(
+    cost: float, solo_compute: float, mode: SharingMode, by_cost: int, charged_model_time: int
+) -> None:
+    """``charge_model_time``: on a GPU whose bodies take turns, a stream is charged the
+    larger of its cost and its model's own time alone. On run 86's slow H100 the cost admits
+    8 (the loop: p99 2.29 x solo) and the model's time 7 (1.12 x); where the model fits the
+    second, or under MPS, nothing changes. The GPU then reports its models within it."""
+    body = max(cost, solo_compute) + 1.0
+    measured = factories.profile(
+        "m", "NVIDIA-H200", body, body, str(mode), costMs=cost, soloComputeMs=solo_compute
+    )
+    streams = [stream(f"c{i}", 10.0, None) for i in range(20)]
+    charged = PlannerSettings(charge_model_time=True)
+    assert len(one_at_a_time(streams, one_gpu(mode), [measured]).shards) == by_cost
+    placed = one_at_a_time(streams, one_gpu(mode), [measured], settings=charged)
+    assert len(placed.shards) == charged_model_time
+    (gpu,) = placed.gpus
+    assert mode is SharingMode.MPS or (gpu.model_time_share or 2.0) <= 1.0
 
 
 @pytest.mark.parametrize(

@@ -289,3 +289,40 @@ def test_the_gpu_table_shows_the_models_time_where_profiles_measured_it() -> Non
     assert gpu["modelTimeShare"] == 1.0848
     text, gpu = shown()
     assert "MODEL TIME" not in text and "modelTimeShare" not in gpu
+
+
+def test_charge_model_time_admits_what_the_models_fit_one_after_another(tmp_path: Path) -> None:
+    """`stagger plan --charge-model-time` with run 86's profile (12.12 ms cost, 13.86 ms
+    alone): 8 streams at 10 fps by their cost, 7 by their model's own time."""
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    (tmp_path / "profile.yaml").write_text(
+        textwrap.dedent("""\
+            apiVersion: stagger.dev/v1alpha1
+            kind: ModelProfile
+            metadata: {name: ssd-t4}
+            spec: {model: ssd, gpuProduct: Tesla-T4, bodyTimeMs: 14.6, costMs: 12.12,
+                   latencyMs: 15.6, soloComputeMs: 13.86}
+            """)
+    )
+    (tmp_path / "streams.yaml").write_text(
+        "---\n".join(
+            manifest(f"cam{i}", fps=10).replace("bodyTimeMs: 45, latencyMs: 75", "memoryMiB: 1024")
+            for i in range(10)
+        )
+    )
+    files = [
+        "--streams",
+        str(tmp_path / "streams.yaml"),
+        "--cluster",
+        str(tmp_path / "cluster.yaml"),
+    ]
+    files += ["--profiles", str(tmp_path / "profile.yaml"), "-o", "json"]
+    planned = run("plan", *files)
+    assert planned.returncode == 1, planned.stderr  # the streams it could not place
+    by_cost = json.loads(planned.stdout)
+    by_model_time = json.loads(run("plan", *files, "--charge-model-time").stdout)
+    assert (len(by_cost["shards"]), len(by_model_time["shards"])) == (8, 7)
+    assert [g["modelTimeShare"] for g in (by_cost["gpus"][0], by_model_time["gpus"][0])] == [
+        1.1088,
+        0.9702,
+    ]

@@ -36,6 +36,13 @@ class PlannerSettings:
     MPS runs kernels of many servers side by side and the streams' bodies are evenly
     spaced; 16 CUDA-graph streams at 0.96 of an H200's saturation lost nothing in the loop
     (runs 16 and 22), and 14 eager ones at 1.003 of an H100's at random phases (run 77)."""
+    charge_model_time: bool = False
+    """Where bodies take turns (every sharing mode but MPS), charge a stream the larger of
+    its cost and its model's own time alone (the profile's ``soloComputeMs``): a GPU then
+    takes only the frames its models fit one after another, keeping the tail near solo on
+    hosts whose models need more than the second (run 86: 7 streams at 1.12 x solo where
+    the cost admits 8 at 2.29 x). Off by default: random phases hold that 8th stream too,
+    and the product admits at least what they hold (issue 20)."""
     guard_ms: float = 0.0
     """Extra time reserved after every body (the cap already leaves room, so 0)."""
     policy: Policy = "binpack"

@@ -47,11 +47,15 @@ class Timing:
         it stands for. Without one, the body in full under the utilisation cap. The reserved time is
         the slot's width, so the table spaces streams evenly over the period; a shared
         stream's longer body overlaps others as little as it allows, an exclusive one's
-        slot is never overlapped."""
+        slot is never overlapped. ``charge_model_time``: the model's own time alone where it
+        is the larger, on GPUs whose bodies take turns."""
         if self.cost_ms is None:
             return self.body_ms
+        cost = self.cost_ms
+        if settings.charge_model_time and self.sharing is not SharingMode.MPS:
+            cost = max(cost, self.solo_compute_ms or 0.0)
         cap = settings.throughput_cap_under(self.sharing)
-        scaled = self.cost_ms * settings.utilization_cap / cap
+        scaled = cost * settings.utilization_cap / cap
         return min(self.body_ms, scaled)
 
 

@@ -171,7 +171,7 @@ def test_a_time_sliced_gpu_says_when_its_models_need_more_than_the_whole_second(
     else:
         assert (condition["status"], condition["reason"]) == ("False", "ModelTimeFillsPeriod")
         assert f"{share:.2f} of each second" in condition["message"]
-        assert "throughputCap" in condition["message"]
+        assert "chargeModelTime" in condition["message"]
 
 
 def test_without_a_measured_solo_compute_the_share_is_not_guessed() -> None:
