@@ -897,7 +897,9 @@ def loop_at_cap(
     ``throughputCap`` gets, measured where that cap admits more than the run's own
     (``admitted``); where it admits no more, only what it admits."""
     cap = float(args.also_cap)
-    settings = PlannerSettings(throughput_cap=cap, mps_throughput_cap=cap)
+    settings = PlannerSettings(
+        throughput_cap=cap, mps_throughput_cap=cap, charge_model_time=args.charge_model_time
+    )
     _, applied, _ = apply_one_at_a_time(candidates, cluster, profiles, settings, len(servers))
     if len(applied) <= admitted:
         return {"cap": cap, "admitted": len(applied), "measured": False}
@@ -1187,9 +1189,12 @@ def tightest_stream(streams: list[InferenceStream], post_ms: float) -> Inference
 
 
 def planner_settings(args: argparse.Namespace) -> PlannerSettings:
-    """The product's planner settings, with ``--throughput-cap`` as the cap of ``--mode``."""
+    """The product's planner settings, with ``--throughput-cap`` as the cap of ``--mode``
+    and ``--charge-model-time`` as the operator's ``chargeModelTime``."""
     return PlannerSettings(
-        throughput_cap=args.throughput_cap, mps_throughput_cap=args.throughput_cap
+        throughput_cap=args.throughput_cap,
+        mps_throughput_cap=args.throughput_cap,
+        charge_model_time=args.charge_model_time,
     )
 
 
@@ -1275,6 +1280,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--throughput-cap",
         type=float,
         help="the planner's share of saturation it admits (default: the product's for --mode)",
+    )
+    p.add_argument(
+        "--charge-model-time",
+        action="store_true",
+        help="plan as the operator does with chargeModelTime: true (each stream charged the "
+        "larger of its cost and its model's own time alone, where bodies take turns)",
     )
     p.add_argument(
         "--fewer",
@@ -1393,6 +1404,7 @@ def main() -> None:
         "settings": {
             "utilizationCap": PlannerSettings().utilization_cap,
             "throughputCap": args.throughput_cap,
+            "chargeModelTime": args.charge_model_time,
             "gpuMemoryMiB": args.gpu_memory_mib,
         },
         "results": {},
