@@ -245,8 +245,9 @@ def _model_time_conditions(
     if share is None:
         status, reason = "Unknown", "SoloComputeNotMeasured"
         message = (
-            "a ModelProfile of this GPU's models has no soloComputeMs: re-calibrate it "
-            "(stagger.dev/recalibrate) to know whether their bodies can run apart"
+            "not every stream on this GPU has a ModelProfile with soloComputeMs (calibration "
+            "measures it; bodies set by hand have none): re-calibrate a profile from before "
+            "it (annotation stagger.dev/recalibrate) to know whether their bodies can run apart"
         )
     elif share <= MODEL_TIME_SHARE_LIMIT:
         status, reason = "True", "BodiesRunApart"
