@@ -97,6 +97,11 @@ def _slots_ahead(starts: Iterable[datetime], now: datetime) -> str:
     )
 
 
+def _stamp(now: datetime) -> str:
+    """A condition's transition time as the API writes it: whole seconds, UTC as Z."""
+    return now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def _condition(
     stream: InferenceStream, kind: str, true: bool, reason: str, *, message: str, now: datetime
 ) -> Obj:
@@ -106,7 +111,7 @@ def _condition(
         "status": "True" if true else "False",
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "lastTransitionTime": _stamp(now),
         **({"observedGeneration": generation} if generation is not None else {}),
     }
 
@@ -270,7 +275,7 @@ def _model_time_conditions(
     since = (
         was["lastTransitionTime"]
         if was is not None and was.get("status") == status and was.get("lastTransitionTime")
-        else now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        else _stamp(now)
     )
     return [
         {
