@@ -215,13 +215,16 @@ def calibrate_with_job(
     args: argparse.Namespace,
     servers: int | None = None,
     repo: Path | None = None,
+    beside: int = 0,
 ) -> tuple[ModelProfile, dict[str, Any]]:
     """``--calibrate-with job``: the operator's calibration Job for the body's stream, its
     containers run as the kubelet would (:mod:`bench.gpu.operator_job`): ``--servers``
     copies of Triton (fewer where the GPU's free memory holds fewer at ``--memory-mib``),
     beside the loop's own servers, idle then (a Job beside a GPU's running streams), and
     the ModelProfile the operator writes from its result. ``servers`` and ``repo`` set
-    another calibrationServers and model repository (``bench.gpu.job``'s one-server Job)."""
+    another calibrationServers and model repository (``bench.gpu.job``'s one-server Job);
+    ``beside`` is how many streams' servers run on the GPU (under MPS each holds CUDA
+    contexts the copies then cannot have)."""
     free = gpu_memory_free_mib(args.gpu) if shutil.which("nvidia-smi") else None
     count = servers or args.servers
     job = build_job(
@@ -234,6 +237,7 @@ def calibrate_with_job(
         root=root,
         args=args,
         memory_free_mib=free,
+        servers_running=beside,
     )
     done = run_job(job, root / f"job-{body}-{count}")
     manifest = model_profile(done.result, product, mode, datetime.now(UTC))
@@ -255,7 +259,7 @@ def job_measure(
     if args.calibrate_with != "job":
         return None
     return lambda: calibrate_with_job(
-        body, frame=frame, product=product, mode=mode, root=root, args=args
+        body, frame=frame, product=product, mode=mode, root=root, args=args, beside=args.servers
     )
 
 

@@ -87,9 +87,11 @@ def build_job(
     root: Path,
     args: argparse.Namespace,
     memory_free_mib: int | None,
+    servers_running: int = 0,
 ) -> dict[str, Any]:
     """The Job the operator writes for the bench's stream at ``servers`` calibration
-    servers, on a GPU with ``memory_free_mib`` free."""
+    servers, on a GPU with ``memory_free_mib`` free and ``servers_running`` streams'
+    servers beside it."""
     base = kubelet.free_port_run(servers, manifests.COPY_PORT_STRIDE)
     env = model_env(args.gpu, args.servers, under_mps=mode is SharingMode.MPS) | {
         "STAGGER_BODY_LOCK": str(root / "stand-in-gpu.lock")  # the dry run's "GPU"
@@ -97,7 +99,9 @@ def build_job(
     cam = job_stream(body, args.fps, args.memory_mib, frame)
     triton = LocalTriton(repo, http_port=base, env=env, extra_args=[SHM_ARG]).as_container()
     cam.spec.template = {"spec": {"containers": [triton]}}
-    target = manifests.CalibrationTarget("bench", args.gpu, None, product, mode, memory_free_mib)
+    target = manifests.CalibrationTarget(
+        "bench", args.gpu, None, product, mode, memory_free_mib, servers_running
+    )
     settings = OperatorSettings(triton_http_port=base, calibration_servers=servers)
     return manifests.calibration_job(cam, target, settings)
 

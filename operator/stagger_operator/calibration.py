@@ -99,6 +99,7 @@ def calibration_state(
             site.product,
             SharingMode(site.sharing_mode),
             site.memory_free_mib,
+            site.servers,
         )
         model = stream.spec.model
         where = f"model {model} on {site.product} ({site.sharing_mode})"
@@ -234,6 +235,7 @@ def recalibration_state(
             gpu.product,
             SharingMode(gpu.sharing_mode),
             gpu.memory_total_mib - gpu.memory_mib,
+            gpu.shards,
         )
         try:
             job = manifests.calibration_job(stream, target, settings)

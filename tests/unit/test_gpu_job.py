@@ -16,7 +16,7 @@ from stagger_operator import manifests
 DETECTOR = Path(__file__).parents[2] / "bench" / "gpu" / "models"
 
 
-def _job(tmp_path: Path, servers: int, free: int | None) -> dict[str, Any]:
+def _job(tmp_path: Path, servers: int, free: int | None, running: int = 0) -> dict[str, Any]:
     args = parse_args(["--out", str(tmp_path), "--servers", str(servers)])
     repo = repository(tmp_path, DETECTOR, ["graph"])
     return build_job(
@@ -29,6 +29,7 @@ def _job(tmp_path: Path, servers: int, free: int | None) -> dict[str, Any]:
         root=tmp_path,
         args=args,
         memory_free_mib=free,
+        servers_running=running,
     )
 
 
@@ -53,6 +54,15 @@ def test_the_job_runs_as_many_servers_as_the_gpus_free_memory_holds(tmp_path: Pa
     assert len(job["spec"]["template"]["spec"]["initContainers"]) == 2
     why = job["metadata"]["annotations"][manifests.ANNOTATION_CALIBRATION_SERVERS]
     assert why == "2 Triton servers (5000 MiB of GPU memory free, 2048 MiB a server)"
+
+
+def test_the_job_beside_the_loops_servers_under_mps_runs_what_mps_takes(tmp_path: Path) -> None:
+    """``--calibrate-with job`` under MPS with the loop's 15 servers running: 9 copies, as
+    the operator would run beside 15 streams (runs 89-90 ran 15, and 9 and 11 never loaded)."""
+    job = _job(tmp_path, 15, 60_000, running=15)
+    assert len(job["spec"]["template"]["spec"]["initContainers"]) == 9
+    why = job["metadata"]["annotations"][manifests.ANNOTATION_CALIBRATION_SERVERS]
+    assert why.startswith("9 Triton servers (MPS takes 48 CUDA contexts a GPU")
 
 
 def test_one_server_gets_a_model_with_two_instances_and_the_loops_is_left_alone(

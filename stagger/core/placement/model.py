@@ -144,6 +144,9 @@ class CalibrationSite:
     memory_free_mib: int | None = None
     """GPU memory free there (None: not known): how many copies of the model's server a
     calibration may load to measure its cost as deployed."""
+    servers: int = 0
+    """Shards placed there, each a model server already running: under MPS, how many
+    more CUDA clients the GPU takes."""
 
 
 @dataclass(frozen=True)

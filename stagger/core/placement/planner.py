@@ -133,6 +133,7 @@ class Planner:
                         first.gpu.product,
                         str(first.gpu.sharing_mode),
                         first.memory_free,
+                        len(first.slots),
                     )
                 )
         return tuple(sites)

@@ -226,7 +226,11 @@ def test_the_sidecar_waits_on_the_slot_feed_for_the_configmap_its_pod_mounts(
     )
 
 
-def _calibration_target(memory_free_mib: int | None = None) -> manifests.CalibrationTarget:
+def _calibration_target(
+    memory_free_mib: int | None = None,
+    sharing_mode: str = "time-slicing",
+    servers_running: int = 0,
+) -> manifests.CalibrationTarget:
     from stagger.core.api import SharingMode
 
     return manifests.CalibrationTarget(
@@ -234,8 +238,9 @@ def _calibration_target(memory_free_mib: int | None = None) -> manifests.Calibra
         gpu=1,
         gpu_uuid="GPU-1b2c",
         product="NVIDIA-H200",
-        sharing_mode=SharingMode.TIME_SLICING,
+        sharing_mode=SharingMode(sharing_mode),
         memory_free_mib=memory_free_mib,
+        servers_running=servers_running,
     )
 
 
@@ -346,12 +351,56 @@ def test_calibration_job_matches_golden_and_validates() -> None:
 def test_a_calibration_job_runs_as_many_servers_as_it_can_and_says_why_fewer(
     triton: dict[str, Any], settings: OperatorSettings, memory_free: int | str | None, servers: str
 ) -> None:
+    _assert_job_servers(triton, settings, memory_free, servers, _calibration_target)
+
+
+@pytest.mark.parametrize(
+    ("mode", "running", "servers"),
+    [
+        # runs 89-90: 15 streams' servers under MPS on an H100, and 15 copies beside them,
+        # of which 9 and 11 never loaded; 9 fit the 48 contexts at 2 a server
+        (
+            "mps",
+            15,
+            "9 Triton servers (MPS takes 48 CUDA contexts a GPU, 2 a server, and 15 streams' "
+            "servers run there)",
+        ),
+        ("mps", 0, "16 Triton servers"),  # 24 fit an idle GPU
+        ("mps", 8, "16 Triton servers"),
+        (
+            "mps",
+            30,
+            "one Triton server (MPS takes 48 CUDA contexts a GPU, 2 a server, and 30 streams' "
+            "servers run there)",
+        ),
+        ("time-slicing", 30, "16 Triton servers"),  # each context its own: no such limit
+    ],
+)
+def test_a_calibration_job_under_mps_keeps_the_gpu_within_its_cuda_contexts(
+    mode: str, running: int, servers: str
+) -> None:
+    _assert_job_servers(
+        TEMPLATE["spec"]["containers"][0],
+        OperatorSettings(),
+        143_000,
+        servers,
+        lambda free: _calibration_target(free, mode, running),
+    )
+
+
+def _assert_job_servers(
+    triton: dict[str, Any],
+    settings: OperatorSettings,
+    memory_free: int | str | None,
+    servers: str,
+    target: Any,
+) -> None:
     s, _ = placed_stream()
     if memory_free == "no memoryMiB":
         s.spec.memory_mib, memory_free = 0, 143_000
     assert not isinstance(memory_free, str)
     s.spec.template = {"spec": {"containers": [triton, TEMPLATE_APP]}}
-    job = manifests.calibration_job(s, _calibration_target(memory_free), settings)
+    job = manifests.calibration_job(s, target(memory_free), settings)
     assert job["metadata"]["annotations"][manifests.ANNOTATION_CALIBRATION_SERVERS] == servers
     count = int(servers.split(maxsplit=1)[0]) if servers[0].isdigit() else 1
     pod = job["spec"]["template"]["spec"]

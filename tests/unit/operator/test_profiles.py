@@ -297,6 +297,33 @@ def test_a_stream_waiting_for_calibration_is_told_how_many_servers_measure_it() 
     )
 
 
+def test_a_calibration_beside_running_streams_under_mps_runs_only_the_copies_mps_takes() -> None:
+    """The only MPS GPU runs 15 streams' servers (30 of MPS's 48 CUDA contexts): the Job
+    for a 16th model runs 9 copies, not the 16 asked for, whose last 7 would never load
+    (runs 89-90), and the stream's Calibrating message says why."""
+    from stagger.core.placement import plan
+    from stagger_operator.calibration import calibration_state
+    from tests.factories import cluster, stream
+
+    running = [stream(f"cam-{i}", 5, body=2.0, model="light", memoryMiB=2000) for i in range(15)]
+    new = stream("new", 10, body=None, memoryMiB=2000)
+    new.spec.template = {
+        "spec": {"containers": [{"name": "triton", "image": "t", "args": ["tritonserver"]}]}
+    }
+    new.metadata.uid = "uid-new"
+    planned = plan([*running, new], cluster(("gpu-a", 1), memory=81559, sharing="mps"))
+    assert len(planned.shards) == 15
+    (unplaced,) = planned.unplaced
+    assert unplaced.calibrate_on[0].servers == 15
+    state = calibration_state([*running, new], planned, {}, OperatorSettings(), NOW)
+    (job,) = state.jobs
+    assert len(job["spec"]["template"]["spec"]["initContainers"]) == 9
+    assert (
+        "with 9 Triton servers (MPS takes 48 CUDA contexts a GPU, 2 a server, and 15 streams' "
+        "servers run there)" in state.statuses[("default", "new")]["message"]
+    )
+
+
 def test_a_calibration_job_that_created_no_pod_for_a_minute_says_where_to_look() -> None:
     """Admission can refuse a Job's pod (a LimitRange's min against the Triton copies' zero
     requests, a ResourceQuota): the Job then creates none, shows it only in its events, and
