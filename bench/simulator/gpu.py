@@ -71,6 +71,8 @@ def profile_of(result: dict[str, Any], model: str, product: str, mode: str) -> M
         "bodyTimeMs": c["bodyTimeMs"],
         "latencyMs": c["latencyMs"],
     }
+    if c.get("soloComputeMs"):
+        spec["soloComputeMs"] = c["soloComputeMs"]
     if c.get("costMs") is not None:
         spec["costMs"] = c["costMs"]
         if c.get("exclusiveBody"):
@@ -111,8 +113,13 @@ def compare(path: Path, seconds: float, seeds: int) -> list[Comparison]:
     if run.get("kind") != "loop" or run.get("mixed"):
         return []
     mode, fps, product = run["mode"], float(run["fps"]), run["product"]
-    cap = run.get("settings", {}).get("throughputCap", PlannerSettings().throughput_cap)
-    settings = PlannerSettings(throughput_cap=cap, mps_throughput_cap=cap)
+    recorded = run.get("settings", {})
+    cap = recorded.get("throughputCap", PlannerSettings().throughput_cap)
+    settings = PlannerSettings(
+        throughput_cap=cap,
+        mps_throughput_cap=cap,
+        charge_model_time=bool(recorded.get("chargeModelTime")),
+    )
     cluster = cluster_of(product, SharingMode(mode), 143_771)
     out: list[Comparison] = []
     for body, result in run["results"].items():
@@ -131,6 +138,14 @@ def compare(path: Path, seconds: float, seeds: int) -> list[Comparison]:
         if loop and len(applied) == result.get("admitted"):
             sim = simulated(placed, Phasing.STAGGERED, seconds, seeds, None)
             measured.append(("loop", len(applied), loop, sim))
+            fewer = result.get("loopOneFewer")  # --fewer: the last admitted stream left out
+            if fewer and fewer.get("admitted") == len(applied) - 1 and "p99Ms" in fewer:
+                one_fewer, _, _ = apply_one_at_a_time(
+                    applied[:-1], cluster, [profile], settings, len(applied)
+                )
+                assert one_fewer is not None  # fewer streams than were placed: all placed
+                sim = simulated(one_fewer, Phasing.STAGGERED, seconds, seeds, None)
+                measured.append(("loop", len(applied) - 1, fewer, sim))
         for n in ns:
             rng = random.Random(LOOP_SEED + n)  # the run's own phases at this N
             phases_s = [rng.uniform(0, 1 / fps) for _ in range(n)]

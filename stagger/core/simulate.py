@@ -7,16 +7,19 @@ shards go through the sidecar's gate, which holds each inference (the body) unti
 the app captures each frame one pre-processing time ahead of the slot it will use
 (slot-clock mode), so when the slot period was rounded below the frame period a frame is
 taken for the first slot at or after its nominal time, and never waits in the gate.
-Bodies that run at once share the GPU (processor sharing). A body kept exactly apart (no
-cost, or the stream's own ``exclusiveBody``: a lock) is worth its whole body of GPU time,
-times (1 + ``contention``) when others run beside it, the extra cost of switching between
-contexts (0 is ideal sharing; see docs/simulator.md for its calibration). A body with a
-cost (measured at saturation as deployed, whatever its profile's exclusive label) is worth
-its cost: the contention is in the measurement. Running bodies each progress at min(1, 1 /
-the sum of their worths per unit of body), so n equal bodies kept apart each run at 1 / (n
-* (1 + contention)) and n equal costed ones at body / (n * cost): the GPU then serves one
-frame per cost, the throughput the cost was measured as (docs/architecture.md,
-"Capacity").
+A body alone takes its model's own time where the profile measured it (``soloComputeMs``),
+else its ``bodyTimeMs`` (what a slot reserves). On slow hosts the model alone needs more
+than its cost (run 86: 13.86 ms against 12.12), so bodies kept one after another cannot
+fit the period and must overlap (docs/architecture.md, "The models' own time").
+Bodies that run at once share the GPU (processor sharing). A body kept apart (no cost, or
+the stream's own ``exclusiveBody``: a lock) is worth its whole body of GPU time, times (1 +
+``contention``) when others run beside it, the extra cost of switching between contexts (0
+is ideal sharing; see docs/simulator.md for its calibration). A body with a cost (measured
+at saturation as deployed, whatever its profile's exclusive label) is worth its cost: the
+contention is in the measurement. Running bodies each progress at min(1, 1 / the sum of
+their worths per unit of body), so n equal bodies kept apart each run at 1 / (n * (1 +
+contention)) and n equal costed ones at body / (n * cost): the GPU then serves one frame
+per cost, the throughput the cost was measured as (docs/architecture.md, "Capacity").
 
 Pure and deterministic: randomness comes from a seeded numpy Generator.
 """
@@ -219,7 +222,7 @@ def shards_from_plan(
     out: dict[tuple[str, int], list[SimShard]] = {}
     for p in plan.shards:
         frame = p.frame_period_ticks * tick
-        body = p.body_ms / 1000
+        body = (p.solo_compute_ms or p.body_ms) / 1000
         rest = max(0.0, p.latency_ms / 1000 - body)
         pre, post = rest * pre_fraction, rest * (1 - pre_fraction)
         slot = None

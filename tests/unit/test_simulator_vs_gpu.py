@@ -45,3 +45,24 @@ def test_every_recorded_identical_run_with_a_profile_is_replayed_at_each_n_it_me
         assert sorted(r.n for r in rows if r.phasing == "random") == sorted(expected), path.name
         replayed += bool(expected)
     assert replayed >= 15  # every identical run but the one whose profile found no knee
+
+
+def test_the_simulator_sees_the_tail_turn_where_the_models_need_more_than_the_second() -> None:
+    """A body alone takes the profile's soloComputeMs. Run 82's 8 streams need 0.94 of each
+    second one at a time (11.78 ms x 80) and answered at p99 17.1 ms; run 86's need 1.11
+    (13.86 ms x 80), where p99 went from 22.0 ms at 7 to 45.2 ms at 8. Timed by its body
+    time (13.9 ms x 80 > 1), run 82 overlapped in the simulator too, at 24.7 ms."""
+    fast = RESULTS / "2026-12-06-loop-time-slicing-graph-h100-solo-compute.json"
+    slow = RESULTS / "2026-12-06-loop-time-slicing-graph-h100-one-fewer.json"
+    (fast_loop,) = [r for r in compare(fast, seconds=30, seeds=2) if r.phasing == "loop"]
+    at_8, at_7 = [r for r in compare(slow, seconds=30, seeds=2) if r.phasing == "loop"]
+    assert (fast_loop.n, at_8.n, at_7.n) == (8, 8, 7)
+    assert (fast_loop.gpu_p99_ms, at_8.gpu_p99_ms, at_7.gpu_p99_ms) == (17.06, 45.16, 22.04)
+    latency = {
+        r: json.loads(p.read_text())["results"]["graph"]["calibration"]["latencyMs"]
+        for r, p in (("fast", fast), ("slow", slow))
+    }
+    assert fast_loop.sim.percentile(99) < 1.2 * latency["fast"]  # 13.9 ms solo at Triton
+    assert at_7.sim.percentile(99) < 1.25 * latency["slow"]
+    assert at_8.sim.percentile(99) > 1.5 * latency["slow"]  # the turn
+    assert at_8.sim.dropped == at_7.sim.dropped == fast_loop.sim.dropped == 0
