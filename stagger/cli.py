@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
         help="charge streams on GPUs whose bodies take turns (every mode but MPS) the larger "
         "of their cost and their model's own time alone (soloComputeMs)",
     )
+    p.add_argument(
+        "--mps-servers-per-gpu",
+        type=int,
+        default=PlannerSettings().mps_servers_per_gpu,
+        metavar="N",
+        help="most model servers (shards) an MPS GPU takes (0: no limit)",
+    )
     p.add_argument("--guard-ms", type=float, default=0.0, metavar="MS")
     p.add_argument(
         "--max-extra-shards", type=int, default=PlannerSettings().max_extra_shards, metavar="N"
@@ -134,6 +141,7 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
             throughput_cap=args.throughput_cap,
             mps_throughput_cap=args.mps_throughput_cap,
             charge_model_time=args.charge_model_time,
+            mps_servers_per_gpu=args.mps_servers_per_gpu,
             guard_ms=args.guard_ms,
             policy=args.policy,
             max_extra_shards=args.max_extra_shards,

@@ -403,16 +403,6 @@ class CalibrationServers:
         return servers + (f" ({self.fewer_because})" if self.fewer_because else "")
 
 
-MPS_CLIENT_CONTEXTS = 48
-"""CUDA contexts one GPU's MPS server takes (Volta and later). A process past it gets
-cudaErrorDevicesUnavailable ("CUDA-capable device(s) is/are busy or unavailable"): on an
-H100 under MPS with 15 streams' Tritons running, 9 and 11 of a Job's 15 copies failed to
-load their model that way (runs 89-90, docs/benchmarks.md)."""
-CONTEXTS_PER_SERVER = 2
-"""CUDA contexts a Triton server holds: its own (the CUDA memory pool) and its model
-instance's stub process (the Python backend). A backend that runs inside the server holds
-none of its own, so this errs towards fewer copies."""
-
 COPY_PORT_STRIDE = 100
 """Copy i of Triton in a calibration Job serves HTTP on the Triton HTTP port + i x this."""
 
@@ -453,17 +443,15 @@ def calibration_servers(
         return CalibrationServers(
             fits, f"{t.memory_free_mib} MiB of GPU memory free, {memory} MiB a server"
         )
-    if t.sharing_mode is SharingMode.MPS:
-        room = MPS_CLIENT_CONTEXTS // CONTEXTS_PER_SERVER - t.servers_running
-        if room < wanted:
-            # a copy past MPS's contexts never loads its model: the Job would wait out its
-            # deadline (runs 89-90)
-            return CalibrationServers(
-                max(1, room),
-                f"MPS takes {MPS_CLIENT_CONTEXTS} CUDA contexts a GPU, "
-                f"{CONTEXTS_PER_SERVER} a server, and {t.servers_running} streams' servers "
-                "run there",
-            )
+    most = s.mps_servers_per_gpu
+    if t.sharing_mode is SharingMode.MPS and most and most - t.servers_running < wanted:
+        # a copy past the MPS server's CUDA contexts never loads its model, and the Job
+        # would wait out its deadline (runs 89-90)
+        return CalibrationServers(
+            max(1, most - t.servers_running),
+            f"an MPS GPU takes {most} model servers (mpsServersPerGpu) and "
+            f"{t.servers_running} streams' servers run there",
+        )
     return CalibrationServers(wanted)
 
 

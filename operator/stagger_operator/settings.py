@@ -34,6 +34,9 @@ class OperatorSettings(BaseSettings):
     charge_model_time: bool = PlannerSettings().charge_model_time
     """Charge streams on GPUs whose bodies take turns the larger of their cost and their
     model's own time alone (``PlannerSettings.charge_model_time``)."""
+    mps_servers_per_gpu: int = Field(default=PlannerSettings().mps_servers_per_gpu, ge=0)
+    """Most model servers (shards, and a calibration Job's copies beside them) an MPS GPU
+    takes (``PlannerSettings.mps_servers_per_gpu``; 0: no limit)."""
     guard_ms: float = Field(default=0.0, ge=0)
     policy: Literal["binpack", "spread"] = "binpack"
     max_extra_shards: int = Field(default=PlannerSettings().max_extra_shards, ge=0)
@@ -165,6 +168,7 @@ class OperatorSettings(BaseSettings):
             throughput_cap=self.throughput_cap,
             mps_throughput_cap=self.mps_throughput_cap,
             charge_model_time=self.charge_model_time,
+            mps_servers_per_gpu=self.mps_servers_per_gpu,
             guard_ms=self.guard_ms,
             policy=self.policy,
             max_extra_shards=self.max_extra_shards,

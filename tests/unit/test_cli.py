@@ -326,3 +326,31 @@ def test_charge_model_time_admits_what_the_models_fit_one_after_another(tmp_path
         1.1088,
         0.9702,
     ]
+
+
+def test_plan_keeps_an_mps_gpu_to_the_model_servers_it_takes(tmp_path: Path) -> None:
+    """`stagger plan` on an MPS GPU: 30 light streams fit its budget, 24 its MPS server's
+    contexts (the default), all 30 with --mps-servers-per-gpu 0."""
+    (tmp_path / "cluster.yaml").write_text(
+        CLUSTER.replace("memoryMiB: 15360}", "memoryMiB: 81559, sharingMode: mps}")
+    )
+    (tmp_path / "streams.yaml").write_text(
+        "---\n".join(
+            manifest(f"cam{i}", fps=5, bodyTimeMs=2, latencyMs=10, memoryMiB=1000)
+            for i in range(30)
+        )
+    )
+    files = [
+        "--streams",
+        str(tmp_path / "streams.yaml"),
+        "--cluster",
+        str(tmp_path / "cluster.yaml"),
+    ]
+    planned = run("plan", *files, "-o", "json")
+    assert planned.returncode == 1, planned.stderr
+    result = json.loads(planned.stdout)
+    assert len(result["shards"]) == 24
+    assert "mpsServersPerGpu" in result["unplaced"][0]["reason"]
+    unlimited = run("plan", *files, "-o", "json", "--mps-servers-per-gpu", "0")
+    assert unlimited.returncode == 0, unlimited.stderr
+    assert len(json.loads(unlimited.stdout)["shards"]) == 30

@@ -62,7 +62,7 @@ def test_the_job_beside_the_loops_servers_under_mps_runs_what_mps_takes(tmp_path
     job = _job(tmp_path, 15, 60_000, running=15)
     assert len(job["spec"]["template"]["spec"]["initContainers"]) == 9
     why = job["metadata"]["annotations"][manifests.ANNOTATION_CALIBRATION_SERVERS]
-    assert why.startswith("9 Triton servers (MPS takes 48 CUDA contexts a GPU")
+    assert why.startswith("9 Triton servers (an MPS GPU takes 24 model servers")
 
 
 def test_one_server_gets_a_model_with_two_instances_and_the_loops_is_left_alone(

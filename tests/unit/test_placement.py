@@ -1,5 +1,5 @@
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagger.core.placement import Plan, Planner, PlannerSettings, ShardPlacement, plan
+from stagger.core.placement import Plan, Planner, PlannerSettings, ShardPlacement, Unplaced, plan
 from stagger.core.placement.overlap import overlap_ms_per_second
 from stagger.core.slots import Slot
 from tests.factories import brute_force_overlaps, cluster, profile, stream
@@ -37,6 +37,8 @@ def check_plan(p: Plan, cap: float = 0.9, old_copies: Sequence[ShardPlacement] =
     for g in p.gpus:
         assert memory[(g.node, g.gpu)] == g.memory_mib <= g.memory_total_mib
         on_gpu = [s for s in p.shards if (s.node, s.gpu) == (g.node, g.gpu)]
+        if str(g.sharing_mode) == "mps":  # each a model server, old copies too
+            assert len(per_gpu[(g.node, g.gpu)]) <= PlannerSettings().mps_servers_per_gpu
         assert g.overlap_ms_per_s == pytest.approx(
             overlap_ms_per_second(on_gpu, p.tick_hz), abs=1e-3
         )
@@ -428,3 +430,28 @@ def test_an_old_copy_keeps_its_slot_until_it_is_gone() -> None:
     assert usage.utilization == pytest.approx(
         sum(s.body_ticks / s.period_ticks for s in on_gpu) + 0.18
     )
+
+
+def test_an_mps_gpu_takes_only_the_model_servers_its_mps_server_has_contexts_for() -> None:
+    """Light streams fit one GPU's budget 30 times over, but an MPS server takes 48 CUDA
+    contexts, 2 a Triton server: the 25th would never load its model (runs 89-90). So an
+    MPS GPU takes 24 shards, a second GPU the rest; a time-sliced GPU has no such limit."""
+    light = [stream(f"cam-{i}", 5, body=2.0, memoryMiB=1000) for i in range(30)]
+    one = cluster(("a", 1), memory=81559, sharing="mps")
+    result = plan(light, one)
+    assert len(result.shards) == 24 and len(result.unplaced) == 6
+    assert result.unplaced[0].reason.endswith(
+        "; 1 of them already run the 24 model servers an MPS GPU takes (mpsServersPerGpu)"
+    )
+    two = plan(light, cluster(("a", 2), memory=81559, sharing="mps"))
+    assert not two.unplaced
+    assert max(Counter(s.gpu for s in two.shards).values()) == 24
+    unlimited = plan(light, one, settings=PlannerSettings(mps_servers_per_gpu=0))
+    assert not unlimited.unplaced
+    assert not plan(light, cluster(("a", 1), memory=81559)).unplaced  # time-sliced
+    # one at a time, as streams are applied, the 25th waits with the same reason
+    planner = Planner(one)
+    planner.plan(light[:24])
+    refused = planner.add(light[24])
+    assert isinstance(refused, Unplaced) and "mpsServersPerGpu" in refused.reason
+    check_plan(planner.current())

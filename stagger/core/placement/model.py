@@ -19,6 +19,16 @@ ShardKey = tuple[str, str, int]  # namespace, stream, shard index
 GhostKey = tuple[str, str, str, int]  # "retiring", namespace, stream, shard: an old copy
 
 
+MPS_CLIENT_CONTEXTS = 48
+"""CUDA contexts one GPU's MPS server takes (Volta and later). A process past them gets
+"CUDA-capable device(s) is/are busy or unavailable": on an H100 with 15 streams' Tritons
+running, 9 and 11 of 15 more never loaded their model (runs 89-90, docs/benchmarks.md)."""
+CONTEXTS_PER_SERVER = 2
+"""CUDA contexts a Triton server holds: its own (the CUDA memory pool) and its model
+instance's stub process (the Python backend); a backend that runs inside the server holds
+none of its own."""
+
+
 @dataclass(frozen=True)
 class PlannerSettings:
     utilization_cap: float = 0.9
@@ -43,6 +53,10 @@ class PlannerSettings:
     hosts whose models need more than the second (run 86: 7 streams at 1.12 x solo where
     the cost admits 8 at 2.29 x). Off by default: random phases hold that 8th stream too,
     and the product admits at least what they hold (issue 20)."""
+    mps_servers_per_gpu: int = MPS_CLIENT_CONTEXTS // CONTEXTS_PER_SERVER
+    """Most shards an MPS GPU takes, each one Triton server: past its MPS server's CUDA
+    contexts a server cannot load its model (0: no limit). 48 suits backends that run
+    inside the server (one context each)."""
     guard_ms: float = 0.0
     """Extra time reserved after every body (the cap already leaves room, so 0)."""
     policy: Policy = "binpack"
@@ -69,8 +83,8 @@ class PlannerSettings:
             < 0
         ):
             raise ValueError("guard, extra shards and memory reserve must not be negative")
-        if self.max_repair_moves < 0:
-            raise ValueError("max repair moves must not be negative")
+        if self.max_repair_moves < 0 or self.mps_servers_per_gpu < 0:
+            raise ValueError("max repair moves and MPS servers per GPU must not be negative")
 
     def throughput_cap_under(self, mode: SharingMode) -> float:
         """The throughput cap for streams sharing a GPU in ``mode``."""

@@ -25,7 +25,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import cast
 
-from stagger.core.api import InferenceStream, ModelProfile
+from stagger.core.api import InferenceStream, ModelProfile, SharingMode
 from stagger.core.cluster import Cluster
 from stagger.core.placement.demand import Demands, _Demand
 from stagger.core.placement.fleet import _Fleet, _Gpu, _matches, _Shard
@@ -150,7 +150,7 @@ class Planner:
         slots only where all of them fit whole: they are widened, by a re-timing
         (:meth:`_widens`); a shared stream joins a GPU of such bodies with its whole body
         as its slot (:meth:`_whole_bodies`)."""
-        if g.memory_free < memory:
+        if g.memory_free < memory or self._servers_past(g, len(g.slots) + 1):
             return False
         if self._widens(g, d):
             if not self._widenable(g):
@@ -165,6 +165,12 @@ class Planner:
             self._lower(g, request)
             return False
         return True
+
+    def _servers_past(self, g: _Gpu, servers: int) -> bool:
+        """``servers`` shards (a model server each) are more than ``g`` takes: an MPS GPU
+        takes ``mps_servers_per_gpu``."""
+        limit = self.settings.mps_servers_per_gpu
+        return bool(limit) and g.gpu.sharing_mode is SharingMode.MPS and servers > limit
 
     def _whole_bodies(self, g: _Gpu) -> bool:
         """Whether a shard joining ``g`` takes its whole body as its slot: ``g`` runs a body
@@ -525,8 +531,13 @@ class Planner:
                 f"needs {need:.2f} GPU-seconds of body per second ({body}); split over {k} shards"
             )
             where = f"{k} GPUs with >= {least:.2f} free each"
+        full = sum(self._servers_past(g, len(g.slots) + 1) for g in eligible)
         fits = sum(
-            1 for g in eligible if free(g) >= share(g) - 1e-9 and g.memory_free >= spec.memory_mib
+            1
+            for g in eligible
+            if free(g) >= share(g) - 1e-9
+            and g.memory_free >= spec.memory_mib
+            and not self._servers_past(g, len(g.slots) + 1)
         )
         if fits >= k:
             pinned = any(
@@ -547,9 +558,16 @@ class Planner:
                     else ""
                 )
             )
+        servers = (
+            f"; {full} of them already run the {self.settings.mps_servers_per_gpu} model "
+            "servers an MPS GPU takes (mpsServersPerGpu)"
+            if full
+            else ""
+        )
         return (
             f"{head}: it needs {where}; {fits} matching GPU(s) have it "
             f"(largest free {max(largest_free, 0):.2f}, largest free memory {largest_mem} MiB)"
+            + servers
         )
 
     # -- the plan -------------------------------------------------------------
@@ -914,7 +932,7 @@ class Planner:
         """The table of ``g`` holding these shards (at their slots where possible) and these
         old copies (at theirs), or None when memory, the cap or the slots forbid."""
         memory = sum(m[0].stream.spec.memory_mib for m in members) + sum(m for _, m in ghosts)
-        if memory > g.memory_free:
+        if memory > g.memory_free or self._servers_past(g, len(members) + len(ghosts)):
             return None
         # bodies kept apart need every other body clear of theirs (as on a GPU where a
         # shard is placed: see _whole_bodies)

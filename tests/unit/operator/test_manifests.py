@@ -362,16 +362,16 @@ def test_a_calibration_job_runs_as_many_servers_as_it_can_and_says_why_fewer(
         (
             "mps",
             15,
-            "9 Triton servers (MPS takes 48 CUDA contexts a GPU, 2 a server, and 15 streams' "
-            "servers run there)",
+            "9 Triton servers (an MPS GPU takes 24 model servers (mpsServersPerGpu) and 15 "
+            "streams' servers run there)",
         ),
         ("mps", 0, "16 Triton servers"),  # 24 fit an idle GPU
         ("mps", 8, "16 Triton servers"),
         (
             "mps",
             30,
-            "one Triton server (MPS takes 48 CUDA contexts a GPU, 2 a server, and 30 streams' "
-            "servers run there)",
+            "one Triton server (an MPS GPU takes 24 model servers (mpsServersPerGpu) and 30 "
+            "streams' servers run there)",
         ),
         ("time-slicing", 30, "16 Triton servers"),  # each context its own: no such limit
     ],

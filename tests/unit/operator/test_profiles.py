@@ -319,8 +319,8 @@ def test_a_calibration_beside_running_streams_under_mps_runs_only_the_copies_mps
     (job,) = state.jobs
     assert len(job["spec"]["template"]["spec"]["initContainers"]) == 9
     assert (
-        "with 9 Triton servers (MPS takes 48 CUDA contexts a GPU, 2 a server, and 15 streams' "
-        "servers run there)" in state.statuses[("default", "new")]["message"]
+        "with 9 Triton servers (an MPS GPU takes 24 model servers (mpsServersPerGpu) and 15 "
+        "streams' servers run there)" in state.statuses[("default", "new")]["message"]
     )
 
 
