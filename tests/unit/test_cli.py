@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -291,6 +292,14 @@ def test_the_gpu_table_shows_the_models_time_where_profiles_measured_it() -> Non
     assert "MODEL TIME" not in text and "modelTimeShare" not in gpu
 
 
+def plan_files(tmp_path: Path, manifests: Iterable[str]) -> list[str]:
+    """``stagger plan``'s --streams and --cluster flags, the streams written to one file
+    beside the test's cluster.yaml."""
+    streams, cluster_file = tmp_path / "streams.yaml", tmp_path / "cluster.yaml"
+    streams.write_text("---\n".join(manifests))
+    return ["--streams", str(streams), "--cluster", str(cluster_file)]
+
+
 def test_charge_model_time_admits_what_the_models_fit_one_after_another(tmp_path: Path) -> None:
     """`stagger plan --charge-model-time` with run 86's profile (12.12 ms cost, 13.86 ms
     alone): 8 streams at 10 fps by their cost, 7 by their model's own time."""
@@ -304,18 +313,13 @@ def test_charge_model_time_admits_what_the_models_fit_one_after_another(tmp_path
                    latencyMs: 15.6, soloComputeMs: 13.86}
             """)
     )
-    (tmp_path / "streams.yaml").write_text(
-        "---\n".join(
+    files = plan_files(
+        tmp_path,
+        (
             manifest(f"cam{i}", fps=10).replace("bodyTimeMs: 45, latencyMs: 75", "memoryMiB: 1024")
             for i in range(10)
-        )
+        ),
     )
-    files = [
-        "--streams",
-        str(tmp_path / "streams.yaml"),
-        "--cluster",
-        str(tmp_path / "cluster.yaml"),
-    ]
     files += ["--profiles", str(tmp_path / "profile.yaml"), "-o", "json"]
     planned = run("plan", *files)
     assert planned.returncode == 1, planned.stderr  # the streams it could not place
@@ -334,18 +338,10 @@ def test_plan_keeps_an_mps_gpu_to_the_model_servers_it_takes(tmp_path: Path) -> 
     (tmp_path / "cluster.yaml").write_text(
         CLUSTER.replace("memoryMiB: 15360}", "memoryMiB: 81559, sharingMode: mps}")
     )
-    (tmp_path / "streams.yaml").write_text(
-        "---\n".join(
-            manifest(f"cam{i}", fps=5, bodyTimeMs=2, latencyMs=10, memoryMiB=1000)
-            for i in range(30)
-        )
+    files = plan_files(
+        tmp_path,
+        (manifest(f"cam{i}", fps=5, bodyTimeMs=2, latencyMs=10, memoryMiB=1000) for i in range(30)),
     )
-    files = [
-        "--streams",
-        str(tmp_path / "streams.yaml"),
-        "--cluster",
-        str(tmp_path / "cluster.yaml"),
-    ]
     planned = run("plan", *files, "-o", "json")
     assert planned.returncode == 1, planned.stderr
     result = json.loads(planned.stdout)
