@@ -35,6 +35,29 @@ class CalibrationOutcome:
     podless_s: float | None = None
     """Running with no pod yet, this long after the Job was created (None: it has one, or
     its age is not known)."""
+    pod: str = ""
+    """Its running pod's name ("" where it has none)."""
+    restarted: tuple[str, ...] = ()
+    """Its Triton containers that have restarted: their server exited, most often because
+    the model did not load."""
+
+    def progress(self, job: Obj) -> str:
+        """What a running Job's stream is told beside "measuring": where to look when it has
+        no pod, or when its servers restart (the profiler would wait for them until its
+        deadline, up to 15 minutes, before it says so)."""
+        return self.waiting_for_pod(job) or self.servers_restarting(job)
+
+    def servers_restarting(self, job: Obj) -> str:
+        """For a Job some of whose Triton servers restarted: which, and where to read why."""
+        if not self.restarted:
+            return ""
+        ns = job["metadata"].get("namespace") or ""
+        return (
+            f"; {len(self.restarted)} of its Triton servers restarted ({', '.join(self.restarted)})"
+            f": kubectl logs -n {ns} {self.pod} -c {self.restarted[0]} --previous says why (out "
+            'of GPU memory: raise the stream\'s memoryMiB; under MPS "busy or unavailable": '
+            "lower the operator's mpsServersPerGpu)"
+        )
 
     def waiting_for_pod(self, job: Obj) -> str:
         """For a Job that created no pod for ``NO_POD_S``: where to look, else nothing. An
@@ -142,7 +165,7 @@ def calibration_state(
         else:
             message = (
                 f"measuring the body time of {where} on node {site.node} GPU {site.gpu} with "
-                f"{_servers(job)}: Job {name}" + outcome.waiting_for_pod(job)
+                f"{_servers(job)}: Job {name}" + outcome.progress(job)
             )
         out.statuses[(u.namespace, u.stream)] = stream_status(
             stream, [], phase, message, now, reason=reason, tick_hz=settings.tick_hz
@@ -282,7 +305,7 @@ def recalibration_state(
                     "Recalibrating",
                     f"measuring with Job {stream.namespace}/{name} on node {gpu.node} GPU "
                     f"{gpu.gpu} with {_servers(job)}, with the pod template of "
-                    f"{stream.namespace}/{stream.name}" + outcome.waiting_for_pod(job),
+                    f"{stream.namespace}/{stream.name}" + outcome.progress(job),
                 )
             )
     return out
@@ -374,4 +397,20 @@ def _outcome(job: Obj, pods: list[Obj], now: datetime | None) -> CalibrationOutc
         except ValueError:  # not the API server's RFC 3339: no age, no hint
             return CalibrationOutcome()
         return CalibrationOutcome(podless_s=max(0.0, (now - born).total_seconds()))
-    return CalibrationOutcome()  # running, or retrying after a failed pod
+    return _running(pods)  # running, or retrying after a failed pod
+
+
+def _running(pods: list[Obj]) -> CalibrationOutcome:
+    """A running Job's pod, with the Triton containers (native sidecars: init containers
+    that keep running) that have restarted."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") not in (None, "Pending", "Running"):
+            continue  # a failed pod the Job retries with another
+        restarted = tuple(
+            str(c.get("name"))
+            for c in status.get("initContainerStatuses") or []
+            if int(c.get("restartCount") or 0) > 0
+        )
+        return CalibrationOutcome(pod=str(pod["metadata"].get("name") or ""), restarted=restarted)
+    return CalibrationOutcome()

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from stagger.core.api import ModelProfile
-from stagger.core.placement import GpuUsage
+from stagger.core.api import InferenceStream, ModelProfile
+from stagger.core.placement import GpuUsage, Plan
 from stagger_operator.calibration import RECALIBRATE, drift_recalibrations
 from stagger_operator.settings import OperatorSettings
 from stagger_operator.status import profile_statuses
@@ -121,6 +121,20 @@ def _pod(job: str, exit_code: int, message: str) -> dict[str, Any]:
             ]
         },
     }
+
+
+def _uncalibrated_cam() -> tuple[InferenceStream, Plan]:
+    """A stream of 5,000 MiB with no body time, alone on an idle T4 (16,000 MiB), and the
+    plan that leaves it to be calibrated."""
+    from stagger.core.placement import plan
+    from tests.factories import cluster, stream
+
+    cam = stream("cam", 10, body=None, memoryMiB=5000)
+    cam.spec.template = {
+        "spec": {"containers": [{"name": "triton", "image": "t", "args": ["tritonserver"]}]}
+    }
+    cam.metadata.uid = "uid-cam"
+    return cam, plan([cam], cluster(("gpu-a", 1)))
 
 
 def test_calibration_outcomes_from_jobs_and_their_pods() -> None:
@@ -274,16 +288,9 @@ def test_a_stream_waiting_for_calibration_is_told_how_many_servers_measure_it() 
     is free there (16,000 MiB on an idle T4); at 5,000 MiB a server the Job runs 3 copies
     of the stream's Triton, and the stream's Calibrating message says so."""
     from stagger.core.api import StreamPhase
-    from stagger.core.placement import plan
     from stagger_operator.calibration import calibration_state
-    from tests.factories import cluster, stream
 
-    cam = stream("cam", 10, body=None, memoryMiB=5000)
-    cam.spec.template = {
-        "spec": {"containers": [{"name": "triton", "image": "t", "args": ["tritonserver"]}]}
-    }
-    cam.metadata.uid = "uid-cam"
-    planned = plan([cam], cluster(("gpu-a", 1)))
+    cam, planned = _uncalibrated_cam()
     (unplaced,) = planned.unplaced
     assert unplaced.calibrate_on[0].memory_free_mib == 16000
     state = calibration_state([cam], planned, {}, OperatorSettings(), NOW)
@@ -330,14 +337,12 @@ def test_a_calibration_job_that_created_no_pod_for_a_minute_says_where_to_look()
     waits out its deadline. A minute on, the stream's message says so and where to look;
     a Job younger than that, or one with a pod, says nothing more."""
     from stagger.core.api import StreamPhase
-    from stagger.core.placement import plan
     from stagger_operator.calibration import (
         NO_POD_S,
         CalibrationOutcome,
         calibration_outcomes,
         calibration_state,
     )
-    from tests.factories import cluster, stream
 
     def created(name: str, seconds_ago: float) -> dict[str, Any]:
         job = _job(name)
@@ -360,12 +365,7 @@ def test_a_calibration_job_that_created_no_pod_for_a_minute_says_where_to_look()
     garbled["metadata"]["creationTimestamp"] = "yesterday"
     assert calibration_outcomes([garbled], [], NOW)[("ns", "garbled")] == CalibrationOutcome()
 
-    cam = stream("cam", 10, body=None, memoryMiB=5000)
-    cam.spec.template = {
-        "spec": {"containers": [{"name": "triton", "image": "t", "args": ["tritonserver"]}]}
-    }
-    cam.metadata.uid = "uid-cam"
-    planned = plan([cam], cluster(("gpu-a", 1)))
+    cam, planned = _uncalibrated_cam()
     (job,) = calibration_state([cam], planned, {}, OperatorSettings(), NOW).jobs
     key = (job["metadata"]["namespace"], job["metadata"]["name"])
     waiting = {key: CalibrationOutcome(podless_s=NO_POD_S + 5)}
@@ -375,6 +375,49 @@ def test_a_calibration_job_that_created_no_pod_for_a_minute_says_where_to_look()
     assert status["message"].endswith(
         f"it has created no pod in 65 s: kubectl describe job -n default {key[1]} says why "
         "(a LimitRange's min, a ResourceQuota, Pod Security admission)"
+    )
+
+
+def test_a_calibration_job_whose_servers_restart_says_which_and_where_to_read_why() -> None:
+    """A copy of Triton whose model does not load exits, and the kubelet restarts it (a
+    native sidecar); the profiler would wait for it until its deadline. The stream is told
+    at once which servers restarted and where their logs say why (runs 88-90: "busy or
+    unavailable" under MPS). A failed pod the Job replaces says nothing."""
+    from stagger.core.api import StreamPhase
+    from stagger_operator.calibration import calibration_outcomes, calibration_state
+
+    cam, planned = _uncalibrated_cam()
+    (job,) = calibration_state([cam], planned, {}, OperatorSettings(), NOW).jobs
+    name = job["metadata"]["name"]
+
+    def pod(phase: str, restarts: dict[str, int]) -> dict[str, Any]:
+        return {
+            "metadata": {"name": f"{name}-x", "namespace": "default", "labels": {"job-name": name}},
+            "status": {
+                "phase": phase,
+                "initContainerStatuses": [
+                    {"name": n, "restartCount": r} for n, r in restarts.items()
+                ],
+            },
+        }
+
+    steady = pod("Running", {"triton": 0, "triton-copy-1": 0, "triton-copy-2": 0})
+    crashing = pod("Running", {"triton": 0, "triton-copy-1": 2, "triton-copy-2": 1})
+    failed = pod("Failed", {"triton": 0, "triton-copy-1": 3, "triton-copy-2": 0})
+    key = ("default", name)
+    assert calibration_outcomes([job], [steady], NOW)[key].restarted == ()
+    assert calibration_outcomes([job], [failed], NOW)[key].restarted == ()
+    outcomes = calibration_outcomes([job], [crashing], NOW)
+    assert outcomes[key].restarted == ("triton-copy-1", "triton-copy-2")
+    status = calibration_state([cam], planned, outcomes, OperatorSettings(), NOW).statuses[
+        ("default", "cam")
+    ]
+    assert status["phase"] == StreamPhase.CALIBRATING
+    assert status["message"].endswith(
+        f"; 2 of its Triton servers restarted (triton-copy-1, triton-copy-2): kubectl logs -n "
+        f"default {name}-x -c triton-copy-1 --previous says why (out of GPU memory: raise the "
+        "stream's memoryMiB; under MPS \"busy or unavailable\": lower the operator's "
+        "mpsServersPerGpu)"
     )
 
 
