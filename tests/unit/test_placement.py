@@ -441,7 +441,7 @@ def test_an_mps_gpu_takes_only_the_model_servers_its_mps_server_has_contexts_for
     result = plan(light, one)
     assert len(result.shards) == 24 and len(result.unplaced) == 6
     assert result.unplaced[0].reason.endswith(
-        "; 1 of them already run the 24 model servers an MPS GPU takes (mpsServersPerGpu)"
+        "; the 24 model servers an MPS GPU takes (mpsServersPerGpu) already run on 1 of them"
     )
     two = plan(light, cluster(("a", 2), memory=81559, sharing="mps"))
     assert not two.unplaced

@@ -559,8 +559,8 @@ class Planner:
                 )
             )
         servers = (
-            f"; {full} of them already run the {self.settings.mps_servers_per_gpu} model "
-            "servers an MPS GPU takes (mpsServersPerGpu)"
+            f"; the {self.settings.mps_servers_per_gpu} model servers an MPS GPU takes "
+            f"(mpsServersPerGpu) already run on {full} of them"
             if full
             else ""
         )
