@@ -347,6 +347,9 @@ def test_plan_keeps_an_mps_gpu_to_the_model_servers_it_takes(tmp_path: Path) -> 
     result = json.loads(planned.stdout)
     assert len(result["shards"]) == 24
     assert "mpsServersPerGpu" in result["unplaced"][0]["reason"]
+    negative = run("plan", *files, "--mps-servers-per-gpu", "-1")
+    assert negative.returncode != 0 and negative.stdout == ""
+    assert "MPS servers per GPU must not be negative (0: no limit), not -1" in negative.stderr
     unlimited = run("plan", *files, "-o", "json", "--mps-servers-per-gpu", "0")
     assert unlimited.returncode == 0, unlimited.stderr
     assert len(json.loads(unlimited.stdout)["shards"]) == 30

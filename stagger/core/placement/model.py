@@ -83,8 +83,13 @@ class PlannerSettings:
             < 0
         ):
             raise ValueError("guard, extra shards and memory reserve must not be negative")
-        if self.max_repair_moves < 0 or self.mps_servers_per_gpu < 0:
-            raise ValueError("max repair moves and MPS servers per GPU must not be negative")
+        if self.max_repair_moves < 0:
+            raise ValueError("max repair moves must not be negative")
+        if self.mps_servers_per_gpu < 0:
+            raise ValueError(
+                f"MPS servers per GPU must not be negative (0: no limit), not "
+                f"{self.mps_servers_per_gpu}"
+            )
 
     def throughput_cap_under(self, mode: SharingMode) -> float:
         """The throughput cap for streams sharing a GPU in ``mode``."""
