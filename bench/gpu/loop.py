@@ -181,7 +181,7 @@ def make_servers(k: int, gpu: int, root: Path, repo: Path, under_mps: bool) -> l
 def start_all(servers: list[LocalTriton]) -> None:
     """Start every server at once; the first failure is raised (with the server's words),
     once the others have finished starting (the caller stops them all)."""
-    with ThreadPoolExecutor(len(servers)) as pool:
+    with ThreadPoolExecutor(max(1, len(servers))) as pool:
         for future in [pool.submit(s.start) for s in servers]:
             future.result()
 
@@ -219,9 +219,9 @@ def calibrate_with_job(
 ) -> tuple[ModelProfile, dict[str, Any]]:
     """``--calibrate-with job``: the operator's calibration Job for the body's stream, its
     containers run as the kubelet would (:mod:`bench.gpu.operator_job`): ``--servers``
-    copies of Triton (fewer where the GPU's free memory holds fewer at ``--memory-mib``),
-    beside the loop's own servers, idle then (a Job beside a GPU's running streams), and
-    the ModelProfile the operator writes from its result. ``servers`` and ``repo`` set
+    copies of Triton (fewer where the GPU's free memory holds fewer at ``--memory-mib``,
+    or where ``beside`` leaves fewer under MPS), and the ModelProfile the operator writes
+    from its result (:func:`job_measure` says where the loop's own servers are then). ``servers`` and ``repo`` set
     another calibrationServers and model repository (``bench.gpu.job``'s one-server Job);
     ``beside`` is how many streams' servers run on the GPU (under MPS each holds CUDA
     contexts the copies then cannot have)."""
@@ -252,15 +252,47 @@ def calibrate_with_job(
 
 
 def job_measure(
-    body: str, *, frame: Path, product: str, mode: SharingMode, root: Path, args: argparse.Namespace
+    body: str,
+    *,
+    servers: list[LocalTriton],
+    frame: Path,
+    product: str,
+    mode: SharingMode,
+    root: Path,
+    args: argparse.Namespace,
 ) -> Callable[[], tuple[ModelProfile, dict[str, Any]]] | None:
-    """How a body is profiled: the operator's Job under ``--calibrate-with job``, else None
-    (the loop's own profile)."""
+    """How a body is profiled: the operator's Job under ``--calibrate-with job`` or
+    ``job-beside``, else None (the loop's own profile).
+
+    ``job`` is a stream's first calibration: the operator puts it on an idle GPU, so the
+    loop's servers are stopped while it runs and started again after (under MPS each holds
+    CUDA contexts the Job's copies would otherwise not get: run 92 ran 7 copies beside 17
+    and measured the saturation of 7). ``job-beside`` is a re-calibration beside the GPU's
+    streams: their servers stay up, idle, and the Job runs what they leave."""
+    if args.calibrate_with == "job-beside":
+        return lambda: calibrate_with_job(
+            body,
+            frame=frame,
+            product=product,
+            mode=mode,
+            root=root,
+            args=args,
+            beside=len(servers),
+        )
     if args.calibrate_with != "job":
         return None
-    return lambda: calibrate_with_job(
-        body, frame=frame, product=product, mode=mode, root=root, args=args, beside=args.servers
-    )
+
+    def on_an_idle_gpu() -> tuple[ModelProfile, dict[str, Any]]:
+        for s in servers:
+            s.stop()
+        try:
+            return calibrate_with_job(
+                body, frame=frame, product=product, mode=mode, root=root, args=args
+            )
+        finally:
+            start_all(servers)
+
+    return on_an_idle_gpu
 
 
 def profile_summary(
@@ -789,7 +821,9 @@ def identical(
         product,
         mode,
         times=args.profiles,
-        measure=job_measure(body, frame=frame, product=product, mode=mode, root=root, args=args),
+        measure=job_measure(
+            body, servers=servers, frame=frame, product=product, mode=mode, root=root, args=args
+        ),
     )
     if args.stop_on_stalls and (why := host_stalls(calibration)):
         out["calibration"] = calibration
@@ -1034,7 +1068,13 @@ def mixed(
             mode,
             times=args.profiles,
             measure=job_measure(
-                model, frame=frame, product=product, mode=mode, root=root, args=args
+                model,
+                servers=servers,
+                frame=frame,
+                product=product,
+                mode=mode,
+                root=root,
+                args=args,
             ),
         )
         manifests.append(manifest)
@@ -1338,11 +1378,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--calibrate-with",
-        choices=["profiler", "job"],
+        choices=["profiler", "job", "job-beside"],
         default="profiler",
         help="how each body is profiled: stagger profile in-process over gRPC against the "
         "loop's servers (profiler), or the operator's calibration Job, its containers run as "
-        "the kubelet would: --servers copies of Triton beside the loop's idle servers (job)",
+        "the kubelet would, --servers copies of Triton: on the idle GPU, the loop's servers "
+        "stopped meanwhile, as a stream's first calibration (job), or beside the loop's "
+        "idle servers, as a re-calibration beside a GPU's streams (job-beside)",
     )
     p.add_argument(
         "--stop-on-stalls",

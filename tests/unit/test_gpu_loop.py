@@ -730,11 +730,13 @@ def test_a_profile_that_asks_for_a_re_run_is_re_run_as_a_user_would(
         calibrate_until_one_holds(*args, times=1)
 
 
-def _identical_stopped_after_its_profile(tmp_path: Path, flags: str, out: dict[str, Any]) -> None:
-    """The identical workload on no servers: only as far as its profile goes."""
+def _identical_stopped_after_its_profile(
+    tmp_path: Path, flags: str, out: dict[str, Any], servers: list[Any] | None = None
+) -> None:
+    """The identical workload (on no servers unless given): only as far as its profile goes."""
     gpu_loop.identical(
         "graph",
-        servers=[],
+        servers=servers or [],
         frame=tmp_path / "f.jpg",
         product="NVIDIA-H100",
         mode=SharingMode.MPS,
@@ -772,17 +774,39 @@ def test_calibrate_with_job_profiles_with_the_operators_job_not_the_loops_own(
     def own(*_: Any) -> None:
         raise AssertionError("the loop's own profile ran")
 
-    jobs: list[str] = []
+    happened: list[str] = []
 
-    def job(body: str, **_: Any) -> tuple[str, dict[str, Any]]:
-        jobs.append(body)
+    class Server:
+        """A loop server, as far as the Job's calibration handles one: stopped, started."""
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def stop(self) -> None:
+            happened.append(f"stop {self.name}")
+
+        def start(self) -> None:
+            happened.append(f"start {self.name}")
+
+    def job(body: str, beside: int = 0, **_: Any) -> tuple[str, dict[str, Any]]:
+        happened.append(f"job {body} beside {beside}")
         return "profile", {"kneePastSolo": False, "warnings": [], "stalledPairs": 1}
 
     monkeypatch.setattr("bench.gpu.loop.calibrate", own)
     monkeypatch.setattr("bench.gpu.loop.calibrate_with_job", job)
-    with pytest.raises(HostStalls):
-        _identical_stopped_after_its_profile(
-            tmp_path, "--stop-on-stalls --calibrate-with job", out := {}
-        )
-    assert jobs == ["graph"] and out["calibration"]["stalledPairs"] == 1
+    for how in ("job", "job-beside"):
+        with pytest.raises(HostStalls):
+            _identical_stopped_after_its_profile(
+                tmp_path,
+                f"--stop-on-stalls --calibrate-with {how}",
+                out := {},
+                [Server("a"), Server("b")],
+            )
+        assert out["calibration"]["stalledPairs"] == 1
+    # a first calibration runs on the idle GPU: the loop's servers stop for it (under MPS
+    # they hold CUDA contexts its copies need, run 92) and start again after; a
+    # re-calibration runs beside them
+    assert happened[:3] == ["stop a", "stop b", "job graph beside 0"]
+    assert sorted(happened[3:5]) == ["start a", "start b"]  # started side by side
+    assert happened[5:] == ["job graph beside 2"]
     assert parse_args(["--out", str(tmp_path)]).calibrate_with == "profiler"
