@@ -221,8 +221,9 @@ def calibrate_with_job(
     containers run as the kubelet would (:mod:`bench.gpu.operator_job`): ``--servers``
     copies of Triton (fewer where the GPU's free memory holds fewer at ``--memory-mib``,
     or where ``beside`` leaves fewer under MPS), and the ModelProfile the operator writes
-    from its result (:func:`job_measure` says where the loop's own servers are then). ``servers`` and ``repo`` set
-    another calibrationServers and model repository (``bench.gpu.job``'s one-server Job);
+    from its result (:func:`job_measure` says where the loop's own servers are then).
+    ``servers`` and ``repo`` set another calibrationServers and model repository
+    (``bench.gpu.job``'s one-server Job);
     ``beside`` is how many streams' servers run on the GPU (under MPS each holds CUDA
     contexts the copies then cannot have)."""
     free = gpu_memory_free_mib(args.gpu) if shutil.which("nvidia-smi") else None

@@ -18,7 +18,8 @@ from stagger.core.api import (
     StreamPhase,
 )
 from stagger.core.calibration import CalibrationResult, model_profile
-from stagger.core.placement import Plan
+from stagger.core.cluster import Cluster
+from stagger.core.placement import Plan, RunningCalibration
 from stagger_operator import manifests
 from stagger_operator.settings import OperatorSettings
 from stagger_operator.status import stream_status
@@ -359,6 +360,30 @@ def calibration_outcomes(
         key = (job["metadata"].get("namespace") or "", job["metadata"]["name"])
         out[key] = _outcome(job, by_job.get(key, []), now)
     return out
+
+
+def running_calibrations(
+    jobs: Iterable[Obj],
+    outcomes: Mapping[tuple[str, str], CalibrationOutcome],
+    cluster: Cluster,
+) -> tuple[RunningCalibration, ...]:
+    """The calibration Jobs still measuring, and the GPU each measures (from its labels):
+    the planner keeps new streams off those GPUs until they end. A Job with a result or a
+    failure no longer loads its GPU; one whose GPU is not in the cluster loads none."""
+    gpus = {
+        manifests.gpu_label(n.name, g.index): (n.name, g.index)
+        for n in cluster.nodes
+        for g in n.gpus
+    }
+    out = []
+    for job in jobs:
+        meta = job["metadata"]
+        outcome = outcomes.get((meta.get("namespace") or "", meta["name"]), CalibrationOutcome())
+        where = gpus.get((meta.get("labels") or {}).get(manifests.LABEL_GPU, ""))
+        model = (meta.get("annotations") or {}).get(manifests.ANNOTATION_CALIBRATION_MODEL)
+        if outcome.result is None and outcome.failure is None and where and model:
+            out.append(RunningCalibration(*where, model))
+    return tuple(sorted(out, key=lambda r: (r.node, r.gpu, r.model)))
 
 
 def _outcome(job: Obj, pods: list[Obj], now: datetime | None) -> CalibrationOutcome:

@@ -44,6 +44,7 @@ from stagger_operator.calibration import (
     calibration_state,
     drift_recalibrations,
     recalibration_state,
+    running_calibrations,
 )
 from stagger_operator.desired import (
     Desired,
@@ -259,6 +260,7 @@ class Controller:
             previous=snap.previous,
             pinned=pinned,
             retiring=retiring,
+            calibrating=running_calibrations(snap.jobs.values(), snap.outcomes, snap.cluster),
         )
         if s.follow_arrivals:
             result = follow_plan(

@@ -27,6 +27,9 @@ LABEL_GPU = "stagger.dev/gpu"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "stagger", "app.kubernetes.io/part-of": "stagger"}
 LABEL_CALIBRATION = "stagger.dev/calibration"
 ANNOTATION_CALIBRATION_SERVERS = "stagger.dev/calibration-servers"
+ANNOTATION_CALIBRATION_MODEL = "stagger.dev/calibration-model"
+"""The model a calibration Job measures (the planner keeps streams off its GPU meanwhile,
+and its model's streams calibrating there)."""
 """On a calibration Job: how many Triton servers it measures with, and why fewer."""
 SLOT_DIR = "/etc/stagger/slot"
 SIDECAR = "stagger-sidecar"
@@ -561,8 +564,12 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
         "containers": [profiler],
     }
     _pin_to_node(pod_spec, t.node)
-    metadata = owned_metadata(stream, name, labels)
-    metadata["annotations"] = {ANNOTATION_CALIBRATION_SERVERS: servers.describe()}
+    # the GPU it measures, on the Job alone: its pod is no stream's shard
+    metadata = owned_metadata(stream, name, labels | {LABEL_GPU: gpu_label(t.node, t.gpu)})
+    metadata["annotations"] = {
+        ANNOTATION_CALIBRATION_SERVERS: servers.describe(),
+        ANNOTATION_CALIBRATION_MODEL: model,
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

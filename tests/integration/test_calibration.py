@@ -80,6 +80,14 @@ async def test_an_uncalibrated_stream_is_measured_profiled_and_placed(cluster: C
         pod = job["spec"]["template"]["spec"]
         assert [c["name"] for c in pod["containers"]] == ["stagger-profile"]
         await cluster.wait_for(lambda: _phase(cluster, "cam-2", "Calibrating"))
+        # a calibrated stream applied meanwhile goes to a GPU the Job does not measure (first
+        # fit took the Job's, and the Job moved), and the Job stays as it is
+        await cluster.create(stream("lobby", model="yolo"))
+        placed = await cluster.wait_for(lambda: _phase(cluster, "lobby", "Placed"))
+        measured = job["metadata"]["labels"]["stagger.dev/gpu"]
+        assert f"{placed['node']}.{placed['gpu']}" != measured
+        (still,) = await cluster.objects("Job", "default")
+        assert still["metadata"]["name"] == job["metadata"]["name"]
 
         await finish(cluster, job, 0, RESULT.model_dump_json(by_alias=True))
         (profile,) = await cluster.wait_for(lambda: cluster.objects("ModelProfile"))

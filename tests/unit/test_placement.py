@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagger.core.placement import Plan, Planner, PlannerSettings, ShardPlacement, Unplaced, plan
+from stagger.core.placement import (
+    Plan,
+    Planner,
+    PlannerSettings,
+    RunningCalibration,
+    ShardPlacement,
+    Unplaced,
+    plan,
+)
 from stagger.core.placement.overlap import overlap_ms_per_second
 from stagger.core.slots import Slot
 from tests.factories import brute_force_overlaps, cluster, profile, stream
@@ -400,6 +408,25 @@ def test_an_uncalibrated_stream_is_calibrated_on_an_idle_gpu() -> None:
     # A stream with a body, or one that is unplaced for another reason, needs none.
     huge = stream("huge", 10, body=20.0, memoryMiB=10**6)
     assert plan([huge], c).unplaced[0].calibrate_on == ()
+
+
+def test_a_calibration_keeps_its_gpu_and_no_two_measure_one_gpu() -> None:
+    """A model whose Job runs on a GPU keeps calibrating there, though another GPU is now
+    idler (a new site would start its Job again); another model's calibration goes to a GPU
+    no Job measures (two would each read half the GPU); a GPU being measured keeps the
+    shards it runs."""
+    c = cluster(("a", 3), product="NVIDIA-H200")
+    running = stream("running", 10, body=20.0, model="other")
+    first = plan([running], c)
+    assert [(p.node, p.gpu) for p in first.shards] == [("a", 0)]
+    new = stream("new", 10, body=None, model="retinanet")
+    late = stream("late", 10, body=None, model="yolo")
+    measuring = (RunningCalibration("a", 0, "retinanet"),)
+    result = plan([running, new, late], c, previous=first, calibrating=measuring)
+    sites = {u.stream: (u.calibrate_on[0].node, u.calibrate_on[0].gpu) for u in result.unplaced}
+    assert sites == {"new": ("a", 0), "late": ("a", 1)}
+    assert [(p.stream, p.gpu) for p in result.shards] == [("running", 0)]
+    check_plan(result)
 
 
 def test_an_old_copy_keeps_its_slot_until_it_is_gone() -> None:

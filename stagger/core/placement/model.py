@@ -169,6 +169,18 @@ class CalibrationSite:
 
 
 @dataclass(frozen=True)
+class RunningCalibration:
+    """A calibration Job running on a GPU, until it ends (about a minute). It measures the
+    GPU's saturation with copies of its model's server, so no stream joins that GPU
+    meanwhile (a stream there would be measured too, disturbed, and under MPS could be a
+    server past what the GPU takes), and a stream of its model keeps calibrating there."""
+
+    node: str
+    gpu: int
+    model: str
+
+
+@dataclass(frozen=True)
 class Unplaced:
     namespace: str
     stream: str

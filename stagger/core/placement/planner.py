@@ -37,6 +37,7 @@ from stagger.core.placement.model import (
     Move,
     Plan,
     PlannerSettings,
+    RunningCalibration,
     ShardKey,
     ShardPlacement,
     Unplaced,
@@ -56,8 +57,13 @@ class Planner:
         cluster: Cluster,
         profiles: Iterable[ModelProfile] = (),
         settings: PlannerSettings | None = None,
+        calibrating: Iterable[RunningCalibration] = (),
     ) -> None:
         self.settings = settings or PlannerSettings()
+        self._calibrating: dict[tuple[str, int], set[str]] = {}
+        """Models whose calibration Job runs on each GPU (node, index)."""
+        for run in calibrating:
+            self._calibrating.setdefault((run.node, run.gpu), set()).add(run.model)
         self.cluster = cluster
         self.profiles = tuple(profiles)
         self.book = ProfileBook(self.profiles)
@@ -123,7 +129,17 @@ class Planner:
             members = [
                 g for g in self.fleet.pool_members[pool] if _matches(g.node, spec.node_selector)
             ] or self.fleet.pool_members[pool]
-            first = min(members, key=lambda g: (g.util, g.pos))
+            # where its Job runs, it stays (a new site would start it again); elsewhere, a
+            # GPU no other calibration measures (two would each measure half the GPU)
+            first = min(
+                members,
+                key=lambda g: (
+                    spec.model not in self._calibrating_on(g),
+                    bool(self._calibrating_on(g)),
+                    g.util,
+                    g.pos,
+                ),
+            )
             if stream_timing(stream, first.gpu, self.book) is None:
                 sites.append(
                     CalibrationSite(
@@ -150,7 +166,11 @@ class Planner:
         slots only where all of them fit whole: they are widened, by a re-timing
         (:meth:`_widens`); a shared stream joins a GPU of such bodies with its whole body
         as its slot (:meth:`_whole_bodies`)."""
-        if g.memory_free < memory or self._servers_past(g, len(g.slots) + 1):
+        if (
+            g.memory_free < memory
+            or self._servers_past(g, len(g.slots) + 1)
+            or self._calibrating_on(g)
+        ):
             return False
         if self._widens(g, d):
             if not self._widenable(g):
@@ -165,6 +185,10 @@ class Planner:
             self._lower(g, request)
             return False
         return True
+
+    def _calibrating_on(self, g: _Gpu) -> set[str]:
+        """Models a calibration Job measures on ``g`` now (:class:`RunningCalibration`)."""
+        return self._calibrating.get((g.node.name, g.gpu.index), set())
 
     def _servers_past(self, g: _Gpu, servers: int) -> bool:
         """``servers`` shards (a model server each) are more than ``g`` takes: an MPS GPU
@@ -335,7 +359,7 @@ class Planner:
                 g2 = fleet.first_unused(p, start)
                 if g2 is None:
                     break
-                if _matches(g2.node, selector):
+                if _matches(g2.node, selector) and not self._calibrating_on(g2):
                     unused.append(g2)
                     break
                 start = g2.pool_pos + 1
@@ -532,12 +556,14 @@ class Planner:
             )
             where = f"{k} GPUs with >= {least:.2f} free each"
         full = sum(self._servers_past(g, len(g.slots) + 1) for g in eligible)
+        measured = sum(bool(self._calibrating_on(g)) for g in eligible)
         fits = sum(
             1
             for g in eligible
             if free(g) >= share(g) - 1e-9
             and g.memory_free >= spec.memory_mib
             and not self._servers_past(g, len(g.slots) + 1)
+            and not self._calibrating_on(g)
         )
         if fits >= k:
             pinned = any(
@@ -564,6 +590,11 @@ class Planner:
             if full
             else ""
         )
+        if measured:
+            servers += (
+                f"; {measured} of them run a calibration Job, which no stream joins while it "
+                "measures (it is tried again when the Job ends)"
+            )
         return (
             f"{head}: it needs {where}; {fits} matching GPU(s) have it "
             f"(largest free {max(largest_free, 0):.2f}, largest free memory {largest_mem} MiB)"
@@ -1161,9 +1192,12 @@ def plan(
     *,
     pinned: Iterable[ShardKey] = (),
     retiring: Iterable[ShardPlacement] = (),
+    calibrating: Iterable[RunningCalibration] = (),
 ) -> Plan:
     """Place ``streams`` on ``cluster``: see the module docstring."""
-    return Planner(cluster, profiles, settings).plan(streams, previous, pinned, retiring)
+    return Planner(cluster, profiles, settings, calibrating).plan(
+        streams, previous, pinned, retiring
+    )
 
 
 def shard_ms(p: ShardPlacement, tick_hz: int = TICK_HZ) -> tuple[float, float]:

@@ -287,8 +287,13 @@ def test_calibration_job_matches_golden_and_validates() -> None:
     assert job["metadata"]["annotations"] == {
         manifests.ANNOTATION_CALIBRATION_SERVERS: (
             "3 Triton servers (8000 MiB of GPU memory free, 2500 MiB a server)"
-        )
+        ),
+        manifests.ANNOTATION_CALIBRATION_MODEL: "m",
     }
+    # the GPU it measures is the Job's label (the planner keeps streams off it), not its
+    # pod's, which is no stream's shard
+    assert job["metadata"]["labels"][manifests.LABEL_GPU] == manifests.gpu_label("h200-a", 1)
+    assert manifests.LABEL_GPU not in job["spec"]["template"]["metadata"]["labels"]
     assert [c["name"] for c in pod["containers"]] == ["stagger-profile"]  # no app
     profiler = pod["containers"][0]
     urls = [profiler["command"][i + 1] for i, a in enumerate(profiler["command"]) if a == "--url"]

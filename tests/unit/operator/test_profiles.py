@@ -9,7 +9,7 @@ import pytest
 
 from stagger.core.api import InferenceStream, ModelProfile
 from stagger.core.placement import GpuUsage, Plan
-from stagger_operator.calibration import RECALIBRATE, drift_recalibrations
+from stagger_operator.calibration import RECALIBRATE, CalibrationOutcome, drift_recalibrations
 from stagger_operator.settings import OperatorSettings
 from stagger_operator.status import profile_statuses
 from tests.factories import calibration_result
@@ -458,3 +458,39 @@ def test_a_job_whose_copies_did_not_all_load_says_what_to_change(
         message = status["conditions"][0]["message"]
         assert said in message
         assert ("raise the stream's memoryMiB" in message) is hinted, message
+
+
+def test_a_stream_applied_while_another_calibrates_leaves_the_job_and_its_gpu_alone() -> None:
+    """A stream of an uncalibrated model gets a Job on the first idle GPU; a calibrated
+    stream applied next would have taken that GPU (first fit), moving the calibration to
+    another GPU: its Job deleted and started again, the new stream measured with the
+    model. The running Job keeps its GPU: the new stream goes to the other GPU, the Job
+    stays as it is, and a stream that finds no other GPU says it waits for the Job."""
+    from stagger.core.placement import plan
+    from stagger_operator.calibration import calibration_state, running_calibrations
+    from tests.factories import cluster, stream
+
+    cam, _ = _uncalibrated_cam()
+    two = cluster(("gpu-a", 2))
+    settings = OperatorSettings()
+    (job,) = calibration_state([cam], plan([cam], two), {}, settings, NOW).jobs
+    running = running_calibrations([job], {}, two)
+    assert [(r.node, r.gpu, r.model) for r in running] == [("gpu-a", 0, "m")]
+    light = stream("light", 10, body=5.0, model="other", memoryMiB=1000)
+    after = plan([cam, light], two, calibrating=running)
+    assert [(p.stream, p.gpu) for p in after.shards] == [("light", 1)]
+    (same,) = calibration_state([cam, light], after, {}, settings, NOW).jobs
+    assert same["metadata"]["name"] == job["metadata"]["name"]
+    # without it (as before), the new stream took the GPU being measured
+    assert [(p.stream, p.gpu) for p in plan([cam, light], two).shards] == [("light", 0)]
+    # one GPU: the new stream waits for the Job, and says so
+    one = cluster(("gpu-a", 1))
+    waiting = plan([cam, light], one, calibrating=running_calibrations([job], {}, one))
+    (refused,) = [u for u in waiting.unplaced if u.stream == "light"]
+    assert refused.reason.endswith(
+        "; 1 of them run a calibration Job, which no stream joins while it measures (it is "
+        "tried again when the Job ends)"
+    )
+    # a Job that finished loads its GPU no more
+    done = {("default", job["metadata"]["name"]): CalibrationOutcome(result=calibration_result())}
+    assert running_calibrations([job], done, two) == ()
