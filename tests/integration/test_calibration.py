@@ -274,3 +274,49 @@ async def test_a_calibration_job_that_created_no_pod_says_where_to_look(
         assert f"kubectl describe job -n default {name} says why" in status["message"]
     finally:
         await stop_operator(op)
+
+
+async def test_a_calibration_job_whose_servers_restart_names_them(cluster: Cluster) -> None:
+    """The kubelet restarts a copy of Triton whose model did not load (a native sidecar);
+    the operator reads the Job's running pod through the API and the stream is told at
+    once which servers restarted, instead of "measuring" until the profiler's deadline."""
+    op = await start_operator(cluster)
+    try:
+        await cluster.create(uncalibrated("cam"))
+        (job,) = await cluster.wait_for(lambda: cluster.objects("Job", "default"))
+        meta, name = job["metadata"], job["metadata"]["name"]
+        tritons = [c["name"] for c in job["spec"]["template"]["spec"]["initContainers"]]
+        await cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{name}-q8w4z",
+                    "namespace": meta["namespace"],
+                    "uid": f"uid-{name}-pod",
+                    "resourceVersion": "1",
+                    "labels": {**meta["labels"], "batch.kubernetes.io/job-name": name},
+                },
+                "spec": job["spec"]["template"]["spec"],
+                "status": {
+                    "phase": "Running",
+                    "initContainerStatuses": [
+                        {"name": c, "restartCount": 2 if c == tritons[-1] else 0} for c in tritons
+                    ],
+                },
+            }
+        )
+
+        async def told() -> dict[str, Any] | None:
+            status = await phase_of(cluster, "cam")
+            return status if "restarted" in status.get("message", "") else None
+
+        status = await cluster.wait_for(told)
+        assert status["phase"] == "Calibrating"
+        assert f"1 of its Triton servers restarted ({tritons[-1]})" in status["message"]
+        assert (
+            f"kubectl logs -n default {name}-q8w4z -c {tritons[-1]} --previous"
+            in (status["message"])
+        )
+    finally:
+        await stop_operator(op)

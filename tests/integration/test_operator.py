@@ -472,3 +472,33 @@ async def test_cameras_applied_one_at_a_time_fill_a_gpu_by_re_timing_it(cluster:
         assert sorted(x.stream for x in sched.spec.slots) == names  # one GPU holds all six
     finally:
         await stop_operator(op)
+
+
+async def test_an_mps_gpu_takes_no_more_model_servers_than_its_mps_server_takes(
+    cluster: Cluster,
+) -> None:
+    """An MPS GPU's server takes a fixed number of CUDA clients (48 contexts, 2 a Triton
+    server: 24 by default; 3 here). Light streams fit its time many times over, but the
+    operator places only that many there; the next one is Unschedulable and says why."""
+    mps = node("mps-a", gpus=1)
+    mps["metadata"]["labels"] |= {"nvidia.com/gpu.sharing-strategy": "mps", "pool": "mps"}
+    await cluster.create(mps)
+    op = await start_operator(cluster, mps_servers_per_gpu=3)
+    try:
+        names = [f"light-{i}" for i in range(4)]
+        for n in names:
+            await cluster.create(stream(n, body=2.0, nodeSelector={"pool": "mps"}))
+
+        async def settled() -> dict[str, dict[str, Any]] | None:
+            st = await statuses(cluster)
+            phases = sorted(st.get(n, {}).get("phase", "") for n in names)
+            return st if phases == ["Placed"] * 3 + ["Unschedulable"] else None
+
+        st = await cluster.wait_for(settled)
+        (refused,) = [st[n] for n in names if st[n]["phase"] == "Unschedulable"]
+        assert refused["message"].endswith(
+            "; the 3 model servers an MPS GPU takes (mpsServersPerGpu) already run on 1 of them"
+        )
+        assert {st[n].get("node") for n in names if st[n]["phase"] == "Placed"} == {"mps-a"}
+    finally:
+        await stop_operator(op)
