@@ -362,6 +362,17 @@ def calibration_outcomes(
     return out
 
 
+def calibration_jobs(managed: Iterable[Obj], namespaces: Sequence[str]) -> list[Obj]:
+    """The operator's calibration Jobs among its managed Jobs, in the namespaces it watches
+    (all where ``namespaces`` is empty)."""
+    return [
+        j
+        for j in managed
+        if manifests.LABEL_CALIBRATION in (j["metadata"].get("labels") or {})
+        and (not namespaces or j["metadata"].get("namespace") in namespaces)
+    ]
+
+
 def running_calibrations(
     jobs: Iterable[Obj],
     outcomes: Mapping[tuple[str, str], CalibrationOutcome],

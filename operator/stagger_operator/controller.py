@@ -40,6 +40,7 @@ from stagger_operator.calibration import (
     Calibration,
     CalibrationOutcome,
     Recalibration,
+    calibration_jobs,
     calibration_outcomes,
     calibration_state,
     drift_recalibrations,
@@ -215,12 +216,7 @@ class Controller:
                 for p in kube.list_managed("Pod")
                 if self._watched(p["metadata"].get("namespace"))
             }
-        jobs = {
-            _named(j): j
-            for j in kube.list_managed("Job")
-            if manifests.LABEL_CALIBRATION in (j["metadata"].get("labels") or {})
-            and self._watched(j["metadata"].get("namespace"))
-        }
+        jobs = {_named(j): j for j in calibration_jobs(kube.list_managed("Job"), s.namespaces)}
         return Snapshot(
             now=now,
             full=full,

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stagger.core.api import InferenceStream
-from stagger.core.placement import Plan, Planner, ShardPlacement, Unplaced
+from stagger.core.cluster import Cluster
+from stagger.core.placement import Plan, Planner, RunningCalibration, ShardPlacement, Unplaced
+from stagger_operator.calibration import (
+    calibration_jobs,
+    calibration_outcomes,
+    running_calibrations,
+)
 from stagger_operator.desired import plan_from_schedules
 from stagger_operator.inventory import cluster_from_nodes
 from stagger_operator.kube import Kube
@@ -36,7 +42,12 @@ def live_what_if(
     clashes = sorted(f"{s.namespace}/{s.name}" for s in add if (s.namespace, s.name) in present)
     if clashes:
         raise ValueError(f"already in the cluster: {', '.join(clashes)}")
-    planner = Planner(cluster, kube.list_profiles(), settings.planner())
+    planner = Planner(
+        cluster,
+        kube.list_profiles(),
+        settings.planner(),
+        calibrating(kube, settings, cluster),
+    )
     previous = plan_from_schedules(kube.list_schedules(), settings.tick_hz)
     current = planner.plan(streams, previous)
     planner.retimed.clear()  # from here on: what the additions change
@@ -52,3 +63,14 @@ def live_what_if(
     changed = set(planner.retimed)
     retimed = tuple(s for s in after.shards if s.key in changed)
     return WhatIf(current, after, tuple(added), tuple(refused), retimed)
+
+
+def calibrating(
+    kube: Kube, settings: OperatorSettings, cluster: Cluster
+) -> tuple[RunningCalibration, ...]:
+    """The GPUs calibration Jobs measure now, as the operator reads them: no stream is
+    placed there until they end."""
+    jobs = calibration_jobs(kube.list_managed("Job"), settings.namespaces)
+    if not jobs:
+        return ()
+    return running_calibrations(jobs, calibration_outcomes(jobs, kube.list_managed("Pod")), cluster)

@@ -28,6 +28,20 @@ async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, 
     return code, captured.out, captured.err
 
 
+async def what_if_adding(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], added: dict[str, Any]
+) -> dict[str, Any]:
+    """`kubectl stagger plan --live --add` one stream, its answer as JSON (it must fit)."""
+    new = tmp_path / "new.yaml"
+    new.write_text(yaml.safe_dump(added))
+    config = kubeconfig(tmp_path / "kube", cluster.kube.api.configuration.host) / "config"
+    code, out, err = await run_cli(
+        capsys, "plan", "--live", "--kubeconfig", str(config), "--add", str(new), "-o", "json"
+    )
+    assert code == 0, err
+    return dict(json.loads(out))
+
+
 async def test_what_if_shows_where_added_streams_go_and_changes_nothing(
     cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -35,15 +49,7 @@ async def test_what_if_shows_where_added_streams_go_and_changes_nothing(
         await cluster.create(stream(name, body=30, latencyMs=40))
     await cluster.call(Controller(cluster.kube, OperatorSettings()).reconcile)
     before = await snapshot(cluster)
-    new = tmp_path / "new.yaml"
-    new.write_text(yaml.safe_dump(stream("cam-3", body=30, latencyMs=40)))
-    config = kubeconfig(tmp_path / "kube", cluster.kube.api.configuration.host) / "config"
-
-    code, out, err = await run_cli(
-        capsys, "plan", "--live", "--kubeconfig", str(config), "--add", str(new), "-o", "json"
-    )
-    assert code == 0, err
-    data = json.loads(out)
+    data = await what_if_adding(cluster, tmp_path, capsys, stream("cam-3", body=30, latencyMs=40))
     assert [(s["stream"], s["shard"]) for s in data["added"]] == [("cam-3", 0)]
     # Nothing moves to another GPU; a slot changes only where the answer says it re-times.
     after = {s["stream"]: s for s in data["after"]["shards"]}
@@ -141,3 +147,18 @@ async def test_plain_stagger_profile_never_writes_to_a_cluster(
     code = stagger_main(["profile", "--from-csv", "x.csv", "--apply"])
     assert code == 2
     assert "kubectl stagger profile --apply" in capsys.readouterr().err
+
+
+async def test_what_if_keeps_added_streams_off_a_gpu_a_calibration_job_measures(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the operator plans: a GPU being measured takes no new stream until its Job ends."""
+    uncalibrated = stream("new-model", model="yolo")
+    del uncalibrated["spec"]["bodyTimeMs"], uncalibrated["spec"]["latencyMs"]
+    await cluster.create(uncalibrated)
+    await cluster.call(Controller(cluster.kube, OperatorSettings()).reconcile)
+    (job,) = await cluster.objects("Job", "default")
+    measured = job["metadata"]["labels"]["stagger.dev/gpu"]
+    data = await what_if_adding(cluster, tmp_path, capsys, stream("cam-3", body=30, latencyMs=40))
+    (added,) = data["added"]
+    assert measured == "gpu-a.0" and f"{added['node']}.{added['gpu']}" != measured
