@@ -216,11 +216,14 @@ def recalibration_state(
     settings: OperatorSettings,
     *,
     now: datetime,
+    calibrating: Sequence[RunningCalibration] = (),
 ) -> Recalibration:
     """ModelProfiles annotated ``stagger.dev/recalibrate``: a calibration Job each, on the
     least used GPU of the profile's product and sharing mode (an idle one when there is
-    one), with the pod template of a stream of the model (first by namespace and name).
-    A finished Job's measurement replaces the profile's spec under the same name."""
+    one; one no other calibration measures where there is one), with the pod template of a
+    stream of the model (first by namespace and name); a Job already measuring the model
+    keeps its GPU (``calibrating``), as a new GPU would start it again. A finished Job's
+    measurement replaces the profile's spec under the same name."""
     out = Recalibration()
     runs = sorted(streams, key=lambda s: (s.namespace, s.name))
     for profile in profiles:
@@ -251,7 +254,16 @@ def recalibration_state(
                 (profile.name, "Warning", "RecalibrationBlocked", f"cannot re-calibrate: {missing}")
             )
             continue
-        gpu = min(gpus, key=lambda g: (g.utilization, g.shards))
+        measuring = {(r.node, r.gpu) for r in calibrating}
+        gpu = min(
+            gpus,
+            key=lambda g: (
+                RunningCalibration(g.node, g.gpu, spec.model) not in calibrating,
+                (g.node, g.gpu) in measuring,
+                g.utilization,
+                g.shards,
+            ),
+        )
         target = manifests.CalibrationTarget(
             gpu.node,
             gpu.gpu,

@@ -248,6 +248,7 @@ class Controller:
         pinned, free_at = pinned_shards(snap.schedules.values(), now, s.retime_min_interval_s)
         written = written_contracts(snap.current.values())
         retiring = retiring_copies(written, snap.previous, live)
+        measuring = running_calibrations(snap.jobs.values(), snap.outcomes, snap.cluster)
         result = plan(
             live,
             snap.cluster,
@@ -256,7 +257,7 @@ class Controller:
             previous=snap.previous,
             pinned=pinned,
             retiring=retiring,
-            calibrating=running_calibrations(snap.jobs.values(), snap.outcomes, snap.cluster),
+            calibrating=measuring,
         )
         if s.follow_arrivals:
             result = follow_plan(
@@ -295,7 +296,9 @@ class Controller:
             connected=snap.connected,
         )
         calibration = calibration_state(live, result, snap.outcomes, s, now)
-        recalibration = recalibration_state(snap.profiles, live, result, snap.outcomes, s, now=now)
+        recalibration = recalibration_state(
+            snap.profiles, live, result, snap.outcomes, s, now=now, calibrating=measuring
+        )
         named_jobs = {_named(j) for j in calibration.jobs}
         calibration.jobs += [j for j in recalibration.jobs if _named(j) not in named_jobs]
         for named, status in calibration.statuses.items():

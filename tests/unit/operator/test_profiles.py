@@ -283,6 +283,39 @@ def test_a_recalibration_runs_as_many_servers_as_the_gpu_s_free_memory_holds() -
         assert f"with {servers}, with the pod template of default/cam" in message
 
 
+def test_a_recalibration_keeps_the_gpu_its_job_measures_and_shares_none() -> None:
+    """The least used GPU changes while a re-calibration runs (a stream leaves another):
+    its Job keeps the GPU it measures, as a new one would start it again. A GPU another
+    model's Job measures is taken only where no other has room to be measured."""
+    from stagger.core.placement import Plan, RunningCalibration
+    from stagger_operator.calibration import recalibration_state
+    from tests.factories import stream
+
+    asked = profile(annotations={RECALIBRATE: "now"})
+    cam = stream("cam", 10, model="retinanet")
+    cam.spec.template = {"spec": {"containers": [{"name": "triton", "image": "t"}]}}
+    cam.metadata.uid = "uid-cam"
+    busy = GpuUsage("a", 0, None, "NVIDIA-H200", "time-slicing", 0.5, 4000, 143_771, 2)
+    idle = GpuUsage("a", 1, None, "NVIDIA-H200", "time-slicing", 0.0, 0, 143_771, 0)
+
+    def site(*calibrating: RunningCalibration) -> str:
+        state = recalibration_state(
+            [asked],
+            [cam],
+            Plan((), (busy, idle), ()),
+            {},
+            OperatorSettings(),
+            now=NOW,
+            calibrating=calibrating,
+        )
+        (job,) = state.jobs
+        return str(job["metadata"]["labels"]["stagger.dev/gpu"])
+
+    assert site() == "a.1"  # the idle one
+    assert site(RunningCalibration("a", 0, "retinanet")) == "a.0"  # its Job runs there
+    assert site(RunningCalibration("a", 1, "yolo")) == "a.0"  # another model's Job
+
+
 def test_a_stream_waiting_for_calibration_is_told_how_many_servers_measure_it() -> None:
     """The planner says where the stream's model can be measured and how much GPU memory
     is free there (16,000 MiB on an idle T4); at 5,000 MiB a server the Job runs 3 copies
