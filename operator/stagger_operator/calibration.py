@@ -392,7 +392,9 @@ def running_calibrations(
 ) -> tuple[RunningCalibration, ...]:
     """The calibration Jobs still measuring, and the GPU each measures (from its labels):
     the planner keeps new streams off those GPUs until they end. A Job with a result or a
-    failure no longer loads its GPU; one whose GPU is not in the cluster loads none."""
+    failure no longer loads its GPU, nor one with no pod ``NO_POD_S`` after its creation
+    (admission refused it: its stream's message says so), nor one whose GPU is not in the
+    cluster."""
     gpus = {
         manifests.gpu_label(n.name, g.index): (n.name, g.index)
         for n in cluster.nodes
@@ -404,7 +406,8 @@ def running_calibrations(
         outcome = outcomes.get((meta.get("namespace") or "", meta["name"]), CalibrationOutcome())
         where = gpus.get((meta.get("labels") or {}).get(manifests.LABEL_GPU, ""))
         model = (meta.get("annotations") or {}).get(manifests.ANNOTATION_CALIBRATION_MODEL)
-        if outcome.result is None and outcome.failure is None and where and model:
+        podless = outcome.podless_s is not None and outcome.podless_s >= NO_POD_S
+        if outcome.result is None and outcome.failure is None and not podless and where and model:
             out.append(RunningCalibration(*where, model))
     return tuple(sorted(out, key=lambda r: (r.node, r.gpu, r.model)))
 

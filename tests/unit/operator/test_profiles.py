@@ -524,6 +524,9 @@ def test_a_stream_applied_while_another_calibrates_leaves_the_job_and_its_gpu_al
         "; 1 of them run a calibration Job, which no stream joins while it measures (it is "
         "tried again when the Job ends)"
     )
-    # a Job that finished loads its GPU no more
-    done = {("default", job["metadata"]["name"]): CalibrationOutcome(result=calibration_result())}
+    # a Job that finished loads its GPU no more, nor one admission refused a pod for a minute
+    key = ("default", job["metadata"]["name"])
+    done = {key: CalibrationOutcome(result=calibration_result())}
     assert running_calibrations([job], done, two) == ()
+    assert running_calibrations([job], {key: CalibrationOutcome(podless_s=30.0)}, two) == running
+    assert running_calibrations([job], {key: CalibrationOutcome(podless_s=60.0)}, two) == ()
