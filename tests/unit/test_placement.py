@@ -394,6 +394,34 @@ def test_planner_add_reports_why_and_remove_frees_room() -> None:
         planner.add(stream("late", 10, body=40))
 
 
+@given(
+    st.lists(fleet_stream, min_size=1, max_size=25),
+    st.sets(st.tuples(st.sampled_from("ab"), st.integers(0, 1)), max_size=3),
+    st.sampled_from(["binpack", "spread"]),
+)
+def test_no_new_shard_goes_where_a_calibration_measures(
+    specs: list, measured: set[tuple[str, int]], policy: str
+) -> None:
+    """Whatever the fleet and whichever GPUs calibration Jobs measure, a plan puts no new
+    shard there, and a re-plan keeps the shards that already ran there where they were."""
+    streams = [
+        stream(f"s{i}", fps, body=body, latency=body * lat, memoryMiB=mem, priority=prio)
+        for i, (fps, body, lat, mem, prio) in enumerate(specs)
+    ]
+    c = cluster(("a", 2), ("b", 2), memory=24000)
+    settings = PlannerSettings(policy=policy)  # type: ignore[arg-type]
+    calibrating = [RunningCalibration(n, g, "probe") for n, g in sorted(measured)]
+    fresh = plan(streams, c, settings=settings, calibrating=calibrating)
+    check_plan(fresh)
+    assert not {(x.node, x.gpu) for x in fresh.shards} & measured
+    before = plan(streams, c, settings=settings)
+    again = plan(streams, c, settings=settings, previous=before, calibrating=calibrating)
+    check_plan(again)
+    kept = {x.key: (x.node, x.gpu) for x in before.shards}
+    for x in again.shards:
+        assert (x.node, x.gpu) not in measured or kept.get(x.key) == (x.node, x.gpu)
+
+
 def test_an_uncalibrated_stream_is_calibrated_on_an_idle_gpu() -> None:
     c = cluster(("a", 2), ("b", 1), product="NVIDIA-H200")
     busy = stream("busy", 10, body=20.0, model="other")
