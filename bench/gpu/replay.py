@@ -12,7 +12,8 @@ recorded cost per frame and steadiness (a margin for an unsteady body or a stall
 measurement: the question is only which N each admits where random phases' largest 0-drop N
 was measured. ``--throughput-cap`` adds a comparison, the recorded cost at another cap
 everywhere; ``--spread-headroom`` lowers that cap by the body's spread (the profile's solo
-p99 less its p50) per frame period, an experiment, not the product's rule.
+p99 less its p50) per frame period, an experiment, not the product's rule. Time-sliced runs
+whose profile recorded its solo compute are also planned with ``chargeModelTime: true``.
 
     python3 -m bench.gpu.replay bench/gpu/results/2026-12-0[3456]-loop-*.json
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,9 @@ class Replayed:
     other_cap: float | None = None
     at_other_cap: int | None = None
     """``--throughput-cap``: the recorded cost at that cap."""
+    charging_model_time: int | None = None
+    """What today's product admits with ``chargeModelTime: true`` (None under MPS, or where
+    the profile did not record its solo compute)."""
 
 
 def recorded_profile(
@@ -92,6 +96,11 @@ def recorded_profile(
                 "sharingMode": mode,
                 "bodyTimeMs": calibration["bodyTimeMs"],
                 **({"costMs": cost} if cost is not None else {}),
+                **(
+                    {"soloComputeMs": calibration["soloComputeMs"]}
+                    if calibration.get("soloComputeMs")
+                    else {}
+                ),
                 **(
                     {"exclusiveBody": True}
                     if cost is not None and calibration.get("exclusiveBody")
@@ -113,15 +122,16 @@ def admitted_at(
     fps: float,
     servers: int,
     cap: float | None,
+    charge_model_time: bool = False,
 ) -> int:
     """How many of ``servers`` identical streams the planner admits, one at a time, at
-    throughput cap ``cap`` (None: today's default for the mode)."""
+    throughput cap ``cap`` (None: today's default for the mode), charging their models'
+    own time where ``charge_model_time``."""
     candidates = [stream(f"cam-{i}", body, fps, MEMORY_MIB) for i in range(servers)]
     cluster = cluster_of(product, mode, GPU_MEMORY_MIB)
+    default = PlannerSettings(charge_model_time=charge_model_time)
     settings = (
-        PlannerSettings()
-        if cap is None
-        else PlannerSettings(throughput_cap=cap, mps_throughput_cap=cap)
+        default if cap is None else replace(default, throughput_cap=cap, mps_throughput_cap=cap)
     )
     _, applied, _ = apply_one_at_a_time(candidates, cluster, [profile], settings, servers)
     return len(applied)
@@ -196,6 +206,11 @@ def replay(
                 "other_cap": round(cap, 3),
                 "at_other_cap": admitted_at(profile, cap=cap, **setting),
             }
+        todays = recorded_profile(today, body, product, str(mode))
+        if mode is not SharingMode.MPS and calibration.get("soloComputeMs"):
+            other["charging_model_time"] = admitted_at(
+                todays, cap=None, charge_model_time=True, **setting
+            )
         drops = {int(n): float(s["dropPercent"]) for n, s in r["random"].items()}
         held = [n for n, d in drops.items() if d == 0]
         yield Replayed(
@@ -209,9 +224,7 @@ def replay(
             cap=own_cap,
             admitted=int(r["admitted"]),
             replayed=admitted_at(profile, cap=own_cap, **setting),
-            today=admitted_at(
-                recorded_profile(today, body, product, str(mode)), cap=None, **setting
-            ),
+            today=admitted_at(todays, cap=None, **setting),
             random_n=max(held, default=0),
             random_open=bool(held) and max(held) == max(drops),
             random_drops=dict(sorted(drops.items())),
@@ -281,6 +294,7 @@ def render(rows: list[Replayed], label: str | None = None) -> str:
         "against it, its cap",
         "against it, today",
         *([f"against it, {label}"] if label else []),
+        "with chargeModelTime, against random's N",
         "loop drops at the admitted N",
         "loop p99 / solo",
         "bodies alone, share of a period",
@@ -302,6 +316,11 @@ def render(rows: list[Replayed], label: str | None = None) -> str:
             against_random(r.admitted, r),
             against_random(r.today, r),
             *([against_random(r.at_other_cap or 0, r)] if label else []),
+            (
+                "-"
+                if r.charging_model_time is None
+                else f"{r.charging_model_time}: {against_random(r.charging_model_time, r)}"
+            ),
             f"{r.loop_drops} %",
             str(r.loop_p99_over_solo),
             str(r.alone_ms_per_period),
@@ -321,6 +340,14 @@ def render(rows: list[Replayed], label: str | None = None) -> str:
             f"; at {label} at least random's N in "
             f"{sum((r.at_other_cap or 0) >= r.random_n for r in judged)}, more in "
             f"{sum((r.at_other_cap or 0) > r.random_n for r in judged)}"
+        )
+    charged = [r for r in judged if r.charging_model_time is not None]
+    if charged:
+        summary += (
+            f"; of {len(charged)} with a solo compute (time-sliced), chargeModelTime admits at "
+            f"least random's N in "
+            f"{sum((r.charging_model_time or 0) >= r.random_n for r in charged)}, where the "
+            f"default does in {sum(r.today >= r.random_n for r in charged)}"
         )
     return "\n".join([*lines, "", summary + "."])
 
