@@ -24,6 +24,7 @@ from stagger.core.simulate import Phasing, SimShard, simulate_gpu, simulate_plan
 from stagger.core.slots import Slot, overlaps
 from stagger.core.timebase import ms_to_ticks_ceil
 from tests import factories
+from tests.unit.test_placement import check_plan
 
 H200_MIB = 143_771
 
@@ -515,6 +516,25 @@ def test_charging_the_model_s_own_time_admits_only_what_fits_one_after_another(
     assert len(placed.shards) == charged_model_time
     (gpu,) = placed.gpus
     assert mode is SharingMode.MPS or (gpu.model_time_share or 2.0) <= 1.0
+
+
+def test_a_model_longer_than_its_body_is_charged_its_own_time() -> None:
+    """Run 94's unsteady eager profile: a 14.9 ms body, a 13.62 ms cost, 18.47 ms of the
+    model's own time alone. By its cost the plan admits 7 (the run's N, 1.29 of each
+    second in the model); with ``charge_model_time`` 5, whose models fit the second. The
+    charge was capped at the body, which admitted 6 (1.11 of it)."""
+    measured = factories.profile(
+        "m", "NVIDIA-H200", 14.9, 19.1, "time-slicing", costMs=13.62, soloComputeMs=18.47
+    )
+    streams = [stream(f"c{i}", 10.0, None) for i in range(9)]
+    gpu = one_gpu(SharingMode.TIME_SLICING)
+    assert len(one_at_a_time(streams, gpu, [measured]).shards) == 7
+    charged = one_at_a_time(
+        streams, gpu, [measured], settings=PlannerSettings(charge_model_time=True)
+    )
+    assert len(charged.shards) == 5
+    assert charged.gpus[0].model_time_share == pytest.approx(0.9235)
+    check_plan(charged)
 
 
 @pytest.mark.parametrize(

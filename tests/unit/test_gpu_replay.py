@@ -109,8 +109,8 @@ def test_the_table_shows_what_charging_the_models_own_time_admits() -> None:
     """`chargeModelTime: true` against random phases' N, time-sliced runs with a solo
     compute: run 82's models fit the second (8, random's 8); run 85's do not (7, one fewer
     than random's 8); run 94's unsteady profile recommends a 14.9 ms body, shorter than its
-    18.47 ms solo compute, and a stream is never charged more than its body (6, where
-    random phases held 5). Under MPS models overlap, and it changes nothing."""
+    18.47 ms solo compute, which is charged in full (5, random's 5; capped at the body it
+    was 6). Under MPS models overlap, and it changes nothing."""
     (fits,) = replay(RESULTS / "2026-12-06-loop-time-slicing-graph-h100-solo-compute.json")
     (full,) = replay(RESULTS / "2026-12-06-loop-time-slicing-graph-h100-job.json")
     (capped,) = replay(RESULTS / "2026-12-06-loop-time-slicing-eager-h100-job-idle-gpu.json")
@@ -118,7 +118,7 @@ def test_the_table_shows_what_charging_the_models_own_time_admits() -> None:
     assert [(r.today, r.charging_model_time, r.random_n) for r in (fits, full, capped)] == [
         (8, 8, 8),
         (8, 7, 8),
-        (7, 6, 5),
+        (7, 5, 5),
     ]
     assert mps.charging_model_time is None
     table = render([fits, full, capped, mps])
