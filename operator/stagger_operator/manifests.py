@@ -27,10 +27,10 @@ LABEL_GPU = "stagger.dev/gpu"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "stagger", "app.kubernetes.io/part-of": "stagger"}
 LABEL_CALIBRATION = "stagger.dev/calibration"
 ANNOTATION_CALIBRATION_SERVERS = "stagger.dev/calibration-servers"
+"""On a calibration Job: how many Triton servers it measures with, and why fewer."""
 ANNOTATION_CALIBRATION_MODEL = "stagger.dev/calibration-model"
 """The model a calibration Job measures (the planner keeps streams off its GPU meanwhile,
 and its model's streams calibrating there)."""
-"""On a calibration Job: how many Triton servers it measures with, and why fewer."""
 SLOT_DIR = "/etc/stagger/slot"
 SIDECAR = "stagger-sidecar"
 # Workload names get "-<replicaset hash>-<pod hash>" appended (17 characters) and must

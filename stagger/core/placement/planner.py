@@ -584,21 +584,21 @@ class Planner:
                     else ""
                 )
             )
-        servers = (
-            f"; the {self.settings.mps_servers_per_gpu} model servers an MPS GPU takes "
-            f"(mpsServersPerGpu) already run on {full} of them"
-            if full
-            else ""
-        )
+        taken = ""  # matching GPUs that take no new stream whatever their room, and why
+        if full:
+            taken += (
+                f"; the {self.settings.mps_servers_per_gpu} model servers an MPS GPU takes "
+                f"(mpsServersPerGpu) already run on {full} of them"
+            )
         if measured:
-            servers += (
+            taken += (
                 f"; {measured} of them run a calibration Job, which no stream joins while it "
                 "measures (it is tried again when the Job ends)"
             )
         return (
             f"{head}: it needs {where}; {fits} matching GPU(s) have it "
             f"(largest free {max(largest_free, 0):.2f}, largest free memory {largest_mem} MiB)"
-            + servers
+            + taken
         )
 
     # -- the plan -------------------------------------------------------------
