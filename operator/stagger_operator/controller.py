@@ -32,7 +32,7 @@ from stagger.core.api import (
 from stagger.core.cluster import Cluster
 from stagger.core.contract import CONTRACT_FILE
 from stagger.core.phase import follow_plan
-from stagger.core.placement import Move, Plan, ShardKey, plan
+from stagger.core.placement import Move, Plan, RunningCalibration, ShardKey, plan
 from stagger.core.timebase import ticks_to_ms
 from stagger_operator import manifests
 from stagger_operator.calibration import (
@@ -97,6 +97,8 @@ class Report:
     and alerts, which join them with the sidecars' series."""
     profiles: list[tuple[str, str, str, str, float, bool]] = field(default_factory=list)
     """(name, model, GPU product, sharing mode, body s, drifted) of every ModelProfile."""
+    calibrating: tuple[RunningCalibration, ...] = ()
+    """The GPUs calibration Jobs measure, which take no new stream meanwhile."""
     retimed: list[tuple[str, str, int, str, int]] = field(default_factory=list)
     """(namespace, stream, shard, node, GPU) of every shard whose slot this plan re-timed."""
     wake_after_s: float | None = None
@@ -305,6 +307,7 @@ class Controller:
             if named not in desired.unchanged:
                 desired.statuses[named] = status
         report.plan, report.moves = result, list(result.moves)
+        report.calibrating = measuring
         report.streams, report.invalid = len(snap.streams), len(snap.invalid)
         report.targets = [
             (x.namespace, x.name, x.spec.fps, (x.spec.deadline_ms or 1e3 / x.spec.fps) / 1e3)

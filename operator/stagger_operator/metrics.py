@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from stagger.core import telemetry
-from stagger.core.placement import Plan
+from stagger.core.placement import Plan, RunningCalibration
 from stagger_operator.controller import Report
 
 RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -95,17 +95,26 @@ class PlanSeries(Collector):
         self._plan: Plan | None = None
         self._targets: list[tuple[str, str, float, float]] = []
         self._profiles: list[tuple[str, str, str, str, float, bool]] = []
+        self._calibrating: tuple[RunningCalibration, ...] = ()
 
     def update(self, report: Report) -> None:
         if report.plan is not None:  # None: the plan did not change
             self._plan = report.plan
         self._targets, self._profiles = report.targets, report.profiles
+        self._calibrating = report.calibrating
 
     def clear(self) -> None:
-        self._plan, self._targets, self._profiles = None, [], []
+        self._plan, self._targets, self._profiles, self._calibrating = None, [], [], ()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         plan, targets, profiles = self._plan, self._targets, self._profiles  # one report's
+        calibrating = GaugeMetricFamily(
+            telemetry.GPU_CALIBRATING,
+            "A calibration Job measures the GPU",
+            labels=["node", "gpu", "model"],
+        )
+        for run in self._calibrating:
+            calibrating.add_metric([run.node, str(run.gpu), run.model], 1)
         fps = GaugeMetricFamily(
             telemetry.STREAM_REQUESTED_FPS, "Requested fps", labels=telemetry.STREAM_TARGET_LABELS
         )
@@ -152,3 +161,4 @@ class PlanSeries(Collector):
                 shard = [p.namespace, p.stream, str(p.shard), p.node, str(p.gpu)]
                 planned.add_metric(shard, p.body_ms / 1e3)
         yield from (fps, deadline, body, drifted, reserved, overlap, model_time, planned)
+        yield calibrating

@@ -147,6 +147,9 @@ GPU_MODEL_TIME = "stagger_gpu_model_time_ratio"
 models need one at a time (its GpuSchedule's ``modelTimeShare``), by the labels of
 ``stagger_gpu_reserved_ratio`` (gauge; from the operator; absent where a model has no
 measured solo compute). Above 1 the bodies must overlap and the tail turns."""
+GPU_CALIBRATING = "stagger_gpu_calibrating"
+"""1 while a calibration Job measures a GPU, by ``node``, ``gpu`` (index) and ``model`` (gauge;
+from the operator): no new stream is placed there until the Job ends."""
 SHARD_LABELS = ("namespace", "stream", "shard", "node", "gpu")
 SHARD_PLANNED_BODY = "stagger_shard_planned_body_seconds"
 """The body time the plan reserves for each placed shard, where it is placed (gauge; from

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stagger.core.placement import GpuUsage, Plan, ShardPlacement
+from stagger.core.placement import GpuUsage, Plan, RunningCalibration, ShardPlacement
 from stagger_operator.controller import Report
 from stagger_operator.metrics import OperatorMetrics
 
@@ -69,9 +69,11 @@ def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
         memory_mib=2048,
         priority=0,
     )
-    report = Report(placed=1)
+    report = Report(placed=1, calibrating=(RunningCalibration("gpu-b", 0, "yolo"),))
     report.plan = Plan(shards=(shard,), gpus=(usage,), unplaced=())
     metrics.reconciled(report, 0.1)
+    measured = {"node": "gpu-b", "gpu": "0", "model": "yolo"}
+    assert registry.get_sample_value("stagger_gpu_calibrating", measured) == 1
     gpu = {"node": "gpu-a", "gpu": "1", "product": "NVIDIA-H200", "sharing_mode": "time-slicing"}
     assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) == 0.45
     assert registry.get_sample_value("stagger_gpu_body_overlap_ratio", gpu) == 0.192
@@ -82,6 +84,7 @@ def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
 
     metrics.standby()  # another replica took the Lease: its series, not these stale ones
     assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) is None
+    assert registry.get_sample_value("stagger_gpu_calibrating", measured) is None
     assert registry.get_sample_value("stagger_gpu_body_overlap_ratio", gpu) is None
     assert registry.get_sample_value("stagger_operator_streams", {"state": "placed"}) is None
     assert registry.get_sample_value("stagger_operator_leader") == 0
@@ -92,7 +95,9 @@ def test_the_plan_becomes_per_gpu_and_per_shard_series() -> None:
     assert registry.get_sample_value("stagger_shard_planned_body_seconds", placed) == body
 
     report.plan = Plan(shards=(), gpus=(), unplaced=())  # the stream went away
+    report.calibrating = ()  # and the Job ended
     metrics.reconciled(report, 0.1)
+    assert registry.get_sample_value("stagger_gpu_calibrating", measured) is None
     assert registry.get_sample_value("stagger_gpu_reserved_ratio", gpu) is None
     assert registry.get_sample_value("stagger_gpu_body_overlap_ratio", gpu) is None
     assert registry.get_sample_value("stagger_gpu_model_time_ratio", gpu) is None
