@@ -22,23 +22,33 @@ def uncalibrated(name: str) -> dict[str, Any]:
     return body
 
 
+def job_pod(job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """The pod the Job controller would create for ``job``, as the kubelet reports it."""
+    meta = job["metadata"]
+    name = meta["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-x7k2p",
+            "namespace": meta["namespace"],
+            "uid": f"uid-{name}-pod",
+            "resourceVersion": "1",
+            "labels": {**meta["labels"], "batch.kubernetes.io/job-name": name},
+        },
+        "spec": job["spec"]["template"]["spec"],
+        "status": status,
+    }
+
+
 async def finish(c: Cluster, job: dict[str, Any], exit_code: int, message: str) -> None:
     """Stand in for the Job controller and the kubelet: the Job's pod ends."""
     meta = job["metadata"]
     name = meta["name"]
     await c.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{name}-x7k2p",
-                "namespace": meta["namespace"],
-                "uid": f"uid-{name}-pod",
-                "resourceVersion": "1",
-                "labels": {**meta["labels"], "batch.kubernetes.io/job-name": name},
-            },
-            "spec": job["spec"]["template"]["spec"],
-            "status": {
+        job_pod(
+            job,
+            {
                 "phase": "Succeeded" if exit_code == 0 else "Failed",
                 "containerStatuses": [
                     {
@@ -47,7 +57,7 @@ async def finish(c: Cluster, job: dict[str, Any], exit_code: int, message: str) 
                     }
                 ],
             },
-        }
+        )
     )
     condition = "Complete" if exit_code == 0 else "Failed"
     await c.call(
@@ -284,28 +294,17 @@ async def test_a_calibration_job_whose_servers_restart_names_them(cluster: Clust
     try:
         await cluster.create(uncalibrated("cam"))
         (job,) = await cluster.wait_for(lambda: cluster.objects("Job", "default"))
-        meta, name = job["metadata"], job["metadata"]["name"]
         tritons = [c["name"] for c in job["spec"]["template"]["spec"]["initContainers"]]
-        await cluster.create(
+        pod = job_pod(
+            job,
             {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": f"{name}-q8w4z",
-                    "namespace": meta["namespace"],
-                    "uid": f"uid-{name}-pod",
-                    "resourceVersion": "1",
-                    "labels": {**meta["labels"], "batch.kubernetes.io/job-name": name},
-                },
-                "spec": job["spec"]["template"]["spec"],
-                "status": {
-                    "phase": "Running",
-                    "initContainerStatuses": [
-                        {"name": c, "restartCount": 2 if c == tritons[-1] else 0} for c in tritons
-                    ],
-                },
-            }
+                "phase": "Running",
+                "initContainerStatuses": [
+                    {"name": c, "restartCount": 2 if c == tritons[-1] else 0} for c in tritons
+                ],
+            },
         )
+        await cluster.create(pod)
 
         async def told() -> dict[str, Any] | None:
             status = await phase_of(cluster, "cam")
@@ -315,7 +314,7 @@ async def test_a_calibration_job_whose_servers_restart_names_them(cluster: Clust
         assert status["phase"] == "Calibrating"
         assert f"1 of its Triton servers restarted ({tritons[-1]})" in status["message"]
         assert (
-            f"kubectl logs -n default {name}-q8w4z -c {tritons[-1]} --previous"
+            f"kubectl logs -n default {pod['metadata']['name']} -c {tritons[-1]} --previous"
             in (status["message"])
         )
     finally:
