@@ -139,6 +139,41 @@ def phases(calls: dict[str, list[list[float]]], slowest: int = 5) -> dict[str, A
     }
 
 
+def lost_frames(logs: list[dict[str, Any]], period_s: float, since: float) -> list[dict[str, Any]]:
+    """Where each camera lost frames: after which answered frame (its capture, ``afterS``
+    from ``since``), how many were missed, and where that frame's own time went
+    (``previousMs``: capture to answer, and of its call, before the model, in it and after
+    it). A frame held at a gate shows a long ``beforeMs``; one slowed by the others on the
+    GPU, a long ``modelMs``. Frames lost before the first answer are not counted."""
+    out: list[dict[str, Any]] = []
+    for log in logs:
+        name, frames = _frames(log)
+        calls = sorted(c for c in log.get("calls", []) if len(c) == 4 and c[0] is not None)
+        for (at, latency), (following, _) in itertools.pairwise(frames):
+            missed = round((following - at) / period_s) - 1
+            if missed < 1:
+                continue
+            # its call: the first sent at or after its capture
+            call = next((c for c in calls if c[0] >= at - 1e-6), None)
+            previous = {"latency": round(latency * 1e3, 1)}
+            if call is not None and None not in call:  # the model reported its times
+                sent, began, ended, answered = call
+                previous |= {
+                    "before": round((began - sent) * 1e3, 1),
+                    "model": round((ended - began) * 1e3, 1),
+                    "after": round((answered - ended) * 1e3, 1),
+                }
+            out.append(
+                {
+                    "camera": name,
+                    "afterS": round(at - since, 2),
+                    "missed": missed,
+                    "previousMs": previous,
+                }
+            )
+    return sorted(out, key=lambda e: e["afterS"])
+
+
 def _frames(log: CameraLog | dict[str, Any]) -> tuple[str, list[tuple[float, float]]]:
     if isinstance(log, CameraLog):
         return log.name, list(zip(log.captured_at, log.latencies_s, strict=True))

@@ -81,7 +81,7 @@ from stagger.core.placement.overlap import body_ticks, overlap_ms_per_frame
 from stagger.core.telemetry import GATE_WAIT, LATE, RELEASE_LAG
 from stagger.profile_cmd import calibration_result
 from stagger.profiler import ProfileReport, profile
-from stagger_testkit.camerasim import phases, stalls
+from stagger_testkit.camerasim import lost_frames, phases, stalls
 from stagger_testkit.localtriton import LocalFollower, LocalSidecar, LocalTriton
 
 BODIES = {
@@ -1012,6 +1012,7 @@ def transparent(
         for x in logs
     ]
     whole, after = pooled(logs), pooled(steady)
+    whole["lostFrames"] = lost_frames(logs, period, first)
     # Where the settled frames' time went, per camera: before the model is the table's wait
     # (tableWaitsMs, same order) plus what the client, the sidecar and Triton's queue add.
     settled_calls = {x["name"]: [c for c in x.get("calls", []) if c[0] >= settle] for x in logs}

@@ -38,13 +38,16 @@ not late: it waits until its slot follows it, unless its answer would come too l
 
 **Answered after the next frame**: under ``wait`` and ``pass``, a request of an idle
 stream not known to be aperiodic goes at once, ungated and counted late, when its slot is
-further away than the frame period less the time the stream's answers take and less
-``app_way_s``, the way between the app and the gate, which the gate does not see, while
-going now would still be answered in time. Such a slot was not chosen for this stream's
-arrivals (an app on its own clock before its slot follows it, a camera that restarted on
-another clock, an app's first frame held up past its slot), and waiting for it would cost
-the app this frame or the next, for the seconds until the operator re-times the GPU; going
-now costs the other streams' slots an overlap, as random phases do. Before enough requests
+further away than all but ``app_slack_share`` of its slack: the frame period less the time
+the stream's answers take and less ``app_way_s``, the way between the app and the gate,
+which the gate does not see. What the wait leaves is for the app's own work on each answer
+before its next capture and for an answer slower than usual, which the gate does not see
+either. Going now, it must still be answered within its slack. Such a slot was not
+chosen for this stream's arrivals (an app on its own clock before its slot follows it, a
+camera that restarted on another clock, an app's first frame held up past its slot), and
+waiting for it would cost the app this frame or the next, for the seconds until the
+operator re-times the GPU; going now costs the other streams' slots an overlap, as random
+phases do. Before enough requests
 arrived to tell, the stream is taken at its word, periodic at the fps it declared, unless
 it sends faster (a request within half a period of the one before: a burst, which waits as
 before). A slot-clock app's first frame, a few ms past its slot's grace, otherwise waited a
@@ -123,6 +126,13 @@ class GateConfig:
     On an H200 host a 1 MB frame took 3.2-4.7 ms from the camera to the model through the
     sidecar and about 1 ms back (bench/gpu runs 54-58, the loop's p50 before and after the
     model)."""
+    app_slack_share: float = 1 / 3
+    """Of a request's slack (its frame period less its answer and ``app_way_s``), the share
+    a wait for its slot leaves its app: for its own work on each answer before its next
+    capture (NMS, tracking: 8 ms in the GPU bench's cameras) and for an answer slower than
+    the 90th percentile, neither of which the gate sees. Held to the edge of the slack,
+    frames lost the next one each time their answer came in slower than that (runs 66-69
+    and 93: 4-11 frames of a camera in the seconds before its slot followed it)."""
 
 
 @dataclass(frozen=True)
@@ -301,7 +311,7 @@ class StreamGate:
             and policy is not GatePolicy.DROP
             and not self.pending
             and self._frames_at(now - previous)
-            and slot - now + self._answered_s(owner) > self.frame_s >= self._answered_s(owner)
+            and self._answered_after_next_frame(slot - now, owner)
         )
         if after_next:  # answered after the app's next frame: the late rules at once
             limit = 0.0
@@ -334,9 +344,12 @@ class StreamGate:
         """The app's frame period: how soon its next frame comes."""
         return self.arrivals.period_s if self.arrivals is not None else math.inf
 
-    def _answered_s(self, clock: SlotClock) -> float:
-        """From release to the answer reaching the app."""
-        return self.answer_s(clock) + self.config.app_way_s
+    def _answered_after_next_frame(self, wait_s: float, clock: SlotClock) -> bool:
+        """Waiting ``wait_s`` for its slot would use more of the request's slack than its app
+        can spare (all but ``app_slack_share`` of it), while going now it would be answered
+        before the app's next frame."""
+        slack = self.frame_s - self.answer_s(clock) - self.config.app_way_s
+        return 0 <= slack < math.inf and wait_s > (1 - self.config.app_slack_share) * slack
 
     def answer_s(self, clock: SlotClock) -> float:
         """How long this stream's answers take from release: the 90th percentile of its

@@ -70,7 +70,12 @@ class GateSettings(BaseSettings):
     away goes at once, ungated."""
     app_way_ms: float = Field(default=5.0, ge=0)
     """The way between the app and the gate, there and back, which the gate does not see:
-    with it, a request whose answer would come after the app's next frame goes at once."""
+    a request answered later than the frame period less this goes no earlier than its slot
+    (it would be late either way)."""
+    app_slack_share: float = Field(default=1 / 3, ge=0, le=1)
+    """Of a request's slack (its frame period less its answer and ``app_way_ms``), the share
+    a wait for its slot leaves the app, for its own work on each answer and a slow answer: a
+    request whose wait would leave less goes at once, ungated."""
     max_inflight: int = Field(default=1024, ge=1)
     """Requests the sidecar holds at once, all streams and pass-through calls together."""
     gpu_ledger: Path | None = None
@@ -129,6 +134,7 @@ class GateSettings(BaseSettings):
             max_queue=self.max_queue,
             aperiodic_max_wait_share=self.aperiodic_max_wait_share,
             app_way_s=self.app_way_ms / 1e3,
+            app_slack_share=self.app_slack_share,
         )
 
 

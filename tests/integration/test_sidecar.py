@@ -64,6 +64,14 @@ def phase(t: float, offset: float = OFFSET) -> float:
     return (t - offset) % PERIOD
 
 
+async def before_a_slot(offset: float = OFFSET) -> None:
+    """Sleep until 25 ms before a slot at ``offset``: a request sent then waits for it, even
+    where its stream's only answer so far was a cold one. One sent soon after a slot's start
+    goes at once, ungated: waiting for the next slot would take more of its slack than its
+    app can spare (gate.py)."""
+    await asyncio.sleep((offset - 0.025 - time.time()) % PERIOD)
+
+
 def http_input(values: list[float], binary: bool = True) -> httpclient.InferInput:
     i = httpclient.InferInput("INPUT0", [len(values)], "FP32")
     i.set_data_from_numpy(np.array(values, dtype=np.float32), binary_data=binary)
@@ -133,12 +141,13 @@ async def test_grpc_answers_match_triton_direct(
 
 def goes_at_once_within_s(sidecar: Sidecar) -> float:
     """How far past a slot's start a request of a stream the gate has not judged yet goes
-    at once (gate.py): waiting for the next slot, it would be answered after its app's next
-    frame, by the stream's answers (the quickest so far) and the app's way."""
+    at once (gate.py): waiting for the next slot would use more of its slack (the period
+    less its answers, the quickest so far, and the app's way) than its app can spare."""
     stream = sidecar.gate.streams["cam"]
     clock = stream.timetable.clock(time.time())
     assert clock is not None
-    return stream.answer_s(clock) + stream.config.app_way_s
+    slack = PERIOD - stream.answer_s(clock) - stream.config.app_way_s
+    return PERIOD - (1 - stream.config.app_slack_share) * slack
 
 
 async def test_requests_are_released_at_slot_starts(http: Any, start_sidecar: StartSidecar) -> None:
@@ -203,22 +212,27 @@ async def test_an_event_driven_app_takes_a_near_slot_or_goes_at_once_through_its
     assert metric(await scrape(sidecar), LATE, stream="cam") - late_before <= len(at_once)
 
 
-async def test_events_seconds_apart_go_at_once_where_their_slot_is_far(http: Any) -> None:
-    """An app that sends an event every 1.2 s, each 70 ms before its slot: the gate forgets
+async def test_events_seconds_apart_go_at_once_where_their_slot_is_far(
+    start_sidecar: StartSidecar,
+) -> None:
+    """An app that sends an event every 1.2 s, each 30 ms before its slot: the gate forgets
     its requests at each pause, so it never has 8 to judge them by. From the third, two
-    pauses in a row say it sends events: each goes at once, ungated and counted late, where
-    it used to wait 70 ms for its slot (taken at its word, a stream at its declared fps)."""
-    sidecar, client = http
+    pauses in a row say it sends events: each goes at once, ungated and counted late (its
+    slot is further than the 20 ms an event waits at most here), where it used to wait
+    30 ms for its slot (taken at its word, a stream at its declared fps)."""
+    sidecar = await start_sidecar(aperiodic_max_wait_share=0.2)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
     waits = []
     for _ in range(4):
         await asyncio.sleep(1.2)
-        await asyncio.sleep((0.030 - phase(time.time())) % PERIOD)  # 70 ms before a slot
+        await asyncio.sleep((0.070 - phase(time.time())) % PERIOD)  # 30 ms before a slot
         sent = time.time()
         began = float((await client.infer("stamp", [http_input([0.0])])).as_numpy("OUTPUT0")[0])
         waits.append((round(began - sent, 4), round(phase(began), 4)))
     assert all(p < ON_TIME for _, p in waits[:2]), waits  # the first two: at their slots
     assert all(w < ON_TIME for w, _ in waits[2:]), waits  # then at once
     assert metric(await scrape(sidecar), LATE, stream="cam") == 2
+    await client.close()
 
 
 async def test_slot_clock_apps_never_wait(http: Any) -> None:
@@ -275,11 +289,12 @@ async def test_wait_policy_queues_concurrent_requests_on_successive_slots(http: 
         return ticket
 
     sidecar.keeper.wait = recorded  # type: ignore[method-assign]
-    # Sent inside a slot's grace, the first request goes at once, up to 5 ms into the slot:
-    # send between slots instead.
+    # Sent inside a slot's grace, the first request goes at once, up to 5 ms into the slot;
+    # sent soon after it, its wait for the next slot would take more of its slack than its
+    # app can spare, and it goes at once too (gate.py): send 25-40 ms before a slot.
     now = phase(time.time())
-    if now < 0.01 or now > PERIOD - 0.03:
-        await asyncio.sleep((0.02 - now) % PERIOD)
+    if not 0.06 <= now <= 0.075:
+        await asyncio.sleep((0.065 - now) % PERIOD)
     results = await asyncio.gather(*(client.infer("stamp", [http_input([0.0])]) for _ in range(3)))
     began = sorted(float(r.as_numpy("OUTPUT0")[0]) for r in results)
     slots = sorted(t.release.slot for t in tickets)
@@ -321,9 +336,11 @@ async def test_pass_policy_forwards_a_busy_request_at_once(start_sidecar: StartS
     sidecar = await start_sidecar(policy="pass")
     h = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
     try:
+        # The first request must wait: not within a slot's grace, nor just before a slot,
+        # nor so far from the next one that it would go at once (gate.py).
         now = phase(time.time())
-        if now < 0.01 or now > PERIOD - 0.03:  # not within a slot's grace, nor just before one:
-            await asyncio.sleep((0.02 - now) % PERIOD)  # the first request must wait
+        if not 0.06 <= now <= 0.075:
+            await asyncio.sleep((0.065 - now) % PERIOD)
         gated = asyncio.create_task(h.infer("stamp", [http_input([0.0])]))
         await until(lambda: sidecar.keeper.inflight, what="first request waiting")
         passed = await h.infer("stamp", [http_input([0.0])])
@@ -389,11 +406,13 @@ async def test_a_new_contract_applies_at_its_time_and_a_bad_one_is_ignored(
     await until(
         lambda: sidecar.gate.streams["cam"].timetable.upcoming(time.time()), what="contract read"
     )
+    await before_a_slot()
     before = await client.infer("stamp", [http_input([0.0])])
     if time.time() < effective - 0.05:  # released before the switch: still the old offset
         assert phase(float(before.as_numpy("OUTPUT0")[0])) < ON_TIME
     await asyncio.sleep(max(0.0, effective - time.time()))  # the switch is at a wall time
-    for _ in range(2):
+    await before_a_slot(0.070)
+    for _ in range(2):  # the second within its slot's grace after the first's answer
         result = await client.infer("stamp", [http_input([0.0])])
         assert phase(float(result.as_numpy("OUTPUT0")[0]), offset=0.070) < ON_TIME
 
@@ -403,6 +422,7 @@ async def test_a_new_contract_applies_at_its_time_and_a_bad_one_is_ignored(
         return metric(await scrape(sidecar), SLOT_FILE_ERRORS)
 
     await until(reported, what="bad file reported")
+    await before_a_slot(0.070)
     result = await client.infer("stamp", [http_input([0.0])])
     assert phase(float(result.as_numpy("OUTPUT0")[0]), offset=0.070) < ON_TIME  # last good
     samples = await scrape(sidecar)

@@ -11,7 +11,7 @@ import pytest
 
 from stagger.client import SlotClient
 from stagger.core.slotclock import SlotClock
-from stagger_testkit.camerasim import Camera, CameraLog, phases, stalls, summarize
+from stagger_testkit.camerasim import Camera, CameraLog, lost_frames, phases, stalls, summarize
 
 
 class FakeTime:
@@ -182,6 +182,38 @@ def test_stalls_group_slow_frames_in_time_and_name_the_cameras_they_hit() -> Non
     ]
     as_json = [{"name": "cam-a", "captured_at": [1.0], "latencies_s": [0.5]}]
     assert stalls(as_json, threshold_s=0.1) == [{"at": 1.0, "worstMs": 500.0, "cameras": ["cam-a"]}]
+
+
+def test_lost_frames_name_the_answer_that_cost_each_and_where_its_time_went() -> None:
+    """A camera at 10 fps whose frame at 0.2 s waited 70 ms before the model and was
+    answered after the next capture: the frame at 0.3 s is lost, and the report points at
+    the 0.2 s frame's wait. A frame whose model reported no times still says its latency."""
+    held = {
+        "name": "cam-a",
+        "captured_at": [0.0, 0.1, 0.2, 0.4],
+        "latencies_s": [0.02, 0.02, 0.105, 0.02],
+        "calls": [
+            [0.001, 0.003, 0.018, 0.020],
+            [0.101, 0.103, 0.118, 0.120],
+            [0.201, 0.271, 0.303, 0.305],
+            [0.401, 0.403, 0.418, 0.420],
+        ],
+    }
+    stand_in = {
+        "name": "cam-b",
+        "captured_at": [0.05, 0.35],
+        "latencies_s": [0.26, 0.02],
+        "calls": [[0.05, None, None, 0.31], [0.35, None, None, 0.37]],
+    }
+    assert lost_frames([held, stand_in], 0.1, since=0.0) == [
+        {"camera": "cam-b", "afterS": 0.05, "missed": 2, "previousMs": {"latency": 260.0}},
+        {
+            "camera": "cam-a",
+            "afterS": 0.2,
+            "missed": 1,
+            "previousMs": {"latency": 105.0, "before": 70.0, "model": 32.0, "after": 2.0},
+        },
+    ]
 
 
 def test_phases_split_each_frame_and_measure_what_other_streams_overlapped() -> None:
