@@ -142,7 +142,7 @@ async def test_grpc_answers_match_triton_direct(
 def goes_at_once_within_s(sidecar: Sidecar) -> float:
     """How far past a slot's start a request of a stream the gate has not judged yet goes
     at once (gate.py): waiting for the next slot would use more of its slack (the period
-    less its answers, the quickest so far, and the app's way) than its app can spare."""
+    less its answers, the latest so far, and the app's way) than its app can spare."""
     stream = sidecar.gate.streams["cam"]
     clock = stream.timetable.clock(time.time())
     assert clock is not None
