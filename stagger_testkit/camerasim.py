@@ -143,8 +143,8 @@ def lost_frames(logs: list[dict[str, Any]], period_s: float, since: float) -> li
     """Where each camera lost frames: after which answered frame (its capture, ``afterS``
     from ``since``), how many were missed, and where that frame's own time went
     (``previousMs``: capture to answer, and of its call, before the model, in it and after
-    it). A frame held at a gate shows a long ``beforeMs``; one slowed by the others on the
-    GPU, a long ``modelMs``. Frames lost before the first answer are not counted."""
+    it). A frame held at a gate shows a long ``before``; one slowed by the others on the
+    GPU, a long ``model``. Frames lost before the first answer are not counted."""
     out: list[dict[str, Any]] = []
     for log in logs:
         name, frames = _frames(log)

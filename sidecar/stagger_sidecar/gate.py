@@ -47,11 +47,11 @@ chosen for this stream's arrivals (an app on its own clock before its slot follo
 camera that restarted on another clock, an app's first frame held up past its slot), and
 waiting for it would cost the app this frame or the next, for the seconds until the
 operator re-times the GPU; going now costs the other streams' slots an overlap, as random
-phases do. Before enough requests
-arrived to tell, the stream is taken at its word, periodic at the fps it declared, unless
-it sends faster (a request within half a period of the one before: a burst, which waits as
-before). A slot-clock app's first frame, a few ms past its slot's grace, otherwise waited a
-whole period and was lost (runs 58 and 64 of docs/benchmarks.md).
+phases do. Before enough requests arrived to tell, the stream is taken at its word,
+periodic at the fps it declared, unless it sends faster (a request within half a period of
+the one before: a burst, which waits as before). A slot-clock app's first frame, a few ms
+past its slot's grace, otherwise waited a whole period and was lost (runs 58 and 64 of
+docs/benchmarks.md).
 A stream answered too slowly for its frame period either way waits for its slot: going
 early would gain it nothing. Under ``drop`` such a request waits for its slot too: refused,
 it would not save the next frame, which would be refused the same way, every frame until
