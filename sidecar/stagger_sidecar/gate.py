@@ -200,6 +200,15 @@ class StreamGate:
             self.arrivals = PhaseTracker(period, epoch_s=epoch)
             self._judgement = None
 
+    def _forget_app(self) -> None:
+        """A first request, or the first after a pause in which the stream was forgotten
+        (its app stopped): what was judged of the app before, its periodicity and its
+        answers, is another app's (run 98: the bench's loop cameras' 16 ms answers stood for
+        a new camera answered in 58 ms). Its latest answer is kept: the best guess until
+        its own comes back."""
+        self._judgement = None
+        self._answers.clear()
+
     def arrival(self, now: float) -> PhaseEstimate | None:
         """The stream's arrival phase at ``now`` (None before its first contract; no phase
         once its requests stopped)."""
@@ -255,6 +264,8 @@ class StreamGate:
     def admit(self, now: float) -> Release | Refusal:
         if self.arrivals is not None:
             self.arrivals.observe(now)
+            if self.arrivals.observed == 1:
+                self._forget_app()
         previous, self._last_arrival = self._last_arrival, now
         gap_before, self._last_gap = self._last_gap, now - previous
         table = self.timetable = self.timetable.at(now)

@@ -736,6 +736,32 @@ def test_before_its_stream_is_judged_its_answers_take_as_long_as_its_latest() ->
         g.finish(r, r.at + answer)
 
 
+def test_an_app_that_comes_back_is_judged_by_its_own_answers() -> None:
+    """Run 98 (eight time-sliced streams, the bench's transparent cameras after its loop
+    cameras on the same sidecars): the loop's app was answered in 16 ms on its slots, then
+    stopped; a new app on its own clock came 50 ms before its slot and was answered in
+    58 ms among the others. The stopped app's answers still stood for the stream's, so every
+    frame waited 50 ms and the camera lost every other frame for 1.6 s, until the new app
+    was judged periodic and its own answers outnumbered them. A stream forgotten after a
+    pause forgets its answers with its phase: the new app's latest answer (58 ms) leaves a
+    50 ms wait less than a third of its 37 ms slack, so its frames go at once."""
+    g = stream_gate()  # slots at +30 ms
+    for k in range(30):  # the loop's app, 2 ms before each slot
+        r = released(g.admit(T + 0.028 + k * 0.1))
+        assert (r.slot, r.late) == (near(T + 0.030 + k * 0.1), False), k
+        g.finish(r, r.at + 0.016)
+    assert g.periodic()
+    start = T + 5.080  # 2 s of quiet: the stream is forgotten
+    for k, answer in enumerate([0.058] * 5):
+        t = start + k * 0.2  # every other frame: the one between is lost
+        r = released(g.admit(t))
+        if k == 0:  # nothing yet says its answers are slow: it waits
+            assert (r.slot, r.late) == (near(t + 0.050), False), k
+        else:
+            assert (r.at, r.slot, r.late) == (near(t), None, True), k
+        g.finish(r, r.at + answer)
+
+
 def test_before_its_stream_is_judged_a_slow_model_s_frame_goes_at_once() -> None:
     """The real-sidecar test of an app whose slot has not followed it (a camera 8 ms past
     its slot, answers 63 ms) lost a frame in 3 runs of 25 on a loaded 2-core machine: a
