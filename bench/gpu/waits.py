@@ -1,7 +1,7 @@
 """What transparent mode can reach at best: the wait each camera's frames get in the table
-that follows the cameras (the operator's own ``align``, least total wait; with bodies in a
-fixed order by arrival, each placed as early as its arrival and the bodies before it allow,
-which is also the least *longest* wait, since a body cannot start before its frame arrives).
+that follows the cameras (the operator's own ``align``: the least longest wait, then the
+least total wait; bodies in a fixed order by arrival, each placed as early as its arrival
+and the bodies before it allow).
 
 Each camera waits the same every frame, so with N cameras the longest wait is the wait of
 1 / N of all frames: at N <= 100 it sits at or under the p99, and p99 >= solo p50 + the
@@ -23,7 +23,7 @@ from stagger.core.timebase import TICK_HZ
 def table_waits_ms(
     phases_s: list[float], reserved_ms: float, period_s: float, tick_hz: int = TICK_HZ
 ) -> list[float]:
-    """Each camera's wait (ms, in camera order) in the least-wait table of N slots of
+    """Each camera's wait (ms, in camera order) in the followed table of N slots of
     ``reserved_ms`` for cameras arriving at ``phases_s`` (seconds into the period)."""
     period = round(period_s * tick_hz)
     width = round(reserved_ms * tick_hz / 1e3)

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from stagger.core.slots import Key, Slot, align
+from stagger.core.slots import Key, Slot, align, wait_cost
 
 if TYPE_CHECKING:
     from stagger.core.placement import Plan, ShardKey, ShardPlacement
@@ -213,7 +213,9 @@ def follow(
     fixed: Iterable[Key] = (),
 ) -> list[Slot] | None:
     """A GPU's table re-timed to its streams' arrival phases, or None when that gains too
-    little (less than ``min_gain_s`` of total wait per period) or no stream has a phase.
+    little (the longest wait shorter by less than ``min_gain_s``, and the total wait per
+    period shorter by less than that or at a longer longest wait) or no stream has a
+    phase.
 
     A ``fixed`` slot (re-timed too recently) is not moved for the others' sake, but it
     still follows its own stream where, moving alone with every other slot kept, that
@@ -225,11 +227,12 @@ def follow(
     of two spreads (most jittered arrivals still precede the slot) and ``lead_s`` (the way
     from the gate to Triton). Only slots whose period is their stream's arrival period take
     part (a slot period rounded below the frame period repeats at another pace); the others
-    and ``fixed`` ones keep their offsets. The objective is the least total wait under
-    non-overlap (:func:`stagger.core.slots.align`). The gain is judged by the wait from
-    each stream's phase itself, so a slot that already starts a little after its stream's
-    arrivals is not moved for a changed margin (estimates move by a fraction of a
-    millisecond from one read to the next; a table chased after them would never settle)."""
+    and ``fixed`` ones keep their offsets. The objective is the least longest wait, then the
+    least total wait, under non-overlap (:func:`stagger.core.slots.align`). The gain is
+    judged by the wait from each stream's phase itself, so a slot that already starts a
+    little after its stream's arrivals is not moved for a changed margin (estimates move by
+    a fraction of a millisecond from one read to the next; a table chased after them would
+    never settle)."""
     phases: dict[Key, int] = {}
     targets: dict[Key, int] = {}
     for s in slots:
@@ -244,23 +247,31 @@ def follow(
     if not targets:
         return None
 
-    def total(table: Iterable[Slot], keys: Iterable[Key] = phases) -> int:
-        counted = set(keys)
-        return sum((s.offset - phases[s.key]) % s.period for s in table if s.key in counted)
+    def waits(table: Iterable[Slot], keys: Iterable[Key] = phases) -> tuple[int, int]:
+        return wait_cost(table, {k: phases[k] for k in keys})
 
     held = set(fixed)
     table: list[Slot] = list(slots)
     aligned = align(slots, targets, fixed=held)
-    if aligned is not None and total(slots) - total(aligned) >= min_gain_s * tick_hz:
+    if aligned is not None and _gains(waits(slots), waits(aligned), min_gain_s * tick_hz):
         table = aligned
     for s in slots:
         if s.key in targets and s.key in held:
             alone = align(table, {s.key: targets[s.key]})  # every other slot kept
             if alone is not None and (
-                total(table, [s.key]) - total(alone, [s.key]) >= JUMP_PERIODS * s.period
+                waits(table, [s.key])[1] - waits(alone, [s.key])[1] >= JUMP_PERIODS * s.period
             ):
                 table = alone
     return None if table == list(slots) else table
+
+
+def _gains(before: tuple[int, int], after: tuple[int, int], min_gain: float) -> bool:
+    """Whether (longest wait, total wait) ``after`` is worth a re-timing from ``before``: the
+    longest wait shorter by ``min_gain``, or no longer and the total shorter by it."""
+    (longest, total), (new_longest, new_total) = before, after
+    return longest - new_longest >= min_gain or (
+        new_longest <= longest and total - new_total >= min_gain
+    )
 
 
 def follow_plan(

@@ -412,13 +412,17 @@ def align(
 ) -> list[Slot] | None:
     """Offsets for the same slots (periods and bodies kept) that start each body as soon
     after its stream's arrival phase (``phases``: ticks from the epoch, modulo its period)
-    as the pairwise rule allows. The objective is the least total wait,
-    Σ (offset - phase) mod period over the slots with a phase. Slots without a phase and
-    ``fixed`` ones keep their offsets. Greedy: for each rotation of the slots ordered by
-    phase, each takes the first allowed offset at or after its phase; the rotation with the
-    least total wait wins (ties: fewer offsets changed), and the table as it is when no
-    rotation waits less: ``align`` never makes the total wait longer. None when the kept
-    slots leave no room (they overlap)."""
+    as the pairwise rule allows. A slot's wait is (offset - phase) mod period. The objective
+    is the least longest wait, then the least total wait (:func:`wait_cost`): the longest
+    wait is the fleet's tail (each stream waits the same every frame), and the gate sends a
+    frame that would wait more than its app can spare at once, ungated, so one long wait
+    costs every stream on the GPU (run 98: a table of least total wait kept one camera
+    50 ms from its slot, and its frames went ungated). Slots without a phase and ``fixed``
+    ones keep their offsets. Greedy: for each rotation of the slots ordered by phase, each
+    takes the first allowed offset at or after its phase; the rotation of least cost wins
+    (ties: fewer offsets changed), and the table as it is when no rotation costs less:
+    ``align`` never makes the cost higher. None when the kept slots leave no room (they
+    overlap)."""
     held = set(fixed)
     kept = [s for s in slots if s.key in held or s.key not in phases]
     if len(kept) > 1 and overlaps(kept):
@@ -430,29 +434,32 @@ def align(
     if not moving:
         return list(slots)
 
-    def total_wait(table: Iterable[Slot]) -> int:
-        return sum((s.offset - phases[s.key]) % s.period for s in table if s.key in phases)
-
-    best: tuple[int, int, list[Slot]] | None = (
-        None if overlaps(slots) else (total_wait(moving), 0, list(slots))
+    best: tuple[tuple[int, int], int, list[Slot]] | None = (
+        None if overlaps(slots) else (wait_cost(slots, phases), 0, list(slots))
     )
     for first in range(len(moving)):
         placed = list(kept)
-        wait = 0
         for s in moving[first:] + moving[:first]:
             span, allowed = allowed_offsets(placed, s.period, s.body)
             if not allowed:
                 break
             phase = phases[s.key] % s.period
             offset = _first_allowed_at_or_after(span, allowed, phase) % s.period
-            wait += (offset - phase) % s.period
             placed.append(replace(s, offset=offset))
         else:
             table = _in_order(slots, placed)
+            cost = wait_cost(table, phases)
             changed = sum(1 for a, b in zip(slots, table, strict=True) if a != b)
-            if best is None or (wait, changed) < best[:2]:
-                best = (wait, changed, table)
+            if best is None or (cost, changed) < best[:2]:
+                best = (cost, changed, table)
     return None if best is None else best[2]
+
+
+def wait_cost(table: Iterable[Slot], phases: Mapping[Key, int]) -> tuple[int, int]:
+    """(longest wait, total wait) in ticks over the slots with a phase: what :func:`align`
+    makes least, in that order."""
+    waits = [(s.offset - phases[s.key]) % s.period for s in table if s.key in phases]
+    return max(waits, default=0), sum(waits)
 
 
 def _in_order(slots: Sequence[Slot], placed: Iterable[Slot]) -> list[Slot]:

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagger.core.phase import PhaseTracker, estimate, wait_s
-from stagger.core.slots import Slot, SlotRequest, align, overlaps, pack, release_windows
+from stagger.core.slots import (
+    Slot,
+    SlotRequest,
+    align,
+    overlaps,
+    pack,
+    release_windows,
+    wait_cost,
+)
 
 
 def circular_error(a: float, b: float, period: float) -> float:
@@ -116,6 +124,39 @@ def test_slots_without_a_phase_and_fixed_ones_keep_their_offsets() -> None:
     assert not overlaps(aligned)
 
 
+def test_of_two_tables_with_the_same_total_wait_the_one_with_the_shorter_longest_wins() -> None:
+    """Run 98 (eight time-sliced cameras at 10 fps, 10.967 ms slots, 30 kHz ticks): two
+    rotations of the greedy gave the same total wait, 98.7 ms per period (from the cameras'
+    phases and margins, below). Kept for fewer offsets changed, the one followed left
+    camera 4 waiting 46.3 ms past its margin (50.4 ms from its phase in the run), more than
+    the gate holds a frame whose answers take 58 ms: its frames went ungated and slowed
+    every other camera's. The other table waits 29.4 ms at most."""
+    arrivals = {0: 13, 1: 164, 2: 2372, 3: 699, 4: 91, 5: 269, 6: 2835, 7: 2131}
+    table = [Slot(i, 329, 3000, i * 375) for i in range(8)]
+    aligned = align(table, arrivals)
+    assert aligned is not None and not overlaps(aligned)
+    assert wait_cost(aligned, arrivals) == (882, 2962)
+
+
+def test_follow_re_times_a_table_whose_longest_wait_it_can_shorten() -> None:
+    """Run 98's followed table, read again: the same total wait, a longest wait 16.9 ms
+    shorter. Worth a re-timing; the table it gives is not re-timed again."""
+    from stagger.core.phase import PhaseEstimate, follow
+
+    arrivals = {0: 13, 1: 164, 2: 2372, 3: 699, 4: 91, 5: 269, 6: 2835, 7: 2131}
+    estimates = {
+        k: PhaseEstimate(0.1, (t + 0.5) / 30_000, 0.0, 0.99, 64, 64) for k, t in arrivals.items()
+    }
+    followed = [1151, 164, 2460, 822, 1480, 493, 2835, 2131]
+    table = [Slot(i, 329, 3000, offset) for i, offset in enumerate(followed)]
+    retimed = follow(table, estimates, tick_hz=30_000, lead_s=0.0)
+    assert retimed is not None and not overlaps(retimed)
+    assert wait_cost(table, arrivals) == (1389, 2962)
+    longest, total = wait_cost(retimed, arrivals)
+    assert longest <= 883 and total <= 2962 + 8  # each slot a tick after its target at most
+    assert follow(retimed, estimates, tick_hz=30_000, lead_s=0.0) is None
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     st.lists(
@@ -125,7 +166,7 @@ def test_slots_without_a_phase_and_fixed_ones_keep_their_offsets() -> None:
     ),
     st.randoms(use_true_random=False),
 )
-def test_aligned_tables_never_overlap_and_never_wait_longer(specs, rng) -> None:
+def test_aligned_tables_never_overlap_and_never_cost_more(specs, rng) -> None:
     requests = [SlotRequest(i, body, period) for i, (period, body) in enumerate(specs)]
     table = pack(requests, max_utilization=0.9)
     if table is None:
@@ -137,10 +178,7 @@ def test_aligned_tables_never_overlap_and_never_wait_longer(specs, rng) -> None:
         (s.key, s.period, s.body) for s in table
     ]
 
-    def waited(t: list[Slot]) -> int:
-        return sum((s.offset - phases[s.key]) % s.period for s in t if s.key in phases)
-
-    assert waited(aligned) <= waited(table)
+    assert wait_cost(aligned, phases) <= wait_cost(table, phases)  # longest, then total
     for s in aligned:
         if s.key not in phases:
             assert s in table  # no phase: not moved
