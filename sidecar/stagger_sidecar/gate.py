@@ -188,6 +188,10 @@ class StreamGate:
     periodic."""
     _latest_answer: float = math.inf
     """Seconds from release to answer of the latest answer it has had (none: infinite)."""
+    _answers_under: tuple[int, int] | None = None
+    """The slots (offset, period) its answers were had under: a re-timing forgets them."""
+    _answers_since: float = -math.inf
+    """Answers to requests released before this instant (under other slots) do not count."""
 
     def load(self, contract: SlotAssignment, now: float) -> None:
         self.timetable = self.timetable.with_contract(contract, now)
@@ -208,6 +212,25 @@ class StreamGate:
         its own comes back."""
         self._judgement = None
         self._answers.clear()
+
+    def _answers_for(self, current: SlotAssignment | None) -> None:
+        """Its answers were had under other slots (a re-timing took effect): they are
+        forgotten, and until one comes back under these its answers are taken to take its
+        slot's body. Answers under the old table say what the old table gave: where a
+        followed table settles cameras that overlapped before it (run 98, time-sliced at 8),
+        their 60 ms answers would send the frames of every camera more than 23 ms from its
+        new slot at once, ungated, and those keep everyone's answers slow, a table in which
+        90 % of frames share the model; held, they are answered in the body's time."""
+        if current is None:
+            return
+        slots = (current.offset_ticks, current.period_ticks)
+        if slots == self._answers_under:
+            return
+        if self._answers_under is not None:
+            self._answers.clear()
+            self._latest_answer = math.inf
+            self._answers_since = current.effective_at.timestamp()
+        self._answers_under = slots
 
     def arrival(self, now: float) -> PhaseEstimate | None:
         """The stream's arrival phase at ``now`` (None before its first contract; no phase
@@ -269,6 +292,7 @@ class StreamGate:
         previous, self._last_arrival = self._last_arrival, now
         gap_before, self._last_gap = self._last_gap, now - previous
         table = self.timetable = self.timetable.at(now)
+        self._answers_for(table.current(now))
         clock = table.clock(now)
         if clock is None:
             return Refusal(Reason.NO_SLOT, f"stream {self.name} has no slot assignment yet")
@@ -369,7 +393,8 @@ class StreamGate:
         """How long this stream's answers take from release: the 90th percentile of its
         latest ``ANSWER_WINDOW`` since its requests came periodic (a frame is lost by its own
         answer, not a typical one); before that its latest answer (a model's cold answers
-        come first), or its slot's body before any came back."""
+        come first), or its slot's body before any came back. Only answers under the slots
+        in force count (:meth:`_answers_for`)."""
         if not self._answers:
             return self._latest_answer if math.isfinite(self._latest_answer) else clock.body_s
         ordered = sorted(self._answers)  # 16 at most: cheaper than an interpolated quantile
@@ -487,10 +512,11 @@ class StreamGate:
         """The request's response is back. True when it overran its slot: it finished
         after the stream's next slot began."""
         self.pending = max(0, self.pending - 1)
-        took = max(0.0, now - release.at)
-        self._latest_answer = took
-        if self.periodic():
-            self._answers.append(took)
+        if release.at >= self._answers_since:  # not released under the slots of before
+            took = max(0.0, now - release.at)
+            self._latest_answer = took
+            if self.periodic():
+                self._answers.append(took)
         return release.slot is not None and now > release.slot + release.period
 
 

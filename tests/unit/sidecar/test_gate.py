@@ -762,6 +762,49 @@ def test_an_app_that_comes_back_is_judged_by_its_own_answers() -> None:
         g.finish(r, r.at + answer)
 
 
+def slow_camera_before_a_re_timing() -> StreamGate:
+    """A camera 30 ms before its slots at +30 ms, answered in 60 ms, whose slot moves to
+    +80 ms at T + 2.05 (30 ms after its arrivals again)."""
+    g = stream_gate()
+    for k in range(20):
+        t = T + k * 0.1
+        r = released(g.admit(t))
+        if k >= 1:  # a third of its 35 ms slack is 11.7 ms: it would wait 30
+            assert (r.at, r.slot, r.late) == (near(t), None, True), k
+        g.finish(r, r.at + 0.060)
+    g.load(slot_contract(offset_ms=80, generation=2, effective_at=T + 2.050), T + 1.95)
+    return g
+
+
+def test_a_re_timing_forgets_the_answers_had_under_the_slots_before_it() -> None:
+    """Run 98 (eight time-sliced cameras, before and after their slots followed them):
+    answered in 60 ms while bodies overlapped, a camera 30 ms before its slot sent each
+    frame at once. Its slot then follows it. The old table's answers say nothing of the new
+    one's: its frames wait for their slots, answered in the body's time there; had they
+    gone at once, their bodies would run over the other cameras' new slots and keep
+    everyone's answers slow (after the switch, 90 % of frames shared the model)."""
+    g = slow_camera_before_a_re_timing()
+    r = released(g.admit(T + 2.000))  # before the switch: the old table's rule
+    assert (r.at, r.late) == (near(T + 2.000), True)
+    g.finish(r, T + 2.049)
+    for k in range(5):
+        t = T + 2.050 + k * 0.1
+        r = released(g.admit(t))
+        assert (r.slot, r.late) == (near(t + 0.030), False), k
+        g.finish(r, r.at + 0.015)
+    assert g.answer_s(CLOCK) == near(0.015)
+
+
+def test_an_answer_to_a_request_released_before_a_re_timing_does_not_count_after_it() -> None:
+    g = slow_camera_before_a_re_timing()
+    before = released(g.admit(T + 2.000))
+    held = released(g.admit(T + 2.050))  # after the switch; the one before is in flight
+    g.finish(before, T + 2.060)
+    assert g.answer_s(CLOCK) == near(CLOCK.body_s)  # no answer under these slots
+    g.finish(held, held.at + 0.015)
+    assert g.answer_s(CLOCK) == near(0.015)
+
+
 def test_before_its_stream_is_judged_a_slow_model_s_frame_goes_at_once() -> None:
     """The real-sidecar test of an app whose slot has not followed it (a camera 8 ms past
     its slot, answers 63 ms) lost a frame in 3 runs of 25 on a loaded 2-core machine: a
