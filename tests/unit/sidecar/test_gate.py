@@ -776,6 +776,28 @@ def slow_camera_before_a_re_timing() -> StreamGate:
     return g
 
 
+def test_an_answer_had_by_going_at_once_does_not_say_how_long_a_slot_s_answer_takes() -> None:
+    """Run 99 (eight time-sliced cameras, before their slots followed them): a camera
+    54 ms before its slot, answered there in 59 ms among the others, went at once and was
+    answered in 12 ms in a free moment. Taken for its answers' time, that 12 ms said a 54 ms
+    wait left its app a third of its slack: it waited for its slot again, was answered in
+    59 ms there, and lost the next frame, four times in 1.2 s. A request that goes at once
+    says nothing of how long one that waits for its slot is answered."""
+    g = stream_gate()  # slots at +30 ms
+    for k in range(30):  # an app before, answered in 12 ms on its slots
+        r = released(g.admit(T + 0.028 + k * 0.1))
+        g.finish(r, r.at + 0.012)
+    start = T + 5.076  # 54 ms before its slot, after 2 s of quiet
+    r = released(g.admit(start))
+    assert (r.slot, r.late) == (near(start + 0.054), False)
+    g.finish(r, r.at + 0.059)
+    for k in range(1, 10):
+        t = start + 0.1 + k * 0.1  # the frame after the first is lost
+        r = released(g.admit(t))
+        assert (r.at, r.slot, r.late) == (near(t), None, True), k
+        g.finish(r, r.at + 0.012)
+
+
 def test_a_re_timing_forgets_the_answers_had_under_the_slots_before_it() -> None:
     """Run 98 (eight time-sliced cameras, before and after their slots followed them):
     answered in 60 ms while bodies overlapped, a camera 30 ms before its slot sent each
