@@ -110,8 +110,9 @@ class OperatorSettings(BaseSettings):
     """Grant each slot release windows (half the free time on each side) once every sidecar
     of its GPU runs the GPU's current table: requests in them go at once, safely."""
     follow_min_gain_ms: float = Field(default=5.0, ge=0)
-    """A GPU is re-timed to its streams' arrivals only when that saves at least this much
-    wait per frame period, summed over its streams."""
+    """A GPU is re-timed to its streams' arrivals only when that shortens its longest wait
+    by at least this much, or its wait per frame period summed over its streams at no
+    longer a longest wait."""
     debounce_s: float = Field(default=0.1, ge=0)
     """A change is planned once no other change came for this long (bursts coalesce)..."""
     max_delay_s: float = Field(default=1.0, ge=0)
