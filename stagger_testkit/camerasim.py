@@ -144,34 +144,42 @@ def lost_frames(logs: list[dict[str, Any]], period_s: float, since: float) -> li
     from ``since``), how many were missed, and where that frame's own time went
     (``previousMs``: capture to answer, and of its call, before the model, in it and after
     it). A frame held at a gate shows a long ``before``; one slowed by the others on the
-    GPU, a long ``model``. Frames lost before the first answer are not counted."""
+    GPU, a long ``model``. ``earlierMs``: the same for the two answered frames before it,
+    oldest first (run 99: whether a camera's frames alternate between going at once and
+    waiting for its slot). Frames lost before the first answer are not counted."""
     out: list[dict[str, Any]] = []
     for log in logs:
         name, frames = _frames(log)
         calls = sorted(c for c in log.get("calls", []) if len(c) == 4 and c[0] is not None)
-        for (at, latency), (following, _) in itertools.pairwise(frames):
+
+        for i, ((at, latency), (following, _)) in enumerate(itertools.pairwise(frames)):
             missed = round((following - at) / period_s) - 1
             if missed < 1:
                 continue
-            # its call: the first sent at or after its capture
-            call = next((c for c in calls if c[0] >= at - 1e-6), None)
-            previous = {"latency": round(latency * 1e3, 1)}
-            if call is not None and None not in call:  # the model reported its times
-                sent, began, ended, answered = call
-                previous |= {
-                    "before": round((began - sent) * 1e3, 1),
-                    "model": round((ended - began) * 1e3, 1),
-                    "after": round((answered - ended) * 1e3, 1),
-                }
             out.append(
                 {
                     "camera": name,
                     "afterS": round(at - since, 2),
                     "missed": missed,
-                    "previousMs": previous,
+                    "previousMs": _frame_times(calls, at, latency),
+                    "earlierMs": [_frame_times(calls, *f) for f in frames[max(0, i - 2) : i]],
                 }
             )
     return sorted(out, key=lambda e: e["afterS"])
+
+
+def _frame_times(calls: list[list[float]], at: float, latency: float) -> dict[str, float]:
+    """A frame captured at ``at``: capture to answer, and where its call's time went."""
+    call = next((c for c in calls if c[0] >= at - 1e-6), None)  # the first sent after it
+    times = {"latency": round(latency * 1e3, 1)}
+    if call is not None and None not in call:  # the model reported its times
+        sent, began, ended, answered = call
+        times |= {
+            "before": round((began - sent) * 1e3, 1),
+            "model": round((ended - began) * 1e3, 1),
+            "after": round((answered - ended) * 1e3, 1),
+        }
+    return times
 
 
 def _frames(log: CameraLog | dict[str, Any]) -> tuple[str, list[tuple[float, float]]]:

@@ -206,12 +206,22 @@ def test_lost_frames_name_the_answer_that_cost_each_and_where_its_time_went() ->
         "calls": [[0.05, None, None, 0.31], [0.35, None, None, 0.37]],
     }
     assert lost_frames([held, stand_in], 0.1, since=0.0) == [
-        {"camera": "cam-b", "afterS": 0.05, "missed": 2, "previousMs": {"latency": 260.0}},
+        {
+            "camera": "cam-b",
+            "afterS": 0.05,
+            "missed": 2,
+            "previousMs": {"latency": 260.0},
+            "earlierMs": [],
+        },
         {
             "camera": "cam-a",
             "afterS": 0.2,
             "missed": 1,
             "previousMs": {"latency": 105.0, "before": 70.0, "model": 32.0, "after": 2.0},
+            "earlierMs": [
+                {"latency": 20.0, "before": 2.0, "model": 15.0, "after": 2.0},
+                {"latency": 20.0, "before": 2.0, "model": 15.0, "after": 2.0},
+            ],
         },
     ]
 
