@@ -87,7 +87,12 @@ def test_the_profiler_finds_the_known_body(
     assert_the_body(report["knee_ms"], (report["solo_ms"], sweep))
     low, high = report["knee_ci_ms"]
     assert low <= report["knee_ms"] <= high
-    assert report["effective_body_ms"] == pytest.approx(BODY_MS, rel=0.15)  # body-bound
+    # body-bound. It read 29.98 once (2026-12-06, beside the device tool's file transfer;
+    # not reproduced with two xz compressors beside it): the rows say which level fell short
+    assert report["effective_body_ms"] == pytest.approx(BODY_MS, rel=0.15), (
+        report["saturation"],
+        report["solo_ms"],
+    )
     assert report["recommended_body_ms"] >= BODY_MS
     # a lock costs its body; whether it reads exclusive hangs on a knee that host time
     # lengthens (a clean CI run read this lock as shared), so the report must agree with
