@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from stagger.core.calibration import SweepPoint, recommended_cost_ms
 from stagger.profile_cmd import one_at_a_time
-from stagger.profiler import ProfileReport
+from stagger.profiler import Endpoint, ProfileReport, settled_totals
 
 
 def report(
@@ -155,3 +155,25 @@ def test_the_report_says_how_many_frames_a_second_fit_the_model_s_own_time() -> 
         "up to 84.9 frames/s fit the model's own time, one after another"
     )
     assert "sustains" not in one_at_a_time(11.78, None)  # no throughput measured
+
+
+class LaggingStatistics:
+    """Triton's statistics as a loaded host reads them: an answered execution is counted
+    only a few reads later."""
+
+    def __init__(self, readings: list[tuple[int, int] | None]) -> None:
+        self.readings, self.reads = readings, 0
+
+    def compute_totals(self) -> tuple[int, int] | None:
+        self.reads += 1
+        return self.readings[min(self.reads, len(self.readings)) - 1]
+
+
+def test_statistics_are_read_once_they_count_every_answered_execution() -> None:
+    lagging = LaggingStatistics([(9, 900), (9, 900), (10, 1030), (11, 1100)])
+    assert settled_totals(cast(Endpoint, lagging), 10) == (10, 1030)
+    assert lagging.reads == 3
+    # never counted (another client reset them, statistics off): read as they are
+    stuck = LaggingStatistics([(3, 30)])
+    assert settled_totals(cast(Endpoint, stuck), 10) == (3, 30)
+    assert settled_totals(cast(Endpoint, LaggingStatistics([None])), 10) is None
