@@ -506,6 +506,28 @@ def test_transparent_mode_is_judged_apart_once_the_slots_settled() -> None:
     assert v["met"]  # issue 20's verdict does not depend on it
 
 
+def test_transparent_mode_shows_the_floor_no_table_gets_its_cameras_under() -> None:
+    """Each camera waits its slot's wait every frame: p99 >= solo p50 + the longest wait of
+    the best table for the cameras' phases (run 100: 16.03 + 32.43 ms against random's 73.96,
+    0.66, above the 0.6 target)."""
+    steady = {"p99Ms": 63.79, "dropPercent": 0.0, "answeredPerStream": [418] * 8}
+    result = identical(8, measured(19.52), {8: measured(73.96), 9: measured(103.7, 19.3)})
+    result["solo"] = {"p50Ms": 16.03}
+    waits = [4.6, 21.97, 5.53, 29.33, 13.5, 32.43, 2.2, 0.0]
+    result["transparent"] = {"steady": steady, "settledAfterS": 6.13, "tableWaitsMs": waits}
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    check = v["transparent"]["checks"]["p99OverRandom"]
+    assert check["floor"] == pytest.approx((16.03 + 32.43) / 73.96, abs=1e-4)
+    assert not check["met"]
+    assert "under 0.6552: solo p50 + the longest wait; the target is below it" in render_loop([v])
+    result["transparent"]["tableWaitsMs"] = [4.6, 10.0, 2.2]  # a table that could meet it
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert v["transparent"]["checks"]["p99OverRandom"]["floor"] == pytest.approx(
+        26.03 / 73.96, abs=1e-4
+    )
+    assert "the target is below it" not in render_loop([v])
+
+
 def test_transparent_mode_is_measured_again_where_random_phases_hold_fewer_than_admitted() -> None:
     assert transparent_again_at({8: 0.033, 9: 12.9, 7: 0.0}, admitted=8) == 7  # runs 57's kind
     assert transparent_again_at({8: 0.0, 9: 4.2}, admitted=8) is None  # measured at 8 already
