@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -431,10 +431,10 @@ class LocalFollower:
     until it is in force. The sidecars read their files every 0.2 s here, as they get
     contracts over the feed at once.
 
-    ``spacing_ticks`` is an experiment the operator does not make (``bench.gpu.loop
-    --transparent-spaced``): the table is followed, switched and given windows as if each
-    slot were at least that wide (a body's knee: closer than it, two bodies slow each
-    other), while the contracts keep their reserved width."""
+    ``follow_spacing`` (ticks, by stream) is an experiment the operator does not make yet
+    (``bench.gpu.loop --transparent-spaced``): each followed slot kept that far from the
+    next body where the table has room (``stagger.core.phase.follow_spacing``), while the
+    contracts keep their reserved width."""
 
     POLL_S = 0.2
     SWITCH_AFTER_S = 5.0  # OperatorSettings.effective_after_s
@@ -446,10 +446,10 @@ class LocalFollower:
         sidecars: list[LocalSidecar],
         contracts: dict[str, SlotAssignment],
         *,
-        spacing_ticks: int = 0,
+        follow_spacing: Mapping[Hashable, int] | None = None,
     ):
         self.sidecars, self.contracts = sidecars, contracts
-        self.spacing_ticks = spacing_ticks
+        self.follow_spacing = follow_spacing or {}
         self.switches: list[float] = []  # when each re-timing took effect (Unix s)
         self.windows: list[float] = []  # when each grant of release windows took effect
         self._effective_at = datetime.fromtimestamp(0, UTC)
@@ -491,7 +491,9 @@ class LocalFollower:
         c0 = next(iter(self.contracts.values()))
         table = self.table()
         pinned = {name for name, until in self.pinned_until.items() if now < until}
-        aligned = follow(table, arrivals, tick_hz=c0.tick_hz, fixed=pinned)
+        aligned = follow(
+            table, arrivals, tick_hz=c0.tick_hz, fixed=pinned, spacing=self.follow_spacing
+        )
         if aligned is None:
             self._grant_windows(table, now)
             return
@@ -504,9 +506,9 @@ class LocalFollower:
         self.switches.append(effective_at.timestamp())
 
     def table(self) -> list[Slot]:
-        """The contracts' slots, each at least ``spacing_ticks`` wide."""
+        """The contracts' slots."""
         return [
-            Slot(name, max(c.body_ticks, self.spacing_ticks), c.period_ticks, c.offset_ticks)
+            Slot(name, c.body_ticks, c.period_ticks, c.offset_ticks)
             for name, c in self.contracts.items()
         ]
 

@@ -25,8 +25,9 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    same sidecars, the slots following them at the operator's pace and with its rules
    (:class:`LocalFollower`); again at random phases' largest 0-drop N where that is fewer
    (``transparentAtRandomN``), and with ``--transparent-spaced``, at that N once more with
-   the followed slots kept a knee apart (``transparentSpaced``: an experiment for
-   comparison, not what the operator does).
+   the followed slots kept the model's own time apart where the models fit the second
+   (``transparentSpaced``, ``stagger.core.phase.follow_spacing``: a candidate rule measured
+   for comparison, not what the operator does yet).
 
 The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
 models (RetinaNet at 800 px and the same detector at 416 px, a lighter one) at several
@@ -49,7 +50,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,7 +76,7 @@ from stagger.core.api import InferenceStream, InferenceStreamSpec, ModelProfile,
 from stagger.core.calibration import NoKnee, SweepPoint, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
-from stagger.core.phase import quiet_after_s
+from stagger.core.phase import follow_spacing, quiet_after_s
 from stagger.core.placement import Plan, PlannerSettings, plan
 from stagger.core.placement.overlap import body_ticks, overlap_ms_per_frame
 from stagger.core.telemetry import GATE_WAIT, LATE, RELEASE_LAG
@@ -442,6 +443,8 @@ class Loop:
         self.shards = sorted(placed.shards, key=lambda p: (int(p.stream.split("-")[-1]), p.shard))
         self.split = any(p.shards > 1 for p in self.shards)
         self.hz = placed.tick_hz
+        # the GPU's models' own time per second, where bodies take turns (None under MPS)
+        self.model_time_share = placed.gpus[0].model_time_share if placed.gpus else None
         for p, server in zip(self.shards, servers, strict=False):
             contract = SlotAssignment.for_shard(
                 p, tick_hz=placed.tick_hz, epoch=epoch, generation=1, effective_at=epoch
@@ -905,16 +908,16 @@ def identical(
             finally:
                 loop.stop()
     if args.transparent_spaced and out.get("transparent") and judged is not None:
-        knee = calibration.get("kneeMs")
-        n = len(judged.shards)
-        if knee is None or n * knee > 1e3 / args.fps:
+        share = judged.gpus[0].model_time_share if judged.gpus else None
+        if not follow_spacing(judged.shards, share, judged.tick_hz):
             out["transparentSpaced"] = {
-                "skipped": f"{n} slots of the knee ({knee} ms) do not fit the period"
+                "skipped": "the rule keeps no spacing here: MPS, no solo compute, or models "
+                f"that need more than the second one at a time ({share})"
             }
         else:
             loop = Loop(judged, servers, root)
             try:
-                out["transparentSpaced"] = transparent(loop, body, root, args, spacing_ms=knee)
+                out["transparentSpaced"] = transparent(loop, body, root, args, spaced=True)
             finally:
                 loop.stop()
         save()
@@ -966,14 +969,14 @@ def transparent(
     root: Path,
     args: argparse.Namespace,
     *,
-    spacing_ms: float | None = None,
+    spaced: bool = False,
 ) -> dict[str, Any]:
     """Apps that know nothing of Stagger: cameras on their own clocks at the random phases
     of the random configuration at the same N, through the sidecars, whose slots follow the
     cameras (:class:`LocalFollower` doing the operator's part). The whole run, and the
     frames due once the table settled (a period after its last re-timing), within
-    ``SETTLE_S``. ``spacing_ms``: the followed slots kept at least that far apart (the
-    experiment of ``--transparent-spaced``)."""
+    ``SETTLE_S``. ``spaced``: the followed slots kept the model's own time apart where the
+    models fit the second (the experiment of ``--transparent-spaced``)."""
     n = len(loop.sidecars)
     period = 1.0 / args.fps
     rng = random.Random(args.seed + n)  # the random configuration's phases at this N
@@ -983,9 +986,12 @@ def transparent(
         for s, p in zip(loop.sidecars, arrivals, strict=True)
     ]
     seconds = SETTLE_S + math.ceil(args.frames / (n * args.fps))
-    spacing = round((spacing_ms or 0.0) * loop.hz / 1e3)
-    follower = LocalFollower(loop.sidecars, loop.contracts, spacing_ticks=spacing)
-    tag = f"{body}-transparent{'-spaced' if spacing else ''}-n{n}"
+    by_shard = follow_spacing(loop.shards, loop.model_time_share, loop.hz) if spaced else {}
+    apart: dict[Hashable, int] = {
+        p.stream: by_shard[p.key] for p in loop.shards if p.key in by_shard
+    }
+    follower = LocalFollower(loop.sidecars, loop.contracts, follow_spacing=apart)
+    tag = f"{body}-transparent{'-spaced' if spaced else ''}-n{n}"
     # The loop's cameras went through these sidecars a moment ago. The apps here are new
     # ones on their own clocks: start them once the sidecars have forgotten those (a
     # periodic stream quiet for QUIET_PERIODS periods), as new pods would know nothing.
@@ -1031,11 +1037,12 @@ def transparent(
         # the best any table gives these phases: each camera's wait every frame
         "tableWaitsMs": table_waits_ms(
             arrivals,
-            max(loop.shards[0].body_ticks, spacing) * 1e3 / loop.hz,
+            loop.shards[0].body_ticks * 1e3 / loop.hz,
             period,
             loop.hz,
         ),
-        **({"spacingMs": spacing * 1e3 / loop.hz} if spacing else {}),
+        # the followed slots' spacing, start to start, by camera (none: their width)
+        **({"spacingMs": {str(k): t * 1e3 / loop.hz for k, t in apart.items()}} if apart else {}),
         # the table the follower left, by camera: its slots' starts into the period
         "followedOffsetsMs": [
             round(loop.contracts[s.stream].offset_ticks * 1e3 / loop.hz, 3) for s in loop.sidecars
@@ -1376,7 +1383,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--transparent-spaced",
         action="store_true",
         help="also run transparent mode, at the N it is judged at, with the followed slots "
-        "kept the profile's knee apart where they all fit (an experiment, for comparison)",
+        "kept the model's own time apart where the models fit the second (a candidate rule, "
+        "for comparison)",
     )
     p.add_argument(
         "--calibrate-with",

@@ -523,7 +523,7 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
     for v in verdicts:
         for key, how in (
             ("transparent", "slots follow the cameras"),
-            ("transparentSpaced", "the experiment: followed slots kept a knee apart"),
+            ("transparentSpaced", "the experiment: followed slots kept the model's own time apart"),
         ):
             t = v.get(key)
             if t:

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from stagger.core.placement.overlap import MODEL_TIME_SHARE_LIMIT
 from stagger.core.slots import Key, Slot, align, wait_cost
 
 if TYPE_CHECKING:
@@ -203,6 +204,33 @@ def wait_s(offset_s: float, phase_s: float, period_s: float) -> float:
     return (offset_s - phase_s) % period_s
 
 
+def follow_spacing(
+    shards: Iterable[ShardPlacement], model_time_share: float | None, tick_hz: int
+) -> dict[Key, int]:
+    """A candidate rule, not yet the operator's: how far apart (ticks, start to start) a
+    followed table would keep each shard's slot from the next body: the model's own time
+    alone (``soloComputeMs``) where the GPU's bodies take turns and its models fit the
+    second one at a time (``model_time_share`` at most ``MODEL_TIME_SHARE_LIMIT``; None
+    under MPS or where a profile has no solo compute), as the planner's even spread does.
+    There a slot's reserved time (the cost's share of the second) is shorter than its
+    model alone, and slots packed at it chain: each body runs into the next slot and
+    time-slicing stretches both (run 100: five followed slots 11 ms apart, bodies of
+    11.8-12.8 ms alone, the fourth camera's frames 30 ms in the model at p99). Simulated
+    (``python -m bench.simulator.follow``) the worst camera answers 3-5 ms sooner in six
+    of seven recorded runs, its longer wait included; on the GPU, wider followed slots
+    answered later in runs 56 and 62, before the gate's fixes of runs 97-99. So the bench
+    measures it beside the operator's follower (``bench.gpu.loop --transparent-spaced``)
+    before the operator takes it. Under MPS bodies run side by side and spacing only adds
+    waits: none."""
+    if model_time_share is None or model_time_share > MODEL_TIME_SHARE_LIMIT:
+        return {}
+    return {
+        s.key: math.ceil(s.solo_compute_ms * tick_hz / 1e3)
+        for s in shards
+        if s.solo_compute_ms is not None
+    }
+
+
 def follow(
     slots: Sequence[Slot],
     arrivals: Mapping[Key, PhaseEstimate],
@@ -211,6 +239,7 @@ def follow(
     lead_s: float = 0.002,
     min_gain_s: float = 0.005,
     fixed: Iterable[Key] = (),
+    spacing: Mapping[Key, int] | None = None,
 ) -> list[Slot] | None:
     """A GPU's table re-timed to its streams' arrival phases, or None when that gains too
     little (the longest wait shorter by less than ``min_gain_s``, and the total wait per
@@ -228,7 +257,9 @@ def follow(
     from the gate to Triton). Only slots whose period is their stream's arrival period take
     part (a slot period rounded below the frame period repeats at another pace); the others
     and ``fixed`` ones keep their offsets. The objective is the least longest wait, then the
-    least total wait, under non-overlap (:func:`stagger.core.slots.align`). The gain is
+    least total wait, under non-overlap (:func:`stagger.core.slots.align`), each slot kept
+    at least its ``spacing`` (ticks, start to start; :func:`follow_spacing`) from the
+    next body where the table has room for it, else its own width. The gain is
     judged by the wait from each stream's phase itself, so a slot that already starts a
     little after its stream's arrivals is not moved for a changed margin (estimates move by
     a fraction of a millisecond from one read to the next; a table chased after them would
@@ -251,18 +282,26 @@ def follow(
         return wait_cost(table, {k: phases[k] for k in keys})
 
     held = set(fixed)
-    table: list[Slot] = list(slots)
-    aligned = align(slots, targets, fixed=held)
+    basis, aligned = list(slots), None
+    if spacing:  # the slots as wide as their spacing, where that fits the period
+        spaced = [replace(s, body=max(s.body, spacing.get(s.key, 0))) for s in slots]
+        aligned = align(spaced, targets, fixed=held)
+        if aligned is not None:
+            basis = spaced
+    if aligned is None:
+        aligned = align(slots, targets, fixed=held)
+    table = basis
     if aligned is not None and _gains(waits(slots), waits(aligned), min_gain_s * tick_hz):
         table = aligned
-    for s in slots:
+    for s in basis:
         if s.key in targets and s.key in held:
             alone = align(table, {s.key: targets[s.key]})  # every other slot kept
             if alone is not None and (
                 waits(table, [s.key])[1] - waits(alone, [s.key])[1] >= JUMP_PERIODS * s.period
             ):
                 table = alone
-    return None if table == list(slots) else table
+    followed = [replace(s, offset=t.offset) for s, t in zip(slots, table, strict=True)]
+    return None if followed == list(slots) else followed
 
 
 def _gains(before: tuple[int, int], after: tuple[int, int], min_gain: float) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stagger.core.phase import PhaseTracker, estimate, wait_s
+from stagger.core.phase import PhaseEstimate, PhaseTracker, estimate, wait_s
 from stagger.core.slots import (
     Slot,
     SlotRequest,
@@ -333,3 +333,54 @@ def test_a_camera_s_phase_jump_is_found_within_eight_frames() -> None:
         steady.observe(t)
     steady.estimate()
     assert len(steady.arrivals) == 64  # jitter alone is no jump
+
+
+def run_100_cameras() -> dict[int, PhaseEstimate]:
+    """Run 100's eight cameras (the bench's phases at N = 8, seed 7 + 8) at 10 fps."""
+    from stagger.core.phase import PhaseEstimate
+
+    rng = random.Random(15)
+    return {i: PhaseEstimate(0.1, rng.uniform(0, 0.1), 0.0, 0.99, 64, 64) for i in range(8)}
+
+
+def starts_apart(table: list[Slot], period: int) -> int:
+    """The least distance from one slot's start to the next one's, around the period."""
+    starts = sorted(s.offset % period for s in table)
+    return min((b - a) % period for a, b in zip(starts, [*starts[1:], starts[0]], strict=True))
+
+
+def test_followed_slots_keep_the_model_s_own_time_apart_where_the_table_has_room() -> None:
+    """Run 100 (time-sliced H100, 30 kHz ticks): 10.967 ms slots (329 ticks) for bodies
+    that took 11.93 ms alone (358). Packed at their width, the slots around four cameras
+    that arrive within 5.2 ms of one another sat 11 ms apart, and each body ran into the
+    next slot. Kept 358 ticks apart, they do not, and the slots keep their own width; where
+    that spacing does not fit the period (8 x 400 > 3000), the table is followed at the
+    slots' own width as before."""
+    from stagger.core.phase import follow
+
+    cameras = run_100_cameras()
+    table = [Slot(i, 329, 3000, i * 375) for i in range(8)]
+    packed = follow(table, cameras, tick_hz=30_000)
+    spaced = follow(table, cameras, tick_hz=30_000, spacing=dict.fromkeys(range(8), 358))
+    assert packed is not None and spaced is not None
+    assert starts_apart(packed, 3000) < 358 <= starts_apart(spaced, 3000)
+    assert {s.body for s in spaced} == {329} and not overlaps(spaced)
+    too_wide = follow(table, cameras, tick_hz=30_000, spacing=dict.fromkeys(range(8), 400))
+    assert too_wide == packed
+    assert follow(spaced, cameras, tick_hz=30_000, spacing=dict.fromkeys(range(8), 358)) is None
+
+
+def test_the_follow_spacing_is_the_model_s_own_time_where_bodies_take_turns_and_fit() -> None:
+    from dataclasses import replace as copy
+
+    from stagger.core.cluster import Cluster, Gpu, Node
+    from stagger.core.phase import follow_spacing
+    from stagger.core.placement import plan
+    from tests.factories import stream
+
+    cluster = Cluster(nodes=[Node(name="n", gpus=[Gpu(index=0, product="T4", memoryMiB=16000)])])
+    shards = plan([stream(f"c{i}", 4.0, 45.0) for i in range(2)], cluster).shards
+    timed = [copy(shards[0], solo_compute_ms=11.93), shards[1]]  # c1: no solo compute
+    assert follow_spacing(timed, 0.95, 30_000) == {timed[0].key: 358}
+    assert follow_spacing(timed, 1.17, 30_000) == {}  # past the second: they must overlap
+    assert follow_spacing(timed, None, 30_000) == {}  # MPS, or a share not known

@@ -66,3 +66,26 @@ def test_the_simulator_sees_the_tail_turn_where_the_models_need_more_than_the_se
     assert at_7.sim.percentile(99) < 1.25 * latency["slow"]
     assert at_8.sim.percentile(99) > 1.5 * latency["slow"]  # the turn
     assert at_8.sim.dropped == at_7.sim.dropped == fast_loop.sim.dropped == 0
+
+
+def test_the_followed_table_of_a_recorded_run_is_simulated_packed_and_spaced() -> None:
+    """Run 100 (time-sliced, 8 cameras, the models' time 0.95 of the second): the follower's
+    table for the bench's phases packs five slots at the reserved 11 ms; kept the model's
+    own time (11.93 ms) apart, the worst camera waits longer and answers sooner. Under MPS
+    (run 101) the rule keeps no spacing: one table."""
+    from bench.simulator.follow import compare as follow_compare
+    from bench.simulator.follow import render
+
+    ts = follow_compare(
+        RESULTS / "2026-12-06-loop-time-slicing-graph-h100-job-at-slot-answers.json", 20.0, 2
+    )
+    assert ts is not None and ts["n"] == 8 and ts["share"] == pytest.approx(0.954, abs=1e-3)
+    packed, spaced = ts["tables"]["reserved width"], ts["tables"]["model's own time"]
+    assert spaced["longestWaitMs"] > packed["longestWaitMs"]
+    assert spaced["modelP99Ms"] < packed["modelP99Ms"]
+    assert spaced["worstCameraP99Ms"] < packed["worstCameraP99Ms"]
+    mps = follow_compare(
+        RESULTS / "2026-12-06-loop-mps-graph-h100-job-at-slot-answers.json", 20.0, 2
+    )
+    assert mps is not None and list(mps["tables"]) == ["reserved width"]
+    assert "| time-slicing · 8 · 0.95 | model's own time |" in render([ts])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import subprocess
 import sys
@@ -392,36 +393,44 @@ def test_the_local_follower_grants_release_windows_once_the_table_runs(tmp_path:
     assert len(follower.windows) == 1
 
 
-def test_the_spaced_follower_experiment_follows_wider_slots_and_writes_reserved_ones(
+def test_the_spaced_follower_experiment_keeps_followed_slots_apart_and_writes_reserved_ones(
     tmp_path: Path,
 ) -> None:
-    """bench.gpu.loop --transparent-spaced: the table is followed and given windows as if
-    each slot were ``spacing_ticks`` wide, while the contracts keep their reserved width."""
+    """bench.gpu.loop --transparent-spaced: three cameras that arrive within 4 ms of one
+    another, 20 ms slots. The follower packs their slots 20 ms apart; the experiment's
+    keeps them its spacing (30 ms) apart, and both write contracts of the reserved width."""
     from types import SimpleNamespace
 
-    from stagger.core.slots import release_windows
+    from stagger.core.phase import PhaseEstimate
     from stagger_testkit.localtriton import LocalFollower
 
     contracts = {
         name: slot_contract(name, offset_ms=offset, body_ms=20.0, effective_at=T0)
         for name, offset in [("a", 0.0), ("b", 30.0), ("c", 70.0)]
     }
-    sidecars = [SimpleNamespace(stream=n, slot_file=tmp_path / f"{n}.json") for n in contracts]
     reserved = contracts["a"].body_ticks
-    spaced = LocalFollower(sidecars, dict(contracts), spacing_ticks=reserved + 10)  # type: ignore[arg-type]
-    assert [s.body for s in spaced.table()] == [reserved + 10] * 3
-    plain = LocalFollower(sidecars, dict(contracts))  # type: ignore[arg-type]
-    assert [s.body for s in plain.table()] == [reserved] * 3
-    narrow = LocalFollower(sidecars, dict(contracts), spacing_ticks=reserved - 10)  # type: ignore[arg-type]
-    assert narrow.table() == plain.table()  # never narrower than reserved
+    arrivals = {
+        n: PhaseEstimate(0.1, phase, 0.0, 0.99, 64, 64)
+        for n, phase in [("a", 0.010), ("b", 0.012), ("c", 0.014)]
+    }
 
-    spaced._grant_windows(spaced.table(), T0 + 1.0)
-    for sidecar in sidecars:
-        written = SlotAssignment.model_validate_json(sidecar.slot_file.read_text())
-        assert written.body_ticks == reserved
-        early, late = release_windows(spaced.table())[sidecar.stream]
-        assert (written.early_ticks, written.late_ticks) == (early, late)
-        assert early < release_windows(plain.table())[sidecar.stream][0]
+    def followed(name: str, **spacing: object) -> list[SlotAssignment]:
+        (tmp_path / name).mkdir()
+        sidecars = [SimpleNamespace(stream=n, slot_file=tmp_path / name / n) for n in contracts]
+        follower = LocalFollower(sidecars, dict(contracts), **spacing)  # type: ignore[arg-type]
+        follower.arrivals = lambda: arrivals  # type: ignore[method-assign]
+        follower.step()
+        return [SlotAssignment.model_validate_json(s.slot_file.read_text()) for s in sidecars]
+
+    def apart(written: list[SlotAssignment]) -> list[int]:
+        starts = sorted(c.offset_ticks for c in written)
+        return [b - a for a, b in itertools.pairwise(starts)]
+
+    packed = followed("plain")
+    spaced = followed("spaced", follow_spacing=dict.fromkeys(contracts, 30_000))
+    assert apart(packed) == [reserved, reserved]
+    assert apart(spaced) == [30_000, 30_000]
+    assert {c.body_ticks for c in [*packed, *spaced]} == {reserved}
 
 
 async def test_drift_wakes_the_planner_at_most_once_a_drift_period_news_at_once() -> None:
