@@ -67,7 +67,7 @@ images: $(STAMP)  ## Build the operator and sidecar images (docs/releasing.md)
 	PATH=$(abspath $(BIN)):$$PATH images/build
 
 pytest: $(STAMP) $(HELM) $(PROMTOOL) images
-	STAGGER_IMAGES=1 STAGGER_HELM=$(HELM) STAGGER_PROMTOOL=$(PROMTOOL) $(BIN)/pytest -q
+	STAGGER_IMAGES=1 STAGGER_HELM=$(HELM) STAGGER_PROMTOOL=$(PROMTOOL) $(BIN)/pytest -q --durations=15
 
 bench: $(STAMP)  ## Placement quality and scale (see docs/benchmarks.md)
 	$(BIN)/python -m bench.placement
