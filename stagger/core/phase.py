@@ -282,18 +282,16 @@ def follow(
         return wait_cost(table, {k: phases[k] for k in keys})
 
     held = set(fixed)
-    basis, aligned = list(slots), None
+    aligned = None
     if spacing:  # the slots as wide as their spacing, where that fits the period
         spaced = [replace(s, body=max(s.body, spacing.get(s.key, 0))) for s in slots]
         aligned = align(spaced, targets, fixed=held)
-        if aligned is not None:
-            basis = spaced
     if aligned is None:
         aligned = align(slots, targets, fixed=held)
-    table = basis
+    table: list[Slot] = list(slots)
     if aligned is not None and _gains(waits(slots), waits(aligned), min_gain_s * tick_hz):
         table = aligned
-    for s in basis:
+    for s in slots:
         if s.key in targets and s.key in held:
             alone = align(table, {s.key: targets[s.key]})  # every other slot kept
             if alone is not None and (

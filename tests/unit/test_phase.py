@@ -368,6 +368,17 @@ def test_followed_slots_keep_the_model_s_own_time_apart_where_the_table_has_room
     too_wide = follow(table, cameras, tick_hz=30_000, spacing=dict.fromkeys(range(8), 400))
     assert too_wide == packed
     assert follow(spaced, cameras, tick_hz=30_000, spacing=dict.fromkeys(range(8), 358)) is None
+    # A pinned camera that jumps half a period is still followed on the packed table, where
+    # the slots at their spacing would overlap: nothing else gains, and it moves alone.
+    jumped = {
+        **cameras,
+        0: PhaseEstimate(0.1, ((cameras[0].phase_s or 0) + 0.05) % 0.1, 0.0, 0.99, 64, 64),
+    }
+    moved = follow(packed, jumped, tick_hz=30_000, fixed={0}, spacing=dict.fromkeys(range(8), 358))
+    assert moved is not None and not overlaps(moved)
+    before = wait_s(packed[0].offset / 30_000, jumped[0].phase_s or 0, 0.1)
+    after = wait_s(moved[0].offset / 30_000, jumped[0].phase_s or 0, 0.1)
+    assert before > 0.04 and after < 0.02  # to the first room after its new phase
 
 
 def test_the_follow_spacing_is_the_model_s_own_time_where_bodies_take_turns_and_fit() -> None:
