@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 from collections.abc import Hashable
@@ -32,8 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from stagger.core.phase import PhaseEstimate, follow
-from stagger.core.placement.overlap import MODEL_TIME_SHARE_LIMIT
+from stagger.core.phase import PhaseEstimate, follow, spacing_ticks
 from stagger.core.simulate import CONTENTION, SimShard, simulate_gpu
 from stagger.core.slots import Slot
 
@@ -119,12 +117,9 @@ def compare(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
         phases = [rng.uniform(0, 1 / fps) for _ in range(n)]
         width = round(r["slots"][0]["reservedMs"] * TICK_HZ / 1e3)
         solo_s = c["soloComputeMs"] / 1e3
+        # the GPU's modelTimeShare (placement.overlap.model_time_share) for N of these streams
         share = None if mode == "mps" else n * solo_s * fps
-        apart = (
-            math.ceil(solo_s * TICK_HZ)
-            if share is not None and share <= MODEL_TIME_SHARE_LIMIT
-            else None
-        )
+        apart = spacing_ticks(c["soloComputeMs"], share, TICK_HZ)
         random_p99 = r["random"][str(n)]["p99Ms"] if str(n) in r["random"] else None
         tables = {}
         for name, spacing in (("reserved width", None), ("model's own time", apart)):
@@ -179,7 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     paths = args.results or sorted(RESULTS.glob("*loop*.json"))
-    rows = [r for p in paths if (r := compare(p, args.seconds, args.seeds)) is not None]
+    rows = []
+    for path in paths:
+        try:
+            row = compare(path, args.seconds, args.seeds)
+        except (OSError, ValueError, KeyError) as e:  # JSONDecodeError is a ValueError
+            parser.error(f"{path}: not a result of bench.gpu.loop: {type(e).__name__}: {e}")
+        if row is not None:
+            rows.append(row)
     print(render(rows))
     return 0
 

@@ -222,13 +222,20 @@ def follow_spacing(
     measures it beside the operator's follower (``bench.gpu.loop --transparent-spaced``)
     before the operator takes it. Under MPS bodies run side by side and spacing only adds
     waits: none."""
-    if model_time_share is None or model_time_share > MODEL_TIME_SHARE_LIMIT:
-        return {}
-    return {
-        s.key: math.ceil(s.solo_compute_ms * tick_hz / 1e3)
-        for s in shards
-        if s.solo_compute_ms is not None
-    }
+    apart = {s.key: spacing_ticks(s.solo_compute_ms, model_time_share, tick_hz) for s in shards}
+    return {key: ticks for key, ticks in apart.items() if ticks is not None}
+
+
+def spacing_ticks(
+    solo_compute_ms: float | None, model_time_share: float | None, tick_hz: int
+) -> int | None:
+    """One slot's :func:`follow_spacing`: its model's own time in ticks, or None where the
+    rule keeps none."""
+    if solo_compute_ms is None or model_time_share is None:
+        return None
+    if model_time_share > MODEL_TIME_SHARE_LIMIT:
+        return None
+    return math.ceil(solo_compute_ms * tick_hz / 1e3)
 
 
 def follow(

@@ -89,3 +89,18 @@ def test_the_followed_table_of_a_recorded_run_is_simulated_packed_and_spaced() -
     )
     assert mps is not None and list(mps["tables"]) == ["reserved width"]
     assert "| time-slicing · 8 · 0.95 | model's own time |" in render([ts])
+
+
+def test_the_followed_table_simulation_refuses_a_file_that_is_no_result(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.simulator.follow import main as follow_main
+
+    for bad, why in [
+        (tmp_path / "none.json", "FileNotFoundError"),
+        (RESULTS / "README.md", "JSONDecodeError"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            follow_main([str(bad)])
+        assert exit_.value.code == 2
+        assert f"{bad}: not a result of bench.gpu.loop: {why}" in capsys.readouterr().err
