@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +37,8 @@ from types import TracebackType
 
 from stagger.client import CLOCK_PATH
 from stagger.core.contract import SlotAssignment, effective_at_of
-from stagger.core.phase import PhaseEstimate, follow
+from stagger.core.phase import PhaseEstimate, follow, follow_spacing
+from stagger.core.placement import ShardPlacement
 from stagger.core.slots import Slot, release_windows, switch_tick
 
 MODEL_PATH_ENV = "STAGGER_MODEL_PATH"
@@ -415,6 +416,17 @@ class LocalSidecar:
         self.stop()
 
 
+def stream_follow_spacing(
+    shards: Iterable[ShardPlacement], model_time_share: float | None, tick_hz: int
+) -> dict[Hashable, int]:
+    """What the operator's follower (:func:`stagger.core.phase.follow_plan`) keeps each
+    stream's followed slot from the next body on one GPU, by stream (ticks; none where it
+    keeps none): :class:`LocalFollower`'s ``follow_spacing``."""
+    placed = list(shards)
+    by_shard = follow_spacing(placed, model_time_share, tick_hz)
+    return {p.stream: by_shard[p.key] for p in placed if p.key in by_shard}
+
+
 class LocalFollower:
     """What the operator does for streams whose apps know nothing of Stagger, for local
     sidecars that share one "GPU" (examples/03, bench/gpu), at the operator's pace over its
@@ -431,10 +443,11 @@ class LocalFollower:
     until it is in force. The sidecars read their files every 0.2 s here, as they get
     contracts over the feed at once.
 
-    ``follow_spacing`` (ticks, by stream) is an experiment the operator does not make yet
-    (``bench.gpu.loop --transparent-spaced``): each followed slot kept that far from the
-    next body where the table has room (``stagger.core.phase.follow_spacing``), while the
-    contracts keep their reserved width."""
+    ``follow_spacing`` (ticks, by stream; :func:`stream_follow_spacing` from the plan, which
+    the contracts do not carry): each followed slot kept that far from the next body where
+    the table has room, while the contracts keep their reserved width, as the operator does.
+    None packs the followed slots at their width, as the operator did before run 104
+    (``bench.gpu.loop --transparent-packed`` measures that for comparison)."""
 
     POLL_S = 0.2
     SWITCH_AFTER_S = 5.0  # OperatorSettings.effective_after_s

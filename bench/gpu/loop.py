@@ -24,10 +24,10 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
 6. apps that know nothing of Stagger (``transparent``): cameras at random phases through the
    same sidecars, the slots following them at the operator's pace and with its rules
    (:class:`LocalFollower`); again at random phases' largest 0-drop N where that is fewer
-   (``transparentAtRandomN``), and with ``--transparent-spaced``, at that N once more with
-   the followed slots kept the model's own time apart where the models fit the second
-   (``transparentSpaced``, ``stagger.core.phase.follow_spacing``: a candidate rule measured
-   for comparison, not what the operator does yet).
+   (``transparentAtRandomN``), and with ``--transparent-packed``, at that N once more with
+   the followed slots packed at their reserved width, as the operator's follower did before
+   run 104 (``transparentPacked``, for comparison; skipped where the operator keeps no
+   spacing, :func:`stagger.core.phase.follow_spacing`, and the table is the same).
 
 The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
 models (RetinaNet at 800 px and the same detector at 416 px, a lighter one) at several
@@ -50,7 +50,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,14 +76,19 @@ from stagger.core.api import InferenceStream, InferenceStreamSpec, ModelProfile,
 from stagger.core.calibration import NoKnee, SweepPoint, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
 from stagger.core.contract import SlotAssignment
-from stagger.core.phase import follow_spacing, quiet_after_s
+from stagger.core.phase import quiet_after_s
 from stagger.core.placement import Plan, PlannerSettings, plan
 from stagger.core.placement.overlap import body_ticks, overlap_ms_per_frame
 from stagger.core.telemetry import GATE_WAIT, LATE, RELEASE_LAG
 from stagger.profile_cmd import calibration_result
 from stagger.profiler import ProfileReport, profile
 from stagger_testkit.camerasim import lost_frames, phases, stalls
-from stagger_testkit.localtriton import LocalFollower, LocalSidecar, LocalTriton
+from stagger_testkit.localtriton import (
+    LocalFollower,
+    LocalSidecar,
+    LocalTriton,
+    stream_follow_spacing,
+)
 
 BODIES = {
     # name in the repository: parameters set in the detector's config
@@ -907,17 +912,18 @@ def identical(
                 save()
             finally:
                 loop.stop()
-    if args.transparent_spaced and out.get("transparent") and judged is not None:
+    if args.transparent_packed and out.get("transparent") and judged is not None:
         share = judged.gpus[0].model_time_share if judged.gpus else None
-        if not follow_spacing(judged.shards, share, judged.tick_hz):
-            out["transparentSpaced"] = {
-                "skipped": "the rule keeps no spacing here: MPS, no solo compute, or models "
-                f"that need more than the second one at a time ({share})"
+        if not stream_follow_spacing(judged.shards, share, judged.tick_hz):
+            out["transparentPacked"] = {
+                "skipped": "the operator keeps no spacing here, so its table is the packed "
+                "one: MPS, no solo compute, or models that need more than the second one at "
+                f"a time ({share})"
             }
         else:
             loop = Loop(judged, servers, root)
             try:
-                out["transparentSpaced"] = transparent(loop, body, root, args, spaced=True)
+                out["transparentPacked"] = transparent(loop, body, root, args, packed=True)
             finally:
                 loop.stop()
         save()
@@ -969,14 +975,14 @@ def transparent(
     root: Path,
     args: argparse.Namespace,
     *,
-    spaced: bool = False,
+    packed: bool = False,
 ) -> dict[str, Any]:
     """Apps that know nothing of Stagger: cameras on their own clocks at the random phases
     of the random configuration at the same N, through the sidecars, whose slots follow the
     cameras (:class:`LocalFollower` doing the operator's part). The whole run, and the
     frames due once the table settled (a period after its last re-timing), within
-    ``SETTLE_S``. ``spaced``: the followed slots kept the model's own time apart where the
-    models fit the second (the experiment of ``--transparent-spaced``)."""
+    ``SETTLE_S``. ``packed``: the followed slots packed at their reserved width, as the
+    operator's follower did before run 104 (``--transparent-packed``, for comparison)."""
     n = len(loop.sidecars)
     period = 1.0 / args.fps
     rng = random.Random(args.seed + n)  # the random configuration's phases at this N
@@ -986,12 +992,9 @@ def transparent(
         for s, p in zip(loop.sidecars, arrivals, strict=True)
     ]
     seconds = SETTLE_S + math.ceil(args.frames / (n * args.fps))
-    by_shard = follow_spacing(loop.shards, loop.model_time_share, loop.hz) if spaced else {}
-    apart: dict[Hashable, int] = {
-        p.stream: by_shard[p.key] for p in loop.shards if p.key in by_shard
-    }
+    apart = {} if packed else stream_follow_spacing(loop.shards, loop.model_time_share, loop.hz)
     follower = LocalFollower(loop.sidecars, loop.contracts, follow_spacing=apart)
-    tag = f"{body}-transparent{'-spaced' if spaced else ''}-n{n}"
+    tag = f"{body}-transparent{'-packed' if packed else ''}-n{n}"
     # The loop's cameras went through these sidecars a moment ago. The apps here are new
     # ones on their own clocks: start them once the sidecars have forgotten those (a
     # periodic stream quiet for QUIET_PERIODS periods), as new pods would know nothing.
@@ -1380,11 +1383,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "profile, or one whose report asks for a re-run)",
     )
     p.add_argument(
-        "--transparent-spaced",
+        "--transparent-packed",
         action="store_true",
         help="also run transparent mode, at the N it is judged at, with the followed slots "
-        "kept the model's own time apart where the models fit the second (a candidate rule, "
-        "for comparison)",
+        "packed at their reserved width, as the operator's follower did before run 104 (for "
+        "comparison; skipped where the operator keeps no spacing)",
     )
     p.add_argument(
         "--calibrate-with",

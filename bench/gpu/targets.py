@@ -248,16 +248,14 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
             random_largest,
             solo_p50,
         ),
-        # --transparent-spaced: the same judgement of the experiment, for comparison only
-        **(
-            {
-                "transparentSpaced": _transparent_verdict(
-                    r["transparentSpaced"], random_runs, random_largest, solo_p50
-                )
-            }
-            if "steady" in r.get("transparentSpaced", {})
-            else {}
-        ),
+        # the same judgement of a comparison table: --transparent-packed (the operator's
+        # follower before run 104), or in older results --transparent-spaced (the spacing
+        # before the operator took it)
+        **{
+            key: _transparent_verdict(r[key], random_runs, random_largest, solo_p50)
+            for key in COMPARISONS
+            if "steady" in r.get(key, {})
+        },
         **({"atCap": _at_cap(r["loopAtCap"], random_runs, solo_p50)} if "loopAtCap" in r else {}),
         "setting": r["body"],
         "admitted": admitted,
@@ -295,6 +293,10 @@ def _at_cap(
 
 
 TRANSPARENT_RATIO = 0.6  # transparent p99 over random's (issue 21)
+COMPARISONS = {  # transparent mode's comparison tables in a result, and what each is
+    "transparentPacked": "for comparison: followed slots packed at their reserved width",
+    "transparentSpaced": "the experiment: followed slots kept the model's own time apart",
+}
 SETTLE_S = 10.0
 
 
@@ -521,10 +523,7 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                 f"(deadline {a['deadlineMs']:g} ms, the floor no placement beats): {seen}"
             )
     for v in verdicts:
-        for key, how in (
-            ("transparent", "slots follow the cameras"),
-            ("transparentSpaced", "the experiment: followed slots kept the model's own time apart"),
-        ):
+        for key, how in (("transparent", "slots follow the cameras"), *COMPARISONS.items()):
             t = v.get(key)
             if t:
                 c = t["checks"]

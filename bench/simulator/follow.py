@@ -7,13 +7,14 @@ recorded transparent run.
 For each run of ``bench.gpu.loop`` with a transparent record (by default every one in
 ``bench/gpu/results`` whose profile has ``soloComputeMs``), the bench's cameras (the
 random configuration's phases at N, seed 7 + N) are followed from the planner's even table
-by the operator's own :func:`stagger.core.phase.follow`, once without spacing and once
-with the spacing the operator now gives (none under MPS, or past the whole second). Each
+by the operator's own :func:`stagger.core.phase.follow`, once without spacing (the
+operator's follower before run 104) and once with the spacing it now keeps
+(:func:`stagger.core.phase.follow_spacing`; none under MPS, or past the whole second). Each
 table is simulated with its bodies taking the model's own time alone and worth the
 measured cost when they share the GPU (:func:`stagger.core.simulate.simulate_gpu`). Each
 camera waits its slot's wait every frame, so its tail is that wait plus its simulated p99
 in the model; the worst camera's is the table's p99, shown over random phases' p99 as the
-run measured it, beside what the run measured for transparent mode.
+run measured it, beside what the run measured for each table it ran (run 104 ran both).
 
 It predicts; the GPU measures. On run 100's table at the reserved width it gives 63.1 ms
 for the worst camera, where the run measured 63.8 ms (docs/benchmarks.md).
@@ -121,19 +122,23 @@ def compare(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
         share = None if mode == "mps" else n * solo_s * fps
         apart = spacing_ticks(c["soloComputeMs"], share, TICK_HZ)
         random_p99 = r["random"][str(n)]["p99Ms"] if str(n) in r["random"] else None
-        tables = {}
+        tables: dict[str, dict[str, float | None]] = {}
+        measured = measured_p99_ms(r)
         for name, spacing in (("reserved width", None), ("model's own time", apart)):
             if name != "reserved width" and spacing is None:
                 continue  # the operator keeps no spacing there: the same table
-            tables[name] = simulate(
-                *followed(phases, width, period, spacing),
-                period=period,
-                body_s=solo_s,
-                cost_s=c["costMs"] / 1e3,
-                contention=CONTENTION[mode],
-                seconds=seconds,
-                seeds=seeds,
-            )
+            tables[name] = {
+                "measuredP99Ms": measured.get(name),
+                **simulate(
+                    *followed(phases, width, period, spacing),
+                    period=period,
+                    body_s=solo_s,
+                    cost_s=c["costMs"] / 1e3,
+                    contention=CONTENTION[mode],
+                    seconds=seconds,
+                    seeds=seeds,
+                ),
+            }
         return {
             "run": path.stem,
             "body": body,
@@ -141,10 +146,26 @@ def compare(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
             "n": n,
             "share": share,
             "randomP99Ms": random_p99,
-            "measuredP99Ms": t["steady"]["p99Ms"],
             "tables": tables,
         }
     return None
+
+
+def measured_p99_ms(r: dict[str, Any]) -> dict[str, float]:
+    """The settled p99 the run measured for each table it ran: transparent mode's table is
+    the spaced one where the follower kept a spacing (``spacingMs``; the operator's since
+    run 104), else the packed one; ``transparentPacked`` (``--transparent-packed``) and,
+    in older runs, ``transparentSpaced`` (``--transparent-spaced``) are the other."""
+    out: dict[str, float] = {}
+    own = r["transparent"]
+    out["model's own time" if own.get("spacingMs") else "reserved width"] = own["steady"]["p99Ms"]
+    for key, name in (
+        ("transparentPacked", "reserved width"),
+        ("transparentSpaced", "model's own time"),
+    ):
+        if "steady" in r.get(key, {}):
+            out[name] = r[key]["steady"]["p99Ms"]
+    return out
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -162,7 +183,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {r['run']} | {r['mode']} · {r['n']} · {share} | {name} | "
                 f"{s['longestWaitMs']:.1f} | {s['modelP50Ms']:.1f} / {s['modelP99Ms']:.1f} | "
-                f"{s['worstCameraP99Ms']:.1f}{ratio} | {r['measuredP99Ms']} |"
+                f"{s['worstCameraP99Ms']:.1f}{ratio} | {s['measuredP99Ms'] or '-'} |"
             )
     return "\n".join(lines)
 

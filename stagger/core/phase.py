@@ -207,21 +207,19 @@ def wait_s(offset_s: float, phase_s: float, period_s: float) -> float:
 def follow_spacing(
     shards: Iterable[ShardPlacement], model_time_share: float | None, tick_hz: int
 ) -> dict[Key, int]:
-    """A candidate rule, not yet the operator's: how far apart (ticks, start to start) a
-    followed table would keep each shard's slot from the next body: the model's own time
-    alone (``soloComputeMs``) where the GPU's bodies take turns and its models fit the
-    second one at a time (``model_time_share`` at most ``MODEL_TIME_SHARE_LIMIT``; None
-    under MPS or where a profile has no solo compute), as the planner's even spread does.
-    There a slot's reserved time (the cost's share of the second) is shorter than its
-    model alone, and slots packed at it chain: each body runs into the next slot and
-    time-slicing stretches both (run 100: five followed slots 11 ms apart, bodies of
-    11.8-12.8 ms alone, the fourth camera's frames 30 ms in the model at p99). Simulated
-    (``python -m bench.simulator.follow``) the worst camera answers 3-5 ms sooner in six
-    of seven recorded runs, its longer wait included; on the GPU, wider followed slots
-    answered later in runs 56 and 62, before the gate's fixes of runs 97-99. So the bench
-    measures it beside the operator's follower (``bench.gpu.loop --transparent-spaced``)
-    before the operator takes it. Under MPS bodies run side by side and spacing only adds
-    waits: none."""
+    """How far apart (ticks, start to start) the operator's follower keeps each shard's
+    slot from the next body (:func:`follow_plan`): the model's own time alone
+    (``soloComputeMs``) where the GPU's bodies take turns and its models fit the second
+    one at a time (``model_time_share`` at most ``MODEL_TIME_SHARE_LIMIT``; None under MPS
+    or where a profile has no solo compute), as the planner's even spread does. There a
+    slot's reserved time (the cost's share of the second) is shorter than its model alone,
+    and slots packed at it chain: each body runs into the next slot and time-slicing
+    stretches both (run 100: five followed slots 11 ms apart, bodies of 11.8-12.8 ms
+    alone, the fourth camera's frames 30 ms in the model at p99). Measured beside the
+    packed table in one run (run 104, H100, the bench's eight cameras): p99 57.8 against
+    68.5 ms, 0.73 against 0.87 x random phases', the frames' p99 in the model 26.2 against
+    39.1 ms, their longer waits included. Under MPS bodies run side by side and spacing
+    only adds waits: none."""
     apart = {s.key: spacing_ticks(s.solo_compute_ms, model_time_share, tick_hz) for s in shards}
     return {key: ticks for key, ticks in apart.items() if ticks is not None}
 
@@ -337,10 +335,12 @@ def follow_plan(
     stream that started together, where re-timing on each estimate in turn would pin shards
     moved to make room before their own phase was known, in the wrong place. The re-timed
     shards join ``offsets_changed``; the operator then switches their GPU at an instant no
-    old body runs, as for any re-timing."""
+    old body runs, as for any re-timing. Each slot is kept its :func:`follow_spacing`
+    from the next body where the GPU's table has room."""
     if not arrivals:
         return plan
     hz = plan.tick_hz
+    shares = {(g.node, g.gpu): g.model_time_share for g in plan.gpus}
     held, waiting = set(pinned), set(awaiting)
     by_gpu: dict[tuple[str, int], list[ShardPlacement]] = {}
     for p in plan.shards:
@@ -370,6 +370,7 @@ def follow_plan(
             lead_s=lead_s,
             min_gain_s=min_gain_s,
             fixed=held | {s.key for s in extra},
+            spacing=follow_spacing(shards, shares.get(where), hz),
         )
         for before, after in zip(table, aligned or (), strict=False):
             if after.offset != before.offset:

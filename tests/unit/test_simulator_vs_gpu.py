@@ -72,7 +72,8 @@ def test_the_followed_table_of_a_recorded_run_is_simulated_packed_and_spaced() -
     """Run 100 (time-sliced, 8 cameras, the models' time 0.95 of the second): the follower's
     table for the bench's phases packs five slots at the reserved 11 ms; kept the model's
     own time (11.93 ms) apart, the worst camera waits longer and answers sooner. Under MPS
-    (run 101) the rule keeps no spacing: one table."""
+    (run 101) the rule keeps no spacing: one table. What a run measured stands beside the
+    table it measured."""
     from bench.simulator.follow import compare as follow_compare
     from bench.simulator.follow import render
 
@@ -89,6 +90,13 @@ def test_the_followed_table_of_a_recorded_run_is_simulated_packed_and_spaced() -
     )
     assert mps is not None and list(mps["tables"]) == ["reserved width"]
     assert "| time-slicing · 8 · 0.95 | model's own time |" in render([ts])
+    assert packed["measuredP99Ms"] == 63.79 and spaced["measuredP99Ms"] is None
+    # Run 104 measured both tables side by side: each measured p99 beside its own table.
+    both = follow_compare(
+        RESULTS / "2026-12-06-loop-time-slicing-graph-h100-job-spaced-beside-packed.json", 20.0, 2
+    )
+    assert both is not None
+    assert [t["measuredP99Ms"] for t in both["tables"].values()] == [68.45, 57.84]
 
 
 def test_the_followed_table_simulation_refuses_a_file_that_is_no_result(

@@ -393,12 +393,13 @@ def test_the_local_follower_grants_release_windows_once_the_table_runs(tmp_path:
     assert len(follower.windows) == 1
 
 
-def test_the_spaced_follower_experiment_keeps_followed_slots_apart_and_writes_reserved_ones(
+def test_the_local_follower_keeps_followed_slots_apart_and_writes_reserved_ones(
     tmp_path: Path,
 ) -> None:
-    """bench.gpu.loop --transparent-spaced: three cameras that arrive within 4 ms of one
-    another, 20 ms slots. The follower packs their slots 20 ms apart; the experiment's
-    keeps them its spacing (30 ms) apart, and both write contracts of the reserved width."""
+    """Three cameras that arrive within 4 ms of one another, 20 ms slots. With the
+    operator's spacing (30 ms here) the local follower keeps their slots that far apart;
+    without one (bench.gpu.loop --transparent-packed, or a model with no solo compute) it
+    packs them 20 ms apart. Both write contracts of the reserved width."""
     from types import SimpleNamespace
 
     from stagger.core.phase import PhaseEstimate
