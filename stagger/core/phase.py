@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from stagger.core.placement.overlap import MODEL_TIME_SHARE_LIMIT
-from stagger.core.slots import Key, Slot, align, wait_cost
+from stagger.core.slots import Key, Slot, align, overlaps, wait_cost
 
 if TYPE_CHECKING:
     from stagger.core.placement import Plan, ShardKey, ShardPlacement
@@ -264,7 +264,9 @@ def follow(
     and ``fixed`` ones keep their offsets. The objective is the least longest wait, then the
     least total wait, under non-overlap (:func:`stagger.core.slots.align`), each slot kept
     at least its ``spacing`` (ticks, start to start; :func:`follow_spacing`) from the
-    next body where the table has room for it, else its own width. The gain is
+    next body where the table has room for it, else its own width; a table closer than
+    its spacing where that has room is re-timed whatever the wait gains, once none of its
+    followed slots is pinned. The gain is
     judged by the wait from each stream's phase itself, so a slot that already starts a
     little after its stream's arrivals is not moved for a changed margin (estimates move by
     a fraction of a millisecond from one read to the next; a table chased after them would
@@ -287,14 +289,21 @@ def follow(
         return wait_cost(table, {k: phases[k] for k in keys})
 
     held = set(fixed)
-    aligned = None
+    aligned, crowded = None, False
     if spacing:  # the slots as wide as their spacing, where that fits the period
         spaced = [replace(s, body=max(s.body, spacing.get(s.key, 0))) for s in slots]
         aligned = align(spaced, targets, fixed=held)
+        # A table closer than its spacing where a spaced one fits (one followed before the
+        # spacing, or planned so) is re-timed though the spaced one waits longer: its
+        # bodies chain (run 104). Once spaced it is not crowded, so this happens once; not
+        # while a followed slot is pinned, whose camera's jump comes first (below).
+        crowded = aligned is not None and not held & targets.keys() and bool(overlaps(spaced))
     if aligned is None:
         aligned = align(slots, targets, fixed=held)
     table: list[Slot] = list(slots)
-    if aligned is not None and _gains(waits(slots), waits(aligned), min_gain_s * tick_hz):
+    if aligned is not None and (
+        crowded or _gains(waits(slots), waits(aligned), min_gain_s * tick_hz)
+    ):
         table = aligned
     for s in slots:
         if s.key in targets and s.key in held:

@@ -355,7 +355,7 @@ def test_followed_slots_keep_the_model_s_own_time_apart_where_the_table_has_room
     that arrive within 5.2 ms of one another sat 11 ms apart, and each body ran into the
     next slot. Kept 358 ticks apart, they do not, and the slots keep their own width; where
     that spacing does not fit the period (8 x 400 > 3000), the table is followed at the
-    slots' own width as before."""
+    slots' own width as before. A table packed before the spacing is re-timed to it once."""
     from stagger.core.phase import follow
 
     cameras = run_100_cameras()
@@ -368,6 +368,16 @@ def test_followed_slots_keep_the_model_s_own_time_apart_where_the_table_has_room
     too_wide = follow(table, cameras, tick_hz=30_000, spacing=dict.fromkeys(range(8), 400))
     assert too_wide == packed
     assert follow(spaced, cameras, tick_hz=30_000, spacing=dict.fromkeys(range(8), 358)) is None
+    # A table followed packed (before the operator kept the spacing) is re-timed to the
+    # spaced one, though that waits longer, once; where the spacing has no room, it stays.
+    again = follow(packed, cameras, tick_hz=30_000, spacing=dict.fromkeys(range(8), 358))
+    assert again is not None and starts_apart(again, 3000) >= 358
+    assert follow(again, cameras, tick_hz=30_000, spacing=dict.fromkeys(range(8), 358)) is None
+    assert follow(packed, cameras, tick_hz=30_000, spacing=dict.fromkeys(range(8), 400)) is None
+    pinned = follow(
+        packed, cameras, tick_hz=30_000, fixed={3}, spacing=dict.fromkeys(range(8), 358)
+    )
+    assert pinned is None  # not while a followed slot is pinned: after its pin
     # A pinned camera that jumps half a period is still followed on the packed table, where
     # the slots at their spacing would overlap: nothing else gains, and it moves alone.
     jumped = {
