@@ -53,9 +53,7 @@ def followed(
     arrivals: dict[Hashable, PhaseEstimate] = {
         i: PhaseEstimate(period / TICK_HZ, p, 0.0, 0.99, 64, 64) for i, p in enumerate(phases_s)
     }
-    gaps: dict[Hashable, int] = {}
-    for i in range(n if spacing else 0):
-        gaps[i] = spacing or 0
+    gaps: dict[Hashable, int] = dict.fromkeys(range(n), spacing) if spacing else {}
     result = follow(table, arrivals, tick_hz=TICK_HZ, spacing=gaps) or table
     offsets = [s.offset for s in result]
     waits = [
