@@ -37,7 +37,7 @@ from types import TracebackType
 
 from stagger.client import CLOCK_PATH
 from stagger.core.contract import SlotAssignment, effective_at_of
-from stagger.core.phase import PhaseEstimate, follow, follow_spacing
+from stagger.core.phase import PhaseEstimate, follow, follow_holds, follow_spacing
 from stagger.core.placement import ShardPlacement
 from stagger.core.slots import Slot, release_windows, switch_tick
 
@@ -427,6 +427,15 @@ def stream_follow_spacing(
     return {p.stream: by_shard[p.key] for p in placed if p.key in by_shard}
 
 
+def stream_follow_holds(shards: Iterable[ShardPlacement], tick_hz: int) -> dict[Hashable, int]:
+    """How long (ticks) the operator's follower takes each stream's gate to hold a request
+    for its slot (:func:`stagger.core.phase.follow_holds`), by stream: :class:`LocalFollower`'s
+    ``follow_holds``."""
+    placed = list(shards)
+    by_shard = follow_holds(placed, tick_hz)
+    return {p.stream: by_shard[p.key] for p in placed if p.key in by_shard}
+
+
 class LocalFollower:
     """What the operator does for streams whose apps know nothing of Stagger, for local
     sidecars that share one "GPU" (examples/03, bench/gpu), at the operator's pace over its
@@ -447,7 +456,10 @@ class LocalFollower:
     the contracts do not carry): each followed slot kept that far from the next body where
     the table has room, while the contracts keep their reserved width, as the operator does.
     None packs the followed slots at their width, as the operator did before run 104
-    (``bench.gpu.loop --transparent-packed`` measures that for comparison)."""
+    (``bench.gpu.loop --transparent-packed`` measures that for comparison).
+    ``follow_holds`` (ticks, by stream; :func:`stream_follow_holds`): how long each gate
+    holds a request for its slot; a spaced table that makes a stream wait longer is not
+    kept, as the operator does."""
 
     POLL_S = 0.2
     SWITCH_AFTER_S = 5.0  # OperatorSettings.effective_after_s
@@ -460,9 +472,11 @@ class LocalFollower:
         contracts: dict[str, SlotAssignment],
         *,
         follow_spacing: Mapping[Hashable, int] | None = None,
+        follow_holds: Mapping[Hashable, int] | None = None,
     ):
         self.sidecars, self.contracts = sidecars, contracts
         self.follow_spacing = follow_spacing or {}
+        self.follow_holds = follow_holds or {}
         self.switches: list[float] = []  # when each re-timing took effect (Unix s)
         self.windows: list[float] = []  # when each grant of release windows took effect
         self._effective_at = datetime.fromtimestamp(0, UTC)
@@ -505,7 +519,12 @@ class LocalFollower:
         table = self.table()
         pinned = {name for name, until in self.pinned_until.items() if now < until}
         aligned = follow(
-            table, arrivals, tick_hz=c0.tick_hz, fixed=pinned, spacing=self.follow_spacing
+            table,
+            arrivals,
+            tick_hz=c0.tick_hz,
+            fixed=pinned,
+            spacing=self.follow_spacing,
+            holds=self.follow_holds,
         )
         if aligned is None:
             self._grant_windows(table, now)

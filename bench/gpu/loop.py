@@ -50,7 +50,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +87,7 @@ from stagger_testkit.localtriton import (
     LocalFollower,
     LocalSidecar,
     LocalTriton,
+    stream_follow_holds,
     stream_follow_spacing,
 )
 
@@ -993,7 +994,10 @@ def transparent(
     ]
     seconds = SETTLE_S + math.ceil(args.frames / (n * args.fps))
     apart = {} if packed else stream_follow_spacing(loop.shards, loop.model_time_share, loop.hz)
-    follower = LocalFollower(loop.sidecars, loop.contracts, follow_spacing=apart)
+    holds = stream_follow_holds(loop.shards, loop.hz)
+    follower = LocalFollower(
+        loop.sidecars, loop.contracts, follow_spacing=apart, follow_holds=holds
+    )
     tag = f"{body}-transparent{'-packed' if packed else ''}-n{n}"
     # The loop's cameras went through these sidecars a moment ago. The apps here are new
     # ones on their own clocks: start them once the sidecars have forgotten those (a
@@ -1037,15 +1041,16 @@ def transparent(
     return {
         "retimings": len(follower.switches),
         "settledAfterS": round(settle - first, 2),
-        # the best any table under the follower's rule gives these phases (slots their
-        # spacing apart where it keeps one, else their width): each camera's wait every
-        # frame. At the width alone the floor read 0.59 x random's for run 104's cameras,
-        # where the spaced table it ran could not get under 0.67 x.
-        "tableWaitsMs": table_waits_ms(
+        # the best any table under the follower's rule gives these phases: each camera's
+        # wait every frame. At the width alone the floor read 0.59 x random's for run 104's
+        # cameras, where the spaced table it ran could not get under 0.67 x.
+        "tableWaitsMs": best_followed_waits_ms(
             arrivals,
-            max([loop.shards[0].body_ticks, *apart.values()]) * 1e3 / loop.hz,
-            period,
-            loop.hz,
+            loop.shards[0].body_ticks,
+            spacing=apart,
+            holds=holds,
+            period_s=period,
+            hz=loop.hz,
         ),
         # the followed slots' spacing, start to start, by camera (none: their width)
         **({"spacingMs": {str(k): t * 1e3 / loop.hz for k, t in apart.items()}} if apart else {}),
@@ -1056,6 +1061,26 @@ def transparent(
         "whole": whole,
         "steady": after,
     }
+
+
+def best_followed_waits_ms(
+    arrivals: list[float],
+    width: int,
+    *,
+    spacing: Mapping[Hashable, int],
+    holds: Mapping[Hashable, int],
+    period_s: float,
+    hz: int,
+) -> list[float]:
+    """Each camera's wait (ms, camera order) in the best table under the follower's rule
+    (``stagger.core.phase.follow``): slots their spacing apart where it keeps one and no
+    camera then waits longer than its gate holds a request, else at their width. The bench's
+    streams are alike, so one width and one hold stand for all."""
+    if spacing:
+        spaced = table_waits_ms(arrivals, max(width, *spacing.values()) * 1e3 / hz, period_s, hz)
+        if not holds or max(spaced) <= min(holds.values()) * 1e3 / hz:
+            return spaced
+    return table_waits_ms(arrivals, width * 1e3 / hz, period_s, hz)
 
 
 def mixed(

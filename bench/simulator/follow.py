@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from collections.abc import Hashable
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from stagger.core.phase import PhaseEstimate, follow, spacing_ticks
+from stagger.core.phase import PhaseEstimate, follow, hold_limit_s, spacing_ticks
 from stagger.core.simulate import CONTENTION, SimShard, simulate_gpu
 from stagger.core.slots import Slot
 
@@ -44,17 +45,19 @@ HOST_MS = 0.5  # the sidecar and Triton on either side of the model, each way
 
 
 def followed(
-    phases_s: list[float], width: int, period: int, spacing: int | None
+    phases_s: list[float], width: int, period: int, spacing: int | None, hold: int | None = None
 ) -> tuple[list[int], list[float]]:
     """The offsets (ticks) the operator's follower gives the cameras from the planner's
-    even table, and each camera's wait (s) from its arrival to its slot."""
+    even table, and each camera's wait (s) from its arrival to its slot; ``hold``: how long
+    each camera's gate holds a request (ticks, :func:`stagger.core.phase.follow_holds`)."""
     n = len(phases_s)
     table = [Slot(i, width, period, i * period // n) for i in range(n)]
     arrivals: dict[Hashable, PhaseEstimate] = {
         i: PhaseEstimate(period / TICK_HZ, p, 0.0, 0.99, 64, 64) for i, p in enumerate(phases_s)
     }
     gaps: dict[Hashable, int] = dict.fromkeys(range(n), spacing) if spacing else {}
-    result = follow(table, arrivals, tick_hz=TICK_HZ, spacing=gaps) or table
+    holds: dict[Hashable, int] = dict.fromkeys(range(n), hold) if hold is not None else {}
+    result = follow(table, arrivals, tick_hz=TICK_HZ, spacing=gaps, holds=holds) or table
     offsets = [s.offset for s in result]
     waits = [
         ((o / TICK_HZ) - p) % (period / TICK_HZ) for o, p in zip(offsets, phases_s, strict=True)
@@ -119,6 +122,9 @@ def compare(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
         # the GPU's modelTimeShare (placement.overlap.model_time_share) for N of these streams
         share = None if mode == "mps" else n * solo_s * fps
         apart = spacing_ticks(c["soloComputeMs"], share, TICK_HZ)
+        latency = c.get("latencyMs")  # older runs' profiles may not say
+        hold_s = None if latency is None else hold_limit_s(1 / fps, latency / 1e3)
+        hold = None if hold_s is None else math.floor(hold_s * TICK_HZ)
         random_p99 = r["random"][str(n)]["p99Ms"] if str(n) in r["random"] else None
         tables: dict[str, dict[str, float | None]] = {}
         measured = measured_p99_ms(r)
@@ -128,7 +134,7 @@ def compare(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
             tables[name] = {
                 "measuredP99Ms": measured.get(name),
                 **simulate(
-                    *followed(phases, width, period, spacing),
+                    *followed(phases, width, period, spacing, hold),
                     period=period,
                     body_s=solo_s,
                     cost_s=c["costMs"] / 1e3,

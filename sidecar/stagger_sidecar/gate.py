@@ -86,7 +86,15 @@ from enum import StrEnum
 
 from stagger.core.api import GatePolicy
 from stagger.core.contract import SlotAssignment
-from stagger.core.phase import MIN_SAMPLES, PhaseEstimate, PhaseTracker, quiet_after_s
+from stagger.core.phase import (
+    APP_SLACK_SHARE,
+    APP_WAY_S,
+    MIN_SAMPLES,
+    PhaseEstimate,
+    PhaseTracker,
+    hold_limit_s,
+    quiet_after_s,
+)
 from stagger.core.slotclock import SlotClock, Timetable, slot_starts
 
 ANSWER_WINDOW = 16
@@ -127,12 +135,12 @@ class GateConfig:
     aperiodic_max_wait_share: float | None = 0.5
     """A stream whose arrivals are not periodic waits at most this share of a period
     (None: as long as any other)."""
-    app_way_s: float = 0.005
+    app_way_s: float = APP_WAY_S
     """The way between the app and the gate, there and back, which the gate does not see.
     On an H200 host a 1 MB frame took 3.2-4.7 ms from the camera to the model through the
     sidecar and about 1 ms back (bench/gpu runs 54-58, the loop's p50 before and after the
     model)."""
-    app_slack_share: float = 1 / 3
+    app_slack_share: float = APP_SLACK_SHARE
     """Of a request's slack (its frame period less its answer and ``app_way_s``), the share
     a wait for its slot leaves its app: for its own work on each answer before its next
     capture (NMS, tracking: 8 ms in the GPU bench's cameras) and for an answer slower than
@@ -394,8 +402,13 @@ class StreamGate:
         """Waiting ``wait_s`` for its slot would use more of the request's slack than its app
         can spare (all but ``app_slack_share`` of it), while going now it would be answered
         before the app's next frame."""
-        slack = self.frame_s - self.answer_s(clock) - self.config.app_way_s
-        return 0 <= slack < math.inf and wait_s > (1 - self.config.app_slack_share) * slack
+        hold = hold_limit_s(
+            self.frame_s,
+            self.answer_s(clock),
+            app_way_s=self.config.app_way_s,
+            app_slack_share=self.config.app_slack_share,
+        )
+        return hold is not None and wait_s > hold
 
     def answer_s(self, clock: SlotClock) -> float:
         """How long this stream's answers take from release at a slot: the 90th percentile

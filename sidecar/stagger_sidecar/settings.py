@@ -10,6 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stagger.core.api import GatePolicy
+from stagger.core.phase import APP_SLACK_SHARE, APP_WAY_S
 from stagger_sidecar.gate import GateConfig
 
 
@@ -68,11 +69,11 @@ class GateSettings(BaseSettings):
     """Without a max wait, a stream whose requests are not periodic (event-driven,
     variable fps) waits at most this share of a period: a request whose slot is further
     away goes at once, ungated."""
-    app_way_ms: float = Field(default=5.0, ge=0)
+    app_way_ms: float = Field(default=APP_WAY_S * 1e3, ge=0)
     """The way between the app and the gate, there and back, which the gate does not see:
     a request answered later than the frame period less this goes no earlier than its slot
     (it would be late either way)."""
-    app_slack_share: float = Field(default=1 / 3, ge=0, le=1)
+    app_slack_share: float = Field(default=APP_SLACK_SHARE, ge=0, le=1)
     """Of a request's slack (its frame period less its answer and ``app_way_ms``), the share
     a wait for its slot leaves the app, for its own work on each answer and a slow answer: a
     request whose wait would leave less goes at once, ungated."""

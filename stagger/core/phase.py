@@ -59,6 +59,12 @@ JUMP_PERIODS = 0.25
 wait this share of a period less (:func:`follow`)."""
 MIN_LIMIT_S = 0.0005
 """The robust limit is never tighter than this (arrivals that agree to a few µs)."""
+APP_WAY_S = 0.005
+"""The way between an app and its gate, there and back, which the gate does not see
+(the sidecar's ``appWayMs``)."""
+APP_SLACK_SHARE = 1 / 3
+"""Of a request's slack, the share a wait for its slot leaves its app (the sidecar's
+``appSlackShare``)."""
 QUIET_PERIODS = 10
 """A periodic stream with no arrival for this many periods (and ``QUIET_MIN_S``) has
 stopped: its phase is forgotten. Its app may come back on another clock, and an old phase
@@ -224,6 +230,38 @@ def follow_spacing(
     return {key: ticks for key, ticks in apart.items() if ticks is not None}
 
 
+def hold_limit_s(
+    frame_s: float,
+    answer_s: float,
+    *,
+    app_way_s: float = APP_WAY_S,
+    app_slack_share: float = APP_SLACK_SHARE,
+) -> float | None:
+    """The longest a gate holds an idle periodic stream's request for its slot: a slot
+    further away would use more than all but ``app_slack_share`` of the request's slack
+    (its frame period less its answer and ``app_way_s``), so the request goes at once,
+    ungated (the sidecar's gate, "answered after the next frame"). None where there is no
+    slack: an answer slower than the frame period waits for its slot whatever it costs."""
+    slack = frame_s - answer_s - app_way_s
+    if not 0 <= slack < math.inf:
+        return None
+    return (1 - app_slack_share) * slack
+
+
+def follow_holds(shards: Iterable[ShardPlacement], tick_hz: int) -> dict[Key, int]:
+    """How long (ticks) each shard's gate will hold its requests for its slot
+    (:func:`hold_limit_s`), with the stream's ``latencyMs`` for its answer: a followed
+    table that makes a stream wait longer does not gate it, its frames go at once into
+    the other streams' slots. The gate takes its answers as measured, so this is its bound
+    while answers take what the profile said."""
+    out: dict[Key, int] = {}
+    for p in shards:
+        hold = hold_limit_s(p.frame_period_ticks / tick_hz, p.latency_ms / 1e3)
+        if hold is not None:
+            out[p.key] = math.floor(hold * tick_hz)
+    return out
+
+
 def spacing_ticks(
     solo_compute_ms: float | None, model_time_share: float | None, tick_hz: int
 ) -> int | None:
@@ -245,6 +283,7 @@ def follow(
     min_gain_s: float = 0.005,
     fixed: Iterable[Key] = (),
     spacing: Mapping[Key, int] | None = None,
+    holds: Mapping[Key, int] | None = None,
 ) -> list[Slot] | None:
     """A GPU's table re-timed to its streams' arrival phases, or None when that gains too
     little (the longest wait shorter by less than ``min_gain_s``, and the total wait per
@@ -264,9 +303,11 @@ def follow(
     and ``fixed`` ones keep their offsets. The objective is the least longest wait, then the
     least total wait, under non-overlap (:func:`stagger.core.slots.align`), each slot kept
     at least its ``spacing`` (ticks, start to start; :func:`follow_spacing`) from the
-    next body where the table has room for it, else its own width; a table closer than
-    its spacing where that has room is re-timed whatever the wait gains, once none of its
-    followed slots is pinned. The gain is
+    next body where the table has room for it and keeps every stream's wait within the
+    time its gate holds a request for its slot (``holds``, ticks; :func:`follow_holds`),
+    else its own width; a table closer than its spacing where a spaced one has that room
+    is re-timed whatever the wait gains, once none of its followed slots is pinned. The
+    gain is
     judged by the wait from each stream's phase itself, so a slot that already starts a
     little after its stream's arrivals is not moved for a changed margin (estimates move by
     a fraction of a millisecond from one read to the next; a table chased after them would
@@ -293,6 +334,12 @@ def follow(
     if spacing:  # the slots as wide as their spacing, where that fits the period
         spaced = [replace(s, body=max(s.body, spacing.get(s.key, 0))) for s in slots]
         aligned = align(spaced, targets, fixed=held)
+        if aligned is not None and _past_hold(aligned, phases, holds or {}):
+            # Its longer waits would send a stream's frames at once, ungated, into the
+            # others' slots every frame (the bench's CPU dry run: one camera of three
+            # waited 118 ms where its gate holds 112): the bodies it keeps apart would
+            # meet anyway.
+            aligned = None
         # A table closer than its spacing where a spaced one fits (one followed before the
         # spacing, or planned so) is re-timed though the spaced one waits longer: its
         # bodies chain (run 104). Once spaced it is not crowded, so this happens once; not
@@ -314,6 +361,15 @@ def follow(
                 table = alone
     followed = [replace(s, offset=t.offset) for s, t in zip(slots, table, strict=True)]
     return None if followed == list(slots) else followed
+
+
+def _past_hold(table: Iterable[Slot], phases: Mapping[Key, int], holds: Mapping[Key, int]) -> bool:
+    """Whether a stream in ``table`` would wait longer than its gate holds a request."""
+    return any(
+        (s.offset - phases[s.key]) % s.period > holds[s.key]
+        for s in table
+        if s.key in phases and s.key in holds
+    )
 
 
 def _gains(before: tuple[int, int], after: tuple[int, int], min_gain: float) -> bool:
@@ -345,7 +401,8 @@ def follow_plan(
     moved to make room before their own phase was known, in the wrong place. The re-timed
     shards join ``offsets_changed``; the operator then switches their GPU at an instant no
     old body runs, as for any re-timing. Each slot is kept its :func:`follow_spacing`
-    from the next body where the GPU's table has room."""
+    from the next body where the GPU's table has room and no stream then waits longer than
+    its gate holds a request (:func:`follow_holds`)."""
     if not arrivals:
         return plan
     hz = plan.tick_hz
@@ -380,6 +437,7 @@ def follow_plan(
             min_gain_s=min_gain_s,
             fixed=held | {s.key for s in extra},
             spacing=follow_spacing(shards, shares.get(where), hz),
+            holds=follow_holds(shards, hz),
         )
         for before, after in zip(table, aligned or (), strict=False):
             if after.offset != before.offset:

@@ -441,3 +441,45 @@ def test_the_operator_s_follower_keeps_slots_the_model_s_own_time_apart_where_th
         assert starts_apart(table, period) >= own_time
     else:
         assert starts_apart(table, period) < own_time
+
+
+@pytest.mark.parametrize(("latency_ms", "spaced"), [(77.0, False), (55.0, True)])
+def test_the_follower_keeps_no_spacing_that_would_wait_past_a_gate_s_hold(
+    latency_ms: float, spaced: bool
+) -> None:
+    """The bench's CPU dry run: three cameras at 4 fps (107.2, 142.9 and 144.5 ms into the
+    250 ms period) and a model of 76.08 ms alone, so time-sliced the models need 0.91 of
+    the second and the follower would keep the slots 76.08 ms apart. Spaced, the third
+    camera waits about 117 ms every frame, and a gate whose answers take the profile's 77 ms
+    holds a request at most 2/3 x (250 - 77 - 5) = 112 ms: its frames would go at once,
+    ungated, into the others' slots. So the table stays packed (its longest wait 47 ms).
+    With answers of 55 ms the gate holds 127 ms, and the spacing is kept."""
+    from stagger.core.cluster import Cluster, Gpu, Node
+    from stagger.core.phase import follow_holds, follow_plan, hold_limit_s
+    from stagger.core.placement import plan
+    from tests import factories
+
+    measured = factories.profile(
+        "m", "NVIDIA-H100", 52.9, latency_ms, "time-slicing", costMs=45.94, soloComputeMs=76.08
+    )
+    gpu = Gpu(index=0, product="NVIDIA-H100", memoryMiB=81_559, sharing_mode="time-slicing")
+    cluster = Cluster(nodes=[Node(name="n", gpus=[gpu])])
+    streams = [factories.stream(f"c{i}", 4.0, None, memoryMiB=2048) for i in range(3)]
+    placed = plan(streams, cluster, [measured])
+    assert len(placed.shards) == 3
+    hz, period = placed.tick_hz, placed.shards[0].period_ticks
+    hold = hold_limit_s(0.25, latency_ms / 1e3)
+    assert hold == pytest.approx(2 / 3 * (0.25 - latency_ms / 1e3 - 0.005))
+    assert set(follow_holds(placed.shards, hz).values()) == {math.floor(hold * hz)}
+    phases = [0.14285, 0.10722, 0.14452]
+    followed = follow_plan(placed, {p.key: (phases[i], 0.0) for i, p in enumerate(placed.shards)})
+    table = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in followed.shards]
+    assert followed.offsets_changed and not overlaps(table)
+    waits_s = [(p.offset_ticks / hz - phases[i]) % 0.25 for i, p in enumerate(followed.shards)]
+    own_time = math.ceil(76.08e-3 * hz)
+    if spaced:
+        assert starts_apart(table, period) >= own_time
+        assert 0.112 < max(waits_s) <= hold
+    else:
+        assert starts_apart(table, period) < own_time
+        assert max(waits_s) < 0.05
