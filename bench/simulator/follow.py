@@ -10,7 +10,8 @@ random configuration's phases at N, seed 7 + N) are followed from the planner's 
 by the operator's own :func:`stagger.core.phase.follow`, once without spacing (the
 operator's follower before run 104) and once with the spacing it now keeps
 (:func:`stagger.core.phase.follow_spacing`; none under MPS, or past the whole second). Each
-table is simulated with its bodies taking the model's own time alone and worth the
+table is simulated with its bodies taking the model's own time on the busy GPU
+(:func:`stagger.core.phase.busy_model_ms`) and worth the
 measured cost when they share the GPU (:func:`stagger.core.simulate.simulate_gpu`). Each
 camera waits its slot's wait every frame, so its tail is that wait plus its simulated p99
 in the model; the worst camera's is the table's p99, shown over random phases' p99 as the
@@ -33,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from stagger.core.phase import PhaseEstimate, follow, hold_limit_s, spacing_ticks
+from stagger.core.phase import (
+    PhaseEstimate,
+    busy_model_ms,
+    follow,
+    hold_limit_s,
+    spacing_ticks,
+)
 from stagger.core.simulate import CONTENTION, SimShard, simulate_gpu
 from stagger.core.slots import Slot
 
@@ -118,10 +125,10 @@ def compare(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
         rng = random.Random(LOOP_SEED + n)
         phases = [rng.uniform(0, 1 / fps) for _ in range(n)]
         width = round(r["slots"][0]["reservedMs"] * TICK_HZ / 1e3)
-        solo_s = c["soloComputeMs"] / 1e3
-        # the GPU's modelTimeShare (placement.overlap.model_time_share) for N of these streams
-        share = None if mode == "mps" else n * solo_s * fps
-        apart = spacing_ticks(c["soloComputeMs"], share, TICK_HZ)
+        # follow_spacing's own time on the busy GPU, and their share of the second at N
+        busy = busy_model_ms(c["soloComputeMs"], c.get("costMs"))
+        share = None if mode == "mps" or busy is None else n * busy * fps / 1e3
+        apart = spacing_ticks(busy, share, TICK_HZ)
         latency = c.get("latencyMs")  # older runs' profiles may not say
         hold_s = None if latency is None else hold_limit_s(1 / fps, latency / 1e3)
         hold = None if hold_s is None else math.floor(hold_s * TICK_HZ)
@@ -136,7 +143,7 @@ def compare(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
                 **simulate(
                     *followed(phases, width, period, spacing, hold),
                     period=period,
-                    body_s=solo_s,
+                    body_s=(busy or c["soloComputeMs"]) / 1e3,
                     cost_s=c["costMs"] / 1e3,
                     contention=CONTENTION[mode],
                     seconds=seconds,

@@ -214,20 +214,38 @@ def follow_spacing(
     shards: Iterable[ShardPlacement], model_time_share: float | None, tick_hz: int
 ) -> dict[Key, int]:
     """How far apart (ticks, start to start) the operator's follower keeps each shard's
-    slot from the next body (:func:`follow_plan`): the model's own time alone
-    (``soloComputeMs``) where the GPU's bodies take turns and its models fit the second
-    one at a time (``model_time_share`` at most ``MODEL_TIME_SHARE_LIMIT``; None under MPS
-    or where a profile has no solo compute), as the planner's even spread does. There a
-    slot's reserved time (the cost's share of the second) is shorter than its model alone,
-    and slots packed at it chain: each body runs into the next slot and time-slicing
-    stretches both (run 100: five followed slots 11 ms apart, bodies of 11.8-12.8 ms
-    alone, the fourth camera's frames 30 ms in the model at p99). Measured beside the
-    packed table in one run (run 104, H100, the bench's eight cameras): p99 57.8 against
-    68.5 ms, 0.73 against 0.87 x random phases', the frames' p99 in the model 26.2 against
-    39.1 ms, their longer waits included. Under MPS bodies run side by side and spacing
-    only adds waits: none."""
-    apart = {s.key: spacing_ticks(s.solo_compute_ms, model_time_share, tick_hz) for s in shards}
+    slot from the next body (:func:`follow_plan`): the model's own time on the busy GPU
+    (:func:`busy_model_ms`) where the GPU's bodies take turns (``model_time_share`` not
+    None: None under MPS or where a profile has no solo compute) and those times fit the
+    second one at a time (at most ``MODEL_TIME_SHARE_LIMIT``), as the planner's even
+    spread does. There a slot's reserved time (the cost's share of the second) is shorter
+    than its model alone, and slots packed at it chain: each body runs into the next slot
+    and time-slicing stretches both (run 100: five followed slots 11 ms apart, bodies of
+    11.8-12.8 ms alone, the fourth camera's frames 30 ms in the model at p99). Measured
+    beside the packed table in one run (run 104, H100, the bench's eight cameras): p99
+    57.8 against 68.5 ms, 0.73 against 0.87 x random phases', the frames' p99 in the
+    model 26.2 against 39.1 ms, their longer waits included. Under MPS bodies run side by
+    side and spacing only adds waits: none."""
+    placed = list(shards)
+    if model_time_share is None:
+        return {}
+    own = {s.key: busy_model_ms(s.solo_compute_ms, s.cost_ms) for s in placed}
+    share = sum((own[s.key] or 0.0) * s.fps for s in placed) / 1e3
+    apart = {key: spacing_ticks(ms, share, tick_hz) for key, ms in own.items()}
     return {key: ticks for key, ticks in apart.items() if ticks is not None}
+
+
+def busy_model_ms(solo_compute_ms: float | None, cost_ms: float | None) -> float | None:
+    """A model's own time per frame while a GPU whose bodies take turns is busy: its time
+    alone (``soloComputeMs``), or its measured cost (each frame's share of the second at
+    saturation) where that is less. An idle GPU can run the model slower than a busy one:
+    on an H200 the calibration Job read 13.38 ms alone where bodies that overlapped no
+    other took 11.3 ms at p50 in the loop, and the cost was 11.38 ms (run 102), so the
+    time alone said 8 streams need 1.07 of the second and kept no spacing. On H100s the
+    time alone was the lesser (run 104: 11.88 against a cost of 12.04 ms; 11.58 ms busy)."""
+    if solo_compute_ms is None:
+        return None
+    return solo_compute_ms if cost_ms is None else min(solo_compute_ms, cost_ms)
 
 
 def hold_limit_s(
@@ -262,16 +280,15 @@ def follow_holds(shards: Iterable[ShardPlacement], tick_hz: int) -> dict[Key, in
     return out
 
 
-def spacing_ticks(
-    solo_compute_ms: float | None, model_time_share: float | None, tick_hz: int
-) -> int | None:
-    """One slot's :func:`follow_spacing`: its model's own time in ticks, or None where the
-    rule keeps none."""
-    if solo_compute_ms is None or model_time_share is None:
+def spacing_ticks(busy_ms: float | None, busy_share: float | None, tick_hz: int) -> int | None:
+    """One slot's :func:`follow_spacing`: its model's own time on the busy GPU
+    (``busy_ms``) in ticks, or None where the rule keeps none (``busy_share``: the GPU's
+    models' busy time over the second)."""
+    if busy_ms is None or busy_share is None:
         return None
-    if model_time_share > MODEL_TIME_SHARE_LIMIT:
+    if busy_share > MODEL_TIME_SHARE_LIMIT:
         return None
-    return math.ceil(solo_compute_ms * tick_hz / 1e3)
+    return math.ceil(busy_ms * tick_hz / 1e3)
 
 
 def follow(
