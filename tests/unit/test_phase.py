@@ -459,8 +459,8 @@ def test_the_follower_keeps_no_spacing_that_would_wait_past_a_gate_s_hold(
     - 5) = 111 ms. With a model of 76.08 ms on the busy GPU the follower would keep the
     slots 76.08 ms apart, and the third camera would wait about 117 ms every frame: its
     frames would go at once, ungated, into the others' slots. So the table stays packed at
-    its reserved width (its longest wait 102 ms). With a model of 60 ms the spaced table keeps every wait
-    within the hold, and the spacing is kept."""
+    its reserved width (its longest wait 102 ms). With a model of 60 ms the spaced table
+    keeps every wait within the hold, and the spacing is kept."""
     from stagger.core.cluster import Cluster, Gpu, Node
     from stagger.core.phase import follow_holds, follow_plan, hold_limit_s
     from stagger.core.placement import plan
