@@ -27,7 +27,9 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    (``transparentAtRandomN``), and with ``--transparent-packed``, at that N once more with
    the followed slots packed at their reserved width, as the operator's follower did before
    run 104 (``transparentPacked``, for comparison; skipped where the operator keeps no
-   spacing, :func:`stagger.core.phase.follow_spacing`, and the table is the same).
+   spacing, :func:`stagger.core.phase.follow_spacing`, and the table is the same); with
+   ``--phase-draws K``, at that N on K - 1 more draws of camera phases, each beside random
+   phases at the same draw (``phaseDraws``, :func:`phase_draws`).
 
 The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
 models (RetinaNet at 800 px and the same detector at 416 px, a lighter one) at several
@@ -50,7 +52,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -888,17 +890,14 @@ def identical(
     if args.also_cap is not None:
         out["loopAtCap"] = loop_at_cap(candidates, admitted, tag=f"{body}-loop-cap", **gpu)
         save()
-    period = 1.0 / args.fps
     at_cap = (out.get("loopAtCap") or {}).get("admitted", 0) if args.also_cap else 0
     while (
         n := next_random_n(_drops(out["random"]), admitted, len(servers))
         or (at_cap if at_cap > admitted and at_cap not in out["random"] else None)
     ) is not None:  # random phases beside the loop at the other cap's N too
-        rng = random.Random(args.seed + n)
-        cams = [
-            {"url": s.grpc, "model": body, "phase": rng.uniform(0, period)} for s in servers[:n]
-        ]
-        out["random"][n] = measure(cams, args.frames, root, f"{body}-random-n{n}", args)
+        out["random"][n] = random_phases(
+            servers[:n], body, seed=args.seed + n, frames=args.frames, root=root, args=args
+        )
         save()
     again = transparent_again_at(_drops(out["random"]), admitted)
     judged = placed
@@ -928,7 +927,57 @@ def identical(
             finally:
                 loop.stop()
         save()
+    if args.phase_draws > 1 and out.get("transparent") and judged is not None:
+        out["phaseDraws"] = []
+        for draw in phase_draws(judged, servers, body, root, args):
+            out["phaseDraws"].append(draw)
+            save()
     return out
+
+
+DRAW_SEED_STEP = 1000
+"""``--phase-draws``: the j-th other draw of camera phases at N takes seed + N + j x this."""
+
+
+def phase_draws(
+    judged: Plan, servers: list[LocalTriton], body: str, root: Path, args: argparse.Namespace
+) -> Iterator[dict[str, Any]]:
+    """``--phase-draws K``: transparent mode judged on K - 1 more draws of camera phases at
+    the N it is judged at, each beside random phases at the same draw straight to Triton
+    (``--draw-frames`` frames each). The bench's own draw (seed + N) is one draw of random
+    phases; whether issue 21's target is out of reach for it or in general are different
+    findings (at N = 8 its longest wait is longer than in 91 % of draws, ``bench.gpu.waits
+    --draws``)."""
+    n = len(judged.shards)
+    for j in range(1, args.phase_draws):
+        seed = args.seed + n + DRAW_SEED_STEP * j
+        at_random = random_phases(
+            servers[:n], body, seed=seed, frames=args.draw_frames, root=root, args=args
+        )
+        loop = Loop(judged, servers, root)
+        try:
+            followed = transparent(loop, body, root, args, seed=seed, frames=args.draw_frames)
+        finally:
+            loop.stop()
+        yield {"seed": seed, "random": at_random, "transparent": followed}
+
+
+def random_phases(
+    servers: list[LocalTriton],
+    body: str,
+    *,
+    seed: int,
+    frames: int,
+    root: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One camera per server at a random phase (``seed``), straight to Triton: no product."""
+    rng = random.Random(seed)
+    period = 1.0 / args.fps
+    cams = [{"url": s.grpc, "model": body, "phase": rng.uniform(0, period)} for s in servers]
+    n = len(servers)
+    tag = f"{body}-random-n{n}" + ("" if seed == args.seed + n else f"-seed{seed}")
+    return measure(cams, frames, root, tag, args)
 
 
 def loop_at_cap(
@@ -977,28 +1026,32 @@ def transparent(
     args: argparse.Namespace,
     *,
     packed: bool = False,
+    seed: int | None = None,
+    frames: int | None = None,
 ) -> dict[str, Any]:
     """Apps that know nothing of Stagger: cameras on their own clocks at the random phases
     of the random configuration at the same N, through the sidecars, whose slots follow the
     cameras (:class:`LocalFollower` doing the operator's part). The whole run, and the
     frames due once the table settled (a period after its last re-timing), within
     ``SETTLE_S``. ``packed``: the followed slots packed at their reserved width, as the
-    operator's follower did before run 104 (``--transparent-packed``, for comparison)."""
+    operator's follower did before run 104 (``--transparent-packed``, for comparison).
+    ``seed`` and ``frames``: another draw of phases (:func:`phase_draws`)."""
     n = len(loop.sidecars)
     period = 1.0 / args.fps
-    rng = random.Random(args.seed + n)  # the random configuration's phases at this N
+    # the random configuration's phases at this N (seed + N), or another draw's
+    rng = random.Random(args.seed + n if seed is None else seed)
     arrivals = [rng.uniform(0, period) for _ in loop.sidecars]
     cams = [
         {"url": s.grpc, "model": body, "phase": p}
         for s, p in zip(loop.sidecars, arrivals, strict=True)
     ]
-    seconds = SETTLE_S + math.ceil(args.frames / (n * args.fps))
+    seconds = SETTLE_S + math.ceil((frames or args.frames) / (n * args.fps))
     apart = {} if packed else stream_follow_spacing(loop.shards, loop.model_time_share, loop.hz)
     holds = stream_follow_holds(loop.shards, loop.hz)
     follower = LocalFollower(
         loop.sidecars, loop.contracts, follow_spacing=apart, follow_holds=holds
     )
-    tag = f"{body}-transparent{'-packed' if packed else ''}-n{n}"
+    tag = f"{body}-transparent{'-packed' if packed else ''}-n{n}" + (f"-seed{seed}" if seed else "")
     # The loop's cameras went through these sidecars a moment ago. The apps here are new
     # ones on their own clocks: start them once the sidecars have forgotten those (a
     # periodic stream quiet for QUIET_PERIODS periods), as new pods would know nothing.
@@ -1416,6 +1469,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run transparent mode, at the N it is judged at, with the followed slots "
         "packed at their reserved width, as the operator's follower did before run 104 (for "
         "comparison; skipped where the operator keeps no spacing)",
+    )
+    p.add_argument(
+        "--phase-draws",
+        type=int,
+        default=1,
+        metavar="K",
+        help="judge transparent mode on K draws of camera phases at the N it is judged at: "
+        "the bench's own and K - 1 more, each beside random phases at the same draw "
+        "(phaseDraws; default 1: the bench's own only)",
+    )
+    p.add_argument(
+        "--draw-frames",
+        type=int,
+        default=1500,
+        help="frames for each of --phase-draws' other draws, random and transparent alike",
     )
     p.add_argument(
         "--calibrate-with",

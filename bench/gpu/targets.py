@@ -256,6 +256,9 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
             for key in COMPARISONS
             if "steady" in r.get(key, {})
         },
+        **(
+            {"phaseDraws": _draw_verdicts(r["phaseDraws"], solo_p50)} if r.get("phaseDraws") else {}
+        ),
         **({"atCap": _at_cap(r["loopAtCap"], random_runs, solo_p50)} if "loopAtCap" in r else {}),
         "setting": r["body"],
         "admitted": admitted,
@@ -366,6 +369,18 @@ def _transparent_verdict(
         "checks": checks,
         "met": all(c["met"] for c in checks.values()),
     }
+
+
+def _draw_verdicts(draws: list[dict[str, Any]], solo_p50: float) -> list[dict[str, Any]]:
+    """``--phase-draws``: transparent mode's judgement on each other draw of camera phases,
+    against random phases at the same draw and N."""
+    out = []
+    for d in draws:
+        n = len(d["random"].get("answeredPerStream", []))
+        verdict = _transparent_verdict(d["transparent"], {n: d["random"]}, n, solo_p50)
+        if verdict is not None:
+            out.append({"seed": d["seed"], **verdict})
+    return out
 
 
 def _floor_note(check: dict[str, Any]) -> str:
@@ -541,6 +556,17 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                     f"p99 / random's at N = {t['randomN']}: {c['p99OverRandom']['value']}: "
                     f"{_mark(t['met'])}{_floor_note(c['p99OverRandom'])}"
                 )
+    for v in verdicts:
+        t, draws = v.get("transparent"), v.get("phaseDraws")
+        if t and draws:
+            judged = [t, *draws]
+            ratios = ", ".join(str(d["checks"]["p99OverRandom"]["value"]) for d in judged)
+            floors = ", ".join(str(d["checks"]["p99OverRandom"]["floor"]) for d in judged)
+            lines.append(
+                f"\n{v.get('mode', '')}, {v['setting']}, transparent on {len(judged)} draws of "
+                f"camera phases (the bench's first): p99 / random's {ratios} (floors {floors}): "
+                f"met in {sum(d['met'] for d in judged)} of {len(judged)}"
+            )
     for v in verdicts:
         a = v.get("atCap")
         if a:

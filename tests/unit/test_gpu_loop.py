@@ -611,6 +611,42 @@ def test_a_comparison_table_is_judged_beside_transparent_mode_not_instead(
     assert key not in v
 
 
+def test_transparent_mode_on_other_draws_of_phases_is_judged_against_random_at_each() -> None:
+    """--phase-draws: each other draw of camera phases is judged against random phases at
+    the same draw and N, and the text says in how many of all the draws (the bench's own
+    first) the target was met, with each draw's ratio and floor."""
+    result = identical(8, measured(21.0), {8: measured(68.0), 9: measured(95.0, drops=5.0)})
+    steady = {"p99Ms": 56.0, "dropPercent": 0.0, "answeredPerStream": [418] * 8}
+    waits = [5.5, 23.5, 5.8, 31.4, 14.7, 34.2, 2.8, 0.0]
+    result["transparent"] = {"steady": steady, "settledAfterS": 6.2, "tableWaitsMs": waits}
+
+    def draw(seed: int, p99: float, random_p99: float) -> dict[str, Any]:
+        answered = {"answeredPerStream": [188] * 8}
+        return {
+            "seed": seed,
+            "random": measured(random_p99, frames=1504) | answered,
+            "transparent": {
+                "steady": {"p99Ms": p99, "dropPercent": 0.0, **answered},
+                "settledAfterS": 6.1,
+                "tableWaitsMs": [0.0, 12.0, 4.0, 9.0, 0.0, 3.0, 7.0, 1.0],
+            },
+        }
+
+    result["phaseDraws"] = [draw(1015, 33.0, 60.0), draw(2015, 40.0, 55.0)]
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    first, second = v["phaseDraws"]
+    assert (first["seed"], first["met"], second["met"]) == (1015, True, False)
+    assert first["checks"]["p99OverRandom"]["value"] == pytest.approx(0.55)
+    assert first["checks"]["p99OverRandom"]["floor"] == pytest.approx(
+        (20.0 + 12.0) / 60.0, abs=1e-4
+    )
+    assert not v["transparent"]["met"]  # the run's own verdict is the bench's draw's
+    text = render_loop([v])
+    assert "transparent on 3 draws of camera phases (the bench's first)" in text
+    assert "p99 / random's 0.8235, 0.55, 0.7273" in text
+    assert "met in 1 of 3" in text
+
+
 def test_spaced_transparent_mode_waits_for_the_wider_table() -> None:
     """The experiment's floor: the best table at the knee's width makes these cameras wait
     longer than at the reserved width (run 61's phases: longest 20.9 against 14.9 ms)."""
