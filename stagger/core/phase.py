@@ -324,11 +324,10 @@ def follow(
     time its gate holds a request for its slot (``holds``, ticks; :func:`follow_holds`),
     else its own width; a table closer than its spacing where a spaced one has that room
     is re-timed whatever the wait gains, once none of its followed slots is pinned. The
-    gain is
-    judged by the wait from each stream's phase itself, so a slot that already starts a
-    little after its stream's arrivals is not moved for a changed margin (estimates move by
-    a fraction of a millisecond from one read to the next; a table chased after them would
-    never settle)."""
+    gain is judged by the wait from each stream's phase itself, so a slot that already
+    starts a little after its stream's arrivals is not moved for a changed margin
+    (estimates move by a fraction of a millisecond from one read to the next; a table
+    chased after them would never settle)."""
     phases: dict[Key, int] = {}
     targets: dict[Key, int] = {}
     for s in slots:
