@@ -2,7 +2,7 @@
 the model's own time apart (``stagger.core.phase.follow_spacing``), for the cameras of a
 recorded transparent run.
 
-    python -m bench.simulator.follow [RESULT.json ...] [--seconds 40] [--seeds 3]
+    python -m bench.simulator.follow [RESULT.json ...] [--seconds 40] [--seeds 3] [--draws K]
 
 For each run of ``bench.gpu.loop`` with a transparent record (by default every one in
 ``bench/gpu/results`` whose profile has ``soloComputeMs``), the bench's cameras (the
@@ -17,6 +17,10 @@ camera waits its slot's wait every frame, so its tail is that wait plus its simu
 in the model; the worst camera's is the table's p99, shown over random phases' p99 as the
 run measured it, beside what the run measured for each table it ran (run 104 ran both).
 
+``--draws K`` sets the operator's table against random phases, both simulated, for the
+run's cameras and K other draws of random phases (``bench.gpu.waits``' seeds): the ratio
+issue 21 judges, beside how random phases' own tail moves with the draw.
+
 It predicts; the GPU measures. On run 100's table at the reserved width it gives 63.1 ms
 for the worst camera, where the run measured 63.8 ms (docs/benchmarks.md).
 """
@@ -26,14 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 from collections.abc import Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.gpu.waits import DRAW_SEED, bench_phases
 from stagger.core.phase import (
     PhaseEstimate,
     busy_model_ms,
@@ -112,54 +117,150 @@ def simulate(
     }
 
 
-def compare(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
-    """Both tables for one run, or None where it has no transparent record or no solo
-    compute."""
-    run = json.loads(path.read_text())
+@dataclass(frozen=True)
+class Setting:
+    """What the operator's follower works with for one recorded run's transparent cameras."""
+
+    n: int
+    fps: float
+    mode: str
+    period: int  # ticks
+    width: int  # the slots' reserved width, ticks
+    body_s: float  # a body on the busy GPU
+    cost_s: float
+    spacing: int | None  # follow_spacing's, ticks (None: it keeps none)
+    hold: int | None  # follow_holds', ticks
+    share: float | None  # the busy models' share of the second
+
+    def table(self, phases_s: list[float], spacing: int | None) -> tuple[list[int], list[float]]:
+        return followed(phases_s, self.width, self.period, spacing, self.hold)
+
+    def simulated(
+        self, table: tuple[list[int], list[float]], seconds: float, seeds: int
+    ) -> dict[str, float]:
+        return simulate(
+            *table,
+            period=self.period,
+            body_s=self.body_s,
+            cost_s=self.cost_s,
+            contention=CONTENTION[self.mode],
+            seconds=seconds,
+            seeds=seeds,
+        )
+
+    def random_p99_ms(self, phases_s: list[float], seconds: float, seeds: int) -> float:
+        """Random phases straight to Triton, simulated: the p99 of every frame."""
+        shards = [
+            SimShard(
+                i,
+                self.period / TICK_HZ,
+                p,
+                self.body_s,
+                HOST_MS / 1e3,
+                HOST_MS / 1e3,
+                cost_s=self.cost_s,
+            )
+            for i, p in enumerate(phases_s)
+        ]
+        every = [
+            x
+            for seed in range(seeds)
+            for stats in simulate_gpu(
+                shards, seconds, contention=CONTENTION[self.mode], seed=seed
+            ).values()
+            for x in stats.latencies_ms
+        ]
+        return float(np.percentile(every, 99))
+
+
+def setting(run: dict[str, Any]) -> tuple[str, dict[str, Any], Setting] | None:
+    """The first body of a run with a transparent record and a solo compute, and its
+    setting; None where it has none."""
     for body, r in run.get("results", {}).items():
         t, c = r.get("transparent"), r.get("calibration") or {}
         if not t or "steady" not in t or not c.get("soloComputeMs") or not r.get("slots"):
             continue
         n, fps, mode = len(t["followedOffsetsMs"]), float(run["fps"]), run["mode"]
-        period = round(TICK_HZ / fps)
-        rng = random.Random(LOOP_SEED + n)
-        phases = [rng.uniform(0, 1 / fps) for _ in range(n)]
-        width = round(r["slots"][0]["reservedMs"] * TICK_HZ / 1e3)
         # follow_spacing's own time on the busy GPU, and their share of the second at N
         busy = busy_model_ms(c["soloComputeMs"], c.get("costMs"))
         share = None if mode == "mps" or busy is None else n * busy * fps / 1e3
-        apart = spacing_ticks(busy, share, TICK_HZ)
         latency = c.get("latencyMs")  # older runs' profiles may not say
         hold_s = None if latency is None else hold_limit_s(1 / fps, latency / 1e3)
-        hold = None if hold_s is None else math.floor(hold_s * TICK_HZ)
-        random_p99 = r["random"][str(n)]["p99Ms"] if str(n) in r["random"] else None
-        tables: dict[str, dict[str, float | None]] = {}
-        measured = measured_p99_ms(r)
-        for name, spacing in (("reserved width", None), ("model's own time", apart)):
-            if name != "reserved width" and spacing is None:
-                continue  # the operator keeps no spacing there: the same table
-            tables[name] = {
-                "measuredP99Ms": measured.get(name),
-                **simulate(
-                    *followed(phases, width, period, spacing, hold),
-                    period=period,
-                    body_s=(busy or c["soloComputeMs"]) / 1e3,
-                    cost_s=c["costMs"] / 1e3,
-                    contention=CONTENTION[mode],
-                    seconds=seconds,
-                    seeds=seeds,
-                ),
-            }
-        return {
-            "run": path.stem,
-            "body": body,
-            "mode": mode,
-            "n": n,
-            "share": share,
-            "randomP99Ms": random_p99,
-            "tables": tables,
-        }
+        return (
+            body,
+            r,
+            Setting(
+                n=n,
+                fps=fps,
+                mode=mode,
+                period=round(TICK_HZ / fps),
+                width=round(r["slots"][0]["reservedMs"] * TICK_HZ / 1e3),
+                body_s=(busy or c["soloComputeMs"]) / 1e3,
+                cost_s=c["costMs"] / 1e3,
+                spacing=spacing_ticks(busy, share, TICK_HZ),
+                hold=None if hold_s is None else math.floor(hold_s * TICK_HZ),
+                share=share,
+            ),
+        )
     return None
+
+
+def compare(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
+    """Both tables for one run, or None where it has no transparent record or no solo
+    compute."""
+    found = setting(json.loads(path.read_text()))
+    if found is None:
+        return None
+    body, r, s = found
+    phases = bench_phases(s.n, s.fps, LOOP_SEED + s.n)
+    random_p99 = r["random"][str(s.n)]["p99Ms"] if str(s.n) in r["random"] else None
+    tables: dict[str, dict[str, float | None]] = {}
+    measured = measured_p99_ms(r)
+    for name, spacing in (("reserved width", None), ("model's own time", s.spacing)):
+        if name != "reserved width" and spacing is None:
+            continue  # the operator keeps no spacing there: the same table
+        tables[name] = {
+            "measuredP99Ms": measured.get(name),
+            **s.simulated(s.table(phases, spacing), seconds, seeds),
+        }
+    return {
+        "run": path.stem,
+        "body": body,
+        "mode": s.mode,
+        "n": s.n,
+        "share": s.share,
+        "randomP99Ms": random_p99,
+        "tables": tables,
+    }
+
+
+def over_draws(path: Path, draws: int, seconds: float, seeds: int) -> dict[str, Any] | None:
+    """``--draws K``: the operator's table against random phases, both simulated, for the
+    run's cameras and for K other draws of random phases (``bench.gpu.waits``' seeds): the
+    ratio issue 21 judges, draw by draw. Random phases' tail moves with the draw as the
+    table's waits do, so a draw whose cameras wait less is no easier by that alone."""
+    found = setting(json.loads(path.read_text()))
+    if found is None:
+        return None
+    _, r, s = found
+
+    def ratio(phases: list[float]) -> tuple[float, float]:
+        at_random = s.random_p99_ms(phases, seconds, seeds)
+        ours = s.simulated(s.table(phases, s.spacing), seconds, seeds)["worstCameraP99Ms"]
+        return at_random, ours / at_random
+
+    bench_random, bench_ratio = ratio(bench_phases(s.n, s.fps, LOOP_SEED + s.n))
+    others = [ratio(bench_phases(s.n, s.fps, DRAW_SEED + d)) for d in range(draws)]
+    return {
+        "run": path.stem,
+        "mode": s.mode,
+        "n": s.n,
+        "measuredRandomP99Ms": r["random"].get(str(s.n), {}).get("p99Ms"),
+        "benchRandomP99Ms": bench_random,
+        "benchRatio": bench_ratio,
+        "randomP99Ms": sorted(x for x, _ in others),
+        "ratios": sorted(x for _, x in others),
+    }
 
 
 def measured_p99_ms(r: dict[str, Any]) -> dict[str, float]:
@@ -199,22 +300,56 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def render_draws(rows: list[dict[str, Any]]) -> str:
+    def spread(xs: list[float], fmt: str) -> str:
+        return " / ".join(
+            format(xs[min(len(xs) - 1, int(f * len(xs)))], fmt) for f in (0.1, 0.5, 0.9)
+        )
+
+    lines = [
+        "| run | mode · N | random phases' p99 ms: measured · simulated, the bench's cameras · "
+        "other draws p10 / p50 / p90 | transparent over random's, simulated: the bench's "
+        "cameras · other draws p10 / p50 / p90 | draws at or under 0.6 × |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        under, draws = sum(x <= 0.6 for x in r["ratios"]), len(r["ratios"])
+        lines.append(
+            f"| {r['run']} | {r['mode']} · {r['n']} | {r['measuredRandomP99Ms'] or '-'} · "
+            f"{r['benchRandomP99Ms']:.1f} · {spread(r['randomP99Ms'], '.1f')} | "
+            f"{r['benchRatio']:.2f} · {spread(r['ratios'], '.2f')} | {under} of {draws} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="*", type=Path)
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=0,
+        metavar="K",
+        help="instead: the operator's table against random phases, both simulated, for the "
+        "run's cameras and K other draws of random phases",
+    )
     args = parser.parse_args(argv)
     paths = args.results or sorted(RESULTS.glob("*loop*.json"))
     rows = []
     for path in paths:
         try:
-            row = compare(path, args.seconds, args.seeds)
+            row = (
+                over_draws(path, args.draws, args.seconds, args.seeds)
+                if args.draws > 0
+                else compare(path, args.seconds, args.seeds)
+            )
         except (OSError, ValueError, KeyError) as e:  # JSONDecodeError is a ValueError
             parser.error(f"{path}: not a result of bench.gpu.loop: {type(e).__name__}: {e}")
         if row is not None:
             rows.append(row)
-    print(render(rows))
+    print(render_draws(rows) if args.draws > 0 else render(rows))
     return 0
 
 
