@@ -423,8 +423,7 @@ def stream_follow_spacing(
     stream's followed slot from the next body on one GPU, by stream (ticks; none where it
     keeps none): :class:`LocalFollower`'s ``follow_spacing``."""
     placed = list(shards)
-    by_shard = follow_spacing(placed, model_time_share, tick_hz)
-    return {p.stream: by_shard[p.key] for p in placed if p.key in by_shard}
+    return _by_stream(placed, follow_spacing(placed, model_time_share, tick_hz))
 
 
 def stream_follow_holds(shards: Iterable[ShardPlacement], tick_hz: int) -> dict[Hashable, int]:
@@ -432,7 +431,13 @@ def stream_follow_holds(shards: Iterable[ShardPlacement], tick_hz: int) -> dict[
     for its slot (:func:`stagger.core.phase.follow_holds`), by stream: :class:`LocalFollower`'s
     ``follow_holds``."""
     placed = list(shards)
-    by_shard = follow_holds(placed, tick_hz)
+    return _by_stream(placed, follow_holds(placed, tick_hz))
+
+
+def _by_stream(
+    placed: list[ShardPlacement], by_shard: Mapping[Hashable, int]
+) -> dict[Hashable, int]:
+    """A per-shard figure keyed by stream, as the contracts and sidecars here are."""
     return {p.stream: by_shard[p.key] for p in placed if p.key in by_shard}
 
 

@@ -1514,6 +1514,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--also-cap compares N identical streams: leave out --mixed")
     if args.profiles < 1:
         p.error("--profiles must be at least 1")
+    if args.phase_draws < 1 or args.draw_frames < 1:
+        p.error("--phase-draws and --draw-frames must be at least 1")
     if args.servers < 2:
         p.error("--servers must be at least 2 (the profile's sweep needs two)")
     # a comparison that would change no stream would measure the loop twice under a new name

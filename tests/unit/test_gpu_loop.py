@@ -261,6 +261,8 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
         (["--mixed", "--declare-exclusive", "eager"], "models are graph, small"),
         (["--also-cap", "1.05"], "must be in (0, 1]"),
         (["--mixed", "--also-cap", "1.0"], "leave out --mixed"),
+        (["--phase-draws", "0"], "must be at least 1"),
+        (["--phase-draws", "3", "--draw-frames", "0"], "must be at least 1"),
     ],
 )
 def test_a_comparison_that_would_change_no_stream_is_refused(
