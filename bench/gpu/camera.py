@@ -116,6 +116,9 @@ def main() -> None:
         json.dumps(
             {
                 "name": log.name,
+                # its grid: frames due at start + phase + k / fps (a settled window's count)
+                "start": args.start,
+                "phase": args.phase,
                 "due": log.due,
                 "latencies_s": log.latencies_s,
                 "captured_at": log.captured_at,

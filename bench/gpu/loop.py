@@ -84,7 +84,7 @@ from stagger.core.placement.overlap import body_ticks, overlap_ms_per_frame
 from stagger.core.telemetry import GATE_WAIT, LATE, RELEASE_LAG
 from stagger.profile_cmd import calibration_result
 from stagger.profiler import ProfileReport, profile
-from stagger_testkit.camerasim import lost_frames, phases, stalls
+from stagger_testkit.camerasim import frames_due, lost_frames, phases, stalls
 from stagger_testkit.localtriton import (
     LocalFollower,
     LocalSidecar,
@@ -1064,7 +1064,6 @@ def transparent(
         logs = run_cameras(cams, seconds, root, tag, args)
     first = min((min(x["captured_at"], default=math.inf) for x in logs), default=0.0)
     settle = follower.switches[-1] + period if follower.switches else first
-    end = first + seconds
     steady = [
         {
             "latencies_s": [
@@ -1072,7 +1071,7 @@ def transparent(
                 for at, lat in zip(x["captured_at"], x["latencies_s"], strict=True)
                 if at >= settle
             ],
-            "due": math.floor((end - settle) * args.fps + 1e-9),
+            "due": frames_due(x["start"] + x["phase"], period, settle, x["start"] + seconds),
             "errors": {},
         }
         for x in logs

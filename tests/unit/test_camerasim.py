@@ -11,7 +11,15 @@ import pytest
 
 from stagger.client import SlotClient
 from stagger.core.slotclock import SlotClock
-from stagger_testkit.camerasim import Camera, CameraLog, lost_frames, phases, stalls, summarize
+from stagger_testkit.camerasim import (
+    Camera,
+    CameraLog,
+    frames_due,
+    lost_frames,
+    phases,
+    stalls,
+    summarize,
+)
 
 
 class FakeTime:
@@ -182,6 +190,24 @@ def test_stalls_group_slow_frames_in_time_and_name_the_cameras_they_hit() -> Non
     ]
     as_json = [{"name": "cam-a", "captured_at": [1.0], "latencies_s": [0.5]}]
     assert stalls(as_json, threshold_s=0.1) == [{"at": 1.0, "worstMs": 500.0, "cameras": ["cam-a"]}]
+
+
+def test_a_window_is_due_the_frames_each_camera_s_own_grid_puts_in_it() -> None:
+    """Run 108's settled window: 28.94 s at 10 fps is 289 frames by its length, but a camera
+    whose grid has a point more in it captures 290; pooled, that answer hid a frame lost on
+    another camera. Each camera's grid says what it was due, at the window's edges too."""
+    start, period, since, until = 1000.0, 0.1, 1006.06, 1035.0
+    short = frames_due(start + 0.01, period, since, until)  # 1006.11 to 1034.91
+    full = frames_due(start + 0.09, period, since, until)  # 1006.09 to 1034.99
+    assert (short, full) == (289, 290)
+    # a grid point on an edge: in at the start, out at the end (capture >= since, < until)
+    assert frames_due(start, period, 1006.0, 1007.0) == 10
+    assert frames_due(start + 0.05, period, start, start + 0.05) == 0  # before its first
+    # the camera due 290 loses one and the other answers all of its 289: one is lost,
+    # where the window's length (289 each) read none
+    answered = 289 + 289
+    assert summarize([0.02] * answered, short + full)["dropPercent"] > 0
+    assert summarize([0.02] * answered, 2 * 289)["dropPercent"] == 0
 
 
 def test_lost_frames_name_the_answer_that_cost_each_and_where_its_time_went() -> None:
