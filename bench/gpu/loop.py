@@ -66,6 +66,7 @@ from bench.gpu.streams import (
     NO_MPS,
     SATURATION_S,
     SOLO_S,
+    START_MARGIN_S,
     log,
     model_env,
     pooled,
@@ -930,7 +931,11 @@ def identical(
     if args.phase_draws > 1 and out.get("transparent") and judged is not None:
         out["phaseDraws"] = []
         for draw in phase_draws(judged, servers, body, root, args):
-            out["phaseDraws"].append(draw)
+            if "stopped" in draw:
+                out["phaseDrawsStopped"] = draw["stopped"]
+                log(f"{body}: no further draw of phases: {draw['stopped']}")
+            else:
+                out["phaseDraws"].append(draw)
             save()
     return out
 
@@ -949,7 +954,12 @@ def phase_draws(
     findings (at N = 8 its longest wait is longer than in 91 % of draws, ``bench.gpu.waits
     --draws``)."""
     n = len(judged.shards)
+    took_s = draw_estimate_s(n, args)
     for j in range(1, args.phase_draws):
+        if (why := past_budget(took_s, args)) is not None:
+            yield {"stopped": why}
+            return
+        began = time.monotonic()
         seed = args.seed + n + DRAW_SEED_STEP * j
         at_random = random_phases(
             servers[:n], body, seed=seed, frames=args.draw_frames, root=root, args=args
@@ -959,7 +969,36 @@ def phase_draws(
             followed = transparent(loop, body, root, args, seed=seed, frames=args.draw_frames)
         finally:
             loop.stop()
+        took_s = max(took_s, time.monotonic() - began)
         yield {"seed": seed, "random": at_random, "transparent": followed}
+
+
+def draw_estimate_s(n: int, args: argparse.Namespace) -> float:
+    """What one other draw takes before any did: random phases' frames, then transparent
+    mode's settling and frames, each with its cameras' start (run 107, 8 streams and 1,000
+    frames on an H100: 49 s, as this says)."""
+    frames_s = math.ceil(args.draw_frames / (n * args.fps))
+    quiet_s = quiet_after_s(1.0 / float(args.fps))
+    return float(2 * (frames_s + START_MARGIN_S) + SETTLE_S + quiet_s + 2.0)
+
+
+def past_budget(draw_s: float, args: argparse.Namespace) -> str | None:
+    """Why no further draw starts under ``--within`` (None: it fits): one that would end
+    past it is not begun, so the run stops with its verdicts instead of being cut by the
+    limit of the machine it runs on (runs 107 and 108 lost their last draws that way)."""
+    if args.within is None:
+        return None
+    left = args.within - (time.monotonic() - args.began)
+    if draw_s + WRAP_UP_S <= left:
+        return None
+    return (
+        f"--within {args.within:g} s: {max(0.0, left):.0f} s left, a draw takes about "
+        f"{draw_s:.0f} s and the servers' stop {WRAP_UP_S:g} s"
+    )
+
+
+WRAP_UP_S = 15.0
+"""What the bench needs after its last measurement: the servers' stop and the verdicts."""
 
 
 def random_phases(
@@ -1485,6 +1524,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="frames for each of --phase-draws' other draws, random and transparent alike",
     )
     p.add_argument(
+        "--within",
+        type=float,
+        metavar="SECONDS",
+        help="the run's wall-clock budget from its start: no further --phase-draws draw "
+        "begins that would end past it (a device command's limit; default: none)",
+    )
+    p.add_argument(
         "--calibrate-with",
         choices=["profiler", "job", "job-beside"],
         default="profiler",
@@ -1515,6 +1561,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--profiles must be at least 1")
     if args.phase_draws < 1 or args.draw_frames < 1:
         p.error("--phase-draws and --draw-frames must be at least 1")
+    if args.within is not None and args.within <= 0:
+        p.error("--within must be a positive number of seconds")
+    args.began = time.monotonic()
     if args.servers < 2:
         p.error("--servers must be at least 2 (the profile's sweep needs two)")
     # a comparison that would change no stream would measure the loop twice under a new name

@@ -259,6 +259,7 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
         **(
             {"phaseDraws": _draw_verdicts(r["phaseDraws"], solo_p50)} if r.get("phaseDraws") else {}
         ),
+        **({"phaseDrawsStopped": r["phaseDrawsStopped"]} if "phaseDrawsStopped" in r else {}),
         **({"atCap": _at_cap(r["loopAtCap"], random_runs, solo_p50)} if "loopAtCap" in r else {}),
         "setting": r["body"],
         "admitted": admitted,
@@ -557,15 +558,16 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                     f"{_mark(t['met'])}{_floor_note(c['p99OverRandom'])}"
                 )
     for v in verdicts:
-        t, draws = v.get("transparent"), v.get("phaseDraws")
-        if t and draws:
+        t, draws = v.get("transparent"), v.get("phaseDraws") or []
+        stopped = f"; no further draw: {v['phaseDrawsStopped']}" if "phaseDrawsStopped" in v else ""
+        if t and (draws or stopped):
             judged = [t, *draws]
             ratios = ", ".join(str(d["checks"]["p99OverRandom"]["value"]) for d in judged)
             floors = ", ".join(str(d["checks"]["p99OverRandom"]["floor"]) for d in judged)
             lines.append(
                 f"\n{v.get('mode', '')}, {v['setting']}, transparent on {len(judged)} draws of "
                 f"camera phases (the bench's first): p99 / random's {ratios} (floors {floors}): "
-                f"met in {sum(d['met'] for d in judged)} of {len(judged)}"
+                f"met in {sum(d['met'] for d in judged)} of {len(judged)}{stopped}"
             )
     for v in verdicts:
         a = v.get("atCap")

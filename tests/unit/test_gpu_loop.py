@@ -3,6 +3,7 @@ verdict (bench/gpu/targets.py), on results shaped as the loop writes them. The l
 runs against real tritonservers in its CPU dry run (bench/gpu/README.md)."""
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ from bench.gpu.loop import (
     calibrate_until_one_holds,
     cluster_of,
     collections,
+    draw_estimate_s,
     exclusive_for,
     host_stalls,
     late_frames,
     next_random_n,
     parse_args,
+    past_budget,
     past_deadline,
     release_lag_counts,
     repository,
@@ -263,6 +266,7 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
         (["--mixed", "--also-cap", "1.0"], "leave out --mixed"),
         (["--phase-draws", "0"], "must be at least 1"),
         (["--phase-draws", "3", "--draw-frames", "0"], "must be at least 1"),
+        (["--within", "0"], "must be a positive number"),
     ],
 )
 def test_a_comparison_that_would_change_no_stream_is_refused(
@@ -647,6 +651,24 @@ def test_transparent_mode_on_other_draws_of_phases_is_judged_against_random_at_e
     assert "transparent on 3 draws of camera phases (the bench's first)" in text
     assert "p99 / random's 0.8235, 0.55, 0.7273" in text
     assert "met in 1 of 3" in text
+    result["phaseDrawsStopped"] = "--within 560 s: 40 s left, a draw takes about 49 s"
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert "met in 1 of 3; no further draw: --within 560 s: 40 s left" in render_loop([v])
+
+
+def test_a_draw_of_phases_that_would_end_past_the_run_s_budget_is_not_begun() -> None:
+    """--within: runs 107 and 108 were cut by the device's command limit in their last
+    draw, which was lost with the verdicts. A draw is begun only where it ends, with the
+    servers' stop, inside the budget: 49 s for 8 streams and 1,000 frames before any ran
+    (run 107 took 49 s), then the longest a draw took."""
+    args = parse_args(["--out", "/tmp/x", "--within", "560", "--draw-frames", "1000"])
+    assert draw_estimate_s(8, args) == pytest.approx(49.0)
+    args.began = time.monotonic() - 400.0  # 160 s left: a 49 s draw and the stop fit
+    assert past_budget(49.0, args) is None
+    args.began = time.monotonic() - 500.0  # 60 s left: they do not
+    why = past_budget(49.0, args)
+    assert why is not None and why.startswith("--within 560 s: 60 s left")
+    assert past_budget(1e6, parse_args(["--out", "/tmp/x"])) is None  # no budget given
 
 
 def test_spaced_transparent_mode_waits_for_the_wider_table() -> None:
