@@ -1101,6 +1101,7 @@ def transparent(
         time.sleep(0.2)
     with follower:
         logs = run_cameras(cams, seconds, root, tag, args)
+    gates = loop.release_lags()  # whether the gates held the frames or sent them at once
     first = min((min(x["captured_at"], default=math.inf) for x in logs), default=0.0)
     settle = follower.switches[-1] + period if follower.switches else first
     steady = [
@@ -1151,6 +1152,9 @@ def transparent(
         ],
         "whole": whole,
         "steady": after,
+        # each camera's sidecar over the whole run: "late" counts the frames it sent
+        # outside their slots (run 107's gates sent nearly all: bench.gpu.targets says so)
+        "gates": gates,
     }
 
 

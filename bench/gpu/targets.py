@@ -369,7 +369,21 @@ def _transparent_verdict(
         "randomN": n if held_at_n else (random_largest or None),
         "checks": checks,
         "met": all(c["met"] for c in checks.values()),
+        **({"outsideSlots": share} if (share := outside_slots(t)) is not None else {}),
     }
+
+
+def outside_slots(t: dict[str, Any]) -> float | None:
+    """The share of a transparent run's answered frames that its gates sent outside their
+    slots (late, or at once because waiting would answer them after the app's next frame),
+    over the whole run (each camera's warm-up request too), from the sidecars' own counts
+    (``gates``, from run 109 on). Near 1 the gates held nothing, and the streams ran as
+    random phases do (run 107)."""
+    gates, whole = t.get("gates"), t.get("whole") or {}
+    answered = whole.get("answered")
+    if not gates or not answered:
+        return None
+    return round(sum(int(g["late"]) for g in gates.values()) / int(answered), 4)
 
 
 def _draw_verdicts(draws: list[dict[str, Any]], solo_p50: float) -> list[dict[str, Any]]:
@@ -382,6 +396,19 @@ def _draw_verdicts(draws: list[dict[str, Any]], solo_p50: float) -> list[dict[st
         if verdict is not None:
             out.append({"seed": d["seed"], **verdict})
     return out
+
+
+def _outside_note(t: dict[str, Any]) -> str:
+    share = t.get("outsideSlots")
+    if share is None:
+        return ""
+    held = "; its gates held almost nothing" if share > OUTSIDE_SLOTS_WARN else ""
+    return f" ({100 * share:.1f} % of its frames went outside their slots{held})"
+
+
+OUTSIDE_SLOTS_WARN = 0.5
+"""Over this share of frames outside their slots, transparent mode is random phases with
+a detour: the alert ``StaggerStreamUngated`` fires at the same share of a stream's."""
 
 
 def _floor_note(check: dict[str, Any]) -> str:
@@ -555,7 +582,7 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                     f"at N = {t['n']}: steady after {c['settled']['value']} s, "
                     f"drops {c['noDrops']['value']} %, "
                     f"p99 / random's at N = {t['randomN']}: {c['p99OverRandom']['value']}: "
-                    f"{_mark(t['met'])}{_floor_note(c['p99OverRandom'])}"
+                    f"{_mark(t['met'])}{_floor_note(c['p99OverRandom'])}{_outside_note(t)}"
                 )
     for v in verdicts:
         t, draws = v.get("transparent"), v.get("phaseDraws") or []

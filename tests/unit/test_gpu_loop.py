@@ -512,6 +512,35 @@ def test_transparent_mode_is_judged_apart_once_the_slots_settled() -> None:
     assert v["met"]  # issue 20's verdict does not depend on it
 
 
+def test_transparent_mode_says_how_many_frames_its_gates_sent_outside_their_slots() -> None:
+    """Run 107: transparent mode answered as random phases did because its gates sent
+    nearly every frame at once (3.5 ms before the model at the median where the table had
+    cameras wait up to 39.6 ms). The sidecars' own counts say so beside the verdict."""
+    steady = {"p99Ms": 102.1, "dropPercent": 4.236, "answeredPerStream": [401] * 8}
+    result = identical(8, measured(79.9, 0.132), {8: measured(102.3, 3.85)})
+    gates = {f"cam-{i}": {"held": 60, "late": 400, "waitedOver50Ms": 0} for i in range(8)}
+    result["transparent"] = {
+        "steady": steady,
+        "settledAfterS": 6.07,
+        "whole": {"answered": 3673},
+        "gates": gates,
+    }
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert v["transparent"]["outsideSlots"] == pytest.approx(3200 / 3673, abs=1e-4)
+    assert "(87.1 % of its frames went outside their slots; its gates held almost nothing)" in (
+        render_loop([v])
+    )
+    gates = {f"cam-{i}": {"held": 450, "late": 2, "waitedOver50Ms": 0} for i in range(8)}
+    result["transparent"]["gates"] = gates
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    text = render_loop([v])
+    assert "(0.4 % of its frames went outside their slots)" in text
+    assert "held almost nothing" not in text
+    del result["transparent"]["gates"]  # results before run 109 have no counts
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert "outsideSlots" not in v["transparent"]
+
+
 def test_transparent_mode_shows_the_floor_no_table_gets_its_cameras_under() -> None:
     """Each camera waits its slot's wait every frame: p99 >= solo p50 + the longest wait of
     the best table for the cameras' phases (run 100: 16.03 + 32.43 ms against random's 73.96,
