@@ -1153,7 +1153,7 @@ def transparent(
         "whole": whole,
         "steady": after,
         # each camera's sidecar over the whole run: "late" counts the frames it sent
-        # outside their slots (run 107's gates sent nearly all: bench.gpu.targets says so)
+        # outside their slots (run 107's gates sent most at once: bench.gpu.targets says so)
         "gates": gates,
     }
 

@@ -514,7 +514,7 @@ def test_transparent_mode_is_judged_apart_once_the_slots_settled() -> None:
 
 def test_transparent_mode_says_how_many_frames_its_gates_sent_outside_their_slots() -> None:
     """Run 107: transparent mode answered as random phases did because its gates sent
-    nearly every frame at once (3.5 ms before the model at the median where the table had
+    most frames at once (3.5 ms before the model at the median where the table had
     cameras wait up to 39.6 ms). The sidecars' own counts say so beside the verdict."""
     steady = {"p99Ms": 102.1, "dropPercent": 4.236, "answeredPerStream": [401] * 8}
     result = identical(8, measured(79.9, 0.132), {8: measured(102.3, 3.85)})
