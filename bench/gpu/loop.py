@@ -74,7 +74,7 @@ from bench.gpu.streams import (
     servers_down,
 )
 from bench.gpu.targets import loop_verdict, render_loop
-from bench.gpu.waits import table_waits_ms
+from bench.gpu.waits import bench_phases, table_waits_ms
 from stagger.core.api import InferenceStream, InferenceStreamSpec, ModelProfile, SharingMode
 from stagger.core.calibration import NoKnee, SweepPoint, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
@@ -1011,10 +1011,11 @@ def random_phases(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """One camera per server at a random phase (``seed``), straight to Triton: no product."""
-    rng = random.Random(seed)
-    period = 1.0 / args.fps
-    cams = [{"url": s.grpc, "model": body, "phase": rng.uniform(0, period)} for s in servers]
     n = len(servers)
+    phases = bench_phases(n, args.fps, seed)
+    cams = [
+        {"url": s.grpc, "model": body, "phase": p} for s, p in zip(servers, phases, strict=True)
+    ]
     tag = f"{body}-random-n{n}" + ("" if seed == args.seed + n else f"-seed{seed}")
     return measure(cams, frames, root, tag, args)
 
@@ -1078,8 +1079,7 @@ def transparent(
     n = len(loop.sidecars)
     period = 1.0 / args.fps
     # the random configuration's phases at this N (seed + N), or another draw's
-    rng = random.Random(args.seed + n if seed is None else seed)
-    arrivals = [rng.uniform(0, period) for _ in loop.sidecars]
+    arrivals = bench_phases(n, args.fps, args.seed + n if seed is None else seed)
     cams = [
         {"url": s.grpc, "model": body, "phase": p}
         for s, p in zip(loop.sidecars, arrivals, strict=True)
