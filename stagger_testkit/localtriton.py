@@ -37,7 +37,13 @@ from types import TracebackType
 
 from stagger.client import CLOCK_PATH
 from stagger.core.contract import SlotAssignment, effective_at_of
-from stagger.core.phase import PhaseEstimate, follow, follow_holds, follow_spacing
+from stagger.core.phase import (
+    PhaseEstimate,
+    arrival_ticks,
+    follow,
+    follow_holds,
+    follow_spacing,
+)
 from stagger.core.placement import ShardPlacement
 from stagger.core.slots import Slot, release_windows, switch_tick
 
@@ -464,7 +470,10 @@ class LocalFollower:
     (``bench.gpu.loop --transparent-packed`` measures that for comparison).
     ``follow_holds`` (ticks, by stream; :func:`stream_follow_holds`): how long each gate
     holds a request for its slot; a spaced table that makes a stream wait longer is not
-    kept, as the operator does."""
+    kept, as the operator does. Each re-timed contract says which arrivals its slot follows
+    (``arrival_ticks``), as the operator's do; ``mark_arrivals=False`` leaves that out, so
+    every gate holds by its measured answers alone, as before run 109
+    (``bench.gpu.loop --transparent-unmarked``, for comparison)."""
 
     POLL_S = 0.2
     SWITCH_AFTER_S = 5.0  # OperatorSettings.effective_after_s
@@ -478,8 +487,10 @@ class LocalFollower:
         *,
         follow_spacing: Mapping[Hashable, int] | None = None,
         follow_holds: Mapping[Hashable, int] | None = None,
+        mark_arrivals: bool = True,
     ):
         self.sidecars, self.contracts = sidecars, contracts
+        self.mark_arrivals = mark_arrivals
         self.follow_spacing = follow_spacing or {}
         self.follow_holds = follow_holds or {}
         self.switches: list[float] = []  # when each re-timing took effect (Unix s)
@@ -537,9 +548,18 @@ class LocalFollower:
         effective_at = self._switch(table, now)
         for sidecar, slot in zip(self.sidecars, _ordered(aligned, self.sidecars), strict=True):
             old = self.contracts[sidecar.stream]
+            followed = old.arrival_ticks
             if slot.offset != old.offset_ticks:
                 self.pinned_until[sidecar.stream] = effective_at.timestamp() + self.PIN_S
-            self._write(sidecar, offset_ticks=slot.offset, early_ticks=None, late_ticks=None)
+                e = arrivals.get(sidecar.stream) if self.mark_arrivals else None
+                followed = None if e is None else arrival_ticks(e, c0.tick_hz, slot.period)
+            self._write(
+                sidecar,
+                offset_ticks=slot.offset,
+                early_ticks=None,
+                late_ticks=None,
+                arrival_ticks=followed,
+            )
         self.switches.append(effective_at.timestamp())
 
     def table(self) -> list[Slot]:

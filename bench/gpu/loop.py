@@ -28,8 +28,11 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    the followed slots packed at their reserved width, as the operator's follower did before
    run 104 (``transparentPacked``, for comparison; skipped where the operator keeps no
    spacing, :func:`stagger.core.phase.follow_spacing`, and the table is the same); with
-   ``--phase-draws K``, at that N on K - 1 more draws of camera phases, each beside random
-   phases at the same draw (``phaseDraws``, :func:`phase_draws`).
+   ``--transparent-unmarked``, at that N with contracts that do not say which arrivals
+   their slots follow, every gate holding by its measured answers alone, as before run 109
+   (``transparentUnmarked``, for comparison); with ``--phase-draws K``, at that N on
+   K - 1 more draws of camera phases, each beside random phases at the same draw
+   (``phaseDraws``, :func:`phase_draws`).
 
 The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
 models (RetinaNet at 800 px and the same detector at 416 px, a lighter one) at several
@@ -907,12 +910,8 @@ def identical(
             candidates[:again], cluster, [manifest], settings, len(servers)
         )
         if judged is not None:
-            loop = Loop(judged, servers, root)
-            try:
-                out["transparentAtRandomN"] = transparent(loop, body, root, args)
-                save()
-            finally:
-                loop.stop()
+            out["transparentAtRandomN"] = transparent_on(judged, servers, body, root, args)
+            save()
     if args.transparent_packed and out.get("transparent") and judged is not None:
         share = judged.gpus[0].model_time_share if judged.gpus else None
         if not stream_follow_spacing(judged.shards, share, judged.tick_hz):
@@ -922,11 +921,14 @@ def identical(
                 f"a time ({share})"
             }
         else:
-            loop = Loop(judged, servers, root)
-            try:
-                out["transparentPacked"] = transparent(loop, body, root, args, packed=True)
-            finally:
-                loop.stop()
+            out["transparentPacked"] = transparent_on(
+                judged, servers, body, root, args, packed=True
+            )
+        save()
+    if args.transparent_unmarked and out.get("transparent") and judged is not None:
+        out["transparentUnmarked"] = transparent_on(
+            judged, servers, body, root, args, unmarked=True
+        )
         save()
     if args.phase_draws > 1 and out.get("transparent") and judged is not None:
         out["phaseDraws"] = []
@@ -964,11 +966,9 @@ def phase_draws(
         at_random = random_phases(
             servers[:n], body, seed=seed, frames=args.draw_frames, root=root, args=args
         )
-        loop = Loop(judged, servers, root)
-        try:
-            followed = transparent(loop, body, root, args, seed=seed, frames=args.draw_frames)
-        finally:
-            loop.stop()
+        followed = transparent_on(
+            judged, servers, body, root, args, seed=seed, frames=args.draw_frames
+        )
         took_s = max(took_s, time.monotonic() - began)
         yield {"seed": seed, "random": at_random, "transparent": followed}
 
@@ -1059,6 +1059,22 @@ def _drops(runs: Mapping[int, Mapping[str, Any]]) -> dict[int, float]:
     return {n: float(run["dropPercent"]) for n, run in runs.items()}
 
 
+def transparent_on(
+    placed: Plan,
+    servers: list[LocalTriton],
+    body: str,
+    root: Path,
+    args: argparse.Namespace,
+    **variant: Any,
+) -> dict[str, Any]:
+    """:func:`transparent` through fresh sidecars with ``placed``'s contracts."""
+    loop = Loop(placed, servers, root)
+    try:
+        return transparent(loop, body, root, args, **variant)
+    finally:
+        loop.stop()
+
+
 def transparent(
     loop: Loop,
     body: str,
@@ -1066,6 +1082,7 @@ def transparent(
     args: argparse.Namespace,
     *,
     packed: bool = False,
+    unmarked: bool = False,
     seed: int | None = None,
     frames: int | None = None,
 ) -> dict[str, Any]:
@@ -1075,6 +1092,8 @@ def transparent(
     frames due once the table settled (a period after its last re-timing), within
     ``SETTLE_S``. ``packed``: the followed slots packed at their reserved width, as the
     operator's follower did before run 104 (``--transparent-packed``, for comparison).
+    ``unmarked``: contracts that do not say which arrivals their slots follow, so every
+    gate holds by its measured answers alone, as before run 109 (``--transparent-unmarked``).
     ``seed`` and ``frames``: another draw of phases (:func:`phase_draws`)."""
     n = len(loop.sidecars)
     period = 1.0 / args.fps
@@ -1088,9 +1107,14 @@ def transparent(
     apart = {} if packed else stream_follow_spacing(loop.shards, loop.model_time_share, loop.hz)
     holds = stream_follow_holds(loop.shards, loop.hz)
     follower = LocalFollower(
-        loop.sidecars, loop.contracts, follow_spacing=apart, follow_holds=holds
+        loop.sidecars,
+        loop.contracts,
+        follow_spacing=apart,
+        follow_holds=holds,
+        mark_arrivals=not unmarked,
     )
-    tag = f"{body}-transparent{'-packed' if packed else ''}-n{n}" + (f"-seed{seed}" if seed else "")
+    variant = "-packed" if packed else "-unmarked" if unmarked else ""
+    tag = f"{body}-transparent{variant}-n{n}" + (f"-seed{seed}" if seed else "")
     # The loop's cameras went through these sidecars a moment ago. The apps here are new
     # ones on their own clocks: start them once the sidecars have forgotten those (a
     # periodic stream quiet for QUIET_PERIODS periods), as new pods would know nothing.
@@ -1149,6 +1173,14 @@ def transparent(
         # the table the follower left, by camera: its slots' starts into the period
         "followedOffsetsMs": [
             round(loop.contracts[s.stream].offset_ticks * 1e3 / loop.hz, 3) for s in loop.sidecars
+        ],
+        # the arrivals each followed slot was placed after, as its contract says (None:
+        # placed without them; every one under --transparent-unmarked)
+        "followedArrivalsMs": [
+            None
+            if (mark := loop.contracts[s.stream].arrival_ticks) is None
+            else round(mark * 1e3 / loop.hz, 3)
+            for s in loop.sidecars
         ],
         "whole": whole,
         "steady": after,
@@ -1511,6 +1543,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run transparent mode, at the N it is judged at, with the followed slots "
         "packed at their reserved width, as the operator's follower did before run 104 (for "
         "comparison; skipped where the operator keeps no spacing)",
+    )
+    p.add_argument(
+        "--transparent-unmarked",
+        action="store_true",
+        help="also run transparent mode, at the N it is judged at, with contracts that do not "
+        "say which arrivals their slots follow, so every gate holds by its measured answers "
+        "alone, as before run 109 (for comparison)",
     )
     p.add_argument(
         "--phase-draws",

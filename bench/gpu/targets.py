@@ -249,8 +249,8 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
             solo_p50,
         ),
         # the same judgement of a comparison table: --transparent-packed (the operator's
-        # follower before run 104), or in older results --transparent-spaced (the spacing
-        # before the operator took it)
+        # follower before run 104), --transparent-unmarked (the gates before run 109), or in
+        # older results --transparent-spaced (the spacing before the operator took it)
         **{
             key: _transparent_verdict(r[key], random_runs, random_largest, solo_p50)
             for key in COMPARISONS
@@ -300,6 +300,8 @@ TRANSPARENT_RATIO = 0.6  # transparent p99 over random's (issue 21)
 COMPARISONS = {  # transparent mode's comparison tables in a result, and what each is
     "transparentPacked": "for comparison: followed slots packed at their reserved width",
     "transparentSpaced": "the experiment: followed slots kept the model's own time apart",
+    "transparentUnmarked": "for comparison: contracts that do not say which arrivals their "
+    "slots follow (every gate holds by its measured answers alone)",
 }
 SETTLE_S = 10.0
 

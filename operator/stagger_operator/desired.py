@@ -56,6 +56,7 @@ def _recorded(
         latency_ms=0.0,
         memory_mib=memory_mib,
         priority=0,
+        arrival_ticks=slot.arrival_ticks,
     )
 
 

@@ -364,6 +364,7 @@ def gpu_schedule(
                     "memoryMiB": x.memory_mib,
                     **({"retimedAt": _timestamp(retimed_at[x.key])} if x.key in retimed_at else {}),
                     **({"since": _timestamp(since[x.key])} if x.key in since else {}),
+                    **({"arrivalTicks": x.arrival_ticks} if x.arrival_ticks is not None else {}),
                 }
                 for x in sorted(
                     shards, key=lambda x: (x.offset_ticks, x.namespace, x.stream, x.shard)

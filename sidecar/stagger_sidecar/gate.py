@@ -55,17 +55,26 @@ docs/benchmarks.md).
 A stream answered too slowly for its frame period either way waits for its slot: going
 early would gain it nothing. Under ``drop`` such a request waits for its slot too: refused,
 it would not save the next frame, which would be refused the same way, every frame until
-the slot follows (for good where it cannot). The time its answers take is the 90th
-percentile of its latest ``ANSWER_WINDOW`` answers since its requests came periodic: earlier
-ones include a model's first, cold answers (100 ms for a 60 ms body seen here), which would
-otherwise count as the stream's own for 16 frames. Before that, it is the stream's latest
-answer (cold answers come first, so they stop counting at the first warm one), or its
-slot's body before any came back. Taken as the body, a 60 ms model's frame 10.5 ms past a
-5 ms body's slot waited for the next slot and was answered 155 ms after capture, after its
-camera's next frame (3 runs in 25 of a real-sidecar test on a loaded 2-core machine). Taken
-as its quickest answer, a camera whose first frame was answered in a GPU's quiet moment
-waited 50 ms for its slot, was answered in 58 ms among eight time-sliced streams and lost
-every other frame for 1.6 s, until 8 arrivals judged it periodic (run 97).
+the slot follows (for good where it cannot). A slot that follows the stream's arrivals
+(its contract's ``arrival_ticks``, the phase the operator re-timed it to, and the stream's
+phase still within ``FOLLOWED_DRIFT_S`` of it) is always waited for: the operator chose the
+whole table at once, each wait within the hold the stream's ``latencyMs`` allows, and its
+answers are slow only while other streams' bodies run in its slot. Judged by answers had
+while the GPU was backed up, every gate's hold shrank to a few ms, most frames went at once,
+and the answers stayed slow: transparent mode answered as random phases did (run 107 of
+docs/benchmarks.md, on an H100 whose 8 streams needed 0.98 of each second).
+
+The time its answers take is the 90th percentile of its latest ``ANSWER_WINDOW`` answers
+since its requests came periodic: earlier ones include a model's first, cold answers (100
+ms for a 60 ms body seen here), which would otherwise count as the stream's own for 16
+frames. Before that, it is the stream's latest answer (cold answers come first, so they
+stop counting at the first warm one), or its slot's body before any came back. Taken as the
+body, a 60 ms model's frame 10.5 ms past a 5 ms body's slot waited for the next slot and
+was answered 155 ms after capture, after its camera's next frame (3 runs in 25 of a real-
+sidecar test on a loaded 2-core machine). Taken as its quickest answer, a camera whose
+first frame was answered in a GPU's quiet moment waited 50 ms for its slot, was answered in
+58 ms among eight time-sliced streams and lost every other frame for 1.6 s, until 8
+arrivals judged it periodic (run 97).
 
 Without ``max_wait`` a request that finds its stream idle waits at most one period, except
 in a stream whose requests are not periodic (event-driven, variable fps: its arrival phase
@@ -94,6 +103,7 @@ from stagger.core.phase import (
     PhaseTracker,
     hold_limit_s,
     quiet_after_s,
+    still_followed,
 )
 from stagger.core.slotclock import SlotClock, Timetable, slot_starts
 
@@ -401,7 +411,10 @@ class StreamGate:
     def _answered_after_next_frame(self, wait_s: float, clock: SlotClock) -> bool:
         """Waiting ``wait_s`` for its slot would use more of the request's slack than its app
         can spare (all but ``app_slack_share`` of it), while going now it would be answered
-        before the app's next frame."""
+        before the app's next frame. Never for a slot that follows the stream's arrivals
+        (:func:`stagger.core.phase.still_followed`): see the module's docstring."""
+        if still_followed(clock.arrival_ticks, clock.tick_hz, self._judged()):
+            return False
         hold = hold_limit_s(
             self.frame_s,
             self.answer_s(clock),

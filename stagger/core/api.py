@@ -500,6 +500,15 @@ class ScheduledSlot(Wire):
             "joined. Until then its sidecar has no slot."
         ),
     )
+    arrival_ticks: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "The arrival phase (ticks from the epoch, within the stream's frame period) "
+            "this slot was re-timed to follow; its gate holds requests for it while they "
+            "keep that phase. Unset: placed without its stream's arrivals."
+        ),
+    )
 
 
 class GpuScheduleSpec(Wire):

@@ -63,6 +63,14 @@ class SlotAssignment(Wire):
         description="How long after its slot's start a request still takes it (with the "
         "gate's grace, the larger): half the free time after the slot's body.",
     )
+    arrival_ticks: int | None = Field(
+        default=None,
+        ge=0,
+        description="The arrival phase (ticks from the epoch, within the frame period) this "
+        "slot was re-timed to follow: while the stream's requests keep it, its gate holds "
+        "them for their slot whatever their answers take (the table was chosen for every "
+        "stream of the GPU at once). Unset: the slot was placed without its arrivals.",
+    )
     generation: int = Field(ge=1)
     effective_at: datetime
 
@@ -126,6 +134,7 @@ class SlotAssignment(Wire):
             effective_at=effective_at,
             early_ticks=window[0] if window else None,
             late_ticks=window[1] if window else None,
+            arrival_ticks=p.arrival_ticks,
         )
 
 

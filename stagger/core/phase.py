@@ -72,6 +72,11 @@ would be acted on (a re-timing, pinned for a minute) before the new one is known
 fewer arrivals than a phase needs (an app's warm-up). A stream judged not periodic keeps
 that judgement: its requests come when they come."""
 QUIET_MIN_S = 1.0
+FOLLOWED_DRIFT_S = 0.010
+"""A slot placed after its stream's arrivals still follows them while their phase has
+moved less than this from where it was then (:func:`still_followed`): less than the
+follower lets it drift before it re-times (its ``min_gain_s``, 5 ms, on the longest wait),
+with room for a minute's pin; a camera that restarted on another clock moves it further."""
 
 
 def quiet_after_s(period_s: float) -> float:
@@ -248,6 +253,25 @@ def busy_model_ms(solo_compute_ms: float | None, cost_ms: float | None) -> float
     return solo_compute_ms if cost_ms is None else min(solo_compute_ms, cost_ms)
 
 
+def arrival_ticks(e: PhaseEstimate, tick_hz: int, period_ticks: int) -> int | None:
+    """Where in its period (ticks from the epoch) a stream's requests arrive: the phase a
+    slot placed after them follows (None: no phase)."""
+    if e.phase_s is None:
+        return None
+    return math.floor(e.phase_s * tick_hz) % period_ticks
+
+
+def still_followed(followed_ticks: int | None, tick_hz: int, e: PhaseEstimate | None) -> bool:
+    """Whether a slot placed after its stream's arrivals at ``followed_ticks`` (its
+    contract's ``arrivalTicks``) still follows them: the stream is periodic and its phase
+    (``e``, from the same epoch) is within ``FOLLOWED_DRIFT_S`` of that one, either way
+    round the period."""
+    if followed_ticks is None or e is None or e.phase_s is None:
+        return False
+    moved = (e.phase_s - followed_ticks / tick_hz) % e.period_s
+    return min(moved, e.period_s - moved) <= FOLLOWED_DRIFT_S
+
+
 def hold_limit_s(
     frame_s: float,
     answer_s: float,
@@ -332,12 +356,13 @@ def follow(
     targets: dict[Key, int] = {}
     for s in slots:
         e = arrivals.get(s.key)
-        if e is None or e.phase_s is None:
+        phase = None if e is None else arrival_ticks(e, tick_hz, s.period)
+        if e is None or e.phase_s is None or phase is None:
             continue
         if round(e.period_s * tick_hz) != s.period:
             continue
         margin = 2 * e.spread_s + lead_s
-        phases[s.key] = math.floor(e.phase_s * tick_hz) % s.period
+        phases[s.key] = phase
         targets[s.key] = math.ceil((e.phase_s + margin) * tick_hz) % s.period
     if not targets:
         return None
@@ -418,7 +443,10 @@ def follow_plan(
     shards join ``offsets_changed``; the operator then switches their GPU at an instant no
     old body runs, as for any re-timing. Each slot is kept its :func:`follow_spacing`
     from the next body where the GPU's table has room and no stream then waits longer than
-    its gate holds a request (:func:`follow_holds`)."""
+    its gate holds a request (:func:`follow_holds`). Each re-timed shard records the
+    arrival phase its slot now follows (``arrival_ticks``; its contract's ``arrivalTicks``):
+    its gate holds its requests for that slot while they keep that phase
+    (:func:`still_followed`)."""
     if not arrivals:
         return plan
     hz = plan.tick_hz
@@ -433,6 +461,7 @@ def follow_plan(
             Slot(("retiring", *r.key), r.body_ticks, r.period_ticks, r.offset_ticks)
         )
     moved: dict[ShardKey, int] = {}
+    followed: dict[ShardKey, int | None] = {}
     for where, shards in by_gpu.items():
         estimates: dict[Key, PhaseEstimate] = {
             p.key: PhaseEstimate(
@@ -458,10 +487,17 @@ def follow_plan(
         for before, after in zip(table, aligned or (), strict=False):
             if after.offset != before.offset:
                 moved[before.key] = after.offset  # type: ignore[index]  # shard keys
+                e = estimates.get(before.key)
+                followed[before.key] = (  # type: ignore[index]
+                    None if e is None else arrival_ticks(e, hz, before.period)
+                )
     if not moved:
         return plan
     retimed = tuple(
-        replace(p, offset_ticks=moved[p.key]) if p.key in moved else p for p in plan.shards
+        replace(p, offset_ticks=moved[p.key], arrival_ticks=followed[p.key])
+        if p.key in moved
+        else p
+        for p in plan.shards
     )
     changed = tuple(dict.fromkeys([*plan.offsets_changed, *moved]))
     return replace(plan, shards=retimed, offsets_changed=changed)

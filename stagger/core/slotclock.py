@@ -37,6 +37,8 @@ class SlotClock:
     early_ticks: int = 0
     late_ticks: int = 0
     """The release window around each slot start (``SlotAssignment.early_ticks``, ...)."""
+    arrival_ticks: int | None = None
+    """The arrival phase its slot was re-timed to follow (``SlotAssignment.arrival_ticks``)."""
 
     @classmethod
     def of(cls, contract: SlotAssignment) -> SlotClock:
@@ -49,6 +51,7 @@ class SlotClock:
             from_ticks=contract.effective_tick,
             early_ticks=contract.early_ticks or 0,
             late_ticks=contract.late_ticks or 0,
+            arrival_ticks=contract.arrival_ticks,
         )
 
     @property

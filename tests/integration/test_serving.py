@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -305,6 +306,12 @@ async def test_slots_follow_where_the_sidecars_see_requests_arrive_then_windows_
 
         contracts = await cluster.wait_for(windows)
         assert {c["generation"] for c in contracts.values()} == {sched.spec.generation}
+        # Each slot records the arrivals it was re-timed to follow, and so does its
+        # contract: its gate waits for it while they keep that phase.
+        hz = sched.spec.tick_hz
+        marks = {n: math.floor(phase * hz) for n, phase in zip(names, phases, strict=True)}
+        assert {s.stream: s.arrival_ticks for s in sched.spec.slots} == marks
+        assert {n: c["arrivalTicks"] for n, c in contracts.items()} == marks
     finally:
         await stop_operator(op)
 

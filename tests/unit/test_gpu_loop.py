@@ -621,13 +621,19 @@ def test_transparent_mode_loses_no_more_than_random_phases_where_they_lost_frame
     [
         ("transparentPacked", "for comparison: followed slots packed at their reserved width"),
         ("transparentSpaced", "the experiment: followed slots kept the model's own time apart"),
+        (
+            "transparentUnmarked",
+            "for comparison: contracts that do not say which arrivals their slots follow "
+            "(every gate holds by its measured answers alone)",
+        ),
     ],
 )
 def test_a_comparison_table_is_judged_beside_transparent_mode_not_instead(
     key: str, how: str
 ) -> None:
-    """--transparent-packed (the operator's follower before run 104), or an older result's
-    --transparent-spaced (the spacing before the operator took it), gets issue 21's
+    """--transparent-packed (the operator's follower before run 104), --transparent-unmarked
+    (the gates before run 109), or an older result's --transparent-spaced (the spacing
+    before the operator took it), gets issue 21's
     judgement at its own N, printed beside transparent mode's; the run's verdict stays the
     product's."""
     result = identical(7, measured(21.0), {7: measured(61.0), 8: measured(88.0, drops=0.2)})

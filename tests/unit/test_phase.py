@@ -316,6 +316,64 @@ def test_a_plan_is_re_timed_to_its_streams_arrivals_except_pinned_and_old_copies
     assert follow_plan(placed, two_known).offsets_changed
 
 
+def test_a_re_timed_slot_records_the_arrivals_it_follows_and_keeps_them_while_it_stays() -> None:
+    """The contract tells each gate whether its slot was chosen for its stream's arrivals
+    (the gate then waits for it, however slowly answers came while the GPU was backed up).
+    follow_plan marks each slot it moves with its camera's phase; a re-plan that leaves the
+    slot where it is keeps the mark (a stream joining the GPU); a slot the planner moves
+    loses it, and a slot never followed has none."""
+    from stagger.core.cluster import Cluster, Gpu, Node
+    from stagger.core.phase import follow_plan
+    from stagger.core.placement import plan
+    from tests.factories import stream
+
+    cluster = Cluster(nodes=[Node(name="n", gpus=[Gpu(index=0, product="T4", memoryMiB=16000)])])
+    streams = [stream(f"c{i}", 4.0, 45.0) for i in range(3)]
+    placed = plan(streams, cluster)
+    assert all(p.arrival_ticks is None for p in placed.shards)
+    keys = [("default", f"c{i}", 0) for i in range(3)]
+    reported = {k: (phase, 0.001) for k, phase in zip(keys, [0.020, 0.090, 0.160], strict=True)}
+    followed = follow_plan(placed, reported)
+    hz = followed.tick_hz
+    for p in followed.shards:
+        if p.key in followed.offsets_changed:
+            assert p.arrival_ticks == math.floor(reported[p.key][0] * hz)
+        else:
+            assert p.arrival_ticks is None
+    assert any(p.arrival_ticks is not None for p in followed.shards)
+
+    joined = plan([*streams, stream("c3", 1.0, 10.0)], cluster, previous=followed)
+    for p in joined.shards:
+        was = next((x for x in followed.shards if x.key == p.key), None)
+        if was is not None and p.offset_ticks == was.offset_ticks:
+            assert p.arrival_ticks == was.arrival_ticks, p.key
+        else:
+            assert p.arrival_ticks is None, p.key
+    assert any(p.arrival_ticks is not None for p in joined.shards)
+
+
+@pytest.mark.parametrize(
+    ("phase_s", "followed"),
+    [
+        (0.0000, True),
+        (0.0095, True),  # drift within FOLLOWED_DRIFT_S
+        (0.0995, True),  # 0.5 ms the other way round the period
+        (0.0120, False),  # a camera on another clock
+        (0.0500, False),
+        (None, False),  # not periodic
+    ],
+)
+def test_a_slot_still_follows_its_stream_while_the_phase_stays_near_the_one_it_was_placed_after(
+    phase_s: float | None, followed: bool
+) -> None:
+    from stagger.core.phase import FOLLOWED_DRIFT_S, still_followed
+
+    assert FOLLOWED_DRIFT_S == 0.010
+    e = PhaseEstimate(0.1, phase_s, 0.001, 0.99, 64, 64)
+    assert still_followed(0, 30_000, e) is followed
+    assert still_followed(None, 30_000, e) is False
+
+
 def test_a_camera_s_phase_jump_is_found_within_eight_frames() -> None:
     """A camera restarted at another phase: the window still holds 64 arrivals at the old
     one, but the last 8 agree on the new phase, and the tracker follows them at once."""

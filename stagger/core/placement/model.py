@@ -125,6 +125,10 @@ class ShardPlacement:
     cost was measured under the contention it stands for)."""
     solo_compute_ms: float | None = None
     """The model's own time per request alone (None: its profile does not say)."""
+    arrival_ticks: int | None = None
+    """The arrival phase (ticks from the GPU's epoch, within the frame period) its slot was
+    re-timed to follow (:func:`stagger.core.phase.follow_plan`); kept while the slot stays
+    where it is. None: the slot was placed without its stream's arrivals."""
 
     @property
     def key(self) -> ShardKey:

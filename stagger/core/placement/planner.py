@@ -1075,6 +1075,7 @@ class Planner:
             return result
         moves: list[Move] = []
         offsets_changed: list[ShardKey] = []
+        followed: dict[ShardKey, int] = {}
         now = {x.key: x for x in result.shards}
         for p in previous.shards:
             n = now.get(p.key)
@@ -1084,8 +1085,19 @@ class Planner:
                 moves.append(Move(p.namespace, p.stream, p.shard, p.node, p.gpu, n.node, n.gpu))
             elif (n.offset_ticks, n.period_ticks) != (p.offset_ticks, p.period_ticks):
                 offsets_changed.append(p.key)
+            elif p.arrival_ticks is not None:  # a followed slot left where it was follows on
+                followed[p.key] = p.arrival_ticks
         self.retimed = list(offsets_changed)
-        return replace(result, moves=tuple(moves), offsets_changed=tuple(offsets_changed))
+        shards = tuple(
+            replace(x, arrival_ticks=followed[x.key]) if x.key in followed else x
+            for x in result.shards
+        )
+        return replace(
+            result,
+            shards=shards,
+            moves=tuple(moves),
+            offsets_changed=tuple(offsets_changed),
+        )
 
     def _settle(self) -> list[ShardKey]:
         """Spread the tables decided in this change (new GPUs, re-timed ones) and mark every

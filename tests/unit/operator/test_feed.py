@@ -432,6 +432,12 @@ def test_the_local_follower_keeps_followed_slots_apart_and_writes_reserved_ones(
     assert apart(packed) == [reserved, reserved]
     assert apart(spaced) == [30_000, 30_000]
     assert {c.body_ticks for c in [*packed, *spaced]} == {reserved}
+    # Each re-timed contract says which arrivals its slot follows (its gate waits for it).
+    marks = {"a": 10_000, "b": 12_000, "c": 14_000}
+    assert {c.stream: c.arrival_ticks for c in packed} == marks
+    unmarked = followed("unmarked", mark_arrivals=False)  # --transparent-unmarked
+    assert [c.offset_ticks for c in unmarked] == [c.offset_ticks for c in packed]
+    assert {c.arrival_ticks for c in unmarked} == {None}
 
 
 async def test_drift_wakes_the_planner_at_most_once_a_drift_period_news_at_once() -> None:
