@@ -55,14 +55,17 @@ docs/benchmarks.md).
 A stream answered too slowly for its frame period either way waits for its slot: going
 early would gain it nothing. Under ``drop`` such a request waits for its slot too: refused,
 it would not save the next frame, which would be refused the same way, every frame until
-the slot follows (for good where it cannot). A slot that follows the stream's arrivals
+the slot follows (for good where it cannot). Where the slot follows the stream's arrivals
 (its contract's ``arrival_ticks``, the phase the operator re-timed it to, and the stream's
-phase still within ``FOLLOWED_DRIFT_S`` of it) is always waited for: the operator chose the
-whole table at once, each wait within the hold the stream's ``latencyMs`` allows, and its
-answers are slow only while other streams' bodies run in its slot. Judged by answers had
-while the GPU was backed up, every gate's hold shrank to a few ms, most frames went at once,
-and the answers stayed slow: transparent mode answered as random phases did (run 107 of
-docs/benchmarks.md, on an H100 whose 8 streams needed 0.98 of each second).
+phase still within ``FOLLOWED_DRIFT_S`` of it), its answers are taken to take what the slot
+promises, its body, not what they measured: the operator chose the whole table at once,
+each wait within the hold the stream's ``latencyMs`` allows, and its answers are slow only
+while other streams' bodies run in its slot. Judged by answers had while the GPU was backed
+up, every gate's hold shrank to a few ms, most frames went at once, and the answers stayed
+slow: transparent mode answered as random phases did (run 107 of docs/benchmarks.md, on an
+H100 whose 8 streams needed 0.98 of each second). A followed slot further away than that
+hold allows (a table with no better place for it: cameras that capture together) still
+sends the frame at once.
 
 The time its answers take is the 90th percentile of its latest ``ANSWER_WINDOW`` answers
 since its requests came periodic: earlier ones include a model's first, cold answers (100
@@ -411,13 +414,14 @@ class StreamGate:
     def _answered_after_next_frame(self, wait_s: float, clock: SlotClock) -> bool:
         """Waiting ``wait_s`` for its slot would use more of the request's slack than its app
         can spare (all but ``app_slack_share`` of it), while going now it would be answered
-        before the app's next frame. Never for a slot that follows the stream's arrivals
-        (:func:`stagger.core.phase.still_followed`): see the module's docstring."""
-        if still_followed(clock.arrival_ticks, clock.tick_hz, self._judged()):
-            return False
+        before the app's next frame. The answer is the one its slot promises, its body,
+        where the slot follows the stream's arrivals
+        (:func:`stagger.core.phase.still_followed`; the module's docstring says why), else
+        the stream's measured one (:meth:`answer_s`)."""
+        followed = still_followed(clock.arrival_ticks, clock.tick_hz, self._judged())
         hold = hold_limit_s(
             self.frame_s,
-            self.answer_s(clock),
+            clock.body_s if followed else self.answer_s(clock),
             app_way_s=self.config.app_way_s,
             app_slack_share=self.config.app_slack_share,
         )

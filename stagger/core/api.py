@@ -505,8 +505,9 @@ class ScheduledSlot(Wire):
         ge=0,
         description=(
             "The arrival phase (ticks from the epoch, within the stream's frame period) "
-            "this slot was re-timed to follow; its gate holds requests for it while they "
-            "keep that phase. Unset: placed without its stream's arrivals."
+            "this slot was re-timed to follow; while its requests keep that phase, its gate "
+            "judges how long to hold them for it by the slot's body, not by measured "
+            "answers. Unset: placed without its stream's arrivals."
         ),
     )
 

@@ -68,8 +68,9 @@ class SlotAssignment(Wire):
         ge=0,
         description="The arrival phase (ticks from the epoch, within the frame period) this "
         "slot was re-timed to follow: while the stream's requests keep it, its gate holds "
-        "them for their slot whatever their answers take (the table was chosen for every "
-        "stream of the GPU at once). Unset: the slot was placed without its arrivals.",
+        "them for their slot as long as the slot's body leaves the app time, whatever their "
+        "measured answers took (the table was chosen for every stream of the GPU at once). "
+        "Unset: the slot was placed without its arrivals.",
     )
     generation: int = Field(ge=1)
     effective_at: datetime

@@ -318,7 +318,7 @@ def test_a_plan_is_re_timed_to_its_streams_arrivals_except_pinned_and_old_copies
 
 def test_a_re_timed_slot_records_the_arrivals_it_follows_and_keeps_them_while_it_stays() -> None:
     """The contract tells each gate whether its slot was chosen for its stream's arrivals
-    (the gate then waits for it, however slowly answers came while the GPU was backed up).
+    (its gate then holds frames for it by the answer it promises, not by slow measured ones).
     follow_plan marks each slot it moves with its camera's phase; a re-plan that leaves the
     slot where it is keeps the mark (a stream joining the GPU); a slot the planner moves
     loses it, and a slot never followed has none."""

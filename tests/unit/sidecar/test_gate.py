@@ -776,14 +776,16 @@ def slow_camera_before_a_re_timing() -> StreamGate:
     return g
 
 
-def backed_up_camera(arrival_ticks: int | None, frames: int = 30) -> list[Release]:
-    """A camera 30 ms before its slot at +30 ms (its phase 0), answered 75 ms after each
-    release: a GPU backed up, other streams' bodies in its slot."""
+def backed_up_camera(
+    arrival_ticks: int | None, frames: int = 30, offset_ms: float = 0.0
+) -> list[Release]:
+    """A camera at phase 0, 30 ms before its slot at +30 ms (or ``offset_ms`` later),
+    answered 75 ms after each release: a GPU backed up, other streams' bodies in its slot."""
     g = StreamGate("cam", GateConfig())
     g.load(slot_contract().model_copy(update={"arrival_ticks": arrival_ticks}), T)
     out = []
     for k in range(frames):
-        r = released(g.admit(T + k * 0.1))
+        r = released(g.admit(T + offset_ms / 1e3 + k * 0.1))
         g.finish(r, r.at + 0.075)
         out.append(r)
     return out
@@ -795,9 +797,11 @@ def test_a_slot_re_timed_to_its_stream_s_arrivals_is_waited_for_however_slow_its
     hold (a third of the 20 ms slack left to the app: 13.3 ms) sent frames 30 ms before
     their slots at once; their bodies ran in the other cameras' slots and kept everyone's
     answers slow. A slot whose contract says it follows the stream's arrivals (their phase
-    within FOLLOWED_DRIFT_S of ``arrivalTicks``, either way round the period) is waited
-    for once the stream is judged periodic; one placed without its arrivals, or after a
-    camera that has since restarted on another clock, is judged by its answers as before."""
+    within FOLLOWED_DRIFT_S of ``arrivalTicks``, either way round the period) promises an
+    answer in its body's time (5 ms: a hold of 60 ms), so it is waited for once the stream
+    is judged periodic; one placed without its arrivals, or after a camera that has since
+    restarted on another clock, is judged by its answers as before. A followed slot further
+    than the promised hold (70 ms: a table with no better place for it) is not waited for."""
     for mark in (0, 95_000):  # at its phase; 5 ms the other way round the period
         followed = backed_up_camera(mark)
         for r in followed[8:]:
@@ -805,6 +809,8 @@ def test_a_slot_re_timed_to_its_stream_s_arrivals_is_waited_for_however_slow_its
     for mark in (None, 15_000):  # never followed; followed at 15 ms, its camera since moved
         unmarked = backed_up_camera(mark)
         assert all((r.slot, r.late) == (None, True) for r in unmarked[8:]), mark
+    far = backed_up_camera(60_000, offset_ms=60.0)  # its camera 70 ms before its slot
+    assert all((r.slot, r.late) == (None, True) for r in far[8:])
 
 
 def test_an_answer_had_by_going_at_once_does_not_say_how_long_a_slot_s_answer_takes() -> None:
