@@ -268,7 +268,11 @@ class Sidecar:
                 self.metrics.slot_retimings.labels(g.namespace, name, str(g.shard)).inc()
             if current is not None:
                 self.metrics.watch_arrivals(
-                    g.namespace, name, g.shard, functools.partial(self._arrival_now, g)
+                    g.namespace,
+                    name,
+                    g.shard,
+                    functools.partial(self._arrival_now, g),
+                    functools.partial(self._follows_now, g),
                 )
         if self.feed is not None:
             self.feed.nudge()
@@ -302,6 +306,9 @@ class Sidecar:
 
     def _arrival_now(self, g: StreamGate) -> PhaseEstimate | None:
         return g.arrival(self.clock())
+
+    def _follows_now(self, g: StreamGate) -> bool:
+        return g.follows_arrivals(self.clock())
 
     def measured(self) -> list[Measured]:
         """What the sidecar reports on the slot feed: each stream's arrival phase and the

@@ -411,6 +411,14 @@ class StreamGate:
         """The app's frame period: how soon its next frame comes."""
         return self.arrivals.period_s if self.arrivals is not None else math.inf
 
+    def follows_arrivals(self, now: float) -> bool:
+        """Whether the slot in force at ``now`` follows the stream's arrivals
+        (:func:`stagger.core.phase.still_followed`)."""
+        clock = self.timetable.clock(now)
+        return clock is not None and still_followed(
+            clock.arrival_ticks, clock.tick_hz, self._judged()
+        )
+
     def _answered_after_next_frame(self, wait_s: float, clock: SlotClock) -> bool:
         """Waiting ``wait_s`` for its slot would use more of the request's slack than its app
         can spare (all but ``app_slack_share`` of it), while going now it would be answered

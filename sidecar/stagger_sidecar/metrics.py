@@ -158,12 +158,25 @@ class GateMetrics:
             stream_labels,
             registry=r,
         )
+        self.slot_follows_arrivals = Gauge(
+            t.SLOT_FOLLOWS_ARRIVALS,
+            "1 while the stream's slot was re-timed to its arrivals' phase and they keep it: "
+            "its gate holds frames by the answer the slot promises.",
+            stream_labels,
+            registry=r,
+        )
         self._arrivals_watched: set[tuple[str, str, str]] = set()
 
     def watch_arrivals(
-        self, namespace: str, stream: str, shard: int, estimate: Callable[[], PhaseEstimate | None]
+        self,
+        namespace: str,
+        stream: str,
+        shard: int,
+        estimate: Callable[[], PhaseEstimate | None],
+        followed: Callable[[], bool] | None = None,
     ) -> None:
-        """Publish a stream's arrival phase, estimated when the page is scraped."""
+        """Publish a stream's arrival phase, estimated when the page is scraped, and whether
+        its slot follows it (``followed``: the sidecar's gate says)."""
         labels = (namespace, stream, str(shard))
         if labels in self._arrivals_watched:
             return
@@ -184,6 +197,8 @@ class GateMetrics:
         self.arrival_phase.labels(*labels).set_function(phase)
         self.arrival_spread.labels(*labels).set_function(spread)
         self.arrival_periodic.labels(*labels).set_function(periodic)
+        if followed is not None:
+            self.slot_follows_arrivals.labels(*labels).set_function(lambda: float(followed()))
 
     def _series(self, key: StreamKey) -> _Series:
         # Looking children up by labels costs more than the proxying; do it once per key.

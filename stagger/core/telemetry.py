@@ -62,6 +62,10 @@ ARRIVAL_SPREAD = "stagger_arrival_spread_seconds"
 """Circular standard deviation of those arrivals around the phase (gauge)."""
 ARRIVAL_PERIODIC = "stagger_arrival_periodic"
 """1 when the stream's arrivals are periodic at its frame period, else 0 (gauge)."""
+SLOT_FOLLOWS_ARRIVALS = "stagger_slot_follows_arrivals"
+"""1 while the stream's slot follows its arrivals: re-timed to their phase (the contract's
+``arrivalTicks``) and they still keep it (stagger.core.phase.still_followed); its gate then
+holds frames by the answer the slot promises. 0 otherwise (gauge)."""
 TRITON_UP = "stagger_triton_up"
 """1 when Triton answers ready, else 0 (gauge)."""
 

@@ -38,6 +38,7 @@ from stagger.core.telemetry import (
     LATE,
     SLOT_CONTRACTS_LATE,
     SLOT_FILE_ERRORS,
+    SLOT_FOLLOWS_ARRIVALS,
 )
 from stagger_sidecar.app import Sidecar
 from stagger_sidecar.grpc_proxy import PING_DEADLINE_S
@@ -425,6 +426,36 @@ async def test_an_app_whose_slot_has_not_followed_it_yet_loses_no_frame(
     assert len(frames) == 40 and not log.errors, (frames, log.errors)
     assert max(lat for _, lat in frames) < PERIOD, frames
     assert metric(await scrape(sidecar), LATE, stream="cam") >= 40
+
+
+async def test_a_slot_re_timed_to_its_camera_says_so_once_the_camera_is_judged(
+    start_sidecar: StartSidecar,
+) -> None:
+    """A camera on its own clock 12 ms before its slot, whose contract says the slot was
+    re-timed to its arrivals (``arrivalTicks`` at its phase). Before any frame the gate
+    cannot tell (``stagger_slot_follows_arrivals`` 0); once 8 frames judged the camera
+    periodic at that phase it says 1."""
+    phase_s = OFFSET - 0.012
+    marked = slot_contract().model_copy(update={"arrival_ticks": round(phase_s * 1e6)})
+    sidecar = await start_sidecar(marked)
+    assert metric(await scrape(sidecar), SLOT_FOLLOWS_ARRIVALS, stream="cam") == 0
+    client = tritonclient.http.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
+    x = tritonclient.http.InferInput("INPUT0", [1], "FP32")
+    x.set_data_from_numpy(np.array([0.0], dtype=np.float32))
+    camera = Camera(
+        "cam",
+        1 / PERIOD,
+        send=lambda _frame: client.infer("stamp", [x]),
+        frames=itertools.repeat(b""),
+        phase_s=phase_s,
+    )
+    start = math.ceil(time.time()) + 1.0
+    try:
+        log = await asyncio.to_thread(camera.run, start, 1.6)
+    finally:
+        client.close()
+    assert len(log.latencies_s) == 16 and not log.errors, log.errors
+    assert metric(await scrape(sidecar), SLOT_FOLLOWS_ARRIVALS, stream="cam") == 1
 
 
 async def test_a_new_contract_applies_at_its_time_and_a_bad_one_is_ignored(
