@@ -813,6 +813,24 @@ def test_a_slot_re_timed_to_its_stream_s_arrivals_is_waited_for_however_slow_its
     assert all((r.slot, r.late) == (None, True) for r in far[8:])
 
 
+@settings(max_examples=80, deadline=None)
+@given(wait_ms=st.floats(0.5, 59.5), answer_ms=st.floats(5.0, 95.0))
+def test_a_followed_slot_within_the_hold_its_body_leaves_is_waited_for_whatever_the_answers(
+    wait_ms: float, answer_ms: float
+) -> None:
+    """A periodic camera whose slot follows its arrivals, ``wait_ms`` before it: within
+    the hold its 5 ms body leaves at 10 fps (60 ms), every frame from the 8th on (once the
+    camera is judged) takes its slot, whatever the answers measured (5-95 ms)."""
+    phase_s = (0.030 - wait_ms / 1e3) % 0.1
+    g = StreamGate("cam", GateConfig())
+    g.load(slot_contract().model_copy(update={"arrival_ticks": round(phase_s * 1e6)}), T)
+    for k in range(24):
+        r = released(g.admit(T + phase_s + k * 0.1))
+        if k >= 8:
+            assert (r.slot, r.late) == (near(r.arrived + wait_ms / 1e3), False), k
+        g.finish(r, r.at + answer_ms / 1e3)
+
+
 def test_an_answer_had_by_going_at_once_does_not_say_how_long_a_slot_s_answer_takes() -> None:
     """Run 99 (eight time-sliced cameras, before their slots followed them): a camera
     54 ms before its slot, answered there in 59 ms among the others, went at once and was
