@@ -552,7 +552,11 @@ class LocalFollower:
             if slot.offset != old.offset_ticks:
                 self.pinned_until[sidecar.stream] = effective_at.timestamp() + self.PIN_S
                 e = arrivals.get(sidecar.stream) if self.mark_arrivals else None
-                followed = None if e is None else arrival_ticks(e, c0.tick_hz, slot.period)
+                followed = (
+                    None
+                    if e is None or e.phase_s is None
+                    else arrival_ticks(e.phase_s, c0.tick_hz, slot.period)
+                )
             self._write(
                 sidecar,
                 offset_ticks=slot.offset,

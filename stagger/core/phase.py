@@ -253,12 +253,10 @@ def busy_model_ms(solo_compute_ms: float | None, cost_ms: float | None) -> float
     return solo_compute_ms if cost_ms is None else min(solo_compute_ms, cost_ms)
 
 
-def arrival_ticks(e: PhaseEstimate, tick_hz: int, period_ticks: int) -> int | None:
-    """Where in its period (ticks from the epoch) a stream's requests arrive: the phase a
-    slot placed after them follows (None: no phase)."""
-    if e.phase_s is None:
-        return None
-    return math.floor(e.phase_s * tick_hz) % period_ticks
+def arrival_ticks(phase_s: float, tick_hz: int, period_ticks: int) -> int:
+    """A stream's arrival phase (seconds from the epoch) in ticks within its period: the
+    phase a slot placed after its arrivals follows."""
+    return math.floor(phase_s * tick_hz) % period_ticks
 
 
 def still_followed(followed_ticks: int | None, tick_hz: int, e: PhaseEstimate | None) -> bool:
@@ -356,13 +354,12 @@ def follow(
     targets: dict[Key, int] = {}
     for s in slots:
         e = arrivals.get(s.key)
-        phase = None if e is None else arrival_ticks(e, tick_hz, s.period)
-        if e is None or e.phase_s is None or phase is None:
+        if e is None or e.phase_s is None:
             continue
         if round(e.period_s * tick_hz) != s.period:
             continue
         margin = 2 * e.spread_s + lead_s
-        phases[s.key] = phase
+        phases[s.key] = arrival_ticks(e.phase_s, tick_hz, s.period)
         targets[s.key] = math.ceil((e.phase_s + margin) * tick_hz) % s.period
     if not targets:
         return None
@@ -489,7 +486,9 @@ def follow_plan(
                 moved[before.key] = after.offset  # type: ignore[index]  # shard keys
                 e = estimates.get(before.key)
                 followed[before.key] = (  # type: ignore[index]
-                    None if e is None else arrival_ticks(e, hz, before.period)
+                    None
+                    if e is None or e.phase_s is None
+                    else arrival_ticks(e.phase_s, hz, before.period)
                 )
     if not moved:
         return plan
