@@ -415,9 +415,10 @@ class StreamGate:
         """Whether the slot in force at ``now`` follows the stream's arrivals
         (:func:`stagger.core.phase.still_followed`)."""
         clock = self.timetable.clock(now)
-        return clock is not None and still_followed(
-            clock.arrival_ticks, clock.tick_hz, self._judged()
-        )
+        return clock is not None and self._followed(clock)
+
+    def _followed(self, clock: SlotClock) -> bool:
+        return still_followed(clock.arrival_ticks, clock.tick_hz, self._judged())
 
     def _answered_after_next_frame(self, wait_s: float, clock: SlotClock) -> bool:
         """Waiting ``wait_s`` for its slot would use more of the request's slack than its app
@@ -426,10 +427,9 @@ class StreamGate:
         where the slot follows the stream's arrivals
         (:func:`stagger.core.phase.still_followed`; the module's docstring says why), else
         the stream's measured one (:meth:`answer_s`)."""
-        followed = still_followed(clock.arrival_ticks, clock.tick_hz, self._judged())
         hold = hold_limit_s(
             self.frame_s,
-            clock.body_s if followed else self.answer_s(clock),
+            clock.body_s if self._followed(clock) else self.answer_s(clock),
             app_way_s=self.config.app_way_s,
             app_slack_share=self.config.app_slack_share,
         )
