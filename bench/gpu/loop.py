@@ -28,9 +28,10 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    the followed slots packed at their reserved width, as the operator's follower did before
    run 104 (``transparentPacked``, for comparison; skipped where the operator keeps no
    spacing, :func:`stagger.core.phase.follow_spacing`, and the table is the same); with
-   ``--transparent-unmarked``, at that N with contracts that do not say which arrivals
-   their slots follow, every gate holding by its measured answers alone, as before run 109
-   (``transparentUnmarked``, for comparison); with ``--phase-draws K``, at that N on
+   ``--transparent-unmarked``, at the admitted N right after transparent mode there, with
+   contracts that do not say which arrivals their slots follow, every gate holding by its
+   measured answers alone, as before run 109 (``transparentUnmarked``, for comparison:
+   the GPU is fullest there); with ``--phase-draws K``, at random's N on
    K - 1 more draws of camera phases, each beside random phases at the same draw
    (``phaseDraws``, :func:`phase_draws`).
 
@@ -880,6 +881,15 @@ def identical(
                 save()
         finally:
             loop.stop()
+        if args.transparent_unmarked and out.get("transparent"):
+            # at the admitted N, right after transparent mode: the GPU at its fullest, where
+            # answers at followed slots are slowest (run 107's gates stopped holding at its
+            # admitted 8); at random's N, fewer where the host stalls (run 109: 5 of 7), both
+            # rules hold alike
+            out["transparentUnmarked"] = transparent_on(
+                placed, servers, body, root, args, unmarked=True
+            )
+            save()
     gpu: dict[str, Any] = {
         "servers": servers,
         "cluster": cluster,
@@ -924,11 +934,6 @@ def identical(
             out["transparentPacked"] = transparent_on(
                 judged, servers, body, root, args, packed=True
             )
-        save()
-    if args.transparent_unmarked and out.get("transparent") and judged is not None:
-        out["transparentUnmarked"] = transparent_on(
-            judged, servers, body, root, args, unmarked=True
-        )
         save()
     if args.phase_draws > 1 and out.get("transparent") and judged is not None:
         out["phaseDraws"] = []
@@ -1547,9 +1552,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--transparent-unmarked",
         action="store_true",
-        help="also run transparent mode, at the N it is judged at, with contracts that do not "
-        "say which arrivals their slots follow, so every gate holds by its measured answers "
-        "alone, as before run 109 (for comparison)",
+        help="also run transparent mode at the admitted N, right after its own run there, "
+        "with contracts that do not say which arrivals their slots follow, so every gate "
+        "holds by its measured answers alone, as before run 109 (for comparison)",
     )
     p.add_argument(
         "--phase-draws",
