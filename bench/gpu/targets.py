@@ -252,7 +252,10 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
         # follower before run 104), --transparent-unmarked (the gates before run 109), or in
         # older results --transparent-spaced (the spacing before the operator took it)
         **{
-            key: _transparent_verdict(r[key], random_runs, random_largest, solo_p50)
+            key: {
+                **(_transparent_verdict(r[key], random_runs, random_largest, solo_p50) or {}),
+                **_beside_product(r[key], r),
+            }
             for key in COMPARISONS
             if "steady" in r.get(key, {})
         },
@@ -375,6 +378,44 @@ def _transparent_verdict(
     }
 
 
+def _beside_product(t: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
+    """A comparison table beside the product's own transparent run at the same N, measured
+    in the same run (``besideProduct``; none where the product's ran at no such N): the
+    two p99s and losses, and the comparison's p99 over the product's. Each is also judged
+    against random phases, but at random's N where that differs (run 110's comparison at 8
+    read 1.27 x random's at 7); side by side it read 0.87 x the product's."""
+    n = _streams(t)
+    product = next(
+        (
+            x
+            for x in (r.get("transparent"), r.get("transparentAtRandomN"))
+            if x and "steady" in x and _streams(x) == n
+        ),
+        None,
+    )
+    if product is None or not n:
+        return {}
+    ours, theirs = product["steady"], t["steady"]
+    return {
+        "besideProduct": {
+            "n": n,
+            "p99Ms": theirs["p99Ms"],
+            "productP99Ms": ours["p99Ms"],
+            "p99OverProduct": (
+                round(theirs["p99Ms"] / ours["p99Ms"], 4)
+                if theirs["p99Ms"] and ours["p99Ms"]
+                else None
+            ),
+            "dropPercent": theirs["dropPercent"],
+            "productDropPercent": ours["dropPercent"],
+        }
+    }
+
+
+def _streams(t: dict[str, Any]) -> int:
+    return len(t["steady"].get("answeredPerStream", []))
+
+
 def outside_slots(t: dict[str, Any]) -> float | None:
     """The share of a transparent run's answered frames that its gates sent outside their
     slots (late, or at once because waiting would answer them after the app's next frame),
@@ -411,6 +452,17 @@ def _outside_note(t: dict[str, Any]) -> str:
 OUTSIDE_SLOTS_WARN = 0.5
 """Over this share of frames outside their slots, transparent mode is random phases with
 a detour: the alert ``StaggerStreamUngated`` fires at the same share of a stream's."""
+
+
+def _beside_note(t: dict[str, Any]) -> str:
+    b = t.get("besideProduct")
+    if not b:
+        return ""
+    return (
+        f"; beside transparent mode at the same N: p99 {b['p99Ms']} against "
+        f"{b['productP99Ms']} ms ({b['p99OverProduct']} x), drops {b['dropPercent']} % "
+        f"against {b['productDropPercent']} %"
+    )
 
 
 def _floor_note(check: dict[str, Any]) -> str:
@@ -585,6 +637,7 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                     f"drops {c['noDrops']['value']} %, "
                     f"p99 / random's at N = {t['randomN']}: {c['p99OverRandom']['value']}: "
                     f"{_mark(t['met'])}{_floor_note(c['p99OverRandom'])}{_outside_note(t)}"
+                    f"{_beside_note(t)}"
                 )
     for v in verdicts:
         t, draws = v.get("transparent"), v.get("phaseDraws") or []

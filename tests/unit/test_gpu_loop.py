@@ -644,12 +644,38 @@ def test_a_comparison_table_is_judged_beside_transparent_mode_not_instead(
     (v,) = loop_verdict(run("time-slicing", graph=result))
     assert not v["transparent"]["met"] and v[key]["met"]
     assert v[key]["checks"]["p99OverRandom"]["value"] == pytest.approx(30 / 61, abs=1e-4)
+    assert v[key]["besideProduct"]["p99OverProduct"] == pytest.approx(30 / 63, abs=1e-4)
     text = render_loop([v])
     assert "transparent (slots follow the cameras) at N = 7" in text
     assert f"({how}) at N = 7" in text
+    assert "beside transparent mode at the same N: p99 30.0 against 63.0 ms (0.4762 x)" in text
     result[key] = {"skipped": "the operator keeps no spacing here: MPS (None)"}
     (v,) = loop_verdict(run("time-slicing", graph=result))
     assert key not in v
+
+
+def test_a_comparison_at_the_admitted_n_stands_beside_the_product_s_run_there() -> None:
+    """--transparent-unmarked runs at the admitted N (run 110: 8) while the product's
+    transparent mode is judged at random's N (7): the comparison is judged against random
+    at 7 like the product, and set beside the product's own run at 8, the same N; a
+    comparison at an N the product did not run at stands beside nothing."""
+    result = identical(8, measured(21.0), {7: measured(59.2), 8: measured(87.3, drops=0.263)})
+
+    def at(n: int, p99: float) -> dict[str, Any]:
+        steady = {"p99Ms": p99, "dropPercent": 0.0, "answeredPerStream": [230] * n}
+        return {"steady": steady, "settledAfterS": 6.1}
+
+    result |= {"transparent": at(8, 86.56), "transparentAtRandomN": at(7, 48.07)}
+    result["transparentUnmarked"] = at(8, 75.21)
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert v["transparent"]["n"] == 7
+    beside = v["transparentUnmarked"]["besideProduct"]
+    assert (beside["n"], beside["productP99Ms"]) == (8, 86.56)
+    assert beside["p99OverProduct"] == pytest.approx(75.21 / 86.56, abs=1e-4)
+    result["transparentUnmarked"] = at(6, 40.0)
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert "besideProduct" not in v["transparentUnmarked"]
+    assert "beside transparent mode" not in render_loop([v])
 
 
 def test_transparent_mode_on_other_draws_of_phases_is_judged_against_random_at_each() -> None:
