@@ -31,9 +31,9 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    ``--transparent-unmarked``, at the admitted N right after transparent mode there, with
    contracts that do not say which arrivals their slots follow, every gate holding by its
    measured answers alone, as before run 109 (``transparentUnmarked``, for comparison:
-   the GPU is fullest there); with ``--phase-draws K``, at random's N on
-   K - 1 more draws of camera phases, each beside random phases at the same draw
-   (``phaseDraws``, :func:`phase_draws`).
+   the GPU is fullest there); with ``--phase-draws K``, at the N transparent mode is
+   judged at, on K - 1 more draws of camera phases, each beside random phases at the same
+   draw (``phaseDraws``, :func:`phase_draws`).
 
 The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
 models (RetinaNet at 800 px and the same detector at 416 px, a lighter one) at several

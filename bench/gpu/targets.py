@@ -336,7 +336,7 @@ def _transparent_verdict(
     if t is None:
         return None
     steady = t["steady"]
-    n = len(steady.get("answeredPerStream", [])) or None
+    n = _streams(t) or None
     same_n = random_runs.get(n) if n else None
     held_at_n = same_n is not None and same_n["dropPercent"] == 0
     at_random = same_n if held_at_n else random_runs.get(random_largest)
@@ -413,6 +413,7 @@ def _beside_product(t: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _streams(t: dict[str, Any]) -> int:
+    """How many streams a transparent run had: the cameras that answered once settled."""
     return len(t["steady"].get("answeredPerStream", []))
 
 
