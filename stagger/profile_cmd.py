@@ -82,6 +82,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "the number of --url, at least 4)",
     )
     p.add_argument("--saturation-seconds", type=float, default=2.0, metavar="S")
+    p.add_argument(
+        "--full-load-seconds",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="pace one stream per server at the recommended cost for S seconds (the load "
+        "the planner admits) and report what answers take there (default 5; 0 skips it)",
+    )
     p.add_argument("--guard", type=float, default=0.15, help="margin on the body (0.15 = 15%%)")
     p.add_argument(
         "--from-csv",
@@ -207,6 +215,10 @@ def measure(args: argparse.Namespace, err: Console) -> ProfileReport | None:
                 if not sep or not name or not file:
                     raise ProfileError(f"--input {item!r}: use NAME=FILE")
                 data[name] = Path(file)
+            if args.full_load_seconds < 0:
+                raise ProfileError(
+                    f"--full-load-seconds {args.full_load_seconds:g}: give seconds, 0 or more"
+                )
             if args.wait_ready < 0:
                 raise ProfileError(f"--wait-ready {args.wait_ready:g}: give seconds, 0 or more")
             if args.wait_ready > 0:
@@ -227,6 +239,7 @@ def measure(args: argparse.Namespace, err: Console) -> ProfileReport | None:
                     max_offset_ms=args.max_offset_ms,
                     saturation_levels=args.saturation,
                     saturation_s=args.saturation_seconds,
+                    full_load_s=args.full_load_seconds,
                     guard=args.guard,
                     progress=stage,
                     data=data,
@@ -315,6 +328,15 @@ def print_report(r: ProfileReport, out: Console) -> None:
         )
     if r.solo_compute_ms is not None:
         t.add_row("one at a time", one_at_a_time(r.solo_compute_ms, r.effective_body_ms))
+    if f := r.full_load:
+        p50 = r.solo_ms.get("p50")
+        t.add_row(
+            "at full load",
+            f"{f['streams']:.0f} streams at {f['fps']:.1f} fps, starts {f['spacing_ms']:.1f} ms "
+            f"apart: p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms"
+            + (f" ({f['p99_ms'] / p50:.2f} x solo)" if p50 else "")
+            + f", {f['missed']:.0f} of {f['frames']:.0f} frames missed",
+        )
     t.add_row(
         "recommended bodyTimeMs", f"[bold]{r.recommended_body_ms:g}[/bold] (guard {r.guard:.0%})"
     )

@@ -9,6 +9,11 @@
    many servers as streams will share the GPU (one per pod, as deployed), that is the
    stream's ``costMs``; where it is no cheaper than the body, the body is exclusive and
    no cost is recommended (docs/architecture.md, "Capacity").
+4. Full load: one paced stream per server, together asking what that cost says the GPU
+   sustains, each frame started on its stream's slot as a full GPU's table would start
+   it: what the answers then take, beside the solo latency. A body that stays near solo
+   alone and beside one other can still double at full load (an eager body time-sliced),
+   and only this stage shows it.
 
 The two sweep clients need two executions that can really overlap on the device: a model
 with ``instance_group`` count ≥ 2, or two Triton endpoints (``--url`` twice, like two
@@ -306,6 +311,10 @@ class ProfileReport:
     """Why the sweep gave no knee, when the body comes from saturation alone: two
     inferences that barely slow each other (MPS) have no knee, but the GPU's throughput
     still says what one costs."""
+    full_load: dict[str, float] | None = None
+    """The streams paced at the recommended cost (:func:`full_load`): ``streams``,
+    ``fps``, ``spacing_ms``, ``frames``, ``missed``, ``p50_ms``, ``p99_ms``. None where the
+    stage did not run."""
 
     def warnings(self) -> list[str]:
         """What a user must know before trusting the figures."""
@@ -338,6 +347,16 @@ class ProfileReport:
                 "which no body outlasts: the sweep misread it (the two servers' latencies "
                 "settled apart, or the host was busy), so the body is overstated and costs "
                 "capacity; re-run the profile"
+            )
+        if self.full_load_too_slow:
+            f = self.full_load or {}
+            out.append(
+                f"at the load its cost admits ({f['streams']:.0f} streams at {f['fps']:.1f} fps, "
+                f"starts {f['spacing_ms']:.1f} ms apart, as a full GPU's table starts them) "
+                f"answers took {f['p99_ms']:.1f} ms at p99, {f['p99_ms'] / (p50 or 1):.2f} x "
+                f"the solo p50, and {f['missed']:.0f} of {f['frames']:.0f} frames were missed: "
+                "streams packed this tightly answer this slowly whatever their slots; a CUDA "
+                "graph steadies an eager body, and a lower throughputCap admits fewer"
             )
         if self.effective_body_ms is not None and len(self.urls) == 1:
             out.append(
@@ -380,6 +399,15 @@ class ProfileReport:
         return self.knee_ms if self.knee_ms is not None else self.solo_ms.get("p50", 0.0)
 
     @property
+    def full_load_too_slow(self) -> bool:
+        """At full load a frame was missed, or the p99 passed ``FULL_LOAD_SLOWDOWN`` x the
+        solo p50: what slots cannot mend, so the profile says so."""
+        f, p50 = self.full_load, self.solo_ms.get("p50")
+        if not f or not p50:
+            return False
+        return f["missed"] > 0 or f["p99_ms"] > FULL_LOAD_SLOWDOWN * p50
+
+    @property
     def knee_past_solo(self) -> bool:
         """The knee lies past the solo p50, which no body outlasts: the sweep misread it,
         and the report asks for a re-run."""
@@ -420,6 +448,12 @@ class ProfileReport:
 SWEEP_SPAN = 1.5
 """The offset sweep reaches this many times the solo p50 by default (a body is part of the
 solo latency, so its knee lies within; ``--max-offset-ms`` for one that does not)."""
+
+FULL_LOAD_SLOWDOWN = 2.0
+"""A p99 at full load past this many times the solo p50 is warned of: issue 20's bar for
+what the admitted streams get. Time-sliced on an H100 the loop's streams answered at
+1.2 x solo with a CUDA-graph body and 2.25-2.33 x with the same model eager, whose solo
+latency and two-stream sweep looked alike (runs 79, 83, 111; docs/calibration.md)."""
 
 UNSTEADY = 1.3
 """Solo p99 above this many times p50: the body is too unsteady for a slot to contain."""
@@ -561,6 +595,67 @@ def saturation(
     return rows
 
 
+def full_load(
+    make: Callable[[int], Endpoint],
+    streams: int,
+    cost_ms: float,
+    seconds: float,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """``streams`` open-loop streams, stream i on ``make(i)``, that together ask
+    1 / ``cost_ms`` frames a second: all the GPU sustains at that cost, the load the planner
+    admits at its default cap of 1.0. Stream i starts ``i x cost_ms`` after the first and
+    sends every ``streams x cost_ms``, so starts are ``cost_ms`` apart, as a full table's.
+    A frame due while its stream still waits for the previous answer is missed, as a
+    camera with one request in flight drops it. Missed frames and the answers' latency."""
+    if cost_ms <= 0 or streams < 1:
+        raise ProfileError(f"full load: {streams} streams {cost_ms:g} ms apart paces nothing")
+    period = streams * cost_ms / 1e3
+    endpoints = [make(i) for i in range(streams)]
+    latencies: list[list[float]] = [[] for _ in range(streams)]
+    missed = [0] * streams
+    errors: list[Exception] = []
+    t0 = time.perf_counter() + 0.05
+    end = t0 + seconds
+
+    def stream(i: int) -> None:
+        due = t0 + i * cost_ms / 1e3
+        try:
+            while due < end:
+                _precise_wait(due)
+                latencies[i].append(endpoints[i].infer() * 1e3)
+                due += period
+                while due < min(time.perf_counter(), end):  # answered after its next frame
+                    missed[i] += 1
+                    due += period
+        except Exception as e:  # reported by the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for e in endpoints:
+        e.close()
+    if errors:
+        raise ProfileError(_message(errors[0])) from errors[0]
+    answered = [x for per in latencies for x in per]
+    if progress:
+        progress(1)
+    if not answered:
+        raise ProfileError(f"full load: no frame answered in {seconds:g} s")
+    return {
+        "streams": float(streams),
+        "fps": 1.0 / period,
+        "spacing_ms": cost_ms,
+        "frames": float(len(answered) + sum(missed)),
+        "missed": float(sum(missed)),
+        "p50_ms": float(np.percentile(answered, 50)),
+        "p99_ms": float(np.percentile(answered, 99)),
+    }
+
+
 def default_levels(servers: int) -> list[int]:
     """Closed-loop client counts: powers of two up to the servers given (at least 4), and
     the number of servers itself (one client per server, as deployed)."""
@@ -583,6 +678,7 @@ def profile(
     max_offset_ms: float | None = None,
     saturation_levels: Sequence[int] | None = None,
     saturation_s: float = 2.0,
+    full_load_s: float = 5.0,
     guard: float = 0.15,
     progress: Callable[[str, int], Progress] | None = None,
     data: Mapping[str, Path] | None = None,
@@ -591,7 +687,8 @@ def profile(
     names files for the model's inputs (see :meth:`Endpoint._inputs`). The sweep uses the
     first two servers (or the first one's two instances); saturation spreads its clients
     over all of them, at ``saturation_levels`` (default: 1, 2, 4, ... up to the number of
-    servers, at least 4)."""
+    servers, at least 4); full load paces one stream per server (at least two, on one
+    server's instances) for ``full_load_s`` seconds (0: not run)."""
     if not urls:
         raise ProfileError("give at least one Triton URL")
     levels = list(saturation_levels or default_levels(len(urls)))
@@ -685,4 +782,12 @@ def profile(
         no_knee=no_knee,
     )
     report.recommended_cost_ms = recommended_cost_ms(effective, body, steady=report.steady)
+    if full_load_s > 0:
+        report.full_load = full_load(
+            lambda i: Endpoint(urls[i % len(urls)], model, version, data),
+            max(len(urls), 2),
+            report.recommended_cost_ms or body,
+            full_load_s,
+            stage("full load", 1),
+        )
     return report

@@ -333,6 +333,8 @@ def profile_summary(
         "warnings": report.warnings(),
         "kneePastSolo": report.knee_past_solo,
         "stalledPairs": len(report.stalled_pairs()),
+        # the profile's own streams paced at the cost: beside the loop's, what it foretold
+        "fullLoad": report.full_load,
         "sweep": sweep_rows(report.sweep),
     }
 

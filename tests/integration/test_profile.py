@@ -19,7 +19,7 @@ from stagger.core.calibration import (
     recommended_cost_ms,
     throughput_growth,
 )
-from stagger.profiler import ProfileReport, profile
+from stagger.profiler import Endpoint, ProfileReport, full_load, profile
 from stagger_testkit.localtriton import LocalTriton
 from tests.integration.sidecar_fixtures import MODELS
 
@@ -34,6 +34,8 @@ QUICK = [
     "2",
     "--saturation-seconds",
     "1",
+    "--full-load-seconds",
+    "2",
     "-o",
     "json",
 ]
@@ -119,6 +121,56 @@ def test_the_profiler_finds_the_known_body(
     assert report["recommended_latency_ms"] >= report["recommended_body_ms"]
     assert any("saturation used one server" in w for w in report["warnings"])
     assert plot.stat().st_size > 10_000
+    assert_full_load_paced_at_the_cost(report, seconds=2.0)
+
+
+def assert_full_load_paced_at_the_cost(report: dict, seconds: float) -> None:
+    """Two streams (one server's two instances) started the recommended cost apart, each
+    every two costs, for the seconds asked; the lock is held one body at a time and each
+    start comes a cost after the last, so no frame queues behind another's body: they
+    answer about as alone. Warned of exactly when its own figures pass the bar."""
+    full = report["full_load"]
+    cost = report["recommended_cost_ms"]
+    assert full["streams"] == 2 and full["spacing_ms"] == cost
+    assert full["fps"] == pytest.approx(1e3 / (2 * cost))
+    due = seconds * 2 * full["fps"]
+    assert due - 3 <= full["frames"] <= due + 2, (full, due)
+    solo = report["solo_ms"]["p50"]
+    assert BODY_MS < full["p50_ms"] <= 1.5 * solo, (full, report["solo_ms"])
+    warned = any(w.startswith("at the load its cost admits") for w in report["warnings"])
+    assert warned is (full["missed"] > 0 or full["p99_ms"] > 2 * solo), (full, solo)
+
+
+def test_full_load_past_what_the_device_sustains_is_measured_and_warned_of(
+    triton: LocalTriton,
+) -> None:
+    """Paced at half the lock's body, two streams ask twice what the lock serves: frames
+    wait for the other stream's body, answers come after the next frame was due (missed,
+    about every other one: a stream sends again only at its first frame due after the
+    answer), and the report built on those figures says so."""
+
+    def make(_: int) -> Endpoint:
+        return Endpoint(f"http://{triton.http}", "exclusive")
+
+    solo = make(0)
+    solo_p50 = float(np.median([solo.infer() * 1e3 for _ in range(10)]))
+    solo.close()
+    full = full_load(make, 2, BODY_MS / 2, 2.0)
+    assert full["missed"] >= full["frames"] / 4, full
+    assert full["p99_ms"] > solo_p50 + BODY_MS / 4, (full, solo_p50)
+    report = ProfileReport(
+        model="exclusive",
+        urls=[triton.http],
+        solo_ms={"p50": solo_p50},
+        sweep=[],
+        knee_ms=None,
+        knee_ci_ms=None,
+        slope=None,
+        level_ms=None,
+        full_load=full,
+    )
+    assert report.full_load_too_slow
+    assert any(w.startswith("at the load its cost admits (2 streams") for w in report.warnings())
 
 
 def test_two_servers_sharing_the_device(
@@ -171,6 +223,7 @@ def test_a_table_report_gives_figures_a_manifest_takes_as_is(
     assert code == 0, err
     assert "recommended latencyMs" in out and "recommended exclusiveBody" in out
     assert "frames/s fit the model's own time" in out  # from Triton's statistics
+    assert "at full load" in out and "2 streams at" in out and "frames missed" in out
     snippet = next(line for line in out.splitlines() if "spec: {bodyTimeMs:" in line)
     spec = yaml.safe_load(snippet)["spec"]
     assert spec["costMs"] <= spec["bodyTimeMs"]
@@ -215,6 +268,10 @@ def test_a_model_without_a_body_gets_no_made_up_number(
         ),
         (["--url", "ftp://x:1", "--model", "m", "--wait-ready", "5"], "use http://HOST:PORT"),
         (["--url", "http://x:1", "--model", "m", "--wait-ready", "-1"], "give seconds, 0 or more"),
+        (
+            ["--url", "http://x:1", "--model", "m", "--full-load-seconds", "-1"],
+            "--full-load-seconds -1: give seconds, 0 or more",
+        ),
     ],
 )
 def test_bad_targets_say_what_is_wrong(

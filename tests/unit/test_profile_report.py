@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
+
 from stagger.core.calibration import SweepPoint, recommended_cost_ms
 from stagger.profile_cmd import one_at_a_time
-from stagger.profiler import Endpoint, ProfileReport, settled_totals
+from stagger.profiler import Endpoint, ProfileError, ProfileReport, full_load, settled_totals
 
 
 def report(
@@ -177,3 +179,56 @@ def test_statistics_are_read_once_they_count_every_answered_execution() -> None:
     stuck = LaggingStatistics([(3, 30)])
     assert settled_totals(cast(Endpoint, stuck), 10) == (3, 30)
     assert settled_totals(cast(Endpoint, LaggingStatistics([None])), 10) is None
+
+
+def full_load_figures(p99_ms: float, missed: float = 0.0) -> dict[str, float]:
+    return {
+        "streams": 9.0,
+        "fps": 9.1,
+        "spacing_ms": 12.2,
+        "frames": 410.0,
+        "missed": missed,
+        "p50_ms": 16.0,
+        "p99_ms": p99_ms,
+    }
+
+
+def test_a_body_that_slows_at_full_load_is_flagged_though_it_looked_steady() -> None:
+    """Time-sliced on an H100 the eager RetinaNet's solo p99 was 1.03 x its p50 and its
+    sweep looked as the CUDA graph's did, but its admitted streams answered at 2.25 and
+    2.33 x solo (runs 79, 83): what the full-load stage measures, the profile says."""
+    steady = report(12.3, 13.0, 13.4)
+    assert steady.steady and steady.warnings() == []
+    steady.full_load = full_load_figures(p99_ms=30.3)
+    (warning,) = steady.warnings()
+    assert warning.startswith(
+        "at the load its cost admits (9 streams at 9.1 fps, starts 12.2 ms apart, as a full "
+        "GPU's table starts them) answers took 30.3 ms at p99, 2.33 x the solo p50, and 0 of "
+        "410 frames were missed"
+    )
+    assert "a CUDA graph steadies an eager body" in warning
+    # within the bar, nothing; one missed frame is enough, however quick the rest
+    steady.full_load = full_load_figures(p99_ms=25.9)
+    assert steady.warnings() == [] and not steady.full_load_too_slow
+    steady.full_load = full_load_figures(p99_ms=15.0, missed=1)
+    assert steady.full_load_too_slow and "1 of 410 frames were missed" in steady.warnings()[0]
+
+
+def test_the_full_load_figures_survive_the_json_a_job_writes() -> None:
+    r = report(12.3, 13.0, 13.4)
+    r.full_load = full_load_figures(p99_ms=30.3)
+    again = ProfileReport.from_json(r.to_json())
+    assert again.full_load == r.full_load and again.warnings() == r.warnings()
+    # a report written before the stage existed reads as one that did not run it
+    old = {k: v for k, v in r.to_json().items() if k != "full_load"}
+    assert ProfileReport.from_json(old).full_load is None
+
+
+def test_full_load_refuses_a_pace_of_nothing() -> None:
+    """A cost of 0 would send without end; no server is asked anything."""
+
+    def make(_: int) -> Endpoint:
+        raise AssertionError("no server is asked")
+
+    with pytest.raises(ProfileError, match="2 streams 0 ms apart paces nothing"):
+        full_load(make, 2, 0.0, 1.0)
