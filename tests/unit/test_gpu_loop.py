@@ -399,6 +399,27 @@ def test_an_unsteady_body_must_only_admit_what_random_phases_hold() -> None:
     assert not fewer["met"]
 
 
+def test_a_body_the_profile_found_slow_at_full_load_must_only_admit_what_random_phases_hold() -> (
+    None
+):
+    """Issue 20: where a body cannot meet the latency targets, ``stagger profile`` says so
+    plainly and the planner still admits what random phases hold. An eager body time-sliced
+    (runs 79, 83) looked steady alone: only the full-load stage says so."""
+    warning = (
+        "at the load its cost admits (9 streams at 9.1 fps, starts 12.2 ms apart, as a full "
+        "GPU's table starts them) answers took 30.3 ms at p99, 2.33 x the solo p50, ..."
+    )
+    result = identical(7, measured(64.0, frames=3010), {6: measured(49.6), 7: measured(52.0, 0.1)})
+    calibration = {"calibration": {"warnings": [warning]}}
+    (v,) = loop_verdict(run("time-slicing", eager=result | {"body": "eager"} | calibration))
+    assert v["slowAtFullLoad"] and not v["unsteady"] and v["met"]
+    assert v["checks"]["admits"]["target"] == 6 and not v["checks"]["p99OverSolo"]["required"]
+    assert "random's 6 (slow at full load, said the profile)" in render_loop([v])
+    # without the warning the same figures are judged in full, and fail
+    (judged,) = loop_verdict(run("time-slicing", eager=result | {"body": "eager"}))
+    assert not judged["slowAtFullLoad"] and not judged["met"]
+
+
 def test_a_p99_a_hair_over_twice_solo_fails_and_reads_so() -> None:
     """Run 13: 52.45 ms against a 26.22 ms solo p50 is 2.0004 x: not met, and the report
     must not print it as 2.0."""
