@@ -618,21 +618,32 @@ def full_load(
     latencies: list[list[float]] = [[] for _ in range(streams)]
     missed = [0] * streams
     errors: list[Exception] = []
-    t0 = time.perf_counter() + 0.05
-    end = t0 + seconds
+    clock: dict[str, float] = {}
+    # The clock starts once every stream has its own connection: a client is per thread,
+    # and a first request that also connects would read as a slow answer.
+    ready = threading.Barrier(streams, action=lambda: clock.update(t0=time.perf_counter() + 0.02))
 
     def stream(i: int) -> None:
-        due = t0 + i * cost_ms / 1e3
+        endpoint = endpoints[i]
         try:
-            while due < end:
+            endpoint.client.is_server_live()
+        except Exception as e:  # reported by the caller's thread
+            errors.append(e)
+        ready.wait()
+        end = clock["t0"] + seconds
+        due = clock["t0"] + i * cost_ms / 1e3
+        try:
+            while due < end and not errors:
                 _precise_wait(due)
-                latencies[i].append(endpoints[i].infer() * 1e3)
+                latencies[i].append(endpoint.infer() * 1e3)
                 due += period
                 while due < min(time.perf_counter(), end):  # answered after its next frame
                     missed[i] += 1
                     due += period
-        except Exception as e:  # reported by the caller's thread
+        except Exception as e:
             errors.append(e)
+        finally:
+            endpoint.close()  # this thread's client
 
     threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(streams)]
     for t in threads:

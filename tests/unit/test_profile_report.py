@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, cast
 
 import pytest
@@ -232,3 +234,50 @@ def test_full_load_refuses_a_pace_of_nothing() -> None:
 
     with pytest.raises(ProfileError, match="2 streams 0 ms apart paces nothing"):
         full_load(make, 2, 0.0, 1.0)
+
+
+class PacedEndpoint:
+    """Answers in ``answer_s``; the ``fail_at``-th request of it fails as Triton's would."""
+
+    def __init__(self, answer_s: float, fail_at: int | None = None) -> None:
+        self.answer_s, self.fail_at, self.sent = answer_s, fail_at, 0
+        self.closed_in: list[threading.Thread] = []
+        self.client = self
+
+    def is_server_live(self) -> bool:
+        return True
+
+    def infer(self) -> float:
+        self.sent += 1
+        if self.sent == self.fail_at:
+            raise ProfileError("model 'm' failed at http://b:8000: out of memory")
+        time.sleep(self.answer_s)
+        return self.answer_s
+
+    def close(self) -> None:
+        self.closed_in.append(threading.current_thread())
+
+
+def test_full_load_paces_each_stream_and_counts_an_answer_past_its_next_frame_as_a_miss() -> None:
+    """Two streams 20 ms apart, each every 40 ms, for 0.4 s: 10 frames due each. The quick
+    one answers every frame; the slow one (50 ms, past its next frame) sends every other
+    frame and misses the rest. A client is per thread: each stream's thread closes its own,
+    and the caller the one the endpoint was made with."""
+    quick, slow = PacedEndpoint(0.005), PacedEndpoint(0.05)
+    endpoints = [quick, slow]
+    out = full_load(lambda i: cast(Endpoint, endpoints[i]), 2, 20.0, 0.4)
+    assert out["streams"] == 2 and out["fps"] == pytest.approx(25.0)
+    assert quick.sent == 10 and slow.sent == 5, (quick.sent, slow.sent)
+    assert out["frames"] == 20 and out["missed"] == 5
+    assert 5.0 <= out["p50_ms"] < 50.0 and out["p99_ms"] >= 50.0
+    for endpoint in endpoints:
+        assert len(endpoint.closed_in) == 2
+        assert threading.main_thread() in endpoint.closed_in
+
+
+def test_a_server_failing_at_full_load_ends_the_stage_with_its_words() -> None:
+    endpoints = [PacedEndpoint(0.002), PacedEndpoint(0.002, fail_at=3)]
+    with pytest.raises(ProfileError, match="out of memory"):
+        full_load(lambda i: cast(Endpoint, endpoints[i]), 2, 10.0, 5.0)
+    # the other stream stopped too, well before its 5 s: about as many frames as the failed one
+    assert endpoints[0].sent <= 5, endpoints[0].sent
