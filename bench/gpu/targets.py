@@ -277,9 +277,30 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
         "loopP99Ms": loop.get("p99Ms"),
         "unsteady": unsteady,
         "slowAtFullLoad": slow_at_full_load,
+        **_full_load(r["calibration"], loop, solo_p50),
         "warnings": warnings,
         "checks": checks,
         "met": all(c["met"] for c in checks.values() if c.get("required", True)),
+    }
+
+
+def _full_load(
+    calibration: dict[str, Any], loop: dict[str, Any], solo_p50: float
+) -> dict[str, Any]:
+    """The profile's full-load stage beside the loop it foretells: each p99 over its own
+    solo p50 (the profile's and the bench's differ by the way to the model)."""
+    full, profile_solo = calibration.get("fullLoad"), calibration.get("soloP50Ms")
+    if not full or not profile_solo:
+        return {}
+    return {
+        "fullLoad": {
+            "streams": int(full["streams"]),
+            "fps": round(full["fps"], 2),
+            "p99OverSolo": round(full["p99_ms"] / profile_solo, 4),
+            "missed": int(full["missed"]),
+            "frames": int(full["frames"]),
+            "loopP99OverSolo": round(loop["p99Ms"] / solo_p50, 4) if loop else None,
+        }
     }
 
 
@@ -657,6 +678,15 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                 f"\n{v.get('mode', '')}, {v['setting']}, transparent on {len(judged)} draws of "
                 f"camera phases (the bench's first): p99 / random's {ratios} (floors {floors}): "
                 f"met in {sum(d['met'] for d in judged)} of {len(judged)}{stopped}"
+            )
+    for v in verdicts:
+        f = v.get("fullLoad")
+        if f:
+            lines.append(
+                f"\n{v.get('mode', '')}, {v['setting']}: the profile's own {f['streams']} "
+                f"streams at full load ({f['fps']:g} fps each): p99 / its solo p50 "
+                f"{f['p99OverSolo']}, {f['missed']} of {f['frames']} frames missed; "
+                f"the loop's p99 / solo p50 {f['loopP99OverSolo']}"
             )
     for v in verdicts:
         a = v.get("atCap")

@@ -420,6 +420,37 @@ def test_a_body_the_profile_found_slow_at_full_load_must_only_admit_what_random_
     assert not judged["slowAtFullLoad"] and not judged["met"]
 
 
+def test_the_profile_s_full_load_is_shown_beside_the_loop_it_foretells() -> None:
+    """Each over its own solo p50: the profile's streams went straight to Triton, the
+    loop's through sidecars. A profile recorded before the stage shows nothing."""
+    full = {
+        "streams": 9.0,
+        "fps": 9.114,
+        "spacing_ms": 12.19,
+        "frames": 410.0,
+        "missed": 0.0,
+        "p50_ms": 14.1,
+        "p99_ms": 17.2,
+    }
+    result = identical(8, measured(19.85), {8: measured(81.3), 9: measured(106.3, 17.1)})
+    calibration = {"calibration": {"warnings": [], "soloP50Ms": 13.71, "fullLoad": full}}
+    (v,) = loop_verdict(run("time-slicing", graph=result | calibration))
+    assert v["fullLoad"] == {
+        "streams": 9,
+        "fps": 9.11,
+        "p99OverSolo": round(17.2 / 13.71, 4),
+        "missed": 0,
+        "frames": 410,
+        "loopP99OverSolo": round(19.85 / v["soloP50Ms"], 4),
+    }
+    assert (
+        "graph: the profile's own 9 streams at full load (9.11 fps each): p99 / its solo p50 "
+        "1.2546, 0 of 410 frames missed; the loop's p99 / solo p50" in render_loop([v])
+    )
+    (before,) = loop_verdict(run("time-slicing", graph=result))
+    assert "fullLoad" not in before and "at full load" not in render_loop([before])
+
+
 def test_a_p99_a_hair_over_twice_solo_fails_and_reads_so() -> None:
     """Run 13: 52.45 ms against a 26.22 ms solo p50 is 2.0004 x: not met, and the report
     must not print it as 2.0."""
