@@ -36,7 +36,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "profile",
         help="measure a model's body time (two-stream offset sweep) and recommend bodyTimeMs",
         description="Against a running Triton: solo latency, a two-stream offset sweep "
-        "(coarse, then fine near the knee), saturation throughput. The model needs two "
+        "(coarse, then fine near the knee), saturation throughput, and one paced stream per "
+        "server at the recommended cost (full load). The model needs two "
         "executions that can overlap: instance_group count >= 2, or --url twice.",
     )
     p.add_argument(
