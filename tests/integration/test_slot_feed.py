@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import tritonclient.http.aio as httpclient
 
 from stagger.core.api import GpuSchedule
 from stagger.core.contract import CONTRACT_FILE, SlotAssignment
+from stagger.core.phase import MIN_SAMPLES
 from stagger.core.telemetry import SLOT_CONTRACTS_LATE, SLOT_FEED_UP
 from stagger_operator.feed import SlotFeed, serve
 from stagger_sidecar.feed import FeedClient, Measured
@@ -369,22 +371,33 @@ async def test_a_sidecar_takes_its_contract_from_the_feed_before_its_file_and_re
         assert metric(samples, SLOT_FEED_UP) == 1
         assert metric(samples, SLOT_CONTRACTS_LATE) == 0
 
-        # The app sends a frame every 100 ms at 55 ms into the period (epoch: Unix 0).
+        # The app sends a frame every 100 ms at 55 ms into the period (epoch: Unix 0), and
+        # goes on while the phase is awaited: a sidecar forgets the phase of a stream quiet
+        # for 1 s (its app stopped), so a report looked for after the app's last frame can
+        # be gone already (a clean CI run stopped after 12 frames and lost that race).
         client = httpclient.InferenceServerClient(f"127.0.0.1:{sidecar.ports['http']}")
         sent: list[asyncio.Task[Any]] = []
-        try:
+
+        async def camera() -> None:
             start = (time.time() // 0.1 + 1) * 0.1
-            for k in range(12):
+            for k in itertools.count():
                 await asyncio.sleep(max(0.0, start + k * 0.1 + 0.055 - time.time()))
                 inputs = [httpclient.InferInput("INPUT0", [1], "FP32")]
                 inputs[0].set_data_from_numpy(np.array([1.0], dtype=np.float32))
                 sent.append(asyncio.create_task(client.infer("add_one", inputs)))
-            await asyncio.gather(*sent)
+
+        running = asyncio.create_task(camera())
+        try:
             report = await until(
                 lambda: (r := feed.reports().get(key)) and r.arrival and r, what="a phase"
             )
         finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            await asyncio.gather(*sent)  # every frame sent was answered
             await client.close()
+        assert len(sent) >= MIN_SAMPLES  # a phase is claimed from 8 arrivals, not fewer
         phase, spread = report.arrival
         assert abs(phase - 0.055) < 0.005 and spread < 0.005
         assert report.generation == 2 and feed.connected() == {key}
