@@ -659,14 +659,15 @@ def full_load(
         progress(1)
     if not answered:
         raise ProfileError(f"full load: no frame answered in {seconds:g} s")
+    latency = distribution(answered)
     return {
         "streams": float(streams),
         "fps": 1.0 / period,
         "spacing_ms": cost_ms,
         "frames": float(len(answered) + sum(missed)),
         "missed": float(sum(missed)),
-        "p50_ms": float(np.percentile(answered, 50)),
-        "p99_ms": float(np.percentile(answered, 99)),
+        "p50_ms": latency["p50"],
+        "p99_ms": latency["p99"],
     }
 
 
