@@ -473,7 +473,7 @@ def _outside_note(t: dict[str, Any]) -> str:
     if share is None:
         return ""
     held = "; its gates held almost nothing" if share > OUTSIDE_SLOTS_WARN else ""
-    return f" ({100 * share:.1f} % of its frames went outside their slots{held})"
+    return f" ({100 * share:.1f} % of its frames went outside their slots over the whole run{held})"
 
 
 OUTSIDE_SLOTS_WARN = 0.5
