@@ -451,6 +451,56 @@ def test_the_profile_s_full_load_is_shown_beside_the_loop_it_foretells() -> None
     assert "fullLoad" not in before and "at full load" not in render_loop([before])
 
 
+def test_every_setting_is_judged_against_doing_nothing_at_its_own_n() -> None:
+    """Run 116 (MPS, a slow H100): admitted random phases' 14, but the loop lost 3 of 1,540
+    at 1.14 x their p99 where they lost none, and transparent mode at 14 answered at
+    1.16 x: both worse than the same GPU with no product, which the report says in so
+    many words. Run 115: the loop at 8 beat random phases at 8 (0 lost against 0.395 %)."""
+    transparent = {
+        "settledAfterS": 5.89,
+        "steady": {"p99Ms": 64.53, "dropPercent": 0.0, "answeredPerStream": [151] * 14},
+    }
+    worse = identical(
+        14, measured(63.26, 0.195, 1540), {14: measured(55.55), 15: measured(91.82, 1.2)}
+    ) | {"transparent": transparent}
+    (v,) = loop_verdict(run("mps", graph=worse))
+    d = v["againstDoingNothing"]
+    assert d["admits"] == {"value": 14, "randomN": 14, "met": True}
+    assert d["loop"] == {
+        "n": 14,
+        "dropPercent": 0.195,
+        "randomDropPercent": 0.0,
+        "p99OverRandom": round(63.26 / 55.55, 4),
+        "better": False,
+    }
+    assert d["transparent"]["p99OverRandom"] == round(64.53 / 55.55, 4)
+    assert not d["transparent"]["better"]
+    text = render_loop([v])
+    assert (
+        "mps, graph: against doing nothing (random phases on the same GPU): admits 14 where "
+        "random phases held 14; loop at 14: drops 0.195 % against 0.0 %, p99 1.1388 x theirs: "
+        "WORSE than random phases; transparent at 14: drops 0.0 % against 0.0 %, p99 1.1617 x "
+        "theirs: WORSE than random phases"
+    ) in text
+    better = identical(
+        8, measured(73.59, 0.0, 1520), {6: measured(48.92), 8: measured(87.0, 0.395)}
+    )
+    (b,) = loop_verdict(run("time-slicing", graph=better))
+    assert b["againstDoingNothing"]["loop"]["better"]
+    assert "transparent" not in b["againstDoingNothing"]  # no transparent run recorded
+    line = next(x for x in render_loop([b]).splitlines() if "against doing nothing" in x)
+    assert "WORSE" not in line and "FEWER" not in line
+    # fewer admitted than random phases held, and no random run at the admitted N
+    fewer = identical(6, measured(40.0), {7: measured(50.0), 8: measured(60.0, 0.3)})
+    (f,) = loop_verdict(run("time-slicing", graph=fewer))
+    assert f["againstDoingNothing"] == {"admits": {"value": 6, "randomN": 7, "met": False}}
+    assert "admits 6 where random phases held 7: FEWER" in render_loop([f])
+    # random phases not run at all (run 91): nothing to judge admission by
+    (n,) = loop_verdict(run("mps", graph=identical(15, measured(30.0), {})))
+    assert n["againstDoingNothing"] == {"admits": {"value": 15, "randomN": None, "met": None}}
+    assert "admits 15, random phases not run" in render_loop([n])
+
+
 def test_a_p99_a_hair_over_twice_solo_fails_and_reads_so() -> None:
     """Run 13: 52.45 ms against a 26.22 ms solo p50 is 2.0004 x: not met, and the report
     must not print it as 2.0."""
