@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -745,22 +746,22 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
                 f"camera phases (the bench's first): p99 / random's {ratios} (floors {floors}): "
                 f"met in {sum(d['met'] for d in judged)} of {len(judged)}{stopped}"
             )
-    for v in verdicts:
-        f = v.get("fullLoad")
-        if f:
-            lines.append(
-                f"\n{v.get('mode', '')}, {v['setting']}: the profile's own {f['streams']} "
-                f"streams at full load ({f['fps']:g} fps each): p99 / its solo p50 "
-                f"{f['p99OverSolo']}, {f['missed']} of {f['frames']} frames missed; "
-                f"the loop's p99 / solo p50 {f['loopP99OverSolo']}"
-            )
-    for v in verdicts:
-        d = v.get("againstDoingNothing")
-        if d:
-            lines.append(
-                f"\n{v.get('mode', '')}, {v['setting']}: against doing nothing (random phases "
-                f"on the same GPU): {_doing_nothing_note(d)}"
-            )
+    lines += _per_setting(
+        verdicts,
+        "fullLoad",
+        lambda f: (
+            f"the profile's own {f['streams']} streams at full load ({f['fps']:g} fps each): "
+            f"p99 / its solo p50 {f['p99OverSolo']}, {f['missed']} of {f['frames']} frames "
+            f"missed; the loop's p99 / solo p50 {f['loopP99OverSolo']}"
+        ),
+    )
+    lines += _per_setting(
+        verdicts,
+        "againstDoingNothing",
+        lambda d: (
+            f"against doing nothing (random phases on the same GPU): {_doing_nothing_note(d)}"
+        ),
+    )
     for v in verdicts:
         a = v.get("atCap")
         if a:
@@ -778,6 +779,13 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
         for w in v.get("warnings", []):
             lines.append(f"\n{v.get('mode', '')}, {v['setting']}: warning: {w}")
     return "\n".join(lines)
+
+
+def _per_setting(
+    verdicts: list[dict[str, Any]], key: str, say: Callable[[dict[str, Any]], str]
+) -> list[str]:
+    """One line for each setting whose verdict has ``key``, headed by the setting."""
+    return [f"\n{v.get('mode', '')}, {v['setting']}: {say(v[key])}" for v in verdicts if v.get(key)]
 
 
 def main() -> None:
