@@ -350,13 +350,22 @@ class ProfileReport:
             )
         if self.full_load_too_slow:
             f = self.full_load or {}
+            share = self.full_load_model_time_share
+            past_second = (
+                f"; the model alone needs {share:.2f} of each second at this load "
+                "(soloComputeMs x frames a second): time-sliced, no table fits that, and "
+                "chargeModelTime admits only what does"
+                if share is not None and share > 1
+                else ""
+            )
             out.append(
                 f"{FULL_LOAD_WARNING} ({f['streams']:.0f} streams at {f['fps']:.1f} fps, "
                 f"starts {f['spacing_ms']:.1f} ms apart, as a full GPU's table starts them) "
                 f"answers took {f['p99_ms']:.1f} ms at p99, {f['p99_ms'] / (p50 or 1):.2f} x "
                 f"the solo p50, and {f['missed']:.0f} of {f['frames']:.0f} frames were missed: "
-                "streams packed this tightly answer this slowly whatever their slots; a CUDA "
-                "graph steadies an eager body, and a lower throughputCap admits fewer"
+                "streams packed this tightly answer this slowly whatever their slots; if the "
+                f"model runs eagerly, a CUDA graph steadies it{past_second}; a lower "
+                "throughputCap admits fewer"
             )
         if self.effective_body_ms is not None and len(self.urls) == 1:
             out.append(
@@ -406,6 +415,17 @@ class ProfileReport:
         if not f or not p50:
             return False
         return f["missed"] > 0 or f["p99_ms"] > FULL_LOAD_SLOWDOWN * p50
+
+    @property
+    def full_load_model_time_share(self) -> float | None:
+        """How much of each second the model's own time alone (``solo_compute_ms``) fills
+        at the full-load stage's frames a second: past 1, time-sliced bodies cannot take
+        turns without running into each other, which on H100s went with a loop answering
+        at 2.3-2.9 x solo (runs 81, 85, 86; 4.77 x in run 115, whose stage read 1.11)."""
+        f = self.full_load
+        if not f or self.solo_compute_ms is None:
+            return None
+        return self.solo_compute_ms * f["streams"] * f["fps"] / 1e3
 
     @property
     def knee_past_solo(self) -> bool:

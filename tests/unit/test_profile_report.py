@@ -208,7 +208,20 @@ def test_a_body_that_slows_at_full_load_is_flagged_though_it_looked_steady() -> 
         "GPU's table starts them) answers took 30.3 ms at p99, 2.33 x the solo p50, and 0 of "
         "410 frames were missed"
     )
-    assert "a CUDA graph steadies an eager body" in warning
+    assert "if the model runs eagerly, a CUDA graph steadies it; a lower throughputCap" in warning
+    assert "of each second" not in warning  # no solo compute measured: nothing to say of it
+    # the model's own time fills 9 x 9.1 x 12.6 ms = 1.03 of each second: said, with the fix
+    steady.solo_compute_ms = 12.6
+    assert steady.full_load_model_time_share == pytest.approx(12.6 * 9 * 9.1 / 1e3)
+    (warning,) = steady.warnings()
+    assert (
+        "a CUDA graph steadies it; the model alone needs 1.03 of each second at this load "
+        "(soloComputeMs x frames a second): time-sliced, no table fits that, and "
+        "chargeModelTime admits only what does; a lower throughputCap admits fewer"
+    ) in warning
+    steady.solo_compute_ms = 11.0  # 0.90 of the second: it fits, so nothing of it
+    assert "of each second" not in steady.warnings()[0]
+    steady.solo_compute_ms = None
     # within the bar, nothing; one missed frame is enough, however quick the rest
     steady.full_load = full_load_figures(p99_ms=25.9)
     assert steady.warnings() == [] and not steady.full_load_too_slow
