@@ -206,10 +206,7 @@ def sidecar_container(stream: InferenceStream, p: ShardPlacement, s: OperatorSet
                 else []
             ),
         ],
-        "resources": {
-            "requests": {"cpu": "50m", "memory": "64Mi"},
-            "limits": {"memory": "128Mi"},
-        },
+        "resources": s.sidecar_resources.manifest(),
         "readinessProbe": http_probe("/readyz"),
         "livenessProbe": http_probe("/healthz"),
         "securityContext": _copy(RESTRICTED),

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import socket
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from kubernetes.utils import parse_quantity
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stagger import __version__
@@ -15,6 +16,56 @@ from stagger.core.placement import PlannerSettings
 from stagger.core.timebase import TICK_HZ
 
 GpuBinding = Literal["visible-devices", "dra", "resource", "none"]
+
+
+ResourceName = Literal["cpu", "memory", "ephemeral-storage"]
+Quantity = Annotated[
+    str,
+    # YAML reads `cpu: 1` as a number; the API takes either, and so do we
+    BeforeValidator(
+        lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+    ),
+]
+
+
+class ContainerResources(BaseModel):
+    """An injected container's ``resources`` (Kubernetes quantities), checked as the API
+    server would check them: a bad quantity, or a limit under its request, stops the
+    operator at start with the setting's name rather than failing every shard's pod."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    requests: dict[ResourceName, Quantity] = Field(default_factory=dict)
+    limits: dict[ResourceName, Quantity] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _quantities(self) -> ContainerResources:
+        parsed = {}
+        for side, values in (("requests", self.requests), ("limits", self.limits)):
+            for name, value in values.items():
+                try:
+                    parsed[side, name] = parse_quantity(value)  # type: ignore[no-untyped-call]
+                except ValueError:
+                    raise ValueError(f"{side}.{name}: {value!r} is not a quantity") from None
+        for name in self.requests.keys() & self.limits.keys():
+            if parsed["limits", name] < parsed["requests", name]:
+                raise ValueError(
+                    f"limits.{name} ({self.limits[name]}) is below requests.{name} "
+                    f"({self.requests[name]})"
+                )
+        return self
+
+    def manifest(self) -> dict[str, dict[str, str]]:
+        """The container's ``resources``, each side only where it names something."""
+        sides = (("requests", self.requests), ("limits", self.limits))
+        return {side: {str(k): v for k, v in values.items()} for side, values in sides if values}
+
+
+SIDECAR_RESOURCES = ContainerResources(
+    requests={"cpu": "50m", "memory": "64Mi"}, limits={"memory": "128Mi"}
+)
+"""The sidecar's default: it relays a stream's requests at 0.1-0.5 core per 1000 a second
+(docs/benchmarks.md, sidecar overhead) and idles at 0.002 core. No CPU limit: a throttled
+proxy adds its throttling to every answer's tail."""
 
 
 class OperatorSettings(BaseSettings):
@@ -64,6 +115,10 @@ class OperatorSettings(BaseSettings):
     could run pods as any account of its namespace. ``["*"]``: any."""
 
     sidecar_image: str = f"stagger/sidecar:{__version__}"
+    sidecar_resources: ContainerResources = SIDECAR_RESOURCES
+    """The injected sidecar's requests and limits (JSON in ``STAGGER_SIDECAR_RESOURCES``).
+    A pod whose own containers are Guaranteed (requests equal to limits) stays Guaranteed
+    only where these are too: set requests equal to limits for cpu and memory."""
     sidecar_http_port: int = 8800
     sidecar_grpc_port: int = 8801
     sidecar_metrics_port: int = 9400

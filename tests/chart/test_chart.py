@@ -124,6 +124,7 @@ def pod_images(objects: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
         ["operator.allowedServiceAccounts={default,camera-app}"],
         ["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"],
         ["metrics.podMonitor.enabled=true", "dashboards.enabled=false"],
+        ["sidecar.resources.requests.cpu=100m", "sidecar.resources.limits.cpu=100m"],
     ],
 )
 def test_other_values_render_valid_objects(values: list[str]) -> None:
@@ -171,6 +172,14 @@ def test_other_values_render_valid_objects(values: list[str]) -> None:
         assert pod_monitors == []
     if "operator.extraEnv.STAGGER_DRIFT_PERCENT=30" in values:
         assert env["STAGGER_DRIFT_PERCENT"] == "30"
+    if "sidecar.resources.limits.cpu=100m" in values:  # what the operator injects, parsed
+        from stagger_operator.settings import ContainerResources
+
+        injected = ContainerResources.model_validate_json(env["STAGGER_SIDECAR_RESOURCES"])
+        assert injected.manifest() == {
+            "requests": {"cpu": "100m", "memory": "64Mi"},
+            "limits": {"cpu": "100m", "memory": "128Mi"},
+        }
 
 
 @pytest.mark.parametrize(
@@ -184,6 +193,7 @@ def test_other_values_render_valid_objects(values: list[str]) -> None:
         (["operator.replicas=2", "operator.leaderElection=false"], "two planners would fight"),
         (["serviceAccount.create=false"], "name an existing ServiceAccount"),
         (["dashboards.namespace=Monitoring"], "/dashboards/namespace"),
+        (["sidecar.resources.requests.nvidia\\.com/gpu=1"], "/sidecar/resources/requests"),
     ],
 )
 def test_bad_values_fail_with_the_key(values: list[str], says: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ import yaml
 from stagger.core.placement import plan
 from stagger_operator import manifests
 from stagger_operator.desired import desired_state
-from stagger_operator.settings import OperatorSettings
+from stagger_operator.settings import ContainerResources, OperatorSettings
 from tests.factories import cluster, stream
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
@@ -201,6 +202,37 @@ def test_the_injected_sidecar_reads_the_streams_gate_settings(
         f"0.0.0.0:{ports['gate-grpc']}",
         f"0.0.0.0:{ports['metrics']}",
     )
+
+
+def test_a_guaranteed_pod_stays_guaranteed_where_the_sidecar_is_given_equal_limits() -> None:
+    """The QoS class is the pod's: every container's cpu and memory requests equal to its
+    limits. The default sidecar (no CPU limit) makes such a pod Burstable; the chart's
+    ``sidecar.resources`` keeps it Guaranteed (docs/operations.md)."""
+
+    def qos(deployment: dict[str, Any]) -> str:
+        guaranteed = all(
+            (r := c.get("resources") or {}).get("limits", {}).get(k) is not None
+            and r.get("requests", {}).get(k, r["limits"][k]) == r["limits"][k]
+            for c in deployment["spec"]["template"]["spec"]["containers"]
+            for k in ("cpu", "memory")
+        )
+        return "Guaranteed" if guaranteed else "Burstable"
+
+    fixed = {"cpu": "4", "memory": "16Gi"}
+    s, p = placed_stream()
+    template = copy.deepcopy(s.spec.template)  # the module's TEMPLATE is shared
+    for container in template["spec"]["containers"]:  # Triton and the app
+        container["resources"] = {"requests": dict(fixed), "limits": dict(fixed)}
+    s = s.model_copy(update={"spec": s.spec.model_copy(update={"template": template})})
+    assert qos(manifests.shard_deployment(s, p, OperatorSettings())) == "Burstable"
+    equal = ContainerResources(
+        requests={"cpu": "100m", "memory": "128Mi"}, limits={"cpu": "100m", "memory": "128Mi"}
+    )
+    deployment = manifests.shard_deployment(s, p, OperatorSettings(sidecar_resources=equal))
+    assert qos(deployment) == "Guaranteed"
+    sidecar = deployment["spec"]["template"]["spec"]["containers"][-1]
+    assert sidecar["name"] == "stagger-sidecar" and sidecar["resources"] == equal.manifest()
+    kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
 
 def test_the_sidecar_waits_on_the_slot_feed_for_the_configmap_its_pod_mounts(

@@ -46,3 +46,42 @@ def test_the_entry_point_refuses_a_bad_setting_in_one_line_per_problem() -> None
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 2 and "Traceback" not in run.stderr
     assert lines[0].startswith("stagger-operator: ") and any("max_moves" in x for x in lines)
+
+
+def test_the_sidecar_s_resources_come_from_the_environment_as_the_chart_writes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Helm's toJson of `sidecar.resources`: YAML's `cpu: 1` arrives as a number."""
+    assert OperatorSettings().sidecar_resources.manifest() == {
+        "requests": {"cpu": "50m", "memory": "64Mi"},
+        "limits": {"memory": "128Mi"},
+    }
+    monkeypatch.setenv(
+        "STAGGER_SIDECAR_RESOURCES",
+        '{"requests": {"cpu": 1, "memory": "128Mi"},'
+        ' "limits": {"cpu": "1000m", "memory": "128Mi"}}',
+    )
+    assert OperatorSettings().sidecar_resources.manifest() == {
+        "requests": {"cpu": "1", "memory": "128Mi"},
+        "limits": {"cpu": "1000m", "memory": "128Mi"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("resources", "says"),
+    [
+        ('{"requests": {"cpu": "lots"}}', "requests.cpu: 'lots' is not a quantity"),
+        ('{"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}', "limits.cpu (500m) is below"),
+        ('{"requests": {"memory": "1Gi"}, "limits": {"memory": "512Mi"}}', "limits.memory"),
+        ('{"requests": {"nvidia.com/gpu": "1"}}', "Input should be 'cpu', 'memory'"),
+        ('{"request": {"cpu": "1"}}', "sidecar_resources.request"),
+    ],
+)
+def test_sidecar_resources_the_api_server_would_refuse_stop_the_operator_at_start(
+    monkeypatch: pytest.MonkeyPatch, resources: str, says: str
+) -> None:
+    """Not every shard's pod failing later, one by one: the setting, named, at start."""
+    monkeypatch.setenv("STAGGER_SIDECAR_RESOURCES", resources)
+    with pytest.raises(ValidationError, match="sidecar_resources") as e:
+        OperatorSettings()
+    assert says in str(e.value)
