@@ -31,9 +31,12 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    ``--transparent-unmarked``, at the admitted N right after transparent mode there, with
    contracts that do not say which arrivals their slots follow, every gate holding by its
    measured answers alone, as before run 109 (``transparentUnmarked``, for comparison:
-   the GPU is fullest there); with ``--phase-draws K``, at the N transparent mode is
-   judged at, on K - 1 more draws of camera phases, each beside random phases at the same
-   draw (``phaseDraws``, :func:`phase_draws`).
+   the GPU is fullest there); with ``--transparent-open``, at the admitted N, the same
+   cameras through sidecars whose gates hold nothing (a slot every microsecond, no
+   follower: ``transparentOpen``, for comparison: what the way through the sidecar costs
+   by itself, apart from what holding for a slot gains); with ``--phase-draws K``, at the N
+   transparent mode is judged at, on K - 1 more draws of camera phases, each beside random
+   phases at the same draw (``phaseDraws``, :func:`phase_draws`).
 
 The identical workload is N RetinaNet streams at ``--fps``; ``--mixed`` is a fleet of two
 models (RetinaNet at 800 px and the same detector at 416 px, a lighter one) at several
@@ -46,6 +49,7 @@ all servers share: an exclusive body).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -451,7 +455,11 @@ class Loop:
     with the contract the plan gives its shard; ``shards[i]`` is the placement behind
     ``sidecars[i]``. A stream split in k shards sends each shard every k-th frame."""
 
-    def __init__(self, placed: Plan, servers: list[LocalTriton], root: Path) -> None:
+    def __init__(
+        self, placed: Plan, servers: list[LocalTriton], root: Path, *, open_gates: bool = False
+    ) -> None:
+        """``open_gates``: every contract a slot each tick, so no gate holds a request
+        (``--transparent-open``)."""
         epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
         self.sidecars: list[LocalSidecar] = []
         self.contracts: dict[str, SlotAssignment] = {}
@@ -464,6 +472,10 @@ class Loop:
             contract = SlotAssignment.for_shard(
                 p, tick_hz=placed.tick_hz, epoch=epoch, generation=1, effective_at=epoch
             )
+            if open_gates:
+                contract = contract.model_copy(
+                    update={"period_ticks": 1, "offset_ticks": 0, "body_ticks": 1}
+                )
             path = root / f"slot-{p.stream}-{p.shard}.json"
             path.write_text(contract.model_dump_json(by_alias=True))
             self.contracts[p.stream] = contract  # (transparent mode: streams not split)
@@ -892,6 +904,12 @@ def identical(
                 placed, servers, body, root, args, unmarked=True
             )
             save()
+        if args.transparent_open and out.get("transparent"):
+            # at the admitted N beside the product's own run there (besideProduct)
+            out["transparentOpen"] = transparent_on(
+                placed, servers, body, root, args, open_gates=True
+            )
+            save()
     gpu: dict[str, Any] = {
         "servers": servers,
         "cluster": cluster,
@@ -1074,8 +1092,9 @@ def transparent_on(
     args: argparse.Namespace,
     **variant: Any,
 ) -> dict[str, Any]:
-    """:func:`transparent` through fresh sidecars with ``placed``'s contracts."""
-    loop = Loop(placed, servers, root)
+    """:func:`transparent` through fresh sidecars with ``placed``'s contracts (open ones
+    where ``variant`` says ``open_gates``)."""
+    loop = Loop(placed, servers, root, open_gates=bool(variant.get("open_gates")))
     try:
         return transparent(loop, body, root, args, **variant)
     finally:
@@ -1090,6 +1109,7 @@ def transparent(
     *,
     packed: bool = False,
     unmarked: bool = False,
+    open_gates: bool = False,
     seed: int | None = None,
     frames: int | None = None,
 ) -> dict[str, Any]:
@@ -1101,6 +1121,8 @@ def transparent(
     operator's follower did before run 104 (``--transparent-packed``, for comparison).
     ``unmarked``: contracts that do not say which arrivals their slots follow, so every
     gate holds by its measured answers alone, as before run 109 (``--transparent-unmarked``).
+    ``open_gates``: ``loop``'s gates hold nothing and no follower runs: the way through
+    the sidecars alone (``--transparent-open``; every frame counts, nothing settles).
     ``seed`` and ``frames``: another draw of phases (:func:`phase_draws`)."""
     n = len(loop.sidecars)
     period = 1.0 / args.fps
@@ -1120,7 +1142,7 @@ def transparent(
         follow_holds=holds,
         mark_arrivals=not unmarked,
     )
-    variant = "-packed" if packed else "-unmarked" if unmarked else ""
+    variant = "-packed" if packed else "-unmarked" if unmarked else "-open" if open_gates else ""
     tag = f"{body}-transparent{variant}-n{n}" + (f"-seed{seed}" if seed else "")
     # The loop's cameras went through these sidecars a moment ago. The apps here are new
     # ones on their own clocks: start them once the sidecars have forgotten those (a
@@ -1130,7 +1152,7 @@ def transparent(
         if time.time() > forgotten:
             raise RuntimeError("the sidecars still report the loop's arrival phases")
         time.sleep(0.2)
-    with follower:
+    with contextlib.nullcontext() if open_gates else follower:
         logs = run_cameras(cams, seconds, root, tag, args)
     gates = loop.release_lags()  # whether the gates held the frames or sent them at once
     first = min((min(x["captured_at"], default=math.inf) for x in logs), default=0.0)
@@ -1161,6 +1183,14 @@ def transparent(
         f"{settle - first:.1f} s after the start; then p50 {after['p50Ms']} p99 "
         f"{after['p99Ms']} drops {after['dropPercent']}% of {after['frames']}"
     )
+    if open_gates:
+        return {
+            "retimings": 0,
+            "settledAfterS": 0.0,
+            "whole": whole,
+            "steady": after,
+            "gates": gates,
+        }
     return {
         "retimings": len(follower.switches),
         "settledAfterS": round(settle - first, 2),
@@ -1557,6 +1587,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run transparent mode at the admitted N, right after its own run there, "
         "with contracts that do not say which arrivals their slots follow, so every gate "
         "holds by its measured answers alone, as before run 109 (for comparison)",
+    )
+    p.add_argument(
+        "--transparent-open",
+        action="store_true",
+        help="also run the transparent cameras at the admitted N through sidecars whose gates "
+        "hold nothing (a slot every microsecond, no follower): the way through the sidecar "
+        "alone, beside what holding for a slot gains (for comparison)",
     )
     p.add_argument(
         "--phase-draws",

@@ -398,6 +398,8 @@ COMPARISONS = {  # transparent mode's comparison tables in a result, and what ea
     "transparentSpaced": "the experiment: followed slots kept the model's own time apart",
     "transparentUnmarked": "for comparison: contracts that do not say which arrivals their "
     "slots follow (every gate holds by its measured answers alone)",
+    "transparentOpen": "for comparison: the same cameras through sidecars whose gates hold "
+    "nothing (the way through the sidecar alone)",
 }
 SETTLE_S = 10.0
 

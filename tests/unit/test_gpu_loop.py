@@ -729,6 +729,11 @@ def test_transparent_mode_loses_no_more_than_random_phases_where_they_lost_frame
             "for comparison: contracts that do not say which arrivals their slots follow "
             "(every gate holds by its measured answers alone)",
         ),
+        (
+            "transparentOpen",
+            "for comparison: the same cameras through sidecars whose gates hold nothing "
+            "(the way through the sidecar alone)",
+        ),
     ],
 )
 def test_a_comparison_table_is_judged_beside_transparent_mode_not_instead(
