@@ -351,10 +351,9 @@ class ProfileReport:
         if self.full_load_too_slow:
             f = self.full_load or {}
             share = self.full_load_model_time_share
-            past_second = (
+            past_second = (  # within WARNING_CHARS, which a Job's termination message keeps
                 f"; the model alone needs {share:.2f} of each second at this load "
-                "(soloComputeMs x frames a second): time-sliced, no table fits that, and "
-                "chargeModelTime admits only what does"
+                "(time-sliced, chargeModelTime admits only what fits)"
                 if share is not None and share > 1
                 else ""
             )
@@ -363,9 +362,8 @@ class ProfileReport:
                 f"starts {f['spacing_ms']:.1f} ms apart, as a full GPU's table starts them) "
                 f"answers took {f['p99_ms']:.1f} ms at p99, {f['p99_ms'] / (p50 or 1):.2f} x "
                 f"the solo p50, and {f['missed']:.0f} of {f['frames']:.0f} frames were missed: "
-                "streams packed this tightly answer this slowly whatever their slots; if the "
-                f"model runs eagerly, a CUDA graph steadies it{past_second}; a lower "
-                "throughputCap admits fewer"
+                "streams packed this tightly answer this slowly whatever their slots; an eager "
+                f"model gains from a CUDA graph{past_second}; a lower throughputCap admits fewer"
             )
         if self.effective_body_ms is not None and len(self.urls) == 1:
             out.append(

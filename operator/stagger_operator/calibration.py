@@ -84,16 +84,21 @@ class Calibration:
     jobs: list[Obj] = field(default_factory=list)
     statuses: dict[tuple[str, str], Obj] = field(default_factory=dict)
     profiles: list[ModelProfile] = field(default_factory=list)
-    warnings: dict[tuple[str, str], str] = field(default_factory=dict)
-    """Per stream, what its calibration warned of (a Warning Event on the stream)."""
+    warnings: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    """Per stream, what its calibration warned of: one Warning Event on the stream each."""
 
 
 WARNED_CHARS = 800  # with its prefix, under the 1 KiB events.k8s.io allows a note
 
 
+def clipped(text: str, limit: int = WARNED_CHARS) -> str:
+    """``text`` within ``limit`` characters, saying so where it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def warned(result: CalibrationResult) -> str:
     """What ``stagger profile`` warned of in a finished Job, as one message ("" for none)."""
-    return "; ".join(result.warnings)[:WARNED_CHARS]
+    return clipped("; ".join(result.warnings))
 
 
 def calibration_state(
@@ -153,8 +158,13 @@ def calibration_state(
                 f"measured {where}: body {outcome.result.body_time_ms:g} ms; writing "
                 f"ModelProfile {profile.name}"
             )
-            if warning := warned(outcome.result):
-                out.warnings[(u.namespace, u.stream)] = f"calibration of {where}: {warning}"
+            if outcome.result.warnings:
+                # one Event each: joined, two of them passed the 1 KiB an Event's note takes
+                # and the advice at the end of the second was cut (run 114: unsteady, then
+                # slow at full load)
+                out.warnings[(u.namespace, u.stream)] = tuple(
+                    f"calibration of {where}: {clipped(w)}" for w in outcome.result.warnings
+                )
         elif outcome.failure is not None:
             phase, reason = StreamPhase.PENDING, "CalibrationFailed"
             message = (

@@ -162,7 +162,8 @@ class Controller:
         self.retiring: dict[Unit, datetime] = {}  # old copies kept while their shard moves
         self.fingerprints: dict[tuple[str, str], str] = {}  # of streams written as wanted
         self._recalibration_said: dict[str, tuple[str, str]] = {}  # last Event per profile
-        self._calibration_warned: dict[tuple[str, str], str] = {}  # last warning per stream
+        # what each stream was last warned of by its calibration
+        self._calibration_warned: dict[tuple[str, str], tuple[str, ...]] = {}
         self.objects: dict[Key, Obj] | None = None  # owned objects: listed, then as written
         self.pods: dict[tuple[str, str], set[Unit]] = {}  # Ready placements, per pod
         self._parsed: dict[tuple[str, str], tuple[str, InferenceStream]] = {}
@@ -432,10 +433,12 @@ class Controller:
         self._recalibrate(decision.recalibration, profiles, report, now)
 
         by_key = {(x.namespace, x.name): x for x in live}
-        for named, warning in decision.calibration.warnings.items():
-            if self._calibration_warned.get(named) != warning:  # once, not every reconcile
-                self._calibration_warned[named] = warning
-                self._event(by_key[named], "Warning", "CalibrationWarning", warning, now)
+        for named, warnings in decision.calibration.warnings.items():
+            said = self._calibration_warned.get(named, ())
+            self._calibration_warned[named] = warnings
+            for warning in warnings:
+                if warning not in said:  # once, not every reconcile
+                    self._event(by_key[named], "Warning", "CalibrationWarning", warning, now)
         self._calibration_warned = {
             k: v for k, v in self._calibration_warned.items() if k in by_key
         }

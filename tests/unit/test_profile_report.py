@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from stagger.core.calibration import SweepPoint, recommended_cost_ms
+from stagger.core.calibration import WARNING_CHARS, SweepPoint, recommended_cost_ms
 from stagger.profile_cmd import one_at_a_time
 from stagger.profiler import Endpoint, ProfileError, ProfileReport, full_load, settled_totals
 
@@ -208,17 +208,31 @@ def test_a_body_that_slows_at_full_load_is_flagged_though_it_looked_steady() -> 
         "GPU's table starts them) answers took 30.3 ms at p99, 2.33 x the solo p50, and 0 of "
         "410 frames were missed"
     )
-    assert "if the model runs eagerly, a CUDA graph steadies it; a lower throughputCap" in warning
+    assert "an eager model gains from a CUDA graph; a lower throughputCap" in warning
     assert "of each second" not in warning  # no solo compute measured: nothing to say of it
     # the model's own time fills 9 x 9.1 x 12.6 ms = 1.03 of each second: said, with the fix
     steady.solo_compute_ms = 12.6
     assert steady.full_load_model_time_share == pytest.approx(12.6 * 9 * 9.1 / 1e3)
     (warning,) = steady.warnings()
     assert (
-        "a CUDA graph steadies it; the model alone needs 1.03 of each second at this load "
-        "(soloComputeMs x frames a second): time-sliced, no table fits that, and "
-        "chargeModelTime admits only what does; a lower throughputCap admits fewer"
+        "a CUDA graph; the model alone needs 1.03 of each second at this load (time-sliced, "
+        "chargeModelTime admits only what fits); a lower throughputCap admits fewer"
     ) in warning
+    # a calibration Job's result keeps WARNING_CHARS of each: the whole, at the largest
+    # figures a calibration gives (64 servers, 5-digit latencies)
+    steady.full_load = {
+        "streams": 64.0,
+        "fps": 999.9,
+        "spacing_ms": 12345.6,
+        "frames": 99999.0,
+        "missed": 99999.0,
+        "p50_ms": 16.0,
+        "p99_ms": 12345.6,
+    }
+    steady.solo_compute_ms = 999.0
+    (longest,) = steady.warnings()
+    assert "of each second" in longest and len(longest) <= WARNING_CHARS
+    steady.full_load = full_load_figures(p99_ms=30.3)
     steady.solo_compute_ms = 11.0  # 0.90 of the second: it fits, so nothing of it
     assert "of each second" not in steady.warnings()[0]
     steady.solo_compute_ms = None

@@ -530,3 +530,12 @@ def test_a_stream_applied_while_another_calibrates_leaves_the_job_and_its_gpu_al
     assert running_calibrations([job], done, two) == ()
     assert running_calibrations([job], {key: CalibrationOutcome(podless_s=30.0)}, two) == running
     assert running_calibrations([job], {key: CalibrationOutcome(podless_s=60.0)}, two) == ()
+
+
+def test_a_warning_too_long_for_an_event_says_it_was_cut() -> None:
+    from stagger_operator.calibration import WARNED_CHARS, clipped
+
+    assert clipped("short") == "short"
+    cut = clipped("x" * (WARNED_CHARS + 50))
+    assert len(cut) == WARNED_CHARS and cut.endswith("…")
+    assert clipped("y" * WARNED_CHARS) == "y" * WARNED_CHARS
