@@ -34,7 +34,9 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    the GPU is fullest there); with ``--transparent-open``, at the admitted N, the same
    cameras through sidecars whose gates hold nothing (a slot every microsecond, no
    follower: ``transparentOpen``, for comparison: what the way through the sidecar costs
-   by itself, apart from what holding for a slot gains); with ``--phase-draws K``, at the N
+   by itself, apart from what holding for a slot gains); with ``--transparent-max-wait
+   MS``, at the admitted N with every stream's ``gate.maxWaitMs`` at MS
+   (``transparentMaxWait``, for comparison); with ``--phase-draws K``, at the N
    transparent mode is judged at, on K - 1 more draws of camera phases, each beside random
    phases at the same draw (``phaseDraws``, :func:`phase_draws`).
 
@@ -456,10 +458,18 @@ class Loop:
     ``sidecars[i]``. A stream split in k shards sends each shard every k-th frame."""
 
     def __init__(
-        self, placed: Plan, servers: list[LocalTriton], root: Path, *, open_gates: bool = False
+        self,
+        placed: Plan,
+        servers: list[LocalTriton],
+        root: Path,
+        *,
+        open_gates: bool = False,
+        max_wait_ms: float | None = None,
     ) -> None:
         """``open_gates``: every contract a slot each tick, so no gate holds a request
-        (``--transparent-open``)."""
+        (``--transparent-open``). ``max_wait_ms``: every stream's ``spec.gate.maxWaitMs``,
+        as the operator injects it (``--transparent-max-wait``)."""
+        gate_env = {} if max_wait_ms is None else {"STAGGER_MAX_WAIT_MS": f"{max_wait_ms:g}"}
         epoch = datetime.fromtimestamp(math.floor(time.time()), UTC)
         self.sidecars: list[LocalSidecar] = []
         self.contracts: dict[str, SlotAssignment] = {}
@@ -479,7 +489,9 @@ class Loop:
             path = root / f"slot-{p.stream}-{p.shard}.json"
             path.write_text(contract.model_dump_json(by_alias=True))
             self.contracts[p.stream] = contract  # (transparent mode: streams not split)
-            self.sidecars.append(LocalSidecar(p.stream, path, server, namespace="bench"))
+            self.sidecars.append(
+                LocalSidecar(p.stream, path, server, namespace="bench", env=gate_env)
+            )
         with ThreadPoolExecutor(max(1, len(self.sidecars))) as pool:
             list(pool.map(LocalSidecar.start, self.sidecars))
 
@@ -904,6 +916,12 @@ def identical(
                 placed, servers, body, root, args, unmarked=True
             )
             save()
+        if args.transparent_max_wait is not None and out.get("transparent"):
+            # at the admitted N beside the product's own run there (besideProduct)
+            out["transparentMaxWait"] = transparent_on(
+                placed, servers, body, root, args, max_wait_ms=args.transparent_max_wait
+            ) | {"maxWaitMs": args.transparent_max_wait}
+            save()
         if args.transparent_open and out.get("transparent"):
             # at the admitted N beside the product's own run there (besideProduct)
             out["transparentOpen"] = transparent_on(
@@ -1093,8 +1111,14 @@ def transparent_on(
     **variant: Any,
 ) -> dict[str, Any]:
     """:func:`transparent` through fresh sidecars with ``placed``'s contracts (open ones
-    where ``variant`` says ``open_gates``)."""
-    loop = Loop(placed, servers, root, open_gates=bool(variant.get("open_gates")))
+    where ``variant`` says ``open_gates``; with ``max_wait_ms``, each gate's bound)."""
+    loop = Loop(
+        placed,
+        servers,
+        root,
+        open_gates=bool(variant.get("open_gates")),
+        max_wait_ms=variant.get("max_wait_ms"),
+    )
     try:
         return transparent(loop, body, root, args, **variant)
     finally:
@@ -1110,6 +1134,7 @@ def transparent(
     packed: bool = False,
     unmarked: bool = False,
     open_gates: bool = False,
+    max_wait_ms: float | None = None,
     seed: int | None = None,
     frames: int | None = None,
 ) -> dict[str, Any]:
@@ -1123,6 +1148,8 @@ def transparent(
     gate holds by its measured answers alone, as before run 109 (``--transparent-unmarked``).
     ``open_gates``: ``loop``'s gates hold nothing and no follower runs: the way through
     the sidecars alone (``--transparent-open``; every frame counts, nothing settles).
+    ``max_wait_ms``: the gates' bound ``loop`` was started with (``--transparent-max-wait``;
+    it names the run).
     ``seed`` and ``frames``: another draw of phases (:func:`phase_draws`)."""
     n = len(loop.sidecars)
     period = 1.0 / args.fps
@@ -1142,7 +1169,10 @@ def transparent(
         follow_holds=holds,
         mark_arrivals=not unmarked,
     )
-    variant = "-packed" if packed else "-unmarked" if unmarked else "-open" if open_gates else ""
+    flags = (("-packed", packed), ("-unmarked", unmarked), ("-open", open_gates))
+    variant = "".join(name for name, on in flags if on)
+    if max_wait_ms is not None:
+        variant += f"-maxwait{max_wait_ms:g}"
     tag = f"{body}-transparent{variant}-n{n}" + (f"-seed{seed}" if seed else "")
     # The loop's cameras went through these sidecars a moment ago. The apps here are new
     # ones on their own clocks: start them once the sidecars have forgotten those (a
@@ -1596,6 +1626,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "alone, beside what holding for a slot gains (for comparison)",
     )
     p.add_argument(
+        "--transparent-max-wait",
+        type=float,
+        metavar="MS",
+        help="also run transparent mode at the admitted N with every stream's gate.maxWaitMs "
+        "at MS (a frame whose slot is further goes at once, ungated), as a user bounds a "
+        "stream's wait (for comparison; e.g. about one body)",
+    )
+    p.add_argument(
         "--phase-draws",
         type=int,
         default=1,
@@ -1650,6 +1688,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--phase-draws and --draw-frames must be at least 1")
     if args.within is not None and args.within <= 0:
         p.error("--within must be a positive number of seconds")
+    if args.transparent_max_wait is not None and args.transparent_max_wait <= 0:
+        p.error("--transparent-max-wait must be a positive number of ms, as gate.maxWaitMs is")
     args.began = time.monotonic()
     if args.servers < 2:
         p.error("--servers must be at least 2 (the profile's sweep needs two)")

@@ -400,6 +400,8 @@ COMPARISONS = {  # transparent mode's comparison tables in a result, and what ea
     "slots follow (every gate holds by its measured answers alone)",
     "transparentOpen": "for comparison: the same cameras through sidecars whose gates hold "
     "nothing (the way through the sidecar alone)",
+    "transparentMaxWait": "for comparison: every stream's gate.maxWaitMs set (a frame whose "
+    "slot is further goes at once)",
 }
 SETTLE_S = 10.0
 

@@ -267,6 +267,7 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
         (["--phase-draws", "0"], "must be at least 1"),
         (["--phase-draws", "3", "--draw-frames", "0"], "must be at least 1"),
         (["--within", "0"], "must be a positive number"),
+        (["--transparent-max-wait", "0"], "as gate.maxWaitMs is"),
     ],
 )
 def test_a_comparison_that_would_change_no_stream_is_refused(
@@ -733,6 +734,11 @@ def test_transparent_mode_loses_no_more_than_random_phases_where_they_lost_frame
             "transparentOpen",
             "for comparison: the same cameras through sidecars whose gates hold nothing "
             "(the way through the sidecar alone)",
+        ),
+        (
+            "transparentMaxWait",
+            "for comparison: every stream's gate.maxWaitMs set (a frame whose slot is further "
+            "goes at once)",
         ),
     ],
 )
