@@ -159,9 +159,9 @@ def calibration_state(
                 f"ModelProfile {profile.name}"
             )
             if outcome.result.warnings:
-                # one Event each: joined, two of them passed the 1 KiB an Event's note takes
-                # and the advice at the end of the second was cut (run 114: unsteady, then
-                # slow at full load)
+                # one Event each: joined, three (a stall, an unsteady body, slow at full
+                # load) pass the WARNED_CHARS kept of a note, and the last one's advice,
+                # at its end, was cut
                 out.warnings[(u.namespace, u.stream)] = tuple(
                     f"calibration of {where}: {clipped(w)}" for w in outcome.result.warnings
                 )
