@@ -77,7 +77,9 @@ bench-sidecar: $(STAMP)  ## Latency and CPU the sidecar adds over Triton direct 
 
 GPU_WHEELS = pydantic pydantic-core annotated-types typing-inspection tritonclient \
 	python-rapidjson grpcio protobuf pydantic-settings python-dotenv python-json-logger \
-	httptools hpack hyperframe gevent geventhttpclient greenlet zope.event zope.interface brotli
+	httptools hpack hyperframe gevent geventhttpclient greenlet zope.event zope.interface brotli \
+	certifi python-dateutil PyYAML websocket-client requests requests-oauthlib oauthlib urllib3 \
+	durationpy aiohttp-retry charset-normalizer idna typing-extensions
 gpu-carry: $(STAMP)  ## Files a GPU machine without a registry needs (bench/gpu/README.md)
 	rm -rf .gpu && mkdir -p .gpu/whl .gpu/np
 	bench/gpu/triton-bundle .gpu/triton-bundle.tar.xz 3.12
@@ -93,6 +95,13 @@ gpu-carry: $(STAMP)  ## Files a GPU machine without a registry needs (bench/gpu/
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 		--platform manylinux2014_x86_64 -d .gpu/whl \
 		$(foreach w,$(GPU_WHEELS),"$(w)==$$($(BIN)/python -m pip show $(w) | sed -n 's/^Version: //p')")
+	# the Kubernetes client (the operator's settings parse quantities with it) without its
+	# asyncio twin: 0.6 MB packed, where its wheel is 7.5 MB
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d .gpu/k8s \
+		"kubernetes==$$($(BIN)/python -m pip show kubernetes | sed -n 's/^Version: //p')"
+	cd .gpu/k8s && $(abspath $(BIN))/python -m zipfile -e kubernetes-*.whl site && \
+		rm -rf site/kubernetes/aio && tar cJf ../kubernetes.tar.xz -C site .
+	rm -rf .gpu/k8s
 	du -sh .gpu
 
 clean:
