@@ -328,6 +328,13 @@ class ShardStatus(Wire):
         "sidecar there can have read the new table (the operator's "
         "STAGGER_CONTRACT_PROPAGATION_S); its sidecar refuses requests until then.",
     )
+    slot_wait_ms: float | None = Field(
+        default=None,
+        description="Where this shard's slot follows its stream's arrivals (apps on their "
+        "own clock): how long each frame waits at its gate for the slot, ms (the slot's "
+        "start less the arrival phase it follows). A gate.maxWaitMs shorter than this sends "
+        "every frame at once, ungated. Unset: the slot does not follow arrivals.",
+    )
     observed_fps: float | None = None
     drop_rate: float | None = None
     p99_ms: float | None = None

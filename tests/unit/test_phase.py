@@ -548,3 +548,40 @@ def test_the_follower_keeps_no_spacing_that_would_wait_past_a_gate_s_hold(
     else:
         assert starts_apart(table, period) < own_time
         assert max(waits_s) <= hold  # 102 ms, packed at the reserved 68.5 ms
+
+
+@pytest.mark.parametrize(("max_wait_ms", "spaced"), [(None, True), (55.0, False)])
+def test_the_follower_keeps_no_spacing_that_would_wait_past_a_stream_s_max_wait(
+    max_wait_ms: float | None, spaced: bool
+) -> None:
+    """Three cameras 1 ms apart at 4 fps, slots 27 ms wide, the model's own time 30 ms: kept
+    30 ms apart, the last camera waits 60 ms every frame, within what its gate holds for
+    its answers (137 ms). With ``gate.maxWaitMs: 55`` its gate sends every such frame at
+    once, ungated, into the others' slots (run 117: 4 of 8 streams did, 1.10 x the p99), so
+    the follower packs them at their width instead and every wait fits (54 ms)."""
+    from stagger.core.cluster import Cluster, Gpu, Node
+    from stagger.core.phase import follow_holds, follow_plan
+    from stagger.core.placement import plan
+    from tests import factories
+
+    measured = factories.profile("m", "NVIDIA-H100", 40.0, 40.0, costMs=30.0, soloComputeMs=60.0)
+    gpu = Gpu(index=0, product="NVIDIA-H100", memoryMiB=81_559, sharing_mode="time-slicing")
+    cluster = Cluster(nodes=[Node(name="n", gpus=[gpu])])
+    gate = {} if max_wait_ms is None else {"gate": {"maxWaitMs": max_wait_ms}}
+    streams = [factories.stream(f"c{i}", 4.0, None, memoryMiB=2048, **gate) for i in range(3)]
+    placed = plan(streams, cluster, [measured])
+    hz = placed.tick_hz
+    holds = follow_holds(placed.shards, hz)
+    assert set(holds.values()) == {math.floor((max_wait_ms or 2 / 3 * 205) * 1e-3 * hz)}
+    phases = [0.100, 0.101, 0.102]
+    followed = follow_plan(placed, {p.key: (phases[i], 0.0) for i, p in enumerate(placed.shards)})
+    table = [Slot(p.key, p.body_ticks, p.period_ticks, p.offset_ticks) for p in followed.shards]
+    assert followed.offsets_changed and not overlaps(table)
+    waits_s = [(p.offset_ticks / hz - phases[i]) % 0.25 for i, p in enumerate(followed.shards)]
+    spacing = math.ceil(30.0e-3 * hz)
+    if spaced:
+        assert starts_apart(table, placed.shards[0].period_ticks) >= spacing
+        assert max(waits_s) > 0.055
+    else:
+        assert starts_apart(table, placed.shards[0].period_ticks) < spacing
+        assert max(waits_s) <= 0.055

@@ -129,6 +129,9 @@ class ShardPlacement:
     """The arrival phase (ticks from the GPU's epoch, within the frame period) its slot was
     re-timed to follow (:func:`stagger.core.phase.follow_plan`); kept while the slot stays
     where it is. None: the slot was placed without its stream's arrivals."""
+    max_wait_ms: float | None = None
+    """Its stream's ``gate.maxWaitMs``: its gate sends a request whose slot is further away
+    at once, ungated (None: unset)."""
 
     @property
     def key(self) -> ShardKey:

@@ -1024,6 +1024,7 @@ class Planner:
             cost_ms=d.timing.cost_ms,
             exclusive=d.exclusive,
             solo_compute_ms=d.timing.solo_compute_ms,
+            max_wait_ms=spec.gate.max_wait_ms,
         )
 
     def current(self, unplaced: Sequence[Unplaced] = ()) -> Plan:

@@ -220,3 +220,48 @@ def test_each_stream_on_a_gpu_whose_models_outgrow_the_second_is_warned_once() -
     was_fitting = {"n-0": {**gpu(0, 1), "status": fits}}
     assert model_time_warnings(wanted, {"n-0": None}, {"n-0": fits}) == []
     assert len(model_time_warnings(joined, was_fitting, {"n-0": over})) == 3
+
+
+@pytest.mark.parametrize(("max_wait_ms", "warned"), [(None, False), (40.0, False), (15.0, True)])
+def test_a_followed_slot_says_how_long_its_frames_wait_and_when_max_wait_ungates_them(
+    max_wait_ms: float | None, warned: bool
+) -> None:
+    """A slot re-timed to its camera's arrivals makes every frame wait the same: here
+    38.8 ms, run 117's longest table wait. A ``gate.maxWaitMs`` shorter than that sends
+    every frame at once, ungated, into the other streams' slots (4 of 8 streams there):
+    the stream's status says so, placed and once it runs; a longer one, or none, says
+    nothing."""
+    import copy
+    from dataclasses import replace
+
+    from stagger_operator.rollout import Rollout
+    from stagger_operator.settings import OperatorSettings
+    from stagger_operator.status import serving_status
+
+    gate = {} if max_wait_ms is None else {"gate": {"maxWaitMs": max_wait_ms}}
+    cam = InferenceStream.model_validate(
+        manifest("InferenceStream", "cam", {"model": "graph", "fps": 10.0, **gate})
+    )
+    cluster = Cluster(
+        nodes=[Node(name="n", gpus=[Gpu(index=0, product="NVIDIA-H200", memoryMiB=143_771)])]
+    )
+    (placed,) = plan([cam], cluster, [profile("graph", 14.9, 11.31, 14.9)]).shards
+    hz = 30_000
+    arrival = (placed.offset_ticks - round(0.0388 * hz)) % placed.period_ticks
+    followed = replace(placed, arrival_ticks=arrival)
+    status = stream_status(cam, [followed], StreamPhase.PLACED, "", NOW)
+    assert status["shards"][0]["slotWaitMs"] == pytest.approx(38.8, abs=0.04)
+    running = serving_status(
+        copy.deepcopy(status),
+        cam,
+        Rollout(serving={("cams", "cam", "0")}),
+        {},
+        settings=OperatorSettings(),
+        now=NOW,
+    )
+    assert running["phase"] == "Running"
+    for message in (status["message"], status["conditions"][0]["message"], running["message"]):
+        assert ("longer than gate.maxWaitMs (15): every frame goes at once" in message) is warned
+    unfollowed = stream_status(cam, [placed], StreamPhase.PLACED, "", NOW)
+    assert "slotWaitMs" not in unfollowed["shards"][0]
+    assert "maxWaitMs" not in unfollowed["message"]
