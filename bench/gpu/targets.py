@@ -260,6 +260,7 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
             key: {
                 **(_transparent_verdict(r[key], random_runs, random_largest, solo_p50) or {}),
                 **_beside_product(r[key], r),
+                **_beside_random(r[key], random_runs),
             }
             for key in COMPARISONS
             if "steady" in r.get(key, {})
@@ -509,6 +510,29 @@ def _beside_product(t: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _beside_random(t: dict[str, Any], random_runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """A comparison table beside random phases at its own N (``besideRandom``; none where
+    random phases ran at no such N), whatever N the targets name: where random phases
+    lost a frame at the admitted N, their largest 0-drop N is smaller, and a comparison run
+    at the admitted N read 1.54 x random's there, where beside random at its own N it was
+    1.03 x (run 117's gates that hold nothing: what the way through the sidecar costs)."""
+    n = _streams(t)
+    r = random_runs.get(n) if n else None
+    if r is None:
+        return {}
+    ours = t["steady"]
+    return {
+        "besideRandom": {
+            "n": n,
+            "p99OverRandom": (
+                round(ours["p99Ms"] / r["p99Ms"], 4) if ours["p99Ms"] and r["p99Ms"] else None
+            ),
+            "dropPercent": ours["dropPercent"],
+            "randomDropPercent": r["dropPercent"],
+        }
+    }
+
+
 def _streams(t: dict[str, Any]) -> int:
     """How many streams a transparent run had: the cameras that answered once settled."""
     return len(t["steady"].get("answeredPerStream", []))
@@ -553,14 +577,20 @@ a detour: the alert ``StaggerStreamUngated`` fires at the same share of a stream
 
 
 def _beside_note(t: dict[str, Any]) -> str:
-    b = t.get("besideProduct")
-    if not b:
-        return ""
-    return (
-        f"; beside transparent mode at the same N: p99 {b['p99Ms']} against "
-        f"{b['productP99Ms']} ms ({b['p99OverProduct']} x), drops {b['dropPercent']} % "
-        f"against {b['productDropPercent']} %"
-    )
+    b, r = t.get("besideProduct"), t.get("besideRandom")
+    note = ""
+    if b:
+        note += (
+            f"; beside transparent mode at the same N: p99 {b['p99Ms']} against "
+            f"{b['productP99Ms']} ms ({b['p99OverProduct']} x), drops {b['dropPercent']} % "
+            f"against {b['productDropPercent']} %"
+        )
+    if r:
+        note += (
+            f"; beside random phases at the same N: p99 {r['p99OverRandom']} x theirs, "
+            f"drops {r['dropPercent']} % against {r['randomDropPercent']} %"
+        )
+    return note
 
 
 def _floor_note(check: dict[str, Any]) -> str:

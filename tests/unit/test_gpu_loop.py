@@ -792,6 +792,33 @@ def test_a_comparison_at_the_admitted_n_stands_beside_the_product_s_run_there() 
     assert "beside transparent mode" not in render_loop([v])
 
 
+def test_a_comparison_stands_beside_random_phases_at_its_own_n() -> None:
+    """Run 117: random phases lost 1 frame of 2,000 at the admitted 8, so the targets name
+    random's 7; the cameras through gates that hold nothing at 8 read 1.54 x random's p99
+    at 7, where beside random phases at their own 8 they took 1.03 x theirs: what the way
+    through the sidecar costs. A comparison at an N random phases did not run at stands
+    beside nothing."""
+    result = identical(8, measured(16.0), {7: measured(53.33), 8: measured(79.57, drops=0.05)})
+
+    def at(n: int, p99: float) -> dict[str, Any]:
+        steady = {"p99Ms": p99, "dropPercent": 0.0, "answeredPerStream": [350] * n}
+        return {"steady": steady, "settledAfterS": 0.0}
+
+    result |= {"transparent": at(8, 75.71), "transparentAtRandomN": at(7, 49.18)}
+    result["transparentOpen"] = at(8, 81.99)
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    beside = v["transparentOpen"]["besideRandom"]
+    assert v["transparentOpen"]["checks"]["p99OverRandom"]["value"] == pytest.approx(
+        81.99 / 53.33, abs=1e-4
+    )
+    assert (beside["n"], beside["randomDropPercent"]) == (8, 0.05)
+    assert beside["p99OverRandom"] == pytest.approx(81.99 / 79.57, abs=1e-4)
+    assert "beside random phases at the same N: p99 1.0304 x theirs" in render_loop([v])
+    result["transparentOpen"] = at(6, 40.0)
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert "besideRandom" not in v["transparentOpen"]
+
+
 def test_transparent_mode_on_other_draws_of_phases_is_judged_against_random_at_each() -> None:
     """--phase-draws: each other draw of camera phases is judged against random phases at
     the same draw and N, and the text says in how many of all the draws (the bench's own
