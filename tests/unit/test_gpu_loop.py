@@ -768,17 +768,19 @@ def test_a_comparison_table_is_judged_beside_transparent_mode_not_instead(
     assert key not in v
 
 
+def transparent_at(n: int, p99: float) -> dict[str, Any]:
+    """A transparent-mode run of ``n`` cameras, settled, nothing lost."""
+    steady = {"p99Ms": p99, "dropPercent": 0.0, "answeredPerStream": [230] * n}
+    return {"steady": steady, "settledAfterS": 6.1}
+
+
 def test_a_comparison_at_the_admitted_n_stands_beside_the_product_s_run_there() -> None:
     """--transparent-unmarked runs at the admitted N (run 110: 8) while the product's
     transparent mode is judged at random's N (7): the comparison is judged against random
     at 7 like the product, and set beside the product's own run at 8, the same N; a
     comparison at an N the product did not run at stands beside nothing."""
     result = identical(8, measured(21.0), {7: measured(59.2), 8: measured(87.3, drops=0.263)})
-
-    def at(n: int, p99: float) -> dict[str, Any]:
-        steady = {"p99Ms": p99, "dropPercent": 0.0, "answeredPerStream": [230] * n}
-        return {"steady": steady, "settledAfterS": 6.1}
-
+    at = transparent_at
     result |= {"transparent": at(8, 86.56), "transparentAtRandomN": at(7, 48.07)}
     result["transparentUnmarked"] = at(8, 75.21)
     (v,) = loop_verdict(run("time-slicing", graph=result))
@@ -799,11 +801,7 @@ def test_a_comparison_stands_beside_random_phases_at_its_own_n() -> None:
     through the sidecar costs. A comparison at an N random phases did not run at stands
     beside nothing."""
     result = identical(8, measured(16.0), {7: measured(53.33), 8: measured(79.57, drops=0.05)})
-
-    def at(n: int, p99: float) -> dict[str, Any]:
-        steady = {"p99Ms": p99, "dropPercent": 0.0, "answeredPerStream": [350] * n}
-        return {"steady": steady, "settledAfterS": 0.0}
-
+    at = transparent_at
     result |= {"transparent": at(8, 75.71), "transparentAtRandomN": at(7, 49.18)}
     result["transparentOpen"] = at(8, 81.99)
     (v,) = loop_verdict(run("time-slicing", graph=result))
