@@ -252,7 +252,9 @@ async def test_slots_follow_where_the_sidecars_see_requests_arrive_then_windows_
     """Three 4 fps cameras on one GPU, their apps on their own clocks: their sidecars
     report arrivals at 20, 90 and 160 ms of the period. The operator re-times the GPU so
     that each slot starts just after its camera's arrivals; once every sidecar reports the
-    new table's generation, it grants the slots their release windows."""
+    new table's generation, it grants the slots their release windows. Each stream's
+    status shows how long its frames wait for the followed slot; the one whose
+    ``gate.maxWaitMs`` is shorter than that is told its frames all go ungated."""
     from stagger.core.api import GpuSchedule
     from stagger.core.phase import PhaseEstimate, wait_s
     from tests.emulator import node
@@ -271,8 +273,9 @@ async def test_slots_follow_where_the_sidecars_see_requests_arrive_then_windows_
     names, phases = ["cam-0", "cam-1", "cam-2"], [0.020, 0.090, 0.160]
     try:
         for n in names:
+            gate = {"gate": {"maxWaitMs": 1}} if n == "cam-2" else {}
             await cluster.create(
-                stream(n, fps=4, body=45, latencyMs=60, nodeSelector={"pool": "solo"})
+                stream(n, fps=4, body=45, latencyMs=60, nodeSelector={"pool": "solo"}, **gate)
             )
         await cluster.wait_for(lambda: _all(cluster, names, "Placed"))
         for d in await cluster.objects("Deployment", "default"):
@@ -312,6 +315,20 @@ async def test_slots_follow_where_the_sidecars_see_requests_arrive_then_windows_
         marks = {n: math.floor(phase * hz) for n, phase in zip(names, phases, strict=True)}
         assert {s.stream: s.arrival_ticks for s in sched.spec.slots} == marks
         assert {n: c["arrivalTicks"] for n, c in contracts.items()} == marks
+        waits = {
+            s.stream: (s.offset_ticks - marks[s.stream]) % s.period_ticks for s in sched.spec.slots
+        }
+
+        async def told() -> dict[str, dict[str, Any]] | None:
+            st = await statuses(cluster)
+            shown = {n: st[n]["shards"][0].get("slotWaitMs") for n in names}
+            return st if all(v is not None for v in shown.values()) else None
+
+        st = await cluster.wait_for(told)
+        for n in names:
+            assert st[n]["shards"][0]["slotWaitMs"] == pytest.approx(waits[n] / hz * 1e3, abs=1e-3)
+            ungated = "longer than gate.maxWaitMs (1): every frame goes at once" in st[n]["message"]
+            assert ungated is (n == "cam-2"), st[n]["message"]
     finally:
         await stop_operator(op)
 
