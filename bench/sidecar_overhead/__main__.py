@@ -1,9 +1,13 @@
 """Latency the sidecar adds over calling Triton directly, and the CPU it spends.
 
     python -m bench.sidecar_overhead [--rates 100 1000] [--seconds 4] [--rounds 3]
-                                     [--json FILE]
+                                     [--frame-bytes N] [--json FILE]
 
-A real tritonserver serves ``add_one`` (tests/models: a Python-backend model, a few floats).
+A real tritonserver serves ``add_one`` (tests/models: a Python-backend model, a few floats),
+or with ``--frame-bytes`` a camera frame's size ``stamp``, which answers one float, as a
+detector answers a frame with a few boxes: a video stream's requests are that large (a
+1 MB frame on the GPU bench), and a proxy that reads a request whole before sending it on
+pays for its size.
 The sidecar runs as it does in a pod (``python -m stagger_sidecar gate``, its own process)
 with its gate open: the slot period is one 1 MHz tick, so no request waits and only the
 proxy's cost (and the gate's bookkeeping) is measured.
@@ -49,7 +53,8 @@ from stagger.core.contract import SlotAssignment
 from stagger_testkit.localtriton import LocalTriton, free_port
 
 MODELS = Path(__file__).resolve().parents[2] / "tests" / "models"
-MODEL = "add_one"
+SMALL_MODEL, FRAME_MODEL = "add_one", "stamp"
+SMALL_FRAME_BYTES = 16
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -81,14 +86,23 @@ def open_gate_contract(path: Path, period_ticks: int = 1, body_ticks: int = 1) -
     path.write_text(contract.model_dump_json(by_alias=True))
 
 
-def http_body() -> tuple[bytes, dict[str, str]]:
-    tensor = np.arange(4, dtype=np.float32).tobytes()
+def model_for(frame_bytes: int) -> str:
+    return SMALL_MODEL if frame_bytes <= SMALL_FRAME_BYTES else FRAME_MODEL
+
+
+def frame(frame_bytes: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    return np.arange(max(1, frame_bytes // 4), dtype=np.float32)
+
+
+def http_body(frame_bytes: int) -> tuple[bytes, dict[str, str]]:
+    values = frame(frame_bytes)
+    tensor = values.tobytes()
     header = json.dumps(
         {
             "inputs": [
                 {
                     "name": "INPUT0",
-                    "shape": [4],
+                    "shape": [len(values)],
                     "datatype": "FP32",
                     "parameters": {"binary_data_size": len(tensor)},
                 }
@@ -103,10 +117,11 @@ def http_body() -> tuple[bytes, dict[str, str]]:
     return header + tensor, headers
 
 
-def grpc_request() -> bytes:
-    request = service_pb2.ModelInferRequest(model_name=MODEL)
-    request.inputs.add(name="INPUT0", datatype="FP32", shape=[4])
-    request.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
+def grpc_request(frame_bytes: int) -> bytes:
+    values = frame(frame_bytes)
+    request = service_pb2.ModelInferRequest(model_name=model_for(frame_bytes))
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[len(values)])
+    request.raw_input_contents.append(values.tobytes())
     return bytes(request.SerializeToString())
 
 
@@ -147,11 +162,11 @@ class Targets:
 
 
 async def senders(
-    target: Targets, session: aiohttp.ClientSession, channel: grpc.aio.Channel
+    target: Targets, session: aiohttp.ClientSession, channel: grpc.aio.Channel, frame_bytes: int
 ) -> dict[str, Sender]:
-    body, headers = http_body()
-    url = f"http://{target.http}/v2/models/{MODEL}/infer"
-    request = grpc_request()
+    body, headers = http_body(frame_bytes)
+    url = f"http://{target.http}/v2/models/{model_for(frame_bytes)}/infer"
+    request = grpc_request(frame_bytes)
     infer: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
         "/inference.GRPCInferenceService/ModelInfer"
     )
@@ -187,7 +202,10 @@ async def measure(
             side: grpc.aio.insecure_channel(t.grpc, options=options) for side, t in targets.items()
         }
         try:
-            paths = {side: await senders(targets[side], session, channels[side]) for side in SIDES}
+            paths = {
+                side: await senders(targets[side], session, channels[side], args.frame_bytes)
+                for side in SIDES
+            }
             for path in paths.values():  # connections up, caches warm
                 for send in path.values():
                     await open_loop(send, 200, 1.0)
@@ -267,6 +285,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     parser.add_argument(
+        "--frame-bytes",
+        type=int,
+        default=SMALL_FRAME_BYTES,
+        help="each request's tensor, bytes (default 16: four floats to add_one); larger "
+        "goes to stamp, which answers one float, as a detector answers a camera frame",
+    )
+    parser.add_argument(
         "--pinning",
         choices=["apart", "none"],
         default="apart",
@@ -329,6 +354,8 @@ def main() -> None:
                 relay.wait()
     result = {
         "machine": {"cpus": os.cpu_count(), "pinning": {k: sorted(v) for k, v in pins.items()}},
+        "model": model_for(args.frame_bytes),
+        "frameBytes": len(frame(args.frame_bytes).tobytes()),
         "seconds": args.seconds,
         "rounds": args.rounds,
         "rows": rows,

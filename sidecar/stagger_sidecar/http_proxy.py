@@ -79,13 +79,16 @@ class Request:
     stream: str | None = None
     keep_alive: bool = True
 
-    def wire(self, host: bytes) -> bytes:
-        """The request as Triton gets it: same method, target, headers and body."""
-        body = b"".join(self.body)
+    def wire(self, host: bytes) -> list[bytes]:
+        """The request as Triton gets it: same method, target, headers and body, as its
+        head and then the body's pieces as they arrived. Written as a vector, a frame is
+        never copied whole: joining a 1 MB body and its head cost the sidecar 0.8 ms of CPU
+        per request, more than the rest of its way (``bench.sidecar_overhead
+        --frame-bytes``)."""
         lines = [self.method + b" " + self.url + b" HTTP/1.1", b"Host: " + host]
         lines += [k + b": " + v for k, v in self.headers if k.lower() not in HOP_BY_HOP]
-        lines.append(b"Content-Length: " + str(len(body)).encode())
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+        lines.append(b"Content-Length: " + str(sum(map(len, self.body))).encode())
+        return [b"\r\n".join(lines) + b"\r\n\r\n", *self.body]
 
 
 @dataclass(frozen=True)
@@ -123,11 +126,11 @@ class TritonConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport, self.open = cast(asyncio.Transport, transport), True  # uvloop's too
 
-    def send(self, request: bytes, *, head_only: bool) -> asyncio.Future[bool]:
+    def send(self, request: list[bytes], *, head_only: bool) -> asyncio.Future[bool]:
         assert self.transport is not None
         self.done = asyncio.get_running_loop().create_future()
         self.sent_any, self.head_only = False, head_only
-        self.transport.write(request)
+        self.transport.writelines(request)
         return self.done
 
     def data_received(self, data: bytes) -> None:

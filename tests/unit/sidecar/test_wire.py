@@ -83,7 +83,7 @@ def test_a_forwarded_http_request_keeps_its_headers_once_and_is_reframed() -> No
         ],
         body=[b"abc", b"def"],
     )
-    head, _, body = request.wire(b"127.0.0.1:8000").partition(b"\r\n\r\n")
+    head, _, body = b"".join(request.wire(b"127.0.0.1:8000")).partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     assert lines[0] == b"POST /v2/models/m/infer?x=1 HTTP/1.1"
     assert [line for line in lines if line.lower().startswith(b"host:")] == [
