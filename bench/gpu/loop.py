@@ -64,6 +64,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1161,7 +1162,9 @@ def transparent(
     ]
     seconds = SETTLE_S + math.ceil((frames or args.frames) / (n * args.fps))
     apart = {} if packed else stream_follow_spacing(loop.shards, loop.model_time_share, loop.hz)
-    holds = stream_follow_holds(loop.shards, loop.hz)
+    # the operator plans each stream with its spec's gate.maxWaitMs, and its follower keeps
+    # every wait within it where a table does (stagger.core.phase.follow_holds)
+    holds = stream_follow_holds([replace(p, max_wait_ms=max_wait_ms) for p in loop.shards], loop.hz)
     follower = LocalFollower(
         loop.sidecars,
         loop.contracts,
