@@ -49,7 +49,7 @@ def stream_status(
     waits_ms = {
         p.shard: round(ticks_to_ms(w, hz), 3)
         for p in shards
-        if (w := _slot_wait_ticks(p)) is not None
+        if (w := p.slot_wait_ticks) is not None
     }
     if placed and not message:
         message = f"placed on {len(shards)} shard(s)" + _slots_ahead(starts.values(), now)
@@ -87,14 +87,6 @@ def stream_status(
             else {}
         ),
     }
-
-
-def _slot_wait_ticks(p: ShardPlacement) -> int | None:
-    """How long each frame of a followed shard waits for its slot: the slot's start less
-    the arrival phase it follows (None: not followed)."""
-    if p.arrival_ticks is None:
-        return None
-    return (p.offset_ticks - p.arrival_ticks) % p.period_ticks
 
 
 def _past_max_wait(stream: InferenceStream, waits_ms: Iterable[float]) -> str:

@@ -137,6 +137,14 @@ class ShardPlacement:
     def key(self) -> ShardKey:
         return (self.namespace, self.stream, self.shard)
 
+    @property
+    def slot_wait_ticks(self) -> int | None:
+        """How long each frame of a followed shard waits for its slot: the slot's start
+        less the arrival phase it follows (None: not followed)."""
+        if self.arrival_ticks is None:
+            return None
+        return (self.offset_ticks - self.arrival_ticks) % self.period_ticks
+
 
 @dataclass(frozen=True)
 class GpuUsage:
