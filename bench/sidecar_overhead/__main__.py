@@ -91,7 +91,7 @@ def model_for(frame_bytes: int) -> str:
 
 
 def frame(frame_bytes: int) -> np.ndarray[Any, np.dtype[np.float32]]:
-    return np.arange(max(1, frame_bytes // 4), dtype=np.float32)
+    return np.arange(frame_bytes // 4, dtype=np.float32)
 
 
 def http_body(frame_bytes: int) -> tuple[bytes, dict[str, str]]:
@@ -298,6 +298,8 @@ def main() -> None:
         help="apart: the sidecar on a CPU of its own (default); none: the scheduler decides",
     )
     args = parser.parse_args()
+    if args.frame_bytes < 4:
+        parser.error("--frame-bytes must be at least 4 (one FP32 value)")
 
     pins = pinning(args.pinning)
     os.sched_setaffinity(0, pins["load"])
