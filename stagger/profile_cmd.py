@@ -26,7 +26,7 @@ from stagger.core.calibration import (
     knee_of_sweep,
     recommended_body_ms,
 )
-from stagger.profiler import ProfileError, ProfileReport, profile, wait_ready
+from stagger.profiler import FULL_LOAD_S, ProfileError, ProfileReport, profile, wait_ready
 
 CSV_COLUMNS = ("offsetMs", "latency1Ms", "latency2Ms")
 
@@ -86,7 +86,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--full-load-seconds",
         type=float,
-        default=5.0,
+        default=FULL_LOAD_S,
         metavar="S",
         help="pace one stream per server at the recommended cost for S seconds (the load "
         "the planner admits) and report what answers take there (default 5; 0 skips it)",

@@ -700,6 +700,9 @@ def default_levels(servers: int) -> list[int]:
 WARMUP = 8
 """Inferences per endpoint before anything is measured."""
 
+FULL_LOAD_S = 5.0
+"""How long the full-load stage paces its streams by default."""
+
 
 def profile(
     urls: Sequence[str],
@@ -711,7 +714,7 @@ def profile(
     max_offset_ms: float | None = None,
     saturation_levels: Sequence[int] | None = None,
     saturation_s: float = 2.0,
-    full_load_s: float = 5.0,
+    full_load_s: float = FULL_LOAD_S,
     guard: float = 0.15,
     progress: Callable[[str, int], Progress] | None = None,
     data: Mapping[str, Path] | None = None,

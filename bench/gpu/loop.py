@@ -95,7 +95,7 @@ from stagger.core.placement import Plan, PlannerSettings, plan
 from stagger.core.placement.overlap import body_ticks, overlap_ms_per_frame
 from stagger.core.telemetry import GATE_WAIT, LATE, RELEASE_LAG
 from stagger.profile_cmd import calibration_result
-from stagger.profiler import ProfileReport, profile
+from stagger.profiler import FULL_LOAD_S, Endpoint, ProfileReport, full_load, profile
 from stagger_testkit.camerasim import frames_due, lost_frames, phases, stalls
 from stagger_testkit.localtriton import (
     LocalFollower,
@@ -565,6 +565,30 @@ def loop_cameras(
     ]
 
 
+def direct_cameras(
+    loop: Loop, cams: list[dict[str, Any]], lead_ms: float
+) -> list[dict[str, Any]] | str:
+    """The loop's cameras (``cams``, :func:`loop_cameras`) capturing at the same instants
+    (``lead_ms`` before each slot's start, as ``SlotClient`` wakes them) on a fixed phase,
+    straight to their stream's Triton: the plan's table without the sidecars
+    (``--slots-direct``). Or why not: a fixed phase is counted from the cameras' start, a
+    whole second as the contracts' epoch is, so each slot period must divide a second."""
+    if loop.split:
+        return "a split stream's camera sends to k shards, each its own slots"
+    direct = []
+    for cam, sidecar, p in zip(cams, loop.sidecars, loop.shards, strict=True):
+        c = loop.contracts[p.stream]
+        if c.tick_hz % c.period_ticks:
+            return f"{p.stream}'s slot period ({c.period_ticks} ticks) does not divide a second"
+        period_s = c.period_ticks / c.tick_hz
+        at = c.epoch.timestamp() + c.offset_ticks / c.tick_hz - lead_ms / 1e3
+        direct.append(
+            {k: v for k, v in cam.items() if k != "slot_clock"}
+            | {"url": sidecar.triton.grpc, "phase": round(at % period_s, 6)}
+        )
+    return direct
+
+
 def stream_deadline_ms(spec: InferenceStreamSpec, post_ms: float) -> float:
     """What a stream's camera leaves for an answer: its ``deadlineMs``, else its frame
     period less its post-processing (what one frame in flight allows)."""
@@ -838,6 +862,39 @@ def fleet_saturation(
     return {"perSecond": rates, "costShare": share}
 
 
+def stage_windows(
+    servers: list[LocalTriton],
+    body: str,
+    frame: Path,
+    calibration: Mapping[str, Any],
+    windows: int,
+) -> list[dict[str, Any]] | str:
+    """The profile's own full-load stage (its streams, spaced by its cost) ``windows`` times
+    in a row on these servers, each as long as a calibration Job's (``--stage-windows``),
+    over HTTP as the Job's profiler sends: how much one stage of that length says of the
+    loop. Or why not: a profile recorded before the stage."""
+    full = calibration.get("fullLoad")
+    if not full:
+        return "the profile ran no full-load stage"
+
+    def endpoint(i: int) -> Endpoint:
+        return Endpoint(f"http://{servers[i % len(servers)].http}", body, data={"IMAGE": frame})
+
+    out = [
+        full_load(endpoint, int(full["streams"]), float(full["spacing_ms"]), FULL_LOAD_S)
+        for _ in range(windows)
+    ]
+    solo = calibration.get("soloP50Ms")
+    p99s = ", ".join(f"{w['p99_ms']:.1f}" for w in out)
+    over = [round(w["p99_ms"] / solo, 2) for w in out] if solo else None
+    log(
+        f"{body}: the full-load stage {windows} times on the loop's servers: p99 {p99s} ms "
+        f"({over} x the profile's solo), "
+        f"missed {sum(int(w['missed']) for w in out)} of {sum(int(w['frames']) for w in out)}"
+    )
+    return out
+
+
 def cluster_of(product: str, mode: SharingMode, memory_mib: int) -> Cluster:
     gpu = Gpu(index=0, uuid="GPU-bench", product=product, memory_mib=memory_mib, sharing_mode=mode)
     return Cluster(nodes=[Node(name="bench", gpus=[gpu])])
@@ -903,6 +960,21 @@ def identical(
             out["loop"] = measure(cams, args.frames, root, f"{body}-loop-n{admitted}", args)
             out["loop"]["releaseLag"] = loop.release_lags()
             save()
+            if args.slots_direct:  # right after the loop: the same host, the same minute
+                direct = direct_cameras(loop, cams, args.lead_ms)
+                tag = f"{body}-slots-direct-n{admitted}"
+                out["slotsDirect"] = (
+                    {"skipped": direct}
+                    if isinstance(direct, str)
+                    else measure(direct, args.frames, root, tag, args)
+                )
+                save()
+            if args.stage_windows:
+                windows = stage_windows(
+                    servers, body, frame, out["calibration"], args.stage_windows
+                )
+                out["stageWindows"] = {"skipped": windows} if isinstance(windows, str) else windows
+                save()
             if not loop.split:  # a camera's frames to k shards: not what transparent mode is
                 out["transparent"] = transparent(loop, body, root, args)
                 save()
@@ -1637,6 +1709,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "stream's wait (for comparison; e.g. about one body)",
     )
     p.add_argument(
+        "--slots-direct",
+        action="store_true",
+        help="also run the loop's cameras, right after it, capturing at the same slot instants "
+        "straight to Triton: the plan's table without the way through the sidecars (for "
+        "comparison)",
+    )
+    p.add_argument(
+        "--stage-windows",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also run the profile's own full-load stage K times on the loop's servers right "
+        f"after the loop, each {FULL_LOAD_S:g} s as a calibration Job's: how much one stage "
+        "says of the loop (for comparison)",
+    )
+    p.add_argument(
         "--phase-draws",
         type=int,
         default=1,
@@ -1687,6 +1775,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--also-cap compares N identical streams: leave out --mixed")
     if args.profiles < 1:
         p.error("--profiles must be at least 1")
+    if args.stage_windows < 0:
+        p.error("--stage-windows must be 0 or more")
     if args.phase_draws < 1 or args.draw_frames < 1:
         p.error("--phase-draws and --draw-frames must be at least 1")
     if args.within is not None and args.within <= 0:

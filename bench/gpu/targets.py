@@ -280,6 +280,8 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
         "unsteady": unsteady,
         "slowAtFullLoad": slow_at_full_load,
         **_full_load(r["calibration"], loop, solo_p50),
+        **_slots_direct(r.get("slotsDirect"), loop, solo_p50),
+        **_stage_windows(r.get("stageWindows"), r["calibration"].get("soloP50Ms")),
         "againstDoingNothing": _against_doing_nothing(
             admitted,
             random_largest,
@@ -309,6 +311,40 @@ def _full_load(
             "missed": int(full["missed"]),
             "frames": int(full["frames"]),
             "loopP99OverSolo": round(loop["p99Ms"] / solo_p50, 4) if loop else None,
+        }
+    }
+
+
+def _slots_direct(
+    direct: dict[str, Any] | None, loop: dict[str, Any], solo_p50: float
+) -> dict[str, Any]:
+    """``--slots-direct``: the loop's cameras at the same slot instants straight to Triton,
+    beside the loop. Where the loop's p99 is far past it, the way through the sidecars made
+    the difference; where they are alike, the table and the GPU did."""
+    if not direct or "p99Ms" not in direct or not loop:
+        return {}
+    return {
+        "slotsDirect": {
+            "frames": direct["frames"],
+            "dropPercent": direct["dropPercent"],
+            "p99Ms": direct["p99Ms"],
+            "p99OverSolo": round(direct["p99Ms"] / solo_p50, 4),
+            "loopP99OverSolo": round(loop["p99Ms"] / solo_p50, 4),
+            "loopOverDirect": round(loop["p99Ms"] / direct["p99Ms"], 4),
+        }
+    }
+
+
+def _stage_windows(windows: Any, profile_solo: float | None) -> dict[str, Any]:
+    """``--stage-windows``: the profile's full-load stage again, several times as long as
+    one, each window's p99 over the profile's solo p50 beside the Job's one stage."""
+    if not isinstance(windows, list) or not windows or not profile_solo:
+        return {}
+    return {
+        "stageWindows": {
+            "p99OverSolo": [round(w["p99_ms"] / profile_solo, 4) for w in windows],
+            "missed": sum(int(w["missed"]) for w in windows),
+            "frames": sum(int(w["frames"]) for w in windows),
         }
     }
 
@@ -787,6 +823,24 @@ def render_loop(verdicts: list[dict[str, Any]]) -> str:
             f"the profile's own {f['streams']} streams at full load ({f['fps']:g} fps each): "
             f"p99 / its solo p50 {f['p99OverSolo']}, {f['missed']} of {f['frames']} frames "
             f"missed; the loop's p99 / solo p50 {f['loopP99OverSolo']}"
+        ),
+    )
+    lines += _per_setting(
+        verdicts,
+        "stageWindows",
+        lambda w: (
+            f"the profile's full-load stage {len(w['p99OverSolo'])} times more on the loop's "
+            f"servers: p99 / its solo p50 {', '.join(str(x) for x in w['p99OverSolo'])}, "
+            f"{w['missed']} of {w['frames']} frames missed"
+        ),
+    )
+    lines += _per_setting(
+        verdicts,
+        "slotsDirect",
+        lambda d: (
+            f"the loop's slots straight to Triton (no sidecar): p99 {d['p99Ms']} ms, "
+            f"{d['p99OverSolo']} x solo, {d['dropPercent']} % of {d['frames']} lost; the loop's "
+            f"p99 {d['loopP99OverSolo']} x solo, {d['loopOverDirect']} x theirs"
         ),
     )
     lines += _per_setting(

@@ -4,8 +4,10 @@ runs against real tritonservers in its CPU dry run (bench/gpu/README.md)."""
 
 import argparse
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from prometheus_client import generate_latest
@@ -18,10 +20,12 @@ from bench.gpu.loop import (
     calibrate_until_one_holds,
     cluster_of,
     collections,
+    direct_cameras,
     draw_estimate_s,
     exclusive_for,
     host_stalls,
     late_frames,
+    loop_cameras,
     next_random_n,
     parse_args,
     past_budget,
@@ -41,6 +45,7 @@ from bench.gpu.targets import loop_verdict, render_loop
 from bench.gpu.waits import bench_phases, longest_waits_ms, table_waits_ms
 from stagger.core.api import ModelProfile, SharingMode
 from stagger.core.calibration import NoKnee
+from stagger.core.contract import SlotAssignment
 from stagger.core.placement import PlannerSettings
 from stagger_sidecar.metrics import GateMetrics, StreamKey
 
@@ -173,6 +178,73 @@ def test_each_slot_says_how_much_of_its_body_other_bodies_overlap() -> None:
     assert [(s["overlappedShare"], s["overlapMsPerFrame"]) for s in slots_of(alone)] == [(0.0, 0.0)]
 
 
+def bench_loop(placed: Any, epoch: datetime) -> gpu_loop.Loop:
+    """A Loop's parts as ``direct_cameras`` reads them, without starting its sidecars."""
+    shards = sorted(placed.shards, key=lambda p: int(p.stream.split("-")[-1]))
+    triton = [SimpleNamespace(grpc=f"127.0.0.1:{9000 + i}") for i in range(len(shards))]
+    return cast(
+        gpu_loop.Loop,
+        SimpleNamespace(
+            split=False,
+            shards=shards,
+            sidecars=[
+                SimpleNamespace(grpc=f"127.0.0.1:{8000 + i}", http=f"127.0.0.1:{7 + i}", triton=t)
+                for i, t in enumerate(triton)
+            ],
+            contracts={
+                p.stream: SlotAssignment.for_shard(
+                    p, tick_hz=placed.tick_hz, epoch=epoch, generation=1, effective_at=epoch
+                )
+                for p in shards
+            },
+        ),
+    )
+
+
+def test_the_loop_s_slots_straight_to_triton_capture_at_the_same_instants() -> None:
+    """--slots-direct: each camera captures where SlotClient would wake it (the lead
+    before its slot) on a fixed phase, at its stream's Triton, not its sidecar."""
+    cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
+    candidates = [stream(f"cam-{i}", "graph", 10.0, 2048) for i in range(10)]
+    placed, applied, _ = apply_one_at_a_time(
+        candidates, cluster, [profile(18.7, 11.5)], PlannerSettings(), servers=10
+    )
+    assert placed is not None
+    loop = bench_loop(placed, datetime(2026, 12, 7, 15, 0, 0, tzinfo=UTC))
+    cams = loop_cameras(loop, applied, post_ms=8.0)
+    direct = direct_cameras(loop, cams, lead_ms=2.0)
+    assert isinstance(direct, list) and len(direct) == 8
+    # slots 12.5 ms apart from 0: the first camera wakes 2 ms before its slot, a period back
+    assert [round(c["phase"] * 1e3, 3) for c in direct] == [98.0] + [
+        12.5 * i - 2 for i in range(1, 8)
+    ]
+    assert [c["url"] for c in direct] == [f"127.0.0.1:{9000 + i}" for i in range(8)]
+    assert all("slot_clock" not in c for c in direct)
+    assert [(c["name"], c["model"], c["fps"], c["deadline_ms"]) for c in direct] == [
+        (c["name"], c["model"], c["fps"], c["deadline_ms"]) for c in cams
+    ]
+
+
+def test_slots_whose_period_does_not_divide_a_second_are_not_run_straight_to_triton() -> None:
+    """A fixed phase is counted from the cameras' start, a whole second: 7 fps slots (a
+    period of 142.857 ms) would fall elsewhere each second, so the comparison says why
+    it did not run. A split stream's camera sends to several shards: not one phase."""
+    cluster = cluster_of("NVIDIA-H200", SharingMode.TIME_SLICING, 143_771)
+    placed, applied, _ = apply_one_at_a_time(
+        [stream("cam-0", "graph", 7.0, 2048)],
+        cluster,
+        [profile(18.7, 11.5)],
+        PlannerSettings(),
+        servers=2,
+    )
+    assert placed is not None
+    loop = bench_loop(placed, datetime(2026, 12, 7, 15, 0, 0, tzinfo=UTC))
+    why = direct_cameras(loop, loop_cameras(loop, applied, post_ms=8.0), lead_ms=2.0)
+    assert isinstance(why, str) and "cam-0's slot period" in why and "divide a second" in why
+    cast(SimpleNamespace, loop).split = True
+    assert "split" in str(direct_cameras(loop, [], lead_ms=2.0))
+
+
 def test_a_model_declared_exclusive_on_its_streams_is_placed_as_an_exclusive_profile_is() -> None:
     """``--declare-exclusive graph`` with run 29's profiles (both shared): the 800 px
     streams declare ``exclusiveBody``, so the 416 px streams join with their whole bodies
@@ -268,6 +340,7 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
         (["--phase-draws", "3", "--draw-frames", "0"], "must be at least 1"),
         (["--within", "0"], "must be a positive number"),
         (["--transparent-max-wait", "0"], "as gate.maxWaitMs is"),
+        (["--stage-windows", "-1"], "--stage-windows must be 0 or more"),
     ],
 )
 def test_a_comparison_that_would_change_no_stream_is_refused(
@@ -450,6 +523,47 @@ def test_the_profile_s_full_load_is_shown_beside_the_loop_it_foretells() -> None
     )
     (before,) = loop_verdict(run("time-slicing", graph=result))
     assert "fullLoad" not in before and "at full load" not in render_loop([before])
+
+
+def test_the_loop_s_slots_straight_to_triton_and_more_stages_are_shown_beside_it() -> None:
+    """--slots-direct and --stage-windows: comparisons shown beside the loop, each over its
+    own solo p50; the verdict does not change."""
+    result = identical(8, measured(33.3), {7: measured(53.3), 8: measured(79.6, 0.05)})
+    plain = loop_verdict(run("time-slicing", graph=result))[0]
+    windows = [
+        {"streams": 9.0, "fps": 9.1, "spacing_ms": 12.21, "frames": 410.0, "missed": m, "p99_ms": x}
+        for x, m in ((22.3, 0.0), (30.2, 1.0))
+    ]
+    more = result | {
+        "calibration": {"warnings": [], "soloP50Ms": 13.74},
+        "slotsDirect": measured(29.6),
+        "stageWindows": windows,
+    }
+    (v,) = loop_verdict(run("time-slicing", graph=more))
+    assert v["slotsDirect"] == {
+        "frames": 3040,
+        "dropPercent": 0.0,
+        "p99Ms": 29.6,
+        "p99OverSolo": 1.48,
+        "loopP99OverSolo": 1.665,
+        "loopOverDirect": round(33.3 / 29.6, 4),
+    }
+    assert v["stageWindows"] == {
+        "p99OverSolo": [round(22.3 / 13.74, 4), round(30.2 / 13.74, 4)],
+        "missed": 1,
+        "frames": 820,
+    }
+    text = render_loop([v])
+    assert "the loop's slots straight to Triton (no sidecar): p99 29.6 ms, 1.48 x solo" in text
+    assert (
+        "the profile's full-load stage 2 times more on the loop's servers: p99 / its solo p50 "
+        "1.623, 2.198, 1 of 820 frames missed" in text
+    )
+    assert "the loop's p99 1.665 x solo, 1.125 x theirs" in text
+    assert v["met"] == plain["met"] and v["checks"] == plain["checks"]
+    skipped = result | {"slotsDirect": {"skipped": "why"}, "stageWindows": {"skipped": "why"}}
+    (s,) = loop_verdict(run("time-slicing", graph=skipped))
+    assert "slotsDirect" not in s and "stageWindows" not in s
 
 
 def test_every_setting_is_judged_against_doing_nothing_at_its_own_n() -> None:
