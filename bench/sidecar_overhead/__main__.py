@@ -19,9 +19,11 @@ Triton directly and through the sidecar in alternating segments of ``--seconds``
 its send to its answer. The sidecar's CPU is read from /proc for the segments that go
 through it.
 
-A third path, a TCP relay that copies bytes and understands nothing
-(``relay.py``), shows the floor any proxy hop costs on the machine: two more process
-wake-ups and socket copies per request.
+Two more paths, TCP relays that copy bytes and understand nothing (``relay.py``), show the
+floor any proxy hop costs on the machine (two more process wake-ups and socket copies per
+request): ``relay``, a plain asyncio-streams relay, and ``uvloop_relay``, a uvloop
+``Protocol`` that writes each chunk on as it arrives, the least a hop on the sidecar's own
+event loop can cost.
 
 Pinning (on a machine with at least 2 CPUs): the sidecar alone on CPU 0; Triton, its model
 processes and the load generator on CPU 1. With 4+ CPUs each gets its own.
@@ -188,7 +190,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99))}
 
 
-SIDES = ("direct", "relay", "sidecar")
+SIDES = ("direct", "relay", "uvloop_relay", "sidecar")
 
 
 async def measure(
@@ -253,6 +255,8 @@ async def measure_one(
         "added_p99_ms": added("sidecar", "p99_ms"),
         "relay_added_p50_ms": added("relay", "p50_ms"),
         "relay_added_p99_ms": added("relay", "p99_ms"),
+        "uvloop_relay_added_p50_ms": added("uvloop_relay", "p50_ms"),
+        "uvloop_relay_added_p99_ms": added("uvloop_relay", "p99_ms"),
         "sidecar_cores": cpu / wall,
         "cores_per_1000_rps": cpu / wall * 1000 / rate,
     }
@@ -260,7 +264,8 @@ async def measure_one(
         f"{protocol:4} {rate:5.0f}/s  direct p50 {p['direct']['p50_ms']:.3f} "
         f"p99 {p['direct']['p99_ms']:.3f} | sidecar adds p50 {row['added_p50_ms']:+.3f} "
         f"p99 {row['added_p99_ms']:+.3f} | byte relay adds p50 "
-        f"{row['relay_added_p50_ms']:+.3f} p99 {row['relay_added_p99_ms']:+.3f} ms | "
+        f"{row['relay_added_p50_ms']:+.3f} p99 {row['relay_added_p99_ms']:+.3f} | uvloop relay "
+        f"{row['uvloop_relay_added_p50_ms']:+.3f} / {row['uvloop_relay_added_p99_ms']:+.3f} ms | "
         f"sidecar {row['cores_per_1000_rps']:.3f} core per 1000 rps | errors {errors}",
         flush=True,
     )
@@ -328,13 +333,15 @@ def main() -> None:
             env=env,
             preexec_fn=lambda: os.sched_setaffinity(0, cpus),  # noqa: PLW1509
         )
-        relay_http, relay_grpc = free_port(), free_port()
+        relay_ports = {kind: (free_port(), free_port()) for kind in ("relay", "uvloop_relay")}
         relays = [
             subprocess.Popen(
-                [sys.executable, "-m", "bench.sidecar_overhead.relay", str(port), upstream],
+                [sys.executable, "-m", "bench.sidecar_overhead.relay", str(port), upstream]
+                + (["--uvloop"] if kind == "uvloop_relay" else []),
                 preexec_fn=lambda: os.sched_setaffinity(0, cpus),  # noqa: PLW1509
             )
-            for port, upstream in ((relay_http, triton.http), (relay_grpc, triton.grpc))
+            for kind, (http_port, grpc_port) in relay_ports.items()
+            for port, upstream in ((http_port, triton.http), (grpc_port, triton.grpc))
         ]
         try:
             deadline = time.monotonic() + 30
@@ -345,7 +352,10 @@ def main() -> None:
             targets = {
                 "direct": Targets(triton.http, triton.grpc),
                 "sidecar": Targets(f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}"),
-                "relay": Targets(f"127.0.0.1:{relay_http}", f"127.0.0.1:{relay_grpc}"),
+                **{
+                    kind: Targets(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
+                    for kind, (http_port, grpc_port) in relay_ports.items()
+                },
             }
             rows = asyncio.run(measure(args, targets, sidecar.pid))
         finally:
