@@ -16,10 +16,18 @@ from hyperframe.frame import (
     HeadersFrame,
     SettingsFrame,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
 from stagger_sidecar.gate import Gate, GateConfig
-from stagger_sidecar.grpc_proxy import MODEL_INFER, PREFACE, GrpcConnection
+from stagger_sidecar.grpc_proxy import (
+    MODEL_INFER,
+    PREFACE,
+    GrpcConnection,
+    HeaderBlocks,
+    only_indexed,
+)
 from stagger_sidecar.keeper import Keeper
 from stagger_sidecar.metrics import GateMetrics
 from tests.factories import slot_contract
@@ -203,3 +211,86 @@ async def test_a_header_block_over_the_limit_ends_the_connection() -> None:
     assert b"STAGGER_HTTP_MAX_HEADER_BYTES" in refusal.additional_data
     connection.data_received(ContinuationFrame(1, data=b"\0" * 4096).serialize())
     assert len(connection.block) <= 3 * 4096
+
+
+def test_only_blocks_that_name_table_entries_count_as_only_indexed() -> None:
+    """RFC 7541: an indexed field's first byte has its top bit set; an index of 127 or more
+    goes on in 7-bit groups. A literal, or a table size update, may change the table."""
+    encoder = hpack.Encoder()
+    fields = [(":path", MODEL_INFER), ("stagger-stream", "cam"), ("x-frame", "7")]
+    first = encoder.encode(fields)  # literals, added to the dynamic table
+    again = encoder.encode(fields)  # the same fields, by their indexes now
+    assert not only_indexed(first)
+    assert only_indexed(again)
+    assert only_indexed(b"\xff\x00")  # index 127: 0x7f in the prefix, then 0
+    assert only_indexed(b"\xff\x81\x01\x82")  # a multi-byte index, then index 2
+    assert not only_indexed(b"\x3f\xe1\x1f")  # a dynamic table size update
+    assert not only_indexed(b"\x82\x40\x01a\x01b")  # index 2, then a literal
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b", "stagger-stream", ":path"]),
+                st.sampled_from(["1", "2", "cam", "x" * 40]),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.sampled_from([64, 4096]),
+)
+def test_remembered_header_blocks_decode_as_the_decoder_does(calls, table_size) -> None:
+    """Whatever a client's encoder sends (literals that add to or evict from a small table,
+    blocks repeated by index), the remembering decoder reads each block as hpack's own
+    decoder does, in the same order."""
+    encoder = hpack.Encoder()
+    encoder.header_table_size = table_size
+    plain, remembering = hpack.Decoder(), HeaderBlocks()
+    for fields in calls + calls:  # everything twice: the second time, mostly by index
+        block = encoder.encode(fields)
+        assert remembering.decode(block) == dict(plain.decode(block))
+
+
+def test_a_warm_block_is_read_from_memory_not_decoded_again() -> None:
+    encoder, blocks = hpack.Encoder(), HeaderBlocks()
+    fields = [(":path", MODEL_INFER), ("stagger-stream", "cam")]
+    blocks.decode(encoder.encode(fields))
+    warm = encoder.encode(fields)
+    decoded = blocks.decode(warm)
+    calls = []
+    blocks.decoder.decode = lambda *a, **k: calls.append(a)  # type: ignore[method-assign]
+    assert blocks.decode(warm) == decoded == dict(fields) and calls == []
+    decoded["stagger-stream"] = "changed"  # the caller's copy, not the memory
+    assert blocks.decode(warm)["stagger-stream"] == "cam"
+
+
+async def test_the_app_has_its_answer_before_the_call_is_accounted() -> None:
+    """Triton's trailers reach the app before the gate's and the metrics' bookkeeping for
+    the call runs: that work is off the answer's way."""
+    connection, _ = relay([T + 0.035])
+    connection.triton_data(bytearray(SettingsFrame(0, settings={5: 4 * MB}).serialize()))
+    opening, data, _ = request_frames(1024)
+    connection.data_received(opening + data)
+    app = cast(Captured, connection.app)
+    seen_at_done: list[int] = []
+    keeper = connection.keeper
+    done = keeper.done
+    keeper.done = lambda *a, **k: (seen_at_done.append(len(app.sent)), done(*a, **k))[1]  # type: ignore[method-assign]
+    encoder = hpack.Encoder()
+    answer = (
+        HeadersFrame(
+            1, data=encoder.encode([(":status", "200")]), flags=["END_HEADERS"]
+        ).serialize()
+        + DataFrame(1, data=b"\0\0\0\0\0").serialize()
+        + HeadersFrame(
+            1, data=encoder.encode([("grpc-status", "0")]), flags=["END_HEADERS", "END_STREAM"]
+        ).serialize()
+    )
+    connection.triton_data(bytearray(answer))
+    assert app.sent.endswith(answer)  # relayed as Triton sent it
+    assert seen_at_done == [len(app.sent)]  # ... all of it before the bookkeeping ran
