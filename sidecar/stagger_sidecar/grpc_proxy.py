@@ -111,8 +111,12 @@ CODE = {
 
 
 def data_frame(sid: int, payload: bytes | memoryview, *, end: bool = False) -> bytes:
-    n = len(payload)
-    return FRAME_HEAD.pack(n >> 8, n & 0xFF, DATA, END_STREAM if end else 0, sid) + payload
+    return data_head(sid, len(payload), end=end) + payload
+
+
+def data_head(sid: int, n: int, *, end: bool = False) -> bytes:
+    """A DATA frame's 9-byte header, for ``n`` bytes of payload written after it."""
+    return FRAME_HEAD.pack(n >> 8, n & 0xFF, DATA, END_STREAM if end else 0, sid)
 
 
 def _payload(frame: bytes, ftype: int, flags: int) -> bytes:
@@ -175,8 +179,8 @@ class Outbound:
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.frames: list[bytes] = []
-        self.deferred: list[bytes] = []
+        self.frames: list[bytes | memoryview] = []  # memoryviews: of the app's reads
+        self.deferred: list[bytes | memoryview] = []
         self.in_block = False
         self.discard = False  # no such side (Triton unreachable)
 
@@ -191,7 +195,7 @@ class Outbound:
             self.frames += self.deferred
             self.deferred.clear()
 
-    def own(self, *frames: bytes) -> None:
+    def own(self, *frames: bytes | memoryview) -> None:
         if not self.discard:
             (self.deferred if self.in_block else self.frames).extend(frames)
 
@@ -321,48 +325,60 @@ class GrpcConnection(asyncio.Protocol):
             return
         if self.raw:
             self.to_triton.own(data)
-        elif self._preface_passed(data):
-            self._app_frames()
+            return
+        if not self.started:
+            if not self._preface_passed(data):
+                return
+            data = b""  # in ``buf`` now
+        if self.buf:  # the rest of a frame begun in an earlier read
+            self.buf += data
+            del self.buf[: self._app_frames(self.buf)]
+        else:  # the usual case: whole frames, or a gated frame's payload, read in place
+            taken = self._app_frames(data)
+            self.buf += memoryview(data)[taken:]
 
-    def _app_frames(self) -> None:
-        """The app's frames in ``buf``, each once complete, except a gated call's request
+    def _app_frames(self, source: bytes | bytearray) -> int:
+        """The app's frames in ``source``, each once complete, except a gated call's request
         DATA: its payload goes on piece by piece as it arrives. The app's frames are as
         large as Triton accepts (4 MB), and a released request must not wait in the sidecar
-        for the rest of its frame."""
-        buf, pos = self.buf, 0
-        try:
-            with memoryview(buf) as view:  # slices of the view are one copy, of buf two
-                while pos < len(buf):
-                    if self.payload is not None:  # inside a gated DATA frame
-                        reading, left, end = self.payload
-                        n = min(left, len(buf) - pos)
-                        last = n == left
-                        self.payload = None if last else (reading, left - n, end)
-                        self._request_bytes(reading, view[pos : pos + n], end=last and end)
-                        pos += n
-                        continue
-                    if len(buf) - pos < 9:
-                        break
-                    hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(buf, pos)
-                    size, sid = hi << 8 | lo, sid & 0x7FFFFFFF
-                    if size > self.max_frame:  # refused on its header, never buffered
-                        self._end_for_input(
-                            FRAME_SIZE_ERROR,
-                            f"a {size}-byte frame exceeds SETTINGS_MAX_FRAME_SIZE {self.max_frame}",
-                        )
-                        pos = len(buf)
-                        break
-                    call = self.calls.get(sid) if sid and ftype == DATA else None
-                    if call is not None and call.gated and size and not flags & PADDED:
-                        self.payload = (call, size, flags & END_STREAM)
-                        pos += 9
-                        continue
-                    if pos + 9 + size > len(buf):
-                        break
-                    self._app_frame(bytes(view[pos : pos + 9 + size]), ftype, flags, sid)
-                    pos += 9 + size
-        finally:
-            del buf[:pos]
+        for the rest of its frame. Returns how many bytes were consumed.
+
+        A released request's bytes go to Triton as slices of the app's own read, not
+        copies: each copy of a 1 MB frame cost 0.1 ms live, and three of them made most
+        of what the sidecar added to a camera's way (docs/benchmarks.md). Only ``bytes``
+        may be lent so: ``buf`` is resized once this returns."""
+        pos, lent = 0, isinstance(source, bytes)
+        with memoryview(source) as view:
+            while pos < len(source):
+                if self.payload is not None:  # inside a gated DATA frame
+                    reading, left, end = self.payload
+                    n = min(left, len(source) - pos)
+                    last = n == left
+                    self.payload = None if last else (reading, left - n, end)
+                    piece = view[pos : pos + n]
+                    self._request_bytes(reading, piece if lent else bytes(piece), end=last and end)
+                    pos += n
+                    continue
+                if len(source) - pos < 9:
+                    break
+                hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(source, pos)
+                size, sid = hi << 8 | lo, sid & 0x7FFFFFFF
+                if size > self.max_frame:  # refused on its header, never buffered
+                    self._end_for_input(
+                        FRAME_SIZE_ERROR,
+                        f"a {size}-byte frame exceeds SETTINGS_MAX_FRAME_SIZE {self.max_frame}",
+                    )
+                    return len(source)
+                call = self.calls.get(sid) if sid and ftype == DATA else None
+                if call is not None and call.gated and size and not flags & PADDED:
+                    self.payload = (call, size, flags & END_STREAM)
+                    pos += 9
+                    continue
+                if pos + 9 + size > len(source):
+                    break
+                self._app_frame(bytes(view[pos : pos + 9 + size]), ftype, flags, sid)
+                pos += 9 + size
+        return pos
 
     def _preface_passed(self, data: bytes) -> bool:
         """Buffer ``data``; False while the connection preface is incomplete, or is not
@@ -467,43 +483,64 @@ class GrpcConnection(asyncio.Protocol):
 
     def _request_bytes(self, call: Call, payload: bytes | memoryview, *, end: int) -> None:
         """Request DATA of a gated call (a frame's payload, or part of it); ``end``: the
-        app's END_STREAM came with its last byte. ``payload`` is copied, never kept."""
+        app's END_STREAM came with its last byte. ``payload`` is immutable: what the gate
+        releases of it at once goes to Triton as it is; what waits is copied."""
         if end:
             call.app_ended = True
         if call.over or call.barrier is not None:  # Triton has been told to forget the call
             self._give_back_to_app(call, len(payload))
             return
-        call.inbox += payload
+        if call.inbox:  # earlier bytes wait: these wait behind them
+            call.inbox += payload
+        else:
+            taken = self._pass(call, payload, lent=True)
+            call.inbox += payload[taken:]
         self._advance(call)
 
     def _advance(self, call: Call) -> None:
-        """Forward what the gate allows of a gated call's request bytes; the next message
-        goes to the gate once its header is in."""
-        while call.inbox:
-            if call.forward:
-                # Held bytes from several frames go out again as frames of at most the size
-                # Triton accepts.
-                n = min(call.forward, len(call.inbox), self.max_frame)
-                last = call.app_ended and n == len(call.inbox) and n == call.forward
-                with memoryview(call.inbox) as held:
-                    self.to_triton.own(data_frame(call.sid, held[:n], end=last))
-                del call.inbox[:n]
-                call.forward -= n
-                call.end_sent |= last
-            elif call.drop:
-                n = min(call.drop, len(call.inbox))
-                del call.inbox[:n]
-                call.drop -= n
-                self._give_back_to_app(call, n)
-            elif call.over or call.admission is not None or not self._to_gate(call):
-                break
+        """Forward what the gate allows of a gated call's waiting request bytes; after the
+        app's last, its END_STREAM."""
+        if call.inbox:
+            with memoryview(call.inbox) as held:
+                taken = self._pass(call, held, lent=False)
+            del call.inbox[:taken]
         if call.app_ended and not (call.end_sent or call.inbox or call.admission or call.over):
             call.end_sent = True
             self.to_triton.own(data_frame(call.sid, b"", end=True))
 
-    def _to_gate(self, call: Call) -> bool:
-        """Send the next message to the gate once its header is in; False: need more."""
-        inbox = call.inbox
+    def _pass(self, call: Call, source: bytes | memoryview, *, lent: bool) -> int:
+        """Forward, drop or gate a gated call's request bytes from the start of ``source``,
+        as far as the gate allows; the next message goes to the gate once its header is
+        in. Returns how many bytes were consumed. ``lent``: ``source`` outlives this turn's
+        write, so its slices are written as they are (else copied)."""
+        pos, size = 0, len(source)
+        while pos < size:
+            if call.forward:
+                # Forwarded as frames of at most the size Triton accepts: held bytes from
+                # several of the app's frames go out together.
+                n = min(call.forward, size - pos, self.max_frame)
+                last = call.app_ended and pos + n == size and n == call.forward
+                piece = source[pos : pos + n]
+                head = data_head(call.sid, n, end=last)
+                if lent:
+                    self.to_triton.own(head, piece)
+                else:
+                    self.to_triton.own(head + piece)
+                pos += n
+                call.forward -= n
+                call.end_sent |= last
+            elif call.drop:
+                n = min(call.drop, size - pos)
+                pos += n
+                call.drop -= n
+                self._give_back_to_app(call, n)
+            elif call.over or call.admission is not None or not self._to_gate(call, source[pos:]):
+                break
+        return pos
+
+    def _to_gate(self, call: Call, inbox: bytes | memoryview) -> bool:
+        """Send the next message, at the start of ``inbox``, to the gate once its header is
+        in; False: need more."""
         if len(inbox) < MESSAGE_PREFIX:
             if call.app_ended:  # a truncated message: Triton says what is wrong with it
                 call.forward = len(inbox)
@@ -536,7 +573,9 @@ class GrpcConnection(asyncio.Protocol):
         return True
 
     @staticmethod
-    def _header(call: Call, inbox: bytearray, end: int, *, whole: bool) -> wire.InferHeader | None:
+    def _header(
+        call: Call, inbox: bytes | memoryview, end: int, *, whole: bool
+    ) -> wire.InferHeader | None:
         """The gate's header from the message's bytes up to ``end`` (``whole``: all of it)."""
         body = bytes(inbox[MESSAGE_PREFIX:end])
         if inbox[0]:
