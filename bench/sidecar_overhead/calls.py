@@ -8,7 +8,7 @@ The sidecar runs as in a pod (``python -m stagger_sidecar gate``, its gate open)
 relay as ``relay.py --uvloop``, both alone on CPU 0 where there are two; Triton and this
 client on the rest. Calls go 2 ms apart, so the sidecar sleeps between them as it does
 between a camera's frames. ``--time-callbacks`` wraps the sidecar's gRPC callbacks with
-timestamps (a ``sitecustomize`` on its path) and prints each one's median: the app's
+timestamps (a ``sitecustomize`` on its path) and prints each one's median and p99: the app's
 request and Triton's answer as the event loop hands them over, and inside them the header
 block's decoding, the gate's decision (``Keeper.enter``) and the call's bookkeeping
 (``Keeper.done``). The wrapping costs a little of its own: compare runs with it on.
@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,10 +181,8 @@ def main() -> None:
             spent = json.loads(times.read_text()) if times.exists() else {}
             for name in TIMED:
                 values = spent.get(name) or [0.0]
-                print(
-                    f"  {name:16} median {statistics.median(values) * 1e6:7.1f} µs "
-                    f"({len(values)} calls)"
-                )
+                median, p99 = np.percentile(values, [50, 99]) * 1e6
+                print(f"  {name:16} median {median:7.1f} µs, p99 {p99:7.1f} ({len(values)} calls)")
 
 
 if __name__ == "__main__":
