@@ -353,7 +353,7 @@ class ProfileReport:
             share = self.full_load_model_time_share
             past_second = (  # within WARNING_CHARS, which a Job's termination message keeps
                 f"; the model alone needs {share:.2f} of each second at this load "
-                "(time-sliced, chargeModelTime admits only what fits)"
+                "(if time-sliced, chargeModelTime admits only what fits)"
                 if share is not None and share > 1
                 else ""
             )

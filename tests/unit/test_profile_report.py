@@ -215,7 +215,7 @@ def test_a_body_that_slows_at_full_load_is_flagged_though_it_looked_steady() -> 
     assert steady.full_load_model_time_share == pytest.approx(12.6 * 9 * 9.1 / 1e3)
     (warning,) = steady.warnings()
     assert (
-        "a CUDA graph; the model alone needs 1.03 of each second at this load (time-sliced, "
+        "a CUDA graph; the model alone needs 1.03 of each second at this load (if time-sliced, "
         "chargeModelTime admits only what fits); a lower throughputCap admits fewer"
     ) in warning
     # a calibration Job's result keeps WARNING_CHARS of each: the whole, at the largest
