@@ -49,7 +49,7 @@ import logging
 import struct
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
@@ -119,7 +119,7 @@ def data_head(sid: int, n: int, *, end: bool = False) -> bytes:
     return FRAME_HEAD.pack(n >> 8, n & 0xFF, DATA, END_STREAM if end else 0, sid)
 
 
-def _payload(frame: bytes, ftype: int, flags: int) -> bytes:
+def _payload(frame: bytes | memoryview, ftype: int, flags: int) -> bytes | memoryview:
     """A DATA frame's data, or a HEADERS/CONTINUATION frame's header block fragment."""
     start, stop = 9, len(frame)
     if flags & PADDED and ftype in (DATA, HEADERS):
@@ -184,7 +184,7 @@ class Outbound:
         self.in_block = False
         self.discard = False  # no such side (Triton unreachable)
 
-    def relay(self, frame: bytes, ftype: int, flags: int) -> None:
+    def relay(self, frame: bytes | memoryview, ftype: int, flags: int) -> None:
         if self.discard:
             return
         self.frames.append(frame)
@@ -761,19 +761,27 @@ class GrpcConnection(asyncio.Protocol):
     # -- Triton -> app -------------------------------------------------------------------
 
     def triton_data(self, buf: bytearray) -> None:
+        """Triton's complete frames at the start of ``buf``, relayed and consumed."""
+        del buf[: self.triton_frames(buf)]
+
+    def triton_frames(self, source: bytes | bytearray) -> int:
+        """Relay Triton's complete frames at the start of ``source``; returns how many bytes
+        they took. Those of a ``bytes`` source (a read, as the event loop hands it over)
+        go to the app as slices of it, not copies, as the app's requests go to Triton."""
         if self.hung:  # answered already; a late header block would break the app's HPACK
-            buf.clear()
-            return
+            return len(source)
+        frames, taken = _split(source)
 
         def work() -> None:
-            for frame, ftype, flags, sid in _split(buf):
+            for frame, ftype, flags, sid in frames:
                 self._triton_frame(frame, ftype, flags, sid)
 
         self._guarded(work)
+        return taken
 
-    def _triton_frame(self, frame: bytes, ftype: int, flags: int, sid: int) -> None:
-        if ftype == PING and flags & ACK and frame[9:] in self.barriers:
-            self._barrier_passed(self.barriers.pop(frame[9:]))
+    def _triton_frame(self, frame: bytes | memoryview, ftype: int, flags: int, sid: int) -> None:
+        if ftype == PING and flags & ACK and (token := bytes(frame[9:])) in self.barriers:
+            self._barrier_passed(self.barriers.pop(token))
             return  # the sidecar's own PING
         self.to_app.relay(frame, ftype, flags)
         if ftype == SETTINGS and not flags & ACK:
@@ -867,20 +875,24 @@ class GrpcConnection(asyncio.Protocol):
         self.close()
 
 
-def _split(buf: bytearray) -> Iterator[tuple[bytes, int, int, int]]:
-    """The complete frames at the start of ``buf``, consumed as they are read."""
-    pos, size = 0, len(buf)
-    try:
-        with memoryview(buf) as view:  # a slice of the view is one copy, of buf two
-            while size - pos >= 9:
-                hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(buf, pos)
-                end = pos + 9 + (hi << 8 | lo)
-                if end > size:
-                    break
-                yield bytes(view[pos:end]), ftype, flags, sid & 0x7FFFFFFF
-                pos = end
-    finally:
-        del buf[:pos]
+def _split(
+    source: bytes | bytearray,
+) -> tuple[list[tuple[bytes | memoryview, int, int, int]], int]:
+    """The complete frames at the start of ``source``, and how many bytes they take. A
+    ``bytes`` source's frames are slices of it; a ``bytearray``'s are copies (the caller
+    resizes it)."""
+    frames: list[tuple[bytes | memoryview, int, int, int]] = []
+    pos, size, lent = 0, len(source), isinstance(source, bytes)
+    with memoryview(source) as view:  # a slice of the view is one copy, of a bytearray two
+        while size - pos >= 9:
+            hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(source, pos)
+            end = pos + 9 + (hi << 8 | lo)
+            if end > size:
+                break
+            frame = view[pos:end]
+            frames.append((frame if lent else bytes(frame), ftype, flags, sid & 0x7FFFFFFF))
+            pos = end
+    return frames, pos
 
 
 def _inflate(encoding: str, body: bytes) -> bytes:
@@ -906,8 +918,12 @@ class TritonSide(asyncio.Protocol):
             connection.to_app.own(data)
             connection.to_app.flush()
             return
-        self.buf += data
-        connection.triton_data(self.buf)
+        if self.buf:  # the rest of a frame begun in an earlier read
+            self.buf += data
+            connection.triton_data(self.buf)
+        else:
+            taken = connection.triton_frames(data)
+            self.buf += memoryview(data)[taken:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connection.triton_lost()

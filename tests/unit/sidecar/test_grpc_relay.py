@@ -26,6 +26,7 @@ from stagger_sidecar.grpc_proxy import (
     PREFACE,
     GrpcConnection,
     HeaderBlocks,
+    TritonSide,
     only_indexed,
 )
 from stagger_sidecar.keeper import Keeper
@@ -316,3 +317,32 @@ async def test_the_app_has_its_answer_before_the_call_is_accounted() -> None:
     connection.triton_data(bytearray(answer))
     assert app.sent.endswith(answer)  # relayed as Triton sent it
     assert seen_at_done == [len(app.sent)]  # ... all of it before the bookkeeping ran
+
+
+async def test_tritons_answer_reaches_the_app_as_its_own_reads_not_copies() -> None:
+    """Triton's whole frames go to the app as slices of the reads Triton's socket gave, as
+    the app's go to Triton; a frame that a read cuts waits, copied, for the rest of it."""
+    connection, _ = relay([T + 0.035])
+    triton = TritonSide(connection)
+    triton.data_received(SettingsFrame(0, settings={5: 4 * MB}).serialize())
+    opening, data, _ = request_frames(1024)
+    connection.data_received(opening + data)
+    app = cast(Captured, connection.app)
+    written: list[bytes | memoryview] = []
+    app.writelines = written.extend  # type: ignore[method-assign]
+    encoder = hpack.Encoder()
+    head = HeadersFrame(1, data=encoder.encode([(":status", "200")]), flags=["END_HEADERS"])
+    body = DataFrame(1, data=b"\0" + MB.to_bytes(4, "big") + bytes(MB)).serialize()
+    trailers = HeadersFrame(
+        1, data=encoder.encode([("grpc-status", "0")]), flags=["END_HEADERS", "END_STREAM"]
+    ).serialize()
+    reads = [head.serialize() + body[: 256 * 1024], body[256 * 1024 :], trailers]
+    for read in reads:
+        triton.data_received(read)
+
+    assert b"".join(written) == b"".join(reads)  # relayed as Triton sent it, in order
+    lent = [w for w in written if isinstance(w, memoryview)]
+    assert [w.obj for w in lent] == [reads[0], reads[2]]  # whole frames, each in its read
+    assert bytes(lent[0]) == head.serialize() and bytes(lent[1]) == trailers
+    assert body in written  # the DATA frame the first read cut: whole, from the buffer
+    assert not connection.calls  # answered and let go

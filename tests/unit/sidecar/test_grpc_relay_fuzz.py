@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
-from stagger_sidecar.grpc_proxy import MODEL_INFER, PREFACE, SERVICE, WINDOW_UPDATE
+from stagger_sidecar.grpc_proxy import MODEL_INFER, PREFACE, SERVICE, WINDOW_UPDATE, TritonSide
 from tests.unit.sidecar.test_grpc_relay import Captured, T, frames, relay
 
 MAX_FRAME = 16_384  # Triton's SETTINGS here: the app's frames are at most this
@@ -167,8 +167,8 @@ async def relay_once(app_cuts: list[int], triton_cuts: list[int], yields: list[b
     sent_by_app, sids = app_traffic()
     sent_by_triton = triton_traffic(sids)
     first = len(SettingsFrame(0, settings={5: MAX_FRAME}).serialize())
-    triton_buf = bytearray(sent_by_triton[:first])
-    connection.triton_data(triton_buf)  # Triton's SETTINGS come first, as on a real socket
+    triton_side = TritonSide(connection)  # reads in place, or buffers a frame a read cut
+    triton_side.data_received(sent_by_triton[:first])  # its SETTINGS first, as on a socket
     for k, piece in enumerate(chunks(sent_by_app, app_cuts)):
         connection.data_received(piece)
         if yields[k % len(yields)]:
@@ -177,8 +177,7 @@ async def relay_once(app_cuts: list[int], triton_cuts: list[int], yields: list[b
         await asyncio.gather(*pending)
         await asyncio.sleep(0)
     for piece in chunks(sent_by_triton[first:], triton_cuts):
-        triton_buf += piece
-        connection.triton_data(triton_buf)
+        triton_side.data_received(piece)
 
     # App -> Triton: every call's headers and message bytes, every control frame, in order.
     want_data, want_control, want_blocks = by_stream(sent_by_app)
