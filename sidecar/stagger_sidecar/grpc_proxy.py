@@ -13,7 +13,8 @@ connection to Triton, and copies frames. It reads only what gating needs:
 * on ``ModelStreamInfer``, Triton's response messages, for ``triton_final_response``.
 
 Everything else (other methods, SETTINGS, PING, WINDOW_UPDATE, Triton's answers) passes as
-bytes. A gRPC server and client inside the sidecar cost ~0.4 ms of CPU per call; this costs
+bytes; a unary call's answer DATA, like a released request's, piece by piece as it
+arrives. Bytes that go on at once are slices of the socket's reads, never copies. A gRPC server and client inside the sidecar cost ~0.4 ms of CPU per call; this costs
 about what the HTTP proxy does (docs/benchmarks.md, "Sidecar overhead").
 
 The sidecar answers a call itself (a refusal, a timeout) with a trailers-only response,
@@ -195,6 +196,12 @@ class Outbound:
             self.frames += self.deferred
             self.deferred.clear()
 
+    def relay_data(self, sid: int, piece: bytes | memoryview, *, end: bool) -> None:
+        """A piece of the other side's DATA frame, on as a DATA frame of its own: its head,
+        then the piece as it is."""
+        if not self.discard:
+            self.frames += (data_head(sid, len(piece), end=end), piece)
+
     def own(self, *frames: bytes | memoryview) -> None:
         if not self.discard:
             (self.deferred if self.in_block else self.frames).extend(frames)
@@ -256,6 +263,8 @@ class GrpcConnection(asyncio.Protocol):
         self.owed: dict[int, int] = {}  # bytes the sidecar added to the app's windows
         self.max_frame = MAX_FRAME  # the largest DATA frame Triton accepts (its SETTINGS)
         self.payload: tuple[Call, int, int] | None = None  # a gated DATA frame being read
+        self.answering: tuple[int, int, int] | None = None  # (sid, left, END_STREAM) of an
+        # answer's DATA frame from Triton being read
         self.barriers: dict[bytes, Call] = {}
         self.tokens = itertools.count(1)
         self.closed = False
@@ -765,19 +774,56 @@ class GrpcConnection(asyncio.Protocol):
         del buf[: self.triton_frames(buf)]
 
     def triton_frames(self, source: bytes | bytearray) -> int:
-        """Relay Triton's complete frames at the start of ``source``; returns how many bytes
-        they took. Those of a ``bytes`` source (a read, as the event loop hands it over)
-        go to the app as slices of it, not copies, as the app's requests go to Triton."""
+        """Relay Triton's frames at the start of ``source``; returns how many bytes that
+        took. Each frame goes once complete, except the DATA of a unary call's answer: its
+        payload goes on piece by piece as it arrives, each piece a DATA frame of its own
+        (as a released request's go to Triton), so an answer of a frame or a mask does not
+        wait in the sidecar for the rest of its frame. Those of a ``bytes`` source (a read,
+        as the event loop hands it over) go as slices of it, not copies."""
         if self.hung:  # answered already; a late header block would break the app's HPACK
             return len(source)
-        frames, taken = _split(source)
+        lent, pos = isinstance(source, bytes), 0
 
         def work() -> None:
-            for frame, ftype, flags, sid in frames:
-                self._triton_frame(frame, ftype, flags, sid)
+            nonlocal pos
+            with memoryview(source) as view:
+                while pos < len(source):
+                    if self.answering is not None:  # inside an answer's DATA frame
+                        sid, left, end = self.answering
+                        n = min(left, len(source) - pos)
+                        self.answering = None if n == left else (sid, left - n, end)
+                        piece = view[pos : pos + n]
+                        pos += n
+                        self._answer_bytes(
+                            sid, piece if lent else bytes(piece), end=n == left and end
+                        )
+                        continue
+                    if len(source) - pos < 9:
+                        break
+                    hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(source, pos)
+                    size, sid = hi << 8 | lo, sid & 0x7FFFFFFF
+                    call = self.calls.get(sid) if ftype == DATA and sid else None
+                    if call is not None and not call.streaming and size and not flags & PADDED:
+                        self.answering = (sid, size, flags & END_STREAM)
+                        pos += 9
+                        continue
+                    if pos + 9 + size > len(source):
+                        break
+                    frame = view[pos : pos + 9 + size]
+                    pos += 9 + size
+                    self._triton_frame(frame if lent else bytes(frame), ftype, flags, sid)
 
         self._guarded(work)
-        return taken
+        return pos
+
+    def _answer_bytes(self, sid: int, piece: bytes | memoryview, *, end: int) -> None:
+        """A piece of a unary call's answer (``end``: Triton's END_STREAM came with its last
+        byte): on to the app at once."""
+        self.to_app.relay_data(sid, piece, end=bool(end))
+        call = self.calls.get(sid)
+        if end and call is not None:
+            self.to_app.flush()  # the app has its answer before the call's bookkeeping
+            self._end(call, None)
 
     def _triton_frame(self, frame: bytes | memoryview, ftype: int, flags: int, sid: int) -> None:
         if ftype == PING and flags & ACK and (token := bytes(frame[9:])) in self.barriers:
@@ -873,26 +919,6 @@ class GrpcConnection(asyncio.Protocol):
             return  # before any call, a GOAWAY would only make the app retry here
         self.to_app.own(GoAwayFrame(0, last_stream_id=self.last_sid).serialize())
         self.close()
-
-
-def _split(
-    source: bytes | bytearray,
-) -> tuple[list[tuple[bytes | memoryview, int, int, int]], int]:
-    """The complete frames at the start of ``source``, and how many bytes they take. A
-    ``bytes`` source's frames are slices of it; a ``bytearray``'s are copies (the caller
-    resizes it)."""
-    frames: list[tuple[bytes | memoryview, int, int, int]] = []
-    pos, size, lent = 0, len(source), isinstance(source, bytes)
-    with memoryview(source) as view:  # a slice of the view is one copy, of a bytearray two
-        while size - pos >= 9:
-            hi, lo, ftype, flags, sid = FRAME_HEAD.unpack_from(source, pos)
-            end = pos + 9 + (hi << 8 | lo)
-            if end > size:
-                break
-            frame = view[pos:end]
-            frames.append((frame if lent else bytes(frame), ftype, flags, sid & 0x7FFFFFFF))
-            pos = end
-    return frames, pos
 
 
 def _inflate(encoding: str, body: bytes) -> bytes:

@@ -21,7 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
+from stagger_sidecar.grpc_proxy import DATA as DATA_TYPE
+from stagger_sidecar.grpc_proxy import END_STREAM as END_STREAM_FLAG
 from stagger_sidecar.grpc_proxy import MODEL_INFER, PREFACE, SERVICE, WINDOW_UPDATE, TritonSide
+from stagger_sidecar.grpc_proxy import PADDED as PADDED_FLAG
 from tests.unit.sidecar.test_grpc_relay import Captured, T, frames, relay
 
 MAX_FRAME = 16_384  # Triton's SETTINGS here: the app's frames are at most this
@@ -73,7 +76,8 @@ def app_traffic() -> tuple[bytes, list[int]]:
 
 def triton_traffic(sids: list[int]) -> bytes:
     """Triton's side: its SETTINGS (4 MB frames would be allowed; it keeps 16 KB here), then
-    per call a response header block, one message and the trailers."""
+    per call a response header block, one message of 3 KB (reads may cut it anywhere) and
+    the trailers."""
     encoder = hpack.Encoder()
     out = bytearray(SettingsFrame(0, settings={5: MAX_FRAME}).serialize())
     for sid in sids:
@@ -82,7 +86,8 @@ def triton_traffic(sids: list[int]) -> bytes:
             data=encoder.encode([(":status", "200"), ("content-type", "application/grpc")]),
             flags=["END_HEADERS"],
         ).serialize()
-        out += DataFrame(sid, data=b"\0\0\0\0\x03abc").serialize()
+        message = bytes(range(256)) * 12
+        out += DataFrame(sid, data=b"\0" + len(message).to_bytes(4, "big") + message).serialize()
         out += HeadersFrame(
             sid, data=encoder.encode([("grpc-status", "0")]), flags=["END_HEADERS", "END_STREAM"]
         ).serialize()
@@ -147,6 +152,22 @@ def raw_frames(sent: bytes, leave_out: int | None = None) -> list[bytes]:
     return out
 
 
+def answers(sent: bytes) -> list[tuple[object, ...]]:
+    """Triton's frames as the app must see them: each frame's bytes, but a stream's run of
+    DATA frames as one (payload, END_STREAM): the sidecar passes an answer's DATA frame on
+    in the pieces it reads, each a frame of its own. Its own WINDOW_UPDATEs left out."""
+    out: list[tuple[object, ...]] = []
+    for frame in raw_frames(sent, leave_out=WINDOW_UPDATE):
+        ftype, flags, sid = frame[3], frame[4], int.from_bytes(frame[5:9], "big")
+        if ftype != DATA_TYPE or flags & PADDED_FLAG:
+            out.append(("frame", frame))
+        elif out and out[-1][:2] == ("data", sid) and not out[-1][3]:
+            out[-1] = ("data", sid, out[-1][2] + frame[9:], bool(flags & END_STREAM_FLAG))
+        else:
+            out.append(("data", sid, frame[9:], bool(flags & END_STREAM_FLAG)))
+    return out
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     app_cuts=st.lists(st.integers(min_value=1, max_value=10**6), max_size=40),
@@ -200,7 +221,8 @@ async def relay_once(app_cuts: list[int], triton_cuts: list[int], yields: list[b
     assert flow(sent_by_app, 5) - final_padding == flow(bytes(triton.sent), 5) + window_given_back(
         bytes(app.sent), 5
     )
-    # Triton -> app: byte for byte (the sidecar added nothing but the window it gave back).
-    assert raw_frames(bytes(app.sent), leave_out=WINDOW_UPDATE) == raw_frames(sent_by_triton)
+    # Triton -> app: frame for frame, an answer's DATA in the pieces read (the sidecar added
+    # nothing but the window it gave back).
+    assert answers(bytes(app.sent)) == answers(sent_by_triton)
     assert not connection.calls  # every call answered and let go
     assert connection.keeper.inflight == 0
