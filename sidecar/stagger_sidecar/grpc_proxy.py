@@ -14,8 +14,9 @@ connection to Triton, and copies frames. It reads only what gating needs:
 
 Everything else (other methods, SETTINGS, PING, WINDOW_UPDATE, Triton's answers) passes as
 bytes; a unary call's answer DATA, like a released request's, piece by piece as it
-arrives. Bytes that go on at once are slices of the socket's reads, never copies. A gRPC server and client inside the sidecar cost ~0.4 ms of CPU per call; this costs
-about what the HTTP proxy does (docs/benchmarks.md, "Sidecar overhead").
+arrives. Bytes that go on at once are slices of the socket's reads, never copies. A gRPC
+server and client inside the sidecar cost ~0.4 ms of CPU per call; this costs about what
+the HTTP proxy does (docs/benchmarks.md, "Sidecar overhead").
 
 The sidecar answers a call itself (a refusal, a timeout) with a trailers-only response,
 HPACK-encoded without indexing so the app's table is untouched, after resetting the stream
