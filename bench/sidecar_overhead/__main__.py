@@ -119,9 +119,10 @@ def http_body(frame_bytes: int) -> tuple[bytes, dict[str, str]]:
     return header + tensor, headers
 
 
-def grpc_request(frame_bytes: int) -> bytes:
+def grpc_request(frame_bytes: int, model: str | None = None) -> bytes:
+    """A ModelInfer request of ``frame_bytes`` to ``model`` (default :func:`model_for`)."""
     values = frame(frame_bytes)
-    request = service_pb2.ModelInferRequest(model_name=model_for(frame_bytes))
+    request = service_pb2.ModelInferRequest(model_name=model or model_for(frame_bytes))
     request.inputs.add(name="INPUT0", datatype="FP32", shape=[len(values)])
     request.raw_input_contents.append(values.tobytes())
     return bytes(request.SerializeToString())

@@ -3,6 +3,7 @@ relay: what the sidecar's way adds per request, and with ``--time-callbacks`` wh
 live sidecar spends it (its callbacks timed in the running process).
 
     python -m bench.sidecar_overhead.calls [--frame-bytes 16] [--calls 300] [--time-callbacks]
+        [--echo]
 
 The sidecar runs as in a pod (``python -m stagger_sidecar gate``, its gate open) and the
 relay as ``relay.py --uvloop``, both alone on CPU 0 where there are two; Triton and this
@@ -12,6 +13,9 @@ timestamps (a ``sitecustomize`` on its path) and prints each one's median and p9
 request and Triton's answer as the event loop hands them over, and inside them the header
 block's decoding, the gate's decision (``Keeper.enter``) and the call's bookkeeping
 (``Keeper.done``). The wrapping costs a little of its own: compare runs with it on.
+``--echo`` asks ``add_one``, which answers as large as the request (a model that answers
+with a frame or a mask), where a frame otherwise goes to ``stamp`` (one float back, as a
+detector's boxes).
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ import numpy as np
 from bench.sidecar_overhead.__main__ import (
     MODELS,
     SMALL_FRAME_BYTES,
+    SMALL_MODEL,
     _ready,
     grpc_request,
+    model_for,
     open_gate_contract,
 )
 from stagger_testkit.localtriton import LocalTriton, free_port
@@ -67,10 +73,10 @@ atexit.register(lambda: open({out!r}, "w").write(json.dumps(TIMES)))
 
 
 async def interleaved(
-    targets: dict[str, str], frame_bytes: int, calls: int
+    targets: dict[str, str], frame_bytes: int, calls: int, model: str
 ) -> dict[str, list[float]]:
     """Latencies (s) per target, one call at a time in turn, after 20 warm-up calls each."""
-    request = grpc_request(frame_bytes)
+    request = grpc_request(frame_bytes, model)
     channels = {
         k: grpc.aio.insecure_channel(v, options=[("grpc.max_receive_message_length", -1)])
         for k, v in targets.items()
@@ -100,9 +106,16 @@ def main() -> None:
     p.add_argument("--frame-bytes", type=int, default=SMALL_FRAME_BYTES)
     p.add_argument("--calls", type=int, default=300, help="calls per target (default 300)")
     p.add_argument("--time-callbacks", action="store_true")
+    p.add_argument(
+        "--echo",
+        action="store_true",
+        help="answers as large as the requests (add_one), not one float (stamp)",
+    )
     args = p.parse_args()
     if args.frame_bytes < 4 or args.calls < 1:
         p.error("--frame-bytes must be at least 4 (one FP32 value) and --calls at least 1")
+    model = SMALL_MODEL if args.echo else model_for(args.frame_bytes)
+    print(f"{args.calls} gRPC calls of {args.frame_bytes} bytes to {model}, each way in turn")
     cpus = sorted(os.sched_getaffinity(0))
     apart, rest = ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else (set(cpus), set(cpus))
     os.sched_setaffinity(0, rest)
@@ -163,6 +176,7 @@ def main() -> None:
                     },
                     args.frame_bytes,
                     args.calls,
+                    model,
                 )
             )
         finally:

@@ -42,6 +42,13 @@ def test_calls_through_each_way_and_the_live_callbacks_are_timed() -> None:
         assert found and 0 < float(found[1]) <= float(found[2]) and int(found[3]) >= 25, out
 
 
+def test_echo_asks_for_answers_as_large_as_the_requests() -> None:
+    done = calls("--calls", "3", "--frame-bytes", "4096", "--echo")
+    assert done.returncode == 0, done.stderr
+    assert "3 gRPC calls of 4096 bytes to add_one" in done.stdout  # not stamp's one float
+    assert re.search(r"^sidecar +p50 [\d.]+ p99 [\d.]+ ms, adds ", done.stdout, re.M)
+
+
 def test_nonsense_counts_are_refused() -> None:
     done = calls("--calls", "0")
     assert done.returncode == 2 and "--calls at least 1" in done.stderr
