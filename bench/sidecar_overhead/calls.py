@@ -125,7 +125,9 @@ def main() -> None:
     ):
         slot, times = Path(tmp) / "slot.json", Path(tmp) / "times.json"
         open_gate_contract(slot)
+        # The caller's path is kept after the tree's: a GPU machine's packages live there.
         path = [str(ROOT), str(ROOT / "sidecar"), str(ROOT / "operator")]
+        path += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         if args.time_callbacks:
             timing = Path(tmp) / "timing"
             timing.mkdir()
