@@ -648,16 +648,19 @@ def full_load(
         except Exception as e:  # reported by the caller's thread
             errors.append(e)
         ready.wait()
-        end = clock["t0"] + seconds
-        due = clock["t0"] + i * cost_ms / 1e3
+        first = clock["t0"] + i * cost_ms / 1e3
+        # Frames due within the stage, counted once: a due time summed a period at a time
+        # drifts, and one summed just under the stage's end sent an 11th frame of 10 (CI).
+        frames = max(0, math.ceil((seconds - i * cost_ms / 1e3) / period - 1e-9))
+        k = 0
         try:
-            while due < end and not errors:
-                _precise_wait(due)
+            while k < frames and not errors:
+                _precise_wait(first + k * period)
                 latencies[i].append(endpoint.infer() * 1e3)
-                due += period
-                while due < min(time.perf_counter(), end):  # answered after its next frame
-                    missed[i] += 1
-                    due += period
+                k += 1
+                while k < frames and first + k * period < time.perf_counter():
+                    missed[i] += 1  # answered after its next frame
+                    k += 1
         except Exception as e:
             errors.append(e)
         finally:

@@ -302,6 +302,20 @@ def test_full_load_paces_each_stream_and_counts_an_answer_past_its_next_frame_as
         assert threading.main_thread() in endpoint.closed_in
 
 
+def test_full_load_sends_the_frames_due_whatever_the_clocks_magnitude(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Due times are counted from the start, not summed a period at a time: near 1,500 s of
+    a monotonic clock (and past 65,536 s, a host up 18 hours: a clean CI run), 0.04 s
+    summed ten times falls just short of 0.4 s, and the stage sent an 11th frame of 10."""
+    real = time.perf_counter
+    start = real()
+    monkeypatch.setattr(time, "perf_counter", lambda: real() - start + 1500.0)
+    quick = PacedEndpoint(0.002)
+    out = full_load(lambda i: cast(Endpoint, quick), 1, 40.0, 0.4)
+    assert quick.sent == 10 and out["frames"] == 10 and out["missed"] == 0, quick.sent
+
+
 def test_a_server_failing_at_full_load_ends_the_stage_with_its_words() -> None:
     endpoints = [PacedEndpoint(0.002), PacedEndpoint(0.002, fail_at=3)]
     with pytest.raises(ProfileError, match="out of memory"):
