@@ -88,6 +88,26 @@ def open_gate_contract(path: Path, period_ticks: int = 1, body_ticks: int = 1) -
     path.write_text(contract.model_dump_json(by_alias=True))
 
 
+def sidecar_env(
+    slot: Path, triton: LocalTriton, ports: dict[str, int], **extra: str
+) -> dict[str, str]:
+    """The bench sidecar's environment, as a pod's: the bench stream's slot file, Triton's
+    addresses, its own listeners on ``ports`` (``http``, ``grpc``, ``metrics``), and
+    ``extra`` settings."""
+    return {
+        **os.environ,
+        "STAGGER_STREAM": "bench",
+        "STAGGER_SLOT_FILE": str(slot),
+        "STAGGER_TRITON_HTTP": triton.http,
+        "STAGGER_TRITON_GRPC": triton.grpc,
+        "STAGGER_HTTP_ADDRESS": f"127.0.0.1:{ports['http']}",
+        "STAGGER_GRPC_ADDRESS": f"127.0.0.1:{ports['grpc']}",
+        "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{ports['metrics']}",
+        "STAGGER_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
 def model_for(frame_bytes: int) -> str:
     return SMALL_MODEL if frame_bytes <= SMALL_FRAME_BYTES else FRAME_MODEL
 
@@ -316,18 +336,7 @@ def main() -> None:
         slot = Path(tmp) / "slot.json"
         open_gate_contract(slot)
         ports = {name: free_port() for name in ("http", "grpc", "metrics")}
-        env = {
-            **os.environ,
-            "STAGGER_STREAM": "bench",
-            "STAGGER_SLOT_FILE": str(slot),
-            "STAGGER_TRITON_HTTP": triton.http,
-            "STAGGER_TRITON_GRPC": triton.grpc,
-            "STAGGER_HTTP_ADDRESS": f"127.0.0.1:{ports['http']}",
-            "STAGGER_GRPC_ADDRESS": f"127.0.0.1:{ports['grpc']}",
-            "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{ports['metrics']}",
-            "STAGGER_MAX_QUEUE": "1000",
-            "STAGGER_LOG_LEVEL": "WARNING",
-        }
+        env = sidecar_env(slot, triton, ports, STAGGER_MAX_QUEUE="1000")
         cpus = pins["sidecar"]
         sidecar = subprocess.Popen(
             [sys.executable, "-m", "stagger_sidecar", "gate"],

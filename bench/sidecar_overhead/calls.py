@@ -41,6 +41,7 @@ from bench.sidecar_overhead.__main__ import (
     grpc_request,
     model_for,
     open_gate_contract,
+    sidecar_env,
 )
 from stagger_testkit.localtriton import LocalTriton, free_port
 
@@ -134,18 +135,7 @@ def main() -> None:
             (timing / "sitecustomize.py").write_text(TIMING.format(timed=TIMED, out=str(times)))
             path.insert(0, str(timing))
         ports = {name: free_port() for name in ("http", "grpc", "metrics", "relay")}
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(path),
-            "STAGGER_STREAM": "bench",
-            "STAGGER_SLOT_FILE": str(slot),
-            "STAGGER_TRITON_HTTP": triton.http,
-            "STAGGER_TRITON_GRPC": triton.grpc,
-            "STAGGER_HTTP_ADDRESS": f"127.0.0.1:{ports['http']}",
-            "STAGGER_GRPC_ADDRESS": f"127.0.0.1:{ports['grpc']}",
-            "STAGGER_METRICS_ADDRESS": f"127.0.0.1:{ports['metrics']}",
-            "STAGGER_LOG_LEVEL": "WARNING",
-        }
+        env = sidecar_env(slot, triton, ports, PYTHONPATH=os.pathsep.join(path))
         pin = lambda: os.sched_setaffinity(0, apart)  # noqa: E731
         sidecar = subprocess.Popen(
             [sys.executable, "-m", "stagger_sidecar", "gate"],
