@@ -115,6 +115,10 @@ ANSWER_WINDOW = 16
 COLD_ANSWERS = 2
 """A stream's first answers come from a model just loaded (95-109 ms where warm ones take
 60 ms in the test suite's model): any later answer replaces them."""
+JUDGE_EVERY = 8
+"""Arrivals between two judgements of a stream's phase (each a pass over its window: 37 µs
+warm, 133 µs in a live sidecar, so it is made after an answer, off the next request's way:
+:meth:`StreamGate.finish`)."""
 
 
 class Reason(StrEnum):
@@ -509,15 +513,29 @@ class StreamGate:
         return e is not None and e.samples >= MIN_SAMPLES and not e.periodic
 
     def _judged(self) -> PhaseEstimate | None:
-        """The arrival phase, estimated again every 8 arrivals (an estimate costs a pass
-        over the window)."""
+        """The arrival phase, estimated again every ``JUDGE_EVERY`` arrivals, and at each
+        arrival until there are enough to judge (those estimates are short). The next
+        arrival's is made after an answer where it falls due (:meth:`_judge_ahead`); a
+        request makes it itself only where no answer came in between."""
         tracker = self.arrivals
         if tracker is None:
             return None
-        seen = tracker.observed
-        if self._judgement is None or seen // 8 != self._judgement[0] // 8:
-            self._judgement = (seen, tracker.estimate())
+        if self._judgement is None or _due(self._judgement, tracker.observed):
+            self._judge(tracker)
+        assert self._judgement is not None
         return self._judgement[1]
+
+    def _judge(self, tracker: PhaseTracker) -> None:
+        self._judgement = (tracker.observed, tracker.estimate())
+
+    def _judge_ahead(self) -> None:
+        """The judgement the next arrival would make, made now: after an answer, before the
+        next request comes (an estimate costs a pass over the window)."""
+        tracker, judged = self.arrivals, self._judgement
+        if tracker is None or judged is None or judged[1].samples < MIN_SAMPLES:
+            return  # short estimates, made as requests come
+        if tracker.observed - judged[0] >= JUDGE_EVERY - 1:
+            self._judge(tracker)
 
     def _missed_slot(self, now: float, slot: float, late: float, table: Timetable) -> float | None:
         """The slot this request missed, when it is a late frame: a request at the instant
@@ -575,7 +593,18 @@ class StreamGate:
             self._latest_at_slot = at_slot and self._answered > COLD_ANSWERS
         if at_slot and self.periodic():
             self._answers.append(took)
+        self._judge_ahead()
         return overran
+
+
+def _due(judgement: tuple[int, PhaseEstimate], seen: int) -> bool:
+    """A judgement made at ``judgement[0]`` arrivals is due again at ``seen``:
+    ``JUDGE_EVERY`` arrivals later (or the stream started afresh since), or at any new
+    arrival while there were too few to judge (a short estimate)."""
+    made, estimate = judgement
+    if not 0 <= seen - made < JUDGE_EVERY:
+        return True
+    return estimate.samples < MIN_SAMPLES and seen != made
 
 
 def _arrival_document(e: PhaseEstimate | None) -> dict[str, object] | None:

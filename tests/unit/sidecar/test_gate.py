@@ -10,9 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagger.core.api import GatePolicy
+from stagger.core.phase import MIN_SAMPLES, PhaseEstimate, PhaseTracker
 from stagger.core.slotclock import SlotClock
 from stagger.core.slots import SlotRequest, pack, release_windows
-from stagger_sidecar.gate import Gate, GateConfig, Reason, Refusal, Release, StreamGate
+from stagger_sidecar.gate import (
+    JUDGE_EVERY,
+    Gate,
+    GateConfig,
+    Reason,
+    Refusal,
+    Release,
+    StreamGate,
+)
 from tests.factories import slot_contract
 
 T = 1_800_000_000.0  # a Unix time; with the contract's epoch at 0, slots are at T + 0.03 + k/10
@@ -320,6 +329,37 @@ def test_the_gate_measures_where_in_its_frame_period_the_stream_arrives() -> Non
     doc = g.clock_document(times[-1], 1)
     assert doc is not None and doc["arrival"]["periodic"] is True
     assert doc["arrival"]["phaseS"] == pytest.approx(0.072, abs=0.001)
+
+
+def test_a_stream_answered_between_its_frames_is_judged_off_its_requests_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The phase over the whole window is estimated after an answer, where the next
+    arrival would need it, never while a request waits for the gate's decision (a pass
+    over 64 arrivals: 133 µs of a live sidecar's decision, every 8th request). Before 8
+    arrivals the short estimates stay on the request's way, so the 8th frame is judged."""
+    g = stream_gate()
+    full_window_estimates = {"admit": 0, "finish": 0}
+    where = ["admit"]
+    estimate = PhaseTracker.estimate
+
+    def counted(tracker: PhaseTracker, now: float | None = None) -> PhaseEstimate:
+        if len(tracker.arrivals) > MIN_SAMPLES:
+            full_window_estimates[where[0]] += 1
+        return estimate(tracker, now)
+
+    monkeypatch.setattr(PhaseTracker, "estimate", counted)
+    for k in range(80):
+        t = T + 0.028 + k * 0.1
+        where[0] = "admit"
+        r = released(g.admit(t))
+        if k == MIN_SAMPLES - 1:
+            assert g.periodic()  # judged at its 8th arrival, as the request came
+        where[0] = "finish"
+        g.finish(r, r.at + 0.02)
+    assert full_window_estimates["admit"] == 0
+    assert full_window_estimates["finish"] >= (80 - MIN_SAMPLES) // JUDGE_EVERY
+    assert g.periodic() and g.arrival(T + 8.0) is not None
 
 
 def test_arrivals_are_measured_at_the_frame_period_not_a_rounded_slot_period() -> None:
