@@ -22,7 +22,7 @@ digest() {
     | LC_ALL=C sort | xargs sha1sum | sha1sum | cut -c1-12
 }
 if [ "${1:-}" = "--digest" ]; then digest; exit 0; fi
-if [ $# -lt 4 ]; then sed -n '2,18p' "$0"; exit 2; fi
+if [ $# -lt 4 ]; then sed -n '2,17p' "$0"; exit 2; fi
 N=$1 MODE=$2 SERVERS=$3 WITHIN=$4; shift 4
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
 SITE=${GPU_SITE-/tmp/site}
