@@ -282,8 +282,10 @@ async def test_a_calibration_job_that_created_no_pod_says_where_to_look(
     op = await start_operator(cluster)
     try:
         await cluster.create(uncalibrated("cam"))
+        # One reconcile creates the Job and then writes the stream's status: wait for both.
         (job,) = await cluster.wait_for(lambda: cluster.objects("Job", "default"))
-        assert "created no pod" not in (await phase_of(cluster, "cam"))["message"]
+        status = await cluster.wait_for(lambda: _phase(cluster, "cam", "Calibrating"))
+        assert "created no pod" not in status["message"]
         born = datetime.now(UTC) - timedelta(minutes=2)
         dated = {**job, "metadata": {**job["metadata"]}}
         dated["metadata"]["creationTimestamp"] = born.strftime("%Y-%m-%dT%H:%M:%SZ")
