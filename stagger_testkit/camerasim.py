@@ -88,12 +88,7 @@ def phases(calls: dict[str, list[list[float]]], slowest: int = 5) -> dict[str, A
     streams' model time overlapped: what time-slicing or MPS had to share
     (``overlappedShareOfModelTime``: overlaps summed over all frames' model time, so 1.6
     means 1.6 other requests in the model alongside, on average)."""
-    rows = sorted(
-        (c[1], c[2], c[0], c[3], name)
-        for name, cs in calls.items()
-        for c in cs
-        if len(c) == 4 and None not in c
-    )
+    rows = _in_model(calls)
     if not rows:
         return {"frames": 0}
     began = np.array([r[0] for r in rows])
@@ -101,14 +96,7 @@ def phases(calls: dict[str, list[list[float]]], slowest: int = 5) -> dict[str, A
     before = (began - np.array([r[2] for r in rows])) * 1e3
     inside = (ended - began) * 1e3
     after = (np.array([r[3] for r in rows]) - ended) * 1e3
-    longest = float(inside.max()) / 1e3
-    overlapped = np.zeros(len(rows))
-    for i, (b, e, *_, name) in enumerate(rows):
-        # Sorted by start: only intervals starting within the longest one before b can reach it.
-        for j in range(int(np.searchsorted(began, b - longest)), int(np.searchsorted(began, e))):
-            if j != i and rows[j][4] != name:
-                overlapped[i] += max(0.0, min(e, ended[j]) - max(b, began[j]))
-    overlapped *= 1e3
+    overlapped = _overlapped_ms(rows)
     alone = inside[overlapped == 0]
     shared = inside[overlapped > 0]
 
@@ -137,6 +125,61 @@ def phases(calls: dict[str, list[list[float]]], slowest: int = 5) -> dict[str, A
             for i in worst
         ],
     }
+
+
+def _in_model(calls: dict[str, list[list[float]]]) -> list[tuple[float, float, float, float, str]]:
+    """Every answered call as (model began, model ended, sent, answered, camera), by start."""
+    return sorted(
+        (c[1], c[2], c[0], c[3], name)
+        for name, cs in calls.items()
+        for c in cs
+        if len(c) == 4 and None not in c
+    )
+
+
+def _overlapped_ms(rows: list[tuple[float, float, float, float, str]]) -> np.ndarray[Any, Any]:
+    """For each of :func:`_in_model`'s rows, the other cameras' model time within its own
+    (ms): 2 ms of one other frame's and 3 of another's read 5."""
+    began = np.array([r[0] for r in rows])
+    ended = np.array([r[1] for r in rows])
+    longest = float((ended - began).max()) if rows else 0.0
+    overlapped = np.zeros(len(rows))
+    for i, (b, e, *_, name) in enumerate(rows):
+        # Sorted by start: only intervals starting within the longest one before b can reach it.
+        for j in range(int(np.searchsorted(began, b - longest)), int(np.searchsorted(began, e))):
+            if j != i and rows[j][4] != name:
+                overlapped[i] += max(0.0, min(e, ended[j]) - max(b, began[j]))
+    return overlapped * 1e3
+
+
+SHARING_STEP = 0.5
+"""``sharing`` groups frames by the other bodies beside them to the nearest half."""
+
+
+def sharing(calls: dict[str, list[list[float]]]) -> list[dict[str, float]]:
+    """How long the model took by how many other streams' bodies ran beside it: each
+    answered frame's overlapped model time over its own (1.0: one other body all along, or
+    two for half of it), to the nearest :data:`SHARING_STEP`, with the frames, the model's
+    p50 and p99 (ms) in each group. Under MPS bodies run side by side, so what a second or
+    a third body beside one costs it is the GPU's, not the table's (docs/benchmarks.md)."""
+    rows = _in_model(calls)
+    if not rows:
+        return []
+    inside = np.array([(r[1] - r[0]) * 1e3 for r in rows])
+    beside = np.round(_overlapped_ms(rows) / np.maximum(inside, 1e-9) / SHARING_STEP)
+    out = []
+    for k in np.unique(beside):
+        group = inside[beside == k]
+        p50, p99 = np.percentile(group, [50, 99])
+        out.append(
+            {
+                "others": float(k * SHARING_STEP),
+                "frames": int(group.size),
+                "modelP50Ms": round(float(p50), 2),
+                "modelP99Ms": round(float(p99), 2),
+            }
+        )
+    return out
 
 
 def frames_due(origin: float, period_s: float, since: float, until: float) -> int:

@@ -15,7 +15,9 @@ Per configuration (a loop, random phases at N, the slots straight to Triton, ...
   half a second apart (:func:`stagger_testkit.camerasim.stalls`): a few long events point
   at moments (a stall, a cascade), many short ones at the load.
 
-``--series TAG`` prints that configuration window by window.
+``--series TAG`` prints that configuration window by window; ``--sharing`` how long the model
+took by how many other bodies ran beside it (:func:`stagger_testkit.camerasim.sharing`), per
+configuration: what a table that starts bodies together, or apart, costs each under MPS.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from stagger_testkit.camerasim import phases, stalls
+from stagger_testkit.camerasim import phases, sharing, stalls
 
 SLOW_OVER_SOLO = 2.0
 """A frame past this many times the solo p50 is slow (issue 20's bar for the p99)."""
@@ -161,11 +163,31 @@ def render(tails: dict[str, dict[str, Any]], window_s: float) -> str:
     return "\n".join(lines)
 
 
+def render_sharing(logs: dict[str, dict[str, Any]]) -> str:
+    """``--sharing``: per configuration, the model's time by the other bodies beside it."""
+    lines = [
+        "| configuration | other bodies beside (nearest ½) | frames | in the model p50 / p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for tag, group in by_configuration(logs).items():
+        calls = {log["name"]: log.get("calls", []) for log in group}
+        lines += [
+            f"| {tag} | {g['others']:g} | {g['frames']} | {g['modelP50Ms']} / {g['modelP99Ms']} |"
+            for g in sharing(calls)
+        ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("logs", type=Path, help="a loop's directory, or a .tar.xz of its camera logs")
     p.add_argument("--window", type=float, default=5.0, help="seconds per window (default 5)")
     p.add_argument("--series", metavar="TAG", help="also print this configuration by window")
+    p.add_argument(
+        "--sharing",
+        action="store_true",
+        help="also print the model's time by how many other bodies ran beside it",
+    )
     args = p.parse_args()
     if not args.window > 0 or not math.isfinite(args.window):
         p.error("--window must be a positive number of seconds")
@@ -173,6 +195,8 @@ def main() -> None:
     if not logs:
         p.error(f"no camera logs (*-camN.json) in {args.logs}")
     print(render(report(logs, args.window), args.window))
+    if args.sharing:
+        print("\n" + render_sharing(logs))
     if args.series:
         group = by_configuration(logs).get(args.series)
         if group is None:

@@ -17,6 +17,7 @@ from stagger_testkit.camerasim import (
     frames_due,
     lost_frames,
     phases,
+    sharing,
     stalls,
     summarize,
 )
@@ -278,3 +279,21 @@ def test_phases_split_each_frame_and_measure_what_other_streams_overlapped() -> 
         "overlappedMs": 5.0,
     }
     assert phases({"cam-a": [[0.0, None, None, 0.1]]}) == {"frames": 0}
+
+
+def test_sharing_groups_frames_by_the_other_bodies_beside_them() -> None:
+    """A frame with one other body all along, one with another for half of it, and two
+    alone: the model's time by how many others ran beside it, to the nearest half."""
+    calls = {
+        # sent, model began, model ended, answered
+        "cam-a": [[0.000, 0.001, 0.011, 0.012], [0.100, 0.101, 0.111, 0.112]],
+        "cam-b": [[0.000, 0.001, 0.011, 0.012], [0.200, 0.201, 0.221, 0.222]],
+        "cam-c": [[0.200, 0.211, 0.231, 0.232]],  # beside b's second frame from 11 to 21 ms
+        "cam-d": [[0.300, 0.301, None, None]],  # failed: not counted
+    }
+    groups = sharing(calls)
+    assert [(g["others"], g["frames"]) for g in groups] == [(0.0, 1), (0.5, 2), (1.0, 2)]
+    assert groups[0]["modelP50Ms"] == pytest.approx(10.0)  # a's second frame, alone
+    assert groups[1]["modelP50Ms"] == pytest.approx(20.0)  # b's and c's, half beside
+    assert groups[2]["modelP99Ms"] == pytest.approx(10.0)  # a's and b's first, together
+    assert sharing({"cam-a": [[0.0, None, None, 0.1]]}) == []

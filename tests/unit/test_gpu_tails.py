@@ -6,7 +6,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from bench.gpu.tails import by_configuration, read, render, report
+from bench.gpu.tails import by_configuration, read, render, render_sharing, report
 
 T0 = 1_796_650_000.0
 
@@ -73,3 +73,15 @@ def test_logs_are_read_from_a_directory_or_its_tarball(tmp_path: Path) -> None:
             tar.add(p, arcname=p.name)
     assert read(tmp_path) == read(packed)
     assert set(by_configuration(read(packed))) == {"graph-loop-n2", "solo-graph"}
+
+
+def test_sharing_is_told_per_configuration() -> None:
+    """--sharing: the loop's two cameras, 50 ms apart, ran alone but for the burst at 12 s,
+    where each 56 ms body had the other beside it for 6 ms (0.1 of it: none, to the nearest
+    half), and the first quick frame after it had the last slow one beside it for half its
+    12 ms."""
+    table = render_sharing(loop_logs())
+    assert "| graph-loop-n2 | 0 | 399 | 12.0 / 56.0 |" in table
+    assert "| graph-loop-n2 | 0.5 | 1 | 12.0 / 12.0 |" in table
+    assert "| solo-graph | 0 | 50 | 11.0 / 11.0 |" in table
+    assert "saturation" not in table

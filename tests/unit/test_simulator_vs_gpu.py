@@ -99,6 +99,26 @@ def test_the_followed_table_of_a_recorded_run_is_simulated_packed_and_spaced() -
     assert [t["measuredP99Ms"] for t in both["tables"].values()] == [68.45, 57.84]
 
 
+def test_under_mps_a_body_takes_the_model_s_time_alone_shared_at_its_cost() -> None:
+    """Run 124 (MPS, 14 cameras on the planner's even table): bodies run side by side, each
+    as long as the model alone (13.0 ms) and worth its cost (6.72 ms) of the GPU, so the
+    loop's frames, every one beside another, measured 16.4 / 19.6 ms in the model. Taken
+    as the body, the cost read 8.5 ms at p99: shorter than the model alone."""
+    from bench.simulator import follow
+
+    path = RESULTS / "2026-12-07-loop-mps-graph-h100-job-judged-after-answers-2.json"
+    run = json.loads(path.read_text())
+    found = follow.setting(run)
+    assert found is not None
+    s, measured = found[2], run["results"]["graph"]["loop"]["phases"]["modelMs"]
+    assert (s.mode, s.n) == ("mps", 14)
+    assert (s.body_s, s.cost_s) == pytest.approx((0.013, 0.00672))
+    even = ([i * s.period // s.n for i in range(s.n)], [0.0] * s.n)
+    sim = s.simulated(even, 10.0, 1)
+    assert sim["modelP50Ms"] > s.body_s * 1e3  # never quicker than the model alone
+    assert sim["modelP99Ms"] == pytest.approx(measured[1], rel=0.25)
+
+
 def test_the_operator_s_table_is_set_against_random_phases_on_other_draws() -> None:
     """--draws (run 105, an H200): random phases' simulated tail moves with the draw, as
     the table's waits do; the bench's cameras are as bad a draw for random phases as for
