@@ -473,7 +473,13 @@ class LocalFollower:
     kept, as the operator does. Each re-timed contract says which arrivals its slot follows
     (``arrival_ticks``), as the operator's do; ``mark_arrivals=False`` leaves that out, so
     every gate holds by its measured answers alone, as before run 109
-    (``bench.gpu.loop --transparent-unmarked``, for comparison)."""
+    (``bench.gpu.loop --transparent-unmarked``, for comparison).
+
+    ``follow_waits`` (seconds, by stream) sets the table by hand, for comparison
+    (``bench.gpu.loop --transparent-searched``): once every stream has a phase, each slot
+    goes that long after its stream's arrivals (and two of their spreads, where
+    :func:`stagger.core.phase.follow` adds its lead), with no rule against overlap, once;
+    no release windows (:func:`stagger.core.slots.release_windows` assumes bodies apart)."""
 
     POLL_S = 0.2
     SWITCH_AFTER_S = 5.0  # OperatorSettings.effective_after_s
@@ -488,9 +494,11 @@ class LocalFollower:
         follow_spacing: Mapping[Hashable, int] | None = None,
         follow_holds: Mapping[Hashable, int] | None = None,
         mark_arrivals: bool = True,
+        follow_waits: Mapping[Hashable, float] | None = None,
     ):
         self.sidecars, self.contracts = sidecars, contracts
         self.mark_arrivals = mark_arrivals
+        self.follow_waits = follow_waits
         self.follow_spacing = follow_spacing or {}
         self.follow_holds = follow_holds or {}
         self.switches: list[float] = []  # when each re-timing took effect (Unix s)
@@ -531,6 +539,9 @@ class LocalFollower:
         arrivals = self.arrivals()
         if len(arrivals) < len(self.sidecars) and now - self.started < self.SETTLE_S:
             return  # a stream's first phase is coming: re-time once, with it
+        if self.follow_waits is not None:
+            self._place_after(arrivals, now)
+            return
         c0 = next(iter(self.contracts.values()))
         table = self.table()
         pinned = {name for name, until in self.pinned_until.items() if now < until}
@@ -563,6 +574,27 @@ class LocalFollower:
                 early_ticks=None,
                 late_ticks=None,
                 arrival_ticks=followed,
+            )
+        self.switches.append(effective_at.timestamp())
+
+    def _place_after(self, arrivals: Mapping[Hashable, PhaseEstimate], now: float) -> None:
+        """``follow_waits``' table, once every stream has a phase; then left as it is."""
+        assert self.follow_waits is not None
+        if self.switches or len(arrivals) < len(self.sidecars):
+            return
+        effective_at = self._switch(self.table(), now)
+        for sidecar in self.sidecars:
+            old, e = self.contracts[sidecar.stream], arrivals[sidecar.stream]
+            assert e.phase_s is not None  # periodic (arrivals)
+            after = e.phase_s + 2 * e.spread_s + self.follow_waits[sidecar.stream]
+            self._write(
+                sidecar,
+                offset_ticks=math.ceil(after * old.tick_hz) % old.period_ticks,
+                early_ticks=None,
+                late_ticks=None,
+                arrival_ticks=arrival_ticks(e.phase_s, old.tick_hz, old.period_ticks)
+                if self.mark_arrivals
+                else None,
             )
         self.switches.append(effective_at.timestamp())
 

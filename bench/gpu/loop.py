@@ -36,7 +36,10 @@ Nothing here sets a slot by hand. Per setting (sharing mode × body):
    follower: ``transparentOpen``, for comparison: what the way through the sidecar costs
    by itself, apart from what holding for a slot gains); with ``--transparent-max-wait
    MS``, at the admitted N with every stream's ``gate.maxWaitMs`` at MS
-   (``transparentMaxWait``, for comparison); with ``--phase-draws K``, at the N
+   (``transparentMaxWait``, for comparison); with ``--transparent-searched``, at the
+   admitted N with the table the simulator finds best for the same cameras, bodies allowed
+   to overlap (``transparentSearched``, set by hand, for comparison: whether what the
+   simulator says of overlap under MPS holds on the GPU); with ``--phase-draws K``, at the N
    transparent mode is judged at, on K - 1 more draws of camera phases, each beside random
    phases at the same draw (``phaseDraws``, :func:`phase_draws`).
 
@@ -86,6 +89,7 @@ from bench.gpu.streams import (
 )
 from bench.gpu.targets import loop_verdict, render_loop
 from bench.gpu.waits import bench_phases, table_waits_ms
+from bench.simulator import follow as simulated_follow
 from stagger.core.api import InferenceStream, InferenceStreamSpec, ModelProfile, SharingMode
 from stagger.core.calibration import NoKnee, SweepPoint, model_profile
 from stagger.core.cluster import Cluster, Gpu, Node
@@ -1001,6 +1005,12 @@ def identical(
                 placed, servers, body, root, args, open_gates=True
             )
             save()
+        if args.transparent_searched and out.get("transparent"):
+            # at the admitted N beside the product's own run there (besideProduct)
+            out["transparentSearched"] = transparent_searched(
+                placed, servers, body, root, args, out=out
+            )
+            save()
     gpu: dict[str, Any] = {
         "servers": servers,
         "cluster": cluster,
@@ -1198,6 +1208,37 @@ def transparent_on(
         loop.stop()
 
 
+SEARCH_SECONDS, SEARCH_SEEDS = 10.0, 2
+"""What ``--transparent-searched`` simulates each table it tries for: 20 s in all."""
+
+
+def transparent_searched(
+    placed: Plan,
+    servers: list[LocalTriton],
+    body: str,
+    root: Path,
+    args: argparse.Namespace,
+    *,
+    out: dict[str, Any],
+) -> dict[str, Any]:
+    """``--transparent-searched``: transparent mode at the admitted N with the table the
+    simulator finds best for these cameras, bodies allowed to overlap
+    (:func:`bench.simulator.follow.search_waits`, from this run's profile and its
+    transparent record ``out``), for comparison. Under MPS the search trades waits for
+    overlap the follower's rule forbids (docs/benchmarks.md, "Any table, not only the
+    follower's"); this measures whether the GPU agrees."""
+    found = simulated_follow.setting({"fps": args.fps, "mode": args.mode, "results": {body: out}})
+    if found is None:
+        return {"skipped": "the profile has no solo compute: the simulator has no model time"}
+    s = found[2]
+    phases_s = bench_phases(s.n, s.fps, args.seed + s.n)
+    waits = simulated_follow.search_waits(s, phases_s, SEARCH_SECONDS, SEARCH_SEEDS)
+    log(f"{body}: the searched table's waits {[round(w * 1e3, 1) for w in waits]} ms")
+    return transparent_on(placed, servers, body, root, args, waits_s=waits) | {
+        "searchedWaitsMs": [round(w * 1e3, 3) for w in waits]
+    }
+
+
 def transparent(
     loop: Loop,
     body: str,
@@ -1210,6 +1251,7 @@ def transparent(
     max_wait_ms: float | None = None,
     seed: int | None = None,
     frames: int | None = None,
+    waits_s: list[float] | None = None,
 ) -> dict[str, Any]:
     """Apps that know nothing of Stagger: cameras on their own clocks at the random phases
     of the random configuration at the same N, through the sidecars, whose slots follow the
@@ -1223,7 +1265,9 @@ def transparent(
     the sidecars alone (``--transparent-open``; every frame counts, nothing settles).
     ``max_wait_ms``: the gates' bound ``loop`` was started with (``--transparent-max-wait``;
     it names the run).
-    ``seed`` and ``frames``: another draw of phases (:func:`phase_draws`)."""
+    ``seed`` and ``frames``: another draw of phases (:func:`phase_draws`).
+    ``waits_s``: each camera's slot that long after its arrivals, set once, overlap allowed
+    (:func:`transparent_searched`)."""
     n = len(loop.sidecars)
     period = 1.0 / args.fps
     # the random configuration's phases at this N (seed + N), or another draw's
@@ -1243,8 +1287,16 @@ def transparent(
         follow_spacing=apart,
         follow_holds=holds,
         mark_arrivals=not unmarked,
+        follow_waits=None
+        if waits_s is None
+        else {s.stream: w for s, w in zip(loop.sidecars, waits_s, strict=True)},
     )
-    flags = (("-packed", packed), ("-unmarked", unmarked), ("-open", open_gates))
+    flags = (
+        ("-packed", packed),
+        ("-unmarked", unmarked),
+        ("-open", open_gates),
+        ("-searched", waits_s is not None),
+    )
     variant = "".join(name for name, on in flags if on)
     if max_wait_ms is not None:
         variant += f"-maxwait{max_wait_ms:g}"
@@ -1694,6 +1746,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "holds by its measured answers alone, as before run 109 (for comparison)",
     )
     p.add_argument(
+        "--transparent-searched",
+        action="store_true",
+        help="also run transparent mode at the admitted N with the table the simulator finds "
+        "best for the same cameras, bodies allowed to overlap (bench.simulator.follow "
+        "--search; set by hand, for comparison)",
+    )
+    p.add_argument(
         "--transparent-open",
         action="store_true",
         help="also run the transparent cameras at the admitted N through sidecars whose gates "
@@ -1784,6 +1843,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.transparent_max_wait is not None and args.transparent_max_wait <= 0:
         p.error("--transparent-max-wait must be a positive number of ms, as gate.maxWaitMs is")
     args.began = time.monotonic()
+    if args.frame is not None and not args.frame.is_file():
+        p.error(f"--frame {args.frame}: no such file")
     if args.servers < 2:
         p.error("--servers must be at least 2 (the profile's sweep needs two)")
     # a comparison that would change no stream would measure the loop twice under a new name
@@ -1809,6 +1870,8 @@ def main() -> None:
     if args.frame is None:
         args.frame = out / "frame.jpg"
         write_frame(args.frame)
+    # the calibration Job's inputs are paths in its pod: absolute (a relative one is refused)
+    args.frame = args.frame.resolve()
     on_gpu = shutil.which("nvidia-smi") is not None
     device = gpu_name() if on_gpu else "no NVIDIA GPU (a dry run)"
     if args.gpu_memory_mib is None:  # the planner places by memory too: an H100's, not an H200's

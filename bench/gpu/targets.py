@@ -439,6 +439,8 @@ COMPARISONS = {  # transparent mode's comparison tables in a result, and what ea
     "nothing (the way through the sidecar alone)",
     "transparentMaxWait": "for comparison: every stream's gate.maxWaitMs set (a frame whose "
     "slot is further goes at once)",
+    "transparentSearched": "for comparison: the table the simulator finds best for these "
+    "cameras, bodies allowed to overlap (set by hand)",
 }
 SETTLE_S = 10.0
 

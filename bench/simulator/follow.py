@@ -299,21 +299,16 @@ CHECK_SEED = 1000
 some seeds' noise reads better on them than it is."""
 
 
-def searched(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
-    """``--search``: the best table the simulator finds for the run's cameras under no rule
-    (:data:`SEARCH_WAITS_MS` per camera, in turn, from the operator's table), and the
-    operator's, each over random phases' p99 on other seeds (:data:`CHECK_SEED`)."""
-    found = setting(json.loads(path.read_text()))
-    if found is None:
-        return None
-    _, r, s = found
-    phases = bench_phases(s.n, s.fps, LOOP_SEED + s.n)
-    operators = s.table(phases, s.spacing)
+def search_waits(s: Setting, phases_s: list[float], seconds: float, seeds: int) -> list[float]:
+    """Each camera's wait (s) from its arrival to its slot in the best table the simulator
+    finds for cameras at ``phases_s`` under no rule: from the operator's table, each wait
+    chosen in turn from :data:`SEARCH_WAITS_MS` (beyond :data:`LEAD_S`) while that lowers
+    the worst camera's wait + p99, for up to :data:`SEARCH_ROUNDS` rounds."""
 
     def worst(waits: list[float]) -> float:
-        return s.simulated(s.waited(phases, waits), seconds, seeds)["worstCameraP99Ms"]
+        return s.simulated(s.waited(phases_s, waits), seconds, seeds)["worstCameraP99Ms"]
 
-    waits = list(operators[1])
+    waits = list(s.table(phases_s, s.spacing)[1])
     best = worst(waits)
     for _ in range(SEARCH_ROUNDS):
         improved = False
@@ -324,6 +319,20 @@ def searched(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
                     best, waits, improved = score, trial, True
         if not improved:
             break
+    return waits
+
+
+def searched(path: Path, seconds: float, seeds: int) -> dict[str, Any] | None:
+    """``--search``: the best table the simulator finds for the run's cameras under no rule
+    (:data:`SEARCH_WAITS_MS` per camera, in turn, from the operator's table), and the
+    operator's, each over random phases' p99 on other seeds (:data:`CHECK_SEED`)."""
+    found = setting(json.loads(path.read_text()))
+    if found is None:
+        return None
+    _, r, s = found
+    phases = bench_phases(s.n, s.fps, LOOP_SEED + s.n)
+    operators = s.table(phases, s.spacing)
+    waits = search_waits(s, phases, seconds, seeds)
     at_random = s.random_p99_ms(phases, seconds, seeds, CHECK_SEED)
 
     def judged(table: tuple[list[int], list[float]]) -> dict[str, float]:

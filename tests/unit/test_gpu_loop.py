@@ -341,6 +341,7 @@ def test_streams_that_declare_their_cameras_deadlines_are_admitted_alike_under_a
         (["--within", "0"], "must be a positive number"),
         (["--transparent-max-wait", "0"], "as gate.maxWaitMs is"),
         (["--stage-windows", "-1"], "--stage-windows must be 0 or more"),
+        (["--frame", "/nonexistent/F.jpg"], "--frame /nonexistent/F.jpg: no such file"),
     ],
 )
 def test_a_comparison_that_would_change_no_stream_is_refused(
@@ -854,6 +855,11 @@ def test_transparent_mode_loses_no_more_than_random_phases_where_they_lost_frame
             "for comparison: every stream's gate.maxWaitMs set (a frame whose slot is further "
             "goes at once)",
         ),
+        (
+            "transparentSearched",
+            "for comparison: the table the simulator finds best for these cameras, bodies "
+            "allowed to overlap (set by hand)",
+        ),
     ],
 )
 def test_a_comparison_table_is_judged_beside_transparent_mode_not_instead(
@@ -1231,3 +1237,46 @@ def test_calibrate_with_job_profiles_with_the_operators_job_not_the_loops_own(
     assert sorted(happened[3:5]) == ["start a", "start b"]  # started side by side
     assert happened[5:] == ["job graph beside 2"]
     assert parse_args(["--out", str(tmp_path)]).calibrate_with == "profiler"
+
+
+def test_the_searched_table_is_the_simulator_s_for_the_run_s_own_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--transparent-searched reads the setting from the run's own record (run 124's, MPS,
+    14 cameras at the bench's phases), searches as bench.simulator.follow does, and runs
+    transparent mode with those waits, keeping them in the result; a profile without a solo
+    compute has no model time to simulate, and is skipped."""
+    import json
+
+    from bench.simulator import follow
+
+    record = json.loads(
+        (
+            follow.RESULTS / "2026-12-07-loop-mps-graph-h100-job-judged-after-answers-2.json"
+        ).read_text()
+    )["results"]["graph"]
+    searched: list[tuple[Any, list[float]]] = []
+
+    def search(s: Any, phases: list[float], seconds: float, seeds: int) -> list[float]:
+        searched.append((s, phases))
+        return [0.002 + i / 1e3 for i in range(s.n)]
+
+    ran: dict[str, Any] = {}
+
+    def run_it(*_: Any, waits_s: list[float]) -> dict[str, Any]:
+        ran["waits"] = waits_s
+        return {"steady": {"p99Ms": 40.0}}
+
+    monkeypatch.setattr(follow, "search_waits", search)
+    monkeypatch.setattr(gpu_loop, "transparent_on", run_it)
+    args = argparse.Namespace(fps=10.0, mode="mps", seed=7)
+    placed = cast(Any, None)
+    out = gpu_loop.transparent_searched(placed, [], "graph", Path("/tmp"), args, out=record)
+    ((s, phases),) = searched
+    assert (s.mode, s.n, s.body_s) == ("mps", 14, pytest.approx(0.013))
+    assert phases == bench_phases(14, 10.0, 7 + 14)
+    assert ran["waits"] == [0.002 + i / 1e3 for i in range(14)]
+    assert out["searchedWaitsMs"][:2] == [2.0, 3.0] and out["steady"]["p99Ms"] == 40.0
+    bare = record | {"calibration": {**record["calibration"], "soloComputeMs": None}}
+    skipped = gpu_loop.transparent_searched(placed, [], "graph", Path("/tmp"), args, out=bare)
+    assert "no solo compute" in skipped["skipped"] and len(searched) == 1

@@ -440,6 +440,54 @@ def test_the_local_follower_keeps_followed_slots_apart_and_writes_reserved_ones(
     assert {c.arrival_ticks for c in unmarked} == {None}
 
 
+def test_the_local_follower_places_a_table_set_by_hand_after_the_arrivals_once(
+    tmp_path: Path,
+) -> None:
+    """--transparent-searched: each slot its set wait after its stream's arrivals and two
+    of their spreads, overlap allowed (b and c start 1 ms apart with 20 ms bodies), once
+    every stream has a phase; marked with the arrivals it follows, no release windows, and
+    not re-timed on the next step."""
+    from types import SimpleNamespace
+
+    from stagger.core.phase import PhaseEstimate
+    from stagger_testkit.localtriton import LocalFollower
+
+    contracts = {
+        name: slot_contract(name, offset_ms=offset, body_ms=20.0, effective_at=T0)
+        for name, offset in [("a", 0.0), ("b", 30.0), ("c", 70.0)]
+    }
+    arrivals = {
+        n: PhaseEstimate(0.1, phase, 0.0005, 0.99, 64, 64)
+        for n, phase in [("a", 0.010), ("b", 0.012), ("c", 0.014)]
+    }
+    sidecars = [SimpleNamespace(stream=n, slot_file=tmp_path / n) for n in contracts]
+    waits = {"a": 0.002, "b": 0.004, "c": 0.003}
+    follower = LocalFollower(sidecars, dict(contracts), follow_waits=waits)  # type: ignore[arg-type]
+    follower.arrivals = lambda: {k: arrivals[k] for k in ("a", "b")}  # type: ignore[method-assign]
+    follower.step()
+    assert follower.switches == [] and not any(s.slot_file.exists() for s in sidecars)
+    follower.arrivals = lambda: arrivals  # type: ignore[method-assign]
+    follower.step()
+    written = {
+        s.stream: SlotAssignment.model_validate_json(s.slot_file.read_text()) for s in sidecars
+    }
+    # arrival + 2 x 0.5 ms + the wait, in µs ticks
+    assert {n: c.offset_ticks for n, c in written.items()} == {
+        "a": 13_000,
+        "b": 17_000,
+        "c": 18_000,
+    }
+    assert {n: c.arrival_ticks for n, c in written.items()} == {
+        "a": 10_000,
+        "b": 12_000,
+        "c": 14_000,
+    }
+    assert {(c.early_ticks, c.late_ticks) for c in written.values()} == {(None, None)}
+    assert len(follower.switches) == 1
+    follower.step()  # placed once: neither re-timed nor given windows
+    assert len(follower.switches) == 1 and follower.windows == []
+
+
 async def test_drift_wakes_the_planner_at_most_once_a_drift_period_news_at_once() -> None:
     import kopf
 
