@@ -61,7 +61,6 @@ from stagger.core.slots import Slot
 RESULTS = Path(__file__).resolve().parents[1] / "gpu" / "results"
 LOOP_SEED = 7  # bench.gpu.loop's default --seed: the cameras' phases at N from seed + N
 TICK_HZ = 1_000_000
-LEAD_S = 0.002  # follow's default: the way from the gate to Triton
 HOST_MS = 0.5  # the sidecar and Triton on either side of the model, each way
 
 
@@ -292,7 +291,7 @@ def over_draws(path: Path, draws: int, seconds: float, seeds: int) -> dict[str, 
 
 
 SEARCH_WAITS_MS = (0, 1, 2, 3, 4, 6, 8, 10, 12, 15, 20, 25, 30)
-"""The waits ``--search`` tries for each camera, beyond the way to Triton (``LEAD_S``)."""
+"""The waits ``--search`` tries for each camera, from its arrivals to its slot."""
 SEARCH_ROUNDS = 4
 CHECK_SEED = 1000
 """The tables ``--search`` found are judged again on seeds from here: a table chosen on
@@ -302,7 +301,7 @@ some seeds' noise reads better on them than it is."""
 def search_waits(s: Setting, phases_s: list[float], seconds: float, seeds: int) -> list[float]:
     """Each camera's wait (s) from its arrival to its slot in the best table the simulator
     finds for cameras at ``phases_s`` under no rule: from the operator's table, each wait
-    chosen in turn from :data:`SEARCH_WAITS_MS` (beyond :data:`LEAD_S`) while that lowers
+    chosen in turn from :data:`SEARCH_WAITS_MS` while that lowers
     the worst camera's wait + p99, for up to :data:`SEARCH_ROUNDS` rounds."""
 
     def worst(waits: list[float]) -> float:
@@ -314,7 +313,7 @@ def search_waits(s: Setting, phases_s: list[float], seconds: float, seeds: int) 
         improved = False
         for i in range(s.n):
             for ms in SEARCH_WAITS_MS:
-                trial = [*waits[:i], LEAD_S + ms / 1e3, *waits[i + 1 :]]
+                trial = [*waits[:i], ms / 1e3, *waits[i + 1 :]]
                 if (score := worst(trial)) < best - 0.05:
                     best, waits, improved = score, trial, True
         if not improved:

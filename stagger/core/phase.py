@@ -323,7 +323,7 @@ def follow(
     arrivals: Mapping[Key, PhaseEstimate],
     *,
     tick_hz: int,
-    lead_s: float = 0.002,
+    lead_s: float = 0.0,
     min_gain_s: float = 0.005,
     fixed: Iterable[Key] = (),
     spacing: Mapping[Key, int] | None = None,
@@ -341,8 +341,11 @@ def follow(
     never gains that much within a pin.
 
     A stream's slot should start just after its requests arrive: at its phase plus a margin
-    of two spreads (most jittered arrivals still precede the slot) and ``lead_s`` (the way
-    from the gate to Triton). Only slots whose period is their stream's arrival period take
+    of two spreads (most jittered arrivals still precede the slot) and ``lead_s`` (none by
+    default: the gate releases a request at its slot's start and the way on to Triton is
+    the same for every stream, so a lead only adds to each wait; it was 2 ms until
+    examples/03 measured that, and a later arrival within the slot's grace still takes it).
+    Only slots whose period is their stream's arrival period take
     part (a slot period rounded below the frame period repeats at another pace); the others
     and ``fixed`` ones keep their offsets. The objective is the least longest wait, then the
     least total wait, under non-overlap (:func:`stagger.core.slots.align`), each slot kept
@@ -431,7 +434,7 @@ def follow_plan(
     pinned: Iterable[ShardKey] = (),
     retiring: Iterable[ShardPlacement] = (),
     awaiting: Iterable[ShardKey] = (),
-    lead_s: float = 0.002,
+    lead_s: float = 0.0,
     min_gain_s: float = 0.005,
 ) -> Plan:
     """``plan`` with each GPU's table re-timed to its streams' arrivals (``arrivals``: per

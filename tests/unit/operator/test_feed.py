@@ -412,7 +412,7 @@ def test_the_local_follower_keeps_followed_slots_apart_and_writes_reserved_ones(
     reserved = contracts["a"].body_ticks
     arrivals = {
         n: PhaseEstimate(0.1, phase, 0.0, 0.99, 64, 64)
-        for n, phase in [("a", 0.010), ("b", 0.012), ("c", 0.014)]
+        for n, phase in [("a", 0.011), ("b", 0.013), ("c", 0.015)]
     }
 
     def followed(name: str, **spacing: object) -> list[SlotAssignment]:
@@ -433,7 +433,7 @@ def test_the_local_follower_keeps_followed_slots_apart_and_writes_reserved_ones(
     assert apart(spaced) == [30_000, 30_000]
     assert {c.body_ticks for c in [*packed, *spaced]} == {reserved}
     # Each re-timed contract says which arrivals its slot follows (its gate waits for it).
-    marks = {"a": 10_000, "b": 12_000, "c": 14_000}
+    marks = {"a": 11_000, "b": 13_000, "c": 15_000}
     assert {c.stream: c.arrival_ticks for c in packed} == marks
     unmarked = followed("unmarked", mark_arrivals=False)  # --transparent-unmarked
     assert [c.offset_ticks for c in unmarked] == [c.offset_ticks for c in packed]
