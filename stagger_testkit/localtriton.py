@@ -477,8 +477,8 @@ class LocalFollower:
 
     ``follow_waits`` (seconds, by stream) sets the table by hand, for comparison
     (``bench.gpu.loop --transparent-searched``): once every stream has a phase, each slot
-    goes that long after its stream's arrivals (and two of their spreads, where
-    :func:`stagger.core.phase.follow` adds its lead), with no rule against overlap, once;
+    goes that long after its stream's arrivals and two of their spreads (where
+    :func:`stagger.core.phase.follow` would place it), with no rule against overlap, once;
     no release windows (:func:`stagger.core.slots.release_windows` assumes bodies apart)."""
 
     POLL_S = 0.2
