@@ -248,7 +248,7 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
     }
     return {
         "transparent": _transparent_verdict(
-            r.get("transparentAtRandomN") or r.get("transparent"),
+            _judged_transparent(r),
             random_runs,
             random_largest,
             solo_p50,
@@ -286,13 +286,20 @@ def _identical_verdict(r: dict[str, Any], fps: float) -> dict[str, Any]:
             admitted,
             random_largest,
             loop,
-            r.get("transparentAtRandomN") or r.get("transparent"),
+            _judged_transparent(r),
             random_runs,
         ),
         "warnings": warnings,
         "checks": checks,
         "met": all(c["met"] for c in checks.values() if c.get("required", True)),
     }
+
+
+def _judged_transparent(r: dict[str, Any]) -> dict[str, Any] | None:
+    """Transparent mode at random phases' largest 0-drop N where it was measured there,
+    else at the admitted N (one not begun under ``--within`` is ``{"skipped": why}``)."""
+    at_random_n = r.get("transparentAtRandomN")
+    return at_random_n if at_random_n and "steady" in at_random_n else r.get("transparent")
 
 
 def _full_load(

@@ -39,6 +39,7 @@ from bench.gpu.loop import (
     stream_deadline_ms,
     tightest_stream,
     transparent_again_at,
+    transparent_estimate_s,
     with_deadlines,
 )
 from bench.gpu.targets import loop_verdict, render_loop
@@ -806,6 +807,10 @@ def test_transparent_mode_is_judged_at_random_phases_largest_0_drop_n_where_meas
     assert t["n"] == 7 and t["met"]
     assert t["checks"]["p99OverRandom"]["value"] == pytest.approx(29 / 50, abs=1e-4)
     assert "transparent (slots follow the cameras) at N = 7" in render_loop([v])
+    # not begun for the run's budget (run 128 was cut there): judged at the admitted N
+    result["transparentAtRandomN"] = {"skipped": "--within 500 s: 15 s left, ..."}
+    (v,) = loop_verdict(run("time-slicing", graph=result))
+    assert v["transparent"]["n"] == 8 and not v["transparent"]["met"]
 
 
 def test_transparent_mode_is_compared_at_its_own_n_where_random_phases_held_more() -> None:
@@ -989,6 +994,8 @@ def test_a_draw_of_phases_that_would_end_past_the_run_s_budget_is_not_begun() ->
     why = past_budget(49.0, args)
     assert why is not None and why.startswith("--within 560 s: 60 s left")
     assert past_budget(1e6, parse_args(["--out", "/tmp/x"])) is None  # no budget given
+    # transparent mode at random phases' N, 3,000 frames: run 128's at 7 took 59 s
+    assert transparent_estimate_s(7, 3000, args) == pytest.approx(61.0)
 
 
 def test_spaced_transparent_mode_waits_for_the_wider_table() -> None:
