@@ -1040,14 +1040,16 @@ def identical(
         judged, _, _ = apply_one_at_a_time(
             candidates[:again], cluster, [manifest], settings, len(servers)
         )
-        if judged is not None and (
-            why := past_budget(transparent_estimate_s(again, args.frames, args), args)
-        ):
+        if judged is not None:
             # run 128 was cut by the device's limit in this configuration, with its stop
-            out["transparentAtRandomN"] = {"skipped": why}
-            log(f"{body}: transparent mode at random phases' N = {again} not begun: {why}")
-        elif judged is not None:
-            out["transparentAtRandomN"] = transparent_on(judged, servers, body, root, args)
+            why = past_budget(transparent_estimate_s(again, args.frames, args), args)
+            if why is not None:
+                log(f"{body}: transparent mode at random phases' N = {again} not begun: {why}")
+            out["transparentAtRandomN"] = (
+                {"skipped": why}
+                if why is not None
+                else transparent_on(judged, servers, body, root, args)
+            )
             save()
     if args.transparent_packed and out.get("transparent") and judged is not None:
         share = judged.gpus[0].model_time_share if judged.gpus else None
