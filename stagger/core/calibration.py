@@ -67,8 +67,20 @@ class NoKnee(ValueError):
 
 def _robust_scale(residuals: NDArray[np.float64]) -> NDArray[np.float64]:
     """MAD scale per row (floored: a perfect fit must not divide by zero)."""
-    scale: NDArray[np.float64] = np.maximum(1.4826 * np.median(np.abs(residuals), axis=-1), 1e-6)
+    scale: NDArray[np.float64] = np.maximum(1.4826 * _median(np.abs(residuals)), 1e-6)
     return scale
+
+
+def _median(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``np.median(a, axis=-1)``, the same numbers, without its per-call overhead: the
+    bootstrap calls it some 10,000 times on rows of a few dozen points."""
+    n = a.shape[-1]
+    half = n // 2
+    part = np.partition(a, [half - 1, half] if n % 2 == 0 else [half], axis=-1)
+    if n % 2:
+        return part[..., half]
+    middle: NDArray[np.float64] = (part[..., half - 1] + part[..., half]) / 2.0
+    return middle
 
 
 def _hinges(
@@ -78,40 +90,97 @@ def _hinges(
     knees: NDArray[np.float64],
     own_levels: bool = False,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """For every candidate knee at once: Huber-weighted fit (iteratively reweighted least
-    squares) of y = level + slope[stream] × min(x − knee, 0): past the knee every stream
-    runs alone, at one level, or with ``own_levels`` at its own (:func:`levels_apart`).
-    ``member`` is (points, streams) one-hot. Returns levels and slopes (knees, streams) and
-    robust loss (ms², knees)."""
-    z = np.minimum(x[None, :] - knees[:, None], 0.0)  # (knees, points)
-    streams = member.shape[1]
-    level_of = member if own_levels else np.ones((len(x), 1))
-    k = level_of.shape[1]
-    # Columns: the level (each stream's, with own_levels), then each stream's slope term.
-    design = np.concatenate(
-        [np.broadcast_to(level_of[None], (*z.shape, k)), z[:, :, None] * member[None]], axis=2
-    )
-    p = design.shape[2]
+    """For every sweep and every candidate knee at once: Huber-weighted fit (iteratively
+    reweighted least squares) of y = level + slope[stream] × min(x − knee, 0): past the
+    knee every stream runs alone, at one level, or with ``own_levels`` at its own
+    (:func:`levels_apart`). ``x``, ``y`` are (sweeps, points), ``member`` (sweeps, points,
+    streams) one-hot (a stream a sweep lacks: a zero column, its slope 0), ``knees``
+    (sweeps, knees). Returns levels and slopes (sweeps, knees, streams) and robust loss
+    (ms², (sweeps, knees)). Each sweep reweights until its own fits settle."""
+    sweeps, n = x.shape
+    z = np.minimum(x[:, None, :] - knees[:, :, None], 0.0)  # (sweeps, knees, points)
+    streams = member.shape[2]
+    level_of = member if own_levels else np.ones((sweeps, n, 1))
+    k = level_of.shape[2]
+    # Columns: the level (each stream's, with own_levels), then each stream's slope term:
+    # column j is gen[..., j] × z^power[j]. Each knee's weighted normal equations are then
+    # sums over points of w × z^e × (a product of two generators): a few matrix products
+    # for all knees, not one small product per knee.
+    gen = np.concatenate([level_of, member], axis=2)  # (sweeps, points, p)
+    power = np.array([0] * k + [1] * streams)
+    p = gen.shape[2]
+    pairs = (gen[..., :, None] * gen[..., None, :]).reshape(sweeps, n, p * p)
+    order = (power[:, None] + power[None, :]).reshape(p * p)
+    by_power = [pairs * (order == e) for e in range(3)]  # (sweeps, points, p²) each
+    own = [gen * (power == e) for e in range(2)]  # (sweeps, points, p) each
+    ridge = np.eye(p) * 1e-9
+    diagonal = np.arange(p) * (p + 1)
     w = np.ones_like(z)
+    coef = np.zeros((*z.shape[:2], p))
+    residuals = np.zeros_like(z)
+    todo = np.arange(sweeps)
     for _ in range(15):  # Huber IRLS settles in a few rounds
-        dw = design * w[:, :, None]
-        normal = np.matmul(dw.transpose(0, 2, 1), design)
+        zt, wt, yt = z[todo], w[todo], y[todo][:, None, :]
+        wz = wt * zt
+        normal = wt @ by_power[0][todo] + wz @ by_power[1][todo] + (wz * zt) @ by_power[2][todo]
         # A stream with no point below the knee has no slope to fit: a tiny ridge keeps the
         # system solvable and its slope at 0.
-        normal += np.eye(p)[None] * 1e-9 * (1 + np.trace(normal, axis1=1, axis2=2))[:, None, None]
-        rhs = np.matmul(dw.transpose(0, 2, 1), y)
-        coef = np.linalg.solve(normal, rhs[:, :, None])[:, :, 0]
-        residuals = y[None, :] - np.matmul(design, coef[:, :, None])[:, :, 0]
-        u = np.abs(residuals) / (HUBER_K * _robust_scale(residuals))[:, None]
-        new = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-12))
-        if np.allclose(new, w, atol=1e-4):
+        trace = normal[..., diagonal].sum(axis=-1)
+        normal = normal.reshape(*zt.shape[:2], p, p) + ridge * (1 + trace)[..., None, None]
+        rhs = (wt * yt) @ own[0][todo] + (wz * yt) @ own[1][todo]
+        c = np.linalg.solve(normal, rhs[..., None])[..., 0]
+        fitted = c @ own[0][todo].transpose(0, 2, 1) + zt * (c @ own[1][todo].transpose(0, 2, 1))
+        r = yt - fitted
+        u = np.abs(r) / (HUBER_K * _robust_scale(r))[..., None]
+        with np.errstate(divide="ignore"):  # u = 0: weight 1
+            new = np.minimum(1.0, 1.0 / u)
+        coef[todo], residuals[todo] = c, r
+        # np.allclose per sweep (weights are positive), without its overhead
+        settled = (np.abs(new - wt) <= 1e-4 + 1e-5 * wt).all(axis=(1, 2))
+        w[todo[~settled]] = new[~settled]
+        todo = todo[~settled]
+        if not len(todo):
             break
-        w = new
     scale = _robust_scale(residuals)
-    r = np.abs(residuals) / scale[:, None]
-    loss = np.where(r <= HUBER_K, 0.5 * r**2, HUBER_K * r - 0.5 * HUBER_K**2).sum(1)
-    levels = coef[:, :k] if own_levels else np.repeat(coef[:, :1], streams, axis=1)
-    return levels, coef[:, k:], loss * scale**2
+    r = np.abs(residuals) / scale[..., None]
+    loss = np.where(r <= HUBER_K, 0.5 * r**2, HUBER_K * r - 0.5 * HUBER_K**2).sum(-1)
+    levels = coef[..., :k] if own_levels else np.repeat(coef[..., :1], streams, axis=-1)
+    return levels, coef[..., k:], loss * scale**2
+
+
+KNEE_GRID = 201
+"""Candidate knees over the swept range; the best is refined on 41 around it."""
+_FIT_CHUNK = 2_000_000
+"""Sweeps fitted together hold at most this many (knee, point) values per array."""
+
+
+def _best_knees(
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    member: NDArray[np.float64],
+    max_knee_ms: float | None,
+    own_levels: bool,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """The best knee of each sweep (rows of ``x``, ``y``, each with 3 or more distinct
+    offsets): a grid over its swept range (up to ``max_knee_ms`` where that is less),
+    then refined. Returns knees (sweeps,), levels and slopes (sweeps, streams)."""
+    lo, hi = x.min(axis=1), x.max(axis=1)
+    if max_knee_ms is not None:
+        hi = np.maximum(lo, np.minimum(hi, max_knee_ms))
+    rows = np.arange(len(x))
+
+    def best_of(
+        knees: NDArray[np.float64],
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        levels, slopes, loss = _hinges(x, y, member, knees, own_levels)
+        i = np.argmin(loss, axis=1)  # ties: the first, the smaller knee
+        return knees[rows, i], levels[rows, i], slopes[rows, i]
+
+    coarse, _, _ = best_of(np.linspace(lo, hi, KNEE_GRID, axis=1))
+    step = (hi - lo) / (KNEE_GRID - 1)
+    return best_of(
+        np.linspace(np.maximum(lo, coarse - step), np.minimum(hi, coarse + step), 41, axis=1)
+    )
 
 
 def fit_hinge(
@@ -134,19 +203,12 @@ def fit_hinge(
     distinct = np.unique(x)
     if len(distinct) < 3:
         raise NoKnee(f"a sweep needs at least 3 distinct offsets, got {len(distinct)}")
-    lo, hi = float(distinct[0]), float(distinct[-1])
-    if max_knee_ms is not None:
-        hi = max(lo, min(hi, max_knee_ms))
     member = (g[:, None] == np.unique(g)[None, :]).astype(np.float64)
-
-    def best_of(knees: NDArray[np.float64]) -> tuple[float, list[float], list[float]]:
-        levels, slopes, loss = _hinges(x, y, member, knees, own_levels)
-        i = int(np.argmin(loss))  # ties: the first, the smaller knee
-        return float(knees[i]), [float(v) for v in levels[i]], [float(v) for v in slopes[i]]
-
-    coarse, _, _ = best_of(np.linspace(lo, hi, 201))
-    step = (hi - lo) / 200
-    knee, levels, slopes = best_of(np.linspace(max(lo, coarse - step), min(hi, coarse + step), 41))
+    knees, best_levels, best_slopes = _best_knees(
+        x[None], y[None], member[None], max_knee_ms, own_levels
+    )
+    knee = float(knees[0])
+    levels, slopes = [float(v) for v in best_levels[0]], [float(v) for v in best_slopes[0]]
     fitted = member @ np.asarray(levels) + (member @ np.asarray(slopes)) * np.minimum(x - knee, 0)
     steepest = int(np.argmin(slopes))
     return HingeFit(
@@ -156,6 +218,40 @@ def fit_hinge(
         float(_robust_scale(y - fitted)),
         tuple(slopes),
         tuple(levels),
+    )
+
+
+def _bootstrap_knees(
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    g: NDArray[np.int64],
+    *,
+    resamples: int,
+    max_knee_ms: float | None,
+    own_levels: bool,
+) -> NDArray[np.float64]:
+    """The knee of each resample of the points (drawn with a fixed seed; one with fewer
+    than 3 distinct offsets is left out), fitted as :func:`fit_hinge` fits the sweep."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    points = np.arange(len(x))
+    picks = [rng.choice(points, size=len(points), replace=True) for _ in range(resamples)]
+    picks = [p for p in picks if len(np.unique(x[p])) >= 3]
+    if not picks:
+        return np.empty(0)
+    chosen = np.array(picks)
+    member = (g[chosen][..., None] == np.unique(g)[None, None, :]).astype(np.float64)
+    per_chunk = max(1, _FIT_CHUNK // (KNEE_GRID * len(x)))
+    return np.concatenate(
+        [
+            _best_knees(
+                x[chosen[i : i + per_chunk]],
+                y[chosen[i : i + per_chunk]],
+                member[i : i + per_chunk],
+                max_knee_ms,
+                own_levels,
+            )[0]
+            for i in range(0, len(chosen), per_chunk)
+        ]
     )
 
 
@@ -198,15 +294,10 @@ def estimate_knee(
             f"than the sweep; sweep further. {summary}",
             short=True,
         )
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    knees = []
-    points = np.arange(len(x))
-    for _ in range(resamples):
-        pick = rng.choice(points, size=len(points), replace=True)
-        if len(np.unique(x[pick])) < 3:
-            continue
-        knees.append(fit_hinge(x[pick], y[pick], g[pick], overlap_end_ms, own_levels).knee_ms)
-    low, high = np.percentile(knees, [2.5, 97.5]) if knees else (fit.knee_ms, fit.knee_ms)
+    knees = _bootstrap_knees(
+        x, y, g, resamples=resamples, max_knee_ms=overlap_end_ms, own_levels=own_levels
+    )
+    low, high = np.percentile(knees, [2.5, 97.5]) if len(knees) else (fit.knee_ms, fit.knee_ms)
     # The knee is a grid search's argmin, not a smooth statistic: its resamples can all
     # fall to one side of it (20.85 ms against an interval ending at 20.82, a clean CI run
     # of tests/integration/test_profile.py). The report's interval always holds its knee.

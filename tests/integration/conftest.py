@@ -33,6 +33,32 @@ from tests.emulator import EMULATOR_URL, OBSERVER, Emulator, declare, node, read
 from tests.integration.sidecar_fixtures import start_sidecar, triton  # noqa: F401  (fixtures)
 from tests.waiting import until
 
+# Modules that time real servers or the operator against the wall clock (knees, latencies,
+# slots, a burst's plans): `make pytest` runs them with the CPU to themselves and every
+# other test beside them at the lowest priority (`nice`), so that neither waits for the
+# other and these measure what they would alone.
+QUIET_MODULES = {
+    "test_calibration_servers",
+    "test_coordinated",
+    "test_examples",
+    "test_faults",
+    "test_operator",
+    "test_overhead_calls",
+    "test_profile",
+    "test_serving",
+    "test_sidecar",
+    "test_sidecar_disconnects",
+    "test_sidecar_grpc",
+    "test_slot_feed",
+    "test_whatif",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent.name == "integration" and item.path.stem in QUIET_MODULES:
+            item.add_marker(pytest.mark.quiet)
+
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Any:
     """The sidecar runs on uvloop in production (STAGGER_EVENT_LOOP): test it there."""

@@ -657,7 +657,9 @@ async def test_triton_restart_is_reported_and_recovered(
         assert metric(samples, DROPPED, stream="cam", reason="unavailable") >= 2
         assert metric(samples, "stagger_triton_up") == 1
     finally:
-        server.stop()
+        # off the event loop: the in-process sidecar must answer Triton's goodbye on its
+        # connections, or Triton waits for them until it is killed (15 s)
+        await asyncio.to_thread(server.stop)
 
 
 async def test_a_hung_triton_is_answered_in_bounded_time_on_both_protocols(
@@ -707,7 +709,9 @@ async def test_a_hung_triton_is_answered_in_bounded_time_on_both_protocols(
         assert any("did not acknowledge a PING" in m for m in said), said
         assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     finally:
-        server.stop()
+        # off the event loop: the in-process sidecar must answer Triton's goodbye on its
+        # connections, or Triton waits for them until it is killed (15 s)
+        await asyncio.to_thread(server.stop)
 
 
 async def test_shutdown_drains_in_flight_requests(start_sidecar: StartSidecar) -> None:
