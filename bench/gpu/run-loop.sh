@@ -30,8 +30,7 @@ export STAGGER_TRITON_HOME=${STAGGER_TRITON_HOME-/tmp/triton}
 export STAGGER_NUMPY_DIR=${STAGGER_NUMPY_DIR-/tmp/np126}
 export PYTHONPATH=${SITE:+$SITE:}$PWD:$PWD/sidecar:$PWD/operator PYTHONUNBUFFERED=1
 if [ -n "$SITE" ] && [ ! -d "$SITE/kubernetes" ]; then
-  python3 -m pip install -q --no-index --no-deps --upgrade --target "$SITE" .gpu/whl/*.whl
-  tar xJf .gpu/kubernetes.tar.xz -C "$SITE"
+  mkdir -p "$SITE" && tar xJf .gpu/site.tar.xz -C "$SITE"
 fi
 if [ -n "$STAGGER_NUMPY_DIR" ] && [ ! -d "$STAGGER_NUMPY_DIR/numpy" ]; then
   mkdir -p "$STAGGER_NUMPY_DIR" && tar xJf .gpu/np126.tar.xz -C "$STAGGER_NUMPY_DIR"
