@@ -24,6 +24,7 @@ RESOURCES = {
     "v1/pods": ("Pod", True, {"status"}),
     "apps/v1/deployments": ("Deployment", True, set()),
     "batch/v1/jobs": ("Job", True, {"status"}),
+    "resource.k8s.io/v1/resourceclaims": ("ResourceClaim", True, set()),
     "coordination.k8s.io/v1/leases": ("Lease", True, set()),
 }
 TEMPLATE = {"spec": {"containers": [{"name": "triton", "image": "example/tritonserver:24.10"}]}}

@@ -82,6 +82,8 @@ controller creates its pod within seconds unless admission refuses it."""
 @dataclass
 class Calibration:
     jobs: list[Obj] = field(default_factory=list)
+    claims: list[Obj] = field(default_factory=list)
+    """Under ``dra``, each Job's GPU claim (created before the Job, deleted with it)."""
     statuses: dict[tuple[str, str], Obj] = field(default_factory=dict)
     profiles: list[ModelProfile] = field(default_factory=list)
     warnings: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
@@ -134,6 +136,7 @@ def calibration_state(
         where = f"model {model} on {site.product} ({site.sharing_mode})"
         try:
             job = manifests.calibration_job(stream, target, settings)
+            claims = _claims(stream, target, settings)
         except manifests.TemplateError as e:
             out.statuses[(u.namespace, u.stream)] = stream_status(
                 stream,
@@ -149,6 +152,7 @@ def calibration_state(
         if (u.namespace, name) not in wanted:
             wanted.add((u.namespace, name))
             out.jobs.append(job)
+            out.claims += claims
         outcome = outcomes.get((u.namespace, name), CalibrationOutcome())
         phase, reason = StreamPhase.CALIBRATING, "Calibrating"
         if outcome.result is not None:
@@ -213,6 +217,7 @@ RECALIBRATE = "stagger.dev/recalibrate"
 @dataclass
 class Recalibration:
     jobs: list[Obj] = field(default_factory=list)
+    claims: list[Obj] = field(default_factory=list)  # as Calibration's
     profiles: list[ModelProfile] = field(default_factory=list)  # measured: replace these
     events: list[tuple[str, str, str, str]] = field(default_factory=list)
     """(profile, Normal|Warning, reason, message): progress, on the ModelProfile."""
@@ -285,12 +290,14 @@ def recalibration_state(
         )
         try:
             job = manifests.calibration_job(stream, target, settings)
+            claims = _claims(stream, target, settings)
         except manifests.TemplateError as e:
             out.events.append(
                 (profile.name, "Warning", "RecalibrationBlocked", f"cannot re-calibrate: {e}")
             )
             continue
         out.jobs.append(job)
+        out.claims += claims
         name = job["metadata"]["name"]
         outcome = outcomes.get((stream.namespace, name), CalibrationOutcome())
         if outcome.result is not None:
@@ -384,9 +391,19 @@ def calibration_outcomes(
     return out
 
 
+def _claims(
+    stream: InferenceStream, target: manifests.CalibrationTarget, settings: OperatorSettings
+) -> list[Obj]:
+    """The calibration Job's GPU claim, where the binding is ``dra``."""
+    if settings.gpu_binding != "dra":
+        return []
+    return [manifests.calibration_claim(stream, target, settings)]
+
+
 def calibration_jobs(managed: Iterable[Obj], namespaces: Sequence[str]) -> list[Obj]:
-    """The operator's calibration Jobs among its managed Jobs, in the namespaces it watches
-    (all where ``namespaces`` is empty)."""
+    """The operator's calibration Jobs among its managed Jobs (or, given its managed
+    ResourceClaims, the Jobs' GPU claims), in the namespaces it watches (all where
+    ``namespaces`` is empty)."""
     return [
         j
         for j in managed

@@ -125,6 +125,7 @@ class Snapshot:
     observed: dict[ShardId, Observation]
     jobs: dict[tuple[str, str], Obj]
     outcomes: dict[tuple[str, str], CalibrationOutcome]
+    claims: dict[tuple[str, str], Obj] = field(default_factory=dict)  # calibration Jobs' (dra)
     reported: dict[ShardKey, FeedReport] = field(default_factory=dict)  # over the slot feed
     connected: frozenset[ShardKey] = frozenset()  # sidecars holding a slot-feed request
     # Shards just started, whose first phase is coming; until the first stops counting (s).
@@ -212,7 +213,7 @@ class Controller:
                 _key(k, o): o
                 for k in self._owned_kinds()
                 for o in kube.list_managed(k)
-                if self._watched(o["metadata"].get("namespace"))
+                if self._watched(o["metadata"].get("namespace")) and not _calibrating(o)
             }
             self.pods = {
                 (p["metadata"]["namespace"], p["metadata"]["name"]): ready_units([p])
@@ -220,6 +221,12 @@ class Controller:
                 if self._watched(p["metadata"].get("namespace"))
             }
         jobs = {_named(j): j for j in calibration_jobs(kube.list_managed("Job"), s.namespaces)}
+        claims = {}  # the calibration Jobs' GPU claims, listed as the Jobs are
+        if s.gpu_binding == "dra":
+            claims = {
+                _named(c): c
+                for c in calibration_jobs(kube.list_managed("ResourceClaim"), s.namespaces)
+            }
         return Snapshot(
             now=now,
             full=full,
@@ -236,6 +243,7 @@ class Controller:
             ready={u for units in list(self.pods.values()) for u in units},
             observed=self.observed,
             jobs=jobs,
+            claims=claims,
             outcomes=calibration_outcomes(
                 jobs.values(), kube.list_managed("Pod") if jobs else [], now
             ),
@@ -304,6 +312,8 @@ class Controller:
         )
         named_jobs = {_named(j) for j in calibration.jobs}
         calibration.jobs += [j for j in recalibration.jobs if _named(j) not in named_jobs]
+        named_claims = {_named(c) for c in calibration.claims}
+        calibration.claims += [c for c in recalibration.claims if _named(c) not in named_claims]
         for named, status in calibration.statuses.items():
             if named not in desired.unchanged:
                 desired.statuses[named] = status
@@ -429,7 +439,7 @@ class Controller:
             )
             for p in profiles
         ]
-        self._calibrate(decision.calibration, snap.jobs, profiles, report)
+        self._calibrate(decision.calibration, snap.jobs, snap.claims, profiles, report)
         self._recalibrate(decision.recalibration, profiles, report, now)
 
         by_key = {(x.namespace, x.name): x for x in live}
@@ -652,12 +662,29 @@ class Controller:
         self,
         calibration: Calibration,
         jobs: dict[tuple[str, str], Obj],
+        claims: dict[tuple[str, str], Obj],
         profiles: list[ModelProfile],
         report: Report,
     ) -> None:
-        """Start the calibration Jobs wanted, remove those no longer wanted, and write the
-        ModelProfiles that finished Jobs measured (never over an existing one)."""
+        """Start the calibration Jobs wanted (under ``dra``, each GPU claim first), remove
+        those no longer wanted with their claims, and write the ModelProfiles that finished
+        Jobs measured (never over an existing one)."""
         kube = self.kube
+        wanted_claims = {_named(c): c for c in calibration.claims}
+        for key, claim in wanted_claims.items():
+            if key not in claims:
+                try:
+                    kube.apply(claim, None)
+                    report.written += 1
+                except ApiException as e:
+                    report.failed += 1
+                    log.error("cannot create calibration claim %s/%s: %s", *key, _why(e))
+        for key in claims.keys() - wanted_claims.keys():
+            try:
+                kube.delete("ResourceClaim", *key)
+                report.deleted += 1
+            except ApiException as e:
+                log.error("cannot delete calibration claim %s/%s: %s", *key, _why(e))
         wanted = {_named(j): j for j in calibration.jobs}
         for key, job in wanted.items():
             if key not in jobs:
@@ -848,6 +875,11 @@ def _why(e: ApiException) -> str:
     except (ValueError, AttributeError):
         message = None
     return f"{e.status} {e.reason}: {message}" if message else f"{e.status} {e.reason}"
+
+
+def _calibrating(obj: Obj) -> bool:
+    """A calibration Job's object (its GPU claim under dra), not a shard's."""
+    return manifests.LABEL_CALIBRATION in (obj["metadata"].get("labels") or {})
 
 
 def _named(obj: Obj) -> tuple[str, str]:

@@ -224,15 +224,17 @@ def resource_claim(stream: InferenceStream, p: ShardPlacement, s: OperatorSettin
     """``dra`` binding: a ResourceClaim for exactly the planned GPU, by UUID."""
     if not p.gpu_uuid:
         raise TemplateError(f"GPU {p.gpu} on node {p.node} has no UUID: dra binding needs one")
-    selector = f'device.attributes["{s.dra_device_class}"].uuid == "{p.gpu_uuid}"'
+    name = f"{shard_name(stream.name, p.shard, p.node, p.gpu)}-gpu"
+    labels = shard_labels(stream.name, p.shard, p.node, p.gpu)
+    return _gpu_claim(owned_metadata(stream, name, labels), p.gpu_uuid, s)
+
+
+def _gpu_claim(metadata: Obj, gpu_uuid: str, s: OperatorSettings) -> Obj:
+    selector = f'device.attributes["{s.dra_device_class}"].uuid == "{gpu_uuid}"'
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
-        "metadata": owned_metadata(
-            stream,
-            f"{shard_name(stream.name, p.shard, p.node, p.gpu)}-gpu",
-            shard_labels(stream.name, p.shard, p.node, p.gpu),
-        ),
+        "metadata": metadata,
         "spec": {
             "devices": {
                 "requests": [
@@ -265,7 +267,7 @@ def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSett
     if s.gpu_binding == "dra":
         spec["resourceClaims"] = [
             *spec.get("resourceClaims", []),
-            {"name": "stagger-gpu", "resourceClaimName": f"{name}-gpu"},
+            {"name": GPU_CLAIM, "resourceClaimName": f"{name}-gpu"},
         ]
     spec["containers"] = [*spec["containers"], sidecar_container(stream, p, s)]
     spec["volumes"] = [
@@ -290,6 +292,10 @@ def shard_deployment(stream: InferenceStream, p: ShardPlacement, s: OperatorSett
     }
 
 
+GPU_CLAIM = "stagger-gpu"
+"""The pod's name for its GPU's ResourceClaim (``dra`` binding), in each GPU container."""
+
+
 def _pin_to_node(pod_spec: Obj, node: str) -> None:
     affinity = pod_spec.setdefault("affinity", {})
     affinity["nodeAffinity"] = {
@@ -311,7 +317,7 @@ def _bind_gpu(container: Obj, gpu: int, gpu_uuid: str | None, s: OperatorSetting
         limits.setdefault("nvidia.com/gpu", 1)
     elif s.gpu_binding == "dra":
         claims = container.setdefault("resources", {}).setdefault("claims", [])
-        claims.append({"name": "stagger-gpu"})
+        claims.append({"name": GPU_CLAIM})
 
 
 def gpu_schedule(
@@ -417,12 +423,13 @@ def calibration_servers(
     runs ``calibration_servers`` copies of the stream's Triton, as many as the GPU's free
     memory holds at the stream's ``memoryMiB``; one where the stream declares none, or
     where a copy cannot get its own port
-    (its container does not run tritonserver itself) or its own share of the same GPU (a
-    GPU binding other than visible-devices gives each container a GPU of its own)."""
+    (its container does not run tritonserver itself) or its own share of the same GPU (the
+    ``resource`` binding gives each container a GPU of its own; under ``dra`` the copies
+    share the pod's claim, and with it the one GPU)."""
     wanted = s.calibration_servers
     if wanted == 1:
         return CalibrationServers(1)
-    if s.gpu_binding != "visible-devices":
+    if s.gpu_binding not in ("visible-devices", "dra"):
         return CalibrationServers(
             1, f"gpuBinding {s.gpu_binding}: a second container would get a GPU of its own"
         )
@@ -473,11 +480,13 @@ def _triton_copy(triton: Obj, i: int, s: OperatorSettings) -> Obj:
     copy["ports"] = [{"containerPort": port}]
     for probe in ("livenessProbe", "readinessProbe"):
         copy.pop(probe, None)
-    limits = (triton.get("resources") or {}).get("limits") or {}
-    kept = {k: v for k, v in limits.items() if k in ("cpu", "memory")}  # no GPU of its own
-    copy.pop("resources", None)
+    resources = triton.get("resources") or {}
+    kept = {k: v for k, v in (resources.get("limits") or {}).items() if k in ("cpu", "memory")}
+    copy.pop("resources", None)  # no GPU of its own, but the pod's GPU claim where it has one
     if kept:
         copy["resources"] = {"requests": dict.fromkeys(kept, "0"), "limits": kept}
+    if resources.get("claims"):
+        copy.setdefault("resources", {})["claims"] = _copy(resources["claims"])
     return copy
 
 
@@ -501,9 +510,10 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
     kubelet would start each only once the one before it had loaded the model. They load
     side by side, and the profiler waits until every one is ready (``--wait-ready``: the
     Job's deadline less ``PROFILE_S``). The app containers stay out: their frames would
-    disturb the measurement. The Job needs no API access; the operator reads the message."""
-    if s.gpu_binding == "dra":
-        raise TemplateError("calibration Jobs do not support gpuBinding dra yet")
+    disturb the measurement. The Job needs no API access; the operator reads the message.
+    Under ``dra`` its pod claims the GPU through :func:`calibration_claim`."""
+    if s.gpu_binding == "dra" and not t.gpu_uuid:
+        raise TemplateError(f"GPU {t.gpu} on node {t.node} has no UUID: dra binding needs one")
     template = _copy(check_template(stream, s))
     spec = template["spec"]
     triton = _triton_container(spec["containers"], s)
@@ -561,6 +571,11 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
         "initContainers": [*spec.get("initContainers", []), *tritons],
         "containers": [profiler],
     }
+    if s.gpu_binding == "dra":
+        pod_spec["resourceClaims"] = [
+            *spec.get("resourceClaims", []),
+            {"name": GPU_CLAIM, "resourceClaimName": calibration_claim_name(name)},
+        ]
     _pin_to_node(pod_spec, t.node)
     # the GPU it measures, on the Job alone: its pod is no stream's shard
     metadata = owned_metadata(stream, name, labels | {LABEL_GPU: gpu_label(t.node, t.gpu)})
@@ -579,6 +594,27 @@ def calibration_job(stream: InferenceStream, t: CalibrationTarget, s: OperatorSe
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
         },
     }
+
+
+def calibration_claim(stream: InferenceStream, t: CalibrationTarget, s: OperatorSettings) -> Obj:
+    """``dra`` binding: the ResourceClaim of a calibration Job's pod, for exactly the GPU it
+    measures, by UUID. The Job's Triton and its copies share it (a pod's containers may
+    share a claim), as the streams' servers share the GPU. Labelled as its Job is, so the
+    operator deletes it with the Job."""
+    if not t.gpu_uuid:
+        raise TemplateError(f"GPU {t.gpu} on node {t.node} has no UUID: dra binding needs one")
+    job = calibration_job_name(stream.spec.model, t)
+    labels = {
+        **MANAGED_BY,
+        LABEL_CALIBRATION: _short(profile_name(stream.spec.model, t.product, t.sharing_mode), 63),
+        LABEL_STREAM: stream_label(stream.name),
+        LABEL_GPU: gpu_label(t.node, t.gpu),
+    }
+    return _gpu_claim(owned_metadata(stream, calibration_claim_name(job), labels), t.gpu_uuid, s)
+
+
+def calibration_claim_name(job_name: str) -> str:
+    return f"{job_name}-gpu"
 
 
 def calibration_job_name(model: str, t: CalibrationTarget) -> str:

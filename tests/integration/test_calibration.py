@@ -337,3 +337,61 @@ async def test_a_calibration_job_whose_servers_restart_names_them(cluster: Clust
         )
     finally:
         await stop_operator(op)
+
+
+def gpu_node(name: str) -> dict[str, Any]:
+    """The node agent's inventory of a node: two H200s, with the UUIDs a dra claim names."""
+    gpu = {"product": "NVIDIA-H200", "memoryTotalMiB": 143771, "memoryUsedMiB": 0}
+    return {
+        "apiVersion": "stagger.dev/v1alpha1",
+        "kind": "GpuNode",
+        "metadata": {"name": name},
+        "spec": {"node": name},
+        "status": {
+            "nvml": "ok",
+            "observedAt": datetime.now(UTC).isoformat(),
+            "gpus": [{**gpu, "index": i, "uuid": f"GPU-{name}-{i}"} for i in range(2)],
+        },
+    }
+
+
+async def test_under_dra_a_calibration_job_claims_its_gpu_and_gives_it_back(
+    cluster: Cluster,
+) -> None:
+    """gpuBinding dra: the Job's GPU claim is created with it (the claim first: the pod
+    names it), the Job's servers share it, and both go once the profile places the stream,
+    whose shard then claims its own GPU."""
+    for name in ("gpu-a", "gpu-b"):
+        await cluster.create(gpu_node(name))
+    op = await start_operator(cluster, gpu_binding="dra")
+    try:
+        await cluster.create(uncalibrated("cam-1"))
+        await cluster.wait_for(lambda: _phase(cluster, "cam-1", "Calibrating"))
+        (job,) = await cluster.wait_for(lambda: cluster.objects("Job", "default"))
+        (claim,) = await cluster.objects("ResourceClaim", "default")
+        pod = job["spec"]["template"]["spec"]
+        assert pod["resourceClaims"] == [
+            {"name": "stagger-gpu", "resourceClaimName": claim["metadata"]["name"]}
+        ]
+        node_name, gpu = job["metadata"]["labels"]["stagger.dev/gpu"].rsplit(".", 1)
+        selector = claim["spec"]["devices"]["requests"][0]["exactly"]["selectors"][0]
+        assert f'uuid == "GPU-{node_name}-{gpu}"' in selector["cel"]["expression"]
+        assert all(
+            c["resources"]["claims"] == [{"name": "stagger-gpu"}] for c in pod["initContainers"]
+        )
+
+        await finish(cluster, job, 0, RESULT.model_dump_json(by_alias=True))
+        await cluster.wait_for(lambda: _phase(cluster, "cam-1", "Placed"))
+
+        async def only_the_shards_claim() -> list[dict[str, Any]] | None:
+            jobs = await cluster.objects("Job", "default")
+            claims = await cluster.objects("ResourceClaim", "default")
+            calibrating = [
+                c for c in claims if "stagger.dev/calibration" in c["metadata"]["labels"]
+            ]
+            return None if jobs or calibrating or not claims else claims
+
+        (shard_claim,) = await cluster.wait_for(only_the_shards_claim)
+        assert shard_claim["metadata"]["labels"]["stagger.dev/stream"] == "cam-1"
+    finally:
+        await stop_operator(op)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 from datetime import UTC, datetime
@@ -481,5 +482,35 @@ def test_calibration_needs_to_find_triton_in_the_template() -> None:
     }
     with pytest.raises(manifests.TemplateError, match="no container serves Triton"):
         manifests.calibration_job(s, _calibration_target(), OperatorSettings())
-    with pytest.raises(manifests.TemplateError, match="dra"):
-        manifests.calibration_job(s, _calibration_target(), OperatorSettings(gpu_binding="dra"))
+
+
+def test_a_dra_calibration_job_claims_its_gpu_once_for_every_copy() -> None:
+    """Under the dra binding the Job's pod claims exactly the GPU it measures (by UUID),
+    and the Triton and each copy share that one claim, as the streams' servers share the
+    GPU: the copies run, not one server alone."""
+    s, _ = placed_stream()
+    s.spec.template = {
+        **TEMPLATE,
+        "spec": {**TEMPLATE["spec"], "containers": [TRITON_WITH_LIMITS, TEMPLATE_APP]},
+    }
+    settings = OperatorSettings(gpu_binding="dra")
+    target = _calibration_target(8000)
+    job = manifests.calibration_job(s, target, settings)
+    claim = manifests.calibration_claim(s, target, settings)
+    check_golden("calibration-job-dra.yaml", [claim, job])
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["resourceClaims"] == [
+        {"name": "stagger-gpu", "resourceClaimName": claim["metadata"]["name"]}
+    ]
+    servers = pod["initContainers"]
+    assert len(servers) == 3  # as many as the free memory holds, as with visible-devices
+    assert all(c["resources"]["claims"] == [{"name": "stagger-gpu"}] for c in servers)
+    assert "GPU-1b2c" in str(claim["spec"])
+    assert claim["metadata"]["labels"] == {
+        k: v for k, v in job["metadata"]["labels"].items() if k in claim["metadata"]["labels"]
+    }
+    no_uuid = dataclasses.replace(target, gpu_uuid=None)
+    for build in (manifests.calibration_job, manifests.calibration_claim):
+        with pytest.raises(manifests.TemplateError, match="has no UUID: dra binding needs one"):
+            build(s, no_uuid, settings)
