@@ -670,36 +670,9 @@ class Controller:
         those no longer wanted with their claims, and write the ModelProfiles that finished
         Jobs measured (never over an existing one)."""
         kube = self.kube
-        wanted_claims = {_named(c): c for c in calibration.claims}
-        for key, claim in wanted_claims.items():
-            if key not in claims:
-                try:
-                    kube.apply(claim, None)
-                    report.written += 1
-                except ApiException as e:
-                    report.failed += 1
-                    log.error("cannot create calibration claim %s/%s: %s", *key, _why(e))
-        for key in claims.keys() - wanted_claims.keys():
-            try:
-                kube.delete("ResourceClaim", *key)
-                report.deleted += 1
-            except ApiException as e:
-                log.error("cannot delete calibration claim %s/%s: %s", *key, _why(e))
-        wanted = {_named(j): j for j in calibration.jobs}
-        for key, job in wanted.items():
-            if key not in jobs:
-                try:
-                    kube.apply(job, None)
-                    report.written += 1
-                except ApiException as e:
-                    report.failed += 1
-                    log.error("cannot create calibration Job %s/%s: %s", *key, _why(e))
-        for key in jobs.keys() - wanted.keys():
-            try:
-                kube.delete("Job", *key)
-                report.deleted += 1
-            except ApiException as e:
-                log.error("cannot delete calibration Job %s/%s: %s", *key, _why(e))
+        # the claims first: a Job's pod names its claim
+        self._create_and_prune("ResourceClaim", calibration.claims, claims, report)
+        self._create_and_prune("Job", calibration.jobs, jobs, report)
         existing = {p.name for p in profiles}
         for profile in calibration.profiles:
             if profile.name in existing:
@@ -715,6 +688,31 @@ class Controller:
             except ApiException as e:
                 report.failed += 1
                 log.error("cannot write ModelProfile %s: %s", profile.name, _why(e))
+
+    def _create_and_prune(
+        self,
+        kind: str,
+        wanted: list[Obj],
+        existing: dict[tuple[str, str], Obj],
+        report: Report,
+    ) -> None:
+        """Create the calibration objects of ``kind`` wanted and missing; delete those no
+        longer wanted. Each refusal is logged and counted; the others go on."""
+        by_name = {_named(o): o for o in wanted}
+        for key, obj in by_name.items():
+            if key not in existing:
+                try:
+                    self.kube.apply(obj, None)
+                    report.written += 1
+                except ApiException as e:
+                    report.failed += 1
+                    log.error("cannot create calibration %s %s/%s: %s", kind, *key, _why(e))
+        for key in existing.keys() - by_name.keys():
+            try:
+                self.kube.delete(kind, *key)
+                report.deleted += 1
+            except ApiException as e:
+                log.error("cannot delete calibration %s %s/%s: %s", kind, *key, _why(e))
 
     def _recalibrate(
         self,
