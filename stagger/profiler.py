@@ -707,6 +707,11 @@ FULL_LOAD_S = 5.0
 """How long the full-load stage paces its streams by default."""
 
 
+KNEE_RESAMPLES = 200
+"""Bootstrap resamples behind the knee's interval (each of up to two fits: seconds of CPU
+on a sweep of a hundred runs, so the profile shows them as a stage)."""
+
+
 def profile(
     urls: Sequence[str],
     model: str,
@@ -778,7 +783,9 @@ def profile(
             gap_s=gap,
             progress=stage("sweep near knee", len(fine) * sweep_runs),
         )
-        knee: KneeEstimate | None = knee_of_sweep(points)
+        knee: KneeEstimate | None = knee_of_sweep(
+            points, resamples=KNEE_RESAMPLES, progress=stage("knee fit", 2 * KNEE_RESAMPLES)
+        )
         no_knee = None
     except NoKnee as e:
         if not e.flat:  # too short or too sparse: saturation would understate the body

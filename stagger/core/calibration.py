@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
@@ -229,30 +229,29 @@ def _bootstrap_knees(
     resamples: int,
     max_knee_ms: float | None,
     own_levels: bool,
+    progress: Callable[[int], None] | None = None,
 ) -> NDArray[np.float64]:
     """The knee of each resample of the points (drawn with a fixed seed; one with fewer
-    than 3 distinct offsets is left out), fitted as :func:`fit_hinge` fits the sweep."""
+    than 3 distinct offsets is left out), fitted as :func:`fit_hinge` fits the sweep.
+    ``progress(n)``: n more resamples done."""
+    advance = progress or (lambda n: None)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     points = np.arange(len(x))
     picks = [rng.choice(points, size=len(points), replace=True) for _ in range(resamples)]
     picks = [p for p in picks if len(np.unique(x[p])) >= 3]
+    advance(resamples - len(picks))
     if not picks:
         return np.empty(0)
     chosen = np.array(picks)
     member = (g[chosen][..., None] == np.unique(g)[None, None, :]).astype(np.float64)
     per_chunk = max(1, _FIT_CHUNK // (KNEE_GRID * len(x)))
-    return np.concatenate(
-        [
-            _best_knees(
-                x[chosen[i : i + per_chunk]],
-                y[chosen[i : i + per_chunk]],
-                member[i : i + per_chunk],
-                max_knee_ms,
-                own_levels,
-            )[0]
-            for i in range(0, len(chosen), per_chunk)
-        ]
-    )
+    knees = []
+    for i in range(0, len(chosen), per_chunk):
+        part = chosen[i : i + per_chunk]
+        fitted = _best_knees(x[part], y[part], member[i : i + per_chunk], max_knee_ms, own_levels)
+        knees.append(fitted[0])
+        advance(len(part))
+    return np.concatenate(knees)
 
 
 def estimate_knee(
@@ -263,13 +262,14 @@ def estimate_knee(
     resamples: int = 200,
     overlap_end_ms: float | None = None,
     own_levels: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> KneeEstimate:
     """The knee with a bootstrap interval, or :class:`NoKnee` when the data show none:
     latency does not fall as the offset grows, or still falls at the end of the sweep.
     ``overlap_end_ms``: an offset from which on the two inferences no longer overlap (see
     :func:`overlap_end_ms`); the knee lies at or before it, and a sweep that reached it is
     never too short. ``own_levels``: each stream settles at its own level past the knee
-    (:func:`levels_apart`)."""
+    (:func:`levels_apart`). ``progress(n)``: n more resamples fitted."""
     x = np.asarray(offsets_ms, dtype=np.float64)
     y = np.asarray(latencies_ms, dtype=np.float64)
     g = np.zeros(len(x), dtype=np.int64) if streams is None else np.asarray(streams)
@@ -295,7 +295,13 @@ def estimate_knee(
             short=True,
         )
     knees = _bootstrap_knees(
-        x, y, g, resamples=resamples, max_knee_ms=overlap_end_ms, own_levels=own_levels
+        x,
+        y,
+        g,
+        resamples=resamples,
+        max_knee_ms=overlap_end_ms,
+        own_levels=own_levels,
+        progress=progress,
     )
     low, high = np.percentile(knees, [2.5, 97.5]) if len(knees) else (fit.knee_ms, fit.knee_ms)
     # The knee is a grid search's argmin, not a smooth statistic: its resamples can all
@@ -337,7 +343,12 @@ def overlap_end_ms(points: Sequence[SweepPoint]) -> float | None:
     return end
 
 
-def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEstimate:
+def knee_of_sweep(
+    points: list[SweepPoint],
+    *,
+    resamples: int = 200,
+    progress: Callable[[int], None] | None = None,
+) -> KneeEstimate:
     """Both streams' latencies share the knee; each has its own slope, and its own level
     past the knee where the servers settle apart (:func:`levels_apart`).
 
@@ -345,7 +356,9 @@ def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEsti
     counts. The earlier one counts too unless its latency *rises* with the offset before
     the knee: under time-slicing a later arrival slows the earlier inference for as long
     as they overlap at all, so its curve returns to solo at the end of the whole overlap,
-    not of the body (seen with RetinaNet on an H200, docs/benchmarks.md)."""
+    not of the body (seen with RetinaNet on an H200, docs/benchmarks.md).
+
+    ``progress(n)``: n more of the up to 2 × ``resamples`` bootstrap fits done."""
     offsets = [p.offset_ms for p in points]
     end = overlap_end_ms(points)
     later = estimate_knee(
@@ -354,6 +367,7 @@ def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEsti
         [0] * len(points),
         resamples=resamples,
         overlap_end_ms=end,
+        progress=progress,
     )
     before = [p for p in points if p.offset_ms < later.fit.knee_ms]
     if len({p.offset_ms for p in before}) >= 3:
@@ -370,6 +384,7 @@ def knee_of_sweep(points: list[SweepPoint], *, resamples: int = 200) -> KneeEsti
         resamples=resamples,
         overlap_end_ms=end,
         own_levels=levels_apart(points, end),
+        progress=progress,
     )
 
 

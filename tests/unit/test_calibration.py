@@ -297,3 +297,14 @@ def test_run_48s_misread_sweep_now_reads_a_knee_within_the_request() -> None:
     assert small["kneeMs"] == pytest.approx(15.14, abs=0.01)  # as the run read it
     estimate = knee_of_sweep(points, resamples=0)
     assert 10 <= estimate.fit.knee_ms <= 12 < small["soloP50Ms"]
+
+
+@pytest.mark.parametrize("resamples", [1, 30])
+def test_the_bootstrap_reports_every_resample_done(resamples: int) -> None:
+    """What the profile's "knee fit" stage shows: each resample once, those left out for
+    too few distinct offsets included, and the same knee and interval as without it."""
+    offsets, latencies = synthetic(20.0, solo=30.0, noise=1.0, seed=4)
+    done: list[int] = []
+    reported = estimate_knee(offsets, latencies, resamples=resamples, progress=done.append)
+    assert sum(done) == resamples and all(n >= 0 for n in done)
+    assert reported == estimate_knee(offsets, latencies, resamples=resamples)
