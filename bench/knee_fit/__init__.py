@@ -1,0 +1,1 @@
+"""CPU time of the knee fit behind `stagger profile` (docs/benchmarks.md)."""
