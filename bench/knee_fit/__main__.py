@@ -16,17 +16,8 @@ import time
 
 import numpy as np
 
+from bench.knee_fit import STUDY_TABLE_2
 from stagger.core.calibration import SweepPoint, knee_of_sweep
-
-STUDY = [
-    (0, 127.1, 125.2),
-    (20, 105.2, 105.5),
-    (40, 84.8, 84.3),
-    (45, 76.7, 82.2),
-    (60, 78.9, 82.7),
-    (75, 72.2, 76.3),
-    (100, 72.8, 73.3),
-]
 
 
 def synthetic_sweep(seed: int = 1) -> list[SweepPoint]:
@@ -49,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"| sweep | latencies | wall s · CPU s (best of {args.repeat}) | knee ms | interval ms |")
     print("|---|---|---|---|---|")
-    sweeps = {"study": [SweepPoint(*r) for r in STUDY], "synthetic": synthetic_sweep()}
+    sweeps = {"study": [SweepPoint(*r) for r in STUDY_TABLE_2], "synthetic": synthetic_sweep()}
     for name, points in sweeps.items():
         wall = cpu = float("inf")
         for _ in range(args.repeat):

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.knee_fit import STUDY_TABLE_2  # the published study's Table 2
 from stagger.core.api import SharingMode
 from stagger.core.calibration import (
     MAX_WARNINGS,
@@ -27,17 +28,6 @@ from stagger.core.calibration import (
     recommended_body_ms,
 )
 from tests.factories import calibration_result
-
-# The published study's Table 2: start offset (ms) → latency of stream 1 / stream 2 (ms).
-STUDY_TABLE_2 = [
-    (0, 127.1, 125.2),
-    (20, 105.2, 105.5),
-    (40, 84.8, 84.3),
-    (45, 76.7, 82.2),
-    (60, 78.9, 82.7),
-    (75, 72.2, 76.3),
-    (100, 72.8, 73.3),
-]
 
 
 def test_the_studys_table_has_its_knee_at_45_ms() -> None:
