@@ -34,9 +34,16 @@ def synthetic_sweep(seed: int = 1) -> list[SweepPoint]:
     ]
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give 1 or more")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.knee_fit", description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=_positive, default=3, help="runs per sweep (best taken)")
     args = parser.parse_args(argv)
     print(f"| sweep | latencies | wall s · CPU s (best of {args.repeat}) | knee ms | interval ms |")
     print("|---|---|---|---|---|")

@@ -400,16 +400,20 @@ def _claims(
     return [manifests.calibration_claim(stream, target, settings)]
 
 
-def calibration_jobs(managed: Iterable[Obj], namespaces: Sequence[str]) -> list[Obj]:
-    """The operator's calibration Jobs among its managed Jobs (or, given its managed
-    ResourceClaims, the Jobs' GPU claims), in the namespaces it watches (all where
+def calibration_objects(managed: Iterable[Obj], namespaces: Sequence[str]) -> list[Obj]:
+    """The operator's calibration objects (its Jobs, or under ``dra`` their GPU claims)
+    among its managed objects of one kind, in the namespaces it watches (all where
     ``namespaces`` is empty)."""
     return [
-        j
-        for j in managed
-        if manifests.LABEL_CALIBRATION in (j["metadata"].get("labels") or {})
-        and (not namespaces or j["metadata"].get("namespace") in namespaces)
+        o
+        for o in managed
+        if is_calibration(o) and (not namespaces or o["metadata"].get("namespace") in namespaces)
     ]
+
+
+def is_calibration(obj: Obj) -> bool:
+    """A calibration Job's object (the Job, or its GPU claim), not a shard's."""
+    return manifests.LABEL_CALIBRATION in (obj["metadata"].get("labels") or {})
 
 
 def running_calibrations(

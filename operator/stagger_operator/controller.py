@@ -40,10 +40,11 @@ from stagger_operator.calibration import (
     Calibration,
     CalibrationOutcome,
     Recalibration,
-    calibration_jobs,
+    calibration_objects,
     calibration_outcomes,
     calibration_state,
     drift_recalibrations,
+    is_calibration,
     recalibration_state,
     running_calibrations,
 )
@@ -213,20 +214,18 @@ class Controller:
                 _key(k, o): o
                 for k in self._owned_kinds()
                 for o in kube.list_managed(k)
-                if self._watched(o["metadata"].get("namespace")) and not _calibrating(o)
+                if self._watched(o["metadata"].get("namespace")) and not is_calibration(o)
             }
             self.pods = {
                 (p["metadata"]["namespace"], p["metadata"]["name"]): ready_units([p])
                 for p in kube.list_managed("Pod")
                 if self._watched(p["metadata"].get("namespace"))
             }
-        jobs = {_named(j): j for j in calibration_jobs(kube.list_managed("Job"), s.namespaces)}
+        jobs = {_named(j): j for j in calibration_objects(kube.list_managed("Job"), s.namespaces)}
         claims = {}  # the calibration Jobs' GPU claims, listed as the Jobs are
         if s.gpu_binding == "dra":
-            claims = {
-                _named(c): c
-                for c in calibration_jobs(kube.list_managed("ResourceClaim"), s.namespaces)
-            }
+            managed = kube.list_managed("ResourceClaim")
+            claims = {_named(c): c for c in calibration_objects(managed, s.namespaces)}
         return Snapshot(
             now=now,
             full=full,
@@ -873,11 +872,6 @@ def _why(e: ApiException) -> str:
     except (ValueError, AttributeError):
         message = None
     return f"{e.status} {e.reason}: {message}" if message else f"{e.status} {e.reason}"
-
-
-def _calibrating(obj: Obj) -> bool:
-    """A calibration Job's object (its GPU claim under dra), not a shard's."""
-    return manifests.LABEL_CALIBRATION in (obj["metadata"].get("labels") or {})
 
 
 def _named(obj: Obj) -> tuple[str, str]:

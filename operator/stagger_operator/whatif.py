@@ -10,7 +10,7 @@ from stagger.core.api import InferenceStream
 from stagger.core.cluster import Cluster
 from stagger.core.placement import Plan, Planner, RunningCalibration, ShardPlacement, Unplaced
 from stagger_operator.calibration import (
-    calibration_jobs,
+    calibration_objects,
     calibration_outcomes,
     running_calibrations,
 )
@@ -70,7 +70,7 @@ def calibrating(
 ) -> tuple[RunningCalibration, ...]:
     """The GPUs calibration Jobs measure now, as the operator reads them: no stream is
     placed there until they end."""
-    jobs = calibration_jobs(kube.list_managed("Job"), settings.namespaces)
+    jobs = calibration_objects(kube.list_managed("Job"), settings.namespaces)
     if not jobs:
         return ()
     return running_calibrations(jobs, calibration_outcomes(jobs, kube.list_managed("Pod")), cluster)
